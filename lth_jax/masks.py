@@ -1,0 +1,122 @@
+"""Mask pytrees: which parameters are prunable, all-ones masks, applying masks, density.
+
+A *keep mask* mirrors a parameter tree leaf for leaf: a boolean array of the leaf's shape, True where
+the weight survives. Leaves that are not prunable (biases, normalization parameters, or layers the
+config excludes) always carry an all-True mask, so every tree operation can treat leaves alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Params = Any
+Mask = Any
+PathTuple = tuple[str, ...]
+
+
+def path_to_names(path: Sequence[Any]) -> PathTuple:
+  """Turns a `jax.tree_util` key path into a tuple of plain strings."""
+  names = []
+  for key in path:
+    if isinstance(key, jax.tree_util.DictKey):
+      names.append(str(key.key))
+    elif isinstance(key, jax.tree_util.GetAttrKey):
+      names.append(str(key.name))
+    elif isinstance(key, jax.tree_util.SequenceKey):
+      names.append(str(key.idx))
+    else:
+      names.append(str(key))
+  return tuple(names)
+
+
+def leaf_name(path: PathTuple) -> str:
+  """The '/'-joined name of a leaf, e.g. 'hidden_0/kernel'."""
+  return '/'.join(path)
+
+
+def layer_name(path: PathTuple) -> str:
+  """The name of the module owning a leaf: the path element before the parameter name."""
+  return path[-2] if len(path) >= 2 else path[-1]
+
+
+def prunable_tree(
+    params: Params,
+    prunable_parameter_names: Iterable[str] = ('kernel',),
+    excluded_layers: Iterable[str] = (),
+) -> Any:
+  """A tree of Python bools: True for leaves that pruning may touch.
+
+  Args:
+    params: the parameter tree (arrays or shape structs).
+    prunable_parameter_names: last path element of prunable leaves ('kernel' for flax Dense/Conv).
+    excluded_layers: layer names (or prefixes of them) that are never pruned, e.g. ('conv_0', 'output').
+  """
+  names = tuple(prunable_parameter_names)
+  excluded = tuple(excluded_layers)
+
+  def is_prunable(path, _):
+    path = path_to_names(path)
+    if path[-1] not in names:
+      return False
+    layer = layer_name(path)
+    return not any(layer == name or layer.startswith(name + '_') for name in excluded)
+
+  return jax.tree_util.tree_map_with_path(is_prunable, params)
+
+
+def ones_like(params: Params) -> Mask:
+  """An all-True keep mask mirroring `params`."""
+  return jax.tree_util.tree_map(lambda leaf: jnp.ones(jnp.shape(leaf), dtype=jnp.bool_), params)
+
+
+def apply(params: Params, keep_mask: Mask) -> Params:
+  """Zeroes every weight whose mask entry is False (exactly 0.0, not multiplied)."""
+  return jax.tree_util.tree_map(
+      lambda weight, keep: jnp.where(keep, weight, jnp.zeros_like(weight)), params, keep_mask)
+
+
+def _leaf_counts(keep_mask: Mask, prunable: Any) -> list[tuple[str, int, int]]:
+  """(name, kept, total) for each prunable leaf, in tree order."""
+  counts = []
+  flat, _ = jax.tree_util.tree_flatten_with_path(keep_mask)
+  prunable_flat = jax.tree_util.tree_leaves(prunable)
+  for (path, keep), is_prunable in zip(flat, prunable_flat):
+    if not is_prunable:
+      continue
+    keep = np.asarray(keep)
+    counts.append((leaf_name(path_to_names(path)), int(keep.sum()), int(keep.size)))
+  return counts
+
+
+def density_per_layer(keep_mask: Mask, prunable: Any) -> dict[str, float]:
+  """Fraction of weights kept in each prunable leaf, keyed by '/'-joined leaf name."""
+  return {name: kept / total for name, kept, total in _leaf_counts(keep_mask, prunable)}
+
+
+def count_per_layer(keep_mask: Mask, prunable: Any) -> dict[str, int]:
+  """Number of weights kept in each prunable leaf, keyed by '/'-joined leaf name."""
+  return {name: kept for name, kept, _ in _leaf_counts(keep_mask, prunable)}
+
+
+def density(keep_mask: Mask, prunable: Any) -> float:
+  """Fraction of all prunable weights that the mask keeps."""
+  counts = _leaf_counts(keep_mask, prunable)
+  total = sum(total for _, _, total in counts)
+  return sum(kept for _, kept, _ in counts) / total if total else 1.0
+
+
+def nonzero_count(params: Params, prunable: Any) -> int:
+  """Number of nonzero prunable weights in `params`."""
+  leaves = jax.tree_util.tree_leaves(params)
+  flags = jax.tree_util.tree_leaves(prunable)
+  return int(sum(np.count_nonzero(np.asarray(leaf)) for leaf, flag in zip(leaves, flags) if flag))
+
+
+def to_numpy(keep_mask: Mask) -> Mapping[str, np.ndarray]:
+  """Flattens a mask into {leaf name: bool array}, convenient for saving and comparing."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(keep_mask)
+  return {leaf_name(path_to_names(path)): np.asarray(leaf, dtype=bool) for path, leaf in flat}

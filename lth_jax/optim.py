@@ -1,0 +1,147 @@
+"""Optimizers from the config, wrapped by the masked-update transform that keeps pruned weights at 0.
+
+The learning rate is a function of the *absolute* training step, passed to `update` as the extra
+argument `step`: a ticket that is late-reset to step k continues the schedule from step k even though
+its optimizer state is fresh. The keep mask is passed the same way (`keep_mask=`), so changing the
+mask between levels never recompiles the train step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from lth_jax import masks as masks_lib
+
+OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw')
+SCHEDULES = ('constant', 'step', 'cosine')
+
+Schedule = Callable[[jax.Array], jax.Array]
+
+
+class MaskedUpdateState(NamedTuple):
+  """State of `keep_pruned_at_zero`: only the wrapped optimizer's state."""
+  inner_state: optax.OptState
+
+
+def keep_pruned_at_zero(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """Wraps any optax transformation so that pruned weights get exactly zero updates.
+
+  Gradients of pruned weights are zeroed before `inner` sees them (so momentum, Adam moments and
+  weight decay accumulate nothing for them) and the final updates are masked again. A pruned weight
+  that is 0.0 therefore stays exactly 0.0 after every step.
+
+  `update` takes the extra keyword argument `keep_mask`, a tree of bools mirroring the parameters;
+  other extra arguments (such as `step`) are passed on to `inner`.
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def init(params: optax.Params) -> MaskedUpdateState:
+    return MaskedUpdateState(inner_state=inner.init(params))
+
+  def update(updates, state, params=None, *, keep_mask, **extra_args):
+    updates = masks_lib.apply(updates, keep_mask)
+    updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+    return masks_lib.apply(updates, keep_mask), MaskedUpdateState(inner_state=inner_state)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def scale_by_step_schedule(schedule: Schedule) -> optax.GradientTransformationExtraArgs:
+  """Scales updates by -schedule(step), where `step` is an extra argument of `update`."""
+
+  def init(params: optax.Params) -> optax.EmptyState:
+    del params
+    return optax.EmptyState()
+
+  def update(updates, state, params=None, *, step, **extra_args):
+    del params, extra_args
+    learning_rate = schedule(step)
+    updates = jax.tree_util.tree_map(lambda update: -learning_rate * update, updates)
+    return updates, state
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def learning_rate_schedule(
+    learning_rate: float,
+    total_steps: int,
+    schedule: str = 'constant',
+    warmup_steps: int = 0,
+    decay_boundaries: Sequence[int] = (),
+    decay_factor: float = 0.1,
+) -> Schedule:
+  """The learning rate as a function of the absolute step.
+
+  Args:
+    learning_rate: peak learning rate.
+    total_steps: length of training (cosine decays to 0 at this step).
+    schedule: 'constant', 'step' (multiply by `decay_factor` at each of `decay_boundaries`) or 'cosine'.
+    warmup_steps: linear warmup from 0 to `learning_rate` over these first steps (0: none).
+  """
+  if schedule == 'constant':
+    main = optax.constant_schedule(learning_rate)
+  elif schedule == 'step':
+    main = optax.piecewise_constant_schedule(
+        learning_rate, {int(boundary): decay_factor for boundary in decay_boundaries})
+  elif schedule == 'cosine':
+    main = optax.cosine_decay_schedule(learning_rate, max(1, total_steps - warmup_steps))
+  else:
+    raise ValueError(f'training.schedule must be one of {SCHEDULES}, got {schedule!r}')
+  if warmup_steps <= 0:
+    return lambda step: jnp.asarray(main(step), jnp.float32)
+
+  def warmed_up(step):
+    step = jnp.asarray(step)
+    warmup = learning_rate * jnp.minimum(1.0, (step + 1) / warmup_steps)
+    after = main(step - warmup_steps) if schedule == 'cosine' else main(step)
+    return jnp.where(step < warmup_steps, warmup, after).astype(jnp.float32)
+
+  return warmed_up
+
+
+def direction(optimizer: str, momentum: float = 0.9, weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """The optimizer without its learning rate: weight decay, then the update direction.
+
+  'sgd', 'momentum', 'nesterov' and 'adam' use coupled L2 weight decay (added to the gradient, as
+  in the papers' SGD); 'adamw' uses decoupled weight decay.
+  """
+  parts = []
+  if weight_decay and optimizer != 'adamw':
+    parts.append(optax.add_decayed_weights(weight_decay))
+  if optimizer == 'sgd':
+    pass
+  elif optimizer == 'momentum':
+    parts.append(optax.trace(decay=momentum, nesterov=False))
+  elif optimizer == 'nesterov':
+    parts.append(optax.trace(decay=momentum, nesterov=True))
+  elif optimizer == 'adam':
+    parts.append(optax.scale_by_adam())
+  elif optimizer == 'adamw':
+    parts.append(optax.scale_by_adam())
+    if weight_decay:
+      parts.append(optax.add_decayed_weights(weight_decay))
+  else:
+    raise ValueError(f'training.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}')
+  return optax.chain(*parts) if parts else optax.identity()
+
+
+def from_config(training: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformationExtraArgs:
+  """The masked optimizer described by `config.training`; `update` takes `keep_mask=` and `step=`."""
+  schedule = learning_rate_schedule(
+      learning_rate=training.learning_rate,
+      total_steps=total_steps,
+      schedule=training.get('schedule', 'constant'),
+      warmup_steps=training.get('warmup_steps', 0),
+      decay_boundaries=tuple(training.get('decay_boundaries', ())),
+      decay_factor=training.get('decay_factor', 0.1),
+  )
+  inner = optax.chain(
+      direction(training.optimizer, training.get('momentum', 0.9), training.get('weight_decay', 0.0)),
+      scale_by_step_schedule(schedule),
+  )
+  return keep_pruned_at_zero(inner)

@@ -1,0 +1,65 @@
+"""Device mesh and shardings: data parallel over every device of every host.
+
+Parameters, optimizer state and masks are replicated; batches are split along the mesh axis 'data'.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = 'data'
+
+
+def create_mesh(num_devices: int = 0) -> Mesh:
+  """A one-axis ('data') mesh over the first `num_devices` devices (0: all devices of all hosts)."""
+  devices = jax.devices()
+  if num_devices < 0 or num_devices > len(devices):
+    raise ValueError(f'parallel.num_devices must be between 0 (all) and {len(devices)}, got {num_devices}')
+  if num_devices:
+    devices = devices[:num_devices]
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Every device holds the whole array."""
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
+  """Axis `batch_axis` of the array is split over the 'data' mesh axis."""
+  return NamedSharding(mesh, PartitionSpec(*([None] * batch_axis), DATA_AXIS))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, field: str = 'training.batch_size') -> None:
+  """Raises a ValueError naming `field` when the global batch does not divide over the devices."""
+  devices = mesh.devices.size
+  if batch_size % devices:
+    raise ValueError(f'{field}={batch_size} does not divide over the {devices} devices of the mesh; '
+                     f'use a multiple of {devices} or set parallel.num_devices')
+
+
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+  """Places a host tree on every device of the mesh."""
+  return jax.device_put(tree, replicated(mesh))
+
+
+def put_batch(array: np.ndarray, mesh: Mesh, batch_axis: int = 0) -> jax.Array:
+  """Places this host's part of a batch (split along `batch_axis`) into one global sharded array."""
+  sharding = batch_sharded(mesh, batch_axis)
+  if jax.process_count() == 1:
+    return jax.device_put(array, sharding)
+  return jax.make_array_from_process_local_data(sharding, array)
+
+
+def to_host(tree: Any) -> Any:
+  """Fetches a (replicated) device tree to numpy on every host."""
+  def fetch(leaf):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(leaf)
+  return jax.tree_util.tree_map(fetch, tree)

@@ -1,0 +1,167 @@
+"""Pruning: scores, selection (per layer or one global pool), random permutation of masks, schedules.
+
+Every function here is a pure function of host (numpy) trees: pruning happens once per level, on
+weights fetched from the devices, so it is deterministic and identical on every host.
+
+Selection rule: pruning a fraction p of a layer removes exactly round(p * remaining) of its surviving
+weights, those with the smallest score; ties go to the lower flat index first (a stable sort), and a
+weight already pruned is never revived.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from lth_jax import masks as masks_lib
+
+SCOPES = ('local', 'global')
+
+
+def magnitude_scores(params: Any) -> Any:
+  """|w| for every leaf: the score of magnitude pruning."""
+  return jax.tree_util.tree_map(lambda weight: np.abs(np.asarray(weight, dtype=np.float32)), params)
+
+
+def fraction_for_layer(layer: str, fraction: float, layer_fractions: Mapping[str, float]) -> float:
+  """The pruning fraction of one layer: the first `layer_fractions` key that is the layer's name or a
+  prefix of it followed by '_' (e.g. 'conv' matches 'conv_0'), else the default `fraction`."""
+  for name, layer_fraction in layer_fractions.items():
+    if layer == name or layer.startswith(name + '_'):
+      return float(layer_fraction)
+  return float(fraction)
+
+
+def count_to_prune(remaining: int, fraction: float, min_remaining: int = 0) -> int:
+  """round(fraction * remaining), but never leaving fewer than `min_remaining` weights."""
+  count = int(np.round(fraction * remaining))
+  return max(0, min(count, remaining - min_remaining))
+
+
+def _prune_flat(scores: np.ndarray, keep: np.ndarray, count: int) -> np.ndarray:
+  """Drops the `count` surviving entries with the smallest score (stable in index) from `keep`."""
+  keep = keep.reshape(-1).copy()
+  if count <= 0:
+    return keep
+  masked_scores = np.where(keep, scores.reshape(-1), np.inf)
+  order = np.argsort(masked_scores, kind='stable')
+  keep[order[:count]] = False
+  return keep
+
+
+def prune(
+    scores: Any,
+    keep_mask: Any,
+    prunable: Any,
+    fraction: float,
+    scope: str = 'local',
+    layer_fractions: Mapping[str, float] | None = None,
+    min_weights_per_layer: int = 0,
+) -> Any:
+  """One pruning step: removes the lowest-scoring fraction of the surviving prunable weights.
+
+  Args:
+    scores: tree of scores, same structure as the mask (e.g. `magnitude_scores(params)`).
+    keep_mask: current keep mask (bool arrays); never revived.
+    prunable: tree of bools from `masks.prunable_tree`.
+    fraction: fraction of remaining weights to remove (per layer for 'local', of the pool for 'global').
+    scope: 'local' ranks within each layer; 'global' ranks all prunable weights together.
+    layer_fractions: per-layer overrides for 'local' (see `fraction_for_layer`).
+    min_weights_per_layer: 'local' never leaves a layer with fewer surviving weights than this.
+
+  Returns:
+    The new keep mask as a tree of numpy bool arrays.
+  """
+  if scope not in SCOPES:
+    raise ValueError(f'pruning scope must be one of {SCOPES}, got {scope!r}')
+  layer_fractions = dict(layer_fractions or {})
+  flat_keep, treedef = jax.tree_util.tree_flatten_with_path(keep_mask)
+  flat_scores = jax.tree_util.tree_leaves(scores)
+  flat_prunable = jax.tree_util.tree_leaves(prunable)
+  keeps = [np.asarray(keep, dtype=bool) for _, keep in flat_keep]
+  score_arrays = [np.asarray(score, dtype=np.float32) for score in flat_scores]
+
+  if scope == 'local':
+    new_keeps = []
+    for (path, _), keep, score, is_prunable in zip(flat_keep, keeps, score_arrays, flat_prunable):
+      if not is_prunable:
+        new_keeps.append(keep)
+        continue
+      layer = masks_lib.layer_name(masks_lib.path_to_names(path))
+      layer_fraction = fraction_for_layer(layer, fraction, layer_fractions)
+      count = count_to_prune(int(keep.sum()), layer_fraction, min_weights_per_layer)
+      new_keeps.append(_prune_flat(score, keep, count).reshape(keep.shape))
+  else:
+    indices = [i for i, is_prunable in enumerate(flat_prunable) if is_prunable]
+    pool_keep = np.concatenate([keeps[i].reshape(-1) for i in indices]) if indices else np.zeros(0, bool)
+    pool_scores = (np.concatenate([score_arrays[i].reshape(-1) for i in indices])
+                   if indices else np.zeros(0, np.float32))
+    count = count_to_prune(int(pool_keep.sum()), fraction)
+    pool_keep = _prune_flat(pool_scores, pool_keep, count)
+    new_keeps = list(keeps)
+    offset = 0
+    for i in indices:
+      size = keeps[i].size
+      new_keeps[i] = pool_keep[offset:offset + size].reshape(keeps[i].shape)
+      offset += size
+  return jax.tree_util.tree_unflatten(treedef, new_keeps)
+
+
+def permute_within_layers(keep_mask: Any, prunable: Any, seed: int) -> Any:
+  """A random ticket: each prunable layer's mask randomly permuted (same count per layer)."""
+  rng = np.random.default_rng(seed)
+  flat_keep, treedef = jax.tree_util.tree_flatten(keep_mask)
+  flat_prunable = jax.tree_util.tree_leaves(prunable)
+  permuted = []
+  for keep, is_prunable in zip(flat_keep, flat_prunable):
+    keep = np.asarray(keep, dtype=bool)
+    if is_prunable:
+      keep = rng.permutation(keep.reshape(-1)).reshape(keep.shape)
+    permuted.append(keep)
+  return jax.tree_util.tree_unflatten(treedef, permuted)
+
+
+def per_level_fraction(target_density: float, levels: int) -> float:
+  """The fraction to prune at each of `levels` levels to reach `target_density`: 1 - d^(1/n)."""
+  if not 0.0 < target_density <= 1.0:
+    raise ValueError(f'target density must be in (0, 1], got {target_density}')
+  if levels < 1:
+    raise ValueError(f'levels must be at least 1, got {levels}')
+  return 1.0 - target_density ** (1.0 / levels)
+
+
+def planned_counts(
+    layer_sizes: Mapping[str, int],
+    fraction: float,
+    levels: int,
+    scope: str = 'local',
+    layer_fractions: Mapping[str, float] | None = None,
+    min_weights_per_layer: int = 0,
+) -> list[int]:
+  """Total surviving prunable weights after each level 0..levels of iterative pruning.
+
+  Counts do not depend on the weights' values, so this plans a run (and checks a target density)
+  before any training. `layer_sizes` maps layer names to their number of prunable weights.
+  """
+  layer_fractions = dict(layer_fractions or {})
+  remaining = dict(layer_sizes)
+  totals = [sum(remaining.values())]
+  for _ in range(levels):
+    if scope == 'global':
+      totals.append(totals[-1] - count_to_prune(totals[-1], fraction))
+      continue
+    for layer, count in remaining.items():
+      layer_fraction = fraction_for_layer(layer, fraction, layer_fractions)
+      remaining[layer] = count - count_to_prune(count, layer_fraction, min_weights_per_layer)
+    totals.append(sum(remaining.values()))
+  return totals
+
+
+def one_shot_fractions(fraction: float, layer_fractions: Mapping[str, float],
+                       level: int) -> tuple[float, dict[str, float]]:
+  """Fractions that prune in one step what `level` iterative levels would: 1 - (1 - p)^level."""
+  def compound(value: float) -> float:
+    return 1.0 - (1.0 - value) ** level
+  return compound(fraction), {name: compound(value) for name, value in layer_fractions.items()}

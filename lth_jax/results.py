@@ -1,0 +1,58 @@
+"""The results file: one JSON record per finished (level, branch, trial), written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Iterable, Sequence
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+  """All records of a results file ([] when it does not exist)."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as file:
+    return [json.loads(line) for line in file if line.strip()]
+
+
+def write_records(path: str, records: Iterable[dict[str, Any]]) -> None:
+  """Replaces the results file atomically: a temporary file in the same folder, fsync, rename."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  handle, temporary = tempfile.mkstemp(dir=directory, prefix='.results-', suffix='.tmp')
+  try:
+    with os.fdopen(handle, 'w') as file:
+      for record in records:
+        file.write(json.dumps(record, sort_keys=True) + '\n')
+      file.flush()
+      os.fsync(file.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.unlink(temporary)
+    raise
+
+
+def append_record(path: str, record: dict[str, Any]) -> None:
+  """Adds one record to the results file without ever leaving it half written."""
+  write_records(path, [*read_records(path), record])
+
+
+def test_metric_name(records: Sequence[dict[str, Any]]) -> str:
+  """'test_accuracy' or 'test_rmse', whichever the records carry."""
+  return 'test_accuracy' if any('test_accuracy' in record for record in records) else 'test_rmse'
+
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+  """A plain-text table: one row per record, sorted by trial, level and branch."""
+  if not records:
+    return '(no results)'
+  metric = test_metric_name(records)
+  header = f'{"trial":>5} {"level":>5} {"branch":<16} {"remaining":>10} {"nonzero":>10} {metric:>14} {"steps":>7}'
+  lines = [header, '-' * len(header)]
+  for record in sorted(records, key=lambda r: (r['trial'], r['level'], r['branch'] != 'ticket', r['branch'])):
+    lines.append(f'{record["trial"]:>5} {record["level"]:>5} {record["branch"]:<16} '
+                 f'{100 * record["fraction_remaining"]:>9.2f}% {record["nonzero_weights"]:>10} '
+                 f'{record[metric]:>14.6g} {record["steps"]:>7}')
+  return '\n'.join(lines)

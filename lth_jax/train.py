@@ -1,0 +1,273 @@
+"""TrainState, the pure train and eval steps, and the loop that runs them sharded over a mesh.
+
+The loop keeps the training set on the devices and sends only example indices (a pure function of
+(data_seed, step), see `data.batch_indices`); `steps_per_dispatch` steps run inside one compiled
+`lax.scan`, metrics accumulate on the devices and are fetched only at evaluation points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lth_jax import data as data_lib
+from lth_jax import parallel
+
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training, as one pytree."""
+  step: jax.Array          # int32 scalar: absolute training step (drives the learning-rate schedule)
+  params: Any              # the 'params' collection
+  model_state: Any         # other variable collections, e.g. {'batch_stats': ...}; {} when none
+  opt_state: Any
+  keep_mask: Any           # bool tree mirroring params
+
+
+def split_variables(variables: Any) -> tuple[Any, Any]:
+  """Splits flax variables into (params, model_state)."""
+  variables = dict(variables)
+  params = variables.pop('params')
+  return params, variables
+
+
+def loss_and_metric_sums(task: str, outputs: jax.Array, targets: jax.Array,
+                         weights: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
+  """Mean loss over the (weighted) batch and metric sums for accumulation.
+
+  Classification: softmax cross-entropy; sums of loss and correct predictions.
+  Regression: mean squared error; sums of squared error (test RMSE = sqrt(sum / count)).
+  """
+  if weights is None:
+    weights = jnp.ones(outputs.shape[0], jnp.float32)
+  count = weights.sum()
+  if task == 'classification':
+    per_example = optax.softmax_cross_entropy_with_integer_labels(outputs, targets)
+    correct = (jnp.argmax(outputs, axis=-1) == targets).astype(jnp.float32)
+    sums = {'loss': (per_example * weights).sum(), 'correct': (correct * weights).sum(), 'count': count}
+  elif task == 'regression':
+    targets = targets.reshape(outputs.shape)
+    per_example = jnp.mean(jnp.square(outputs - targets), axis=tuple(range(1, outputs.ndim)))
+    sums = {'loss': (per_example * weights).sum(), 'squared_error': (per_example * weights).sum(),
+            'count': count}
+  else:
+    raise ValueError(f'unknown task {task!r}')
+  return sums['loss'] / jnp.maximum(count, 1.0), sums
+
+
+def summarize(task: str, sums: dict[str, Any], prefix: str) -> dict[str, float]:
+  """Turns metric sums into means: {prefix_loss, prefix_accuracy | prefix_rmse}."""
+  count = max(float(sums['count']), 1.0)
+  summary = {f'{prefix}_loss': float(sums['loss']) / count}
+  if task == 'classification':
+    summary[f'{prefix}_accuracy'] = float(sums['correct']) / count
+  else:
+    summary[f'{prefix}_rmse'] = float(np.sqrt(float(sums['squared_error']) / count))
+  return summary
+
+
+def apply_model(model: nn.Module, params: Any, model_state: Any, inputs: jax.Array,
+                train: bool) -> tuple[jax.Array, Any]:
+  """Runs the model; returns outputs and the updated non-param collections (unchanged in eval)."""
+  variables = {'params': params, **model_state}
+  if train and model_state:
+    outputs, new_model_state = model.apply(variables, inputs, train=True, mutable=list(model_state))
+    return outputs, new_model_state
+  return model.apply(variables, inputs, train=train), model_state
+
+
+def train_step(state: TrainState, inputs: jax.Array, targets: jax.Array, *, model: nn.Module,
+               optimizer: optax.GradientTransformationExtraArgs, task: str) -> tuple[TrainState, Metrics]:
+  """One optimizer step on one batch. Pure; pruned weights stay exactly zero (masked optimizer)."""
+
+  def loss_fn(params):
+    outputs, new_model_state = apply_model(model, params, state.model_state, inputs, train=True)
+    loss, sums = loss_and_metric_sums(task, outputs, targets)
+    return loss, (new_model_state, sums)
+
+  grads, (new_model_state, sums) = jax.grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params,
+                                        keep_mask=state.keep_mask, step=state.step)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, model_state=new_model_state,
+                            opt_state=opt_state)
+  return new_state, sums
+
+
+def eval_step(params: Any, model_state: Any, inputs: jax.Array, targets: jax.Array, weights: jax.Array,
+              *, model: nn.Module, task: str) -> Metrics:
+  """Metric sums of one (padded, weighted) evaluation batch. Pure."""
+  outputs, _ = apply_model(model, params, model_state, inputs, train=False)
+  _, sums = loss_and_metric_sums(task, outputs, targets, weights)
+  return sums
+
+
+def power_of_two_chunks(num_steps: int, max_chunk: int) -> list[int]:
+  """Splits `num_steps` into chunks of `max_chunk` then decreasing powers of two (few compiled sizes)."""
+  chunks = [max_chunk] * (num_steps // max_chunk)
+  remainder = num_steps % max_chunk
+  size = 1 << max(0, max_chunk.bit_length() - 1)
+  while remainder:
+    while size > remainder:
+      size //= 2
+    chunks.append(size)
+    remainder -= size
+  return chunks
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What one call of `Trainer.train` produced."""
+  state: TrainState
+  snapshots: dict[int, tuple[Any, Any]]  # step -> host (params, model_state)
+  curve: list[dict[str, float]]          # one entry per evaluation: step, train_loss, test metrics
+  wall_seconds: float
+
+
+class Trainer:
+  """Compiles the train and eval programs once for a (model, dataset, optimizer, mesh) and runs them.
+
+  The same Trainer serves every level, branch and trial, so nothing recompiles between them.
+  """
+
+  def __init__(self, model: nn.Module, dataset: data_lib.ArrayDataset,
+               optimizer: optax.GradientTransformationExtraArgs, mesh: jax.sharding.Mesh,
+               batch_size: int, steps_per_dispatch: int = 64, eval_batch_size: int = 1000):
+    parallel.check_batch_size(batch_size, mesh)
+    self.model = model
+    self.dataset = dataset
+    self.task = dataset.task
+    self.optimizer = optimizer
+    self.mesh = mesh
+    self.batch_size = batch_size
+    self.steps_per_dispatch = max(1, steps_per_dispatch)
+    devices = mesh.devices.size
+    eval_batch_size = min(eval_batch_size, -(-dataset.num_test // devices) * devices)
+    self.eval_batch_size = max(devices, eval_batch_size // devices * devices)
+
+    replicated = parallel.replicated(mesh)
+    self._train_inputs = jax.device_put(dataset.train_inputs, replicated)
+    self._train_targets = jax.device_put(dataset.train_targets, replicated)
+    self._test_batches = self._put_test_batches()
+
+    step = functools.partial(train_step, model=model, optimizer=optimizer, task=self.task)
+    batch_sharding = parallel.batch_sharded(mesh)
+
+    def train_chunk(state, train_inputs, train_targets, indices):
+      def body(state, step_indices):
+        inputs = jax.lax.with_sharding_constraint(train_inputs[step_indices], batch_sharding)
+        targets = jax.lax.with_sharding_constraint(train_targets[step_indices], batch_sharding)
+        return step(state, inputs, targets)
+      state, sums = jax.lax.scan(body, state, indices)
+      return state, jax.tree_util.tree_map(lambda values: values.sum(0), sums)
+
+    self._train_chunk = jax.jit(
+        train_chunk,
+        in_shardings=(replicated, replicated, replicated, parallel.batch_sharded(mesh, 1)),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0,))
+
+    evaluate_one = functools.partial(eval_step, model=model, task=self.task)
+
+    def evaluate(params, model_state, inputs, targets, weights):
+      def body(totals, batch):
+        sums = evaluate_one(params, model_state, *batch)
+        return jax.tree_util.tree_map(jnp.add, totals, sums), None
+      zeros = jax.tree_util.tree_map(
+          jnp.zeros_like, jax.eval_shape(evaluate_one, params, model_state, inputs[0], targets[0], weights[0]))
+      totals, _ = jax.lax.scan(body, zeros, (inputs, targets, weights))
+      return totals
+
+    self._evaluate = jax.jit(evaluate, out_shardings=replicated)
+
+  def _put_test_batches(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Pads the test set to whole evaluation batches, with weight 0 on the padding."""
+    num_test, size = self.dataset.num_test, self.eval_batch_size
+    num_batches = -(-num_test // size)
+    padding = num_batches * size - num_test
+
+    def batched(array):
+      padded = np.concatenate([array, np.zeros((padding, *array.shape[1:]), array.dtype)])
+      return parallel.put_batch(padded.reshape(num_batches, size, *array.shape[1:]), self.mesh, 1)
+
+    weights = np.concatenate([np.ones(num_test, np.float32), np.zeros(padding, np.float32)])
+    return batched(self.dataset.test_inputs), batched(self.dataset.test_targets), batched(weights)
+
+  def init_variables(self, seed: int) -> tuple[Any, Any]:
+    """Fresh initial (params, model_state) on the host for `seed`."""
+    example = jnp.zeros((1, *self.dataset.input_shape), jnp.float32)
+    variables = jax.jit(functools.partial(self.model.init, train=False))(jax.random.PRNGKey(seed), example)
+    return split_variables(parallel.to_host(variables))
+
+  def create_state(self, params: Any, model_state: Any, keep_mask: Any, step: int) -> TrainState:
+    """A TrainState on the mesh, with fresh optimizer state, starting at absolute `step`."""
+    params = parallel.put_replicated(params, self.mesh)
+    state = TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                       model_state=parallel.put_replicated(model_state, self.mesh),
+                       opt_state=self.optimizer.init(params),
+                       keep_mask=parallel.put_replicated(keep_mask, self.mesh))
+    return parallel.put_replicated(state, self.mesh)
+
+  def evaluate(self, state: TrainState) -> dict[str, float]:
+    """Test metrics of the state's parameters: test_loss and test_accuracy or test_rmse."""
+    sums = self._evaluate(state.params, state.model_state, *self._test_batches)
+    return summarize(self.task, jax.device_get(sums), 'test')
+
+  def train(self, state: TrainState, end_step: int, data_seed: int, snapshot_steps: Sequence[int] = (),
+            eval_every: int = 0, progress: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Trains from the state's step to `end_step`.
+
+    Args:
+      state: the starting TrainState (donated: do not reuse it).
+      end_step: absolute step to stop at.
+      data_seed: seed of the batch order; step s always sees the same batch for the same seed.
+      snapshot_steps: absolute steps at which (params, model_state) are copied to the host
+        (a step equal to the start step snapshots the starting weights).
+      eval_every: evaluate every this many steps (0: only at the end); always at the end.
+      progress: called with each curve entry (step, train_loss, test metrics, examples_per_second).
+    """
+    start_step = int(jax.device_get(state.step))
+    started = time.perf_counter()
+    boundaries = {end_step}
+    boundaries.update(step for step in snapshot_steps if start_step < step < end_step)
+    if eval_every:
+      boundaries.update(range(start_step - start_step % eval_every + eval_every, end_step, eval_every))
+    snapshots, curve = {}, []
+    if start_step in snapshot_steps:
+      snapshots[start_step] = parallel.to_host((state.params, state.model_state))
+    train_sums, current, segment_started = None, start_step, time.perf_counter()
+    for boundary in sorted(boundaries):
+      for chunk in power_of_two_chunks(boundary - current, self.steps_per_dispatch):
+        indices = data_lib.batch_indices(data_seed, current, chunk, self.dataset.num_train, self.batch_size)
+        state, sums = self._train_chunk(state, self._train_inputs, self._train_targets,
+                                        parallel.put_batch(indices, self.mesh, 1))
+        train_sums = sums if train_sums is None else jax.tree_util.tree_map(jnp.add, train_sums, sums)
+        current += chunk
+      if current in snapshot_steps:
+        snapshots[current] = parallel.to_host((state.params, state.model_state))
+      if current == end_step or (eval_every and current % eval_every == 0):
+        entry = {'step': current}
+        if train_sums is not None:
+          entry.update(summarize(self.task, jax.device_get(train_sums), 'train'))
+        entry.update(self.evaluate(state))
+        now = time.perf_counter()
+        entry['examples_per_second'] = (
+            (current - curve[-1]['step'] if curve else current - start_step) * self.batch_size
+            / max(now - segment_started, 1e-9))
+        segment_started, train_sums = now, None
+        curve.append(entry)
+        if progress is not None:
+          progress(entry)
+    return TrainResult(state=state, snapshots=snapshots, curve=curve,
+                       wall_seconds=time.perf_counter() - started)

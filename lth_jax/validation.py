@@ -1,0 +1,153 @@
+"""Checks of a lottery config that run before any training, with errors that name the field."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import ml_collections
+
+from lth_jax import branches as branches_lib
+from lth_jax import data as data_lib
+from lth_jax import models as models_lib
+from lth_jax import optim
+from lth_jax import pruning
+
+PRUNING_MODES = ('iterative', 'one_shot')
+# Rounding to whole weights per layer and level leaves densities slightly off the geometric schedule.
+DENSITY_TOLERANCE = 0.01
+
+
+class ConfigError(ValueError):
+  """A config field holds a value the run cannot use."""
+
+
+def _require(condition: bool, field: str, message: str, value: Any) -> None:
+  if not condition:
+    raise ConfigError(f'{field}={value!r}: {message}')
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_fraction(field: str, value: Any) -> None:
+  _require(isinstance(value, (int, float)) and 0.0 < value < 1.0, field,
+           'a prune fraction must be strictly between 0 and 1', value)
+
+
+def fraction_per_level(config: ml_collections.ConfigDict) -> float:
+  """The default fraction pruned per level: pruning.fraction, or derived from target_density."""
+  pruning_config = config.pruning
+  if pruning_config.get('fraction') is not None:
+    return float(pruning_config.fraction)
+  return pruning.per_level_fraction(pruning_config.target_density, pruning_config.levels)
+
+
+def total_steps(training: ml_collections.ConfigDict, num_train: int) -> int:
+  """Training length in steps: training.num_steps, or training.num_epochs whole epochs."""
+  if training.get('num_steps'):
+    return int(training.num_steps)
+  return int(training.num_epochs) * (num_train // int(training.batch_size))
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Static checks (no data, no model): names, ranges and types of every field the run reads."""
+  for section in ('dataset', 'model', 'training', 'pruning'):
+    _require(section in config, section, 'the config has no such section', None)
+  _require(config.dataset.get('name') in data_lib.DATASET_NAMES, 'dataset.name',
+           f'unknown dataset; known datasets: {", ".join(data_lib.DATASET_NAMES)}', config.dataset.get('name'))
+  _require(config.model.get('name') in models_lib.MODEL_NAMES, 'model.name',
+           f'unknown model; known models: {", ".join(models_lib.MODEL_NAMES)}', config.model.get('name'))
+  _require(_is_int(config.get('seed', 0)), 'seed', 'must be an integer', config.get('seed'))
+  _require(_is_int(config.get('trials', 1)) and config.get('trials', 1) >= 1, 'trials',
+           'must be a positive integer', config.get('trials'))
+
+  training = config.training
+  _require(training.get('optimizer') in optim.OPTIMIZERS, 'training.optimizer',
+           f'unknown optimizer; known: {", ".join(optim.OPTIMIZERS)}', training.get('optimizer'))
+  _require(training.get('schedule', 'constant') in optim.SCHEDULES, 'training.schedule',
+           f'unknown schedule; known: {", ".join(optim.SCHEDULES)}', training.get('schedule'))
+  _require(isinstance(training.get('learning_rate'), (int, float)) and training.learning_rate > 0,
+           'training.learning_rate', 'must be a positive number', training.get('learning_rate'))
+  _require(_is_int(training.get('batch_size')) and training.batch_size > 0, 'training.batch_size',
+           'must be a positive integer', training.get('batch_size'))
+  num_steps, num_epochs = training.get('num_steps', 0) or 0, training.get('num_epochs', 0) or 0
+  _require(_is_int(num_steps) and num_steps >= 0, 'training.num_steps', 'must be a non-negative integer',
+           num_steps)
+  _require(_is_int(num_epochs) and num_epochs >= 0, 'training.num_epochs',
+           'must be a non-negative integer', num_epochs)
+  _require((num_steps > 0) != (num_epochs > 0), 'training.num_steps',
+           'set exactly one of training.num_steps and training.num_epochs to a positive value', num_steps)
+  for field in ('warmup_steps', 'eval_every'):
+    value = training.get(field, 0)
+    _require(_is_int(value) and value >= 0, f'training.{field}', 'must be a non-negative integer', value)
+  dispatch = training.get('steps_per_dispatch', 64)
+  _require(_is_int(dispatch) and dispatch >= 1, 'training.steps_per_dispatch', 'must be a positive integer',
+           dispatch)
+  _require(isinstance(training.get('weight_decay', 0.0), (int, float)) and training.get('weight_decay', 0.0) >= 0,
+           'training.weight_decay', 'must be a non-negative number', training.get('weight_decay'))
+
+  pruning_config = config.pruning
+  _require(pruning_config.get('scope', 'local') in pruning.SCOPES, 'pruning.scope',
+           f'must be one of {pruning.SCOPES}', pruning_config.get('scope'))
+  _require(pruning_config.get('mode', 'iterative') in PRUNING_MODES, 'pruning.mode',
+           f'must be one of {PRUNING_MODES}', pruning_config.get('mode'))
+  levels = pruning_config.get('levels')
+  _require(_is_int(levels) and levels >= 0, 'pruning.levels', 'must be a non-negative integer', levels)
+  target = pruning_config.get('target_density')
+  if target is not None:
+    _require(isinstance(target, (int, float)) and 0.0 < target <= 1.0, 'pruning.target_density',
+             'must be in (0, 1] (a fraction of weights remaining), or None', target)
+  if pruning_config.get('fraction') is None:
+    _require(target is not None and levels >= 1, 'pruning.fraction',
+             'set pruning.fraction, or pruning.target_density with pruning.levels >= 1', None)
+  else:
+    _check_fraction('pruning.fraction', pruning_config.fraction)
+  layer_fractions = pruning_config.get('layer_fractions') or {}
+  for layer, value in dict(layer_fractions).items():
+    _check_fraction(f'pruning.layer_fractions.{layer}', value)
+  minimum = pruning_config.get('min_weights_per_layer', 0)
+  _require(_is_int(minimum) and minimum >= 0, 'pruning.min_weights_per_layer',
+           'must be a non-negative integer', minimum)
+  _require(minimum == 0 or pruning_config.get('scope', 'local') == 'local', 'pruning.min_weights_per_layer',
+           'applies to local pruning only (pruning.scope="local")', minimum)
+  rewind = pruning_config.get('rewind_step', 0)
+  _require(_is_int(rewind) and rewind >= 0, 'pruning.rewind_step', 'must be a non-negative integer', rewind)
+  if num_steps:
+    _require(rewind < num_steps, 'pruning.rewind_step',
+             f'must be before the end of training (training.num_steps={num_steps})', rewind)
+
+  for name in config.get('branches', ()):
+    _require(name in branches_lib.BRANCH_NAMES, 'branches',
+             f'unknown branch {name!r}; known branches: {", ".join(branches_lib.BRANCH_NAMES)}',
+             tuple(config.branches))
+  _require(_is_int(config.get('parallel', {}).get('num_devices', 0)), 'parallel.num_devices',
+           'must be an integer (0: all devices)', config.get('parallel', {}).get('num_devices'))
+
+
+def check_against_data(config: ml_collections.ConfigDict, num_train: int,
+                       layer_sizes: Mapping[str, int]) -> None:
+  """Checks that need the dataset size and the model's prunable layer sizes (still before training)."""
+  training, pruning_config = config.training, config.pruning
+  _require(training.batch_size <= num_train, 'training.batch_size',
+           f'is larger than the training set ({num_train} examples)', training.batch_size)
+  steps = total_steps(training, num_train)
+  rewind = pruning_config.get('rewind_step', 0)
+  _require(rewind < steps, 'pruning.rewind_step',
+           f'is past the end of training ({steps} steps)', rewind)
+  _require(steps > 0, 'training.num_epochs', 'gives no training steps', training.get('num_epochs'))
+  for boundary in training.get('decay_boundaries', ()) or ():
+    _require(_is_int(boundary) and 0 < boundary < steps, 'training.decay_boundaries',
+             f'each boundary must be a step inside training (1..{steps - 1})', tuple(training.decay_boundaries))
+  target = pruning_config.get('target_density')
+  if target is None or pruning_config.get('mode', 'iterative') != 'iterative':
+    return
+  fraction = fraction_per_level(config)
+  counts = pruning.planned_counts(layer_sizes, fraction, pruning_config.levels,
+                                  pruning_config.get('scope', 'local'),
+                                  dict(pruning_config.get('layer_fractions') or {}),
+                                  pruning_config.get('min_weights_per_layer', 0))
+  reached = counts[-1] / counts[0]
+  _require(reached <= target * (1 + DENSITY_TOLERANCE), 'pruning.target_density',
+           f'is unreachable: {pruning_config.levels} levels pruning {fraction:.3g} per level keep at least '
+           f'{reached:.4g} of the weights; raise pruning.levels or pruning.fraction', target)
