@@ -208,6 +208,7 @@ class _TrialRunner:
       self._record(0, 'ticket', keep_mask, prunable, result, dense_params, 0)
 
     ticket_params = dense_params
+    last_level: dict[str, tuple[dict[str, Any], Any, Any]] = {}
     for level in range(1, self.plan.levels + 1):
       new_mask = self.plan.next_mask(level, ticket_params, keep_mask, dense_params, prunable)
       if all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(new_mask),
@@ -231,12 +232,16 @@ class _TrialRunner:
           ticket_params = final_params
           checkpoints.save_tree(self._level_dir(level), (ticket_params, keep_mask))
         record = self._record(level, branch, branch_mask, prunable, result, final_params, rewind_step)
-        if self.config.get('report', {}).get('print_surviving_weights', False):
-          self.log(f'trial {self.trial} level {level} {branch}: {record["nonzero_weights"]} nonzero weights\n'
-                   + format_surviving_weights(final_params, branch_mask, prunable))
+        last_level[branch] = (record, final_params, branch_mask)
       if self.plan.reached_target(masks_lib.density(keep_mask, prunable)):
         self.log(f'trial {self.trial} level {level}: target density reached; stopping')
         break
+    if self.config.get('report', {}).get('print_surviving_weights', False):
+      for branch, (record, final_params, branch_mask) in last_level.items():
+        metric = 'test_accuracy' if 'test_accuracy' in record else 'test_rmse'
+        self.log(f'trial {self.trial} level {record["level"]} {branch}: {record["kept_weights"]} weights '
+                 f'kept, {metric}={record[metric]:.6g}\n'
+                 + format_surviving_weights(final_params, branch_mask, prunable))
 
 
 def _print(message: str) -> None:

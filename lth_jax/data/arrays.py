@@ -129,9 +129,11 @@ def read_seed(dataset_config: Mapping[str, Any], default: int = 0) -> int:
 
 
 def read_positive_int(dataset_config: Mapping[str, Any], field: str, default: int | None) -> int | None:
-    """Reads dataset.<field>: a positive integer, or the default (which may be None) when missing."""
-    value = dataset_config.get(field, default)
-    if value is None and default is None:
+    """Reads dataset.<field>: a positive integer, or the default (which may be None) when missing or None."""
+    value = dataset_config.get(field, None)
+    if value is None:
+        value = default
+    if value is None:
         return None
     if not _is_integer(value) or value < 1:
         raise ValueError(f"dataset.{field} must be a positive integer, got {value!r}")

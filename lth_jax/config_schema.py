@@ -1,0 +1,70 @@
+"""Every config field lth_jax reads, with its default. Config files start from `base_config()`.
+
+    def get_config():
+      config = config_schema.base_config()
+      config.model.name = 'conv4'
+      ...
+      return config
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The full config with defaults: LeNet-300-100 on MNIST-1D, 20% iterative local pruning."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0          # seeds initialization, batch order and branch randomness
+  config.trials = 1        # independent repetitions (seeds derived from seed and trial)
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = 'mnist1d'   # sum_of_two | digits | mnist1d | mnist | cifar10
+  config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir / dataset cache
+  config.dataset.seed = 0           # generation / split seed of generated datasets
+  config.dataset.num_train = ml_collections.config_dict.placeholder(int)  # optional limit / size
+  config.dataset.num_test = ml_collections.config_dict.placeholder(int)
+  config.dataset.train_range = (-1.0, 1.0)  # sum_of_two only
+  config.dataset.test_range = (1.0, 2.0)    # sum_of_two only
+  config.dataset.test_fraction = 0.2        # digits only
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'lenet'         # linear | lenet | conv2 | conv4 | conv6
+  config.model.hidden_sizes = (300, 100)  # lenet
+  config.model.hidden_size = 200          # linear
+  config.model.dense_sizes = (256, 256)   # conv2/4/6
+
+  config.training = ml_collections.ConfigDict()
+  config.training.optimizer = 'adam'      # sgd | momentum | nesterov | adam | adamw
+  config.training.learning_rate = 1.2e-3
+  config.training.momentum = 0.9
+  config.training.weight_decay = 0.0
+  config.training.schedule = 'constant'   # constant | step | cosine
+  config.training.warmup_steps = 0        # linear warmup from 0 over these steps
+  config.training.decay_boundaries = ()   # steps at which 'step' multiplies by decay_factor
+  config.training.decay_factor = 0.1
+  config.training.batch_size = 64
+  config.training.num_steps = 3000        # length of training; or 0 and set num_epochs
+  config.training.num_epochs = 0
+  config.training.eval_every = 500        # test-set evaluation every this many steps (0: only at the end)
+  config.training.eval_batch_size = 1000
+  config.training.steps_per_dispatch = 64  # steps fused into one compiled lax.scan
+
+  config.pruning = ml_collections.ConfigDict()
+  config.pruning.mode = 'iterative'        # iterative | one_shot
+  config.pruning.scope = 'local'           # local (per layer) | global (one pool)
+  config.pruning.fraction = 0.2            # of the remaining weights, per level
+  config.pruning.layer_fractions = ml_collections.ConfigDict({'output': 0.1})  # per-layer overrides
+  config.pruning.levels = 5                # pruning levels after the dense level 0
+  config.pruning.target_density = ml_collections.config_dict.placeholder(float)  # stop when reached
+  config.pruning.min_weights_per_layer = 0  # local pruning never goes below this per layer
+  config.pruning.rewind_step = 0           # 0: reset to init; k > 0: late resetting to step k
+  config.pruning.prunable_parameters = ('kernel',)
+  config.pruning.excluded_layers = ()      # layer names (or prefixes) never pruned
+
+  config.branches = ('reinit',)            # controls trained beside the ticket at every level
+
+  config.parallel = ml_collections.ConfigDict()
+  config.parallel.num_devices = 0          # 0: every device of every host
+
+  config.report = ml_collections.ConfigDict()
+  config.report.print_surviving_weights = False  # print the last level's surviving weights
+  return config
