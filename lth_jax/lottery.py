@@ -256,8 +256,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   Every config check runs before any training: a bad field raises `validation.ConfigError` naming it.
   """
   validation.check_config(config)
-  dataset = data_lib.build(config.dataset)
-  model = models_lib.build(config.model, dataset.num_outputs)
+  try:
+    dataset = data_lib.build(config.dataset)
+    model = models_lib.build(config.model, dataset.num_outputs)
+  except data_lib.DatasetNotPreparedError:
+    raise
+  except ValueError as error:  # a dataset or model field the builders rejected
+    raise validation.ConfigError(str(error)) from error
   example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example, train=False))
   param_shapes, _ = train_lib.split_variables(shapes)

@@ -4,12 +4,16 @@
         --config.pruning.levels=5
 """
 
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from lth_jax import data
 from lth_jax import lottery
+from lth_jax import validation
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for results, checkpoints and logs.', required=True)
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections config file.',
@@ -22,7 +26,10 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keep checkpointing chatter out of the progress lines
-  lottery.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    lottery.run(_CONFIG.value, _WORKDIR.value)
+  except (validation.ConfigError, data.DatasetNotPreparedError) as error:
+    sys.exit(f'lth_jax: {error}')
 
 
 if __name__ == '__main__':

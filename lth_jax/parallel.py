@@ -44,8 +44,9 @@ def check_batch_size(batch_size: int, mesh: Mesh, field: str = 'training.batch_s
 
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
-  """Places a host tree on every device of the mesh."""
-  return jax.device_put(tree, replicated(mesh))
+  """Places a copy of `tree` on every device of the mesh (never aliasing the caller's buffers, which
+  the train step may donate)."""
+  return jax.device_put(tree, replicated(mesh), may_alias=False)
 
 
 def put_batch(array: np.ndarray, mesh: Mesh, batch_axis: int = 0) -> jax.Array:

@@ -113,19 +113,6 @@ def eval_step(params: Any, model_state: Any, inputs: jax.Array, targets: jax.Arr
   return sums
 
 
-def power_of_two_chunks(num_steps: int, max_chunk: int) -> list[int]:
-  """Splits `num_steps` into chunks of `max_chunk` then decreasing powers of two (few compiled sizes)."""
-  chunks = [max_chunk] * (num_steps // max_chunk)
-  remainder = num_steps % max_chunk
-  size = 1 << max(0, max_chunk.bit_length() - 1)
-  while remainder:
-    while size > remainder:
-      size //= 2
-    chunks.append(size)
-    remainder -= size
-  return chunks
-
-
 @dataclasses.dataclass
 class TrainResult:
   """What one call of `Trainer.train` produced."""
@@ -164,17 +151,29 @@ class Trainer:
     step = functools.partial(train_step, model=model, optimizer=optimizer, task=self.task)
     batch_sharding = parallel.batch_sharded(mesh)
 
-    def train_chunk(state, train_inputs, train_targets, indices):
-      def body(state, step_indices):
+    def train_chunk(state, train_inputs, train_targets, indices, num_active):
+      """Runs the first `num_active` of the `len(indices)` steps; the rest are skipped (one program
+      serves every chunk length, so nothing recompiles at evaluation or snapshot boundaries)."""
+      def run_step(state, step_indices):
         inputs = jax.lax.with_sharding_constraint(train_inputs[step_indices], batch_sharding)
         targets = jax.lax.with_sharding_constraint(train_targets[step_indices], batch_sharding)
         return step(state, inputs, targets)
-      state, sums = jax.lax.scan(body, state, indices)
+
+      zero_sums = jax.tree_util.tree_map(
+          jnp.zeros_like, jax.eval_shape(run_step, state, indices[0])[1])
+
+      def body(carry, step_indices):
+        state, position = carry
+        state, sums = jax.lax.cond(position < num_active, run_step,
+                                   lambda state, _: (state, zero_sums), state, step_indices)
+        return (state, position + 1), sums
+
+      (state, _), sums = jax.lax.scan(body, (state, jnp.zeros((), jnp.int32)), indices)
       return state, jax.tree_util.tree_map(lambda values: values.sum(0), sums)
 
     self._train_chunk = jax.jit(
         train_chunk,
-        in_shardings=(replicated, replicated, replicated, parallel.batch_sharded(mesh, 1)),
+        in_shardings=(replicated, replicated, replicated, parallel.batch_sharded(mesh, 1), replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,))
 
@@ -190,6 +189,8 @@ class Trainer:
       return totals
 
     self._evaluate = jax.jit(evaluate, out_shardings=replicated)
+    example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
+    self._init = jax.jit(lambda key: model.init(key, example, train=False))
 
   def _put_test_batches(self) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Pads the test set to whole evaluation batches, with weight 0 on the padding."""
@@ -201,13 +202,12 @@ class Trainer:
       padded = np.concatenate([array, np.zeros((padding, *array.shape[1:]), array.dtype)])
       return parallel.put_batch(padded.reshape(num_batches, size, *array.shape[1:]), self.mesh, 1)
 
-    weights = np.concatenate([np.ones(num_test, np.float32), np.zeros(padding, np.float32)])
+    weights = np.ones(num_test, np.float32)  # padding gets weight 0
     return batched(self.dataset.test_inputs), batched(self.dataset.test_targets), batched(weights)
 
   def init_variables(self, seed: int) -> tuple[Any, Any]:
     """Fresh initial (params, model_state) on the host for `seed`."""
-    example = jnp.zeros((1, *self.dataset.input_shape), jnp.float32)
-    variables = jax.jit(functools.partial(self.model.init, train=False))(jax.random.PRNGKey(seed), example)
+    variables = self._init(jax.random.PRNGKey(seed))
     return split_variables(parallel.to_host(variables))
 
   def create_state(self, params: Any, model_state: Any, keep_mask: Any, step: int) -> TrainState:
@@ -248,10 +248,13 @@ class Trainer:
       snapshots[start_step] = parallel.to_host((state.params, state.model_state))
     train_sums, current, segment_started = None, start_step, time.perf_counter()
     for boundary in sorted(boundaries):
-      for chunk in power_of_two_chunks(boundary - current, self.steps_per_dispatch):
-        indices = data_lib.batch_indices(data_seed, current, chunk, self.dataset.num_train, self.batch_size)
+      while current < boundary:
+        chunk = min(self.steps_per_dispatch, boundary - current)
+        indices = np.zeros((self.steps_per_dispatch, self.batch_size), np.int32)
+        indices[:chunk] = data_lib.batch_indices(data_seed, current, chunk, self.dataset.num_train,
+                                                 self.batch_size)
         state, sums = self._train_chunk(state, self._train_inputs, self._train_targets,
-                                        parallel.put_batch(indices, self.mesh, 1))
+                                        parallel.put_batch(indices, self.mesh, 1), np.int32(chunk))
         train_sums = sums if train_sums is None else jax.tree_util.tree_map(jnp.add, train_sums, sums)
         current += chunk
       if current in snapshot_steps:

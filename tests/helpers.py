@@ -1,0 +1,30 @@
+"""Small configs shared by the tests."""
+
+import ml_collections
+
+from lth_jax import config_schema
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  """A lottery config that finishes in seconds: a small MLP on the sklearn digits."""
+  config = config_schema.base_config()
+  config.dataset.name = 'digits'
+  config.model.name = 'lenet'
+  config.model.hidden_sizes = (32, 16)
+  config.training.optimizer = 'adam'
+  config.training.learning_rate = 3e-3
+  config.training.batch_size = 32
+  config.training.num_steps = 60
+  config.training.eval_every = 20
+  config.training.steps_per_dispatch = 16
+  config.pruning.fraction = 0.5
+  config.pruning.levels = 2
+  config.pruning.rewind_step = 5
+  config.branches = ('reinit', 'permuted')
+  for field, value in overrides.items():
+    section, _, name = field.rpartition('__')
+    target = config
+    for part in filter(None, section.split('__')):
+      target = target[part]
+    target[name] = value
+  return config

@@ -1,0 +1,40 @@
+"""The command line: `python -m lth_jax.main --config=... --workdir=...` with flag overrides."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_main(*arguments, workdir):
+  environment = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, '-m', 'lth_jax.main', *arguments, f'--workdir={workdir}'],
+                        cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+
+
+def test_default_config_runs_with_overrides_and_prints_the_table(tmp_path):
+  completed = _run_main('--config=configs/default.py', '--config.pruning.levels=1',
+                        '--config.training.num_steps=40', '--config.training.eval_every=20',
+                        '--config.model.hidden_sizes=(16,8)', workdir=tmp_path)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  records = [json.loads(line) for line in open(tmp_path / 'results.jsonl')]
+  assert sorted((r['level'], r['branch']) for r in records) == [(0, 'ticket'), (1, 'reinit'), (1, 'ticket')]
+  assert all(r['steps'] == 40 for r in records)
+  assert 'test_accuracy' in completed.stdout and 'remaining' in completed.stdout
+  assert '2 device(s)' in completed.stdout
+  assert records[1]['fraction_remaining'] < 1.0
+
+
+def test_bad_override_fails_before_training_and_names_the_field(tmp_path):
+  completed = _run_main('--config=configs/default.py', '--config.pruning.fraction=1.5', workdir=tmp_path)
+  assert completed.returncode != 0
+  assert 'pruning.fraction=1.5' in completed.stderr
+  assert not (tmp_path / 'results.jsonl').exists()
+
+
+def test_unknown_config_field_is_refused(tmp_path):
+  completed = _run_main('--config=configs/default.py', '--config.pruning.fractoin=0.5', workdir=tmp_path)
+  assert completed.returncode != 0
+  assert 'fractoin' in completed.stderr

@@ -1,0 +1,351 @@
+"""Tests for lth_jax.pruning: exact selection, no revival, ties, local vs global, permutation, schedules."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from lth_jax import masks
+from lth_jax import pruning
+
+
+def single_layer(weights, keep=None, name='dense_0'):
+  """(params, mask, prunable) for one prunable kernel."""
+  weights = np.asarray(weights, np.float32)
+  keep = np.ones(weights.shape, bool) if keep is None else np.asarray(keep, bool)
+  params = {name: {'kernel': weights}}
+  return params, {name: {'kernel': keep}}, masks.prunable_tree(params)
+
+
+def prune_layer(weights, keep, fraction, **kwargs):
+  """Magnitude-prunes one kernel; returns its new keep array."""
+  params, mask, prunable = single_layer(weights, keep)
+  new_mask = pruning.prune(pruning.magnitude_scores(params), mask, prunable, fraction, **kwargs)
+  return np.asarray(new_mask['dense_0']['kernel'])
+
+
+def random_tree(rng, scales=None):
+  """Three dense layers (300, 150, 30 kernel weights) with biases, like a tiny LeNet."""
+  scales = scales or {}
+  shapes = {'dense_0': (20, 15), 'dense_1': (15, 10), 'output': (10, 3)}
+  return {name: {'kernel': scales.get(name, 1.0) * rng.normal(size=shape).astype(np.float32),
+                 'bias': rng.normal(size=shape[1:]).astype(np.float32)}
+          for name, shape in shapes.items()}
+
+
+def kernel_counts(mask):
+  return {name: int(np.sum(layer['kernel'])) for name, layer in mask.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# magnitude_scores
+
+
+def test_magnitude_scores_are_float32_absolute_values():
+  scores = pruning.magnitude_scores({'a': np.array([-2.0, 0.5, -0.0], np.float64)})
+  assert scores['a'].dtype == np.float32
+  np.testing.assert_array_equal(scores['a'], [2.0, 0.5, 0.0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact selection
+
+
+def test_prune_removes_the_smallest_surviving_weights_by_magnitude():
+  """Hand-made: survivors by |w| are 0.05, 0.1, 0.5, 1.0, 2.0, 3.0; already pruned: 0.01 and 9.0."""
+  weights = [[0.5, -0.1, 3.0, 0.01], [-2.0, 0.05, 1.0, -9.0]]
+  keep = [[True, True, True, False], [True, True, True, False]]
+  # round(0.5 * 6) = 3: drop 0.05, -0.1, 0.5 (signs do not matter); the pruned 0.01 stays pruned.
+  np.testing.assert_array_equal(prune_layer(weights, keep, 0.5),
+                                [[False, False, True, False], [True, False, True, False]])
+  # round(0.2 * 6) = round(1.2) = 1: only 0.05 goes.
+  np.testing.assert_array_equal(prune_layer(weights, keep, 0.2),
+                                [[True, True, True, False], [True, False, True, False]])
+  # round(0.75 * 6) = round(4.5) = 4 (round half to even, like Python's round): keeps 2.0 and 3.0.
+  np.testing.assert_array_equal(prune_layer(weights, keep, 0.75),
+                                [[False, False, True, False], [True, False, False, False]])
+  # Fraction 0 keeps everything; fraction 1 removes every survivor.
+  np.testing.assert_array_equal(prune_layer(weights, keep, 0.0), keep)
+  assert not prune_layer(weights, keep, 1.0).any()
+
+
+@pytest.mark.parametrize('fraction', [0.05, 0.1, 0.2, 0.25, 0.5, 0.8, 0.9])
+def test_prune_count_is_round_of_fraction_times_remaining(fraction):
+  """A shuffled layer with distinct magnitudes: exactly round(p * remaining) of the smallest go."""
+  rng = np.random.default_rng(int(fraction * 100))
+  magnitudes = rng.permutation(np.arange(1, 101)).astype(np.float32)
+  weights = (magnitudes * rng.choice([-1.0, 1.0], size=100)).reshape(10, 10)
+  keep = (rng.random(100) < 0.7).reshape(10, 10)
+  remaining = int(keep.sum())
+  new_keep = prune_layer(weights, keep, fraction)
+  removed = keep & ~new_keep
+  assert removed.sum() == round(fraction * remaining)
+  # Every removed survivor is smaller than every kept one.
+  if removed.any() and new_keep.any():
+    assert np.abs(weights[removed]).max() < np.abs(weights[new_keep]).min()
+  assert not (new_keep & ~keep).any()
+  assert new_keep.shape == keep.shape and new_keep.dtype == bool
+
+
+def test_prune_never_revives_across_levels():
+  """Already-pruned weights with huge magnitudes stay pruned over several consecutive levels."""
+  rng = np.random.default_rng(0)
+  weights = rng.normal(size=(8, 8)).astype(np.float32)
+  keep = np.ones((8, 8), bool)
+  keep.flat[::5] = False
+  weights[~keep] = 1e9  # pruned, but with the largest scores of all
+  for level in range(5):
+    remaining = int(keep.sum())
+    new_keep = prune_layer(weights, keep, 0.3)
+    assert not (new_keep & ~keep).any(), f'level {level} revived a weight'
+    assert int((keep & ~new_keep).sum()) == round(0.3 * remaining)
+    keep = new_keep
+  assert not keep[weights == 1e9].any()
+
+
+def test_prune_breaks_ties_by_lower_flat_index_and_is_deterministic():
+  weights = np.ones((2, 5), np.float32)
+  keep = np.ones((2, 5), bool)
+  keep[0, 1] = False
+  # 9 remaining, round(0.3 * 9) = 3: the survivors with the lowest flat indices 0, 2, 3 go first.
+  first = prune_layer(weights, keep, 0.3)
+  expected = np.ones(10, bool)
+  expected[[0, 1, 2, 3]] = False
+  np.testing.assert_array_equal(first, expected.reshape(2, 5))
+  np.testing.assert_array_equal(prune_layer(weights, keep, 0.3), first)
+
+
+def test_prune_ties_only_among_equal_scores():
+  """Ties are broken by index only among equal scores; a smaller score still goes first."""
+  weights = np.array([1.0, 1.0, 1.0, 0.5, 1.0, 1.0], np.float32)
+  np.testing.assert_array_equal(prune_layer(weights, None, 0.5), [False, False, True, False, True, True])
+
+
+@pytest.mark.xfail(strict=True, reason='pruned entries are ranked with score inf, so a surviving weight '
+                   'whose score is inf or nan is ranked after them and fewer than round(p * remaining) '
+                   'weights are removed (pruning._prune_flat)')
+@pytest.mark.parametrize('bad_value', [np.inf, np.nan])
+def test_prune_removes_exact_count_even_with_non_finite_scores(bad_value):
+  """Diverged weights (inf or nan) must not make pruning remove fewer than requested."""
+  weights = [5.0, bad_value, 1.0, 2.0]
+  keep = [False, True, True, True]
+  new_keep = prune_layer(weights, keep, 1.0)  # round(1.0 * 3) = 3: every survivor goes
+  assert int((np.asarray(keep) & ~new_keep).sum()) == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Local vs global, per-layer fractions and the floor
+
+
+def two_scales_tree():
+  """'dense_0' has tiny weights (1e-3 .. 0.1), 'dense_1' large ones (1 .. 100); biases are tiny."""
+  magnitudes = np.arange(1, 101, dtype=np.float32).reshape(10, 10)
+  params = {
+      'dense_0': {'kernel': 1e-3 * magnitudes, 'bias': np.full(10, 1e-6, np.float32)},
+      'dense_1': {'kernel': magnitudes.copy(), 'bias': np.full(10, 1e-6, np.float32)},
+  }
+  return params, masks.ones_like(params), masks.prunable_tree(params)
+
+
+def test_global_pruning_ranks_all_layers_together():
+  params, mask, prunable = two_scales_tree()
+  scores = pruning.magnitude_scores(params)
+  # Half of the 200-weight pool is exactly the small layer.
+  new_mask = pruning.prune(scores, mask, prunable, 0.5, scope='global')
+  assert not np.asarray(new_mask['dense_0']['kernel']).any()
+  assert np.asarray(new_mask['dense_1']['kernel']).all()
+  # Non-prunable biases are untouched even though their scores are the smallest of all.
+  assert np.asarray(new_mask['dense_0']['bias']).all() and np.asarray(new_mask['dense_1']['bias']).all()
+  # A quarter of the pool comes entirely out of the small layer, its 50 smallest.
+  quarter = pruning.prune(scores, mask, prunable, 0.25, scope='global')
+  assert kernel_counts(quarter) == {'dense_0': 50, 'dense_1': 100}
+  np.testing.assert_array_equal(np.asarray(quarter['dense_0']['kernel']).reshape(-1), np.arange(100) >= 50)
+
+
+def test_local_pruning_ranks_within_each_layer():
+  params, mask, prunable = two_scales_tree()
+  new_mask = pruning.prune(pruning.magnitude_scores(params), mask, prunable, 0.5, scope='local')
+  assert kernel_counts(new_mask) == {'dense_0': 50, 'dense_1': 50}
+  expected = (np.arange(100) >= 50).reshape(10, 10)  # the 50 smallest of each layer
+  np.testing.assert_array_equal(new_mask['dense_0']['kernel'], expected)
+  np.testing.assert_array_equal(new_mask['dense_1']['kernel'], expected)
+  assert np.asarray(new_mask['dense_0']['bias']).all()
+
+
+def test_local_is_the_default_scope():
+  params, mask, prunable = two_scales_tree()
+  scores = pruning.magnitude_scores(params)
+  default = pruning.prune(scores, mask, prunable, 0.5)
+  local = pruning.prune(scores, mask, prunable, 0.5, scope='local')
+  jax.tree_util.tree_map(np.testing.assert_array_equal, default, local)
+
+
+def test_prune_rejects_unknown_scope():
+  params, mask, prunable = two_scales_tree()
+  with pytest.raises(ValueError, match='scope'):
+    pruning.prune(pruning.magnitude_scores(params), mask, prunable, 0.5, scope='layerwise')
+
+
+def test_layer_fractions_prune_the_output_layer_at_half_rate():
+  rng = np.random.default_rng(3)
+  params = random_tree(rng)
+  mask, prunable = masks.ones_like(params), masks.prunable_tree(params)
+  new_mask = pruning.prune(pruning.magnitude_scores(params), mask, prunable, 0.2,
+                           layer_fractions={'output': 0.1})
+  # dense_0: 300 - round(60) ; dense_1: 150 - round(30) ; output: 30 - round(3).
+  assert kernel_counts(new_mask) == {'dense_0': 240, 'dense_1': 120, 'output': 27}
+
+
+def test_layer_fractions_prefix_applies_to_every_numbered_layer():
+  rng = np.random.default_rng(4)
+  params = random_tree(rng)
+  mask, prunable = masks.ones_like(params), masks.prunable_tree(params)
+  new_mask = pruning.prune(pruning.magnitude_scores(params), mask, prunable, 0.5,
+                           layer_fractions={'dense': 0.1})
+  assert kernel_counts(new_mask) == {'dense_0': 270, 'dense_1': 135, 'output': 15}
+
+
+def test_fraction_for_layer_matching_rules():
+  overrides = {'output': 0.1, 'conv': 0.3, 'dense_1': 0.4}
+  assert pruning.fraction_for_layer('output', 0.2, overrides) == 0.1
+  assert pruning.fraction_for_layer('conv_0', 0.2, overrides) == 0.3
+  assert pruning.fraction_for_layer('conv_12', 0.2, overrides) == 0.3
+  assert pruning.fraction_for_layer('dense_1', 0.2, overrides) == 0.4
+  # No partial-name matches: a key must be the name or a prefix followed by '_'.
+  assert pruning.fraction_for_layer('dense_10', 0.2, overrides) == 0.2
+  assert pruning.fraction_for_layer('convex_0', 0.2, overrides) == 0.2
+  assert pruning.fraction_for_layer('outputs', 0.2, overrides) == 0.2
+  assert pruning.fraction_for_layer('dense_0', 0.2, {}) == 0.2
+  assert isinstance(pruning.fraction_for_layer('output', 1, {'x': 1}), float)
+
+
+def test_min_weights_per_layer_is_a_floor():
+  rng = np.random.default_rng(5)
+  params = {'small': {'kernel': rng.normal(size=(2, 5)).astype(np.float32)},
+            'large': {'kernel': rng.normal(size=(10, 10)).astype(np.float32)}}
+  mask, prunable = masks.ones_like(params), masks.prunable_tree(params)
+  scores = pruning.magnitude_scores(params)
+  # 0.9 of 10 would leave 1; the floor keeps 3 (the 3 largest). The large layer is above the floor.
+  mask = pruning.prune(scores, mask, prunable, 0.9, min_weights_per_layer=3)
+  assert kernel_counts(mask) == {'small': 3, 'large': 10}
+  small = np.abs(params['small']['kernel']).reshape(-1)
+  np.testing.assert_array_equal(np.sort(np.flatnonzero(mask['small']['kernel'])), np.sort(np.argsort(small)[-3:]))
+  # Further levels never go below the floor (and never raise).
+  for _ in range(3):
+    mask = pruning.prune(scores, mask, prunable, 0.9, min_weights_per_layer=3)
+  assert kernel_counts(mask) == {'small': 3, 'large': 3}
+
+
+def test_count_to_prune():
+  assert pruning.count_to_prune(10, 0.25) == 2  # round(2.5) = 2, half to even
+  assert pruning.count_to_prune(10, 0.35) == round(0.35 * 10)
+  assert pruning.count_to_prune(10, 0.9, min_remaining=3) == 7
+  assert pruning.count_to_prune(2, 0.9, min_remaining=3) == 0  # already below the floor: prune nothing
+  assert pruning.count_to_prune(0, 0.5) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# permute_within_layers
+
+
+def test_permute_within_layers_keeps_counts_and_non_prunable_leaves():
+  rng = np.random.default_rng(6)
+  params = random_tree(rng)
+  prunable = masks.prunable_tree(params)
+  mask = pruning.prune(pruning.magnitude_scores(params), masks.ones_like(params), prunable, 0.6,
+                       layer_fractions={'output': 0.3})
+  # A non-prunable mask leaf with a False entry: a permutation would move it.
+  bias_mask = np.ones(15, bool)
+  bias_mask[0] = False
+  mask['dense_0']['bias'] = bias_mask
+  permuted = pruning.permute_within_layers(mask, prunable, seed=0)
+  assert masks.count_per_layer(permuted, prunable) == masks.count_per_layer(mask, prunable)
+  np.testing.assert_array_equal(permuted['dense_0']['bias'], bias_mask)
+  for name in ('dense_1', 'output'):
+    np.testing.assert_array_equal(permuted[name]['bias'], mask[name]['bias'])
+  for name in ('dense_0', 'dense_1', 'output'):
+    assert permuted[name]['kernel'].shape == mask[name]['kernel'].shape
+    assert permuted[name]['kernel'].dtype == bool
+    assert not np.array_equal(permuted[name]['kernel'], mask[name]['kernel']), name
+
+
+def test_permute_within_layers_is_deterministic_for_a_seed():
+  rng = np.random.default_rng(7)
+  params = random_tree(rng)
+  prunable = masks.prunable_tree(params)
+  mask = pruning.prune(pruning.magnitude_scores(params), masks.ones_like(params), prunable, 0.5)
+  first = pruning.permute_within_layers(mask, prunable, seed=11)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, pruning.permute_within_layers(mask, prunable, seed=11),
+                         first)
+  other = pruning.permute_within_layers(mask, prunable, seed=12)
+  assert not np.array_equal(other['dense_0']['kernel'], first['dense_0']['kernel'])
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedules
+
+
+@pytest.mark.parametrize('target, levels', [(0.5, 1), (0.2, 5), (0.01, 10), (0.035, 7), (1.0, 3)])
+def test_per_level_fraction_compounds_to_the_target(target, levels):
+  fraction = pruning.per_level_fraction(target, levels)
+  assert 0.0 <= fraction < 1.0
+  assert (1.0 - fraction) ** levels == pytest.approx(target, rel=1e-12)
+
+
+@pytest.mark.parametrize('target, levels', [(0.0, 3), (-0.1, 3), (1.5, 3), (0.5, 0), (0.5, -1)])
+def test_per_level_fraction_rejects_bad_arguments(target, levels):
+  with pytest.raises(ValueError):
+    pruning.per_level_fraction(target, levels)
+
+
+@pytest.mark.parametrize('scope', ['local', 'global'])
+def test_planned_counts_match_repeated_pruning(scope):
+  """The plan, made without weights, equals the surviving count of real pruning at every level."""
+  fraction, levels, layer_fractions, floor = 0.3, 8, {'output': 0.15}, 20
+  rng = np.random.default_rng(8)
+  params = random_tree(rng)
+  prunable = masks.prunable_tree(params)
+  sizes = {name: layer['kernel'].size for name, layer in params.items()}
+  plan = pruning.planned_counts(sizes, fraction, levels, scope=scope, layer_fractions=layer_fractions,
+                                min_weights_per_layer=floor)
+  assert len(plan) == levels + 1 and plan[0] == 480
+  mask = masks.ones_like(params)
+  actual = [480]
+  for _ in range(levels):
+    params = random_tree(rng, scales={'output': 0.01})  # new weights each level, as after training
+    mask = pruning.prune(pruning.magnitude_scores(params), mask, prunable, fraction, scope=scope,
+                         layer_fractions=layer_fractions, min_weights_per_layer=floor)
+    actual.append(sum(kernel_counts(mask).values()))
+  assert plan == actual
+  assert all(later < earlier for earlier, later in zip(actual, actual[1:]))
+
+
+def test_planned_counts_by_hand():
+  # local: dense_0 100 -> 80 -> 64; output (at 0.1) 10 -> 9 (round(1.0)) -> 8 (round(0.9) = 1).
+  assert pruning.planned_counts({'dense_0': 100, 'output': 10}, 0.2, 2, layer_fractions={'output': 0.1}) \
+      == [110, 89, 72]
+  # global: 110 -> 88 -> 70 (round(17.6) = 18).
+  assert pruning.planned_counts({'dense_0': 100, 'output': 10}, 0.2, 2, scope='global') == [110, 88, 70]
+  assert pruning.planned_counts({'dense_0': 100}, 0.2, 0) == [100]
+
+
+def test_one_shot_fractions_compound_the_iterative_fractions():
+  fraction, overrides = pruning.one_shot_fractions(0.2, {'output': 0.1}, 3)
+  assert fraction == pytest.approx(1 - 0.8 ** 3)
+  assert overrides == {'output': pytest.approx(1 - 0.9 ** 3)}
+  assert pruning.one_shot_fractions(0.2, {'output': 0.1}, 1) == (pytest.approx(0.2), {'output': pytest.approx(0.1)})
+  assert pruning.one_shot_fractions(0.2, {}, 0) == (0.0, {})
+
+
+def test_one_shot_reaches_the_density_of_the_iterative_schedule():
+  """Pruning once with the compounded fraction leaves (1 - p)^n of the weights, like n levels would."""
+  sizes = {'dense_0': 10000, 'output': 1000}
+  levels = 5
+  fraction, overrides = pruning.one_shot_fractions(0.2, {'output': 0.1}, levels)
+  one_shot = pruning.planned_counts(sizes, fraction, 1, layer_fractions=overrides)[-1]
+  expected = 10000 * 0.8 ** levels + 1000 * 0.9 ** levels
+  assert abs(one_shot - expected) <= 1
+  iterative = pruning.planned_counts(sizes, 0.2, levels, layer_fractions={'output': 0.1})[-1]
+  assert abs(one_shot - iterative) <= levels  # only per-level rounding separates them
+  assert math.isclose(one_shot, iterative, rel_tol=1e-3)
