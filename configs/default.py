@@ -1,6 +1,6 @@
 """The embedded default: LeNet-300-100 on MNIST-1D (generated locally, no download).
 
-Eight levels of iterative magnitude pruning (20% per level, output layer at half rate, as Frankle &
+Twelve levels of iterative magnitude pruning (20% per level, output layer at half rate, as Frankle &
 Carbin do for LeNet), winning tickets against random reinitialization. A few minutes on 2 CPU cores.
 
     python -m lth_jax.main --config=configs/default.py --workdir=/tmp/lth_default
@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.eval_every = 500
   config.pruning.fraction = 0.2
   config.pruning.layer_fractions = {'output': 0.1}
-  config.pruning.levels = 8
+  config.pruning.levels = 12
   config.pruning.rewind_step = 0
   config.branches = ('reinit',)
   return config

@@ -46,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.training.num_epochs = 0
   config.training.eval_every = 500        # test-set evaluation every this many steps (0: only at the end)
   config.training.eval_batch_size = 1000
-  config.training.steps_per_dispatch = 64  # steps fused into one compiled lax.scan
+  config.training.steps_per_dispatch = 64  # steps fused into one compiled loop per dispatch
 
   config.pruning = ml_collections.ConfigDict()
   config.pruning.mode = 'iterative'        # iterative | one_shot
@@ -67,4 +67,28 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.report = ml_collections.ConfigDict()
   config.report.print_surviving_weights = False  # print the last level's surviving weights
+  return config
+
+
+def frankle_carbin_conv(model_name: str, learning_rate: float, num_steps: int, conv_rate: float,
+                        levels: int) -> ml_collections.ConfigDict:
+  """Conv-N on CIFAR-10 as Frankle & Carbin (2019) train it: Adam, batch 60, Gaussian Glorot init,
+  local pruning at `conv_rate` for convolutions, 20% for dense layers, 10% for the output layer."""
+  config = base_config()
+  config.dataset.name = 'cifar10'
+  config.model.name = model_name
+  config.model.dense_sizes = (256, 256)
+  config.training.optimizer = 'adam'
+  config.training.learning_rate = learning_rate
+  config.training.batch_size = 60
+  config.training.num_steps = num_steps
+  config.training.eval_every = 1000
+  # XLA:CPU runs convolution gradients many times slower inside a loop; on GPU/TPU raise this.
+  config.training.steps_per_dispatch = 1
+  config.pruning.scope = 'local'
+  config.pruning.fraction = 0.2
+  config.pruning.layer_fractions = {'conv': conv_rate, 'output': 0.1}
+  config.pruning.levels = levels
+  config.pruning.rewind_step = 0
+  config.branches = ('reinit',)
   return config

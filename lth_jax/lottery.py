@@ -45,6 +45,10 @@ class LotteryResults:
     """The records as a printable table."""
     return results_lib.format_table(self.records)
 
+  def sparsity_table(self) -> str:
+    """Test metric against fraction of weights remaining, one column per branch."""
+    return results_lib.format_sparsity_table(self.records)
+
   def select(self, **fields: Any) -> list[dict[str, Any]]:
     """Records whose fields equal the given values, e.g. `select(branch='ticket', trial=0)`."""
     return [record for record in self.records if all(record.get(k) == v for k, v in fields.items())]
@@ -285,4 +289,5 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     _TrialRunner(config, workdir, trainer, plan, total_steps, trial, records, log).run()
   log(f'finished in {time.perf_counter() - started:.1f} s; results in {os.path.join(workdir, RESULTS_FILE)}')
   log(results_lib.format_table(records))
+  log(results_lib.format_sparsity_table(records))
   return LotteryResults(workdir=workdir, records=records)

@@ -41,13 +41,17 @@ def count_to_prune(remaining: int, fraction: float, min_remaining: int = 0) -> i
 
 
 def _prune_flat(scores: np.ndarray, keep: np.ndarray, count: int) -> np.ndarray:
-  """Drops the `count` surviving entries with the smallest score (stable in index) from `keep`."""
+  """Drops the `count` surviving entries with the smallest score (stable in index) from `keep`.
+
+  Only survivors are ranked, so non-finite scores (inf, nan: ranked last) never make a pruned entry
+  count twice.
+  """
   keep = keep.reshape(-1).copy()
   if count <= 0:
     return keep
-  masked_scores = np.where(keep, scores.reshape(-1), np.inf)
-  order = np.argsort(masked_scores, kind='stable')
-  keep[order[:count]] = False
+  survivors = np.flatnonzero(keep)
+  order = np.argsort(scores.reshape(-1)[survivors], kind='stable')
+  keep[survivors[order[:count]]] = False
   return keep
 
 

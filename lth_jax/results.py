@@ -56,3 +56,29 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
                  f'{100 * record["fraction_remaining"]:>9.2f}% {record["nonzero_weights"]:>10} '
                  f'{record[metric]:>14.6g} {record["steps"]:>7}')
   return '\n'.join(lines)
+
+
+def format_sparsity_table(records: Sequence[dict[str, Any]]) -> str:
+  """Test metric against fraction of weights remaining: one row per level, one column per branch,
+  each cell the mean over trials (with min-max when there are several trials)."""
+  if not records:
+    return '(no results)'
+  metric = test_metric_name(records)
+  branches = sorted({record['branch'] for record in records}, key=lambda name: (name != 'ticket', name))
+  levels = sorted({record['level'] for record in records})
+  header = f'{"level":>5} {"remaining":>10} ' + ' '.join(f'{name:>24}' for name in branches)
+  lines = [f'{metric} against fraction of weights remaining', header, '-' * len(header)]
+  for level in levels:
+    at_level = [record for record in records if record['level'] == level]
+    remaining = at_level[0]['fraction_remaining']
+    cells = []
+    for name in branches:
+      values = [record[metric] for record in at_level if record['branch'] == name]
+      if not values:
+        cells.append(f'{"-":>24}')
+      elif len(values) == 1:
+        cells.append(f'{values[0]:>24.4g}')
+      else:
+        cells.append(f'{sum(values) / len(values):.4g} [{min(values):.4g}, {max(values):.4g}]'.rjust(24))
+    lines.append(f'{level:>5} {100 * remaining:>9.2f}% ' + ' '.join(cells))
+  return '\n'.join(lines)

@@ -152,24 +152,27 @@ class Trainer:
     batch_sharding = parallel.batch_sharded(mesh)
 
     def train_chunk(state, train_inputs, train_targets, indices, num_active):
-      """Runs the first `num_active` of the `len(indices)` steps; the rest are skipped (one program
-      serves every chunk length, so nothing recompiles at evaluation or snapshot boundaries)."""
+      """Runs the first `num_active` of the `len(indices)` steps (one program serves every chunk
+      length, so nothing recompiles at evaluation or snapshot boundaries)."""
       def run_step(state, step_indices):
         inputs = jax.lax.with_sharding_constraint(train_inputs[step_indices], batch_sharding)
         targets = jax.lax.with_sharding_constraint(train_targets[step_indices], batch_sharding)
         return step(state, inputs, targets)
 
+      if indices.shape[0] == 1:  # no loop at all: XLA:CPU runs convolutions far slower inside loops
+        return run_step(state, indices[0])
+
       zero_sums = jax.tree_util.tree_map(
           jnp.zeros_like, jax.eval_shape(run_step, state, indices[0])[1])
 
-      def body(carry, step_indices):
-        state, position = carry
-        state, sums = jax.lax.cond(position < num_active, run_step,
-                                   lambda state, _: (state, zero_sums), state, step_indices)
-        return (state, position + 1), sums
+      def body(position, carry):
+        state, sums = carry
+        state, step_sums = run_step(state, indices[position])
+        return state, jax.tree_util.tree_map(jnp.add, sums, step_sums)
 
-      (state, _), sums = jax.lax.scan(body, (state, jnp.zeros((), jnp.int32)), indices)
-      return state, jax.tree_util.tree_map(lambda values: values.sum(0), sums)
+      # A loop with a traced trip count: one program for every chunk length, and the state is
+      # updated in place (no per-step copies, unlike a conditional inside a fixed-length scan).
+      return jax.lax.fori_loop(0, num_active, body, (state, zero_sums))
 
     self._train_chunk = jax.jit(
         train_chunk,
@@ -190,7 +193,8 @@ class Trainer:
 
     self._evaluate = jax.jit(evaluate, out_shardings=replicated)
     example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
-    self._init = jax.jit(lambda key: model.init(key, example, train=False))
+    self._init_program = jax.jit(lambda key: model.init(key, example, train=False))
+    self._init = None
 
   def _put_test_batches(self) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Pads the test set to whole evaluation batches, with weight 0 on the padding."""
@@ -207,8 +211,12 @@ class Trainer:
 
   def init_variables(self, seed: int) -> tuple[Any, Any]:
     """Fresh initial (params, model_state) on the host for `seed`."""
-    variables = self._init(jax.random.PRNGKey(seed))
-    return split_variables(parallel.to_host(variables))
+    key = jax.random.PRNGKey(seed)
+    if self._init is None:
+      # Initialization runs once per run; XLA:CPU otherwise spends seconds optimizing its PRNG code.
+      options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else {}
+      self._init = self._init_program.lower(key).compile(compiler_options=options)
+    return split_variables(parallel.to_host(self._init(key)))
 
   def create_state(self, params: Any, model_state: Any, keep_mask: Any, step: int) -> TrainState:
     """A TrainState on the mesh, with fresh optimizer state, starting at absolute `step`."""

@@ -14,12 +14,25 @@ def build(name, num_outputs, **fields):
 
 
 def init_params(model, input_shape, batch=2):
-  """Initializes `model` on a zero batch; returns (params, outputs of a random batch)."""
-  inputs = jnp.zeros((batch, *input_shape), jnp.float32)
+  """Really initializes `model` and runs it on a random batch; returns (params, outputs)."""
+  inputs = jax.random.normal(jax.random.PRNGKey(1), (batch, *input_shape))
   variables = model.init(jax.random.PRNGKey(0), inputs)
   assert set(variables) == {'params'}  # no batch statistics or other collections
-  random_inputs = jax.random.normal(jax.random.PRNGKey(1), (batch, *input_shape))
-  return variables['params'], model.apply(variables, random_inputs)
+  return variables['params'], model.apply(variables, inputs)
+
+
+def abstract_init(model, input_shape, batch=2):
+  """Shapes of (params, outputs) from tracing init and apply, without compiling or computing anything
+  (initializing the 4M-weight Conv-2 for real takes seconds on CPU)."""
+  inputs = jnp.zeros((batch, *input_shape), jnp.float32)
+
+  def init_and_apply():
+    variables = model.init(jax.random.PRNGKey(0), inputs)
+    return variables, model.apply(variables, inputs)
+
+  variables, outputs = jax.eval_shape(init_and_apply)
+  assert set(variables) == {'params'}  # no batch statistics or other collections
+  return variables['params'], outputs
 
 
 def param_count(params):
@@ -41,12 +54,31 @@ def param_shapes(params):
     ('conv6', (32, 32, 3), 5),
 ])
 def test_output_shape(name, input_shape, num_outputs):
-  model = build(name, num_outputs)
-  _, outputs = init_params(model, input_shape, batch=3)
+  _, outputs = abstract_init(build(name, num_outputs), input_shape, batch=3)
   assert outputs.shape == (3, num_outputs)
   assert outputs.dtype == jnp.float32
+
+
+@pytest.mark.parametrize('name, input_shape', [
+    ('linear', (2,)),
+    ('lenet', (28, 28, 1)),
+    ('conv2', (32, 32, 3)),
+    ('conv6', (32, 32, 3)),
+])
+def test_forward_pass_computes_finite_example_dependent_outputs(name, input_shape):
+  """A real forward pass, with random parameters of the initialized shapes (a real init of the large
+  models compiles for seconds on CPU; `test_init_*` below run real initializations)."""
+  model = build(name, 3)
+  shapes, _ = abstract_init(model, input_shape)
+  rng = np.random.default_rng(0)
+  params = jax.tree_util.tree_map(
+      lambda leaf: (rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32),
+      shapes)
+  inputs = rng.normal(size=(4, *input_shape)).astype(np.float32)
+  outputs = jax.jit(model.apply)({'params': params}, inputs)
+  assert outputs.shape == (4, 3)
   assert bool(jnp.all(jnp.isfinite(outputs)))
-  assert float(jnp.abs(outputs).max()) > 0.0  # the network actually computes something
+  assert float(jnp.abs(outputs[0] - outputs[1]).max()) > 0.0  # different inputs, different outputs
 
 
 def test_registry_names():
@@ -54,15 +86,15 @@ def test_registry_names():
 
 
 def test_linear_has_two_bias_free_layers():
-  params, _ = init_params(build('linear', 1), (2,))
+  params, _ = abstract_init(build('linear', 1), (2,))
   assert param_shapes(params) == {'dense_0': {'kernel': (2, 200)}, 'output': {'kernel': (200, 1)}}
-  params, _ = init_params(build('linear', 1, hidden_size=7), (2,))
+  params, _ = abstract_init(build('linear', 1, hidden_size=7), (2,))
   assert param_shapes(params) == {'dense_0': {'kernel': (2, 7)}, 'output': {'kernel': (7, 1)}}
 
 
 def test_linear_is_linear():
   """No bias, no nonlinearity: f(a x + b y) = a f(x) + b f(y)."""
-  model = build('linear', 1)
+  model = build('linear', 3)
   params, _ = init_params(model, (2,))
   x, y = jnp.array([[1.0, 2.0]]), jnp.array([[-3.0, 0.5]])
   apply = lambda inputs: model.apply({'params': params}, inputs)
@@ -70,14 +102,14 @@ def test_linear_is_linear():
 
 
 def test_lenet_parameter_names_and_shapes():
-  params, _ = init_params(build('lenet', 10), (28, 28, 1))
+  params, _ = abstract_init(build('lenet', 10), (28, 28, 1))
   assert param_shapes(params) == {
       'dense_0': {'kernel': (784, 300), 'bias': (300,)},
       'dense_1': {'kernel': (300, 100), 'bias': (100,)},
       'output': {'kernel': (100, 10), 'bias': (10,)},
   }
-  params, _ = init_params(build('lenet', 3, hidden_sizes=(8, 6, 4)), (40,))
-  assert list(params) == ['dense_0', 'dense_1', 'dense_2', 'output']
+  params, _ = abstract_init(build('lenet', 3, hidden_sizes=(8, 6, 4)), (40,))
+  assert set(params) == {'dense_0', 'dense_1', 'dense_2', 'output'}
   assert params['dense_0']['kernel'].shape == (40, 8)
 
 
@@ -86,9 +118,9 @@ def test_lenet_300_100_parameter_count():
   # dense_1: 300 * 100 + 100 =  30,100
   # output:  100 * 10  + 10  =   1,010
   # total                    = 266,610
-  params, _ = init_params(build('lenet', 10), (28, 28, 1))
+  params, _ = abstract_init(build('lenet', 10), (28, 28, 1))
   assert param_count(params) == 266_610
-  params, _ = init_params(build('lenet', 10), (784,))  # flat inputs give the same network
+  params, _ = abstract_init(build('lenet', 10), (784,))  # flat inputs give the same network
   assert param_count(params) == 266_610
 
 
@@ -98,9 +130,8 @@ def test_lenet_300_100_parameter_count():
     ('conv6', ['conv_0', 'conv_1', 'conv_2', 'conv_3', 'conv_4', 'conv_5']),
 ])
 def test_conv_parameter_names(name, conv_names):
-  shapes = jax.eval_shape(lambda: build(name, 10).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
-  params = shapes['params']
-  assert list(params) == conv_names + ['dense_0', 'dense_1', 'output']
+  params, _ = abstract_init(build(name, 10), (32, 32, 3))
+  assert set(params) == {*conv_names, 'dense_0', 'dense_1', 'output'}
   for layer in params.values():
     assert set(layer) == {'kernel', 'bias'}
   assert params[conv_names[0]]['kernel'].shape == (3, 3, 3, 64)
@@ -115,27 +146,29 @@ def test_conv2_parameter_count_on_cifar10():
   # dense_1: 256 * 256 + 256          =    65,792
   # output:  256 * 10 + 10            =     2,570
   # total                             = 4,301,642
-  shapes = jax.eval_shape(lambda: build('conv2', 10).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
-  assert param_count(shapes['params']) == 4_301_642
-  assert shapes['params']['dense_0']['kernel'].shape == (16_384, 256)
+  params, _ = abstract_init(build('conv2', 10), (32, 32, 3))
+  assert param_count(params) == 4_301_642
+  assert params['dense_0']['kernel'].shape == (16_384, 256)
 
 
 def test_conv_dense_sizes_are_configurable():
-  shapes = jax.eval_shape(lambda: build('conv4', 10, dense_sizes=(32,)).init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
-  assert list(shapes['params']) == ['conv_0', 'conv_1', 'conv_2', 'conv_3', 'dense_0', 'output']
+  params, _ = abstract_init(build('conv4', 10, dense_sizes=(32,)), (32, 32, 3))
+  assert set(params) == {'conv_0', 'conv_1', 'conv_2', 'conv_3', 'dense_0', 'output'}
   # Two poolings: 32 -> 8, with 128 filters.
-  assert shapes['params']['dense_0']['kernel'].shape == (8 * 8 * 128, 32)
+  assert params['dense_0']['kernel'].shape == (8 * 8 * 128, 32)
 
 
-def test_init_is_deterministic_in_the_seed():
-  model = build('lenet', 10, hidden_sizes=(16,))
-  inputs = jnp.zeros((1, 40))
-  first = model.init(jax.random.PRNGKey(3), inputs)
-  again = model.init(jax.random.PRNGKey(3), inputs)
-  other = model.init(jax.random.PRNGKey(4), inputs)
+def test_init_is_deterministic_in_the_seed_and_finite():
+  model = build('lenet', 3, hidden_sizes=(16, 8))
+  inputs = jnp.zeros((4, 28, 28, 1))
+  init = jax.jit(model.init)
+  first, again, other = (init(jax.random.PRNGKey(seed), inputs) for seed in (3, 3, 4))
   jax.tree_util.tree_map(np.testing.assert_array_equal, first, again)
   assert not np.array_equal(first['params']['dense_0']['kernel'], other['params']['dense_0']['kernel'])
+  for path, leaf in jax.tree_util.tree_flatten_with_path(first['params'])[0]:
+    assert bool(jnp.all(jnp.isfinite(leaf)))
+    name = path[-1].key
+    assert bool(jnp.any(leaf != 0.0)) == (name == 'kernel'), path  # random kernels, zero biases
 
 
 def test_unknown_model_name_raises():

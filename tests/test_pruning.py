@@ -122,9 +122,6 @@ def test_prune_ties_only_among_equal_scores():
   np.testing.assert_array_equal(prune_layer(weights, None, 0.5), [False, False, True, False, True, True])
 
 
-@pytest.mark.xfail(strict=True, reason='pruned entries are ranked with score inf, so a surviving weight '
-                   'whose score is inf or nan is ranked after them and fewer than round(p * remaining) '
-                   'weights are removed (pruning._prune_flat)')
 @pytest.mark.parametrize('bad_value', [np.inf, np.nan])
 def test_prune_removes_exact_count_even_with_non_finite_scores(bad_value):
   """Diverged weights (inf or nan) must not make pruning remove fewer than requested."""
