@@ -57,10 +57,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.pruning.target_density = ml_collections.config_dict.placeholder(float)  # stop when reached
   config.pruning.min_weights_per_layer = 0  # local pruning never goes below this per layer
   config.pruning.rewind_step = 0           # 0: reset to init; k > 0: late resetting to step k
+  config.pruning.turnaround_step = 0       # early turnaround: prune from the weights at this step (0: end)
   config.pruning.prunable_parameters = ('kernel',)
   config.pruning.excluded_layers = ()      # layer names (or prefixes) never pruned
 
-  config.branches = ('reinit',)            # controls trained beside the ticket at every level
+  config.pruning.snip_batches = 1          # batches whose mean gradient scores the snip branch
+
+  # Controls trained beside the ticket at every level: reinit, permuted, permuted_reinit,
+  # random_pruning, snip, sign_reinit (see lth_jax/branches.py).
+  config.branches = ('reinit',)
 
   config.parallel = ml_collections.ConfigDict()
   config.parallel.num_devices = 0          # 0: every device of every host

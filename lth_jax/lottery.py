@@ -65,6 +65,7 @@ class PruningPlan:
   target_density: float | None
   min_weights_per_layer: int
   rewind_step: int
+  turnaround_step: int  # prune from the weights at this step (0: at the end of training)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'PruningPlan':
@@ -77,7 +78,14 @@ class PruningPlan:
                mode=pruning_config.get('mode', 'iterative'),
                target_density=pruning_config.get('target_density'),
                min_weights_per_layer=pruning_config.get('min_weights_per_layer', 0),
-               rewind_step=pruning_config.get('rewind_step', 0))
+               rewind_step=pruning_config.get('rewind_step', 0),
+               turnaround_step=pruning_config.get('turnaround_step', 0) or 0)
+
+  def pruning_weights(self, result: train_lib.TrainResult) -> Any:
+    """The weights a run's mask is pruned from: at the turnaround step, or the final weights."""
+    if self.turnaround_step:
+      return result.snapshots[self.turnaround_step][0]
+    return parallel.to_host(result.state.params)
 
   def next_mask(self, level: int, ticket_params: Any, keep_mask: Any, dense_params: Any,
                 prunable: Any) -> Any:
@@ -147,6 +155,7 @@ class _TrialRunner:
     self.trial_dir = os.path.join(workdir, 'checkpoints', f'trial_{trial}')
     self.results_path = os.path.join(workdir, RESULTS_FILE)
     self.eval_every = int(config.training.get('eval_every', 0))
+    self.snip_batches = int(config.pruning.get('snip_batches', 1))
     self.branch_names = ['ticket', *[name for name in config.get('branches', ()) if name != 'ticket']]
 
   def _done(self, level: int, branch: str) -> bool:
@@ -191,6 +200,22 @@ class _TrialRunner:
   def _level_dir(self, level: int) -> str:
     return os.path.join(self.trial_dir, f'level_{level}')
 
+  def _save_level(self, level: int, final_params: Any, pruning_params: Any, keep_mask: Any) -> None:
+    """Keeps a level's ticket for good: final weights, mask, and (with early turnaround) the weights
+    the next level prunes from."""
+    tree = {'params': final_params, 'mask': keep_mask}
+    if self.plan.turnaround_step:
+      tree['turnaround_params'] = pruning_params
+    checkpoints.save_tree(self._level_dir(level), tree)
+
+  def _restore_level(self, level: int, like_params: Any, like_mask: Any) -> tuple[Any, Any, Any]:
+    """(final weights, weights to prune from, mask) of a finished level."""
+    like = {'params': like_params, 'mask': like_mask}
+    if self.plan.turnaround_step:
+      like['turnaround_params'] = like_params
+    tree = checkpoints.restore_tree(self._level_dir(level), like)
+    return tree['params'], tree.get('turnaround_params', tree['params']), tree['mask']
+
   def run(self) -> None:
     """Trains level 0, then prunes and retrains until the level count or target density."""
     params0, model_state0 = self.trainer.init_variables(self.init_seed)
@@ -199,17 +224,19 @@ class _TrialRunner:
     rewind_step = self.plan.rewind_step
     rewind_dir = os.path.join(self.trial_dir, 'rewind')
 
+    snapshot_steps = tuple(step for step in (self.plan.turnaround_step,) if step)
     if self._done(0, 'ticket'):
       rewind_params, rewind_model_state = checkpoints.restore_tree(rewind_dir, (params0, model_state0))
-      dense_params, keep_mask = checkpoints.restore_tree(self._level_dir(0), (params0, keep_mask))
+      _, dense_params, keep_mask = self._restore_level(0, params0, keep_mask)
       self.log(f'trial {self.trial} level 0: already done, restored from {self._level_dir(0)}')
     else:
-      result = self._train(0, 'ticket', params0, model_state0, keep_mask, 0, (rewind_step,))
+      result = self._train(0, 'ticket', params0, model_state0, keep_mask, 0, (rewind_step, *snapshot_steps))
       rewind_params, rewind_model_state = result.snapshots[rewind_step]
-      dense_params = parallel.to_host(result.state.params)
+      final_params = parallel.to_host(result.state.params)
+      dense_params = self.plan.pruning_weights(result)
       checkpoints.save_tree(rewind_dir, (rewind_params, rewind_model_state))
-      checkpoints.save_tree(self._level_dir(0), (dense_params, keep_mask))
-      self._record(0, 'ticket', keep_mask, prunable, result, dense_params, 0)
+      self._save_level(0, final_params, dense_params, keep_mask)
+      self._record(0, 'ticket', keep_mask, prunable, result, final_params, 0)
 
     ticket_params = dense_params
     last_level: dict[str, tuple[dict[str, Any], Any, Any]] = {}
@@ -222,19 +249,22 @@ class _TrialRunner:
       keep_mask = new_mask
       inputs = branches_lib.BranchInputs(
           ticket_mask=keep_mask, rewind_params=rewind_params, rewind_model_state=rewind_model_state,
-          prunable=prunable, init_variables=self.trainer.init_variables, seed=0)
+          prunable=prunable, init_variables=self.trainer.init_variables, seed=0,
+          loss_gradients=lambda params, model_state: self.trainer.mean_gradients(
+              params, model_state, self.data_seed, self.snip_batches))
       for index, branch in enumerate(self.branch_names):
         if self._done(level, branch):
           if branch == 'ticket':
-            ticket_params, keep_mask = checkpoints.restore_tree(self._level_dir(level), (params0, keep_mask))
+            _, ticket_params, keep_mask = self._restore_level(level, params0, keep_mask)
           continue
         branch_inputs = dataclasses.replace(inputs, seed=_branch_seed(self.seed, self.trial, level, 2 + index))
         params, model_state, branch_mask = branches_lib.start(branch, branch_inputs)
-        result = self._train(level, branch, params, model_state, branch_mask, rewind_step)
+        result = self._train(level, branch, params, model_state, branch_mask, rewind_step,
+                             snapshot_steps if branch == 'ticket' else ())
         final_params = parallel.to_host(result.state.params)
         if branch == 'ticket':
-          ticket_params = final_params
-          checkpoints.save_tree(self._level_dir(level), (ticket_params, keep_mask))
+          ticket_params = self.plan.pruning_weights(result)
+          self._save_level(level, final_params, ticket_params, keep_mask)
         record = self._record(level, branch, branch_mask, prunable, result, final_params, rewind_step)
         last_level[branch] = (record, final_params, branch_mask)
       if self.plan.reached_target(masks_lib.density(keep_mask, prunable)):

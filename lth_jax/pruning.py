@@ -98,18 +98,8 @@ def prune(
       count = count_to_prune(int(keep.sum()), layer_fraction, min_weights_per_layer)
       new_keeps.append(_prune_flat(score, keep, count).reshape(keep.shape))
   else:
-    indices = [i for i, is_prunable in enumerate(flat_prunable) if is_prunable]
-    pool_keep = np.concatenate([keeps[i].reshape(-1) for i in indices]) if indices else np.zeros(0, bool)
-    pool_scores = (np.concatenate([score_arrays[i].reshape(-1) for i in indices])
-                   if indices else np.zeros(0, np.float32))
-    count = count_to_prune(int(pool_keep.sum()), fraction)
-    pool_keep = _prune_flat(pool_scores, pool_keep, count)
-    new_keeps = list(keeps)
-    offset = 0
-    for i in indices:
-      size = keeps[i].size
-      new_keeps[i] = pool_keep[offset:offset + size].reshape(keeps[i].shape)
-      offset += size
+    remaining = sum(int(keep.sum()) for keep, flag in zip(keeps, flat_prunable) if flag)
+    return _prune_global(scores, keep_mask, prunable, count_to_prune(remaining, fraction))
   return jax.tree_util.tree_unflatten(treedef, new_keeps)
 
 
@@ -169,3 +159,55 @@ def one_shot_fractions(fraction: float, layer_fractions: Mapping[str, float],
   def compound(value: float) -> float:
     return 1.0 - (1.0 - value) ** level
   return compound(fraction), {name: compound(value) for name, value in layer_fractions.items()}
+
+
+def snip_scores(params: Any, gradients: Any) -> Any:
+  """Connection sensitivity |g * w| (Lee et al., SNIP): the loss change from removing each weight."""
+  return jax.tree_util.tree_map(
+      lambda weight, gradient: np.abs(np.asarray(weight, np.float32) * np.asarray(gradient, np.float32)),
+      params, gradients)
+
+
+def keep_top(scores: Any, prunable: Any, keep_count: int) -> Any:
+  """A keep mask holding exactly the `keep_count` highest-scoring prunable weights of the whole
+  network (one global pool; ties keep the higher index). Non-prunable leaves are all kept."""
+  ones = jax.tree_util.tree_map(lambda score: np.ones(np.shape(score), bool), scores)
+  total = sum(int(np.size(score)) for score, flag in zip(jax.tree_util.tree_leaves(scores),
+                                                        jax.tree_util.tree_leaves(prunable)) if flag)
+  if not 0 <= keep_count <= total:
+    raise ValueError(f'cannot keep {keep_count} of {total} prunable weights')
+  return _prune_global(scores, ones, prunable, total - keep_count)
+
+
+def _prune_global(scores: Any, keep_mask: Any, prunable: Any, count: int) -> Any:
+  """Removes exactly `count` surviving weights with the smallest scores from one global pool."""
+  flat_keep, treedef = jax.tree_util.tree_flatten(keep_mask)
+  flat_scores = jax.tree_util.tree_leaves(scores)
+  flat_prunable = jax.tree_util.tree_leaves(prunable)
+  indices = [i for i, flag in enumerate(flat_prunable) if flag]
+  pool_keep = np.concatenate([np.asarray(flat_keep[i], bool).reshape(-1) for i in indices])
+  pool_scores = np.concatenate([np.asarray(flat_scores[i], np.float32).reshape(-1) for i in indices])
+  pool_keep = _prune_flat(pool_scores, pool_keep, count)
+  new_keep = [np.asarray(keep, bool) for keep in flat_keep]
+  offset = 0
+  for i in indices:
+    size = new_keep[i].size
+    new_keep[i] = pool_keep[offset:offset + size].reshape(new_keep[i].shape)
+    offset += size
+  return jax.tree_util.tree_unflatten(treedef, new_keep)
+
+
+def random_mask_like(keep_mask: Any, prunable: Any, seed: int) -> Any:
+  """A random mask keeping, in every prunable layer, as many weights as `keep_mask` does, at
+  positions drawn uniformly without replacement (random pruning to the same per-layer density)."""
+  rng = np.random.default_rng(seed)
+  flat_keep, treedef = jax.tree_util.tree_flatten(keep_mask)
+  drawn = []
+  for keep, is_prunable in zip(flat_keep, jax.tree_util.tree_leaves(prunable)):
+    keep = np.asarray(keep, bool)
+    if is_prunable:
+      new_keep = np.zeros(keep.size, bool)
+      new_keep[rng.choice(keep.size, size=int(keep.sum()), replace=False)] = True
+      keep = new_keep.reshape(keep.shape)
+    drawn.append(keep)
+  return jax.tree_util.tree_unflatten(treedef, drawn)

@@ -2,29 +2,61 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-import tempfile
-from typing import Any, Iterable, Sequence
+import secrets
+from typing import IO, Any, Iterable, Iterator, Sequence
+
+_logger = logging.getLogger(__name__)
+
+
+def _parse_record(line: bytes) -> dict[str, Any]:
+  """One line of a results file as a record; ValueError when it is not UTF-8 text of a JSON object."""
+  record = json.loads(line.decode('utf-8'))
+  if not isinstance(record, dict):
+    raise ValueError(f'expected a JSON object, got {type(record).__name__}')
+  return record
 
 
 def read_records(path: str) -> list[dict[str, Any]]:
-  """All records of a results file ([] when it does not exist)."""
+  """All records of a results file ([] when it does not exist).
+
+  A corrupt last line (an append torn by a crash, e.g. in a file written by an older version or by
+  another tool) is skipped with a warning; a corrupt line before the last one is real damage and
+  raises ValueError naming the file and line.
+  """
   if not os.path.exists(path):
     return []
-  with open(path) as file:
-    return [json.loads(line) for line in file if line.strip()]
+  with open(path, 'rb') as file:  # bytes: a torn write may end inside a multi-byte character
+    lines = [(number, line) for number, line in enumerate(file, start=1) if line.strip()]
+  records = []
+  for index, (number, line) in enumerate(lines):
+    try:
+      records.append(_parse_record(line))
+    except ValueError as error:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+      if index == len(lines) - 1:
+        _logger.warning('%s, line %d: skipping a truncated or corrupt last record (%s)', path, number, error)
+      else:
+        raise ValueError(f'{path}, line {number}: corrupt record ({error}); only a torn last line is '
+                         'skipped, so this file is damaged') from error
+  return records
 
 
-def write_records(path: str, records: Iterable[dict[str, Any]]) -> None:
-  """Replaces the results file atomically: a temporary file in the same folder, fsync, rename."""
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = 'w') -> Iterator[IO[Any]]:
+  """Opens a temporary file in the folder of `path` for writing; on a clean exit it is flushed,
+  fsynced and renamed onto `path`, otherwise removed, so `path` is never seen half written."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix='.results-', suffix='.tmp')
+  temporary = os.path.join(directory, f'.{os.path.basename(path)}-{secrets.token_hex(8)}.tmp')
+  # O_EXCL never reuses a file; mode 0o666 lets the umask decide the permissions (mkstemp's 0600 would
+  # make the results readable by their owner only).
+  handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   try:
-    with os.fdopen(handle, 'w') as file:
-      for record in records:
-        file.write(json.dumps(record, sort_keys=True) + '\n')
+    with os.fdopen(handle, mode) as file:
+      yield file
       file.flush()
       os.fsync(file.fileno())
     os.replace(temporary, path)
@@ -32,6 +64,13 @@ def write_records(path: str, records: Iterable[dict[str, Any]]) -> None:
     if os.path.exists(temporary):
       os.unlink(temporary)
     raise
+
+
+def write_records(path: str, records: Iterable[dict[str, Any]]) -> None:
+  """Replaces the results file atomically: a temporary file in the same folder, fsync, rename."""
+  with atomic_open(path) as file:
+    for record in records:
+      file.write(json.dumps(record, sort_keys=True) + '\n')
 
 
 def append_record(path: str, record: dict[str, Any]) -> None:

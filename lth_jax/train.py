@@ -192,6 +192,20 @@ class Trainer:
       return totals
 
     self._evaluate = jax.jit(evaluate, out_shardings=replicated)
+
+    def mean_gradients(params, model_state, train_inputs, train_targets, indices):
+      def batch_gradients(step_indices):
+        inputs = jax.lax.with_sharding_constraint(train_inputs[step_indices], batch_sharding)
+        targets = jax.lax.with_sharding_constraint(train_targets[step_indices], batch_sharding)
+
+        def loss_fn(params):
+          outputs, _ = apply_model(model, params, model_state, inputs, train=False)
+          return loss_and_metric_sums(self.task, outputs, targets)[0]
+        return jax.grad(loss_fn)(params)
+      total = jax.lax.map(batch_gradients, indices)
+      return jax.tree_util.tree_map(lambda gradients: gradients.mean(0), total)
+
+    self._mean_gradients = jax.jit(mean_gradients, out_shardings=replicated)
     example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
     self._init_program = jax.jit(lambda key: model.init(key, example, train=False))
     self._init = None
@@ -231,6 +245,15 @@ class Trainer:
     """Test metrics of the state's parameters: test_loss and test_accuracy or test_rmse."""
     sums = self._evaluate(state.params, state.model_state, *self._test_batches)
     return summarize(self.task, jax.device_get(sums), 'test')
+
+  def mean_gradients(self, params: Any, model_state: Any, data_seed: int, num_batches: int) -> Any:
+    """The loss gradient at `params`, averaged over the first `num_batches` training batches of
+    `data_seed` (model in evaluation mode), as a host tree."""
+    indices = data_lib.batch_indices(data_seed, 0, num_batches, self.dataset.num_train, self.batch_size)
+    gradients = self._mean_gradients(parallel.put_replicated(params, self.mesh),
+                                     parallel.put_replicated(model_state, self.mesh), self._train_inputs,
+                                     self._train_targets, parallel.put_batch(indices, self.mesh, 1))
+    return parallel.to_host(gradients)
 
   def train(self, state: TrainState, end_step: int, data_seed: int, snapshot_steps: Sequence[int] = (),
             eval_every: int = 0, progress: Callable[[dict[str, float]], None] | None = None) -> TrainResult:

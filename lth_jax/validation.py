@@ -113,6 +113,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            'applies to local pruning only (pruning.scope="local")', minimum)
   rewind = pruning_config.get('rewind_step', 0)
   _require(_is_int(rewind) and rewind >= 0, 'pruning.rewind_step', 'must be a non-negative integer', rewind)
+  snip_batches = pruning_config.get('snip_batches', 1)
+  _require(_is_int(snip_batches) and snip_batches >= 1, 'pruning.snip_batches', 'must be a positive integer',
+           snip_batches)
+  turnaround = pruning_config.get('turnaround_step', 0) or 0
+  _require(_is_int(turnaround) and turnaround >= 0, 'pruning.turnaround_step',
+           'must be a non-negative integer (0: prune from the end of training)', turnaround)
+  _require(turnaround == 0 or turnaround > rewind, 'pruning.turnaround_step',
+           f'must come after the rewind step (pruning.rewind_step={rewind})', turnaround)
   if num_steps:
     _require(rewind < num_steps, 'pruning.rewind_step',
              f'must be before the end of training (training.num_steps={num_steps})', rewind)
@@ -135,6 +143,9 @@ def check_against_data(config: ml_collections.ConfigDict, num_train: int,
   rewind = pruning_config.get('rewind_step', 0)
   _require(rewind < steps, 'pruning.rewind_step',
            f'is past the end of training ({steps} steps)', rewind)
+  turnaround = pruning_config.get('turnaround_step', 0) or 0
+  _require(turnaround <= steps, 'pruning.turnaround_step', f'is past the end of training ({steps} steps)',
+           turnaround)
   _require(steps > 0, 'training.num_epochs', 'gives no training steps', training.get('num_epochs'))
   for boundary in training.get('decay_boundaries', ()) or ():
     _require(_is_int(boundary) and 0 < boundary < steps, 'training.decay_boundaries',

@@ -75,9 +75,11 @@ def test_checkpointed_masks_and_rewind_point(tiny_run):
                                               (params0, model_state0))
   chex.assert_trees_all_equal(rewind_params, parallel.to_host(replay.state.params))
 
-  dense_params, dense_mask = checkpoints.restore_tree(os.path.join(workdir, 'checkpoints/trial_0/level_0'),
-                                                      (params0, ones))
-  _, level1_mask = checkpoints.restore_tree(os.path.join(workdir, 'checkpoints/trial_0/level_1'), (params0, ones))
+  level0 = checkpoints.restore_tree(os.path.join(workdir, 'checkpoints/trial_0/level_0'),
+                                    {'params': params0, 'mask': ones})
+  dense_params, dense_mask = level0['params'], level0['mask']
+  level1_mask = checkpoints.restore_tree(os.path.join(workdir, 'checkpoints/trial_0/level_1'),
+                                         {'params': params0, 'mask': ones})['mask']
   prunable = masks_lib.prunable_tree(params0)
   expected = runner.plan.next_mask(1, dense_params, dense_mask, dense_params, prunable)
   chex.assert_trees_all_equal(level1_mask, expected)

@@ -1,0 +1,339 @@
+"""Reports of a lottery run: tables, plots and a CSV file from `WORKDIR/results.jsonl`.
+
+    python -m lth_jax.report --workdir=/tmp/lth_default [--output_dir=/tmp/lth_default_report]
+
+prints the run's tables and writes, into the output folder (default: the workdir),
+
+  accuracy_vs_sparsity.png   test metric against fraction of weights remaining, one line per branch,
+                             mean over trials with min-max error bars, the dense network dashed
+  training_curves.png        the ticket's test metric against step, one line per level
+  sparsity_table.csv         level, fraction remaining, and per branch the mean/min/max over trials
+
+The same pieces are a Python API: `load`, `sparsity_summary`, `training_curves`,
+`plot_accuracy_vs_sparsity`, `plot_training_curves`, `write_csv` and `write_report`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import sys
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import matplotlib
+from matplotlib import cm
+from matplotlib import colors
+from matplotlib import figure as figure_lib
+from matplotlib import ticker
+import numpy as np
+
+from lth_jax import lottery
+from lth_jax import results as results_lib
+
+ACCURACY_VS_SPARSITY_FILE = 'accuracy_vs_sparsity.png'
+TRAINING_CURVES_FILE = 'training_curves.png'
+SPARSITY_TABLE_FILE = 'sparsity_table.csv'
+
+_METRIC_LABELS = {'test_accuracy': 'Test accuracy', 'test_rmse': 'Test RMSE'}
+_BRANCH_STYLES = {  # branch: (legend label, colour, marker)
+    'ticket': ('winning ticket', 'C0', 'o'),
+    'reinit': ('random reinit', 'C1', 's'),
+    'permuted': ('permuted mask', 'C2', '^'),
+    'permuted_reinit': ('permuted + reinit', 'C3', 'v'),
+}
+_DPI = 150
+_MAX_PERCENT_TICKS = 8
+_MAX_LEGEND_LEVELS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityPoint:
+  """One branch at one level: the test metric over trials."""
+  level: int
+  fraction_remaining: float
+  mean: float
+  minimum: float
+  maximum: float
+  trials: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingCurve:
+  """One branch at one level: the test metric at each evaluated step, over trials."""
+  level: int
+  fraction_remaining: float
+  steps: np.ndarray
+  mean: np.ndarray
+  minimum: np.ndarray
+  maximum: np.ndarray
+  trials: int
+
+
+def load(workdir: str) -> list[dict[str, Any]]:
+  """The records of `workdir/results.jsonl`; FileNotFoundError naming the path when either is missing,
+  ValueError when a line before the last is corrupt."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'workdir {workdir} does not exist (or is not a folder)')
+  path = os.path.join(workdir, lottery.RESULTS_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'no results file {path}: run `python -m lth_jax.main --workdir={workdir}` first')
+  return results_lib.read_records(path)
+
+
+def _branches(records: Sequence[dict[str, Any]]) -> list[str]:
+  """Branch names in table order: the ticket first, then the rest alphabetically."""
+  return sorted({record['branch'] for record in records}, key=lambda name: (name != 'ticket', name))
+
+
+def _check_records(records: Sequence[dict[str, Any]]) -> str:
+  """The test metric name of `records`; ValueError when there are none."""
+  if not records:
+    raise ValueError('no records to report')
+  return results_lib.test_metric_name(records)
+
+
+def sparsity_summary(records: Sequence[dict[str, Any]]) -> dict[str, list[SparsityPoint]]:
+  """Per branch (ticket first), one point per level: fraction remaining and the test metric's mean,
+  minimum and maximum over trials."""
+  metric = _check_records(records)
+  summary = {}
+  for branch in _branches(records):
+    points = []
+    for level in sorted({record['level'] for record in records if record['branch'] == branch}):
+      selected = [record for record in records if record['branch'] == branch and record['level'] == level]
+      values = np.array([record[metric] for record in selected], dtype=np.float64)
+      points.append(SparsityPoint(
+          level=level, fraction_remaining=float(np.mean([record['fraction_remaining'] for record in selected])),
+          mean=float(np.mean(values)), minimum=float(np.min(values)), maximum=float(np.max(values)),
+          trials=len(values)))
+    summary[branch] = points
+  return summary
+
+
+def training_curves(records: Sequence[dict[str, Any]], branch: str = 'ticket') -> list[TrainingCurve]:
+  """One curve per level of `branch`: the test metric at each evaluated step, mean/min/max over the
+  trials that evaluated that step."""
+  metric = _check_records(records)
+  curves = []
+  for level in sorted({record['level'] for record in records if record['branch'] == branch}):
+    selected = [record for record in records if record['branch'] == branch and record['level'] == level]
+    by_step: dict[int, list[float]] = {}
+    for record in selected:
+      for entry in record.get('curve', ()):
+        if metric in entry:
+          by_step.setdefault(int(entry['step']), []).append(float(entry[metric]))
+    steps = sorted(by_step)
+    curves.append(TrainingCurve(
+        level=level, fraction_remaining=float(np.mean([record['fraction_remaining'] for record in selected])),
+        steps=np.array(steps, dtype=np.int64),
+        mean=np.array([np.mean(by_step[step]) for step in steps], dtype=np.float64),
+        minimum=np.array([np.min(by_step[step]) for step in steps], dtype=np.float64),
+        maximum=np.array([np.max(by_step[step]) for step in steps], dtype=np.float64),
+        trials=len(selected)))
+  return curves
+
+
+def _percent(fraction: float) -> str:
+  """A fraction as a short percent label: 1.0 -> '100', 0.802 -> '80.2', 0.00667 -> '0.667'."""
+  return f'{100 * fraction:.3g}'
+
+
+def _trials_note(records: Sequence[dict[str, Any]], bars: str) -> str:
+  trials = len({record['trial'] for record in records})
+  return f'mean of {trials} trials, {bars} min to max' if trials > 1 else '1 trial'
+
+
+def _use_log_scale(metric: str, values: Sequence[float]) -> bool:
+  """RMSE spanning orders of magnitude (e.g. 1e-7 for a ticket, 3.0 for a random one) reads on a log axis."""
+  finite = np.array([value for value in values if np.isfinite(value)])
+  return metric == 'test_rmse' and finite.size > 0 and finite.min() > 0 and finite.max() / finite.min() > 20
+
+
+def _save_png(figure: figure_lib.Figure, path: str) -> None:
+  """Writes `figure` as a PNG atomically (temporary file in the same folder, then rename)."""
+  with results_lib.atomic_open(path, 'wb') as file:
+    figure.savefig(file, format='png', dpi=_DPI)
+
+
+def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | None = None) -> figure_lib.Figure:
+  """Test metric against fraction of weights remaining (log axis, decreasing to the right), one line per
+  branch at the mean over trials with min-max error bars, the dense (level 0) mean as a dashed line;
+  saved as a PNG at `path` (when given). Returns the figure."""
+  metric = _check_records(records)
+  summary = sparsity_summary(records)
+  figure = figure_lib.Figure(figsize=(7, 4.8), layout='constrained')
+  axes = figure.add_subplot()
+  rewind_steps = {record['start_step'] for record in records if record['level'] > 0}
+  for index, (branch, points) in enumerate(summary.items()):
+    label, colour, marker = _BRANCH_STYLES.get(branch, (branch, f'C{4 + index}', 'D'))
+    if branch == 'ticket' and rewind_steps - {0}:
+      label += f' (late reset to step {", ".join(map(str, sorted(rewind_steps)))})'
+    fractions = np.array([point.fraction_remaining for point in points])
+    means = np.array([point.mean for point in points])
+    errors = np.array([[point.mean - point.minimum for point in points],
+                       [point.maximum - point.mean for point in points]])
+    axes.errorbar(fractions, means, yerr=errors, label=label, color=colour, marker=marker, markersize=4,
+                  capsize=3, linewidth=1.5, gid=branch)
+  dense = [record[metric] for record in records if record['level'] == 0]
+  if dense:
+    axes.axhline(float(np.mean(dense)), color='0.4', linestyle='--', linewidth=1,
+                 label=f'dense (level 0): {np.mean(dense):.4g}', gid='dense')
+  all_fractions = sorted({round(point.fraction_remaining, 12) for points in summary.values() for point in points},
+                         reverse=True)
+  ticks = [all_fractions[i] for i in sorted({round(i) for i in np.linspace(
+      0, len(all_fractions) - 1, min(len(all_fractions), _MAX_PERCENT_TICKS))})]
+  axes.set_xscale('log')
+  axes.set_xlim(max(all_fractions) * 1.15, min(all_fractions) / 1.15)  # decreasing left to right
+  axes.xaxis.set_major_locator(ticker.FixedLocator(ticks))
+  axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: _percent(value)))
+  axes.xaxis.set_minor_locator(ticker.NullLocator())
+  if _use_log_scale(metric, [value for points in summary.values()
+                             for point in points for value in (point.minimum, point.maximum)]):
+    axes.set_yscale('log')
+  axes.set_xlabel('Percent of weights remaining')
+  axes.set_ylabel(_METRIC_LABELS.get(metric, metric) + (' (lower is better)' if metric == 'test_rmse' else ''))
+  axes.set_title(f'{_METRIC_LABELS.get(metric, metric)} against weights remaining\n'
+                 f'({_trials_note(records, "error bars")})', fontsize=11)
+  axes.grid(True, which='major', alpha=0.3)
+  handles, labels = axes.get_legend_handles_labels()
+  order = sorted(range(len(handles)), key=lambda i: labels[i].startswith('dense'))  # dense line last
+  axes.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=9)
+  if path is not None:
+    _save_png(figure, path)
+  return figure
+
+
+def plot_training_curves(records: Sequence[dict[str, Any]], path: str | None = None,
+                         branch: str = 'ticket') -> figure_lib.Figure:
+  """Test metric against training step for `branch` (the ticket by default), one line per level at the
+  mean over trials (shaded min to max), coloured by fraction of weights remaining; saved as a PNG at
+  `path` (when given). Returns the figure."""
+  metric = _check_records(records)
+  curves = training_curves(records, branch)
+  if not curves:
+    raise ValueError(f'no {branch!r} records to plot')
+  fractions = [curve.fraction_remaining for curve in curves]
+  highest, lowest = max(fractions), min(fractions)
+  norm = colors.LogNorm(vmin=lowest if lowest < highest else highest / 2, vmax=highest)
+  colour_map = colors.ListedColormap(matplotlib.colormaps['viridis'](np.linspace(0.85, 0.0, 256)))
+  figure = figure_lib.Figure(figsize=(7, 4.8), layout='constrained')
+  axes = figure.add_subplot()
+  for curve in curves:
+    colour = colour_map(norm(curve.fraction_remaining))
+    axes.plot(curve.steps, curve.mean, color=colour, linewidth=1.5, marker='o' if len(curve.steps) <= 12 else None,
+              markersize=3, label=f'{_percent(curve.fraction_remaining)}% (level {curve.level})',
+              gid=f'level_{curve.level}')
+    if curve.trials > 1:
+      axes.fill_between(curve.steps, curve.minimum, curve.maximum, color=colour, alpha=0.12, linewidth=0)
+  if _use_log_scale(metric, [value for curve in curves for value in (*curve.minimum, *curve.maximum)]):
+    axes.set_yscale('log')
+  if len(curves) <= _MAX_LEGEND_LEVELS:
+    axes.legend(title='weights remaining', fontsize=8, title_fontsize=9)
+  else:
+    colour_bar = figure.colorbar(cm.ScalarMappable(norm=norm, cmap=colour_map), ax=axes)
+    colour_bar.set_label('Percent of weights remaining')
+    colour_bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: _percent(value)))
+    colour_bar.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+  name = _BRANCH_STYLES.get(branch, (branch,))[0]
+  note = _trials_note(records, 'shaded')
+  if all(len(curve.steps) <= 1 for curve in curves):
+    note += ')\n(one evaluation per level: set training.eval_every to record curves'
+  axes.set_xlabel('Training step')
+  axes.set_ylabel(_METRIC_LABELS.get(metric, metric))
+  axes.set_title(f'{_METRIC_LABELS.get(metric, metric)} during training, {name}, one line per level\n'
+                 f'({note})', fontsize=11)
+  axes.grid(True, alpha=0.3)
+  if path is not None:
+    _save_png(figure, path)
+  return figure
+
+
+def sparsity_rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+  """The sparsity table as a header and rows: level, fraction_remaining, then per branch the test
+  metric's mean, min and max over trials and the number of trials (empty where a branch has no record)."""
+  metric = _check_records(records)
+  summary = sparsity_summary(records)
+  header = ['level', 'fraction_remaining']
+  for branch in summary:
+    header += [f'{branch}_{metric}_mean', f'{branch}_{metric}_min', f'{branch}_{metric}_max', f'{branch}_trials']
+  rows = []
+  for level in sorted({record['level'] for record in records}):
+    row: list[Any] = [level, float(np.mean([record['fraction_remaining'] for record in records
+                                            if record['level'] == level]))]
+    for points in summary.values():
+      point = next((point for point in points if point.level == level), None)
+      row += ['', '', '', 0] if point is None else [point.mean, point.minimum, point.maximum, point.trials]
+    rows.append(row)
+  return header, rows
+
+
+def write_csv(records: Sequence[dict[str, Any]], path: str) -> None:
+  """Writes the sparsity table (see `sparsity_rows`) as CSV, atomically."""
+  header, rows = sparsity_rows(records)
+  text = io.StringIO()
+  writer = csv.writer(text, lineterminator='\n')
+  writer.writerow(header)
+  writer.writerows(rows)
+  with results_lib.atomic_open(path) as file:
+    file.write(text.getvalue())
+
+
+def write_report(records: Sequence[dict[str, Any]], output_dir: str) -> list[str]:
+  """Writes the two plots and the CSV table into `output_dir` (created if missing); returns their paths."""
+  os.makedirs(output_dir, exist_ok=True)
+  paths = [os.path.join(output_dir, name)
+           for name in (ACCURACY_VS_SPARSITY_FILE, TRAINING_CURVES_FILE, SPARSITY_TABLE_FILE)]
+  plot_accuracy_vs_sparsity(records, paths[0])
+  plot_training_curves(records, paths[1])
+  write_csv(records, paths[2])
+  return paths
+
+
+def _is_main_process() -> bool:
+  """Whether this is JAX process 0, without starting an accelerator backend in a standalone report
+  process (which could take the memory of a GPU a training run is using)."""
+  try:
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    started = xla_bridge.backends_are_initialized()
+  except (ImportError, AttributeError):
+    started = True
+  distributed = getattr(jax.distributed, 'is_initialized', lambda: True)()
+  return jax.process_index() == 0 if started or distributed else True
+
+
+def main(argv: list[str]) -> None:
+  """Prints the tables of --workdir and writes the plots and CSV into --output_dir."""
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  matplotlib.use('Agg')
+  workdir = flags.FLAGS.workdir
+  output_dir = flags.FLAGS.output_dir or workdir
+  try:
+    records = load(workdir)
+  except (FileNotFoundError, ValueError) as error:
+    sys.exit(f'lth_jax.report: {error}')
+  if not records:
+    sys.exit(f'lth_jax.report: {os.path.join(workdir, lottery.RESULTS_FILE)} holds no records')
+  if not _is_main_process():
+    return
+  print(results_lib.format_table(records))
+  print(results_lib.format_sparsity_table(records))
+  for path in write_report(records, output_dir):
+    print(f'wrote {path}')
+
+
+def _define_flags() -> None:
+  """The command-line flags (defined only when run as a program, so importing this module next to
+  `lth_jax.main` defines no duplicate --workdir)."""
+  flags.DEFINE_string('workdir', None, 'Workdir of a lottery run (holds results.jsonl).', required=True)
+  flags.DEFINE_string('output_dir', None, 'Folder for the plots and the CSV table (default: the workdir).')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

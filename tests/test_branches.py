@@ -1,0 +1,141 @@
+"""Control branches (SNIP, random pruning, sign-preserving reinit) and early turnaround."""
+
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from lth_jax import branches as branches_lib
+from lth_jax import checkpoints
+from lth_jax import data as data_lib
+from lth_jax import lottery
+from lth_jax import masks as masks_lib
+from lth_jax import models as models_lib
+from lth_jax import optim
+from lth_jax import parallel
+from lth_jax import pruning
+from lth_jax import train as train_lib
+from tests import helpers
+
+
+def _tiny_trainer():
+  config = helpers.tiny_config()
+  dataset = data_lib.build(config.dataset)
+  model = models_lib.build(config.model, dataset.num_outputs)
+  return train_lib.Trainer(model, dataset, optim.from_config(config.training, 60), parallel.create_mesh(), 32, 8)
+
+
+def _branch_inputs(trainer, keep_fraction=0.3, seed=4):
+  params, model_state = trainer.init_variables(0)
+  prunable = masks_lib.prunable_tree(params)
+  scores = pruning.magnitude_scores(params)
+  keep_mask = pruning.prune(scores, masks_lib.ones_like(params), prunable, 1 - keep_fraction)
+  return branches_lib.BranchInputs(
+      ticket_mask=jax.tree_util.tree_map(np.asarray, keep_mask), rewind_params=params,
+      rewind_model_state=model_state, prunable=prunable, init_variables=trainer.init_variables, seed=seed,
+      loss_gradients=lambda p, s: trainer.mean_gradients(p, s, data_seed=9, num_batches=3))
+
+
+def test_mean_gradients_equal_the_averaged_batch_gradients():
+  trainer = _tiny_trainer()
+  params, _ = trainer.init_variables(0)
+  indices = data_lib.batch_indices(9, 0, 3, trainer.dataset.num_train, 32)
+
+  def loss(p, batch):
+    outputs = trainer.model.apply({'params': p}, trainer.dataset.train_inputs[batch])
+    return optax.softmax_cross_entropy_with_integer_labels(
+        outputs, trainer.dataset.train_targets[batch]).mean()
+  expected = jax.tree_util.tree_map(lambda *g: sum(g) / 3, *[jax.grad(loss)(params, b) for b in indices])
+  chex.assert_trees_all_close(trainer.mean_gradients(params, {}, 9, 3), expected, atol=1e-6)
+
+
+def test_snip_keeps_the_highest_connection_sensitivity():
+  trainer = _tiny_trainer()
+  inputs = _branch_inputs(trainer)
+  params, _, keep_mask = branches_lib.start('snip', inputs)
+  gradients = inputs.loss_gradients(inputs.rewind_params, {})
+  scores = pruning.snip_scores(inputs.rewind_params, gradients)
+  # Scores are |g * w| exactly.
+  np.testing.assert_array_equal(scores['dense_0']['kernel'],
+                                np.abs(inputs.rewind_params['dense_0']['kernel'] * gradients['dense_0']['kernel']))
+  ticket_count = sum(masks_lib.count_per_layer(inputs.ticket_mask, inputs.prunable).values())
+  assert sum(masks_lib.count_per_layer(keep_mask, inputs.prunable).values()) == ticket_count
+  # Every kept weight scores at least as high as every pruned one (one global pool).
+  kept, pruned = [], []
+  for score, keep, flag in zip(jax.tree_util.tree_leaves(scores), jax.tree_util.tree_leaves(keep_mask),
+                               jax.tree_util.tree_leaves(inputs.prunable)):
+    if flag:
+      kept.append(score[keep])
+      pruned.append(score[~keep])
+  assert np.concatenate(kept).min() >= np.concatenate(pruned).max()
+  assert np.all(params['dense_0']['kernel'][~keep_mask['dense_0']['kernel']] == 0.0)
+  assert not np.array_equal(keep_mask['dense_0']['kernel'], inputs.ticket_mask['dense_0']['kernel'])
+
+
+def test_keep_top_exact_count_and_bounds():
+  scores = {'a': {'kernel': np.array([[3.0, 1.0], [2.0, 5.0]])}, 'b': {'bias': np.zeros(2)}}
+  prunable = masks_lib.prunable_tree(scores)
+  keep = pruning.keep_top(scores, prunable, 2)
+  np.testing.assert_array_equal(keep['a']['kernel'], [[True, False], [False, True]])
+  assert keep['b']['bias'].all()
+  with pytest.raises(ValueError, match='cannot keep 5 of 4'):
+    pruning.keep_top(scores, prunable, 5)
+
+
+def test_random_pruning_keeps_per_layer_counts_and_differs_from_the_ticket():
+  trainer = _tiny_trainer()
+  inputs = _branch_inputs(trainer)
+  params, _, keep_mask = branches_lib.start('random_pruning', inputs)
+  assert (masks_lib.count_per_layer(keep_mask, inputs.prunable)
+          == masks_lib.count_per_layer(inputs.ticket_mask, inputs.prunable))
+  assert not np.array_equal(keep_mask['dense_0']['kernel'], inputs.ticket_mask['dense_0']['kernel'])
+  kept = keep_mask['dense_0']['kernel']
+  np.testing.assert_array_equal(params['dense_0']['kernel'][kept], inputs.rewind_params['dense_0']['kernel'][kept])
+  _, _, again = branches_lib.start('random_pruning', inputs)
+  chex.assert_trees_all_equal(again, keep_mask)  # deterministic for a seed
+
+
+def test_sign_preserving_reinit_takes_signs_from_the_ticket_and_magnitudes_from_a_fresh_init():
+  trainer = _tiny_trainer()
+  inputs = _branch_inputs(trainer)
+  params, _, keep_mask = branches_lib.start('sign_reinit', inputs)
+  fresh, _ = trainer.init_variables(inputs.seed)
+  kept = keep_mask['dense_0']['kernel']
+  new, rewind = params['dense_0']['kernel'][kept], inputs.rewind_params['dense_0']['kernel'][kept]
+  np.testing.assert_array_equal(np.sign(new), np.sign(rewind))
+  np.testing.assert_array_equal(np.abs(new), np.abs(fresh['dense_0']['kernel'][kept]))
+  assert not np.allclose(np.abs(new), np.abs(rewind))
+  np.testing.assert_array_equal(params['dense_0']['bias'], fresh['dense_0']['bias'])  # not prunable: fresh
+
+
+def test_early_turnaround_prunes_from_the_weights_at_the_turnaround_step(tmp_path):
+  config = helpers.tiny_config(pruning__turnaround_step=30, pruning__levels=1, branches=('snip', 'sign_reinit'))
+  results = lottery.run(config, str(tmp_path), log=lambda line: None)
+  assert {r['branch'] for r in results.records} == {'ticket', 'snip', 'sign_reinit'}
+  trainer = _tiny_trainer()
+  runner = lottery._TrialRunner(config, str(tmp_path), trainer, lottery.PruningPlan.from_config(config), 60, 0,
+                                [], lambda line: None)
+  params0, model_state0 = trainer.init_variables(runner.init_seed)
+  ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
+  at_turnaround = trainer.train(trainer.create_state(params0, model_state0, ones, 0), 30, runner.data_seed)
+  at_turnaround = parallel.to_host(at_turnaround.state.params)
+  level1 = checkpoints.restore_tree(os.path.join(str(tmp_path), 'checkpoints/trial_0/level_1'),
+                                    {'params': params0, 'mask': ones, 'turnaround_params': params0})
+  prunable = masks_lib.prunable_tree(params0)
+  expected = runner.plan.next_mask(1, at_turnaround, ones, at_turnaround, prunable)
+  chex.assert_trees_all_equal(level1['mask'], expected)
+  level0 = checkpoints.restore_tree(os.path.join(str(tmp_path), 'checkpoints/trial_0/level_0'),
+                                    {'params': params0, 'mask': ones, 'turnaround_params': params0})
+  chex.assert_trees_all_equal(level0['turnaround_params'], at_turnaround)
+  assert not np.allclose(level0['params']['dense_0']['kernel'], at_turnaround['dense_0']['kernel'])
+
+
+def test_turnaround_before_the_rewind_step_is_refused(tmp_path):
+  config = helpers.tiny_config(pruning__turnaround_step=3)
+  with pytest.raises(lottery.validation.ConfigError, match='pruning.turnaround_step=3: must come after'):
+    lottery.run(config, str(tmp_path), log=lambda line: None)
