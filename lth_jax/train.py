@@ -66,15 +66,18 @@ def loss_and_metric_sums(task: str, outputs: jax.Array, targets: jax.Array,
   return sums['loss'] / jnp.maximum(count, 1.0), sums
 
 
-def summarize(task: str, sums: dict[str, Any], prefix: str) -> dict[str, float]:
-  """Turns metric sums into means: {prefix_loss, prefix_accuracy | prefix_rmse}."""
-  count = max(float(sums['count']), 1.0)
-  summary = {f'{prefix}_loss': float(sums['loss']) / count}
+def summarize(task: str, sums: dict[str, Any], prefix: str) -> dict[str, Any]:
+  """Turns metric sums into means: {prefix_loss, prefix_accuracy | prefix_rmse}.
+
+  Sums with a leading member axis (a population) give a list per metric, one value per member.
+  """
+  count = np.maximum(np.asarray(sums['count'], np.float64), 1.0)
+  summary = {f'{prefix}_loss': np.asarray(sums['loss'], np.float64) / count}
   if task == 'classification':
-    summary[f'{prefix}_accuracy'] = float(sums['correct']) / count
+    summary[f'{prefix}_accuracy'] = np.asarray(sums['correct'], np.float64) / count
   else:
-    summary[f'{prefix}_rmse'] = float(np.sqrt(float(sums['squared_error']) / count))
-  return summary
+    summary[f'{prefix}_rmse'] = np.sqrt(np.asarray(sums['squared_error'], np.float64) / count)
+  return {name: value.tolist() if value.ndim else float(value) for name, value in summary.items()}
 
 
 def apply_model(model: nn.Module, params: Any, model_state: Any, inputs: jax.Array,
@@ -126,12 +129,17 @@ class Trainer:
   """Compiles the train and eval programs once for a (model, dataset, optimizer, mesh) and runs them.
 
   The same Trainer serves every level, branch and trial, so nothing recompiles between them.
+  With `population_size=K > 0`, every tree of the state has a leading member axis of size K and one
+  `jax.vmap`-ed step trains the K members in lockstep, each on its own batch order (stability
+  experiments, several trials in one program).
   """
 
   def __init__(self, model: nn.Module, dataset: data_lib.ArrayDataset,
                optimizer: optax.GradientTransformationExtraArgs, mesh: jax.sharding.Mesh,
-               batch_size: int, steps_per_dispatch: int = 64, eval_batch_size: int = 1000):
+               batch_size: int, steps_per_dispatch: int = 64, eval_batch_size: int = 1000,
+               population_size: int = 0):
     parallel.check_batch_size(batch_size, mesh)
+    self.population_size = population_size
     self.model = model
     self.dataset = dataset
     self.task = dataset.task
@@ -150,6 +158,10 @@ class Trainer:
 
     step = functools.partial(train_step, model=model, optimizer=optimizer, task=self.task)
     batch_sharding = parallel.batch_sharded(mesh)
+    member_axes = 1 if population_size else 0  # leading axes before the batch axis
+    if population_size:
+      step = jax.vmap(step)
+      batch_sharding = parallel.batch_sharded(mesh, 1)
 
     def train_chunk(state, train_inputs, train_targets, indices, num_active):
       """Runs the first `num_active` of the `len(indices)` steps (one program serves every chunk
@@ -176,11 +188,14 @@ class Trainer:
 
     self._train_chunk = jax.jit(
         train_chunk,
-        in_shardings=(replicated, replicated, replicated, parallel.batch_sharded(mesh, 1), replicated),
+        in_shardings=(replicated, replicated, replicated, parallel.batch_sharded(mesh, 1 + member_axes),
+                      replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,))
 
     evaluate_one = functools.partial(eval_step, model=model, task=self.task)
+    if population_size:
+      evaluate_one = jax.vmap(evaluate_one, in_axes=(0, 0, None, None, None))
 
     def evaluate(params, model_state, inputs, targets, weights):
       def body(totals, batch):
@@ -232,18 +247,36 @@ class Trainer:
       self._init = self._init_program.lower(key).compile(compiler_options=options)
     return split_variables(parallel.to_host(self._init(key)))
 
-  def create_state(self, params: Any, model_state: Any, keep_mask: Any, step: int) -> TrainState:
-    """A TrainState on the mesh, with fresh optimizer state, starting at absolute `step`."""
+  def create_state(self, params: Any, model_state: Any, keep_mask: Any, step: int,
+                   opt_state: Any | None = None) -> TrainState:
+    """A TrainState on the mesh starting at absolute `step`, with `opt_state` or a fresh one.
+
+    For a population, every tree carries the leading member axis (see `stack_members`).
+    """
     params = parallel.put_replicated(params, self.mesh)
-    state = TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+    if opt_state is None:
+      init = jax.vmap(self.optimizer.init) if self.population_size else self.optimizer.init
+      opt_state = init(params)
+    steps = jnp.full((self.population_size,), step, jnp.int32) if self.population_size else step
+    state = TrainState(step=jnp.asarray(steps, jnp.int32), params=params,
                        model_state=parallel.put_replicated(model_state, self.mesh),
-                       opt_state=self.optimizer.init(params),
+                       opt_state=parallel.put_replicated(opt_state, self.mesh),
                        keep_mask=parallel.put_replicated(keep_mask, self.mesh))
     return parallel.put_replicated(state, self.mesh)
 
-  def evaluate(self, state: TrainState) -> dict[str, float]:
-    """Test metrics of the state's parameters: test_loss and test_accuracy or test_rmse."""
-    sums = self._evaluate(state.params, state.model_state, *self._test_batches)
+  def fresh_optimizer_state(self, params: Any) -> Any:
+    """The optimizer's initial state for one member's params, on the host."""
+    return parallel.to_host(self.optimizer.init(params))
+
+  def evaluate(self, state: TrainState) -> dict[str, Any]:
+    """Test metrics of the state's parameters: test_loss and test_accuracy or test_rmse (a list
+    with one value per member for a population)."""
+    return self.evaluate_params(state.params, state.model_state)
+
+  def evaluate_params(self, params: Any, model_state: Any) -> dict[str, Any]:
+    """Test metrics of any parameters (host or device trees shaped like the state's)."""
+    sums = self._evaluate(parallel.put_replicated(params, self.mesh),
+                          parallel.put_replicated(model_state, self.mesh), *self._test_batches)
     return summarize(self.task, jax.device_get(sums), 'test')
 
   def mean_gradients(self, params: Any, model_state: Any, data_seed: int, num_batches: int) -> Any:
@@ -255,20 +288,35 @@ class Trainer:
                                      self._train_targets, parallel.put_batch(indices, self.mesh, 1))
     return parallel.to_host(gradients)
 
-  def train(self, state: TrainState, end_step: int, data_seed: int, snapshot_steps: Sequence[int] = (),
+  def _indices(self, data_seed: int | Sequence[int], start_step: int, num_steps: int) -> np.ndarray:
+    """Example indices (steps_per_dispatch, [members,] batch) for the next `num_steps` steps; the
+    unused tail of the chunk is zeros."""
+    seeds = [data_seed] if not self.population_size else list(data_seed)
+    if self.population_size and len(seeds) != self.population_size:
+      raise ValueError(f'a population of {self.population_size} needs as many data seeds, got {len(seeds)}')
+    indices = np.zeros((self.steps_per_dispatch, len(seeds), self.batch_size), np.int32)
+    for member, seed in enumerate(seeds):
+      indices[:num_steps, member] = data_lib.batch_indices(seed, start_step, num_steps, self.dataset.num_train,
+                                                           self.batch_size)
+    return indices if self.population_size else indices[:, 0]
+
+  def train(self, state: TrainState, end_step: int, data_seed: int | Sequence[int],
+            snapshot_steps: Sequence[int] = (),
             eval_every: int = 0, progress: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Trains from the state's step to `end_step`.
 
     Args:
       state: the starting TrainState (donated: do not reuse it).
       end_step: absolute step to stop at.
-      data_seed: seed of the batch order; step s always sees the same batch for the same seed.
+      data_seed: seed of the batch order; step s always sees the same batch for the same seed
+        (a population takes one seed per member).
       snapshot_steps: absolute steps at which (params, model_state) are copied to the host
         (a step equal to the start step snapshots the starting weights).
       eval_every: evaluate every this many steps (0: only at the end); always at the end.
-      progress: called with each curve entry (step, train_loss, test metrics, examples_per_second).
+      progress: called with each curve entry (step, train_loss, test metrics, examples_per_second;
+        per-member lists for a population).
     """
-    start_step = int(jax.device_get(state.step))
+    start_step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
     started = time.perf_counter()
     boundaries = {end_step}
     boundaries.update(step for step in snapshot_steps if start_step < step < end_step)
@@ -278,14 +326,14 @@ class Trainer:
     if start_step in snapshot_steps:
       snapshots[start_step] = parallel.to_host((state.params, state.model_state))
     train_sums, current, segment_started = None, start_step, time.perf_counter()
+    indices_batch_axis = 2 if self.population_size else 1
+    examples_per_step = self.batch_size * max(1, self.population_size)
     for boundary in sorted(boundaries):
       while current < boundary:
         chunk = min(self.steps_per_dispatch, boundary - current)
-        indices = np.zeros((self.steps_per_dispatch, self.batch_size), np.int32)
-        indices[:chunk] = data_lib.batch_indices(data_seed, current, chunk, self.dataset.num_train,
-                                                 self.batch_size)
-        state, sums = self._train_chunk(state, self._train_inputs, self._train_targets,
-                                        parallel.put_batch(indices, self.mesh, 1), np.int32(chunk))
+        indices = parallel.put_batch(self._indices(data_seed, current, chunk), self.mesh, indices_batch_axis)
+        state, sums = self._train_chunk(state, self._train_inputs, self._train_targets, indices,
+                                        np.int32(chunk))
         train_sums = sums if train_sums is None else jax.tree_util.tree_map(jnp.add, train_sums, sums)
         current += chunk
       if current in snapshot_steps:
@@ -297,7 +345,7 @@ class Trainer:
         entry.update(self.evaluate(state))
         now = time.perf_counter()
         entry['examples_per_second'] = (
-            (current - curve[-1]['step'] if curve else current - start_step) * self.batch_size
+            (current - curve[-1]['step'] if curve else current - start_step) * examples_per_step
             / max(now - segment_started, 1e-9))
         segment_started, train_sums = now, None
         curve.append(entry)
@@ -305,3 +353,13 @@ class Trainer:
           progress(entry)
     return TrainResult(state=state, snapshots=snapshots, curve=curve,
                        wall_seconds=time.perf_counter() - started)
+
+
+def stack_members(trees: Sequence[Any]) -> Any:
+  """Stacks host trees of the same structure along a new leading member axis."""
+  return jax.tree_util.tree_map(lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]), *trees)
+
+
+def member(tree: Any, index: int) -> Any:
+  """One member's slice of a population tree."""
+  return jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[index], tree)

@@ -1,0 +1,220 @@
+"""Stability of training to pruning (Frankle et al., "The Lottery Ticket Hypothesis at Scale", §3.1 and
+appendix A) and linear mode connectivity.
+
+A population trained in lockstep by one vmapped step:
+  full          the full network from W_0, continuing its own trajectory through step i
+  ticket        m ⊙ W_i, trained from step i with the same batches as `full`
+  random_ticket m' ⊙ W_i with m' the ticket's mask permuted within each layer, same batches
+  full_other    a second full network from another initialization and batch order (normalization)
+With W_F = m ⊙ (full's weights), W_T = m ⊙ (ticket's weights) and W_* = the full network's final
+weights, the metrics (on the ticket's surviving weights) are:
+  l2_distance          ||W_F - W_T|| / ||full_final - full_other_final|| (all prunable weights)
+  angle                the angle between (W_F - W_0) and (W_T - W_0), in degrees
+  angle_ticket_to_final, angle_full_to_final   angles of (W_T - W_0) and (W_F - W_0) to (W_* - W_0)
+  correlation          Pearson correlation of W_F and W_T
+  full_distance_from_init, ticket_distance_from_init   ||W_F - W_0||, ||W_T - W_0||, normalized alike
+The random ticket gets the same metrics with its own mask m'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from lth_jax import masks as masks_lib
+from lth_jax import parallel
+from lth_jax import pruning
+from lth_jax import train as train_lib
+
+MEMBERS = ('full', 'ticket', 'random_ticket', 'full_other')
+
+
+def masked_vector(params: Any, keep_mask: Any, prunable: Any) -> np.ndarray:
+  """The kept prunable weights of `params` as one flat float64 vector (tree order)."""
+  parts = [np.asarray(weight, np.float64)[np.asarray(keep, bool)]
+           for weight, keep, flag in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(keep_mask),
+                                         jax.tree_util.tree_leaves(prunable)) if flag]
+  return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def l2_distance(first: np.ndarray, second: np.ndarray) -> float:
+  """||first - second||_2."""
+  return float(np.linalg.norm(np.asarray(first, np.float64) - np.asarray(second, np.float64)))
+
+
+def angle_degrees(first: np.ndarray, second: np.ndarray) -> float:
+  """The angle between two vectors in degrees (nan when either is zero)."""
+  norms = np.linalg.norm(first) * np.linalg.norm(second)
+  if norms == 0:
+    return float('nan')
+  cosine = np.clip(np.dot(first, second) / norms, -1.0, 1.0)
+  return float(np.degrees(np.arccos(cosine)))
+
+
+def correlation(first: np.ndarray, second: np.ndarray) -> float:
+  """Pearson correlation of two vectors (nan when either is constant)."""
+  first = np.asarray(first, np.float64) - np.mean(first)
+  second = np.asarray(second, np.float64) - np.mean(second)
+  norms = np.linalg.norm(first) * np.linalg.norm(second)
+  return float(np.dot(first, second) / norms) if norms else float('nan')
+
+
+def stability_metrics(initial: Any, full: Any, ticket: Any, full_final: Any, keep_mask: Any, prunable: Any,
+                      normalizer: float) -> dict[str, float]:
+  """The metrics of the module docstring for one ticket (mask `keep_mask`) against the full network.
+
+  Args:
+    initial: W_0, the full network's initialization.
+    full: the full network's weights (unpruned; the mask is applied here).
+    ticket: the ticket's weights.
+    full_final: W_*, the full network's weights at the end of training.
+    normalizer: the L2 distance that normalizes distances (1.0 for raw distances).
+  """
+  vector = lambda params: masked_vector(params, keep_mask, prunable)  # noqa: E731
+  w0, wf, wt, w_star = vector(initial), vector(full), vector(ticket), vector(full_final)
+  return {
+      'l2_distance': l2_distance(wf, wt) / normalizer,
+      'angle': angle_degrees(wf - w0, wt - w0),
+      'angle_ticket_to_final': angle_degrees(wt - w0, w_star - w0),
+      'angle_full_to_final': angle_degrees(wf - w0, w_star - w0),
+      'correlation': correlation(wf, wt),
+      'full_distance_from_init': l2_distance(wf, w0) / normalizer,
+      'ticket_distance_from_init': l2_distance(wt, w0) / normalizer,
+  }
+
+
+@dataclasses.dataclass
+class StabilityResult:
+  """Stability of one ticket (and its random ticket) to pruning at one rewind step."""
+  rewind_step: int
+  final: dict[str, dict[str, float]]          # 'ticket' / 'random_ticket' -> metrics at the end
+  curve: list[dict[str, Any]]                 # per measured step: {'step', 'ticket': {...}, 'random_ticket': {...}}
+  test_metrics: dict[str, float]              # member -> final test accuracy (or RMSE)
+  normalizer: float
+
+  def as_record(self) -> dict[str, Any]:
+    """A JSON-friendly summary."""
+    return dataclasses.asdict(self)
+
+
+def measure(trainer: train_lib.Trainer, initial: tuple[Any, Any], other_initial: tuple[Any, Any],
+            keep_mask: Any, prunable: Any, rewind_step: int, end_step: int, data_seed: int,
+            other_data_seed: int, random_ticket_seed: int, measure_steps: Sequence[int] = ()) -> StabilityResult:
+  """Trains the four-member population (see the module docstring) and computes the metrics.
+
+  Args:
+    trainer: a Trainer with population_size == 4 (one member per entry of MEMBERS).
+    initial: (params, model_state) W_0 of the full network.
+    other_initial: (params, model_state) of the second full network.
+    keep_mask: the winning ticket's mask m (found with late resetting to `rewind_step`).
+    rewind_step: i, the step whose weights the tickets start from.
+    end_step: n, the end of training.
+    data_seed: batch order shared by full, ticket and random ticket; `other_data_seed` for full_other.
+    measure_steps: steps (after `rewind_step`) at which metrics are also computed; always the end.
+  """
+  if trainer.population_size != len(MEMBERS):
+    raise ValueError(f'stability.measure needs a Trainer with population_size={len(MEMBERS)}')
+  params0, model_state0 = initial
+  other_params, other_model_state = other_initial
+  ones = jax.tree_util.tree_map(lambda leaf: np.ones(np.shape(leaf), bool), params0)
+  random_mask = pruning.permute_within_layers(keep_mask, prunable, random_ticket_seed)
+  seeds = [data_seed, data_seed, data_seed, other_data_seed]
+
+  # Phase 1: the two full networks train from their initializations to the rewind step. Members 1
+  # and 2 (the tickets) ride along as copies of the full network and are replaced afterwards.
+  warm = trainer.create_state(
+      train_lib.stack_members([params0, params0, params0, other_params]),
+      train_lib.stack_members([model_state0, model_state0, model_state0, other_model_state]),
+      train_lib.stack_members([ones, ones, ones, ones]), 0)
+  if rewind_step:
+    warm = trainer.train(warm, rewind_step, seeds).state
+  warm = parallel.to_host(warm)
+  full_at_rewind = train_lib.member(warm.params, 0)
+  model_state_at_rewind = train_lib.member(warm.model_state, 0)
+
+  # Phase 2: full and full_other continue; the tickets start from m ⊙ W_i with fresh optimizer state.
+  ticket_params = masks_lib.apply(full_at_rewind, keep_mask)
+  random_params = masks_lib.apply(full_at_rewind, random_mask)
+  fresh = [trainer.fresh_optimizer_state(ticket_params), trainer.fresh_optimizer_state(random_params)]
+  opt_state = train_lib.stack_members([train_lib.member(warm.opt_state, 0), *fresh,
+                                       train_lib.member(warm.opt_state, 3)])
+  state = trainer.create_state(
+      train_lib.stack_members([full_at_rewind, ticket_params, random_params, train_lib.member(warm.params, 3)]),
+      train_lib.stack_members([model_state_at_rewind, model_state_at_rewind, model_state_at_rewind,
+                               train_lib.member(warm.model_state, 3)]),
+      train_lib.stack_members([ones, jax.tree_util.tree_map(np.asarray, keep_mask), random_mask, ones]),
+      rewind_step, opt_state)
+  steps = sorted({step for step in measure_steps if rewind_step < step < end_step} | {end_step})
+  result = trainer.train(state, end_step, seeds, snapshot_steps=steps)
+
+  final_params = result.snapshots[end_step][0]
+  full_final = train_lib.member(final_params, 0)
+  normalizer = l2_distance(masked_vector(full_final, ones, prunable),
+                           masked_vector(train_lib.member(final_params, 3), ones, prunable)) or 1.0
+  curve = []
+  for step in steps:
+    params = result.snapshots[step][0]
+    full = train_lib.member(params, 0)
+    curve.append({
+        'step': step,
+        'ticket': stability_metrics(params0, full, train_lib.member(params, 1), full_final, keep_mask,
+                                    prunable, normalizer),
+        'random_ticket': stability_metrics(params0, full, train_lib.member(params, 2), full_final, random_mask,
+                                           prunable, normalizer),
+    })
+  metric = 'test_accuracy' if 'test_accuracy' in result.curve[-1] else 'test_rmse'
+  return StabilityResult(
+      rewind_step=rewind_step, final={name: curve[-1][name] for name in ('ticket', 'random_ticket')},
+      curve=curve, test_metrics=dict(zip(MEMBERS, result.curve[-1][metric])), normalizer=normalizer)
+
+
+def interpolate(first: Any, second: Any, alpha: float) -> Any:
+  """(1 - alpha) * first + alpha * second, leaf by leaf."""
+  return jax.tree_util.tree_map(
+      lambda a, b: ((1.0 - alpha) * np.asarray(a, np.float64) + alpha * np.asarray(b, np.float64)).astype(
+          np.asarray(a).dtype), first, second)
+
+
+@dataclasses.dataclass
+class ConnectivityResult:
+  """Test error along the straight line between two trained copies, and its barrier."""
+  alphas: list[float]
+  errors: list[float]     # 1 - accuracy (classification) or RMSE (regression) at each alpha
+  barrier: float          # max over alpha of error(alpha) - the linear interpolation of the end errors
+
+
+def error_barrier(alphas: Sequence[float], errors: Sequence[float]) -> float:
+  """max_alpha [error(alpha) - ((1 - alpha) error(0) + alpha error(1))] (0 when the path is convex)."""
+  alphas, errors = np.asarray(alphas, np.float64), np.asarray(errors, np.float64)
+  baseline = (1 - alphas) * errors[0] + alphas * errors[-1]
+  return float(max(0.0, np.max(errors - baseline)))
+
+
+def linear_mode_connectivity(trainer: train_lib.Trainer, evaluator: train_lib.Trainer, start: tuple[Any, Any],
+                             keep_mask: Any, start_step: int, end_step: int, data_seeds: tuple[int, int],
+                             num_points: int = 11) -> ConnectivityResult:
+  """Trains two copies of (params, model_state) `start` (masked by `keep_mask`) from `start_step` with
+  different batch orders in lockstep, then evaluates the straight path between them.
+
+  `trainer` must have population_size == 2; `evaluator` is a Trainer of the same model and data
+  without a population (it evaluates one interpolated network at a time).
+  """
+  if trainer.population_size != 2:
+    raise ValueError('linear_mode_connectivity needs a Trainer with population_size=2')
+  params, model_state = start
+  params = masks_lib.apply(params, keep_mask)
+  state = trainer.create_state(train_lib.stack_members([params, params]),
+                               train_lib.stack_members([model_state, model_state]),
+                               train_lib.stack_members([keep_mask, keep_mask]), start_step)
+  final = parallel.to_host(trainer.train(state, end_step, list(data_seeds)).state)
+  first, second = train_lib.member(final.params, 0), train_lib.member(final.params, 1)
+  model_state = train_lib.member(final.model_state, 0)
+  alphas = [float(alpha) for alpha in np.linspace(0.0, 1.0, num_points)]
+  errors = []
+  for alpha in alphas:
+    metrics = evaluator.evaluate_params(interpolate(first, second, alpha), model_state)
+    errors.append(1.0 - metrics['test_accuracy'] if 'test_accuracy' in metrics else metrics['test_rmse'])
+  return ConnectivityResult(alphas=alphas, errors=errors, barrier=error_barrier(alphas, errors))
