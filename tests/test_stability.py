@@ -1,0 +1,123 @@
+"""Stability metrics on hand-made trees, the vmapped population, and linear mode connectivity."""
+
+import math
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from lth_jax import data as data_lib
+from lth_jax import masks as masks_lib
+from lth_jax import models as models_lib
+from lth_jax import optim
+from lth_jax import parallel
+from lth_jax import pruning
+from lth_jax import stability
+from lth_jax import train as train_lib
+from tests import helpers
+
+
+def _tree(kernel, bias=(9.0, 9.0)):
+  return {'layer': {'kernel': np.asarray(kernel, np.float64), 'bias': np.asarray(bias, np.float64)}}
+
+
+def test_metric_definitions_on_hand_made_trees():
+  prunable = masks_lib.prunable_tree(_tree([0.0, 0.0, 0.0]))
+  keep = {'layer': {'kernel': np.array([True, True, False]), 'bias': np.array([True, True])}}
+  initial = _tree([0.0, 0.0, 5.0])
+  full = _tree([1.0, 0.0, 7.0])       # W_F - W_0 on the mask: (1, 0)
+  ticket = _tree([0.0, 2.0, -3.0])    # W_T - W_0 on the mask: (0, 2)
+  full_final = _tree([1.0, 1.0, 0.0])  # W_* - W_0 on the mask: (1, 1)
+  metrics = stability.stability_metrics(initial, full, ticket, full_final, keep, prunable, normalizer=2.0)
+  assert metrics['l2_distance'] == pytest.approx(math.sqrt(1 + 4) / 2)
+  assert metrics['angle'] == pytest.approx(90.0)
+  assert metrics['angle_ticket_to_final'] == pytest.approx(45.0)
+  assert metrics['angle_full_to_final'] == pytest.approx(45.0)
+  assert metrics['correlation'] == pytest.approx(-1.0)  # (1, 0) vs (0, 2)
+  assert metrics['full_distance_from_init'] == pytest.approx(0.5)
+  assert metrics['ticket_distance_from_init'] == pytest.approx(1.0)
+
+
+def test_vector_helpers():
+  assert stability.angle_degrees(np.array([1.0, 0.0]), np.array([-1.0, 0.0])) == pytest.approx(180.0)
+  assert math.isnan(stability.angle_degrees(np.zeros(2), np.ones(2)))
+  assert stability.correlation(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 6.5])) > 0.99
+  assert stability.l2_distance(np.array([3.0, 0.0]), np.array([0.0, 4.0])) == pytest.approx(5.0)
+
+
+def test_error_barrier():
+  assert stability.error_barrier([0.0, 0.5, 1.0], [0.1, 0.1, 0.1]) == 0.0
+  assert stability.error_barrier([0.0, 0.5, 1.0], [0.1, 0.6, 0.3]) == pytest.approx(0.6 - 0.2)
+  assert stability.error_barrier([0.0, 0.5, 1.0], [0.3, 0.1, 0.3]) == 0.0  # below the line: no barrier
+
+
+def _trainers(population_size):
+  config = helpers.tiny_config()
+  config.training.optimizer = 'momentum'
+  config.training.learning_rate = 0.05
+  dataset = data_lib.build(config.dataset)
+  model = models_lib.build(config.model, dataset.num_outputs)
+  optimizer = optim.from_config(config.training, 60)
+  mesh = parallel.create_mesh()
+  single = train_lib.Trainer(model, dataset, optimizer, mesh, 32, 16)
+  population = train_lib.Trainer(model, dataset, optimizer, mesh, 32, 16, population_size=population_size)
+  return single, population
+
+
+def test_vmapped_population_equals_members_trained_one_by_one():
+  single, population = _trainers(3)
+  starts = [single.init_variables(seed) for seed in (0, 1, 2)]
+  masks = [jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), starts[0][0])] * 3
+  prunable = masks_lib.prunable_tree(starts[0][0])
+  masks[1] = pruning.prune(pruning.magnitude_scores(starts[1][0]), masks[1], prunable, 0.7)
+  seeds = [5, 6, 5]
+  state = population.create_state(train_lib.stack_members([masks_lib.apply(start[0], mask)
+                                                           for start, mask in zip(starts, masks)]),
+                                  train_lib.stack_members([s[1] for s in starts]),
+                                  train_lib.stack_members(masks), 3)
+  together = population.train(state, 40, seeds, eval_every=20)
+  assert len(together.curve[-1]['test_accuracy']) == 3
+  for index in range(3):
+    alone = single.train(single.create_state(masks_lib.apply(starts[index][0], masks[index]), starts[index][1],
+                                             masks[index], 3), 40, seeds[index])
+    chex.assert_trees_all_close(train_lib.member(parallel.to_host(together.state.params), index),
+                                parallel.to_host(alone.state.params), atol=2e-5)
+    assert together.curve[-1]['test_accuracy'][index] == pytest.approx(alone.curve[-1]['test_accuracy'], abs=1e-6)
+
+
+def test_measure_trains_full_network_like_a_plain_run_and_separates_tickets():
+  single, population = _trainers(4)
+  params0, model_state0 = single.init_variables(0)
+  other = single.init_variables(1)
+  ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
+  prunable = masks_lib.prunable_tree(params0)
+  dense = single.train(single.create_state(params0, model_state0, ones, 0), 60, 11)
+  dense_params = parallel.to_host(dense.state.params)
+  keep_mask = pruning.prune(pruning.magnitude_scores(dense_params), ones, prunable, 0.8)
+  result = stability.measure(population, (params0, model_state0), other, keep_mask, prunable, rewind_step=10,
+                             end_step=60, data_seed=11, other_data_seed=12, random_ticket_seed=3,
+                             measure_steps=(30,))
+  assert [entry['step'] for entry in result.curve] == [30, 60]
+  # The full member is exactly the plain dense run (same init, batches, optimizer state).
+  assert result.test_metrics['full'] == pytest.approx(dense.curve[-1]['test_accuracy'], abs=1e-6)
+  assert result.final['ticket']['angle_full_to_final'] == pytest.approx(0.0, abs=1e-3)
+  for name in ('ticket', 'random_ticket'):
+    for value in result.final[name].values():
+      assert np.isfinite(value)
+  assert 0 < result.final['ticket']['angle'] < 180
+  assert result.normalizer > 0
+
+
+def test_linear_mode_connectivity_of_identical_copies_has_no_barrier():
+  single, _ = _trainers(2)
+  _, pair = _trainers(2)
+  params0, model_state0 = single.init_variables(0)
+  ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
+  same = stability.linear_mode_connectivity(pair, single, (params0, model_state0), ones, 0, 30, (4, 4), 5)
+  assert same.alphas == [0.0, 0.25, 0.5, 0.75, 1.0]
+  assert max(same.errors) - min(same.errors) < 1e-6
+  assert same.barrier == pytest.approx(0.0, abs=1e-6)
+  different = stability.linear_mode_connectivity(pair, single, (params0, model_state0), ones, 0, 30, (4, 5), 5)
+  assert len(different.errors) == 5 and different.barrier >= 0.0
+  assert all(0.0 <= error <= 1.0 for error in different.errors)
