@@ -150,8 +150,7 @@ class _TrialRunner:
     self.config, self.workdir, self.trainer, self.plan = config, workdir, trainer, plan
     self.total_steps, self.trial, self.records, self.log = total_steps, trial, records, log
     self.seed = int(config.get('seed', 0))
-    self.init_seed = _branch_seed(self.seed, trial, 0)
-    self.data_seed = _branch_seed(self.seed, trial, 1)
+    self.init_seed, self.data_seed = trial_seeds(self.seed, trial)
     self.trial_dir = os.path.join(workdir, 'checkpoints', f'trial_{trial}')
     self.results_path = os.path.join(workdir, RESULTS_FILE)
     self.eval_every = int(config.training.get('eval_every', 0))
@@ -198,7 +197,7 @@ class _TrialRunner:
     return record
 
   def _level_dir(self, level: int) -> str:
-    return os.path.join(self.trial_dir, f'level_{level}')
+    return level_directory(self.workdir, self.trial, level)
 
   def _save_level(self, level: int, final_params: Any, pruning_params: Any, keep_mask: Any) -> None:
     """Keeps a level's ticket for good: final weights, mask, and (with early turnaround) the weights
@@ -283,12 +282,30 @@ def _print(message: str) -> None:
     print(message, flush=True)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str,
-        log: Callable[[str], None] = _print) -> LotteryResults:
-  """Runs (or resumes) the lottery experiment of `config` in `workdir`; returns its records.
+@dataclasses.dataclass
+class Experiment:
+  """What a validated config builds before any training: data, model, mesh and training length."""
+  config: ml_collections.ConfigDict
+  dataset: data_lib.ArrayDataset
+  model: Any
+  mesh: jax.sharding.Mesh
+  total_steps: int
 
-  Every config check runs before any training: a bad field raises `validation.ConfigError` naming it.
-  """
+  def trainer(self, population_size: int = 0) -> train_lib.Trainer:
+    """A Trainer for this experiment (with a member axis of `population_size` when > 0)."""
+    training = self.config.training
+    return train_lib.Trainer(self.model, self.dataset, optim.from_config(training, self.total_steps), self.mesh,
+                             training.batch_size, training.get('steps_per_dispatch', 64),
+                             training.get('eval_batch_size', 1000), population_size)
+
+  def prunable(self, params: Any) -> Any:
+    """The prunable-leaf tree of `params` under this config."""
+    return _prunable_from_config(params, self.config)
+
+
+def prepare(config: ml_collections.ConfigDict) -> Experiment:
+  """Validates `config` (raising `validation.ConfigError` naming the field) and builds the dataset,
+  model and mesh. No training happens here."""
   validation.check_config(config)
   try:
     dataset = data_lib.build(config.dataset)
@@ -304,17 +321,36 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                                 _layer_sizes(param_shapes, _prunable_from_config(param_shapes, config)))
   mesh = parallel.create_mesh(config.get('parallel', {}).get('num_devices', 0))
   parallel.check_batch_size(config.training.batch_size, mesh)
-  total_steps = validation.total_steps(config.training, dataset.num_train)
+  return Experiment(config=config, dataset=dataset, model=model, mesh=mesh,
+                    total_steps=validation.total_steps(config.training, dataset.num_train))
+
+
+def trial_seeds(seed: int, trial: int) -> tuple[int, int]:
+  """(initialization seed, batch-order seed) of one trial."""
+  return _branch_seed(seed, trial, 0), _branch_seed(seed, trial, 1)
+
+
+def level_directory(workdir: str, trial: int, level: int) -> str:
+  """Where a level's ticket (final weights and mask) is checkpointed."""
+  return os.path.join(workdir, 'checkpoints', f'trial_{trial}', f'level_{level}')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str,
+        log: Callable[[str], None] = _print) -> LotteryResults:
+  """Runs (or resumes) the lottery experiment of `config` in `workdir`; returns its records.
+
+  Every config check runs before any training: a bad field raises `validation.ConfigError` naming it.
+  """
+  experiment = prepare(config)
   os.makedirs(workdir, exist_ok=True)
-  trainer = train_lib.Trainer(model, dataset, optim.from_config(config.training, total_steps), mesh,
-                              config.training.batch_size, config.training.get('steps_per_dispatch', 64),
-                              config.training.get('eval_batch_size', 1000))
+  trainer = experiment.trainer()
+  total_steps = experiment.total_steps
   plan = PruningPlan.from_config(config)
   records = results_lib.read_records(os.path.join(workdir, RESULTS_FILE))
   started = time.perf_counter()
   log(f'lth_jax: {config.model.name} on {config.dataset.name}, {total_steps} steps per level, '
       f'{plan.levels} pruning levels of {plan.fraction:.3g} ({plan.scope}, {plan.mode}), rewind step '
-      f'{plan.rewind_step}, {config.get("trials", 1)} trial(s), {mesh.devices.size} device(s)')
+      f'{plan.rewind_step}, {config.get("trials", 1)} trial(s), {experiment.mesh.devices.size} device(s)')
   for trial in range(config.get('trials', 1)):
     _TrialRunner(config, workdir, trainer, plan, total_steps, trial, records, log).run()
   log(f'finished in {time.perf_counter() - started:.1f} s; results in {os.path.join(workdir, RESULTS_FILE)}')

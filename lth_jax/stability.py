@@ -19,6 +19,7 @@ The random ticket gets the same metrics with its own mask m'.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Sequence
 
 import jax
@@ -218,3 +219,29 @@ def linear_mode_connectivity(trainer: train_lib.Trainer, evaluator: train_lib.Tr
     metrics = evaluator.evaluate_params(interpolate(first, second, alpha), model_state)
     errors.append(1.0 - metrics['test_accuracy'] if 'test_accuracy' in metrics else metrics['test_rmse'])
   return ConnectivityResult(alphas=alphas, errors=errors, barrier=error_barrier(alphas, errors))
+
+
+def measure_lottery_ticket(config: Any, workdir: str, level: int, trial: int = 0,
+                           measure_steps: Sequence[int] = ()) -> StabilityResult:
+  """Stability of the ticket that `lottery.run(config, workdir)` found at `level` (trial `trial`):
+  its mask came from iterative pruning with late resetting to `config.pruning.rewind_step`, which is
+  also the step the population's tickets start from. Runs the lottery first if that level is missing.
+  """
+  from lth_jax import checkpoints, lottery  # a lottery run feeds this measurement
+
+  level_dir = lottery.level_directory(workdir, trial, level)
+  if not os.path.isdir(level_dir):
+    lottery.run(config, workdir)
+  if not os.path.isdir(level_dir):
+    raise ValueError(f'the lottery run in {workdir} stopped before level {level} (see pruning.levels)')
+  experiment = lottery.prepare(config)
+  single, population = experiment.trainer(), experiment.trainer(len(MEMBERS))
+  init_seed, data_seed = lottery.trial_seeds(int(config.get('seed', 0)), trial)
+  other_init_seed, other_data_seed = lottery.trial_seeds(int(config.get('seed', 0)) + 7919, trial)
+  initial = single.init_variables(init_seed)
+  keep_mask = checkpoints.restore_tree(level_dir)['mask']
+  keep_mask = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(initial[0]),
+                                           jax.tree_util.tree_leaves(keep_mask))
+  return measure(population, initial, single.init_variables(other_init_seed), keep_mask,
+                 experiment.prunable(initial[0]), config.pruning.get('rewind_step', 0), experiment.total_steps,
+                 data_seed, other_data_seed, random_ticket_seed=init_seed + level, measure_steps=measure_steps)

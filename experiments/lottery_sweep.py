@@ -1,0 +1,38 @@
+"""Accuracy against fraction of weights remaining for the ticket and every control branch, with
+mean and min/max over trials (the shape of Figures 1-3 and 10 of the seed papers).
+
+    python -m experiments.lottery_sweep --workdir=/tmp/lth_sweep            # embedded data, minutes on CPU
+    python -m experiments.lottery_sweep --workdir=... --config=configs/conv4_cifar10.py   # on an accelerator
+
+Writes WORKDIR/results.jsonl, accuracy_vs_sparsity.png, training_curves.png and sparsity_table.csv.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+import lth_jax
+from lth_jax import report
+from experiments import common
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.', required=True)
+_TRIALS = flags.DEFINE_integer('trials', 3, 'Trials per point (mean and min/max are plotted).')
+_QUICK = flags.DEFINE_bool('quick', False, 'A smoke-test-sized run.')
+_BRANCHES = flags.DEFINE_list('branches', ['reinit', 'permuted', 'random_pruning', 'snip', 'sign_reinit'],
+                              'Control branches beside the ticket.')
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Optional config file (default: the embedded one).')
+
+
+def main(argv):
+  del argv
+  common.quiet_logging()
+  config = _CONFIG.value if _CONFIG.value is not None else common.embedded_config(_QUICK.value, _TRIALS.value)
+  config.trials = _TRIALS.value
+  config.branches = tuple(_BRANCHES.value)
+  results = lth_jax.run(config, _WORKDIR.value)
+  for path in report.write_report(results.records, _WORKDIR.value):
+    print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+  app.run(main)
