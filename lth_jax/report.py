@@ -45,6 +45,9 @@ _BRANCH_STYLES = {  # branch: (legend label, colour, marker)
     'reinit': ('random reinit', 'C1', 's'),
     'permuted': ('permuted mask', 'C2', '^'),
     'permuted_reinit': ('permuted + reinit', 'C3', 'v'),
+    'random_pruning': ('random pruning', 'C4', 'D'),
+    'snip': ('SNIP', 'C5', 'P'),
+    'sign_reinit': ('sign-preserving reinit', 'C6', 'X'),
 }
 _DPI = 150
 _MAX_PERCENT_TICKS = 8
@@ -170,13 +173,14 @@ def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | Non
   axes = figure.add_subplot()
   rewind_steps = {record['start_step'] for record in records if record['level'] > 0}
   for index, (branch, points) in enumerate(summary.items()):
-    label, colour, marker = _BRANCH_STYLES.get(branch, (branch, f'C{4 + index}', 'D'))
+    label, colour, marker = _BRANCH_STYLES.get(branch, (branch, f'C{7 + index % 3}', '*'))
     if branch == 'ticket' and rewind_steps - {0}:
       label += f' (late reset to step {", ".join(map(str, sorted(rewind_steps)))})'
     fractions = np.array([point.fraction_remaining for point in points])
     means = np.array([point.mean for point in points])
     errors = np.array([[point.mean - point.minimum for point in points],
                        [point.maximum - point.mean for point in points]])
+    errors = np.clip(errors, 0, None)  # the mean of equal values can round an ulp below their minimum
     axes.errorbar(fractions, means, yerr=errors, label=label, color=colour, marker=marker, markersize=4,
                   capsize=3, linewidth=1.5, gid=branch)
   dense = [record[metric] for record in records if record['level'] == 0]
