@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Callable
 
 import flax.linen as nn
+import jax.numpy as jnp
 import ml_collections
 
 from lth_jax.models.conv import CONV_WIDTHS, ConvNet
 from lth_jax.models.dense import LeNet, LinearNet
+from lth_jax.models.resnet import cifar_resnet, resnet18_cifar, resnet50
+from lth_jax.models.vgg import VGG, VGG_PLANS
 
 ModelBuilder = Callable[[ml_collections.ConfigDict, int], nn.Module]
 
@@ -28,12 +31,42 @@ def _conv(depth: int) -> ModelBuilder:
   return build_conv
 
 
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+  """The computation dtype of `config.dtype` ('float32' or 'bfloat16'; parameters stay float32)."""
+  name = config.get('dtype', 'float32')
+  if name not in DTYPES:
+    raise ValueError(f'model.dtype must be one of {tuple(DTYPES)}, got {name!r}')
+  return DTYPES[name]
+
+
+def _vgg(depth: int) -> ModelBuilder:
+  def build_vgg(config: ml_collections.ConfigDict, num_outputs: int) -> nn.Module:
+    return VGG(num_outputs=num_outputs, plan=VGG_PLANS[depth], dtype=compute_dtype(config))
+  return build_vgg
+
+
+def _cifar_resnet(depth: int) -> ModelBuilder:
+  def build_resnet(config: ml_collections.ConfigDict, num_outputs: int) -> nn.Module:
+    return cifar_resnet(depth, num_outputs, compute_dtype(config))
+  return build_resnet
+
+
 REGISTRY: dict[str, ModelBuilder] = {
     'linear': _linear,
     'lenet': _lenet,
     'conv2': _conv(2),
     'conv4': _conv(4),
     'conv6': _conv(6),
+    'vgg11': _vgg(11),
+    'vgg16': _vgg(16),
+    'vgg19': _vgg(19),
+    'resnet20': _cifar_resnet(20),
+    'resnet56': _cifar_resnet(56),
+    'resnet18': lambda config, num_outputs: resnet18_cifar(num_outputs, compute_dtype(config)),
+    'resnet50': lambda config, num_outputs: resnet50(num_outputs, compute_dtype(config)),
 }
 MODEL_NAMES = tuple(REGISTRY)
 
