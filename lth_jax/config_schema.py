@@ -27,10 +27,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.test_fraction = 0.2        # digits only
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'lenet'         # linear | lenet | conv2 | conv4 | conv6
+  # linear | lenet | conv2 | conv4 | conv6 | vgg11 | vgg16 | vgg19 | resnet20 | resnet56 | resnet18 | resnet50
+  config.model.name = 'lenet'
   config.model.hidden_sizes = (300, 100)  # lenet
   config.model.hidden_size = 200          # linear
   config.model.dense_sizes = (256, 256)   # conv2/4/6
+  config.model.dtype = 'float32'          # computation dtype: float32 | bfloat16 (params stay float32)
 
   config.training = ml_collections.ConfigDict()
   config.training.optimizer = 'adam'      # sgd | momentum | nesterov | adam | adamw
