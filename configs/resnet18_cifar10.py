@@ -18,26 +18,9 @@ from lth_jax import config_schema
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   """The ResNet-18/CIFAR-10 config; `variant` 'warmup' resets to 0 with learning-rate warmup."""
-  config = config_schema.base_config()
-  config.dataset.name = 'cifar10'
-  config.model.name = 'resnet18'
-  config.training.optimizer = 'momentum'
-  config.training.momentum = 0.9
-  config.training.learning_rate = 0.1
-  config.training.weight_decay = 1e-4
-  config.training.schedule = 'step'
-  config.training.decay_boundaries = (20_000, 25_000)
-  config.training.decay_factor = 0.1
-  config.training.batch_size = 128
-  config.training.num_steps = 30_000
-  config.training.eval_every = 2000
-  config.training.steps_per_dispatch = 1  # XLA:CPU runs conv gradients slowly inside loops; raise on GPU/TPU
-  config.pruning.scope = 'global'
-  config.pruning.fraction = 0.2
-  config.pruning.layer_fractions = {}
-  config.pruning.levels = 20
-  config.pruning.rewind_step = 500
-  config.branches = ('reinit',)
+  config = config_schema.frankle_carbin_sgd_cifar('resnet18', batch_size=128, num_steps=30_000,
+                                                   decay_boundaries=(20_000, 25_000), rewind_step=500,
+                                                   eval_every=2000)
   if variant == 'warmup':
     config.pruning.rewind_step = 0
     config.training.learning_rate = 0.03
