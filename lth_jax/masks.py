@@ -74,9 +74,16 @@ def ones_like(params: Params) -> Mask:
 
 
 def apply(params: Params, keep_mask: Mask) -> Params:
-  """Zeroes every weight whose mask entry is False (exactly 0.0, not multiplied)."""
-  return jax.tree_util.tree_map(
-      lambda weight, keep: jnp.where(keep, weight, jnp.zeros_like(weight)), params, keep_mask)
+  """Zeroes every weight whose mask entry is False (exactly 0.0, not multiplied).
+
+  Host (numpy) leaves stay numpy — no device round trip or per-shape compilation; device arrays and
+  tracers use `jnp.where`.
+  """
+  def keep_or_zero(weight, keep):
+    if isinstance(weight, np.ndarray) and isinstance(keep, np.ndarray):
+      return np.where(keep, weight, np.zeros_like(weight))
+    return jnp.where(keep, weight, jnp.zeros_like(weight))
+  return jax.tree_util.tree_map(keep_or_zero, params, keep_mask)
 
 
 def _leaf_counts(keep_mask: Mask, prunable: Any) -> list[tuple[str, int, int]]:
