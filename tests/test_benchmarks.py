@@ -1,0 +1,50 @@
+"""The trainer speed benchmark runs end to end (`--quick`) and prints every figure. No timing checks."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXPECTED_FIGURES = ('lenet300_100', 'conv4', 'matmul_peak', 'lenet300_100_flops', 'fusion_linear_2_200_1',
+                    'fusion_lenet_mnist1d', 'lottery_level', 'lottery_run', 'data_parallel')
+EXPECTED_FIELDS = {
+    'lenet300_100': ('masked_step_ms', 'dense_step_ms', 'masked/dense'),
+    'conv4': ('masked_step_ms', 'dense_step_ms', 'masked/dense'),
+    'matmul_peak': ('gflops',),
+    'lenet300_100_flops': ('analytic_mflop_per_step', 'dense_fraction_of_peak'),
+    'fusion_linear_2_200_1': ('dispatch1_steps_per_s', 'dispatch64_steps_per_s', 'fused/single'),
+    'fusion_lenet_mnist1d': ('dispatch1_steps_per_s', 'dispatch64_steps_per_s', 'fused/single'),
+    'lottery_level': ('wall_s', 'training_s', 'outside_training_share'),
+    'lottery_run': ('wall_s', 'training_s', 'outside_training_share'),
+    'data_parallel': ('devices', 'steps_per_s', 'max_abs_diff_vs_1'),
+}
+
+
+def test_trainer_speed_quick_prints_every_figure(tmp_path):
+  output = tmp_path / 'trainer_speed.json'
+  # The script picks its own device counts (conftest's 8 simulated devices are dropped in its main
+  # process and set per data-parallel subprocess).
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get('PYTHONPATH')]))
+  completed = subprocess.run(
+      [sys.executable, '-m', 'experiments.benchmarks.trainer_speed', '--quick', f'--output={output}'],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+  assert completed.returncode == 0, completed.stdout + completed.stderr
+
+  lines = {}
+  for line in completed.stdout.splitlines():
+    if line and not line.startswith('#'):
+      name, *fields = line.split()
+      lines.setdefault(name, []).append(dict(field.split('=', 1) for field in fields))
+  for name in EXPECTED_FIGURES:
+    assert name in lines, f'figure {name!r} missing from:\n{completed.stdout}'
+    for fields in lines[name]:
+      for field in EXPECTED_FIELDS[name]:
+        assert field in fields, f'{name}: no {field!r} in {fields}'
+  assert [int(fields['devices']) for fields in lines['data_parallel']][0] == 1
+  assert len(lines['data_parallel']) >= 2
+
+  written = json.loads(output.read_text())
+  assert {figure['figure'] for figure in written['figures']} == set(EXPECTED_FIGURES)
