@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPECTED_FIGURES = ('lenet300_100', 'conv4', 'matmul_peak', 'lenet300_100_flops', 'fusion_linear_2_200_1',
                     'fusion_lenet_mnist1d', 'lottery_level', 'lottery_run', 'data_parallel')
@@ -48,3 +50,14 @@ def test_trainer_speed_quick_prints_every_figure(tmp_path):
 
   written = json.loads(output.read_text())
   assert {figure['figure'] for figure in written['figures']} == set(EXPECTED_FIGURES)
+
+
+@pytest.mark.slow
+def test_population_benchmark_quick_prints_every_population_size():
+  completed = subprocess.run(
+      [sys.executable, '-m', 'experiments.benchmarks.population', '--quick', '--members=1,2'],
+      cwd=REPO_ROOT, env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'),
+      capture_output=True, text=True, timeout=900, check=False)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  assert 'population K=1 vmapped_examples_per_s=' in completed.stdout
+  assert 'population K=2 vmapped_examples_per_s=' in completed.stdout
