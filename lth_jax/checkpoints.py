@@ -1,15 +1,26 @@
-"""Orbax checkpoints of weight and mask trees: rewind snapshots and each level's final weights and mask.
+"""Orbax checkpoints: rewind snapshots, each level's final weights and mask, and the periodic
+checkpoints of the training run in progress.
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a checkpoint
-folder either holds a whole tree or does not exist.
+folder either holds a whole tree or does not exist. A checkpoint can still be damaged afterwards (a
+disk error, a truncated copy); `RunCheckpoints.restore_latest` then falls back to the previous one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any
+import shutil
+from typing import Any, Callable
 
+import jax
 import orbax.checkpoint as ocp
+
+_logger = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint the run needs is missing or cannot be restored."""
 
 
 def save_tree(directory: str, tree: Any) -> None:
@@ -30,3 +41,102 @@ def restore_tree(directory: str, like: Any | None = None) -> Any:
     return checkpointer.restore(directory, like) if like is not None else checkpointer.restore(directory)
   finally:
     checkpointer.close()
+
+
+def remove(directory: str) -> None:
+  """Deletes a checkpoint folder (on process 0, the one that writes shared files), if it exists."""
+  if jax.process_index() == 0 and os.path.isdir(directory):
+    shutil.rmtree(directory)
+
+
+class RunCheckpoints:
+  """The periodic checkpoints of one training run: an orbax `CheckpointManager` over `directory`,
+  one step folder per checkpoint (`directory/<step>/{arrays,metadata}`), the newest `max_to_keep` kept.
+
+  Each checkpoint is an array tree (saved with `StandardSave`; device arrays keep their shardings,
+  every process takes part) and a JSON metadata dict. Saves are asynchronous: the arrays are copied to
+  the host before `save` returns and written in the background; `wait` or `close` waits for them.
+  Every process must make the same calls (orbax synchronizes them).
+  """
+
+  def __init__(self, directory: str, max_to_keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    self.max_to_keep = max_to_keep
+    self._manager: ocp.CheckpointManager | None = None
+
+  def _open(self, create: bool) -> ocp.CheckpointManager | None:
+    if self._manager is None and (create or os.path.isdir(self.directory)):
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=self.max_to_keep, create=True, cleanup_tmp_directories=True,
+          # Do not read every step's metadata when opening: a damaged step must not stop the others.
+          lightweight_initialize=True)
+      self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=('arrays', 'metadata'))
+    return self._manager
+
+  def steps(self) -> list[int]:
+    """The steps checkpointed (complete ones: orbax ignores unfinished temporary folders)."""
+    manager = self._open(create=False)
+    return sorted(manager.all_steps()) if manager is not None else []
+
+  def save(self, step: int, arrays: Any, metadata: dict[str, Any]) -> None:
+    """Checkpoints `arrays` and `metadata` as `step` (replacing a damaged checkpoint of that step)."""
+    manager = self._open(create=True)
+    if step in manager.all_steps():
+      manager.delete(step)
+    manager.save(step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
+                                               metadata=ocp.args.JsonSave(metadata)), force=True)
+
+  def restore_latest(self, arrays_like: Callable[[dict[str, Any]], Any]) -> tuple[Any, dict[str, Any]] | None:
+    """(arrays, metadata) of the newest checkpoint that restores, or None when there is none.
+
+    `arrays_like(metadata)` gives the target tree (shapes, dtypes, shardings) for a checkpoint's
+    arrays. A checkpoint that fails to restore (damaged, partial, or of another shape) is skipped with
+    a warning naming it, and deleted, so that the run can write that step again.
+    """
+    steps = self.steps()
+    manager = self._manager
+    damaged = []
+    restored = None
+    for step in reversed(steps):
+      path = os.path.join(self.directory, str(step))
+      try:
+        metadata = manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))['metadata']
+        if not isinstance(metadata, dict) or metadata.get('step') != step:
+          raise ValueError(f'its metadata names step {metadata.get("step") if isinstance(metadata, dict) else None}')
+        arrays = manager.restore(
+            step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(arrays_like(metadata))))['arrays']
+      except Exception as error:  # pylint: disable=broad-except  (orbax and tensorstore raise many types)
+        older = [s for s in steps if s < step]
+        _logger.warning('checkpoint %s cannot be restored (%s: %s); %s', path, type(error).__name__,
+                        str(error).splitlines()[0][:300] if str(error) else '',
+                        f'falling back to step {older[-1]}' if older else 'no older checkpoint: starting the run over')
+        damaged.append(step)
+        continue
+      restored = arrays, metadata
+      break
+    for step in damaged:
+      manager.delete(step)
+    return restored
+
+  def wait(self) -> None:
+    """Waits until every save has been written."""
+    if self._manager is not None:
+      self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager."""
+    if self._manager is not None:
+      self._manager.wait_until_finished()
+      self._manager.close()
+      self._manager = None
+
+  def remove(self) -> None:
+    """Closes and deletes every checkpoint of this run (the run is finished)."""
+    self.close()
+    remove(self.directory)
+
+  def __enter__(self) -> 'RunCheckpoints':
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self.close()

@@ -74,6 +74,13 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.report = ml_collections.ConfigDict()
   config.report.print_surviving_weights = False  # print the last level's surviving weights
+
+  # What a run writes to survive preemption and to be watched; never changes results, so a re-run
+  # in the same workdir may change it (see README, "Resuming and preemption").
+  config.checkpointing = ml_collections.ConfigDict()
+  config.checkpointing.every_steps = 1000  # checkpoint the run in progress every this many steps (0: never)
+  config.checkpointing.max_to_keep = 2     # periodic checkpoints kept per run (older ones are deleted)
+  config.checkpointing.tensorboard = True  # also write TensorBoard scalars when tensorboardX is installed
   return config
 
 

@@ -6,12 +6,21 @@ magnitude, resets the survivors to W_k and trains them from step k to the end; e
 (random reinitialization, permuted mask, ...) trains from the same level's mask. Every finished
 (level, branch, trial) is appended to `WORKDIR/results.jsonl`; re-running in the same workdir skips
 what is already recorded.
+
+Runs survive being killed: the run in progress is checkpointed every `checkpointing.every_steps`
+steps (and at the current step on SIGTERM) under `WORKDIR/checkpoints/trial_T/running/level_L_BRANCH`,
+and a re-run continues it from its newest good checkpoint with the same result as a run never
+interrupted. The config is kept in `WORKDIR/config.json`; a re-run with a config that would change
+the results is refused unless `allow_config_change`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -19,9 +28,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from lth_jax import branches as branches_lib
 from lth_jax import checkpoints
+from lth_jax import config_schema
 from lth_jax import data as data_lib
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
@@ -33,6 +44,8 @@ from lth_jax import train as train_lib
 from lth_jax import validation
 
 RESULTS_FILE = 'results.jsonl'
+CONFIG_FILE = 'config.json'
+Preempted = train_lib.Preempted
 
 
 @dataclasses.dataclass
@@ -141,14 +154,65 @@ def format_surviving_weights(params: Any, keep_mask: Any, prunable: Any, limit: 
   return '\n'.join(lines)
 
 
+def _format_duration(seconds: float) -> str:
+  """'42s', '3m05s', '2h07m'."""
+  seconds = int(round(max(seconds, 0.0)))
+  if seconds < 60:
+    return f'{seconds}s'
+  if seconds < 3600:
+    return f'{seconds // 60}m{seconds % 60:02d}s'
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+
+
+class _Scalars:
+  """TensorBoard event files of scalar metrics, when `tensorboardX` is installed (else nothing):
+  `WORKDIR/tensorboard/trial_T/level_L_BRANCH` for each run's curve, `.../trial_T/levels` for each
+  record's final metric against the level. Written by process 0 only."""
+
+  def __init__(self, directory: str | None):
+    self.directory = directory
+    self._writer_class = None
+    self._writers: dict[str, Any] = {}
+    if directory is not None and jax.process_index() == 0:
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+        self._writer_class = SummaryWriter
+      except ImportError:
+        pass
+
+  @property
+  def enabled(self) -> bool:
+    return self._writer_class is not None
+
+  def write(self, run: str, step: int, scalars: dict[str, Any]) -> None:
+    """Adds the numbers among `scalars` at `step` to the events of `run` (a folder below the directory)."""
+    if self._writer_class is None:
+      return
+    if run not in self._writers:
+      self._writers[run] = self._writer_class(os.path.join(self.directory, run))
+    for tag, value in scalars.items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        self._writers[run].add_scalar(tag, value, step)
+    self._writers[run].flush()
+
+  def close(self, run: str | None = None) -> None:
+    """Closes the event file of `run` (of every run when None)."""
+    for name in [run] if run is not None else list(self._writers):
+      writer = self._writers.pop(name, None)
+      if writer is not None:
+        writer.close()
+
+
 class _TrialRunner:
   """Runs (or resumes) the levels of one trial."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, trainer: train_lib.Trainer,
                plan: PruningPlan, total_steps: int, trial: int, records: list[dict[str, Any]],
-               log: Callable[[str], None]):
+               log: Callable[[str], None], should_stop: Callable[[int], bool] | None = None,
+               scalars: _Scalars | None = None):
     self.config, self.workdir, self.trainer, self.plan = config, workdir, trainer, plan
     self.total_steps, self.trial, self.records, self.log = total_steps, trial, records, log
+    self.should_stop, self.scalars = should_stop, scalars or _Scalars(None)
     self.seed = int(config.get('seed', 0))
     self.init_seed, self.data_seed = trial_seeds(self.seed, trial)
     self.trial_dir = os.path.join(workdir, 'checkpoints', f'trial_{trial}')
@@ -156,23 +220,67 @@ class _TrialRunner:
     self.eval_every = int(config.training.get('eval_every', 0))
     self.snip_batches = int(config.pruning.get('snip_batches', 1))
     self.branch_names = ['ticket', *[name for name in config.get('branches', ()) if name != 'ticket']]
+    checkpointing = config.get('checkpointing', {})
+    self.checkpoint_every = int(checkpointing.get('every_steps', 0))
+    self.max_to_keep = int(checkpointing.get('max_to_keep', 2))
 
   def _done(self, level: int, branch: str) -> bool:
-    return any(record['trial'] == self.trial and record['level'] == level and record['branch'] == branch
+    done = any(record['trial'] == self.trial and record['level'] == level and record['branch'] == branch
                for record in self.records)
+    if done:  # a run killed between writing its record and deleting its checkpoints left them behind
+      checkpoints.remove(self._running_dir(level, branch))
+    return done
+
+  def _running_dir(self, level: int, branch: str) -> str:
+    return running_directory(self.workdir, self.trial, level, branch)
 
   def _train(self, level: int, branch: str, params: Any, model_state: Any, keep_mask: Any,
-             start_step: int, snapshot_steps: tuple[int, ...] = ()) -> train_lib.TrainResult:
+             start_step: int, snapshot_steps: tuple[int, ...] = (),
+             on_snapshot: Callable[[int, tuple[Any, Any]], None] | None = None) -> train_lib.TrainResult:
+    """Trains one run from its start, or from its newest good periodic checkpoint."""
     state = self.trainer.create_state(params, model_state, keep_mask, start_step)
-    label = f'trial {self.trial} level {level} {branch}'
+    label = f'trial {self.trial} level {level}/{self.plan.levels} {branch}'
+    scalars_run = os.path.join(f'trial_{self.trial}', os.path.basename(self._running_dir(level, branch)))
+    total = self.total_steps
+
+    def arrays_like(metadata: dict[str, Any]) -> Any:
+      if not start_step < metadata['step'] < total:
+        raise ValueError(f'step {metadata["step"]} is outside this run ({start_step}..{total})')
+      return train_lib.RunCheckpoint.arrays_like(metadata, state, self.trainer.zero_train_sums(state),
+                                                 (params, model_state))
 
     def progress(entry: dict[str, float]) -> None:
       metric = 'test_accuracy' if 'test_accuracy' in entry else 'test_rmse'
-      self.log(f'{label}: step {entry["step"]}/{self.total_steps} {metric}={entry[metric]:.4g} '
-               f'({entry["examples_per_second"]:.0f} examples/s)')
+      step, speed = entry['step'], entry['examples_per_second']
+      eta = (total - step) * self.trainer.batch_size / speed if speed > 0 else 0.0
+      train_loss = f' train_loss={entry["train_loss"]:.4g}' if 'train_loss' in entry else ''
+      self.log(f'{label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
+               f'{metric}={entry[metric]:.4g}{train_loss} | {speed:,.0f} examples/s | '
+               f'ETA {_format_duration(eta)}')
+      self.scalars.write(scalars_run, step, {key: value for key, value in entry.items() if key != 'step'})
 
-    return self.trainer.train(state, self.total_steps, self.data_seed, snapshot_steps, self.eval_every,
-                              progress)
+    with checkpoints.RunCheckpoints(self._running_dir(level, branch), self.max_to_keep) as running:
+      restored = running.restore_latest(arrays_like)
+      start: train_lib.TrainState | train_lib.RunCheckpoint = state
+      if restored is not None:
+        start = train_lib.RunCheckpoint.from_parts(*restored)
+        self.log(f'{label}: resuming at step {start.step}/{total} from {running.directory}/{start.step}')
+      try:
+        return self.trainer.train(
+            start, total, self.data_seed, snapshot_steps, self.eval_every, progress,
+            checkpoint_every=self.checkpoint_every,
+            on_checkpoint=lambda checkpoint: running.save(checkpoint.step, checkpoint.arrays(),
+                                                          checkpoint.metadata()),
+            should_stop=self.should_stop, on_snapshot=on_snapshot)
+      except train_lib.Preempted as error:
+        running.wait()
+        where = (f'checkpointed in {running.directory}/{error.step}' if error.checkpointed
+                 else 'nothing to checkpoint')
+        raise train_lib.Preempted(f'{label}: stopped at step {error.step}/{total} on request (SIGTERM); '
+                                  f'{where}; run the same command again to continue',
+                                  error.step, error.checkpointed) from None
+      finally:
+        self.scalars.close(scalars_run)
 
   def _record(self, level: int, branch: str, keep_mask: Any, prunable: Any,
               result: train_lib.TrainResult, final_params: Any, start_step: int) -> dict[str, Any]:
@@ -192,8 +300,14 @@ class _TrialRunner:
                   for entry in result.curve],
         'wall_seconds': result.wall_seconds, 'seed': self.seed,
     }
-    results_lib.append_record(self.results_path, record) if jax.process_index() == 0 else None
+    if jax.process_index() == 0:
+      results_lib.append_record(self.results_path, record)
     self.records.append(record)
+    # The record is what marks the run done: only now may its periodic checkpoints go.
+    checkpoints.remove(self._running_dir(level, branch))
+    self.scalars.write(os.path.join(f'trial_{self.trial}', 'levels'), level,
+                       {f'{branch}/{metric}': record[metric],
+                        f'{branch}/percent_remaining': 100 * record['fraction_remaining']})
     return record
 
   def _level_dir(self, level: int) -> str:
@@ -207,12 +321,24 @@ class _TrialRunner:
       tree['turnaround_params'] = pruning_params
     checkpoints.save_tree(self._level_dir(level), tree)
 
+  def _restore_finished(self, directory: str, like: Any, what: str, level: int) -> Any:
+    """A checkpoint of a finished level, or a CheckpointError naming it and saying how to recover."""
+    try:
+      return checkpoints.restore_tree(directory, like)
+    except Exception as error:  # pylint: disable=broad-except  (orbax and tensorstore raise many types)
+      message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+      raise checkpoints.CheckpointError(
+          f'{os.path.abspath(directory)}: cannot restore the {what} of trial {self.trial} (finished, '
+          f'and needed by the levels after it): {message}. To recompute it, delete that folder and the '
+          f'records of trial {self.trial} with level >= {level} from {self.results_path}, then re-run; '
+          f'or start over in a new workdir.') from error
+
   def _restore_level(self, level: int, like_params: Any, like_mask: Any) -> tuple[Any, Any, Any]:
     """(final weights, weights to prune from, mask) of a finished level."""
     like = {'params': like_params, 'mask': like_mask}
     if self.plan.turnaround_step:
       like['turnaround_params'] = like_params
-    tree = checkpoints.restore_tree(self._level_dir(level), like)
+    tree = self._restore_finished(self._level_dir(level), like, f'level {level} ticket checkpoint', level)
     return tree['params'], tree.get('turnaround_params', tree['params']), tree['mask']
 
   def run(self) -> None:
@@ -225,15 +351,22 @@ class _TrialRunner:
 
     snapshot_steps = tuple(step for step in (self.plan.turnaround_step,) if step)
     if self._done(0, 'ticket'):
-      rewind_params, rewind_model_state = checkpoints.restore_tree(rewind_dir, (params0, model_state0))
+      rewind_params, rewind_model_state = self._restore_finished(
+          rewind_dir, (params0, model_state0), f'rewind point (step {rewind_step})', 0)
       _, dense_params, keep_mask = self._restore_level(0, params0, keep_mask)
       self.log(f'trial {self.trial} level 0: already done, restored from {self._level_dir(0)}')
     else:
-      result = self._train(0, 'ticket', params0, model_state0, keep_mask, 0, (rewind_step, *snapshot_steps))
+      def save_rewind_point(step: int, snapshot: tuple[Any, Any]) -> None:
+        if step == rewind_step:  # at once: a run killed later in level 0 still has it
+          checkpoints.save_tree(rewind_dir, snapshot)
+
+      result = self._train(0, 'ticket', params0, model_state0, keep_mask, 0, (rewind_step, *snapshot_steps),
+                           on_snapshot=save_rewind_point)
       rewind_params, rewind_model_state = result.snapshots[rewind_step]
       final_params = parallel.to_host(result.state.params)
       dense_params = self.plan.pruning_weights(result)
-      checkpoints.save_tree(rewind_dir, (rewind_params, rewind_model_state))
+      if not os.path.isdir(rewind_dir):  # resumed past the rewind step from a checkpoint that holds it
+        checkpoints.save_tree(rewind_dir, (rewind_params, rewind_model_state))
       self._save_level(0, final_params, dense_params, keep_mask)
       self._record(0, 'ticket', keep_mask, prunable, result, final_params, 0)
 
@@ -269,6 +402,9 @@ class _TrialRunner:
       if self.plan.reached_target(masks_lib.density(keep_mask, prunable)):
         self.log(f'trial {self.trial} level {level}: target density reached; stopping')
         break
+    running = os.path.join(self.trial_dir, 'running')
+    if jax.process_index() == 0 and os.path.isdir(running) and not os.listdir(running):
+      os.rmdir(running)
     if self.config.get('report', {}).get('print_surviving_weights', False):
       for branch, (record, final_params, branch_mask) in last_level.items():
         metric = 'test_accuracy' if 'test_accuracy' in record else 'test_rmse'
@@ -335,24 +471,138 @@ def level_directory(workdir: str, trial: int, level: int) -> str:
   return os.path.join(workdir, 'checkpoints', f'trial_{trial}', f'level_{level}')
 
 
+def running_directory(workdir: str, trial: int, level: int, branch: str) -> str:
+  """Where the periodic checkpoints of the (trial, level, branch) run in progress are kept."""
+  return os.path.join(workdir, 'checkpoints', f'trial_{trial}', 'running', f'level_{level}_{branch}')
+
+
+class StopRequest:
+  """A SIGTERM handler that asks the training loop to stop: it only sets `requested`, and the loop
+  checks it between dispatches, checkpoints the current step and raises `Preempted`.
+
+  A second SIGTERM goes to the handler that was installed before (by default: terminate at once).
+  With several processes, a stop is agreed through JAX's preemption sync point (all processes
+  stop at the same step; JAX's coordination service receives the signal), so no handler is installed.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous: Any = None
+    self._installed = False
+    self._checks = 0
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    if self.requested:  # the second one: do what would have happened without us
+      self.restore()
+      signal.raise_signal(signal.SIGTERM)
+      return
+    self.requested = True  # nothing else here: a handler that prints could interrupt a print
+
+  def install(self) -> None:
+    """Installs the handler (main thread of a single-process run only; elsewhere, a no-op)."""
+    if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+      return
+    previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = signal.SIG_DFL if previous is None else previous  # None: not set from Python
+    self._installed = True
+
+  def restore(self) -> None:
+    """Puts back the handler that was installed before."""
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._installed = False
+
+  def __call__(self, step: int) -> bool:
+    """Whether to stop now (called by every process at the same points of training)."""
+    if jax.process_count() > 1:
+      self._checks += 1  # the sync point id must increase on every process alike
+      try:
+        return bool(multihost_utils.reached_preemption_sync_point(self._checks))
+      except RuntimeError:  # no preemption service (jax.distributed started without one)
+        return False
+    return self.requested
+
+
+def _check_workdir(workdir: str) -> None:
+  """Creates `workdir` if needed; a WorkdirError when it is a file or cannot be written."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise validation.WorkdirError(f'workdir {workdir}: exists and is not a folder')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.lth_jax-write-test-{os.getpid()}-{jax.process_index()}')
+    with open(probe, 'w') as file:
+      file.write('ok')
+    os.remove(probe)
+  except OSError as error:
+    raise validation.WorkdirError(f'workdir {workdir}: cannot create or write there ({error})') from error
+
+
+def _check_config_file(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool,
+                       log: Callable[[str], None]) -> None:
+  """Compares `config` with the one in WORKDIR/config.json (refusing a change that would make the
+  recorded runs disagree with the config, unless allowed) and writes it there (process 0)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  new = validation.config_to_json(config)
+  if os.path.exists(path):
+    try:
+      with open(path) as file:
+        old = json.load(file)
+    except (OSError, ValueError) as error:
+      raise validation.ConfigError(f'{path}: cannot read the config of the runs in this workdir ({error}); '
+                                   'repair or delete it') from error
+    defaults = validation.config_to_json(config_schema.base_config())
+    changing, neutral = validation.config_differences(old, new, defaults)
+    if changing and not allow_config_change:
+      raise validation.ConfigError(
+          f'{workdir} holds runs of a different config ({path}); fields that differ (old -> new):\n  '
+          + '\n  '.join(changing) + '\nUse the same config, another --workdir, or --allow_config_change to '
+          'continue anyway (records already there are kept as they are).')
+    if changing:
+      log(f'lth_jax: warning: config changed from {path} (allowed): ' + '; '.join(changing))
+    if neutral:
+      log('lth_jax: config changes that do not affect results: ' + '; '.join(neutral))
+    if old == new:
+      return
+  if jax.process_index() == 0:
+    with results_lib.atomic_open(path) as file:
+      json.dump(new, file, indent=2, sort_keys=True)
+      file.write('\n')
+
+
 def run(config: ml_collections.ConfigDict, workdir: str,
-        log: Callable[[str], None] = _print) -> LotteryResults:
+        log: Callable[[str], None] = _print, *, allow_config_change: bool = False) -> LotteryResults:
   """Runs (or resumes) the lottery experiment of `config` in `workdir`; returns its records.
 
-  Every config check runs before any training: a bad field raises `validation.ConfigError` naming it.
+  Every config check runs before any training: a bad field raises `validation.ConfigError` naming it,
+  a workdir that is a file or not writable `validation.WorkdirError`, and a config whose results
+  would differ from those of the config in `WORKDIR/config.json` a ConfigError listing the differing
+  fields (unless `allow_config_change`). On SIGTERM, the run in progress is checkpointed at its
+  current step and `Preempted` is raised; re-running continues it. A finished level whose checkpoint
+  is damaged raises `checkpoints.CheckpointError` naming it.
   """
   experiment = prepare(config)
-  os.makedirs(workdir, exist_ok=True)
+  _check_workdir(workdir)
+  _check_config_file(config, workdir, allow_config_change, log)
   trainer = experiment.trainer()
   total_steps = experiment.total_steps
   plan = PruningPlan.from_config(config)
   records = results_lib.read_records(os.path.join(workdir, RESULTS_FILE))
+  checkpointing = config.get('checkpointing', {})
+  scalars = _Scalars(os.path.join(workdir, 'tensorboard') if checkpointing.get('tensorboard', True) else None)
   started = time.perf_counter()
   log(f'lth_jax: {config.model.name} on {config.dataset.name}, {total_steps} steps per level, '
       f'{plan.levels} pruning levels of {plan.fraction:.3g} ({plan.scope}, {plan.mode}), rewind step '
-      f'{plan.rewind_step}, {config.get("trials", 1)} trial(s), {experiment.mesh.devices.size} device(s)')
-  for trial in range(config.get('trials', 1)):
-    _TrialRunner(config, workdir, trainer, plan, total_steps, trial, records, log).run()
+      f'{plan.rewind_step}, {config.get("trials", 1)} trial(s), {experiment.mesh.devices.size} device(s)'
+      + (f'; {len(records)} record(s) already in {workdir}' if records else ''))
+  stop = StopRequest()
+  stop.install()
+  try:
+    for trial in range(config.get('trials', 1)):
+      _TrialRunner(config, workdir, trainer, plan, total_steps, trial, records, log, should_stop=stop,
+                   scalars=scalars).run()
+  finally:
+    stop.restore()
+    scalars.close()
   log(f'finished in {time.perf_counter() - started:.1f} s; results in {os.path.join(workdir, RESULTS_FILE)}')
   log(results_lib.format_table(records))
   log(results_lib.format_sparsity_table(records))

@@ -2,6 +2,10 @@
 
     python -m lth_jax.main --config=configs/default.py --workdir=/tmp/lth_default \
         --config.pruning.levels=5
+
+Exit status: 0 done; 1 a bad config, workdir, dataset or checkpoint (with a message naming it);
+143 (128 + SIGTERM) stopped by SIGTERM after checkpointing the current step: run the same command
+again to continue.
 """
 
 import sys
@@ -11,13 +15,20 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from lth_jax import checkpoints
 from lth_jax import data
 from lth_jax import lottery
 from lth_jax import validation
 
+PREEMPTED_EXIT_STATUS = 143  # 128 + SIGTERM, what a process killed by SIGTERM reports
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for results, checkpoints and logs.', required=True)
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections config file.',
                                           lock_config=True)
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False,
+    'Continue in a workdir whose config.json holds a config with different results-affecting fields '
+    '(the records already there are kept as they are).')
 
 
 def main(argv: list[str]) -> None:
@@ -27,9 +38,12 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keep checkpointing chatter out of the progress lines
   try:
-    lottery.run(_CONFIG.value, _WORKDIR.value)
-  except (validation.ConfigError, data.DatasetNotPreparedError) as error:
+    lottery.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except (validation.ConfigError, data.DatasetNotPreparedError, checkpoints.CheckpointError) as error:
     sys.exit(f'lth_jax: {error}')
+  except lottery.Preempted as error:
+    print(f'lth_jax: {error}', file=sys.stderr, flush=True)
+    sys.exit(PREEMPTED_EXIT_STATUS)
 
 
 if __name__ == '__main__':

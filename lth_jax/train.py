@@ -125,6 +125,64 @@ class TrainResult:
   wall_seconds: float
 
 
+@dataclasses.dataclass
+class RunCheckpoint:
+  """A `Trainer.train` call stopped at `state.step`, with everything needed to continue it exactly:
+  passed back to `Trainer.train` in place of a TrainState, the run goes on as if never stopped
+  (same batches, same metric sums, same curve and snapshots; bitwise on the same platform)."""
+  state: TrainState
+  train_sums: Any                         # metric sums of the steps since the last evaluation
+  train_sum_steps: int                    # how many steps those sums cover
+  curve: list[dict[str, float]]           # the evaluations so far
+  snapshots: dict[int, tuple[Any, Any]]   # the snapshots taken so far: step -> host (params, model_state)
+  wall_seconds: float = 0.0               # training time spent before this point
+
+  @property
+  def step(self) -> int:
+    """The absolute step the run stopped at."""
+    return int(np.asarray(jax.device_get(self.state.step)).reshape(-1)[0])
+
+  def arrays(self) -> dict[str, Any]:
+    """The array part, for an orbax tree checkpoint."""
+    return {'state': self.state, 'train_sums': self.train_sums,
+            'snapshots': {str(step): {'params': params, 'model_state': model_state}
+                          for step, (params, model_state) in self.snapshots.items()}}
+
+  def metadata(self) -> dict[str, Any]:
+    """The JSON part: step, curve, snapshot steps, wall time."""
+    return {'step': self.step, 'train_sum_steps': self.train_sum_steps, 'curve': self.curve,
+            'snapshot_steps': sorted(self.snapshots), 'wall_seconds': self.wall_seconds}
+
+  @staticmethod
+  def arrays_like(metadata: dict[str, Any], state: TrainState, train_sums: Any,
+                  snapshot: tuple[Any, Any]) -> dict[str, Any]:
+    """The target tree to restore `arrays()` into, for a checkpoint with this `metadata`: `state` and
+    `train_sums` give shapes and shardings (e.g. a fresh state of the run and
+    `Trainer.zero_train_sums(state)`), `snapshot` the (params, model_state) host shapes."""
+    params, model_state = snapshot
+    return {'state': state, 'train_sums': train_sums,
+            'snapshots': {str(step): {'params': params, 'model_state': model_state}
+                          for step in metadata['snapshot_steps']}}
+
+  @classmethod
+  def from_parts(cls, arrays: dict[str, Any], metadata: dict[str, Any]) -> 'RunCheckpoint':
+    """Rebuilds a RunCheckpoint from restored `arrays()` and `metadata()`."""
+    snapshots = {int(step): (tree['params'], tree['model_state'])
+                 for step, tree in (arrays.get('snapshots') or {}).items()}
+    return cls(state=arrays['state'], train_sums=arrays['train_sums'],
+               train_sum_steps=int(metadata['train_sum_steps']), curve=list(metadata['curve']),
+               snapshots=snapshots, wall_seconds=float(metadata.get('wall_seconds', 0.0)))
+
+
+class Preempted(Exception):
+  """Training stopped early because a stop was requested (e.g. SIGTERM); `step` is where it stopped
+  and `checkpointed` whether a checkpoint of that step was handed to `on_checkpoint`."""
+
+  def __init__(self, message: str, step: int, checkpointed: bool):
+    super().__init__(message)
+    self.step, self.checkpointed = step, checkpointed
+
+
 class Trainer:
   """Compiles the train and eval programs once for a (model, dataset, optimizer, mesh) and runs them.
 
@@ -163,35 +221,38 @@ class Trainer:
       step = jax.vmap(step)
       batch_sharding = parallel.batch_sharded(mesh, 1)
 
-    def train_chunk(state, train_inputs, train_targets, indices, num_active):
+    def run_step(state, train_inputs, train_targets, step_indices):
+      inputs = jax.lax.with_sharding_constraint(train_inputs[step_indices], batch_sharding)
+      targets = jax.lax.with_sharding_constraint(train_targets[step_indices], batch_sharding)
+      return step(state, inputs, targets)
+
+    def train_chunk(state, sums, train_inputs, train_targets, indices, num_active):
       """Runs the first `num_active` of the `len(indices)` steps (one program serves every chunk
-      length, so nothing recompiles at evaluation or snapshot boundaries)."""
-      def run_step(state, step_indices):
-        inputs = jax.lax.with_sharding_constraint(train_inputs[step_indices], batch_sharding)
-        targets = jax.lax.with_sharding_constraint(train_targets[step_indices], batch_sharding)
-        return step(state, inputs, targets)
+      length, so nothing recompiles at evaluation, snapshot or checkpoint boundaries), adding each
+      step's metric sums to `sums` in step order: the totals do not depend on where chunks end."""
+      def add_step(state, sums, step_indices):
+        state, step_sums = run_step(state, train_inputs, train_targets, step_indices)
+        return state, jax.tree_util.tree_map(jnp.add, sums, step_sums)
 
       if indices.shape[0] == 1:  # no loop at all: XLA:CPU runs convolutions far slower inside loops
-        return run_step(state, indices[0])
-
-      zero_sums = jax.tree_util.tree_map(
-          jnp.zeros_like, jax.eval_shape(run_step, state, indices[0])[1])
-
-      def body(position, carry):
-        state, sums = carry
-        state, step_sums = run_step(state, indices[position])
-        return state, jax.tree_util.tree_map(jnp.add, sums, step_sums)
+        return add_step(state, sums, indices[0])
 
       # A loop with a traced trip count: one program for every chunk length, and the state is
       # updated in place (no per-step copies, unlike a conditional inside a fixed-length scan).
-      return jax.lax.fori_loop(0, num_active, body, (state, zero_sums))
+      return jax.lax.fori_loop(0, num_active, lambda position, carry: add_step(*carry, indices[position]),
+                               (state, sums))
 
     self._train_chunk = jax.jit(
         train_chunk,
-        in_shardings=(replicated, replicated, replicated, parallel.batch_sharded(mesh, 1 + member_axes),
-                      replicated),
+        in_shardings=(replicated, replicated, replicated, replicated,
+                      parallel.batch_sharded(mesh, 1 + member_axes), replicated),
         out_shardings=(replicated, replicated),
-        donate_argnums=(0,))
+        donate_argnums=(0, 1))
+    index_shape = (population_size, batch_size) if population_size else (batch_size,)
+    self._sums_shape = lambda state: jax.eval_shape(
+        run_step, state, self._train_inputs, self._train_targets,
+        jax.ShapeDtypeStruct(index_shape, jnp.int32))[1]
+    self._zero_sums = None  # host zeros shaped like one step's metric sums, built on first use
 
     evaluate_one = functools.partial(eval_step, model=model, task=self.task)
     if population_size:
@@ -300,13 +361,24 @@ class Trainer:
                                                            self.batch_size)
     return indices if self.population_size else indices[:, 0]
 
-  def train(self, state: TrainState, end_step: int, data_seed: int | Sequence[int],
+  def zero_train_sums(self, state: TrainState) -> Any:
+    """Zero metric sums on the mesh, shaped like one train step's sums for `state`."""
+    if self._zero_sums is None:
+      self._zero_sums = jax.tree_util.tree_map(lambda shape: np.zeros(shape.shape, shape.dtype),
+                                               self._sums_shape(state))
+    return parallel.put_replicated(self._zero_sums, self.mesh)
+
+  def train(self, state: TrainState | RunCheckpoint, end_step: int, data_seed: int | Sequence[int],
             snapshot_steps: Sequence[int] = (),
-            eval_every: int = 0, progress: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+            eval_every: int = 0, progress: Callable[[dict[str, float]], None] | None = None, *,
+            checkpoint_every: int = 0, on_checkpoint: Callable[[RunCheckpoint], None] | None = None,
+            should_stop: Callable[[int], bool] | None = None,
+            on_snapshot: Callable[[int, tuple[Any, Any]], None] | None = None) -> TrainResult:
     """Trains from the state's step to `end_step`.
 
     Args:
-      state: the starting TrainState (donated: do not reuse it).
+      state: the starting TrainState (donated: do not reuse it), or a `RunCheckpoint` of this same
+        run (same end step, data seed, snapshot steps and evaluation schedule) to continue it.
       end_step: absolute step to stop at.
       data_seed: seed of the batch order; step s always sees the same batch for the same seed
         (a population takes one seed per member).
@@ -315,44 +387,79 @@ class Trainer:
       eval_every: evaluate every this many steps (0: only at the end); always at the end.
       progress: called with each curve entry (step, train_loss, test metrics, examples_per_second;
         per-member lists for a population).
+      checkpoint_every: call `on_checkpoint` at every multiple of this many steps before the end
+        (0: never); these steps end a dispatch, like evaluation and snapshot steps.
+      on_checkpoint: receives a `RunCheckpoint` of the current step; its state is on the devices and
+        is donated to the next dispatch as soon as the callback returns, so copy (or save) it then.
+      should_stop: called with the current step between dispatches (no device sync); when it returns
+        True, the current step is handed to `on_checkpoint` and `Preempted` is raised.
+      on_snapshot: called with (step, host (params, model_state)) as each snapshot is taken.
     """
-    start_step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
     started = time.perf_counter()
+    if isinstance(state, RunCheckpoint):
+      resumed = state
+      state, train_sums = resumed.state, parallel.put_replicated(resumed.train_sums, self.mesh)
+      train_sum_steps, curve, snapshots = resumed.train_sum_steps, list(resumed.curve), dict(resumed.snapshots)
+      wall_before = resumed.wall_seconds
+    else:
+      train_sums, train_sum_steps, curve, snapshots, wall_before = self.zero_train_sums(state), 0, [], {}, 0.0
+    start_step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
     boundaries = {end_step}
     boundaries.update(step for step in snapshot_steps if start_step < step < end_step)
     if eval_every:
       boundaries.update(range(start_step - start_step % eval_every + eval_every, end_step, eval_every))
-    snapshots, curve = {}, []
-    if start_step in snapshot_steps:
+    if checkpoint_every:
+      boundaries.update(range(start_step - start_step % checkpoint_every + checkpoint_every, end_step,
+                              checkpoint_every))
+    if start_step in snapshot_steps and start_step not in snapshots:
       snapshots[start_step] = parallel.to_host((state.params, state.model_state))
-    train_sums, current, segment_started = None, start_step, time.perf_counter()
+      if on_snapshot is not None:
+        on_snapshot(start_step, snapshots[start_step])
+    if should_stop is not None and start_step < end_step and should_stop(start_step):
+      raise Preempted(f'stopped at step {start_step} before training', start_step, checkpointed=False)
+
+    def checkpoint() -> RunCheckpoint:
+      return RunCheckpoint(state=state, train_sums=train_sums, train_sum_steps=train_sum_steps, curve=list(curve),
+                           snapshots=dict(snapshots),
+                           wall_seconds=wall_before + time.perf_counter() - started)
+
+    current, segment_started = start_step, time.perf_counter()
     indices_batch_axis = 2 if self.population_size else 1
     examples_per_step = self.batch_size * max(1, self.population_size)
     for boundary in sorted(boundaries):
       while current < boundary:
         chunk = min(self.steps_per_dispatch, boundary - current)
         indices = parallel.put_batch(self._indices(data_seed, current, chunk), self.mesh, indices_batch_axis)
-        state, sums = self._train_chunk(state, self._train_inputs, self._train_targets, indices,
-                                        np.int32(chunk))
-        train_sums = sums if train_sums is None else jax.tree_util.tree_map(jnp.add, train_sums, sums)
+        state, train_sums = self._train_chunk(state, train_sums, self._train_inputs, self._train_targets,
+                                              indices, np.int32(chunk))
         current += chunk
-      if current in snapshot_steps:
-        snapshots[current] = parallel.to_host((state.params, state.model_state))
-      if current == end_step or (eval_every and current % eval_every == 0):
-        entry = {'step': current}
-        if train_sums is not None:
-          entry.update(summarize(self.task, jax.device_get(train_sums), 'train'))
-        entry.update(self.evaluate(state))
-        now = time.perf_counter()
-        entry['examples_per_second'] = (
-            (current - curve[-1]['step'] if curve else current - start_step) * examples_per_step
-            / max(now - segment_started, 1e-9))
-        segment_started, train_sums = now, None
-        curve.append(entry)
-        if progress is not None:
-          progress(entry)
+        train_sum_steps += chunk
+        if current in snapshot_steps:
+          snapshots[current] = parallel.to_host((state.params, state.model_state))
+          if on_snapshot is not None:
+            on_snapshot(current, snapshots[current])
+        if current == end_step or (eval_every and current % eval_every == 0):
+          entry = {'step': current}
+          if train_sum_steps:
+            entry.update(summarize(self.task, jax.device_get(train_sums), 'train'))
+          entry.update(self.evaluate(state))
+          now = time.perf_counter()
+          entry['examples_per_second'] = (
+              (current - max(curve[-1]['step'] if curve else start_step, start_step)) * examples_per_step
+              / max(now - segment_started, 1e-9))
+          segment_started, train_sums, train_sum_steps = now, self.zero_train_sums(state), 0
+          curve.append(entry)
+          if progress is not None:
+            progress(entry)
+        if current == end_step:
+          break
+        stop = should_stop is not None and should_stop(current)
+        if on_checkpoint is not None and (stop or (checkpoint_every and current % checkpoint_every == 0)):
+          on_checkpoint(checkpoint())
+        if stop:
+          raise Preempted(f'stopped at step {current}', current, checkpointed=on_checkpoint is not None)
     return TrainResult(state=state, snapshots=snapshots, curve=curve,
-                       wall_seconds=time.perf_counter() - started)
+                       wall_seconds=wall_before + time.perf_counter() - started)
 
 
 def stack_members(trees: Sequence[Any]) -> Any:

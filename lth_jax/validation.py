@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 import ml_collections
@@ -131,6 +132,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
              tuple(config.branches))
   _require(_is_int(config.get('parallel', {}).get('num_devices', 0)), 'parallel.num_devices',
            'must be an integer (0: all devices)', config.get('parallel', {}).get('num_devices'))
+  check_checkpointing(config)
 
 
 def check_against_data(config: ml_collections.ConfigDict, num_train: int,
@@ -162,3 +164,77 @@ def check_against_data(config: ml_collections.ConfigDict, num_train: int,
   _require(reached <= target * (1 + DENSITY_TOLERANCE), 'pruning.target_density',
            f'is unreachable: {pruning_config.levels} levels pruning {fraction:.3g} per level keep at least '
            f'{reached:.4g} of the weights; raise pruning.levels or pruning.fraction', target)
+
+
+class WorkdirError(ConfigError):
+  """The workdir cannot hold the run (a file, not writable)."""
+
+
+# Fields that never change a recorded number of the (level, branch, trial) runs already in a workdir,
+# so a re-run may change them freely: where checkpoints go and how often, what is printed, how many
+# trials there are (trial t's seeds depend only on `seed` and t), and where the dataset files are read
+# from. `pruning.levels` and `pruning.target_density` only say where to stop while `pruning.fraction`
+# is set (and unchanged); they are exempt then. Every other field (also `training.eval_every`, which
+# sets the recorded curve, and `training.steps_per_dispatch`, `training.eval_batch_size` and
+# `parallel.num_devices`, which change the last bits of the floating-point results) must match.
+RESULT_NEUTRAL_FIELDS = ('checkpointing', 'report', 'trials', 'dataset.data_dir')
+STOPPING_FIELDS = ('pruning.levels', 'pruning.target_density')
+_ABSENT = '(absent)'
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as plain JSON values (tuples become lists; anything else unusual becomes its repr)."""
+  return json.loads(json.dumps(config.to_dict(), sort_keys=True, default=repr))
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  fields = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, Mapping) and value:
+      fields.update(_flatten(value, f'{name}.'))
+    else:
+      fields[name] = value
+  return fields
+
+
+def _neutral(field: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+  if any(field == name or field.startswith(f'{name}.') for name in RESULT_NEUTRAL_FIELDS):
+    return True
+  return (field in STOPPING_FIELDS and old.get('pruning.fraction') is not None
+          and old.get('pruning.fraction') == new.get('pruning.fraction'))
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any],
+                       defaults: Mapping[str, Any] | None = None) -> tuple[list[str], list[str]]:
+  """Compares two configs given as JSON dicts (see `config_to_json`).
+
+  Returns (differences that change results, other differences), each as 'field: old -> new' lines.
+  A field missing from `old` whose new value is its default in `defaults` (a field added to the schema
+  after `old` was written, at the value that keeps the old behaviour) is no difference.
+  """
+  old_fields, new_fields = _flatten(old), _flatten(new)
+  default_fields = _flatten(defaults) if defaults is not None else {}
+  changing, neutral = [], []
+  for field in sorted(set(old_fields) | set(new_fields)):
+    old_value, new_value = old_fields.get(field, _ABSENT), new_fields.get(field, _ABSENT)
+    if old_value == new_value:
+      continue
+    if field not in old_fields and field in default_fields and default_fields[field] == new_value:
+      continue
+    line = f'{field}: {json.dumps(old_value) if old_value is not _ABSENT else _ABSENT} -> ' \
+           f'{json.dumps(new_value) if new_value is not _ABSENT else _ABSENT}'
+    (neutral if _neutral(field, old_fields, new_fields) else changing).append(line)
+  return changing, neutral
+
+
+def check_checkpointing(config: ml_collections.ConfigDict) -> None:
+  """Checks the `checkpointing` section (optional: absent means the defaults)."""
+  checkpointing = config.get('checkpointing', {})
+  every = checkpointing.get('every_steps', 0)
+  _require(_is_int(every) and every >= 0, 'checkpointing.every_steps',
+           'must be a non-negative integer (0: no periodic checkpoints)', every)
+  keep = checkpointing.get('max_to_keep', 2)
+  _require(_is_int(keep) and keep >= 1, 'checkpointing.max_to_keep', 'must be a positive integer', keep)
+  tensorboard = checkpointing.get('tensorboard', True)
+  _require(isinstance(tensorboard, bool), 'checkpointing.tensorboard', 'must be True or False', tensorboard)

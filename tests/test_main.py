@@ -38,3 +38,18 @@ def test_unknown_config_field_is_refused(tmp_path):
   completed = _run_main('--config=configs/default.py', '--config.pruning.fractoin=0.5', workdir=tmp_path)
   assert completed.returncode != 0
   assert 'fractoin' in completed.stderr
+
+
+def test_wrong_type_override_is_refused(tmp_path):
+  completed = _run_main('--config=configs/default.py', '--config.training.num_steps=many', workdir=tmp_path)
+  assert completed.returncode != 0
+  assert 'num_steps' in completed.stderr and 'many' in completed.stderr
+  assert not (tmp_path / 'results.jsonl').exists()
+
+
+def test_workdir_that_is_a_file_is_refused_with_a_message(tmp_path):
+  workdir = tmp_path / 'a_file'
+  workdir.write_text('')
+  completed = _run_main('--config=configs/default.py', '--config.training.num_steps=10', workdir=workdir)
+  assert completed.returncode == 1
+  assert f'lth_jax: workdir {workdir}: exists and is not a folder' in completed.stderr

@@ -1,0 +1,56 @@
+"""`python -m lth_jax.main`, with a pause for the kill and preemption tests of test_resume.py.
+
+    LTH_TEST_PAUSE=CALL:STEP python -m tests.resume_driver --config=... --workdir=...
+
+runs the command line unchanged, except that the CALL-th training run of the process (1: level 0's
+ticket, 2: level 1's ticket, ...) stops between dispatches at absolute step STEP, prints 'PAUSED' and
+waits there (at most two minutes) until a SIGTERM has been received, or until the test kills it. The
+pause is what makes the kill land in the middle of a level, at a known step, on a slow machine too.
+"""
+
+import os
+import signal
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from lth_jax import main
+from lth_jax import train as train_lib
+
+
+def _sigterm_received() -> bool:
+  handler = signal.getsignal(signal.SIGTERM)
+  return bool(getattr(getattr(handler, '__self__', None), 'requested', False))
+
+
+def _pause_at(call: int, step: int) -> None:
+  """Wraps Trainer.train so that its `call`-th run pauses at `step`."""
+  original = train_lib.Trainer.train
+  calls = []
+
+  def train(self, state, *args, should_stop=None, **kwargs):
+    calls.append(None)
+    index = len(calls)
+
+    def stop(current):
+      if index == call and current == step:
+        print(f'PAUSED at step {current}', flush=True)
+        deadline = time.monotonic() + 120
+        while not _sigterm_received() and time.monotonic() < deadline:
+          time.sleep(0.01)
+      return should_stop(current) if should_stop is not None else False
+
+    return original(self, state, *args, should_stop=stop, **kwargs)
+
+  train_lib.Trainer.train = train
+
+
+if __name__ == '__main__':
+  if os.environ.get('LTH_TEST_PAUSE'):
+    pause_call, pause_step = map(int, os.environ['LTH_TEST_PAUSE'].split(':'))
+    _pause_at(pause_call, pause_step)
+  flags.mark_flags_as_required(['config'])
+  sys.argv[0] = 'lth_jax.main'
+  app.run(main.main)
