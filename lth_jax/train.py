@@ -284,6 +284,9 @@ class Trainer:
     self._mean_gradients = jax.jit(mean_gradients, out_shardings=replicated)
     example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
     self._init_program = jax.jit(lambda key: model.init(key, example, train=False))
+    # One compiled program instead of one eager op per optimizer-state leaf.
+    self._init_optimizer = jax.jit(jax.vmap(optimizer.init) if population_size else optimizer.init,
+                                   out_shardings=replicated)
     self._init = None
 
   def _put_test_batches(self) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -316,8 +319,7 @@ class Trainer:
     """
     params = parallel.put_replicated(params, self.mesh)
     if opt_state is None:
-      init = jax.vmap(self.optimizer.init) if self.population_size else self.optimizer.init
-      opt_state = init(params)
+      opt_state = self._init_optimizer(params)
     steps = jnp.full((self.population_size,), step, jnp.int32) if self.population_size else step
     state = TrainState(step=jnp.asarray(steps, jnp.int32), params=params,
                        model_state=parallel.put_replicated(model_state, self.mesh),
