@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from collections.abc import Mapping
@@ -78,6 +79,14 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+@functools.lru_cache(maxsize=8)
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """The (read-only, cached) example order of one epoch: a pure function of (seed, epoch)."""
+    permutation = np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)
+    permutation.setflags(write=False)
+    return permutation
+
+
 def batch_indices(
     seed: int, start_step: int, num_steps: int, num_examples: int, batch_size: int
 ) -> np.ndarray:
@@ -109,7 +118,7 @@ def batch_indices(
     offsets = (steps % steps_per_epoch) * batch_size
     result = np.empty((num_steps, batch_size), dtype=np.int32)
     for epoch in np.unique(epochs):
-        permutation = np.random.default_rng([seed, int(epoch)]).permutation(num_examples)
+        permutation = epoch_permutation(int(seed), int(epoch), int(num_examples))
         for row in np.flatnonzero(epochs == epoch):
             result[row] = permutation[offsets[row] : offsets[row] + batch_size]
     return result
