@@ -80,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpointing = ml_collections.ConfigDict()
   config.checkpointing.every_steps = 1000  # checkpoint the run in progress every this many steps (0: never)
   config.checkpointing.max_to_keep = 2     # periodic checkpoints kept per run (older ones are deleted)
-  config.checkpointing.tensorboard = True  # also write TensorBoard scalars when tensorboardX is installed
+  config.checkpointing.tensorboard = True  # also write the scalars as TensorBoard event files
   return config
 
 

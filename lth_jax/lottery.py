@@ -165,7 +165,7 @@ def _format_duration(seconds: float) -> str:
 
 
 class _Scalars:
-  """TensorBoard event files of scalar metrics, when `tensorboardX` is installed (else nothing):
+  """TensorBoard event files of scalar metrics (written with tensorboardX; nothing if it is missing):
   `WORKDIR/tensorboard/trial_T/level_L_BRANCH` for each run's curve, `.../trial_T/levels` for each
   record's final metric against the level. Written by process 0 only."""
 

@@ -50,11 +50,18 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
 
 
 def put_batch(array: np.ndarray, mesh: Mesh, batch_axis: int = 0) -> jax.Array:
-  """Places this host's part of a batch (split along `batch_axis`) into one global sharded array."""
+  """Places a global batch that every host holds whole (e.g. example indices) into one array split
+  along `batch_axis`: each host copies only the shards of its own devices."""
   sharding = batch_sharded(mesh, batch_axis)
   if jax.process_count() == 1:
     return jax.device_put(array, sharding)
-  return jax.make_array_from_process_local_data(sharding, array)
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def put_local_batch(array: np.ndarray, mesh: Mesh, batch_axis: int = 0) -> jax.Array:
+  """Assembles each host's slice of a batch (the hosts' slices in process order along `batch_axis`)
+  into one global sharded array — for pipelines where every host reads only its own examples."""
+  return jax.make_array_from_process_local_data(batch_sharded(mesh, batch_axis), array)
 
 
 def to_host(tree: Any) -> Any:
