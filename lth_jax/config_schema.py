@@ -1,5 +1,10 @@
 """Every config field lth_jax reads, with its default. Config files start from `base_config()`.
 
+Lengths and points in training are given in steps (iterations) or, through the `*_epochs` twin of a
+field, in epochs of the training set (fractions allowed); `validation.resolve_epochs` converts
+epochs to steps with the dataset size before anything runs (steps_per_epoch = num_train // batch).
+Set one of each pair, not both.
+
     def get_config():
       config = config_schema.base_config()
       config.model.name = 'conv4'
@@ -17,7 +22,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.trials = 1        # independent repetitions (seeds derived from seed and trial)
 
   config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = 'mnist1d'   # sum_of_two | digits | mnist1d | mnist | cifar10
+  config.dataset.name = 'mnist1d'   # sum_of_two | digits | mnist1d | mnist | cifar10 | imagenet2012
+  # Stream the data from tfds files through the grain pipeline (with augmentation for cifar10: random
+  # crop with padding 4, horizontal flip) instead of loading it into memory; imagenet2012 always streams.
+  config.dataset.streaming = False
   config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir / dataset cache
   config.dataset.seed = 0           # generation / split seed of generated datasets
   config.dataset.num_train = ml_collections.config_dict.placeholder(int)  # optional limit / size
@@ -41,12 +49,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.training.weight_decay = 0.0
   config.training.schedule = 'constant'   # constant | step | cosine
   config.training.warmup_steps = 0        # linear warmup from 0 over these steps
+  config.training.warmup_epochs = 0.0     # ... or over these epochs
   config.training.decay_boundaries = ()   # steps at which 'step' multiplies by decay_factor
+  config.training.decay_epochs = ()       # ... or epochs
   config.training.decay_factor = 0.1
-  config.training.batch_size = 64
+  config.training.batch_size = 64         # global batch (all devices of all hosts)
   config.training.num_steps = 3000        # length of training; or 0 and set num_epochs
   config.training.num_epochs = 0
   config.training.eval_every = 500        # test-set evaluation every this many steps (0: only at the end)
+  config.training.eval_every_epochs = 0.0  # ... or epochs
   config.training.eval_batch_size = 1000
   config.training.steps_per_dispatch = 64  # steps fused into one compiled loop per dispatch
 
@@ -59,7 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.pruning.target_density = ml_collections.config_dict.placeholder(float)  # stop when reached
   config.pruning.min_weights_per_layer = 0  # local pruning never goes below this per layer
   config.pruning.rewind_step = 0           # 0: reset to init; k > 0: late resetting to step k
+  config.pruning.rewind_epoch = 0.0        # ... or to this epoch
   config.pruning.turnaround_step = 0       # early turnaround: prune from the weights at this step (0: end)
+  config.pruning.turnaround_epoch = 0.0    # ... or at this epoch
   config.pruning.prunable_parameters = ('kernel',)
   config.pruning.excluded_layers = ()      # layer names (or prefixes) never pruned
 
@@ -70,7 +83,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.branches = ('reinit',)
 
   config.parallel = ml_collections.ConfigDict()
+  # One mesh axis, 'data', over the devices: parameters replicated, every batch split over the devices.
   config.parallel.num_devices = 0          # 0: every device of every host
+  config.parallel.batch_per_device = 0     # > 0: global batch = this x devices (then training.batch_size
+                                           # must be 0 or that product)
 
   config.report = ml_collections.ConfigDict()
   config.report.print_surviving_weights = False  # print the last level's surviving weights

@@ -420,9 +420,10 @@ def _print(message: str) -> None:
 
 @dataclasses.dataclass
 class Experiment:
-  """What a validated config builds before any training: data, model, mesh and training length."""
+  """What a validated config builds before any training: data, model, mesh and training length.
+  `config` is resolved: the global batch size set, lengths in epochs converted to steps."""
   config: ml_collections.ConfigDict
-  dataset: data_lib.ArrayDataset
+  dataset: data_lib.Dataset
   model: Any
   mesh: jax.sharding.Mesh
   total_steps: int
@@ -441,8 +442,14 @@ class Experiment:
 
 def prepare(config: ml_collections.ConfigDict) -> Experiment:
   """Validates `config` (raising `validation.ConfigError` naming the field) and builds the dataset,
-  model and mesh. No training happens here."""
+  model and mesh; the experiment's config is resolved (global batch, epochs as steps). No training
+  happens here."""
   validation.check_config(config)
+  try:
+    mesh = parallel.create_mesh(config.get('parallel', {}).get('num_devices', 0))
+  except ValueError as error:
+    raise validation.ConfigError(str(error)) from error
+  config = validation.resolve_batch_size(config, mesh.devices.size)
   try:
     dataset = data_lib.build(config.dataset)
     model = models_lib.build(config.model, dataset.num_outputs)
@@ -450,13 +457,16 @@ def prepare(config: ml_collections.ConfigDict) -> Experiment:
     raise
   except ValueError as error:  # a dataset or model field the builders rejected
     raise validation.ConfigError(str(error)) from error
+  config = validation.resolve_epochs(config, dataset.num_train)
   example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example, train=False))
   param_shapes, _ = train_lib.split_variables(shapes)
   validation.check_against_data(config, dataset.num_train,
                                 _layer_sizes(param_shapes, _prunable_from_config(param_shapes, config)))
-  mesh = parallel.create_mesh(config.get('parallel', {}).get('num_devices', 0))
-  parallel.check_batch_size(config.training.batch_size, mesh)
+  try:
+    parallel.check_batch_size(config.training.batch_size, mesh)
+  except ValueError as error:
+    raise validation.ConfigError(str(error)) from error
   return Experiment(config=config, dataset=dataset, model=model, mesh=mesh,
                     total_steps=validation.total_steps(config.training, dataset.num_train))
 
@@ -583,6 +593,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   experiment = prepare(config)
   _check_workdir(workdir)
   _check_config_file(config, workdir, allow_config_change, log)
+  config = experiment.config  # resolved: global batch size, lengths in steps
   trainer = experiment.trainer()
   total_steps = experiment.total_steps
   plan = PruningPlan.from_config(config)

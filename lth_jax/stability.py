@@ -243,5 +243,6 @@ def measure_lottery_ticket(config: Any, workdir: str, level: int, trial: int = 0
   keep_mask = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(initial[0]),
                                            jax.tree_util.tree_leaves(keep_mask))
   return measure(population, initial, single.init_variables(other_init_seed), keep_mask,
-                 experiment.prunable(initial[0]), config.pruning.get('rewind_step', 0), experiment.total_steps,
+                 experiment.prunable(initial[0]), experiment.config.pruning.get('rewind_step', 0),
+                 experiment.total_steps,
                  data_seed, other_data_seed, random_ticket_seed=init_seed + level, measure_steps=measure_steps)

@@ -1,8 +1,10 @@
 """TrainState, the pure train and eval steps, and the loop that runs them sharded over a mesh.
 
-The loop keeps the training set on the devices and sends only example indices (a pure function of
-(data_seed, step), see `data.batch_indices`); `steps_per_dispatch` steps run inside one compiled
-`lax.scan`, metrics accumulate on the devices and are fetched only at evaluation points.
+Batches reach the program through a feed (`lth_jax.feeds`): an in-memory dataset stays on the
+devices and the host sends only example indices; a streamed one (ImageNet, augmented CIFAR-10) is
+read by every host for its own devices. Either way step s of a seed always sees the same batch;
+`steps_per_dispatch` steps run inside one compiled loop, metrics accumulate on the devices and are
+fetched only at evaluation points.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import optax
 
 from lth_jax import data as data_lib
+from lth_jax import feeds as feeds_lib
 from lth_jax import parallel
 
 Metrics = dict[str, jax.Array]
@@ -192,7 +195,7 @@ class Trainer:
   experiments, several trials in one program).
   """
 
-  def __init__(self, model: nn.Module, dataset: data_lib.ArrayDataset,
+  def __init__(self, model: nn.Module, dataset: data_lib.Dataset,
                optimizer: optax.GradientTransformationExtraArgs, mesh: jax.sharding.Mesh,
                batch_size: int, steps_per_dispatch: int = 64, eval_batch_size: int = 1000,
                population_size: int = 0):
@@ -205,14 +208,10 @@ class Trainer:
     self.mesh = mesh
     self.batch_size = batch_size
     self.steps_per_dispatch = max(1, steps_per_dispatch)
-    devices = mesh.devices.size
-    eval_batch_size = min(eval_batch_size, -(-dataset.num_test // devices) * devices)
-    self.eval_batch_size = max(devices, eval_batch_size // devices * devices)
-
+    self.feed = feeds_lib.create(dataset, mesh, batch_size, eval_batch_size)
+    self.eval_batch_size = self.feed.eval_batch_size
     replicated = parallel.replicated(mesh)
-    self._train_inputs = jax.device_put(dataset.train_inputs, replicated)
-    self._train_targets = jax.device_put(dataset.train_targets, replicated)
-    self._test_batches = self._put_test_batches()
+    feed = self.feed
 
     step = functools.partial(train_step, model=model, optimizer=optimizer, task=self.task)
     batch_sharding = parallel.batch_sharded(mesh)
@@ -221,64 +220,73 @@ class Trainer:
       step = jax.vmap(step)
       batch_sharding = parallel.batch_sharded(mesh, 1)
 
-    def run_step(state, train_inputs, train_targets, step_indices):
-      inputs = jax.lax.with_sharding_constraint(train_inputs[step_indices], batch_sharding)
-      targets = jax.lax.with_sharding_constraint(train_targets[step_indices], batch_sharding)
-      return step(state, inputs, targets)
+    def constrained_batch(arrays, item):
+      inputs, targets = feed.batch(arrays, item)
+      return (jax.lax.with_sharding_constraint(inputs, batch_sharding),
+              jax.lax.with_sharding_constraint(targets, batch_sharding))
 
-    def train_chunk(state, sums, train_inputs, train_targets, indices, num_active):
-      """Runs the first `num_active` of the `len(indices)` steps (one program serves every chunk
-      length, so nothing recompiles at evaluation, snapshot or checkpoint boundaries), adding each
-      step's metric sums to `sums` in step order: the totals do not depend on where chunks end."""
-      def add_step(state, sums, step_indices):
-        state, step_sums = run_step(state, train_inputs, train_targets, step_indices)
+    def run_step(state, arrays, item):
+      return step(state, *constrained_batch(arrays, item))
+
+    def train_chunk(state, sums, arrays, items, num_active):
+      """Runs the first `num_active` of the steps in `items` (leading axis: steps_per_dispatch; one
+      program serves every chunk length, so nothing recompiles at evaluation, snapshot or checkpoint
+      boundaries), adding each step's metric sums to `sums` in step order: the totals do not depend on
+      where chunks end."""
+      def add_step(state, sums, item):
+        state, step_sums = run_step(state, arrays, item)
         return state, jax.tree_util.tree_map(jnp.add, sums, step_sums)
 
-      if indices.shape[0] == 1:  # no loop at all: XLA:CPU runs convolutions far slower inside loops
-        return add_step(state, sums, indices[0])
+      def item_at(position):
+        return jax.tree_util.tree_map(lambda leaf: leaf[position], items)
+
+      if self.steps_per_dispatch == 1:  # no loop at all: XLA:CPU runs convolutions far slower inside loops
+        return add_step(state, sums, item_at(0))
 
       # A loop with a traced trip count: one program for every chunk length, and the state is
       # updated in place (no per-step copies, unlike a conditional inside a fixed-length scan).
-      return jax.lax.fori_loop(0, num_active, lambda position, carry: add_step(*carry, indices[position]),
+      return jax.lax.fori_loop(0, num_active, lambda position, carry: add_step(*carry, item_at(position)),
                                (state, sums))
 
     self._train_chunk = jax.jit(
         train_chunk,
-        in_shardings=(replicated, replicated, replicated, replicated,
+        in_shardings=(replicated, replicated, replicated,
                       parallel.batch_sharded(mesh, 1 + member_axes), replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=(0, 1))
-    index_shape = (population_size, batch_size) if population_size else (batch_size,)
-    self._sums_shape = lambda state: jax.eval_shape(
-        run_step, state, self._train_inputs, self._train_targets,
-        jax.ShapeDtypeStruct(index_shape, jnp.int32))[1]
+    inputs_shape, targets_shape = feed.batch_shapes(batch_size)
+    self._sums_shape = lambda state: jax.eval_shape(step, state, *(
+        jax.ShapeDtypeStruct((population_size, *shape.shape), shape.dtype) if population_size else shape
+        for shape in (inputs_shape, targets_shape)))[1]
     self._zero_sums = None  # host zeros shaped like one step's metric sums, built on first use
 
     evaluate_one = functools.partial(eval_step, model=model, task=self.task)
     if population_size:
       evaluate_one = jax.vmap(evaluate_one, in_axes=(0, 0, None, None, None))
 
-    def evaluate(params, model_state, inputs, targets, weights):
+    def evaluate(params, model_state, totals, group):
+      """Adds the metric sums of every batch of `group` (leading axis: batches) to `totals`."""
       def body(totals, batch):
-        sums = evaluate_one(params, model_state, *batch)
+        inputs, targets = feed.evaluation_batch(batch)
+        sums = evaluate_one(params, model_state, inputs, targets, batch['weights'])
         return jax.tree_util.tree_map(jnp.add, totals, sums), None
-      zeros = jax.tree_util.tree_map(
-          jnp.zeros_like, jax.eval_shape(evaluate_one, params, model_state, inputs[0], targets[0], weights[0]))
-      totals, _ = jax.lax.scan(body, zeros, (inputs, targets, weights))
+      totals, _ = jax.lax.scan(body, totals, group)
       return totals
 
-    self._evaluate = jax.jit(evaluate, out_shardings=replicated)
+    self._evaluate = jax.jit(evaluate, out_shardings=replicated, donate_argnums=(2,))
+    self._evaluation_sums_shape = lambda params, model_state: jax.eval_shape(
+        evaluate_one, params, model_state, *feed.batch_shapes(self.eval_batch_size),
+        jax.ShapeDtypeStruct((self.eval_batch_size,), jnp.float32))
 
-    def mean_gradients(params, model_state, train_inputs, train_targets, indices):
-      def batch_gradients(step_indices):
-        inputs = jax.lax.with_sharding_constraint(train_inputs[step_indices], batch_sharding)
-        targets = jax.lax.with_sharding_constraint(train_targets[step_indices], batch_sharding)
+    def mean_gradients(params, model_state, arrays, items):
+      def batch_gradients(item):
+        inputs, targets = constrained_batch(arrays, item)
 
         def loss_fn(params):
           outputs, _ = apply_model(model, params, model_state, inputs, train=False)
           return loss_and_metric_sums(self.task, outputs, targets)[0]
         return jax.grad(loss_fn)(params)
-      total = jax.lax.map(batch_gradients, indices)
+      total = jax.lax.map(batch_gradients, items)
       return jax.tree_util.tree_map(lambda gradients: gradients.mean(0), total)
 
     self._mean_gradients = jax.jit(mean_gradients, out_shardings=replicated)
@@ -288,19 +296,6 @@ class Trainer:
     self._init_optimizer = jax.jit(jax.vmap(optimizer.init) if population_size else optimizer.init,
                                    out_shardings=replicated)
     self._init = None
-
-  def _put_test_batches(self) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Pads the test set to whole evaluation batches, with weight 0 on the padding."""
-    num_test, size = self.dataset.num_test, self.eval_batch_size
-    num_batches = -(-num_test // size)
-    padding = num_batches * size - num_test
-
-    def batched(array):
-      padded = np.concatenate([array, np.zeros((padding, *array.shape[1:]), array.dtype)])
-      return parallel.put_batch(padded.reshape(num_batches, size, *array.shape[1:]), self.mesh, 1)
-
-    weights = np.ones(num_test, np.float32)  # padding gets weight 0
-    return batched(self.dataset.test_inputs), batched(self.dataset.test_targets), batched(weights)
 
   def init_variables(self, seed: int) -> tuple[Any, Any]:
     """Fresh initial (params, model_state) on the host for `seed`."""
@@ -338,30 +333,36 @@ class Trainer:
 
   def evaluate_params(self, params: Any, model_state: Any) -> dict[str, Any]:
     """Test metrics of any parameters (host or device trees shaped like the state's)."""
-    sums = self._evaluate(parallel.put_replicated(params, self.mesh),
-                          parallel.put_replicated(model_state, self.mesh), *self._test_batches)
-    return summarize(self.task, jax.device_get(sums), 'test')
+    params = parallel.put_replicated(params, self.mesh)
+    model_state = parallel.put_replicated(model_state, self.mesh)
+    totals = parallel.put_replicated(jax.tree_util.tree_map(
+        lambda shape: np.zeros(shape.shape, shape.dtype), self._evaluation_sums_shape(params, model_state)),
+        self.mesh)
+    for group in self.feed.evaluation_groups():
+      totals = self._evaluate(params, model_state, totals, group)
+    return summarize(self.task, jax.device_get(totals), 'test')
 
   def mean_gradients(self, params: Any, model_state: Any, data_seed: int, num_batches: int) -> Any:
     """The loss gradient at `params`, averaged over the first `num_batches` training batches of
     `data_seed` (model in evaluation mode), as a host tree."""
-    indices = data_lib.batch_indices(data_seed, 0, num_batches, self.dataset.num_train, self.batch_size)
+    items = self.feed.put(self.feed.host_steps(data_seed, 0, num_batches), 1)
     gradients = self._mean_gradients(parallel.put_replicated(params, self.mesh),
-                                     parallel.put_replicated(model_state, self.mesh), self._train_inputs,
-                                     self._train_targets, parallel.put_batch(indices, self.mesh, 1))
+                                     parallel.put_replicated(model_state, self.mesh), self.feed.arrays, items)
     return parallel.to_host(gradients)
 
-  def _indices(self, data_seed: int | Sequence[int], start_step: int, num_steps: int) -> np.ndarray:
-    """Example indices (steps_per_dispatch, [members,] batch) for the next `num_steps` steps; the
-    unused tail of the chunk is zeros."""
-    seeds = [data_seed] if not self.population_size else list(data_seed)
+  def _seeds(self, data_seed: int | Sequence[int]) -> list[int]:
+    """The batch-order seed of every member (one for a plain run)."""
+    seeds = [int(data_seed)] if not self.population_size else [int(seed) for seed in data_seed]
     if self.population_size and len(seeds) != self.population_size:
       raise ValueError(f'a population of {self.population_size} needs as many data seeds, got {len(seeds)}')
-    indices = np.zeros((self.steps_per_dispatch, len(seeds), self.batch_size), np.int32)
-    for member, seed in enumerate(seeds):
-      indices[:num_steps, member] = data_lib.batch_indices(seed, start_step, num_steps, self.dataset.num_train,
-                                                           self.batch_size)
-    return indices if self.population_size else indices[:, 0]
+    return seeds
+
+  def _items(self, seeds: list[int], start_step: int, num_steps: int) -> Any:
+    """The feed's items for the next `num_steps` steps on the mesh, leading axes (steps_per_dispatch,
+    [members,]); the unused tail of the chunk is zeros. Members with the same seed share one read."""
+    by_seed = {seed: self.feed.host_steps(seed, start_step, num_steps) for seed in dict.fromkeys(seeds)}
+    items = feeds_lib.stack([by_seed[seed] for seed in seeds], 1) if self.population_size else by_seed[seeds[0]]
+    return self.feed.put(feeds_lib.pad_steps(items, self.steps_per_dispatch), 2 if self.population_size else 1)
 
   def zero_train_sums(self, state: TrainState) -> Any:
     """Zero metric sums on the mesh, shaped like one train step's sums for `state`."""
@@ -426,14 +427,15 @@ class Trainer:
                            wall_seconds=wall_before + time.perf_counter() - started)
 
     current, segment_started = start_step, time.perf_counter()
-    indices_batch_axis = 2 if self.population_size else 1
+    seeds = self._seeds(data_seed)
+    if isinstance(self.feed, feeds_lib.StreamingFeed):
+      self.feed.forget_streams(keep=seeds)
     examples_per_step = self.batch_size * max(1, self.population_size)
     for boundary in sorted(boundaries):
       while current < boundary:
         chunk = min(self.steps_per_dispatch, boundary - current)
-        indices = parallel.put_batch(self._indices(data_seed, current, chunk), self.mesh, indices_batch_axis)
-        state, train_sums = self._train_chunk(state, train_sums, self._train_inputs, self._train_targets,
-                                              indices, np.int32(chunk))
+        items = self._items(seeds, current, chunk)
+        state, train_sums = self._train_chunk(state, train_sums, self.feed.arrays, items, np.int32(chunk))
         current += chunk
         train_sum_steps += chunk
         if current in snapshot_steps:

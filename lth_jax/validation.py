@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import numbers
 from typing import Any, Mapping
 
 import ml_collections
@@ -51,6 +53,76 @@ def total_steps(training: ml_collections.ConfigDict, num_train: int) -> int:
   return int(training.num_epochs) * (num_train // int(training.batch_size))
 
 
+# (section, field in steps, twin field in epochs): set at most one of each pair.
+EPOCH_TWINS = (('training', 'warmup_steps', 'warmup_epochs'),
+               ('training', 'eval_every', 'eval_every_epochs'),
+               ('training', 'decay_boundaries', 'decay_epochs'),
+               ('pruning', 'rewind_step', 'rewind_epoch'),
+               ('pruning', 'turnaround_step', 'turnaround_epoch'))
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_epoch_twins(config: ml_collections.ConfigDict) -> None:
+  for section, step_field, epoch_field in EPOCH_TWINS:
+    name = f'{section}.{epoch_field}'
+    if step_field == 'decay_boundaries':
+      epochs = config[section].get(epoch_field, ()) or ()
+      _require(isinstance(epochs, (tuple, list)) and all(_is_number(value) and value > 0 for value in epochs),
+               name, 'must be a sequence of positive numbers of epochs', epochs)
+      given = bool(epochs)
+    else:
+      epochs = config[section].get(epoch_field, 0) or 0
+      _require(_is_number(epochs) and epochs >= 0, name, 'must be a non-negative number of epochs', epochs)
+      given = epochs > 0
+    _require(not (given and config[section].get(step_field)), name,
+             f'set either {section}.{step_field} (steps) or {name} (epochs), not both', epochs)
+
+
+def resolve_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
+  """A copy of `config` whose training.batch_size is the global batch: parallel.batch_per_device x
+  `num_devices` when batch_per_device is set (training.batch_size must then be 0 or that product)."""
+  per_device = config.get('parallel', {}).get('batch_per_device', 0) or 0
+  if not per_device:
+    return config
+  global_batch = per_device * num_devices
+  _require(config.training.get('batch_size', 0) in (0, global_batch), 'training.batch_size',
+           f'disagrees with parallel.batch_per_device={per_device} x {num_devices} devices = {global_batch}; '
+           'set training.batch_size=0 (or to that product)', config.training.get('batch_size'))
+  resolved = copy.deepcopy(config)
+  with resolved.unlocked():
+    resolved.training.batch_size = global_batch
+  return resolved
+
+
+def resolve_epochs(config: ml_collections.ConfigDict, num_train: int) -> ml_collections.ConfigDict:
+  """A copy of `config` with every length given in epochs converted to steps (steps_per_epoch =
+  num_train // training.batch_size, rounded to the nearest step): training.num_steps,
+  warmup_steps, eval_every, decay_boundaries, pruning.rewind_step and turnaround_step."""
+  training = config.training
+  steps_per_epoch = num_train // int(training.batch_size)
+  _require(steps_per_epoch >= 1, 'training.batch_size', f'is larger than the training set ({num_train} examples)',
+           training.batch_size)
+  resolved = copy.deepcopy(config)
+  with resolved.unlocked():
+    if not training.get('num_steps'):
+      resolved.training.num_steps = int(training.get('num_epochs', 0) or 0) * steps_per_epoch
+    for section, step_field, epoch_field in EPOCH_TWINS:
+      epochs = config[section].get(epoch_field, 0) or 0
+      if not epochs:
+        continue
+      name = f'{section}.{epoch_field}'
+      if step_field == 'decay_boundaries':
+        resolved[section][step_field] = tuple(int(round(value * steps_per_epoch)) for value in epochs)
+        continue
+      steps = int(round(epochs * steps_per_epoch))
+      _require(steps >= 1, name, f'is less than one step ({steps_per_epoch} steps per epoch)', epochs)
+      resolved[section][step_field] = steps
+  return resolved
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Static checks (no data, no model): names, ranges and types of every field the run reads."""
   for section in ('dataset', 'model', 'training', 'pruning'):
@@ -70,8 +142,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            f'unknown schedule; known: {", ".join(optim.SCHEDULES)}', training.get('schedule'))
   _require(isinstance(training.get('learning_rate'), (int, float)) and training.learning_rate > 0,
            'training.learning_rate', 'must be a positive number', training.get('learning_rate'))
-  _require(_is_int(training.get('batch_size')) and training.batch_size > 0, 'training.batch_size',
-           'must be a positive integer', training.get('batch_size'))
+  per_device = config.get('parallel', {}).get('batch_per_device', 0) or 0
+  _require(_is_int(per_device) and per_device >= 0, 'parallel.batch_per_device',
+           'must be a non-negative integer (0: use training.batch_size)', per_device)
+  _require(_is_int(training.get('batch_size')) and (training.batch_size > 0 or
+                                                    (per_device > 0 and training.batch_size == 0)),
+           'training.batch_size', 'must be a positive integer (or 0 with parallel.batch_per_device set)',
+           training.get('batch_size'))
   num_steps, num_epochs = training.get('num_steps', 0) or 0, training.get('num_epochs', 0) or 0
   _require(_is_int(num_steps) and num_steps >= 0, 'training.num_steps', 'must be a non-negative integer',
            num_steps)
@@ -132,12 +209,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
              tuple(config.branches))
   _require(_is_int(config.get('parallel', {}).get('num_devices', 0)), 'parallel.num_devices',
            'must be an integer (0: all devices)', config.get('parallel', {}).get('num_devices'))
+  _require(isinstance(config.dataset.get('streaming', False), bool), 'dataset.streaming', 'must be True or False',
+           config.dataset.get('streaming'))
+  _check_epoch_twins(config)
   check_checkpointing(config)
 
 
 def check_against_data(config: ml_collections.ConfigDict, num_train: int,
                        layer_sizes: Mapping[str, int]) -> None:
-  """Checks that need the dataset size and the model's prunable layer sizes (still before training)."""
+  """Checks that need the dataset size and the model's prunable layer sizes (still before training),
+  on a config whose epochs are resolved to steps (`resolve_epochs`)."""
   training, pruning_config = config.training, config.pruning
   _require(training.batch_size <= num_train, 'training.batch_size',
            f'is larger than the training set ({num_train} examples)', training.batch_size)
@@ -148,6 +229,10 @@ def check_against_data(config: ml_collections.ConfigDict, num_train: int,
   turnaround = pruning_config.get('turnaround_step', 0) or 0
   _require(turnaround <= steps, 'pruning.turnaround_step', f'is past the end of training ({steps} steps)',
            turnaround)
+  _require(turnaround == 0 or turnaround > rewind, 'pruning.turnaround_step',
+           f'must come after the rewind step (pruning.rewind_step={rewind})', turnaround)
+  warmup = training.get('warmup_steps', 0) or 0
+  _require(warmup <= steps, 'training.warmup_steps', f'is longer than training ({steps} steps)', warmup)
   _require(steps > 0, 'training.num_epochs', 'gives no training steps', training.get('num_epochs'))
   for boundary in training.get('decay_boundaries', ()) or ():
     _require(_is_int(boundary) and 0 < boundary < steps, 'training.decay_boundaries',

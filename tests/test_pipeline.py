@@ -33,7 +33,7 @@ def test_step_batches_are_a_pure_function_of_seed_and_step_and_split_over_hosts(
     first, again, other = step_batches[5], step_batches[5], step_batches[6]
     np.testing.assert_array_equal(first['inputs'], again['inputs'])
     assert not np.array_equal(first['inputs'], other['inputs'])
-    assert first['inputs'].shape == (16, 32, 32, 3) and first['inputs'].dtype == np.float32
+    assert first['inputs'].shape == (16, 32, 32, 3) and first['inputs'].dtype == np.uint8
     assert first['targets'].dtype == np.int32
     halves = [pipeline.StepBatches(step_batches.records, step_batches.preprocessing, 3, 16, index, 2)[5]
               for index in range(2)]
@@ -50,8 +50,12 @@ def test_imagenet_pipeline_on_mock_data():
   with tfds.testing.mock_data(num_examples=8):
     step_batches, evaluation_records = pipeline.open_streaming('imagenet2012', None, seed=0, global_batch_size=4)
     batch = step_batches[0]
-    assert batch['inputs'].shape == (4, 224, 224, 3)
-    assert np.abs(batch['inputs'].mean()) < 3.0
+    assert batch['inputs'].shape == (4, 224, 224, 3) and batch['inputs'].dtype == np.uint8
+    normalized = np.asarray(pipeline.normalize_on_device(batch['inputs'], pipeline.IMAGENET_MEAN,
+                                                         pipeline.IMAGENET_STD))
+    np.testing.assert_allclose(normalized, pipeline.normalize(batch['inputs'], pipeline.IMAGENET_MEAN,
+                                                              pipeline.IMAGENET_STD), atol=1e-5)
+    assert np.abs(normalized.mean()) < 3.0
     evaluation = next(pipeline.evaluation_batches(evaluation_records, step_batches.preprocessing, 4))
     assert evaluation['inputs'].shape == (4, 224, 224, 3)
 

@@ -1,0 +1,200 @@
+"""How training and evaluation batches reach the Trainer's compiled programs.
+
+Two feeds share one interface, so the train loop, the population (vmapped) step and SNIP's gradient
+program are the same for both:
+
+* `ResidentFeed` (an in-memory `ArrayDataset`): the whole training set lives on the devices; the host
+  sends only example indices, a pure function of (seed, step), and the program gathers the batch.
+* `StreamingFeed` (a `StreamingDataset`: imagenet2012, or cifar10/mnist with augmentation): every host
+  reads and augments its slice of each batch with grain's reader threads (uint8 images), the slices
+  become one global sharded array, and the program normalizes the images.
+
+In both, step s of seed k always sees the same batch, so a resumed run or a population's lockstep
+members see identical data.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lth_jax import data as data_lib
+from lth_jax import parallel
+from lth_jax.data import pipeline
+
+# Evaluation sets up to this size (as uint8 model inputs) are read once and kept on the devices.
+EVALUATION_CACHE_BYTES = 256 * 2**20
+
+
+class Feed(Protocol):
+  """What the Trainer needs from a data source."""
+  arrays: tuple            # device arrays every training program takes ((): none)
+  num_train: int
+  eval_batch_size: int
+
+  def host_steps(self, seed: int, start_step: int, num_steps: int) -> Any:
+    """This host's part of steps start_step .. start_step + num_steps - 1, leading axis the step."""
+
+  def put(self, tree: Any, batch_axis: int) -> Any:
+    """Places host trees (from `host_steps`, stacked) on the mesh, split along `batch_axis`."""
+
+  def batch(self, arrays: tuple, item: Any) -> tuple[jax.Array, jax.Array]:
+    """Traced: one step's (inputs, targets) from `arrays` and that step's item."""
+
+  def batch_shapes(self, batch_size: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of one step's (inputs, targets)."""
+
+  def evaluation_batch(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Traced: model inputs and targets of one batch of `evaluation_groups`."""
+
+  def evaluation_groups(self) -> Iterator[dict[str, jax.Array]]:
+    """The evaluation set as device trees {'inputs', 'targets', 'weights'} of shape
+    [batches, eval_batch_size, ...]; padding examples have weight 0."""
+
+
+def evaluation_batch_size(requested: int, num_test: int, num_devices: int) -> int:
+  """The evaluation batch: at most `requested` (and no larger than the padded test set), a multiple
+  of the device count."""
+  size = min(requested, -(-num_test // num_devices) * num_devices)
+  return max(num_devices, size // num_devices * num_devices)
+
+
+def pad_steps(tree: Any, length: int) -> Any:
+  """Pads the leading (step) axis of every leaf with zeros to `length`."""
+  def pad(leaf):
+    leaf = np.asarray(leaf)
+    if leaf.shape[0] == length:
+      return leaf
+    return np.concatenate([leaf, np.zeros((length - leaf.shape[0], *leaf.shape[1:]), leaf.dtype)])
+  return jax.tree_util.tree_map(pad, tree)
+
+
+def stack(trees: Sequence[Any], axis: int) -> Any:
+  """Stacks host trees of one structure along a new `axis`."""
+  return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves, axis=axis), *trees)
+
+
+class ResidentFeed:
+  """The training set on the devices; batches gathered in the program from host-computed indices."""
+
+  def __init__(self, dataset: data_lib.ArrayDataset, mesh: jax.sharding.Mesh, batch_size: int,
+               eval_batch_size: int):
+    self.dataset, self.mesh, self.batch_size = dataset, mesh, batch_size
+    self.num_train = dataset.num_train
+    self.eval_batch_size = evaluation_batch_size(eval_batch_size, dataset.num_test, mesh.devices.size)
+    replicated = parallel.replicated(mesh)
+    self.arrays = (jax.device_put(dataset.train_inputs, replicated),
+                   jax.device_put(dataset.train_targets, replicated))
+    self._test_batches = self._put_test_batches()
+
+  def _put_test_batches(self) -> dict[str, jax.Array]:
+    """Pads the test set to whole evaluation batches, with weight 0 on the padding."""
+    num_test, size = self.dataset.num_test, self.eval_batch_size
+    num_batches = -(-num_test // size)
+    padding = num_batches * size - num_test
+
+    def batched(array):
+      padded = np.concatenate([array, np.zeros((padding, *array.shape[1:]), array.dtype)])
+      return parallel.put_batch(padded.reshape(num_batches, size, *array.shape[1:]), self.mesh, 1)
+
+    return {'inputs': batched(self.dataset.test_inputs), 'targets': batched(self.dataset.test_targets),
+            'weights': batched(np.ones(num_test, np.float32))}
+
+  def host_steps(self, seed: int, start_step: int, num_steps: int) -> np.ndarray:
+    """Example indices (num_steps, batch) — the whole global batch on every host."""
+    return data_lib.batch_indices(seed, start_step, num_steps, self.num_train, self.batch_size)
+
+  def put(self, tree: Any, batch_axis: int) -> Any:
+    return parallel.put_batch(tree, self.mesh, batch_axis)
+
+  @staticmethod
+  def batch(arrays: tuple, item: jax.Array) -> tuple[jax.Array, jax.Array]:
+    train_inputs, train_targets = arrays
+    return train_inputs[item], train_targets[item]
+
+  def batch_shapes(self, batch_size: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+    inputs, targets = self.dataset.train_inputs, self.dataset.train_targets
+    return (jax.ShapeDtypeStruct((batch_size, *inputs.shape[1:]), inputs.dtype),
+            jax.ShapeDtypeStruct((batch_size, *targets.shape[1:]), targets.dtype))
+
+  @staticmethod
+  def evaluation_batch(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    return batch['inputs'], batch['targets']
+
+  def evaluation_groups(self) -> Iterator[dict[str, jax.Array]]:
+    yield self._test_batches
+
+
+class StreamingFeed:
+  """Batches read, augmented and sent by every host for its own devices (grain over tfds files)."""
+
+  def __init__(self, dataset: data_lib.StreamingDataset, mesh: jax.sharding.Mesh, batch_size: int,
+               eval_batch_size: int, num_threads: int = 16, prefetch: int = 16):
+    self.dataset, self.mesh, self.batch_size = dataset, mesh, batch_size
+    self.num_train = dataset.num_train
+    self.num_threads, self.prefetch = num_threads, prefetch
+    self.eval_batch_size = evaluation_batch_size(eval_batch_size, dataset.num_test, mesh.devices.size)
+    self.arrays = ()
+    self._streams: dict[int, tuple[Iterator[dict[str, np.ndarray]], int]] = {}  # seed -> (batches, next step)
+    self._cached_evaluation: dict[str, jax.Array] | None = None
+
+  def host_steps(self, seed: int, start_step: int, num_steps: int) -> dict[str, np.ndarray]:
+    """This host's slices {'inputs': uint8 (num_steps, local batch, H, W, C), 'targets'} — continuing
+    the open stream of `seed` when it is at `start_step` (its reader threads are already ahead)."""
+    stream, next_step = self._streams.get(seed, (None, -1))
+    if next_step != start_step:
+      step_batches = self.dataset.step_batches(seed, self.batch_size, jax.process_index(), jax.process_count())
+      stream = pipeline.training_batches(step_batches, start_step, 2**62, self.num_threads, self.prefetch)
+    batches = [next(stream) for _ in range(num_steps)]
+    self._streams[seed] = (stream, start_step + num_steps)
+    return stack(batches, 0)
+
+  def forget_streams(self, keep: Sequence[int] = ()) -> None:
+    """Closes the open streams of every seed not in `keep` (stops their read-ahead)."""
+    for seed in [seed for seed in self._streams if seed not in keep]:
+      del self._streams[seed]
+
+  def put(self, tree: Any, batch_axis: int) -> Any:
+    return jax.tree_util.tree_map(lambda leaf: parallel.put_local_batch(leaf, self.mesh, batch_axis), tree)
+
+  def batch(self, arrays: tuple, item: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    return self.evaluation_batch(item)
+
+  def evaluation_batch(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    preprocessing = self.dataset.preprocessing
+    return (pipeline.normalize_on_device(batch['inputs'], preprocessing.mean, preprocessing.std),
+            batch['targets'])
+
+  def batch_shapes(self, batch_size: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+    return (jax.ShapeDtypeStruct((batch_size, *self.dataset.input_shape), jnp.float32),
+            jax.ShapeDtypeStruct((batch_size,), jnp.int32))
+
+  def _evaluation_batches(self) -> Iterator[dict[str, np.ndarray]]:
+    return pipeline.evaluation_batches(self.dataset.test_records, self.dataset.preprocessing, self.eval_batch_size,
+                                       jax.process_index(), jax.process_count(), self.num_threads, self.prefetch)
+
+  def evaluation_groups(self) -> Iterator[dict[str, jax.Array]]:
+    """Small evaluation sets (CIFAR-10's) are read once and kept on the devices; large ones
+    (ImageNet's) are streamed batch by batch at every evaluation."""
+    if self._cached_evaluation is not None:
+      yield self._cached_evaluation
+      return
+    size = self.dataset.num_test * math.prod(self.dataset.input_shape)
+    if size <= EVALUATION_CACHE_BYTES:
+      self._cached_evaluation = self.put(stack(list(self._evaluation_batches()), 0), 1)
+      yield self._cached_evaluation
+      return
+    for batch in self._evaluation_batches():
+      yield self.put(stack([batch], 0), 1)
+
+
+def create(dataset: data_lib.Dataset, mesh: jax.sharding.Mesh, batch_size: int,
+           eval_batch_size: int) -> ResidentFeed | StreamingFeed:
+  """The feed for `dataset`: resident for an ArrayDataset, streaming for a StreamingDataset."""
+  if isinstance(dataset, data_lib.StreamingDataset):
+    return StreamingFeed(dataset, mesh, batch_size, eval_batch_size)
+  return ResidentFeed(dataset, mesh, batch_size, eval_batch_size)
