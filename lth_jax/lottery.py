@@ -164,6 +164,13 @@ def _format_duration(seconds: float) -> str:
   return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
 
 
+def _format_speed(examples_per_second: float) -> str:
+  """'12,345' for fast runs, '0.731' for slow ones (a ResNet-50 on a CPU)."""
+  if examples_per_second >= 100:
+    return f'{examples_per_second:,.0f}'
+  return f'{examples_per_second:.3g}'
+
+
 class _Scalars:
   """TensorBoard event files of scalar metrics (written with tensorboardX; nothing if it is missing):
   `WORKDIR/tensorboard/trial_T/level_L_BRANCH` for each run's curve, `.../trial_T/levels` for each
@@ -255,7 +262,7 @@ class _TrialRunner:
       eta = (total - step) * self.trainer.batch_size / speed if speed > 0 else 0.0
       train_loss = f' train_loss={entry["train_loss"]:.4g}' if 'train_loss' in entry else ''
       self.log(f'{label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
-               f'{metric}={entry[metric]:.4g}{train_loss} | {speed:,.0f} examples/s | '
+               f'{metric}={entry[metric]:.4g}{train_loss} | {_format_speed(speed)} examples/s | '
                f'ETA {_format_duration(eta)}')
       self.scalars.write(scalars_run, step, {key: value for key, value in entry.items() if key != 'step'})
 

@@ -3,6 +3,11 @@
     python -m lth_jax.main --config=configs/default.py --workdir=/tmp/lth_default \
         --config.pruning.levels=5
 
+On a TPU pod slice (or any multi-host cluster) run the same command on every host with
+--distributed=yes (Cloud TPU: JAX finds the coordinator itself; elsewhere also pass
+--coordinator_address, --num_processes and --process_id, or launch under SLURM / Open MPI, which
+'auto' detects).
+
 Exit status: 0 done; 1 a bad config, workdir, dataset or checkpoint (with a message naming it);
 143 (128 + SIGTERM) stopped by SIGTERM after checkpointing the current step: run the same command
 again to continue.
@@ -18,6 +23,7 @@ from ml_collections import config_flags
 from lth_jax import checkpoints
 from lth_jax import data
 from lth_jax import lottery
+from lth_jax import parallel
 from lth_jax import validation
 
 PREEMPTED_EXIT_STATUS = 143  # 128 + SIGTERM, what a process killed by SIGTERM reports
@@ -29,6 +35,14 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False,
     'Continue in a workdir whose config.json holds a config with different results-affecting fields '
     '(the records already there are kept as they are).')
+_DISTRIBUTED = flags.DEFINE_enum(
+    'distributed', 'auto', list(parallel.DISTRIBUTED_MODES),
+    'Join the other hosts of a multi-host run with jax.distributed.initialize(): yes, no, or auto '
+    '(when --coordinator_address is given or a SLURM / Open MPI launch of several tasks is detected).')
+_COORDINATOR_ADDRESS = flags.DEFINE_string('coordinator_address', None,
+                                           'host:port of process 0, for --distributed (not needed on Cloud TPU).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes, for --distributed.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index, for --distributed.')
 
 
 def main(argv: list[str]) -> None:
@@ -37,6 +51,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keep checkpointing chatter out of the progress lines
+  parallel.initialize_distributed(_DISTRIBUTED.value, _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
+                                  _PROCESS_ID.value)
   try:
     lottery.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (validation.ConfigError, data.DatasetNotPreparedError, checkpoints.CheckpointError) as error:

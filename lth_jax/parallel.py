@@ -5,6 +5,7 @@ Parameters, optimizer state and masks are replicated; batches are split along th
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -13,6 +14,37 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = 'data'
+DISTRIBUTED_MODES = ('auto', 'yes', 'no')
+
+
+def launched_as_cluster(environ: dict[str, str] | None = None) -> bool:
+  """Whether the environment says this process is one of several that form one run: a coordinator
+  address for JAX, or a SLURM / Open MPI launch of more than one task."""
+  environ = os.environ if environ is None else environ
+  if environ.get('JAX_COORDINATOR_ADDRESS'):
+    return True
+  for variable in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
+    try:
+      if int(environ.get(variable, '1')) > 1:
+        return True
+    except ValueError:
+      pass
+  return False
+
+
+def initialize_distributed(mode: str = 'auto', coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None) -> bool:
+  """Joins this process to the others of a multi-host run with `jax.distributed.initialize`, before
+  anything else touches the devices. 'yes': always (on a Cloud TPU pod slice JAX finds the
+  coordinator by itself); 'no': never; 'auto': when an address is given or `launched_as_cluster()`.
+  Returns whether it initialized."""
+  if mode not in DISTRIBUTED_MODES:
+    raise ValueError(f'distributed mode must be one of {DISTRIBUTED_MODES}, got {mode!r}')
+  if mode == 'no' or (mode == 'auto' and not coordinator_address and not launched_as_cluster()):
+    return False
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                             process_id=process_id)
+  return True
 
 
 def create_mesh(num_devices: int = 0) -> Mesh:
