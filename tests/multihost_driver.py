@@ -1,27 +1,48 @@
 """One process of a multi-process lottery run on CPU, for test_multihost.py.
 
-    python -m tests.multihost_driver PROCESS_ID NUM_PROCESSES PORT WORKDIR
+    python -m tests.multihost_driver PROCESS_ID NUM_PROCESSES PORT WORKDIR [streaming]
 
-Joins `jax.distributed` over loopback (gloo collectives: one CPU device per process), then runs the
-tiny test config in WORKDIR exactly as a pod host would.
+Joins the other processes over loopback with `parallel.initialize_distributed` (as `lth_jax.main
+--distributed=yes` does; gloo collectives, one CPU device per process), then runs a tiny config in
+WORKDIR exactly as a pod host would: the in-memory digits config, or with `streaming` a cifar10 config
+streamed from TFDS mock data, where each process reads only its half of every batch.
 """
 
 import sys
 
 import jax
+import tensorflow_datasets as tfds
+
+from lth_jax import parallel
+
+
+def streaming_config():
+  """Tiny streamed cifar10 config (each host reads its slice of every batch)."""
+  from tests import helpers
+
+  config = helpers.tiny_config(dataset__name='cifar10', dataset__streaming=True, training__batch_size=16,
+                               training__num_steps=6, training__eval_every=3, training__steps_per_dispatch=2,
+                               training__eval_batch_size=32, pruning__levels=1, pruning__rewind_step=2,
+                               branches=('reinit',))
+  config.checkpointing.every_steps = 4
+  return config
 
 
 def main() -> None:
   process_id, num_processes, port, workdir = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+  streaming = sys.argv[5:] == ['streaming']
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}', num_processes=num_processes,
-                             process_id=process_id)
+  parallel.initialize_distributed('yes', f'127.0.0.1:{port}', num_processes, process_id)
   from lth_jax import lottery
   from tests import helpers
 
-  config = helpers.tiny_config(pruning__levels=1, branches=('reinit',))
-  config.checkpointing.every_steps = 20
-  results = lottery.run(config, workdir)
+  if streaming:
+    with tfds.testing.mock_data(num_examples=64):
+      results = lottery.run(streaming_config(), workdir)
+  else:
+    config = helpers.tiny_config(pruning__levels=1, branches=('reinit',))
+    config.checkpointing.every_steps = 20
+    results = lottery.run(config, workdir)
   print(f'process {jax.process_index()} of {jax.process_count()} finished with {len(results.records)} records',
         flush=True)
 

@@ -53,3 +53,21 @@ def test_workdir_that_is_a_file_is_refused_with_a_message(tmp_path):
   completed = _run_main('--config=configs/default.py', '--config.training.num_steps=10', workdir=workdir)
   assert completed.returncode == 1
   assert f'lth_jax: workdir {workdir}: exists and is not a folder' in completed.stderr
+
+
+def test_distributed_is_only_started_when_asked_or_launched_as_a_cluster():
+  from lth_jax import parallel
+
+  assert not parallel.launched_as_cluster({})
+  assert not parallel.launched_as_cluster({'SLURM_NTASKS': '1', 'OMPI_COMM_WORLD_SIZE': 'x'})
+  assert parallel.launched_as_cluster({'SLURM_NTASKS': '4'})
+  assert parallel.launched_as_cluster({'OMPI_COMM_WORLD_SIZE': '2'})
+  assert parallel.launched_as_cluster({'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234'})
+  assert parallel.initialize_distributed('no') is False
+  if not parallel.launched_as_cluster():
+    assert parallel.initialize_distributed('auto') is False
+
+
+def test_distributed_flag_is_checked(tmp_path):
+  completed = _run_main('--config=configs/default.py', '--distributed=maybe', workdir=tmp_path)
+  assert completed.returncode != 0 and 'distributed' in completed.stderr

@@ -30,6 +30,18 @@ from tests import helpers
     ({'branches': ('ticket', 'lucky')}, r"unknown branch 'lucky'"),
     ({'trials': 0}, r'trials=0'),
     ({'pruning__scope': 'global', 'pruning__min_weights_per_layer': 2}, r'pruning.min_weights_per_layer=2'),
+    ({'pruning__rewind_step': 0, 'pruning__rewind_epoch': 3.0},
+     r'pruning.rewind_step=132: is past the end of training \(60 steps\)'),
+    ({'pruning__rewind_epoch': 0.5}, r'pruning.rewind_epoch=0.5: set either pruning.rewind_step'),
+    ({'pruning__rewind_step': 0, 'pruning__rewind_epoch': 0.01}, r'pruning.rewind_epoch=0.01: is less than one step'),
+    ({'pruning__rewind_step': 30, 'pruning__turnaround_step': 20}, r'pruning.turnaround_step=20: must come after'),
+    ({'training__warmup_epochs': -1.0}, r'training.warmup_epochs=-1.0: must be a non-negative number'),
+    ({'training__decay_epochs': (0.5, -1)}, r'training.decay_epochs=\(0.5, -1\): must be a sequence of positive'),
+    ({'training__warmup_steps': 61}, r'training.warmup_steps=61: is longer than training'),
+    ({'parallel__batch_per_device': 3}, r'training.batch_size=32: disagrees with parallel.batch_per_device=3'),
+    ({'parallel__batch_per_device': -1}, r'parallel.batch_per_device=-1'),
+    ({'parallel__num_devices': 9}, r'parallel.num_devices must be between 0 \(all\) and 8'),
+    ({'training__batch_size': 12}, r'training.batch_size=12 does not divide over the 8 devices'),
 ])
 def test_bad_config_names_the_field_before_training(tmp_path, overrides, message):
   config = helpers.tiny_config(**overrides)
@@ -62,3 +74,28 @@ def test_target_density_reachable_passes():
   config = helpers.tiny_config(pruning__target_density=0.3, pruning__levels=2, pruning__layer_fractions={})
   validation.check_config(config)
   validation.check_against_data(config, 1437, {'dense_0': 2048, 'dense_1': 512, 'output': 160})
+
+
+def test_epochs_become_steps_with_the_dataset_size():
+  # digits: 1437 training examples, batch 32 -> 44 steps per epoch.
+  config = helpers.tiny_config(training__num_steps=0, training__num_epochs=3, training__warmup_epochs=0.5,
+                               training__decay_epochs=(1, 2.5), training__eval_every=0,
+                               training__eval_every_epochs=1.0, pruning__rewind_step=0, pruning__rewind_epoch=0.25,
+                               pruning__turnaround_epoch=2)
+  validation.check_config(config)
+  experiment = lottery.prepare(config)
+  training, pruning_config = experiment.config.training, experiment.config.pruning
+  assert (training.num_steps, training.warmup_steps, training.decay_boundaries, training.eval_every) == (
+      132, 22, (44, 110), 44)
+  assert (pruning_config.rewind_step, pruning_config.turnaround_step) == (11, 88)
+  assert experiment.total_steps == 132
+  assert config.training.num_steps == 0 and config.pruning.rewind_step == 0  # the caller's config is unchanged
+
+
+def test_batch_per_device_sets_the_global_batch():
+  config = helpers.tiny_config(training__batch_size=0, parallel__batch_per_device=4)
+  experiment = lottery.prepare(config)
+  assert experiment.config.training.batch_size == 32 == 4 * experiment.mesh.devices.size
+  assert experiment.trainer().batch_size == 32
+  config = helpers.tiny_config(training__batch_size=8, parallel__batch_per_device=4, parallel__num_devices=2)
+  assert lottery.prepare(config).config.training.batch_size == 8
