@@ -9,13 +9,15 @@ import sys
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-EXPECTED_FIGURES = ('lenet300_100', 'conv4', 'matmul_peak', 'lenet300_100_flops', 'fusion_linear_2_200_1',
+EXPECTED_FIGURES = ('lenet300_100', 'conv4', 'matmul_peak', 'lenet300_100_flops', 'conv4_flops',
+                    'fusion_linear_2_200_1',
                     'fusion_lenet_mnist1d', 'lottery_level', 'lottery_run', 'data_parallel')
 EXPECTED_FIELDS = {
     'lenet300_100': ('masked_step_ms', 'dense_step_ms', 'masked/dense'),
     'conv4': ('masked_step_ms', 'dense_step_ms', 'masked/dense'),
     'matmul_peak': ('gflops',),
     'lenet300_100_flops': ('analytic_mflop_per_step', 'dense_fraction_of_peak'),
+    'conv4_flops': ('analytic_gflop_per_step', 'dense_fraction_of_peak'),
     'fusion_linear_2_200_1': ('dispatch1_steps_per_s', 'dispatch64_steps_per_s', 'fused/single'),
     'fusion_lenet_mnist1d': ('dispatch1_steps_per_s', 'dispatch64_steps_per_s', 'fused/single'),
     'lottery_level': ('wall_s', 'training_s', 'outside_training_share'),

@@ -94,7 +94,8 @@ def test_batch_indices_errors(arguments, message):
 
 
 def test_dataset_names_are_exported():
-    assert data.DATASET_NAMES == ("sum_of_two", "digits", "mnist1d", "mnist", "cifar10")
+    assert data.DATASET_NAMES == ("sum_of_two", "digits", "mnist1d", "mnist", "cifar10", "imagenet2012")
+    assert data.STREAMING_NAMES == ("cifar10", "imagenet2012", "mnist")
 
 
 def test_unknown_name_error_names_field_value_and_known_names():

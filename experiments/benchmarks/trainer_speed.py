@@ -16,6 +16,8 @@ Prints one line per figure, `name key=value ...` (lines starting with '#' are co
                         matmul FLOPs, i.e. backward = 2x forward), as a fraction of the matmul FLOP/s
                         measured next to it (median over rounds); XLA's own count
                         (`compiled.cost_analysis()['flops']`) and the fraction it gives are printed too.
+  conv4_flops           the same for the Conv-4 step (analytic: 3x the forward FLOPs of its 3x3
+                        convolutions and dense layers), against the matmul peak measured above.
   fusion_linear_2_200_1, fusion_lenet_mnist1d
                         steps/s of `train.Trainer.train` with steps_per_dispatch=1 vs 64 on tiny models.
   lottery_level, lottery_run
@@ -79,7 +81,7 @@ FUSED_STEPS = 64
 LENET_SIZES = (300, 100)
 
 # Every figure name this script prints (data_parallel once per device count).
-FIGURE_NAMES = ('lenet300_100', 'conv4', 'matmul_peak', 'lenet300_100_flops', 'fusion_linear_2_200_1',
+FIGURE_NAMES = ('lenet300_100', 'conv4', 'matmul_peak', 'lenet300_100_flops', 'conv4_flops', 'fusion_linear_2_200_1',
                 'fusion_lenet_mnist1d', 'lottery_level', 'lottery_run', 'data_parallel')
 
 
@@ -356,6 +358,18 @@ def dense_forward_flops(layer_sizes: tuple[int, ...], batch_size: int) -> int:
   return sum(2 * batch_size * fan_in * fan_out for fan_in, fan_out in zip(layer_sizes, layer_sizes[1:]))
 
 
+def conv_net_forward_flops(conv_widths: tuple[int, ...], dense_sizes: tuple[int, ...], image_size: int,
+                           channels: int, num_outputs: int, batch_size: int) -> int:
+  """Forward FLOPs of a Conv-N network (3x3 'SAME' convolutions, 2x2 pooling after every second one)."""
+  flops, size = 0, image_size
+  for index, width in enumerate(conv_widths):
+    flops += 2 * batch_size * size * size * channels * width * 9
+    channels = width
+    if index % 2 == 1:
+      size //= 2
+  return flops + dense_forward_flops((size * size * channels, *dense_sizes, num_outputs), batch_size)
+
+
 def masked_vs_dense_figures(report: Report, settings: Settings) -> None:
   batch = 60
   # LeNet-300-100 on 784 inputs: 64 fused steps per dispatch, interleaved with the matmul peak.
@@ -416,6 +430,11 @@ def masked_vs_dense_figures(report: Report, settings: Settings) -> None:
                  'masked/dense_of_medians': masked_s / dense_s,
                  'masked/dense_of_best': min(times['masked']) / min(times['dense'])},
               compile_both_s=compile_s)
+  conv_analytic = 3 * conv_net_forward_flops(models_lib.CONV_WIDTHS[4], (256, 256), 32, 3, 10, batch)
+  report.emit('conv4_flops', batch=batch, count='analytic_3x_forward', analytic_gflop_per_step=conv_analytic / 1e9,
+              dense_gflops=conv_analytic / dense_s / 1e9, masked_gflops=conv_analytic / masked_s / 1e9,
+              dense_fraction_of_peak=conv_analytic / dense_s / peak,
+              masked_fraction_of_peak=conv_analytic / masked_s / peak)
 
 
 # ------------------------------------------------------------------------------------------------
