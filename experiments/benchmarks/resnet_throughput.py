@@ -54,6 +54,7 @@ import ml_collections
 import numpy as np
 
 from experiments.benchmarks.trainer_speed import MASK_DENSITY
+from experiments.benchmarks.trainer_speed import Report
 from experiments.benchmarks.trainer_speed import apply_mask
 from experiments.benchmarks.trainer_speed import median
 from experiments.benchmarks.trainer_speed import random_mask
@@ -86,31 +87,6 @@ FULL = Settings(resnet18_batch=128, resnet50_cpu_batch=32, resnet50_accelerator_
                 resnet50_cpu_steps=3, accelerator_steps=20, pipeline_batches=100)
 QUICK = Settings(resnet18_batch=16, resnet50_cpu_batch=2, resnet50_accelerator_batch=32, resnet18_cpu_steps=3,
                  resnet50_cpu_steps=2, accelerator_steps=5, pipeline_batches=20)
-
-
-def format_value(value: Any) -> str:
-  """A field value as printed: floats with 4 significant digits."""
-  if isinstance(value, float):
-    return f'{value:.4g}'
-  return str(value)
-
-
-class Report:
-  """Prints figures as `name key=value ...` lines and keeps them for the JSON output."""
-
-  def __init__(self) -> None:
-    self.figures: list[dict[str, Any]] = []
-    self.raw: dict[str, Any] = {}
-
-  def emit(self, name: str, raw: Any = None, **fields: Any) -> dict[str, Any]:
-    """Prints one figure line and records it (with `raw` data for the JSON output)."""
-    assert name in FIGURE_NAMES, name
-    figure = {'figure': name, **fields}
-    self.figures.append(figure)
-    if raw is not None:
-      self.raw[f'{name}:{len(self.figures) - 1}'] = raw
-    print(' '.join([name, *(f'{key}={format_value(value)}' for key, value in fields.items())]), flush=True)
-    return figure
 
 
 def on_cpu() -> bool:
@@ -338,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
   resnet50_batch = args.resnet50_batch or (settings.resnet50_cpu_batch if cpu else settings.resnet50_accelerator_batch)
   resnet18_steps = settings.resnet18_cpu_steps if cpu else settings.accelerator_steps
   resnet50_steps = settings.resnet50_cpu_steps if cpu else settings.accelerator_steps
-  report = Report()
+  report = Report(FIGURE_NAMES)
   fastest: dict[str, dict[str, Any]] = {}
   data: dict[str, dict[str, Any]] = {}
 

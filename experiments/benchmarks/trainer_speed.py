@@ -133,16 +133,20 @@ def _format(value: Any) -> str:
 class Report:
   """Prints figures as `name key=value ...` lines and keeps them for the JSON output."""
 
-  def __init__(self) -> None:
+  def __init__(self, figure_names: tuple[str, ...] = FIGURE_NAMES) -> None:
+    self.figure_names = figure_names
     self.figures: list[dict[str, Any]] = []
     self.raw: dict[str, Any] = {}
 
-  def emit(self, name: str, raw: Any = None, **fields: Any) -> None:
-    assert name in FIGURE_NAMES, name
-    self.figures.append({'figure': name, **fields})
+  def emit(self, name: str, raw: Any = None, **fields: Any) -> dict[str, Any]:
+    """Prints one figure line and records it (with `raw` data for the JSON output)."""
+    assert name in self.figure_names, name
+    figure = {'figure': name, **fields}
+    self.figures.append(figure)
     if raw is not None:
       self.raw[f'{name}:{len(self.figures) - 1}'] = raw
     print(' '.join([name, *(f'{key}={_format(value)}' for key, value in fields.items())]), flush=True)
+    return figure
 
 
 def parallel_map(function: Callable[[Any], Any], items: Any, workers: int = 2) -> list[Any]:
