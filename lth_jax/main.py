@@ -13,8 +13,10 @@ Exit status: 0 done; 1 a bad config, workdir, dataset or checkpoint (with a mess
 again to continue.
 """
 
+import os
 import sys
 
+import jax
 from absl import app
 from absl import flags
 from absl import logging
@@ -22,6 +24,7 @@ from ml_collections import config_flags
 
 from lth_jax import checkpoints
 from lth_jax import data
+from lth_jax.data import embedded
 from lth_jax import lottery
 from lth_jax import parallel
 from lth_jax import validation
@@ -41,8 +44,26 @@ _DISTRIBUTED = flags.DEFINE_enum(
     '(when --coordinator_address is given or a SLURM / Open MPI launch of several tasks is detected).')
 _COORDINATOR_ADDRESS = flags.DEFINE_string('coordinator_address', None,
                                            'host:port of process 0, for --distributed (not needed on Cloud TPU).')
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    'compilation_cache_dir', None,
+    'Keep compiled XLA programs here so that a re-run (a resumed run, the next level sweep) starts '
+    'without recompiling; default: xla/ under $LTH_JAX_CACHE or ~/.cache/lth_jax; "" turns it off.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes, for --distributed.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index, for --distributed.')
+
+
+def enable_compilation_cache(directory: str | None) -> str | None:
+  """Turns on JAX's persistent compilation cache in `directory` (None: the default folder, '': off)
+  for every program, however quick to compile. Returns the folder used."""
+  if directory is None:
+    directory = os.path.join(os.environ.get(embedded.CACHE_ENV_VAR) or embedded.DEFAULT_CACHE_DIR, 'xla')
+  if not directory:
+    return None
+  directory = os.path.expanduser(directory)
+  jax.config.update('jax_compilation_cache_dir', directory)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  return directory
 
 
 def main(argv: list[str]) -> None:
@@ -53,6 +74,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # keep checkpointing chatter out of the progress lines
   parallel.initialize_distributed(_DISTRIBUTED.value, _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
                                   _PROCESS_ID.value)
+  enable_compilation_cache(_COMPILATION_CACHE_DIR.value)
   try:
     lottery.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (validation.ConfigError, data.DatasetNotPreparedError, checkpoints.CheckpointError) as error:

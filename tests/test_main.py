@@ -15,9 +15,14 @@ def _run_main(*arguments, workdir):
 
 
 def test_default_config_runs_with_overrides_and_prints_the_table(tmp_path):
+  cache = tmp_path / 'xla_cache'
   completed = _run_main('--config=configs/default.py', '--config.pruning.levels=1',
                         '--config.training.num_steps=40', '--config.training.eval_every=20',
-                        '--config.model.hidden_sizes=(16,8)', workdir=tmp_path)
+                        '--config.model.hidden_sizes=(16,8)', f'--compilation_cache_dir={cache}',
+                        workdir=tmp_path / 'run')
+  tmp_path = tmp_path / 'run'
+  assert cache.is_dir() and any(cache.iterdir()), 'compiled programs are kept for the next run'
+
   assert completed.returncode == 0, completed.stderr[-3000:]
   records = [json.loads(line) for line in open(tmp_path / 'results.jsonl')]
   assert sorted((r['level'], r['branch']) for r in records) == [(0, 'ticket'), (1, 'reinit'), (1, 'ticket')]
