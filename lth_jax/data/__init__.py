@@ -17,7 +17,7 @@ from lth_jax.data.pipeline import PREPROCESSING, StreamingDataset, build_streami
 from lth_jax.data.sum_of_two import build_sum_of_two
 from lth_jax.data.tfds_source import DatasetNotPreparedError, build_image_dataset
 
-_BUILDERS: dict[str, Callable[[Mapping[str, Any]], ArrayDataset]] = {
+_BUILDERS: dict[str, Callable[[Mapping[str, Any]], ArrayDataset | StreamingDataset]] = {
     "sum_of_two": build_sum_of_two,
     "digits": build_digits,
     "mnist1d": build_mnist1d,
