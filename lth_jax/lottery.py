@@ -164,6 +164,17 @@ def _format_duration(seconds: float) -> str:
   return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
 
 
+def estimate_remaining_seconds(step: int, end_step: int, eval_every: int, batch_size: int,
+                               examples_per_second: float, evaluation_seconds: float) -> float:
+  """Time left in a run at `step`: its remaining steps at the training speed measured so far, plus
+  one evaluation (as long as the last) at each evaluation point still ahead (and at the end)."""
+  if step >= end_step:
+    return 0.0
+  training = (end_step - step) * batch_size / examples_per_second if examples_per_second > 0 else 0.0
+  evaluations = 1 + (len(range(step - step % eval_every + eval_every, end_step, eval_every)) if eval_every else 0)
+  return training + evaluations * evaluation_seconds
+
+
 def _format_speed(examples_per_second: float) -> str:
   """'12,345' for fast runs, '0.731' for slow ones (a ResNet-50 on a CPU)."""
   if examples_per_second >= 100:
@@ -259,7 +270,8 @@ class _TrialRunner:
     def progress(entry: dict[str, float]) -> None:
       metric = 'test_accuracy' if 'test_accuracy' in entry else 'test_rmse'
       step, speed = entry['step'], entry['examples_per_second']
-      eta = (total - step) * self.trainer.batch_size / speed if speed > 0 else 0.0
+      eta = estimate_remaining_seconds(step, total, self.eval_every, self.trainer.batch_size, speed,
+                                       entry.get('evaluation_seconds', 0.0))
       train_loss = f' train_loss={entry["train_loss"]:.4g}' if 'train_loss' in entry else ''
       self.log(f'{label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
                f'{metric}={entry[metric]:.4g}{train_loss} | {_format_speed(speed)} examples/s | '

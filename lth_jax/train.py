@@ -388,8 +388,8 @@ class Trainer:
       snapshot_steps: absolute steps at which (params, model_state) are copied to the host
         (a step equal to the start step snapshots the starting weights).
       eval_every: evaluate every this many steps (0: only at the end); always at the end.
-      progress: called with each curve entry (step, train_loss, test metrics, examples_per_second;
-        per-member lists for a population).
+      progress: called with each curve entry (step, train_loss, test metrics, examples_per_second of
+        the training since the previous entry, evaluation_seconds; per-member lists for a population).
       checkpoint_every: call `on_checkpoint` at every multiple of this many steps before the end
         (0: never); these steps end a dispatch, like evaluation and snapshot steps.
       on_checkpoint: receives a `RunCheckpoint` of the current step; its state is on the devices and
@@ -444,13 +444,15 @@ class Trainer:
             on_snapshot(current, snapshots[current])
         if current == end_step or (eval_every and current % eval_every == 0):
           entry = {'step': current}
-          if train_sum_steps:
+          if train_sum_steps:  # fetching the sums waits for the steps: training time ends here
             entry.update(summarize(self.task, jax.device_get(train_sums), 'train'))
+          trained = time.perf_counter()
           entry.update(self.evaluate(state))
           now = time.perf_counter()
           entry['examples_per_second'] = (
               (current - max(curve[-1]['step'] if curve else start_step, start_step)) * examples_per_step
-              / max(now - segment_started, 1e-9))
+              / max(trained - segment_started, 1e-9))
+          entry['evaluation_seconds'] = now - trained
           segment_started, train_sums, train_sum_steps = now, self.zero_train_sums(state), 0
           curve.append(entry)
           if progress is not None:

@@ -157,3 +157,12 @@ def test_sum_of_two_finds_the_blogs_winning_ticket(tmp_path):
   assert permuted['test_rmse'] > 100 * ticket['test_rmse']
   assert permuted['test_rmse'] > 0.1
   assert any('dense_0/kernel' in line and 'ticket' in line for line in lines)  # surviving weights printed
+
+
+def test_remaining_time_counts_training_and_the_evaluations_still_ahead():
+  # 100 steps of batch 10 at 1000 examples/s = 1 s, then evaluations at 500, 600, ..., 900 and the
+  # end (1000): six of them at 0.5 s each.
+  assert lottery.estimate_remaining_seconds(400, 1000, 100, 10, 1000.0, 0.5) == pytest.approx(6.0 + 3.0)
+  assert lottery.estimate_remaining_seconds(450, 1000, 100, 10, 1000.0, 0.5) == pytest.approx(5.5 + 3.0)
+  assert lottery.estimate_remaining_seconds(450, 1000, 0, 10, 1000.0, 0.5) == pytest.approx(5.5 + 0.5)
+  assert lottery.estimate_remaining_seconds(1000, 1000, 100, 10, 1000.0, 0.5) == 0.0

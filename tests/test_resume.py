@@ -35,6 +35,7 @@ from tests import test_train
 # "Event loop is closed") whenever they are collected, possibly during a later test.
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMINGS = ('examples_per_second', 'evaluation_seconds')  # curve fields that differ between runs
 # Checkpoints at steps 20 and 40 of each run; the levels >= 1 train from the rewind step 5 to 60, in
 # dispatches of 16 steps: 5-20, 20-36, 36-40, 40-56, 56-60.
 OVERRIDES = {'checkpointing__every_steps': 20, 'branches': ('reinit',)}
@@ -375,7 +376,7 @@ def test_the_trainer_continues_a_run_checkpoint_bitwise(tmp_path):
                                                  (start, model_state))
     restored = train_lib.RunCheckpoint.from_parts(*run.restore_latest(like))
   resumed = trainer.train(restored, **settings)
-  without_speed = lambda curve: [{k: v for k, v in entry.items() if k != 'examples_per_second'} for entry in curve]
+  without_speed = lambda curve: [{k: v for k, v in entry.items() if k not in TIMINGS} for entry in curve]
   assert without_speed(resumed.curve) == without_speed(straight.curve)
   assert [entry['step'] for entry in resumed.curve] == [20, 40, 50]
   chex.assert_trees_all_equal(resumed.snapshots, straight.snapshots)
@@ -423,7 +424,7 @@ def test_checkpoint_steps_do_not_change_the_results():
   results = [trainer.train(trainer.create_state(params, model_state, keep_mask, 0), 30, 1, eval_every=15,
                            checkpoint_every=every, on_checkpoint=lambda checkpoint: None)
              for every in (0, 7)]
-  curves = [[{k: v for k, v in entry.items() if k != 'examples_per_second'} for entry in result.curve]
+  curves = [[{k: v for k, v in entry.items() if k not in TIMINGS} for entry in result.curve]
             for result in results]
   assert curves[0] == curves[1]
   chex.assert_trees_all_equal(*[parallel.to_host(result.state) for result in results])
