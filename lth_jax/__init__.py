@@ -8,15 +8,16 @@
 
 The pieces are usable on their own: `lth_jax.masks` (mask pytrees), `lth_jax.pruning` (magnitude,
 SNIP, global/local, permuted masks), `lth_jax.optim.keep_pruned_at_zero` (masked optax transform),
-`lth_jax.train` (TrainState, train_step, Trainer), `lth_jax.stability` (lockstep population, stability
+`lth_jax.train` (TrainState, train_step, Trainer), `lth_jax.data` (datasets by name, the streaming
+pipeline), `lth_jax.feeds` (in-memory or streamed batches for the Trainer), `lth_jax.stability` (lockstep population, stability
 metrics, linear mode connectivity), `lth_jax.report` (tables and plots).
 """
 
-from lth_jax import (branches, checkpoints, config_schema, masks, models, optim, parallel, pruning, report,
-                     results, stability, train, validation)
+from lth_jax import (branches, checkpoints, config_schema, data, feeds, masks, models, optim, parallel, pruning,
+                     report, results, stability, train, validation)
 from lth_jax.lottery import LotteryResults, run
 from lth_jax.validation import ConfigError
 
-__all__ = ['ConfigError', 'LotteryResults', 'branches', 'checkpoints', 'config_schema', 'masks', 'models', 'optim',
-           'parallel', 'pruning', 'report', 'results', 'run', 'stability', 'train', 'validation']
+__all__ = ['ConfigError', 'LotteryResults', 'branches', 'checkpoints', 'config_schema', 'data', 'feeds', 'masks',
+           'models', 'optim', 'parallel', 'pruning', 'report', 'results', 'run', 'stability', 'train', 'validation']
 __version__ = '0.1.0'

@@ -192,3 +192,12 @@ def test_deep_paper_config_runs_a_few_steps_on_mock_data(tmp_path, name):
   with tfds.testing.mock_data(num_examples=8):
     results = lottery.run(config, str(tmp_path), log=lambda line: None)
   assert sorted((r['level'], r['branch']) for r in results.records) == [(0, 'ticket'), (1, 'reinit'), (1, 'ticket')]
+
+
+def test_resnet50_imagenet_without_prepared_data_says_how_to_prepare_it(tmp_path):
+  config = _imagenet_config()
+  config.dataset.data_dir = str(tmp_path / 'tfds')
+  with pytest.raises(lottery.data_lib.DatasetNotPreparedError,
+                     match='tfds build imagenet2012 --file_format=array_record'):
+    lottery.run(config, str(tmp_path / 'work'), log=lambda line: None)
+  assert not (tmp_path / 'work').exists()  # nothing written before the data is there
