@@ -13,11 +13,22 @@ pipeline), `lth_jax.feeds` (in-memory or streamed batches for the Trainer), `lth
 metrics, linear mode connectivity), `lth_jax.report` (tables and plots).
 """
 
+import importlib
+from typing import Any
+
 from lth_jax import (branches, checkpoints, config_schema, data, feeds, masks, models, optim, parallel, pruning,
-                     report, results, stability, train, validation)
+                     results, stability, train, validation)
 from lth_jax.lottery import LotteryResults, run
 from lth_jax.validation import ConfigError
 
 __all__ = ['ConfigError', 'LotteryResults', 'branches', 'checkpoints', 'config_schema', 'data', 'feeds', 'masks',
            'models', 'optim', 'parallel', 'pruning', 'report', 'results', 'run', 'stability', 'train', 'validation']
 __version__ = '0.1.0'
+
+
+def __getattr__(name: str) -> Any:
+  """`lth_jax.report` on first use: imported eagerly, it would be imported twice by
+  `python -m lth_jax.report` (and runpy warns about that)."""
+  if name == 'report':
+    return importlib.import_module('lth_jax.report')
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
