@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.hidden_size = 200          # linear
   config.model.dense_sizes = (256, 256)   # conv2/4/6
   config.model.dtype = 'float32'          # computation dtype: float32 | bfloat16 (params stay float32)
+  # How convolution kernel gradients are computed: lax | patches (one matmul of input patches, several
+  # times faster under XLA:CPU) | auto (patches on CPU, lax elsewhere). See lth_jax.models.convolution.
+  config.model.conv_kernel_gradient = 'auto'
 
   config.training = ml_collections.ConfigDict()
   config.training.optimizer = 'adam'      # sgd | momentum | nesterov | adam | adamw

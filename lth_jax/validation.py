@@ -14,6 +14,7 @@ from lth_jax import data as data_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
 from lth_jax import pruning
+from lth_jax.models import convolution
 
 PRUNING_MODES = ('iterative', 'one_shot')
 # Rounding to whole weights per layer and level leaves densities slightly off the geometric schedule.
@@ -131,6 +132,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            f'unknown dataset; known datasets: {", ".join(data_lib.DATASET_NAMES)}', config.dataset.get('name'))
   _require(config.model.get('name') in models_lib.MODEL_NAMES, 'model.name',
            f'unknown model; known models: {", ".join(models_lib.MODEL_NAMES)}', config.model.get('name'))
+  _require(config.model.get('dtype', 'float32') in models_lib.DTYPES, 'model.dtype',
+           f'unknown computation dtype; known: {", ".join(models_lib.DTYPES)}', config.model.get('dtype'))
+  _require(config.model.get('conv_kernel_gradient', 'auto') in convolution.KERNEL_GRADIENTS,
+           'model.conv_kernel_gradient', f'must be one of {", ".join(convolution.KERNEL_GRADIENTS)}',
+           config.model.get('conv_kernel_gradient'))
   _require(_is_int(config.get('seed', 0)), 'seed', 'must be an integer', config.get('seed'))
   _require(_is_int(config.get('trials', 1)) and config.get('trials', 1) >= 1, 'trials',
            'must be a positive integer', config.get('trials'))

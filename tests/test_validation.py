@@ -12,6 +12,8 @@ from tests import helpers
 @pytest.mark.parametrize('overrides, message', [
     ({'model__name': 'resnet9000'}, r"model.name='resnet9000': unknown model"),
     ({'dataset__name': 'imagenet3000'}, r"dataset.name='imagenet3000': unknown dataset"),
+    ({'model__dtype': 'float8'}, r"model.dtype='float8': unknown computation dtype"),
+    ({'model__conv_kernel_gradient': 'fft'}, r"model.conv_kernel_gradient='fft': must be one of auto, lax, patches"),
     ({'pruning__fraction': 1.0}, r'pruning.fraction=1.0: a prune fraction must be strictly between 0 and 1'),
     ({'pruning__fraction': 0.0}, r'pruning.fraction=0.0'),
     ({'pruning__fraction': -0.2}, r'pruning.fraction=-0.2'),

@@ -180,9 +180,9 @@ def interleaved(measurements: dict[str, Callable[[], float]], reps: int) -> dict
 # Models, data, optimizers.
 
 
-def build_model(name: str, num_outputs: int) -> Any:
+def build_model(name: str, num_outputs: int, conv_kernel_gradient: str = 'auto') -> Any:
   config = ml_collections.ConfigDict({'name': name, 'hidden_sizes': LENET_SIZES, 'hidden_size': 200,
-                                      'dense_sizes': (256, 256)})
+                                      'dense_sizes': (256, 256), 'conv_kernel_gradient': conv_kernel_gradient})
   return models_lib.build(config, num_outputs)
 
 
@@ -420,9 +420,13 @@ def masked_vs_dense_figures(report: Report, settings: Settings) -> None:
   report.emit('lenet300_100_flops', **fields)
 
   # Conv-4 on 32x32x3: one step per dispatch (no loop), as the conv configs run on CPU.
+  # The same step with XLA's own convolution kernel gradients ('lax') next to it, dense.
   conv = StepBench(build_model('conv4', 10), (32, 32, 3), batch, 1)
+  conv_lax = StepBench(build_model('conv4', 10, conv_kernel_gradient='lax'), (32, 32, 3), batch, 1)
   compile_s = conv.compile()
+  conv_lax.compile()
   timers = {name: conv.timer(name, 1) for name in ('masked', 'dense')}
+  timers['dense_lax_gradient'] = conv_lax.timer('dense', 1)
   if settings.conv_warmup:
     for measure in timers.values():
       measure()
@@ -430,6 +434,9 @@ def masked_vs_dense_figures(report: Report, settings: Settings) -> None:
   masked_s, dense_s = median(times['masked']), median(times['dense'])
   report.emit('conv4', raw=times, batch=batch, density=MASK_DENSITY, steps_per_dispatch=1,
               reps=settings.conv_reps, masked_step_ms=masked_s * 1e3, dense_step_ms=dense_s * 1e3,
+              kernel_gradient=models_lib.convolution.resolve_kernel_gradient(),
+              dense_lax_gradient_step_ms=median(times['dense_lax_gradient']) * 1e3,
+              **{'lax_gradient/patches': paired_ratio(times, 'dense_lax_gradient', 'dense')},
               **{'masked/dense': paired_ratio(times, 'masked', 'dense'),
                  'masked/dense_of_medians': masked_s / dense_s,
                  'masked/dense_of_best': min(times['masked']) / min(times['dense'])},

@@ -6,10 +6,11 @@ layers of 256, 256 and the output layer.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
+from jax import lax
 
 from lth_jax.models.dense import glorot_normal
 
@@ -21,6 +22,7 @@ class ConvNet(nn.Module):
   num_outputs: int = 10
   conv_widths: Sequence[int] = CONV_WIDTHS[2]
   dense_sizes: Sequence[int] = (256, 256)
+  conv_general_dilated: Callable[..., jax.Array] = lax.conv_general_dilated  # see models.convolution
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
@@ -28,7 +30,7 @@ class ConvNet(nn.Module):
     hidden = inputs
     for index, width in enumerate(self.conv_widths):
       hidden = nn.relu(nn.Conv(width, (3, 3), padding='SAME', kernel_init=glorot_normal,
-                               name=f'conv_{index}')(hidden))
+                               conv_general_dilated=self.conv_general_dilated, name=f'conv_{index}')(hidden))
       if index % 2 == 1:
         hidden = nn.max_pool(hidden, (2, 2), strides=(2, 2))
     hidden = hidden.reshape((hidden.shape[0], -1))

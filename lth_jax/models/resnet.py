@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 ModuleDef = Any
 
@@ -65,11 +66,13 @@ class ResNet(nn.Module):
   num_outputs: int = 10
   imagenet_stem: bool = False   # 7x7/2 convolution + 3x3/2 max pooling instead of one 3x3 convolution
   dtype: Any = jnp.float32
+  conv_general_dilated: Callable[..., jax.Array] = lax.conv_general_dilated  # see models.convolution
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
     conv = functools.partial(nn.Conv, use_bias=False, padding='SAME', dtype=self.dtype,
-                             kernel_init=nn.initializers.kaiming_normal())
+                             kernel_init=nn.initializers.kaiming_normal(),
+                             conv_general_dilated=self.conv_general_dilated)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype)
     hidden = inputs.astype(self.dtype)
@@ -90,22 +93,26 @@ class ResNet(nn.Module):
     return outputs.astype(jnp.float32)
 
 
-def cifar_resnet(depth: int, num_outputs: int, dtype: Any = jnp.float32) -> ResNet:
+def cifar_resnet(depth: int, num_outputs: int, dtype: Any = jnp.float32,
+                 conv_general_dilated: Callable[..., jax.Array] = lax.conv_general_dilated) -> ResNet:
   """ResNet-20, -32, -44, -56, -110 for CIFAR: depth = 6n + 2, stages of n basic blocks (16, 32, 64)."""
   if (depth - 2) % 6:
     raise ValueError(f'model.name: a CIFAR ResNet depth must be 6n + 2, got {depth}')
   blocks = (depth - 2) // 6
   return ResNet(stage_sizes=(blocks,) * 3, stage_filters=(16, 32, 64), block=BasicBlock,
-                num_outputs=num_outputs, dtype=dtype)
+                num_outputs=num_outputs, dtype=dtype, conv_general_dilated=conv_general_dilated)
 
 
-def resnet18_cifar(num_outputs: int, dtype: Any = jnp.float32) -> ResNet:
+def resnet18_cifar(num_outputs: int, dtype: Any = jnp.float32,
+                   conv_general_dilated: Callable[..., jax.Array] = lax.conv_general_dilated) -> ResNet:
   """ResNet-18 for 32x32 inputs: 3x3 stem, stages of 2 basic blocks (64, 128, 256, 512)."""
   return ResNet(stage_sizes=(2, 2, 2, 2), stage_filters=(64, 128, 256, 512), block=BasicBlock,
-                num_outputs=num_outputs, dtype=dtype)
+                num_outputs=num_outputs, dtype=dtype, conv_general_dilated=conv_general_dilated)
 
 
-def resnet50(num_outputs: int, dtype: Any = jnp.float32) -> ResNet:
+def resnet50(num_outputs: int, dtype: Any = jnp.float32,
+             conv_general_dilated: Callable[..., jax.Array] = lax.conv_general_dilated) -> ResNet:
   """ImageNet ResNet-50 v1.5: 7x7 stem, bottleneck stages of 3, 4, 6, 3 blocks."""
   return ResNet(stage_sizes=(3, 4, 6, 3), stage_filters=(64, 128, 256, 512), block=BottleneckBlock,
-                num_outputs=num_outputs, imagenet_stem=True, dtype=dtype)
+                num_outputs=num_outputs, imagenet_stem=True, dtype=dtype,
+                conv_general_dilated=conv_general_dilated)

@@ -5,11 +5,12 @@ stages, global average pooling, one dense output layer."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 POOL = 'M'
 VGG_PLANS: dict[int, tuple[Any, ...]] = {
@@ -25,11 +26,13 @@ class VGG(nn.Module):
   num_outputs: int = 10
   plan: Sequence[Any] = VGG_PLANS[19]
   dtype: Any = jnp.float32
+  conv_general_dilated: Callable[..., jax.Array] = lax.conv_general_dilated  # see models.convolution
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding='SAME', use_bias=False, dtype=self.dtype,
-                             kernel_init=nn.initializers.kaiming_normal())
+                             kernel_init=nn.initializers.kaiming_normal(),
+                             conv_general_dilated=self.conv_general_dilated)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype)
     hidden = inputs.astype(self.dtype)
