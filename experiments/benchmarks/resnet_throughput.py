@@ -1,6 +1,7 @@
 """ResNet train-step throughput against the host input pipeline: which one limits a streaming run.
 
     python -m experiments.benchmarks.resnet_throughput [--quick] [--output=PATH] [--resnet50_batch=N]
+        [--conv_kernel_gradient=auto|lax|patches]
 
 Prints one line per figure, `name key=value ...` (lines starting with '#' are context), as
 `experiments/benchmarks/trainer_speed.py` does:
@@ -11,7 +12,8 @@ Prints one line per figure, `name key=value ...` (lines starting with '#' are co
                         device-resident data. Compiled once (compile_s: trace + lower + compile), one
                         warmup step, then the median of several steps, each timed with
                         `jax.block_until_ready`. One line per model dtype: float32 always, bfloat16 only
-                        when the backend is not the CPU.
+                        when the backend is not the CPU. `--conv_kernel_gradient=lax|patches` overrides
+                        how convolution kernel gradients are computed (`kernel_gradient=` on each line).
   resnet50_imagenet     the same for ResNet-50 (1000 outputs) on 224x224x3: batch 32 on the CPU (--quick:
                         2), 256 on a GPU/TPU (--quick: 32); `--resnet50_batch` overrides both.
   pipeline_cifar10, pipeline_imagenet2012
@@ -64,6 +66,7 @@ from lth_jax import models as models_lib
 from lth_jax import optim
 from lth_jax import train as train_lib
 from lth_jax.data import pipeline
+from lth_jax.models import convolution
 
 FIGURE_NAMES = ('resnet18_cifar10', 'resnet50_imagenet', 'pipeline_cifar10', 'pipeline_imagenet2012',
                 'pipeline_imagenet2012_eval', 'pipeline_imagenet2012_jpeg', 'bottleneck')
@@ -127,10 +130,11 @@ def masked_optimizer(total_steps: int) -> Any:
 
 
 def time_train_step(model_name: str, num_outputs: int, input_shape: tuple[int, int, int], batch_size: int,
-                    dtype: str, timed_steps: int) -> dict[str, Any]:
+                    dtype: str, timed_steps: int, conv_kernel_gradient: str = 'auto') -> dict[str, Any]:
   """Compiles one masked train step of `model_name` and times it on random device-resident data;
   returns the figure's fields and the raw step times."""
-  model = models_lib.build(ml_collections.ConfigDict({'name': model_name, 'dtype': dtype}), num_outputs)
+  model = models_lib.build(ml_collections.ConfigDict({'name': model_name, 'dtype': dtype,
+                                                      'conv_kernel_gradient': conv_kernel_gradient}), num_outputs)
   params, model_state = resnet_variables(model, input_shape, seed=0)
   keep_mask = random_mask(params, MASK_DENSITY, seed=1)
   params = apply_mask(params, keep_mask)
@@ -163,14 +167,15 @@ def time_train_step(model_name: str, num_outputs: int, input_shape: tuple[int, i
     step_times.append(seconds)
   step_s = median(step_times)
   num_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
-  fields = {'dtype': dtype, 'batch': batch_size, 'steps': timed_steps, 'images_per_s': batch_size / step_s,
+  fields = {'dtype': dtype, 'kernel_gradient': convolution.resolve_kernel_gradient(conv_kernel_gradient),
+            'batch': batch_size, 'steps': timed_steps, 'images_per_s': batch_size / step_s,
             'step_ms': step_s * 1e3, 'min_step_ms': min(step_times) * 1e3, 'compile_s': compile_s,
             'warmup_step_s': warmup_s, 'params_m': num_params / 1e6, 'mask_density': MASK_DENSITY}
   return {'fields': fields, 'raw': {'step_seconds': step_times, 'warmup_seconds': warmup_s}}
 
 
 def model_figures(report: Report, name: str, model_name: str, num_outputs: int, input_shape: tuple[int, int, int],
-                  batch_size: int, timed_steps: int) -> dict[str, Any]:
+                  batch_size: int, timed_steps: int, conv_kernel_gradient: str = 'auto') -> dict[str, Any]:
   """Emits the float32 (and, off the CPU, bfloat16) lines of one model; returns the fastest one."""
   dtypes = ['float32']
   if on_cpu():
@@ -179,7 +184,8 @@ def model_figures(report: Report, name: str, model_name: str, num_outputs: int, 
     dtypes.append('bfloat16')
   figures = []
   for dtype in dtypes:
-    result = time_train_step(model_name, num_outputs, input_shape, batch_size, dtype, timed_steps)
+    result = time_train_step(model_name, num_outputs, input_shape, batch_size, dtype, timed_steps,
+                             conv_kernel_gradient)
     figures.append(report.emit(name, raw=result['raw'], model=model_name, **result['fields']))
   return max(figures, key=lambda figure: figure['images_per_s'])
 
@@ -296,6 +302,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            '(--quick: 2 / 32)')
   parser.add_argument('--pipeline_threads', type=int, default=16,
                       help="grain reader threads of the pipelines (the library's default: 16)")
+  parser.add_argument('--conv_kernel_gradient', default='auto', choices=convolution.KERNEL_GRADIENTS,
+                      help="the models' model.conv_kernel_gradient (lth_jax.models.convolution; 'auto': "
+                           "patches on the CPU, lax elsewhere)")
   return parser.parse_args(argv)
 
 
@@ -320,11 +329,11 @@ def main(argv: list[str] | None = None) -> int:
 
   def resnet18_section() -> None:
     fastest['cifar10'] = model_figures(report, 'resnet18_cifar10', 'resnet18', 10, (32, 32, 3),
-                                       settings.resnet18_batch, resnet18_steps)
+                                       settings.resnet18_batch, resnet18_steps, args.conv_kernel_gradient)
 
   def resnet50_section() -> None:
     fastest['imagenet2012'] = model_figures(report, 'resnet50_imagenet', 'resnet50', 1000, (224, 224, 3),
-                                            resnet50_batch, resnet50_steps)
+                                            resnet50_batch, resnet50_steps, args.conv_kernel_gradient)
 
   def pipeline_section() -> None:
     data.update(pipeline_figures(report, settings.resnet18_batch, resnet50_batch, settings.pipeline_batches,
