@@ -1,6 +1,6 @@
 """Convolutions whose kernel gradient is one matrix product of input patches with output gradients.
 
-XLA:CPU computes a convolution's kernel gradient 3-5x slower than the convolution itself (9% of the
+XLA:CPU computes a convolution's kernel gradient 2-5x slower than the convolution itself (9% of the
 matmul peak for Conv-4's 32x32x64->64 layer). Gathering the k x k input patches (one cheap copy) and
 multiplying them with the output gradients runs the same arithmetic as a plain matmul, 3.4x faster on
 that layer. The forward pass and the input gradient stay `lax.conv_general_dilated`'s own, and the
