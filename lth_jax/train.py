@@ -240,7 +240,7 @@ class Trainer:
       def item_at(position):
         return jax.tree_util.tree_map(lambda leaf: leaf[position], items)
 
-      if self.steps_per_dispatch == 1:  # no loop at all: XLA:CPU runs convolutions far slower inside loops
+      if self.steps_per_dispatch == 1:  # no loop at all
         return add_step(state, sums, item_at(0))
 
       # A loop with a traced trip count: one program for every chunk length, and the state is

@@ -14,7 +14,7 @@ EXPECTED_FIGURES = ('lenet300_100', 'conv4', 'matmul_peak', 'lenet300_100_flops'
                     'fusion_lenet_mnist1d', 'lottery_level', 'lottery_run', 'data_parallel')
 EXPECTED_FIELDS = {
     'lenet300_100': ('masked_step_ms', 'dense_step_ms', 'masked/dense'),
-    'conv4': ('masked_step_ms', 'dense_step_ms', 'masked/dense'),
+    'conv4': ('masked_step_ms', 'dense_step_ms', 'masked/dense', 'lax_gradient/patches', 'fused4/single'),
     'matmul_peak': ('gflops',),
     'lenet300_100_flops': ('analytic_mflop_per_step', 'dense_fraction_of_peak'),
     'conv4_flops': ('analytic_gflop_per_step', 'dense_fraction_of_peak'),

@@ -36,6 +36,8 @@ def loss_of(conv, **conv_arguments):
     ((3, 8, 8, 6), (1, 1), (2, 2), 'SAME', (1, 1)),            # projection shortcuts
     ((3, 8, 8, 6), (3, 3), (1, 1), 'VALID', (1, 1)),
     ((3, 8, 9, 6), (3, 2), (1, 2), ((2, 1), (0, 3)), (2, 2)),  # explicit, uneven padding; kernel dilation
+    ((3, 8, 9, 6), (3, 3), (1, 1), ((2, 1), (0, 3)), (2, 2)),  # the same at stride 1
+    ((2, 7, 7, 3), (3, 3), (1, 1), ((3, 0), (1, 1)), (1, 1)),  # padding wider than the kernel
 ])
 def test_values_and_gradients_match_lax(input_shape, kernel_size, strides, padding, rhs_dilation):
   inputs = random_array(input_shape, seed=0)
@@ -69,22 +71,25 @@ def test_unsupported_layouts_fall_back_to_lax():
     chex.assert_trees_all_close(actual, expected, rtol=1e-6)
 
 
-def test_bfloat16_kernel_gradient_keeps_the_kernel_dtype():
+def test_bfloat16_gradients_keep_their_dtype():
   inputs = random_array((2, 6, 6, 3), seed=0, dtype=jnp.bfloat16)
   kernel = random_array((3, 3, 3, 5), seed=1, dtype=jnp.bfloat16)
   arguments = dict(window_strides=(1, 1), padding='SAME')
-  actual = jax.jit(jax.grad(loss_of(convolution.patch_gradient_conv, **arguments), 1))(inputs, kernel)
-  expected = jax.jit(jax.grad(loss_of(lax.conv_general_dilated, **arguments), 1))(inputs, kernel)
-  assert actual.dtype == jnp.bfloat16
-  chex.assert_trees_all_close(actual.astype(jnp.float32), expected.astype(jnp.float32), rtol=0.05, atol=0.2)
+  actual = jax.jit(jax.grad(loss_of(convolution.patch_gradient_conv, **arguments), (0, 1)))(inputs, kernel)
+  expected = jax.jit(jax.grad(loss_of(lax.conv_general_dilated, **arguments), (0, 1)))(inputs, kernel)
+  chex.assert_trees_all_equal_dtypes(actual, (inputs, kernel))
+  chex.assert_trees_all_close(jax.tree_util.tree_map(lambda leaf: leaf.astype(jnp.float32), actual),
+                              jax.tree_util.tree_map(lambda leaf: leaf.astype(jnp.float32), expected),
+                              rtol=0.05, atol=0.2)
 
 
 def test_vmapped_gradients_of_a_population_match_lax():
   inputs = random_array((3, 2, 6, 6, 4), seed=0)   # 3 members
   kernels = random_array((3, 3, 3, 4, 5), seed=1)
   arguments = dict(window_strides=(1, 1), padding='SAME')
-  expected = jax.jit(jax.vmap(jax.grad(loss_of(lax.conv_general_dilated, **arguments), 1)))(inputs, kernels)
-  actual = jax.jit(jax.vmap(jax.grad(loss_of(convolution.patch_gradient_conv, **arguments), 1)))(inputs, kernels)
+  expected = jax.jit(jax.vmap(jax.grad(loss_of(lax.conv_general_dilated, **arguments), (0, 1))))(inputs, kernels)
+  actual = jax.jit(jax.vmap(jax.grad(loss_of(convolution.patch_gradient_conv, **arguments), (0, 1))))(
+      inputs, kernels)
   chex.assert_trees_all_close(actual, expected, rtol=2e-5, atol=2e-5)
 
 

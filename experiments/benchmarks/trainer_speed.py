@@ -10,7 +10,10 @@ Prints one line per figure, `name key=value ...` (lines starting with '#' are co
                         program as the Trainer's chunk (LeNet: 64 steps per dispatch in a fori_loop over
                         device-resident data; Conv-4: one step per dispatch, no loop). Variants run
                         interleaved (round-robin, order reversed every other round); step times are
-                        medians, masked/dense the median of the per-round ratios.
+                        medians, masked/dense the median of the per-round ratios. The conv4 line also
+                        times the dense step with XLA's own convolution kernel gradients
+                        (`lax_gradient/patches`) and the masked step in a loop of 4 steps per dispatch
+                        (`fused4/single`: step time in the loop over step time alone).
   matmul_peak           a jitted float32 NxN matmul, FLOP/s (median; interleaved with the LeNet runs).
   lenet300_100_flops    achieved FLOP/s of the LeNet train step, counted analytically (3x the forward
                         matmul FLOPs, i.e. backward = 2x forward), as a fraction of the matmul FLOP/s
@@ -419,14 +422,17 @@ def masked_vs_dense_figures(report: Report, settings: Settings) -> None:
                                                                   'dense')
   report.emit('lenet300_100_flops', **fields)
 
-  # Conv-4 on 32x32x3: one step per dispatch (no loop), as the conv configs run on CPU.
-  # The same step with XLA's own convolution kernel gradients ('lax') next to it, dense.
+  # Conv-4 on 32x32x3: one step per dispatch (no loop). Next to it: the same step with XLA's own
+  # convolution kernel gradients ('lax'), and 4 steps fused in one dispatch.
   conv = StepBench(build_model('conv4', 10), (32, 32, 3), batch, 1)
   conv_lax = StepBench(build_model('conv4', 10, conv_kernel_gradient='lax'), (32, 32, 3), batch, 1)
+  conv_fused = StepBench(build_model('conv4', 10), (32, 32, 3), batch, 4)
   compile_s = conv.compile()
   conv_lax.compile()
+  conv_fused.compile()
   timers = {name: conv.timer(name, 1) for name in ('masked', 'dense')}
   timers['dense_lax_gradient'] = conv_lax.timer('dense', 1)
+  timers['masked_fused4'] = conv_fused.timer('masked', 1)
   if settings.conv_warmup:
     for measure in timers.values():
       measure()
@@ -437,6 +443,8 @@ def masked_vs_dense_figures(report: Report, settings: Settings) -> None:
               kernel_gradient=models_lib.convolution.resolve_kernel_gradient(),
               dense_lax_gradient_step_ms=median(times['dense_lax_gradient']) * 1e3,
               **{'lax_gradient/patches': paired_ratio(times, 'dense_lax_gradient', 'dense')},
+              masked_fused4_step_ms=median(times['masked_fused4']) * 1e3,
+              **{'fused4/single': paired_ratio(times, 'masked_fused4', 'masked')},
               **{'masked/dense': paired_ratio(times, 'masked', 'dense'),
                  'masked/dense_of_medians': masked_s / dense_s,
                  'masked/dense_of_best': min(times['masked']) / min(times['dense'])},
