@@ -1,7 +1,12 @@
-"""ResNet-18 on CIFAR-10 as in "The Lottery Ticket Hypothesis at Scale" (Frankle et al.): Frankle &
-Carbin's standard hyperparameters — SGD with momentum 0.9, learning rate 0.1 dropped 10x at iterations
-20K and 25K, batch 128, weight decay 1e-4, 30K iterations — iterative global magnitude pruning of 20%
-per level, and late resetting to iteration 500 ("1.4 epochs").
+"""ResNet-18 on CIFAR-10 as in "The Lottery Ticket Hypothesis at Scale" (Frankle et al.).
+
+The network is Frankle & Carbin's "Resnet-18", which has "75x fewer parameters" than VGG-19: He et
+al.'s CIFAR ResNet with three stages of three basic blocks of 16, 32 and 64 filters (271K weights),
+model 'resnet20' here ('resnet18' is the 11M-weight ImageNet-width network with a CIFAR stem).
+Frankle & Carbin's standard hyperparameters: SGD with momentum 0.9, learning rate 0.1 dropped 10x at
+iterations 20K and 25K, batch 128, weight decay 1e-4, 30K iterations; iterative global magnitude
+pruning of 20% of the convolution weights per level (Frankle & Carbin prune the convolutional layers
+globally; the output layer is not pruned), and late resetting to iteration 500 ("1.4 epochs").
 
     --config=configs/resnet18_cifar10.py          late resetting to iteration 500
     --config=configs/resnet18_cifar10.py:warmup   reset to iteration 0 with linear warmup over 20K
@@ -18,7 +23,7 @@ from lth_jax import config_schema
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   """The ResNet-18/CIFAR-10 config; `variant` 'warmup' resets to 0 with learning-rate warmup."""
-  config = config_schema.frankle_carbin_sgd_cifar('resnet18', batch_size=128, num_steps=30_000,
+  config = config_schema.frankle_carbin_sgd_cifar('resnet20', batch_size=128, num_steps=30_000,
                                                    decay_boundaries=(20_000, 25_000), rewind_step=500,
                                                    eval_every=2000)
   if variant == 'warmup':

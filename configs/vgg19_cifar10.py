@@ -1,7 +1,8 @@
 """VGG-19 (batch norm) on CIFAR-10 as in "The Lottery Ticket Hypothesis at Scale" (Frankle et al.):
 Frankle & Carbin's standard hyperparameters — SGD with momentum 0.9, learning rate 0.1 dropped 10x at
 iterations 56K and 84K, batch 64, weight decay 1e-4, 112K iterations — iterative global magnitude
-pruning of 20% per level, and late resetting to iteration 1,000 ("1.4 epochs").
+pruning of 20% of the convolution weights per level (Frankle & Carbin prune the convolutional layers
+globally; the output layer is not pruned), and late resetting to iteration 1,000 ("1.4 epochs").
 
     --config=configs/vgg19_cifar10.py            late resetting to iteration 1000 (the paper's fix)
     --config=configs/vgg19_cifar10.py:warmup     Frankle & Carbin's alternative: reset to iteration 0

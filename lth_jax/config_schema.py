@@ -130,8 +130,10 @@ def frankle_carbin_sgd_cifar(model_name: str, batch_size: int, num_steps: int, d
                              rewind_step: int, eval_every: int) -> ml_collections.ConfigDict:
   """A deep network on CIFAR-10 with Frankle & Carbin's standard hyperparameters: SGD with momentum
   0.9, learning rate 0.1 dropped 10x at `decay_boundaries`, weight decay 1e-4; iterative global
-  magnitude pruning of 20% per level with late resetting to `rewind_step`. The data is streamed with
-  the standard augmentation (random crop with padding 4, horizontal flip)."""
+  magnitude pruning of 20% of the convolution weights per level (Frankle & Carbin prune the
+  convolutional layers globally; the output layer is not pruned) with late resetting to
+  `rewind_step`. The data is streamed with the standard augmentation (random crop with padding 4,
+  horizontal flip)."""
   config = base_config()
   config.dataset.name = 'cifar10'
   config.dataset.streaming = True
@@ -150,6 +152,7 @@ def frankle_carbin_sgd_cifar(model_name: str, batch_size: int, num_steps: int, d
   config.pruning.scope = 'global'
   config.pruning.fraction = 0.2
   config.pruning.layer_fractions = {}
+  config.pruning.excluded_layers = ('output',)
   config.pruning.levels = 20
   config.pruning.rewind_step = rewind_step
   config.branches = ('reinit',)

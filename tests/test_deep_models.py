@@ -74,3 +74,27 @@ def test_training_updates_batch_statistics_and_evaluation_uses_them():
   stats_after = np.asarray(result.state.model_state['batch_stats']['stem_norm']['mean'])
   assert not np.allclose(stats_before, stats_after)  # running means moved towards the data's mean
   assert 0.0 <= result.curve[-1]['test_accuracy'] <= 1.0
+
+
+@pytest.mark.parametrize('block, zero_init_residual, last_norm', [
+    ('basic', False, 'norm_1'), ('basic', True, 'norm_1'), ('bottleneck', True, 'norm_2')])
+def test_last_batch_norm_scale_of_each_block_starts_at_one_unless_zero_init_residual(
+    block, zero_init_residual, last_norm):
+  from lth_jax.models import resnet
+  model = resnet.ResNet(stage_sizes=(1, 1), stage_filters=(4, 8),
+                        block=resnet.BasicBlock if block == 'basic' else resnet.BottleneckBlock,
+                        zero_init_residual=zero_init_residual)
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32))['params']
+  for stage in ('stage_0_block_0', 'stage_1_block_0'):
+    expected = 0.0 if zero_init_residual else 1.0
+    np.testing.assert_array_equal(params[stage][last_norm]['scale'], expected)
+    np.testing.assert_array_equal(params[stage]['norm_0']['scale'], 1.0)
+
+
+def test_paper_resnets_initialize_batch_norm_as_their_references():
+  """CIFAR ResNets (He et al.; Frankle & Carbin) start every scale at 1; ResNet-50 (TPU reference)
+  zero-initializes the last batch norm of each block."""
+  config = ml_collections.ConfigDict({'name': 'resnet20'})
+  assert not models_lib.build(config, 10).zero_init_residual
+  assert not models_lib.build(ml_collections.ConfigDict({'name': 'resnet18'}), 10).zero_init_residual
+  assert models_lib.build(ml_collections.ConfigDict({'name': 'resnet50'}), 1000).zero_init_residual

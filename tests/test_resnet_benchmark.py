@@ -61,8 +61,8 @@ def test_resnet_throughput_quick_prints_every_figure(tmp_path):
         assert field in fields, f'{name}: no {field!r} in {fields}'
         value = float(fields[field])
         assert math.isfinite(value) and value > 0, f'{name}: {field}={fields[field]}'
-  for name in ('resnet18_cifar10', 'resnet50_imagenet'):
-    assert lines[name][0]['dtype'] == 'float32'
+  for name, model in (('resnet18_cifar10', 'resnet20'), ('resnet50_imagenet', 'resnet50')):
+    assert lines[name][0]['dtype'] == 'float32' and lines[name][0]['model'] == model
     if 'backend cpu' in completed.stdout:  # bfloat16 only off the CPU, with a note instead
       assert [fields['dtype'] for fields in lines[name]] == ['float32']
       assert f'# {name}: bfloat16 is skipped on CPU' in completed.stdout

@@ -1,12 +1,14 @@
 """ResNet train-step throughput against the host input pipeline: which one limits a streaming run.
 
     python -m experiments.benchmarks.resnet_throughput [--quick] [--output=PATH] [--resnet50_batch=N]
-        [--conv_kernel_gradient=auto|lax|patches]
+        [--conv_kernel_gradient=auto|lax|patches] [--cifar_model=resnet20|resnet18|...]
 
 Prints one line per figure, `name key=value ...` (lines starting with '#' are context), as
 `experiments/benchmarks/trainer_speed.py` does:
 
-  resnet18_cifar10      ResNet-18 (CIFAR stem, 10 outputs) on 32x32x3 at batch 128 (--quick: 16): one
+  resnet18_cifar10      the model of configs/resnet18_cifar10.py (Frankle & Carbin's "Resnet-18": the
+                        271K-weight CIFAR ResNet 'resnet20'; `--cifar_model=resnet18` for the 11M-weight
+                        ImageNet-width one; `model=` on the line) on 32x32x3 at batch 128 (--quick: 16): one
                         jitted `train.train_step` with the library's masked optimizer (`optim.from_config`:
                         momentum SGD wrapped by `keep_pruned_at_zero`, 20%-density random mask) on random
                         device-resident data. Compiled once (compile_s: trace + lower + compile), one
@@ -302,6 +304,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            '(--quick: 2 / 32)')
   parser.add_argument('--pipeline_threads', type=int, default=16,
                       help="grain reader threads of the pipelines (the library's default: 16)")
+  parser.add_argument('--cifar_model', default='resnet20',
+                      help="the model of the resnet18_cifar10 line (default: configs/resnet18_cifar10.py's, "
+                           "resnet20)")
   parser.add_argument('--conv_kernel_gradient', default='auto', choices=convolution.KERNEL_GRADIENTS,
                       help="the models' model.conv_kernel_gradient (lth_jax.models.convolution; 'auto': "
                            "patches on the CPU, lax elsewhere)")
@@ -328,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
   data: dict[str, dict[str, Any]] = {}
 
   def resnet18_section() -> None:
-    fastest['cifar10'] = model_figures(report, 'resnet18_cifar10', 'resnet18', 10, (32, 32, 3),
+    fastest['cifar10'] = model_figures(report, 'resnet18_cifar10', args.cifar_model, 10, (32, 32, 3),
                                        settings.resnet18_batch, resnet18_steps, args.conv_kernel_gradient)
 
   def resnet50_section() -> None:

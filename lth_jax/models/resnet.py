@@ -1,6 +1,11 @@
 """Residual networks: CIFAR ResNet-20/56 (He et al. 2016, 16-32-64 filters), ResNet-18 for CIFAR
 (64-128-256-512 filters, 3x3 stem without max pooling) and ImageNet ResNet-50 v1.5 (stride on the
-3x3 convolution of each bottleneck). Batch-norm statistics live in the 'batch_stats' collection and
+3x3 convolution of each bottleneck).
+
+Frankle & Carbin's "Resnet-18" (271K weights, "75x fewer parameters" than VGG-19) is He et al.'s
+CIFAR ResNet-20 here ('resnet20'); 'resnet18' is the 11M-weight ImageNet-width network with a CIFAR stem.
+The CIFAR networks start every batch-norm scale at 1 (He et al.); ResNet-50 starts each block's last
+one at 0, as its TPU reference does. Batch-norm statistics live in the 'batch_stats' collection and
 are never pruned (only kernels are prunable by default)."""
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ class BasicBlock(nn.Module):
   strides: int
   conv: ModuleDef
   norm: ModuleDef
+  last_norm_scale_init: Callable[..., jax.Array] = nn.initializers.ones
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -29,7 +35,7 @@ class BasicBlock(nn.Module):
     hidden = self.conv(self.filters, (3, 3), (self.strides, self.strides), name='conv_0')(inputs)
     hidden = nn.relu(self.norm(name='norm_0')(hidden))
     hidden = self.conv(self.filters, (3, 3), name='conv_1')(hidden)
-    hidden = self.norm(name='norm_1', scale_init=nn.initializers.zeros)(hidden)
+    hidden = self.norm(name='norm_1', scale_init=self.last_norm_scale_init)(hidden)
     if residual.shape != hidden.shape:
       residual = self.conv(self.filters, (1, 1), (self.strides, self.strides), name='shortcut_conv')(residual)
       residual = self.norm(name='shortcut_norm')(residual)
@@ -42,6 +48,7 @@ class BottleneckBlock(nn.Module):
   strides: int
   conv: ModuleDef
   norm: ModuleDef
+  last_norm_scale_init: Callable[..., jax.Array] = nn.initializers.ones
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -50,7 +57,7 @@ class BottleneckBlock(nn.Module):
     hidden = self.conv(self.filters, (3, 3), (self.strides, self.strides), name='conv_1')(hidden)
     hidden = nn.relu(self.norm(name='norm_1')(hidden))
     hidden = self.conv(self.filters * 4, (1, 1), name='conv_2')(hidden)
-    hidden = self.norm(name='norm_2', scale_init=nn.initializers.zeros)(hidden)
+    hidden = self.norm(name='norm_2', scale_init=self.last_norm_scale_init)(hidden)
     if residual.shape != hidden.shape:
       residual = self.conv(self.filters * 4, (1, 1), (self.strides, self.strides), name='shortcut_conv')(residual)
       residual = self.norm(name='shortcut_norm')(residual)
@@ -65,6 +72,7 @@ class ResNet(nn.Module):
   block: Callable[..., nn.Module]
   num_outputs: int = 10
   imagenet_stem: bool = False   # 7x7/2 convolution + 3x3/2 max pooling instead of one 3x3 convolution
+  zero_init_residual: bool = False  # each block's last batch-norm scale starts at 0 (Goyal et al.)
   dtype: Any = jnp.float32
   conv_general_dilated: Callable[..., jax.Array] = lax.conv_general_dilated  # see models.convolution
 
@@ -75,6 +83,7 @@ class ResNet(nn.Module):
                              conv_general_dilated=self.conv_general_dilated)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype)
+    last_norm_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
     hidden = inputs.astype(self.dtype)
     if self.imagenet_stem:
       hidden = conv(self.stage_filters[0], (7, 7), (2, 2), name='stem_conv')(hidden)
@@ -87,6 +96,7 @@ class ResNet(nn.Module):
       for index in range(size):
         strides = 2 if stage > 0 and index == 0 else 1
         hidden = self.block(filters=filters, strides=strides, conv=conv, norm=norm,
+                            last_norm_scale_init=last_norm_scale_init,
                             name=f'stage_{stage}_block_{index}')(hidden)
     hidden = jnp.mean(hidden, axis=(1, 2))
     outputs = nn.Dense(self.num_outputs, dtype=self.dtype, name='output')(hidden)
@@ -112,7 +122,8 @@ def resnet18_cifar(num_outputs: int, dtype: Any = jnp.float32,
 
 def resnet50(num_outputs: int, dtype: Any = jnp.float32,
              conv_general_dilated: Callable[..., jax.Array] = lax.conv_general_dilated) -> ResNet:
-  """ImageNet ResNet-50 v1.5: 7x7 stem, bottleneck stages of 3, 4, 6, 3 blocks."""
+  """ImageNet ResNet-50 v1.5: 7x7 stem, bottleneck stages of 3, 4, 6, 3 blocks; the last batch norm of
+  each block starts with scale 0, as in Google's TPU reference (Goyal et al. 2017)."""
   return ResNet(stage_sizes=(3, 4, 6, 3), stage_filters=(64, 128, 256, 512), block=BottleneckBlock,
-                num_outputs=num_outputs, imagenet_stem=True, dtype=dtype,
+                num_outputs=num_outputs, imagenet_stem=True, zero_init_residual=True, dtype=dtype,
                 conv_general_dilated=conv_general_dilated)
