@@ -185,6 +185,7 @@ class ConnectivityResult:
   alphas: list[float]
   errors: list[float]     # 1 - accuracy (classification) or RMSE (regression) at each alpha
   barrier: float          # max over alpha of error(alpha) - the linear interpolation of the end errors
+  instability: float      # max over alpha of error(alpha) - the mean of the end errors (Frankle et al. 2020)
 
 
 def error_barrier(alphas: Sequence[float], errors: Sequence[float]) -> float:
@@ -194,11 +195,21 @@ def error_barrier(alphas: Sequence[float], errors: Sequence[float]) -> float:
   return float(max(0.0, np.max(errors - baseline)))
 
 
+def error_barrier_height(errors: Sequence[float]) -> float:
+  """max_alpha error(alpha) - (error(0) + error(1)) / 2: the instability of linear mode connectivity
+  (Frankle et al. 2020). It differs from `error_barrier` only when the end errors differ."""
+  errors = np.asarray(errors, np.float64)
+  return float(max(0.0, np.max(errors) - (errors[0] + errors[-1]) / 2))
+
+
 def linear_mode_connectivity(trainer: train_lib.Trainer, evaluator: train_lib.Trainer, start: tuple[Any, Any],
                              keep_mask: Any, start_step: int, end_step: int, data_seeds: tuple[int, int],
                              num_points: int = 11) -> ConnectivityResult:
   """Trains two copies of (params, model_state) `start` (masked by `keep_mask`) from `start_step` with
   different batch orders in lockstep, then evaluates the straight path between them.
+
+  The non-parameter state (batch-norm running statistics) is interpolated with the parameters, so
+  both ends are exactly the two trained networks.
 
   `trainer` must have population_size == 2; `evaluator` is a Trainer of the same model and data
   without a population (it evaluates one interpolated network at a time).
@@ -211,14 +222,15 @@ def linear_mode_connectivity(trainer: train_lib.Trainer, evaluator: train_lib.Tr
                                train_lib.stack_members([model_state, model_state]),
                                train_lib.stack_members([keep_mask, keep_mask]), start_step)
   final = parallel.to_host(trainer.train(state, end_step, list(data_seeds)).state)
-  first, second = train_lib.member(final.params, 0), train_lib.member(final.params, 1)
-  model_state = train_lib.member(final.model_state, 0)
+  ends = [(train_lib.member(final.params, index), train_lib.member(final.model_state, index)) for index in (0, 1)]
   alphas = [float(alpha) for alpha in np.linspace(0.0, 1.0, num_points)]
   errors = []
   for alpha in alphas:
-    metrics = evaluator.evaluate_params(interpolate(first, second, alpha), model_state)
+    params, model_state = interpolate(ends[0], ends[1], alpha)
+    metrics = evaluator.evaluate_params(params, model_state)
     errors.append(1.0 - metrics['test_accuracy'] if 'test_accuracy' in metrics else metrics['test_rmse'])
-  return ConnectivityResult(alphas=alphas, errors=errors, barrier=error_barrier(alphas, errors))
+  return ConnectivityResult(alphas=alphas, errors=errors, barrier=error_barrier(alphas, errors),
+                            instability=error_barrier_height(errors))
 
 
 def measure_lottery_ticket(config: Any, workdir: str, level: int, trial: int = 0,

@@ -3,7 +3,9 @@
 import math
 
 import chex
+import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -50,6 +52,11 @@ def test_error_barrier():
   assert stability.error_barrier([0.0, 0.5, 1.0], [0.1, 0.1, 0.1]) == 0.0
   assert stability.error_barrier([0.0, 0.5, 1.0], [0.1, 0.6, 0.3]) == pytest.approx(0.6 - 0.2)
   assert stability.error_barrier([0.0, 0.5, 1.0], [0.3, 0.1, 0.3]) == 0.0  # below the line: no barrier
+  # Frankle et al. (2020): above the mean of the end errors, not the line between them.
+  assert stability.error_barrier_height([0.1, 0.6, 0.3]) == pytest.approx(0.6 - 0.2)
+  assert stability.error_barrier([0.0, 0.5, 1.0], [0.1, 0.3, 0.5]) == 0.0
+  assert stability.error_barrier_height([0.1, 0.3, 0.5]) == pytest.approx(0.5 - 0.3)
+  assert stability.error_barrier_height([0.3, 0.1, 0.3]) == 0.0
 
 
 def _trainers(population_size):
@@ -107,6 +114,36 @@ def test_measure_trains_full_network_like_a_plain_run_and_separates_tickets():
       assert np.isfinite(value)
   assert 0 < result.final['ticket']['angle'] < 180
   assert result.normalizer > 0
+
+
+class _BatchNormNet(nn.Module):
+  """Dense -> batch norm -> ReLU -> Dense: running statistics that differ between two trained copies."""
+
+  @nn.compact
+  def __call__(self, inputs, train=False):
+    hidden = nn.Dense(32, name='hidden_0')(inputs)
+    hidden = nn.BatchNorm(use_running_average=not train, momentum=0.5, name='norm')(hidden)
+    return nn.Dense(10, name='output')(nn.relu(hidden))
+
+
+def test_linear_mode_connectivity_ends_are_the_trained_networks_with_their_own_batch_statistics():
+  config = helpers.tiny_config()
+  dataset = data_lib.build(config.dataset)
+  optimizer = optim.from_config(ml_collections.ConfigDict({'optimizer': 'momentum', 'learning_rate': 0.2}), 40)
+  mesh = parallel.create_mesh()
+  single = train_lib.Trainer(_BatchNormNet(), dataset, optimizer, mesh, 32, 16)
+  pair = train_lib.Trainer(_BatchNormNet(), dataset, optimizer, mesh, 32, 16, population_size=2)
+  params0, model_state0 = single.init_variables(0)
+  ones = masks_lib.ones_like(params0)
+  path = stability.linear_mode_connectivity(pair, single, (params0, model_state0), ones, 0, 40, (4, 5), 3)
+  ends = []
+  for seed in (4, 5):
+    alone = single.train(single.create_state(params0, model_state0, ones, 0), 40, seed)
+    ends.append(parallel.to_host(alone.state))
+    assert alone.curve[-1]['test_accuracy'] == pytest.approx(1.0 - path.errors[0 if seed == 4 else -1], abs=1e-6)
+  assert not np.allclose(ends[0].model_state['batch_stats']['norm']['mean'],
+                         ends[1].model_state['batch_stats']['norm']['mean'])
+  assert path.instability == stability.error_barrier_height(path.errors)
 
 
 def test_linear_mode_connectivity_of_identical_copies_has_no_barrier():
