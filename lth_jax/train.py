@@ -283,7 +283,9 @@ class Trainer:
         inputs, targets = constrained_batch(arrays, item)
 
         def loss_fn(params):
-          outputs, _ = apply_model(model, params, model_state, inputs, train=False)
+          # Training mode, as a train step sees the batch: batch norm normalizes with the batch's
+          # statistics (the updated running statistics are dropped).
+          outputs, _ = apply_model(model, params, model_state, inputs, train=True)
           return loss_and_metric_sums(self.task, outputs, targets)[0]
         return jax.grad(loss_fn)(params)
       total = jax.lax.map(batch_gradients, items)
@@ -344,7 +346,7 @@ class Trainer:
 
   def mean_gradients(self, params: Any, model_state: Any, data_seed: int, num_batches: int) -> Any:
     """The loss gradient at `params`, averaged over the first `num_batches` training batches of
-    `data_seed` (model in evaluation mode), as a host tree."""
+    `data_seed` (model in training mode: batch norm uses each batch's statistics), as a host tree."""
     items = self.feed.put(self.feed.host_steps(data_seed, 0, num_batches), 1)
     gradients = self._mean_gradients(parallel.put_replicated(params, self.mesh),
                                      parallel.put_replicated(model_state, self.mesh), self.feed.arrays, items)

@@ -1,5 +1,7 @@
 """Small configs shared by the tests."""
 
+import flax.linen as nn
+import jax
 import ml_collections
 
 from lth_jax import config_schema
@@ -28,3 +30,13 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
       target = target[part]
     target[name] = value
   return config
+
+
+class BatchNormNet(nn.Module):
+  """Dense -> batch norm -> ReLU -> Dense ('hidden_0', 'norm', 'output'): a model with running statistics."""
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
+    hidden = nn.Dense(32, name='hidden_0')(inputs)
+    hidden = nn.BatchNorm(use_running_average=not train, momentum=0.5, name='norm')(hidden)
+    return nn.Dense(10, name='output')(nn.relu(hidden))

@@ -54,6 +54,24 @@ def test_mean_gradients_equal_the_averaged_batch_gradients():
   chex.assert_trees_all_close(trainer.mean_gradients(params, {}, 9, 3), expected, atol=1e-6)
 
 
+def test_mean_gradients_normalize_with_each_batch_statistics():
+  """SNIP's gradients see a batch as a train step does: batch norm in training mode."""
+  dataset = data_lib.build(helpers.tiny_config().dataset)
+  trainer = train_lib.Trainer(helpers.BatchNormNet(), dataset, optax.sgd(0.1), parallel.create_mesh(), 32, 8)
+  params, model_state = trainer.init_variables(0)
+  batch = data_lib.batch_indices(9, 0, 1, dataset.num_train, 32)[0]
+
+  def loss(p, train):
+    outputs = trainer.model.apply({'params': p, **model_state}, dataset.train_inputs[batch], train=train,
+                                  mutable=['batch_stats'] if train else False)
+    outputs = outputs[0] if train else outputs
+    return optax.softmax_cross_entropy_with_integer_labels(outputs, dataset.train_targets[batch]).mean()
+  gradients = trainer.mean_gradients(params, model_state, 9, 1)
+  chex.assert_trees_all_close(gradients, jax.grad(loss)(params, True), atol=1e-6)
+  evaluation_mode = jax.grad(loss)(params, False)
+  assert not np.allclose(gradients['hidden_0']['kernel'], evaluation_mode['hidden_0']['kernel'], atol=1e-3)
+
+
 def test_snip_keeps_the_highest_connection_sensitivity():
   trainer = _tiny_trainer()
   inputs = _branch_inputs(trainer)

@@ -3,7 +3,6 @@
 import math
 
 import chex
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -116,23 +115,13 @@ def test_measure_trains_full_network_like_a_plain_run_and_separates_tickets():
   assert result.normalizer > 0
 
 
-class _BatchNormNet(nn.Module):
-  """Dense -> batch norm -> ReLU -> Dense: running statistics that differ between two trained copies."""
-
-  @nn.compact
-  def __call__(self, inputs, train=False):
-    hidden = nn.Dense(32, name='hidden_0')(inputs)
-    hidden = nn.BatchNorm(use_running_average=not train, momentum=0.5, name='norm')(hidden)
-    return nn.Dense(10, name='output')(nn.relu(hidden))
-
-
 def test_linear_mode_connectivity_ends_are_the_trained_networks_with_their_own_batch_statistics():
   config = helpers.tiny_config()
   dataset = data_lib.build(config.dataset)
   optimizer = optim.from_config(ml_collections.ConfigDict({'optimizer': 'momentum', 'learning_rate': 0.2}), 40)
   mesh = parallel.create_mesh()
-  single = train_lib.Trainer(_BatchNormNet(), dataset, optimizer, mesh, 32, 16)
-  pair = train_lib.Trainer(_BatchNormNet(), dataset, optimizer, mesh, 32, 16, population_size=2)
+  single = train_lib.Trainer(helpers.BatchNormNet(), dataset, optimizer, mesh, 32, 16)
+  pair = train_lib.Trainer(helpers.BatchNormNet(), dataset, optimizer, mesh, 32, 16, population_size=2)
   params0, model_state0 = single.init_variables(0)
   ones = masks_lib.ones_like(params0)
   path = stability.linear_mode_connectivity(pair, single, (params0, model_state0), ones, 0, 40, (4, 5), 3)
