@@ -68,7 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.pruning.mode = 'iterative'        # iterative | one_shot
   config.pruning.scope = 'local'           # local (per layer) | global (one pool)
   config.pruning.fraction = 0.2            # of the remaining weights, per level
-  config.pruning.layer_fractions = ml_collections.ConfigDict({'output': 0.1})  # per-layer overrides
+  # Per-layer fractions: these layers are pruned on their own at their rate (with scope 'global' they
+  # stay out of the pool).
+  config.pruning.layer_fractions = ml_collections.ConfigDict({'output': 0.1})
   config.pruning.levels = 5                # pruning levels after the dense level 0
   config.pruning.target_density = ml_collections.config_dict.placeholder(float)  # stop when reached
   config.pruning.min_weights_per_layer = 0  # local pruning never goes below this per layer

@@ -34,6 +34,11 @@ def fraction_for_layer(layer: str, fraction: float, layer_fractions: Mapping[str
   return float(fraction)
 
 
+def has_own_fraction(layer: str, layer_fractions: Mapping[str, float]) -> bool:
+  """Whether a `layer_fractions` key names `layer` (see `fraction_for_layer`)."""
+  return any(layer == name or layer.startswith(name + '_') for name in layer_fractions)
+
+
 def count_to_prune(remaining: int, fraction: float, min_remaining: int = 0) -> int:
   """round(fraction * remaining), but never leaving fewer than `min_remaining` weights."""
   count = int(np.round(fraction * remaining))
@@ -71,8 +76,10 @@ def prune(
     keep_mask: current keep mask (bool arrays); never revived.
     prunable: tree of bools from `masks.prunable_tree`.
     fraction: fraction of remaining weights to remove (per layer for 'local', of the pool for 'global').
-    scope: 'local' ranks within each layer; 'global' ranks all prunable weights together.
-    layer_fractions: per-layer overrides for 'local' (see `fraction_for_layer`).
+    scope: 'local' ranks within each layer; 'global' ranks all prunable weights together, except
+      those of layers named in `layer_fractions`.
+    layer_fractions: per-layer fractions (see `fraction_for_layer`). A layer named here is always
+      pruned on its own at its fraction; with 'global' it stays out of the pool.
     min_weights_per_layer: 'local' never leaves a layer with fewer surviving weights than this.
 
   Returns:
@@ -87,20 +94,23 @@ def prune(
   keeps = [np.asarray(keep, dtype=bool) for _, keep in flat_keep]
   score_arrays = [np.asarray(score, dtype=np.float32) for score in flat_scores]
 
-  if scope == 'local':
-    new_keeps = []
-    for (path, _), keep, score, is_prunable in zip(flat_keep, keeps, score_arrays, flat_prunable):
-      if not is_prunable:
-        new_keeps.append(keep)
-        continue
-      layer = masks_lib.layer_name(masks_lib.path_to_names(path))
-      layer_fraction = fraction_for_layer(layer, fraction, layer_fractions)
-      count = count_to_prune(int(keep.sum()), layer_fraction, min_weights_per_layer)
-      new_keeps.append(_prune_flat(score, keep, count).reshape(keep.shape))
-  else:
-    remaining = sum(int(keep.sum()) for keep, flag in zip(keeps, flat_prunable) if flag)
-    return _prune_global(scores, keep_mask, prunable, count_to_prune(remaining, fraction))
-  return jax.tree_util.tree_unflatten(treedef, new_keeps)
+  new_keeps, in_pool = [], []
+  for (path, _), keep, score, is_prunable in zip(flat_keep, keeps, score_arrays, flat_prunable):
+    layer = masks_lib.layer_name(masks_lib.path_to_names(path))
+    pooled = bool(is_prunable) and scope == 'global' and not has_own_fraction(layer, layer_fractions)
+    in_pool.append(pooled)
+    if not is_prunable or pooled:
+      new_keeps.append(keep)
+      continue
+    layer_fraction = fraction_for_layer(layer, fraction, layer_fractions)
+    count = count_to_prune(int(keep.sum()), layer_fraction, min_weights_per_layer)
+    new_keeps.append(_prune_flat(score, keep, count).reshape(keep.shape))
+  new_mask = jax.tree_util.tree_unflatten(treedef, new_keeps)
+  if scope == 'local' or not any(in_pool):
+    return new_mask
+  remaining = sum(int(keep.sum()) for keep, pooled in zip(keeps, in_pool) if pooled)
+  return _prune_global(scores, new_mask, jax.tree_util.tree_unflatten(treedef, in_pool),
+                       count_to_prune(remaining, fraction))
 
 
 def permute_within_layers(keep_mask: Any, prunable: Any, seed: int) -> Any:
@@ -140,16 +150,16 @@ def planned_counts(
   before any training. `layer_sizes` maps layer names to their number of prunable weights.
   """
   layer_fractions = dict(layer_fractions or {})
-  remaining = dict(layer_sizes)
-  totals = [sum(remaining.values())]
+  pooled = {layer for layer in layer_sizes if scope == 'global' and not has_own_fraction(layer, layer_fractions)}
+  remaining = {layer: count for layer, count in layer_sizes.items() if layer not in pooled}
+  pool = sum(layer_sizes[layer] for layer in pooled)
+  totals = [pool + sum(remaining.values())]
   for _ in range(levels):
-    if scope == 'global':
-      totals.append(totals[-1] - count_to_prune(totals[-1], fraction))
-      continue
+    pool -= count_to_prune(pool, fraction)
     for layer, count in remaining.items():
       layer_fraction = fraction_for_layer(layer, fraction, layer_fractions)
       remaining[layer] = count - count_to_prune(count, layer_fraction, min_weights_per_layer)
-    totals.append(sum(remaining.values()))
+    totals.append(pool + sum(remaining.values()))
   return totals
 
 

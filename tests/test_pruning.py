@@ -160,6 +160,18 @@ def test_global_pruning_ranks_all_layers_together():
   np.testing.assert_array_equal(np.asarray(quarter['dense_0']['kernel']).reshape(-1), np.arange(100) >= 50)
 
 
+def test_global_pruning_prunes_layers_with_their_own_fraction_outside_the_pool():
+  params, mask, prunable = two_scales_tree()
+  scores = pruning.magnitude_scores(params)
+  # dense_0 loses its own 10% (its 10 smallest); the pool is dense_1 alone, which loses half.
+  new_mask = pruning.prune(scores, mask, prunable, 0.5, scope='global', layer_fractions={'dense_0': 0.1})
+  assert kernel_counts(new_mask) == {'dense_0': 90, 'dense_1': 50}
+  np.testing.assert_array_equal(np.asarray(new_mask['dense_0']['kernel']).reshape(-1), np.arange(100) >= 10)
+  np.testing.assert_array_equal(np.asarray(new_mask['dense_1']['kernel']).reshape(-1), np.arange(100) >= 50)
+  assert pruning.planned_counts({'dense_0': 100, 'dense_1': 100}, 0.5, 1, scope='global',
+                                layer_fractions={'dense_0': 0.1}) == [200, 140]
+
+
 def test_local_pruning_ranks_within_each_layer():
   params, mask, prunable = two_scales_tree()
   new_mask = pruning.prune(pruning.magnitude_scores(params), mask, prunable, 0.5, scope='local')
