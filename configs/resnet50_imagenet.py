@@ -1,6 +1,6 @@
 """ResNet-50 (v1.5) on ImageNet as in "The Lottery Ticket Hypothesis at Scale" (Frankle et al.), Section 4:
 global batch 1024 (the paper: eight TPU cores), SGD with momentum 0.9 and weight decay 1e-4, the
-learning rate warmed up linearly from 0 over the first 5 epochs and divided by 10 at epochs 30, 60 and
+learning rate warmed up linearly over the first 5 epochs and divided by 10 at epochs 30, 60 and
 80, 90 epochs in all (Google's TPU ResNet-50 reference, which the paper cites); iterative global
 magnitude pruning of 20% per level with late resetting to epoch 6 and early turnaround at epoch 45
 (the mask of the next level comes from the weights at epoch 45).

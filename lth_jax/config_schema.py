@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.training.momentum = 0.9
   config.training.weight_decay = 0.0
   config.training.schedule = 'constant'   # constant | step | cosine
-  config.training.warmup_steps = 0        # linear warmup from 0 over these steps
+  config.training.warmup_steps = 0        # linear warmup over these steps: rate * (t + 1) / W
   config.training.warmup_epochs = 0.0     # ... or over these epochs
   config.training.decay_boundaries = ()   # steps at which 'step' multiplies by decay_factor
   config.training.decay_epochs = ()       # ... or epochs

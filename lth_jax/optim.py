@@ -81,7 +81,8 @@ def learning_rate_schedule(
     learning_rate: peak learning rate.
     total_steps: length of training (cosine decays to 0 at this step).
     schedule: 'constant', 'step' (multiply by `decay_factor` at each of `decay_boundaries`) or 'cosine'.
-    warmup_steps: linear warmup from 0 to `learning_rate` over these first steps (0: none).
+    warmup_steps: linear warmup over these first steps (0: none): the rate at step t < W is
+      learning_rate * (t + 1) / W, so the first step already moves and step W - 1 is at the peak.
   """
   if schedule == 'constant':
     main = optax.constant_schedule(learning_rate)
