@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.training.learning_rate = 1.2e-3
   config.training.momentum = 0.9
   config.training.weight_decay = 0.0
+  config.training.weight_decay_batch_norm = True  # False: batch-norm scales and offsets are not decayed
   config.training.schedule = 'constant'   # constant | step | cosine
   config.training.warmup_steps = 0        # linear warmup over these steps: rate * (t + 1) / W
   config.training.warmup_epochs = 0.0     # ... or over these epochs

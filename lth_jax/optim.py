@@ -105,15 +105,27 @@ def learning_rate_schedule(
   return warmed_up
 
 
-def direction(optimizer: str, momentum: float = 0.9, weight_decay: float = 0.0) -> optax.GradientTransformation:
+def outside_batch_norm(params: Any) -> Any:
+  """A tree of bools mirroring `params`: False for the parameters of batch-norm modules (those whose
+  module name contains 'norm', as every normalization layer of lth_jax's models is named), else True."""
+  def decayed(path, _):
+    modules = masks_lib.path_to_names(path)[:-1]
+    return not any('norm' in module.lower() for module in modules)
+  return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def direction(optimizer: str, momentum: float = 0.9, weight_decay: float = 0.0,
+              decay_batch_norm: bool = True) -> optax.GradientTransformation:
   """The optimizer without its learning rate: weight decay, then the update direction.
 
   'sgd', 'momentum', 'nesterov' and 'adam' use coupled L2 weight decay (added to the gradient, as
-  in the papers' SGD); 'adamw' uses decoupled weight decay.
+  in the papers' SGD); 'adamw' uses decoupled weight decay. `decay_batch_norm=False` leaves the
+  batch-norm scales and offsets undecayed (see `outside_batch_norm`).
   """
   parts = []
+  decay_mask = None if decay_batch_norm else outside_batch_norm
   if weight_decay and optimizer != 'adamw':
-    parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
   if optimizer == 'sgd':
     pass
   elif optimizer == 'momentum':
@@ -125,7 +137,7 @@ def direction(optimizer: str, momentum: float = 0.9, weight_decay: float = 0.0) 
   elif optimizer == 'adamw':
     parts.append(optax.scale_by_adam())
     if weight_decay:
-      parts.append(optax.add_decayed_weights(weight_decay))
+      parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
   else:
     raise ValueError(f'training.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}')
   return optax.chain(*parts) if parts else optax.identity()
@@ -142,7 +154,8 @@ def from_config(training: ml_collections.ConfigDict, total_steps: int) -> optax.
       decay_factor=training.get('decay_factor', 0.1),
   )
   inner = optax.chain(
-      direction(training.optimizer, training.get('momentum', 0.9), training.get('weight_decay', 0.0)),
+      direction(training.optimizer, training.get('momentum', 0.9), training.get('weight_decay', 0.0),
+                training.get('weight_decay_batch_norm', True)),
       scale_by_step_schedule(schedule),
   )
   return keep_pruned_at_zero(inner)

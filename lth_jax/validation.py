@@ -170,6 +170,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            dispatch)
   _require(isinstance(training.get('weight_decay', 0.0), (int, float)) and training.get('weight_decay', 0.0) >= 0,
            'training.weight_decay', 'must be a non-negative number', training.get('weight_decay'))
+  _require(isinstance(training.get('weight_decay_batch_norm', True), bool), 'training.weight_decay_batch_norm',
+           'must be True or False', training.get('weight_decay_batch_norm'))
 
   pruning_config = config.pruning
   _require(pruning_config.get('scope', 'local') in pruning.SCOPES, 'pruning.scope',

@@ -88,6 +88,14 @@ def test_scale_paper_configs_late_reset_and_warmup_variants(name, model, rewind_
     module.get_config('nonsense')
 
 
+def test_resnet50_does_not_decay_batch_norm_and_the_cifar_configs_do():
+  """Google's TPU ResNet-50 reference leaves batch norm out of its L2 term; Frankle & Carbin's SGD
+  decays every weight."""
+  assert load_config(os.path.join(REPO, 'configs', 'resnet50_imagenet.py')).training.weight_decay_batch_norm is False
+  for name in ('vgg19_cifar10.py', 'resnet18_cifar10.py'):
+    assert load_config(os.path.join(REPO, 'configs', name)).training.weight_decay_batch_norm is True
+
+
 IMAGENET_TRAIN_SIZE = 1_281_167
 
 

@@ -325,3 +325,24 @@ def test_unknown_schedule_names_the_field():
     optim.from_config(training_config(optimizer='sgd', learning_rate=0.1, schedule='linear'), total_steps=10)
   with pytest.raises(ValueError, match='linear'):
     optim.learning_rate_schedule(0.1, total_steps=10, schedule='linear')
+
+
+@pytest.mark.parametrize('optimizer', ['momentum', 'adamw'])
+def test_weight_decay_can_leave_batch_norm_parameters_alone(optimizer):
+  params = {'conv_0': {'kernel': np.full((2, 2), 2.0, np.float32)},
+            'stage_0_block_0': {'norm_1': {'scale': np.full(2, 2.0, np.float32),
+                                           'bias': np.full(2, 2.0, np.float32)}},
+            'output': {'kernel': np.full((2, 2), 2.0, np.float32), 'bias': np.full(2, 2.0, np.float32)}}
+  assert optim.outside_batch_norm(params) == {
+      'conv_0': {'kernel': True}, 'stage_0_block_0': {'norm_1': {'scale': False, 'bias': False}},
+      'output': {'kernel': True, 'bias': True}}
+  zero_gradients = jax.tree_util.tree_map(np.zeros_like, params)
+  for decay_batch_norm in (True, False):
+    transform = optim.direction(optimizer, weight_decay=0.5, decay_batch_norm=decay_batch_norm)
+    updates, _ = transform.update(zero_gradients, transform.init(params), params)
+    assert float(np.abs(updates['conv_0']['kernel']).min()) > 0
+    assert float(np.abs(updates['output']['bias']).min()) > 0
+    norm_updates = updates['stage_0_block_0']['norm_1']
+    moved = [float(np.abs(leaf).max()) > 0 for leaf in (norm_updates['scale'], norm_updates['bias'])]
+    assert moved == [decay_batch_norm] * 2
+
