@@ -80,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.pruning.turnaround_step = 0       # early turnaround: prune from the weights at this step (0: end)
   config.pruning.turnaround_epoch = 0.0    # ... or at this epoch
   config.pruning.prunable_parameters = ('kernel',)
-  config.pruning.excluded_layers = ()      # layer names (or prefixes) never pruned
+  config.pruning.excluded_layers = ()      # layers never pruned (names, families or module paths)
 
   config.pruning.snip_batches = 1          # batches whose mean gradient scores the snip branch
 

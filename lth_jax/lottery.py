@@ -122,12 +122,12 @@ def _branch_seed(*parts: int) -> int:
 
 
 def _layer_sizes(params: Any, prunable: Any) -> dict[str, int]:
-  """Number of prunable weights per layer name."""
+  """Number of prunable weights per layer (module path)."""
   sizes: dict[str, int] = {}
   flat, _ = jax.tree_util.tree_flatten_with_path(params)
   for (path, leaf), is_prunable in zip(flat, jax.tree_util.tree_leaves(prunable)):
     if is_prunable:
-      layer = masks_lib.layer_name(masks_lib.path_to_names(path))
+      layer = masks_lib.module_path(masks_lib.path_to_names(path))
       sizes[layer] = sizes.get(layer, 0) + int(np.prod(leaf.shape))
   return sizes
 

@@ -43,6 +43,27 @@ def layer_name(path: PathTuple) -> str:
   return path[-2] if len(path) >= 2 else path[-1]
 
 
+def module_path(path: PathTuple) -> str:
+  """The '/'-joined path of the module owning a leaf, e.g. 'stage_0_block_1/conv_0' ('hidden_0' in
+  a flat model)."""
+  return '/'.join(path[:-1]) if len(path) >= 2 else path[-1]
+
+
+def selects_layer(selector: str, module: str) -> bool:
+  """Whether a layer selector (of `pruning.excluded_layers` or `pruning.layer_fractions`) names the
+  module at '/'-joined path `module`.
+
+  A selector names a module by its own name ('conv_0', in every block that has one), by that name's
+  numbered family ('conv' matches 'conv_0', 'conv_1', ...), or by a leading part of its path
+  ('stage_0_block_1' for every layer of that block, 'stage_0_block_1/conv_0' for one layer).
+  """
+  modules = module.split('/')
+  if modules[-1] == selector or modules[-1].startswith(selector + '_'):
+    return True
+  parts = selector.split('/')
+  return modules[:len(parts)] == parts
+
+
 def prunable_tree(
     params: Params,
     prunable_parameter_names: Iterable[str] = ('kernel',),
@@ -53,7 +74,7 @@ def prunable_tree(
   Args:
     params: the parameter tree (arrays or shape structs).
     prunable_parameter_names: last path element of prunable leaves ('kernel' for flax Dense/Conv).
-    excluded_layers: layer names (or prefixes of them) that are never pruned, e.g. ('conv_0', 'output').
+    excluded_layers: layer selectors (see `selects_layer`) never pruned, e.g. ('stem_conv', 'output').
   """
   names = tuple(prunable_parameter_names)
   excluded = tuple(excluded_layers)
@@ -62,8 +83,8 @@ def prunable_tree(
     path = path_to_names(path)
     if path[-1] not in names:
       return False
-    layer = layer_name(path)
-    return not any(layer == name or layer.startswith(name + '_') for name in excluded)
+    module = module_path(path)
+    return not any(selects_layer(name, module) for name in excluded)
 
   return jax.tree_util.tree_map_with_path(is_prunable, params)
 

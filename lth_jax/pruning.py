@@ -26,17 +26,18 @@ def magnitude_scores(params: Any) -> Any:
 
 
 def fraction_for_layer(layer: str, fraction: float, layer_fractions: Mapping[str, float]) -> float:
-  """The pruning fraction of one layer: the first `layer_fractions` key that is the layer's name or a
-  prefix of it followed by '_' (e.g. 'conv' matches 'conv_0'), else the default `fraction`."""
+  """The pruning fraction of one layer (its module path, e.g. 'hidden_0' or 'stage_0_block_1/conv_0'):
+  that of the first `layer_fractions` key that selects it (`masks.selects_layer`: its name, e.g.
+  'conv_0', its numbered family, e.g. 'conv', or a leading part of its path), else `fraction`."""
   for name, layer_fraction in layer_fractions.items():
-    if layer == name or layer.startswith(name + '_'):
+    if masks_lib.selects_layer(name, layer):
       return float(layer_fraction)
   return float(fraction)
 
 
 def has_own_fraction(layer: str, layer_fractions: Mapping[str, float]) -> bool:
-  """Whether a `layer_fractions` key names `layer` (see `fraction_for_layer`)."""
-  return any(layer == name or layer.startswith(name + '_') for name in layer_fractions)
+  """Whether a `layer_fractions` key selects `layer` (see `fraction_for_layer`)."""
+  return any(masks_lib.selects_layer(name, layer) for name in layer_fractions)
 
 
 def count_to_prune(remaining: int, fraction: float, min_remaining: int = 0) -> int:
@@ -96,7 +97,7 @@ def prune(
 
   new_keeps, in_pool = [], []
   for (path, _), keep, score, is_prunable in zip(flat_keep, keeps, score_arrays, flat_prunable):
-    layer = masks_lib.layer_name(masks_lib.path_to_names(path))
+    layer = masks_lib.module_path(masks_lib.path_to_names(path))
     pooled = bool(is_prunable) and scope == 'global' and not has_own_fraction(layer, layer_fractions)
     in_pool.append(pooled)
     if not is_prunable or pooled:
@@ -147,7 +148,8 @@ def planned_counts(
   """Total surviving prunable weights after each level 0..levels of iterative pruning.
 
   Counts do not depend on the weights' values, so this plans a run (and checks a target density)
-  before any training. `layer_sizes` maps layer names to their number of prunable weights.
+  before any training. `layer_sizes` maps layers (module paths, `masks.module_path`) to their number
+  of prunable weights.
   """
   layer_fractions = dict(layer_fractions or {})
   pooled = {layer for layer in layer_sizes if scope == 'global' and not has_own_fraction(layer, layer_fractions)}

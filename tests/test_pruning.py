@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from lth_jax import lottery
 from lth_jax import masks
 from lth_jax import pruning
 
@@ -170,6 +171,39 @@ def test_global_pruning_prunes_layers_with_their_own_fraction_outside_the_pool()
   np.testing.assert_array_equal(np.asarray(new_mask['dense_1']['kernel']).reshape(-1), np.arange(100) >= 50)
   assert pruning.planned_counts({'dense_0': 100, 'dense_1': 100}, 0.5, 1, scope='global',
                                 layer_fractions={'dense_0': 0.1}) == [200, 140]
+
+
+def test_layer_selectors_name_modules_by_name_family_or_path():
+  assert masks.selects_layer('conv_0', 'stage_0_block_1/conv_0')
+  assert masks.selects_layer('conv', 'stage_0_block_1/conv_0')
+  assert masks.selects_layer('stage_0_block_1', 'stage_0_block_1/conv_0')
+  assert masks.selects_layer('stage_0_block_1/conv_0', 'stage_0_block_1/conv_0')
+  assert not masks.selects_layer('stage_0_block_1/conv_1', 'stage_0_block_1/conv_0')
+  assert not masks.selects_layer('stage_0_block_1', 'stage_0_block_10/conv_0')
+  assert not masks.selects_layer('stage_0', 'stage_0_block_1/conv_0')
+  assert masks.selects_layer('output', 'output') and not masks.selects_layer('out', 'output')
+  params = {'block_0': {'conv_0': {'kernel': np.ones((5,))}}, 'block_1': {'conv_0': {'kernel': np.ones((5,))}}}
+  prunable = masks.prunable_tree(params, excluded_layers=('block_1/conv_0',))
+  assert prunable == {'block_0': {'conv_0': {'kernel': True}}, 'block_1': {'conv_0': {'kernel': False}}}
+  overrides = {'block_1': 0.6, 'conv': 0.2}
+  assert pruning.fraction_for_layer('block_1/conv_0', 0.5, overrides) == 0.6
+  assert pruning.fraction_for_layer('block_0/conv_0', 0.5, overrides) == 0.2
+
+
+def test_planned_counts_keep_same_named_layers_of_different_blocks_apart():
+  """Two 5-weight 'conv_0' layers at 30%: round(1.5) = 2 from each, as pruning does, not 3 from 10."""
+  params = {'block_0': {'conv_0': {'kernel': np.arange(1.0, 6.0)}},
+            'block_1': {'conv_0': {'kernel': np.arange(1.0, 6.0)}}}
+  prunable = masks.prunable_tree(params)
+  mask = pruning.prune(pruning.magnitude_scores(params), masks.ones_like(params), prunable, 0.3)
+  assert sum(kernel_counts_nested(mask)) == 6
+  sizes = lottery._layer_sizes(params, prunable)
+  assert sizes == {'block_0/conv_0': 5, 'block_1/conv_0': 5}
+  assert pruning.planned_counts(sizes, 0.3, 1) == [10, 6]
+
+
+def kernel_counts_nested(mask):
+  return [int(np.asarray(leaf).sum()) for leaf in jax.tree_util.tree_leaves(mask)]
 
 
 def test_local_pruning_ranks_within_each_layer():
