@@ -28,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.streaming = False
   config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir / dataset cache
   config.dataset.seed = 0           # generation / split seed of generated datasets
-  config.dataset.num_train = ml_collections.config_dict.placeholder(int)  # optional limit / size
+  config.dataset.num_train = ml_collections.config_dict.placeholder(int)  # first N examples (sum_of_two: size)
   config.dataset.num_test = ml_collections.config_dict.placeholder(int)
   config.dataset.train_range = (-1.0, 1.0)  # sum_of_two only
   config.dataset.test_range = (1.0, 2.0)    # sum_of_two only

@@ -206,6 +206,19 @@ def test_digits_split_is_deterministic_and_seeded():
     assert not np.array_equal(first.train_targets, other.train_targets)
 
 
+def test_digits_num_train_and_num_test_take_the_first_examples_of_each_split():
+    full = data.build(make_config(name="digits", seed=5))
+    limited = data.build(make_config(name="digits", seed=5, num_train=100, num_test=30))
+    assert (limited.num_train, limited.num_test) == (100, 30)
+    np.testing.assert_array_equal(limited.train_targets, full.train_targets[:100])
+    np.testing.assert_array_equal(limited.test_targets, full.test_targets[:30])
+    np.testing.assert_allclose(limited.train_inputs.mean(axis=0), 0.0, atol=1e-5)  # its own statistics
+    with pytest.raises(ValueError, match="dataset.num_test=5000 exceeds"):
+        data.build(make_config(name="digits", num_test=5000))
+    with pytest.raises(ValueError, match="dataset.num_train must be a positive integer"):
+        data.build(make_config(name="digits", num_train=0))
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
 def test_digits_rejects_bad_test_fraction(fraction):
     with pytest.raises(ValueError, match="dataset.test_fraction"):
@@ -236,6 +249,14 @@ def test_mnist1d_shapes_dtypes_labels_and_standardization(mnist1d_dataset):
     assert set(np.unique(dataset.train_targets)) == set(range(10))
     np.testing.assert_allclose(dataset.train_inputs.mean(axis=0), 0.0, atol=1e-5)
     np.testing.assert_allclose(dataset.train_inputs.std(axis=0), 1.0, atol=1e-4)
+
+
+def test_mnist1d_num_train_and_num_test_take_the_first_examples(mnist1d_dataset, mnist1d_cache_dir):
+    limited = data.build(make_config(name="mnist1d", seed=0, data_dir=str(mnist1d_cache_dir), num_train=500,
+                                     num_test=200))
+    assert (limited.num_train, limited.num_test) == (500, 200)
+    np.testing.assert_array_equal(limited.train_targets, mnist1d_dataset.train_targets[:500])
+    np.testing.assert_array_equal(limited.test_targets, mnist1d_dataset.test_targets[:200])
 
 
 def test_mnist1d_cache_is_written_atomically_and_reused(mnist1d_dataset, mnist1d_cache_dir, monkeypatch):

@@ -149,6 +149,18 @@ def read_positive_int(dataset_config: Mapping[str, Any], field: str, default: in
     return int(value)
 
 
+def first_examples(
+    inputs: np.ndarray, targets: np.ndarray, dataset_config: Mapping[str, Any], field: str, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first dataset.<field> (num_train / num_test) examples, or all of them when it is unset."""
+    limit = read_positive_int(dataset_config, field, None)
+    if limit is None:
+        return inputs, targets
+    if limit > len(targets):
+        raise ValueError(f"dataset.{field}={limit} exceeds the {len(targets)} examples of {name}")
+    return inputs[:limit], targets[:limit]
+
+
 def read_range(
     dataset_config: Mapping[str, Any], field: str, default: tuple[float, float]
 ) -> tuple[float, float]:

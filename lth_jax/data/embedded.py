@@ -15,6 +15,7 @@ import numpy as np
 
 from lth_jax.data.arrays import (
     ArrayDataset,
+    first_examples,
     read_fraction,
     read_seed,
     shuffled_split,
@@ -32,7 +33,8 @@ MNIST1D_ARRAY_NAMES = ("x", "y", "x_test", "y_test")
 
 
 def build_digits(dataset_config: Mapping[str, Any]) -> ArrayDataset:
-    """Builds sklearn's bundled 8x8 digits: 64 features in [0, 1], standardized with train statistics."""
+    """Builds sklearn's bundled 8x8 digits: 64 features in [0, 1], standardized with train statistics
+    (of the first dataset.num_train training examples when set; dataset.num_test likewise)."""
     from sklearn.datasets import load_digits  # Imported lazily: sklearn is slow to import.
 
     seed = read_seed(dataset_config)
@@ -41,14 +43,18 @@ def build_digits(dataset_config: Mapping[str, Any]) -> ArrayDataset:
     inputs = digits.data.astype(np.float32) / 16.0
     labels = digits.target.astype(np.int32)
     train_indices, test_indices = shuffled_split(len(labels), test_fraction, seed)
-    train_inputs, test_inputs = standardize_features(inputs[train_indices], inputs[test_indices])
+    train_inputs, train_targets = first_examples(
+        inputs[train_indices], labels[train_indices], dataset_config, "num_train", "digits' training split")
+    test_inputs, test_targets = first_examples(
+        inputs[test_indices], labels[test_indices], dataset_config, "num_test", "digits' test split")
+    train_inputs, test_inputs = standardize_features(train_inputs, test_inputs)
     return ArrayDataset(
         name="digits",
         task="classification",
         train_inputs=train_inputs,
-        train_targets=labels[train_indices],
+        train_targets=train_targets,
         test_inputs=test_inputs,
-        test_targets=labels[test_indices],
+        test_targets=test_targets,
         num_classes=NUM_CLASSES,
     )
 
@@ -135,17 +141,22 @@ def load_mnist1d_arrays(seed: int, cache_dir: pathlib.Path) -> dict[str, np.ndar
 
 
 def build_mnist1d(dataset_config: Mapping[str, Any]) -> ArrayDataset:
-    """Builds MNIST-1D (4000 train / 1000 test signals of length 40), standardized per feature."""
+    """Builds MNIST-1D (4000 train / 1000 test signals of length 40, or the first dataset.num_train /
+    num_test of them), standardized per feature with training statistics."""
     seed = read_seed(dataset_config)
     cache_dir = resolve_cache_dir(dataset_config.get("data_dir", None))
     arrays = load_mnist1d_arrays(seed, cache_dir)
-    train_inputs, test_inputs = standardize_features(arrays["x"], arrays["x_test"])
+    train_inputs, train_targets = first_examples(
+        arrays["x"], arrays["y"].astype(np.int32), dataset_config, "num_train", "MNIST-1D's training set")
+    test_inputs, test_targets = first_examples(
+        arrays["x_test"], arrays["y_test"].astype(np.int32), dataset_config, "num_test", "MNIST-1D's test set")
+    train_inputs, test_inputs = standardize_features(train_inputs, test_inputs)
     return ArrayDataset(
         name="mnist1d",
         task="classification",
         train_inputs=train_inputs,
-        train_targets=arrays["y"].astype(np.int32),
+        train_targets=train_targets,
         test_inputs=test_inputs,
-        test_targets=arrays["y_test"].astype(np.int32),
+        test_targets=test_targets,
         num_classes=NUM_CLASSES,
     )
