@@ -480,8 +480,10 @@ def prepare(config: ml_collections.ConfigDict) -> Experiment:
   example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example, train=False))
   param_shapes, _ = train_lib.split_variables(shapes)
+  layers = sorted({masks_lib.module_path(masks_lib.path_to_names(path))
+                   for path, _ in jax.tree_util.tree_flatten_with_path(param_shapes)[0]})
   validation.check_against_data(config, dataset.num_train,
-                                _layer_sizes(param_shapes, _prunable_from_config(param_shapes, config)))
+                                _layer_sizes(param_shapes, _prunable_from_config(param_shapes, config)), layers)
   try:
     parallel.check_batch_size(config.training.batch_size, mesh)
   except ValueError as error:
@@ -566,6 +568,14 @@ def _check_workdir(workdir: str) -> None:
     raise validation.WorkdirError(f'workdir {workdir}: cannot create or write there ({error})') from error
 
 
+def _holds_runs(workdir: str) -> bool:
+  """Whether `workdir` holds anything of a run: a record in results.jsonl or a checkpoint."""
+  results_path = os.path.join(workdir, RESULTS_FILE)
+  if os.path.exists(results_path) and os.path.getsize(results_path) > 0:
+    return True
+  return any(files for _, _, files in os.walk(os.path.join(workdir, 'checkpoints')))
+
+
 def _check_config_file(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool,
                        log: Callable[[str], None]) -> None:
   """Compares `config` with the one in WORKDIR/config.json (refusing a change that would make the
@@ -581,6 +591,9 @@ def _check_config_file(config: ml_collections.ConfigDict, workdir: str, allow_co
                                    'repair or delete it') from error
     defaults = validation.config_to_json(config_schema.base_config())
     changing, neutral = validation.config_differences(old, new, defaults)
+    if changing and not _holds_runs(workdir):
+      log(f'lth_jax: {path} is from a run that recorded nothing; replacing it with this config')
+      changing, neutral = [], []
     if changing and not allow_config_change:
       raise validation.ConfigError(
           f'{workdir} holds runs of a different config ({path}); fields that differ (old -> new):\n  '
@@ -611,9 +624,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   """
   experiment = prepare(config)
   _check_workdir(workdir)
+  trainer = experiment.trainer()  # built before WORKDIR/config.json is written
   _check_config_file(config, workdir, allow_config_change, log)
   config = experiment.config  # resolved: global batch size, lengths in steps
-  trainer = experiment.trainer()
   total_steps = experiment.total_steps
   plan = PruningPlan.from_config(config)
   records = results_lib.read_records(os.path.join(workdir, RESULTS_FILE))

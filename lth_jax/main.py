@@ -27,6 +27,7 @@ from lth_jax import data
 from lth_jax.data import embedded
 from lth_jax import lottery
 from lth_jax import parallel
+from lth_jax import results
 from lth_jax import validation
 
 PREEMPTED_EXIT_STATUS = 143  # 128 + SIGTERM, what a process killed by SIGTERM reports
@@ -77,7 +78,8 @@ def main(argv: list[str]) -> None:
   enable_compilation_cache(_COMPILATION_CACHE_DIR.value)
   try:
     lottery.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except (validation.ConfigError, data.DatasetNotPreparedError, checkpoints.CheckpointError) as error:
+  except (validation.ConfigError, data.DatasetNotPreparedError, checkpoints.CheckpointError,
+          results.CorruptResultsError) as error:
     sys.exit(f'lth_jax: {error}')
   except lottery.Preempted as error:
     print(f'lth_jax: {error}', file=sys.stderr, flush=True)

@@ -12,6 +12,10 @@ from typing import IO, Any, Iterable, Iterator, Sequence
 _logger = logging.getLogger(__name__)
 
 
+class CorruptResultsError(ValueError):
+  """A results file is damaged before its last line (not a torn append)."""
+
+
 def _parse_record(line: bytes) -> dict[str, Any]:
   """One line of a results file as a record; ValueError when it is not UTF-8 text of a JSON object."""
   record = json.loads(line.decode('utf-8'))
@@ -25,7 +29,7 @@ def read_records(path: str) -> list[dict[str, Any]]:
 
   A corrupt last line (an append torn by a crash, e.g. in a file written by an older version or by
   another tool) is skipped with a warning; a corrupt line before the last one is real damage and
-  raises ValueError naming the file and line.
+  raises CorruptResultsError (a ValueError) naming the file and line.
   """
   if not os.path.exists(path):
     return []
@@ -39,8 +43,9 @@ def read_records(path: str) -> list[dict[str, Any]]:
       if index == len(lines) - 1:
         _logger.warning('%s, line %d: skipping a truncated or corrupt last record (%s)', path, number, error)
       else:
-        raise ValueError(f'{path}, line {number}: corrupt record ({error}); only a torn last line is '
-                         'skipped, so this file is damaged') from error
+        raise CorruptResultsError(f'{path}, line {number}: corrupt record ({error}); only a torn last line '
+                                  'is skipped, so this file is damaged: repair or remove that line (its run '
+                                  'is redone)') from error
   return records
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import numbers
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 
 from lth_jax import branches as branches_lib
+from lth_jax import config_schema
 from lth_jax import data as data_lib
+from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
 from lth_jax import pruning
@@ -32,6 +35,11 @@ def _require(condition: bool, field: str, message: str, value: Any) -> None:
 
 def _is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+  """A finite real number (not a bool)."""
+  return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_fraction(field: str, value: Any) -> None:
@@ -60,10 +68,6 @@ EPOCH_TWINS = (('training', 'warmup_steps', 'warmup_epochs'),
                ('training', 'decay_boundaries', 'decay_epochs'),
                ('pruning', 'rewind_step', 'rewind_epoch'),
                ('pruning', 'turnaround_step', 'turnaround_epoch'))
-
-
-def _is_number(value: Any) -> bool:
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_epoch_twins(config: ml_collections.ConfigDict) -> None:
@@ -124,10 +128,28 @@ def resolve_epochs(config: ml_collections.ConfigDict, num_train: int) -> ml_coll
   return resolved
 
 
+# Fields whose keys are free (layer names).
+FREE_FIELDS = ('pruning.layer_fractions',)
+
+
+def check_known_fields(config: ml_collections.ConfigDict) -> None:
+  """Every field of `config` is one of lth_jax/config_schema.py (a misspelt field would be ignored)."""
+  known = _flatten(config_to_json(config_schema.base_config()))
+  for field in _flatten(config_to_json(config)):
+    if field in known or any(field == free or field.startswith(free + '.') for free in FREE_FIELDS):
+      continue
+    section = field.rsplit('.', 1)[0] if '.' in field else ''
+    siblings = sorted(name.rsplit('.', 1)[-1] for name in known
+                      if name.startswith(section + '.') and name.count('.') == field.count('.'))
+    raise ConfigError(f'{field}: unknown field' + (f'; {section} has: {", ".join(siblings)}' if siblings else '')
+                      + ' (see lth_jax/config_schema.py)')
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Static checks (no data, no model): names, ranges and types of every field the run reads."""
   for section in ('dataset', 'model', 'training', 'pruning'):
     _require(section in config, section, 'the config has no such section', None)
+  check_known_fields(config)
   _require(config.dataset.get('name') in data_lib.DATASET_NAMES, 'dataset.name',
            f'unknown dataset; known datasets: {", ".join(data_lib.DATASET_NAMES)}', config.dataset.get('name'))
   _require(config.model.get('name') in models_lib.MODEL_NAMES, 'model.name',
@@ -137,7 +159,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _require(config.model.get('conv_kernel_gradient', 'auto') in convolution.KERNEL_GRADIENTS,
            'model.conv_kernel_gradient', f'must be one of {", ".join(convolution.KERNEL_GRADIENTS)}',
            config.model.get('conv_kernel_gradient'))
-  _require(_is_int(config.get('seed', 0)), 'seed', 'must be an integer', config.get('seed'))
+  _require(_is_int(config.get('seed', 0)) and config.get('seed', 0) >= 0, 'seed', 'must be a non-negative integer',
+           config.get('seed'))
+  for field in ('hidden_sizes', 'dense_sizes'):
+    widths = config.model.get(field, ())
+    _require(isinstance(widths, (tuple, list)) and all(_is_int(width) and width >= 1 for width in widths),
+             f'model.{field}', 'must be a sequence of positive integers', widths)
+  _require(_is_int(config.model.get('hidden_size', 1)) and config.model.get('hidden_size', 1) >= 1,
+           'model.hidden_size', 'must be a positive integer', config.model.get('hidden_size'))
   _require(_is_int(config.get('trials', 1)) and config.get('trials', 1) >= 1, 'trials',
            'must be a positive integer', config.get('trials'))
 
@@ -146,8 +175,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            f'unknown optimizer; known: {", ".join(optim.OPTIMIZERS)}', training.get('optimizer'))
   _require(training.get('schedule', 'constant') in optim.SCHEDULES, 'training.schedule',
            f'unknown schedule; known: {", ".join(optim.SCHEDULES)}', training.get('schedule'))
-  _require(isinstance(training.get('learning_rate'), (int, float)) and training.learning_rate > 0,
-           'training.learning_rate', 'must be a positive number', training.get('learning_rate'))
+  _require(_is_number(training.get('learning_rate')) and training.learning_rate > 0,
+           'training.learning_rate', 'must be a positive finite number', training.get('learning_rate'))
+  momentum = training.get('momentum', 0.9)
+  _require(_is_number(momentum) and 0 <= momentum < 1, 'training.momentum', 'must be in [0, 1)', momentum)
+  decay_factor = training.get('decay_factor', 0.1)
+  _require(_is_number(decay_factor) and decay_factor > 0, 'training.decay_factor',
+           'must be a positive finite number (the step schedule multiplies the rate by it)', decay_factor)
+  eval_batch_size = training.get('eval_batch_size', 1000)
+  _require(_is_int(eval_batch_size) and eval_batch_size >= 1, 'training.eval_batch_size',
+           'must be a positive integer', eval_batch_size)
   per_device = config.get('parallel', {}).get('batch_per_device', 0) or 0
   _require(_is_int(per_device) and per_device >= 0, 'parallel.batch_per_device',
            'must be a non-negative integer (0: use training.batch_size)', per_device)
@@ -168,8 +205,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   dispatch = training.get('steps_per_dispatch', 64)
   _require(_is_int(dispatch) and dispatch >= 1, 'training.steps_per_dispatch', 'must be a positive integer',
            dispatch)
-  _require(isinstance(training.get('weight_decay', 0.0), (int, float)) and training.get('weight_decay', 0.0) >= 0,
-           'training.weight_decay', 'must be a non-negative number', training.get('weight_decay'))
+  _require(_is_number(training.get('weight_decay', 0.0)) and training.get('weight_decay', 0.0) >= 0,
+           'training.weight_decay', 'must be a non-negative finite number', training.get('weight_decay'))
   _require(isinstance(training.get('weight_decay_batch_norm', True), bool), 'training.weight_decay_batch_norm',
            'must be True or False', training.get('weight_decay_batch_norm'))
 
@@ -223,11 +260,37 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check_checkpointing(config)
 
 
+def _layer_list(layers: Sequence[str], limit: int = 12) -> str:
+  shown = ', '.join(list(layers)[:limit])
+  return shown + (f', ... ({len(layers)} in all)' if len(layers) > limit else '')
+
+
+def check_layer_selectors(pruning_config: ml_collections.ConfigDict, layers: Sequence[str],
+                          layer_sizes: Mapping[str, int]) -> None:
+  """Every `pruning.excluded_layers` entry must select a layer of the model (`layers`: the module
+  paths of all its parameters) and every `pruning.layer_fractions` key a prunable one (`layer_sizes`);
+  and a run that prunes needs prunable weights."""
+  _require(sum(layer_sizes.values()) > 0 or not pruning_config.get('levels', 0), 'pruning.levels',
+           'there is nothing to prune: pruning.prunable_parameters and pruning.excluded_layers leave no '
+           'prunable weight', pruning_config.get('levels'))
+  for selector in pruning_config.get('excluded_layers', ()) or ():
+    _require(any(masks_lib.selects_layer(selector, layer) for layer in layers), 'pruning.excluded_layers',
+             f'{selector!r} names no layer of the model (layers: {_layer_list(layers)})',
+             tuple(pruning_config.excluded_layers))
+  for selector in dict(pruning_config.get('layer_fractions') or {}):
+    _require(any(masks_lib.selects_layer(selector, layer) for layer in layer_sizes),
+             f'pruning.layer_fractions.{selector}', 'names no prunable layer of the model (prunable layers: '
+             f'{_layer_list(list(layer_sizes))})', pruning_config.layer_fractions[selector])
+
+
 def check_against_data(config: ml_collections.ConfigDict, num_train: int,
-                       layer_sizes: Mapping[str, int]) -> None:
+                       layer_sizes: Mapping[str, int], layers: Sequence[str] | None = None) -> None:
   """Checks that need the dataset size and the model's prunable layer sizes (still before training),
-  on a config whose epochs are resolved to steps (`resolve_epochs`)."""
+  on a config whose epochs are resolved to steps (`resolve_epochs`). With `layers` (the module paths
+  of every parameter), the layer selectors are checked as well (`check_layer_selectors`)."""
   training, pruning_config = config.training, config.pruning
+  if layers is not None:
+    check_layer_selectors(pruning_config, layers, layer_sizes)
   _require(training.batch_size <= num_train, 'training.batch_size',
            f'is larger than the training set ({num_train} examples)', training.batch_size)
   steps = total_steps(training, num_train)

@@ -60,6 +60,13 @@ def test_workdir_that_is_a_file_is_refused_with_a_message(tmp_path):
   assert f'lth_jax: workdir {workdir}: exists and is not a folder' in completed.stderr
 
 
+def test_damaged_results_file_is_refused_with_a_message_not_a_traceback(tmp_path):
+  (tmp_path / 'results.jsonl').write_text('{"trial": 0}\nnot json\n{"trial": 0}\n')
+  completed = _run_main('--config=configs/default.py', '--config.training.num_steps=10', workdir=tmp_path)
+  assert completed.returncode == 1
+  assert 'line 2: corrupt record' in completed.stderr and 'Traceback' not in completed.stderr
+
+
 def test_distributed_is_only_started_when_asked_or_launched_as_a_cluster():
   from lth_jax import parallel
 

@@ -28,6 +28,17 @@ from tests import helpers
     ({'training__schedule': 'zigzag'}, r"training.schedule='zigzag'"),
     ({'training__learning_rate': -1.0}, r'training.learning_rate=-1.0'),
     ({'training__batch_size': 0}, r'training.batch_size=0'),
+    ({'seed': -1}, r'seed=-1: must be a non-negative integer'),
+    ({'training__learning_rate': float('inf')}, r'training.learning_rate=inf: must be a positive finite number'),
+    ({'training__momentum': -3.0}, r'training.momentum=-3.0: must be in \[0, 1\)'),
+    ({'training__decay_factor': -1.0}, r'training.decay_factor=-1.0: must be a positive finite number'),
+    ({'training__eval_batch_size': 0}, r'training.eval_batch_size=0: must be a positive integer'),
+    ({'model__hidden_sizes': (300, -5)}, r'model.hidden_sizes=\(300, -5\): must be a sequence of positive'),
+    ({'training__foo': 3}, r'training.foo: unknown field; training has: batch_size'),
+    ({'pruning__layer_fractions': {'outptu': 0.1}},
+     r"pruning.layer_fractions.outptu=0.1: names no prunable layer of the model \(prunable layers: dense_0"),
+    ({'pruning__excluded_layers': ('dense_7',)}, r"pruning.excluded_layers=\('dense_7',\): 'dense_7' names no layer"),
+    ({'pruning__prunable_parameters': ('weights',)}, r'pruning.levels=2: there is nothing to prune'),
     ({'training__num_epochs': 3}, r'set exactly one of training.num_steps and training.num_epochs'),
     ({'branches': ('ticket', 'lucky')}, r"unknown branch 'lucky'"),
     ({'trials': 0}, r'trials=0'),
@@ -101,3 +112,19 @@ def test_batch_per_device_sets_the_global_batch():
   assert experiment.trainer().batch_size == 32
   config = helpers.tiny_config(training__batch_size=8, parallel__batch_per_device=4, parallel__num_devices=2)
   assert lottery.prepare(config).config.training.batch_size == 8
+
+
+def test_a_workdir_that_recorded_nothing_takes_a_corrected_config(tmp_path):
+  """A first attempt that wrote config.json and failed before any record does not lock the workdir."""
+  import json
+  workdir = tmp_path / 'work'
+  os.makedirs(workdir / 'checkpoints' / 'trial_0')  # folders of the failed start, no checkpoint in them
+  first, corrected = helpers.tiny_config(training__learning_rate=0.5), helpers.tiny_config()
+  lottery._check_config_file(first, str(workdir), False, log=lambda line: None)
+  lines = []
+  lottery._check_config_file(corrected, str(workdir), False, log=lines.append)
+  assert json.loads((workdir / 'config.json').read_text()) == validation.config_to_json(corrected)
+  assert 'recorded nothing' in lines[0]
+  (workdir / 'results.jsonl').write_text('{"trial": 0, "level": 0, "branch": "ticket"}\n')
+  with pytest.raises(validation.ConfigError, match='training.learning_rate: 0.003 -> 0.5'):
+    lottery._check_config_file(first, str(workdir), False, log=lambda line: None)
