@@ -16,13 +16,20 @@ the results is refused unless `allow_config_change`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import signal
+import socket
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+try:
+  import fcntl
+except ImportError:  # not on POSIX: runs sharing a workdir are not detected
+  fcntl = None
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +52,7 @@ from lth_jax import validation
 
 RESULTS_FILE = 'results.jsonl'
 CONFIG_FILE = 'config.json'
+LOCK_FILE = '.lock'
 Preempted = train_lib.Preempted
 
 
@@ -568,6 +576,38 @@ def _check_workdir(workdir: str) -> None:
     raise validation.WorkdirError(f'workdir {workdir}: cannot create or write there ({error})') from error
 
 
+@contextlib.contextmanager
+def workdir_lock(workdir: str, log: Callable[[str], None] = _print) -> Iterator[None]:
+  """Holds an exclusive lock on WORKDIR/.lock (process 0) while the block runs: a second run started
+  on the same workdir fails at once with a WorkdirError naming the holder, instead of both writing
+  checkpoints and records over each other. Released when the block ends or the process dies."""
+  if jax.process_index() != 0 or fcntl is None:
+    yield
+    return
+  path = os.path.join(workdir, LOCK_FILE)
+  with open(path, 'a+') as file:
+    try:
+      fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      file.seek(0)
+      holder = file.read().strip() or 'another process'
+      raise validation.WorkdirError(
+          f'workdir {workdir}: in use by another lth_jax run ({holder}); let it finish, stop it, or use '
+          'another --workdir') from None
+    except OSError as error:  # a file system without locks
+      log(f'lth_jax: warning: cannot lock {path} ({error}); make sure no other run uses this workdir')
+      yield
+      return
+    try:
+      file.seek(0)
+      file.truncate()
+      file.write(f'pid {os.getpid()} on {socket.gethostname()}, since {time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+      file.flush()
+      yield
+    finally:
+      fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+
+
 def _holds_runs(workdir: str) -> bool:
   """Whether `workdir` holds anything of a run: a record in results.jsonl or a checkpoint."""
   results_path = os.path.join(workdir, RESULTS_FILE)
@@ -625,6 +665,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   experiment = prepare(config)
   _check_workdir(workdir)
   trainer = experiment.trainer()  # built before WORKDIR/config.json is written
+  with workdir_lock(workdir, log):
+    return _run_locked(config, experiment, trainer, workdir, log, allow_config_change)
+
+
+def _run_locked(config: ml_collections.ConfigDict, experiment: 'Experiment', trainer: train_lib.Trainer,
+                workdir: str, log: Callable[[str], None], allow_config_change: bool) -> LotteryResults:
+  """`run` once the workdir is locked."""
   _check_config_file(config, workdir, allow_config_change, log)
   config = experiment.config  # resolved: global batch size, lengths in steps
   total_steps = experiment.total_steps

@@ -128,3 +128,14 @@ def test_a_workdir_that_recorded_nothing_takes_a_corrected_config(tmp_path):
   (workdir / 'results.jsonl').write_text('{"trial": 0, "level": 0, "branch": "ticket"}\n')
   with pytest.raises(validation.ConfigError, match='training.learning_rate: 0.003 -> 0.5'):
     lottery._check_config_file(first, str(workdir), False, log=lambda line: None)
+
+
+def test_a_workdir_in_use_by_another_run_is_refused_at_once(tmp_path):
+  workdir = tmp_path / 'work'
+  os.makedirs(workdir)
+  with lottery.workdir_lock(str(workdir)):
+    with pytest.raises(validation.WorkdirError, match=f'workdir {workdir}: in use by another lth_jax run \\(pid '):
+      lottery.run(helpers.tiny_config(), str(workdir), log=lambda line: None)
+    assert not (workdir / 'config.json').exists() and not (workdir / 'results.jsonl').exists()
+  with lottery.workdir_lock(str(workdir)):  # released: taken again
+    pass
