@@ -616,12 +616,26 @@ def _holds_runs(workdir: str) -> bool:
   return any(files for _, _, files in os.walk(os.path.join(workdir, 'checkpoints')))
 
 
+# Config values worked out before a run (global batch, lengths in steps), recorded in config.json.
+RESOLVED_FIELDS = {'training': ('batch_size', 'num_steps', 'warmup_steps', 'eval_every', 'decay_boundaries'),
+                   'pruning': ('rewind_step', 'turnaround_step')}
+
+
 def _check_config_file(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool,
-                       log: Callable[[str], None]) -> None:
+                       log: Callable[[str], None], resolved: ml_collections.ConfigDict | None = None) -> None:
   """Compares `config` with the one in WORKDIR/config.json (refusing a change that would make the
-  recorded runs disagree with the config, unless allowed) and writes it there (process 0)."""
+  recorded runs disagree with the config, unless allowed) and writes it there (process 0).
+
+  With `resolved` (the config with the global batch and the lengths in steps worked out for these
+  devices and this dataset), those values are recorded under 'resolved' and compared too: the same
+  `parallel.batch_per_device` on another number of devices is another global batch.
+  """
   path = os.path.join(workdir, CONFIG_FILE)
   new = validation.config_to_json(config)
+  if resolved is not None:
+    new['resolved'] = validation.config_to_json(ml_collections.ConfigDict(
+        {section: {field: resolved[section].get(field) for field in fields}
+         for section, fields in RESOLVED_FIELDS.items()}))
   if os.path.exists(path):
     try:
       with open(path) as file:
@@ -672,7 +686,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 def _run_locked(config: ml_collections.ConfigDict, experiment: 'Experiment', trainer: train_lib.Trainer,
                 workdir: str, log: Callable[[str], None], allow_config_change: bool) -> LotteryResults:
   """`run` once the workdir is locked."""
-  _check_config_file(config, workdir, allow_config_change, log)
+  _check_config_file(config, workdir, allow_config_change, log, resolved=experiment.config)
   config = experiment.config  # resolved: global batch size, lengths in steps
   total_steps = experiment.total_steps
   plan = PruningPlan.from_config(config)

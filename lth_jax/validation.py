@@ -367,7 +367,8 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any],
 
   Returns (differences that change results, other differences), each as 'field: old -> new' lines.
   A field missing from `old` whose new value is its default in `defaults` (a field added to the schema
-  after `old` was written, at the value that keeps the old behaviour) is no difference.
+  after `old` was written, at the value that keeps the old behaviour) is no difference; nor is a
+  'resolved.*' value (derived from the config, the devices and the data) that `old` did not record.
   """
   old_fields, new_fields = _flatten(old), _flatten(new)
   default_fields = _flatten(defaults) if defaults is not None else {}
@@ -377,6 +378,8 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any],
     if old_value == new_value:
       continue
     if field not in old_fields and field in default_fields and default_fields[field] == new_value:
+      continue
+    if field.startswith('resolved.') and (field not in old_fields or field not in new_fields):
       continue
     line = f'{field}: {json.dumps(old_value) if old_value is not _ABSENT else _ABSENT} -> ' \
            f'{json.dumps(new_value) if new_value is not _ABSENT else _ABSENT}'

@@ -139,3 +139,23 @@ def test_a_workdir_in_use_by_another_run_is_refused_at_once(tmp_path):
     assert not (workdir / 'config.json').exists() and not (workdir / 'results.jsonl').exists()
   with lottery.workdir_lock(str(workdir)):  # released: taken again
     pass
+
+
+def test_the_global_batch_is_recorded_and_a_different_one_is_refused(tmp_path):
+  """The same parallel.batch_per_device on another number of devices is another global batch."""
+  import copy
+  import json
+  config = helpers.tiny_config(parallel__batch_per_device=4, training__batch_size=0)
+  on_eight, on_four = copy.deepcopy(config), copy.deepcopy(config)
+  on_eight.training.batch_size, on_four.training.batch_size = 32, 16
+  workdir = str(tmp_path)
+  lottery._check_config_file(config, workdir, False, lambda line: None, resolved=on_eight)
+  written = json.loads((tmp_path / 'config.json').read_text())
+  assert written['resolved']['training']['batch_size'] == 32 and written['training']['batch_size'] == 0
+  (tmp_path / 'results.jsonl').write_text('{"trial": 0, "level": 0, "branch": "ticket"}\n')
+  with pytest.raises(validation.ConfigError, match=r'resolved.training.batch_size: 32 -> 16'):
+    lottery._check_config_file(config, workdir, False, lambda line: None, resolved=on_four)
+  # A config.json written before values were recorded resolved is compared on the config alone.
+  del written['resolved']
+  (tmp_path / 'config.json').write_text(json.dumps(written))
+  lottery._check_config_file(config, workdir, False, lambda line: None, resolved=on_four)
