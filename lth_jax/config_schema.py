@@ -96,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.report = ml_collections.ConfigDict()
   config.report.print_surviving_weights = False  # print the last level's surviving weights
+  config.report.progress_every_seconds = 60.0  # a progress line at least this often between evaluations
 
   # What a run writes to survive preemption and to be watched; never changes results, so a re-run
   # in the same workdir may change it (see README, "Resuming and preemption").

@@ -249,6 +249,8 @@ class _TrialRunner:
     checkpointing = config.get('checkpointing', {})
     self.checkpoint_every = int(checkpointing.get('every_steps', 0))
     self.max_to_keep = int(checkpointing.get('max_to_keep', 2))
+    self.progress_every_seconds = float(config.get('report', {}).get('progress_every_seconds', 60.0))
+    self._evaluation_seconds = 0.0  # how long the last evaluation took (for the ETA between them)
 
   def _done(self, level: int, branch: str) -> bool:
     done = any(record['trial'] == self.trial and record['level'] == level and record['branch'] == branch
@@ -278,13 +280,21 @@ class _TrialRunner:
     def progress(entry: dict[str, float]) -> None:
       metric = 'test_accuracy' if 'test_accuracy' in entry else 'test_rmse'
       step, speed = entry['step'], entry['examples_per_second']
+      self._evaluation_seconds = entry.get('evaluation_seconds', 0.0)
       eta = estimate_remaining_seconds(step, total, self.eval_every, self.trainer.batch_size, speed,
-                                       entry.get('evaluation_seconds', 0.0))
+                                       self._evaluation_seconds)
       train_loss = f' train_loss={entry["train_loss"]:.4g}' if 'train_loss' in entry else ''
       self.log(f'{label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
                f'{metric}={entry[metric]:.4g}{train_loss} | {_format_speed(speed)} examples/s | '
                f'ETA {_format_duration(eta)}')
       self.scalars.write(scalars_run, step, {key: value for key, value in entry.items() if key != 'step'})
+
+    def heartbeat(entry: dict[str, float]) -> None:
+      step, speed = entry['step'], entry['examples_per_second']
+      eta = estimate_remaining_seconds(step, total, self.eval_every, self.trainer.batch_size, speed,
+                                       self._evaluation_seconds)
+      self.log(f'{label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
+               f'| {_format_speed(speed)} examples/s | ETA {_format_duration(eta)}')
 
     with checkpoints.RunCheckpoints(self._running_dir(level, branch), self.max_to_keep) as running:
       restored = running.restore_latest(arrays_like)
@@ -298,7 +308,8 @@ class _TrialRunner:
             checkpoint_every=self.checkpoint_every,
             on_checkpoint=lambda checkpoint: running.save(checkpoint.step, checkpoint.arrays(),
                                                           checkpoint.metadata()),
-            should_stop=self.should_stop, on_snapshot=on_snapshot)
+            should_stop=self.should_stop, on_snapshot=on_snapshot, heartbeat=heartbeat,
+            heartbeat_seconds=self.progress_every_seconds)
       except train_lib.Preempted as error:
         running.wait()
         where = (f'checkpointed in {running.directory}/{error.step}' if error.checkpointed

@@ -378,7 +378,9 @@ class Trainer:
             eval_every: int = 0, progress: Callable[[dict[str, float]], None] | None = None, *,
             checkpoint_every: int = 0, on_checkpoint: Callable[[RunCheckpoint], None] | None = None,
             should_stop: Callable[[int], bool] | None = None,
-            on_snapshot: Callable[[int, tuple[Any, Any]], None] | None = None) -> TrainResult:
+            on_snapshot: Callable[[int, tuple[Any, Any]], None] | None = None,
+            heartbeat: Callable[[dict[str, float]], None] | None = None,
+            heartbeat_seconds: float = 60.0) -> TrainResult:
     """Trains from the state's step to `end_step`.
 
     Args:
@@ -399,6 +401,9 @@ class Trainer:
       should_stop: called with the current step between dispatches (no device sync); when it returns
         True, the current step is handed to `on_checkpoint` and `Preempted` is raised.
       on_snapshot: called with (step, host (params, model_state)) as each snapshot is taken.
+      heartbeat: progress between evaluations: after a dispatch that ends `heartbeat_seconds` or more
+        after the last evaluation or heartbeat, waits for that dispatch (one sync, not one per step)
+        and is called with {'step', 'examples_per_second' since the last report}.
     """
     started = time.perf_counter()
     if isinstance(state, RunCheckpoint):
@@ -429,6 +434,7 @@ class Trainer:
                            wall_seconds=wall_before + time.perf_counter() - started)
 
     current, segment_started = start_step, time.perf_counter()
+    reported_step, reported_at = current, segment_started  # the last progress report (evaluation or heartbeat)
     seeds = self._seeds(data_seed)
     if isinstance(self.feed, feeds_lib.StreamingFeed):
       self.feed.forget_streams(keep=seeds)
@@ -456,9 +462,16 @@ class Trainer:
               / max(trained - segment_started, 1e-9))
           entry['evaluation_seconds'] = now - trained
           segment_started, train_sums, train_sum_steps = now, self.zero_train_sums(state), 0
+          reported_step, reported_at = current, now
           curve.append(entry)
           if progress is not None:
             progress(entry)
+        elif heartbeat is not None and time.perf_counter() - reported_at >= heartbeat_seconds:
+          jax.block_until_ready(state.step)
+          now = time.perf_counter()
+          heartbeat({'step': current,
+                     'examples_per_second': (current - reported_step) * examples_per_step / max(now - reported_at, 1e-9)})
+          reported_step, reported_at = current, now
         if current == end_step:
           break
         stop = should_stop is not None and should_stop(current)

@@ -388,7 +388,10 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any],
 
 
 def check_checkpointing(config: ml_collections.ConfigDict) -> None:
-  """Checks the `checkpointing` section (optional: absent means the defaults)."""
+  """Checks the `checkpointing` section (optional: absent means the defaults) and the progress period."""
+  progress_every = config.get('report', {}).get('progress_every_seconds', 60.0)
+  _require(_is_number(progress_every) and progress_every >= 0, 'report.progress_every_seconds',
+           'must be a non-negative number of seconds', progress_every)
   checkpointing = config.get('checkpointing', {})
   every = checkpointing.get('every_steps', 0)
   _require(_is_int(every) and every >= 0, 'checkpointing.every_steps',

@@ -135,6 +135,17 @@ def test_one_shot_mode_prunes_from_the_dense_weights(tmp_path):
   assert tickets[2]['kept_weights'] == 512 + 128 + round(160 * 0.81)
 
 
+def test_progress_lines_come_between_evaluations_too(tmp_path):
+  config = helpers.tiny_config(pruning__levels=0, branches=(), training__eval_every=0,
+                               report__progress_every_seconds=0.0)
+  lines = []
+  lottery.run(config, str(tmp_path), log=lines.append)
+  heartbeats = [line for line in lines if 'examples/s | ETA' in line and 'test_accuracy' not in line]
+  # 60 steps, 16 per dispatch after the rewind snapshot at step 5; the end is the evaluation's line.
+  assert [line.split(': step ')[1].split(' ')[0] for line in heartbeats] == ['5/60', '21/60', '37/60', '53/60']
+  assert heartbeats[1].startswith('trial 0 level 0/0 ticket: step 21/60 (35%) | ')
+
+
 def test_sum_of_two_finds_the_blogs_winning_ticket(tmp_path):
   """configs/sum_of_two.py: a ticket of at most 4 weights matches the dense RMSE on [1, 2], while the
   permuted random ticket fails (the blog's finding)."""

@@ -109,6 +109,24 @@ def test_curve_has_an_entry_per_evaluation_and_metrics_are_sane():
   assert result.curve[-1]['train_loss'] < result.curve[0]['train_loss'] * 1.5
 
 
+def test_heartbeats_report_progress_between_evaluations_without_changing_training():
+  trainer = _trainer(8)
+  params, model_state = trainer.init_variables(seed=0)
+  quiet = trainer.train(trainer.create_state(params, model_state, masks_lib.ones_like(params), 0), 50, 0,
+                        eval_every=20)
+  beats = []
+  result = trainer.train(trainer.create_state(params, model_state, masks_lib.ones_like(params), 0), 50, 0,
+                         eval_every=20, heartbeat=beats.append, heartbeat_seconds=0.0)
+  # Every dispatch that is not an evaluation point (8 steps per dispatch; evaluations at 20, 40, 50).
+  assert [beat['step'] for beat in beats] == [8, 16, 28, 36, 48]
+  assert all(beat['examples_per_second'] > 0 for beat in beats)
+  chex.assert_trees_all_equal(parallel.to_host(result.state.params), parallel.to_host(quiet.state.params))
+  never = []
+  trainer.train(trainer.create_state(params, model_state, masks_lib.ones_like(params), 0), 50, 0,
+                eval_every=20, heartbeat=never.append, heartbeat_seconds=3600.0)
+  assert never == []
+
+
 def test_evaluation_ignores_padding():
   """The test set (360 digits) is padded to whole eval batches; padding must not count."""
   trainer = _trainer(8)
