@@ -4,17 +4,24 @@ checkpoints of the training run in progress.
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a checkpoint
 folder either holds a whole tree or does not exist. A checkpoint can still be damaged afterwards (a
 disk error, a truncated copy); `RunCheckpoints.restore_latest` then falls back to the previous one.
+Orbax's compressed chunks carry no checksum of their own, so every checkpoint also records a CRC-32
+of each array (`tree_checksums`), checked on restore: a flipped bit is an error, not a changed weight.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import zlib
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from lth_jax import results as results_lib
 
 _logger = logging.getLogger(__name__)
 
@@ -23,24 +30,59 @@ class CheckpointError(RuntimeError):
   """A checkpoint the run needs is missing or cannot be restored."""
 
 
+CHECKSUM_FILE = 'lth_jax_checksums.json'
+
+
+def _leaf_checksum(leaf: Any) -> str:
+  array = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+  return f'{array.dtype.str}{list(array.shape)}:{zlib.crc32(array.reshape(-1).view(np.uint8)):08x}'
+
+
+def tree_checksums(tree: Any) -> dict[str, str]:
+  """Each leaf's dtype, shape and CRC-32 of its bytes, keyed by its path in the tree."""
+  return {jax.tree_util.keystr(path): _leaf_checksum(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def verify_checksums(tree: Any, expected: dict[str, str], where: str) -> None:
+  """A CheckpointError naming the leaves of `tree` whose checksums differ from `expected`."""
+  actual = tree_checksums(tree)
+  differing = sorted(name for name in set(expected) | set(actual) if expected.get(name) != actual.get(name))
+  if differing:
+    raise CheckpointError(f'{where}: {len(differing)} array(s) differ from what was saved (checksum mismatch: '
+                          f'{", ".join(differing[:5])}{", ..." if len(differing) > 5 else ""}); the '
+                          'checkpoint is damaged')
+
+
 def save_tree(directory: str, tree: Any) -> None:
-  """Saves a tree of arrays to `directory` (replacing it), waiting until the write is committed."""
+  """Saves a tree of host arrays to `directory` (replacing it), waiting until the write is committed,
+  with the checksums of its arrays."""
+  directory = os.path.abspath(directory)
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(directory), tree, force=True)
+  checkpointer.save(directory, tree, force=True)
   checkpointer.wait_until_finished()
   checkpointer.close()
+  if jax.process_index() == 0:
+    with results_lib.atomic_open(os.path.join(directory, CHECKSUM_FILE)) as file:
+      json.dump(tree_checksums(tree), file)
 
 
 def restore_tree(directory: str, like: Any | None = None) -> Any:
-  """Restores the tree saved in `directory` (as numpy arrays shaped like `like`, when given)."""
+  """Restores the tree saved in `directory` (as numpy arrays shaped like `like`, when given) and
+  checks it against the saved checksums (a CheckpointError when it differs)."""
   directory = os.path.abspath(directory)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'no checkpoint at {directory}')
   checkpointer = ocp.StandardCheckpointer()
   try:
-    return checkpointer.restore(directory, like) if like is not None else checkpointer.restore(directory)
+    tree = checkpointer.restore(directory, like) if like is not None else checkpointer.restore(directory)
   finally:
     checkpointer.close()
+  checksum_path = os.path.join(directory, CHECKSUM_FILE)
+  if os.path.exists(checksum_path):  # absent in checkpoints written before checksums were kept
+    with open(checksum_path) as file:
+      verify_checksums(tree, json.load(file), directory)
+  return tree
 
 
 def remove(directory: str) -> None:
@@ -83,6 +125,7 @@ class RunCheckpoints:
     manager = self._open(create=True)
     if step in manager.all_steps():
       manager.delete(step)
+    metadata = {**metadata, 'checksums': tree_checksums(arrays)}
     manager.save(step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
                                                metadata=ocp.args.JsonSave(metadata)), force=True)
 
@@ -105,6 +148,8 @@ class RunCheckpoints:
           raise ValueError(f'its metadata names step {metadata.get("step") if isinstance(metadata, dict) else None}')
         arrays = manager.restore(
             step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(arrays_like(metadata))))['arrays']
+        if 'checksums' in metadata:
+          verify_checksums(arrays, metadata.pop('checksums'), path)
       except Exception as error:  # pylint: disable=broad-except  (orbax and tensorstore raise many types)
         older = [s for s in steps if s < step]
         _logger.warning('checkpoint %s cannot be restored (%s: %s); %s', path, type(error).__name__,

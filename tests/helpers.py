@@ -1,10 +1,14 @@
 """Small configs shared by the tests."""
 
+import os
+import shutil
+
 import flax.linen as nn
 import jax
 import ml_collections
 
 from lth_jax import config_schema
+from lth_jax.checkpoints import CHECKSUM_FILE
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
@@ -40,3 +44,17 @@ class BatchNormNet(nn.Module):
     hidden = nn.Dense(32, name='hidden_0')(inputs)
     hidden = nn.BatchNorm(use_running_average=not train, momentum=0.5, name='norm')(hidden)
     return nn.Dense(10, name='output')(nn.relu(hidden))
+
+
+def swap_checkpoint_arrays(source: str, target: str) -> None:
+  """Gives `target` the array files of `source` (same tree structure, other values), keeping the
+  rest of `target`: a checkpoint whose bytes changed without orbax noticing."""
+  for name in os.listdir(source):
+    if name in (CHECKSUM_FILE, 'metadata'):
+      continue
+    destination = os.path.join(target, name)
+    if os.path.isdir(destination):
+      shutil.rmtree(destination)
+      shutil.copytree(os.path.join(source, name), destination)
+    else:
+      shutil.copy(os.path.join(source, name), destination)

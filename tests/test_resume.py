@@ -341,6 +341,18 @@ def test_a_damaged_checkpoint_of_a_finished_level_is_an_error_naming_it(referenc
   assert 'level >= ' in str(raised.value) and 'delete that folder' in str(raised.value)
 
 
+def test_a_finished_level_checkpoint_with_changed_weights_is_an_error_not_other_results(reference, tmp_path):
+  """Damage orbax restores without complaint (here: level 1 holding level 0's arrays) is caught by the
+  checksums saved with the checkpoint."""
+  workdir = str(tmp_path / 'work')
+  shutil.copytree(reference, workdir)
+  trial_dir = os.path.join(workdir, 'checkpoints', 'trial_0')
+  helpers.swap_checkpoint_arrays(os.path.join(trial_dir, 'level_0'), os.path.join(trial_dir, 'level_1'))
+  config = helpers.tiny_config(**OVERRIDES, pruning__levels=3)
+  with pytest.raises(checkpoints.CheckpointError, match='checksum mismatch'):
+    lottery.run(config, workdir, log=_quiet)
+
+
 def test_the_trainer_continues_a_run_checkpoint_bitwise(tmp_path):
   """Stopped at step 38 (between evaluations, snapshots and checkpoints) and resumed: the same curve,
   snapshots and state as a run never stopped, through an orbax round trip of the RunCheckpoint."""
