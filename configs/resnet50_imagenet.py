@@ -18,7 +18,7 @@ per epoch at batch 1024; 112,590 steps, rewind step 7506, turnaround step 56,295
 Prepare ImageNet once (the tar files must be in DIR/downloads/manual):
     tfds build imagenet2012 --file_format=array_record --data_dir=DIR
     python -m lth_jax.main --config=configs/resnet50_imagenet.py --workdir=... --config.dataset.data_dir=DIR
-On a pod slice add --distributed (see README, "Running on a TPU pod / Colab TPU").
+On a pod slice add --distributed=yes (see README, "Running on a TPU pod / Colab TPU").
 """
 
 import ml_collections

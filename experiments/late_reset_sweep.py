@@ -14,6 +14,7 @@ Writes late_reset_table.csv, stability.jsonl, stability.csv and stability_vs_res
 
 import json
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -24,14 +25,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import lth_jax  # noqa: E402
+from lth_jax import lottery  # noqa: E402
 from lth_jax import results as results_lib  # noqa: E402
 from lth_jax import stability  # noqa: E402
 from experiments import common  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.', required=True)
-_RESET_STEPS = flags.DEFINE_list('reset_steps', ['0', '25', '100', '500'], 'Late-reset steps to compare.')
+_RESET_STEPS = flags.DEFINE_list('reset_steps', None,
+                                 'Late-reset steps to compare (default 0,25,100,500; --quick: 0,25,100).')
 _TRIALS = flags.DEFINE_integer('trials', 1, 'Trials per reset step for the accuracy table.')
-_STABILITY_LEVEL = flags.DEFINE_integer('stability_level', 5, 'Level whose ticket is measured (0: skip).')
+_STABILITY_LEVEL = flags.DEFINE_integer('stability_level', None,
+                                        'Level whose ticket is measured (0: skip; default 5, --quick: 2).')
 _QUICK = flags.DEFINE_bool('quick', False, 'A smoke-test-sized run.')
 
 
@@ -88,18 +92,28 @@ def main(argv):
   del argv
   common.quiet_logging()
   workdir = _WORKDIR.value
-  reset_steps = [int(step) for step in _RESET_STEPS.value]
-  records_by_reset, stability_results = {}, []
+  quick = _QUICK.value
+  default_steps = ['0', '25', '100'] if quick else ['0', '25', '100', '500']
+  reset_steps = [int(step) for step in _RESET_STEPS.value or default_steps]
+  stability_level = _STABILITY_LEVEL.value if _STABILITY_LEVEL.value is not None else (2 if quick else 5)
+  configs = {}
   for reset_step in reset_steps:
-    config = common.embedded_config(_QUICK.value, _TRIALS.value)
+    config = common.embedded_config(quick, _TRIALS.value)
     config.pruning.rewind_step = reset_step
-    config.pruning.levels = max(config.pruning.levels, _STABILITY_LEVEL.value)
+    config.pruning.levels = max(config.pruning.levels, stability_level)
     config.branches = ()
+    try:
+      lottery.prepare(config)  # every reset step is checked before anything trains
+    except lth_jax.ConfigError as error:
+      sys.exit(f'late_reset_sweep: reset step {reset_step}: {error}')
+    configs[reset_step] = config
+  records_by_reset, stability_results = {}, []
+  for reset_step, config in configs.items():
     run_dir = os.path.join(workdir, f'reset_{reset_step}')
     records_by_reset[reset_step] = lth_jax.run(config, run_dir).records
-    if _STABILITY_LEVEL.value:
+    if stability_level:
       measure_steps = range(0, config.training.num_steps, config.training.eval_every)
-      stability_results.append(stability.measure_lottery_ticket(config, run_dir, _STABILITY_LEVEL.value,
+      stability_results.append(stability.measure_lottery_ticket(config, run_dir, stability_level,
                                                                 measure_steps=measure_steps))
 
   header, rows = late_reset_table(records_by_reset)
@@ -111,7 +125,7 @@ def main(argv):
     common.write_text(os.path.join(workdir, 'stability.jsonl'),
                       ''.join(json.dumps(result.as_record()) + '\n' for result in stability_results))
     lines = ['reset_step,member,l2_distance,angle,correlation,test_metric']
-    print(f'\nstability at level {_STABILITY_LEVEL.value} (end of training)')
+    print(f'\nstability at level {stability_level} (end of training)')
     for result in stability_results:
       for name in ('ticket', 'random_ticket'):
         final = result.final[name]

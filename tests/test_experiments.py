@@ -37,3 +37,16 @@ def test_late_reset_sweep_writes_table_and_stability(tmp_path):
     assert set(entry['final']) == {'ticket', 'random_ticket'}
     assert 0.0 <= entry['final']['ticket']['angle'] <= 180.0
   assert (tmp_path / 'stability_vs_reset_step.png').stat().st_size > 0
+
+
+def test_late_reset_sweep_refuses_a_reset_step_past_the_end_before_training(tmp_path):
+  completed = _run('experiments.late_reset_sweep', f'--workdir={tmp_path}', '--quick', '--reset_steps=0,5000')
+  assert completed.returncode == 1
+  assert 'reset step 5000: pruning.rewind_step=5000: must be before the end of training' in completed.stderr
+  assert not os.listdir(tmp_path)  # nothing trained
+
+
+def test_lottery_sweep_quick_is_for_the_embedded_config_only(tmp_path):
+  completed = _run('experiments.lottery_sweep', f'--workdir={tmp_path}', '--quick',
+                   '--config=configs/sum_of_two.py')
+  assert completed.returncode != 0 and '--quick shrinks the embedded config' in completed.stderr

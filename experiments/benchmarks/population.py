@@ -1,7 +1,9 @@
 """Vmapped population vs sequential runs: examples/s of K members trained by one `jax.vmap`-ed step
 against the same K members trained one after the other (the same steps, measured in one process).
 
-    python -m experiments.benchmarks.population [--quick] [--model=lenet] [--members=1,2,4,8]
+    python -m experiments.benchmarks.population [--quick] [--members=1,2,4,8] [--batch_size=N] [--steps=N]
+
+The members are LeNet-300-100s on MNIST-1D-shaped random data.
 
 Prints one line per K: `population K=4 vmapped_examples_per_s=... sequential_examples_per_s=... ratio=...`.
 """
@@ -22,6 +24,7 @@ from lth_jax import models as models_lib
 from lth_jax import optim
 from lth_jax import parallel
 from lth_jax import train as train_lib
+from experiments import common
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Few steps: a smoke test of the benchmark itself.')
 _MEMBERS = flags.DEFINE_list('members', ['1', '2', '4', '8'], 'Population sizes K.')
@@ -83,6 +86,7 @@ def measure(members: int, steps: int, batch_size: int, repeats: int) -> dict[str
 
 def main(argv):
   del argv
+  common.quiet_logging()
   steps = 64 if _QUICK.value else _STEPS.value
   repeats = 1 if _QUICK.value else _REPEATS.value
   print(f'device={jax.devices()[0].platform} devices={jax.device_count()} model=lenet300_100 '
