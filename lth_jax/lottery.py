@@ -632,6 +632,13 @@ RESOLVED_FIELDS = {'training': ('batch_size', 'num_steps', 'warmup_steps', 'eval
                    'pruning': ('rewind_step', 'turnaround_step')}
 
 
+def check_workdir_config(config: ml_collections.ConfigDict, resolved: ml_collections.ConfigDict, workdir: str,
+                         log: Callable[[str], None] = _print) -> None:
+  """A ConfigError when `workdir` holds runs of a config whose results would differ from `config`'s
+  (`resolved`: the same config as `prepare` resolved it), as `run` checks before it continues them."""
+  _check_config_file(config, workdir, False, log, resolved)
+
+
 def _check_config_file(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool,
                        log: Callable[[str], None], resolved: ml_collections.ConfigDict | None = None) -> None:
   """Compares `config` with the one in WORKDIR/config.json (refusing a change that would make the
@@ -642,6 +649,10 @@ def _check_config_file(config: ml_collections.ConfigDict, workdir: str, allow_co
   `parallel.batch_per_device` on another number of devices is another global batch.
   """
   path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path) and _holds_runs(workdir) and not allow_config_change:
+    raise validation.ConfigError(
+        f'{workdir} holds runs but no {CONFIG_FILE}, so their config cannot be checked against this one; '
+        'put it back, use another --workdir, or --allow_config_change to record this config as theirs')
   new = validation.config_to_json(config)
   if resolved is not None:
     new['resolved'] = validation.config_to_json(ml_collections.ConfigDict(

@@ -29,6 +29,7 @@ from lth_jax import masks as masks_lib
 from lth_jax import parallel
 from lth_jax import pruning
 from lth_jax import train as train_lib
+from lth_jax import validation
 
 MEMBERS = ('full', 'ticket', 'random_ticket', 'full_other')
 
@@ -241,12 +242,20 @@ def measure_lottery_ticket(config: Any, workdir: str, level: int, trial: int = 0
   """
   from lth_jax import checkpoints, lottery  # a lottery run feeds this measurement
 
+  experiment = lottery.prepare(config)
+  levels, trials = int(config.pruning.get('levels', 0)), int(config.get('trials', 1))
+  if not (isinstance(level, int) and 1 <= level <= levels):
+    raise validation.ConfigError(f'level={level!r}: the ticket of a pruned level is measured, 1..{levels} '
+                                 '(pruning.levels)')
+  if not (isinstance(trial, int) and 0 <= trial < trials):
+    raise validation.ConfigError(f'trial={trial!r}: must be in 0..{trials - 1} (trials={trials})')
   level_dir = lottery.level_directory(workdir, trial, level)
   if not os.path.isdir(level_dir):
     lottery.run(config, workdir)
+  else:  # the level's mask must come from this config
+    lottery.check_workdir_config(config, experiment.config, workdir)
   if not os.path.isdir(level_dir):
     raise ValueError(f'the lottery run in {workdir} stopped before level {level} (see pruning.levels)')
-  experiment = lottery.prepare(config)
   single, population = experiment.trainer(), experiment.trainer(len(MEMBERS))
   init_seed, data_seed = lottery.trial_seeds(int(config.get('seed', 0)), trial)
   other_init_seed, other_data_seed = lottery.trial_seeds(int(config.get('seed', 0)) + 7919, trial)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lth_jax import data as data_lib
+from lth_jax import lottery
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
@@ -16,6 +17,7 @@ from lth_jax import parallel
 from lth_jax import pruning
 from lth_jax import stability
 from lth_jax import train as train_lib
+from lth_jax import validation
 from tests import helpers
 
 
@@ -147,3 +149,17 @@ def test_linear_mode_connectivity_of_identical_copies_has_no_barrier():
   different = stability.linear_mode_connectivity(pair, single, (params0, model_state0), ones, 0, 30, (4, 5), 5)
   assert len(different.errors) == 5 and different.barrier >= 0.0
   assert all(0.0 <= error <= 1.0 for error in different.errors)
+
+
+def test_measure_lottery_ticket_checks_level_trial_and_the_workdir_config_first(tmp_path):
+  config = helpers.tiny_config(pruning__levels=1, branches=())
+  with pytest.raises(validation.ConfigError, match=r'level=99: the ticket of a pruned level is measured, 1..1'):
+    stability.measure_lottery_ticket(config, str(tmp_path / 'none'), level=99)
+  with pytest.raises(validation.ConfigError, match=r'trial=3: must be in 0..0'):
+    stability.measure_lottery_ticket(config, str(tmp_path / 'none'), level=1, trial=3)
+  assert not (tmp_path / 'none').exists()  # refused before any run
+  workdir = str(tmp_path / 'run')
+  lottery.run(config, workdir, log=lambda line: None)
+  changed = helpers.tiny_config(pruning__levels=1, branches=(), training__learning_rate=0.05)
+  with pytest.raises(validation.ConfigError, match='training.learning_rate: 0.003 -> 0.05'):
+    stability.measure_lottery_ticket(changed, workdir, level=1)

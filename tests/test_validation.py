@@ -159,3 +159,11 @@ def test_the_global_batch_is_recorded_and_a_different_one_is_refused(tmp_path):
   del written['resolved']
   (tmp_path / 'config.json').write_text(json.dumps(written))
   lottery._check_config_file(config, workdir, False, lambda line: None, resolved=on_four)
+
+
+def test_a_workdir_with_runs_but_no_config_file_is_refused_unless_allowed(tmp_path):
+  (tmp_path / 'results.jsonl').write_text('{"trial": 0, "level": 0, "branch": "ticket"}\n')
+  with pytest.raises(validation.ConfigError, match='holds runs but no config.json'):
+    lottery._check_config_file(helpers.tiny_config(), str(tmp_path), False, log=lambda line: None)
+  lottery._check_config_file(helpers.tiny_config(), str(tmp_path), True, log=lambda line: None)
+  assert (tmp_path / 'config.json').exists()
