@@ -70,6 +70,20 @@ EPOCH_TWINS = (('training', 'warmup_steps', 'warmup_epochs'),
                ('pruning', 'turnaround_step', 'turnaround_epoch'))
 
 
+def _require_point(condition: bool, config: ml_collections.ConfigDict, section: str, step_field: str,
+                   message: str) -> None:
+  """`_require` for a point in training given in steps or (through its epochs twin) in epochs: the
+  error names the field the config set, with the step it resolved to."""
+  if condition:
+    return
+  epoch_field = next((epochs for sec, steps, epochs in EPOCH_TWINS if (sec, steps) == (section, step_field)), None)
+  epochs = config[section].get(epoch_field) if epoch_field else None
+  steps = config[section].get(step_field)
+  if epochs:
+    raise ConfigError(f'{section}.{epoch_field}={epochs!r} (step {steps}): {message}')
+  raise ConfigError(f'{section}.{step_field}={steps!r}: {message}')
+
+
 def _check_epoch_twins(config: ml_collections.ConfigDict) -> None:
   for section, step_field, epoch_field in EPOCH_TWINS:
     name = f'{section}.{epoch_field}'
@@ -295,15 +309,14 @@ def check_against_data(config: ml_collections.ConfigDict, num_train: int,
            f'is larger than the training set ({num_train} examples)', training.batch_size)
   steps = total_steps(training, num_train)
   rewind = pruning_config.get('rewind_step', 0)
-  _require(rewind < steps, 'pruning.rewind_step',
-           f'is past the end of training ({steps} steps)', rewind)
+  _require_point(rewind < steps, config, 'pruning', 'rewind_step', f'is past the end of training ({steps} steps)')
   turnaround = pruning_config.get('turnaround_step', 0) or 0
-  _require(turnaround <= steps, 'pruning.turnaround_step', f'is past the end of training ({steps} steps)',
-           turnaround)
-  _require(turnaround == 0 or turnaround > rewind, 'pruning.turnaround_step',
-           f'must come after the rewind step (pruning.rewind_step={rewind})', turnaround)
+  _require_point(turnaround <= steps, config, 'pruning', 'turnaround_step',
+                 f'is past the end of training ({steps} steps)')
+  _require_point(turnaround == 0 or turnaround > rewind, config, 'pruning', 'turnaround_step',
+                 f'must come after the rewind step (pruning.rewind_step={rewind})')
   warmup = training.get('warmup_steps', 0) or 0
-  _require(warmup <= steps, 'training.warmup_steps', f'is longer than training ({steps} steps)', warmup)
+  _require_point(warmup <= steps, config, 'training', 'warmup_steps', f'is longer than training ({steps} steps)')
   _require(steps > 0, 'training.num_epochs', 'gives no training steps', training.get('num_epochs'))
   for boundary in training.get('decay_boundaries', ()) or ():
     _require(_is_int(boundary) and 0 < boundary < steps, 'training.decay_boundaries',

@@ -44,7 +44,7 @@ from tests import helpers
     ({'trials': 0}, r'trials=0'),
     ({'pruning__scope': 'global', 'pruning__min_weights_per_layer': 2}, r'pruning.min_weights_per_layer=2'),
     ({'pruning__rewind_step': 0, 'pruning__rewind_epoch': 3.0},
-     r'pruning.rewind_step=132: is past the end of training \(60 steps\)'),
+     r'pruning.rewind_epoch=3.0 \(step 132\): is past the end of training \(60 steps\)'),
     ({'pruning__rewind_epoch': 0.5}, r'pruning.rewind_epoch=0.5: set either pruning.rewind_step'),
     ({'pruning__rewind_step': 0, 'pruning__rewind_epoch': 0.01}, r'pruning.rewind_epoch=0.01: is less than one step'),
     ({'pruning__rewind_step': 30, 'pruning__turnaround_step': 20}, r'pruning.turnaround_step=20: must come after'),
