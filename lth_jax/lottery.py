@@ -277,24 +277,22 @@ class _TrialRunner:
       return train_lib.RunCheckpoint.arrays_like(metadata, state, self.trainer.zero_train_sums(state),
                                                  (params, model_state))
 
+    def progress_line(step: int, speed: float, metrics: str) -> str:
+      eta = estimate_remaining_seconds(step, total, self.eval_every, self.trainer.batch_size, speed,
+                                       self._evaluation_seconds)
+      return (f'{label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
+              f'{metrics}| {_format_speed(speed)} examples/s | ETA {_format_duration(eta)}')
+
     def progress(entry: dict[str, float]) -> None:
       metric = 'test_accuracy' if 'test_accuracy' in entry else 'test_rmse'
-      step, speed = entry['step'], entry['examples_per_second']
       self._evaluation_seconds = entry.get('evaluation_seconds', 0.0)
-      eta = estimate_remaining_seconds(step, total, self.eval_every, self.trainer.batch_size, speed,
-                                       self._evaluation_seconds)
       train_loss = f' train_loss={entry["train_loss"]:.4g}' if 'train_loss' in entry else ''
-      self.log(f'{label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
-               f'{metric}={entry[metric]:.4g}{train_loss} | {_format_speed(speed)} examples/s | '
-               f'ETA {_format_duration(eta)}')
-      self.scalars.write(scalars_run, step, {key: value for key, value in entry.items() if key != 'step'})
+      self.log(progress_line(entry['step'], entry['examples_per_second'],
+                             f'{metric}={entry[metric]:.4g}{train_loss} '))
+      self.scalars.write(scalars_run, entry['step'], {key: value for key, value in entry.items() if key != 'step'})
 
-    def heartbeat(entry: dict[str, float]) -> None:
-      step, speed = entry['step'], entry['examples_per_second']
-      eta = estimate_remaining_seconds(step, total, self.eval_every, self.trainer.batch_size, speed,
-                                       self._evaluation_seconds)
-      self.log(f'{label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
-               f'| {_format_speed(speed)} examples/s | ETA {_format_duration(eta)}')
+    def heartbeat(entry: dict[str, float]) -> None:  # between evaluations: no metrics yet
+      self.log(progress_line(entry['step'], entry['examples_per_second'], ''))
 
     with checkpoints.RunCheckpoints(self._running_dir(level, branch), self.max_to_keep) as running:
       restored = running.restore_latest(arrays_like)

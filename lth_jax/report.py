@@ -84,7 +84,8 @@ def load(workdir: str) -> list[dict[str, Any]]:
     raise FileNotFoundError(f'workdir {workdir} does not exist (or is not a folder)')
   path = os.path.join(workdir, lottery.RESULTS_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'no results file {path}: run `python -m lth_jax.main --config=... --workdir={workdir}` first')
+    raise FileNotFoundError(f'no results file {path}: run `python -m lth_jax.main --config=... '
+                            f'--workdir={workdir}` first')
   return results_lib.read_records(path)
 
 

@@ -469,8 +469,8 @@ class Trainer:
         elif heartbeat is not None and time.perf_counter() - reported_at >= heartbeat_seconds:
           jax.block_until_ready(state.step)
           now = time.perf_counter()
-          heartbeat({'step': current,
-                     'examples_per_second': (current - reported_step) * examples_per_step / max(now - reported_at, 1e-9)})
+          speed = (current - reported_step) * examples_per_step / max(now - reported_at, 1e-9)
+          heartbeat({'step': current, 'examples_per_second': speed})
           reported_step, reported_at = current, now
         if current == end_step:
           break

@@ -142,7 +142,8 @@ def test_resnet50_imagenet_refuses_points_out_of_order():
     validation.check_against_data(validation.resolve_epochs(config, IMAGENET_TRAIN_SIZE), IMAGENET_TRAIN_SIZE, {})
   config = _imagenet_config()
   config.pruning.rewind_epoch = 91
-  with pytest.raises(validation.ConfigError, match=r'pruning.rewind_epoch=91 \(step 113841\): is past the end of training'):
+  with pytest.raises(validation.ConfigError,
+                     match=r'pruning.rewind_epoch=91 \(step 113841\): is past the end of training'):
     validation.check_against_data(validation.resolve_epochs(config, IMAGENET_TRAIN_SIZE), IMAGENET_TRAIN_SIZE, {})
   config = _imagenet_config()
   config.pruning.rewind_step = 100
