@@ -138,12 +138,13 @@ def test_resnet50_imagenet_schedule_at_full_scale(variant):
 def test_resnet50_imagenet_refuses_points_out_of_order():
   config = _imagenet_config()
   config.pruning.turnaround_epoch = 5
-  with pytest.raises(validation.ConfigError, match='pruning.turnaround_step=6255: must come after the rewind step'):
+  with pytest.raises(validation.ConfigError,
+                     match=r'pruning.turnaround_epoch=5.0 \(step 6255\): must come after the rewind step'):
     validation.check_against_data(validation.resolve_epochs(config, IMAGENET_TRAIN_SIZE), IMAGENET_TRAIN_SIZE, {})
   config = _imagenet_config()
   config.pruning.rewind_epoch = 91
   with pytest.raises(validation.ConfigError,
-                     match=r'pruning.rewind_epoch=91 \(step 113841\): is past the end of training'):
+                     match=r'pruning.rewind_epoch=91.0 \(step 113841\): is past the end of training'):
     validation.check_against_data(validation.resolve_epochs(config, IMAGENET_TRAIN_SIZE), IMAGENET_TRAIN_SIZE, {})
   config = _imagenet_config()
   config.pruning.rewind_step = 100

@@ -62,7 +62,8 @@ def test_workdir_that_is_a_file_is_refused_with_a_message(tmp_path):
 
 def test_damaged_results_file_is_refused_with_a_message_not_a_traceback(tmp_path):
   (tmp_path / 'results.jsonl').write_text('{"trial": 0}\nnot json\n{"trial": 0}\n')
-  completed = _run_main('--config=configs/default.py', '--config.training.num_steps=10', workdir=tmp_path)
+  completed = _run_main('--config=configs/default.py', '--config.training.num_steps=10', '--allow_config_change',
+                        workdir=tmp_path)
   assert completed.returncode == 1
   assert 'line 2: corrupt record' in completed.stderr and 'Traceback' not in completed.stderr
 

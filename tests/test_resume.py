@@ -223,6 +223,7 @@ def test_config_change_is_refused_with_the_differing_fields(reference, tmp_path)
   shutil.copytree(reference, workdir)
   with open(os.path.join(workdir, 'config.json')) as file:
     written = json.load(file)
+  assert written.pop('resolved')['training']['batch_size'] == 32
   assert written == validation.config_to_json(helpers.tiny_config(**OVERRIDES))
   changed = helpers.tiny_config(**OVERRIDES, training__learning_rate=0.01, pruning__fraction=0.4,
                                 dataset__seed=3)
