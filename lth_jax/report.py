@@ -77,6 +77,9 @@ class TrainingCurve:
   trials: int
 
 
+REQUIRED_FIELDS = ('trial', 'level', 'branch', 'fraction_remaining')  # and a test metric
+
+
 def load(workdir: str) -> list[dict[str, Any]]:
   """The records of `workdir/results.jsonl`; FileNotFoundError naming the path when either is missing,
   ValueError when a line before the last is corrupt."""
@@ -86,7 +89,14 @@ def load(workdir: str) -> list[dict[str, Any]]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'no results file {path}: run `python -m lth_jax.main --config=... '
                             f'--workdir={workdir}` first')
-  return results_lib.read_records(path)
+  records = results_lib.read_records(path)
+  for number, record in enumerate(records, start=1):
+    missing = [field for field in REQUIRED_FIELDS if field not in record]
+    if not ('test_accuracy' in record or 'test_rmse' in record):
+      missing.append('test_accuracy or test_rmse')
+    if missing:
+      raise ValueError(f'{path}: record {number} has no {", ".join(missing)} (not a record lth_jax wrote)')
+  return records
 
 
 def _branches(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -318,6 +328,8 @@ def main(argv: list[str]) -> None:
   matplotlib.use('Agg')
   workdir = flags.FLAGS.workdir
   output_dir = flags.FLAGS.output_dir or workdir
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    sys.exit(f'lth_jax.report: --output_dir={output_dir} exists and is not a folder')
   try:
     records = load(workdir)
   except (FileNotFoundError, ValueError) as error:

@@ -207,6 +207,11 @@ def test_load_names_a_missing_workdir_or_results_file(tmp_path):
     report.load(str(tmp_path))
   results.write_records(str(tmp_path / 'results.jsonl'), _accuracy_records())
   assert report.load(str(tmp_path)) == _accuracy_records()
+  damaged = _accuracy_records()
+  del damaged[1]['fraction_remaining'], damaged[1]['test_accuracy']
+  results.write_records(str(tmp_path / 'results.jsonl'), damaged)
+  with pytest.raises(ValueError, match='record 2 has no fraction_remaining, test_accuracy or test_rmse'):
+    report.load(str(tmp_path))
 
 
 def _start_report(*arguments):
@@ -221,8 +226,12 @@ def test_command_line_writes_the_report_and_names_a_missing_workdir(tmp_path):
   # Both processes at once: most of their time is importing JAX.
   writing = _start_report(f'--workdir={workdir}', f'--output_dir={output_dir}')
   failing = _start_report(f'--workdir={missing}')
+  to_a_file = _start_report(f'--workdir={workdir}', f'--output_dir={workdir / "results.jsonl"}')
   stdout, stderr = writing.communicate(timeout=120)
   failing_stdout, failing_stderr = failing.communicate(timeout=120)
+  _, to_a_file_stderr = to_a_file.communicate(timeout=120)
+  assert to_a_file.returncode == 1 and 'exists and is not a folder' in to_a_file_stderr
+  assert 'Traceback' not in to_a_file_stderr
 
   assert writing.returncode == 0, stderr[-3000:]
   assert sorted(os.listdir(output_dir)) == ['accuracy_vs_sparsity.png', 'sparsity_table.csv',
