@@ -86,6 +86,19 @@ def main(argv: list[str]) -> None:
     sys.exit(PREEMPTED_EXIT_STATUS)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a one-line message instead of a traceback for a --config.FIELD
+  override that names no field of the config (ml_collections raises AttributeError there)."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except AttributeError as error:
+    cause = error.args[0] if error.args else error
+    detail = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
+    overrides = ' '.join(argument for argument in argv[1:] if argument.startswith('--config.'))
+    sys.exit(f'lth_jax: unknown config field {" ".join(str(detail).split())} (in {overrides}; every field is '
+             'listed in lth_jax/config_schema.py)')
+
+
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
