@@ -61,8 +61,9 @@ def test_imagenet_pipeline_on_mock_data():
 
 
 def test_missing_imagenet_says_how_to_prepare_it(tmp_path):
-  with pytest.raises(DatasetNotPreparedError, match='tfds build imagenet2012 --file_format=array_record'):
+  with pytest.raises(DatasetNotPreparedError, match='tfds build imagenet2012 --file_format=array_record') as raised:
     pipeline.open_streaming('imagenet2012', str(tmp_path), seed=0, global_batch_size=8)
+  assert f'ILSVRC2012_img_val.tar in {tmp_path / "downloads" / "manual"} first' in str(raised.value)
 
 
 def test_unknown_streaming_dataset_and_bad_host_split():

@@ -75,10 +75,14 @@ def open_split(name: str, split: str, data_dir: str | None) -> Sequence[Any]:
     # KeyError ("splits is empty") when array_record is forced, FileNotFoundError for missing files.
     except (NotImplementedError, KeyError, FileNotFoundError) as error:
         shown_dir = data_dir or default_tfds_data_dir()
+        manual = (f"\n(ImageNet cannot be downloaded by tfds: put ILSVRC2012_img_train.tar and "
+                  f"ILSVRC2012_img_val.tar in {os.path.join(shown_dir, 'downloads', 'manual')} first.)"
+                  if name == "imagenet2012" else "")
         raise DatasetNotPreparedError(
             f"tfds dataset {name!r} (split {split!r}) is not prepared in array_record format under "
-            f"data_dir={shown_dir!r}. Prepare it with:\n  {prepare_command(name, shown_dir)}\n"
-            f"(tfds said: {type(error).__name__}: {error})"
+            f"data_dir={shown_dir!r}. Prepare it with:\n  {prepare_command(name, shown_dir)}{manual}\n"
+            f"(the tfds error behind this, which may describe the format it expected: "
+            f"{type(error).__name__}: {error})"
         ) from error
 
 
