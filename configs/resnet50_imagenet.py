@@ -63,6 +63,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   pruning.turnaround_epoch = 45
   config.branches = ('reinit',)
 
+  # One run at a time over the whole mesh: a ResNet-50 at batch 1024 fills a pod by itself.
+  config.parallel.members_per_program = 1
   config.checkpointing.every_steps = 1000  # about 0.8 epoch of work lost at most on preemption
   if variant == 'one_shot':
     pruning.mode = 'one_shot'            # level L prunes the epoch-45 weights to 0.8^L in one go

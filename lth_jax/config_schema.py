@@ -89,8 +89,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.branches = ('reinit',)
 
   config.parallel = ml_collections.ConfigDict()
-  # One mesh axis, 'data', over the devices: parameters replicated, every batch split over the devices.
+  # Two mesh axes, ('members', 'data'): the runs of a program (a population) are split over 'members',
+  # each run's batch over 'data'; one run alone is data parallel over every device (mesh 1 x N).
   config.parallel.num_devices = 0          # 0: every device of every host
+  # Runs trained together as one vmapped program. Each lottery level's runs not yet recorded (level 0:
+  # every trial's dense run; level L: trials x branches) form a cohort, split into programs of at most
+  # this many members. 1: one run at a time (data parallel over all devices); 0 (auto): whole cohorts,
+  # capped by an estimate of what fits in device memory. Results agree with one-run-at-a-time to float
+  # rounding, not bitwise, so a change is a config change (see README, "Population search").
+  config.parallel.members_per_program = 0
   config.parallel.batch_per_device = 0     # > 0: global batch = this x devices (then training.batch_size
                                            # must be 0 or that product)
 

@@ -39,8 +39,9 @@ class Feed(Protocol):
   def host_steps(self, seed: int, start_step: int, num_steps: int) -> Any:
     """This host's part of steps start_step .. start_step + num_steps - 1, leading axis the step."""
 
-  def put(self, tree: Any, batch_axis: int) -> Any:
-    """Places host trees (from `host_steps`, stacked) on the mesh, split along `batch_axis`."""
+  def put(self, tree: Any, batch_axis: int, member_axis: int | None = None) -> Any:
+    """Places host trees (from `host_steps`, stacked) on the mesh, split along `batch_axis` (and the
+    members of a population, axis `member_axis`, over the mesh's members)."""
 
   def batch(self, arrays: tuple, item: Any) -> tuple[jax.Array, jax.Array]:
     """Traced: one step's (inputs, targets) from `arrays` and that step's item."""
@@ -82,13 +83,16 @@ class ResidentFeed:
   """The training set on the devices; batches gathered in the program from host-computed indices."""
 
   def __init__(self, dataset: data_lib.ArrayDataset, mesh: jax.sharding.Mesh, batch_size: int,
-               eval_batch_size: int):
+               eval_batch_size: int, training_arrays: tuple[jax.Array, ...] | None = None):
     self.dataset, self.mesh, self.batch_size = dataset, mesh, batch_size
     self.num_train = dataset.num_train
     self.eval_batch_size = evaluation_batch_size(eval_batch_size, dataset.num_test, mesh.devices.size)
     replicated = parallel.replicated(mesh)
-    self.arrays = (jax.device_put(dataset.train_inputs, replicated),
-                   jax.device_put(dataset.train_targets, replicated))
+    if training_arrays is not None:  # another feed's copy on the same devices (another mesh shape)
+      self.arrays = tuple(jax.device_put(array, replicated) for array in training_arrays)
+    else:
+      self.arrays = (jax.device_put(dataset.train_inputs, replicated),
+                     jax.device_put(dataset.train_targets, replicated))
     self._test_batches = self._put_test_batches()
 
   def _put_test_batches(self) -> dict[str, jax.Array]:
@@ -108,8 +112,8 @@ class ResidentFeed:
     """Example indices (num_steps, batch) — the whole global batch on every host."""
     return data_lib.batch_indices(seed, start_step, num_steps, self.num_train, self.batch_size)
 
-  def put(self, tree: Any, batch_axis: int) -> Any:
-    return parallel.put_batch(tree, self.mesh, batch_axis)
+  def put(self, tree: Any, batch_axis: int, member_axis: int | None = None) -> Any:
+    return parallel.put_batch(tree, self.mesh, batch_axis, member_axis)
 
   @staticmethod
   def batch(arrays: tuple, item: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -158,8 +162,9 @@ class StreamingFeed:
     for seed in [seed for seed in self._streams if seed not in keep]:
       del self._streams[seed]
 
-  def put(self, tree: Any, batch_axis: int) -> Any:
-    return jax.tree_util.tree_map(lambda leaf: parallel.put_local_batch(leaf, self.mesh, batch_axis), tree)
+  def put(self, tree: Any, batch_axis: int, member_axis: int | None = None) -> Any:
+    return jax.tree_util.tree_map(lambda leaf: parallel.put_local_batch(leaf, self.mesh, batch_axis, member_axis),
+                                  tree)
 
   def batch(self, arrays: tuple, item: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     return self.evaluation_batch(item)
@@ -193,8 +198,11 @@ class StreamingFeed:
 
 
 def create(dataset: data_lib.Dataset, mesh: jax.sharding.Mesh, batch_size: int,
-           eval_batch_size: int) -> ResidentFeed | StreamingFeed:
-  """The feed for `dataset`: resident for an ArrayDataset, streaming for a StreamingDataset."""
+           eval_batch_size: int, like: Feed | None = None) -> ResidentFeed | StreamingFeed:
+  """The feed for `dataset`: resident for an ArrayDataset, streaming for a StreamingDataset. `like`,
+  a feed of the same dataset on another mesh of the same devices, lends its training set on the
+  devices instead of a second copy from the host."""
   if isinstance(dataset, data_lib.StreamingDataset):
     return StreamingFeed(dataset, mesh, batch_size, eval_batch_size)
-  return ResidentFeed(dataset, mesh, batch_size, eval_batch_size)
+  arrays = like.arrays if isinstance(like, ResidentFeed) and like.dataset is dataset else None
+  return ResidentFeed(dataset, mesh, batch_size, eval_batch_size, arrays)

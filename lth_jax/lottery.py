@@ -39,6 +39,7 @@ from jax.experimental import multihost_utils
 
 from lth_jax import branches as branches_lib
 from lth_jax import checkpoints
+from lth_jax import cohorts
 from lth_jax import config_schema
 from lth_jax import data as data_lib
 from lth_jax import masks as masks_lib
@@ -49,6 +50,8 @@ from lth_jax import pruning
 from lth_jax import results as results_lib
 from lth_jax import train as train_lib
 from lth_jax import validation
+
+from lth_jax.cohorts import estimate_remaining_seconds  # pylint: disable=unused-import  (public name)
 
 RESULTS_FILE = 'results.jsonl'
 CONFIG_FILE = 'config.json'
@@ -102,11 +105,11 @@ class PruningPlan:
                rewind_step=pruning_config.get('rewind_step', 0),
                turnaround_step=pruning_config.get('turnaround_step', 0) or 0)
 
-  def pruning_weights(self, result: train_lib.TrainResult) -> Any:
-    """The weights a run's mask is pruned from: at the turnaround step, or the final weights."""
+  def pruning_weights(self, snapshots: dict[int, tuple[Any, Any]], final_params: Any) -> Any:
+    """The weights a run's mask is pruned from: its snapshot at the turnaround step, or its final weights."""
     if self.turnaround_step:
-      return result.snapshots[self.turnaround_step][0]
-    return parallel.to_host(result.state.params)
+      return snapshots[self.turnaround_step][0]
+    return final_params
 
   def next_mask(self, level: int, ticket_params: Any, keep_mask: Any, dense_params: Any,
                 prunable: Any) -> Any:
@@ -162,32 +165,6 @@ def format_surviving_weights(params: Any, keep_mask: Any, prunable: Any, limit: 
   return '\n'.join(lines)
 
 
-def _format_duration(seconds: float) -> str:
-  """'42s', '3m05s', '2h07m'."""
-  seconds = int(round(max(seconds, 0.0)))
-  if seconds < 60:
-    return f'{seconds}s'
-  if seconds < 3600:
-    return f'{seconds // 60}m{seconds % 60:02d}s'
-  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
-
-
-def estimate_remaining_seconds(step: int, end_step: int, eval_every: int, batch_size: int,
-                               examples_per_second: float, evaluation_seconds: float) -> float:
-  """Time left in a run at `step`: its remaining steps at the training speed measured so far, plus
-  one evaluation (as long as the last) at each evaluation point still ahead (and at the end)."""
-  if step >= end_step:
-    return 0.0
-  training = (end_step - step) * batch_size / examples_per_second if examples_per_second > 0 else 0.0
-  evaluations = 1 + (len(range(step - step % eval_every + eval_every, end_step, eval_every)) if eval_every else 0)
-  return training + evaluations * evaluation_seconds
-
-
-def _format_speed(examples_per_second: float) -> str:
-  """'12,345' for fast runs, '0.731' for slow ones (a ResNet-50 on a CPU)."""
-  if examples_per_second >= 100:
-    return f'{examples_per_second:,.0f}'
-  return f'{examples_per_second:.3g}'
 
 
 class _Scalars:
@@ -229,133 +206,38 @@ class _Scalars:
         writer.close()
 
 
-class _TrialRunner:
-  """Runs (or resumes) the levels of one trial."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, trainer: train_lib.Trainer,
-               plan: PruningPlan, total_steps: int, trial: int, records: list[dict[str, Any]],
-               log: Callable[[str], None], should_stop: Callable[[int], bool] | None = None,
-               scalars: _Scalars | None = None):
-    self.config, self.workdir, self.trainer, self.plan = config, workdir, trainer, plan
-    self.total_steps, self.trial, self.records, self.log = total_steps, trial, records, log
-    self.should_stop, self.scalars = should_stop, scalars or _Scalars(None)
-    self.seed = int(config.get('seed', 0))
-    self.init_seed, self.data_seed = trial_seeds(self.seed, trial)
-    self.trial_dir = os.path.join(workdir, 'checkpoints', f'trial_{trial}')
-    self.results_path = os.path.join(workdir, RESULTS_FILE)
-    self.eval_every = int(config.training.get('eval_every', 0))
-    self.snip_batches = int(config.pruning.get('snip_batches', 1))
-    self.branch_names = ['ticket', *[name for name in config.get('branches', ()) if name != 'ticket']]
-    checkpointing = config.get('checkpointing', {})
-    self.checkpoint_every = int(checkpointing.get('every_steps', 0))
-    self.max_to_keep = int(checkpointing.get('max_to_keep', 2))
-    self.progress_every_seconds = float(config.get('report', {}).get('progress_every_seconds', 60.0))
-    self._evaluation_seconds = 0.0  # how long the last evaluation took (for the ETA between them)
+class _Trial:
+  """One trial's lottery state between levels: its seeds, W_0, the rewind point, and the ticket it
+  prunes the next level's mask from. Builds the members a level trains and takes their results."""
 
-  def _done(self, level: int, branch: str) -> bool:
-    done = any(record['trial'] == self.trial and record['level'] == level and record['branch'] == branch
-               for record in self.records)
+  def __init__(self, runner: '_LevelRunner', trial: int):
+    self.runner, self.trial = runner, trial
+    self.plan = runner.plan
+    self.init_seed, self.data_seed = trial_seeds(runner.seed, trial)
+    self.trial_dir = os.path.join(runner.workdir, 'checkpoints', f'trial_{trial}')
+    self.params0, self.model_state0 = runner.trainer.init_variables(self.init_seed)
+    self.prunable = _prunable_from_config(self.params0, runner.config)
+    self.keep_mask = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), self.params0)
+    self.rewind: tuple[Any, Any] | None = None     # (params, model_state) at the rewind step
+    self.dense_params: Any = None                  # what one-shot pruning prunes from
+    self.ticket_params: Any = None                 # what the next level's mask is pruned from
+    self.active = True
+    self.last_level: dict[str, tuple[dict[str, Any], Any, Any]] = {}
+
+  @property
+  def rewind_dir(self) -> str:
+    return os.path.join(self.trial_dir, 'rewind')
+
+  def level_dir(self, level: int) -> str:
+    return level_directory(self.runner.workdir, self.trial, level)
+
+  def done(self, level: int, branch: str) -> bool:
+    """Whether (this trial, level, branch) is recorded (then its leftover checkpoints go)."""
+    done = self.runner.recorded(self.trial, level, branch)
     if done:  # a run killed between writing its record and deleting its checkpoints left them behind
-      checkpoints.remove(self._running_dir(level, branch))
+      checkpoints.remove(running_directory(self.runner.workdir, self.trial, level, branch))
     return done
-
-  def _running_dir(self, level: int, branch: str) -> str:
-    return running_directory(self.workdir, self.trial, level, branch)
-
-  def _train(self, level: int, branch: str, params: Any, model_state: Any, keep_mask: Any,
-             start_step: int, snapshot_steps: tuple[int, ...] = (),
-             on_snapshot: Callable[[int, tuple[Any, Any]], None] | None = None) -> train_lib.TrainResult:
-    """Trains one run from its start, or from its newest good periodic checkpoint."""
-    state = self.trainer.create_state(params, model_state, keep_mask, start_step)
-    label = f'trial {self.trial} level {level}/{self.plan.levels} {branch}'
-    scalars_run = os.path.join(f'trial_{self.trial}', os.path.basename(self._running_dir(level, branch)))
-    total = self.total_steps
-
-    def arrays_like(metadata: dict[str, Any]) -> Any:
-      if not start_step < metadata['step'] < total:
-        raise ValueError(f'step {metadata["step"]} is outside this run ({start_step}..{total})')
-      return train_lib.RunCheckpoint.arrays_like(metadata, state, self.trainer.zero_train_sums(state),
-                                                 (params, model_state))
-
-    def progress_line(step: int, speed: float, metrics: str) -> str:
-      eta = estimate_remaining_seconds(step, total, self.eval_every, self.trainer.batch_size, speed,
-                                       self._evaluation_seconds)
-      return (f'{label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
-              f'{metrics}| {_format_speed(speed)} examples/s | ETA {_format_duration(eta)}')
-
-    def progress(entry: dict[str, float]) -> None:
-      metric = 'test_accuracy' if 'test_accuracy' in entry else 'test_rmse'
-      self._evaluation_seconds = entry.get('evaluation_seconds', 0.0)
-      train_loss = f' train_loss={entry["train_loss"]:.4g}' if 'train_loss' in entry else ''
-      self.log(progress_line(entry['step'], entry['examples_per_second'],
-                             f'{metric}={entry[metric]:.4g}{train_loss} '))
-      self.scalars.write(scalars_run, entry['step'], {key: value for key, value in entry.items() if key != 'step'})
-
-    def heartbeat(entry: dict[str, float]) -> None:  # between evaluations: no metrics yet
-      self.log(progress_line(entry['step'], entry['examples_per_second'], ''))
-
-    with checkpoints.RunCheckpoints(self._running_dir(level, branch), self.max_to_keep) as running:
-      restored = running.restore_latest(arrays_like)
-      start: train_lib.TrainState | train_lib.RunCheckpoint = state
-      if restored is not None:
-        start = train_lib.RunCheckpoint.from_parts(*restored)
-        self.log(f'{label}: resuming at step {start.step}/{total} from {running.directory}/{start.step}')
-      try:
-        return self.trainer.train(
-            start, total, self.data_seed, snapshot_steps, self.eval_every, progress,
-            checkpoint_every=self.checkpoint_every,
-            on_checkpoint=lambda checkpoint: running.save(checkpoint.step, checkpoint.arrays(),
-                                                          checkpoint.metadata()),
-            should_stop=self.should_stop, on_snapshot=on_snapshot, heartbeat=heartbeat,
-            heartbeat_seconds=self.progress_every_seconds)
-      except train_lib.Preempted as error:
-        running.wait()
-        where = (f'checkpointed in {running.directory}/{error.step}' if error.checkpointed
-                 else 'nothing to checkpoint')
-        raise train_lib.Preempted(f'{label}: stopped at step {error.step}/{total} on request (SIGTERM); '
-                                  f'{where}; run the same command again to continue',
-                                  error.step, error.checkpointed) from None
-      finally:
-        self.scalars.close(scalars_run)
-
-  def _record(self, level: int, branch: str, keep_mask: Any, prunable: Any,
-              result: train_lib.TrainResult, final_params: Any, start_step: int) -> dict[str, Any]:
-    final = result.curve[-1]
-    metric = 'test_accuracy' if 'test_accuracy' in final else 'test_rmse'
-    values = [entry[metric] for entry in result.curve]
-    record = {
-        'trial': self.trial, 'level': level, 'branch': branch,
-        'fraction_remaining': masks_lib.density(keep_mask, prunable),
-        'kept_weights': int(sum(masks_lib.count_per_layer(keep_mask, prunable).values())),
-        'nonzero_weights': masks_lib.nonzero_count(final_params, prunable),
-        'layer_density': masks_lib.density_per_layer(keep_mask, prunable),
-        metric: final[metric], 'test_loss': final['test_loss'],
-        f'best_{metric}': max(values) if metric == 'test_accuracy' else min(values),
-        'steps': self.total_steps - start_step, 'start_step': start_step, 'end_step': self.total_steps,
-        'curve': [{key: entry[key] for key in ('step', metric, 'test_loss', 'train_loss') if key in entry}
-                  for entry in result.curve],
-        'wall_seconds': result.wall_seconds, 'seed': self.seed,
-    }
-    if jax.process_index() == 0:
-      results_lib.append_record(self.results_path, record)
-    self.records.append(record)
-    # The record is what marks the run done: only now may its periodic checkpoints go.
-    checkpoints.remove(self._running_dir(level, branch))
-    self.scalars.write(os.path.join(f'trial_{self.trial}', 'levels'), level,
-                       {f'{branch}/{metric}': record[metric],
-                        f'{branch}/percent_remaining': 100 * record['fraction_remaining']})
-    return record
-
-  def _level_dir(self, level: int) -> str:
-    return level_directory(self.workdir, self.trial, level)
-
-  def _save_level(self, level: int, final_params: Any, pruning_params: Any, keep_mask: Any) -> None:
-    """Keeps a level's ticket for good: final weights, mask, and (with early turnaround) the weights
-    the next level prunes from."""
-    tree = {'params': final_params, 'mask': keep_mask}
-    if self.plan.turnaround_step:
-      tree['turnaround_params'] = pruning_params
-    checkpoints.save_tree(self._level_dir(level), tree)
 
   def _restore_finished(self, directory: str, like: Any, what: str, level: int) -> Any:
     """A checkpoint of a finished level, or a CheckpointError naming it and saying how to recover."""
@@ -366,87 +248,202 @@ class _TrialRunner:
       raise checkpoints.CheckpointError(
           f'{os.path.abspath(directory)}: cannot restore the {what} of trial {self.trial} (finished, '
           f'and needed by the levels after it): {message}. To recompute it, delete that folder and the '
-          f'records of trial {self.trial} with level >= {level} from {self.results_path}, then re-run; '
+          f'records of trial {self.trial} with level >= {level} from {self.runner.results_path}, then re-run; '
           f'or start over in a new workdir.') from error
 
-  def _restore_level(self, level: int, like_params: Any, like_mask: Any) -> tuple[Any, Any, Any]:
+  def _restore_level(self, level: int) -> tuple[Any, Any, Any]:
     """(final weights, weights to prune from, mask) of a finished level."""
-    like = {'params': like_params, 'mask': like_mask}
+    like = {'params': self.params0, 'mask': self.keep_mask}
     if self.plan.turnaround_step:
-      like['turnaround_params'] = like_params
-    tree = self._restore_finished(self._level_dir(level), like, f'level {level} ticket checkpoint', level)
+      like['turnaround_params'] = self.params0
+    tree = self._restore_finished(self.level_dir(level), like, f'level {level} ticket checkpoint', level)
     return tree['params'], tree.get('turnaround_params', tree['params']), tree['mask']
 
-  def run(self) -> None:
-    """Trains level 0, then prunes and retrains until the level count or target density."""
-    params0, model_state0 = self.trainer.init_variables(self.init_seed)
-    prunable = _prunable_from_config(params0, self.config)
-    keep_mask = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
+  def _save_level(self, level: int, final_params: Any, pruning_params: Any) -> None:
+    """Keeps a level's ticket for good: final weights, mask, and (with early turnaround) the weights
+    the next level prunes from."""
+    tree = {'params': final_params, 'mask': self.keep_mask}
+    if self.plan.turnaround_step:
+      tree['turnaround_params'] = pruning_params
+    checkpoints.save_tree(self.level_dir(level), tree)
+
+  def level_zero(self) -> list[cohorts.Member]:
+    """The dense run, or nothing when it is recorded (its rewind point and weights are restored)."""
     rewind_step = self.plan.rewind_step
-    rewind_dir = os.path.join(self.trial_dir, 'rewind')
+    if self.done(0, 'ticket'):
+      self.rewind = self._restore_finished(self.rewind_dir, (self.params0, self.model_state0),
+                                           f'rewind point (step {rewind_step})', 0)
+      _, self.dense_params, self.keep_mask = self._restore_level(0)
+      self.ticket_params = self.dense_params
+      self.runner.log(f'trial {self.trial} level 0: already done, restored from {self.level_dir(0)}')
+      return []
 
-    snapshot_steps = tuple(step for step in (self.plan.turnaround_step,) if step)
-    if self._done(0, 'ticket'):
-      rewind_params, rewind_model_state = self._restore_finished(
-          rewind_dir, (params0, model_state0), f'rewind point (step {rewind_step})', 0)
-      _, dense_params, keep_mask = self._restore_level(0, params0, keep_mask)
-      self.log(f'trial {self.trial} level 0: already done, restored from {self._level_dir(0)}')
-    else:
-      def save_rewind_point(step: int, snapshot: tuple[Any, Any]) -> None:
-        if step == rewind_step:  # at once: a run killed later in level 0 still has it
-          checkpoints.save_tree(rewind_dir, snapshot)
+    def save_rewind_point(step: int, snapshot: tuple[Any, Any]) -> None:
+      if step == rewind_step:  # at once: a run killed later in level 0 still has it
+        checkpoints.save_tree(self.rewind_dir, snapshot)
 
-      result = self._train(0, 'ticket', params0, model_state0, keep_mask, 0, (rewind_step, *snapshot_steps),
-                           on_snapshot=save_rewind_point)
-      rewind_params, rewind_model_state = result.snapshots[rewind_step]
-      final_params = parallel.to_host(result.state.params)
-      dense_params = self.plan.pruning_weights(result)
-      if not os.path.isdir(rewind_dir):  # resumed past the rewind step from a checkpoint that holds it
-        checkpoints.save_tree(rewind_dir, (rewind_params, rewind_model_state))
-      self._save_level(0, final_params, dense_params, keep_mask)
-      self._record(0, 'ticket', keep_mask, prunable, result, final_params, 0)
+    turnaround = tuple(step for step in (self.plan.turnaround_step,) if step)
+    return [cohorts.Member(self.trial, 0, 'ticket', self.params0, self.model_state0, self.keep_mask,
+                           self.data_seed, (rewind_step, *turnaround), save_rewind_point)]
 
-    ticket_params = dense_params
-    last_level: dict[str, tuple[dict[str, Any], Any, Any]] = {}
+  def prepare_level(self, level: int) -> None:
+    """Prunes this level's winning-ticket mask (or stops the trial when nothing is left to prune)."""
+    new_mask = self.plan.next_mask(level, self.ticket_params, self.keep_mask, self.dense_params, self.prunable)
+    if all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(new_mask),
+                                                 jax.tree_util.tree_leaves(self.keep_mask))):
+      self.runner.log(f'trial {self.trial} level {level}: no weight left to prune; stopping')
+      self.active = False
+      return
+    self.keep_mask = new_mask
+    if self.done(level, 'ticket'):
+      _, self.ticket_params, self.keep_mask = self._restore_level(level)
+
+  def member(self, level: int, branch: str) -> cohorts.Member:
+    """The starting point of one (level >= 1, branch) run of this trial."""
+    runner = self.runner
+    rewind_params, rewind_model_state = self.rewind
+    inputs = branches_lib.BranchInputs(
+        ticket_mask=self.keep_mask, rewind_params=rewind_params, rewind_model_state=rewind_model_state,
+        prunable=self.prunable, init_variables=runner.trainer.init_variables,
+        seed=_branch_seed(runner.seed, self.trial, level, 2 + runner.branch_names.index(branch)),
+        loss_gradients=lambda params, model_state: runner.trainer.mean_gradients(
+            params, model_state, self.data_seed, runner.snip_batches))
+    params, model_state, branch_mask = branches_lib.start(branch, inputs)
+    turnaround = tuple(step for step in (self.plan.turnaround_step,) if step)
+    return cohorts.Member(self.trial, level, branch, params, model_state, branch_mask, self.data_seed,
+                          turnaround if branch == 'ticket' else ())
+
+  def finish(self, result: cohorts.MemberResult) -> dict[str, Any]:
+    """Takes one member's result (keeping a ticket's level for good); returns its record (not yet written)."""
+    member = result.member
+    if member.level == 0:
+      self.rewind = result.snapshots[self.plan.rewind_step]
+      self.dense_params = self.plan.pruning_weights(result.snapshots, result.final_params)
+      if not os.path.isdir(self.rewind_dir):  # resumed past the rewind step from a checkpoint that holds it
+        checkpoints.save_tree(self.rewind_dir, self.rewind)
+      self.ticket_params = self.dense_params
+      self._save_level(0, result.final_params, self.dense_params)
+    elif member.branch == 'ticket':
+      self.ticket_params = self.plan.pruning_weights(result.snapshots, result.final_params)
+      self._save_level(member.level, result.final_params, self.ticket_params)
+    start_step = 0 if member.level == 0 else self.plan.rewind_step
+    record = self.runner.record(member, result, self.prunable, start_step)
+    self.last_level[member.branch] = (record, result.final_params, member.keep_mask)
+    return record
+
+
+class _LevelRunner:
+  """Runs (or resumes) every trial's levels, each level's unrecorded runs trained as a cohort."""
+
+  def __init__(self, experiment: 'Experiment', workdir: str, records: list[dict[str, Any]],
+               log: Callable[[str], None], should_stop: Callable[[int], bool] | None = None,
+               scalars: _Scalars | None = None):
+    config = experiment.config
+    self.config, self.experiment, self.workdir = config, experiment, workdir
+    self.trainer = experiment.trainer()
+    self.plan = PruningPlan.from_config(config)
+    self.total_steps, self.records, self.log = experiment.total_steps, records, log
+    self.scalars = scalars or _Scalars(None)
+    self.seed = int(config.get('seed', 0))
+    self.results_path = os.path.join(workdir, RESULTS_FILE)
+    self.snip_batches = int(config.pruning.get('snip_batches', 1))
+    self.branch_names = ['ticket', *[name for name in config.get('branches', ()) if name != 'ticket']]
+    self.members_per_program = experiment.members_per_program
+    checkpointing = config.get('checkpointing', {})
+    settings = cohorts.ProgramSettings(
+        end_step=self.total_steps, eval_every=int(config.training.get('eval_every', 0)),
+        checkpoint_every=int(checkpointing.get('every_steps', 0)),
+        max_to_keep=int(checkpointing.get('max_to_keep', 2)),
+        progress_every_seconds=float(config.get('report', {}).get('progress_every_seconds', 60.0)),
+        levels=self.plan.levels)
+    self.programs = cohorts.ProgramRunner(workdir, experiment.program_trainer, settings, log, should_stop,
+                                          self.scalars)
+
+  def recorded(self, trial: int, level: int, branch: str) -> bool:
+    return any(record['trial'] == trial and record['level'] == level and record['branch'] == branch
+               for record in self.records)
+
+  def record(self, member: cohorts.Member, result: cohorts.MemberResult, prunable: Any,
+             start_step: int) -> dict[str, Any]:
+    """The record of one finished run."""
+    final = result.curve[-1]
+    metric = 'test_accuracy' if 'test_accuracy' in final else 'test_rmse'
+    values = [entry[metric] for entry in result.curve]
+    return {
+        'trial': member.trial, 'level': member.level, 'branch': member.branch,
+        'fraction_remaining': masks_lib.density(member.keep_mask, prunable),
+        'kept_weights': int(sum(masks_lib.count_per_layer(member.keep_mask, prunable).values())),
+        'nonzero_weights': masks_lib.nonzero_count(result.final_params, prunable),
+        'layer_density': masks_lib.density_per_layer(member.keep_mask, prunable),
+        metric: final[metric], 'test_loss': final['test_loss'],
+        f'best_{metric}': max(values) if metric == 'test_accuracy' else min(values),
+        'steps': self.total_steps - start_step, 'start_step': start_step, 'end_step': self.total_steps,
+        'curve': [{key: entry[key] for key in ('step', metric, 'test_loss', 'train_loss') if key in entry}
+                  for entry in result.curve],
+        'wall_seconds': result.wall_seconds, 'seed': self.seed,
+    }
+
+  def _write(self, program: list[cohorts.Member], records: list[dict[str, Any]]) -> None:
+    """Appends a program's records in one atomic write, then deletes its periodic checkpoints."""
+    if jax.process_index() == 0:
+      results_lib.append_records(self.results_path, records)
+    self.records.extend(records)
+    # The records are what mark the runs done: only now may their periodic checkpoints go.
+    self.programs.remove_checkpoints(self.workdir, program)
+    for record in records:
+      metric = 'test_accuracy' if 'test_accuracy' in record else 'test_rmse'
+      self.scalars.write(os.path.join(f'trial_{record["trial"]}', 'levels'), record['level'],
+                         {f'{record["branch"]}/{metric}': record[metric],
+                          f'{record["branch"]}/percent_remaining': 100 * record['fraction_remaining']})
+
+  def _train_cohort(self, level: int, keys: list[tuple[int, str]],
+                    build: Callable[[int, str], cohorts.Member | None], trials: dict[int, _Trial]) -> None:
+    """Trains the unrecorded runs among `keys` ((trial, branch) of this level) in programs."""
+    start_step = 0 if level == 0 else self.plan.rewind_step
+    for group in cohorts.groups(keys, self.members_per_program):
+      program = [member for member in (build(trial, branch) for trial, branch in group) if member is not None]
+      if not program:
+        continue
+      results = self.programs.train(program, start_step)
+      records = [trials[result.member.trial].finish(result) for result in results]
+      self._write(program, records)
+
+  def run(self, num_trials: int) -> None:
+    """Level 0 of every trial as one cohort, then each pruning level's trials x branches as one."""
+    trials = {trial: _Trial(self, trial) for trial in range(num_trials)}
+    level_zero = {trial: state.level_zero() for trial, state in trials.items()}
+    self._train_cohort(0, [(trial, 'ticket') for trial in trials],
+                       lambda trial, branch: (level_zero[trial] or [None])[0], trials)
     for level in range(1, self.plan.levels + 1):
-      new_mask = self.plan.next_mask(level, ticket_params, keep_mask, dense_params, prunable)
-      if all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(new_mask),
-                                                   jax.tree_util.tree_leaves(keep_mask))):
-        self.log(f'trial {self.trial} level {level}: no weight left to prune; stopping')
+      active = [state for state in trials.values() if state.active]
+      for state in active:
+        state.prepare_level(level)
+      active = [state for state in active if state.active]
+      if not active:
         break
-      keep_mask = new_mask
-      inputs = branches_lib.BranchInputs(
-          ticket_mask=keep_mask, rewind_params=rewind_params, rewind_model_state=rewind_model_state,
-          prunable=prunable, init_variables=self.trainer.init_variables, seed=0,
-          loss_gradients=lambda params, model_state: self.trainer.mean_gradients(
-              params, model_state, self.data_seed, self.snip_batches))
-      for index, branch in enumerate(self.branch_names):
-        if self._done(level, branch):
-          if branch == 'ticket':
-            _, ticket_params, keep_mask = self._restore_level(level, params0, keep_mask)
-          continue
-        branch_inputs = dataclasses.replace(inputs, seed=_branch_seed(self.seed, self.trial, level, 2 + index))
-        params, model_state, branch_mask = branches_lib.start(branch, branch_inputs)
-        result = self._train(level, branch, params, model_state, branch_mask, rewind_step,
-                             snapshot_steps if branch == 'ticket' else ())
-        final_params = parallel.to_host(result.state.params)
-        if branch == 'ticket':
-          ticket_params = self.plan.pruning_weights(result)
-          self._save_level(level, final_params, ticket_params, keep_mask)
-        record = self._record(level, branch, branch_mask, prunable, result, final_params, rewind_step)
-        last_level[branch] = (record, final_params, branch_mask)
-      if self.plan.reached_target(masks_lib.density(keep_mask, prunable)):
-        self.log(f'trial {self.trial} level {level}: target density reached; stopping')
-        break
-    running = os.path.join(self.trial_dir, 'running')
+      keys = [(state.trial, branch) for state in active for branch in self.branch_names]
+      self._train_cohort(
+          level, keys,
+          lambda trial, branch: None if trials[trial].done(level, branch) else trials[trial].member(level, branch),
+          trials)
+      for state in active:
+        if self.plan.reached_target(masks_lib.density(state.keep_mask, state.prunable)):
+          self.log(f'trial {state.trial} level {level}: target density reached; stopping')
+          state.active = False
+    for state in trials.values():
+      running = os.path.join(state.trial_dir, 'running')
+      if jax.process_index() == 0 and os.path.isdir(running) and not os.listdir(running):
+        os.rmdir(running)
+    running = os.path.join(self.workdir, 'checkpoints', 'running')
     if jax.process_index() == 0 and os.path.isdir(running) and not os.listdir(running):
       os.rmdir(running)
     if self.config.get('report', {}).get('print_surviving_weights', False):
-      for branch, (record, final_params, branch_mask) in last_level.items():
-        metric = 'test_accuracy' if 'test_accuracy' in record else 'test_rmse'
-        self.log(f'trial {self.trial} level {record["level"]} {branch}: {record["kept_weights"]} weights '
-                 f'kept, {metric}={record[metric]:.6g}\n'
-                 + format_surviving_weights(final_params, branch_mask, prunable))
+      for state in trials.values():
+        for branch, (record, final_params, branch_mask) in state.last_level.items():
+          metric = 'test_accuracy' if 'test_accuracy' in record else 'test_rmse'
+          self.log(f'trial {state.trial} level {record["level"]} {branch}: {record["kept_weights"]} weights '
+                   f'kept, {metric}={record[metric]:.6g}\n'
+                   + format_surviving_weights(final_params, branch_mask, state.prunable))
 
 
 def _print(message: str) -> None:
@@ -461,15 +458,42 @@ class Experiment:
   config: ml_collections.ConfigDict
   dataset: data_lib.Dataset
   model: Any
-  mesh: jax.sharding.Mesh
+  mesh: jax.sharding.Mesh   # the mesh of one run alone: 1 x N (data parallel) where the batch divides
   total_steps: int
+  members_per_program: int = 1  # parallel.members_per_program, resolved (0 = auto becomes a number)
+  _trainers: dict[tuple[int, int], train_lib.Trainer] = dataclasses.field(default_factory=dict, repr=False)
+
+  def _build_trainer(self, population_size: int, groups: int) -> train_lib.Trainer:
+    key = (population_size, groups)
+    if key not in self._trainers:
+      training = self.config.training
+      mesh = self.mesh if groups == parallel.member_groups(self.mesh) else parallel.create_mesh(
+          self.config.get('parallel', {}).get('num_devices', 0), groups)
+      like = next(iter(self._trainers.values())).feed if self._trainers else None
+      self._trainers[key] = train_lib.Trainer(
+          self.model, self.dataset, optim.from_config(training, self.total_steps), mesh, training.batch_size,
+          training.get('steps_per_dispatch', 64), training.get('eval_batch_size', 1000), population_size,
+          feed_like=like)
+    return self._trainers[key]
 
   def trainer(self, population_size: int = 0) -> train_lib.Trainer:
-    """A Trainer for this experiment (with a member axis of `population_size` when > 0)."""
-    training = self.config.training
-    return train_lib.Trainer(self.model, self.dataset, optim.from_config(training, self.total_steps), self.mesh,
-                             training.batch_size, training.get('steps_per_dispatch', 64),
-                             training.get('eval_batch_size', 1000), population_size)
+    """The Trainer of this experiment for one run, or for a population of exactly `population_size`
+    members (> 0) spread over the mesh's member groups (built once, then reused)."""
+    if not population_size:
+      return self._build_trainer(0, parallel.member_groups(self.mesh))
+    layout = parallel.member_layout(population_size, self.mesh.devices.size, self.config.training.batch_size,
+                                    _local_device_counts(self))
+    groups = layout[0] if layout and layout[1] == population_size else parallel.member_groups(self.mesh)
+    return self._build_trainer(population_size, groups)
+
+  def program_trainer(self, num_members: int) -> tuple[train_lib.Trainer, int]:
+    """(Trainer, member slots) of a cohort program of `num_members` runs: the one-run Trainer for a
+    single run whose batch divides the devices, else a population laid out by `parallel.member_layout`
+    (slots beyond `num_members` are padding)."""
+    if num_members == 1 and parallel.member_groups(self.mesh) == 1:
+      return self.trainer(), 1
+    groups, slots = cohorts.layout(num_members, self)
+    return self._build_trainer(slots, groups), slots
 
   def prunable(self, params: Any) -> Any:
     """The prunable-leaf tree of `params` under this config."""
@@ -481,8 +505,9 @@ def prepare(config: ml_collections.ConfigDict) -> Experiment:
   model and mesh; the experiment's config is resolved (global batch, epochs as steps). No training
   happens here."""
   validation.check_config(config)
+  num_devices = config.get('parallel', {}).get('num_devices', 0)
   try:
-    mesh = parallel.create_mesh(config.get('parallel', {}).get('num_devices', 0))
+    mesh = parallel.create_mesh(num_devices)
   except ValueError as error:
     raise validation.ConfigError(str(error)) from error
   config = validation.resolve_batch_size(config, mesh.devices.size)
@@ -501,12 +526,35 @@ def prepare(config: ml_collections.ConfigDict) -> Experiment:
                    for path, _ in jax.tree_util.tree_flatten_with_path(param_shapes)[0]})
   validation.check_against_data(config, dataset.num_train,
                                 _layer_sizes(param_shapes, _prunable_from_config(param_shapes, config)), layers)
+  requested = config.get('parallel', {}).get('members_per_program', 0)
+  if requested != 1:  # a run alone may need member groups where its batch does not divide the devices
+    layout = parallel.member_layout(1, mesh.devices.size, config.training.batch_size,
+                                    _local_device_counts(mesh=mesh, dataset=dataset))
+    if layout is not None and layout[0] > 1:
+      mesh = parallel.create_mesh(num_devices, layout[0])
   try:
     parallel.check_batch_size(config.training.batch_size, mesh)
   except ValueError as error:
-    raise validation.ConfigError(str(error)) from error
-  return Experiment(config=config, dataset=dataset, model=model, mesh=mesh,
-                    total_steps=validation.total_steps(config.training, dataset.num_train))
+    raise validation.ConfigError(str(error) + ('' if requested == 1 else
+                                               ' (or parallel.members_per_program)')) from error
+  experiment = Experiment(config=config, dataset=dataset, model=model, mesh=mesh,
+                          total_steps=validation.total_steps(config.training, dataset.num_train))
+  experiment.members_per_program = cohorts.resolve_members_per_program(experiment)
+  return experiment
+
+
+def _local_device_counts(experiment: 'Experiment | None' = None, mesh: jax.sharding.Mesh | None = None,
+                         dataset: data_lib.Dataset | None = None) -> tuple[int, ...] | None:
+  """Every host's device count in the mesh when member groups must stay within hosts (streamed data
+  on several hosts: each host reads its slice of every member's batch), else None."""
+  mesh = experiment.mesh if experiment is not None else mesh
+  dataset = experiment.dataset if experiment is not None else dataset
+  if jax.process_count() == 1 or not isinstance(dataset, data_lib.StreamingDataset):
+    return None
+  counts: dict[int, int] = {}
+  for device in mesh.devices.flat:
+    counts[device.process_index] = counts.get(device.process_index, 0) + 1
+  return tuple(counts.values())
 
 
 def trial_seeds(seed: int, trial: int) -> tuple[int, int]:
@@ -698,13 +746,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   """
   experiment = prepare(config)
   _check_workdir(workdir)
-  trainer = experiment.trainer()  # built before WORKDIR/config.json is written
+  experiment.trainer()  # built before WORKDIR/config.json is written
   with workdir_lock(workdir, log):
-    return _run_locked(config, experiment, trainer, workdir, log, allow_config_change)
+    return _run_locked(config, experiment, workdir, log, allow_config_change)
 
 
-def _run_locked(config: ml_collections.ConfigDict, experiment: 'Experiment', trainer: train_lib.Trainer,
-                workdir: str, log: Callable[[str], None], allow_config_change: bool) -> LotteryResults:
+def _run_locked(config: ml_collections.ConfigDict, experiment: 'Experiment', workdir: str,
+                log: Callable[[str], None], allow_config_change: bool) -> LotteryResults:
   """`run` once the workdir is locked."""
   _check_config_file(config, workdir, allow_config_change, log, resolved=experiment.config)
   config = experiment.config  # resolved: global batch size, lengths in steps
@@ -721,9 +769,7 @@ def _run_locked(config: ml_collections.ConfigDict, experiment: 'Experiment', tra
   stop = StopRequest()
   stop.install()
   try:
-    for trial in range(config.get('trials', 1)):
-      _TrialRunner(config, workdir, trainer, plan, total_steps, trial, records, log, should_stop=stop,
-                   scalars=scalars).run()
+    _LevelRunner(experiment, workdir, records, log, should_stop=stop, scalars=scalars).run(config.get('trials', 1))
   finally:
     stop.restore()
     scalars.close()

@@ -80,7 +80,12 @@ def write_records(path: str, records: Iterable[dict[str, Any]]) -> None:
 
 def append_record(path: str, record: dict[str, Any]) -> None:
   """Adds one record to the results file without ever leaving it half written."""
-  write_records(path, [*read_records(path), record])
+  append_records(path, [record])
+
+
+def append_records(path: str, records: Sequence[dict[str, Any]]) -> None:
+  """Adds records to the results file in one atomic write: all of them, or (after a crash) none."""
+  write_records(path, [*read_records(path), *records])
 
 
 def test_metric_name(records: Sequence[dict[str, Any]]) -> str:

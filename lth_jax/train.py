@@ -191,15 +191,20 @@ class Trainer:
 
   The same Trainer serves every level, branch and trial, so nothing recompiles between them.
   With `population_size=K > 0`, every tree of the state has a leading member axis of size K and one
-  `jax.vmap`-ed step trains the K members in lockstep, each on its own batch order (stability
-  experiments, several trials in one program).
+  `jax.vmap`-ed step trains the K members in lockstep, each on its own batch order (a lottery level's
+  cohort, stability experiments). The members are split over the mesh's 'members' axis (K must be a
+  multiple of its size) and each member's batch over its 'data' axis.
   """
 
   def __init__(self, model: nn.Module, dataset: data_lib.Dataset,
                optimizer: optax.GradientTransformationExtraArgs, mesh: jax.sharding.Mesh,
                batch_size: int, steps_per_dispatch: int = 64, eval_batch_size: int = 1000,
-               population_size: int = 0):
+               population_size: int = 0, feed_like: feeds_lib.Feed | None = None):
     parallel.check_batch_size(batch_size, mesh)
+    groups = parallel.member_groups(mesh)
+    if (population_size or 1) % groups:
+      raise ValueError(f'a population of {population_size} members does not divide over the {groups} member '
+                       'groups of the mesh')
     self.population_size = population_size
     self.model = model
     self.dataset = dataset
@@ -208,9 +213,11 @@ class Trainer:
     self.mesh = mesh
     self.batch_size = batch_size
     self.steps_per_dispatch = max(1, steps_per_dispatch)
-    self.feed = feeds_lib.create(dataset, mesh, batch_size, eval_batch_size)
+    self.feed = feeds_lib.create(dataset, mesh, batch_size, eval_batch_size, like=feed_like)
     self.eval_batch_size = self.feed.eval_batch_size
     replicated = parallel.replicated(mesh)
+    # Where the state lives: replicated for one run, split over the 'members' axis for a population.
+    self._state_sharding = state_sharding = parallel.member_sharded(mesh) if population_size else replicated
     feed = self.feed
 
     step = functools.partial(train_step, model=model, optimizer=optimizer, task=self.task)
@@ -218,7 +225,7 @@ class Trainer:
     member_axes = 1 if population_size else 0  # leading axes before the batch axis
     if population_size:
       step = jax.vmap(step)
-      batch_sharding = parallel.batch_sharded(mesh, 1)
+      batch_sharding = parallel.batch_sharded(mesh, 1, member_axis=0)
 
     def constrained_batch(arrays, item):
       inputs, targets = feed.batch(arrays, item)
@@ -250,9 +257,9 @@ class Trainer:
 
     self._train_chunk = jax.jit(
         train_chunk,
-        in_shardings=(replicated, replicated, replicated,
-                      parallel.batch_sharded(mesh, 1 + member_axes), replicated),
-        out_shardings=(replicated, replicated),
+        in_shardings=(state_sharding, state_sharding, replicated,
+                      parallel.batch_sharded(mesh, 1 + member_axes, 1 if population_size else None), replicated),
+        out_shardings=(state_sharding, state_sharding),
         donate_argnums=(0, 1))
     inputs_shape, targets_shape = feed.batch_shapes(batch_size)
     self._sums_shape = lambda state: jax.eval_shape(step, state, *(
@@ -296,7 +303,7 @@ class Trainer:
     self._init_program = jax.jit(lambda key: model.init(key, example, train=False))
     # One compiled program instead of one eager op per optimizer-state leaf.
     self._init_optimizer = jax.jit(jax.vmap(optimizer.init) if population_size else optimizer.init,
-                                   out_shardings=replicated)
+                                   out_shardings=state_sharding)
     self._init = None
 
   def init_variables(self, seed: int) -> tuple[Any, Any]:
@@ -314,15 +321,20 @@ class Trainer:
 
     For a population, every tree carries the leading member axis (see `stack_members`).
     """
-    params = parallel.put_replicated(params, self.mesh)
+    params = self._put_state(params)
     if opt_state is None:
       opt_state = self._init_optimizer(params)
-    steps = jnp.full((self.population_size,), step, jnp.int32) if self.population_size else step
-    state = TrainState(step=jnp.asarray(steps, jnp.int32), params=params,
-                       model_state=parallel.put_replicated(model_state, self.mesh),
-                       opt_state=parallel.put_replicated(opt_state, self.mesh),
-                       keep_mask=parallel.put_replicated(keep_mask, self.mesh))
-    return parallel.put_replicated(state, self.mesh)
+    steps = np.full((self.population_size,), step, np.int32) if self.population_size else np.int32(step)
+    state = TrainState(step=self._put_state(steps), params=params, model_state=self._put_state(model_state),
+                       opt_state=self._put_state(opt_state), keep_mask=self._put_state(keep_mask))
+    # Once more as a whole: a copy that shares no buffer with the caller's arrays (train donates it).
+    return self._put_state(state)
+
+  def _put_state(self, tree: Any) -> Any:
+    """Places a state tree on the mesh: replicated, or split over the members of a population."""
+    if self.population_size:
+      return parallel.put_member_sharded(tree, self.mesh)
+    return parallel.put_replicated(tree, self.mesh)
 
   def fresh_optimizer_state(self, params: Any) -> Any:
     """The optimizer's initial state for one member's params, on the host."""
@@ -335,11 +347,10 @@ class Trainer:
 
   def evaluate_params(self, params: Any, model_state: Any) -> dict[str, Any]:
     """Test metrics of any parameters (host or device trees shaped like the state's)."""
-    params = parallel.put_replicated(params, self.mesh)
-    model_state = parallel.put_replicated(model_state, self.mesh)
-    totals = parallel.put_replicated(jax.tree_util.tree_map(
-        lambda shape: np.zeros(shape.shape, shape.dtype), self._evaluation_sums_shape(params, model_state)),
-        self.mesh)
+    params = self._put_state(params)
+    model_state = self._put_state(model_state)
+    totals = self._put_state(jax.tree_util.tree_map(
+        lambda shape: np.zeros(shape.shape, shape.dtype), self._evaluation_sums_shape(params, model_state)))
     for group in self.feed.evaluation_groups():
       totals = self._evaluate(params, model_state, totals, group)
     return summarize(self.task, jax.device_get(totals), 'test')
@@ -364,14 +375,17 @@ class Trainer:
     [members,]); the unused tail of the chunk is zeros. Members with the same seed share one read."""
     by_seed = {seed: self.feed.host_steps(seed, start_step, num_steps) for seed in dict.fromkeys(seeds)}
     items = feeds_lib.stack([by_seed[seed] for seed in seeds], 1) if self.population_size else by_seed[seeds[0]]
-    return self.feed.put(feeds_lib.pad_steps(items, self.steps_per_dispatch), 2 if self.population_size else 1)
+    items = feeds_lib.pad_steps(items, self.steps_per_dispatch)
+    if self.population_size:
+      return self.feed.put(items, 2, member_axis=1)
+    return self.feed.put(items, 1)
 
   def zero_train_sums(self, state: TrainState) -> Any:
     """Zero metric sums on the mesh, shaped like one train step's sums for `state`."""
     if self._zero_sums is None:
       self._zero_sums = jax.tree_util.tree_map(lambda shape: np.zeros(shape.shape, shape.dtype),
                                                self._sums_shape(state))
-    return parallel.put_replicated(self._zero_sums, self.mesh)
+    return self._put_state(self._zero_sums)
 
   def train(self, state: TrainState | RunCheckpoint, end_step: int, data_seed: int | Sequence[int],
             snapshot_steps: Sequence[int] = (),
@@ -408,7 +422,7 @@ class Trainer:
     started = time.perf_counter()
     if isinstance(state, RunCheckpoint):
       resumed = state
-      state, train_sums = resumed.state, parallel.put_replicated(resumed.train_sums, self.mesh)
+      state, train_sums = resumed.state, self._put_state(resumed.train_sums)
       train_sum_steps, curve, snapshots = resumed.train_sum_steps, list(resumed.curve), dict(resumed.snapshots)
       wall_before = resumed.wall_seconds
     else:

@@ -266,6 +266,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _require(name in branches_lib.BRANCH_NAMES, 'branches',
              f'unknown branch {name!r}; known branches: {", ".join(branches_lib.BRANCH_NAMES)}',
              tuple(config.branches))
+  members = config.get('parallel', {}).get('members_per_program', 0)
+  _require(_is_int(members) and members >= 0, 'parallel.members_per_program',
+           'must be a non-negative integer (1: one run at a time; 0: as many as fit in memory)', members)
   _require(_is_int(config.get('parallel', {}).get('num_devices', 0)), 'parallel.num_devices',
            'must be an integer (0: all devices)', config.get('parallel', {}).get('num_devices'))
   _require(isinstance(config.dataset.get('streaming', False), bool), 'dataset.streaming', 'must be True or False',

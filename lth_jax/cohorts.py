@@ -1,0 +1,342 @@
+"""Cohorts: the training runs of one lottery level trained together, as one population program.
+
+Every (trial, branch) run of a level starts at the same step and trains the same steps, so the runs
+that are not yet recorded form a cohort, trained in programs of at most `parallel.members_per_program`
+members. A program of K > 1 members is one `jax.vmap`-ed Trainer over a ('members', 'data') mesh
+(`parallel.member_layout` picks its shape); a program of one member is the plain data-parallel Trainer,
+exactly as runs were trained one after another. Each member keeps its own weights, mask, optimizer
+state and batch order (its trial's seed), so it sees the batches its run alone would see.
+
+A program is checkpointed like a single run (periodically, and at the current step on SIGTERM) in
+`WORKDIR/checkpoints/running/level_L_<members>`; the checkpoint names its members, and a re-run
+resumes it only for the same members. One member's program keeps the single-run folder
+`checkpoints/trial_T/running/level_L_BRANCH`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from lth_jax import checkpoints
+from lth_jax import memory
+from lth_jax import optim
+from lth_jax import parallel
+from lth_jax import train as train_lib
+from lth_jax import validation
+
+
+@dataclasses.dataclass
+class Member:
+  """One training run of a cohort: where it starts (host trees) and what it is."""
+  trial: int
+  level: int
+  branch: str
+  params: Any
+  model_state: Any
+  keep_mask: Any
+  data_seed: int
+  snapshot_steps: tuple[int, ...] = ()
+  # Called with (step, host (params, model_state)) as each of this member's snapshots is taken.
+  on_snapshot: Callable[[int, tuple[Any, Any]], None] | None = None
+
+  @property
+  def key(self) -> str:
+    """'t0-ticket': the member's name in a program's checkpoint."""
+    return f't{self.trial}-{self.branch}'
+
+
+@dataclasses.dataclass
+class MemberResult:
+  """What training produced for one member."""
+  member: Member
+  final_params: Any                        # host tree
+  snapshots: dict[int, tuple[Any, Any]]    # step -> host (params, model_state)
+  curve: list[dict[str, Any]]              # one entry per evaluation: step, train_loss, test metrics
+  wall_seconds: float                      # the program's training time (shared by its members)
+
+
+def format_duration(seconds: float) -> str:
+  """'42s', '3m05s', '2h07m'."""
+  seconds = int(round(max(seconds, 0.0)))
+  if seconds < 60:
+    return f'{seconds}s'
+  if seconds < 3600:
+    return f'{seconds // 60}m{seconds % 60:02d}s'
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+
+
+def estimate_remaining_seconds(step: int, end_step: int, eval_every: int, batch_size: int,
+                               examples_per_second: float, evaluation_seconds: float) -> float:
+  """Time left in a run at `step`: its remaining steps at the training speed measured so far, plus
+  one evaluation (as long as the last) at each evaluation point still ahead (and at the end)."""
+  if step >= end_step:
+    return 0.0
+  training = (end_step - step) * batch_size / examples_per_second if examples_per_second > 0 else 0.0
+  evaluations = 1 + (len(range(step - step % eval_every + eval_every, end_step, eval_every)) if eval_every else 0)
+  return training + evaluations * evaluation_seconds
+
+
+def format_speed(examples_per_second: float) -> str:
+  """'12,345' for fast runs, '0.731' for slow ones (a ResNet-50 on a CPU)."""
+  if examples_per_second >= 100:
+    return f'{examples_per_second:,.0f}'
+  return f'{examples_per_second:.3g}'
+
+
+def describe(members: Sequence[Member]) -> str:
+  """'trials 0-3 x ticket, reinit' (or the list of members when they are not a full grid)."""
+  trials = sorted({member.trial for member in members})
+  branches = list(dict.fromkeys(member.branch for member in members))
+  if len(trials) * len(branches) == len(members):
+    span = (f'trial {trials[0]}' if len(trials) == 1 else
+            f'trials {trials[0]}-{trials[-1]}' if trials == list(range(trials[0], trials[-1] + 1)) else
+            'trials ' + ','.join(map(str, trials)))
+    return f'{span} x {", ".join(branches)}'
+  return ', '.join(member.key for member in members)
+
+
+def _summary(values: Sequence[float]) -> str:
+  """'0.8123 [0.7912, 0.8311]': the mean over members and their range."""
+  return f'{float(np.mean(values)):.4g} [{min(values):.4g}, {max(values):.4g}]'
+
+
+def running_directory(workdir: str, members: Sequence[Member]) -> str:
+  """Where the periodic checkpoints of a program in progress are kept: the single-run folder
+  `checkpoints/trial_T/running/level_L_BRANCH` for one member, else
+  `checkpoints/running/level_L_<first member>_<count>_<digest of the member names>`."""
+  if len(members) == 1:
+    member = members[0]
+    return os.path.join(workdir, 'checkpoints', f'trial_{member.trial}', 'running',
+                        f'level_{member.level}_{member.branch}')
+  digest = hashlib.sha1(','.join(member.key for member in members).encode()).hexdigest()[:8]
+  return os.path.join(workdir, 'checkpoints', 'running',
+                      f'level_{members[0].level}_{members[0].key}_{len(members)}_{digest}')
+
+
+def _split_entry(entry: dict[str, Any], index: int) -> dict[str, Any]:
+  """One member's values of a population's curve entry (lists hold one value per member)."""
+  return {key: value[index] if isinstance(value, list) else value for key, value in entry.items()}
+
+
+@dataclasses.dataclass
+class ProgramSettings:
+  """How programs are trained and watched (from the config's training, checkpointing and report)."""
+  end_step: int
+  eval_every: int
+  checkpoint_every: int
+  max_to_keep: int
+  progress_every_seconds: float
+  levels: int  # the run's pruning levels, for progress labels
+
+
+class ProgramRunner:
+  """Trains groups of members as programs (resuming each from its newest good checkpoint)."""
+
+  def __init__(self, workdir: str, trainer_for: Callable[[int], tuple[train_lib.Trainer, int]],
+               settings: ProgramSettings, log: Callable[[str], None],
+               should_stop: Callable[[int], bool] | None, scalars: Any):
+    """`trainer_for(K)` gives the Trainer of a K-member program and its member slots (K plus any
+    padding members the mesh needs; a plain Trainer and 1 for K = 1)."""
+    self.workdir, self.trainer_for, self.settings = workdir, trainer_for, settings
+    self.log, self.should_stop, self.scalars = log, should_stop, scalars
+    self._evaluation_seconds = 0.0  # how long the last evaluation took (for the ETA between them)
+
+  def train(self, members: Sequence[Member], start_step: int) -> list[MemberResult]:
+    """Trains `members` (all from `start_step` to the end) as one program; one result per member."""
+    members = list(members)
+    trainer, slots = self.trainer_for(len(members))
+    population = trainer.population_size > 0
+    settings, total = self.settings, self.settings.end_step
+    padded = members + [members[0]] * (slots - len(members))  # padding members: copies, results dropped
+    if population:
+      state = trainer.create_state(train_lib.stack_members([member.params for member in padded]),
+                                   train_lib.stack_members([member.model_state for member in padded]),
+                                   train_lib.stack_members([member.keep_mask for member in padded]), start_step)
+      seeds: Any = [member.data_seed for member in padded]
+      snapshot_like = (train_lib.stack_members([member.params for member in padded]),
+                       train_lib.stack_members([member.model_state for member in padded]))
+    else:
+      member = members[0]
+      state = trainer.create_state(member.params, member.model_state, member.keep_mask, start_step)
+      seeds, snapshot_like = member.data_seed, (member.params, member.model_state)
+    snapshot_steps = tuple(sorted({step for member in members for step in member.snapshot_steps}))
+    keys = [member.key for member in members]
+    directory = running_directory(self.workdir, members)
+    level = members[0].level
+    if len(members) == 1:
+      label = f'trial {members[0].trial} level {level}/{settings.levels} {members[0].branch}'
+    else:
+      label = f'level {level}/{settings.levels} cohort of {len(members)} ({describe(members)})'
+    scalars_runs = [os.path.join(f'trial_{member.trial}', f'level_{member.level}_{member.branch}')
+                    for member in members]
+
+    def arrays_like(metadata: dict[str, Any]) -> Any:
+      if not start_step < metadata['step'] < total:
+        raise ValueError(f'step {metadata["step"]} is outside this run ({start_step}..{total})')
+      if population and metadata.get('members') != keys:
+        raise ValueError(f'it holds the members {metadata.get("members")}, not {keys}')
+      return train_lib.RunCheckpoint.arrays_like(metadata, state, trainer.zero_train_sums(state), snapshot_like)
+
+    def progress_line(step: int, speed: float, metrics: str) -> str:
+      eta = estimate_remaining_seconds(step, total, settings.eval_every, trainer.batch_size * len(members), speed,
+                                       self._evaluation_seconds)
+      return (f'{label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
+              f'{metrics}| {format_speed(speed)} examples/s | ETA {format_duration(eta)}')
+
+    def counted(speed: float) -> float:  # examples/s of the real members (padding excluded)
+      return speed * len(members) / slots
+
+    def progress(entry: dict[str, Any]) -> None:
+      metric = 'test_accuracy' if 'test_accuracy' in entry else 'test_rmse'
+      self._evaluation_seconds = entry.get('evaluation_seconds', 0.0)
+      speed = counted(entry['examples_per_second'])
+      if population:
+        values = {name: entry[name][:len(members)] for name in (metric, 'train_loss') if name in entry}
+        metrics = f'{metric}={_summary(values[metric])}'
+        if 'train_loss' in values:
+          metrics += f' train_loss={_summary(values["train_loss"])}'
+        self.log(progress_line(entry['step'], speed, metrics + ' '))
+        for index, run in enumerate(scalars_runs):
+          member_entry = _split_entry(entry, index)
+          member_entry['examples_per_second'] = speed / len(members)
+          self.scalars.write(run, entry['step'], {k: v for k, v in member_entry.items() if k != 'step'})
+        return
+      train_loss = f' train_loss={entry["train_loss"]:.4g}' if 'train_loss' in entry else ''
+      self.log(progress_line(entry['step'], speed, f'{metric}={entry[metric]:.4g}{train_loss} '))
+      self.scalars.write(scalars_runs[0], entry['step'], {k: v for k, v in entry.items() if k != 'step'})
+
+    def heartbeat(entry: dict[str, Any]) -> None:  # between evaluations: no metrics yet
+      self.log(progress_line(entry['step'], counted(entry['examples_per_second']), ''))
+
+    def on_snapshot(step: int, snapshot: tuple[Any, Any]) -> None:
+      for index, member in enumerate(members):
+        if member.on_snapshot is not None and step in member.snapshot_steps:
+          member.on_snapshot(step, _member_snapshot(snapshot, index) if population else snapshot)
+
+    def save(checkpoint: train_lib.RunCheckpoint) -> None:
+      running.save(checkpoint.step, checkpoint.arrays(), {**checkpoint.metadata(), 'members': keys})
+
+    with checkpoints.RunCheckpoints(directory, settings.max_to_keep) as running:
+      restored = running.restore_latest(arrays_like)
+      start: train_lib.TrainState | train_lib.RunCheckpoint = state
+      if restored is not None:
+        start = train_lib.RunCheckpoint.from_parts(*restored)
+        self.log(f'{label}: resuming at step {start.step}/{total} from {running.directory}/{start.step}')
+      try:
+        result = trainer.train(
+            start, total, seeds, snapshot_steps, settings.eval_every, progress,
+            checkpoint_every=settings.checkpoint_every, on_checkpoint=save, should_stop=self.should_stop,
+            on_snapshot=on_snapshot, heartbeat=heartbeat, heartbeat_seconds=settings.progress_every_seconds)
+      except train_lib.Preempted as error:
+        running.wait()
+        where = (f'checkpointed in {running.directory}/{error.step}' if error.checkpointed
+                 else 'nothing to checkpoint')
+        raise train_lib.Preempted(f'{label}: stopped at step {error.step}/{total} on request (SIGTERM); '
+                                  f'{where}; run the same command again to continue',
+                                  error.step, error.checkpointed) from None
+      finally:
+        for run in scalars_runs:
+          self.scalars.close(run)
+    final_params = parallel.to_host(result.state.params)
+    if not population:
+      return [MemberResult(members[0], final_params, result.snapshots, result.curve, result.wall_seconds)]
+    return [MemberResult(member, train_lib.member(final_params, index),
+                         {step: _member_snapshot(snapshot, index) for step, snapshot in result.snapshots.items()},
+                         [_split_entry(entry, index) for entry in result.curve], result.wall_seconds)
+            for index, member in enumerate(members)]
+
+  @staticmethod
+  def remove_checkpoints(workdir: str, members: Sequence[Member]) -> None:
+    """Deletes a finished program's periodic checkpoints (once its records are written)."""
+    checkpoints.remove(running_directory(workdir, members))
+
+
+def _member_snapshot(snapshot: tuple[Any, Any], index: int) -> tuple[Any, Any]:
+  params, model_state = snapshot
+  return train_lib.member(params, index), train_lib.member(model_state, index)
+
+
+def groups(keys: Sequence[Any], members_per_program: int) -> list[list[Any]]:
+  """The whole cohort (recorded runs included) in programs of at most `members_per_program`, in
+  order and as evenly sized as that allows (10 runs, at most 8 per program: 5 and 5, not 8 and 2).
+  Grouping the whole cohort, not only what is left to train, keeps a resumed level's programs (and
+  so their numbers) those of an uninterrupted run: a program's records are written together."""
+  if not keys:
+    return []
+  count = math.ceil(len(keys) / max(1, members_per_program))
+  size = math.ceil(len(keys) / count)
+  return [list(keys[start:start + size]) for start in range(0, len(keys), size)]
+
+
+def _largest_cohort(config: Any) -> tuple[int, int]:
+  """(level 0's cohort: the trials, a pruned level's cohort: trials x branches)."""
+  trials = int(config.get('trials', 1))
+  branches = 1 + len([name for name in config.get('branches', ()) if name != 'ticket'])
+  return trials, trials * branches if config.pruning.levels else trials
+
+
+def layout(num_members: int, experiment: Any) -> tuple[int, int]:
+  """(member groups, member slots) of a program of `num_members` runs of `experiment`
+  (see `parallel.member_layout`); a ConfigError naming the fields when none fits."""
+  from lth_jax import lottery  # pylint: disable=import-outside-toplevel  (lottery builds on this module)
+
+  batch = int(experiment.config.training.batch_size)
+  found = parallel.member_layout(num_members, experiment.mesh.devices.size, batch,
+                                 lottery._local_device_counts(experiment))  # pylint: disable=protected-access
+  if found is None:
+    raise validation.ConfigError(
+        f'parallel.members_per_program={experiment.config.parallel.get("members_per_program", 0)}: a program of '
+        f'{num_members} runs cannot be laid on the {experiment.mesh.devices.size} devices with '
+        f'training.batch_size={batch} (no member grouping leaves a batch that divides its devices); change '
+        'the batch size or parallel.num_devices')
+  return found
+
+
+def resolve_members_per_program(experiment: Any) -> int:
+  """The cap on runs per program: `parallel.members_per_program`, or with 0 (auto) the largest cohort
+  whose program fits in device memory by `memory.footprint`'s estimate (at least 1). Checks, before
+  anything trains, that every program the run will form can be laid on the mesh, and that an explicit
+  cap fits in memory where that can be estimated (a ConfigError saying what to set)."""
+  config = experiment.config
+  requested = config.get('parallel', {}).get('members_per_program', 0)
+  level_zero, pruned_level = _largest_cohort(config)
+  largest = max(level_zero, pruned_level)
+  batch = int(config.training.batch_size)
+  member = memory.footprint(experiment.model, experiment.dataset.input_shape,
+                            optim.from_config(config.training, experiment.total_steps))
+  device_memory = memory.device_memory_bytes()
+  resident = sum(int(getattr(experiment.dataset, name).nbytes) for name in ('train_inputs', 'train_targets')
+                 if hasattr(experiment.dataset, name))
+
+  def program_bytes(size: int) -> int:
+    groups_, slots = layout(size, experiment)
+    data = experiment.mesh.devices.size // groups_
+    return member.device_bytes(slots // groups_, batch // data)
+
+  def fits(size: int) -> bool:
+    return size == 1 or device_memory is None or (
+        program_bytes(size) + resident <= memory.USABLE_FRACTION * device_memory)
+
+  if requested == 0:
+    cap = max([size for size in range(1, largest + 1) if fits(size)] or [1])
+  else:
+    cap = requested
+    if min(cap, largest) > 1 and not fits(min(cap, largest)):
+      fitting = max([size for size in range(1, largest + 1) if fits(size)] or [1])
+      raise validation.ConfigError(
+          f'parallel.members_per_program={requested}: a program of {min(cap, largest)} runs needs about '
+          f'{memory.format_bytes(program_bytes(min(cap, largest)) + resident)} per device, more than '
+          f'{memory.USABLE_FRACTION:.0%} of its {memory.format_bytes(device_memory)}; set '
+          f'parallel.members_per_program={fitting} (or 0 to choose by memory)')
+  for cohort in (level_zero, pruned_level):
+    for group in groups(list(range(cohort)), cap):
+      if len(group) > 1:
+        layout(len(group), experiment)
+  return cap
