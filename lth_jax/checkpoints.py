@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lth_jax import parallel
 from lth_jax import results as results_lib
 
 _logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ CHECKSUM_FILE = 'lth_jax_checksums.json'
 
 
 def _leaf_checksum(leaf: Any) -> str:
-  array = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+  array = np.ascontiguousarray(parallel.to_host(leaf))
   return f'{array.dtype.str}{list(array.shape)}:{zlib.crc32(array.reshape(-1).view(np.uint8)):08x}'
 
 

@@ -143,7 +143,7 @@ class RunCheckpoint:
   @property
   def step(self) -> int:
     """The absolute step the run stopped at."""
-    return int(np.asarray(jax.device_get(self.state.step)).reshape(-1)[0])
+    return first_step(self.state.step)
 
   def arrays(self) -> dict[str, Any]:
     """The array part, for an orbax tree checkpoint."""
@@ -202,7 +202,7 @@ class Trainer:
                population_size: int = 0, feed_like: feeds_lib.Feed | None = None):
     parallel.check_batch_size(batch_size, mesh)
     groups = parallel.member_groups(mesh)
-    if (population_size or 1) % groups:
+    if population_size % groups:  # (one run alone is replicated over the member groups)
       raise ValueError(f'a population of {population_size} members does not divide over the {groups} member '
                        'groups of the mesh')
     self.population_size = population_size
@@ -280,7 +280,7 @@ class Trainer:
       totals, _ = jax.lax.scan(body, totals, group)
       return totals
 
-    self._evaluate = jax.jit(evaluate, out_shardings=replicated, donate_argnums=(2,))
+    self._evaluate = jax.jit(evaluate, out_shardings=state_sharding, donate_argnums=(2,))
     self._evaluation_sums_shape = lambda params, model_state: jax.eval_shape(
         evaluate_one, params, model_state, *feed.batch_shapes(self.eval_batch_size),
         jax.ShapeDtypeStruct((self.eval_batch_size,), jnp.float32))
@@ -353,7 +353,7 @@ class Trainer:
         lambda shape: np.zeros(shape.shape, shape.dtype), self._evaluation_sums_shape(params, model_state)))
     for group in self.feed.evaluation_groups():
       totals = self._evaluate(params, model_state, totals, group)
-    return summarize(self.task, jax.device_get(totals), 'test')
+    return summarize(self.task, parallel.to_host(totals), 'test')
 
   def mean_gradients(self, params: Any, model_state: Any, data_seed: int, num_batches: int) -> Any:
     """The loss gradient at `params`, averaged over the first `num_batches` training batches of
@@ -427,7 +427,7 @@ class Trainer:
       wall_before = resumed.wall_seconds
     else:
       train_sums, train_sum_steps, curve, snapshots, wall_before = self.zero_train_sums(state), 0, [], {}, 0.0
-    start_step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
+    start_step = first_step(state.step)
     boundaries = {end_step}
     boundaries.update(step for step in snapshot_steps if start_step < step < end_step)
     if eval_every:
@@ -467,7 +467,7 @@ class Trainer:
         if current == end_step or (eval_every and current % eval_every == 0):
           entry = {'step': current}
           if train_sum_steps:  # fetching the sums waits for the steps: training time ends here
-            entry.update(summarize(self.task, jax.device_get(train_sums), 'train'))
+            entry.update(summarize(self.task, parallel.to_host(train_sums), 'train'))
           trained = time.perf_counter()
           entry.update(self.evaluate(state))
           now = time.perf_counter()
@@ -495,6 +495,14 @@ class Trainer:
           raise Preempted(f'stopped at step {current}', current, checkpointed=on_checkpoint is not None)
     return TrainResult(state=state, snapshots=snapshots, curve=curve,
                        wall_seconds=wall_before + time.perf_counter() - started)
+
+
+def first_step(step: Any) -> int:
+  """The (first member's) absolute step of a state's `step`, read from this host's own shard (the
+  members of a population may live on other hosts; they are all at the same step)."""
+  if isinstance(step, jax.Array) and not step.is_fully_addressable:
+    step = step.addressable_shards[0].data
+  return int(np.asarray(jax.device_get(step)).reshape(-1)[0])
 
 
 def stack_members(trees: Sequence[Any]) -> Any:

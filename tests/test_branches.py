@@ -136,16 +136,16 @@ def test_early_turnaround_prunes_from_the_weights_at_the_turnaround_step(tmp_pat
   results = lottery.run(config, str(tmp_path), log=lambda line: None)
   assert {r['branch'] for r in results.records} == {'ticket', 'snip', 'sign_reinit'}
   trainer = _tiny_trainer()
-  runner = lottery._TrialRunner(config, str(tmp_path), trainer, lottery.PruningPlan.from_config(config), 60, 0,
-                                [], lambda line: None)
-  params0, model_state0 = trainer.init_variables(runner.init_seed)
+  init_seed, data_seed = lottery.trial_seeds(config.seed, 0)
+  plan = lottery.PruningPlan.from_config(config)
+  params0, model_state0 = trainer.init_variables(init_seed)
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
-  at_turnaround = trainer.train(trainer.create_state(params0, model_state0, ones, 0), 30, runner.data_seed)
+  at_turnaround = trainer.train(trainer.create_state(params0, model_state0, ones, 0), 30, data_seed)
   at_turnaround = parallel.to_host(at_turnaround.state.params)
   level1 = checkpoints.restore_tree(os.path.join(str(tmp_path), 'checkpoints/trial_0/level_1'),
                                     {'params': params0, 'mask': ones, 'turnaround_params': params0})
   prunable = masks_lib.prunable_tree(params0)
-  expected = runner.plan.next_mask(1, at_turnaround, ones, at_turnaround, prunable)
+  expected = plan.next_mask(1, at_turnaround, ones, at_turnaround, prunable)
   chex.assert_trees_all_equal(level1['mask'], expected)
   level0 = checkpoints.restore_tree(os.path.join(str(tmp_path), 'checkpoints/trial_0/level_0'),
                                     {'params': params0, 'mask': ones, 'turnaround_params': params0})

@@ -66,11 +66,11 @@ def test_checkpointed_masks_and_rewind_point(tiny_run):
   model = models_lib.build(config.model, dataset.num_outputs)
   trainer = train_lib.Trainer(model, dataset, optim.from_config(config.training, 60), parallel.create_mesh(),
                               config.training.batch_size, config.training.steps_per_dispatch)
-  runner = lottery._TrialRunner(config, workdir, trainer, lottery.PruningPlan.from_config(config), 60, 0, [],
-                                lambda message: None)
-  params0, model_state0 = trainer.init_variables(runner.init_seed)
+  init_seed, data_seed = lottery.trial_seeds(config.seed, 0)
+  plan = lottery.PruningPlan.from_config(config)
+  params0, model_state0 = trainer.init_variables(init_seed)
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
-  replay = trainer.train(trainer.create_state(params0, model_state0, ones, 0), 5, runner.data_seed)
+  replay = trainer.train(trainer.create_state(params0, model_state0, ones, 0), 5, data_seed)
   rewind_params, _ = checkpoints.restore_tree(os.path.join(workdir, 'checkpoints/trial_0/rewind'),
                                               (params0, model_state0))
   chex.assert_trees_all_equal(rewind_params, parallel.to_host(replay.state.params))
@@ -81,7 +81,7 @@ def test_checkpointed_masks_and_rewind_point(tiny_run):
   level1_mask = checkpoints.restore_tree(os.path.join(workdir, 'checkpoints/trial_0/level_1'),
                                          {'params': params0, 'mask': ones})['mask']
   prunable = masks_lib.prunable_tree(params0)
-  expected = runner.plan.next_mask(1, dense_params, dense_mask, dense_params, prunable)
+  expected = plan.next_mask(1, dense_params, dense_mask, dense_params, prunable)
   chex.assert_trees_all_equal(level1_mask, expected)
 
 

@@ -39,7 +39,15 @@ TIMINGS = ('examples_per_second', 'evaluation_seconds')  # curve fields that dif
 # Checkpoints at steps 20 and 40 of each run; the levels >= 1 train from the rewind step 5 to 60, in
 # dispatches of 16 steps: 5-20, 20-36, 36-40, 40-56, 56-60.
 OVERRIDES = {'checkpointing__every_steps': 20, 'branches': ('reinit',)}
-RUNNING_LEVEL_1 = os.path.join('checkpoints', 'trial_0', 'running', 'level_1_ticket')
+# Levels >= 1 train the ticket and the reinit control as one cohort program (2 members on 2 devices).
+COHORT = 'level {level}/2 cohort of 2 (trial 0 x ticket, reinit)'
+
+
+def _running_level_1(workdir):
+  """The periodic checkpoints of level 1's cohort program."""
+  found = glob.glob(os.path.join(str(workdir), 'checkpoints', 'running', 'level_1_t0-ticket_2_*'))
+  assert len(found) == 1, found
+  return found[0]
 WALL_CLOCK_FIELDS = ('wall_seconds',)
 
 
@@ -118,6 +126,7 @@ def _assert_same_as_uninterrupted(workdir, reference):
   assert sorted(resumed) == sorted(expected) == ['level_0', 'level_1', 'level_2', 'rewind']
   chex.assert_trees_all_equal(resumed, expected)  # masks and weights, bitwise
   assert not os.path.exists(os.path.join(workdir, 'checkpoints', 'trial_0', 'running'))  # runs cleaned up
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints', 'running'))
 
 
 @pytest.fixture(scope='module')
@@ -126,17 +135,17 @@ def reference(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('reference') / 'work'
   returncode, stdout, stderr = _finish(_start(workdir))
   assert returncode == 0, stderr[-3000:]
-  assert 'trial 0 level 2/2 reinit: step 60/60 (100%)' in stdout
+  assert COHORT.format(level=2) + ': step 60/60 (100%)' in stdout
   return str(workdir)
 
 
 @pytest.fixture(scope='module')
 def killed(tmp_path_factory):
-  """A run killed with SIGKILL in level 1's ticket at step 56, after its checkpoints of steps 20 and 40."""
+  """A run killed with SIGKILL in level 1's cohort (ticket and reinit) at step 56, after its checkpoints of steps 20 and 40."""
   workdir = tmp_path_factory.mktemp('killed') / 'work'
-  process = _start(workdir, pause='2:56')  # second training run: level 1's ticket
+  process = _start(workdir, pause='2:56')  # second training run: level 1's cohort
   _wait_for_pause(process)
-  running = os.path.join(workdir, RUNNING_LEVEL_1)
+  running = _running_level_1(workdir)
   _wait_until(lambda: os.path.isdir(os.path.join(running, '40')))  # the asynchronous save has committed
   os.kill(process.pid, signal.SIGKILL)
   returncode, _, _ = _finish(process)
@@ -152,14 +161,14 @@ def test_a_run_killed_mid_level_resumes_to_the_same_results(reference, killed, t
   returncode, stdout, stderr = _finish(_start(workdir))
   assert returncode == 0, stderr[-3000:]
   assert 'level 0: already done' in stdout
-  assert 'trial 0 level 1/2 ticket: resuming at step 40/60' in stdout
+  assert COHORT.format(level=1) + ': resuming at step 40/60' in stdout
   _assert_same_as_uninterrupted(workdir, reference)
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(reference, killed, tmp_path):
   workdir = str(tmp_path / 'work')
   shutil.copytree(killed, workdir)
-  running = os.path.join(workdir, RUNNING_LEVEL_1)
+  running = _running_level_1(workdir)
   data_files = glob.glob(os.path.join(running, '40', 'arrays', 'd', '*'))
   assert data_files
   for path in data_files:  # a truncated copy
@@ -170,7 +179,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(reference, k
   assert returncode == 0, stderr[-3000:]
   assert f'checkpoint {os.path.join(running, "40")} cannot be restored' in stderr
   assert 'falling back to step 20' in stderr
-  assert 'trial 0 level 1/2 ticket: resuming at step 20/60' in stdout
+  assert COHORT.format(level=1) + ': resuming at step 20/60' in stdout
   _assert_same_as_uninterrupted(workdir, reference)
 
 

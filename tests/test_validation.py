@@ -54,7 +54,9 @@ from tests import helpers
     ({'parallel__batch_per_device': 3}, r'training.batch_size=32: disagrees with parallel.batch_per_device=3'),
     ({'parallel__batch_per_device': -1}, r'parallel.batch_per_device=-1'),
     ({'parallel__num_devices': 9}, r'parallel.num_devices must be between 0 \(all\) and 8'),
-    ({'training__batch_size': 12}, r'training.batch_size=12 does not divide over the 8 devices'),
+    ({'training__batch_size': 12, 'parallel__members_per_program': 1},
+     r'training.batch_size=12 does not divide over the 8 devices'),
+    ({'parallel__members_per_program': -2}, r'parallel.members_per_program=-2: must be a non-negative integer'),
 ])
 def test_bad_config_names_the_field_before_training(tmp_path, overrides, message):
   config = helpers.tiny_config(**overrides)

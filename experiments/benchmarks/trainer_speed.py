@@ -626,8 +626,8 @@ def one_lottery_run(config: ml_collections.ConfigDict) -> tuple[dict[str, float]
     timeline.wrap(checkpoints, 'save_tree', 'checkpoint')
     timeline.wrap(lottery.PruningPlan, 'next_mask', 'prune')
     timeline.wrap(branches_lib, 'start', 'reset')
-    timeline.wrap(lottery._TrialRunner, '_record', 'record',  # pylint: disable=protected-access
-                  info=lambda self, level, *args, **kwargs: level)
+    timeline.wrap(lottery._LevelRunner, 'record', 'record',  # pylint: disable=protected-access
+                  info=lambda self, member, *args, **kwargs: member.level)
     started = time.perf_counter()
     results = lottery.run(config, workdir, log=lambda message: None)
     finished = time.perf_counter()

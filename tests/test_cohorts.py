@@ -1,0 +1,207 @@
+"""Population search: each level's runs trained as cohorts of vmapped programs over the ('members',
+'data') mesh, on the 8 simulated devices of the test session — the same science as one run at a
+time (to float rounding), member counts that do not divide the devices, resume after a crash, and
+the checks of `parallel.members_per_program`."""
+
+import glob
+import json
+import os
+import shutil
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from lth_jax import checkpoints
+from lth_jax import cohorts
+from lth_jax import lottery
+from lth_jax import memory
+from lth_jax import parallel
+from lth_jax import train as train_lib
+from lth_jax import validation
+from tests import helpers
+
+pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+
+
+def _config(**overrides):
+  """Three trials, ticket + reinit, batch 36: level 0 is a cohort of 3 (laid 4 x 2 with one padding
+  member: 36 does not divide over 8 devices), a pruned level a cohort of 6 (2 x 4, three per row)."""
+  settings = dict(trials=3, branches=('reinit',), training__batch_size=36, checkpointing__every_steps=20)
+  settings.update(overrides)
+  return helpers.tiny_config(**settings)
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, 'results.jsonl')) as file:
+    records = [json.loads(line) for line in file]
+  for record in records:
+    record.pop('wall_seconds')
+  return sorted(records, key=lambda record: (record['trial'], record['level'], record['branch']))
+
+
+def _level_trees(workdir):
+  """Every trial's rewind point and level checkpoints (weights and masks), as numpy."""
+  trees = {}
+  for directory in sorted(glob.glob(os.path.join(workdir, 'checkpoints', 'trial_*', '*'))):
+    if os.path.basename(directory) != 'running':
+      trees[os.path.relpath(directory, workdir)] = jax.tree_util.tree_map(np.asarray,
+                                                                          checkpoints.restore_tree(directory))
+  return trees
+
+
+@pytest.fixture(scope='module')
+def cohort_run(tmp_path_factory):
+  """An uninterrupted run in cohort mode; returns (workdir, progress lines)."""
+  workdir = str(tmp_path_factory.mktemp('cohort') / 'work')
+  lines = []
+  lottery.run(_config(), workdir, log=lines.append)
+  return workdir, lines
+
+
+def test_member_layout_groups_members_and_pads_only_where_nothing_else_fits():
+  assert parallel.member_layout(8, 8, 64) == (8, 8)       # one member per device
+  assert parallel.member_layout(4, 8, 64) == (4, 4)       # each member's batch over 2 devices
+  assert parallel.member_layout(1, 8, 64) == (1, 1)       # plain data parallelism
+  assert parallel.member_layout(6, 8, 64) == (2, 6)       # three members per row of 4 devices
+  assert parallel.member_layout(3, 8, 36) == (4, 4)       # 36 does not divide by 8: one padding member
+  assert parallel.member_layout(5, 8, 60) == (2, 6)
+  assert parallel.member_layout(1, 8, 60) == (2, 2)       # Frankle & Carbin's batch 60 on 8 cores
+  assert parallel.member_layout(2, 4, 64, local_device_counts=(2, 2)) == (2, 2)
+  assert parallel.member_layout(4, 4, 64, local_device_counts=(2, 2)) == (2, 4)  # groups stay within hosts
+
+
+def test_two_axis_mesh_rows_take_a_share_of_every_host():
+  mesh = parallel.create_mesh(8, 4)
+  assert mesh.axis_names == ('members', 'data') and mesh.devices.shape == (4, 2)
+  assert parallel.member_groups(mesh) == 4 and parallel.data_size(mesh) == 2
+  assert parallel.create_mesh().devices.shape == (1, 8)
+  with pytest.raises(ValueError, match='3 member groups do not divide the 8 devices'):
+    parallel.create_mesh(8, 3)
+
+
+def test_groups_split_a_cohort_evenly_and_keep_the_groups_of_a_resumed_level():
+  assert [len(group) for group in cohorts.groups(list(range(10)), 8)] == [5, 5]
+  assert [len(group) for group in cohorts.groups(list(range(6)), 6)] == [6]
+  assert [len(group) for group in cohorts.groups(list(range(3)), 1)] == [1, 1, 1]
+  assert cohorts.groups([], 4) == []
+
+
+def test_cohort_mode_records_what_one_run_at_a_time_records(cohort_run, tmp_path):
+  workdir, lines = cohort_run
+  # One run at a time on 4 devices (36 divides over 4, not 8): the runs of a level one after another.
+  sequential = lottery.run(_config(parallel__members_per_program=1, parallel__num_devices=4),
+                           str(tmp_path / 'sequential'), log=lambda message: None).records
+  cohort = _records(workdir)
+  assert [(r['trial'], r['level'], r['branch']) for r in cohort] == sorted(
+      (r['trial'], r['level'], r['branch']) for r in sequential)
+  by_run = {(r['trial'], r['level'], r['branch']): r for r in sequential}
+  for record in cohort:
+    alone = by_run[(record['trial'], record['level'], record['branch'])]
+    for field in ('fraction_remaining', 'kept_weights', 'layer_density', 'nonzero_weights', 'steps', 'start_step'):
+      assert record[field] == alone[field], field
+    assert record['test_loss'] == pytest.approx(alone['test_loss'], rel=1e-4)
+    assert record['test_accuracy'] == pytest.approx(alone['test_accuracy'], abs=2.5e-3)  # one example at most
+  # The masks (winning tickets) are the same masks.
+  cohort_trees, sequential_trees = _level_trees(workdir), _level_trees(str(tmp_path / 'sequential'))
+  assert sorted(cohort_trees) == sorted(sequential_trees)
+  for name, tree in cohort_trees.items():
+    if 'mask' in tree:
+      chex.assert_trees_all_equal(tree['mask'], sequential_trees[name]['mask'])
+  # Progress: one line per cohort and evaluation, metrics condensed over the members.
+  assert any(line.startswith('level 0/2 cohort of 3 (trials 0-2 x ticket): step 60/60 (100%) test_accuracy=')
+             for line in lines)
+  assert any(line.startswith('level 2/2 cohort of 6 (trials 0-2 x ticket, reinit): step 60/60') for line in lines)
+  # TensorBoard: scalars per member.
+  for trial in range(3):
+    for run in ('level_0_ticket', 'level_1_ticket', 'level_1_reinit', 'levels'):
+      assert glob.glob(os.path.join(workdir, 'tensorboard', f'trial_{trial}', run, 'events.*')), (trial, run)
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints', 'running'))
+
+
+def test_a_crashed_cohort_resumes_to_the_records_of_an_uninterrupted_run(cohort_run, tmp_path, monkeypatch):
+  reference, _ = cohort_run
+  workdir = str(tmp_path / 'work')
+  original = train_lib.Trainer.train
+  calls = []
+
+  def crashing(self, state, *args, should_stop=None, **kwargs):
+    calls.append(None)
+    index = len(calls)
+
+    def stop(step):
+      if index == 2 and step == 56:  # level 1's cohort, after its checkpoints of steps 20 and 40
+        raise RuntimeError('simulated crash')
+      return should_stop(step) if should_stop is not None else False
+    return original(self, state, *args, should_stop=stop, **kwargs)
+
+  monkeypatch.setattr(train_lib.Trainer, 'train', crashing)
+  with pytest.raises(RuntimeError, match='simulated crash'):
+    lottery.run(_config(), workdir, log=lambda message: None)
+  monkeypatch.setattr(train_lib.Trainer, 'train', original)
+  running = glob.glob(os.path.join(workdir, 'checkpoints', 'running', 'level_1_*'))
+  assert len(running) == 1 and sorted(os.listdir(running[0])) == ['20', '40']
+  assert [(r['level'], r['branch']) for r in _records(workdir)] == [(0, 'ticket')] * 3
+
+  lines = []
+  lottery.run(_config(), workdir, log=lines.append)
+  assert any(line.startswith('level 1/2 cohort of 6 (trials 0-2 x ticket, reinit): resuming at step 40/60')
+             for line in lines)
+  assert sum('level 0: already done' in line for line in lines) == 3  # level 0 is not retrained
+  assert _records(workdir) == _records(reference)  # bitwise, the wall-clock field aside
+  chex.assert_trees_all_equal(_level_trees(workdir), _level_trees(reference))
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints', 'running'))
+
+
+def test_a_level_resumed_after_some_programs_finished_trains_only_the_others(tmp_path, monkeypatch):
+  config = _config(trials=2, pruning__levels=1, parallel__members_per_program=2)  # level 1: two programs
+  workdir = str(tmp_path / 'work')
+  original = cohorts.ProgramRunner.train
+  trained = []
+
+  def recording(self, members, start_step):
+    trained.append([member.key for member in members])
+    if len(trained) == 3:  # level 1's second program
+      raise RuntimeError('simulated crash')
+    return original(self, members, start_step)
+
+  monkeypatch.setattr(cohorts.ProgramRunner, 'train', recording)
+  with pytest.raises(RuntimeError, match='simulated crash'):
+    lottery.run(config, workdir, log=lambda message: None)
+  assert trained == [['t0-ticket', 't1-ticket'], ['t0-ticket', 't0-reinit'], ['t1-ticket', 't1-reinit']]
+  assert len(_records(workdir)) == 4
+  trained.clear()
+  lottery.run(config, workdir, log=lambda message: None)
+  assert trained == [['t1-ticket', 't1-reinit']]
+  assert len(_records(workdir)) == 6
+
+
+def test_members_per_program_is_checked_before_anything_trains(tmp_path, monkeypatch):
+  with pytest.raises(validation.ConfigError, match='parallel.members_per_program=-1: must be a non-negative'):
+    lottery.run(_config(parallel__members_per_program=-1), str(tmp_path / 'negative'), log=lambda m: None)
+  assert not os.path.exists(tmp_path / 'negative')
+  # A population that does not fit: the estimate says what to set; auto falls back to what fits.
+  member = memory.footprint(*_footprint_inputs())
+  monkeypatch.setattr(memory, 'device_memory_bytes', lambda: int(3 * member.state_bytes / memory.USABLE_FRACTION))
+  with pytest.raises(validation.ConfigError,
+                     match=r'parallel.members_per_program=6: a program of 6 runs needs about .* per device.*'
+                           r'set parallel.members_per_program=\d'):
+    lottery.run(_config(parallel__members_per_program=6, dataset__name='sum_of_two', model__name='linear'),
+                str(tmp_path / 'large'), log=lambda m: None)
+  assert lottery.prepare(_config(dataset__name='sum_of_two', model__name='linear')).members_per_program < 6
+  monkeypatch.setattr(memory, 'device_memory_bytes', lambda: None)  # unknown memory: whole cohorts
+  assert lottery.prepare(_config()).members_per_program == 6
+
+
+def _footprint_inputs():
+  experiment = lottery.prepare(_config(dataset__name='sum_of_two', model__name='linear'))
+  from lth_jax import optim
+  return experiment.model, experiment.dataset.input_shape, optim.from_config(experiment.config.training, 60)
+
+
+def test_changing_members_per_program_is_a_config_change(cohort_run, tmp_path):
+  workdir = str(tmp_path / 'work')
+  shutil.copytree(cohort_run[0], workdir)
+  with pytest.raises(validation.ConfigError, match=r'parallel.members_per_program: 0 -> 2'):
+    lottery.run(_config(parallel__members_per_program=2), workdir, log=lambda message: None)
