@@ -7,8 +7,10 @@ and test accuracy is reported.
 
 Prepare MNIST once:  tfds build mnist --file_format=array_record --data_dir=DIR
     python -m lth_jax.main --config=configs/lenet_mnist.py --workdir=... --config.dataset.data_dir=DIR
-Batch 60 divides over 1, 2, 3, 4, 5 or 6 devices; on 8 devices set --config.parallel.num_devices=6 or
---config.training.batch_size=64.
+Batch 60 does not divide over 8 devices: on 8 cores the runs of a level train as a population laid
+out so that each run's batch divides (e.g. 4 trials x 2 branches: one run per core, 8 x 1); a run
+alone takes 2 x 4 with one padding member. With --config.parallel.members_per_program=1 (one run at a
+time over every core) set --config.parallel.num_devices=6 or --config.training.batch_size=64.
 """
 
 import ml_collections

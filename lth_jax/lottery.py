@@ -764,7 +764,8 @@ def _run_locked(config: ml_collections.ConfigDict, experiment: 'Experiment', wor
   started = time.perf_counter()
   log(f'lth_jax: {config.model.name} on {config.dataset.name}, {total_steps} steps per level, '
       f'{plan.levels} pruning levels of {plan.fraction:.3g} ({plan.scope}, {plan.mode}), rewind step '
-      f'{plan.rewind_step}, {config.get("trials", 1)} trial(s), {experiment.mesh.devices.size} device(s)'
+      f'{plan.rewind_step}, {config.get("trials", 1)} trial(s), {experiment.mesh.devices.size} device(s), '
+      f'up to {experiment.members_per_program} run(s) per program'
       + (f'; {len(records)} record(s) already in {workdir}' if records else ''))
   stop = StopRequest()
   stop.install()

@@ -63,3 +63,5 @@ def test_population_benchmark_quick_prints_every_population_size():
   assert completed.returncode == 0, completed.stderr[-3000:]
   assert 'population K=1 vmapped_examples_per_s=' in completed.stdout
   assert 'population K=2 vmapped_examples_per_s=' in completed.stdout
+  assert 'lottery_level mode=cohort_1_device runs=8 steps=100 seconds=' in completed.stdout
+  assert 'lottery_level_ratio cohort_1_devices_vs_sequential_1_device=' in completed.stdout

@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 
 import chex
 import jax
@@ -205,3 +206,34 @@ def test_changing_members_per_program_is_a_config_change(cohort_run, tmp_path):
   shutil.copytree(cohort_run[0], workdir)
   with pytest.raises(validation.ConfigError, match=r'parallel.members_per_program: 0 -> 2'):
     lottery.run(_config(parallel__members_per_program=2), workdir, log=lambda message: None)
+
+
+def test_sigterm_stops_a_cohort_at_its_current_step_and_a_rerun_finishes_the_same(cohort_run, tmp_path,
+                                                                                  monkeypatch):
+  reference, _ = cohort_run
+  workdir = str(tmp_path / 'work')
+  original = train_lib.Trainer.train
+  calls = []
+
+  def signalling(self, state, *args, should_stop=None, **kwargs):
+    calls.append(None)
+    index = len(calls)
+
+    def stop(step):
+      if index == 3 and step == 36:  # level 2's cohort, between its checkpoints
+        os.kill(os.getpid(), signal.SIGTERM)  # what a batch scheduler sends
+      return should_stop(step)
+    return original(self, state, *args, should_stop=stop, **kwargs)
+
+  monkeypatch.setattr(train_lib.Trainer, 'train', signalling)
+  with pytest.raises(lottery.Preempted, match=r'level 2/2 cohort of 6 \(trials 0-2 x ticket, reinit\): stopped at '
+                                              r'step 36/60 on request \(SIGTERM\); checkpointed in .*/36'):
+    lottery.run(_config(), workdir, log=lambda message: None)
+  monkeypatch.setattr(train_lib.Trainer, 'train', original)
+  running = glob.glob(os.path.join(workdir, 'checkpoints', 'running', 'level_2_*'))
+  assert len(running) == 1 and sorted(os.listdir(running[0])) == ['20', '36']
+  lines = []
+  lottery.run(_config(), workdir, log=lines.append)
+  assert any('resuming at step 36/60' in line for line in lines)
+  assert _records(workdir) == _records(reference)
+  chex.assert_trees_all_equal(_level_trees(workdir), _level_trees(reference))

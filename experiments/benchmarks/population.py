@@ -1,15 +1,29 @@
-"""Vmapped population vs sequential runs: examples/s of K members trained by one `jax.vmap`-ed step
-against the same K members trained one after the other (the same steps, measured in one process).
+"""Population search against one run at a time, measured in one process.
 
     python -m experiments.benchmarks.population [--quick] [--members=1,2,4,8] [--batch_size=N] [--steps=N]
+        [--level_steps=N] [--drift_levels=N]
 
-The members are LeNet-300-100s on MNIST-1D-shaped random data.
-
-Prints one line per K: `population K=4 vmapped_examples_per_s=... sequential_examples_per_s=... ratio=...`.
+1. `population K=...`: K LeNet-300-100s (MNIST-1D-shaped random data) trained by one `jax.vmap`-ed
+   step against the same K trained one after the other.
+2. `lottery_level ...`: one whole lottery level of the default config (LeNet-300-100 on MNIST-1D),
+   4 trials x (ticket + reinit) = 8 runs, in cohort mode (`parallel.members_per_program=0`) and one run
+   at a time (`=1`), on 1 device and on all (8 simulated CPU devices unless XLA_FLAGS says otherwise):
+   wall seconds of level 1 and examples/s over its 8 runs, each mode run twice with the persistent
+   compilation cache so that the figure is the warm one.
+3. `mask_drift ...` (with --drift_levels=N > 0): the same search for N levels in cohort mode on all
+   devices and one run at a time on 1 device; for each level, the fraction of the ticket's kept
+   weights that the two modes' masks do not share (their float rounding differs).
 """
 
 from __future__ import annotations
 
+import os
+
+if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):  # before jax starts
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+
+import contextlib
+import tempfile
 import time
 
 from absl import app
@@ -18,7 +32,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from lth_jax import checkpoints
 from lth_jax import data as data_lib
+from lth_jax import lottery
+from lth_jax import main as lth_main
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
@@ -31,6 +48,9 @@ _MEMBERS = flags.DEFINE_list('members', ['1', '2', '4', '8'], 'Population sizes 
 _STEPS = flags.DEFINE_integer('steps', 1000, 'Training steps per member.')
 _BATCH = flags.DEFINE_integer('batch_size', 64, 'Batch size per member.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Repetitions; the median is reported.')
+_LEVEL_STEPS = flags.DEFINE_integer('level_steps', 3000, 'Training steps per run in the lottery-level figure.')
+_DRIFT_LEVELS = flags.DEFINE_integer('drift_levels', 0, 'Levels of the mask-drift figure (0: skip it).')
+_DRIFT_STEPS = flags.DEFINE_integer('drift_steps', 1000, 'Training steps per level in the mask-drift figure.')
 
 
 def synthetic_dataset(num_features: int = 40, num_train: int = 4000, num_test: int = 1000) -> data_lib.ArrayDataset:
@@ -84,9 +104,100 @@ def measure(members: int, steps: int, batch_size: int, repeats: int) -> dict[str
           'sequential_examples_per_s': examples / float(np.median(sequential))}
 
 
+def level_config(steps: int, levels: int, trials: int, members_per_program: int,
+                 num_devices: int) -> ml_collections.ConfigDict:
+  """The default config (LeNet-300-100 on MNIST-1D) with ticket + reinit per level."""
+  config = lottery_default_config()
+  config.training.num_steps = steps
+  config.training.eval_every = steps
+  config.pruning.levels = levels
+  config.trials = trials
+  config.branches = ('reinit',)
+  config.parallel.members_per_program = members_per_program
+  config.parallel.num_devices = num_devices
+  config.checkpointing.tensorboard = False
+  return config
+
+
+def lottery_default_config() -> ml_collections.ConfigDict:
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'configs',
+                      'default.py')
+  spec = importlib.util.spec_from_file_location('_population_default_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@contextlib.contextmanager
+def _level_timer(seconds: dict[int, float]):
+  """Times each level's cohort (`_LevelRunner._train_cohort`, by level) while the block runs."""
+  original = lottery._LevelRunner._train_cohort  # pylint: disable=protected-access
+
+  def timed(self, level, *args, **kwargs):
+    started = time.perf_counter()
+    try:
+      return original(self, level, *args, **kwargs)
+    finally:
+      seconds[level] = seconds.get(level, 0.0) + time.perf_counter() - started
+
+  lottery._LevelRunner._train_cohort = timed  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    lottery._LevelRunner._train_cohort = original  # pylint: disable=protected-access
+
+
+def measure_level(steps: int, members_per_program: int, num_devices: int, runs: int = 2) -> dict[str, float]:
+  """Seconds of level 1 (4 trials x ticket + reinit) of a fresh lottery run, the last of `runs`
+  (the first fills the persistent compilation cache)."""
+  seconds = []
+  for _ in range(runs):
+    levels: dict[int, float] = {}
+    with tempfile.TemporaryDirectory(prefix='lth_population_') as workdir, _level_timer(levels):
+      lottery.run(level_config(steps, 1, 4, members_per_program, num_devices), workdir, log=lambda message: None)
+    seconds.append(levels[1])
+  examples = 8 * steps * 64
+  return {'seconds': seconds[-1], 'examples_per_s': examples / seconds[-1]}
+
+
+def level_figures(steps: int, runs: int) -> None:
+  """Prints cohort mode against one run at a time on 1 device and on all devices."""
+  devices = jax.device_count()
+  figures = {}
+  for label, cap, count in (('sequential_1_device', 1, 1), ('cohort_1_device', 0, 1),
+                            (f'sequential_{devices}_devices', 1, 0), (f'cohort_{devices}_devices', 0, 0)):
+    figures[label] = measure_level(steps, cap, count, runs)
+    print(f'lottery_level mode={label} runs=8 steps={steps} seconds={figures[label]["seconds"]:.2f} '
+          f'examples_per_s={figures[label]["examples_per_s"]:.0f}', flush=True)
+  base = figures['sequential_1_device']['seconds']
+  print(f'lottery_level_ratio cohort_{devices}_devices_vs_sequential_1_device='
+        f'{base / figures[f"cohort_{devices}_devices"]["seconds"]:.2f} '
+        f'cohort_1_device_vs_sequential_1_device={base / figures["cohort_1_device"]["seconds"]:.2f} '
+        f'cohort_{devices}_devices_vs_sequential_{devices}_devices='
+        f'{figures[f"sequential_{devices}_devices"]["seconds"] / figures[f"cohort_{devices}_devices"]["seconds"]:.2f}',
+        flush=True)
+
+
+def mask_drift(levels: int, steps: int) -> None:
+  """Prints, per level, the share of kept weights whose keep bit differs between the two modes."""
+  masks = {}
+  for label, cap, count in (('cohort', 0, 0), ('sequential', 1, 1)):
+    workdir = tempfile.mkdtemp(prefix=f'lth_drift_{label}_')
+    lottery.run(level_config(steps, levels, 1, cap, count), workdir, log=lambda message: None)
+    masks[label] = [jax.tree_util.tree_leaves(checkpoints.restore_tree(lottery.level_directory(workdir, 0, level))['mask'])
+                    for level in range(1, levels + 1)]
+  for level, (cohort, sequential) in enumerate(zip(masks['cohort'], masks['sequential']), start=1):
+    kept = sum(int(np.sum(leaf)) for leaf in cohort)
+    differing = sum(int(np.sum(np.asarray(a, bool) & ~np.asarray(b, bool))) for a, b in zip(cohort, sequential))
+    print(f'mask_drift level={level} kept={kept} differing={differing} fraction={differing / max(kept, 1):.5f}',
+          flush=True)
+
+
 def main(argv):
   del argv
   common.quiet_logging()
+  lth_main.enable_compilation_cache(os.path.join(tempfile.gettempdir(), 'lth_population_benchmark_xla'))
   steps = 64 if _QUICK.value else _STEPS.value
   repeats = 1 if _QUICK.value else _REPEATS.value
   print(f'device={jax.devices()[0].platform} devices={jax.device_count()} model=lenet300_100 '
@@ -96,6 +207,9 @@ def main(argv):
     ratio = figures['vmapped_examples_per_s'] / figures['sequential_examples_per_s']
     print(f'population K={members} vmapped_examples_per_s={figures["vmapped_examples_per_s"]:.0f} '
           f'sequential_examples_per_s={figures["sequential_examples_per_s"]:.0f} ratio={ratio:.2f}', flush=True)
+  level_figures(100 if _QUICK.value else _LEVEL_STEPS.value, 1 if _QUICK.value else 2)
+  if _DRIFT_LEVELS.value:
+    mask_drift(_DRIFT_LEVELS.value, _DRIFT_STEPS.value)
 
 
 if __name__ == '__main__':
