@@ -107,17 +107,20 @@ def _summary(values: Sequence[float]) -> str:
   return f'{float(np.mean(values)):.4g} [{min(values):.4g}, {max(values):.4g}]'
 
 
-def running_directory(workdir: str, members: Sequence[Member]) -> str:
-  """Where the periodic checkpoints of a program in progress are kept: the single-run folder
-  `checkpoints/trial_T/running/level_L_BRANCH` for one member, else
-  `checkpoints/running/level_L_<first member>_<count>_<digest of the member names>`."""
-  if len(members) == 1:
-    member = members[0]
-    return os.path.join(workdir, 'checkpoints', f'trial_{member.trial}', 'running',
-                        f'level_{member.level}_{member.branch}')
-  digest = hashlib.sha1(','.join(member.key for member in members).encode()).hexdigest()[:8]
-  return os.path.join(workdir, 'checkpoints', 'running',
-                      f'level_{members[0].level}_{members[0].key}_{len(members)}_{digest}')
+def running_directory(workdir: str, level: int, runs: Sequence[tuple[int, str]]) -> str:
+  """Where the periodic checkpoints of a program in progress are kept, for its (trial, branch) runs of
+  `level`: the single-run folder `checkpoints/trial_T/running/level_L_BRANCH` for one run, else
+  `checkpoints/running/level_L_t<first trial>-<first branch>_<count>_<digest of all the runs>`."""
+  if len(runs) == 1:
+    (trial, branch), = runs
+    return os.path.join(workdir, 'checkpoints', f'trial_{trial}', 'running', f'level_{level}_{branch}')
+  keys = [f't{trial}-{branch}' for trial, branch in runs]
+  digest = hashlib.sha1(','.join(keys).encode()).hexdigest()[:8]
+  return os.path.join(workdir, 'checkpoints', 'running', f'level_{level}_{keys[0]}_{len(keys)}_{digest}')
+
+
+def _runs(members: Sequence[Member]) -> list[tuple[int, str]]:
+  return [(member.trial, member.branch) for member in members]
 
 
 def _split_entry(entry: dict[str, Any], index: int) -> dict[str, Any]:
@@ -168,8 +171,8 @@ class ProgramRunner:
       seeds, snapshot_like = member.data_seed, (member.params, member.model_state)
     snapshot_steps = tuple(sorted({step for member in members for step in member.snapshot_steps}))
     keys = [member.key for member in members]
-    directory = running_directory(self.workdir, members)
     level = members[0].level
+    directory = running_directory(self.workdir, level, _runs(members))
     if len(members) == 1:
       label = f'trial {members[0].trial} level {level}/{settings.levels} {members[0].branch}'
     else:
@@ -252,10 +255,6 @@ class ProgramRunner:
                          [_split_entry(entry, index) for entry in result.curve], result.wall_seconds)
             for index, member in enumerate(members)]
 
-  @staticmethod
-  def remove_checkpoints(workdir: str, members: Sequence[Member]) -> None:
-    """Deletes a finished program's periodic checkpoints (once its records are written)."""
-    checkpoints.remove(running_directory(workdir, members))
 
 
 def _member_snapshot(snapshot: tuple[Any, Any], index: int) -> tuple[Any, Any]:

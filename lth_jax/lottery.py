@@ -389,7 +389,8 @@ class _LevelRunner:
       results_lib.append_records(self.results_path, records)
     self.records.extend(records)
     # The records are what mark the runs done: only now may their periodic checkpoints go.
-    self.programs.remove_checkpoints(self.workdir, program)
+    checkpoints.remove(cohorts.running_directory(self.workdir, program[0].level,
+                                                 [(member.trial, member.branch) for member in program]))
     for record in records:
       metric = 'test_accuracy' if 'test_accuracy' in record else 'test_rmse'
       self.scalars.write(os.path.join(f'trial_{record["trial"]}', 'levels'), record['level'],
@@ -402,7 +403,8 @@ class _LevelRunner:
     start_step = 0 if level == 0 else self.plan.rewind_step
     for group in cohorts.groups(keys, self.members_per_program):
       program = [member for member in (build(trial, branch) for trial, branch in group) if member is not None]
-      if not program:
+      if not program:  # recorded: a run killed before deleting its checkpoints may have left them
+        checkpoints.remove(cohorts.running_directory(self.workdir, level, group))
         continue
       results = self.programs.train(program, start_step)
       records = [trials[result.member.trial].finish(result) for result in results]
@@ -568,8 +570,9 @@ def level_directory(workdir: str, trial: int, level: int) -> str:
 
 
 def running_directory(workdir: str, trial: int, level: int, branch: str) -> str:
-  """Where the periodic checkpoints of the (trial, level, branch) run in progress are kept."""
-  return os.path.join(workdir, 'checkpoints', f'trial_{trial}', 'running', f'level_{level}_{branch}')
+  """Where the periodic checkpoints of the (trial, level, branch) run in progress are kept when it
+  trains alone (see `cohorts.running_directory` for a cohort program)."""
+  return cohorts.running_directory(workdir, level, [(trial, branch)])
 
 
 class StopRequest:

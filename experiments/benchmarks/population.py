@@ -4,7 +4,7 @@
         [--level_steps=N] [--drift_levels=N]
 
 1. `population K=...`: K LeNet-300-100s (MNIST-1D-shaped random data) trained by one `jax.vmap`-ed
-   step against the same K trained one after the other.
+   step against the same K trained one after the other, on one device.
 2. `lottery_level ...`: one whole lottery level of the default config (LeNet-300-100 on MNIST-1D),
    4 trials x (ticket + reinit) = 8 runs, in cohort mode (`parallel.members_per_program=0`) and one run
    at a time (`=1`), on 1 device and on all (8 simulated CPU devices unless XLA_FLAGS says otherwise):
@@ -35,7 +35,6 @@ import numpy as np
 from lth_jax import checkpoints
 from lth_jax import data as data_lib
 from lth_jax import lottery
-from lth_jax import main as lth_main
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
@@ -51,6 +50,7 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Repetitions; the median is report
 _LEVEL_STEPS = flags.DEFINE_integer('level_steps', 3000, 'Training steps per run in the lottery-level figure.')
 _DRIFT_LEVELS = flags.DEFINE_integer('drift_levels', 0, 'Levels of the mask-drift figure (0: skip it).')
 _DRIFT_STEPS = flags.DEFINE_integer('drift_steps', 1000, 'Training steps per level in the mask-drift figure.')
+_FIGURES = flags.DEFINE_list('figures', ['population', 'level', 'drift'], 'Which figures to measure.')
 
 
 def synthetic_dataset(num_features: int = 40, num_train: int = 4000, num_test: int = 1000) -> data_lib.ArrayDataset:
@@ -75,7 +75,7 @@ def measure(members: int, steps: int, batch_size: int, repeats: int) -> dict[str
   dataset = synthetic_dataset()
   model = models_lib.build(ml_collections.ConfigDict({'name': 'lenet', 'hidden_sizes': (300, 100)}), 10)
   optimizer = optim.from_config(ml_collections.ConfigDict({'optimizer': 'adam', 'learning_rate': 1e-3}), steps)
-  mesh = parallel.create_mesh()
+  mesh = parallel.create_mesh(1)  # one device: the vmapped step against the plain one, nothing else
   single = train_lib.Trainer(model, dataset, optimizer, mesh, batch_size, steps_per_dispatch=64)
   population = train_lib.Trainer(model, dataset, optimizer, mesh, batch_size, steps_per_dispatch=64,
                                  population_size=members)
@@ -180,35 +180,46 @@ def level_figures(steps: int, runs: int) -> None:
 
 
 def mask_drift(levels: int, steps: int) -> None:
-  """Prints, per level, the share of kept weights whose keep bit differs between the two modes."""
+  """Prints, per level, the share of the ticket's kept weights whose keep bit differs from one run at a
+  time on 1 device: in cohort mode on all devices, and (for scale) one run at a time on 2 devices,
+  whose only difference is also float rounding (the gradient summed over 2 devices)."""
   masks = {}
-  for label, cap, count in (('cohort', 0, 0), ('sequential', 1, 1)):
-    workdir = tempfile.mkdtemp(prefix=f'lth_drift_{label}_')
-    lottery.run(level_config(steps, levels, 1, cap, count), workdir, log=lambda message: None)
-    masks[label] = [jax.tree_util.tree_leaves(checkpoints.restore_tree(lottery.level_directory(workdir, 0, level))['mask'])
-                    for level in range(1, levels + 1)]
-  for level, (cohort, sequential) in enumerate(zip(masks['cohort'], masks['sequential']), start=1):
-    kept = sum(int(np.sum(leaf)) for leaf in cohort)
-    differing = sum(int(np.sum(np.asarray(a, bool) & ~np.asarray(b, bool))) for a, b in zip(cohort, sequential))
-    print(f'mask_drift level={level} kept={kept} differing={differing} fraction={differing / max(kept, 1):.5f}',
-          flush=True)
+  for label, cap, count in (('sequential_1_device', 1, 1), ('cohort', 0, 0), ('sequential_2_devices', 1, 2)):
+    if count > jax.device_count():
+      continue
+    with tempfile.TemporaryDirectory(prefix=f'lth_drift_{label}_') as workdir:
+      lottery.run(level_config(steps, levels, 1, cap, count), workdir, log=lambda message: None)
+      masks[label] = [jax.tree_util.tree_leaves(
+          checkpoints.restore_tree(lottery.level_directory(workdir, 0, level))['mask'])
+                      for level in range(1, levels + 1)]
+  reference = masks.pop('sequential_1_device')
+  for label, compared in masks.items():
+    for level, (ours, theirs) in enumerate(zip(compared, reference), start=1):
+      kept = sum(int(np.sum(leaf)) for leaf in theirs)
+      differing = sum(int(np.sum(np.asarray(a, bool) & ~np.asarray(b, bool))) for a, b in zip(ours, theirs))
+      print(f'mask_drift mode={label} level={level} kept={kept} differing={differing} '
+            f'fraction={differing / max(kept, 1):.5f}', flush=True)
 
 
 def main(argv):
   del argv
   common.quiet_logging()
-  lth_main.enable_compilation_cache(os.path.join(tempfile.gettempdir(), 'lth_population_benchmark_xla'))
+  # The persistent compilation cache, as `lth_jax.main` keeps it: a second run of a mode compiles nothing.
+  jax.config.update('jax_compilation_cache_dir', os.path.join(tempfile.gettempdir(), 'lth_population_benchmark_xla'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   steps = 64 if _QUICK.value else _STEPS.value
   repeats = 1 if _QUICK.value else _REPEATS.value
   print(f'device={jax.devices()[0].platform} devices={jax.device_count()} model=lenet300_100 '
         f'batch={_BATCH.value} steps={steps}')
-  for members in (int(value) for value in _MEMBERS.value):
+  for members in (int(value) for value in _MEMBERS.value if 'population' in _FIGURES.value):
     figures = measure(members, steps, _BATCH.value, repeats)
     ratio = figures['vmapped_examples_per_s'] / figures['sequential_examples_per_s']
     print(f'population K={members} vmapped_examples_per_s={figures["vmapped_examples_per_s"]:.0f} '
           f'sequential_examples_per_s={figures["sequential_examples_per_s"]:.0f} ratio={ratio:.2f}', flush=True)
-  level_figures(100 if _QUICK.value else _LEVEL_STEPS.value, 1 if _QUICK.value else 2)
-  if _DRIFT_LEVELS.value:
+  if 'level' in _FIGURES.value:
+    level_figures(100 if _QUICK.value else _LEVEL_STEPS.value, 1 if _QUICK.value else 2)
+  if _DRIFT_LEVELS.value and 'drift' in _FIGURES.value:
     mask_drift(_DRIFT_LEVELS.value, _DRIFT_STEPS.value)
 
 
