@@ -3,6 +3,7 @@
 time (to float rounding), member counts that do not divide the devices, resume after a crash, and
 the checks of `parallel.members_per_program`."""
 
+import contextlib
 import glob
 import json
 import os
@@ -50,6 +51,29 @@ def _level_trees(workdir):
       trees[os.path.relpath(directory, workdir)] = jax.tree_util.tree_map(np.asarray,
                                                                           checkpoints.restore_tree(directory))
   return trees
+
+
+@contextlib.contextmanager
+def _interrupted(monkeypatch, call, step, action):
+  """While the block runs, the `call`-th training program calls `action()` between dispatches at `step`."""
+  original = train_lib.Trainer.train
+  calls = []
+
+  def train(self, state, *args, should_stop=None, **kwargs):
+    calls.append(None)
+    index = len(calls)
+
+    def stop(current):
+      if index == call and current == step:
+        action()
+      return should_stop(current) if should_stop is not None else False
+    return original(self, state, *args, should_stop=stop, **kwargs)
+
+  monkeypatch.setattr(train_lib.Trainer, 'train', train)
+  try:
+    yield
+  finally:
+    monkeypatch.setattr(train_lib.Trainer, 'train', original)
 
 
 @pytest.fixture(scope='module')
@@ -124,23 +148,13 @@ def test_cohort_mode_records_what_one_run_at_a_time_records(cohort_run, tmp_path
 def test_a_crashed_cohort_resumes_to_the_records_of_an_uninterrupted_run(cohort_run, tmp_path, monkeypatch):
   reference, _ = cohort_run
   workdir = str(tmp_path / 'work')
-  original = train_lib.Trainer.train
-  calls = []
 
-  def crashing(self, state, *args, should_stop=None, **kwargs):
-    calls.append(None)
-    index = len(calls)
+  def crash():
+    raise RuntimeError('simulated crash')
 
-    def stop(step):
-      if index == 2 and step == 56:  # level 1's cohort, after its checkpoints of steps 20 and 40
-        raise RuntimeError('simulated crash')
-      return should_stop(step) if should_stop is not None else False
-    return original(self, state, *args, should_stop=stop, **kwargs)
-
-  monkeypatch.setattr(train_lib.Trainer, 'train', crashing)
-  with pytest.raises(RuntimeError, match='simulated crash'):
-    lottery.run(_config(), workdir, log=lambda message: None)
-  monkeypatch.setattr(train_lib.Trainer, 'train', original)
+  with _interrupted(monkeypatch, 2, 56, crash):  # level 1's cohort, after its checkpoints of steps 20 and 40
+    with pytest.raises(RuntimeError, match='simulated crash'):
+      lottery.run(_config(), workdir, log=lambda message: None)
   running = glob.glob(os.path.join(workdir, 'checkpoints', 'running', 'level_1_*'))
   assert len(running) == 1 and sorted(os.listdir(running[0])) == ['20', '40']
   assert [(r['level'], r['branch']) for r in _records(workdir)] == [(0, 'ticket')] * 3
@@ -212,24 +226,11 @@ def test_sigterm_stops_a_cohort_at_its_current_step_and_a_rerun_finishes_the_sam
                                                                                   monkeypatch):
   reference, _ = cohort_run
   workdir = str(tmp_path / 'work')
-  original = train_lib.Trainer.train
-  calls = []
-
-  def signalling(self, state, *args, should_stop=None, **kwargs):
-    calls.append(None)
-    index = len(calls)
-
-    def stop(step):
-      if index == 3 and step == 36:  # level 2's cohort, between its checkpoints
-        os.kill(os.getpid(), signal.SIGTERM)  # what a batch scheduler sends
-      return should_stop(step)
-    return original(self, state, *args, should_stop=stop, **kwargs)
-
-  monkeypatch.setattr(train_lib.Trainer, 'train', signalling)
-  with pytest.raises(lottery.Preempted, match=r'level 2/2 cohort of 6 \(trials 0-2 x ticket, reinit\): stopped at '
-                                              r'step 36/60 on request \(SIGTERM\); checkpointed in .*/36'):
-    lottery.run(_config(), workdir, log=lambda message: None)
-  monkeypatch.setattr(train_lib.Trainer, 'train', original)
+  # Level 2's cohort, between its checkpoints, gets what a batch scheduler sends.
+  with _interrupted(monkeypatch, 3, 36, lambda: os.kill(os.getpid(), signal.SIGTERM)):
+    with pytest.raises(lottery.Preempted, match=r'level 2/2 cohort of 6 \(trials 0-2 x ticket, reinit\): stopped '
+                                                r'at step 36/60 on request \(SIGTERM\); checkpointed in .*/36'):
+      lottery.run(_config(), workdir, log=lambda message: None)
   running = glob.glob(os.path.join(workdir, 'checkpoints', 'running', 'level_2_*'))
   assert len(running) == 1 and sorted(os.listdir(running[0])) == ['20', '36']
   lines = []
@@ -237,3 +238,18 @@ def test_sigterm_stops_a_cohort_at_its_current_step_and_a_rerun_finishes_the_sam
   assert any('resuming at step 36/60' in line for line in lines)
   assert _records(workdir) == _records(reference)
   chex.assert_trees_all_equal(_level_trees(workdir), _level_trees(reference))
+
+
+def test_stability_populations_are_spread_over_the_members_axis():
+  experiment = lottery.prepare(helpers.tiny_config())
+  four = experiment.trainer(4)  # stability.measure's full, ticket, random ticket and second full network
+  assert four.population_size == 4 and four.mesh.devices.shape == (4, 2)
+  two = experiment.trainer(2)   # linear mode connectivity's two copies
+  assert two.mesh.devices.shape == (2, 4)
+  params, model_state = experiment.trainer().init_variables(0)
+  state = four.create_state(train_lib.stack_members([params] * 4), train_lib.stack_members([model_state] * 4),
+                            train_lib.stack_members([jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool),
+                                                                            params)] * 4), 0)
+  kernel = state.params['dense_0']['kernel']
+  assert kernel.sharding.spec[0] == 'members'
+  assert {shard.data.shape[0] for shard in kernel.addressable_shards} == {1}  # one member per device row
