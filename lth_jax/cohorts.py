@@ -60,6 +60,7 @@ class MemberResult:
   snapshots: dict[int, tuple[Any, Any]]    # step -> host (params, model_state)
   curve: list[dict[str, Any]]              # one entry per evaluation: step, train_loss, test metrics
   wall_seconds: float                      # the program's training time (shared by its members)
+  diverged_step: int | None = None         # where a non-finite loss or weight was first seen
 
 
 def format_duration(seconds: float) -> str:
@@ -103,8 +104,13 @@ def describe(members: Sequence[Member]) -> str:
 
 
 def _summary(values: Sequence[float]) -> str:
-  """'0.8123 [0.7912, 0.8311]': the mean over members and their range."""
-  return f'{float(np.mean(values)):.4g} [{min(values):.4g}, {max(values):.4g}]'
+  """'0.8123 [0.7912, 0.8311]': the mean over members and their range (non-finite values counted apart:
+  '0.8123 [0.7912, 0.8311], 1 non-finite')."""
+  finite = [value for value in values if np.isfinite(value)]
+  if not finite:
+    return 'nan'
+  text = f'{float(np.mean(finite)):.4g} [{min(finite):.4g}, {max(finite):.4g}]'
+  return text + (f', {len(values) - len(finite)} non-finite' if len(finite) < len(values) else '')
 
 
 def running_directory(workdir: str, level: int, runs: Sequence[tuple[int, str]]) -> str:
@@ -249,10 +255,12 @@ class ProgramRunner:
           self.scalars.close(run)
     final_params = parallel.to_host(result.state.params)
     if not population:
-      return [MemberResult(members[0], final_params, result.snapshots, result.curve, result.wall_seconds)]
+      return [MemberResult(members[0], final_params, result.snapshots, result.curve, result.wall_seconds,
+                           result.diverged_steps[0])]
     return [MemberResult(member, train_lib.member(final_params, index),
                          {step: _member_snapshot(snapshot, index) for step, snapshot in result.snapshots.items()},
-                         [_split_entry(entry, index) for entry in result.curve], result.wall_seconds)
+                         [_split_entry(entry, index) for entry in result.curve], result.wall_seconds,
+                         result.diverged_steps[index])
             for index, member in enumerate(members)]
 
 

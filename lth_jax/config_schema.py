@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.training.decay_factor = 0.1
   config.training.batch_size = 64         # global batch (all devices of all hosts)
   config.training.num_steps = 3000        # length of training; or 0 and set num_epochs
-  config.training.num_epochs = 0
+  config.training.num_epochs = 0.0        # ... in epochs of the training set (fractions allowed)
   config.training.eval_every = 500        # test-set evaluation every this many steps (0: only at the end)
   config.training.eval_every_epochs = 0.0  # ... or epochs
   config.training.eval_batch_size = 1000

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import signal
 import socket
@@ -193,8 +194,8 @@ class _Scalars:
       return
     if run not in self._writers:
       self._writers[run] = self._writer_class(os.path.join(self.directory, run))
-    for tag, value in scalars.items():
-      if isinstance(value, (int, float)) and not isinstance(value, bool):
+    for tag, value in scalars.items():  # (a diverged run's NaNs are left out: TensorBoard cannot plot them)
+      if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         self._writers[run].add_scalar(tag, value, step)
     self._writers[run].flush()
 
@@ -270,6 +271,8 @@ class _Trial:
   def level_zero(self) -> list[cohorts.Member]:
     """The dense run, or nothing when it is recorded (its rewind point and weights are restored)."""
     rewind_step = self.plan.rewind_step
+    if self.done(0, 'ticket') and self.runner.diverged_ticket(self.trial, 0) is not None:
+      return []  # the dense run diverged: nothing to restore, the trial stops (see `_LevelRunner.run`)
     if self.done(0, 'ticket'):
       self.rewind = self._restore_finished(self.rewind_dir, (self.params0, self.model_state0),
                                            f'rewind point (step {rewind_step})', 0)
@@ -285,6 +288,15 @@ class _Trial:
     turnaround = tuple(step for step in (self.plan.turnaround_step,) if step)
     return [cohorts.Member(self.trial, 0, 'ticket', self.params0, self.model_state0, self.keep_mask,
                            self.data_seed, (rewind_step, *turnaround), save_rewind_point)]
+
+  def stop_diverged(self, level: int, step: int | None) -> None:
+    """Stops this trial after its level-`level` ticket diverged, saying what to change."""
+    self.active = False
+    self.runner.log(
+        f'lth_jax: trial {self.trial}: the level {level} ticket diverged (non-finite loss or weights at step {step}), '
+        f'so level {level + 1} is not pruned from its weights and this trial stops here. Lower '
+        f'training.learning_rate ({self.runner.learning_rate:g}) or add training.warmup_steps, and run again in a '
+        'new workdir.')
 
   def prepare_level(self, level: int) -> None:
     """Prunes this level's winning-ticket mask (or stops the trial when nothing is left to prune)."""
@@ -314,18 +326,30 @@ class _Trial:
                           turnaround if branch == 'ticket' else ())
 
   def finish(self, result: cohorts.MemberResult) -> dict[str, Any]:
-    """Takes one member's result (keeping a ticket's level for good); returns its record (not yet written)."""
+    """Takes one member's result (keeping a ticket's level for good); returns its record (not yet written).
+    A diverged ticket stops the trial: the next level is not pruned from non-finite weights."""
     member = result.member
+    if result.diverged_step is not None:
+      self.runner.log(f'lth_jax: warning: trial {self.trial} level {member.level} {member.branch} diverged: a '
+                      f'non-finite loss or weight at step {result.diverged_step} '
+                      f'(training.learning_rate={self.runner.learning_rate:g}); its record says "diverged": true')
     if member.level == 0:
-      self.rewind = result.snapshots[self.plan.rewind_step]
-      self.dense_params = self.plan.pruning_weights(result.snapshots, result.final_params)
-      if not os.path.isdir(self.rewind_dir):  # resumed past the rewind step from a checkpoint that holds it
+      self.rewind = result.snapshots.get(self.plan.rewind_step)
+      if self.plan.turnaround_step and self.plan.turnaround_step not in result.snapshots:
+        self.dense_params = result.final_params  # diverged before the turnaround step: never pruned from
+      else:
+        self.dense_params = self.plan.pruning_weights(result.snapshots, result.final_params)
+      if self.rewind is not None and not os.path.isdir(self.rewind_dir):  # resumed past the rewind step
         checkpoints.save_tree(self.rewind_dir, self.rewind)
       self.ticket_params = self.dense_params
       self._save_level(0, result.final_params, self.dense_params)
     elif member.branch == 'ticket':
-      self.ticket_params = self.plan.pruning_weights(result.snapshots, result.final_params)
+      self.ticket_params = (result.final_params if self.plan.turnaround_step not in result.snapshots and
+                            self.plan.turnaround_step else
+                            self.plan.pruning_weights(result.snapshots, result.final_params))
       self._save_level(member.level, result.final_params, self.ticket_params)
+    if member.branch == 'ticket' and result.diverged_step is not None:
+      self.stop_diverged(member.level, result.diverged_step)
     start_step = 0 if member.level == 0 else self.plan.rewind_step
     record = self.runner.record(member, result, self.prunable, start_step)
     self.last_level[member.branch] = (record, result.final_params, member.keep_mask)
@@ -349,6 +373,7 @@ class _LevelRunner:
     self.snip_batches = int(config.pruning.get('snip_batches', 1))
     self.branch_names = ['ticket', *[name for name in config.get('branches', ()) if name != 'ticket']]
     self.members_per_program = experiment.members_per_program
+    self.learning_rate = float(config.training.learning_rate)
     checkpointing = config.get('checkpointing', {})
     settings = cohorts.ProgramSettings(
         end_step=self.total_steps, eval_every=int(config.training.get('eval_every', 0)),
@@ -359,6 +384,11 @@ class _LevelRunner:
     self.programs = cohorts.ProgramRunner(workdir, experiment.program_trainer, settings, log, should_stop,
                                           self.scalars)
 
+  def diverged_ticket(self, trial: int, level: int) -> dict[str, Any] | None:
+    """The record of (trial, level)'s ticket if it diverged."""
+    return next((record for record in self.records if record['trial'] == trial and record['level'] == level
+                 and record['branch'] == 'ticket' and results_lib.is_diverged(record)), None)
+
   def recorded(self, trial: int, level: int, branch: str) -> bool:
     return any(record['trial'] == trial and record['level'] == level and record['branch'] == branch
                for record in self.records)
@@ -368,20 +398,24 @@ class _LevelRunner:
     """The record of one finished run."""
     final = result.curve[-1]
     metric = 'test_accuracy' if 'test_accuracy' in final else 'test_rmse'
-    values = [entry[metric] for entry in result.curve]
-    return {
+    values = [entry[metric] for entry in result.curve if np.isfinite(entry[metric])]
+    best = (max(values) if metric == 'test_accuracy' else min(values)) if values else None
+    record = {
         'trial': member.trial, 'level': member.level, 'branch': member.branch,
         'fraction_remaining': masks_lib.density(member.keep_mask, prunable),
         'kept_weights': int(sum(masks_lib.count_per_layer(member.keep_mask, prunable).values())),
         'nonzero_weights': masks_lib.nonzero_count(result.final_params, prunable),
         'layer_density': masks_lib.density_per_layer(member.keep_mask, prunable),
         metric: final[metric], 'test_loss': final['test_loss'],
-        f'best_{metric}': max(values) if metric == 'test_accuracy' else min(values),
+        f'best_{metric}': best,
         'steps': self.total_steps - start_step, 'start_step': start_step, 'end_step': self.total_steps,
         'curve': [{key: entry[key] for key in ('step', metric, 'test_loss', 'train_loss') if key in entry}
                   for entry in result.curve],
         'wall_seconds': result.wall_seconds, 'seed': self.seed,
     }
+    if result.diverged_step is not None:
+      record.update(diverged=True, diverged_step=result.diverged_step)
+    return results_lib.finite_or_none(record)
 
   def _write(self, program: list[cohorts.Member], records: list[dict[str, Any]]) -> None:
     """Appends a program's records in one atomic write, then deletes its periodic checkpoints."""
@@ -419,6 +453,10 @@ class _LevelRunner:
     for level in range(1, self.plan.levels + 1):
       active = [state for state in trials.values() if state.active]
       for state in active:
+        diverged = self.diverged_ticket(state.trial, level - 1)
+        if diverged is not None:  # recorded so by an earlier run of this workdir
+          state.stop_diverged(level - 1, diverged.get('diverged_step'))
+          continue
         state.prepare_level(level)
       active = [state for state in active if state.active]
       if not active:
@@ -732,8 +770,7 @@ def _check_config_file(config: ml_collections.ConfigDict, workdir: str, allow_co
       return
   if jax.process_index() == 0:
     with results_lib.atomic_open(path) as file:
-      json.dump(new, file, indent=2, sort_keys=True)
-      file.write('\n')
+      file.write(results_lib.strict_json(new, indent=2, sort_keys=True) + '\n')
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
@@ -750,8 +787,16 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   experiment = prepare(config)
   _check_workdir(workdir)
   experiment.trainer()  # built before WORKDIR/config.json is written
-  with workdir_lock(workdir, log):
-    return _run_locked(config, experiment, workdir, log, allow_config_change)
+  try:
+    with workdir_lock(workdir, log):
+      return _run_locked(config, experiment, workdir, log, allow_config_change)
+  except (Preempted, validation.ConfigError, checkpoints.CheckpointError):
+    raise
+  except Exception as error:  # pylint: disable=broad-except  (orbax, tensorstore, tensorboardX, the OS)
+    written = results_lib.as_write_error(error, workdir)
+    if written is None:
+      raise
+    raise written from error
 
 
 def _run_locked(config: ml_collections.ConfigDict, experiment: 'Experiment', workdir: str,

@@ -8,13 +8,17 @@ On a TPU pod slice (or any multi-host cluster) run the same command on every hos
 --coordinator_address, --num_processes and --process_id, or launch under SLURM / Open MPI, which
 'auto' detects).
 
-Exit status: 0 done; 1 a bad config, workdir, dataset or checkpoint (with a message naming it);
-143 (128 + SIGTERM) stopped by SIGTERM after checkpointing the current step: run the same command
-again to continue.
+Exit status: 0 done; 1 a bad config, config file, workdir, dataset or checkpoint, or a workdir that
+cannot be written (disk full, permissions, read-only, I/O error), with a one-line message naming it;
+3 done, but a ticket diverged (non-finite loss or weights: its record says "diverged": true, and its
+trial stopped there); 143 (128 + SIGTERM) stopped by SIGTERM after checkpointing the current step: run
+the same command again to continue.
 """
 
+import importlib.util
 import os
 import sys
+import traceback
 
 import jax
 from absl import app
@@ -31,6 +35,7 @@ from lth_jax import results
 from lth_jax import validation
 
 PREEMPTED_EXIT_STATUS = 143  # 128 + SIGTERM, what a process killed by SIGTERM reports
+DIVERGED_EXIT_STATUS = 3     # the run finished, but a ticket diverged
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for results, checkpoints and logs.', required=True)
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections config file.',
@@ -77,18 +82,75 @@ def main(argv: list[str]) -> None:
                                   _PROCESS_ID.value)
   enable_compilation_cache(_COMPILATION_CACHE_DIR.value)
   try:
-    lottery.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    outcome = lottery.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (validation.ConfigError, data.DatasetNotPreparedError, checkpoints.CheckpointError,
-          results.CorruptResultsError) as error:
+          results.CorruptResultsError, results.WriteError) as error:
     sys.exit(f'lth_jax: {error}')
   except lottery.Preempted as error:
     print(f'lth_jax: {error}', file=sys.stderr, flush=True)
     sys.exit(PREEMPTED_EXIT_STATUS)
+  diverged = [record for record in outcome.records if record['branch'] == 'ticket' and results.is_diverged(record)]
+  if diverged:
+    print('lth_jax: ' + ', '.join(f'trial {record["trial"]} level {record["level"]}' for record in diverged)
+          + ': the ticket diverged (see the warnings above); exit status 3', file=sys.stderr, flush=True)
+    sys.exit(DIVERGED_EXIT_STATUS)
+
+
+def _config_argument(argv: list[str]) -> str | None:
+  """The value of --config in `argv` (`--config=PATH[:VARIANT]` or `--config PATH[:VARIANT]`)."""
+  for index, argument in enumerate(argv[1:], start=1):
+    if argument.startswith('--config='):
+      return argument[len('--config='):]
+    if argument == '--config' and index + 1 < len(argv):
+      return argv[index + 1]
+  return None
+
+
+def _where(error: BaseException, path: str) -> str:
+  """'PATH, line N' of the deepest frame of `error` in the file `path` (or of a syntax error in it)."""
+  if isinstance(error, SyntaxError) and error.filename and os.path.abspath(error.filename) == path:
+    return f'{path}, line {error.lineno}'
+  frames = [frame for frame in traceback.extract_tb(error.__traceback__) if os.path.abspath(frame.filename) == path]
+  return f'{path}, line {frames[-1].lineno}' if frames else path
+
+
+def check_config_file(argument: str) -> str | None:
+  """Loads the config file of `--config=PATH[:VARIANT]` as ml_collections will; returns a one-line
+  message when it does not exist, fails to import (naming the file and line), has no `get_config`,
+  or its `get_config` rejects the variant or fails; None when it gives a config."""
+  path, _, variant = argument.partition(':')
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isfile(path):
+    return f'lth_jax: --config={argument}: no config file at {path}'
+  try:
+    spec = importlib.util.spec_from_file_location('_lth_jax_checked_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  except BaseException as error:  # pylint: disable=broad-except  (whatever the file raises)
+    if isinstance(error, (KeyboardInterrupt, SystemExit)):
+      raise
+    message = error.msg if isinstance(error, SyntaxError) else str(error)
+    return f'lth_jax: --config={argument}: {_where(error, path)}: {type(error).__name__}: {message}'
+  if not callable(getattr(module, 'get_config', None)):
+    return f'lth_jax: --config={argument}: {path} defines no get_config() function'
+  try:
+    module.get_config(variant) if variant else module.get_config()
+  except Exception as error:  # pylint: disable=broad-except
+    if variant and isinstance(error, TypeError) and 'argument' in str(error):
+      return f'lth_jax: --config={argument}: {path} has no variants (its get_config takes no argument)'
+    return f'lth_jax: --config={argument}: {_where(error, path)}: {type(error).__name__}: {error}'
+  return None
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a one-line message instead of a traceback for a --config.FIELD
-  override that names no field of the config (ml_collections raises AttributeError there)."""
+  """absl's flag parsing, with one-line messages instead of tracebacks for a --config file that is
+  missing, fails to load or rejects its variant, and for a --config.FIELD override that names no
+  field of the config (ml_collections raises AttributeError there)."""
+  argument = _config_argument(argv)
+  if argument is not None:
+    message = check_config_file(argument)
+    if message is not None:
+      sys.exit(message)
   try:
     return app.parse_flags_with_usage(argv)
   except AttributeError as error:

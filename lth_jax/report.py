@@ -111,9 +111,19 @@ def _check_records(records: Sequence[dict[str, Any]]) -> str:
   return results_lib.test_metric_name(records)
 
 
+def usable(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The records of runs that did not diverge: what the means, plots and CSV are made of (a diverged
+  run's numbers are missing or meaningless); ValueError when every run diverged."""
+  kept, diverged = results_lib.split_diverged(records)
+  if records and not kept:
+    raise ValueError(f'every one of the {len(diverged)} run(s) diverged: nothing to plot')
+  return kept
+
+
 def sparsity_summary(records: Sequence[dict[str, Any]]) -> dict[str, list[SparsityPoint]]:
   """Per branch (ticket first), one point per level: fraction remaining and the test metric's mean,
   minimum and maximum over trials."""
+  records = usable(records)
   metric = _check_records(records)
   summary = {}
   for branch in _branches(records):
@@ -132,6 +142,7 @@ def sparsity_summary(records: Sequence[dict[str, Any]]) -> dict[str, list[Sparsi
 def training_curves(records: Sequence[dict[str, Any]], branch: str = 'ticket') -> list[TrainingCurve]:
   """One curve per level of `branch`: the test metric at each evaluated step, mean/min/max over the
   trials that evaluated that step."""
+  records = usable(records)
   metric = _check_records(records)
   curves = []
   for level in sorted({record['level'] for record in records if record['branch'] == branch}):
@@ -178,6 +189,7 @@ def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | Non
   """Test metric against fraction of weights remaining (log axis, decreasing to the right), one line per
   branch at the mean over trials with min-max error bars, the dense (level 0) mean as a dashed line;
   saved as a PNG at `path` (when given). Returns the figure."""
+  records = usable(records)
   metric = _check_records(records)
   summary = sparsity_summary(records)
   figure = figure_lib.Figure(figsize=(7, 4.8), layout='constrained')
@@ -228,6 +240,7 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | None = N
   """Test metric against training step for `branch` (the ticket by default), one line per level at the
   mean over trials (shaded min to max), coloured by fraction of weights remaining; saved as a PNG at
   `path` (when given). Returns the figure."""
+  records = usable(records)
   metric = _check_records(records)
   curves = training_curves(records, branch)
   if not curves:
@@ -271,6 +284,7 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | None = N
 def sparsity_rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
   """The sparsity table as a header and rows: level, fraction_remaining, then per branch the test
   metric's mean, min and max over trials and the number of trials (empty where a branch has no record)."""
+  records = usable(records)
   metric = _check_records(records)
   summary = sparsity_summary(records)
   header = ['level', 'fraction_remaining']
@@ -340,7 +354,14 @@ def main(argv: list[str]) -> None:
     return
   print(results_lib.format_table(records))
   print(results_lib.format_sparsity_table(records))
-  for path in write_report(records, output_dir):
+  diverged = results_lib.split_diverged(records)[1]
+  if diverged:
+    print(f'left {len(diverged)} diverged run(s) out of the means, plots and CSV')
+  try:
+    paths = write_report(records, output_dir)
+  except ValueError as error:
+    sys.exit(f'lth_jax.report: {error}')
+  for path in paths:
     print(f'wrote {path}')
 
 

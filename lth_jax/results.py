@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import math
 import os
+import re
 import secrets
 from typing import IO, Any, Iterable, Iterator, Sequence
 
@@ -14,6 +17,53 @@ _logger = logging.getLogger(__name__)
 
 class CorruptResultsError(ValueError):
   """A results file is damaged before its last line (not a torn append)."""
+
+
+class WriteError(OSError):
+  """A file of the workdir could not be written: no space left, permission denied, a read-only file
+  system, an I/O error. Nothing already recorded is lost; re-running the same command resumes."""
+
+
+# What each storage failure asks of the user.
+_STORAGE_FAILURES = {
+    errno.ENOSPC: ('No space left on device', 'free some space'),
+    errno.EDQUOT: ('Disk quota exceeded', 'free some space or raise the quota'),
+    errno.EACCES: ('Permission denied', 'give this user write permission there'),
+    errno.EPERM: ('Operation not permitted', 'give this user write permission there'),
+    errno.EROFS: ('Read-only file system', 'make it writable or use another --workdir'),
+    errno.EIO: ('Input/output error', 'check the disk'),
+}
+_QUOTED_PATH = re.compile(r'["\'](/[^"\']+)["\']')
+
+
+def _storage_failure(error: BaseException) -> tuple[int, str | None] | None:
+  """(errno, path or None) when `error` is a storage failure: an OSError with one of those errnos, or
+  another library's error (orbax, tensorstore) whose message names one."""
+  if isinstance(error, OSError) and error.errno in _STORAGE_FAILURES:
+    return error.errno, error.filename if isinstance(error.filename, str) else None
+  text = str(error)
+  for code, (cause, _) in _STORAGE_FAILURES.items():
+    if cause in text:
+      match = _QUOTED_PATH.search(text)
+      return code, match.group(1) if match else None
+  return None
+
+
+def as_write_error(error: BaseException, workdir: str) -> WriteError | None:
+  """A one-line WriteError naming the path and the cause when `error` (or an error it was raised from)
+  is a storage failure while writing the workdir; None otherwise."""
+  seen = 0
+  while error is not None and seen < 10:
+    failure = _storage_failure(error)
+    if failure is not None:
+      code, path = failure
+      cause, remedy = _STORAGE_FAILURES[code]
+      written = WriteError(f'cannot write {path or workdir}: {cause}. Nothing already recorded is lost: '
+                           f'{remedy} and run the same command again to resume.')
+      written.errno = code
+      return written
+    error, seen = error.__cause__ or error.__context__, seen + 1
+  return None
 
 
 def _parse_record(line: bytes) -> dict[str, Any]:
@@ -71,11 +121,29 @@ def atomic_open(path: str, mode: str = 'w') -> Iterator[IO[Any]]:
     raise
 
 
+def finite_or_none(value: Any) -> Any:
+  """`value` with every non-finite float (NaN, infinities) replaced by None, in nested dicts and lists:
+  what strict JSON can hold (a diverged run's record says why its numbers are missing)."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {key: finite_or_none(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [finite_or_none(item) for item in value]
+  return value
+
+
+def strict_json(value: Any, **options: Any) -> str:
+  """`json.dumps` that writes strict JSON (RFC 8259): non-finite numbers become null."""
+  return json.dumps(finite_or_none(value), allow_nan=False, **options)
+
+
 def write_records(path: str, records: Iterable[dict[str, Any]]) -> None:
-  """Replaces the results file atomically: a temporary file in the same folder, fsync, rename."""
+  """Replaces the results file atomically: a temporary file in the same folder, fsync, rename. Strict
+  JSON: non-finite numbers are written as null (files written before, holding NaN, still load)."""
   with atomic_open(path) as file:
     for record in records:
-      file.write(json.dumps(record, sort_keys=True) + '\n')
+      file.write(strict_json(record, sort_keys=True) + '\n')
 
 
 def append_record(path: str, record: dict[str, Any]) -> None:
@@ -86,6 +154,28 @@ def append_record(path: str, record: dict[str, Any]) -> None:
 def append_records(path: str, records: Sequence[dict[str, Any]]) -> None:
   """Adds records to the results file in one atomic write: all of them, or (after a crash) none."""
   write_records(path, [*read_records(path), *records])
+
+
+def is_diverged(record: dict[str, Any]) -> bool:
+  """Whether a record is of a run that diverged: marked so, or (in files written before the mark) with
+  a test metric that is missing or not finite."""
+  if record.get('diverged'):
+    return True
+  value = record.get('test_accuracy', record.get('test_rmse'))
+  return not isinstance(value, (int, float)) or not math.isfinite(value)
+
+
+def split_diverged(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+  """(records of runs that trained normally, records of diverged runs)."""
+  return ([record for record in records if not is_diverged(record)],
+          [record for record in records if is_diverged(record)])
+
+
+def _metric_cell(record: dict[str, Any], metric: str, width: int) -> str:
+  if is_diverged(record):
+    step = record.get('diverged_step')
+    return (f'diverged@{step}' if step is not None else 'diverged').rjust(width)
+  return f'{record[metric]:>{width}.6g}'
 
 
 def test_metric_name(records: Sequence[dict[str, Any]]) -> str:
@@ -103,15 +193,19 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
   for record in sorted(records, key=lambda r: (r['trial'], r['level'], r['branch'] != 'ticket', r['branch'])):
     lines.append(f'{record["trial"]:>5} {record["level"]:>5} {record["branch"]:<16} '
                  f'{100 * record["fraction_remaining"]:>9.2f}% {record["nonzero_weights"]:>10} '
-                 f'{record[metric]:>14.6g} {record["steps"]:>7}')
+                 f'{_metric_cell(record, metric, 14)} {record["steps"]:>7}')
   return '\n'.join(lines)
 
 
 def format_sparsity_table(records: Sequence[dict[str, Any]]) -> str:
   """Test metric against fraction of weights remaining: one row per level, one column per branch,
-  each cell the mean over trials (with min-max when there are several trials)."""
+  each cell the mean over trials (with min-max when there are several trials). Diverged runs are left
+  out of the means, and a last line says how many."""
   if not records:
     return '(no results)'
+  records, diverged = split_diverged(records)
+  if not records:
+    return f'(every one of the {len(diverged)} run(s) diverged)'
   metric = test_metric_name(records)
   branches = sorted({record['branch'] for record in records}, key=lambda name: (name != 'ticket', name))
   levels = sorted({record['level'] for record in records})
@@ -130,4 +224,7 @@ def format_sparsity_table(records: Sequence[dict[str, Any]]) -> str:
       else:
         cells.append(f'{sum(values) / len(values):.4g} [{min(values):.4g}, {max(values):.4g}]'.rjust(24))
     lines.append(f'{level:>5} {100 * remaining:>9.2f}% ' + ' '.join(cells))
+  if diverged:
+    lines.append(f'({len(diverged)} diverged run(s) left out: ' +
+                 ', '.join(f'trial {r["trial"]} level {r["level"]} {r["branch"]}' for r in diverged) + ')')
   return '\n'.join(lines)

@@ -126,6 +126,9 @@ class TrainResult:
   snapshots: dict[int, tuple[Any, Any]]  # step -> host (params, model_state)
   curve: list[dict[str, float]]          # one entry per evaluation: step, train_loss, test metrics
   wall_seconds: float
+  # Per member (one entry for a plain run): the step at which a non-finite loss or weight was first
+  # seen, None if never. Training stops early once every member has diverged.
+  diverged_steps: list[int | None] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -139,6 +142,7 @@ class RunCheckpoint:
   curve: list[dict[str, float]]           # the evaluations so far
   snapshots: dict[int, tuple[Any, Any]]   # the snapshots taken so far: step -> host (params, model_state)
   wall_seconds: float = 0.0               # training time spent before this point
+  diverged_steps: list[int | None] | None = None  # per member: where divergence was first seen so far
 
   @property
   def step(self) -> int:
@@ -154,7 +158,8 @@ class RunCheckpoint:
   def metadata(self) -> dict[str, Any]:
     """The JSON part: step, curve, snapshot steps, wall time."""
     return {'step': self.step, 'train_sum_steps': self.train_sum_steps, 'curve': self.curve,
-            'snapshot_steps': sorted(self.snapshots), 'wall_seconds': self.wall_seconds}
+            'snapshot_steps': sorted(self.snapshots), 'wall_seconds': self.wall_seconds,
+            'diverged_steps': self.diverged_steps}
 
   @staticmethod
   def arrays_like(metadata: dict[str, Any], state: TrainState, train_sums: Any,
@@ -174,7 +179,8 @@ class RunCheckpoint:
                  for step, tree in (arrays.get('snapshots') or {}).items()}
     return cls(state=arrays['state'], train_sums=arrays['train_sums'],
                train_sum_steps=int(metadata['train_sum_steps']), curve=list(metadata['curve']),
-               snapshots=snapshots, wall_seconds=float(metadata.get('wall_seconds', 0.0)))
+               snapshots=snapshots, wall_seconds=float(metadata.get('wall_seconds', 0.0)),
+               diverged_steps=metadata.get('diverged_steps'))
 
 
 class Preempted(Exception):
@@ -299,6 +305,13 @@ class Trainer:
       return jax.tree_util.tree_map(lambda gradients: gradients.mean(0), total)
 
     self._mean_gradients = jax.jit(mean_gradients, out_shardings=replicated)
+
+    def all_finite(params):
+      leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
+      return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+    # Whether every weight is finite (per member): run only where the host waits anyway (evaluations).
+    self._all_finite = jax.jit(jax.vmap(all_finite) if population_size else all_finite, out_shardings=replicated)
     example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
     self._init_program = jax.jit(lambda key: model.init(key, example, train=False))
     # One compiled program instead of one eager op per optimizer-state leaf.
@@ -425,8 +438,11 @@ class Trainer:
       state, train_sums = resumed.state, self._put_state(resumed.train_sums)
       train_sum_steps, curve, snapshots = resumed.train_sum_steps, list(resumed.curve), dict(resumed.snapshots)
       wall_before = resumed.wall_seconds
+      diverged = list(resumed.diverged_steps or [])
     else:
       train_sums, train_sum_steps, curve, snapshots, wall_before = self.zero_train_sums(state), 0, [], {}, 0.0
+      diverged = []
+    diverged = diverged or [None] * max(1, self.population_size)
     start_step = first_step(state.step)
     boundaries = {end_step}
     boundaries.update(step for step in snapshot_steps if start_step < step < end_step)
@@ -445,10 +461,53 @@ class Trainer:
     def checkpoint() -> RunCheckpoint:
       return RunCheckpoint(state=state, train_sums=train_sums, train_sum_steps=train_sum_steps, curve=list(curve),
                            snapshots=dict(snapshots),
-                           wall_seconds=wall_before + time.perf_counter() - started)
+                           wall_seconds=wall_before + time.perf_counter() - started,
+                           diverged_steps=list(diverged))
+
+    def note_divergence(finite: Any) -> bool:
+      """Records the members whose numbers are not all finite now; True once every member has diverged."""
+      for index, ok in enumerate(np.atleast_1d(np.asarray(finite, bool))):
+        if not ok and diverged[index] is None:
+          diverged[index] = current
+      return all(step is not None for step in diverged)
+
+    def losses_finite() -> np.ndarray:  # the train-loss sums since the last evaluation (a few floats)
+      return np.isfinite(np.asarray(parallel.to_host(train_sums['loss']), np.float64))
+
+    def evaluation_entry() -> dict[str, Any]:
+      nonlocal segment_started, train_sums, train_sum_steps, reported_step, reported_at
+      entry: dict[str, Any] = {'step': current}
+      if train_sum_steps:  # fetching the sums waits for the steps: training time ends here
+        entry.update(summarize(self.task, parallel.to_host(train_sums), 'train'))
+      trained = time.perf_counter()
+      entry.update(self.evaluate(state))
+      finite = np.asarray(parallel.to_host(self._all_finite(state.params)), bool)
+      for name in ('train_loss', 'test_loss'):
+        if name in entry:
+          finite = finite & np.isfinite(np.asarray(entry[name], np.float64))
+      now = time.perf_counter()
+      entry['examples_per_second'] = (
+          (current - max(curve[-1]['step'] if curve else start_step, start_step)) * examples_per_step
+          / max(trained - segment_started, 1e-9))
+      entry['evaluation_seconds'] = now - trained
+      segment_started, train_sums, train_sum_steps = now, self.zero_train_sums(state), 0
+      reported_step, reported_at = current, now
+      curve.append(entry)
+      entry_finite[0] = finite
+      return entry
+
+    def stopped_diverged() -> TrainResult:
+      """Every member diverged: the result so far, its last curve entry at the current step."""
+      if not curve or curve[-1]['step'] != current:
+        entry = evaluation_entry()
+        if progress is not None:
+          progress(entry)
+      return TrainResult(state=state, snapshots=snapshots, curve=curve,
+                         wall_seconds=wall_before + time.perf_counter() - started, diverged_steps=diverged)
 
     current, segment_started = start_step, time.perf_counter()
     reported_step, reported_at = current, segment_started  # the last progress report (evaluation or heartbeat)
+    entry_finite: list[Any] = [True]  # what the last evaluation found finite
     seeds = self._seeds(data_seed)
     if isinstance(self.feed, feeds_lib.StreamingFeed):
       self.feed.forget_streams(keep=seeds)
@@ -464,37 +523,31 @@ class Trainer:
           snapshots[current] = parallel.to_host((state.params, state.model_state))
           if on_snapshot is not None:
             on_snapshot(current, snapshots[current])
+        all_diverged = False
         if current == end_step or (eval_every and current % eval_every == 0):
-          entry = {'step': current}
-          if train_sum_steps:  # fetching the sums waits for the steps: training time ends here
-            entry.update(summarize(self.task, parallel.to_host(train_sums), 'train'))
-          trained = time.perf_counter()
-          entry.update(self.evaluate(state))
-          now = time.perf_counter()
-          entry['examples_per_second'] = (
-              (current - max(curve[-1]['step'] if curve else start_step, start_step)) * examples_per_step
-              / max(trained - segment_started, 1e-9))
-          entry['evaluation_seconds'] = now - trained
-          segment_started, train_sums, train_sum_steps = now, self.zero_train_sums(state), 0
-          reported_step, reported_at = current, now
-          curve.append(entry)
+          entry = evaluation_entry()
+          all_diverged = note_divergence(entry_finite[0])
           if progress is not None:
             progress(entry)
         elif heartbeat is not None and time.perf_counter() - reported_at >= heartbeat_seconds:
-          jax.block_until_ready(state.step)
+          all_diverged = note_divergence(losses_finite())  # waits for the dispatch, as the heartbeat must
           now = time.perf_counter()
           speed = (current - reported_step) * examples_per_step / max(now - reported_at, 1e-9)
           heartbeat({'step': current, 'examples_per_second': speed})
           reported_step, reported_at = current, now
         if current == end_step:
           break
+        if all_diverged:
+          return stopped_diverged()
         stop = should_stop is not None and should_stop(current)
         if on_checkpoint is not None and (stop or (checkpoint_every and current % checkpoint_every == 0)):
+          if train_sum_steps and note_divergence(losses_finite()):  # the checkpoint syncs anyway
+            return stopped_diverged()
           on_checkpoint(checkpoint())
         if stop:
           raise Preempted(f'stopped at step {current}', current, checkpointed=on_checkpoint is not None)
     return TrainResult(state=state, snapshots=snapshots, curve=curve,
-                       wall_seconds=wall_before + time.perf_counter() - started)
+                       wall_seconds=wall_before + time.perf_counter() - started, diverged_steps=diverged)
 
 
 def first_step(step: Any) -> int:

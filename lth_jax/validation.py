@@ -56,10 +56,10 @@ def fraction_per_level(config: ml_collections.ConfigDict) -> float:
 
 
 def total_steps(training: ml_collections.ConfigDict, num_train: int) -> int:
-  """Training length in steps: training.num_steps, or training.num_epochs whole epochs."""
+  """Training length in steps: training.num_steps, or training.num_epochs epochs (rounded to a step)."""
   if training.get('num_steps'):
     return int(training.num_steps)
-  return int(training.num_epochs) * (num_train // int(training.batch_size))
+  return int(round(training.num_epochs * (num_train // int(training.batch_size))))
 
 
 # (section, field in steps, twin field in epochs): set at most one of each pair.
@@ -127,7 +127,7 @@ def resolve_epochs(config: ml_collections.ConfigDict, num_train: int) -> ml_coll
   resolved = copy.deepcopy(config)
   with resolved.unlocked():
     if not training.get('num_steps'):
-      resolved.training.num_steps = int(training.get('num_epochs', 0) or 0) * steps_per_epoch
+      resolved.training.num_steps = int(round((training.get('num_epochs', 0) or 0) * steps_per_epoch))
     for section, step_field, epoch_field in EPOCH_TWINS:
       epochs = config[section].get(epoch_field, 0) or 0
       if not epochs:
@@ -209,8 +209,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   num_steps, num_epochs = training.get('num_steps', 0) or 0, training.get('num_epochs', 0) or 0
   _require(_is_int(num_steps) and num_steps >= 0, 'training.num_steps', 'must be a non-negative integer',
            num_steps)
-  _require(_is_int(num_epochs) and num_epochs >= 0, 'training.num_epochs',
-           'must be a non-negative integer', num_epochs)
+  _require(_is_number(num_epochs) and num_epochs >= 0, 'training.num_epochs',
+           'must be a non-negative number of epochs', num_epochs)
   _require((num_steps > 0) != (num_epochs > 0), 'training.num_steps',
            'set exactly one of training.num_steps and training.num_epochs to a positive value', num_steps)
   for field in ('warmup_steps', 'eval_every'):
@@ -263,8 +263,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
              f'must be before the end of training (training.num_steps={num_steps})', rewind)
 
   for name in config.get('branches', ()):
-    _require(name in branches_lib.BRANCH_NAMES, 'branches',
-             f'unknown branch {name!r}; known branches: {", ".join(branches_lib.BRANCH_NAMES)}',
+    _require(name in branches_lib.REGISTRY, 'branches',  # (branches registered since import count too)
+             f'unknown branch {name!r}; known branches: {", ".join(branches_lib.REGISTRY)}',
              tuple(config.branches))
   members = config.get('parallel', {}).get('members_per_program', 0)
   _require(_is_int(members) and members >= 0, 'parallel.members_per_program',
