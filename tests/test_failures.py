@@ -4,6 +4,7 @@ and epoch lengths given as fractions on the command line."""
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -121,17 +122,24 @@ def _io_error_checkpoint(self, step, arrays, metadata):
   raise OSError(errno.EIO, os.strerror(errno.EIO), os.path.join(self.directory, str(step)))
 
 
+@pytest.fixture(scope='module')
+def level_zero(tmp_path_factory):
+  """A workdir whose level 0 is recorded."""
+  workdir = str(tmp_path_factory.mktemp('level_zero') / 'work')
+  lottery.run(helpers.tiny_config(pruning__levels=0, checkpointing__every_steps=20), workdir, log=lambda message: None)
+  return workdir
+
+
 @pytest.mark.parametrize('target, replacement, cause, where', [
     ((results_lib, 'write_records'), _enospc_results, 'No space left on device', 'results.jsonl'),
     ((checkpoints, 'save_tree'), _orbax_full, 'No space left on device', 'checkpoints/trial_0/'),
     ((lottery._Scalars, 'write'), _read_only_tensorboard, 'Read-only file system', 'tensorboard/trial_0'),
     ((checkpoints.RunCheckpoints, 'save'), _io_error_checkpoint, 'Input/output error', 'checkpoints/running/level_1_'),
 ])
-def test_a_workdir_that_cannot_be_written_gives_one_line_naming_path_and_cause(tmp_path, monkeypatch, target,
-                                                                                replacement, cause, where):
+def test_a_workdir_that_cannot_be_written_gives_one_line_naming_path_and_cause(level_zero, tmp_path, monkeypatch,
+                                                                                target, replacement, cause, where):
   workdir = str(tmp_path / 'work')
-  config = helpers.tiny_config(pruning__levels=0, checkpointing__every_steps=20)
-  lottery.run(config, workdir, log=lambda message: None)  # one record already there
+  shutil.copytree(level_zero, workdir)  # one record already there
   with open(os.path.join(workdir, 'results.jsonl')) as file:
     recorded = file.read()
   monkeypatch.setattr(*target, replacement)
