@@ -12,7 +12,6 @@ For every reset step k, an iterative lottery run with late resetting to k; then
 Writes late_reset_table.csv, stability.jsonl, stability.csv and stability_vs_reset_step.png.
 """
 
-import json
 import os
 import sys
 
@@ -123,7 +122,7 @@ def main(argv):
   print('\n'.join('  '.join(f'{cell:>22}' for cell in row) for row in [header, *rows]))
   if stability_results:
     common.write_text(os.path.join(workdir, 'stability.jsonl'),
-                      ''.join(json.dumps(result.as_record()) + '\n' for result in stability_results))
+                      ''.join(results_lib.strict_json(result.as_record()) + '\n' for result in stability_results))
     lines = ['reset_step,member,l2_distance,angle,correlation,test_metric']
     print(f'\nstability at level {stability_level} (end of training)')
     for result in stability_results:

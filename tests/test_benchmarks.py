@@ -26,6 +26,7 @@ EXPECTED_FIELDS = {
 }
 
 
+@pytest.mark.slow  # a minute of benchmark smoke test: the figures are measured, not asserted
 def test_trainer_speed_quick_prints_every_figure(tmp_path):
   output = tmp_path / 'trainer_speed.json'
   # The script picks its own device counts (conftest's 8 simulated devices are dropped in its main

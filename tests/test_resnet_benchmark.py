@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
 EXPECTED_FIGURES = ('resnet18_cifar10', 'resnet50_imagenet', 'pipeline_cifar10', 'pipeline_imagenet2012',
@@ -41,6 +43,7 @@ def printed_order(stdout: str) -> list[str]:
   return [line.split()[0] for line in stdout.splitlines() if line and not line.startswith('#')]
 
 
+@pytest.mark.slow  # 40 s of benchmark smoke test: the figures are measured, not asserted
 def test_resnet_throughput_quick_prints_every_figure(tmp_path):
   output = tmp_path / 'resnet_throughput.json'
   env = dict(os.environ)

@@ -66,6 +66,7 @@ from experiments.benchmarks.trainer_speed import set_host_device_count
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
+from lth_jax import results as results_lib
 from lth_jax import train as train_lib
 from lth_jax.data import pipeline
 from lth_jax.models import convolution
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                'load_average_start': load_before, 'load_average_end': load_after, 'figures': report.figures,
                'raw': report.raw}
     pathlib.Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.output).write_text(json.dumps(payload, indent=2, default=str))
+    pathlib.Path(args.output).write_text(results_lib.strict_json(payload, indent=2, default=str))
   return 0
 
 

@@ -71,6 +71,7 @@ from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
 from lth_jax import parallel
+from lth_jax import results as results_lib
 from lth_jax import train as train_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -817,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
                'cpu_count': os.cpu_count(), 'load_average_start': load_before, 'load_average_end': load_after,
                'figures': report.figures, 'raw': report.raw}
     pathlib.Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.output).write_text(json.dumps(payload, indent=2, default=str))
+    pathlib.Path(args.output).write_text(results_lib.strict_json(payload, indent=2, default=str))
   if not params_match:
     print(f'# FAILED: data-parallel parameters differ from the 1-device run by more than {PARAM_TOLERANCE}',
           file=sys.stderr, flush=True)
