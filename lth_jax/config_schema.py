@@ -101,6 +101,16 @@ def base_config() -> ml_collections.ConfigDict:
   config.parallel.batch_per_device = 0     # > 0: global batch = this x devices (then training.batch_size
                                            # must be 0 or that product)
 
+  # Train a ticket exported by `python -m lth_jax.tickets export` under this config (another seed,
+  # optimizer, or dataset of the same input shape): level 0 trains it from step 0 as a run of its own,
+  # and levels >= 1 prune it further. See README, "Tickets".
+  config.transfer = ml_collections.ConfigDict()
+  config.transfer.ticket = ml_collections.config_dict.placeholder(str)  # an exported ticket (.npz); None: off
+  config.transfer.start = 'ticket'         # ticket: its own starting weights | reinit: fresh weights, same mask
+  # When the output layer cannot transfer (another number of classes) it starts fresh and trains
+  # dense | ticket_density (pruned at random to the ticket's output-layer density).
+  config.transfer.output_layer = 'dense'
+
   config.report = ml_collections.ConfigDict()
   config.report.print_surviving_weights = False  # print the last level's surviving weights
   config.report.progress_every_seconds = 60.0  # a progress line at least this often between evaluations

@@ -49,6 +49,7 @@ from lth_jax import optim
 from lth_jax import parallel
 from lth_jax import pruning
 from lth_jax import results as results_lib
+from lth_jax import tickets as tickets_lib
 from lth_jax import train as train_lib
 from lth_jax import validation
 
@@ -220,6 +221,11 @@ class _Trial:
     self.params0, self.model_state0 = runner.trainer.init_variables(self.init_seed)
     self.prunable = _prunable_from_config(self.params0, runner.config)
     self.keep_mask = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), self.params0)
+    if runner.experiment.ticket is not None:  # a transferred ticket: level 0 starts from it
+      transfer = runner.config.transfer
+      self.params0, self.model_state0, self.keep_mask = tickets_lib.transfer_start(
+          runner.experiment.ticket, self.params0, self.model_state0, transfer.get('start', 'ticket'),
+          transfer.get('output_layer', 'dense'), seed=self.init_seed)
     self.rewind: tuple[Any, Any] | None = None     # (params, model_state) at the rewind step
     self.dense_params: Any = None                  # what one-shot pruning prunes from
     self.ticket_params: Any = None                 # what the next level's mask is pruned from
@@ -501,6 +507,7 @@ class Experiment:
   mesh: jax.sharding.Mesh   # the mesh of one run alone: 1 x N (data parallel) where the batch divides
   total_steps: int
   members_per_program: int = 1  # parallel.members_per_program, resolved (0 = auto becomes a number)
+  ticket: tickets_lib.Ticket | None = None  # transfer.ticket, loaded and checked against the model
   _trainers: dict[tuple[int, int], train_lib.Trainer] = dataclasses.field(default_factory=dict, repr=False)
 
   def _build_trainer(self, population_size: int, groups: int) -> train_lib.Trainer:
@@ -580,7 +587,28 @@ def prepare(config: ml_collections.ConfigDict) -> Experiment:
   experiment = Experiment(config=config, dataset=dataset, model=model, mesh=mesh,
                           total_steps=validation.total_steps(config.training, dataset.num_train))
   experiment.members_per_program = cohorts.resolve_members_per_program(experiment)
+  experiment.ticket = _transferred_ticket(config, param_shapes)
   return experiment
+
+
+def _transferred_ticket(config: ml_collections.ConfigDict, param_shapes: Any) -> tickets_lib.Ticket | None:
+  """The ticket of `transfer.ticket`, loaded and checked against the model's parameter shapes (a
+  ConfigError naming the field when it is missing, damaged or of another architecture)."""
+  transfer = config.get('transfer', {})
+  path = transfer.get('ticket')
+  if not path:
+    return None
+  if not os.path.isfile(path):
+    raise validation.ConfigError(f'transfer.ticket={path!r}: no such file (export one with `python -m '
+                                 'lth_jax.tickets export --workdir=DIR --level=L --out=FILE`)')
+  try:
+    ticket = tickets_lib.load_exported(path)
+    shapes = jax.tree_util.tree_map(lambda shape: np.zeros(shape.shape, shape.dtype), param_shapes)
+    tickets_lib.transfer_start(ticket, shapes, {}, transfer.get('start', 'ticket'),
+                               transfer.get('output_layer', 'dense'), seed=0, where=f'transfer.ticket={path!r}')
+  except tickets_lib.TicketError as error:
+    raise validation.ConfigError(str(error)) from error
+  return ticket
 
 
 def _local_device_counts(experiment: 'Experiment | None' = None, mesh: jax.sharding.Mesh | None = None,

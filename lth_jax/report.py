@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import matplotlib
 from matplotlib import cm
@@ -33,6 +34,7 @@ from matplotlib import ticker
 import numpy as np
 
 from lth_jax import lottery
+from lth_jax import mask_overlap
 from lth_jax import results as results_lib
 
 ACCURACY_VS_SPARSITY_FILE = 'accuracy_vs_sparsity.png'
@@ -340,6 +342,8 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   matplotlib.use('Agg')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax's notes on reading the masks are not the report
   workdir = flags.FLAGS.workdir
   output_dir = flags.FLAGS.output_dir or workdir
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
@@ -361,7 +365,10 @@ def main(argv: list[str]) -> None:
     paths = write_report(records, output_dir)
   except ValueError as error:
     sys.exit(f'lth_jax.report: {error}')
-  for path in paths:
+  overlaps = mask_overlap.overlap_rows(workdir, results_lib.split_diverged(records)[0])
+  if overlaps:
+    print(mask_overlap.format_overlap_table(overlaps))
+  for path in paths + mask_overlap.write_mask_report(workdir, records, output_dir):
     print(f'wrote {path}')
 
 

@@ -266,6 +266,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _require(name in branches_lib.REGISTRY, 'branches',  # (branches registered since import count too)
              f'unknown branch {name!r}; known branches: {", ".join(branches_lib.REGISTRY)}',
              tuple(config.branches))
+  transfer = config.get('transfer', {})
+  _require(transfer.get('start', 'ticket') in ('ticket', 'reinit'), 'transfer.start',
+           "must be 'ticket' (the ticket's own starting weights) or 'reinit' (fresh weights, same mask)",
+           transfer.get('start'))
+  _require(transfer.get('output_layer', 'dense') in ('dense', 'ticket_density'), 'transfer.output_layer',
+           "must be 'dense' or 'ticket_density'", transfer.get('output_layer'))
   members = config.get('parallel', {}).get('members_per_program', 0)
   _require(_is_int(members) and members >= 0, 'parallel.members_per_program',
            'must be a non-negative integer (1: one run at a time; 0: as many as fit in memory)', members)
