@@ -46,6 +46,7 @@ LAYOUT_VERSION = 1
 SUFFIX = ".lthc"
 _HEADER_LENGTH = struct.Struct("<I")
 _ALIGNMENT = 64
+_UNWRITABLE_FOLDERS: set[pathlib.Path] = set()
 
 
 class CacheWarning(UserWarning):
@@ -126,7 +127,7 @@ def read_cache(path: pathlib.Path, key: str, image_shape: Sequence[int]) -> tupl
     None is returned, so that it is rebuilt."""
     try:
         file = open(path, "rb")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as error:
         warnings.warn(f"lth_jax: cannot read the decoded-data cache {path} ({error}); decoding again",
@@ -253,8 +254,10 @@ def decode_split(name: str, version: str, split: str, shards: Sequence[tuple[str
         try:
             temp_name = _new_file(folder, path.name, size)
         except OSError as error:
-            warnings.warn(f"lth_jax: the decoded-data cache folder {folder} is not writable ({error}); "
-                          f"decoding without the cache", CacheWarning, stacklevel=2)
+            if folder not in _UNWRITABLE_FOLDERS:  # one warning per folder and process
+                _UNWRITABLE_FOLDERS.add(folder)
+                warnings.warn(f"lth_jax: the decoded-data cache folder {folder} is not writable ({error}); "
+                              f"decoding without the cache", CacheWarning, stacklevel=2)
     in_memory = temp_name is None
     if in_memory:
         temp_name = _new_file(pathlib.Path(tempfile.gettempdir()), path.name, size)
