@@ -309,3 +309,55 @@ def _assert_close_records(actual, expected, where='records'):
     assert actual == pytest.approx(expected, rel=1e-5, abs=1e-6), where
   else:
     assert actual == expected, where
+
+
+def _png_with_filter(image, filter_type):
+  """A PNG of a uint8 HWC image (1 or 3 channels) whose rows all use PNG filter `filter_type`."""
+  import struct  # pylint: disable=import-outside-toplevel
+  import zlib  # pylint: disable=import-outside-toplevel
+  height, width, channels = image.shape
+  pixels = image.reshape(height, width * channels).astype(np.int32)
+  rows = []
+  for row in range(height):
+    current = pixels[row]
+    above = pixels[row - 1] if row else np.zeros_like(current)
+    left = np.concatenate([np.zeros(channels, np.int32), current[:-channels]])
+    upper_left = np.concatenate([np.zeros(channels, np.int32), above[:-channels]])
+    if filter_type == 3:
+      prediction = (left + above) // 2
+    elif filter_type == 4:
+      estimate = left + above - upper_left
+      distances = [np.abs(estimate - value) for value in (left, above, upper_left)]
+      prediction = np.where((distances[0] <= distances[1]) & (distances[0] <= distances[2]), left,
+                            np.where(distances[1] <= distances[2], above, upper_left))
+    else:
+      prediction = [0 * current, left, above][filter_type]
+    rows.append(bytes([filter_type]) + ((current - prediction) % 256).astype(np.uint8).tobytes())
+
+  def chunk(kind, payload):
+    return struct.pack('>I', len(payload)) + kind + payload + struct.pack('>I', zlib.crc32(kind + payload))
+
+  header = struct.pack('>IIBBBBB', width, height, 8, 0 if channels == 1 else 2, 0, 0, 0)
+  return (decode_worker.PNG_SIGNATURE + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(b''.join(rows)))
+          + chunk(b'IEND', b''))
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_batched_png_decode_equals_pillow_for_every_filter_type(channels):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  import io  # pylint: disable=import-outside-toplevel
+  images = np.random.default_rng(channels).integers(0, 256, (10, 9, 7, channels), dtype=np.uint8)
+  pngs = [_png_with_filter(image, index % 5) for index, image in enumerate(images)]
+  pngs.append(synthetic_tfds._png(images[0]))  # pylint: disable=protected-access  # Pillow's own encoding
+  if channels == 1:  # a palette PNG (gray palette, index = value) is not batched: Pillow decodes it
+    palette_image = Image.fromarray(images[1][..., 0], 'P')
+    palette_image.putpalette([value for index in range(256) for value in (index, index, index)])
+    palette = io.BytesIO()
+    palette_image.save(palette, format='PNG')
+    pngs.append(palette.getvalue())
+    assert decode_worker.png_scanlines(pngs[-1], (9, 7, channels)) is None
+  decoded = decode_worker.decode_pngs(pngs, (9, 7, channels))
+  for png, image in zip(pngs, decoded):
+    with Image.open(io.BytesIO(png)) as reference:
+      np.testing.assert_array_equal(image, np.asarray(reference).reshape(9, 7, channels))
+  np.testing.assert_array_equal(decoded[:10], images)
