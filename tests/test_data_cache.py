@@ -80,8 +80,16 @@ def test_miss_decodes_and_caches_then_a_hit_is_memory_mapped(tfds_dir, cache_dir
   assert decodes == [NUM_TRAIN, NUM_TEST], 'a cache hit must not decode'
 
 
-def test_parallel_decode_equals_tfds_record_by_record_decode(tfds_dir, tmp_path):
+def test_parallel_decode_equals_tfds_record_by_record_decode(tfds_dir, monkeypatch):
   folder, _ = tfds_dir
+  monkeypatch.setattr(decoded_cache, 'MIN_RECORDS_PER_WORKER', 10)  # worker processes even for 300 records
+  started, popen = [], subprocess.Popen
+
+  def counting_popen(*args, **kwargs):
+    started.append(args)
+    return popen(*args, **kwargs)
+
+  monkeypatch.setattr(subprocess, 'Popen', counting_popen)
   source = tfds_source.open_split('cifar10', 'train', str(folder))
   expected_images, expected_labels = tfds_source.read_images_and_labels(source, len(source))
   shards = decoded_cache.source_shards(source, 'train')
@@ -91,6 +99,7 @@ def test_parallel_decode_equals_tfds_record_by_record_decode(tfds_dir, tmp_path)
                                                 use_cache=False, workers=workers)
     np.testing.assert_array_equal(images, expected_images)
     np.testing.assert_array_equal(labels, expected_labels)
+  assert len(started) == 0 + 1 + 4  # this process decodes one part, workers the others
 
 
 def test_tasks_split_records_evenly_across_shard_boundaries():

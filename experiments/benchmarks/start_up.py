@@ -5,7 +5,7 @@
 Prepares its own data: synthetic MNIST-sized (60,000 train + 10,000 test, 28x28x1) and CIFAR-10-sized
 (50,000 + 10,000, 32x32x3) images, PNG-encoded in tfds's array_record layout, written without
 TensorFlow (`lth_jax.data.synthetic_tfds`), so `tfds.data_source` reads them as it reads
-`tfds build --file_format=array_record` output. `--quick`: a tenth of the examples, 200 iterations.
+`tfds build --file_format=array_record` output. `--quick`: a twentieth of the examples, 100 iterations, one repeat.
 
 Prints one line per figure, `name key=value ...` (lines starting with '#' are context):
 
@@ -19,10 +19,12 @@ Prints one line per figure, `name key=value ...` (lines starting with '#' are co
       cold_speedup, warm_speedup   record_by_record_s over cold_s and warm_s (per repeat, median).
   process_cold, process_warm
       wall time of the whole process `python -m lth_jax.main --config=configs/lenet_mnist.py` on the
-      MNIST-sized data, 2,000 iterations (--quick: 200) at batch 128, SGD 0.1, pruning.levels=0,
-      branches=(), evaluation every 469 steps: with an empty cache, then with the cache it left.
-  process_before  (with --compare_with=PATH, a checkout of lth_jax without the cache) the same
-      process run from that checkout.
+      MNIST-sized data, 2,000 iterations (--quick: 100) at batch 128, SGD 0.1, pruning.levels=0,
+      branches=(), evaluation every 469 steps: with an empty $LTH_JAX_CACHE (no decoded data, no
+      compiled programs), then again with what the first process left there (a re-run).
+  process_before_cold, process_before_warm
+      (with --compare_with=PATH, a checkout of lth_jax without the decoded cache) the same two processes
+      run from that checkout.
 
 `--output=PATH` also writes every figure and the raw repetition times as JSON.
 """
@@ -128,14 +130,14 @@ def time_process(repo: pathlib.Path, data_dir: str, workdir: pathlib.Path, cache
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--quick', action='store_true', help='a tenth of the data, 200 iterations, one repeat')
+  parser.add_argument('--quick', action='store_true', help='a twentieth of the data, 100 iterations, one repeat')
   parser.add_argument('--repeats', type=int, default=0, help='repeats of each timing (default 3; --quick 1)')
   parser.add_argument('--output', default='', help='also write the figures as JSON here')
   parser.add_argument('--workdir', default='', help='folder for the data, caches and runs (default: a temp folder)')
   parser.add_argument('--compare_with', default='', help='a checkout without the cache, timed as process_before')
   args = parser.parse_args()
   repeats = args.repeats or (1 if args.quick else 3)
-  fraction, num_steps = (0.1, 200) if args.quick else (1.0, 2000)
+  fraction, num_steps = (0.05, 100) if args.quick else (1.0, 2000)
   workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix='lth_start_up_'))
   data_dir = workdir / 'tfds'
   if not (data_dir / 'cifar10').exists() or args.quick:
@@ -152,15 +154,18 @@ def main() -> None:
     results[f'build_{name}'] = result
     print(f'build_{name} ' + ' '.join(f'{key}={value:.3g}' if isinstance(value, float) else f'{key}={value}'
                                       for key, value in result['figures'].items()), flush=True)
-  processes: dict[str, list[float]] = {'process_cold': [], 'process_warm': [], 'process_before': []}
+  processes: dict[str, list[float]] = {'process_cold': [], 'process_warm': [], 'process_before_cold': [],
+                                       'process_before_warm': []}
+  checkouts = [('process', REPO_ROOT)]
+  if args.compare_with:
+    checkouts.append(('process_before', pathlib.Path(args.compare_with).resolve()))
   for repeat in range(repeats):
-    cache = workdir / 'caches' / f'process_{repeat}'
-    shutil.rmtree(cache, ignore_errors=True)
-    if args.compare_with:
-      processes['process_before'].append(
-          time_process(pathlib.Path(args.compare_with).resolve(), str(data_dir), workdir / 'run', cache, num_steps))
-    processes['process_cold'].append(time_process(REPO_ROOT, str(data_dir), workdir / 'run', cache, num_steps))
-    processes['process_warm'].append(time_process(REPO_ROOT, str(data_dir), workdir / 'run', cache, num_steps))
+    for prefix, repo in checkouts:
+      cache = workdir / 'caches' / f'{prefix}_{repeat}'  # empty: no decoded data, no compiled programs
+      shutil.rmtree(cache, ignore_errors=True)
+      for kind in ('cold', 'warm'):
+        processes[f'{prefix}_{kind}'].append(time_process(repo, str(data_dir), workdir / 'run', cache, num_steps))
+      shutil.rmtree(cache, ignore_errors=True)
   for key, values in processes.items():
     if values:
       results[key] = {'figures': {'wall_s': statistics.median(values), 'num_steps': num_steps}, 'times': values}

@@ -47,6 +47,8 @@ SUFFIX = ".lthc"
 _HEADER_LENGTH = struct.Struct("<I")
 _ALIGNMENT = 64
 _UNWRITABLE_FOLDERS: set[pathlib.Path] = set()
+# Fewer records than this per process are decoded in this process alone (a worker takes ~0.2 s to start).
+MIN_RECORDS_PER_WORKER = 1000
 
 
 class CacheWarning(UserWarning):
@@ -192,7 +194,7 @@ def decode_parallel(shards: Sequence[tuple[str, int, int]], output_path: str, he
     arguments = {"output_path": output_path, "images_offset": header["images_offset"],
                  "labels_offset": header["labels_offset"], "total_count": header["count"],
                  "image_shape": header["image_shape"]}
-    groups = _split_tasks(shards, max(1, min(workers, header["count"] // 1000 or 1)))
+    groups = _split_tasks(shards, max(1, min(workers, header["count"] // MIN_RECORDS_PER_WORKER)))
     processes = [
         subprocess.Popen([sys.executable, decode_worker.__file__, json.dumps({"tasks": group, **arguments})],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
