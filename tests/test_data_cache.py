@@ -165,10 +165,12 @@ def test_a_damaged_or_old_layout_cache_is_reported_once_and_rebuilt(tfds_dir, ca
     content = content[:len(content) // 2]
   elif damage == 'flipped_byte':
     content[len(content) // 3] ^= 0xFF
-  elif damage == 'old_layout':
+  elif damage == 'old_layout':  # a well-formed file of another layout version
     start = len(decoded_cache.MAGIC) + 4
-    content[start:start + 11] = b'{"layout":0'.ljust(11)
-    assert content[start:start + 12].decode().startswith('{"layout":0')
+    length = int.from_bytes(content[start - 4:start], 'little')
+    header = json.loads(bytes(content[start:start + length]))
+    text = json.dumps(dict(header, layout=decoded_cache.LAYOUT_VERSION - 1)).encode()
+    content[start - 4:start + len(text)] = len(text).to_bytes(4, 'little') + text
   else:
     content = bytearray(b'written by something else' * 100)
   path.write_bytes(bytes(content))
@@ -178,6 +180,9 @@ def test_a_damaged_or_old_layout_cache_is_reported_once_and_rebuilt(tfds_dir, ca
     dataset = data_lib.build(config)
   cache_warnings = [warning for warning in caught if issubclass(warning.category, decoded_cache.CacheWarning)]
   assert len(cache_warnings) == 1 and str(path) in str(cache_warnings[0].message)
+  expected_reason = {'truncated': 'bytes, expected', 'flipped_byte': 'checksum', 'old_layout': 'layout 0',
+                     'not_a_cache': 'not an lth_jax'}[damage]
+  assert expected_reason in str(cache_warnings[0].message)
   assert decodes == [NUM_TRAIN]
   np.testing.assert_array_equal(dataset.train_inputs, arrays['mnist']['train'][0])
   np.testing.assert_array_equal(dataset.train_targets, arrays['mnist']['train'][1])

@@ -1,7 +1,8 @@
 """MNIST and CIFAR-10 read through `tfds.data_source` (array_record files, no TensorFlow needed).
 
 The data must already be prepared in array_record format, e.g.
-`tfds build mnist --file_format=array_record --data_dir=DIR`; nothing is downloaded here.
+`tfds build mnist --file_format=array_record --data_dir=DIR`; nothing is downloaded here. Each split is
+decoded once into the decoded cache (`decoded_cache`) and memory-mapped from it afterwards.
 """
 
 from __future__ import annotations
@@ -131,6 +132,11 @@ def read_split(
     if shards is None:
         images, labels = read_images_and_labels(source, count)
     else:
+        stored_shape = tuple(source.dataset_info.features["image"].shape)
+        if stored_shape != spec.image_shape:
+            raise ValueError(
+                f"{spec.name} {split!r} images have shape {stored_shape}, expected {spec.image_shape}"
+            )
         version = str(source.dataset_info.version)
         images, labels = decoded_cache.decode_split(
             spec.name, version, split, shards, spec.image_shape, prefix=None if limit is None else count
