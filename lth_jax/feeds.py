@@ -3,8 +3,9 @@
 Two feeds share one interface, so the train loop, the population (vmapped) step and SNIP's gradient
 program are the same for both:
 
-* `ResidentFeed` (an in-memory `ArrayDataset`): the whole training set lives on the devices; the host
-  sends only example indices, a pure function of (seed, step), and the program gathers the batch.
+* `ResidentFeed` (an in-memory `ArrayDataset`): the whole training set lives on the devices (image
+  datasets as uint8, normalized by the program); the host sends only example indices, a pure function
+  of (seed, step), and the program gathers the batch.
 * `StreamingFeed` (a `StreamingDataset`: imagenet2012, or cifar10/mnist with augmentation): every host
   reads and augments its slice of each batch with grain's reader threads (uint8 images), the slices
   become one global sharded array, and the program normalizes the images.
@@ -115,19 +116,24 @@ class ResidentFeed:
   def put(self, tree: Any, batch_axis: int, member_axis: int | None = None) -> Any:
     return parallel.put_batch(tree, self.mesh, batch_axis, member_axis)
 
-  @staticmethod
-  def batch(arrays: tuple, item: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def _model_inputs(self, inputs: jax.Array) -> jax.Array:
+    """Traced: uint8 images normalized per channel (other inputs as they are)."""
+    if self.dataset.input_normalization is None:
+      return inputs
+    return pipeline.normalize_on_device(inputs, *self.dataset.input_normalization)
+
+  def batch(self, arrays: tuple, item: jax.Array) -> tuple[jax.Array, jax.Array]:
     train_inputs, train_targets = arrays
-    return train_inputs[item], train_targets[item]
+    return self._model_inputs(train_inputs[item]), train_targets[item]
 
   def batch_shapes(self, batch_size: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
     inputs, targets = self.dataset.train_inputs, self.dataset.train_targets
-    return (jax.ShapeDtypeStruct((batch_size, *inputs.shape[1:]), inputs.dtype),
+    inputs_dtype = jnp.float32 if self.dataset.input_normalization is not None else inputs.dtype
+    return (jax.ShapeDtypeStruct((batch_size, *inputs.shape[1:]), inputs_dtype),
             jax.ShapeDtypeStruct((batch_size, *targets.shape[1:]), targets.dtype))
 
-  @staticmethod
-  def evaluation_batch(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    return batch['inputs'], batch['targets']
+  def evaluation_batch(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    return self._model_inputs(batch['inputs']), batch['targets']
 
   def evaluation_groups(self) -> Iterator[dict[str, jax.Array]]:
     yield self._test_batches

@@ -66,3 +66,29 @@ def test_population_benchmark_quick_prints_every_population_size():
   assert 'population K=2 vmapped_examples_per_s=' in completed.stdout
   assert 'lottery_level mode=cohort_1_device runs=8 steps=100 seconds=' in completed.stdout
   assert 'lottery_level_ratio cohort_1_devices_vs_sequential_1_device=' in completed.stdout
+
+
+def test_start_up_benchmark_quick_prints_every_figure(tmp_path):
+  output = tmp_path / 'start_up.json'
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get('PYTHONPATH')]))
+  completed = subprocess.run(
+      [sys.executable, '-m', 'experiments.benchmarks.start_up', '--quick', f'--output={output}',
+       f'--workdir={tmp_path / "work"}'],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+  # The script itself exits non-zero if the cached data differs from tfds's record-by-record decode.
+  assert completed.returncode == 0, completed.stdout + completed.stderr[-3000:]
+  lines = {}
+  for line in completed.stdout.splitlines():
+    if line and not line.startswith('#'):
+      name, *fields = line.split()
+      lines[name] = dict(field.split('=', 1) for field in fields)
+  for name in ('build_mnist', 'build_cifar10'):
+    for field in ('record_by_record_s', 'cold_s', 'warm_s', 'cold_speedup', 'warm_speedup'):
+      assert float(lines[name][field]) > 0, (name, field)
+  assert (lines['build_mnist']['num_train'], lines['build_cifar10']['num_test']) == ('3000', '500')
+  for name in ('process_cold', 'process_warm'):
+    assert float(lines[name]['wall_s']) > 0 and lines[name]['num_steps'] == '100'
+  written = json.loads(output.read_text())
+  assert set(written) == {'build_mnist', 'build_cifar10', 'process_cold', 'process_warm'}
+  assert len(written['build_mnist']['times']['cold_s']) == 1

@@ -348,16 +348,21 @@ def test_tfds_image_datasets_with_mock_data(name, image_shape, mean, std, tmp_pa
     assert dataset.name == name and dataset.task == "classification" and dataset.num_classes == 10
     chex.assert_shape([dataset.train_inputs, dataset.test_inputs], [(12, *image_shape), (5, *image_shape)])
     chex.assert_shape([dataset.train_targets, dataset.test_targets], [(12,), (5,)])
-    assert dataset.train_inputs.dtype == np.float32 and dataset.train_targets.dtype == np.int32
+    # uint8 images, normalized where they are used (dataset.model_inputs; inside the compiled step).
+    assert dataset.train_inputs.dtype == np.uint8 and dataset.train_targets.dtype == np.int32
+    assert dataset.input_normalization == (mean, std)
     assert dataset.input_shape == image_shape
+    np.testing.assert_array_equal(dataset.train_inputs, raw_images)
+    model_inputs = dataset.model_inputs(dataset.train_inputs)
+    assert model_inputs.dtype == np.float32
     expected = (raw_images.astype(np.float32) / 255.0 - np.array(mean, np.float32)) / np.array(std, np.float32)
-    np.testing.assert_allclose(dataset.train_inputs, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(model_inputs, expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(dataset.train_targets, raw_labels)
     assert dataset.train_targets.min() >= 0 and dataset.train_targets.max() <= 9
     # Normalized values stay within the images of 0 and 255 under the channel transform.
     low = (0.0 - np.array(mean)) / np.array(std)
     high = (1.0 - np.array(mean)) / np.array(std)
-    assert np.all(dataset.train_inputs >= low - 1e-5) and np.all(dataset.train_inputs <= high + 1e-5)
+    assert np.all(model_inputs >= low - 1e-5) and np.all(model_inputs <= high + 1e-5)
 
 
 def test_tfds_limit_larger_than_split_is_rejected(tmp_path):

@@ -16,15 +16,19 @@ TASKS = ("classification", "regression")
 
 @dataclasses.dataclass(frozen=True)
 class ArrayDataset:
-    """An in-memory dataset: train and test arrays, already preprocessed to model inputs."""
+    """An in-memory dataset: train and test arrays, preprocessed to model inputs, or uint8 images
+    that become model inputs by per-channel normalization (`input_normalization`)."""
 
     name: str
     task: str  # "classification" or "regression"
-    train_inputs: np.ndarray  # float32, shape (num_train, *input_shape)
+    train_inputs: np.ndarray  # float32 (or uint8 images, see below), shape (num_train, *input_shape)
     train_targets: np.ndarray  # int32 labels (classification) or float32 (regression)
     test_inputs: np.ndarray
     test_targets: np.ndarray
     num_classes: int | None  # None for regression
+    # (mean, std) per channel when the inputs are uint8 images: the model input is
+    # (image / 255 - mean) / std, computed where the batch is used (inside the compiled step).
+    input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -43,6 +47,13 @@ class ArrayDataset:
                     f"ArrayDataset {self.name!r}: {split} inputs and targets differ in length "
                     f"({len(inputs)} vs {len(targets)})"
                 )
+        if self.input_normalization is not None and not (
+            self.train_inputs.dtype == np.uint8 and self.test_inputs.dtype == np.uint8
+        ):
+            raise ValueError(
+                f"ArrayDataset {self.name!r}: input_normalization is for uint8 images, got "
+                f"{self.train_inputs.dtype} / {self.test_inputs.dtype} inputs"
+            )
         if self.train_inputs.shape[1:] != self.test_inputs.shape[1:]:
             raise ValueError(
                 f"ArrayDataset {self.name!r}: train and test input shapes differ "
@@ -63,6 +74,14 @@ class ArrayDataset:
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input example (without the batch dimension)."""
         return tuple(int(size) for size in self.train_inputs.shape[1:])
+
+    def model_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        """`inputs` (of this dataset) as float32 model inputs, normalized on the host if they are
+        uint8 images."""
+        if self.input_normalization is None:
+            return inputs
+        mean, std = (np.asarray(values, np.float32) for values in self.input_normalization)
+        return ((np.asarray(inputs).astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
 
     @property
     def num_outputs(self) -> int:

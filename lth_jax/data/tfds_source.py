@@ -1,7 +1,8 @@
 """MNIST and CIFAR-10 read through `tfds.data_source` (array_record files, no TensorFlow needed).
 
 The data must already be prepared in array_record format, e.g.
-`tfds build mnist --file_format=array_record --data_dir=DIR`; nothing is downloaded here.
+`tfds build mnist --file_format=array_record --data_dir=DIR`; nothing is downloaded here. Each split is
+decoded once into the decoded cache (`decoded_cache`) and memory-mapped from it afterwards.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lth_jax.data import decoded_cache
 from lth_jax.data.arrays import ArrayDataset, read_positive_int
 
 
@@ -109,7 +111,13 @@ def normalize_images(images: np.ndarray, spec: ImageDatasetSpec) -> np.ndarray:
 def read_split(
     spec: ImageDatasetSpec, split: str, data_dir: str | None, limit: int | None, limit_field: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Reads one split (the first `limit` records if given) as normalized float32 images and labels."""
+    """Reads one split (the first `limit` records if given) as uint8 images and int32 labels.
+
+    Array_record splits go through the decoded cache (`decoded_cache`): memory-mapped when cached,
+    else decoded in parallel and cached. With a `limit` and no cache of the whole split yet, only the
+    first `limit` records are decoded (in parallel, not cached). Sources without files (tfds's mock
+    data) are read record by record.
+    """
     source = open_split(spec.name, split, data_dir)
     available = len(source)
     if available == 0:
@@ -119,16 +127,30 @@ def read_split(
             f"dataset.{limit_field}={limit} exceeds the {available} examples in "
             f"{spec.name}'s {split!r} split"
         )
-    images, labels = read_images_and_labels(source, available if limit is None else limit)
+    count = available if limit is None else limit
+    shards = decoded_cache.source_shards(source, split)
+    if shards is None:
+        images, labels = read_images_and_labels(source, count)
+    else:
+        stored_shape = tuple(source.dataset_info.features["image"].shape)
+        if stored_shape != spec.image_shape:
+            raise ValueError(
+                f"{spec.name} {split!r} images have shape {stored_shape}, expected {spec.image_shape}"
+            )
+        version = str(source.dataset_info.version)
+        images, labels = decoded_cache.decode_split(
+            spec.name, version, split, shards, spec.image_shape, prefix=None if limit is None else count
+        )
     if images.shape[1:] != spec.image_shape:
         raise ValueError(
             f"{spec.name} {split!r} images have shape {images.shape[1:]}, expected {spec.image_shape}"
         )
-    return normalize_images(images, spec), labels
+    return images[:count], labels[:count]
 
 
 def build_image_dataset(dataset_config: Mapping[str, Any]) -> ArrayDataset:
-    """Builds mnist or cifar10 (by dataset.name) from tfds array_record files under dataset.data_dir."""
+    """Builds mnist or cifar10 (by dataset.name) from tfds array_record files under dataset.data_dir:
+    uint8 images, normalized per channel inside the compiled step (`ArrayDataset.input_normalization`)."""
     name = dataset_config.get("name", None)
     if not isinstance(name, str) or name not in IMAGE_DATASETS:
         raise ValueError(f"dataset.name must be one of {tuple(IMAGE_DATASETS)} here, got {name!r}")
@@ -148,4 +170,5 @@ def build_image_dataset(dataset_config: Mapping[str, Any]) -> ArrayDataset:
         test_inputs=test_inputs,
         test_targets=test_labels,
         num_classes=spec.num_classes,
+        input_normalization=(spec.channel_mean, spec.channel_std),
     )
