@@ -21,7 +21,6 @@ import math
 import os
 from typing import Any, Callable, Sequence
 
-import jax
 import numpy as np
 
 from lth_jax import checkpoints
