@@ -291,11 +291,9 @@ def _largest_cohort(config: Any) -> tuple[int, int]:
 def layout(num_members: int, experiment: Any) -> tuple[int, int]:
   """(member groups, member slots) of a program of `num_members` runs of `experiment`
   (see `parallel.member_layout`); a ConfigError naming the fields when none fits."""
-  from lth_jax import lottery  # pylint: disable=import-outside-toplevel  (lottery builds on this module)
-
   batch = int(experiment.config.training.batch_size)
   found = parallel.member_layout(num_members, experiment.mesh.devices.size, batch,
-                                 lottery._local_device_counts(experiment))  # pylint: disable=protected-access
+                                 experiment.local_device_counts())
   if found is None:
     raise validation.ConfigError(
         f'parallel.members_per_program={experiment.config.parallel.get("members_per_program", 0)}: a program of '

@@ -7,57 +7,42 @@ magnitude, resets the survivors to W_k and trains them from step k to the end; e
 (level, branch, trial) is appended to `WORKDIR/results.jsonl`; re-running in the same workdir skips
 what is already recorded.
 
-Runs survive being killed: the run in progress is checkpointed every `checkpointing.every_steps`
-steps (and at the current step on SIGTERM) under `WORKDIR/checkpoints/trial_T/running/level_L_BRANCH`,
-and a re-run continues it from its newest good checkpoint with the same result as a run never
-interrupted. The config is kept in `WORKDIR/config.json`; a re-run with a config that would change
-the results is refused unless `allow_config_change`.
+Each level's runs that are not yet recorded (level 0: every trial's dense run; level L: every trial's
+ticket and controls) train as a cohort, in programs of at most `parallel.members_per_program` runs
+(`lth_jax.cohorts`). Runs survive being killed: a program in progress is checkpointed every
+`checkpointing.every_steps` steps (and at the current step on SIGTERM), and a re-run continues it from
+its newest good checkpoint with the same result as a run never interrupted. What a config builds
+lives in `lth_jax.experiment`; the workdir's lock and config check in `lth_jax.workdir`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import math
 import os
-import signal
-import socket
-import threading
 import time
-from typing import Any, Callable, Iterator
-
-try:
-  import fcntl
-except ImportError:  # not on POSIX: runs sharing a workdir are not detected
-  fcntl = None
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from lth_jax import branches as branches_lib
 from lth_jax import checkpoints
 from lth_jax import cohorts
-from lth_jax import config_schema
-from lth_jax import data as data_lib
 from lth_jax import masks as masks_lib
-from lth_jax import models as models_lib
-from lth_jax import optim
-from lth_jax import parallel
 from lth_jax import pruning
 from lth_jax import results as results_lib
+from lth_jax import scalars as scalars_lib
 from lth_jax import tickets as tickets_lib
 from lth_jax import train as train_lib
 from lth_jax import validation
+from lth_jax import workdir as workdir_lib
+# The pieces a run is made of, under the names the library has always had here.
+from lth_jax.cohorts import estimate_remaining_seconds  # noqa: F401  pylint: disable=unused-import
+from lth_jax.experiment import Experiment, prepare, prunable_from_config  # noqa: F401
+from lth_jax.preemption import StopRequest
+from lth_jax.workdir import CONFIG_FILE, LOCK_FILE, RESULTS_FILE, check_workdir_config, workdir_lock  # noqa: F401
 
-from lth_jax.cohorts import estimate_remaining_seconds  # pylint: disable=unused-import  (public name)
-
-RESULTS_FILE = 'results.jsonl'
-CONFIG_FILE = 'config.json'
-LOCK_FILE = '.lock'
 Preempted = train_lib.Preempted
 
 
@@ -134,22 +119,6 @@ def _branch_seed(*parts: int) -> int:
   return int(np.random.SeedSequence([int(part) for part in parts]).generate_state(1)[0])
 
 
-def _layer_sizes(params: Any, prunable: Any) -> dict[str, int]:
-  """Number of prunable weights per layer (module path)."""
-  sizes: dict[str, int] = {}
-  flat, _ = jax.tree_util.tree_flatten_with_path(params)
-  for (path, leaf), is_prunable in zip(flat, jax.tree_util.tree_leaves(prunable)):
-    if is_prunable:
-      layer = masks_lib.module_path(masks_lib.path_to_names(path))
-      sizes[layer] = sizes.get(layer, 0) + int(np.prod(leaf.shape))
-  return sizes
-
-
-def _prunable_from_config(params: Any, config: ml_collections.ConfigDict) -> Any:
-  return masks_lib.prunable_tree(params, tuple(config.pruning.get('prunable_parameters', ('kernel',))),
-                                 tuple(config.pruning.get('excluded_layers', ())))
-
-
 def format_surviving_weights(params: Any, keep_mask: Any, prunable: Any, limit: int = 32) -> str:
   """The surviving prunable weights, one per line as 'layer [input, output]: value' (kernel indices)."""
   lines = []
@@ -169,46 +138,6 @@ def format_surviving_weights(params: Any, keep_mask: Any, prunable: Any, limit: 
 
 
 
-class _Scalars:
-  """TensorBoard event files of scalar metrics (written with tensorboardX; nothing if it is missing):
-  `WORKDIR/tensorboard/trial_T/level_L_BRANCH` for each run's curve, `.../trial_T/levels` for each
-  record's final metric against the level. Written by process 0 only."""
-
-  def __init__(self, directory: str | None):
-    self.directory = directory
-    self._writer_class = None
-    self._writers: dict[str, Any] = {}
-    if directory is not None and jax.process_index() == 0:
-      try:
-        from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-        self._writer_class = SummaryWriter
-      except ImportError:
-        pass
-
-  @property
-  def enabled(self) -> bool:
-    return self._writer_class is not None
-
-  def write(self, run: str, step: int, scalars: dict[str, Any]) -> None:
-    """Adds the numbers among `scalars` at `step` to the events of `run` (a folder below the directory)."""
-    if self._writer_class is None:
-      return
-    if run not in self._writers:
-      self._writers[run] = self._writer_class(os.path.join(self.directory, run))
-    for tag, value in scalars.items():  # (a diverged run's NaNs are left out: TensorBoard cannot plot them)
-      if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        self._writers[run].add_scalar(tag, value, step)
-    self._writers[run].flush()
-
-  def close(self, run: str | None = None) -> None:
-    """Closes the event file of `run` (of every run when None)."""
-    for name in [run] if run is not None else list(self._writers):
-      writer = self._writers.pop(name, None)
-      if writer is not None:
-        writer.close()
-
-
-
 class _Trial:
   """One trial's lottery state between levels: its seeds, W_0, the rewind point, and the ticket it
   prunes the next level's mask from. Builds the members a level trains and takes their results."""
@@ -219,7 +148,7 @@ class _Trial:
     self.init_seed, self.data_seed = trial_seeds(runner.seed, trial)
     self.trial_dir = os.path.join(runner.workdir, 'checkpoints', f'trial_{trial}')
     self.params0, self.model_state0 = runner.trainer.init_variables(self.init_seed)
-    self.prunable = _prunable_from_config(self.params0, runner.config)
+    self.prunable = prunable_from_config(self.params0, runner.config)
     self.keep_mask = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), self.params0)
     if runner.experiment.ticket is not None:  # a transferred ticket: level 0 starts from it
       transfer = runner.config.transfer
@@ -367,13 +296,13 @@ class _LevelRunner:
 
   def __init__(self, experiment: 'Experiment', workdir: str, records: list[dict[str, Any]],
                log: Callable[[str], None], should_stop: Callable[[int], bool] | None = None,
-               scalars: _Scalars | None = None):
+               scalars: scalars_lib.Scalars | None = None):
     config = experiment.config
     self.config, self.experiment, self.workdir = config, experiment, workdir
     self.trainer = experiment.trainer()
     self.plan = PruningPlan.from_config(config)
     self.total_steps, self.records, self.log = experiment.total_steps, records, log
-    self.scalars = scalars or _Scalars(None)
+    self.scalars = scalars or scalars_lib.Scalars(None)
     self.seed = int(config.get('seed', 0))
     self.results_path = os.path.join(workdir, RESULTS_FILE)
     self.snip_batches = int(config.pruning.get('snip_batches', 1))
@@ -492,139 +421,6 @@ class _LevelRunner:
                    + format_surviving_weights(final_params, branch_mask, state.prunable))
 
 
-def _print(message: str) -> None:
-  if jax.process_index() == 0:
-    print(message, flush=True)
-
-
-@dataclasses.dataclass
-class Experiment:
-  """What a validated config builds before any training: data, model, mesh and training length.
-  `config` is resolved: the global batch size set, lengths in epochs converted to steps."""
-  config: ml_collections.ConfigDict
-  dataset: data_lib.Dataset
-  model: Any
-  mesh: jax.sharding.Mesh   # the mesh of one run alone: 1 x N (data parallel) where the batch divides
-  total_steps: int
-  members_per_program: int = 1  # parallel.members_per_program, resolved (0 = auto becomes a number)
-  ticket: tickets_lib.Ticket | None = None  # transfer.ticket, loaded and checked against the model
-  _trainers: dict[tuple[int, int], train_lib.Trainer] = dataclasses.field(default_factory=dict, repr=False)
-
-  def _build_trainer(self, population_size: int, groups: int) -> train_lib.Trainer:
-    key = (population_size, groups)
-    if key not in self._trainers:
-      training = self.config.training
-      mesh = self.mesh if groups == parallel.member_groups(self.mesh) else parallel.create_mesh(
-          self.config.get('parallel', {}).get('num_devices', 0), groups)
-      like = next(iter(self._trainers.values())).feed if self._trainers else None
-      self._trainers[key] = train_lib.Trainer(
-          self.model, self.dataset, optim.from_config(training, self.total_steps), mesh, training.batch_size,
-          training.get('steps_per_dispatch', 64), training.get('eval_batch_size', 1000), population_size,
-          feed_like=like)
-    return self._trainers[key]
-
-  def trainer(self, population_size: int = 0) -> train_lib.Trainer:
-    """The Trainer of this experiment for one run, or for a population of exactly `population_size`
-    members (> 0) spread over the mesh's member groups (built once, then reused)."""
-    if not population_size:
-      return self._build_trainer(0, parallel.member_groups(self.mesh))
-    layout = parallel.member_layout(population_size, self.mesh.devices.size, self.config.training.batch_size,
-                                    _local_device_counts(self))
-    groups = layout[0] if layout and layout[1] == population_size else parallel.member_groups(self.mesh)
-    return self._build_trainer(population_size, groups)
-
-  def program_trainer(self, num_members: int) -> tuple[train_lib.Trainer, int]:
-    """(Trainer, member slots) of a cohort program of `num_members` runs: the one-run Trainer for a
-    single run whose batch divides the devices, else a population laid out by `parallel.member_layout`
-    (slots beyond `num_members` are padding)."""
-    if num_members == 1 and parallel.member_groups(self.mesh) == 1:
-      return self.trainer(), 1
-    groups, slots = cohorts.layout(num_members, self)
-    return self._build_trainer(slots, groups), slots
-
-  def prunable(self, params: Any) -> Any:
-    """The prunable-leaf tree of `params` under this config."""
-    return _prunable_from_config(params, self.config)
-
-
-def prepare(config: ml_collections.ConfigDict) -> Experiment:
-  """Validates `config` (raising `validation.ConfigError` naming the field) and builds the dataset,
-  model and mesh; the experiment's config is resolved (global batch, epochs as steps). No training
-  happens here."""
-  validation.check_config(config)
-  num_devices = config.get('parallel', {}).get('num_devices', 0)
-  try:
-    mesh = parallel.create_mesh(num_devices)
-  except ValueError as error:
-    raise validation.ConfigError(str(error)) from error
-  config = validation.resolve_batch_size(config, mesh.devices.size)
-  try:
-    dataset = data_lib.build(config.dataset)
-    model = models_lib.build(config.model, dataset.num_outputs)
-  except data_lib.DatasetNotPreparedError:
-    raise
-  except ValueError as error:  # a dataset or model field the builders rejected
-    raise validation.ConfigError(str(error)) from error
-  config = validation.resolve_epochs(config, dataset.num_train)
-  example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example, train=False))
-  param_shapes, _ = train_lib.split_variables(shapes)
-  layers = sorted({masks_lib.module_path(masks_lib.path_to_names(path))
-                   for path, _ in jax.tree_util.tree_flatten_with_path(param_shapes)[0]})
-  validation.check_against_data(config, dataset.num_train,
-                                _layer_sizes(param_shapes, _prunable_from_config(param_shapes, config)), layers)
-  requested = config.get('parallel', {}).get('members_per_program', 0)
-  if requested != 1:  # a run alone may need member groups where its batch does not divide the devices
-    layout = parallel.member_layout(1, mesh.devices.size, config.training.batch_size,
-                                    _local_device_counts(mesh=mesh, dataset=dataset))
-    if layout is not None and layout[0] > 1:
-      mesh = parallel.create_mesh(num_devices, layout[0])
-  try:
-    parallel.check_batch_size(config.training.batch_size, mesh)
-  except ValueError as error:
-    raise validation.ConfigError(str(error) + ('' if requested == 1 else
-                                               ' (or parallel.members_per_program)')) from error
-  experiment = Experiment(config=config, dataset=dataset, model=model, mesh=mesh,
-                          total_steps=validation.total_steps(config.training, dataset.num_train))
-  experiment.members_per_program = cohorts.resolve_members_per_program(experiment)
-  experiment.ticket = _transferred_ticket(config, param_shapes)
-  return experiment
-
-
-def _transferred_ticket(config: ml_collections.ConfigDict, param_shapes: Any) -> tickets_lib.Ticket | None:
-  """The ticket of `transfer.ticket`, loaded and checked against the model's parameter shapes (a
-  ConfigError naming the field when it is missing, damaged or of another architecture)."""
-  transfer = config.get('transfer', {})
-  path = transfer.get('ticket')
-  if not path:
-    return None
-  if not os.path.isfile(path):
-    raise validation.ConfigError(f'transfer.ticket={path!r}: no such file (export one with `python -m '
-                                 'lth_jax.tickets export --workdir=DIR --level=L --out=FILE`)')
-  try:
-    ticket = tickets_lib.load_exported(path)
-    shapes = jax.tree_util.tree_map(lambda shape: np.zeros(shape.shape, shape.dtype), param_shapes)
-    tickets_lib.transfer_start(ticket, shapes, {}, transfer.get('start', 'ticket'),
-                               transfer.get('output_layer', 'dense'), seed=0, where=f'transfer.ticket={path!r}')
-  except tickets_lib.TicketError as error:
-    raise validation.ConfigError(str(error)) from error
-  return ticket
-
-
-def _local_device_counts(experiment: 'Experiment | None' = None, mesh: jax.sharding.Mesh | None = None,
-                         dataset: data_lib.Dataset | None = None) -> tuple[int, ...] | None:
-  """Every host's device count in the mesh when member groups must stay within hosts (streamed data
-  on several hosts: each host reads its slice of every member's batch), else None."""
-  mesh = experiment.mesh if experiment is not None else mesh
-  dataset = experiment.dataset if experiment is not None else dataset
-  if jax.process_count() == 1 or not isinstance(dataset, data_lib.StreamingDataset):
-    return None
-  counts: dict[int, int] = {}
-  for device in mesh.devices.flat:
-    counts[device.process_index] = counts.get(device.process_index, 0) + 1
-  return tuple(counts.values())
-
-
 def trial_seeds(seed: int, trial: int) -> tuple[int, int]:
   """(initialization seed, batch-order seed) of one trial."""
   return _branch_seed(seed, trial, 0), _branch_seed(seed, trial, 1)
@@ -641,168 +437,8 @@ def running_directory(workdir: str, trial: int, level: int, branch: str) -> str:
   return cohorts.running_directory(workdir, level, [(trial, branch)])
 
 
-class StopRequest:
-  """A SIGTERM handler that asks the training loop to stop: it only sets `requested`, and the loop
-  checks it between dispatches, checkpoints the current step and raises `Preempted`.
-
-  A second SIGTERM goes to the handler that was installed before (by default: terminate at once).
-  With several processes, a stop is agreed through JAX's preemption sync point (all processes
-  stop at the same step; JAX's coordination service receives the signal), so no handler is installed.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self._previous: Any = None
-    self._installed = False
-    self._checks = 0
-
-  def _handle(self, signum: int, frame: Any) -> None:
-    if self.requested:  # the second one: do what would have happened without us
-      self.restore()
-      signal.raise_signal(signal.SIGTERM)
-      return
-    self.requested = True  # nothing else here: a handler that prints could interrupt a print
-
-  def install(self) -> None:
-    """Installs the handler (main thread of a single-process run only; elsewhere, a no-op)."""
-    if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
-      return
-    previous = signal.signal(signal.SIGTERM, self._handle)
-    self._previous = signal.SIG_DFL if previous is None else previous  # None: not set from Python
-    self._installed = True
-
-  def restore(self) -> None:
-    """Puts back the handler that was installed before."""
-    if self._installed:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._installed = False
-
-  def __call__(self, step: int) -> bool:
-    """Whether to stop now (called by every process at the same points of training)."""
-    if jax.process_count() > 1:
-      self._checks += 1  # the sync point id must increase on every process alike
-      try:
-        return bool(multihost_utils.reached_preemption_sync_point(self._checks))
-      except RuntimeError:  # no preemption service (jax.distributed started without one)
-        return False
-    return self.requested
-
-
-def _check_workdir(workdir: str) -> None:
-  """Creates `workdir` if needed; a WorkdirError when it is a file or cannot be written."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise validation.WorkdirError(f'workdir {workdir}: exists and is not a folder')
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.lth_jax-write-test-{os.getpid()}-{jax.process_index()}')
-    with open(probe, 'w') as file:
-      file.write('ok')
-    os.remove(probe)
-  except OSError as error:
-    raise validation.WorkdirError(f'workdir {workdir}: cannot create or write there ({error})') from error
-
-
-@contextlib.contextmanager
-def workdir_lock(workdir: str, log: Callable[[str], None] = _print) -> Iterator[None]:
-  """Holds an exclusive lock on WORKDIR/.lock (process 0) while the block runs: a second run started
-  on the same workdir fails at once with a WorkdirError naming the holder, instead of both writing
-  checkpoints and records over each other. Released when the block ends or the process dies."""
-  if jax.process_index() != 0 or fcntl is None:
-    yield
-    return
-  path = os.path.join(workdir, LOCK_FILE)
-  with open(path, 'a+') as file:
-    try:
-      fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      file.seek(0)
-      holder = file.read().strip() or 'another process'
-      raise validation.WorkdirError(
-          f'workdir {workdir}: in use by another lth_jax run ({holder}); let it finish, stop it, or use '
-          'another --workdir') from None
-    except OSError as error:  # a file system without locks
-      log(f'lth_jax: warning: cannot lock {path} ({error}); make sure no other run uses this workdir')
-      yield
-      return
-    try:
-      file.seek(0)
-      file.truncate()
-      file.write(f'pid {os.getpid()} on {socket.gethostname()}, since {time.strftime("%Y-%m-%d %H:%M:%S")}\n')
-      file.flush()
-      yield
-    finally:
-      fcntl.flock(file.fileno(), fcntl.LOCK_UN)
-
-
-def _holds_runs(workdir: str) -> bool:
-  """Whether `workdir` holds anything of a run: a record in results.jsonl or a checkpoint."""
-  results_path = os.path.join(workdir, RESULTS_FILE)
-  if os.path.exists(results_path) and os.path.getsize(results_path) > 0:
-    return True
-  return any(files for _, _, files in os.walk(os.path.join(workdir, 'checkpoints')))
-
-
-# Config values worked out before a run (global batch, lengths in steps), recorded in config.json.
-RESOLVED_FIELDS = {'training': ('batch_size', 'num_steps', 'warmup_steps', 'eval_every', 'decay_boundaries'),
-                   'pruning': ('rewind_step', 'turnaround_step')}
-
-
-def check_workdir_config(config: ml_collections.ConfigDict, resolved: ml_collections.ConfigDict, workdir: str,
-                         log: Callable[[str], None] = _print) -> None:
-  """A ConfigError when `workdir` holds runs of a config whose results would differ from `config`'s
-  (`resolved`: the same config as `prepare` resolved it), as `run` checks before it continues them."""
-  _check_config_file(config, workdir, False, log, resolved)
-
-
-def _check_config_file(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool,
-                       log: Callable[[str], None], resolved: ml_collections.ConfigDict | None = None) -> None:
-  """Compares `config` with the one in WORKDIR/config.json (refusing a change that would make the
-  recorded runs disagree with the config, unless allowed) and writes it there (process 0).
-
-  With `resolved` (the config with the global batch and the lengths in steps worked out for these
-  devices and this dataset), those values are recorded under 'resolved' and compared too: the same
-  `parallel.batch_per_device` on another number of devices is another global batch.
-  """
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path) and _holds_runs(workdir) and not allow_config_change:
-    raise validation.ConfigError(
-        f'{workdir} holds runs but no {CONFIG_FILE}, so their config cannot be checked against this one; '
-        'put it back, use another --workdir, or --allow_config_change to record this config as theirs')
-  new = validation.config_to_json(config)
-  if resolved is not None:
-    new['resolved'] = validation.config_to_json(ml_collections.ConfigDict(
-        {section: {field: resolved[section].get(field) for field in fields}
-         for section, fields in RESOLVED_FIELDS.items()}))
-  if os.path.exists(path):
-    try:
-      with open(path) as file:
-        old = json.load(file)
-    except (OSError, ValueError) as error:
-      raise validation.ConfigError(f'{path}: cannot read the config of the runs in this workdir ({error}); '
-                                   'repair or delete it') from error
-    defaults = validation.config_to_json(config_schema.base_config())
-    changing, neutral = validation.config_differences(old, new, defaults)
-    if changing and not _holds_runs(workdir):
-      log(f'lth_jax: {path} is from a run that recorded nothing; replacing it with this config')
-      changing, neutral = [], []
-    if changing and not allow_config_change:
-      raise validation.ConfigError(
-          f'{workdir} holds runs of a different config ({path}); fields that differ (old -> new):\n  '
-          + '\n  '.join(changing) + '\nUse the same config, another --workdir, or --allow_config_change to '
-          'continue anyway (records already there are kept as they are).')
-    if changing:
-      log(f'lth_jax: warning: config changed from {path} (allowed): ' + '; '.join(changing))
-    if neutral:
-      log('lth_jax: config changes that do not affect results: ' + '; '.join(neutral))
-    if old == new:
-      return
-  if jax.process_index() == 0:
-    with results_lib.atomic_open(path) as file:
-      file.write(results_lib.strict_json(new, indent=2, sort_keys=True) + '\n')
-
-
 def run(config: ml_collections.ConfigDict, workdir: str,
-        log: Callable[[str], None] = _print, *, allow_config_change: bool = False) -> LotteryResults:
+        log: Callable[[str], None] = workdir_lib.log_on_process_zero, *, allow_config_change: bool = False) -> LotteryResults:
   """Runs (or resumes) the lottery experiment of `config` in `workdir`; returns its records.
 
   Every config check runs before any training: a bad field raises `validation.ConfigError` naming it,
@@ -813,7 +449,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   is damaged raises `checkpoints.CheckpointError` naming it.
   """
   experiment = prepare(config)
-  _check_workdir(workdir)
+  workdir_lib.check_writable(workdir)
   experiment.trainer()  # built before WORKDIR/config.json is written
   try:
     with workdir_lock(workdir, log):
@@ -830,13 +466,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 def _run_locked(config: ml_collections.ConfigDict, experiment: 'Experiment', workdir: str,
                 log: Callable[[str], None], allow_config_change: bool) -> LotteryResults:
   """`run` once the workdir is locked."""
-  _check_config_file(config, workdir, allow_config_change, log, resolved=experiment.config)
+  workdir_lib.check_config_file(config, workdir, allow_config_change, log, resolved=experiment.config)
   config = experiment.config  # resolved: global batch size, lengths in steps
   total_steps = experiment.total_steps
   plan = PruningPlan.from_config(config)
   records = results_lib.read_records(os.path.join(workdir, RESULTS_FILE))
   checkpointing = config.get('checkpointing', {})
-  scalars = _Scalars(os.path.join(workdir, 'tensorboard') if checkpointing.get('tensorboard', True) else None)
+  scalars = scalars_lib.Scalars(os.path.join(workdir, 'tensorboard') if checkpointing.get('tensorboard', True) else None)
   started = time.perf_counter()
   log(f'lth_jax: {config.model.name} on {config.dataset.name}, {total_steps} steps per level, '
       f'{plan.levels} pruning levels of {plan.fraction:.3g} ({plan.scope}, {plan.mode}), rewind step '

@@ -35,9 +35,8 @@ from lth_jax import checkpoints
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import results as results_lib
+from lth_jax.workdir import CONFIG_FILE, RESULTS_FILE
 
-CONFIG_FILE = 'config.json'
-RESULTS_FILE = 'results.jsonl'
 METADATA_KEY = '__metadata__'
 PARTS = ('keep_mask', 'start_params', 'start_model_state', 'final_params')
 FORMAT_VERSION = 1

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import pytest
 import tensorflow_datasets as tfds
 
+from lth_jax import data as data_lib
+from lth_jax import experiment as experiment_lib
 from lth_jax import lottery
 from lth_jax import models as models_lib
 from lth_jax import optim
@@ -132,7 +134,7 @@ def test_resnet50_imagenet_schedule_at_full_scale(variant):
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))
   params = shapes['params']
   validation.check_against_data(resolved, IMAGENET_TRAIN_SIZE,
-                                lottery._layer_sizes(params, lottery._prunable_from_config(params, resolved)))
+                                experiment_lib.layer_sizes(params, experiment_lib.prunable_from_config(params, resolved)))
 
 
 def test_resnet50_imagenet_refuses_points_out_of_order():
@@ -210,7 +212,7 @@ def test_deep_paper_config_runs_a_few_steps_on_mock_data(tmp_path, name):
 def test_resnet50_imagenet_without_prepared_data_says_how_to_prepare_it(tmp_path):
   config = _imagenet_config()
   config.dataset.data_dir = str(tmp_path / 'tfds')
-  with pytest.raises(lottery.data_lib.DatasetNotPreparedError,
+  with pytest.raises(data_lib.DatasetNotPreparedError,
                      match='tfds build imagenet2012 --file_format=array_record'):
     lottery.run(config, str(tmp_path / 'work'), log=lambda line: None)
   assert not (tmp_path / 'work').exists()  # nothing written before the data is there

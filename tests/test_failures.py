@@ -17,6 +17,7 @@ from lth_jax import lottery
 from lth_jax import main as lth_main
 from lth_jax import report
 from lth_jax import results as results_lib
+from lth_jax import scalars as scalars_lib
 from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,7 +134,7 @@ def level_zero(tmp_path_factory):
 @pytest.mark.parametrize('target, replacement, cause, where', [
     ((results_lib, 'write_records'), _enospc_results, 'No space left on device', 'results.jsonl'),
     ((checkpoints, 'save_tree'), _orbax_full, 'No space left on device', 'checkpoints/trial_0/'),
-    ((lottery._Scalars, 'write'), _read_only_tensorboard, 'Read-only file system', 'tensorboard/trial_0'),
+    ((scalars_lib.Scalars, 'write'), _read_only_tensorboard, 'Read-only file system', 'tensorboard/trial_0'),
     ((checkpoints.RunCheckpoints, 'save'), _io_error_checkpoint, 'Input/output error', 'checkpoints/running/level_1_'),
 ])
 def test_a_workdir_that_cannot_be_written_gives_one_line_naming_path_and_cause(level_zero, tmp_path, monkeypatch,

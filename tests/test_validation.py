@@ -6,6 +6,7 @@ import pytest
 
 from lth_jax import lottery
 from lth_jax import validation
+from lth_jax import workdir as workdir_lib
 from tests import helpers
 
 
@@ -122,14 +123,14 @@ def test_a_workdir_that_recorded_nothing_takes_a_corrected_config(tmp_path):
   workdir = tmp_path / 'work'
   os.makedirs(workdir / 'checkpoints' / 'trial_0')  # folders of the failed start, no checkpoint in them
   first, corrected = helpers.tiny_config(training__learning_rate=0.5), helpers.tiny_config()
-  lottery._check_config_file(first, str(workdir), False, log=lambda line: None)
+  workdir_lib.check_config_file(first, str(workdir), False, log=lambda line: None)
   lines = []
-  lottery._check_config_file(corrected, str(workdir), False, log=lines.append)
+  workdir_lib.check_config_file(corrected, str(workdir), False, log=lines.append)
   assert json.loads((workdir / 'config.json').read_text()) == validation.config_to_json(corrected)
   assert 'recorded nothing' in lines[0]
   (workdir / 'results.jsonl').write_text('{"trial": 0, "level": 0, "branch": "ticket"}\n')
   with pytest.raises(validation.ConfigError, match='training.learning_rate: 0.003 -> 0.5'):
-    lottery._check_config_file(first, str(workdir), False, log=lambda line: None)
+    workdir_lib.check_config_file(first, str(workdir), False, log=lambda line: None)
 
 
 def test_a_workdir_in_use_by_another_run_is_refused_at_once(tmp_path):
@@ -151,21 +152,21 @@ def test_the_global_batch_is_recorded_and_a_different_one_is_refused(tmp_path):
   on_eight, on_four = copy.deepcopy(config), copy.deepcopy(config)
   on_eight.training.batch_size, on_four.training.batch_size = 32, 16
   workdir = str(tmp_path)
-  lottery._check_config_file(config, workdir, False, lambda line: None, resolved=on_eight)
+  workdir_lib.check_config_file(config, workdir, False, lambda line: None, resolved=on_eight)
   written = json.loads((tmp_path / 'config.json').read_text())
   assert written['resolved']['training']['batch_size'] == 32 and written['training']['batch_size'] == 0
   (tmp_path / 'results.jsonl').write_text('{"trial": 0, "level": 0, "branch": "ticket"}\n')
   with pytest.raises(validation.ConfigError, match=r'resolved.training.batch_size: 32 -> 16'):
-    lottery._check_config_file(config, workdir, False, lambda line: None, resolved=on_four)
+    workdir_lib.check_config_file(config, workdir, False, lambda line: None, resolved=on_four)
   # A config.json written before values were recorded resolved is compared on the config alone.
   del written['resolved']
   (tmp_path / 'config.json').write_text(json.dumps(written))
-  lottery._check_config_file(config, workdir, False, lambda line: None, resolved=on_four)
+  workdir_lib.check_config_file(config, workdir, False, lambda line: None, resolved=on_four)
 
 
 def test_a_workdir_with_runs_but_no_config_file_is_refused_unless_allowed(tmp_path):
   (tmp_path / 'results.jsonl').write_text('{"trial": 0, "level": 0, "branch": "ticket"}\n')
   with pytest.raises(validation.ConfigError, match='holds runs but no config.json'):
-    lottery._check_config_file(helpers.tiny_config(), str(tmp_path), False, log=lambda line: None)
-  lottery._check_config_file(helpers.tiny_config(), str(tmp_path), True, log=lambda line: None)
+    workdir_lib.check_config_file(helpers.tiny_config(), str(tmp_path), False, log=lambda line: None)
+  workdir_lib.check_config_file(helpers.tiny_config(), str(tmp_path), True, log=lambda line: None)
   assert (tmp_path / 'config.json').exists()

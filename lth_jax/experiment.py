@@ -1,0 +1,169 @@
+"""What a validated config builds before any training: the dataset, the model, the mesh, the
+training length, the cap on runs per program, a transferred ticket, and the Trainers (one per
+population shape, built once)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lth_jax import cohorts
+from lth_jax import data as data_lib
+from lth_jax import masks as masks_lib
+from lth_jax import models as models_lib
+from lth_jax import optim
+from lth_jax import parallel
+from lth_jax import tickets as tickets_lib
+from lth_jax import train as train_lib
+from lth_jax import validation
+
+
+def layer_sizes(params: Any, prunable: Any) -> dict[str, int]:
+  """Number of prunable weights per layer (module path)."""
+  sizes: dict[str, int] = {}
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  for (path, leaf), is_prunable in zip(flat, jax.tree_util.tree_leaves(prunable)):
+    if is_prunable:
+      layer = masks_lib.module_path(masks_lib.path_to_names(path))
+      sizes[layer] = sizes.get(layer, 0) + int(np.prod(leaf.shape))
+  return sizes
+
+
+def prunable_from_config(params: Any, config: ml_collections.ConfigDict) -> Any:
+  return masks_lib.prunable_tree(params, tuple(config.pruning.get('prunable_parameters', ('kernel',))),
+                                 tuple(config.pruning.get('excluded_layers', ())))
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What a validated config builds before any training: data, model, mesh and training length.
+  `config` is resolved: the global batch size set, lengths in epochs converted to steps."""
+  config: ml_collections.ConfigDict
+  dataset: data_lib.Dataset
+  model: Any
+  mesh: jax.sharding.Mesh   # the mesh of one run alone: 1 x N (data parallel) where the batch divides
+  total_steps: int
+  members_per_program: int = 1  # parallel.members_per_program, resolved (0 = auto becomes a number)
+  ticket: tickets_lib.Ticket | None = None  # transfer.ticket, loaded and checked against the model
+  _trainers: dict[tuple[int, int], train_lib.Trainer] = dataclasses.field(default_factory=dict, repr=False)
+
+  def _build_trainer(self, population_size: int, groups: int) -> train_lib.Trainer:
+    key = (population_size, groups)
+    if key not in self._trainers:
+      training = self.config.training
+      mesh = self.mesh if groups == parallel.member_groups(self.mesh) else parallel.create_mesh(
+          self.config.get('parallel', {}).get('num_devices', 0), groups)
+      like = next(iter(self._trainers.values())).feed if self._trainers else None
+      self._trainers[key] = train_lib.Trainer(
+          self.model, self.dataset, optim.from_config(training, self.total_steps), mesh, training.batch_size,
+          training.get('steps_per_dispatch', 64), training.get('eval_batch_size', 1000), population_size,
+          feed_like=like)
+    return self._trainers[key]
+
+  def trainer(self, population_size: int = 0) -> train_lib.Trainer:
+    """The Trainer of this experiment for one run, or for a population of exactly `population_size`
+    members (> 0) spread over the mesh's member groups (built once, then reused)."""
+    if not population_size:
+      return self._build_trainer(0, parallel.member_groups(self.mesh))
+    layout = parallel.member_layout(population_size, self.mesh.devices.size, self.config.training.batch_size,
+                                    self.local_device_counts())
+    groups = layout[0] if layout and layout[1] == population_size else parallel.member_groups(self.mesh)
+    return self._build_trainer(population_size, groups)
+
+  def program_trainer(self, num_members: int) -> tuple[train_lib.Trainer, int]:
+    """(Trainer, member slots) of a cohort program of `num_members` runs: the one-run Trainer for a
+    single run whose batch divides the devices, else a population laid out by `parallel.member_layout`
+    (slots beyond `num_members` are padding)."""
+    if num_members == 1 and parallel.member_groups(self.mesh) == 1:
+      return self.trainer(), 1
+    groups, slots = cohorts.layout(num_members, self)
+    return self._build_trainer(slots, groups), slots
+
+  def local_device_counts(self) -> tuple[int, ...] | None:
+    """See `local_device_counts`: the constraint on member groups on this experiment's mesh."""
+    return local_device_counts(self.mesh, self.dataset)
+
+  def prunable(self, params: Any) -> Any:
+    """The prunable-leaf tree of `params` under this config."""
+    return prunable_from_config(params, self.config)
+
+
+def prepare(config: ml_collections.ConfigDict) -> Experiment:
+  """Validates `config` (raising `validation.ConfigError` naming the field) and builds the dataset,
+  model and mesh; the experiment's config is resolved (global batch, epochs as steps). No training
+  happens here."""
+  validation.check_config(config)
+  num_devices = config.get('parallel', {}).get('num_devices', 0)
+  try:
+    mesh = parallel.create_mesh(num_devices)
+  except ValueError as error:
+    raise validation.ConfigError(str(error)) from error
+  config = validation.resolve_batch_size(config, mesh.devices.size)
+  try:
+    dataset = data_lib.build(config.dataset)
+    model = models_lib.build(config.model, dataset.num_outputs)
+  except data_lib.DatasetNotPreparedError:
+    raise
+  except ValueError as error:  # a dataset or model field the builders rejected
+    raise validation.ConfigError(str(error)) from error
+  config = validation.resolve_epochs(config, dataset.num_train)
+  example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example, train=False))
+  param_shapes, _ = train_lib.split_variables(shapes)
+  layers = sorted({masks_lib.module_path(masks_lib.path_to_names(path))
+                   for path, _ in jax.tree_util.tree_flatten_with_path(param_shapes)[0]})
+  validation.check_against_data(config, dataset.num_train,
+                                layer_sizes(param_shapes, prunable_from_config(param_shapes, config)), layers)
+  requested = config.get('parallel', {}).get('members_per_program', 0)
+  if requested != 1:  # a run alone may need member groups where its batch does not divide the devices
+    layout = parallel.member_layout(1, mesh.devices.size, config.training.batch_size,
+                                    local_device_counts(mesh, dataset))
+    if layout is not None and layout[0] > 1:
+      mesh = parallel.create_mesh(num_devices, layout[0])
+  try:
+    parallel.check_batch_size(config.training.batch_size, mesh)
+  except ValueError as error:
+    raise validation.ConfigError(str(error) + ('' if requested == 1 else
+                                               ' (or parallel.members_per_program)')) from error
+  experiment = Experiment(config=config, dataset=dataset, model=model, mesh=mesh,
+                          total_steps=validation.total_steps(config.training, dataset.num_train))
+  experiment.members_per_program = cohorts.resolve_members_per_program(experiment)
+  experiment.ticket = _transferred_ticket(config, param_shapes)
+  return experiment
+
+
+def _transferred_ticket(config: ml_collections.ConfigDict, param_shapes: Any) -> tickets_lib.Ticket | None:
+  """The ticket of `transfer.ticket`, loaded and checked against the model's parameter shapes (a
+  ConfigError naming the field when it is missing, damaged or of another architecture)."""
+  transfer = config.get('transfer', {})
+  path = transfer.get('ticket')
+  if not path:
+    return None
+  if not os.path.isfile(path):
+    raise validation.ConfigError(f'transfer.ticket={path!r}: no such file (export one with `python -m '
+                                 'lth_jax.tickets export --workdir=DIR --level=L --out=FILE`)')
+  try:
+    ticket = tickets_lib.load_exported(path)
+    shapes = jax.tree_util.tree_map(lambda shape: np.zeros(shape.shape, shape.dtype), param_shapes)
+    tickets_lib.transfer_start(ticket, shapes, {}, transfer.get('start', 'ticket'),
+                               transfer.get('output_layer', 'dense'), seed=0, where=f'transfer.ticket={path!r}')
+  except tickets_lib.TicketError as error:
+    raise validation.ConfigError(str(error)) from error
+  return ticket
+
+
+def local_device_counts(mesh: jax.sharding.Mesh, dataset: data_lib.Dataset) -> tuple[int, ...] | None:
+  """Every host's device count in the mesh when member groups must stay within hosts (streamed data
+  on several hosts: each host reads its slice of every member's batch), else None."""
+  if jax.process_count() == 1 or not isinstance(dataset, data_lib.StreamingDataset):
+    return None
+  counts: dict[int, int] = {}
+  for device in mesh.devices.flat:
+    counts[device.process_index] = counts.get(device.process_index, 0) + 1
+  return tuple(counts.values())

@@ -1,0 +1,146 @@
+"""The workdir of a lottery run: that it can be written, one run at a time (a lock), and that a
+re-run's config agrees with the one its records came from (`config.json`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from typing import Callable, Iterator
+
+try:
+  import fcntl
+except ImportError:  # not on POSIX: runs sharing a workdir are not detected
+  fcntl = None
+
+import jax
+import ml_collections
+
+from lth_jax import config_schema
+from lth_jax import results as results_lib
+from lth_jax import validation
+
+RESULTS_FILE = 'results.jsonl'
+CONFIG_FILE = 'config.json'
+LOCK_FILE = '.lock'
+
+
+def log_on_process_zero(message: str) -> None:
+  """Prints `message` on process 0 (the one that writes the workdir)."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def check_writable(workdir: str) -> None:
+  """Creates `workdir` if needed; a WorkdirError when it is a file or cannot be written."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise validation.WorkdirError(f'workdir {workdir}: exists and is not a folder')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.lth_jax-write-test-{os.getpid()}-{jax.process_index()}')
+    with open(probe, 'w') as file:
+      file.write('ok')
+    os.remove(probe)
+  except OSError as error:
+    raise validation.WorkdirError(f'workdir {workdir}: cannot create or write there ({error})') from error
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str, log: Callable[[str], None] = log_on_process_zero) -> Iterator[None]:
+  """Holds an exclusive lock on WORKDIR/.lock (process 0) while the block runs: a second run started
+  on the same workdir fails at once with a WorkdirError naming the holder, instead of both writing
+  checkpoints and records over each other. Released when the block ends or the process dies."""
+  if jax.process_index() != 0 or fcntl is None:
+    yield
+    return
+  path = os.path.join(workdir, LOCK_FILE)
+  with open(path, 'a+') as file:
+    try:
+      fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      file.seek(0)
+      holder = file.read().strip() or 'another process'
+      raise validation.WorkdirError(
+          f'workdir {workdir}: in use by another lth_jax run ({holder}); let it finish, stop it, or use '
+          'another --workdir') from None
+    except OSError as error:  # a file system without locks
+      log(f'lth_jax: warning: cannot lock {path} ({error}); make sure no other run uses this workdir')
+      yield
+      return
+    try:
+      file.seek(0)
+      file.truncate()
+      file.write(f'pid {os.getpid()} on {socket.gethostname()}, since {time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+      file.flush()
+      yield
+    finally:
+      fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+
+
+def holds_runs(workdir: str) -> bool:
+  """Whether `workdir` holds anything of a run: a record in results.jsonl or a checkpoint."""
+  results_path = os.path.join(workdir, RESULTS_FILE)
+  if os.path.exists(results_path) and os.path.getsize(results_path) > 0:
+    return True
+  return any(files for _, _, files in os.walk(os.path.join(workdir, 'checkpoints')))
+
+
+# Config values worked out before a run (global batch, lengths in steps), recorded in config.json.
+RESOLVED_FIELDS = {'training': ('batch_size', 'num_steps', 'warmup_steps', 'eval_every', 'decay_boundaries'),
+                   'pruning': ('rewind_step', 'turnaround_step')}
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, resolved: ml_collections.ConfigDict, workdir: str,
+                         log: Callable[[str], None] = log_on_process_zero) -> None:
+  """A ConfigError when `workdir` holds runs of a config whose results would differ from `config`'s
+  (`resolved`: the same config as `prepare` resolved it), as `run` checks before it continues them."""
+  check_config_file(config, workdir, False, log, resolved)
+
+
+def check_config_file(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool,
+                       log: Callable[[str], None], resolved: ml_collections.ConfigDict | None = None) -> None:
+  """Compares `config` with the one in WORKDIR/config.json (refusing a change that would make the
+  recorded runs disagree with the config, unless allowed) and writes it there (process 0).
+
+  With `resolved` (the config with the global batch and the lengths in steps worked out for these
+  devices and this dataset), those values are recorded under 'resolved' and compared too: the same
+  `parallel.batch_per_device` on another number of devices is another global batch.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path) and holds_runs(workdir) and not allow_config_change:
+    raise validation.ConfigError(
+        f'{workdir} holds runs but no {CONFIG_FILE}, so their config cannot be checked against this one; '
+        'put it back, use another --workdir, or --allow_config_change to record this config as theirs')
+  new = validation.config_to_json(config)
+  if resolved is not None:
+    new['resolved'] = validation.config_to_json(ml_collections.ConfigDict(
+        {section: {field: resolved[section].get(field) for field in fields}
+         for section, fields in RESOLVED_FIELDS.items()}))
+  if os.path.exists(path):
+    try:
+      with open(path) as file:
+        old = json.load(file)
+    except (OSError, ValueError) as error:
+      raise validation.ConfigError(f'{path}: cannot read the config of the runs in this workdir ({error}); '
+                                   'repair or delete it') from error
+    defaults = validation.config_to_json(config_schema.base_config())
+    changing, neutral = validation.config_differences(old, new, defaults)
+    if changing and not holds_runs(workdir):
+      log(f'lth_jax: {path} is from a run that recorded nothing; replacing it with this config')
+      changing, neutral = [], []
+    if changing and not allow_config_change:
+      raise validation.ConfigError(
+          f'{workdir} holds runs of a different config ({path}); fields that differ (old -> new):\n  '
+          + '\n  '.join(changing) + '\nUse the same config, another --workdir, or --allow_config_change to '
+          'continue anyway (records already there are kept as they are).')
+    if changing:
+      log(f'lth_jax: warning: config changed from {path} (allowed): ' + '; '.join(changing))
+    if neutral:
+      log('lth_jax: config changes that do not affect results: ' + '; '.join(neutral))
+    if old == new:
+      return
+  if jax.process_index() == 0:
+    with results_lib.atomic_open(path) as file:
+      file.write(results_lib.strict_json(new, indent=2, sort_keys=True) + '\n')
