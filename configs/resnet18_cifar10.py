@@ -23,9 +23,9 @@ from lth_jax import config_schema
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   """The ResNet-18/CIFAR-10 config; `variant` 'warmup' resets to 0 with learning-rate warmup."""
-  config = config_schema.frankle_carbin_sgd_cifar('resnet20', batch_size=128, num_steps=30_000,
-                                                   decay_boundaries=(20_000, 25_000), rewind_step=500,
-                                                   eval_every=2000)
+  config = config_schema.frankle_carbin_sgd_cifar(
+      'resnet20', batch_size=128, num_steps=30_000, decay_boundaries=(20_000, 25_000), rewind_step=500, eval_every=2000
+  )
   if variant == 'warmup':
     config.pruning.rewind_step = 0
     config.training.learning_rate = 0.03

@@ -31,9 +31,9 @@ VARIANTS = ('one_shot', 'no_rewind')
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   """The ResNet-50/ImageNet config; `variant` is '', 'one_shot' or 'no_rewind'."""
   config = config_schema.base_config()
-  config.dataset.name = 'imagenet2012'   # always streamed: random-resized crop + flip; eval 256 -> 224
+  config.dataset.name = 'imagenet2012'  # always streamed: random-resized crop + flip; eval 256 -> 224
   config.model.name = 'resnet50'
-  config.model.dtype = 'bfloat16'        # float32 parameters, bfloat16 computation (TPU/GPU)
+  config.model.dtype = 'bfloat16'  # float32 parameters, bfloat16 computation (TPU/GPU)
 
   training = config.training
   training.optimizer = 'momentum'
@@ -51,14 +51,14 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   training.eval_every = 0
   training.eval_every_epochs = 10
   training.eval_batch_size = 1024
-  training.steps_per_dispatch = 1        # a ResNet-50 step dwarfs the dispatch; keeps host batches small
+  training.steps_per_dispatch = 1  # a ResNet-50 step dwarfs the dispatch; keeps host batches small
 
   pruning = config.pruning
   pruning.scope = 'global'
   pruning.mode = 'iterative'
   pruning.fraction = 0.2
   pruning.layer_fractions = {}
-  pruning.levels = 10                    # 0.8^10 = 10.7% of the weights remain (89% pruned)
+  pruning.levels = 10  # 0.8^10 = 10.7% of the weights remain (89% pruned)
   pruning.rewind_epoch = 6
   pruning.turnaround_epoch = 45
   config.branches = ('reinit',)
@@ -67,7 +67,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.parallel.members_per_program = 1
   config.checkpointing.every_steps = 1000  # about 0.8 epoch of work lost at most on preemption
   if variant == 'one_shot':
-    pruning.mode = 'one_shot'            # level L prunes the epoch-45 weights to 0.8^L in one go
+    pruning.mode = 'one_shot'  # level L prunes the epoch-45 weights to 0.8^L in one go
   elif variant == 'no_rewind':
     pruning.rewind_epoch = 0.0
   elif variant:

@@ -30,11 +30,13 @@ from lth_jax import stability  # noqa: E402
 from experiments import common  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.', required=True)
-_RESET_STEPS = flags.DEFINE_list('reset_steps', None,
-                                 'Late-reset steps to compare (default 0,25,100,500; --quick: 0,25,100).')
+_RESET_STEPS = flags.DEFINE_list(
+    'reset_steps', None, 'Late-reset steps to compare (default 0,25,100,500; --quick: 0,25,100).'
+)
 _TRIALS = flags.DEFINE_integer('trials', 1, 'Trials per reset step for the accuracy table.')
-_STABILITY_LEVEL = flags.DEFINE_integer('stability_level', None,
-                                        'Level whose ticket is measured (0: skip; default 5, --quick: 2).')
+_STABILITY_LEVEL = flags.DEFINE_integer(
+    'stability_level', None, 'Level whose ticket is measured (0: skip; default 5, --quick: 2).'
+)
 _QUICK = flags.DEFINE_bool('quick', False, 'A smoke-test-sized run.')
 
 
@@ -65,17 +67,21 @@ def plot_stability(results: list[stability.StabilityResult], path: str) -> None:
   """Normalized L2 distance and angle at the end of training against the reset step."""
   steps = [result.rewind_step for result in results]
   figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-  for axis, metric, label in ((axes[0], 'l2_distance', 'normalized L2 distance'),
-                              (axes[1], 'angle', 'angle to full network (degrees)')):
+  for axis, metric, label in (
+      (axes[0], 'l2_distance', 'normalized L2 distance'),
+      (axes[1], 'angle', 'angle to full network (degrees)'),
+  ):
     for name, colour in (('ticket', 'tab:blue'), ('random_ticket', 'tab:orange')):
-      axis.plot(steps, [result.final[name][metric] for result in results], 'o-', color=colour,
-                label=name.replace('_', ' '))
+      axis.plot(
+          steps, [result.final[name][metric] for result in results], 'o-', color=colour, label=name.replace('_', ' ')
+      )
     axis.set_xlabel('late-reset step')
     axis.set_ylabel(label)
     axis.legend()
   for name, colour in (('full', 'tab:gray'), ('ticket', 'tab:blue'), ('random_ticket', 'tab:orange')):
-    axes[2].plot(steps, [result.test_metrics[name] for result in results], 'o-', color=colour,
-                 label=name.replace('_', ' '))
+    axes[2].plot(
+        steps, [result.test_metrics[name] for result in results], 'o-', color=colour, label=name.replace('_', ' ')
+    )
   axes[2].set_xlabel('late-reset step')
   axes[2].set_ylabel('final test metric')
   axes[2].legend()
@@ -112,26 +118,34 @@ def main(argv):
     records_by_reset[reset_step] = lth_jax.run(config, run_dir).records
     if stability_level:
       measure_steps = range(0, config.training.num_steps, config.training.eval_every)
-      stability_results.append(stability.measure_lottery_ticket(config, run_dir, stability_level,
-                                                                measure_steps=measure_steps))
+      stability_results.append(
+          stability.measure_lottery_ticket(config, run_dir, stability_level, measure_steps=measure_steps)
+      )
 
   header, rows = late_reset_table(records_by_reset)
-  common.write_text(os.path.join(workdir, 'late_reset_table.csv'),
-                    '\n'.join(','.join(row) for row in [header, *rows]) + '\n')
+  common.write_text(
+      os.path.join(workdir, 'late_reset_table.csv'), '\n'.join(','.join(row) for row in [header, *rows]) + '\n'
+  )
   print('ticket test accuracy by reset step and level (* = at least the dense network)')
   print('\n'.join('  '.join(f'{cell:>22}' for cell in row) for row in [header, *rows]))
   if stability_results:
-    common.write_text(os.path.join(workdir, 'stability.jsonl'),
-                      ''.join(results_lib.strict_json(result.as_record()) + '\n' for result in stability_results))
+    common.write_text(
+        os.path.join(workdir, 'stability.jsonl'),
+        ''.join(results_lib.strict_json(result.as_record()) + '\n' for result in stability_results),
+    )
     lines = ['reset_step,member,l2_distance,angle,correlation,test_metric']
     print(f'\nstability at level {stability_level} (end of training)')
     for result in stability_results:
       for name in ('ticket', 'random_ticket'):
         final = result.final[name]
-        lines.append(f'{result.rewind_step},{name},{final["l2_distance"]:.4f},{final["angle"]:.2f},'
-                     f'{final["correlation"]:.4f},{result.test_metrics[name]:.4f}')
-        print(f'  reset {result.rewind_step:>5} {name:<14} L2 {final["l2_distance"]:.3f}  angle '
-              f'{final["angle"]:6.2f}  correlation {final["correlation"]:.3f}  test {result.test_metrics[name]:.4f}')
+        lines.append(
+            f'{result.rewind_step},{name},{final["l2_distance"]:.4f},{final["angle"]:.2f},'
+            f'{final["correlation"]:.4f},{result.test_metrics[name]:.4f}'
+        )
+        print(
+            f'  reset {result.rewind_step:>5} {name:<14} L2 {final["l2_distance"]:.3f}  angle '
+            f'{final["angle"]:6.2f}  correlation {final["correlation"]:.3f}  test {result.test_metrics[name]:.4f}'
+        )
     common.write_text(os.path.join(workdir, 'stability.csv'), '\n'.join(lines) + '\n')
     plot_stability(stability_results, os.path.join(workdir, 'stability_vs_reset_step.png'))
 

@@ -17,11 +17,19 @@ from experiments import common
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.', required=True)
 EMBEDDED_BRANCHES = ('reinit', 'permuted', 'random_pruning', 'snip', 'sign_reinit')
-_TRIALS = flags.DEFINE_integer('trials', None, 'Trials per point (mean and min/max are plotted); default: 3 on '
-                               "the embedded config, the --config's own otherwise.")
+_TRIALS = flags.DEFINE_integer(
+    'trials',
+    None,
+    'Trials per point (mean and min/max are plotted); default: 3 on '
+    "the embedded config, the --config's own otherwise.",
+)
 _QUICK = flags.DEFINE_bool('quick', False, 'A smoke-test-sized run of the embedded config.')
-_BRANCHES = flags.DEFINE_list('branches', None, 'Control branches beside the ticket; default: '
-                              f"{','.join(EMBEDDED_BRANCHES)} on the embedded config, the --config's own otherwise.")
+_BRANCHES = flags.DEFINE_list(
+    'branches',
+    None,
+    'Control branches beside the ticket; default: '
+    f"{','.join(EMBEDDED_BRANCHES)} on the embedded config, the --config's own otherwise.",
+)
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Optional config file (default: the embedded one).')
 
 
@@ -30,8 +38,10 @@ def main(argv):
   common.quiet_logging()
   if _CONFIG.value is not None:
     if _QUICK.value:
-      raise app.UsageError('--quick shrinks the embedded config; with --config, override its fields instead '
-                           '(e.g. --config.training.num_steps=300 --config.pruning.levels=2)')
+      raise app.UsageError(
+          '--quick shrinks the embedded config; with --config, override its fields instead '
+          '(e.g. --config.training.num_steps=300 --config.pruning.levels=2)'
+      )
     config = _CONFIG.value
   else:
     config = common.embedded_config(_QUICK.value, 3)

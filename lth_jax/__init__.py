@@ -16,14 +16,49 @@ metrics, linear mode connectivity), `lth_jax.report` (tables and plots).
 import importlib
 from typing import Any
 
-from lth_jax import (branches, checkpoints, cohorts, config_schema, data, feeds, masks, models, optim, parallel,
-                     pruning, results, stability, tickets, train, validation)
+from lth_jax import (
+    branches,
+    checkpoints,
+    cohorts,
+    config_schema,
+    data,
+    feeds,
+    masks,
+    models,
+    optim,
+    parallel,
+    pruning,
+    results,
+    stability,
+    tickets,
+    train,
+    validation,
+)
 from lth_jax.lottery import LotteryResults, run
 from lth_jax.validation import ConfigError
 
-__all__ = ['ConfigError', 'LotteryResults', 'branches', 'checkpoints', 'cohorts', 'config_schema', 'data', 'feeds',
-           'masks', 'models', 'optim', 'parallel', 'pruning', 'report', 'results', 'run', 'stability', 'tickets', 'train',
-           'validation']
+__all__ = [
+    'ConfigError',
+    'LotteryResults',
+    'branches',
+    'checkpoints',
+    'cohorts',
+    'config_schema',
+    'data',
+    'feeds',
+    'masks',
+    'models',
+    'optim',
+    'parallel',
+    'pruning',
+    'report',
+    'results',
+    'run',
+    'stability',
+    'tickets',
+    'train',
+    'validation',
+]
 __version__ = '0.1.0'
 
 

@@ -19,12 +19,13 @@ from lth_jax import pruning
 @dataclasses.dataclass(frozen=True)
 class BranchInputs:
   """What a branch may start from (host trees)."""
-  ticket_mask: Any                                  # the winning ticket's keep mask at this level
-  rewind_params: Any                                # W_k: the weights at the rewind step (W_0 if 0)
+
+  ticket_mask: Any  # the winning ticket's keep mask at this level
+  rewind_params: Any  # W_k: the weights at the rewind step (W_0 if 0)
   rewind_model_state: Any
-  prunable: Any                                     # bool tree from masks.prunable_tree
+  prunable: Any  # bool tree from masks.prunable_tree
   init_variables: Callable[[int], tuple[Any, Any]]  # seed -> fresh (params, model_state)
-  seed: int                                         # seed for this branch's randomness
+  seed: int  # seed for this branch's randomness
   # (params, model_state) -> mean loss gradient over a few training batches (for SNIP)
   loss_gradients: Callable[[Any, Any], Any] | None = None
 
@@ -35,8 +36,7 @@ Branch = Callable[[BranchInputs], BranchStart]
 
 def winning_ticket(inputs: BranchInputs) -> BranchStart:
   """The lottery ticket: surviving weights reset to their values at the rewind step."""
-  return (masks_lib.apply(inputs.rewind_params, inputs.ticket_mask), inputs.rewind_model_state,
-          inputs.ticket_mask)
+  return (masks_lib.apply(inputs.rewind_params, inputs.ticket_mask), inputs.rewind_model_state, inputs.ticket_mask)
 
 
 def random_reinit(inputs: BranchInputs) -> BranchStart:
@@ -73,8 +73,7 @@ def snip(inputs: BranchInputs) -> BranchStart:
     raise ValueError('the snip branch needs loss gradients (BranchInputs.loss_gradients)')
   gradients = inputs.loss_gradients(inputs.rewind_params, inputs.rewind_model_state)
   keep_count = sum(masks_lib.count_per_layer(inputs.ticket_mask, inputs.prunable).values())
-  keep_mask = pruning.keep_top(pruning.snip_scores(inputs.rewind_params, gradients), inputs.prunable,
-                               keep_count)
+  keep_mask = pruning.keep_top(pruning.snip_scores(inputs.rewind_params, gradients), inputs.prunable, keep_count)
   return masks_lib.apply(inputs.rewind_params, keep_mask), inputs.rewind_model_state, keep_mask
 
 

@@ -41,8 +41,9 @@ def _leaf_checksum(leaf: Any) -> str:
 
 def tree_checksums(tree: Any) -> dict[str, str]:
   """Each leaf's dtype, shape and CRC-32 of its bytes, keyed by its path in the tree."""
-  return {jax.tree_util.keystr(path): _leaf_checksum(leaf)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+      jax.tree_util.keystr(path): _leaf_checksum(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def verify_checksums(tree: Any, expected: dict[str, str], where: str) -> None:
@@ -50,9 +51,11 @@ def verify_checksums(tree: Any, expected: dict[str, str], where: str) -> None:
   actual = tree_checksums(tree)
   differing = sorted(name for name in set(expected) | set(actual) if expected.get(name) != actual.get(name))
   if differing:
-    raise CheckpointError(f'{where}: {len(differing)} array(s) differ from what was saved (checksum mismatch: '
-                          f'{", ".join(differing[:5])}{", ..." if len(differing) > 5 else ""}); the '
-                          'checkpoint is damaged')
+    raise CheckpointError(
+        f'{where}: {len(differing)} array(s) differ from what was saved (checksum mismatch: '
+        f'{", ".join(differing[:5])}{", ..." if len(differing) > 5 else ""}); the '
+        'checkpoint is damaged'
+    )
 
 
 def save_tree(directory: str, tree: Any) -> None:
@@ -110,9 +113,12 @@ class RunCheckpoints:
   def _open(self, create: bool) -> ocp.CheckpointManager | None:
     if self._manager is None and (create or os.path.isdir(self.directory)):
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=self.max_to_keep, create=True, cleanup_tmp_directories=True,
+          max_to_keep=self.max_to_keep,
+          create=True,
+          cleanup_tmp_directories=True,
           # Do not read every step's metadata when opening: a damaged step must not stop the others.
-          lightweight_initialize=True)
+          lightweight_initialize=True,
+      )
       self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=('arrays', 'metadata'))
     return self._manager
 
@@ -127,8 +133,11 @@ class RunCheckpoints:
     if step in manager.all_steps():
       manager.delete(step)
     metadata = {**metadata, 'checksums': tree_checksums(arrays)}
-    manager.save(step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
-                                               metadata=ocp.args.JsonSave(metadata)), force=True)
+    manager.save(
+        step,
+        args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), metadata=ocp.args.JsonSave(metadata)),
+        force=True,
+    )
 
   def restore_latest(self, arrays_like: Callable[[dict[str, Any]], Any]) -> tuple[Any, dict[str, Any]] | None:
     """(arrays, metadata) of the newest checkpoint that restores, or None when there is none.
@@ -147,15 +156,20 @@ class RunCheckpoints:
         metadata = manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))['metadata']
         if not isinstance(metadata, dict) or metadata.get('step') != step:
           raise ValueError(f'its metadata names step {metadata.get("step") if isinstance(metadata, dict) else None}')
-        arrays = manager.restore(
-            step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(arrays_like(metadata))))['arrays']
+        arrays = manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(arrays_like(metadata))))[
+            'arrays'
+        ]
         if 'checksums' in metadata:
           verify_checksums(arrays, metadata.pop('checksums'), path)
       except Exception as error:  # pylint: disable=broad-except  (orbax and tensorstore raise many types)
         older = [s for s in steps if s < step]
-        _logger.warning('checkpoint %s cannot be restored (%s: %s); %s', path, type(error).__name__,
-                        str(error).splitlines()[0][:300] if str(error) else '',
-                        f'falling back to step {older[-1]}' if older else 'no older checkpoint: starting the run over')
+        _logger.warning(
+            'checkpoint %s cannot be restored (%s: %s); %s',
+            path,
+            type(error).__name__,
+            str(error).splitlines()[0][:300] if str(error) else '',
+            f'falling back to step {older[-1]}' if older else 'no older checkpoint: starting the run over',
+        )
         damaged.append(step)
         continue
       restored = arrays, metadata

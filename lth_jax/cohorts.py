@@ -34,6 +34,7 @@ from lth_jax import validation
 @dataclasses.dataclass
 class Member:
   """One training run of a cohort: where it starts (host trees) and what it is."""
+
   trial: int
   level: int
   branch: str
@@ -54,12 +55,13 @@ class Member:
 @dataclasses.dataclass
 class MemberResult:
   """What training produced for one member."""
+
   member: Member
-  final_params: Any                        # host tree
-  snapshots: dict[int, tuple[Any, Any]]    # step -> host (params, model_state)
-  curve: list[dict[str, Any]]              # one entry per evaluation: step, train_loss, test metrics
-  wall_seconds: float                      # the program's training time (shared by its members)
-  diverged_step: int | None = None         # where a non-finite loss or weight was first seen
+  final_params: Any  # host tree
+  snapshots: dict[int, tuple[Any, Any]]  # step -> host (params, model_state)
+  curve: list[dict[str, Any]]  # one entry per evaluation: step, train_loss, test metrics
+  wall_seconds: float  # the program's training time (shared by its members)
+  diverged_step: int | None = None  # where a non-finite loss or weight was first seen
 
 
 def format_duration(seconds: float) -> str:
@@ -72,8 +74,9 @@ def format_duration(seconds: float) -> str:
   return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
 
 
-def estimate_remaining_seconds(step: int, end_step: int, eval_every: int, batch_size: int,
-                               examples_per_second: float, evaluation_seconds: float) -> float:
+def estimate_remaining_seconds(
+    step: int, end_step: int, eval_every: int, batch_size: int, examples_per_second: float, evaluation_seconds: float
+) -> float:
   """Time left in a run at `step`: its remaining steps at the training speed measured so far, plus
   one evaluation (as long as the last) at each evaluation point still ahead (and at the end)."""
   if step >= end_step:
@@ -95,9 +98,13 @@ def describe(members: Sequence[Member]) -> str:
   trials = sorted({member.trial for member in members})
   branches = list(dict.fromkeys(member.branch for member in members))
   if len(trials) * len(branches) == len(members):
-    span = (f'trial {trials[0]}' if len(trials) == 1 else
-            f'trials {trials[0]}-{trials[-1]}' if trials == list(range(trials[0], trials[-1] + 1)) else
-            'trials ' + ','.join(map(str, trials)))
+    span = (
+        f'trial {trials[0]}'
+        if len(trials) == 1
+        else f'trials {trials[0]}-{trials[-1]}'
+        if trials == list(range(trials[0], trials[-1] + 1))
+        else 'trials ' + ','.join(map(str, trials))
+    )
     return f'{span} x {", ".join(branches)}'
   return ', '.join(member.key for member in members)
 
@@ -117,7 +124,7 @@ def running_directory(workdir: str, level: int, runs: Sequence[tuple[int, str]])
   `level`: the single-run folder `checkpoints/trial_T/running/level_L_BRANCH` for one run, else
   `checkpoints/running/level_L_t<first trial>-<first branch>_<count>_<digest of all the runs>`."""
   if len(runs) == 1:
-    (trial, branch), = runs
+    ((trial, branch),) = runs
     return os.path.join(workdir, 'checkpoints', f'trial_{trial}', 'running', f'level_{level}_{branch}')
   keys = [f't{trial}-{branch}' for trial, branch in runs]
   digest = hashlib.sha1(','.join(keys).encode()).hexdigest()[:8]
@@ -136,6 +143,7 @@ def _split_entry(entry: dict[str, Any], index: int) -> dict[str, Any]:
 @dataclasses.dataclass
 class ProgramSettings:
   """How programs are trained and watched (from the config's training, checkpointing and report)."""
+
   end_step: int
   eval_every: int
   checkpoint_every: int
@@ -147,9 +155,15 @@ class ProgramSettings:
 class ProgramRunner:
   """Trains groups of members as programs (resuming each from its newest good checkpoint)."""
 
-  def __init__(self, workdir: str, trainer_for: Callable[[int], tuple[train_lib.Trainer, int]],
-               settings: ProgramSettings, log: Callable[[str], None],
-               should_stop: Callable[[int], bool] | None, scalars: Any):
+  def __init__(
+      self,
+      workdir: str,
+      trainer_for: Callable[[int], tuple[train_lib.Trainer, int]],
+      settings: ProgramSettings,
+      log: Callable[[str], None],
+      should_stop: Callable[[int], bool] | None,
+      scalars: Any,
+  ):
     """`trainer_for(K)` gives the Trainer of a K-member program and its member slots (K plus any
     padding members the mesh needs; a plain Trainer and 1 for K = 1)."""
     self.workdir, self.trainer_for, self.settings = workdir, trainer_for, settings
@@ -164,12 +178,17 @@ class ProgramRunner:
     settings, total = self.settings, self.settings.end_step
     padded = members + [members[0]] * (slots - len(members))  # padding members: copies, results dropped
     if population:
-      state = trainer.create_state(train_lib.stack_members([member.params for member in padded]),
-                                   train_lib.stack_members([member.model_state for member in padded]),
-                                   train_lib.stack_members([member.keep_mask for member in padded]), start_step)
+      state = trainer.create_state(
+          train_lib.stack_members([member.params for member in padded]),
+          train_lib.stack_members([member.model_state for member in padded]),
+          train_lib.stack_members([member.keep_mask for member in padded]),
+          start_step,
+      )
       seeds: Any = [member.data_seed for member in padded]
-      snapshot_like = (train_lib.stack_members([member.params for member in padded]),
-                       train_lib.stack_members([member.model_state for member in padded]))
+      snapshot_like = (
+          train_lib.stack_members([member.params for member in padded]),
+          train_lib.stack_members([member.model_state for member in padded]),
+      )
     else:
       member = members[0]
       state = trainer.create_state(member.params, member.model_state, member.keep_mask, start_step)
@@ -182,8 +201,9 @@ class ProgramRunner:
       label = f'trial {members[0].trial} level {level}/{settings.levels} {members[0].branch}'
     else:
       label = f'level {level}/{settings.levels} cohort of {len(members)} ({describe(members)})'
-    scalars_runs = [os.path.join(f'trial_{member.trial}', f'level_{member.level}_{member.branch}')
-                    for member in members]
+    scalars_runs = [
+        os.path.join(f'trial_{member.trial}', f'level_{member.level}_{member.branch}') for member in members
+    ]
 
     def arrays_like(metadata: dict[str, Any]) -> Any:
       if not start_step < metadata['step'] < total:
@@ -193,10 +213,13 @@ class ProgramRunner:
       return train_lib.RunCheckpoint.arrays_like(metadata, state, trainer.zero_train_sums(state), snapshot_like)
 
     def progress_line(step: int, speed: float, metrics: str) -> str:
-      eta = estimate_remaining_seconds(step, total, settings.eval_every, trainer.batch_size * len(members), speed,
-                                       self._evaluation_seconds)
-      return (f'{label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
-              f'{metrics}| {format_speed(speed)} examples/s | ETA {format_duration(eta)}')
+      eta = estimate_remaining_seconds(
+          step, total, settings.eval_every, trainer.batch_size * len(members), speed, self._evaluation_seconds
+      )
+      return (
+          f'{label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
+          f'{metrics}| {format_speed(speed)} examples/s | ETA {format_duration(eta)}'
+      )
 
     def counted(speed: float) -> float:  # examples/s of the real members (padding excluded)
       return speed * len(members) / slots
@@ -206,7 +229,7 @@ class ProgramRunner:
       self._evaluation_seconds = entry.get('evaluation_seconds', 0.0)
       speed = counted(entry['examples_per_second'])
       if population:
-        values = {name: entry[name][:len(members)] for name in (metric, 'train_loss') if name in entry}
+        values = {name: entry[name][: len(members)] for name in (metric, 'train_loss') if name in entry}
         metrics = f'{metric}={_summary(values[metric])}'
         if 'train_loss' in values:
           metrics += f' train_loss={_summary(values["train_loss"])}'
@@ -239,29 +262,49 @@ class ProgramRunner:
         self.log(f'{label}: resuming at step {start.step}/{total} from {running.directory}/{start.step}')
       try:
         result = trainer.train(
-            start, total, seeds, snapshot_steps, settings.eval_every, progress,
-            checkpoint_every=settings.checkpoint_every, on_checkpoint=save, should_stop=self.should_stop,
-            on_snapshot=on_snapshot, heartbeat=heartbeat, heartbeat_seconds=settings.progress_every_seconds)
+            start,
+            total,
+            seeds,
+            snapshot_steps,
+            settings.eval_every,
+            progress,
+            checkpoint_every=settings.checkpoint_every,
+            on_checkpoint=save,
+            should_stop=self.should_stop,
+            on_snapshot=on_snapshot,
+            heartbeat=heartbeat,
+            heartbeat_seconds=settings.progress_every_seconds,
+        )
       except train_lib.Preempted as error:
         running.wait()
-        where = (f'checkpointed in {running.directory}/{error.step}' if error.checkpointed
-                 else 'nothing to checkpoint')
-        raise train_lib.Preempted(f'{label}: stopped at step {error.step}/{total} on request (SIGTERM); '
-                                  f'{where}; run the same command again to continue',
-                                  error.step, error.checkpointed) from None
+        where = f'checkpointed in {running.directory}/{error.step}' if error.checkpointed else 'nothing to checkpoint'
+        raise train_lib.Preempted(
+            f'{label}: stopped at step {error.step}/{total} on request (SIGTERM); '
+            f'{where}; run the same command again to continue',
+            error.step,
+            error.checkpointed,
+        ) from None
       finally:
         for run in scalars_runs:
           self.scalars.close(run)
     final_params = parallel.to_host(result.state.params)
     if not population:
-      return [MemberResult(members[0], final_params, result.snapshots, result.curve, result.wall_seconds,
-                           result.diverged_steps[0])]
-    return [MemberResult(member, train_lib.member(final_params, index),
-                         {step: _member_snapshot(snapshot, index) for step, snapshot in result.snapshots.items()},
-                         [_split_entry(entry, index) for entry in result.curve], result.wall_seconds,
-                         result.diverged_steps[index])
-            for index, member in enumerate(members)]
-
+      return [
+          MemberResult(
+              members[0], final_params, result.snapshots, result.curve, result.wall_seconds, result.diverged_steps[0]
+          )
+      ]
+    return [
+        MemberResult(
+            member,
+            train_lib.member(final_params, index),
+            {step: _member_snapshot(snapshot, index) for step, snapshot in result.snapshots.items()},
+            [_split_entry(entry, index) for entry in result.curve],
+            result.wall_seconds,
+            result.diverged_steps[index],
+        )
+        for index, member in enumerate(members)
+    ]
 
 
 def _member_snapshot(snapshot: tuple[Any, Any], index: int) -> tuple[Any, Any]:
@@ -278,7 +321,7 @@ def groups(keys: Sequence[Any], members_per_program: int) -> list[list[Any]]:
     return []
   count = math.ceil(len(keys) / max(1, members_per_program))
   size = math.ceil(len(keys) / count)
-  return [list(keys[start:start + size]) for start in range(0, len(keys), size)]
+  return [list(keys[start : start + size]) for start in range(0, len(keys), size)]
 
 
 def _largest_cohort(config: Any) -> tuple[int, int]:
@@ -292,14 +335,14 @@ def layout(num_members: int, experiment: Any) -> tuple[int, int]:
   """(member groups, member slots) of a program of `num_members` runs of `experiment`
   (see `parallel.member_layout`); a ConfigError naming the fields when none fits."""
   batch = int(experiment.config.training.batch_size)
-  found = parallel.member_layout(num_members, experiment.mesh.devices.size, batch,
-                                 experiment.local_device_counts())
+  found = parallel.member_layout(num_members, experiment.mesh.devices.size, batch, experiment.local_device_counts())
   if found is None:
     raise validation.ConfigError(
         f'parallel.members_per_program={experiment.config.parallel.get("members_per_program", 0)}: a program of '
         f'{num_members} runs cannot be laid on the {experiment.mesh.devices.size} devices with '
         f'training.batch_size={batch} (no member grouping leaves a batch that divides its devices); change '
-        'the batch size or parallel.num_devices')
+        'the batch size or parallel.num_devices'
+    )
   return found
 
 
@@ -313,11 +356,15 @@ def resolve_members_per_program(experiment: Any) -> int:
   level_zero, pruned_level = _largest_cohort(config)
   largest = max(level_zero, pruned_level)
   batch = int(config.training.batch_size)
-  member = memory.footprint(experiment.model, experiment.dataset.input_shape,
-                            optim.from_config(config.training, experiment.total_steps))
+  member = memory.footprint(
+      experiment.model, experiment.dataset.input_shape, optim.from_config(config.training, experiment.total_steps)
+  )
   device_memory = memory.device_memory_bytes()
-  resident = sum(int(getattr(experiment.dataset, name).nbytes) for name in ('train_inputs', 'train_targets')
-                 if hasattr(experiment.dataset, name))
+  resident = sum(
+      int(getattr(experiment.dataset, name).nbytes)
+      for name in ('train_inputs', 'train_targets')
+      if hasattr(experiment.dataset, name)
+  )
 
   def program_bytes(size: int) -> int:
     groups_, slots = layout(size, experiment)
@@ -325,8 +372,9 @@ def resolve_members_per_program(experiment: Any) -> int:
     return member.device_bytes(slots // groups_, batch // data)
 
   def fits(size: int) -> bool:
-    return size == 1 or device_memory is None or (
-        program_bytes(size) + resident <= memory.USABLE_FRACTION * device_memory)
+    return (
+        size == 1 or device_memory is None or (program_bytes(size) + resident <= memory.USABLE_FRACTION * device_memory)
+    )
 
   if requested == 0:
     cap = max([size for size in range(1, largest + 1) if fits(size)] or [1])
@@ -338,7 +386,8 @@ def resolve_members_per_program(experiment: Any) -> int:
           f'parallel.members_per_program={requested}: a program of {min(cap, largest)} runs needs about '
           f'{memory.format_bytes(program_bytes(min(cap, largest)) + resident)} per device, more than '
           f'{memory.USABLE_FRACTION:.0%} of its {memory.format_bytes(device_memory)}; set '
-          f'parallel.members_per_program={fitting} (or 0 to choose by memory)')
+          f'parallel.members_per_program={fitting} (or 0 to choose by memory)'
+      )
   for cohort in (level_zero, pruned_level):
     for group in groups(list(range(cohort)), cap):
       if len(group) > 1:

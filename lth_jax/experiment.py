@@ -36,18 +36,22 @@ def layer_sizes(params: Any, prunable: Any) -> dict[str, int]:
 
 
 def prunable_from_config(params: Any, config: ml_collections.ConfigDict) -> Any:
-  return masks_lib.prunable_tree(params, tuple(config.pruning.get('prunable_parameters', ('kernel',))),
-                                 tuple(config.pruning.get('excluded_layers', ())))
+  return masks_lib.prunable_tree(
+      params,
+      tuple(config.pruning.get('prunable_parameters', ('kernel',))),
+      tuple(config.pruning.get('excluded_layers', ())),
+  )
 
 
 @dataclasses.dataclass
 class Experiment:
   """What a validated config builds before any training: data, model, mesh and training length.
   `config` is resolved: the global batch size set, lengths in epochs converted to steps."""
+
   config: ml_collections.ConfigDict
   dataset: data_lib.Dataset
   model: Any
-  mesh: jax.sharding.Mesh   # the mesh of one run alone: 1 x N (data parallel) where the batch divides
+  mesh: jax.sharding.Mesh  # the mesh of one run alone: 1 x N (data parallel) where the batch divides
   total_steps: int
   members_per_program: int = 1  # parallel.members_per_program, resolved (0 = auto becomes a number)
   ticket: tickets_lib.Ticket | None = None  # transfer.ticket, loaded and checked against the model
@@ -57,13 +61,23 @@ class Experiment:
     key = (population_size, groups)
     if key not in self._trainers:
       training = self.config.training
-      mesh = self.mesh if groups == parallel.member_groups(self.mesh) else parallel.create_mesh(
-          self.config.get('parallel', {}).get('num_devices', 0), groups)
+      mesh = (
+          self.mesh
+          if groups == parallel.member_groups(self.mesh)
+          else parallel.create_mesh(self.config.get('parallel', {}).get('num_devices', 0), groups)
+      )
       like = next(iter(self._trainers.values())).feed if self._trainers else None
       self._trainers[key] = train_lib.Trainer(
-          self.model, self.dataset, optim.from_config(training, self.total_steps), mesh, training.batch_size,
-          training.get('steps_per_dispatch', 64), training.get('eval_batch_size', 1000), population_size,
-          feed_like=like)
+          self.model,
+          self.dataset,
+          optim.from_config(training, self.total_steps),
+          mesh,
+          training.batch_size,
+          training.get('steps_per_dispatch', 64),
+          training.get('eval_batch_size', 1000),
+          population_size,
+          feed_like=like,
+      )
     return self._trainers[key]
 
   def trainer(self, population_size: int = 0) -> train_lib.Trainer:
@@ -71,8 +85,9 @@ class Experiment:
     members (> 0) spread over the mesh's member groups (built once, then reused)."""
     if not population_size:
       return self._build_trainer(0, parallel.member_groups(self.mesh))
-    layout = parallel.member_layout(population_size, self.mesh.devices.size, self.config.training.batch_size,
-                                    self.local_device_counts())
+    layout = parallel.member_layout(
+        population_size, self.mesh.devices.size, self.config.training.batch_size, self.local_device_counts()
+    )
     groups = layout[0] if layout and layout[1] == population_size else parallel.member_groups(self.mesh)
     return self._build_trainer(population_size, groups)
 
@@ -116,23 +131,35 @@ def prepare(config: ml_collections.ConfigDict) -> Experiment:
   example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example, train=False))
   param_shapes, _ = train_lib.split_variables(shapes)
-  layers = sorted({masks_lib.module_path(masks_lib.path_to_names(path))
-                   for path, _ in jax.tree_util.tree_flatten_with_path(param_shapes)[0]})
-  validation.check_against_data(config, dataset.num_train,
-                                layer_sizes(param_shapes, prunable_from_config(param_shapes, config)), layers)
+  layers = sorted(
+      {
+          masks_lib.module_path(masks_lib.path_to_names(path))
+          for path, _ in jax.tree_util.tree_flatten_with_path(param_shapes)[0]
+      }
+  )
+  validation.check_against_data(
+      config, dataset.num_train, layer_sizes(param_shapes, prunable_from_config(param_shapes, config)), layers
+  )
   requested = config.get('parallel', {}).get('members_per_program', 0)
   if requested != 1:  # a run alone may need member groups where its batch does not divide the devices
-    layout = parallel.member_layout(1, mesh.devices.size, config.training.batch_size,
-                                    local_device_counts(mesh, dataset))
+    layout = parallel.member_layout(
+        1, mesh.devices.size, config.training.batch_size, local_device_counts(mesh, dataset)
+    )
     if layout is not None and layout[0] > 1:
       mesh = parallel.create_mesh(num_devices, layout[0])
   try:
     parallel.check_batch_size(config.training.batch_size, mesh)
   except ValueError as error:
-    raise validation.ConfigError(str(error) + ('' if requested == 1 else
-                                               ' (or parallel.members_per_program)')) from error
-  experiment = Experiment(config=config, dataset=dataset, model=model, mesh=mesh,
-                          total_steps=validation.total_steps(config.training, dataset.num_train))
+    raise validation.ConfigError(
+        str(error) + ('' if requested == 1 else ' (or parallel.members_per_program)')
+    ) from error
+  experiment = Experiment(
+      config=config,
+      dataset=dataset,
+      model=model,
+      mesh=mesh,
+      total_steps=validation.total_steps(config.training, dataset.num_train),
+  )
   experiment.members_per_program = cohorts.resolve_members_per_program(experiment)
   experiment.ticket = _transferred_ticket(config, param_shapes)
   return experiment
@@ -146,13 +173,22 @@ def _transferred_ticket(config: ml_collections.ConfigDict, param_shapes: Any) ->
   if not path:
     return None
   if not os.path.isfile(path):
-    raise validation.ConfigError(f'transfer.ticket={path!r}: no such file (export one with `python -m '
-                                 'lth_jax.tickets export --workdir=DIR --level=L --out=FILE`)')
+    raise validation.ConfigError(
+        f'transfer.ticket={path!r}: no such file (export one with `python -m '
+        'lth_jax.tickets export --workdir=DIR --level=L --out=FILE`)'
+    )
   try:
     ticket = tickets_lib.load_exported(path)
     shapes = jax.tree_util.tree_map(lambda shape: np.zeros(shape.shape, shape.dtype), param_shapes)
-    tickets_lib.transfer_start(ticket, shapes, {}, transfer.get('start', 'ticket'),
-                               transfer.get('output_layer', 'dense'), seed=0, where=f'transfer.ticket={path!r}')
+    tickets_lib.transfer_start(
+        ticket,
+        shapes,
+        {},
+        transfer.get('start', 'ticket'),
+        transfer.get('output_layer', 'dense'),
+        seed=0,
+        where=f'transfer.ticket={path!r}',
+    )
   except tickets_lib.TicketError as error:
     raise validation.ConfigError(str(error)) from error
   return ticket

@@ -33,7 +33,8 @@ EVALUATION_CACHE_BYTES = 256 * 2**20
 
 class Feed(Protocol):
   """What the Trainer needs from a data source."""
-  arrays: tuple            # device arrays every training program takes ((): none)
+
+  arrays: tuple  # device arrays every training program takes ((): none)
   num_train: int
   eval_batch_size: int
 
@@ -67,11 +68,13 @@ def evaluation_batch_size(requested: int, num_test: int, num_devices: int) -> in
 
 def pad_steps(tree: Any, length: int) -> Any:
   """Pads the leading (step) axis of every leaf with zeros to `length`."""
+
   def pad(leaf):
     leaf = np.asarray(leaf)
     if leaf.shape[0] == length:
       return leaf
     return np.concatenate([leaf, np.zeros((length - leaf.shape[0], *leaf.shape[1:]), leaf.dtype)])
+
   return jax.tree_util.tree_map(pad, tree)
 
 
@@ -83,8 +86,14 @@ def stack(trees: Sequence[Any], axis: int) -> Any:
 class ResidentFeed:
   """The training set on the devices; batches gathered in the program from host-computed indices."""
 
-  def __init__(self, dataset: data_lib.ArrayDataset, mesh: jax.sharding.Mesh, batch_size: int,
-               eval_batch_size: int, training_arrays: tuple[jax.Array, ...] | None = None):
+  def __init__(
+      self,
+      dataset: data_lib.ArrayDataset,
+      mesh: jax.sharding.Mesh,
+      batch_size: int,
+      eval_batch_size: int,
+      training_arrays: tuple[jax.Array, ...] | None = None,
+  ):
     self.dataset, self.mesh, self.batch_size = dataset, mesh, batch_size
     self.num_train = dataset.num_train
     self.eval_batch_size = evaluation_batch_size(eval_batch_size, dataset.num_test, mesh.devices.size)
@@ -92,8 +101,10 @@ class ResidentFeed:
     if training_arrays is not None:  # another feed's copy on the same devices (another mesh shape)
       self.arrays = tuple(jax.device_put(array, replicated) for array in training_arrays)
     else:
-      self.arrays = (jax.device_put(dataset.train_inputs, replicated),
-                     jax.device_put(dataset.train_targets, replicated))
+      self.arrays = (
+          jax.device_put(dataset.train_inputs, replicated),
+          jax.device_put(dataset.train_targets, replicated),
+      )
     self._test_batches = self._put_test_batches()
 
   def _put_test_batches(self) -> dict[str, jax.Array]:
@@ -106,8 +117,11 @@ class ResidentFeed:
       padded = np.concatenate([array, np.zeros((padding, *array.shape[1:]), array.dtype)])
       return parallel.put_batch(padded.reshape(num_batches, size, *array.shape[1:]), self.mesh, 1)
 
-    return {'inputs': batched(self.dataset.test_inputs), 'targets': batched(self.dataset.test_targets),
-            'weights': batched(np.ones(num_test, np.float32))}
+    return {
+        'inputs': batched(self.dataset.test_inputs),
+        'targets': batched(self.dataset.test_targets),
+        'weights': batched(np.ones(num_test, np.float32)),
+    }
 
   def host_steps(self, seed: int, start_step: int, num_steps: int) -> np.ndarray:
     """Example indices (num_steps, batch) — the whole global batch on every host."""
@@ -129,8 +143,10 @@ class ResidentFeed:
   def batch_shapes(self, batch_size: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
     inputs, targets = self.dataset.train_inputs, self.dataset.train_targets
     inputs_dtype = jnp.float32 if self.dataset.input_normalization is not None else inputs.dtype
-    return (jax.ShapeDtypeStruct((batch_size, *inputs.shape[1:]), inputs_dtype),
-            jax.ShapeDtypeStruct((batch_size, *targets.shape[1:]), targets.dtype))
+    return (
+        jax.ShapeDtypeStruct((batch_size, *inputs.shape[1:]), inputs_dtype),
+        jax.ShapeDtypeStruct((batch_size, *targets.shape[1:]), targets.dtype),
+    )
 
   def evaluation_batch(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     return self._model_inputs(batch['inputs']), batch['targets']
@@ -142,8 +158,15 @@ class ResidentFeed:
 class StreamingFeed:
   """Batches read, augmented and sent by every host for its own devices (grain over tfds files)."""
 
-  def __init__(self, dataset: data_lib.StreamingDataset, mesh: jax.sharding.Mesh, batch_size: int,
-               eval_batch_size: int, num_threads: int = 16, prefetch: int = 16):
+  def __init__(
+      self,
+      dataset: data_lib.StreamingDataset,
+      mesh: jax.sharding.Mesh,
+      batch_size: int,
+      eval_batch_size: int,
+      num_threads: int = 16,
+      prefetch: int = 16,
+  ):
     self.dataset, self.mesh, self.batch_size = dataset, mesh, batch_size
     self.num_train = dataset.num_train
     self.num_threads, self.prefetch = num_threads, prefetch
@@ -169,24 +192,31 @@ class StreamingFeed:
       del self._streams[seed]
 
   def put(self, tree: Any, batch_axis: int, member_axis: int | None = None) -> Any:
-    return jax.tree_util.tree_map(lambda leaf: parallel.put_local_batch(leaf, self.mesh, batch_axis, member_axis),
-                                  tree)
+    return jax.tree_util.tree_map(lambda leaf: parallel.put_local_batch(leaf, self.mesh, batch_axis, member_axis), tree)
 
   def batch(self, arrays: tuple, item: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     return self.evaluation_batch(item)
 
   def evaluation_batch(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     preprocessing = self.dataset.preprocessing
-    return (pipeline.normalize_on_device(batch['inputs'], preprocessing.mean, preprocessing.std),
-            batch['targets'])
+    return (pipeline.normalize_on_device(batch['inputs'], preprocessing.mean, preprocessing.std), batch['targets'])
 
   def batch_shapes(self, batch_size: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
-    return (jax.ShapeDtypeStruct((batch_size, *self.dataset.input_shape), jnp.float32),
-            jax.ShapeDtypeStruct((batch_size,), jnp.int32))
+    return (
+        jax.ShapeDtypeStruct((batch_size, *self.dataset.input_shape), jnp.float32),
+        jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+    )
 
   def _evaluation_batches(self) -> Iterator[dict[str, np.ndarray]]:
-    return pipeline.evaluation_batches(self.dataset.test_records, self.dataset.preprocessing, self.eval_batch_size,
-                                       jax.process_index(), jax.process_count(), self.num_threads, self.prefetch)
+    return pipeline.evaluation_batches(
+        self.dataset.test_records,
+        self.dataset.preprocessing,
+        self.eval_batch_size,
+        jax.process_index(),
+        jax.process_count(),
+        self.num_threads,
+        self.prefetch,
+    )
 
   def evaluation_groups(self) -> Iterator[dict[str, jax.Array]]:
     """Small evaluation sets (CIFAR-10's) are read once and kept on the devices; large ones
@@ -203,8 +233,9 @@ class StreamingFeed:
       yield self.put(stack([batch], 0), 1)
 
 
-def create(dataset: data_lib.Dataset, mesh: jax.sharding.Mesh, batch_size: int,
-           eval_batch_size: int, like: Feed | None = None) -> ResidentFeed | StreamingFeed:
+def create(
+    dataset: data_lib.Dataset, mesh: jax.sharding.Mesh, batch_size: int, eval_batch_size: int, like: Feed | None = None
+) -> ResidentFeed | StreamingFeed:
   """The feed for `dataset`: resident for an ArrayDataset, streaming for a StreamingDataset. `like`,
   a feed of the same dataset on another mesh of the same devices, lends its training set on the
   devices instead of a second copy from the host."""

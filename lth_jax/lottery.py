@@ -37,6 +37,7 @@ from lth_jax import tickets as tickets_lib
 from lth_jax import train as train_lib
 from lth_jax import validation
 from lth_jax import workdir as workdir_lib
+
 # The pieces a run is made of, under the names the library has always had here.
 from lth_jax.cohorts import estimate_remaining_seconds  # noqa: F401  pylint: disable=unused-import
 from lth_jax.experiment import Experiment, prepare, prunable_from_config  # noqa: F401
@@ -49,6 +50,7 @@ Preempted = train_lib.Preempted
 @dataclasses.dataclass
 class LotteryResults:
   """What a lottery run produced: its records (one per level, branch and trial) and where it lives."""
+
   workdir: str
   records: list[dict[str, Any]]
 
@@ -68,6 +70,7 @@ class LotteryResults:
 @dataclasses.dataclass(frozen=True)
 class PruningPlan:
   """The pruning fields of a config as plain values."""
+
   scope: str
   fraction: float
   layer_fractions: dict[str, float]
@@ -82,15 +85,17 @@ class PruningPlan:
   def from_config(cls, config: ml_collections.ConfigDict) -> 'PruningPlan':
     """Reads config.pruning (already validated)."""
     pruning_config = config.pruning
-    return cls(scope=pruning_config.get('scope', 'local'),
-               fraction=validation.fraction_per_level(config),
-               layer_fractions=dict(pruning_config.get('layer_fractions') or {}),
-               levels=pruning_config.levels,
-               mode=pruning_config.get('mode', 'iterative'),
-               target_density=pruning_config.get('target_density'),
-               min_weights_per_layer=pruning_config.get('min_weights_per_layer', 0),
-               rewind_step=pruning_config.get('rewind_step', 0),
-               turnaround_step=pruning_config.get('turnaround_step', 0) or 0)
+    return cls(
+        scope=pruning_config.get('scope', 'local'),
+        fraction=validation.fraction_per_level(config),
+        layer_fractions=dict(pruning_config.get('layer_fractions') or {}),
+        levels=pruning_config.levels,
+        mode=pruning_config.get('mode', 'iterative'),
+        target_density=pruning_config.get('target_density'),
+        min_weights_per_layer=pruning_config.get('min_weights_per_layer', 0),
+        rewind_step=pruning_config.get('rewind_step', 0),
+        turnaround_step=pruning_config.get('turnaround_step', 0) or 0,
+    )
 
   def pruning_weights(self, snapshots: dict[int, tuple[Any, Any]], final_params: Any) -> Any:
     """The weights a run's mask is pruned from: its snapshot at the turnaround step, or its final weights."""
@@ -98,20 +103,32 @@ class PruningPlan:
       return snapshots[self.turnaround_step][0]
     return final_params
 
-  def next_mask(self, level: int, ticket_params: Any, keep_mask: Any, dense_params: Any,
-                prunable: Any) -> Any:
+  def next_mask(self, level: int, ticket_params: Any, keep_mask: Any, dense_params: Any, prunable: Any) -> Any:
     """The winning-ticket mask of `level` (>= 1)."""
     if self.mode == 'one_shot':
       fraction, layer_fractions = pruning.one_shot_fractions(self.fraction, self.layer_fractions, level)
-      return pruning.prune(pruning.magnitude_scores(dense_params), masks_lib.ones_like(keep_mask), prunable,
-                           fraction, self.scope, layer_fractions, self.min_weights_per_layer)
-    return pruning.prune(pruning.magnitude_scores(ticket_params), keep_mask, prunable, self.fraction,
-                         self.scope, self.layer_fractions, self.min_weights_per_layer)
+      return pruning.prune(
+          pruning.magnitude_scores(dense_params),
+          masks_lib.ones_like(keep_mask),
+          prunable,
+          fraction,
+          self.scope,
+          layer_fractions,
+          self.min_weights_per_layer,
+      )
+    return pruning.prune(
+        pruning.magnitude_scores(ticket_params),
+        keep_mask,
+        prunable,
+        self.fraction,
+        self.scope,
+        self.layer_fractions,
+        self.min_weights_per_layer,
+    )
 
   def reached_target(self, density: float) -> bool:
     """Whether the target density (if any) is reached."""
-    return (self.target_density is not None
-            and density <= self.target_density * (1 + validation.DENSITY_TOLERANCE))
+    return self.target_density is not None and density <= self.target_density * (1 + validation.DENSITY_TOLERANCE)
 
 
 def _branch_seed(*parts: int) -> int:
@@ -123,8 +140,9 @@ def format_surviving_weights(params: Any, keep_mask: Any, prunable: Any, limit: 
   """The surviving prunable weights, one per line as 'layer [input, output]: value' (kernel indices)."""
   lines = []
   flat, _ = jax.tree_util.tree_flatten_with_path(params)
-  for (path, weight), keep, is_prunable in zip(flat, jax.tree_util.tree_leaves(keep_mask),
-                                               jax.tree_util.tree_leaves(prunable)):
+  for (path, weight), keep, is_prunable in zip(
+      flat, jax.tree_util.tree_leaves(keep_mask), jax.tree_util.tree_leaves(prunable)
+  ):
     if not is_prunable:
       continue
     lines.append(f'  {masks_lib.leaf_name(masks_lib.path_to_names(path))}')
@@ -134,8 +152,6 @@ def format_surviving_weights(params: Any, keep_mask: Any, prunable: Any, limit: 
     if len(positions) > limit:
       lines.append(f'    ... {len(positions) - limit} more')
   return '\n'.join(lines)
-
-
 
 
 class _Trial:
@@ -153,11 +169,16 @@ class _Trial:
     if runner.experiment.ticket is not None:  # a transferred ticket: level 0 starts from it
       transfer = runner.config.transfer
       self.params0, self.model_state0, self.keep_mask = tickets_lib.transfer_start(
-          runner.experiment.ticket, self.params0, self.model_state0, transfer.get('start', 'ticket'),
-          transfer.get('output_layer', 'dense'), seed=self.init_seed)
-    self.rewind: tuple[Any, Any] | None = None     # (params, model_state) at the rewind step
-    self.dense_params: Any = None                  # what one-shot pruning prunes from
-    self.ticket_params: Any = None                 # what the next level's mask is pruned from
+          runner.experiment.ticket,
+          self.params0,
+          self.model_state0,
+          transfer.get('start', 'ticket'),
+          transfer.get('output_layer', 'dense'),
+          seed=self.init_seed,
+      )
+    self.rewind: tuple[Any, Any] | None = None  # (params, model_state) at the rewind step
+    self.dense_params: Any = None  # what one-shot pruning prunes from
+    self.ticket_params: Any = None  # what the next level's mask is pruned from
     self.active = True
     self.last_level: dict[str, tuple[dict[str, Any], Any, Any]] = {}
 
@@ -185,7 +206,8 @@ class _Trial:
           f'{os.path.abspath(directory)}: cannot restore the {what} of trial {self.trial} (finished, '
           f'and needed by the levels after it): {message}. To recompute it, delete that folder and the '
           f'records of trial {self.trial} with level >= {level} from {self.runner.results_path}, then re-run; '
-          f'or start over in a new workdir.') from error
+          f'or start over in a new workdir.'
+      ) from error
 
   def _restore_level(self, level: int) -> tuple[Any, Any, Any]:
     """(final weights, weights to prune from, mask) of a finished level."""
@@ -209,8 +231,9 @@ class _Trial:
     if self.done(0, 'ticket') and self.runner.diverged_ticket(self.trial, 0) is not None:
       return []  # the dense run diverged: nothing to restore, the trial stops (see `_LevelRunner.run`)
     if self.done(0, 'ticket'):
-      self.rewind = self._restore_finished(self.rewind_dir, (self.params0, self.model_state0),
-                                           f'rewind point (step {rewind_step})', 0)
+      self.rewind = self._restore_finished(
+          self.rewind_dir, (self.params0, self.model_state0), f'rewind point (step {rewind_step})', 0
+      )
       _, self.dense_params, self.keep_mask = self._restore_level(0)
       self.ticket_params = self.dense_params
       self.runner.log(f'trial {self.trial} level 0: already done, restored from {self.level_dir(0)}')
@@ -221,8 +244,19 @@ class _Trial:
         checkpoints.save_tree(self.rewind_dir, snapshot)
 
     turnaround = tuple(step for step in (self.plan.turnaround_step,) if step)
-    return [cohorts.Member(self.trial, 0, 'ticket', self.params0, self.model_state0, self.keep_mask,
-                           self.data_seed, (rewind_step, *turnaround), save_rewind_point)]
+    return [
+        cohorts.Member(
+            self.trial,
+            0,
+            'ticket',
+            self.params0,
+            self.model_state0,
+            self.keep_mask,
+            self.data_seed,
+            (rewind_step, *turnaround),
+            save_rewind_point,
+        )
+    ]
 
   def stop_diverged(self, level: int, step: int | None) -> None:
     """Stops this trial after its level-`level` ticket diverged, saying what to change."""
@@ -231,13 +265,16 @@ class _Trial:
         f'lth_jax: trial {self.trial}: the level {level} ticket diverged (non-finite loss or weights at step {step}), '
         f'so level {level + 1} is not pruned from its weights and this trial stops here. Lower '
         f'training.learning_rate ({self.runner.learning_rate:g}) or add training.warmup_steps, and run again in a '
-        'new workdir.')
+        'new workdir.'
+    )
 
   def prepare_level(self, level: int) -> None:
     """Prunes this level's winning-ticket mask (or stops the trial when nothing is left to prune)."""
     new_mask = self.plan.next_mask(level, self.ticket_params, self.keep_mask, self.dense_params, self.prunable)
-    if all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(new_mask),
-                                                 jax.tree_util.tree_leaves(self.keep_mask))):
+    if all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree_util.tree_leaves(new_mask), jax.tree_util.tree_leaves(self.keep_mask))
+    ):
       self.runner.log(f'trial {self.trial} level {level}: no weight left to prune; stopping')
       self.active = False
       return
@@ -250,24 +287,39 @@ class _Trial:
     runner = self.runner
     rewind_params, rewind_model_state = self.rewind
     inputs = branches_lib.BranchInputs(
-        ticket_mask=self.keep_mask, rewind_params=rewind_params, rewind_model_state=rewind_model_state,
-        prunable=self.prunable, init_variables=runner.trainer.init_variables,
+        ticket_mask=self.keep_mask,
+        rewind_params=rewind_params,
+        rewind_model_state=rewind_model_state,
+        prunable=self.prunable,
+        init_variables=runner.trainer.init_variables,
         seed=_branch_seed(runner.seed, self.trial, level, 2 + runner.branch_names.index(branch)),
         loss_gradients=lambda params, model_state: runner.trainer.mean_gradients(
-            params, model_state, self.data_seed, runner.snip_batches))
+            params, model_state, self.data_seed, runner.snip_batches
+        ),
+    )
     params, model_state, branch_mask = branches_lib.start(branch, inputs)
     turnaround = tuple(step for step in (self.plan.turnaround_step,) if step)
-    return cohorts.Member(self.trial, level, branch, params, model_state, branch_mask, self.data_seed,
-                          turnaround if branch == 'ticket' else ())
+    return cohorts.Member(
+        self.trial,
+        level,
+        branch,
+        params,
+        model_state,
+        branch_mask,
+        self.data_seed,
+        turnaround if branch == 'ticket' else (),
+    )
 
   def finish(self, result: cohorts.MemberResult) -> dict[str, Any]:
     """Takes one member's result (keeping a ticket's level for good); returns its record (not yet written).
     A diverged ticket stops the trial: the next level is not pruned from non-finite weights."""
     member = result.member
     if result.diverged_step is not None:
-      self.runner.log(f'lth_jax: warning: trial {self.trial} level {member.level} {member.branch} diverged: a '
-                      f'non-finite loss or weight at step {result.diverged_step} '
-                      f'(training.learning_rate={self.runner.learning_rate:g}); its record says "diverged": true')
+      self.runner.log(
+          f'lth_jax: warning: trial {self.trial} level {member.level} {member.branch} diverged: a '
+          f'non-finite loss or weight at step {result.diverged_step} '
+          f'(training.learning_rate={self.runner.learning_rate:g}); its record says "diverged": true'
+      )
     if member.level == 0:
       self.rewind = result.snapshots.get(self.plan.rewind_step)
       if self.plan.turnaround_step and self.plan.turnaround_step not in result.snapshots:
@@ -279,9 +331,11 @@ class _Trial:
       self.ticket_params = self.dense_params
       self._save_level(0, result.final_params, self.dense_params)
     elif member.branch == 'ticket':
-      self.ticket_params = (result.final_params if self.plan.turnaround_step not in result.snapshots and
-                            self.plan.turnaround_step else
-                            self.plan.pruning_weights(result.snapshots, result.final_params))
+      self.ticket_params = (
+          result.final_params
+          if self.plan.turnaround_step not in result.snapshots and self.plan.turnaround_step
+          else self.plan.pruning_weights(result.snapshots, result.final_params)
+      )
       self._save_level(member.level, result.final_params, self.ticket_params)
     if member.branch == 'ticket' and result.diverged_step is not None:
       self.stop_diverged(member.level, result.diverged_step)
@@ -294,9 +348,15 @@ class _Trial:
 class _LevelRunner:
   """Runs (or resumes) every trial's levels, each level's unrecorded runs trained as a cohort."""
 
-  def __init__(self, experiment: 'Experiment', workdir: str, records: list[dict[str, Any]],
-               log: Callable[[str], None], should_stop: Callable[[int], bool] | None = None,
-               scalars: scalars_lib.Scalars | None = None):
+  def __init__(
+      self,
+      experiment: 'Experiment',
+      workdir: str,
+      records: list[dict[str, Any]],
+      log: Callable[[str], None],
+      should_stop: Callable[[int], bool] | None = None,
+      scalars: scalars_lib.Scalars | None = None,
+  ):
     config = experiment.config
     self.config, self.experiment, self.workdir = config, experiment, workdir
     self.trainer = experiment.trainer()
@@ -311,42 +371,62 @@ class _LevelRunner:
     self.learning_rate = float(config.training.learning_rate)
     checkpointing = config.get('checkpointing', {})
     settings = cohorts.ProgramSettings(
-        end_step=self.total_steps, eval_every=int(config.training.get('eval_every', 0)),
+        end_step=self.total_steps,
+        eval_every=int(config.training.get('eval_every', 0)),
         checkpoint_every=int(checkpointing.get('every_steps', 0)),
         max_to_keep=int(checkpointing.get('max_to_keep', 2)),
         progress_every_seconds=float(config.get('report', {}).get('progress_every_seconds', 60.0)),
-        levels=self.plan.levels)
-    self.programs = cohorts.ProgramRunner(workdir, experiment.program_trainer, settings, log, should_stop,
-                                          self.scalars)
+        levels=self.plan.levels,
+    )
+    self.programs = cohorts.ProgramRunner(workdir, experiment.program_trainer, settings, log, should_stop, self.scalars)
 
   def diverged_ticket(self, trial: int, level: int) -> dict[str, Any] | None:
     """The record of (trial, level)'s ticket if it diverged."""
-    return next((record for record in self.records if record['trial'] == trial and record['level'] == level
-                 and record['branch'] == 'ticket' and results_lib.is_diverged(record)), None)
+    return next(
+        (
+            record
+            for record in self.records
+            if record['trial'] == trial
+            and record['level'] == level
+            and record['branch'] == 'ticket'
+            and results_lib.is_diverged(record)
+        ),
+        None,
+    )
 
   def recorded(self, trial: int, level: int, branch: str) -> bool:
-    return any(record['trial'] == trial and record['level'] == level and record['branch'] == branch
-               for record in self.records)
+    return any(
+        record['trial'] == trial and record['level'] == level and record['branch'] == branch for record in self.records
+    )
 
-  def record(self, member: cohorts.Member, result: cohorts.MemberResult, prunable: Any,
-             start_step: int) -> dict[str, Any]:
+  def record(
+      self, member: cohorts.Member, result: cohorts.MemberResult, prunable: Any, start_step: int
+  ) -> dict[str, Any]:
     """The record of one finished run."""
     final = result.curve[-1]
     metric = 'test_accuracy' if 'test_accuracy' in final else 'test_rmse'
     values = [entry[metric] for entry in result.curve if np.isfinite(entry[metric])]
     best = (max(values) if metric == 'test_accuracy' else min(values)) if values else None
     record = {
-        'trial': member.trial, 'level': member.level, 'branch': member.branch,
+        'trial': member.trial,
+        'level': member.level,
+        'branch': member.branch,
         'fraction_remaining': masks_lib.density(member.keep_mask, prunable),
         'kept_weights': int(sum(masks_lib.count_per_layer(member.keep_mask, prunable).values())),
         'nonzero_weights': masks_lib.nonzero_count(result.final_params, prunable),
         'layer_density': masks_lib.density_per_layer(member.keep_mask, prunable),
-        metric: final[metric], 'test_loss': final['test_loss'],
+        metric: final[metric],
+        'test_loss': final['test_loss'],
         f'best_{metric}': best,
-        'steps': self.total_steps - start_step, 'start_step': start_step, 'end_step': self.total_steps,
-        'curve': [{key: entry[key] for key in ('step', metric, 'test_loss', 'train_loss') if key in entry}
-                  for entry in result.curve],
-        'wall_seconds': result.wall_seconds, 'seed': self.seed,
+        'steps': self.total_steps - start_step,
+        'start_step': start_step,
+        'end_step': self.total_steps,
+        'curve': [
+            {key: entry[key] for key in ('step', metric, 'test_loss', 'train_loss') if key in entry}
+            for entry in result.curve
+        ],
+        'wall_seconds': result.wall_seconds,
+        'seed': self.seed,
     }
     if result.diverged_step is not None:
       record.update(diverged=True, diverged_step=result.diverged_step)
@@ -358,16 +438,27 @@ class _LevelRunner:
       results_lib.append_records(self.results_path, records)
     self.records.extend(records)
     # The records are what mark the runs done: only now may their periodic checkpoints go.
-    checkpoints.remove(cohorts.running_directory(self.workdir, program[0].level,
-                                                 [(member.trial, member.branch) for member in program]))
+    checkpoints.remove(
+        cohorts.running_directory(self.workdir, program[0].level, [(member.trial, member.branch) for member in program])
+    )
     for record in records:
       metric = 'test_accuracy' if 'test_accuracy' in record else 'test_rmse'
-      self.scalars.write(os.path.join(f'trial_{record["trial"]}', 'levels'), record['level'],
-                         {f'{record["branch"]}/{metric}': record[metric],
-                          f'{record["branch"]}/percent_remaining': 100 * record['fraction_remaining']})
+      self.scalars.write(
+          os.path.join(f'trial_{record["trial"]}', 'levels'),
+          record['level'],
+          {
+              f'{record["branch"]}/{metric}': record[metric],
+              f'{record["branch"]}/percent_remaining': 100 * record['fraction_remaining'],
+          },
+      )
 
-  def _train_cohort(self, level: int, keys: list[tuple[int, str]],
-                    build: Callable[[int, str], cohorts.Member | None], trials: dict[int, _Trial]) -> None:
+  def _train_cohort(
+      self,
+      level: int,
+      keys: list[tuple[int, str]],
+      build: Callable[[int, str], cohorts.Member | None],
+      trials: dict[int, _Trial],
+  ) -> None:
     """Trains the unrecorded runs among `keys` ((trial, branch) of this level) in programs."""
     start_step = 0 if level == 0 else self.plan.rewind_step
     for group in cohorts.groups(keys, self.members_per_program):
@@ -383,8 +474,9 @@ class _LevelRunner:
     """Level 0 of every trial as one cohort, then each pruning level's trials x branches as one."""
     trials = {trial: _Trial(self, trial) for trial in range(num_trials)}
     level_zero = {trial: state.level_zero() for trial, state in trials.items()}
-    self._train_cohort(0, [(trial, 'ticket') for trial in trials],
-                       lambda trial, branch: (level_zero[trial] or [None])[0], trials)
+    self._train_cohort(
+        0, [(trial, 'ticket') for trial in trials], lambda trial, branch: (level_zero[trial] or [None])[0], trials
+    )
     for level in range(1, self.plan.levels + 1):
       active = [state for state in trials.values() if state.active]
       for state in active:
@@ -398,9 +490,11 @@ class _LevelRunner:
         break
       keys = [(state.trial, branch) for state in active for branch in self.branch_names]
       self._train_cohort(
-          level, keys,
+          level,
+          keys,
           lambda trial, branch: None if trials[trial].done(level, branch) else trials[trial].member(level, branch),
-          trials)
+          trials,
+      )
       for state in active:
         if self.plan.reached_target(masks_lib.density(state.keep_mask, state.prunable)):
           self.log(f'trial {state.trial} level {level}: target density reached; stopping')
@@ -416,9 +510,11 @@ class _LevelRunner:
       for state in trials.values():
         for branch, (record, final_params, branch_mask) in state.last_level.items():
           metric = 'test_accuracy' if 'test_accuracy' in record else 'test_rmse'
-          self.log(f'trial {state.trial} level {record["level"]} {branch}: {record["kept_weights"]} weights '
-                   f'kept, {metric}={record[metric]:.6g}\n'
-                   + format_surviving_weights(final_params, branch_mask, state.prunable))
+          self.log(
+              f'trial {state.trial} level {record["level"]} {branch}: {record["kept_weights"]} weights '
+              f'kept, {metric}={record[metric]:.6g}\n'
+              + format_surviving_weights(final_params, branch_mask, state.prunable)
+          )
 
 
 def trial_seeds(seed: int, trial: int) -> tuple[int, int]:
@@ -437,8 +533,13 @@ def running_directory(workdir: str, trial: int, level: int, branch: str) -> str:
   return cohorts.running_directory(workdir, level, [(trial, branch)])
 
 
-def run(config: ml_collections.ConfigDict, workdir: str,
-        log: Callable[[str], None] = workdir_lib.log_on_process_zero, *, allow_config_change: bool = False) -> LotteryResults:
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    log: Callable[[str], None] = workdir_lib.log_on_process_zero,
+    *,
+    allow_config_change: bool = False,
+) -> LotteryResults:
   """Runs (or resumes) the lottery experiment of `config` in `workdir`; returns its records.
 
   Every config check runs before any training: a bad field raises `validation.ConfigError` naming it,
@@ -463,8 +564,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     raise written from error
 
 
-def _run_locked(config: ml_collections.ConfigDict, experiment: 'Experiment', workdir: str,
-                log: Callable[[str], None], allow_config_change: bool) -> LotteryResults:
+def _run_locked(
+    config: ml_collections.ConfigDict,
+    experiment: 'Experiment',
+    workdir: str,
+    log: Callable[[str], None],
+    allow_config_change: bool,
+) -> LotteryResults:
   """`run` once the workdir is locked."""
   workdir_lib.check_config_file(config, workdir, allow_config_change, log, resolved=experiment.config)
   config = experiment.config  # resolved: global batch size, lengths in steps
@@ -472,13 +578,17 @@ def _run_locked(config: ml_collections.ConfigDict, experiment: 'Experiment', wor
   plan = PruningPlan.from_config(config)
   records = results_lib.read_records(os.path.join(workdir, RESULTS_FILE))
   checkpointing = config.get('checkpointing', {})
-  scalars = scalars_lib.Scalars(os.path.join(workdir, 'tensorboard') if checkpointing.get('tensorboard', True) else None)
+  scalars = scalars_lib.Scalars(
+      os.path.join(workdir, 'tensorboard') if checkpointing.get('tensorboard', True) else None
+  )
   started = time.perf_counter()
-  log(f'lth_jax: {config.model.name} on {config.dataset.name}, {total_steps} steps per level, '
+  log(
+      f'lth_jax: {config.model.name} on {config.dataset.name}, {total_steps} steps per level, '
       f'{plan.levels} pruning levels of {plan.fraction:.3g} ({plan.scope}, {plan.mode}), rewind step '
       f'{plan.rewind_step}, {config.get("trials", 1)} trial(s), {experiment.mesh.devices.size} device(s), '
       f'up to {experiment.members_per_program} run(s) per program'
-      + (f'; {len(records)} record(s) already in {workdir}' if records else ''))
+      + (f'; {len(records)} record(s) already in {workdir}' if records else '')
+  )
   stop = StopRequest()
   stop.install()
   try:

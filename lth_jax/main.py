@@ -35,27 +35,34 @@ from lth_jax import results
 from lth_jax import validation
 
 PREEMPTED_EXIT_STATUS = 143  # 128 + SIGTERM, what a process killed by SIGTERM reports
-DIVERGED_EXIT_STATUS = 3     # the run finished, but a ticket diverged
+DIVERGED_EXIT_STATUS = 3  # the run finished, but a ticket diverged
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for results, checkpoints and logs.', required=True)
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections config file.',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections config file.', lock_config=True)
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    'allow_config_change', False,
+    'allow_config_change',
+    False,
     'Continue in a workdir whose config.json holds a config with different results-affecting fields '
-    '(the records already there are kept as they are).')
+    '(the records already there are kept as they are).',
+)
 _DISTRIBUTED = flags.DEFINE_enum(
-    'distributed', 'auto', list(parallel.DISTRIBUTED_MODES),
+    'distributed',
+    'auto',
+    list(parallel.DISTRIBUTED_MODES),
     'Join the other hosts of a multi-host run with jax.distributed.initialize(): yes, no, or auto '
-    '(when --coordinator_address is given or a SLURM / Open MPI launch of several tasks is detected).')
-_COORDINATOR_ADDRESS = flags.DEFINE_string('coordinator_address', None,
-                                           'host:port of process 0, for --distributed (not needed on Cloud TPU).')
+    '(when --coordinator_address is given or a SLURM / Open MPI launch of several tasks is detected).',
+)
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, for --distributed (not needed on Cloud TPU).'
+)
 _COMPILATION_CACHE_DIR = flags.DEFINE_string(
-    'compilation_cache_dir', None,
+    'compilation_cache_dir',
+    None,
     'Keep compiled XLA programs here so that a re-run (a resumed run, the next level sweep) starts '
-    'without recompiling; default: xla/ under $LTH_JAX_CACHE or ~/.cache/lth_jax; "" turns it off.')
+    'without recompiling; default: xla/ under $LTH_JAX_CACHE or ~/.cache/lth_jax; "" turns it off.',
+)
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes, for --distributed.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index, for --distributed.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, "This process's index, for --distributed.")
 
 
 def enable_compilation_cache(directory: str | None) -> str | None:
@@ -78,21 +85,32 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keep checkpointing chatter out of the progress lines
-  parallel.initialize_distributed(_DISTRIBUTED.value, _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
-                                  _PROCESS_ID.value)
+  parallel.initialize_distributed(
+      _DISTRIBUTED.value, _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+  )
   enable_compilation_cache(_COMPILATION_CACHE_DIR.value)
   try:
     outcome = lottery.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except (validation.ConfigError, data.DatasetNotPreparedError, checkpoints.CheckpointError,
-          results.CorruptResultsError, results.WriteError) as error:
+  except (
+      validation.ConfigError,
+      data.DatasetNotPreparedError,
+      checkpoints.CheckpointError,
+      results.CorruptResultsError,
+      results.WriteError,
+  ) as error:
     sys.exit(f'lth_jax: {error}')
   except lottery.Preempted as error:
     print(f'lth_jax: {error}', file=sys.stderr, flush=True)
     sys.exit(PREEMPTED_EXIT_STATUS)
   diverged = [record for record in outcome.records if record['branch'] == 'ticket' and results.is_diverged(record)]
   if diverged:
-    print('lth_jax: ' + ', '.join(f'trial {record["trial"]} level {record["level"]}' for record in diverged)
-          + ': the ticket diverged (see the warnings above); exit status 3', file=sys.stderr, flush=True)
+    print(
+        'lth_jax: '
+        + ', '.join(f'trial {record["trial"]} level {record["level"]}' for record in diverged)
+        + ': the ticket diverged (see the warnings above); exit status 3',
+        file=sys.stderr,
+        flush=True,
+    )
     sys.exit(DIVERGED_EXIT_STATUS)
 
 
@@ -100,7 +118,7 @@ def _config_argument(argv: list[str]) -> str | None:
   """The value of --config in `argv` (`--config=PATH[:VARIANT]` or `--config PATH[:VARIANT]`)."""
   for index, argument in enumerate(argv[1:], start=1):
     if argument.startswith('--config='):
-      return argument[len('--config='):]
+      return argument[len('--config=') :]
     if argument == '--config' and index + 1 < len(argv):
       return argv[index + 1]
   return None
@@ -157,8 +175,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     cause = error.args[0] if error.args else error
     detail = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
     overrides = ' '.join(argument for argument in argv[1:] if argument.startswith('--config.'))
-    sys.exit(f'lth_jax: unknown config field {" ".join(str(detail).split())} (in {overrides}; every field is '
-             'listed in lth_jax/config_schema.py)')
+    sys.exit(
+        f'lth_jax: unknown config field {" ".join(str(detail).split())} (in {overrides}; every field is '
+        'listed in lth_jax/config_schema.py)'
+    )
 
 
 if __name__ == '__main__':

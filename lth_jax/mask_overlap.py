@@ -37,7 +37,8 @@ def _kept_per_layer(keep_mask: Any, prunable: Any) -> dict[str, np.ndarray]:
   for (path, keep), is_prunable in zip(flat, jax.tree_util.tree_leaves(prunable)):
     if is_prunable:
       layers.setdefault(masks_lib.module_path(masks_lib.path_to_names(path)), []).append(
-          np.asarray(keep, bool).reshape(-1))
+          np.asarray(keep, bool).reshape(-1)
+      )
   return {layer: np.concatenate(parts) for layer, parts in layers.items()}
 
 
@@ -94,8 +95,17 @@ def overlap_rows(workdir: str, records: Sequence[dict[str, Any]]) -> list[dict[s
     prunable = _prunable(first)
     observed, chance = overlap(first, second, prunable), chance_overlap(first, second, prunable)
     for layer in observed:
-      rows.append({'comparison': kind, 'level': level, 'first': first_name, 'second': second_name, 'layer': layer,
-                   'overlap': observed[layer], 'chance': chance[layer]})
+      rows.append(
+          {
+              'comparison': kind,
+              'level': level,
+              'first': first_name,
+              'second': second_name,
+              'layer': layer,
+              'overlap': observed[layer],
+              'chance': chance[layer],
+          }
+      )
 
   levels = sorted({level for _, level in masks})
   for level in levels:
@@ -104,8 +114,14 @@ def overlap_rows(workdir: str, records: Sequence[dict[str, Any]]) -> list[dict[s
       add('trials', level, f'trial {first}', f'trial {second}', masks[(first, level)], masks[(second, level)])
   for trial, level in sorted(masks):
     if level > 0 and (trial, level - 1) in masks:
-      add('levels', level, f'trial {trial} level {level}', f'trial {trial} level {level - 1}',
-          masks[(trial, level)], masks[(trial, level - 1)])
+      add(
+          'levels',
+          level,
+          f'trial {trial} level {level}',
+          f'trial {trial} level {level - 1}',
+          masks[(trial, level)],
+          masks[(trial, level - 1)],
+      )
   return rows
 
 
@@ -117,9 +133,17 @@ def layer_density_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]
     if record['branch'] == 'ticket':
       for layer, density in (record.get('layer_density') or {}).items():
         by_level.setdefault((record['level'], layer), []).append(float(density))
-  return [{'level': level, 'layer': layer, 'density_mean': float(np.mean(values)), 'density_min': min(values),
-           'density_max': max(values), 'trials': len(values)}
-          for (level, layer), values in sorted(by_level.items())]
+  return [
+      {
+          'level': level,
+          'layer': layer,
+          'density_mean': float(np.mean(values)),
+          'density_min': min(values),
+          'density_max': max(values),
+          'trials': len(values),
+      }
+      for (level, layer), values in sorted(by_level.items())
+  ]
 
 
 def plot_layer_density(records: Sequence[dict[str, Any]], path: str | None = None) -> figure_lib.Figure:
@@ -132,11 +156,17 @@ def plot_layer_density(records: Sequence[dict[str, Any]], path: str | None = Non
   axes = figure.add_subplot()
   for layer in dict.fromkeys(row['layer'] for row in rows):
     points = [row for row in rows if row['layer'] == layer]
-    axes.plot([row['level'] for row in points], [100 * row['density_mean'] for row in points], marker='o',
-              markersize=3, label=layer, gid=layer)
+    axes.plot(
+        [row['level'] for row in points],
+        [100 * row['density_mean'] for row in points],
+        marker='o',
+        markersize=3,
+        label=layer,
+        gid=layer,
+    )
   axes.set_yscale('log')
   axes.set_xlabel('pruning level')
-  axes.set_ylabel('percent of the layer\'s weights remaining')
+  axes.set_ylabel("percent of the layer's weights remaining")
   axes.set_title('Ticket density per layer')
   axes.grid(True, which='both', alpha=0.3)
   axes.legend(fontsize=7)
@@ -181,7 +211,10 @@ def format_overlap_table(rows: Sequence[dict[str, Any]]) -> str:
     return '(no masks to compare)'
   lines = [f'{"comparison":<10} {"level":>5} {"masks":<40} {"overlap":>8} {"chance":>8}']
   for row in overall:
-    lines.append(f'{row["comparison"]:<10} {row["level"]:>5} {row["first"] + " / " + row["second"]:<40} '
-                 f'{row["overlap"]:>8.4f} {row["chance"]:>8.4f}')
-  return 'mask overlap (share of the first mask\'s survivors the second keeps; chance: random masks)\n' + \
-      '\n'.join(lines)
+    lines.append(
+        f'{row["comparison"]:<10} {row["level"]:>5} {row["first"] + " / " + row["second"]:<40} '
+        f'{row["overlap"]:>8.4f} {row["chance"]:>8.4f}'
+    )
+  return "mask overlap (share of the first mask's survivors the second keeps; chance: random masks)\n" + '\n'.join(
+      lines
+  )

@@ -61,7 +61,7 @@ def selects_layer(selector: str, module: str) -> bool:
   if modules[-1] == selector or modules[-1].startswith(selector + '_'):
     return True
   parts = selector.split('/')
-  return modules[:len(parts)] == parts
+  return modules[: len(parts)] == parts
 
 
 def prunable_tree(
@@ -100,10 +100,12 @@ def apply(params: Params, keep_mask: Mask) -> Params:
   Host (numpy) leaves stay numpy — no device round trip or per-shape compilation; device arrays and
   tracers use `jnp.where`.
   """
+
   def keep_or_zero(weight, keep):
     if isinstance(weight, np.ndarray) and isinstance(keep, np.ndarray):
       return np.where(keep, weight, np.zeros_like(weight))
     return jnp.where(keep, weight, jnp.zeros_like(weight))
+
   return jax.tree_util.tree_map(keep_or_zero, params, keep_mask)
 
 

@@ -32,6 +32,7 @@ def tree_bytes(tree: Any) -> int:
 @dataclasses.dataclass(frozen=True)
 class MemberFootprint:
   """One member's memory: its state, and activations per training example."""
+
   state_bytes: int
   activation_bytes_per_example: int
 

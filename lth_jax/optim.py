@@ -25,6 +25,7 @@ Schedule = Callable[[jax.Array], jax.Array]
 
 class MaskedUpdateState(NamedTuple):
   """State of `keep_pruned_at_zero`: only the wrapped optimizer's state."""
+
   inner_state: optax.OptState
 
 
@@ -88,7 +89,8 @@ def learning_rate_schedule(
     main = optax.constant_schedule(learning_rate)
   elif schedule == 'step':
     main = optax.piecewise_constant_schedule(
-        learning_rate, {int(boundary): decay_factor for boundary in decay_boundaries})
+        learning_rate, {int(boundary): decay_factor for boundary in decay_boundaries}
+    )
   elif schedule == 'cosine':
     main = optax.cosine_decay_schedule(learning_rate, max(1, total_steps - warmup_steps))
   else:
@@ -108,14 +110,17 @@ def learning_rate_schedule(
 def outside_batch_norm(params: Any) -> Any:
   """A tree of bools mirroring `params`: False for the parameters of batch-norm modules (those whose
   module name contains 'norm', as every normalization layer of lth_jax's models is named), else True."""
+
   def decayed(path, _):
     modules = masks_lib.path_to_names(path)[:-1]
     return not any('norm' in module.lower() for module in modules)
+
   return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def direction(optimizer: str, momentum: float = 0.9, weight_decay: float = 0.0,
-              decay_batch_norm: bool = True) -> optax.GradientTransformation:
+def direction(
+    optimizer: str, momentum: float = 0.9, weight_decay: float = 0.0, decay_batch_norm: bool = True
+) -> optax.GradientTransformation:
   """The optimizer without its learning rate: weight decay, then the update direction.
 
   'sgd', 'momentum', 'nesterov' and 'adam' use coupled L2 weight decay (added to the gradient, as
@@ -154,8 +159,12 @@ def from_config(training: ml_collections.ConfigDict, total_steps: int) -> optax.
       decay_factor=training.get('decay_factor', 0.1),
   )
   inner = optax.chain(
-      direction(training.optimizer, training.get('momentum', 0.9), training.get('weight_decay', 0.0),
-                training.get('weight_decay_batch_norm', True)),
+      direction(
+          training.optimizer,
+          training.get('momentum', 0.9),
+          training.get('weight_decay', 0.0),
+          training.get('weight_decay_batch_norm', True),
+      ),
       scale_by_step_schedule(schedule),
   )
   return keep_pruned_at_zero(inner)

@@ -36,8 +36,12 @@ def launched_as_cluster(environ: dict[str, str] | None = None) -> bool:
   return False
 
 
-def initialize_distributed(mode: str = 'auto', coordinator_address: str | None = None,
-                           num_processes: int | None = None, process_id: int | None = None) -> bool:
+def initialize_distributed(
+    mode: str = 'auto',
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
   """Joins this process to the others of a multi-host run with `jax.distributed.initialize`, before
   anything else touches the devices. 'yes': always (on a Cloud TPU pod slice JAX finds the
   coordinator by itself); 'no': never; 'auto': when an address is given or `launched_as_cluster()`.
@@ -46,8 +50,9 @@ def initialize_distributed(mode: str = 'auto', coordinator_address: str | None =
     raise ValueError(f'distributed mode must be one of {DISTRIBUTED_MODES}, got {mode!r}')
   if mode == 'no' or (mode == 'auto' and not coordinator_address and not launched_as_cluster()):
     return False
-  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id)
+  jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
   return True
 
 
@@ -80,9 +85,10 @@ def create_mesh(num_devices: int = 0, members: int = 1) -> Mesh:
   per_host = _local_device_counts(devices)
   if all(count % members == 0 for count in per_host.values()):
     by_host = [[device for device in devices if device.process_index == process] for process in sorted(per_host)]
-    rows = [[device for host in by_host
-             for device in host[row * len(host) // members:(row + 1) * len(host) // members]]
-            for row in range(members)]
+    rows = [
+        [device for host in by_host for device in host[row * len(host) // members : (row + 1) * len(host) // members]]
+        for row in range(members)
+    ]
     grid = np.empty((members, len(devices) // members), dtype=object)
     for row, row_devices in enumerate(rows):
       for column, device in enumerate(row_devices):
@@ -102,8 +108,9 @@ def member_groups(mesh: Mesh) -> int:
   return int(mesh.shape.get(MEMBERS_AXIS, 1))
 
 
-def member_layout(num_members: int, num_devices: int, batch_size: int,
-                  local_device_counts: tuple[int, ...] | None = None) -> tuple[int, int] | None:
+def member_layout(
+    num_members: int, num_devices: int, batch_size: int, local_device_counts: tuple[int, ...] | None = None
+) -> tuple[int, int] | None:
   """(member groups m, member slots) for a population of `num_members` runs on `num_devices` devices
   with a global batch of `batch_size` per member, or None when no layout fits.
 
@@ -152,8 +159,10 @@ def check_batch_size(batch_size: int, mesh: Mesh, field: str = 'training.batch_s
   share each member's batch."""
   devices = data_size(mesh)
   if batch_size % devices:
-    raise ValueError(f'{field}={batch_size} does not divide over the {devices} devices of the mesh; '
-                     f'use a multiple of {devices} or set parallel.num_devices')
+    raise ValueError(
+        f'{field}={batch_size} does not divide over the {devices} devices of the mesh; '
+        f'use a multiple of {devices} or set parallel.num_devices'
+    )
 
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
@@ -168,11 +177,13 @@ def put_member_sharded(tree: Any, mesh: Mesh) -> Any:
   sharding = member_sharded(mesh)
   if jax.process_count() == 1:
     return jax.device_put(tree, sharding, may_alias=False)
+
   def put(leaf):
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
       return jax.device_put(leaf, sharding, may_alias=False)
     leaf = np.asarray(leaf)
     return jax.make_array_from_callback(leaf.shape, sharding, lambda index: leaf[index])
+
   return jax.tree_util.tree_map(put, tree)
 
 
@@ -199,8 +210,10 @@ def put_local_batch(array: np.ndarray, mesh: Mesh, batch_axis: int = 0, member_a
 
 def to_host(tree: Any) -> Any:
   """Fetches a (replicated) device tree to numpy on every host."""
+
   def fetch(leaf):
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
       return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
     return np.asarray(leaf)
+
   return jax.tree_util.tree_map(fetch, tree)

@@ -110,8 +110,9 @@ def prune(
   if scope == 'local' or not any(in_pool):
     return new_mask
   remaining = sum(int(keep.sum()) for keep, pooled in zip(keeps, in_pool) if pooled)
-  return _prune_global(scores, new_mask, jax.tree_util.tree_unflatten(treedef, in_pool),
-                       count_to_prune(remaining, fraction))
+  return _prune_global(
+      scores, new_mask, jax.tree_util.tree_unflatten(treedef, in_pool), count_to_prune(remaining, fraction)
+  )
 
 
 def permute_within_layers(keep_mask: Any, prunable: Any, seed: int) -> Any:
@@ -165,11 +166,14 @@ def planned_counts(
   return totals
 
 
-def one_shot_fractions(fraction: float, layer_fractions: Mapping[str, float],
-                       level: int) -> tuple[float, dict[str, float]]:
+def one_shot_fractions(
+    fraction: float, layer_fractions: Mapping[str, float], level: int
+) -> tuple[float, dict[str, float]]:
   """Fractions that prune in one step what `level` iterative levels would: 1 - (1 - p)^level."""
+
   def compound(value: float) -> float:
     return 1.0 - (1.0 - value) ** level
+
   return compound(fraction), {name: compound(value) for name, value in layer_fractions.items()}
 
 
@@ -177,15 +181,20 @@ def snip_scores(params: Any, gradients: Any) -> Any:
   """Connection sensitivity |g * w| (Lee et al., SNIP): the loss change from removing each weight."""
   return jax.tree_util.tree_map(
       lambda weight, gradient: np.abs(np.asarray(weight, np.float32) * np.asarray(gradient, np.float32)),
-      params, gradients)
+      params,
+      gradients,
+  )
 
 
 def keep_top(scores: Any, prunable: Any, keep_count: int) -> Any:
   """A keep mask holding exactly the `keep_count` highest-scoring prunable weights of the whole
   network (one global pool; ties keep the higher index). Non-prunable leaves are all kept."""
   ones = jax.tree_util.tree_map(lambda score: np.ones(np.shape(score), bool), scores)
-  total = sum(int(np.size(score)) for score, flag in zip(jax.tree_util.tree_leaves(scores),
-                                                        jax.tree_util.tree_leaves(prunable)) if flag)
+  total = sum(
+      int(np.size(score))
+      for score, flag in zip(jax.tree_util.tree_leaves(scores), jax.tree_util.tree_leaves(prunable))
+      if flag
+  )
   if not 0 <= keep_count <= total:
     raise ValueError(f'cannot keep {keep_count} of {total} prunable weights')
   return _prune_global(scores, ones, prunable, total - keep_count)
@@ -204,7 +213,7 @@ def _prune_global(scores: Any, keep_mask: Any, prunable: Any, count: int) -> Any
   offset = 0
   for i in indices:
     size = new_keep[i].size
-    new_keep[i] = pool_keep[offset:offset + size].reshape(new_keep[i].shape)
+    new_keep[i] = pool_keep[offset : offset + size].reshape(new_keep[i].shape)
     offset += size
   return jax.tree_util.tree_unflatten(treedef, new_keep)
 

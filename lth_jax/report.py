@@ -59,6 +59,7 @@ _MAX_LEGEND_LEVELS = 10
 @dataclasses.dataclass(frozen=True)
 class SparsityPoint:
   """One branch at one level: the test metric over trials."""
+
   level: int
   fraction_remaining: float
   mean: float
@@ -70,6 +71,7 @@ class SparsityPoint:
 @dataclasses.dataclass(frozen=True)
 class TrainingCurve:
   """One branch at one level: the test metric at each evaluated step, over trials."""
+
   level: int
   fraction_remaining: float
   steps: np.ndarray
@@ -89,8 +91,9 @@ def load(workdir: str) -> list[dict[str, Any]]:
     raise FileNotFoundError(f'workdir {workdir} does not exist (or is not a folder)')
   path = os.path.join(workdir, lottery.RESULTS_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'no results file {path}: run `python -m lth_jax.main --config=... '
-                            f'--workdir={workdir}` first')
+    raise FileNotFoundError(
+        f'no results file {path}: run `python -m lth_jax.main --config=... ' f'--workdir={workdir}` first'
+    )
   records = results_lib.read_records(path)
   for number, record in enumerate(records, start=1):
     missing = [field for field in REQUIRED_FIELDS if field not in record]
@@ -133,10 +136,16 @@ def sparsity_summary(records: Sequence[dict[str, Any]]) -> dict[str, list[Sparsi
     for level in sorted({record['level'] for record in records if record['branch'] == branch}):
       selected = [record for record in records if record['branch'] == branch and record['level'] == level]
       values = np.array([record[metric] for record in selected], dtype=np.float64)
-      points.append(SparsityPoint(
-          level=level, fraction_remaining=float(np.mean([record['fraction_remaining'] for record in selected])),
-          mean=float(np.mean(values)), minimum=float(np.min(values)), maximum=float(np.max(values)),
-          trials=len(values)))
+      points.append(
+          SparsityPoint(
+              level=level,
+              fraction_remaining=float(np.mean([record['fraction_remaining'] for record in selected])),
+              mean=float(np.mean(values)),
+              minimum=float(np.min(values)),
+              maximum=float(np.max(values)),
+              trials=len(values),
+          )
+      )
     summary[branch] = points
   return summary
 
@@ -155,13 +164,17 @@ def training_curves(records: Sequence[dict[str, Any]], branch: str = 'ticket') -
         if metric in entry:
           by_step.setdefault(int(entry['step']), []).append(float(entry[metric]))
     steps = sorted(by_step)
-    curves.append(TrainingCurve(
-        level=level, fraction_remaining=float(np.mean([record['fraction_remaining'] for record in selected])),
-        steps=np.array(steps, dtype=np.int64),
-        mean=np.array([np.mean(by_step[step]) for step in steps], dtype=np.float64),
-        minimum=np.array([np.min(by_step[step]) for step in steps], dtype=np.float64),
-        maximum=np.array([np.max(by_step[step]) for step in steps], dtype=np.float64),
-        trials=len(selected)))
+    curves.append(
+        TrainingCurve(
+            level=level,
+            fraction_remaining=float(np.mean([record['fraction_remaining'] for record in selected])),
+            steps=np.array(steps, dtype=np.int64),
+            mean=np.array([np.mean(by_step[step]) for step in steps], dtype=np.float64),
+            minimum=np.array([np.min(by_step[step]) for step in steps], dtype=np.float64),
+            maximum=np.array([np.max(by_step[step]) for step in steps], dtype=np.float64),
+            trials=len(selected),
+        )
+    )
   return curves
 
 
@@ -203,31 +216,56 @@ def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | Non
       label += f' (late reset to step {", ".join(map(str, sorted(rewind_steps)))})'
     fractions = np.array([point.fraction_remaining for point in points])
     means = np.array([point.mean for point in points])
-    errors = np.array([[point.mean - point.minimum for point in points],
-                       [point.maximum - point.mean for point in points]])
+    errors = np.array(
+        [[point.mean - point.minimum for point in points], [point.maximum - point.mean for point in points]]
+    )
     errors = np.clip(errors, 0, None)  # the mean of equal values can round an ulp below their minimum
-    axes.errorbar(fractions, means, yerr=errors, label=label, color=colour, marker=marker, markersize=4,
-                  capsize=3, linewidth=1.5, gid=branch)
+    axes.errorbar(
+        fractions,
+        means,
+        yerr=errors,
+        label=label,
+        color=colour,
+        marker=marker,
+        markersize=4,
+        capsize=3,
+        linewidth=1.5,
+        gid=branch,
+    )
   dense = [record[metric] for record in records if record['level'] == 0]
   if dense:
-    axes.axhline(float(np.mean(dense)), color='0.4', linestyle='--', linewidth=1,
-                 label=f'dense (level 0): {np.mean(dense):.4g}', gid='dense')
-  all_fractions = sorted({round(point.fraction_remaining, 12) for points in summary.values() for point in points},
-                         reverse=True)
-  ticks = [all_fractions[i] for i in sorted({round(i) for i in np.linspace(
-      0, len(all_fractions) - 1, min(len(all_fractions), _MAX_PERCENT_TICKS))})]
+    axes.axhline(
+        float(np.mean(dense)),
+        color='0.4',
+        linestyle='--',
+        linewidth=1,
+        label=f'dense (level 0): {np.mean(dense):.4g}',
+        gid='dense',
+    )
+  all_fractions = sorted(
+      {round(point.fraction_remaining, 12) for points in summary.values() for point in points}, reverse=True
+  )
+  ticks = [
+      all_fractions[i]
+      for i in sorted(
+          {round(i) for i in np.linspace(0, len(all_fractions) - 1, min(len(all_fractions), _MAX_PERCENT_TICKS))}
+      )
+  ]
   axes.set_xscale('log')
   axes.set_xlim(max(all_fractions) * 1.15, min(all_fractions) / 1.15)  # decreasing left to right
   axes.xaxis.set_major_locator(ticker.FixedLocator(ticks))
   axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: _percent(value)))
   axes.xaxis.set_minor_locator(ticker.NullLocator())
-  if _use_log_scale(metric, [value for points in summary.values()
-                             for point in points for value in (point.minimum, point.maximum)]):
+  if _use_log_scale(
+      metric, [value for points in summary.values() for point in points for value in (point.minimum, point.maximum)]
+  ):
     axes.set_yscale('log')
   axes.set_xlabel('Percent of weights remaining')
   axes.set_ylabel(_METRIC_LABELS.get(metric, metric) + (' (lower is better)' if metric == 'test_rmse' else ''))
-  axes.set_title(f'{_METRIC_LABELS.get(metric, metric)} against weights remaining\n'
-                 f'({_trials_note(records, "error bars")})', fontsize=11)
+  axes.set_title(
+      f'{_METRIC_LABELS.get(metric, metric)} against weights remaining\n' f'({_trials_note(records, "error bars")})',
+      fontsize=11,
+  )
   axes.grid(True, which='major', alpha=0.3)
   handles, labels = axes.get_legend_handles_labels()
   order = sorted(range(len(handles)), key=lambda i: labels[i].startswith('dense'))  # dense line last
@@ -237,8 +275,9 @@ def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | Non
   return figure
 
 
-def plot_training_curves(records: Sequence[dict[str, Any]], path: str | None = None,
-                         branch: str = 'ticket') -> figure_lib.Figure:
+def plot_training_curves(
+    records: Sequence[dict[str, Any]], path: str | None = None, branch: str = 'ticket'
+) -> figure_lib.Figure:
   """Test metric against training step for `branch` (the ticket by default), one line per level at the
   mean over trials (shaded min to max), coloured by fraction of weights remaining; saved as a PNG at
   `path` (when given). Returns the figure."""
@@ -255,9 +294,16 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | None = N
   axes = figure.add_subplot()
   for curve in curves:
     colour = colour_map(norm(curve.fraction_remaining))
-    axes.plot(curve.steps, curve.mean, color=colour, linewidth=1.5, marker='o' if len(curve.steps) <= 12 else None,
-              markersize=3, label=f'{_percent(curve.fraction_remaining)}% (level {curve.level})',
-              gid=f'level_{curve.level}')
+    axes.plot(
+        curve.steps,
+        curve.mean,
+        color=colour,
+        linewidth=1.5,
+        marker='o' if len(curve.steps) <= 12 else None,
+        markersize=3,
+        label=f'{_percent(curve.fraction_remaining)}% (level {curve.level})',
+        gid=f'level_{curve.level}',
+    )
     if curve.trials > 1:
       axes.fill_between(curve.steps, curve.minimum, curve.maximum, color=colour, alpha=0.12, linewidth=0)
   if _use_log_scale(metric, [value for curve in curves for value in (*curve.minimum, *curve.maximum)]):
@@ -275,8 +321,9 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | None = N
     note += ')\n(one evaluation per level: set training.eval_every to record curves'
   axes.set_xlabel('Training step')
   axes.set_ylabel(_METRIC_LABELS.get(metric, metric))
-  axes.set_title(f'{_METRIC_LABELS.get(metric, metric)} during training, {name}, one line per level\n'
-                 f'({note})', fontsize=11)
+  axes.set_title(
+      f'{_METRIC_LABELS.get(metric, metric)} during training, {name}, one line per level\n' f'({note})', fontsize=11
+  )
   axes.grid(True, alpha=0.3)
   if path is not None:
     _save_png(figure, path)
@@ -294,8 +341,10 @@ def sparsity_rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[li
     header += [f'{branch}_{metric}_mean', f'{branch}_{metric}_min', f'{branch}_{metric}_max', f'{branch}_trials']
   rows = []
   for level in sorted({record['level'] for record in records}):
-    row: list[Any] = [level, float(np.mean([record['fraction_remaining'] for record in records
-                                            if record['level'] == level]))]
+    row: list[Any] = [
+        level,
+        float(np.mean([record['fraction_remaining'] for record in records if record['level'] == level])),
+    ]
     for points in summary.values():
       point = next((point for point in points if point.level == level), None)
       row += ['', '', '', 0] if point is None else [point.mean, point.minimum, point.maximum, point.trials]
@@ -317,8 +366,9 @@ def write_csv(records: Sequence[dict[str, Any]], path: str) -> None:
 def write_report(records: Sequence[dict[str, Any]], output_dir: str) -> list[str]:
   """Writes the two plots and the CSV table into `output_dir` (created if missing); returns their paths."""
   os.makedirs(output_dir, exist_ok=True)
-  paths = [os.path.join(output_dir, name)
-           for name in (ACCURACY_VS_SPARSITY_FILE, TRAINING_CURVES_FILE, SPARSITY_TABLE_FILE)]
+  paths = [
+      os.path.join(output_dir, name) for name in (ACCURACY_VS_SPARSITY_FILE, TRAINING_CURVES_FILE, SPARSITY_TABLE_FILE)
+  ]
   plot_accuracy_vs_sparsity(records, paths[0])
   plot_training_curves(records, paths[1])
   write_csv(records, paths[2])
@@ -330,6 +380,7 @@ def _is_main_process() -> bool:
   process (which could take the memory of a GPU a training run is using)."""
   try:
     from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+
     started = xla_bridge.backends_are_initialized()
   except (ImportError, AttributeError):
     started = True

@@ -58,8 +58,10 @@ def as_write_error(error: BaseException, workdir: str) -> WriteError | None:
     if failure is not None:
       code, path = failure
       cause, remedy = _STORAGE_FAILURES[code]
-      written = WriteError(f'cannot write {path or workdir}: {cause}. Nothing already recorded is lost: '
-                           f'{remedy} and run the same command again to resume.')
+      written = WriteError(
+          f'cannot write {path or workdir}: {cause}. Nothing already recorded is lost: '
+          f'{remedy} and run the same command again to resume.'
+      )
       written.errno = code
       return written
     error, seen = error.__cause__ or error.__context__, seen + 1
@@ -93,9 +95,11 @@ def read_records(path: str) -> list[dict[str, Any]]:
       if index == len(lines) - 1:
         _logger.warning('%s, line %d: skipping a truncated or corrupt last record (%s)', path, number, error)
       else:
-        raise CorruptResultsError(f'{path}, line {number}: corrupt record ({error}); only a torn last line '
-                                  'is skipped, so this file is damaged: repair or remove that line (its run '
-                                  'is redone)') from error
+        raise CorruptResultsError(
+            f'{path}, line {number}: corrupt record ({error}); only a torn last line '
+            'is skipped, so this file is damaged: repair or remove that line (its run '
+            'is redone)'
+        ) from error
   return records
 
 
@@ -167,8 +171,10 @@ def is_diverged(record: dict[str, Any]) -> bool:
 
 def split_diverged(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
   """(records of runs that trained normally, records of diverged runs)."""
-  return ([record for record in records if not is_diverged(record)],
-          [record for record in records if is_diverged(record)])
+  return (
+      [record for record in records if not is_diverged(record)],
+      [record for record in records if is_diverged(record)],
+  )
 
 
 def _metric_cell(record: dict[str, Any], metric: str, width: int) -> str:
@@ -191,9 +197,11 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
   header = f'{"trial":>5} {"level":>5} {"branch":<16} {"remaining":>10} {"nonzero":>10} {metric:>14} {"steps":>7}'
   lines = [header, '-' * len(header)]
   for record in sorted(records, key=lambda r: (r['trial'], r['level'], r['branch'] != 'ticket', r['branch'])):
-    lines.append(f'{record["trial"]:>5} {record["level"]:>5} {record["branch"]:<16} '
-                 f'{100 * record["fraction_remaining"]:>9.2f}% {record["nonzero_weights"]:>10} '
-                 f'{_metric_cell(record, metric, 14)} {record["steps"]:>7}')
+    lines.append(
+        f'{record["trial"]:>5} {record["level"]:>5} {record["branch"]:<16} '
+        f'{100 * record["fraction_remaining"]:>9.2f}% {record["nonzero_weights"]:>10} '
+        f'{_metric_cell(record, metric, 14)} {record["steps"]:>7}'
+    )
   return '\n'.join(lines)
 
 
@@ -225,6 +233,9 @@ def format_sparsity_table(records: Sequence[dict[str, Any]]) -> str:
         cells.append(f'{sum(values) / len(values):.4g} [{min(values):.4g}, {max(values):.4g}]'.rjust(24))
     lines.append(f'{level:>5} {100 * remaining:>9.2f}% ' + ' '.join(cells))
   if diverged:
-    lines.append(f'({len(diverged)} diverged run(s) left out: ' +
-                 ', '.join(f'trial {r["trial"]} level {r["level"]} {r["branch"]}' for r in diverged) + ')')
+    lines.append(
+        f'({len(diverged)} diverged run(s) left out: '
+        + ', '.join(f'trial {r["trial"]} level {r["level"]} {r["branch"]}' for r in diverged)
+        + ')'
+    )
   return '\n'.join(lines)

@@ -21,6 +21,7 @@ class Scalars:
     if directory is not None and jax.process_index() == 0:
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
         self._writer_class = SummaryWriter
       except ImportError:
         pass

@@ -36,9 +36,13 @@ MEMBERS = ('full', 'ticket', 'random_ticket', 'full_other')
 
 def masked_vector(params: Any, keep_mask: Any, prunable: Any) -> np.ndarray:
   """The kept prunable weights of `params` as one flat float64 vector (tree order)."""
-  parts = [np.asarray(weight, np.float64)[np.asarray(keep, bool)]
-           for weight, keep, flag in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(keep_mask),
-                                         jax.tree_util.tree_leaves(prunable)) if flag]
+  parts = [
+      np.asarray(weight, np.float64)[np.asarray(keep, bool)]
+      for weight, keep, flag in zip(
+          jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(keep_mask), jax.tree_util.tree_leaves(prunable)
+      )
+      if flag
+  ]
   return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -64,8 +68,9 @@ def correlation(first: np.ndarray, second: np.ndarray) -> float:
   return float(np.dot(first, second) / norms) if norms else float('nan')
 
 
-def stability_metrics(initial: Any, full: Any, ticket: Any, full_final: Any, keep_mask: Any, prunable: Any,
-                      normalizer: float) -> dict[str, float]:
+def stability_metrics(
+    initial: Any, full: Any, ticket: Any, full_final: Any, keep_mask: Any, prunable: Any, normalizer: float
+) -> dict[str, float]:
   """The metrics of the module docstring for one ticket (mask `keep_mask`) against the full network.
 
   Args:
@@ -91,10 +96,11 @@ def stability_metrics(initial: Any, full: Any, ticket: Any, full_final: Any, kee
 @dataclasses.dataclass
 class StabilityResult:
   """Stability of one ticket (and its random ticket) to pruning at one rewind step."""
+
   rewind_step: int
-  final: dict[str, dict[str, float]]          # 'ticket' / 'random_ticket' -> metrics at the end
-  curve: list[dict[str, Any]]                 # per measured step: {'step', 'ticket': {...}, 'random_ticket': {...}}
-  test_metrics: dict[str, float]              # member -> final test accuracy (or RMSE)
+  final: dict[str, dict[str, float]]  # 'ticket' / 'random_ticket' -> metrics at the end
+  curve: list[dict[str, Any]]  # per measured step: {'step', 'ticket': {...}, 'random_ticket': {...}}
+  test_metrics: dict[str, float]  # member -> final test accuracy (or RMSE)
   normalizer: float
 
   def as_record(self) -> dict[str, Any]:
@@ -102,9 +108,19 @@ class StabilityResult:
     return dataclasses.asdict(self)
 
 
-def measure(trainer: train_lib.Trainer, initial: tuple[Any, Any], other_initial: tuple[Any, Any],
-            keep_mask: Any, prunable: Any, rewind_step: int, end_step: int, data_seed: int,
-            other_data_seed: int, random_ticket_seed: int, measure_steps: Sequence[int] = ()) -> StabilityResult:
+def measure(
+    trainer: train_lib.Trainer,
+    initial: tuple[Any, Any],
+    other_initial: tuple[Any, Any],
+    keep_mask: Any,
+    prunable: Any,
+    rewind_step: int,
+    end_step: int,
+    data_seed: int,
+    other_data_seed: int,
+    random_ticket_seed: int,
+    measure_steps: Sequence[int] = (),
+) -> StabilityResult:
   """Trains the four-member population (see the module docstring) and computes the metrics.
 
   Args:
@@ -130,7 +146,9 @@ def measure(trainer: train_lib.Trainer, initial: tuple[Any, Any], other_initial:
   warm = trainer.create_state(
       train_lib.stack_members([params0, params0, params0, other_params]),
       train_lib.stack_members([model_state0, model_state0, model_state0, other_model_state]),
-      train_lib.stack_members([ones, ones, ones, ones]), 0)
+      train_lib.stack_members([ones, ones, ones, ones]),
+      0,
+  )
   if rewind_step:
     warm = trainer.train(warm, rewind_step, seeds).state
   warm = parallel.to_host(warm)
@@ -141,52 +159,73 @@ def measure(trainer: train_lib.Trainer, initial: tuple[Any, Any], other_initial:
   ticket_params = masks_lib.apply(full_at_rewind, keep_mask)
   random_params = masks_lib.apply(full_at_rewind, random_mask)
   fresh = [trainer.fresh_optimizer_state(ticket_params), trainer.fresh_optimizer_state(random_params)]
-  opt_state = train_lib.stack_members([train_lib.member(warm.opt_state, 0), *fresh,
-                                       train_lib.member(warm.opt_state, 3)])
+  opt_state = train_lib.stack_members(
+      [train_lib.member(warm.opt_state, 0), *fresh, train_lib.member(warm.opt_state, 3)]
+  )
   state = trainer.create_state(
       train_lib.stack_members([full_at_rewind, ticket_params, random_params, train_lib.member(warm.params, 3)]),
-      train_lib.stack_members([model_state_at_rewind, model_state_at_rewind, model_state_at_rewind,
-                               train_lib.member(warm.model_state, 3)]),
+      train_lib.stack_members(
+          [model_state_at_rewind, model_state_at_rewind, model_state_at_rewind, train_lib.member(warm.model_state, 3)]
+      ),
       train_lib.stack_members([ones, jax.tree_util.tree_map(np.asarray, keep_mask), random_mask, ones]),
-      rewind_step, opt_state)
+      rewind_step,
+      opt_state,
+  )
   steps = sorted({step for step in measure_steps if rewind_step < step < end_step} | {end_step})
   result = trainer.train(state, end_step, seeds, snapshot_steps=steps)
 
   final_params = result.snapshots[end_step][0]
   full_final = train_lib.member(final_params, 0)
-  normalizer = l2_distance(masked_vector(full_final, ones, prunable),
-                           masked_vector(train_lib.member(final_params, 3), ones, prunable)) or 1.0
+  normalizer = (
+      l2_distance(
+          masked_vector(full_final, ones, prunable), masked_vector(train_lib.member(final_params, 3), ones, prunable)
+      )
+      or 1.0
+  )
   curve = []
   for step in steps:
     params = result.snapshots[step][0]
     full = train_lib.member(params, 0)
-    curve.append({
-        'step': step,
-        'ticket': stability_metrics(params0, full, train_lib.member(params, 1), full_final, keep_mask,
-                                    prunable, normalizer),
-        'random_ticket': stability_metrics(params0, full, train_lib.member(params, 2), full_final, random_mask,
-                                           prunable, normalizer),
-    })
+    curve.append(
+        {
+            'step': step,
+            'ticket': stability_metrics(
+                params0, full, train_lib.member(params, 1), full_final, keep_mask, prunable, normalizer
+            ),
+            'random_ticket': stability_metrics(
+                params0, full, train_lib.member(params, 2), full_final, random_mask, prunable, normalizer
+            ),
+        }
+    )
   metric = 'test_accuracy' if 'test_accuracy' in result.curve[-1] else 'test_rmse'
   return StabilityResult(
-      rewind_step=rewind_step, final={name: curve[-1][name] for name in ('ticket', 'random_ticket')},
-      curve=curve, test_metrics=dict(zip(MEMBERS, result.curve[-1][metric])), normalizer=normalizer)
+      rewind_step=rewind_step,
+      final={name: curve[-1][name] for name in ('ticket', 'random_ticket')},
+      curve=curve,
+      test_metrics=dict(zip(MEMBERS, result.curve[-1][metric])),
+      normalizer=normalizer,
+  )
 
 
 def interpolate(first: Any, second: Any, alpha: float) -> Any:
   """(1 - alpha) * first + alpha * second, leaf by leaf."""
   return jax.tree_util.tree_map(
       lambda a, b: ((1.0 - alpha) * np.asarray(a, np.float64) + alpha * np.asarray(b, np.float64)).astype(
-          np.asarray(a).dtype), first, second)
+          np.asarray(a).dtype
+      ),
+      first,
+      second,
+  )
 
 
 @dataclasses.dataclass
 class ConnectivityResult:
   """Test error along the straight line between two trained copies, and its barrier."""
+
   alphas: list[float]
-  errors: list[float]     # 1 - accuracy (classification) or RMSE (regression) at each alpha
-  barrier: float          # max over alpha of error(alpha) - the linear interpolation of the end errors
-  instability: float      # max over alpha of error(alpha) - the mean of the end errors (Frankle et al. 2020)
+  errors: list[float]  # 1 - accuracy (classification) or RMSE (regression) at each alpha
+  barrier: float  # max over alpha of error(alpha) - the linear interpolation of the end errors
+  instability: float  # max over alpha of error(alpha) - the mean of the end errors (Frankle et al. 2020)
 
 
 def error_barrier(alphas: Sequence[float], errors: Sequence[float]) -> float:
@@ -203,9 +242,16 @@ def error_barrier_height(errors: Sequence[float]) -> float:
   return float(max(0.0, np.max(errors) - (errors[0] + errors[-1]) / 2))
 
 
-def linear_mode_connectivity(trainer: train_lib.Trainer, evaluator: train_lib.Trainer, start: tuple[Any, Any],
-                             keep_mask: Any, start_step: int, end_step: int, data_seeds: tuple[int, int],
-                             num_points: int = 11) -> ConnectivityResult:
+def linear_mode_connectivity(
+    trainer: train_lib.Trainer,
+    evaluator: train_lib.Trainer,
+    start: tuple[Any, Any],
+    keep_mask: Any,
+    start_step: int,
+    end_step: int,
+    data_seeds: tuple[int, int],
+    num_points: int = 11,
+) -> ConnectivityResult:
   """Trains two copies of (params, model_state) `start` (masked by `keep_mask`) from `start_step` with
   different batch orders in lockstep, then evaluates the straight path between them.
 
@@ -219,9 +265,12 @@ def linear_mode_connectivity(trainer: train_lib.Trainer, evaluator: train_lib.Tr
     raise ValueError('linear_mode_connectivity needs a Trainer with population_size=2')
   params, model_state = start
   params = masks_lib.apply(params, keep_mask)
-  state = trainer.create_state(train_lib.stack_members([params, params]),
-                               train_lib.stack_members([model_state, model_state]),
-                               train_lib.stack_members([keep_mask, keep_mask]), start_step)
+  state = trainer.create_state(
+      train_lib.stack_members([params, params]),
+      train_lib.stack_members([model_state, model_state]),
+      train_lib.stack_members([keep_mask, keep_mask]),
+      start_step,
+  )
   final = parallel.to_host(trainer.train(state, end_step, list(data_seeds)).state)
   ends = [(train_lib.member(final.params, index), train_lib.member(final.model_state, index)) for index in (0, 1)]
   alphas = [float(alpha) for alpha in np.linspace(0.0, 1.0, num_points)]
@@ -230,12 +279,14 @@ def linear_mode_connectivity(trainer: train_lib.Trainer, evaluator: train_lib.Tr
     params, model_state = interpolate(ends[0], ends[1], alpha)
     metrics = evaluator.evaluate_params(params, model_state)
     errors.append(1.0 - metrics['test_accuracy'] if 'test_accuracy' in metrics else metrics['test_rmse'])
-  return ConnectivityResult(alphas=alphas, errors=errors, barrier=error_barrier(alphas, errors),
-                            instability=error_barrier_height(errors))
+  return ConnectivityResult(
+      alphas=alphas, errors=errors, barrier=error_barrier(alphas, errors), instability=error_barrier_height(errors)
+  )
 
 
-def measure_lottery_ticket(config: Any, workdir: str, level: int, trial: int = 0,
-                           measure_steps: Sequence[int] = ()) -> StabilityResult:
+def measure_lottery_ticket(
+    config: Any, workdir: str, level: int, trial: int = 0, measure_steps: Sequence[int] = ()
+) -> StabilityResult:
   """Stability of the ticket that `lottery.run(config, workdir)` found at `level` (trial `trial`):
   its mask came from iterative pruning with late resetting to `config.pruning.rewind_step`, which is
   also the step the population's tickets start from. Runs the lottery first if that level is missing.
@@ -245,8 +296,9 @@ def measure_lottery_ticket(config: Any, workdir: str, level: int, trial: int = 0
   experiment = lottery.prepare(config)
   levels, trials = int(config.pruning.get('levels', 0)), int(config.get('trials', 1))
   if not (isinstance(level, int) and 1 <= level <= levels):
-    raise validation.ConfigError(f'level={level!r}: the ticket of a pruned level is measured, 1..{levels} '
-                                 '(pruning.levels)')
+    raise validation.ConfigError(
+        f'level={level!r}: the ticket of a pruned level is measured, 1..{levels} ' '(pruning.levels)'
+    )
   if not (isinstance(trial, int) and 0 <= trial < trials):
     raise validation.ConfigError(f'trial={trial!r}: must be in 0..{trials - 1} (trials={trials})')
   level_dir = lottery.level_directory(workdir, trial, level)
@@ -261,9 +313,19 @@ def measure_lottery_ticket(config: Any, workdir: str, level: int, trial: int = 0
   other_init_seed, other_data_seed = lottery.trial_seeds(int(config.get('seed', 0)) + 7919, trial)
   initial = single.init_variables(init_seed)
   keep_mask = checkpoints.restore_tree(level_dir)['mask']
-  keep_mask = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(initial[0]),
-                                           jax.tree_util.tree_leaves(keep_mask))
-  return measure(population, initial, single.init_variables(other_init_seed), keep_mask,
-                 experiment.prunable(initial[0]), experiment.config.pruning.get('rewind_step', 0),
-                 experiment.total_steps,
-                 data_seed, other_data_seed, random_ticket_seed=init_seed + level, measure_steps=measure_steps)
+  keep_mask = jax.tree_util.tree_unflatten(
+      jax.tree_util.tree_structure(initial[0]), jax.tree_util.tree_leaves(keep_mask)
+  )
+  return measure(
+      population,
+      initial,
+      single.init_variables(other_init_seed),
+      keep_mask,
+      experiment.prunable(initial[0]),
+      experiment.config.pruning.get('rewind_step', 0),
+      experiment.total_steps,
+      data_seed,
+      other_data_seed,
+      random_ticket_seed=init_seed + level,
+      measure_steps=measure_steps,
+  )

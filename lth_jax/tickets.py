@@ -50,15 +50,16 @@ class TicketError(ValueError):
 @dataclasses.dataclass
 class Ticket:
   """A winning ticket: its mask, where it starts, where it ended, and the run that found it."""
+
   level: int
   trial: int
-  keep_mask: Any            # bool tree mirroring the parameters
-  start_params: Any         # the weights the surviving connections start from (masked)
-  start_model_state: Any    # the model state at that point (batch-norm statistics), {} when none
-  final_params: Any         # the weights at the end of the level's training
-  record: dict[str, Any]    # the level's ticket record from results.jsonl
+  keep_mask: Any  # bool tree mirroring the parameters
+  start_params: Any  # the weights the surviving connections start from (masked)
+  start_model_state: Any  # the model state at that point (batch-norm statistics), {} when none
+  final_params: Any  # the weights at the end of the level's training
+  record: dict[str, Any]  # the level's ticket record from results.jsonl
   config: ml_collections.ConfigDict  # the config of the run that found it (as config.json recorded it)
-  rewind_step: int          # the step the ticket starts from (0: reset to initialization)
+  rewind_step: int  # the step the ticket starts from (0: reset to initialization)
 
   @property
   def model(self) -> Any:
@@ -82,8 +83,11 @@ def output_width(params: Any) -> int:
 
 def prunable(tree: Any, config: ml_collections.ConfigDict) -> Any:
   """The prunable-leaf tree of `tree` under `config` (as the run that found the ticket pruned)."""
-  return masks_lib.prunable_tree(tree, tuple(config.pruning.get('prunable_parameters', ('kernel',))),
-                                 tuple(config.pruning.get('excluded_layers', ())))
+  return masks_lib.prunable_tree(
+      tree,
+      tuple(config.pruning.get('prunable_parameters', ('kernel',))),
+      tuple(config.pruning.get('excluded_layers', ())),
+  )
 
 
 def _read_workdir_config(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
@@ -92,13 +96,15 @@ def _read_workdir_config(workdir: str) -> tuple[ml_collections.ConfigDict, dict[
   if not os.path.isdir(workdir):
     raise TicketError(f'{workdir}: no such folder')
   if not os.path.isfile(path) or not os.path.isfile(os.path.join(workdir, RESULTS_FILE)):
-    raise TicketError(f'{workdir} is not an lth_jax workdir (it has no {CONFIG_FILE} and {RESULTS_FILE}; '
-                      'tickets are loaded from the --workdir of a lottery run)')
+    raise TicketError(
+        f'{workdir} is not an lth_jax workdir (it has no {CONFIG_FILE} and {RESULTS_FILE}; '
+        'tickets are loaded from the --workdir of a lottery run)'
+    )
   try:
     with open(path) as file:
       recorded = json.load(file)
   except (OSError, ValueError) as error:
-    raise TicketError(f'{path}: cannot read the run\'s config ({error})') from error
+    raise TicketError(f"{path}: cannot read the run's config ({error})") from error
   resolved = recorded.pop('resolved', {})
   return ml_collections.ConfigDict(recorded), resolved
 
@@ -115,13 +121,23 @@ def load(workdir: str, level: int, trial: int = 0) -> Ticket:
   records = results_lib.read_records(os.path.join(workdir, RESULTS_FILE))
   trials = sorted({record['trial'] for record in records})
   if trial not in trials:
-    raise TicketError(f'{workdir}: no trial {trial!r} has finished a level (trials with records: '
-                      f'{", ".join(map(str, trials)) or "none"})')
-  record = next((record for record in records if record['trial'] == trial and record['level'] == level
-                 and record['branch'] == 'ticket'), None)
+    raise TicketError(
+        f'{workdir}: no trial {trial!r} has finished a level (trials with records: '
+        f'{", ".join(map(str, trials)) or "none"})'
+    )
+  record = next(
+      (
+          record
+          for record in records
+          if record['trial'] == trial and record['level'] == level and record['branch'] == 'ticket'
+      ),
+      None,
+  )
   if record is None:
-    raise TicketError(f'{workdir}: level {level!r} of trial {trial} is not finished (finished levels: '
-                      f'{", ".join(map(str, _finished_levels(records, trial)))})')
+    raise TicketError(
+        f'{workdir}: level {level!r} of trial {trial} is not finished (finished levels: '
+        f'{", ".join(map(str, _finished_levels(records, trial)))})'
+    )
   trial_dir = os.path.join(workdir, 'checkpoints', f'trial_{trial}')
   try:
     level_tree = checkpoints.restore_tree(os.path.join(trial_dir, f'level_{level}'))
@@ -130,11 +146,17 @@ def load(workdir: str, level: int, trial: int = 0) -> Ticket:
     raise TicketError(f'{workdir}: the checkpoints of trial {trial} level {level} cannot be read ({error})') from error
   keep_mask = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf, bool), level_tree['mask'])
   rewind_step = int((resolved.get('pruning') or {}).get('rewind_step', config.pruning.get('rewind_step', 0)) or 0)
-  return Ticket(level=level, trial=trial, keep_mask=keep_mask,
-                start_params=masks_lib.apply(jax.tree_util.tree_map(np.asarray, start_params), keep_mask),
-                start_model_state=jax.tree_util.tree_map(np.asarray, start_model_state or {}),
-                final_params=jax.tree_util.tree_map(np.asarray, level_tree['params']), record=record,
-                config=config, rewind_step=rewind_step)
+  return Ticket(
+      level=level,
+      trial=trial,
+      keep_mask=keep_mask,
+      start_params=masks_lib.apply(jax.tree_util.tree_map(np.asarray, start_params), keep_mask),
+      start_model_state=jax.tree_util.tree_map(np.asarray, start_model_state or {}),
+      final_params=jax.tree_util.tree_map(np.asarray, level_tree['params']),
+      record=record,
+      config=config,
+      rewind_step=rewind_step,
+  )
 
 
 def _flatten(tree: Any, prefix: str) -> dict[str, np.ndarray]:
@@ -150,7 +172,7 @@ def _unflatten(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
     if not key.startswith(prefix + '/'):
       continue
     node = tree
-    *parents, name = key[len(prefix) + 1:].split('/')
+    *parents, name = key[len(prefix) + 1 :].split('/')
     for parent in parents:
       node = node.setdefault(parent, {})
     node[name] = value
@@ -173,14 +195,29 @@ def export(ticket: Ticket, path: str, masks_only: bool = False) -> str:
     arrays.update(_flatten(ticket.start_model_state, 'start_model_state'))
     arrays.update(_flatten(ticket.final_params, 'final_params'))
   metadata = {
-      'format': 'lth_jax ticket', 'format_version': FORMAT_VERSION, 'lth_jax_version': __version__,
-      'masks_only': masks_only, 'level': ticket.level, 'trial': ticket.trial, 'density': ticket.density,
-      'layer_density': ticket.layer_density(), 'rewind_step': ticket.rewind_step, 'record': ticket.record,
-      'config': ticket.config.to_dict(), 'checksums': {key: _checksum(value) for key, value in arrays.items()},
+      'format': 'lth_jax ticket',
+      'format_version': FORMAT_VERSION,
+      'lth_jax_version': __version__,
+      'masks_only': masks_only,
+      'level': ticket.level,
+      'trial': ticket.trial,
+      'density': ticket.density,
+      'layer_density': ticket.layer_density(),
+      'rewind_step': ticket.rewind_step,
+      'record': ticket.record,
+      'config': ticket.config.to_dict(),
+      'checksums': {key: _checksum(value) for key, value in arrays.items()},
   }
   buffer = io.BytesIO()
-  np.savez(buffer, **arrays, **{METADATA_KEY: np.frombuffer(
-      results_lib.strict_json(metadata, sort_keys=True, default=list).encode('utf-8'), np.uint8)})
+  np.savez(
+      buffer,
+      **arrays,
+      **{
+          METADATA_KEY: np.frombuffer(
+              results_lib.strict_json(metadata, sort_keys=True, default=list).encode('utf-8'), np.uint8
+          )
+      },
+  )
   with results_lib.atomic_open(path, 'wb') as file:
     file.write(buffer.getvalue())
   return path
@@ -203,41 +240,61 @@ def load_exported(path: str) -> Ticket:
   if metadata.get('format') != 'lth_jax ticket':
     raise TicketError(f'{path}: not an lth_jax ticket file')
   expected = metadata.get('checksums', {})
-  differing = sorted(key for key in set(expected) | set(arrays)
-                     if key not in arrays or expected.get(key) != _checksum(arrays[key]))
+  differing = sorted(
+      key for key in set(expected) | set(arrays) if key not in arrays or expected.get(key) != _checksum(arrays[key])
+  )
   if differing:
-    raise TicketError(f'{path}: {len(differing)} array(s) differ from what was exported (checksum mismatch: '
-                      f'{", ".join(differing[:5])}); the file is damaged')
+    raise TicketError(
+        f'{path}: {len(differing)} array(s) differ from what was exported (checksum mismatch: '
+        f'{", ".join(differing[:5])}); the file is damaged'
+    )
   parts = {part: _unflatten(arrays, part) for part in PARTS}
   masks_only = bool(metadata.get('masks_only'))
   keep_mask = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf, bool), parts['keep_mask'])
-  return Ticket(level=int(metadata['level']), trial=int(metadata['trial']), keep_mask=keep_mask,
-                start_params=None if masks_only else parts['start_params'],
-                start_model_state=None if masks_only else parts['start_model_state'],
-                final_params=None if masks_only else parts['final_params'], record=metadata.get('record', {}),
-                config=ml_collections.ConfigDict(metadata['config']), rewind_step=int(metadata.get('rewind_step', 0)))
+  return Ticket(
+      level=int(metadata['level']),
+      trial=int(metadata['trial']),
+      keep_mask=keep_mask,
+      start_params=None if masks_only else parts['start_params'],
+      start_model_state=None if masks_only else parts['start_model_state'],
+      final_params=None if masks_only else parts['final_params'],
+      record=metadata.get('record', {}),
+      config=ml_collections.ConfigDict(metadata['config']),
+      rewind_step=int(metadata.get('rewind_step', 0)),
+  )
 
 
 def check_shapes(ticket: Ticket, params: Any, where: str, skip_layers: tuple[str, ...] = ()) -> None:
   """A TicketError naming the first parameter whose shape (or presence) differs between the ticket's
   mask and `params` (another architecture); layers in `skip_layers` are not compared."""
-  ticket_shapes = {key[len('keep_mask/'):]: value.shape for key, value in _flatten(ticket.keep_mask, 'keep_mask').items()}
-  target_shapes = {key[len('x/'):]: np.shape(value) for key, value in _flatten(params, 'x').items()}
+  ticket_shapes = {
+      key[len('keep_mask/') :]: value.shape for key, value in _flatten(ticket.keep_mask, 'keep_mask').items()
+  }
+  target_shapes = {key[len('x/') :]: np.shape(value) for key, value in _flatten(params, 'x').items()}
   for name in sorted(set(ticket_shapes) | set(target_shapes)):
     if name.split('/')[0] in skip_layers:
       continue
     if ticket_shapes.get(name) != target_shapes.get(name):
-      raise TicketError(f'{where}: the ticket does not fit this model: parameter {name} is '
-                        f'{ticket_shapes.get(name, "absent")} in the ticket and {target_shapes.get(name, "absent")} '
-                        f'in the model ({ticket.config.model.name} -> the config\'s model)')
+      raise TicketError(
+          f'{where}: the ticket does not fit this model: parameter {name} is '
+          f'{ticket_shapes.get(name, "absent")} in the ticket and {target_shapes.get(name, "absent")} '
+          f"in the model ({ticket.config.model.name} -> the config's model)"
+      )
 
 
 TRANSFER_STARTS = ('ticket', 'reinit')
 OUTPUT_LAYERS = ('dense', 'ticket_density')
 
 
-def transfer_start(ticket: Ticket, fresh_params: Any, fresh_model_state: Any, start: str, output_layer: str,
-                   seed: int, where: str = 'transfer.ticket') -> tuple[Any, Any, Any]:
+def transfer_start(
+    ticket: Ticket,
+    fresh_params: Any,
+    fresh_model_state: Any,
+    start: str,
+    output_layer: str,
+    seed: int,
+    where: str = 'transfer.ticket',
+) -> tuple[Any, Any, Any]:
   """The (params, model_state, keep_mask) a transferred ticket trains from, for a model whose fresh
   initialization is (`fresh_params`, `fresh_model_state`):
 
@@ -253,10 +310,13 @@ def transfer_start(ticket: Ticket, fresh_params: Any, fresh_model_state: Any, st
   if output_layer not in OUTPUT_LAYERS:
     raise TicketError(f'transfer.output_layer={output_layer!r}: must be one of {OUTPUT_LAYERS}')
   if start == 'ticket' and ticket.start_params is None:
-    raise TicketError(f'{where}: a masks-only ticket has no weights to start from; use transfer.start=\'reinit\'')
-  new_output = ('output' in fresh_params and 'output' in ticket.keep_mask and
-                jax.tree_util.tree_map(np.shape, dict(ticket.keep_mask['output'])) !=
-                jax.tree_util.tree_map(np.shape, dict(fresh_params['output'])))
+    raise TicketError(f"{where}: a masks-only ticket has no weights to start from; use transfer.start='reinit'")
+  new_output = (
+      'output' in fresh_params
+      and 'output' in ticket.keep_mask
+      and jax.tree_util.tree_map(np.shape, dict(ticket.keep_mask['output']))
+      != jax.tree_util.tree_map(np.shape, dict(fresh_params['output']))
+  )
   check_shapes(ticket, fresh_params, where, skip_layers=('output',) if new_output else ())
   keep_mask = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf, bool), dict(ticket.keep_mask))
   params = dict(jax.tree_util.tree_map(np.asarray, ticket.start_params if start == 'ticket' else fresh_params))
@@ -283,7 +343,7 @@ def _command_line(argv: list[str]) -> int:
 
   parser = argparse.ArgumentParser(prog='python -m lth_jax.tickets', description=__doc__.split('\n\n')[0])
   commands = parser.add_subparsers(dest='command', required=True)
-  exporting = commands.add_parser('export', help='write a finished level\'s ticket to one .npz file')
+  exporting = commands.add_parser('export', help="write a finished level's ticket to one .npz file")
   exporting.add_argument('--workdir', required=True)
   exporting.add_argument('--level', type=int, required=True)
   exporting.add_argument('--trial', type=int, default=0)
@@ -296,8 +356,10 @@ def _command_line(argv: list[str]) -> int:
   except (TicketError, OSError) as error:
     print(f'lth_jax.tickets: {error}', file=sys.stderr)
     return 1
-  print(f'wrote {path}: trial {ticket.trial} level {ticket.level}, {100 * ticket.density:.3g}% of the weights'
-        + (' (masks only)' if arguments.masks_only else ''))
+  print(
+      f'wrote {path}: trial {ticket.trial} level {ticket.level}, {100 * ticket.density:.3g}% of the weights'
+      + (' (masks only)' if arguments.masks_only else '')
+  )
   return 0
 
 

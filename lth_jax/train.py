@@ -31,11 +31,12 @@ Metrics = dict[str, jax.Array]
 @flax.struct.dataclass
 class TrainState:
   """Everything that changes during training, as one pytree."""
-  step: jax.Array          # int32 scalar: absolute training step (drives the learning-rate schedule)
-  params: Any              # the 'params' collection
-  model_state: Any         # other variable collections, e.g. {'batch_stats': ...}; {} when none
+
+  step: jax.Array  # int32 scalar: absolute training step (drives the learning-rate schedule)
+  params: Any  # the 'params' collection
+  model_state: Any  # other variable collections, e.g. {'batch_stats': ...}; {} when none
   opt_state: Any
-  keep_mask: Any           # bool tree mirroring params
+  keep_mask: Any  # bool tree mirroring params
 
 
 def split_variables(variables: Any) -> tuple[Any, Any]:
@@ -45,8 +46,9 @@ def split_variables(variables: Any) -> tuple[Any, Any]:
   return params, variables
 
 
-def loss_and_metric_sums(task: str, outputs: jax.Array, targets: jax.Array,
-                         weights: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
+def loss_and_metric_sums(
+    task: str, outputs: jax.Array, targets: jax.Array, weights: jax.Array | None = None
+) -> tuple[jax.Array, Metrics]:
   """Mean loss over the (weighted) batch and metric sums for accumulation.
 
   Classification: softmax cross-entropy; sums of loss and correct predictions.
@@ -62,8 +64,7 @@ def loss_and_metric_sums(task: str, outputs: jax.Array, targets: jax.Array,
   elif task == 'regression':
     targets = targets.reshape(outputs.shape)
     per_example = jnp.mean(jnp.square(outputs - targets), axis=tuple(range(1, outputs.ndim)))
-    sums = {'loss': (per_example * weights).sum(), 'squared_error': (per_example * weights).sum(),
-            'count': count}
+    sums = {'loss': (per_example * weights).sum(), 'squared_error': (per_example * weights).sum(), 'count': count}
   else:
     raise ValueError(f'unknown task {task!r}')
   return sums['loss'] / jnp.maximum(count, 1.0), sums
@@ -83,8 +84,9 @@ def summarize(task: str, sums: dict[str, Any], prefix: str) -> dict[str, Any]:
   return {name: value.tolist() if value.ndim else float(value) for name, value in summary.items()}
 
 
-def apply_model(model: nn.Module, params: Any, model_state: Any, inputs: jax.Array,
-                train: bool) -> tuple[jax.Array, Any]:
+def apply_model(
+    model: nn.Module, params: Any, model_state: Any, inputs: jax.Array, train: bool
+) -> tuple[jax.Array, Any]:
   """Runs the model; returns outputs and the updated non-param collections (unchanged in eval)."""
   variables = {'params': params, **model_state}
   if train and model_state:
@@ -93,8 +95,15 @@ def apply_model(model: nn.Module, params: Any, model_state: Any, inputs: jax.Arr
   return model.apply(variables, inputs, train=train), model_state
 
 
-def train_step(state: TrainState, inputs: jax.Array, targets: jax.Array, *, model: nn.Module,
-               optimizer: optax.GradientTransformationExtraArgs, task: str) -> tuple[TrainState, Metrics]:
+def train_step(
+    state: TrainState,
+    inputs: jax.Array,
+    targets: jax.Array,
+    *,
+    model: nn.Module,
+    optimizer: optax.GradientTransformationExtraArgs,
+    task: str,
+) -> tuple[TrainState, Metrics]:
   """One optimizer step on one batch. Pure; pruned weights stay exactly zero (masked optimizer)."""
 
   def loss_fn(params):
@@ -103,16 +112,24 @@ def train_step(state: TrainState, inputs: jax.Array, targets: jax.Array, *, mode
     return loss, (new_model_state, sums)
 
   grads, (new_model_state, sums) = jax.grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params,
-                                        keep_mask=state.keep_mask, step=state.step)
+  updates, opt_state = optimizer.update(
+      grads, state.opt_state, state.params, keep_mask=state.keep_mask, step=state.step
+  )
   params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params, model_state=new_model_state,
-                            opt_state=opt_state)
+  new_state = state.replace(step=state.step + 1, params=params, model_state=new_model_state, opt_state=opt_state)
   return new_state, sums
 
 
-def eval_step(params: Any, model_state: Any, inputs: jax.Array, targets: jax.Array, weights: jax.Array,
-              *, model: nn.Module, task: str) -> Metrics:
+def eval_step(
+    params: Any,
+    model_state: Any,
+    inputs: jax.Array,
+    targets: jax.Array,
+    weights: jax.Array,
+    *,
+    model: nn.Module,
+    task: str,
+) -> Metrics:
   """Metric sums of one (padded, weighted) evaluation batch. Pure."""
   outputs, _ = apply_model(model, params, model_state, inputs, train=False)
   _, sums = loss_and_metric_sums(task, outputs, targets, weights)
@@ -122,9 +139,10 @@ def eval_step(params: Any, model_state: Any, inputs: jax.Array, targets: jax.Arr
 @dataclasses.dataclass
 class TrainResult:
   """What one call of `Trainer.train` produced."""
+
   state: TrainState
   snapshots: dict[int, tuple[Any, Any]]  # step -> host (params, model_state)
-  curve: list[dict[str, float]]          # one entry per evaluation: step, train_loss, test metrics
+  curve: list[dict[str, float]]  # one entry per evaluation: step, train_loss, test metrics
   wall_seconds: float
   # Per member (one entry for a plain run): the step at which a non-finite loss or weight was first
   # seen, None if never. Training stops early once every member has diverged.
@@ -136,12 +154,13 @@ class RunCheckpoint:
   """A `Trainer.train` call stopped at `state.step`, with everything needed to continue it exactly:
   passed back to `Trainer.train` in place of a TrainState, the run goes on as if never stopped
   (same batches, same metric sums, same curve and snapshots; bitwise on the same platform)."""
+
   state: TrainState
-  train_sums: Any                         # metric sums of the steps since the last evaluation
-  train_sum_steps: int                    # how many steps those sums cover
-  curve: list[dict[str, float]]           # the evaluations so far
-  snapshots: dict[int, tuple[Any, Any]]   # the snapshots taken so far: step -> host (params, model_state)
-  wall_seconds: float = 0.0               # training time spent before this point
+  train_sums: Any  # metric sums of the steps since the last evaluation
+  train_sum_steps: int  # how many steps those sums cover
+  curve: list[dict[str, float]]  # the evaluations so far
+  snapshots: dict[int, tuple[Any, Any]]  # the snapshots taken so far: step -> host (params, model_state)
+  wall_seconds: float = 0.0  # training time spent before this point
   diverged_steps: list[int | None] | None = None  # per member: where divergence was first seen so far
 
   @property
@@ -151,36 +170,55 @@ class RunCheckpoint:
 
   def arrays(self) -> dict[str, Any]:
     """The array part, for an orbax tree checkpoint."""
-    return {'state': self.state, 'train_sums': self.train_sums,
-            'snapshots': {str(step): {'params': params, 'model_state': model_state}
-                          for step, (params, model_state) in self.snapshots.items()}}
+    return {
+        'state': self.state,
+        'train_sums': self.train_sums,
+        'snapshots': {
+            str(step): {'params': params, 'model_state': model_state}
+            for step, (params, model_state) in self.snapshots.items()
+        },
+    }
 
   def metadata(self) -> dict[str, Any]:
     """The JSON part: step, curve, snapshot steps, wall time."""
-    return {'step': self.step, 'train_sum_steps': self.train_sum_steps, 'curve': self.curve,
-            'snapshot_steps': sorted(self.snapshots), 'wall_seconds': self.wall_seconds,
-            'diverged_steps': self.diverged_steps}
+    return {
+        'step': self.step,
+        'train_sum_steps': self.train_sum_steps,
+        'curve': self.curve,
+        'snapshot_steps': sorted(self.snapshots),
+        'wall_seconds': self.wall_seconds,
+        'diverged_steps': self.diverged_steps,
+    }
 
   @staticmethod
-  def arrays_like(metadata: dict[str, Any], state: TrainState, train_sums: Any,
-                  snapshot: tuple[Any, Any]) -> dict[str, Any]:
+  def arrays_like(
+      metadata: dict[str, Any], state: TrainState, train_sums: Any, snapshot: tuple[Any, Any]
+  ) -> dict[str, Any]:
     """The target tree to restore `arrays()` into, for a checkpoint with this `metadata`: `state` and
     `train_sums` give shapes and shardings (e.g. a fresh state of the run and
     `Trainer.zero_train_sums(state)`), `snapshot` the (params, model_state) host shapes."""
     params, model_state = snapshot
-    return {'state': state, 'train_sums': train_sums,
-            'snapshots': {str(step): {'params': params, 'model_state': model_state}
-                          for step in metadata['snapshot_steps']}}
+    return {
+        'state': state,
+        'train_sums': train_sums,
+        'snapshots': {str(step): {'params': params, 'model_state': model_state} for step in metadata['snapshot_steps']},
+    }
 
   @classmethod
   def from_parts(cls, arrays: dict[str, Any], metadata: dict[str, Any]) -> 'RunCheckpoint':
     """Rebuilds a RunCheckpoint from restored `arrays()` and `metadata()`."""
-    snapshots = {int(step): (tree['params'], tree['model_state'])
-                 for step, tree in (arrays.get('snapshots') or {}).items()}
-    return cls(state=arrays['state'], train_sums=arrays['train_sums'],
-               train_sum_steps=int(metadata['train_sum_steps']), curve=list(metadata['curve']),
-               snapshots=snapshots, wall_seconds=float(metadata.get('wall_seconds', 0.0)),
-               diverged_steps=metadata.get('diverged_steps'))
+    snapshots = {
+        int(step): (tree['params'], tree['model_state']) for step, tree in (arrays.get('snapshots') or {}).items()
+    }
+    return cls(
+        state=arrays['state'],
+        train_sums=arrays['train_sums'],
+        train_sum_steps=int(metadata['train_sum_steps']),
+        curve=list(metadata['curve']),
+        snapshots=snapshots,
+        wall_seconds=float(metadata.get('wall_seconds', 0.0)),
+        diverged_steps=metadata.get('diverged_steps'),
+    )
 
 
 class Preempted(Exception):
@@ -202,15 +240,24 @@ class Trainer:
   multiple of its size) and each member's batch over its 'data' axis.
   """
 
-  def __init__(self, model: nn.Module, dataset: data_lib.Dataset,
-               optimizer: optax.GradientTransformationExtraArgs, mesh: jax.sharding.Mesh,
-               batch_size: int, steps_per_dispatch: int = 64, eval_batch_size: int = 1000,
-               population_size: int = 0, feed_like: feeds_lib.Feed | None = None):
+  def __init__(
+      self,
+      model: nn.Module,
+      dataset: data_lib.Dataset,
+      optimizer: optax.GradientTransformationExtraArgs,
+      mesh: jax.sharding.Mesh,
+      batch_size: int,
+      steps_per_dispatch: int = 64,
+      eval_batch_size: int = 1000,
+      population_size: int = 0,
+      feed_like: feeds_lib.Feed | None = None,
+  ):
     parallel.check_batch_size(batch_size, mesh)
     groups = parallel.member_groups(mesh)
     if population_size % groups:  # (one run alone is replicated over the member groups)
-      raise ValueError(f'a population of {population_size} members does not divide over the {groups} member '
-                       'groups of the mesh')
+      raise ValueError(
+          f'a population of {population_size} members does not divide over the {groups} member ' 'groups of the mesh'
+      )
     self.population_size = population_size
     self.model = model
     self.dataset = dataset
@@ -235,8 +282,10 @@ class Trainer:
 
     def constrained_batch(arrays, item):
       inputs, targets = feed.batch(arrays, item)
-      return (jax.lax.with_sharding_constraint(inputs, batch_sharding),
-              jax.lax.with_sharding_constraint(targets, batch_sharding))
+      return (
+          jax.lax.with_sharding_constraint(inputs, batch_sharding),
+          jax.lax.with_sharding_constraint(targets, batch_sharding),
+      )
 
     def run_step(state, arrays, item):
       return step(state, *constrained_batch(arrays, item))
@@ -246,6 +295,7 @@ class Trainer:
       program serves every chunk length, so nothing recompiles at evaluation, snapshot or checkpoint
       boundaries), adding each step's metric sums to `sums` in step order: the totals do not depend on
       where chunks end."""
+
       def add_step(state, sums, item):
         state, step_sums = run_step(state, arrays, item)
         return state, jax.tree_util.tree_map(jnp.add, sums, step_sums)
@@ -258,19 +308,31 @@ class Trainer:
 
       # A loop with a traced trip count: one program for every chunk length, and the state is
       # updated in place (no per-step copies, unlike a conditional inside a fixed-length scan).
-      return jax.lax.fori_loop(0, num_active, lambda position, carry: add_step(*carry, item_at(position)),
-                               (state, sums))
+      return jax.lax.fori_loop(
+          0, num_active, lambda position, carry: add_step(*carry, item_at(position)), (state, sums)
+      )
 
     self._train_chunk = jax.jit(
         train_chunk,
-        in_shardings=(state_sharding, state_sharding, replicated,
-                      parallel.batch_sharded(mesh, 1 + member_axes, 1 if population_size else None), replicated),
+        in_shardings=(
+            state_sharding,
+            state_sharding,
+            replicated,
+            parallel.batch_sharded(mesh, 1 + member_axes, 1 if population_size else None),
+            replicated,
+        ),
         out_shardings=(state_sharding, state_sharding),
-        donate_argnums=(0, 1))
+        donate_argnums=(0, 1),
+    )
     inputs_shape, targets_shape = feed.batch_shapes(batch_size)
-    self._sums_shape = lambda state: jax.eval_shape(step, state, *(
-        jax.ShapeDtypeStruct((population_size, *shape.shape), shape.dtype) if population_size else shape
-        for shape in (inputs_shape, targets_shape)))[1]
+    self._sums_shape = lambda state: jax.eval_shape(
+        step,
+        state,
+        *(
+            jax.ShapeDtypeStruct((population_size, *shape.shape), shape.dtype) if population_size else shape
+            for shape in (inputs_shape, targets_shape)
+        ),
+    )[1]
     self._zero_sums = None  # host zeros shaped like one step's metric sums, built on first use
 
     evaluate_one = functools.partial(eval_step, model=model, task=self.task)
@@ -279,17 +341,23 @@ class Trainer:
 
     def evaluate(params, model_state, totals, group):
       """Adds the metric sums of every batch of `group` (leading axis: batches) to `totals`."""
+
       def body(totals, batch):
         inputs, targets = feed.evaluation_batch(batch)
         sums = evaluate_one(params, model_state, inputs, targets, batch['weights'])
         return jax.tree_util.tree_map(jnp.add, totals, sums), None
+
       totals, _ = jax.lax.scan(body, totals, group)
       return totals
 
     self._evaluate = jax.jit(evaluate, out_shardings=state_sharding, donate_argnums=(2,))
     self._evaluation_sums_shape = lambda params, model_state: jax.eval_shape(
-        evaluate_one, params, model_state, *feed.batch_shapes(self.eval_batch_size),
-        jax.ShapeDtypeStruct((self.eval_batch_size,), jnp.float32))
+        evaluate_one,
+        params,
+        model_state,
+        *feed.batch_shapes(self.eval_batch_size),
+        jax.ShapeDtypeStruct((self.eval_batch_size,), jnp.float32),
+    )
 
     def mean_gradients(params, model_state, arrays, items):
       def batch_gradients(item):
@@ -300,7 +368,9 @@ class Trainer:
           # statistics (the updated running statistics are dropped).
           outputs, _ = apply_model(model, params, model_state, inputs, train=True)
           return loss_and_metric_sums(self.task, outputs, targets)[0]
+
         return jax.grad(loss_fn)(params)
+
       total = jax.lax.map(batch_gradients, items)
       return jax.tree_util.tree_map(lambda gradients: gradients.mean(0), total)
 
@@ -315,8 +385,9 @@ class Trainer:
     example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
     self._init_program = jax.jit(lambda key: model.init(key, example, train=False))
     # One compiled program instead of one eager op per optimizer-state leaf.
-    self._init_optimizer = jax.jit(jax.vmap(optimizer.init) if population_size else optimizer.init,
-                                   out_shardings=state_sharding)
+    self._init_optimizer = jax.jit(
+        jax.vmap(optimizer.init) if population_size else optimizer.init, out_shardings=state_sharding
+    )
     self._init = None
 
   def init_variables(self, seed: int) -> tuple[Any, Any]:
@@ -328,8 +399,9 @@ class Trainer:
       self._init = self._init_program.lower(key).compile(compiler_options=options)
     return split_variables(parallel.to_host(self._init(key)))
 
-  def create_state(self, params: Any, model_state: Any, keep_mask: Any, step: int,
-                   opt_state: Any | None = None) -> TrainState:
+  def create_state(
+      self, params: Any, model_state: Any, keep_mask: Any, step: int, opt_state: Any | None = None
+  ) -> TrainState:
     """A TrainState on the mesh starting at absolute `step`, with `opt_state` or a fresh one.
 
     For a population, every tree carries the leading member axis (see `stack_members`).
@@ -338,8 +410,13 @@ class Trainer:
     if opt_state is None:
       opt_state = self._init_optimizer(params)
     steps = np.full((self.population_size,), step, np.int32) if self.population_size else np.int32(step)
-    state = TrainState(step=self._put_state(steps), params=params, model_state=self._put_state(model_state),
-                       opt_state=self._put_state(opt_state), keep_mask=self._put_state(keep_mask))
+    state = TrainState(
+        step=self._put_state(steps),
+        params=params,
+        model_state=self._put_state(model_state),
+        opt_state=self._put_state(opt_state),
+        keep_mask=self._put_state(keep_mask),
+    )
     # Once more as a whole: a copy that shares no buffer with the caller's arrays (train donates it).
     return self._put_state(state)
 
@@ -362,8 +439,11 @@ class Trainer:
     """Test metrics of any parameters (host or device trees shaped like the state's)."""
     params = self._put_state(params)
     model_state = self._put_state(model_state)
-    totals = self._put_state(jax.tree_util.tree_map(
-        lambda shape: np.zeros(shape.shape, shape.dtype), self._evaluation_sums_shape(params, model_state)))
+    totals = self._put_state(
+        jax.tree_util.tree_map(
+            lambda shape: np.zeros(shape.shape, shape.dtype), self._evaluation_sums_shape(params, model_state)
+        )
+    )
     for group in self.feed.evaluation_groups():
       totals = self._evaluate(params, model_state, totals, group)
     return summarize(self.task, parallel.to_host(totals), 'test')
@@ -372,8 +452,12 @@ class Trainer:
     """The loss gradient at `params`, averaged over the first `num_batches` training batches of
     `data_seed` (model in training mode: batch norm uses each batch's statistics), as a host tree."""
     items = self.feed.put(self.feed.host_steps(data_seed, 0, num_batches), 1)
-    gradients = self._mean_gradients(parallel.put_replicated(params, self.mesh),
-                                     parallel.put_replicated(model_state, self.mesh), self.feed.arrays, items)
+    gradients = self._mean_gradients(
+        parallel.put_replicated(params, self.mesh),
+        parallel.put_replicated(model_state, self.mesh),
+        self.feed.arrays,
+        items,
+    )
     return parallel.to_host(gradients)
 
   def _seeds(self, data_seed: int | Sequence[int]) -> list[int]:
@@ -396,18 +480,27 @@ class Trainer:
   def zero_train_sums(self, state: TrainState) -> Any:
     """Zero metric sums on the mesh, shaped like one train step's sums for `state`."""
     if self._zero_sums is None:
-      self._zero_sums = jax.tree_util.tree_map(lambda shape: np.zeros(shape.shape, shape.dtype),
-                                               self._sums_shape(state))
+      self._zero_sums = jax.tree_util.tree_map(
+          lambda shape: np.zeros(shape.shape, shape.dtype), self._sums_shape(state)
+      )
     return self._put_state(self._zero_sums)
 
-  def train(self, state: TrainState | RunCheckpoint, end_step: int, data_seed: int | Sequence[int],
-            snapshot_steps: Sequence[int] = (),
-            eval_every: int = 0, progress: Callable[[dict[str, float]], None] | None = None, *,
-            checkpoint_every: int = 0, on_checkpoint: Callable[[RunCheckpoint], None] | None = None,
-            should_stop: Callable[[int], bool] | None = None,
-            on_snapshot: Callable[[int, tuple[Any, Any]], None] | None = None,
-            heartbeat: Callable[[dict[str, float]], None] | None = None,
-            heartbeat_seconds: float = 60.0) -> TrainResult:
+  def train(
+      self,
+      state: TrainState | RunCheckpoint,
+      end_step: int,
+      data_seed: int | Sequence[int],
+      snapshot_steps: Sequence[int] = (),
+      eval_every: int = 0,
+      progress: Callable[[dict[str, float]], None] | None = None,
+      *,
+      checkpoint_every: int = 0,
+      on_checkpoint: Callable[[RunCheckpoint], None] | None = None,
+      should_stop: Callable[[int], bool] | None = None,
+      on_snapshot: Callable[[int, tuple[Any, Any]], None] | None = None,
+      heartbeat: Callable[[dict[str, float]], None] | None = None,
+      heartbeat_seconds: float = 60.0,
+  ) -> TrainResult:
     """Trains from the state's step to `end_step`.
 
     Args:
@@ -449,8 +542,9 @@ class Trainer:
     if eval_every:
       boundaries.update(range(start_step - start_step % eval_every + eval_every, end_step, eval_every))
     if checkpoint_every:
-      boundaries.update(range(start_step - start_step % checkpoint_every + checkpoint_every, end_step,
-                              checkpoint_every))
+      boundaries.update(
+          range(start_step - start_step % checkpoint_every + checkpoint_every, end_step, checkpoint_every)
+      )
     if start_step in snapshot_steps and start_step not in snapshots:
       snapshots[start_step] = parallel.to_host((state.params, state.model_state))
       if on_snapshot is not None:
@@ -459,10 +553,15 @@ class Trainer:
       raise Preempted(f'stopped at step {start_step} before training', start_step, checkpointed=False)
 
     def checkpoint() -> RunCheckpoint:
-      return RunCheckpoint(state=state, train_sums=train_sums, train_sum_steps=train_sum_steps, curve=list(curve),
-                           snapshots=dict(snapshots),
-                           wall_seconds=wall_before + time.perf_counter() - started,
-                           diverged_steps=list(diverged))
+      return RunCheckpoint(
+          state=state,
+          train_sums=train_sums,
+          train_sum_steps=train_sum_steps,
+          curve=list(curve),
+          snapshots=dict(snapshots),
+          wall_seconds=wall_before + time.perf_counter() - started,
+          diverged_steps=list(diverged),
+      )
 
     def note_divergence(finite: Any) -> bool:
       """Records the members whose numbers are not all finite now; True once every member has diverged."""
@@ -487,8 +586,10 @@ class Trainer:
           finite = finite & np.isfinite(np.asarray(entry[name], np.float64))
       now = time.perf_counter()
       entry['examples_per_second'] = (
-          (current - max(curve[-1]['step'] if curve else start_step, start_step)) * examples_per_step
-          / max(trained - segment_started, 1e-9))
+          (current - max(curve[-1]['step'] if curve else start_step, start_step))
+          * examples_per_step
+          / max(trained - segment_started, 1e-9)
+      )
       entry['evaluation_seconds'] = now - trained
       segment_started, train_sums, train_sum_steps = now, self.zero_train_sums(state), 0
       reported_step, reported_at = current, now
@@ -502,8 +603,13 @@ class Trainer:
         entry = evaluation_entry()
         if progress is not None:
           progress(entry)
-      return TrainResult(state=state, snapshots=snapshots, curve=curve,
-                         wall_seconds=wall_before + time.perf_counter() - started, diverged_steps=diverged)
+      return TrainResult(
+          state=state,
+          snapshots=snapshots,
+          curve=curve,
+          wall_seconds=wall_before + time.perf_counter() - started,
+          diverged_steps=diverged,
+      )
 
     current, segment_started = start_step, time.perf_counter()
     reported_step, reported_at = current, segment_started  # the last progress report (evaluation or heartbeat)
@@ -546,8 +652,13 @@ class Trainer:
           on_checkpoint(checkpoint())
         if stop:
           raise Preempted(f'stopped at step {current}', current, checkpointed=on_checkpoint is not None)
-    return TrainResult(state=state, snapshots=snapshots, curve=curve,
-                       wall_seconds=wall_before + time.perf_counter() - started, diverged_steps=diverged)
+    return TrainResult(
+        state=state,
+        snapshots=snapshots,
+        curve=curve,
+        wall_seconds=wall_before + time.perf_counter() - started,
+        diverged_steps=diverged,
+    )
 
 
 def first_step(step: Any) -> int:

@@ -64,7 +64,8 @@ def workdir_lock(workdir: str, log: Callable[[str], None] = log_on_process_zero)
       holder = file.read().strip() or 'another process'
       raise validation.WorkdirError(
           f'workdir {workdir}: in use by another lth_jax run ({holder}); let it finish, stop it, or use '
-          'another --workdir') from None
+          'another --workdir'
+      ) from None
     except OSError as error:  # a file system without locks
       log(f'lth_jax: warning: cannot lock {path} ({error}); make sure no other run uses this workdir')
       yield
@@ -88,19 +89,30 @@ def holds_runs(workdir: str) -> bool:
 
 
 # Config values worked out before a run (global batch, lengths in steps), recorded in config.json.
-RESOLVED_FIELDS = {'training': ('batch_size', 'num_steps', 'warmup_steps', 'eval_every', 'decay_boundaries'),
-                   'pruning': ('rewind_step', 'turnaround_step')}
+RESOLVED_FIELDS = {
+    'training': ('batch_size', 'num_steps', 'warmup_steps', 'eval_every', 'decay_boundaries'),
+    'pruning': ('rewind_step', 'turnaround_step'),
+}
 
 
-def check_workdir_config(config: ml_collections.ConfigDict, resolved: ml_collections.ConfigDict, workdir: str,
-                         log: Callable[[str], None] = log_on_process_zero) -> None:
+def check_workdir_config(
+    config: ml_collections.ConfigDict,
+    resolved: ml_collections.ConfigDict,
+    workdir: str,
+    log: Callable[[str], None] = log_on_process_zero,
+) -> None:
   """A ConfigError when `workdir` holds runs of a config whose results would differ from `config`'s
   (`resolved`: the same config as `prepare` resolved it), as `run` checks before it continues them."""
   check_config_file(config, workdir, False, log, resolved)
 
 
-def check_config_file(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool,
-                       log: Callable[[str], None], resolved: ml_collections.ConfigDict | None = None) -> None:
+def check_config_file(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    allow_config_change: bool,
+    log: Callable[[str], None],
+    resolved: ml_collections.ConfigDict | None = None,
+) -> None:
   """Compares `config` with the one in WORKDIR/config.json (refusing a change that would make the
   recorded runs disagree with the config, unless allowed) and writes it there (process 0).
 
@@ -112,19 +124,26 @@ def check_config_file(config: ml_collections.ConfigDict, workdir: str, allow_con
   if not os.path.exists(path) and holds_runs(workdir) and not allow_config_change:
     raise validation.ConfigError(
         f'{workdir} holds runs but no {CONFIG_FILE}, so their config cannot be checked against this one; '
-        'put it back, use another --workdir, or --allow_config_change to record this config as theirs')
+        'put it back, use another --workdir, or --allow_config_change to record this config as theirs'
+    )
   new = validation.config_to_json(config)
   if resolved is not None:
-    new['resolved'] = validation.config_to_json(ml_collections.ConfigDict(
-        {section: {field: resolved[section].get(field) for field in fields}
-         for section, fields in RESOLVED_FIELDS.items()}))
+    new['resolved'] = validation.config_to_json(
+        ml_collections.ConfigDict(
+            {
+                section: {field: resolved[section].get(field) for field in fields}
+                for section, fields in RESOLVED_FIELDS.items()
+            }
+        )
+    )
   if os.path.exists(path):
     try:
       with open(path) as file:
         old = json.load(file)
     except (OSError, ValueError) as error:
-      raise validation.ConfigError(f'{path}: cannot read the config of the runs in this workdir ({error}); '
-                                   'repair or delete it') from error
+      raise validation.ConfigError(
+          f'{path}: cannot read the config of the runs in this workdir ({error}); ' 'repair or delete it'
+      ) from error
     defaults = validation.config_to_json(config_schema.base_config())
     changing, neutral = validation.config_differences(old, new, defaults)
     if changing and not holds_runs(workdir):
@@ -133,8 +152,10 @@ def check_config_file(config: ml_collections.ConfigDict, workdir: str, allow_con
     if changing and not allow_config_change:
       raise validation.ConfigError(
           f'{workdir} holds runs of a different config ({path}); fields that differ (old -> new):\n  '
-          + '\n  '.join(changing) + '\nUse the same config, another --workdir, or --allow_config_change to '
-          'continue anyway (records already there are kept as they are).')
+          + '\n  '.join(changing)
+          + '\nUse the same config, another --workdir, or --allow_config_change to '
+          'continue anyway (records already there are kept as they are).'
+      )
     if changing:
       log(f'lth_jax: warning: config changed from {path} (allowed): ' + '; '.join(changing))
     if neutral:

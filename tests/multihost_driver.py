@@ -20,10 +20,18 @@ def streaming_config():
   """Tiny streamed cifar10 config (each host reads its slice of every batch)."""
   from tests import helpers
 
-  config = helpers.tiny_config(dataset__name='cifar10', dataset__streaming=True, training__batch_size=16,
-                               training__num_steps=6, training__eval_every=3, training__steps_per_dispatch=2,
-                               training__eval_batch_size=32, pruning__levels=1, pruning__rewind_step=2,
-                               branches=('reinit',))
+  config = helpers.tiny_config(
+      dataset__name='cifar10',
+      dataset__streaming=True,
+      training__batch_size=16,
+      training__num_steps=6,
+      training__eval_every=3,
+      training__steps_per_dispatch=2,
+      training__eval_batch_size=32,
+      pruning__levels=1,
+      pruning__rewind_step=2,
+      branches=('reinit',),
+  )
   config.checkpointing.every_steps = 4
   return config
 
@@ -43,8 +51,9 @@ def main() -> None:
     config = helpers.tiny_config(pruning__levels=1, branches=('reinit',))
     config.checkpointing.every_steps = 20
     results = lottery.run(config, workdir)
-  print(f'process {jax.process_index()} of {jax.process_count()} finished with {len(results.records)} records',
-        flush=True)
+  print(
+      f'process {jax.process_index()} of {jax.process_count()} finished with {len(results.records)} records', flush=True
+  )
 
 
 if __name__ == '__main__':

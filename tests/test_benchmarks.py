@@ -9,9 +9,18 @@ import sys
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-EXPECTED_FIGURES = ('lenet300_100', 'conv4', 'matmul_peak', 'lenet300_100_flops', 'conv4_flops',
-                    'fusion_linear_2_200_1',
-                    'fusion_lenet_mnist1d', 'lottery_level', 'lottery_run', 'data_parallel')
+EXPECTED_FIGURES = (
+    'lenet300_100',
+    'conv4',
+    'matmul_peak',
+    'lenet300_100_flops',
+    'conv4_flops',
+    'fusion_linear_2_200_1',
+    'fusion_lenet_mnist1d',
+    'lottery_level',
+    'lottery_run',
+    'data_parallel',
+)
 EXPECTED_FIELDS = {
     'lenet300_100': ('masked_step_ms', 'dense_step_ms', 'masked/dense'),
     'conv4': ('masked_step_ms', 'dense_step_ms', 'masked/dense', 'lax_gradient/patches', 'fused4/single'),
@@ -35,7 +44,13 @@ def test_trainer_speed_quick_prints_every_figure(tmp_path):
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get('PYTHONPATH')]))
   completed = subprocess.run(
       [sys.executable, '-m', 'experiments.benchmarks.trainer_speed', '--quick', f'--output={output}'],
-      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+      cwd=REPO_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+      check=False,
+  )
   assert completed.returncode == 0, completed.stdout + completed.stderr
 
   lines = {}
@@ -59,8 +74,13 @@ def test_trainer_speed_quick_prints_every_figure(tmp_path):
 def test_population_benchmark_quick_prints_every_population_size():
   completed = subprocess.run(
       [sys.executable, '-m', 'experiments.benchmarks.population', '--quick', '--members=1,2'],
-      cwd=REPO_ROOT, env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'),
-      capture_output=True, text=True, timeout=900, check=False)
+      cwd=REPO_ROOT,
+      env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'),
+      capture_output=True,
+      text=True,
+      timeout=900,
+      check=False,
+  )
   assert completed.returncode == 0, completed.stderr[-3000:]
   assert 'population K=1 vmapped_examples_per_s=' in completed.stdout
   assert 'population K=2 vmapped_examples_per_s=' in completed.stdout
@@ -73,9 +93,21 @@ def test_start_up_benchmark_quick_prints_every_figure(tmp_path):
   env = dict(os.environ)
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get('PYTHONPATH')]))
   completed = subprocess.run(
-      [sys.executable, '-m', 'experiments.benchmarks.start_up', '--quick', f'--output={output}',
-       f'--workdir={tmp_path / "work"}'],
-      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+      [
+          sys.executable,
+          '-m',
+          'experiments.benchmarks.start_up',
+          '--quick',
+          f'--output={output}',
+          f'--workdir={tmp_path / "work"}',
+      ],
+      cwd=REPO_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+  )
   # The script itself exits non-zero if the cached data differs from tfds's record-by-record decode.
   assert completed.returncode == 0, completed.stdout + completed.stderr[-3000:]
   lines = {}

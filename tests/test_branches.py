@@ -36,9 +36,14 @@ def _branch_inputs(trainer, keep_fraction=0.3, seed=4):
   scores = pruning.magnitude_scores(params)
   keep_mask = pruning.prune(scores, masks_lib.ones_like(params), prunable, 1 - keep_fraction)
   return branches_lib.BranchInputs(
-      ticket_mask=jax.tree_util.tree_map(np.asarray, keep_mask), rewind_params=params,
-      rewind_model_state=model_state, prunable=prunable, init_variables=trainer.init_variables, seed=seed,
-      loss_gradients=lambda p, s: trainer.mean_gradients(p, s, data_seed=9, num_batches=3))
+      ticket_mask=jax.tree_util.tree_map(np.asarray, keep_mask),
+      rewind_params=params,
+      rewind_model_state=model_state,
+      prunable=prunable,
+      init_variables=trainer.init_variables,
+      seed=seed,
+      loss_gradients=lambda p, s: trainer.mean_gradients(p, s, data_seed=9, num_batches=3),
+  )
 
 
 def test_mean_gradients_equal_the_averaged_batch_gradients():
@@ -48,8 +53,8 @@ def test_mean_gradients_equal_the_averaged_batch_gradients():
 
   def loss(p, batch):
     outputs = trainer.model.apply({'params': p}, trainer.dataset.train_inputs[batch])
-    return optax.softmax_cross_entropy_with_integer_labels(
-        outputs, trainer.dataset.train_targets[batch]).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(outputs, trainer.dataset.train_targets[batch]).mean()
+
   expected = jax.tree_util.tree_map(lambda *g: sum(g) / 3, *[jax.grad(loss)(params, b) for b in indices])
   chex.assert_trees_all_close(trainer.mean_gradients(params, {}, 9, 3), expected, atol=1e-6)
 
@@ -62,10 +67,15 @@ def test_mean_gradients_normalize_with_each_batch_statistics():
   batch = data_lib.batch_indices(9, 0, 1, dataset.num_train, 32)[0]
 
   def loss(p, train):
-    outputs = trainer.model.apply({'params': p, **model_state}, dataset.train_inputs[batch], train=train,
-                                  mutable=['batch_stats'] if train else False)
+    outputs = trainer.model.apply(
+        {'params': p, **model_state},
+        dataset.train_inputs[batch],
+        train=train,
+        mutable=['batch_stats'] if train else False,
+    )
     outputs = outputs[0] if train else outputs
     return optax.softmax_cross_entropy_with_integer_labels(outputs, dataset.train_targets[batch]).mean()
+
   gradients = trainer.mean_gradients(params, model_state, 9, 1)
   chex.assert_trees_all_close(gradients, jax.grad(loss)(params, True), atol=1e-6)
   evaluation_mode = jax.grad(loss)(params, False)
@@ -79,14 +89,18 @@ def test_snip_keeps_the_highest_connection_sensitivity():
   gradients = inputs.loss_gradients(inputs.rewind_params, {})
   scores = pruning.snip_scores(inputs.rewind_params, gradients)
   # Scores are |g * w| exactly.
-  np.testing.assert_array_equal(scores['dense_0']['kernel'],
-                                np.abs(inputs.rewind_params['dense_0']['kernel'] * gradients['dense_0']['kernel']))
+  np.testing.assert_array_equal(
+      scores['dense_0']['kernel'], np.abs(inputs.rewind_params['dense_0']['kernel'] * gradients['dense_0']['kernel'])
+  )
   ticket_count = sum(masks_lib.count_per_layer(inputs.ticket_mask, inputs.prunable).values())
   assert sum(masks_lib.count_per_layer(keep_mask, inputs.prunable).values()) == ticket_count
   # Every kept weight scores at least as high as every pruned one (one global pool).
   kept, pruned = [], []
-  for score, keep, flag in zip(jax.tree_util.tree_leaves(scores), jax.tree_util.tree_leaves(keep_mask),
-                               jax.tree_util.tree_leaves(inputs.prunable)):
+  for score, keep, flag in zip(
+      jax.tree_util.tree_leaves(scores),
+      jax.tree_util.tree_leaves(keep_mask),
+      jax.tree_util.tree_leaves(inputs.prunable),
+  ):
     if flag:
       kept.append(score[keep])
       pruned.append(score[~keep])
@@ -109,8 +123,9 @@ def test_random_pruning_keeps_per_layer_counts_and_differs_from_the_ticket():
   trainer = _tiny_trainer()
   inputs = _branch_inputs(trainer)
   params, _, keep_mask = branches_lib.start('random_pruning', inputs)
-  assert (masks_lib.count_per_layer(keep_mask, inputs.prunable)
-          == masks_lib.count_per_layer(inputs.ticket_mask, inputs.prunable))
+  assert masks_lib.count_per_layer(keep_mask, inputs.prunable) == masks_lib.count_per_layer(
+      inputs.ticket_mask, inputs.prunable
+  )
   assert not np.array_equal(keep_mask['dense_0']['kernel'], inputs.ticket_mask['dense_0']['kernel'])
   kept = keep_mask['dense_0']['kernel']
   np.testing.assert_array_equal(params['dense_0']['kernel'][kept], inputs.rewind_params['dense_0']['kernel'][kept])
@@ -142,13 +157,17 @@ def test_early_turnaround_prunes_from_the_weights_at_the_turnaround_step(tmp_pat
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
   at_turnaround = trainer.train(trainer.create_state(params0, model_state0, ones, 0), 30, data_seed)
   at_turnaround = parallel.to_host(at_turnaround.state.params)
-  level1 = checkpoints.restore_tree(os.path.join(str(tmp_path), 'checkpoints/trial_0/level_1'),
-                                    {'params': params0, 'mask': ones, 'turnaround_params': params0})
+  level1 = checkpoints.restore_tree(
+      os.path.join(str(tmp_path), 'checkpoints/trial_0/level_1'),
+      {'params': params0, 'mask': ones, 'turnaround_params': params0},
+  )
   prunable = masks_lib.prunable_tree(params0)
   expected = plan.next_mask(1, at_turnaround, ones, at_turnaround, prunable)
   chex.assert_trees_all_equal(level1['mask'], expected)
-  level0 = checkpoints.restore_tree(os.path.join(str(tmp_path), 'checkpoints/trial_0/level_0'),
-                                    {'params': params0, 'mask': ones, 'turnaround_params': params0})
+  level0 = checkpoints.restore_tree(
+      os.path.join(str(tmp_path), 'checkpoints/trial_0/level_0'),
+      {'params': params0, 'mask': ones, 'turnaround_params': params0},
+  )
   chex.assert_trees_all_equal(level0['turnaround_params'], at_turnaround)
   assert not np.allclose(level0['params']['dense_0']['kernel'], at_turnaround['dense_0']['kernel'])
 

@@ -11,8 +11,10 @@ from tests import helpers
 
 
 def _tree(offset):
-  return {'params': {'kernel': np.arange(12, dtype=np.float32).reshape(3, 4) + offset},
-          'mask': {'kernel': np.arange(12).reshape(3, 4) % 2 == 0}}
+  return {
+      'params': {'kernel': np.arange(12, dtype=np.float32).reshape(3, 4) + offset},
+      'mask': {'kernel': np.arange(12).reshape(3, 4) % 2 == 0},
+  }
 
 
 def test_checksums_name_the_leaf_and_see_dtype_shape_and_bytes():

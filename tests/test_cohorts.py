@@ -48,8 +48,9 @@ def _level_trees(workdir):
   trees = {}
   for directory in sorted(glob.glob(os.path.join(workdir, 'checkpoints', 'trial_*', '*'))):
     if os.path.basename(directory) != 'running':
-      trees[os.path.relpath(directory, workdir)] = jax.tree_util.tree_map(np.asarray,
-                                                                          checkpoints.restore_tree(directory))
+      trees[os.path.relpath(directory, workdir)] = jax.tree_util.tree_map(
+          np.asarray, checkpoints.restore_tree(directory)
+      )
   return trees
 
 
@@ -67,6 +68,7 @@ def _interrupted(monkeypatch, call, step, action):
       if index == call and current == step:
         action()
       return should_stop(current) if should_stop is not None else False
+
     return original(self, state, *args, should_stop=stop, **kwargs)
 
   monkeypatch.setattr(train_lib.Trainer, 'train', train)
@@ -86,13 +88,13 @@ def cohort_run(tmp_path_factory):
 
 
 def test_member_layout_groups_members_and_pads_only_where_nothing_else_fits():
-  assert parallel.member_layout(8, 8, 64) == (8, 8)       # one member per device
-  assert parallel.member_layout(4, 8, 64) == (4, 4)       # each member's batch over 2 devices
-  assert parallel.member_layout(1, 8, 64) == (1, 1)       # plain data parallelism
-  assert parallel.member_layout(6, 8, 64) == (2, 6)       # three members per row of 4 devices
-  assert parallel.member_layout(3, 8, 36) == (4, 4)       # 36 does not divide by 8: one padding member
+  assert parallel.member_layout(8, 8, 64) == (8, 8)  # one member per device
+  assert parallel.member_layout(4, 8, 64) == (4, 4)  # each member's batch over 2 devices
+  assert parallel.member_layout(1, 8, 64) == (1, 1)  # plain data parallelism
+  assert parallel.member_layout(6, 8, 64) == (2, 6)  # three members per row of 4 devices
+  assert parallel.member_layout(3, 8, 36) == (4, 4)  # 36 does not divide by 8: one padding member
   assert parallel.member_layout(5, 8, 60) == (2, 6)
-  assert parallel.member_layout(1, 8, 60) == (2, 2)       # Frankle & Carbin's batch 60 on 8 cores
+  assert parallel.member_layout(1, 8, 60) == (2, 2)  # Frankle & Carbin's batch 60 on 8 cores
   assert parallel.member_layout(2, 4, 64, local_device_counts=(2, 2)) == (2, 2)
   assert parallel.member_layout(4, 4, 64, local_device_counts=(2, 2)) == (2, 4)  # groups stay within hosts
 
@@ -116,11 +118,15 @@ def test_groups_split_a_cohort_evenly_and_keep_the_groups_of_a_resumed_level():
 def test_cohort_mode_records_what_one_run_at_a_time_records(cohort_run, tmp_path):
   workdir, lines = cohort_run
   # One run at a time on 4 devices (36 divides over 4, not 8): the runs of a level one after another.
-  sequential = lottery.run(_config(parallel__members_per_program=1, parallel__num_devices=4),
-                           str(tmp_path / 'sequential'), log=lambda message: None).records
+  sequential = lottery.run(
+      _config(parallel__members_per_program=1, parallel__num_devices=4),
+      str(tmp_path / 'sequential'),
+      log=lambda message: None,
+  ).records
   cohort = _records(workdir)
   assert [(r['trial'], r['level'], r['branch']) for r in cohort] == sorted(
-      (r['trial'], r['level'], r['branch']) for r in sequential)
+      (r['trial'], r['level'], r['branch']) for r in sequential
+  )
   by_run = {(r['trial'], r['level'], r['branch']): r for r in sequential}
   for record in cohort:
     alone = by_run[(record['trial'], record['level'], record['branch'])]
@@ -135,8 +141,9 @@ def test_cohort_mode_records_what_one_run_at_a_time_records(cohort_run, tmp_path
     if 'mask' in tree:
       chex.assert_trees_all_equal(tree['mask'], sequential_trees[name]['mask'])
   # Progress: one line per cohort and evaluation, metrics condensed over the members.
-  assert any(line.startswith('level 0/2 cohort of 3 (trials 0-2 x ticket): step 60/60 (100%) test_accuracy=')
-             for line in lines)
+  assert any(
+      line.startswith('level 0/2 cohort of 3 (trials 0-2 x ticket): step 60/60 (100%) test_accuracy=') for line in lines
+  )
   assert any(line.startswith('level 2/2 cohort of 6 (trials 0-2 x ticket, reinit): step 60/60') for line in lines)
   # TensorBoard: scalars per member.
   for trial in range(3):
@@ -161,8 +168,9 @@ def test_a_crashed_cohort_resumes_to_the_records_of_an_uninterrupted_run(cohort_
 
   lines = []
   lottery.run(_config(), workdir, log=lines.append)
-  assert any(line.startswith('level 1/2 cohort of 6 (trials 0-2 x ticket, reinit): resuming at step 40/60')
-             for line in lines)
+  assert any(
+      line.startswith('level 1/2 cohort of 6 (trials 0-2 x ticket, reinit): resuming at step 40/60') for line in lines
+  )
   assert sum('level 0: already done' in line for line in lines) == 3  # level 0 is not retrained
   assert _records(workdir) == _records(reference)  # bitwise, the wall-clock field aside
   chex.assert_trees_all_equal(_level_trees(workdir), _level_trees(reference))
@@ -199,11 +207,16 @@ def test_members_per_program_is_checked_before_anything_trains(tmp_path, monkeyp
   # A population that does not fit: the estimate says what to set; auto falls back to what fits.
   member = memory.footprint(*_footprint_inputs())
   monkeypatch.setattr(memory, 'device_memory_bytes', lambda: int(3 * member.state_bytes / memory.USABLE_FRACTION))
-  with pytest.raises(validation.ConfigError,
-                     match=r'parallel.members_per_program=6: a program of 6 runs needs about .* per device.*'
-                           r'set parallel.members_per_program=\d'):
-    lottery.run(_config(parallel__members_per_program=6, dataset__name='sum_of_two', model__name='linear'),
-                str(tmp_path / 'large'), log=lambda m: None)
+  with pytest.raises(
+      validation.ConfigError,
+      match=r'parallel.members_per_program=6: a program of 6 runs needs about .* per device.*'
+      r'set parallel.members_per_program=\d',
+  ):
+    lottery.run(
+        _config(parallel__members_per_program=6, dataset__name='sum_of_two', model__name='linear'),
+        str(tmp_path / 'large'),
+        log=lambda m: None,
+    )
   assert lottery.prepare(_config(dataset__name='sum_of_two', model__name='linear')).members_per_program < 6
   monkeypatch.setattr(memory, 'device_memory_bytes', lambda: None)  # unknown memory: whole cohorts
   assert lottery.prepare(_config()).members_per_program == 6
@@ -212,6 +225,7 @@ def test_members_per_program_is_checked_before_anything_trains(tmp_path, monkeyp
 def _footprint_inputs():
   experiment = lottery.prepare(_config(dataset__name='sum_of_two', model__name='linear'))
   from lth_jax import optim
+
   return experiment.model, experiment.dataset.input_shape, optim.from_config(experiment.config.training, 60)
 
 
@@ -222,14 +236,16 @@ def test_changing_members_per_program_is_a_config_change(cohort_run, tmp_path):
     lottery.run(_config(parallel__members_per_program=2), workdir, log=lambda message: None)
 
 
-def test_sigterm_stops_a_cohort_at_its_current_step_and_a_rerun_finishes_the_same(cohort_run, tmp_path,
-                                                                                  monkeypatch):
+def test_sigterm_stops_a_cohort_at_its_current_step_and_a_rerun_finishes_the_same(cohort_run, tmp_path, monkeypatch):
   reference, _ = cohort_run
   workdir = str(tmp_path / 'work')
   # Level 2's cohort, between its checkpoints, gets what a batch scheduler sends.
   with _interrupted(monkeypatch, 3, 36, lambda: os.kill(os.getpid(), signal.SIGTERM)):
-    with pytest.raises(lottery.Preempted, match=r'level 2/2 cohort of 6 \(trials 0-2 x ticket, reinit\): stopped '
-                                                r'at step 36/60 on request \(SIGTERM\); checkpointed in .*/36'):
+    with pytest.raises(
+        lottery.Preempted,
+        match=r'level 2/2 cohort of 6 \(trials 0-2 x ticket, reinit\): stopped '
+        r'at step 36/60 on request \(SIGTERM\); checkpointed in .*/36',
+    ):
       lottery.run(_config(), workdir, log=lambda message: None)
   running = glob.glob(os.path.join(workdir, 'checkpoints', 'running', 'level_2_*'))
   assert len(running) == 1 and sorted(os.listdir(running[0])) == ['20', '36']
@@ -244,12 +260,15 @@ def test_stability_populations_are_spread_over_the_members_axis():
   experiment = lottery.prepare(helpers.tiny_config())
   four = experiment.trainer(4)  # stability.measure's full, ticket, random ticket and second full network
   assert four.population_size == 4 and four.mesh.devices.shape == (4, 2)
-  two = experiment.trainer(2)   # linear mode connectivity's two copies
+  two = experiment.trainer(2)  # linear mode connectivity's two copies
   assert two.mesh.devices.shape == (2, 4)
   params, model_state = experiment.trainer().init_variables(0)
-  state = four.create_state(train_lib.stack_members([params] * 4), train_lib.stack_members([model_state] * 4),
-                            train_lib.stack_members([jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool),
-                                                                            params)] * 4), 0)
+  state = four.create_state(
+      train_lib.stack_members([params] * 4),
+      train_lib.stack_members([model_state] * 4),
+      train_lib.stack_members([jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params)] * 4),
+      0,
+  )
   kernel = state.params['dense_0']['kernel']
   assert kernel.sharding.spec[0] == 'members'
   assert {shard.data.shape[0] for shard in kernel.addressable_shards} == {1}  # one member per device row

@@ -29,8 +29,14 @@ def load_config(path):
 
 def test_there_are_configs():
   names = {os.path.basename(path) for path in CONFIG_FILES}
-  assert {'default.py', 'sum_of_two.py', 'lenet_mnist.py', 'conv2_cifar10.py', 'conv4_cifar10.py',
-          'conv6_cifar10.py'} <= names
+  assert {
+      'default.py',
+      'sum_of_two.py',
+      'lenet_mnist.py',
+      'conv2_cifar10.py',
+      'conv4_cifar10.py',
+      'conv6_cifar10.py',
+  } <= names
 
 
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
@@ -40,11 +46,14 @@ def test_config_validates(path):
   assert config.pruning.rewind_step < (config.training.num_steps or 10**9)
 
 
-@pytest.mark.parametrize('name, model, conv_rate, steps, learning_rate', [
-    ('conv2_cifar10.py', 'conv2', 0.1, 20_000, 2e-4),
-    ('conv4_cifar10.py', 'conv4', 0.1, 25_000, 3e-4),
-    ('conv6_cifar10.py', 'conv6', 0.15, 30_000, 3e-4),
-])
+@pytest.mark.parametrize(
+    'name, model, conv_rate, steps, learning_rate',
+    [
+        ('conv2_cifar10.py', 'conv2', 0.1, 20_000, 2e-4),
+        ('conv4_cifar10.py', 'conv4', 0.1, 25_000, 3e-4),
+        ('conv6_cifar10.py', 'conv6', 0.15, 30_000, 3e-4),
+    ],
+)
 def test_conv_configs_carry_frankle_and_carbins_hyperparameters(name, model, conv_rate, steps, learning_rate):
   config = load_config(os.path.join(REPO, 'configs', name))
   assert config.model.name == model
@@ -71,10 +80,14 @@ def test_paper_config_runs_on_mock_tfds_data(tmp_path, name):
   assert {r['branch'] for r in results.records} == {'ticket', 'reinit'}
 
 
-@pytest.mark.parametrize('name, model, rewind_step, total_steps, warmup', [
-    ('vgg19_cifar10.py', 'vgg19', 1000, 112_000, 10_000),
-    # Frankle & Carbin's "Resnet-18" has 75x fewer weights than VGG-19: the 16-32-64 CIFAR ResNet.
-    ('resnet18_cifar10.py', 'resnet20', 500, 30_000, 20_000)])
+@pytest.mark.parametrize(
+    'name, model, rewind_step, total_steps, warmup',
+    [
+        ('vgg19_cifar10.py', 'vgg19', 1000, 112_000, 10_000),
+        # Frankle & Carbin's "Resnet-18" has 75x fewer weights than VGG-19: the 16-32-64 CIFAR ResNet.
+        ('resnet18_cifar10.py', 'resnet20', 500, 30_000, 20_000),
+    ],
+)
 def test_scale_paper_configs_late_reset_and_warmup_variants(name, model, rewind_step, total_steps, warmup):
   path = os.path.join(REPO, 'configs', name)
   spec = importlib.util.spec_from_file_location(name[:-3], path)
@@ -102,7 +115,9 @@ IMAGENET_TRAIN_SIZE = 1_281_167
 
 
 def _imagenet_config(variant=''):
-  spec = importlib.util.spec_from_file_location('resnet50_imagenet', os.path.join(REPO, 'configs', 'resnet50_imagenet.py'))
+  spec = importlib.util.spec_from_file_location(
+      'resnet50_imagenet', os.path.join(REPO, 'configs', 'resnet50_imagenet.py')
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(variant)
@@ -123,30 +138,46 @@ def test_resnet50_imagenet_schedule_at_full_scale(variant):
   assert pruning_config.mode == ('one_shot' if variant == 'one_shot' else 'iterative')
   assert pruning_config.rewind_step < pruning_config.turnaround_step < training.num_steps
   # The learning rate: 0 -> 0.4 over 5 epochs, then 0.4, 0.04, 0.004, 0.0004.
-  learning_rate = optim.learning_rate_schedule(training.learning_rate, training.num_steps, training.schedule,
-                                               training.warmup_steps, training.decay_boundaries,
-                                               training.decay_factor)
-  for step, expected in [(0, 0.4 / 6255), (6254, 0.4), (37_529, 0.4), (37_530, 0.04), (75_060, 0.004),
-                         (112_589, 0.0004)]:
+  learning_rate = optim.learning_rate_schedule(
+      training.learning_rate,
+      training.num_steps,
+      training.schedule,
+      training.warmup_steps,
+      training.decay_boundaries,
+      training.decay_factor,
+  )
+  for step, expected in [
+      (0, 0.4 / 6255),
+      (6254, 0.4),
+      (37_529, 0.4),
+      (37_530, 0.04),
+      (75_060, 0.004),
+      (112_589, 0.0004),
+  ]:
     assert float(learning_rate(step)) == pytest.approx(expected, rel=1e-5), step
   # And the checks that need the model: ResNet-50's prunable layers at this schedule.
   model = models_lib.build(resolved.model, 1000)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))
   params = shapes['params']
-  validation.check_against_data(resolved, IMAGENET_TRAIN_SIZE,
-                                experiment_lib.layer_sizes(params, experiment_lib.prunable_from_config(params, resolved)))
+  validation.check_against_data(
+      resolved,
+      IMAGENET_TRAIN_SIZE,
+      experiment_lib.layer_sizes(params, experiment_lib.prunable_from_config(params, resolved)),
+  )
 
 
 def test_resnet50_imagenet_refuses_points_out_of_order():
   config = _imagenet_config()
   config.pruning.turnaround_epoch = 5
-  with pytest.raises(validation.ConfigError,
-                     match=r'pruning.turnaround_epoch=5.0 \(step 6255\): must come after the rewind step'):
+  with pytest.raises(
+      validation.ConfigError, match=r'pruning.turnaround_epoch=5.0 \(step 6255\): must come after the rewind step'
+  ):
     validation.check_against_data(validation.resolve_epochs(config, IMAGENET_TRAIN_SIZE), IMAGENET_TRAIN_SIZE, {})
   config = _imagenet_config()
   config.pruning.rewind_epoch = 91
-  with pytest.raises(validation.ConfigError,
-                     match=r'pruning.rewind_epoch=91.0 \(step 113841\): is past the end of training'):
+  with pytest.raises(
+      validation.ConfigError, match=r'pruning.rewind_epoch=91.0 \(step 113841\): is past the end of training'
+  ):
     validation.check_against_data(validation.resolve_epochs(config, IMAGENET_TRAIN_SIZE), IMAGENET_TRAIN_SIZE, {})
   config = _imagenet_config()
   config.pruning.rewind_step = 100
@@ -171,12 +202,12 @@ def test_resnet50_imagenet_pipeline_schedule_and_pruning_run_on_mock_imagenet(tm
   """The ImageNet config end to end on mock imagenet2012 (random-resized crops, streamed evaluation,
   epochs resolved against the mock dataset's size) with a small dense model in place of ResNet-50."""
   config = _shrunk_for_mock_data(_imagenet_config(), 'lenet')
-  config.training.num_epochs = 3          # 6 steps
-  config.training.warmup_epochs = 0.5     # 1 step
-  config.training.decay_epochs = (1, 2)   # steps 2 and 4
-  config.training.eval_every_epochs = 1   # every 2 steps
-  config.pruning.rewind_epoch = 0.5       # step 1
-  config.pruning.turnaround_epoch = 2     # step 4
+  config.training.num_epochs = 3  # 6 steps
+  config.training.warmup_epochs = 0.5  # 1 step
+  config.training.decay_epochs = (1, 2)  # steps 2 and 4
+  config.training.eval_every_epochs = 1  # every 2 steps
+  config.pruning.rewind_epoch = 0.5  # step 1
+  config.pruning.turnaround_epoch = 2  # step 4
   with tfds.testing.mock_data(num_examples=16):
     results = lottery.run(config, str(tmp_path), log=lambda line: None)
   tickets = results.select(branch='ticket')
@@ -212,7 +243,6 @@ def test_deep_paper_config_runs_a_few_steps_on_mock_data(tmp_path, name):
 def test_resnet50_imagenet_without_prepared_data_says_how_to_prepare_it(tmp_path):
   config = _imagenet_config()
   config.dataset.data_dir = str(tmp_path / 'tfds')
-  with pytest.raises(data_lib.DatasetNotPreparedError,
-                     match='tfds build imagenet2012 --file_format=array_record'):
+  with pytest.raises(data_lib.DatasetNotPreparedError, match='tfds build imagenet2012 --file_format=array_record'):
     lottery.run(config, str(tmp_path / 'work'), log=lambda line: None)
   assert not (tmp_path / 'work').exists()  # nothing written before the data is there

@@ -35,8 +35,10 @@ def fixture_tfds_dir(tmp_path_factory):
   folder = tmp_path_factory.mktemp('tfds')
   arrays = {}
   for name in ('mnist', 'cifar10'):
-    arrays[name] = {'train': synthetic_tfds.synthetic_images(name, NUM_TRAIN, 0),
-                    'test': synthetic_tfds.synthetic_images(name, NUM_TEST, 1)}
+    arrays[name] = {
+        'train': synthetic_tfds.synthetic_images(name, NUM_TRAIN, 0),
+        'test': synthetic_tfds.synthetic_images(name, NUM_TEST, 1),
+    }
     synthetic_tfds.write_tfds_dataset(folder, name, arrays[name], num_shards=3)
   return folder, arrays
 
@@ -95,8 +97,9 @@ def test_parallel_decode_equals_tfds_record_by_record_decode(tfds_dir, monkeypat
   shards = decoded_cache.source_shards(source, 'train')
   assert len(shards) == 3
   for workers in (1, 2, 5):
-    images, labels = decoded_cache.decode_split('cifar10', '3.0.2', 'train', shards, (32, 32, 3),
-                                                use_cache=False, workers=workers)
+    images, labels = decoded_cache.decode_split(
+        'cifar10', '3.0.2', 'train', shards, (32, 32, 3), use_cache=False, workers=workers
+    )
     np.testing.assert_array_equal(images, expected_images)
     np.testing.assert_array_equal(labels, expected_labels)
   assert len(started) == 0 + 1 + 4  # this process decodes one part, workers the others
@@ -139,8 +142,9 @@ def test_a_changed_source_is_decoded_again(tfds_dir, cache_dir, tmp_path, monkey
   # Re-prepare the data: other images under the same file names.
   time.sleep(0.01)  # a different modification time even on coarse clocks
   new_train = synthetic_tfds.synthetic_images('mnist', NUM_TRAIN, 7)
-  synthetic_tfds.write_tfds_dataset(folder, 'mnist', {'train': new_train, 'test': tfds_dir[1]['mnist']['test']},
-                                    num_shards=3)
+  synthetic_tfds.write_tfds_dataset(
+      folder, 'mnist', {'train': new_train, 'test': tfds_dir[1]['mnist']['test']}, num_shards=3
+  )
   decodes = _count_decodes(monkeypatch)
   second = data_lib.build(config)
   assert decodes == [NUM_TRAIN, NUM_TEST]  # the test split's files were rewritten too
@@ -162,15 +166,15 @@ def test_a_damaged_or_old_layout_cache_is_reported_once_and_rebuilt(tfds_dir, ca
   path = _train_cache_file(cache_dir)
   content = bytearray(path.read_bytes())
   if damage == 'truncated':
-    content = content[:len(content) // 2]
+    content = content[: len(content) // 2]
   elif damage == 'flipped_byte':
     content[len(content) // 3] ^= 0xFF
   elif damage == 'old_layout':  # a well-formed file of another layout version
     start = len(decoded_cache.MAGIC) + 4
-    length = int.from_bytes(content[start - 4:start], 'little')
-    header = json.loads(bytes(content[start:start + length]))
+    length = int.from_bytes(content[start - 4 : start], 'little')
+    header = json.loads(bytes(content[start : start + length]))
     text = json.dumps(dict(header, layout=decoded_cache.LAYOUT_VERSION - 1)).encode()
-    content[start - 4:start + len(text)] = len(text).to_bytes(4, 'little') + text
+    content[start - 4 : start + len(text)] = len(text).to_bytes(4, 'little') + text
   else:
     content = bytearray(b'written by something else' * 100)
   path.write_bytes(bytes(content))
@@ -180,8 +184,12 @@ def test_a_damaged_or_old_layout_cache_is_reported_once_and_rebuilt(tfds_dir, ca
     dataset = data_lib.build(config)
   cache_warnings = [warning for warning in caught if issubclass(warning.category, decoded_cache.CacheWarning)]
   assert len(cache_warnings) == 1 and str(path) in str(cache_warnings[0].message)
-  expected_reason = {'truncated': 'bytes, expected', 'flipped_byte': 'checksum', 'old_layout': 'layout 0',
-                     'not_a_cache': 'not an lth_jax'}[damage]
+  expected_reason = {
+      'truncated': 'bytes, expected',
+      'flipped_byte': 'checksum',
+      'old_layout': 'layout 0',
+      'not_a_cache': 'not an lth_jax',
+  }[damage]
   assert expected_reason in str(cache_warnings[0].message)
   assert decodes == [NUM_TRAIN]
   np.testing.assert_array_equal(dataset.train_inputs, arrays['mnist']['train'][0])
@@ -198,7 +206,7 @@ def test_a_killed_writer_leaves_nothing_that_is_read(tfds_dir, cache_dir, monkey
   def killed(shards, output_path, header, workers):
     with open(output_path, 'r+b') as file:  # half the records written, then the process dies
       file.seek(header['images_offset'])
-      file.write(arrays['mnist']['train'][0][:NUM_TRAIN // 2].tobytes())
+      file.write(arrays['mnist']['train'][0][: NUM_TRAIN // 2].tobytes())
     raise KeyboardInterrupt
 
   monkeypatch.setattr(decoded_cache, 'decode_parallel', killed)
@@ -226,15 +234,26 @@ print(hashlib.sha256(dataset.train_inputs.tobytes() + dataset.train_targets.toby
 def test_two_concurrent_builders_both_end_with_correct_data(tfds_dir, cache_dir):
   folder, arrays = tfds_dir
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get('PYTHONPATH')])))
-  processes = [subprocess.Popen([sys.executable, '-c', _BUILDER, str(folder)], cwd=REPO_ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  processes = [
+      subprocess.Popen(
+          [sys.executable, '-c', _BUILDER, str(folder)],
+          cwd=REPO_ROOT,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for _ in range(2)
+  ]
   outputs = [process.communicate(timeout=300) for process in processes]
   for process, (stdout, stderr) in zip(processes, outputs):
     assert process.returncode == 0, stderr
     assert 'CacheWarning' not in stderr
   import hashlib  # pylint: disable=import-outside-toplevel
-  expected = hashlib.sha256(arrays['cifar10']['train'][0].tobytes()
-                            + arrays['cifar10']['train'][1].astype(np.int32).tobytes()).hexdigest()
+
+  expected = hashlib.sha256(
+      arrays['cifar10']['train'][0].tobytes() + arrays['cifar10']['train'][1].astype(np.int32).tobytes()
+  ).hexdigest()
   assert [stdout.strip() for stdout, _ in outputs] == [expected, expected]
   assert len(_cache_files(cache_dir)) == 2  # no temporary files left
   with warnings.catch_warnings():
@@ -275,6 +294,7 @@ def test_a_limit_decodes_only_its_prefix_until_the_whole_split_is_cached(tfds_di
 
 def test_the_resident_feed_keeps_uint8_images_on_the_devices(tfds_dir, cache_dir):
   from lth_jax import feeds, parallel  # pylint: disable=import-outside-toplevel
+
   dataset = data_lib.build({'name': 'cifar10', 'data_dir': str(tfds_dir[0])})
   feed = feeds.create(dataset, parallel.create_mesh(1), batch_size=16, eval_batch_size=8)
   images = feed.arrays[0]
@@ -288,17 +308,30 @@ def test_the_resident_feed_keeps_uint8_images_on_the_devices(tfds_dir, cache_dir
 
 def _as_float(dataset):
   """The same dataset normalized on the host, as the in-memory image datasets were before."""
-  return dataclasses.replace(dataset, train_inputs=dataset.model_inputs(dataset.train_inputs),
-                             test_inputs=dataset.model_inputs(dataset.test_inputs), input_normalization=None)
+  return dataclasses.replace(
+      dataset,
+      train_inputs=dataset.model_inputs(dataset.train_inputs),
+      test_inputs=dataset.model_inputs(dataset.test_inputs),
+      input_normalization=None,
+  )
 
 
-def test_uint8_on_device_training_gives_the_records_of_host_normalized_float_inputs(tfds_dir, cache_dir, tmp_path,
-                                                                                  monkeypatch):
+def test_uint8_on_device_training_gives_the_records_of_host_normalized_float_inputs(
+    tfds_dir, cache_dir, tmp_path, monkeypatch
+):
   folder, _ = tfds_dir
-  config = helpers.tiny_config(dataset__name='mnist', dataset__data_dir=str(folder), training__num_steps=16,
-                               training__eval_every=8, training__steps_per_dispatch=8, training__batch_size=32,
-                               training__learning_rate=1e-2, pruning__levels=0, pruning__rewind_step=0,
-                               branches=())
+  config = helpers.tiny_config(
+      dataset__name='mnist',
+      dataset__data_dir=str(folder),
+      training__num_steps=16,
+      training__eval_every=8,
+      training__steps_per_dispatch=8,
+      training__batch_size=32,
+      training__learning_rate=1e-2,
+      pruning__levels=0,
+      pruning__rewind_step=0,
+      branches=(),
+  )
   uint8_results = lottery.run(config, str(tmp_path / 'uint8'), log=lambda line: None)
   build_image_dataset = tfds_source.build_image_dataset
   monkeypatch.setitem(data_lib._BUILDERS, 'mnist', lambda dataset_config: _as_float(build_image_dataset(dataset_config)))  # pylint: disable=protected-access
@@ -329,6 +362,7 @@ def _png_with_filter(image, filter_type):
   """A PNG of a uint8 HWC image (1 or 3 channels) whose rows all use PNG filter `filter_type`."""
   import struct  # pylint: disable=import-outside-toplevel
   import zlib  # pylint: disable=import-outside-toplevel
+
   height, width, channels = image.shape
   pixels = image.reshape(height, width * channels).astype(np.int32)
   rows = []
@@ -342,8 +376,11 @@ def _png_with_filter(image, filter_type):
     elif filter_type == 4:
       estimate = left + above - upper_left
       distances = [np.abs(estimate - value) for value in (left, above, upper_left)]
-      prediction = np.where((distances[0] <= distances[1]) & (distances[0] <= distances[2]), left,
-                            np.where(distances[1] <= distances[2], above, upper_left))
+      prediction = np.where(
+          (distances[0] <= distances[1]) & (distances[0] <= distances[2]),
+          left,
+          np.where(distances[1] <= distances[2], above, upper_left),
+      )
     else:
       prediction = [0 * current, left, above][filter_type]
     rows.append(bytes([filter_type]) + ((current - prediction) % 256).astype(np.uint8).tobytes())
@@ -352,14 +389,19 @@ def _png_with_filter(image, filter_type):
     return struct.pack('>I', len(payload)) + kind + payload + struct.pack('>I', zlib.crc32(kind + payload))
 
   header = struct.pack('>IIBBBBB', width, height, 8, 0 if channels == 1 else 2, 0, 0, 0)
-  return (decode_worker.PNG_SIGNATURE + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(b''.join(rows)))
-          + chunk(b'IEND', b''))
+  return (
+      decode_worker.PNG_SIGNATURE
+      + chunk(b'IHDR', header)
+      + chunk(b'IDAT', zlib.compress(b''.join(rows)))
+      + chunk(b'IEND', b'')
+  )
 
 
 @pytest.mark.parametrize('channels', [1, 3])
 def test_batched_png_decode_equals_pillow_for_every_filter_type(channels):
   from PIL import Image  # pylint: disable=import-outside-toplevel
   import io  # pylint: disable=import-outside-toplevel
+
   images = np.random.default_rng(channels).integers(0, 256, (10, 9, 7, channels), dtype=np.uint8)
   pngs = [_png_with_filter(image, index % 5) for index, image in enumerate(images)]
   pngs.append(synthetic_tfds._png(images[0]))  # pylint: disable=protected-access  # Pillow's own encoding

@@ -17,24 +17,31 @@ from lth_jax import train as train_lib
 def _shapes(name, input_shape, num_outputs=10, dtype='float32'):
   model = models_lib.build(ml_collections.ConfigDict({'name': name, 'dtype': dtype}), num_outputs)
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, *input_shape)), train=False))
-  outputs = jax.eval_shape(lambda: model.apply(
-      jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), variables), jnp.zeros((2, *input_shape))))
+  outputs = jax.eval_shape(
+      lambda: model.apply(
+          jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), variables), jnp.zeros((2, *input_shape))
+      )
+  )
   return variables, outputs
 
 
-@pytest.mark.parametrize('name, input_shape, num_outputs, expected_parameters', [
-    ('vgg19', (32, 32, 3), 10, 20_035_018),     # 20.0M: the CIFAR VGG-19 of Frankle et al.
-    ('vgg16', (32, 32, 3), 10, 14_724_042),     # bias-free convs + batch norm + dense
-    ('vgg11', (32, 32, 3), 10, 9_228_362),
-    ('resnet20', (32, 32, 3), 10, 272_474),      # 0.27M (He et al. 2016, Table 6)
-    ('resnet56', (32, 32, 3), 10, 855_770),      # 0.85M
-    ('resnet18', (32, 32, 3), 10, 11_173_962),   # 11.2M
-    ('resnet50', (224, 224, 3), 1000, 25_557_032),  # 25.6M: torchvision's ResNet-50 count
-])
+@pytest.mark.parametrize(
+    'name, input_shape, num_outputs, expected_parameters',
+    [
+        ('vgg19', (32, 32, 3), 10, 20_035_018),  # 20.0M: the CIFAR VGG-19 of Frankle et al.
+        ('vgg16', (32, 32, 3), 10, 14_724_042),  # bias-free convs + batch norm + dense
+        ('vgg11', (32, 32, 3), 10, 9_228_362),
+        ('resnet20', (32, 32, 3), 10, 272_474),  # 0.27M (He et al. 2016, Table 6)
+        ('resnet56', (32, 32, 3), 10, 855_770),  # 0.85M
+        ('resnet18', (32, 32, 3), 10, 11_173_962),  # 11.2M
+        ('resnet50', (224, 224, 3), 1000, 25_557_032),  # 25.6M: torchvision's ResNet-50 count
+    ],
+)
 def test_parameter_counts_and_output_shapes(name, input_shape, num_outputs, expected_parameters):
   variables, outputs = _shapes(name, input_shape, num_outputs)
   assert sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(variables['params'])) == (
-      expected_parameters)
+      expected_parameters
+  )
   assert outputs.shape == (2, num_outputs) and outputs.dtype == jnp.float32
   assert 'batch_stats' in variables
 
@@ -42,8 +49,10 @@ def test_parameter_counts_and_output_shapes(name, input_shape, num_outputs, expe
 def test_only_kernels_are_prunable_and_stem_and_output_can_be_excluded():
   variables, _ = _shapes('resnet20', (32, 32, 3))
   prunable = masks_lib.prunable_tree(variables['params'], excluded_layers=('stem_conv', 'output'))
-  flat = {masks_lib.leaf_name(masks_lib.path_to_names(path)): flag
-          for path, flag in jax.tree_util.tree_flatten_with_path(prunable)[0]}
+  flat = {
+      masks_lib.leaf_name(masks_lib.path_to_names(path)): flag
+      for path, flag in jax.tree_util.tree_flatten_with_path(prunable)[0]
+  }
   assert flat['stage_0_block_0/conv_0/kernel'] and flat['stage_1_block_0/shortcut_conv/kernel']
   assert not flat['stem_conv/kernel'] and not flat['output/kernel']
   assert not flat['stage_0_block_0/norm_0/scale'] and not flat['output/bias']
@@ -60,13 +69,19 @@ def test_bfloat16_compute_keeps_float32_parameters():
 def test_training_updates_batch_statistics_and_evaluation_uses_them():
   rng = np.random.default_rng(0)
   dataset = data_lib.ArrayDataset(
-      'random', 'classification', rng.normal(2.0, 3.0, (32, 32, 32, 3)).astype(np.float32),
-      rng.integers(0, 10, 32).astype(np.int32), rng.normal(size=(16, 32, 32, 3)).astype(np.float32),
-      rng.integers(0, 10, 16).astype(np.int32), 10)
+      'random',
+      'classification',
+      rng.normal(2.0, 3.0, (32, 32, 32, 3)).astype(np.float32),
+      rng.integers(0, 10, 32).astype(np.int32),
+      rng.normal(size=(16, 32, 32, 3)).astype(np.float32),
+      rng.integers(0, 10, 16).astype(np.int32),
+      10,
+  )
   model = models_lib.build(ml_collections.ConfigDict({'name': 'resnet20'}), 10)
   optimizer = optim.from_config(ml_collections.ConfigDict({'optimizer': 'momentum', 'learning_rate': 0.1}), 10)
-  trainer = train_lib.Trainer(model, dataset, optimizer, parallel.create_mesh(1), 8, steps_per_dispatch=1,
-                              eval_batch_size=16)
+  trainer = train_lib.Trainer(
+      model, dataset, optimizer, parallel.create_mesh(1), 8, steps_per_dispatch=1, eval_batch_size=16
+  )
   params, model_state = trainer.init_variables(0)
   assert set(model_state) == {'batch_stats'}
   result = trainer.train(trainer.create_state(params, model_state, masks_lib.ones_like(params), 0), 2, 0)
@@ -76,14 +91,21 @@ def test_training_updates_batch_statistics_and_evaluation_uses_them():
   assert 0.0 <= result.curve[-1]['test_accuracy'] <= 1.0
 
 
-@pytest.mark.parametrize('block, zero_init_residual, last_norm', [
-    ('basic', False, 'norm_1'), ('basic', True, 'norm_1'), ('bottleneck', True, 'norm_2')])
+@pytest.mark.parametrize(
+    'block, zero_init_residual, last_norm',
+    [('basic', False, 'norm_1'), ('basic', True, 'norm_1'), ('bottleneck', True, 'norm_2')],
+)
 def test_last_batch_norm_scale_of_each_block_starts_at_one_unless_zero_init_residual(
-    block, zero_init_residual, last_norm):
+    block, zero_init_residual, last_norm
+):
   from lth_jax.models import resnet
-  model = resnet.ResNet(stage_sizes=(1, 1), stage_filters=(4, 8),
-                        block=resnet.BasicBlock if block == 'basic' else resnet.BottleneckBlock,
-                        zero_init_residual=zero_init_residual)
+
+  model = resnet.ResNet(
+      stage_sizes=(1, 1),
+      stage_filters=(4, 8),
+      block=resnet.BasicBlock if block == 'basic' else resnet.BottleneckBlock,
+      zero_init_residual=zero_init_residual,
+  )
   params = model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32))['params']
   for stage in ('stage_0_block_0', 'stage_1_block_0'):
     expected = 0.0 if zero_init_residual else 1.0

@@ -10,13 +10,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(module, *arguments):
   environment = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', module, *arguments], cwd=REPO, env=environment,
-                        capture_output=True, text=True, timeout=900)
+  return subprocess.run(
+      [sys.executable, '-m', module, *arguments], cwd=REPO, env=environment, capture_output=True, text=True, timeout=900
+  )
 
 
 def test_lottery_sweep_writes_plots_and_table(tmp_path):
-  completed = _run('experiments.lottery_sweep', f'--workdir={tmp_path}', '--quick', '--trials=2',
-                   '--branches=reinit,snip')
+  completed = _run(
+      'experiments.lottery_sweep', f'--workdir={tmp_path}', '--quick', '--trials=2', '--branches=reinit,snip'
+  )
   assert completed.returncode == 0, completed.stderr[-3000:]
   for name in ('results.jsonl', 'accuracy_vs_sparsity.png', 'training_curves.png', 'sparsity_table.csv'):
     assert (tmp_path / name).stat().st_size > 0
@@ -26,8 +28,9 @@ def test_lottery_sweep_writes_plots_and_table(tmp_path):
 
 
 def test_late_reset_sweep_writes_table_and_stability(tmp_path):
-  completed = _run('experiments.late_reset_sweep', f'--workdir={tmp_path}', '--quick', '--reset_steps=0,20',
-                   '--stability_level=1')
+  completed = _run(
+      'experiments.late_reset_sweep', f'--workdir={tmp_path}', '--quick', '--reset_steps=0,20', '--stability_level=1'
+  )
   assert completed.returncode == 0, completed.stderr[-3000:]
   table = open(tmp_path / 'late_reset_table.csv').read().splitlines()
   assert table[0].startswith('reset_step,level_0') and [row.split(',')[0] for row in table[1:]] == ['0', '20']
@@ -47,6 +50,5 @@ def test_late_reset_sweep_refuses_a_reset_step_past_the_end_before_training(tmp_
 
 
 def test_lottery_sweep_quick_is_for_the_embedded_config_only(tmp_path):
-  completed = _run('experiments.lottery_sweep', f'--workdir={tmp_path}', '--quick',
-                   '--config=configs/sum_of_two.py')
+  completed = _run('experiments.lottery_sweep', f'--workdir={tmp_path}', '--quick', '--config=configs/sum_of_two.py')
   assert completed.returncode != 0 and '--quick shrinks the embedded config' in completed.stderr

@@ -32,8 +32,15 @@ def tiny_run(tmp_path_factory):
 def test_records_cover_every_level_and_branch(tiny_run):
   config, workdir, results = tiny_run
   keys = sorted((r['level'], r['branch']) for r in results.records)
-  assert keys == [(0, 'ticket'), (1, 'permuted'), (1, 'reinit'), (1, 'ticket'),
-                  (2, 'permuted'), (2, 'reinit'), (2, 'ticket')]
+  assert keys == [
+      (0, 'ticket'),
+      (1, 'permuted'),
+      (1, 'reinit'),
+      (1, 'ticket'),
+      (2, 'permuted'),
+      (2, 'reinit'),
+      (2, 'ticket'),
+  ]
   on_disk = [json.loads(line) for line in open(os.path.join(workdir, 'results.jsonl'))]
   assert len(on_disk) == len(results.records)
   for record in on_disk:
@@ -64,22 +71,31 @@ def test_checkpointed_masks_and_rewind_point(tiny_run):
   config, workdir, _ = tiny_run
   dataset = data_lib.build(config.dataset)
   model = models_lib.build(config.model, dataset.num_outputs)
-  trainer = train_lib.Trainer(model, dataset, optim.from_config(config.training, 60), parallel.create_mesh(),
-                              config.training.batch_size, config.training.steps_per_dispatch)
+  trainer = train_lib.Trainer(
+      model,
+      dataset,
+      optim.from_config(config.training, 60),
+      parallel.create_mesh(),
+      config.training.batch_size,
+      config.training.steps_per_dispatch,
+  )
   init_seed, data_seed = lottery.trial_seeds(config.seed, 0)
   plan = lottery.PruningPlan.from_config(config)
   params0, model_state0 = trainer.init_variables(init_seed)
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
   replay = trainer.train(trainer.create_state(params0, model_state0, ones, 0), 5, data_seed)
-  rewind_params, _ = checkpoints.restore_tree(os.path.join(workdir, 'checkpoints/trial_0/rewind'),
-                                              (params0, model_state0))
+  rewind_params, _ = checkpoints.restore_tree(
+      os.path.join(workdir, 'checkpoints/trial_0/rewind'), (params0, model_state0)
+  )
   chex.assert_trees_all_equal(rewind_params, parallel.to_host(replay.state.params))
 
-  level0 = checkpoints.restore_tree(os.path.join(workdir, 'checkpoints/trial_0/level_0'),
-                                    {'params': params0, 'mask': ones})
+  level0 = checkpoints.restore_tree(
+      os.path.join(workdir, 'checkpoints/trial_0/level_0'), {'params': params0, 'mask': ones}
+  )
   dense_params, dense_mask = level0['params'], level0['mask']
-  level1_mask = checkpoints.restore_tree(os.path.join(workdir, 'checkpoints/trial_0/level_1'),
-                                         {'params': params0, 'mask': ones})['mask']
+  level1_mask = checkpoints.restore_tree(
+      os.path.join(workdir, 'checkpoints/trial_0/level_1'), {'params': params0, 'mask': ones}
+  )['mask']
   prunable = masks_lib.prunable_tree(params0)
   expected = plan.next_mask(1, dense_params, dense_mask, dense_params, prunable)
   chex.assert_trees_all_equal(level1_mask, expected)
@@ -91,8 +107,13 @@ def test_ticket_branch_resets_survivors_to_the_rewind_weights():
   keep = {'dense_0': {'kernel': rng.random((4, 3)) > 0.5, 'bias': np.ones(3, bool)}}
   prunable = masks_lib.prunable_tree(params)
   inputs = branches_lib.BranchInputs(
-      ticket_mask=keep, rewind_params=params, rewind_model_state={}, prunable=prunable,
-      init_variables=lambda seed: (jax.tree_util.tree_map(lambda x: x + 10.0 + seed, params), {}), seed=1)
+      ticket_mask=keep,
+      rewind_params=params,
+      rewind_model_state={},
+      prunable=prunable,
+      init_variables=lambda seed: (jax.tree_util.tree_map(lambda x: x + 10.0 + seed, params), {}),
+      seed=1,
+  )
   start_params, _, start_mask = branches_lib.start('ticket', inputs)
   kernel, kept = start_params['dense_0']['kernel'], keep['dense_0']['kernel']
   np.testing.assert_array_equal(kernel[kept], params['dense_0']['kernel'][kept])
@@ -124,7 +145,8 @@ def test_rerun_in_the_same_workdir_resumes_without_duplicates(tiny_run, tmp_path
   for record in first.records:
     assert by_key[(record['level'], record['branch'])]['kept_weights'] == record['kept_weights']
     assert by_key[(record['level'], record['branch'])]['test_accuracy'] == pytest.approx(
-        record['test_accuracy'], abs=1e-6)
+        record['test_accuracy'], abs=1e-6
+    )
 
 
 def test_one_shot_mode_prunes_from_the_dense_weights(tmp_path):
@@ -136,8 +158,9 @@ def test_one_shot_mode_prunes_from_the_dense_weights(tmp_path):
 
 
 def test_progress_lines_come_between_evaluations_too(tmp_path):
-  config = helpers.tiny_config(pruning__levels=0, branches=(), training__eval_every=0,
-                               report__progress_every_seconds=0.0)
+  config = helpers.tiny_config(
+      pruning__levels=0, branches=(), training__eval_every=0, report__progress_every_seconds=0.0
+  )
   lines = []
   lottery.run(config, str(tmp_path), log=lines.append)
   heartbeats = [line for line in lines if 'examples/s | ETA' in line and 'test_accuracy' not in line]
@@ -151,6 +174,7 @@ def test_sum_of_two_finds_the_blogs_winning_ticket(tmp_path):
   permuted random ticket fails (the blog's finding)."""
   from ml_collections import config_flags  # noqa: F401  (configs are plain modules)
   import importlib.util
+
   spec = importlib.util.spec_from_file_location('sum_of_two', os.path.join(REPO, 'configs', 'sum_of_two.py'))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

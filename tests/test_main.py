@@ -10,16 +10,27 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run_main(*arguments, workdir):
   environment = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', 'lth_jax.main', *arguments, f'--workdir={workdir}'],
-                        cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+      [sys.executable, '-m', 'lth_jax.main', *arguments, f'--workdir={workdir}'],
+      cwd=REPO,
+      env=environment,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
 
 
 def test_default_config_runs_with_overrides_and_prints_the_table(tmp_path):
   cache = tmp_path / 'xla_cache'
-  completed = _run_main('--config=configs/default.py', '--config.pruning.levels=1',
-                        '--config.training.num_steps=40', '--config.training.eval_every=20',
-                        '--config.model.hidden_sizes=(16,8)', f'--compilation_cache_dir={cache}',
-                        workdir=tmp_path / 'run')
+  completed = _run_main(
+      '--config=configs/default.py',
+      '--config.pruning.levels=1',
+      '--config.training.num_steps=40',
+      '--config.training.eval_every=20',
+      '--config.model.hidden_sizes=(16,8)',
+      f'--compilation_cache_dir={cache}',
+      workdir=tmp_path / 'run',
+  )
   tmp_path = tmp_path / 'run'
   assert cache.is_dir() and any(cache.iterdir()), 'compiled programs are kept for the next run'
 
@@ -42,7 +53,7 @@ def test_bad_override_fails_before_training_and_names_the_field(tmp_path):
 def test_unknown_config_field_is_refused(tmp_path):
   completed = _run_main('--config=configs/default.py', '--config.pruning.fractoin=0.5', workdir=tmp_path)
   assert completed.returncode == 1
-  assert "lth_jax: unknown config field 'fractoin' Did you mean \"fraction\"" in completed.stderr
+  assert 'lth_jax: unknown config field \'fractoin\' Did you mean "fraction"' in completed.stderr
   assert 'Traceback' not in completed.stderr
 
 
@@ -63,8 +74,9 @@ def test_workdir_that_is_a_file_is_refused_with_a_message(tmp_path):
 
 def test_damaged_results_file_is_refused_with_a_message_not_a_traceback(tmp_path):
   (tmp_path / 'results.jsonl').write_text('{"trial": 0}\nnot json\n{"trial": 0}\n')
-  completed = _run_main('--config=configs/default.py', '--config.training.num_steps=10', '--allow_config_change',
-                        workdir=tmp_path)
+  completed = _run_main(
+      '--config=configs/default.py', '--config.training.num_steps=10', '--allow_config_change', workdir=tmp_path
+  )
   assert completed.returncode == 1
   assert 'line 2: corrupt record' in completed.stderr and 'Traceback' not in completed.stderr
 

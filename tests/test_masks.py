@@ -33,8 +33,7 @@ def prunable_names(prunable):
   return {masks.leaf_name(masks.path_to_names(path)) for path, flag in flat if flag}
 
 
-ALL_KERNELS = {'conv_0/kernel', 'conv_1/kernel', 'dense_0/kernel', 'dense_1/kernel', 'dense_10/kernel',
-               'output/kernel'}
+ALL_KERNELS = {'conv_0/kernel', 'conv_1/kernel', 'dense_0/kernel', 'dense_1/kernel', 'dense_10/kernel', 'output/kernel'}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -50,32 +49,35 @@ def test_prunable_tree_flags_kernels_but_not_biases_or_norms():
   assert prunable['norm_0']['scale'] is False
 
 
-@pytest.mark.parametrize('excluded, expected_excluded', [
-    (('output',), {'output/kernel'}),
-    (('conv_0',), {'conv_0/kernel'}),
-    # A prefix excludes every numbered layer of that family: 'conv' -> conv_0, conv_1.
-    (('conv',), {'conv_0/kernel', 'conv_1/kernel'}),
-    (('conv', 'output'), {'conv_0/kernel', 'conv_1/kernel', 'output/kernel'}),
-    # 'dense_1' is a full name: it must not also swallow 'dense_10'.
-    (('dense_1',), {'dense_1/kernel'}),
-    # A plain string prefix without the '_' separator matches nothing.
-    (('con', 'dens', 'out'), set()),
-])
+@pytest.mark.parametrize(
+    'excluded, expected_excluded',
+    [
+        (('output',), {'output/kernel'}),
+        (('conv_0',), {'conv_0/kernel'}),
+        # A prefix excludes every numbered layer of that family: 'conv' -> conv_0, conv_1.
+        (('conv',), {'conv_0/kernel', 'conv_1/kernel'}),
+        (('conv', 'output'), {'conv_0/kernel', 'conv_1/kernel', 'output/kernel'}),
+        # 'dense_1' is a full name: it must not also swallow 'dense_10'.
+        (('dense_1',), {'dense_1/kernel'}),
+        # A plain string prefix without the '_' separator matches nothing.
+        (('con', 'dens', 'out'), set()),
+    ],
+)
 def test_prunable_tree_excluded_layers_by_name_and_prefix(excluded, expected_excluded):
   prunable = masks.prunable_tree(flax_like_params(), excluded_layers=excluded)
   assert prunable_names(prunable) == ALL_KERNELS - expected_excluded
 
 
 def test_prunable_tree_custom_parameter_names():
-  prunable = masks.prunable_tree(flax_like_params(), prunable_parameter_names=('kernel', 'scale'),
-                                 excluded_layers=('conv',))
+  prunable = masks.prunable_tree(
+      flax_like_params(), prunable_parameter_names=('kernel', 'scale'), excluded_layers=('conv',)
+  )
   assert prunable_names(prunable) == (ALL_KERNELS - {'conv_0/kernel', 'conv_1/kernel'}) | {'norm_0/scale'}
 
 
 def test_prunable_tree_accepts_shape_structs():
   """Works on `jax.eval_shape` output (no arrays needed to plan pruning)."""
-  shapes = jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype),
-                                  flax_like_params())
+  shapes = jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), flax_like_params())
   assert masks.prunable_tree(shapes) == masks.prunable_tree(flax_like_params())
 
 

@@ -43,28 +43,34 @@ def param_shapes(params):
   return jax.tree_util.tree_map(lambda leaf: tuple(leaf.shape), params)
 
 
-@pytest.mark.parametrize('name, input_shape, num_outputs', [
-    ('linear', (2,), 1),
-    ('linear', (2,), 4),
-    ('lenet', (40,), 10),
-    ('lenet', (28, 28, 1), 10),
-    ('lenet', (28, 28, 1), 7),
-    ('conv2', (32, 32, 3), 10),
-    ('conv4', (32, 32, 3), 10),
-    ('conv6', (32, 32, 3), 5),
-])
+@pytest.mark.parametrize(
+    'name, input_shape, num_outputs',
+    [
+        ('linear', (2,), 1),
+        ('linear', (2,), 4),
+        ('lenet', (40,), 10),
+        ('lenet', (28, 28, 1), 10),
+        ('lenet', (28, 28, 1), 7),
+        ('conv2', (32, 32, 3), 10),
+        ('conv4', (32, 32, 3), 10),
+        ('conv6', (32, 32, 3), 5),
+    ],
+)
 def test_output_shape(name, input_shape, num_outputs):
   _, outputs = abstract_init(build(name, num_outputs), input_shape, batch=3)
   assert outputs.shape == (3, num_outputs)
   assert outputs.dtype == jnp.float32
 
 
-@pytest.mark.parametrize('name, input_shape', [
-    ('linear', (2,)),
-    ('lenet', (28, 28, 1)),
-    ('conv2', (32, 32, 3)),
-    ('conv6', (32, 32, 3)),
-])
+@pytest.mark.parametrize(
+    'name, input_shape',
+    [
+        ('linear', (2,)),
+        ('lenet', (28, 28, 1)),
+        ('conv2', (32, 32, 3)),
+        ('conv6', (32, 32, 3)),
+    ],
+)
 def test_forward_pass_computes_finite_example_dependent_outputs(name, input_shape):
   """A real forward pass, with random parameters of the initialized shapes (a real init of the large
   models compiles for seconds on CPU; `test_init_*` below run real initializations)."""
@@ -72,8 +78,8 @@ def test_forward_pass_computes_finite_example_dependent_outputs(name, input_shap
   shapes, _ = abstract_init(model, input_shape)
   rng = np.random.default_rng(0)
   params = jax.tree_util.tree_map(
-      lambda leaf: (rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32),
-      shapes)
+      lambda leaf: (rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32), shapes
+  )
   inputs = rng.normal(size=(4, *input_shape)).astype(np.float32)
   outputs = jax.jit(model.apply)({'params': params}, inputs)
   assert outputs.shape == (4, 3)
@@ -124,11 +130,14 @@ def test_lenet_300_100_parameter_count():
   assert param_count(params) == 266_610
 
 
-@pytest.mark.parametrize('name, conv_names', [
-    ('conv2', ['conv_0', 'conv_1']),
-    ('conv4', ['conv_0', 'conv_1', 'conv_2', 'conv_3']),
-    ('conv6', ['conv_0', 'conv_1', 'conv_2', 'conv_3', 'conv_4', 'conv_5']),
-])
+@pytest.mark.parametrize(
+    'name, conv_names',
+    [
+        ('conv2', ['conv_0', 'conv_1']),
+        ('conv4', ['conv_0', 'conv_1', 'conv_2', 'conv_3']),
+        ('conv6', ['conv_0', 'conv_1', 'conv_2', 'conv_3', 'conv_4', 'conv_5']),
+    ],
+)
 def test_conv_parameter_names(name, conv_names):
   params, _ = abstract_init(build(name, 10), (32, 32, 3))
   assert set(params) == {*conv_names, 'dense_0', 'dense_1', 'output'}

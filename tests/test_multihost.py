@@ -29,9 +29,17 @@ def _run_two_processes(workdir, *extra):
   """Runs the driver as two processes joined by jax.distributed; returns their stdout."""
   port = _free_port()
   environment = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
-  processes = [subprocess.Popen([sys.executable, '-m', 'tests.multihost_driver', str(index), '2', str(port),
-                                 str(workdir), *extra], cwd=REPO, env=environment, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for index in range(2)]
+  processes = [
+      subprocess.Popen(
+          [sys.executable, '-m', 'tests.multihost_driver', str(index), '2', str(port), str(workdir), *extra],
+          cwd=REPO,
+          env=environment,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for index in range(2)
+  ]
   outputs = [process.communicate(timeout=600) for process in processes]
   for process, (stdout, stderr) in zip(processes, outputs):
     if process.returncode != 0 and 'gloo' in stderr.lower() and 'not' in stderr.lower():

@@ -25,10 +25,17 @@ def notebook_script(path: str) -> str:
 def test_notebook_runs_on_cpu_with_a_tiny_config(tmp_path):
   script = notebook_script(NOTEBOOK)
   assert 'lth_jax.run(config, WORKDIR)' in script and 'measure_lottery_ticket' in script
-  environment = dict(os.environ, LTH_JAX_NOTEBOOK_TINY='1', LTH_JAX_NOTEBOOK_WORKDIR=str(tmp_path / 'run'),
-                     JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1', MPLBACKEND='Agg')
-  completed = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=environment, capture_output=True,
-                             text=True, timeout=900)
+  environment = dict(
+      os.environ,
+      LTH_JAX_NOTEBOOK_TINY='1',
+      LTH_JAX_NOTEBOOK_WORKDIR=str(tmp_path / 'run'),
+      JAX_PLATFORMS='cpu',
+      XLA_FLAGS='--xla_force_host_platform_device_count=1',
+      MPLBACKEND='Agg',
+  )
+  completed = subprocess.run(
+      [sys.executable, '-c', script], cwd=REPO, env=environment, capture_output=True, text=True, timeout=900
+  )
   assert completed.returncode == 0, completed.stderr[-3000:]
   assert 'random_ticket: L2 distance' in completed.stdout
   assert (tmp_path / 'run' / 'results.jsonl').exists()

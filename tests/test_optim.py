@@ -25,8 +25,7 @@ CONFIGS = {
     'adamw': dict(optimizer='adamw', learning_rate=1e-2, weight_decay=1e-2),
 }
 # Names of the per-parameter optimizer state in optax's NamedTuples.
-STATE_FIELDS = {'sgd': (), 'momentum': ('trace',), 'nesterov': ('trace',), 'adam': ('mu', 'nu'),
-                'adamw': ('mu', 'nu')}
+STATE_FIELDS = {'sgd': (), 'momentum': ('trace',), 'nesterov': ('trace',), 'adam': ('mu', 'nu'), 'adamw': ('mu', 'nu')}
 
 
 def training_config(**fields):
@@ -38,13 +37,14 @@ def random_kernel_mask(params, seed, density=0.5):
   rng = np.random.default_rng(seed)
   prunable = masks.prunable_tree(params)
   return jax.tree_util.tree_map(
-      lambda leaf, flag: (rng.random(leaf.shape) < density) if flag else np.ones(leaf.shape, bool),
-      params, prunable)
+      lambda leaf, flag: (rng.random(leaf.shape) < density) if flag else np.ones(leaf.shape, bool), params, prunable
+  )
 
 
 def kernel_leaves(tree):
-  return [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-          if masks.path_to_names(path)[-1] == 'kernel']
+  return [
+      leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0] if masks.path_to_names(path)[-1] == 'kernel'
+  ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -63,10 +63,10 @@ def trained(request):
   mask = random_kernel_mask(params, seed=1)
   params0 = masks.apply(params, mask)
   optimizer = optim.from_config(training_config(**CONFIGS[name]), total_steps=40)
-  state = train.TrainState(step=jnp.asarray(0, jnp.int32), params=params0, model_state={},
-                           opt_state=optimizer.init(params0), keep_mask=mask)
-  step = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer,
-                                   task='classification'))
+  state = train.TrainState(
+      step=jnp.asarray(0, jnp.int32), params=params0, model_state={}, opt_state=optimizer.init(params0), keep_mask=mask
+  )
+  step = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer, task='classification'))
   for index in range(inputs.shape[0]):
     state, _ = step(state, inputs[index], targets[index])
   return dict(name=name, mask=mask, params0=params0, state=state)
@@ -128,8 +128,8 @@ def fresh_gradient_update(name, gradient, count):
   if name == 'nesterov':
     return -learning_rate * (1.0 + MOMENTUM) * gradient
   b1, b2, eps = 0.9, 0.999, 1e-8  # optax.scale_by_adam defaults
-  mu_hat = (1.0 - b1) * gradient / (1.0 - b1 ** count)
-  nu_hat = (1.0 - b2) * gradient ** 2 / (1.0 - b2 ** count)
+  mu_hat = (1.0 - b1) * gradient / (1.0 - b1**count)
+  nu_hat = (1.0 - b2) * gradient**2 / (1.0 - b2**count)
   return -learning_rate * mu_hat / (np.sqrt(nu_hat) + eps)
 
 
@@ -155,7 +155,8 @@ def test_masked_gradients_do_not_leak_and_unmasking_applies_only_the_fresh_gradi
     for index in range(10):
       grads = jax.tree_util.tree_map(lambda leaf: grad_rng.normal(size=leaf.shape).astype(np.float32), params0)
       garbage = jax.tree_util.tree_map(
-          lambda leaf: (garbage_scale * rng.normal(size=leaf.shape)).astype(np.float32), params0)
+          lambda leaf: (garbage_scale * rng.normal(size=leaf.shape)).astype(np.float32), params0
+      )
       grads = jax.tree_util.tree_map(lambda g, junk, keep: np.where(keep, g, junk), grads, garbage, mask)
       params, opt_state, _ = step(params, opt_state, grads, mask, index)
     runs.append((params, opt_state))
@@ -231,8 +232,9 @@ def test_constant_schedule():
 
 
 def test_step_schedule_decays_at_each_boundary():
-  schedule = optim.learning_rate_schedule(0.1, total_steps=300, schedule='step',
-                                          decay_boundaries=(100, 200), decay_factor=0.2)
+  schedule = optim.learning_rate_schedule(
+      0.1, total_steps=300, schedule='step', decay_boundaries=(100, 200), decay_factor=0.2
+  )
   steps = [0, 99, 100, 101, 199, 200, 299, 10_000]
   expected = [0.1, 0.1, 0.02, 0.02, 0.02, 0.004, 0.004, 0.004]
   np.testing.assert_allclose(rates(schedule, steps), expected, rtol=1e-6)
@@ -254,8 +256,9 @@ def test_cosine_schedule_decays_to_zero_at_total_steps():
 @pytest.mark.parametrize('kind', ['constant', 'step', 'cosine'])
 def test_warmup_rises_linearly_to_the_peak(kind):
   peak, warmup = 0.5, 10
-  schedule = optim.learning_rate_schedule(peak, total_steps=110, schedule=kind, warmup_steps=warmup,
-                                          decay_boundaries=(60,), decay_factor=0.1)
+  schedule = optim.learning_rate_schedule(
+      peak, total_steps=110, schedule=kind, warmup_steps=warmup, decay_boundaries=(60,), decay_factor=0.1
+  )
   during = rates(schedule, range(warmup))
   assert during[0] <= peak / warmup + 1e-7  # starts near 0
   np.testing.assert_allclose(np.diff(during), peak / warmup, rtol=1e-5)  # linear, slope peak / warmup
@@ -279,8 +282,14 @@ def test_schedule_is_jittable_and_traced_steps_agree():
 
 def test_step_argument_drives_the_learning_rate():
   """Same gradient, fresh state: the update at absolute step 5000 is the step-0 update times the decay."""
-  config = training_config(optimizer='momentum', learning_rate=0.1, momentum=0.9, schedule='step',
-                           decay_boundaries=(1000, 3000), decay_factor=0.1)
+  config = training_config(
+      optimizer='momentum',
+      learning_rate=0.1,
+      momentum=0.9,
+      schedule='step',
+      decay_boundaries=(1000, 3000),
+      decay_factor=0.1,
+  )
   optimizer = optim.from_config(config, total_steps=6000)
   params = hand_made_params()
   grads = jax.tree_util.tree_map(lambda leaf: jnp.ones_like(leaf) * 0.3, params)
@@ -294,8 +303,9 @@ def test_step_argument_drives_the_learning_rate():
   chex.assert_trees_all_close(at_zero, jax.tree_util.tree_map(lambda g: -0.1 * g, grads), rtol=1e-6)
   chex.assert_trees_all_equal(update_at(999), at_zero)
   chex.assert_trees_all_close(update_at(5000), jax.tree_util.tree_map(lambda u: 0.01 * u, at_zero), rtol=1e-5)
-  chex.assert_trees_all_close(update_at(jnp.asarray(2000, jnp.int32)),
-                              jax.tree_util.tree_map(lambda u: 0.1 * u, at_zero), rtol=1e-5)
+  chex.assert_trees_all_close(
+      update_at(jnp.asarray(2000, jnp.int32)), jax.tree_util.tree_map(lambda u: 0.1 * u, at_zero), rtol=1e-5
+  )
 
 
 def test_from_config_warmup_uses_the_absolute_step():
@@ -329,13 +339,16 @@ def test_unknown_schedule_names_the_field():
 
 @pytest.mark.parametrize('optimizer', ['momentum', 'adamw'])
 def test_weight_decay_can_leave_batch_norm_parameters_alone(optimizer):
-  params = {'conv_0': {'kernel': np.full((2, 2), 2.0, np.float32)},
-            'stage_0_block_0': {'norm_1': {'scale': np.full(2, 2.0, np.float32),
-                                           'bias': np.full(2, 2.0, np.float32)}},
-            'output': {'kernel': np.full((2, 2), 2.0, np.float32), 'bias': np.full(2, 2.0, np.float32)}}
+  params = {
+      'conv_0': {'kernel': np.full((2, 2), 2.0, np.float32)},
+      'stage_0_block_0': {'norm_1': {'scale': np.full(2, 2.0, np.float32), 'bias': np.full(2, 2.0, np.float32)}},
+      'output': {'kernel': np.full((2, 2), 2.0, np.float32), 'bias': np.full(2, 2.0, np.float32)},
+  }
   assert optim.outside_batch_norm(params) == {
-      'conv_0': {'kernel': True}, 'stage_0_block_0': {'norm_1': {'scale': False, 'bias': False}},
-      'output': {'kernel': True, 'bias': True}}
+      'conv_0': {'kernel': True},
+      'stage_0_block_0': {'norm_1': {'scale': False, 'bias': False}},
+      'output': {'kernel': True, 'bias': True},
+  }
   zero_gradients = jax.tree_util.tree_map(np.zeros_like, params)
   for decay_batch_norm in (True, False):
     transform = optim.direction(optimizer, weight_decay=0.5, decay_batch_norm=decay_batch_norm)
@@ -345,4 +358,3 @@ def test_weight_decay_can_leave_batch_norm_parameters_alone(optimizer):
     norm_updates = updates['stage_0_block_0']['norm_1']
     moved = [float(np.abs(leaf).max()) > 0 for leaf in (norm_updates['scale'], norm_updates['bias'])]
     assert moved == [decay_batch_norm] * 2
-

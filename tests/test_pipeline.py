@@ -15,7 +15,7 @@ def test_pad_crop_flip_is_a_shifted_or_flipped_crop():
   assert len({crop.tobytes() for crop in crops}) > 5  # random offsets and flips
   padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
   for crop in crops:  # every crop is a window of the padded image, possibly mirrored
-    windows = [padded[t:t + 32, l:l + 32] for t in range(9) for l in range(9)]
+    windows = [padded[t : t + 32, l : l + 32] for t in range(9) for l in range(9)]
     assert any(np.array_equal(crop, w) or np.array_equal(crop, w[:, ::-1]) for w in windows)
 
 
@@ -35,8 +35,9 @@ def test_step_batches_are_a_pure_function_of_seed_and_step_and_split_over_hosts(
     assert not np.array_equal(first['inputs'], other['inputs'])
     assert first['inputs'].shape == (16, 32, 32, 3) and first['inputs'].dtype == np.uint8
     assert first['targets'].dtype == np.int32
-    halves = [pipeline.StepBatches(step_batches.records, step_batches.preprocessing, 3, 16, index, 2)[5]
-              for index in range(2)]
+    halves = [
+        pipeline.StepBatches(step_batches.records, step_batches.preprocessing, 3, 16, index, 2)[5] for index in range(2)
+    ]
     np.testing.assert_array_equal(np.concatenate([half['inputs'] for half in halves]), first['inputs'])
     streamed = list(pipeline.training_batches(step_batches, 4, 7, num_threads=2))
     assert len(streamed) == 3
@@ -51,10 +52,12 @@ def test_imagenet_pipeline_on_mock_data():
     step_batches, evaluation_records = pipeline.open_streaming('imagenet2012', None, seed=0, global_batch_size=4)
     batch = step_batches[0]
     assert batch['inputs'].shape == (4, 224, 224, 3) and batch['inputs'].dtype == np.uint8
-    normalized = np.asarray(pipeline.normalize_on_device(batch['inputs'], pipeline.IMAGENET_MEAN,
-                                                         pipeline.IMAGENET_STD))
-    np.testing.assert_allclose(normalized, pipeline.normalize(batch['inputs'], pipeline.IMAGENET_MEAN,
-                                                              pipeline.IMAGENET_STD), atol=1e-5)
+    normalized = np.asarray(
+        pipeline.normalize_on_device(batch['inputs'], pipeline.IMAGENET_MEAN, pipeline.IMAGENET_STD)
+    )
+    np.testing.assert_allclose(
+        normalized, pipeline.normalize(batch['inputs'], pipeline.IMAGENET_MEAN, pipeline.IMAGENET_STD), atol=1e-5
+    )
     assert np.abs(normalized.mean()) < 3.0
     evaluation = next(pipeline.evaluation_batches(evaluation_records, step_batches.preprocessing, 4))
     assert evaluation['inputs'].shape == (4, 224, 224, 3)

@@ -30,9 +30,13 @@ def random_tree(rng, scales=None):
   """Three dense layers (300, 150, 30 kernel weights) with biases, like a tiny LeNet."""
   scales = scales or {}
   shapes = {'dense_0': (20, 15), 'dense_1': (15, 10), 'output': (10, 3)}
-  return {name: {'kernel': scales.get(name, 1.0) * rng.normal(size=shape).astype(np.float32),
-                 'bias': rng.normal(size=shape[1:]).astype(np.float32)}
-          for name, shape in shapes.items()}
+  return {
+      name: {
+          'kernel': scales.get(name, 1.0) * rng.normal(size=shape).astype(np.float32),
+          'bias': rng.normal(size=shape[1:]).astype(np.float32),
+      }
+      for name, shape in shapes.items()
+  }
 
 
 def kernel_counts(mask):
@@ -58,14 +62,17 @@ def test_prune_removes_the_smallest_surviving_weights_by_magnitude():
   weights = [[0.5, -0.1, 3.0, 0.01], [-2.0, 0.05, 1.0, -9.0]]
   keep = [[True, True, True, False], [True, True, True, False]]
   # round(0.5 * 6) = 3: drop 0.05, -0.1, 0.5 (signs do not matter); the pruned 0.01 stays pruned.
-  np.testing.assert_array_equal(prune_layer(weights, keep, 0.5),
-                                [[False, False, True, False], [True, False, True, False]])
+  np.testing.assert_array_equal(
+      prune_layer(weights, keep, 0.5), [[False, False, True, False], [True, False, True, False]]
+  )
   # round(0.2 * 6) = round(1.2) = 1: only 0.05 goes.
-  np.testing.assert_array_equal(prune_layer(weights, keep, 0.2),
-                                [[True, True, True, False], [True, False, True, False]])
+  np.testing.assert_array_equal(
+      prune_layer(weights, keep, 0.2), [[True, True, True, False], [True, False, True, False]]
+  )
   # round(0.75 * 6) = round(4.5) = 4 (round half to even, like Python's round): keeps 2.0 and 3.0.
-  np.testing.assert_array_equal(prune_layer(weights, keep, 0.75),
-                                [[False, False, True, False], [True, False, False, False]])
+  np.testing.assert_array_equal(
+      prune_layer(weights, keep, 0.75), [[False, False, True, False], [True, False, False, False]]
+  )
   # Fraction 0 keeps everything; fraction 1 removes every survivor.
   np.testing.assert_array_equal(prune_layer(weights, keep, 0.0), keep)
   assert not prune_layer(weights, keep, 1.0).any()
@@ -169,8 +176,9 @@ def test_global_pruning_prunes_layers_with_their_own_fraction_outside_the_pool()
   assert kernel_counts(new_mask) == {'dense_0': 90, 'dense_1': 50}
   np.testing.assert_array_equal(np.asarray(new_mask['dense_0']['kernel']).reshape(-1), np.arange(100) >= 10)
   np.testing.assert_array_equal(np.asarray(new_mask['dense_1']['kernel']).reshape(-1), np.arange(100) >= 50)
-  assert pruning.planned_counts({'dense_0': 100, 'dense_1': 100}, 0.5, 1, scope='global',
-                                layer_fractions={'dense_0': 0.1}) == [200, 140]
+  assert pruning.planned_counts(
+      {'dense_0': 100, 'dense_1': 100}, 0.5, 1, scope='global', layer_fractions={'dense_0': 0.1}
+  ) == [200, 140]
 
 
 def test_layer_selectors_name_modules_by_name_family_or_path():
@@ -192,8 +200,10 @@ def test_layer_selectors_name_modules_by_name_family_or_path():
 
 def test_planned_counts_keep_same_named_layers_of_different_blocks_apart():
   """Two 5-weight 'conv_0' layers at 30%: round(1.5) = 2 from each, as pruning does, not 3 from 10."""
-  params = {'block_0': {'conv_0': {'kernel': np.arange(1.0, 6.0)}},
-            'block_1': {'conv_0': {'kernel': np.arange(1.0, 6.0)}}}
+  params = {
+      'block_0': {'conv_0': {'kernel': np.arange(1.0, 6.0)}},
+      'block_1': {'conv_0': {'kernel': np.arange(1.0, 6.0)}},
+  }
   prunable = masks.prunable_tree(params)
   mask = pruning.prune(pruning.magnitude_scores(params), masks.ones_like(params), prunable, 0.3)
   assert sum(kernel_counts_nested(mask)) == 6
@@ -234,8 +244,7 @@ def test_layer_fractions_prune_the_output_layer_at_half_rate():
   rng = np.random.default_rng(3)
   params = random_tree(rng)
   mask, prunable = masks.ones_like(params), masks.prunable_tree(params)
-  new_mask = pruning.prune(pruning.magnitude_scores(params), mask, prunable, 0.2,
-                           layer_fractions={'output': 0.1})
+  new_mask = pruning.prune(pruning.magnitude_scores(params), mask, prunable, 0.2, layer_fractions={'output': 0.1})
   # dense_0: 300 - round(60) ; dense_1: 150 - round(30) ; output: 30 - round(3).
   assert kernel_counts(new_mask) == {'dense_0': 240, 'dense_1': 120, 'output': 27}
 
@@ -244,8 +253,7 @@ def test_layer_fractions_prefix_applies_to_every_numbered_layer():
   rng = np.random.default_rng(4)
   params = random_tree(rng)
   mask, prunable = masks.ones_like(params), masks.prunable_tree(params)
-  new_mask = pruning.prune(pruning.magnitude_scores(params), mask, prunable, 0.5,
-                           layer_fractions={'dense': 0.1})
+  new_mask = pruning.prune(pruning.magnitude_scores(params), mask, prunable, 0.5, layer_fractions={'dense': 0.1})
   assert kernel_counts(new_mask) == {'dense_0': 270, 'dense_1': 135, 'output': 15}
 
 
@@ -265,8 +273,10 @@ def test_fraction_for_layer_matching_rules():
 
 def test_min_weights_per_layer_is_a_floor():
   rng = np.random.default_rng(5)
-  params = {'small': {'kernel': rng.normal(size=(2, 5)).astype(np.float32)},
-            'large': {'kernel': rng.normal(size=(10, 10)).astype(np.float32)}}
+  params = {
+      'small': {'kernel': rng.normal(size=(2, 5)).astype(np.float32)},
+      'large': {'kernel': rng.normal(size=(10, 10)).astype(np.float32)},
+  }
   mask, prunable = masks.ones_like(params), masks.prunable_tree(params)
   scores = pruning.magnitude_scores(params)
   # 0.9 of 10 would leave 1; the floor keeps 3 (the 3 largest). The large layer is above the floor.
@@ -296,8 +306,9 @@ def test_permute_within_layers_keeps_counts_and_non_prunable_leaves():
   rng = np.random.default_rng(6)
   params = random_tree(rng)
   prunable = masks.prunable_tree(params)
-  mask = pruning.prune(pruning.magnitude_scores(params), masks.ones_like(params), prunable, 0.6,
-                       layer_fractions={'output': 0.3})
+  mask = pruning.prune(
+      pruning.magnitude_scores(params), masks.ones_like(params), prunable, 0.6, layer_fractions={'output': 0.3}
+  )
   # A non-prunable mask leaf with a False entry: a permutation would move it.
   bias_mask = np.ones(15, bool)
   bias_mask[0] = False
@@ -319,8 +330,7 @@ def test_permute_within_layers_is_deterministic_for_a_seed():
   prunable = masks.prunable_tree(params)
   mask = pruning.prune(pruning.magnitude_scores(params), masks.ones_like(params), prunable, 0.5)
   first = pruning.permute_within_layers(mask, prunable, seed=11)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, pruning.permute_within_layers(mask, prunable, seed=11),
-                         first)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, pruning.permute_within_layers(mask, prunable, seed=11), first)
   other = pruning.permute_within_layers(mask, prunable, seed=12)
   assert not np.array_equal(other['dense_0']['kernel'], first['dense_0']['kernel'])
 
@@ -350,15 +360,23 @@ def test_planned_counts_match_repeated_pruning(scope):
   params = random_tree(rng)
   prunable = masks.prunable_tree(params)
   sizes = {name: layer['kernel'].size for name, layer in params.items()}
-  plan = pruning.planned_counts(sizes, fraction, levels, scope=scope, layer_fractions=layer_fractions,
-                                min_weights_per_layer=floor)
+  plan = pruning.planned_counts(
+      sizes, fraction, levels, scope=scope, layer_fractions=layer_fractions, min_weights_per_layer=floor
+  )
   assert len(plan) == levels + 1 and plan[0] == 480
   mask = masks.ones_like(params)
   actual = [480]
   for _ in range(levels):
     params = random_tree(rng, scales={'output': 0.01})  # new weights each level, as after training
-    mask = pruning.prune(pruning.magnitude_scores(params), mask, prunable, fraction, scope=scope,
-                         layer_fractions=layer_fractions, min_weights_per_layer=floor)
+    mask = pruning.prune(
+        pruning.magnitude_scores(params),
+        mask,
+        prunable,
+        fraction,
+        scope=scope,
+        layer_fractions=layer_fractions,
+        min_weights_per_layer=floor,
+    )
     actual.append(sum(kernel_counts(mask).values()))
   assert plan == actual
   assert all(later < earlier for earlier, later in zip(actual, actual[1:]))
@@ -366,8 +384,11 @@ def test_planned_counts_match_repeated_pruning(scope):
 
 def test_planned_counts_by_hand():
   # local: dense_0 100 -> 80 -> 64; output (at 0.1) 10 -> 9 (round(1.0)) -> 8 (round(0.9) = 1).
-  assert pruning.planned_counts({'dense_0': 100, 'output': 10}, 0.2, 2, layer_fractions={'output': 0.1}) \
-      == [110, 89, 72]
+  assert pruning.planned_counts({'dense_0': 100, 'output': 10}, 0.2, 2, layer_fractions={'output': 0.1}) == [
+      110,
+      89,
+      72,
+  ]
   # global: 110 -> 88 -> 70 (round(17.6) = 18).
   assert pruning.planned_counts({'dense_0': 100, 'output': 10}, 0.2, 2, scope='global') == [110, 88, 70]
   assert pruning.planned_counts({'dense_0': 100}, 0.2, 0) == [100]
@@ -375,8 +396,8 @@ def test_planned_counts_by_hand():
 
 def test_one_shot_fractions_compound_the_iterative_fractions():
   fraction, overrides = pruning.one_shot_fractions(0.2, {'output': 0.1}, 3)
-  assert fraction == pytest.approx(1 - 0.8 ** 3)
-  assert overrides == {'output': pytest.approx(1 - 0.9 ** 3)}
+  assert fraction == pytest.approx(1 - 0.8**3)
+  assert overrides == {'output': pytest.approx(1 - 0.9**3)}
   assert pruning.one_shot_fractions(0.2, {'output': 0.1}, 1) == (pytest.approx(0.2), {'output': pytest.approx(0.1)})
   assert pruning.one_shot_fractions(0.2, {}, 0) == (0.0, {})
 
@@ -387,7 +408,7 @@ def test_one_shot_reaches_the_density_of_the_iterative_schedule():
   levels = 5
   fraction, overrides = pruning.one_shot_fractions(0.2, {'output': 0.1}, levels)
   one_shot = pruning.planned_counts(sizes, fraction, 1, layer_fractions=overrides)[-1]
-  expected = 10000 * 0.8 ** levels + 1000 * 0.9 ** levels
+  expected = 10000 * 0.8**levels + 1000 * 0.9**levels
   assert abs(one_shot - expected) <= 1
   iterative = pruning.planned_counts(sizes, 0.2, levels, layer_fractions={'output': 0.1})[-1]
   assert abs(one_shot - iterative) <= levels  # only per-level rounding separates them

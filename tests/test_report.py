@@ -24,32 +24,59 @@ STEPS = (10, 20, 30)
 
 def _record(trial, level, branch, metric, value, curve_values):
   return {
-      'trial': trial, 'level': level, 'branch': branch, 'fraction_remaining': FRACTIONS[level],
-      'kept_weights': int(1000 * FRACTIONS[level]), 'nonzero_weights': int(1000 * FRACTIONS[level]),
-      'layer_density': {'dense_0/kernel': FRACTIONS[level]}, metric: value, f'best_{metric}': value,
-      'test_loss': 1.0, 'steps': 30, 'start_step': 0, 'end_step': 30,
-      'curve': [{'step': step, metric: curve_value, 'test_loss': 1.0, 'train_loss': 1.0}
-                for step, curve_value in zip(STEPS, curve_values)],
+      'trial': trial,
+      'level': level,
+      'branch': branch,
+      'fraction_remaining': FRACTIONS[level],
+      'kept_weights': int(1000 * FRACTIONS[level]),
+      'nonzero_weights': int(1000 * FRACTIONS[level]),
+      'layer_density': {'dense_0/kernel': FRACTIONS[level]},
+      metric: value,
+      f'best_{metric}': value,
+      'test_loss': 1.0,
+      'steps': 30,
+      'start_step': 0,
+      'end_step': 30,
+      'curve': [
+          {'step': step, metric: curve_value, 'test_loss': 1.0, 'train_loss': 1.0}
+          for step, curve_value in zip(STEPS, curve_values)
+      ],
   }
 
 
 # (trial, level, branch) -> final test accuracy; each curve ends at the final value.
 ACCURACY = {
-    (0, 0, 'ticket'): 0.90, (1, 0, 'ticket'): 0.92,
-    (0, 1, 'ticket'): 0.93, (1, 1, 'ticket'): 0.97, (0, 1, 'reinit'): 0.85, (1, 1, 'reinit'): 0.89,
-    (0, 2, 'ticket'): 0.94, (1, 2, 'ticket'): 0.90, (0, 2, 'reinit'): 0.70, (1, 2, 'reinit'): 0.80,
+    (0, 0, 'ticket'): 0.90,
+    (1, 0, 'ticket'): 0.92,
+    (0, 1, 'ticket'): 0.93,
+    (1, 1, 'ticket'): 0.97,
+    (0, 1, 'reinit'): 0.85,
+    (1, 1, 'reinit'): 0.89,
+    (0, 2, 'ticket'): 0.94,
+    (1, 2, 'ticket'): 0.90,
+    (0, 2, 'reinit'): 0.70,
+    (1, 2, 'reinit'): 0.80,
 }
 RMSE = {
-    (0, 0, 'ticket'): 1e-6, (1, 0, 'ticket'): 3e-6,
-    (0, 1, 'ticket'): 2e-6, (1, 1, 'ticket'): 4e-6, (0, 1, 'reinit'): 0.5, (1, 1, 'reinit'): 1.5,
-    (0, 2, 'ticket'): 5e-6, (1, 2, 'ticket'): 7e-6, (0, 2, 'reinit'): 2.0, (1, 2, 'reinit'): 3.0,
+    (0, 0, 'ticket'): 1e-6,
+    (1, 0, 'ticket'): 3e-6,
+    (0, 1, 'ticket'): 2e-6,
+    (1, 1, 'ticket'): 4e-6,
+    (0, 1, 'reinit'): 0.5,
+    (1, 1, 'reinit'): 1.5,
+    (0, 2, 'ticket'): 5e-6,
+    (1, 2, 'ticket'): 7e-6,
+    (0, 2, 'reinit'): 2.0,
+    (1, 2, 'reinit'): 3.0,
 }
 
 
 def _records(metric='test_accuracy', values=None):
   values = ACCURACY if values is None else values
-  return [_record(trial, level, branch, metric, value, (value - 0.2, value - 0.1, value))
-          for (trial, level, branch), value in values.items()]
+  return [
+      _record(trial, level, branch, metric, value, (value - 0.2, value - 0.1, value))
+      for (trial, level, branch), value in values.items()
+  ]
 
 
 def _accuracy_records():
@@ -78,11 +105,18 @@ def test_csv_holds_mean_min_max_per_branch_and_level(tmp_path):
   report.write_csv(_accuracy_records(), str(path))
   with open(path, newline='') as file:
     rows = list(csv.DictReader(file))
-  assert list(rows[0]) == ['level', 'fraction_remaining',
-                           'ticket_test_accuracy_mean', 'ticket_test_accuracy_min', 'ticket_test_accuracy_max',
-                           'ticket_trials',
-                           'reinit_test_accuracy_mean', 'reinit_test_accuracy_min', 'reinit_test_accuracy_max',
-                           'reinit_trials']
+  assert list(rows[0]) == [
+      'level',
+      'fraction_remaining',
+      'ticket_test_accuracy_mean',
+      'ticket_test_accuracy_min',
+      'ticket_test_accuracy_max',
+      'ticket_trials',
+      'reinit_test_accuracy_mean',
+      'reinit_test_accuracy_min',
+      'reinit_test_accuracy_max',
+      'reinit_trials',
+  ]
   assert [int(row['level']) for row in rows] == [0, 1, 2]
   assert [float(row['fraction_remaining']) for row in rows] == [1.0, 0.5, 0.25]
   for row in rows:
@@ -115,9 +149,12 @@ def _error_bars(axes):
   for container in axes.containers:
     data_line, _, (bar_lines, *_) = container.lines
     segments = bar_lines.get_segments()
-    drawn[data_line.get_gid()] = (np.asarray(data_line.get_xdata()), np.asarray(data_line.get_ydata()),
-                                  np.array([segment[:, 1].min() for segment in segments]),
-                                  np.array([segment[:, 1].max() for segment in segments]))
+    drawn[data_line.get_gid()] = (
+        np.asarray(data_line.get_xdata()),
+        np.asarray(data_line.get_ydata()),
+        np.array([segment[:, 1].min() for segment in segments]),
+        np.array([segment[:, 1].max() for segment in segments]),
+    )
   return drawn
 
 
@@ -166,7 +203,10 @@ def test_training_curves_plot_the_ticket_mean_per_level(tmp_path):
     np.testing.assert_allclose(lines[f'level_{level}'].get_ydata(), [mean - 0.2, mean - 0.1, mean])
   assert lines['level_0'].get_color() != lines['level_2'].get_color()  # coloured by weights remaining
   assert [text.get_text() for text in axes.get_legend().get_texts()] == [
-      '100% (level 0)', '50% (level 1)', '25% (level 2)']
+      '100% (level 0)',
+      '50% (level 1)',
+      '25% (level 2)',
+  ]
   assert axes.get_xlabel() == 'Training step'
 
   curves = report.training_curves(records, branch='reinit')
@@ -216,8 +256,14 @@ def test_load_names_a_missing_workdir_or_results_file(tmp_path):
 
 def _start_report(*arguments):
   environment = dict(os.environ, JAX_PLATFORMS='cpu')
-  return subprocess.Popen([sys.executable, '-m', 'lth_jax.report', *arguments], cwd=REPO, env=environment,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+      [sys.executable, '-m', 'lth_jax.report', *arguments],
+      cwd=REPO,
+      env=environment,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
 
 
 def test_command_line_writes_the_report_and_names_a_missing_workdir(tmp_path):
@@ -234,8 +280,13 @@ def test_command_line_writes_the_report_and_names_a_missing_workdir(tmp_path):
   assert 'Traceback' not in to_a_file_stderr
 
   assert writing.returncode == 0, stderr[-3000:]
-  assert sorted(os.listdir(output_dir)) == ['accuracy_vs_sparsity.png', 'layer_density.csv', 'layer_density.png',
-                                            'sparsity_table.csv', 'training_curves.png']  # (no checkpoints: no overlap)
+  assert sorted(os.listdir(output_dir)) == [
+      'accuracy_vs_sparsity.png',
+      'layer_density.csv',
+      'layer_density.png',
+      'sparsity_table.csv',
+      'training_curves.png',
+  ]  # (no checkpoints: no overlap)
   for name in ('accuracy_vs_sparsity.png', 'training_curves.png'):
     _check_png(output_dir / name)
   assert 'test_rmse against fraction of weights remaining' in stdout  # the sparsity table

@@ -11,10 +11,16 @@ import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
-EXPECTED_FIGURES = ('resnet18_cifar10', 'resnet50_imagenet', 'pipeline_cifar10', 'pipeline_imagenet2012',
-                    'pipeline_imagenet2012_eval', 'pipeline_imagenet2012_jpeg', 'bottleneck')
-MODEL_FIELDS = ('batch', 'steps', 'images_per_s', 'step_ms', 'min_step_ms', 'compile_s', 'warmup_step_s',
-                'params_m')
+EXPECTED_FIGURES = (
+    'resnet18_cifar10',
+    'resnet50_imagenet',
+    'pipeline_cifar10',
+    'pipeline_imagenet2012',
+    'pipeline_imagenet2012_eval',
+    'pipeline_imagenet2012_jpeg',
+    'bottleneck',
+)
+MODEL_FIELDS = ('batch', 'steps', 'images_per_s', 'step_ms', 'min_step_ms', 'compile_s', 'warmup_step_s', 'params_m')
 PIPELINE_FIELDS = ('batch', 'batches', 'images_per_s', 'batch_ms', 'first_batch_s')
 # Numeric fields that must be positive and finite on every line of the figure.
 EXPECTED_FIELDS = {
@@ -49,11 +55,18 @@ def test_resnet_throughput_quick_prints_every_figure(tmp_path):
   env = dict(os.environ)
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get('PYTHONPATH')]))
   # One CPU device (conftest asks for eight simulated ones).
-  env['XLA_FLAGS'] = ' '.join(flag for flag in env.get('XLA_FLAGS', '').split()
-                              if not flag.startswith(DEVICE_COUNT_FLAG))
+  env['XLA_FLAGS'] = ' '.join(
+      flag for flag in env.get('XLA_FLAGS', '').split() if not flag.startswith(DEVICE_COUNT_FLAG)
+  )
   completed = subprocess.run(
       [sys.executable, '-m', 'experiments.benchmarks.resnet_throughput', '--quick', f'--output={output}'],
-      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+      cwd=REPO_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+      check=False,
+  )
   assert completed.returncode == 0, completed.stdout + completed.stderr[-5000:]
 
   lines = parse_figures(completed.stdout)

@@ -48,14 +48,18 @@ def _running_level_1(workdir):
   found = glob.glob(os.path.join(str(workdir), 'checkpoints', 'running', 'level_1_t0-ticket_2_*'))
   assert len(found) == 1, found
   return found[0]
+
+
 WALL_CLOCK_FIELDS = ('wall_seconds',)
 
 
 def _config_file(directory, **overrides) -> str:
   path = os.path.join(directory, 'config.py')
   with open(path, 'w') as file:
-    file.write('from tests import helpers\n\n\ndef get_config():\n'
-               f'  return helpers.tiny_config(**{dict(OVERRIDES, **overrides)!r})\n')
+    file.write(
+        'from tests import helpers\n\n\ndef get_config():\n'
+        f'  return helpers.tiny_config(**{dict(OVERRIDES, **overrides)!r})\n'
+    )
   return path
 
 
@@ -70,7 +74,12 @@ def _start(workdir, *arguments, pause=None, config=None):
   log = open(f'{workdir}.log', 'a')
   process = subprocess.Popen(
       [sys.executable, '-m', 'tests.resume_driver', f'--config={config}', f'--workdir={workdir}', *arguments],
-      cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=log, text=True)
+      cwd=REPO,
+      env=environment,
+      stdout=subprocess.PIPE,
+      stderr=log,
+      text=True,
+  )
   process.log_path = log.name
   return process
 
@@ -115,8 +124,7 @@ def _saved_trees(workdir):
   trees = {}
   for directory in sorted(glob.glob(os.path.join(workdir, 'checkpoints', 'trial_0', '*'))):
     if os.path.basename(directory) != 'running':
-      trees[os.path.basename(directory)] = jax.tree_util.tree_map(np.asarray,
-                                                                  checkpoints.restore_tree(directory))
+      trees[os.path.basename(directory)] = jax.tree_util.tree_map(np.asarray, checkpoints.restore_tree(directory))
   return trees
 
 
@@ -191,14 +199,17 @@ def test_sigterm_checkpoints_the_current_step_and_a_restart_finishes_the_same(re
   returncode, _, stderr = _finish(process)
   running = os.path.join(workdir, 'checkpoints', 'trial_0', 'running', 'level_0_ticket')
   assert returncode == 143, stderr[-3000:]
-  assert (f'lth_jax: trial 0 level 0/2 ticket: stopped at step 36/60 on request (SIGTERM); checkpointed in '
-          f'{os.path.join(running, "36")}; run the same command again to continue') in stderr
+  assert (
+      f'lth_jax: trial 0 level 0/2 ticket: stopped at step 36/60 on request (SIGTERM); checkpointed in '
+      f'{os.path.join(running, "36")}; run the same command again to continue'
+  ) in stderr
   assert sorted(os.listdir(running)) == ['20', '36']
   assert not os.path.exists(os.path.join(workdir, 'results.jsonl'))
   # The rewind point was saved when it was taken, not at the end of the level.
   expected_rewind = checkpoints.restore_tree(os.path.join(reference, 'checkpoints', 'trial_0', 'rewind'))
-  chex.assert_trees_all_equal(checkpoints.restore_tree(os.path.join(workdir, 'checkpoints', 'trial_0', 'rewind')),
-                              expected_rewind)
+  chex.assert_trees_all_equal(
+      checkpoints.restore_tree(os.path.join(workdir, 'checkpoints', 'trial_0', 'rewind')), expected_rewind
+  )
 
   returncode, stdout, stderr = _finish(_start(workdir))
   assert returncode == 0, stderr[-3000:]
@@ -223,6 +234,7 @@ def test_allow_config_change_flag(reference, tmp_path):
 
 # In-process checks (8 simulated devices).
 
+
 def _quiet(message):
   del message
 
@@ -234,8 +246,7 @@ def test_config_change_is_refused_with_the_differing_fields(reference, tmp_path)
     written = json.load(file)
   assert written.pop('resolved')['training']['batch_size'] == 32
   assert written == validation.config_to_json(helpers.tiny_config(**OVERRIDES))
-  changed = helpers.tiny_config(**OVERRIDES, training__learning_rate=0.01, pruning__fraction=0.4,
-                                dataset__seed=3)
+  changed = helpers.tiny_config(**OVERRIDES, training__learning_rate=0.01, pruning__fraction=0.4, dataset__seed=3)
   with pytest.raises(validation.ConfigError) as raised:
     lottery.run(changed, workdir, log=_quiet)
   message = str(raised.value)
@@ -244,8 +255,9 @@ def test_config_change_is_refused_with_the_differing_fields(reference, tmp_path)
   assert 'allow_config_change' in message and os.path.join(workdir, 'config.json') in message
   # Fields that cannot change the recorded results pass: checkpointing, trials, levels at a set fraction.
   lines = []
-  neutral = helpers.tiny_config(**dict(OVERRIDES, checkpointing__every_steps=7, trials=1,
-                                     report__print_surviving_weights=True, pruning__levels=1))
+  neutral = helpers.tiny_config(
+      **dict(OVERRIDES, checkpointing__every_steps=7, trials=1, report__print_surviving_weights=True, pruning__levels=1)
+  )
   results = lottery.run(neutral, workdir, log=lines.append)
   assert len(results.records) == 5
   assert any('checkpointing.every_steps: 20 -> 7' in line and 'pruning.levels: 2 -> 1' in line for line in lines)
@@ -264,13 +276,16 @@ def test_config_differences_ignore_fields_added_at_their_defaults():
   assert neutral == []  # checkpointing.* absent before and at its defaults now: no difference
 
 
-@pytest.mark.parametrize('overrides, message', [
-    ({'training__num_steps': '60'}, "training.num_steps='60'"),
-    ({'training__eval_every': 2.5}, 'training.eval_every=2.5: must be a non-negative integer'),
-    ({'checkpointing__every_steps': -1}, 'checkpointing.every_steps=-1: must be a non-negative integer'),
-    ({'checkpointing__max_to_keep': 0}, 'checkpointing.max_to_keep=0: must be a positive integer'),
-    ({'checkpointing__tensorboard': 'yes'}, "checkpointing.tensorboard='yes': must be True or False"),
-])
+@pytest.mark.parametrize(
+    'overrides, message',
+    [
+        ({'training__num_steps': '60'}, "training.num_steps='60'"),
+        ({'training__eval_every': 2.5}, 'training.eval_every=2.5: must be a non-negative integer'),
+        ({'checkpointing__every_steps': -1}, 'checkpointing.every_steps=-1: must be a non-negative integer'),
+        ({'checkpointing__max_to_keep': 0}, 'checkpointing.max_to_keep=0: must be a positive integer'),
+        ({'checkpointing__tensorboard': 'yes'}, "checkpointing.tensorboard='yes': must be True or False"),
+    ],
+)
 def test_wrong_types_are_refused_before_anything_is_written(tmp_path, overrides, message):
   config = helpers.tiny_config()
   for field, value in overrides.items():  # past the ConfigDict's own type check, as a config file could
@@ -301,8 +316,10 @@ def test_an_unwritable_workdir_is_refused(tmp_path):
     except PermissionError:
       pass
     else:
-      pytest.skip('running as root (or with CAP_DAC_OVERRIDE): chmod does not stop writes here; the '
-                  'folder-below-a-file case covers the same error path')
+      pytest.skip(
+          'running as root (or with CAP_DAC_OVERRIDE): chmod does not stop writes here; the '
+          'folder-below-a-file case covers the same error path'
+      )
     with pytest.raises(validation.WorkdirError, match='cannot create or write there'):
       lottery.run(helpers.tiny_config(), str(workdir), log=_quiet)
   finally:
@@ -316,7 +333,7 @@ def test_a_torn_last_record_is_redone_without_losing_or_duplicating_records(refe
   with open(path, 'rb') as file:
     lines = file.readlines()
   with open(path, 'wb') as file:  # a crash in the middle of writing the last record
-    file.writelines(lines[:-1] + [lines[-1][:len(lines[-1]) // 2]])
+    file.writelines(lines[:-1] + [lines[-1][: len(lines[-1]) // 2]])
   torn = json.loads(lines[-1])
   handler = signal.getsignal(signal.SIGTERM)
   with caplog.at_level(logging.WARNING):
@@ -379,9 +396,13 @@ def test_the_trainer_continues_a_run_checkpoint_bitwise(tmp_path):
   saved = []  # (step, checkpoint): a checkpoint's state is donated to the next dispatch, so read it at once
   # Dispatches of 8 steps end at 11, 13, 20, 26, 30, 38, 39, 40, 48, 50 (checkpoints every 13 steps).
   with pytest.raises(train_lib.Preempted, match='stopped at step 38') as raised:
-    trainer.train(fresh(), **settings, checkpoint_every=13,
-                  on_checkpoint=lambda checkpoint: saved.append((checkpoint.step, checkpoint)),
-                  should_stop=lambda step: step == 38)
+    trainer.train(
+        fresh(),
+        **settings,
+        checkpoint_every=13,
+        on_checkpoint=lambda checkpoint: saved.append((checkpoint.step, checkpoint)),
+        should_stop=lambda step: step == 38,
+    )
   assert raised.value.step == 38 and raised.value.checkpointed
   assert [step for step, _ in saved] == [13, 26, 38]
   stopped = saved[-1][1]
@@ -394,8 +415,10 @@ def test_the_trainer_continues_a_run_checkpoint_bitwise(tmp_path):
     assert run.steps() == [38]
 
     def like(metadata):
-      return train_lib.RunCheckpoint.arrays_like(metadata, fresh(), trainer.zero_train_sums(fresh()),
-                                                 (start, model_state))
+      return train_lib.RunCheckpoint.arrays_like(
+          metadata, fresh(), trainer.zero_train_sums(fresh()), (start, model_state)
+      )
+
     restored = train_lib.RunCheckpoint.from_parts(*run.restore_latest(like))
   resumed = trainer.train(restored, **settings)
   without_speed = lambda curve: [{k: v for k, v in entry.items() if k not in TIMINGS} for entry in curve]
@@ -410,6 +433,7 @@ def test_scalars_go_to_tensorboard_when_tensorboardx_is_importable(tmp_path, mon
   written = []
 
   class SummaryWriter:
+
     def __init__(self, logdir):
       self.logdir = logdir
 
@@ -425,17 +449,22 @@ def test_scalars_go_to_tensorboard_when_tensorboardx_is_importable(tmp_path, mon
   fake = type(sys)('tensorboardX')
   fake.SummaryWriter = SummaryWriter
   monkeypatch.setitem(sys.modules, 'tensorboardX', fake)
-  config = helpers.tiny_config(pruning__levels=1, branches=(), training__num_steps=20, training__eval_every=10,
-                               pruning__rewind_step=0)
+  config = helpers.tiny_config(
+      pruning__levels=1, branches=(), training__num_steps=20, training__eval_every=10, pruning__rewind_step=0
+  )
   lottery.run(config, str(tmp_path), log=_quiet)
   runs = {(logdir, tag) for logdir, tag, _, _ in written}
   assert ('tensorboard/trial_0/level_0_ticket', 'test_accuracy') in runs
   assert ('tensorboard/trial_0/level_1_ticket', 'train_loss') in runs
   assert [(step, tag) for logdir, tag, _, step in written if logdir == 'tensorboard/trial_0/levels'] == [
-      (0, 'ticket/test_accuracy'), (0, 'ticket/percent_remaining'),
-      (1, 'ticket/test_accuracy'), (1, 'ticket/percent_remaining')]
-  assert sorted(step for logdir, tag, _, step in written
-                if logdir == 'tensorboard/trial_0/level_1_ticket' and tag == 'test_loss') == [10, 20]
+      (0, 'ticket/test_accuracy'),
+      (0, 'ticket/percent_remaining'),
+      (1, 'ticket/test_accuracy'),
+      (1, 'ticket/percent_remaining'),
+  ]
+  assert sorted(
+      step for logdir, tag, _, step in written if logdir == 'tensorboard/trial_0/level_1_ticket' and tag == 'test_loss'
+  ) == [10, 20]
 
 
 def test_checkpoint_steps_do_not_change_the_results():
@@ -443,11 +472,18 @@ def test_checkpoint_steps_do_not_change_the_results():
   trainer = test_train._trainer(8, 8)
   params, model_state = trainer.init_variables(seed=4)
   keep_mask = masks_lib.ones_like(params)
-  results = [trainer.train(trainer.create_state(params, model_state, keep_mask, 0), 30, 1, eval_every=15,
-                           checkpoint_every=every, on_checkpoint=lambda checkpoint: None)
-             for every in (0, 7)]
-  curves = [[{k: v for k, v in entry.items() if k not in TIMINGS} for entry in result.curve]
-            for result in results]
+  results = [
+      trainer.train(
+          trainer.create_state(params, model_state, keep_mask, 0),
+          30,
+          1,
+          eval_every=15,
+          checkpoint_every=every,
+          on_checkpoint=lambda checkpoint: None,
+      )
+      for every in (0, 7)
+  ]
+  curves = [[{k: v for k, v in entry.items() if k not in TIMINGS} for entry in result.curve] for result in results]
   assert curves[0] == curves[1]
   chex.assert_trees_all_equal(*[parallel.to_host(result.state) for result in results])
 

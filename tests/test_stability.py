@@ -29,8 +29,8 @@ def test_metric_definitions_on_hand_made_trees():
   prunable = masks_lib.prunable_tree(_tree([0.0, 0.0, 0.0]))
   keep = {'layer': {'kernel': np.array([True, True, False]), 'bias': np.array([True, True])}}
   initial = _tree([0.0, 0.0, 5.0])
-  full = _tree([1.0, 0.0, 7.0])       # W_F - W_0 on the mask: (1, 0)
-  ticket = _tree([0.0, 2.0, -3.0])    # W_T - W_0 on the mask: (0, 2)
+  full = _tree([1.0, 0.0, 7.0])  # W_F - W_0 on the mask: (1, 0)
+  ticket = _tree([0.0, 2.0, -3.0])  # W_T - W_0 on the mask: (0, 2)
   full_final = _tree([1.0, 1.0, 0.0])  # W_* - W_0 on the mask: (1, 1)
   metrics = stability.stability_metrics(initial, full, ticket, full_final, keep, prunable, normalizer=2.0)
   assert metrics['l2_distance'] == pytest.approx(math.sqrt(1 + 4) / 2)
@@ -80,17 +80,25 @@ def test_vmapped_population_equals_members_trained_one_by_one():
   prunable = masks_lib.prunable_tree(starts[0][0])
   masks[1] = pruning.prune(pruning.magnitude_scores(starts[1][0]), masks[1], prunable, 0.7)
   seeds = [5, 6, 5]
-  state = population.create_state(train_lib.stack_members([masks_lib.apply(start[0], mask)
-                                                           for start, mask in zip(starts, masks)]),
-                                  train_lib.stack_members([s[1] for s in starts]),
-                                  train_lib.stack_members(masks), 3)
+  state = population.create_state(
+      train_lib.stack_members([masks_lib.apply(start[0], mask) for start, mask in zip(starts, masks)]),
+      train_lib.stack_members([s[1] for s in starts]),
+      train_lib.stack_members(masks),
+      3,
+  )
   together = population.train(state, 40, seeds, eval_every=20)
   assert len(together.curve[-1]['test_accuracy']) == 3
   for index in range(3):
-    alone = single.train(single.create_state(masks_lib.apply(starts[index][0], masks[index]), starts[index][1],
-                                             masks[index], 3), 40, seeds[index])
-    chex.assert_trees_all_close(train_lib.member(parallel.to_host(together.state.params), index),
-                                parallel.to_host(alone.state.params), atol=2e-5)
+    alone = single.train(
+        single.create_state(masks_lib.apply(starts[index][0], masks[index]), starts[index][1], masks[index], 3),
+        40,
+        seeds[index],
+    )
+    chex.assert_trees_all_close(
+        train_lib.member(parallel.to_host(together.state.params), index),
+        parallel.to_host(alone.state.params),
+        atol=2e-5,
+    )
     assert together.curve[-1]['test_accuracy'][index] == pytest.approx(alone.curve[-1]['test_accuracy'], abs=1e-6)
 
 
@@ -103,9 +111,19 @@ def test_measure_trains_full_network_like_a_plain_run_and_separates_tickets():
   dense = single.train(single.create_state(params0, model_state0, ones, 0), 60, 11)
   dense_params = parallel.to_host(dense.state.params)
   keep_mask = pruning.prune(pruning.magnitude_scores(dense_params), ones, prunable, 0.8)
-  result = stability.measure(population, (params0, model_state0), other, keep_mask, prunable, rewind_step=10,
-                             end_step=60, data_seed=11, other_data_seed=12, random_ticket_seed=3,
-                             measure_steps=(30,))
+  result = stability.measure(
+      population,
+      (params0, model_state0),
+      other,
+      keep_mask,
+      prunable,
+      rewind_step=10,
+      end_step=60,
+      data_seed=11,
+      other_data_seed=12,
+      random_ticket_seed=3,
+      measure_steps=(30,),
+  )
   assert [entry['step'] for entry in result.curve] == [30, 60]
   # The full member is exactly the plain dense run (same init, batches, optimizer state).
   assert result.test_metrics['full'] == pytest.approx(dense.curve[-1]['test_accuracy'], abs=1e-6)
@@ -132,8 +150,9 @@ def test_linear_mode_connectivity_ends_are_the_trained_networks_with_their_own_b
     alone = single.train(single.create_state(params0, model_state0, ones, 0), 40, seed)
     ends.append(parallel.to_host(alone.state))
     assert alone.curve[-1]['test_accuracy'] == pytest.approx(1.0 - path.errors[0 if seed == 4 else -1], abs=1e-6)
-  assert not np.allclose(ends[0].model_state['batch_stats']['norm']['mean'],
-                         ends[1].model_state['batch_stats']['norm']['mean'])
+  assert not np.allclose(
+      ends[0].model_state['batch_stats']['norm']['mean'], ends[1].model_state['batch_stats']['norm']['mean']
+  )
   assert path.instability == stability.error_barrier_height(path.errors)
 
 

@@ -31,8 +31,16 @@ def _trainer(dataset, steps_per_dispatch=4, population_size=0, num_devices=0, ba
   model = models_lib.build(config.model, dataset.num_outputs)
   config.training.optimizer = 'momentum'
   config.training.learning_rate = 0.02
-  return train_lib.Trainer(model, dataset, optim.from_config(config.training, 100), parallel.create_mesh(num_devices),
-                           batch_size, steps_per_dispatch, eval_batch_size=24, population_size=population_size)
+  return train_lib.Trainer(
+      model,
+      dataset,
+      optim.from_config(config.training, 100),
+      parallel.create_mesh(num_devices),
+      batch_size,
+      steps_per_dispatch,
+      eval_batch_size=24,
+      population_size=population_size,
+  )
 
 
 def _fresh_state(trainer, seed=0):
@@ -75,8 +83,15 @@ def test_streaming_training_is_the_same_for_any_dispatch_size_and_when_resumed(m
   saved = []
 
   def keep_checkpoint(checkpoint):
-    saved.append(train_lib.RunCheckpoint(parallel.to_host(checkpoint.state), parallel.to_host(checkpoint.train_sums),
-                                         checkpoint.train_sum_steps, checkpoint.curve, checkpoint.snapshots))
+    saved.append(
+        train_lib.RunCheckpoint(
+            parallel.to_host(checkpoint.state),
+            parallel.to_host(checkpoint.train_sums),
+            checkpoint.train_sum_steps,
+            checkpoint.curve,
+            checkpoint.snapshots,
+        )
+    )
 
   with pytest.raises(train_lib.Preempted):
     trainer.train(state, 7, 3, eval_every=3, on_checkpoint=keep_checkpoint, should_stop=lambda step: step >= 4)
@@ -96,8 +111,9 @@ def test_streaming_population_members_equal_their_single_runs(mock_cifar10):
     members.append(parallel.to_host(single.train(state, 5, data_seed=seed).state.params))
   population = _trainer(dataset, population_size=2)
   _, (params, model_state, keep_mask) = _fresh_state(single, seed=0)
-  state = population.create_state(*(train_lib.stack_members([tree, tree]) for tree in (params, model_state, keep_mask)),
-                                  step=0)
+  state = population.create_state(
+      *(train_lib.stack_members([tree, tree]) for tree in (params, model_state, keep_mask)), step=0
+  )
   result = population.train(state, 5, data_seed=[3, 8])
   for index, expected in enumerate(members):
     chex.assert_trees_all_close(train_lib.member(parallel.to_host(result.state.params), index), expected, atol=1e-6)
@@ -116,22 +132,36 @@ def test_streamed_evaluation_equals_the_cached_and_the_in_memory_one(mock_cifar1
 
 
 def test_streaming_lottery_run_with_snip_on_mock_cifar10(tmp_path, mock_cifar10):
-  config = helpers.tiny_config(dataset__name='cifar10', dataset__streaming=True, training__batch_size=16,
-                               training__num_steps=6, training__eval_every=3, training__steps_per_dispatch=2,
-                               training__eval_batch_size=32, pruning__levels=1, pruning__rewind_step=2,
-                               branches=('snip',))
+  config = helpers.tiny_config(
+      dataset__name='cifar10',
+      dataset__streaming=True,
+      training__batch_size=16,
+      training__num_steps=6,
+      training__eval_every=3,
+      training__steps_per_dispatch=2,
+      training__eval_batch_size=32,
+      pruning__levels=1,
+      pruning__rewind_step=2,
+      branches=('snip',),
+  )
   results = lottery.run(config, str(tmp_path), log=lambda line: None)
   assert sorted((r['level'], r['branch']) for r in results.records) == [(0, 'ticket'), (1, 'snip'), (1, 'ticket')]
   assert all(0 <= r['test_accuracy'] <= 1 for r in results.records)
 
 
 def test_a_dataset_without_a_streaming_pipeline_is_refused_by_name():
-  with pytest.raises(lottery.validation.ConfigError, match="dataset.streaming=True: no streaming pipeline for 'digits'"):
+  with pytest.raises(
+      lottery.validation.ConfigError, match="dataset.streaming=True: no streaming pipeline for 'digits'"
+  ):
     lottery.prepare(helpers.tiny_config(dataset__streaming=True))
 
 
 def test_on_device_normalization_matches_the_host_one():
   images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
   np.testing.assert_allclose(
-      np.asarray(jax.jit(lambda x: pipeline.normalize_on_device(x, pipeline.CIFAR10_MEAN, pipeline.CIFAR10_STD))(images)),
-      pipeline.normalize(images, pipeline.CIFAR10_MEAN, pipeline.CIFAR10_STD), atol=1e-5)
+      np.asarray(
+          jax.jit(lambda x: pipeline.normalize_on_device(x, pipeline.CIFAR10_MEAN, pipeline.CIFAR10_STD))(images)
+      ),
+      pipeline.normalize(images, pipeline.CIFAR10_MEAN, pipeline.CIFAR10_STD),
+      atol=1e-5,
+  )

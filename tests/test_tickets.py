@@ -51,16 +51,27 @@ def test_export_round_trip_is_bitwise_and_masks_can_go_alone(search, exported, t
   ticket, loaded = tickets.load(search, level=2, trial=1), tickets.load_exported(exported)
   for part in ('keep_mask', 'start_params', 'final_params', 'start_model_state'):
     chex.assert_trees_all_equal(getattr(loaded, part), getattr(ticket, part))
-    for ours, theirs in zip(jax.tree_util.tree_leaves(getattr(loaded, part)), jax.tree_util.tree_leaves(getattr(ticket, part))):
+    for ours, theirs in zip(
+        jax.tree_util.tree_leaves(getattr(loaded, part)), jax.tree_util.tree_leaves(getattr(ticket, part))
+    ):
       assert ours.dtype == theirs.dtype
   assert (loaded.level, loaded.trial, loaded.rewind_step, loaded.record) == (2, 1, 5, ticket.record)
   masks_path = str(tmp_path / 'masks.npz')
-  assert tickets._command_line(['export', f'--workdir={search}', '--level=2', '--trial=1', f'--out={masks_path}',
-                                '--masks_only']) == 0
+  assert (
+      tickets._command_line(
+          ['export', f'--workdir={search}', '--level=2', '--trial=1', f'--out={masks_path}', '--masks_only']
+      )
+      == 0
+  )
   with np.load(masks_path) as contents:
     assert sorted(name for name in contents.files if not name.startswith('__')) == [
-        'keep_mask/dense_0/bias', 'keep_mask/dense_0/kernel', 'keep_mask/dense_1/bias', 'keep_mask/dense_1/kernel',
-        'keep_mask/output/bias', 'keep_mask/output/kernel']
+        'keep_mask/dense_0/bias',
+        'keep_mask/dense_0/kernel',
+        'keep_mask/dense_1/bias',
+        'keep_mask/dense_1/kernel',
+        'keep_mask/output/bias',
+        'keep_mask/output/kernel',
+    ]
     np.testing.assert_array_equal(contents['keep_mask/dense_0/kernel'], ticket.keep_mask['dense_0']['kernel'])
   assert tickets.load_exported(masks_path).start_params is None
 
@@ -86,8 +97,11 @@ def test_bad_inputs_name_the_problem(search, exported, tmp_path, capsys):
   with pytest.raises(tickets.TicketError, match='not a readable ticket file'):
     tickets.load_exported(str(tmp_path / 'junk.npz'))
   other = helpers.tiny_config(model__hidden_sizes=(16, 16), transfer__ticket=exported)
-  with pytest.raises(validation.ConfigError, match=r'the ticket does not fit this model: parameter dense_0/bias is '
-                                                   r'\(32,\) in the ticket and \(16,\) in the model'):
+  with pytest.raises(
+      validation.ConfigError,
+      match=r'the ticket does not fit this model: parameter dense_0/bias is '
+      r'\(32,\) in the ticket and \(16,\) in the model',
+  ):
     lottery.run(other, str(tmp_path / 'other'), log=lambda message: None)
   assert not os.path.exists(tmp_path / 'other' / 'results.jsonl')
 
@@ -96,8 +110,15 @@ def test_transfer_trains_the_ticket_or_fresh_weights_under_its_mask_and_resumes(
   ticket = tickets.load_exported(exported)
   starts = {}
   for start in ('ticket', 'reinit'):
-    config = helpers.tiny_config(dataset__seed=7, seed=3, pruning__levels=1, pruning__rewind_step=0,
-                                 branches=(), transfer__ticket=exported, transfer__start=start)
+    config = helpers.tiny_config(
+        dataset__seed=7,
+        seed=3,
+        pruning__levels=1,
+        pruning__rewind_step=0,
+        branches=(),
+        transfer__ticket=exported,
+        transfer__start=start,
+    )
     workdir = str(tmp_path / start)
     records = lottery.run(config, workdir, log=lambda message: None).records
     assert [(record['level'], record['branch']) for record in records] == [(0, 'ticket'), (1, 'ticket')]
@@ -129,8 +150,14 @@ def test_an_output_layer_of_another_width_starts_fresh_dense_or_at_the_ticket_s_
 
 def test_overlap_of_hand_made_masks():
   prunable = {'a': {'kernel': True, 'bias': False}, 'b': {'kernel': True}}
-  first = {'a': {'kernel': np.array([1, 1, 0, 0], bool), 'bias': np.ones(2, bool)}, 'b': {'kernel': np.array([1, 0], bool)}}
-  disjoint = {'a': {'kernel': np.array([0, 0, 1, 1], bool), 'bias': np.ones(2, bool)}, 'b': {'kernel': np.array([0, 1], bool)}}
+  first = {
+      'a': {'kernel': np.array([1, 1, 0, 0], bool), 'bias': np.ones(2, bool)},
+      'b': {'kernel': np.array([1, 0], bool)},
+  }
+  disjoint = {
+      'a': {'kernel': np.array([0, 0, 1, 1], bool), 'bias': np.ones(2, bool)},
+      'b': {'kernel': np.array([0, 1], bool)},
+  }
   assert mask_overlap.overlap(first, first, prunable) == {'a': 1.0, 'b': 1.0, 'overall': 1.0}
   assert mask_overlap.overlap(first, disjoint, prunable) == {'a': 0.0, 'b': 0.0, 'overall': 0.0}
   assert mask_overlap.chance_overlap(first, disjoint, prunable) == {'a': 0.5, 'b': 0.5, 'overall': 0.5}
@@ -139,8 +166,11 @@ def test_overlap_of_hand_made_masks():
 def test_report_compares_trials_and_levels_and_plots_layer_density(search, tmp_path):
   records = report.load(search)
   paths = mask_overlap.write_mask_report(search, records, str(tmp_path))
-  assert sorted(os.path.basename(path) for path in paths) == ['layer_density.csv', 'layer_density.png',
-                                                               'mask_overlap.csv']
+  assert sorted(os.path.basename(path) for path in paths) == [
+      'layer_density.csv',
+      'layer_density.png',
+      'mask_overlap.csv',
+  ]
   rows = mask_overlap.overlap_rows(search, records)
   trials = [row for row in rows if row['comparison'] == 'trials' and row['layer'] == 'overall']
   assert [row['level'] for row in trials] == [0, 1, 2]
@@ -151,4 +181,8 @@ def test_report_compares_trials_and_levels_and_plots_layer_density(search, tmp_p
   levels = [row for row in rows if row['comparison'] == 'levels' and row['layer'] == 'overall']
   assert all(row['overlap'] == 1.0 for row in levels)  # iterative pruning never revives a weight
   figure = mask_overlap.plot_layer_density(records)
-  assert {line.get_gid() for line in figure.axes[0].get_lines()} == {'dense_0/kernel', 'dense_1/kernel', 'output/kernel'}
+  assert {line.get_gid() for line in figure.axes[0].get_lines()} == {
+      'dense_0/kernel',
+      'dense_1/kernel',
+      'output/kernel',
+  }

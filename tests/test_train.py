@@ -24,16 +24,17 @@ def _trainer(num_devices: int, steps_per_dispatch: int = 8, batch_size: int = 32
   config.training.weight_decay = 1e-3
   optimizer = optim.from_config(config.training, 100)
   mesh = parallel.create_mesh(num_devices)
-  return train_lib.Trainer(model, dataset, optimizer, mesh, batch_size, steps_per_dispatch,
-                           eval_batch_size=128)
+  return train_lib.Trainer(model, dataset, optimizer, mesh, batch_size, steps_per_dispatch, eval_batch_size=128)
 
 
 def _half_mask(params):
   """Keeps every other kernel weight."""
+
   def keep(path, leaf):
     if masks_lib.path_to_names(path)[-1] != 'kernel':
       return np.ones(leaf.shape, bool)
     return (np.arange(leaf.size) % 2 == 0).reshape(leaf.shape)
+
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
@@ -77,8 +78,9 @@ def test_snapshot_at_step_equals_training_stopped_there():
   trainer = _trainer(8)
   params, model_state = trainer.init_variables(seed=5)
   keep_mask = masks_lib.ones_like(params)
-  full = trainer.train(trainer.create_state(params, model_state, keep_mask, 0), end_step=30, data_seed=2,
-                       snapshot_steps=(0, 11))
+  full = trainer.train(
+      trainer.create_state(params, model_state, keep_mask, 0), end_step=30, data_seed=2, snapshot_steps=(0, 11)
+  )
   stopped = trainer.train(trainer.create_state(params, model_state, keep_mask, 0), end_step=11, data_seed=2)
   snapshot_params, _ = full.snapshots[11]
   chex.assert_trees_all_equal(snapshot_params, parallel.to_host(stopped.state.params))
@@ -112,18 +114,29 @@ def test_curve_has_an_entry_per_evaluation_and_metrics_are_sane():
 def test_heartbeats_report_progress_between_evaluations_without_changing_training():
   trainer = _trainer(8)
   params, model_state = trainer.init_variables(seed=0)
-  quiet = trainer.train(trainer.create_state(params, model_state, masks_lib.ones_like(params), 0), 50, 0,
-                        eval_every=20)
+  quiet = trainer.train(trainer.create_state(params, model_state, masks_lib.ones_like(params), 0), 50, 0, eval_every=20)
   beats = []
-  result = trainer.train(trainer.create_state(params, model_state, masks_lib.ones_like(params), 0), 50, 0,
-                         eval_every=20, heartbeat=beats.append, heartbeat_seconds=0.0)
+  result = trainer.train(
+      trainer.create_state(params, model_state, masks_lib.ones_like(params), 0),
+      50,
+      0,
+      eval_every=20,
+      heartbeat=beats.append,
+      heartbeat_seconds=0.0,
+  )
   # Every dispatch that is not an evaluation point (8 steps per dispatch; evaluations at 20, 40, 50).
   assert [beat['step'] for beat in beats] == [8, 16, 28, 36, 48]
   assert all(beat['examples_per_second'] > 0 for beat in beats)
   chex.assert_trees_all_equal(parallel.to_host(result.state.params), parallel.to_host(quiet.state.params))
   never = []
-  trainer.train(trainer.create_state(params, model_state, masks_lib.ones_like(params), 0), 50, 0,
-                eval_every=20, heartbeat=never.append, heartbeat_seconds=3600.0)
+  trainer.train(
+      trainer.create_state(params, model_state, masks_lib.ones_like(params), 0),
+      50,
+      0,
+      eval_every=20,
+      heartbeat=never.append,
+      heartbeat_seconds=3600.0,
+  )
   assert never == []
 
 

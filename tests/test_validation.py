@@ -10,55 +10,73 @@ from lth_jax import workdir as workdir_lib
 from tests import helpers
 
 
-@pytest.mark.parametrize('overrides, message', [
-    ({'model__name': 'resnet9000'}, r"model.name='resnet9000': unknown model"),
-    ({'dataset__name': 'imagenet3000'}, r"dataset.name='imagenet3000': unknown dataset"),
-    ({'model__dtype': 'float8'}, r"model.dtype='float8': unknown computation dtype"),
-    ({'model__conv_kernel_gradient': 'fft'}, r"model.conv_kernel_gradient='fft': must be one of auto, lax, patches"),
-    ({'pruning__fraction': 1.0}, r'pruning.fraction=1.0: a prune fraction must be strictly between 0 and 1'),
-    ({'pruning__fraction': 0.0}, r'pruning.fraction=0.0'),
-    ({'pruning__fraction': -0.2}, r'pruning.fraction=-0.2'),
-    ({'pruning__layer_fractions': {'output': 1.5}}, r'pruning.layer_fractions.output=1.5'),
-    ({'pruning__rewind_step': 60}, r'pruning.rewind_step=60: must be before the end of training'),
-    ({'pruning__scope': 'galactic'}, r"pruning.scope='galactic'"),
-    ({'pruning__mode': 'twice'}, r"pruning.mode='twice'"),
-    ({'pruning__levels': -1}, r'pruning.levels=-1'),
-    ({'pruning__target_density': 1.5}, r'pruning.target_density=1.5'),
-    ({'pruning__target_density': 0.001}, r'pruning.target_density=0.001: is unreachable'),
-    ({'training__optimizer': 'lion9'}, r"training.optimizer='lion9': unknown optimizer"),
-    ({'training__schedule': 'zigzag'}, r"training.schedule='zigzag'"),
-    ({'training__learning_rate': -1.0}, r'training.learning_rate=-1.0'),
-    ({'training__batch_size': 0}, r'training.batch_size=0'),
-    ({'seed': -1}, r'seed=-1: must be a non-negative integer'),
-    ({'training__learning_rate': float('inf')}, r'training.learning_rate=inf: must be a positive finite number'),
-    ({'training__momentum': -3.0}, r'training.momentum=-3.0: must be in \[0, 1\)'),
-    ({'training__decay_factor': -1.0}, r'training.decay_factor=-1.0: must be a positive finite number'),
-    ({'training__eval_batch_size': 0}, r'training.eval_batch_size=0: must be a positive integer'),
-    ({'model__hidden_sizes': (300, -5)}, r'model.hidden_sizes=\(300, -5\): must be a sequence of positive'),
-    ({'training__foo': 3}, r'training.foo: unknown field; training has: batch_size'),
-    ({'pruning__layer_fractions': {'outptu': 0.1}},
-     r"pruning.layer_fractions.outptu=0.1: names no prunable layer of the model \(prunable layers: dense_0"),
-    ({'pruning__excluded_layers': ('dense_7',)}, r"pruning.excluded_layers=\('dense_7',\): 'dense_7' names no layer"),
-    ({'pruning__prunable_parameters': ('weights',)}, r'pruning.levels=2: there is nothing to prune'),
-    ({'training__num_epochs': 3}, r'set exactly one of training.num_steps and training.num_epochs'),
-    ({'branches': ('ticket', 'lucky')}, r"unknown branch 'lucky'"),
-    ({'trials': 0}, r'trials=0'),
-    ({'pruning__scope': 'global', 'pruning__min_weights_per_layer': 2}, r'pruning.min_weights_per_layer=2'),
-    ({'pruning__rewind_step': 0, 'pruning__rewind_epoch': 3.0},
-     r'pruning.rewind_epoch=3.0 \(step 132\): is past the end of training \(60 steps\)'),
-    ({'pruning__rewind_epoch': 0.5}, r'pruning.rewind_epoch=0.5: set either pruning.rewind_step'),
-    ({'pruning__rewind_step': 0, 'pruning__rewind_epoch': 0.01}, r'pruning.rewind_epoch=0.01: is less than one step'),
-    ({'pruning__rewind_step': 30, 'pruning__turnaround_step': 20}, r'pruning.turnaround_step=20: must come after'),
-    ({'training__warmup_epochs': -1.0}, r'training.warmup_epochs=-1.0: must be a non-negative number'),
-    ({'training__decay_epochs': (0.5, -1)}, r'training.decay_epochs=\(0.5, -1\): must be a sequence of positive'),
-    ({'training__warmup_steps': 61}, r'training.warmup_steps=61: is longer than training'),
-    ({'parallel__batch_per_device': 3}, r'training.batch_size=32: disagrees with parallel.batch_per_device=3'),
-    ({'parallel__batch_per_device': -1}, r'parallel.batch_per_device=-1'),
-    ({'parallel__num_devices': 9}, r'parallel.num_devices must be between 0 \(all\) and 8'),
-    ({'training__batch_size': 12, 'parallel__members_per_program': 1},
-     r'training.batch_size=12 does not divide over the 8 devices'),
-    ({'parallel__members_per_program': -2}, r'parallel.members_per_program=-2: must be a non-negative integer'),
-])
+@pytest.mark.parametrize(
+    'overrides, message',
+    [
+        ({'model__name': 'resnet9000'}, r"model.name='resnet9000': unknown model"),
+        ({'dataset__name': 'imagenet3000'}, r"dataset.name='imagenet3000': unknown dataset"),
+        ({'model__dtype': 'float8'}, r"model.dtype='float8': unknown computation dtype"),
+        (
+            {'model__conv_kernel_gradient': 'fft'},
+            r"model.conv_kernel_gradient='fft': must be one of auto, lax, patches",
+        ),
+        ({'pruning__fraction': 1.0}, r'pruning.fraction=1.0: a prune fraction must be strictly between 0 and 1'),
+        ({'pruning__fraction': 0.0}, r'pruning.fraction=0.0'),
+        ({'pruning__fraction': -0.2}, r'pruning.fraction=-0.2'),
+        ({'pruning__layer_fractions': {'output': 1.5}}, r'pruning.layer_fractions.output=1.5'),
+        ({'pruning__rewind_step': 60}, r'pruning.rewind_step=60: must be before the end of training'),
+        ({'pruning__scope': 'galactic'}, r"pruning.scope='galactic'"),
+        ({'pruning__mode': 'twice'}, r"pruning.mode='twice'"),
+        ({'pruning__levels': -1}, r'pruning.levels=-1'),
+        ({'pruning__target_density': 1.5}, r'pruning.target_density=1.5'),
+        ({'pruning__target_density': 0.001}, r'pruning.target_density=0.001: is unreachable'),
+        ({'training__optimizer': 'lion9'}, r"training.optimizer='lion9': unknown optimizer"),
+        ({'training__schedule': 'zigzag'}, r"training.schedule='zigzag'"),
+        ({'training__learning_rate': -1.0}, r'training.learning_rate=-1.0'),
+        ({'training__batch_size': 0}, r'training.batch_size=0'),
+        ({'seed': -1}, r'seed=-1: must be a non-negative integer'),
+        ({'training__learning_rate': float('inf')}, r'training.learning_rate=inf: must be a positive finite number'),
+        ({'training__momentum': -3.0}, r'training.momentum=-3.0: must be in \[0, 1\)'),
+        ({'training__decay_factor': -1.0}, r'training.decay_factor=-1.0: must be a positive finite number'),
+        ({'training__eval_batch_size': 0}, r'training.eval_batch_size=0: must be a positive integer'),
+        ({'model__hidden_sizes': (300, -5)}, r'model.hidden_sizes=\(300, -5\): must be a sequence of positive'),
+        ({'training__foo': 3}, r'training.foo: unknown field; training has: batch_size'),
+        (
+            {'pruning__layer_fractions': {'outptu': 0.1}},
+            r'pruning.layer_fractions.outptu=0.1: names no prunable layer of the model \(prunable layers: dense_0',
+        ),
+        (
+            {'pruning__excluded_layers': ('dense_7',)},
+            r"pruning.excluded_layers=\('dense_7',\): 'dense_7' names no layer",
+        ),
+        ({'pruning__prunable_parameters': ('weights',)}, r'pruning.levels=2: there is nothing to prune'),
+        ({'training__num_epochs': 3}, r'set exactly one of training.num_steps and training.num_epochs'),
+        ({'branches': ('ticket', 'lucky')}, r"unknown branch 'lucky'"),
+        ({'trials': 0}, r'trials=0'),
+        ({'pruning__scope': 'global', 'pruning__min_weights_per_layer': 2}, r'pruning.min_weights_per_layer=2'),
+        (
+            {'pruning__rewind_step': 0, 'pruning__rewind_epoch': 3.0},
+            r'pruning.rewind_epoch=3.0 \(step 132\): is past the end of training \(60 steps\)',
+        ),
+        ({'pruning__rewind_epoch': 0.5}, r'pruning.rewind_epoch=0.5: set either pruning.rewind_step'),
+        (
+            {'pruning__rewind_step': 0, 'pruning__rewind_epoch': 0.01},
+            r'pruning.rewind_epoch=0.01: is less than one step',
+        ),
+        ({'pruning__rewind_step': 30, 'pruning__turnaround_step': 20}, r'pruning.turnaround_step=20: must come after'),
+        ({'training__warmup_epochs': -1.0}, r'training.warmup_epochs=-1.0: must be a non-negative number'),
+        ({'training__decay_epochs': (0.5, -1)}, r'training.decay_epochs=\(0.5, -1\): must be a sequence of positive'),
+        ({'training__warmup_steps': 61}, r'training.warmup_steps=61: is longer than training'),
+        ({'parallel__batch_per_device': 3}, r'training.batch_size=32: disagrees with parallel.batch_per_device=3'),
+        ({'parallel__batch_per_device': -1}, r'parallel.batch_per_device=-1'),
+        ({'parallel__num_devices': 9}, r'parallel.num_devices must be between 0 \(all\) and 8'),
+        (
+            {'training__batch_size': 12, 'parallel__members_per_program': 1},
+            r'training.batch_size=12 does not divide over the 8 devices',
+        ),
+        ({'parallel__members_per_program': -2}, r'parallel.members_per_program=-2: must be a non-negative integer'),
+    ],
+)
 def test_bad_config_names_the_field_before_training(tmp_path, overrides, message):
   config = helpers.tiny_config(**overrides)
   with pytest.raises(validation.ConfigError, match=message):
@@ -94,15 +112,26 @@ def test_target_density_reachable_passes():
 
 def test_epochs_become_steps_with_the_dataset_size():
   # digits: 1437 training examples, batch 32 -> 44 steps per epoch.
-  config = helpers.tiny_config(training__num_steps=0, training__num_epochs=3, training__warmup_epochs=0.5,
-                               training__decay_epochs=(1, 2.5), training__eval_every=0,
-                               training__eval_every_epochs=1.0, pruning__rewind_step=0, pruning__rewind_epoch=0.25,
-                               pruning__turnaround_epoch=2)
+  config = helpers.tiny_config(
+      training__num_steps=0,
+      training__num_epochs=3,
+      training__warmup_epochs=0.5,
+      training__decay_epochs=(1, 2.5),
+      training__eval_every=0,
+      training__eval_every_epochs=1.0,
+      pruning__rewind_step=0,
+      pruning__rewind_epoch=0.25,
+      pruning__turnaround_epoch=2,
+  )
   validation.check_config(config)
   experiment = lottery.prepare(config)
   training, pruning_config = experiment.config.training, experiment.config.pruning
   assert (training.num_steps, training.warmup_steps, training.decay_boundaries, training.eval_every) == (
-      132, 22, (44, 110), 44)
+      132,
+      22,
+      (44, 110),
+      44,
+  )
   assert (pruning_config.rewind_step, pruning_config.turnaround_step) == (11, 88)
   assert experiment.total_steps == 132
   assert config.training.num_steps == 0 and config.pruning.rewind_step == 0  # the caller's config is unchanged
@@ -120,6 +149,7 @@ def test_batch_per_device_sets_the_global_batch():
 def test_a_workdir_that_recorded_nothing_takes_a_corrected_config(tmp_path):
   """A first attempt that wrote config.json and failed before any record does not lock the workdir."""
   import json
+
   workdir = tmp_path / 'work'
   os.makedirs(workdir / 'checkpoints' / 'trial_0')  # folders of the failed start, no checkpoint in them
   first, corrected = helpers.tiny_config(training__learning_rate=0.5), helpers.tiny_config()
@@ -148,6 +178,7 @@ def test_the_global_batch_is_recorded_and_a_different_one_is_refused(tmp_path):
   """The same parallel.batch_per_device on another number of devices is another global batch."""
   import copy
   import json
+
   config = helpers.tiny_config(parallel__batch_per_device=4, training__batch_size=0)
   on_eight, on_four = copy.deepcopy(config), copy.deepcopy(config)
   on_eight.training.batch_size, on_four.training.batch_size = 32, 16

@@ -57,11 +57,14 @@ def synthetic_dataset(num_features: int = 40, num_train: int = 4000, num_test: i
   """MNIST-1D-shaped random classification data (40 features, 10 classes)."""
   rng = np.random.default_rng(0)
   return data_lib.ArrayDataset(
-      name='synthetic', task='classification',
+      name='synthetic',
+      task='classification',
       train_inputs=rng.normal(size=(num_train, num_features)).astype(np.float32),
       train_targets=rng.integers(0, 10, num_train).astype(np.int32),
       test_inputs=rng.normal(size=(num_test, num_features)).astype(np.float32),
-      test_targets=rng.integers(0, 10, num_test).astype(np.int32), num_classes=10)
+      test_targets=rng.integers(0, 10, num_test).astype(np.int32),
+      num_classes=10,
+  )
 
 
 def _timed(function) -> float:
@@ -77,16 +80,20 @@ def measure(members: int, steps: int, batch_size: int, repeats: int) -> dict[str
   optimizer = optim.from_config(ml_collections.ConfigDict({'optimizer': 'adam', 'learning_rate': 1e-3}), steps)
   mesh = parallel.create_mesh(1)  # one device: the vmapped step against the plain one, nothing else
   single = train_lib.Trainer(model, dataset, optimizer, mesh, batch_size, steps_per_dispatch=64)
-  population = train_lib.Trainer(model, dataset, optimizer, mesh, batch_size, steps_per_dispatch=64,
-                                 population_size=members)
+  population = train_lib.Trainer(
+      model, dataset, optimizer, mesh, batch_size, steps_per_dispatch=64, population_size=members
+  )
   starts = [single.init_variables(seed) for seed in range(members)]
   keep_mask = masks_lib.ones_like(starts[0][0])
   host_mask = jax.tree_util.tree_map(np.asarray, keep_mask)
 
   def run_population():
-    state = population.create_state(train_lib.stack_members([start[0] for start in starts]),
-                                    train_lib.stack_members([start[1] for start in starts]),
-                                    train_lib.stack_members([host_mask] * members), 0)
+    state = population.create_state(
+        train_lib.stack_members([start[0] for start in starts]),
+        train_lib.stack_members([start[1] for start in starts]),
+        train_lib.stack_members([host_mask] * members),
+        0,
+    )
     jax.block_until_ready(population.train(state, steps, list(range(members))).state.params)
 
   def run_sequential():
@@ -100,12 +107,15 @@ def measure(members: int, steps: int, batch_size: int, repeats: int) -> dict[str
     vmapped.append(_timed(run_population))
     sequential.append(_timed(run_sequential))
   examples = members * steps * batch_size
-  return {'vmapped_examples_per_s': examples / float(np.median(vmapped)),
-          'sequential_examples_per_s': examples / float(np.median(sequential))}
+  return {
+      'vmapped_examples_per_s': examples / float(np.median(vmapped)),
+      'sequential_examples_per_s': examples / float(np.median(sequential)),
+  }
 
 
-def level_config(steps: int, levels: int, trials: int, members_per_program: int,
-                 num_devices: int) -> ml_collections.ConfigDict:
+def level_config(
+    steps: int, levels: int, trials: int, members_per_program: int, num_devices: int
+) -> ml_collections.ConfigDict:
   """The default config (LeNet-300-100 on MNIST-1D) with ticket + reinit per level."""
   config = lottery_default_config()
   config.training.num_steps = steps
@@ -121,8 +131,10 @@ def level_config(steps: int, levels: int, trials: int, members_per_program: int,
 
 def lottery_default_config() -> ml_collections.ConfigDict:
   import importlib.util  # pylint: disable=import-outside-toplevel
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'configs',
-                      'default.py')
+
+  path = os.path.join(
+      os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'configs', 'default.py'
+  )
   spec = importlib.util.spec_from_file_location('_population_default_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -165,18 +177,27 @@ def level_figures(steps: int, runs: int) -> None:
   """Prints cohort mode against one run at a time on 1 device and on all devices."""
   devices = jax.device_count()
   figures = {}
-  for label, cap, count in (('sequential_1_device', 1, 1), ('cohort_1_device', 0, 1),
-                            (f'sequential_{devices}_devices', 1, 0), (f'cohort_{devices}_devices', 0, 0)):
+  for label, cap, count in (
+      ('sequential_1_device', 1, 1),
+      ('cohort_1_device', 0, 1),
+      (f'sequential_{devices}_devices', 1, 0),
+      (f'cohort_{devices}_devices', 0, 0),
+  ):
     figures[label] = measure_level(steps, cap, count, runs)
-    print(f'lottery_level mode={label} runs=8 steps={steps} seconds={figures[label]["seconds"]:.2f} '
-          f'examples_per_s={figures[label]["examples_per_s"]:.0f}', flush=True)
+    print(
+        f'lottery_level mode={label} runs=8 steps={steps} seconds={figures[label]["seconds"]:.2f} '
+        f'examples_per_s={figures[label]["examples_per_s"]:.0f}',
+        flush=True,
+    )
   base = figures['sequential_1_device']['seconds']
-  print(f'lottery_level_ratio cohort_{devices}_devices_vs_sequential_1_device='
-        f'{base / figures[f"cohort_{devices}_devices"]["seconds"]:.2f} '
-        f'cohort_1_device_vs_sequential_1_device={base / figures["cohort_1_device"]["seconds"]:.2f} '
-        f'cohort_{devices}_devices_vs_sequential_{devices}_devices='
-        f'{figures[f"sequential_{devices}_devices"]["seconds"] / figures[f"cohort_{devices}_devices"]["seconds"]:.2f}',
-        flush=True)
+  print(
+      f'lottery_level_ratio cohort_{devices}_devices_vs_sequential_1_device='
+      f'{base / figures[f"cohort_{devices}_devices"]["seconds"]:.2f} '
+      f'cohort_1_device_vs_sequential_1_device={base / figures["cohort_1_device"]["seconds"]:.2f} '
+      f'cohort_{devices}_devices_vs_sequential_{devices}_devices='
+      f'{figures[f"sequential_{devices}_devices"]["seconds"] / figures[f"cohort_{devices}_devices"]["seconds"]:.2f}',
+      flush=True,
+  )
 
 
 def mask_drift(levels: int, steps: int) -> None:
@@ -189,16 +210,20 @@ def mask_drift(levels: int, steps: int) -> None:
       continue
     with tempfile.TemporaryDirectory(prefix=f'lth_drift_{label}_') as workdir:
       lottery.run(level_config(steps, levels, 1, cap, count), workdir, log=lambda message: None)
-      masks[label] = [jax.tree_util.tree_leaves(
-          checkpoints.restore_tree(lottery.level_directory(workdir, 0, level))['mask'])
-                      for level in range(1, levels + 1)]
+      masks[label] = [
+          jax.tree_util.tree_leaves(checkpoints.restore_tree(lottery.level_directory(workdir, 0, level))['mask'])
+          for level in range(1, levels + 1)
+      ]
   reference = masks.pop('sequential_1_device')
   for label, compared in masks.items():
     for level, (ours, theirs) in enumerate(zip(compared, reference), start=1):
       kept = sum(int(np.sum(leaf)) for leaf in theirs)
       differing = sum(int(np.sum(np.asarray(a, bool) & ~np.asarray(b, bool))) for a, b in zip(ours, theirs))
-      print(f'mask_drift mode={label} level={level} kept={kept} differing={differing} '
-            f'fraction={differing / max(kept, 1):.5f}', flush=True)
+      print(
+          f'mask_drift mode={label} level={level} kept={kept} differing={differing} '
+          f'fraction={differing / max(kept, 1):.5f}',
+          flush=True,
+      )
 
 
 def main(argv):
@@ -210,13 +235,18 @@ def main(argv):
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   steps = 64 if _QUICK.value else _STEPS.value
   repeats = 1 if _QUICK.value else _REPEATS.value
-  print(f'device={jax.devices()[0].platform} devices={jax.device_count()} model=lenet300_100 '
-        f'batch={_BATCH.value} steps={steps}')
+  print(
+      f'device={jax.devices()[0].platform} devices={jax.device_count()} model=lenet300_100 '
+      f'batch={_BATCH.value} steps={steps}'
+  )
   for members in (int(value) for value in _MEMBERS.value if 'population' in _FIGURES.value):
     figures = measure(members, steps, _BATCH.value, repeats)
     ratio = figures['vmapped_examples_per_s'] / figures['sequential_examples_per_s']
-    print(f'population K={members} vmapped_examples_per_s={figures["vmapped_examples_per_s"]:.0f} '
-          f'sequential_examples_per_s={figures["sequential_examples_per_s"]:.0f} ratio={ratio:.2f}', flush=True)
+    print(
+        f'population K={members} vmapped_examples_per_s={figures["vmapped_examples_per_s"]:.0f} '
+        f'sequential_examples_per_s={figures["sequential_examples_per_s"]:.0f} ratio={ratio:.2f}',
+        flush=True,
+    )
   if 'level' in _FIGURES.value:
     level_figures(100 if _QUICK.value else _LEVEL_STEPS.value, 1 if _QUICK.value else 2)
   if _DRIFT_LEVELS.value and 'drift' in _FIGURES.value:

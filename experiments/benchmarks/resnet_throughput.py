@@ -71,8 +71,15 @@ from lth_jax import train as train_lib
 from lth_jax.data import pipeline
 from lth_jax.models import convolution
 
-FIGURE_NAMES = ('resnet18_cifar10', 'resnet50_imagenet', 'pipeline_cifar10', 'pipeline_imagenet2012',
-                'pipeline_imagenet2012_eval', 'pipeline_imagenet2012_jpeg', 'bottleneck')
+FIGURE_NAMES = (
+    'resnet18_cifar10',
+    'resnet50_imagenet',
+    'pipeline_cifar10',
+    'pipeline_imagenet2012',
+    'pipeline_imagenet2012_eval',
+    'pipeline_imagenet2012_jpeg',
+    'bottleneck',
+)
 MOCK_EXAMPLES = 10_000  # mock records are generated on each read, so the split length costs nothing
 JPEG_SIZES = ((500, 375), (375, 500))  # (width, height): the most common ImageNet shapes
 
@@ -80,19 +87,34 @@ JPEG_SIZES = ((500, 375), (375, 500))  # (width, height): the most common ImageN
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """How much to measure."""
+
   resnet18_batch: int
   resnet50_cpu_batch: int
   resnet50_accelerator_batch: int
-  resnet18_cpu_steps: int      # timed steps after the warmup step (XLA:CPU: seconds per step)
+  resnet18_cpu_steps: int  # timed steps after the warmup step (XLA:CPU: seconds per step)
   resnet50_cpu_steps: int
-  accelerator_steps: int       # timed steps of either model on a GPU/TPU
-  pipeline_batches: int        # timed batches after the first one
+  accelerator_steps: int  # timed steps of either model on a GPU/TPU
+  pipeline_batches: int  # timed batches after the first one
 
 
-FULL = Settings(resnet18_batch=128, resnet50_cpu_batch=32, resnet50_accelerator_batch=256, resnet18_cpu_steps=5,
-                resnet50_cpu_steps=3, accelerator_steps=20, pipeline_batches=100)
-QUICK = Settings(resnet18_batch=16, resnet50_cpu_batch=2, resnet50_accelerator_batch=32, resnet18_cpu_steps=3,
-                 resnet50_cpu_steps=2, accelerator_steps=5, pipeline_batches=20)
+FULL = Settings(
+    resnet18_batch=128,
+    resnet50_cpu_batch=32,
+    resnet50_accelerator_batch=256,
+    resnet18_cpu_steps=5,
+    resnet50_cpu_steps=3,
+    accelerator_steps=20,
+    pipeline_batches=100,
+)
+QUICK = Settings(
+    resnet18_batch=16,
+    resnet50_cpu_batch=2,
+    resnet50_accelerator_batch=32,
+    resnet18_cpu_steps=3,
+    resnet50_cpu_steps=2,
+    accelerator_steps=5,
+    pipeline_batches=20,
+)
 
 
 def on_cpu() -> bool:
@@ -126,18 +148,35 @@ def resnet_variables(model: Any, input_shape: tuple[int, ...], seed: int) -> tup
 def masked_optimizer(total_steps: int) -> Any:
   """The library's masked optimizer as the ResNet configs describe it: momentum SGD 0.9, learning
   rate 0.1 with step decay, weight decay 1e-4; `update` takes `keep_mask=` and `step=`."""
-  training = ml_collections.ConfigDict({
-      'optimizer': 'momentum', 'momentum': 0.9, 'learning_rate': 0.1, 'weight_decay': 1e-4,
-      'schedule': 'step', 'decay_boundaries': (total_steps // 2, total_steps * 3 // 4), 'decay_factor': 0.1})
+  training = ml_collections.ConfigDict(
+      {
+          'optimizer': 'momentum',
+          'momentum': 0.9,
+          'learning_rate': 0.1,
+          'weight_decay': 1e-4,
+          'schedule': 'step',
+          'decay_boundaries': (total_steps // 2, total_steps * 3 // 4),
+          'decay_factor': 0.1,
+      }
+  )
   return optim.from_config(training, total_steps)
 
 
-def time_train_step(model_name: str, num_outputs: int, input_shape: tuple[int, int, int], batch_size: int,
-                    dtype: str, timed_steps: int, conv_kernel_gradient: str = 'auto') -> dict[str, Any]:
+def time_train_step(
+    model_name: str,
+    num_outputs: int,
+    input_shape: tuple[int, int, int],
+    batch_size: int,
+    dtype: str,
+    timed_steps: int,
+    conv_kernel_gradient: str = 'auto',
+) -> dict[str, Any]:
   """Compiles one masked train step of `model_name` and times it on random device-resident data;
   returns the figure's fields and the raw step times."""
-  model = models_lib.build(ml_collections.ConfigDict({'name': model_name, 'dtype': dtype,
-                                                      'conv_kernel_gradient': conv_kernel_gradient}), num_outputs)
+  model = models_lib.build(
+      ml_collections.ConfigDict({'name': model_name, 'dtype': dtype, 'conv_kernel_gradient': conv_kernel_gradient}),
+      num_outputs,
+  )
   params, model_state = resnet_variables(model, input_shape, seed=0)
   keep_mask = random_mask(params, MASK_DENSITY, seed=1)
   params = apply_mask(params, keep_mask)
@@ -146,12 +185,18 @@ def time_train_step(model_name: str, num_outputs: int, input_shape: tuple[int, i
   inputs = jax.device_put(rng.standard_normal((batch_size, *input_shape), np.float32))
   targets = jax.device_put(rng.integers(0, num_outputs, batch_size).astype(np.int32))
   params = jax.device_put(params)
-  state = train_lib.TrainState(step=jnp.asarray(0, jnp.int32), params=params,
-                               model_state=jax.device_put(model_state), opt_state=jax.jit(optimizer.init)(params),
-                               keep_mask=jax.device_put(keep_mask))
+  state = train_lib.TrainState(
+      step=jnp.asarray(0, jnp.int32),
+      params=params,
+      model_state=jax.device_put(model_state),
+      opt_state=jax.jit(optimizer.init)(params),
+      keep_mask=jax.device_put(keep_mask),
+  )
   state = jax.block_until_ready(state)
-  step = jax.jit(functools.partial(train_lib.train_step, model=model, optimizer=optimizer, task='classification'),
-                 donate_argnums=(0,))
+  step = jax.jit(
+      functools.partial(train_lib.train_step, model=model, optimizer=optimizer, task='classification'),
+      donate_argnums=(0,),
+  )
 
   started = time.perf_counter()
   compiled = step.lower(state, inputs, targets).compile()
@@ -170,15 +215,32 @@ def time_train_step(model_name: str, num_outputs: int, input_shape: tuple[int, i
     step_times.append(seconds)
   step_s = median(step_times)
   num_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
-  fields = {'dtype': dtype, 'kernel_gradient': convolution.resolve_kernel_gradient(conv_kernel_gradient),
-            'batch': batch_size, 'steps': timed_steps, 'images_per_s': batch_size / step_s,
-            'step_ms': step_s * 1e3, 'min_step_ms': min(step_times) * 1e3, 'compile_s': compile_s,
-            'warmup_step_s': warmup_s, 'params_m': num_params / 1e6, 'mask_density': MASK_DENSITY}
+  fields = {
+      'dtype': dtype,
+      'kernel_gradient': convolution.resolve_kernel_gradient(conv_kernel_gradient),
+      'batch': batch_size,
+      'steps': timed_steps,
+      'images_per_s': batch_size / step_s,
+      'step_ms': step_s * 1e3,
+      'min_step_ms': min(step_times) * 1e3,
+      'compile_s': compile_s,
+      'warmup_step_s': warmup_s,
+      'params_m': num_params / 1e6,
+      'mask_density': MASK_DENSITY,
+  }
   return {'fields': fields, 'raw': {'step_seconds': step_times, 'warmup_seconds': warmup_s}}
 
 
-def model_figures(report: Report, name: str, model_name: str, num_outputs: int, input_shape: tuple[int, int, int],
-                  batch_size: int, timed_steps: int, conv_kernel_gradient: str = 'auto') -> dict[str, Any]:
+def model_figures(
+    report: Report,
+    name: str,
+    model_name: str,
+    num_outputs: int,
+    input_shape: tuple[int, int, int],
+    batch_size: int,
+    timed_steps: int,
+    conv_kernel_gradient: str = 'auto',
+) -> dict[str, Any]:
   """Emits the float32 (and, off the CPU, bfloat16) lines of one model; returns the fastest one."""
   dtypes = ['float32']
   if on_cpu():
@@ -187,8 +249,7 @@ def model_figures(report: Report, name: str, model_name: str, num_outputs: int, 
     dtypes.append('bfloat16')
   figures = []
   for dtype in dtypes:
-    result = time_train_step(model_name, num_outputs, input_shape, batch_size, dtype, timed_steps,
-                             conv_kernel_gradient)
+    result = time_train_step(model_name, num_outputs, input_shape, batch_size, dtype, timed_steps, conv_kernel_gradient)
     figures.append(report.emit(name, raw=result['raw'], model=model_name, **result['fields']))
   return max(figures, key=lambda figure: figure['images_per_s'])
 
@@ -210,9 +271,15 @@ def images_per_second(batches: Iterator[dict[str, np.ndarray]], num_batches: int
     batch_times.append(now - previous)
     previous = now
   seconds = previous - started
-  fields = {'batch': len(first['targets']), 'batches': len(batch_times), 'images_per_s': images / seconds,
-            'batch_ms': seconds / max(1, len(batch_times)) * 1e3, 'first_batch_s': first_batch_s,
-            'inputs_dtype': str(first['inputs'].dtype), 'inputs_shape': 'x'.join(map(str, first['inputs'].shape))}
+  fields = {
+      'batch': len(first['targets']),
+      'batches': len(batch_times),
+      'images_per_s': images / seconds,
+      'batch_ms': seconds / max(1, len(batch_times)) * 1e3,
+      'first_batch_s': first_batch_s,
+      'inputs_dtype': str(first['inputs'].dtype),
+      'inputs_shape': 'x'.join(map(str, first['inputs'].shape)),
+  }
   return {'fields': fields, 'raw': {'batch_seconds': batch_times, 'first_batch_seconds': first_batch_s}}
 
 
@@ -244,51 +311,76 @@ class JpegRecords(Sequence):
     return {'image': np.asarray(Image.open(io.BytesIO(encoded)).convert('RGB')), 'label': index % 1000}
 
 
-def pipeline_figures(report: Report, cifar_batch: int, imagenet_batch: int, num_batches: int,
-                     num_threads: int) -> dict[str, dict[str, Any]]:
+def pipeline_figures(
+    report: Report, cifar_batch: int, imagenet_batch: int, num_batches: int, num_threads: int
+) -> dict[str, dict[str, Any]]:
   """Emits the pipeline lines; returns the training-pipeline figure of each dataset."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
   training = {}
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     for dataset, batch_size in (('cifar10', cifar_batch), ('imagenet2012', imagenet_batch)):
-      step_batches, evaluation_records = pipeline.open_streaming(dataset, None, seed=0,
-                                                                 global_batch_size=batch_size)
+      step_batches, evaluation_records = pipeline.open_streaming(dataset, None, seed=0, global_batch_size=batch_size)
       if dataset == 'imagenet2012':
         sides = [np.asarray(step_batches.records[index]['image']).shape[:2] for index in range(64)]
-        print(f'# mock imagenet2012 records: mean image {np.mean(sides, 0)[0]:.0f}x{np.mean(sides, 0)[1]:.0f} '
-              f'pixels (real ImageNet: ~400x350 JPEGs), not JPEG-decoded', flush=True)
+        print(
+            f'# mock imagenet2012 records: mean image {np.mean(sides, 0)[0]:.0f}x{np.mean(sides, 0)[1]:.0f} '
+            f'pixels (real ImageNet: ~400x350 JPEGs), not JPEG-decoded',
+            flush=True,
+        )
       result = images_per_second(
-          pipeline.training_batches(step_batches, 0, num_batches + 1, num_threads=num_threads), num_batches)
-      training[dataset] = report.emit(f'pipeline_{dataset}', raw=result['raw'], records='mock',
-                                      threads=num_threads, **result['fields'])
+          pipeline.training_batches(step_batches, 0, num_batches + 1, num_threads=num_threads), num_batches
+      )
+      training[dataset] = report.emit(
+          f'pipeline_{dataset}', raw=result['raw'], records='mock', threads=num_threads, **result['fields']
+      )
       if dataset == 'imagenet2012':
         result = images_per_second(
-            pipeline.evaluation_batches(evaluation_records, step_batches.preprocessing, batch_size,
-                                        num_threads=num_threads), num_batches)
-        report.emit('pipeline_imagenet2012_eval', raw=result['raw'], records='mock', threads=num_threads,
-                    **result['fields'])
-  step_batches = pipeline.StepBatches(JpegRecords(MOCK_EXAMPLES), pipeline.PREPROCESSING['imagenet2012'], 0,
-                                      imagenet_batch)
+            pipeline.evaluation_batches(
+                evaluation_records, step_batches.preprocessing, batch_size, num_threads=num_threads
+            ),
+            num_batches,
+        )
+        report.emit(
+            'pipeline_imagenet2012_eval', raw=result['raw'], records='mock', threads=num_threads, **result['fields']
+        )
+  step_batches = pipeline.StepBatches(
+      JpegRecords(MOCK_EXAMPLES), pipeline.PREPROCESSING['imagenet2012'], 0, imagenet_batch
+  )
   result = images_per_second(
-      pipeline.training_batches(step_batches, 0, num_batches + 1, num_threads=num_threads), num_batches)
+      pipeline.training_batches(step_batches, 0, num_batches + 1, num_threads=num_threads), num_batches
+  )
   training['imagenet2012_jpeg'] = report.emit(
-      'pipeline_imagenet2012_jpeg', raw=result['raw'], records='jpeg_500x375', threads=num_threads,
-      jpeg_kb=float(np.mean([len(encoded) for encoded in step_batches.records.encoded]) / 1e3), **result['fields'])
+      'pipeline_imagenet2012_jpeg',
+      raw=result['raw'],
+      records='jpeg_500x375',
+      threads=num_threads,
+      jpeg_kb=float(np.mean([len(encoded) for encoded in step_batches.records.encoded]) / 1e3),
+      **result['fields'],
+  )
   return training
 
 
-def bottleneck_figure(report: Report, dataset: str, model: dict[str, Any], data: dict[str, Any],
-                      jpeg: dict[str, Any] | None = None) -> None:
+def bottleneck_figure(
+    report: Report, dataset: str, model: dict[str, Any], data: dict[str, Any], jpeg: dict[str, Any] | None = None
+) -> None:
   """Emits which of the model and the training pipeline is slower on `dataset`."""
   model_rate, pipeline_rate = model['images_per_s'], data['images_per_s']
-  fields = {'dataset': dataset, 'model': model['model'], 'model_dtype': model['dtype'], 'batch': model['batch'],
-            'model_images_per_s': model_rate, 'pipeline_images_per_s': pipeline_rate,
-            'model/pipeline': model_rate / pipeline_rate,
-            'limited_by': 'model' if model_rate <= pipeline_rate else 'pipeline'}
+  fields = {
+      'dataset': dataset,
+      'model': model['model'],
+      'model_dtype': model['dtype'],
+      'batch': model['batch'],
+      'model_images_per_s': model_rate,
+      'pipeline_images_per_s': pipeline_rate,
+      'model/pipeline': model_rate / pipeline_rate,
+      'limited_by': 'model' if model_rate <= pipeline_rate else 'pipeline',
+  }
   if jpeg is not None:
-    fields.update(jpeg_pipeline_images_per_s=jpeg['images_per_s'],
-                  jpeg_limited_by='model' if model_rate <= jpeg['images_per_s'] else 'pipeline')
+    fields.update(
+        jpeg_pipeline_images_per_s=jpeg['images_per_s'],
+        jpeg_limited_by='model' if model_rate <= jpeg['images_per_s'] else 'pipeline',
+    )
   report.emit('bottleneck', **fields)
 
 
@@ -300,17 +392,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--quick', action='store_true', help='a short run (smoke test; numbers are rough)')
   parser.add_argument('--output', help='also write the figures as JSON to this path')
-  parser.add_argument('--resnet50_batch', type=int, default=None,
-                      help='ResNet-50 (and imagenet pipeline) batch; default 32 on the CPU, 256 on a GPU/TPU '
-                           '(--quick: 2 / 32)')
-  parser.add_argument('--pipeline_threads', type=int, default=16,
-                      help="grain reader threads of the pipelines (the library's default: 16)")
-  parser.add_argument('--cifar_model', default='resnet20',
-                      help="the model of the resnet18_cifar10 line (default: configs/resnet18_cifar10.py's, "
-                           "resnet20)")
-  parser.add_argument('--conv_kernel_gradient', default='auto', choices=convolution.KERNEL_GRADIENTS,
-                      help="the models' model.conv_kernel_gradient (lth_jax.models.convolution; 'auto': "
-                           "patches on the CPU, lax elsewhere)")
+  parser.add_argument(
+      '--resnet50_batch',
+      type=int,
+      default=None,
+      help='ResNet-50 (and imagenet pipeline) batch; default 32 on the CPU, 256 on a GPU/TPU ' '(--quick: 2 / 32)',
+  )
+  parser.add_argument(
+      '--pipeline_threads',
+      type=int,
+      default=16,
+      help="grain reader threads of the pipelines (the library's default: 16)",
+  )
+  parser.add_argument(
+      '--cifar_model',
+      default='resnet20',
+      help="the model of the resnet18_cifar10 line (default: configs/resnet18_cifar10.py's, " 'resnet20)',
+  )
+  parser.add_argument(
+      '--conv_kernel_gradient',
+      default='auto',
+      choices=convolution.KERNEL_GRADIENTS,
+      help="the models' model.conv_kernel_gradient (lth_jax.models.convolution; 'auto': "
+      'patches on the CPU, lax elsewhere)',
+  )
   return parser.parse_args(argv)
 
 
@@ -323,9 +428,12 @@ def main(argv: list[str] | None = None) -> int:
   load_before = os.getloadavg()
   device = jax.devices()[0]
   cpu = on_cpu()
-  print(f'# resnet_throughput{" --quick" if args.quick else ""}: jax {jax.__version__}, backend '
-        f'{jax.default_backend()}, device kind {device.device_kind!r} ({len(jax.devices())} device), '
-        f'{os.cpu_count()} CPU cores, load average {load_before[0]:.2f}', flush=True)
+  print(
+      f'# resnet_throughput{" --quick" if args.quick else ""}: jax {jax.__version__}, backend '
+      f'{jax.default_backend()}, device kind {device.device_kind!r} ({len(jax.devices())} device), '
+      f'{os.cpu_count()} CPU cores, load average {load_before[0]:.2f}',
+      flush=True,
+  )
   resnet50_batch = args.resnet50_batch or (settings.resnet50_cpu_batch if cpu else settings.resnet50_accelerator_batch)
   resnet18_steps = settings.resnet18_cpu_steps if cpu else settings.accelerator_steps
   resnet50_steps = settings.resnet50_cpu_steps if cpu else settings.accelerator_steps
@@ -334,39 +442,70 @@ def main(argv: list[str] | None = None) -> int:
   data: dict[str, dict[str, Any]] = {}
 
   def resnet18_section() -> None:
-    fastest['cifar10'] = model_figures(report, 'resnet18_cifar10', args.cifar_model, 10, (32, 32, 3),
-                                       settings.resnet18_batch, resnet18_steps, args.conv_kernel_gradient)
+    fastest['cifar10'] = model_figures(
+        report,
+        'resnet18_cifar10',
+        args.cifar_model,
+        10,
+        (32, 32, 3),
+        settings.resnet18_batch,
+        resnet18_steps,
+        args.conv_kernel_gradient,
+    )
 
   def resnet50_section() -> None:
-    fastest['imagenet2012'] = model_figures(report, 'resnet50_imagenet', 'resnet50', 1000, (224, 224, 3),
-                                            resnet50_batch, resnet50_steps, args.conv_kernel_gradient)
+    fastest['imagenet2012'] = model_figures(
+        report,
+        'resnet50_imagenet',
+        'resnet50',
+        1000,
+        (224, 224, 3),
+        resnet50_batch,
+        resnet50_steps,
+        args.conv_kernel_gradient,
+    )
 
   def pipeline_section() -> None:
-    data.update(pipeline_figures(report, settings.resnet18_batch, resnet50_batch, settings.pipeline_batches,
-                                 args.pipeline_threads))
+    data.update(
+        pipeline_figures(
+            report, settings.resnet18_batch, resnet50_batch, settings.pipeline_batches, args.pipeline_threads
+        )
+    )
 
   sections: tuple[tuple[str, Callable[[], None]], ...] = (
-      ('resnet18_cifar10', resnet18_section), ('resnet50_imagenet', resnet50_section),
-      ('pipelines', pipeline_section))
+      ('resnet18_cifar10', resnet18_section),
+      ('resnet50_imagenet', resnet50_section),
+      ('pipelines', pipeline_section),
+  )
   for title, section in sections:
     section_started = time.perf_counter()
     section()
     print(f'# ({title}: {time.perf_counter() - section_started:.1f} s)', flush=True)
 
   if cpu:
-    print('# bottleneck: on this CPU host the model and the pipeline share the same cores, so a real run is '
-          'slower than either figure alone', flush=True)
+    print(
+        '# bottleneck: on this CPU host the model and the pipeline share the same cores, so a real run is '
+        'slower than either figure alone',
+        flush=True,
+    )
   bottleneck_figure(report, 'cifar10', fastest['cifar10'], data['cifar10'])
-  bottleneck_figure(report, 'imagenet2012', fastest['imagenet2012'], data['imagenet2012'],
-                    data['imagenet2012_jpeg'])
+  bottleneck_figure(report, 'imagenet2012', fastest['imagenet2012'], data['imagenet2012'], data['imagenet2012_jpeg'])
   runtime = time.perf_counter() - started
   load_after = os.getloadavg()
   print(f'# runtime {runtime:.1f} s; load average {load_after[0]:.2f} at the end', flush=True)
   if args.output:
-    payload = {'quick': args.quick, 'runtime_s': runtime, 'jax_version': jax.__version__,
-               'backend': jax.default_backend(), 'device_kind': device.device_kind, 'cpu_count': os.cpu_count(),
-               'load_average_start': load_before, 'load_average_end': load_after, 'figures': report.figures,
-               'raw': report.raw}
+    payload = {
+        'quick': args.quick,
+        'runtime_s': runtime,
+        'jax_version': jax.__version__,
+        'backend': jax.default_backend(),
+        'device_kind': device.device_kind,
+        'cpu_count': os.cpu_count(),
+        'load_average_start': load_before,
+        'load_average_end': load_after,
+        'figures': report.figures,
+        'raw': report.raw,
+    }
     pathlib.Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.output).write_text(results_lib.strict_json(payload, indent=2, default=str))
   return 0

@@ -52,8 +52,10 @@ def prepare(data_dir: pathlib.Path, fraction: float) -> None:
   from lth_jax.data import synthetic_tfds  # pylint: disable=import-outside-toplevel
 
   for name, (num_train, num_test) in SIZES.items():
-    splits = {'train': synthetic_tfds.synthetic_images(name, int(num_train * fraction), 0),
-              'test': synthetic_tfds.synthetic_images(name, int(num_test * fraction), 1)}
+    splits = {
+        'train': synthetic_tfds.synthetic_images(name, int(num_train * fraction), 0),
+        'test': synthetic_tfds.synthetic_images(name, int(num_test * fraction), 1),
+    }
     synthetic_tfds.write_tfds_dataset(data_dir, name, splits, num_shards=1)
 
 
@@ -90,14 +92,18 @@ def time_builds(name: str, data_dir: str, cache_root: pathlib.Path, repeats: int
     times['warm_s'].append(time.perf_counter() - start)
     if not isinstance(warm.train_inputs, np.memmap):
       raise SystemExit(f'{name}: the second build did not come from the cache')
-    if not (np.array_equal(before[1], cold.train_targets) and np.array_equal(before[3], warm.test_targets)
-            and np.allclose(before[0][:1000], warm.model_inputs(warm.train_inputs[:1000]), atol=1e-5)):
+    if not (
+        np.array_equal(before[1], cold.train_targets)
+        and np.array_equal(before[3], warm.test_targets)
+        and np.allclose(before[0][:1000], warm.model_inputs(warm.train_inputs[:1000]), atol=1e-5)
+    ):
       raise SystemExit(f'{name}: the cached data differs from the record-by-record data')
     shutil.rmtree(cache_root / f'{name}_{repeat}')
   figures = {key: statistics.median(values) for key, values in times.items()}
   for kind in ('cold', 'warm'):
     figures[f'{kind}_speedup'] = statistics.median(
-        old / new for old, new in zip(times['record_by_record_s'], times[f'{kind}_s']))
+        old / new for old, new in zip(times['record_by_record_s'], times[f'{kind}_s'])
+    )
   figures['num_train'], figures['num_test'] = int(warm.num_train), int(warm.num_test)
   return {'figures': figures, 'times': times}
 
@@ -110,18 +116,30 @@ def child_environment(cache: pathlib.Path, python_path: pathlib.Path) -> dict[st
   return env
 
 
-def time_process(repo: pathlib.Path, data_dir: str, workdir: pathlib.Path, cache: pathlib.Path,
-                 num_steps: int) -> float:
+def time_process(
+    repo: pathlib.Path, data_dir: str, workdir: pathlib.Path, cache: pathlib.Path, num_steps: int
+) -> float:
   """Wall time of one whole `lth_jax.main` process (start to exit) on the MNIST-sized data."""
   shutil.rmtree(workdir, ignore_errors=True)
-  command = [sys.executable, '-m', 'lth_jax.main', f'--config={repo / "configs" / "lenet_mnist.py"}',
-             f'--workdir={workdir}', f'--config.dataset.data_dir={data_dir}',
-             f'--config.training.num_steps={num_steps}', '--config.training.batch_size=128',
-             '--config.training.optimizer=sgd', '--config.training.learning_rate=0.1',
-             '--config.training.eval_every=469', '--config.pruning.levels=0', '--config.branches=()']
+  command = [
+      sys.executable,
+      '-m',
+      'lth_jax.main',
+      f'--config={repo / "configs" / "lenet_mnist.py"}',
+      f'--workdir={workdir}',
+      f'--config.dataset.data_dir={data_dir}',
+      f'--config.training.num_steps={num_steps}',
+      '--config.training.batch_size=128',
+      '--config.training.optimizer=sgd',
+      '--config.training.learning_rate=0.1',
+      '--config.training.eval_every=469',
+      '--config.pruning.levels=0',
+      '--config.branches=()',
+  ]
   start = time.perf_counter()
-  completed = subprocess.run(command, cwd=repo, env=child_environment(cache, repo), capture_output=True, text=True,
-                             check=False)
+  completed = subprocess.run(
+      command, cwd=repo, env=child_environment(cache, repo), capture_output=True, text=True, check=False
+  )
   elapsed = time.perf_counter() - start
   if completed.returncode != 0:
     raise SystemExit(f'lth_jax.main failed ({completed.returncode}):\n{completed.stdout}\n{completed.stderr}')
@@ -152,10 +170,20 @@ def main() -> None:
   for name in SIZES:
     result = time_builds(name, str(data_dir), workdir / 'caches', repeats)
     results[f'build_{name}'] = result
-    print(f'build_{name} ' + ' '.join(f'{key}={value:.3g}' if isinstance(value, float) else f'{key}={value}'
-                                      for key, value in result['figures'].items()), flush=True)
-  processes: dict[str, list[float]] = {'process_cold': [], 'process_warm': [], 'process_before_cold': [],
-                                       'process_before_warm': []}
+    print(
+        f'build_{name} '
+        + ' '.join(
+            f'{key}={value:.3g}' if isinstance(value, float) else f'{key}={value}'
+            for key, value in result['figures'].items()
+        ),
+        flush=True,
+    )
+  processes: dict[str, list[float]] = {
+      'process_cold': [],
+      'process_warm': [],
+      'process_before_cold': [],
+      'process_before_warm': [],
+  }
   checkouts = [('process', REPO_ROOT)]
   if args.compare_with:
     checkouts.append(('process_before', pathlib.Path(args.compare_with).resolve()))

@@ -85,34 +85,69 @@ FUSED_STEPS = 64
 LENET_SIZES = (300, 100)
 
 # Every figure name this script prints (data_parallel once per device count).
-FIGURE_NAMES = ('lenet300_100', 'conv4', 'matmul_peak', 'lenet300_100_flops', 'conv4_flops', 'fusion_linear_2_200_1',
-                'fusion_lenet_mnist1d', 'lottery_level', 'lottery_run', 'data_parallel')
+FIGURE_NAMES = (
+    'lenet300_100',
+    'conv4',
+    'matmul_peak',
+    'lenet300_100_flops',
+    'conv4_flops',
+    'fusion_linear_2_200_1',
+    'fusion_lenet_mnist1d',
+    'lottery_level',
+    'lottery_run',
+    'data_parallel',
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """How much to measure."""
-  lenet_reps: int            # interleaved repetitions of masked / dense / matmul
-  lenet_dispatches: int      # 64-step dispatches per LeNet repetition
-  conv_reps: int             # Conv-4: repetitions of one step each (XLA:CPU conv gradients ~1-3 s/step)
-  conv_warmup: bool          # one untimed step of each Conv-4 program after compiling
+
+  lenet_reps: int  # interleaved repetitions of masked / dense / matmul
+  lenet_dispatches: int  # 64-step dispatches per LeNet repetition
+  conv_reps: int  # Conv-4: repetitions of one step each (XLA:CPU conv gradients ~1-3 s/step)
+  conv_warmup: bool  # one untimed step of each Conv-4 program after compiling
   matmul_size: int
   flops_cost_analysis: bool  # also compile single steps for XLA's FLOP count
-  fusion_steps: int          # steps per Trainer.train call
+  fusion_steps: int  # steps per Trainer.train call
   fusion_reps: int
   lottery_steps: int | None  # None: the config's training.num_steps
   lottery_eval_every: int | None
   lottery_reps: int
-  parallel_steps: int        # steps per timed Trainer.train call in each data-parallel worker
+  parallel_steps: int  # steps per timed Trainer.train call in each data-parallel worker
   parallel_reps: int
 
 
-FULL = Settings(lenet_reps=9, lenet_dispatches=4, conv_reps=5, conv_warmup=True, matmul_size=2048,
-                flops_cost_analysis=True, fusion_steps=2048, fusion_reps=5, lottery_steps=None,
-                lottery_eval_every=None, lottery_reps=3, parallel_steps=512, parallel_reps=5)
-QUICK = Settings(lenet_reps=2, lenet_dispatches=1, conv_reps=1, conv_warmup=False, matmul_size=1024,
-                 flops_cost_analysis=False, fusion_steps=128, fusion_reps=1, lottery_steps=64,
-                 lottery_eval_every=32, lottery_reps=1, parallel_steps=64, parallel_reps=1)
+FULL = Settings(
+    lenet_reps=9,
+    lenet_dispatches=4,
+    conv_reps=5,
+    conv_warmup=True,
+    matmul_size=2048,
+    flops_cost_analysis=True,
+    fusion_steps=2048,
+    fusion_reps=5,
+    lottery_steps=None,
+    lottery_eval_every=None,
+    lottery_reps=3,
+    parallel_steps=512,
+    parallel_reps=5,
+)
+QUICK = Settings(
+    lenet_reps=2,
+    lenet_dispatches=1,
+    conv_reps=1,
+    conv_warmup=False,
+    matmul_size=1024,
+    flops_cost_analysis=False,
+    fusion_steps=128,
+    fusion_reps=1,
+    lottery_steps=64,
+    lottery_eval_every=32,
+    lottery_reps=1,
+    parallel_steps=64,
+    parallel_reps=1,
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -185,8 +220,15 @@ def interleaved(measurements: dict[str, Callable[[], float]], reps: int) -> dict
 
 
 def build_model(name: str, num_outputs: int, conv_kernel_gradient: str = 'auto') -> Any:
-  config = ml_collections.ConfigDict({'name': name, 'hidden_sizes': LENET_SIZES, 'hidden_size': 200,
-                                      'dense_sizes': (256, 256), 'conv_kernel_gradient': conv_kernel_gradient})
+  config = ml_collections.ConfigDict(
+      {
+          'name': name,
+          'hidden_sizes': LENET_SIZES,
+          'hidden_size': 200,
+          'dense_sizes': (256, 256),
+          'conv_kernel_gradient': conv_kernel_gradient,
+      }
+  )
   return models_lib.build(config, num_outputs)
 
 
@@ -212,24 +254,28 @@ def random_mask(params: Any, density: float, seed: int) -> Any:
   prunable = masks_lib.prunable_tree(params)
   return jax.tree_util.tree_map(
       lambda leaf, is_prunable: rng.random(leaf.shape) < density if is_prunable else np.ones(leaf.shape, bool),
-      params, prunable)
+      params,
+      prunable,
+  )
 
 
 def apply_mask(params: Any, keep_mask: Any) -> Any:
-  return jax.tree_util.tree_map(lambda leaf, keep: np.where(keep, leaf, 0).astype(leaf.dtype),
-                                params, keep_mask)
+  return jax.tree_util.tree_map(lambda leaf, keep: np.where(keep, leaf, 0).astype(leaf.dtype), params, keep_mask)
 
 
-def classification_data(input_shape: tuple[int, ...], num_train: int, num_test: int,
-                        seed: int = 0) -> data_lib.ArrayDataset:
+def classification_data(
+    input_shape: tuple[int, ...], num_train: int, num_test: int, seed: int = 0
+) -> data_lib.ArrayDataset:
   rng = np.random.default_rng(seed)
   return data_lib.ArrayDataset(
-      name='random', task='classification',
+      name='random',
+      task='classification',
       train_inputs=rng.standard_normal((num_train, *input_shape)).astype(np.float32),
       train_targets=rng.integers(0, 10, num_train).astype(np.int32),
       test_inputs=rng.standard_normal((num_test, *input_shape)).astype(np.float32),
       test_targets=rng.integers(0, 10, num_test).astype(np.int32),
-      num_classes=10)
+      num_classes=10,
+  )
 
 
 def sum_of_two_data(num_train: int, num_test: int, seed: int = 0) -> data_lib.ArrayDataset:
@@ -237,9 +283,14 @@ def sum_of_two_data(num_train: int, num_test: int, seed: int = 0) -> data_lib.Ar
   train_inputs = rng.uniform(-1, 1, (num_train, 2)).astype(np.float32)
   test_inputs = rng.uniform(1, 2, (num_test, 2)).astype(np.float32)
   return data_lib.ArrayDataset(
-      name='sum_of_two', task='regression', train_inputs=train_inputs,
-      train_targets=train_inputs.sum(1, keepdims=True), test_inputs=test_inputs,
-      test_targets=test_inputs.sum(1, keepdims=True), num_classes=None)
+      name='sum_of_two',
+      task='regression',
+      train_inputs=train_inputs,
+      train_targets=train_inputs.sum(1, keepdims=True),
+      test_inputs=test_inputs,
+      test_targets=test_inputs.sum(1, keepdims=True),
+      num_classes=None,
+  )
 
 
 def adam_optimizers(learning_rate: float, total_steps: int) -> tuple[Any, Any]:
@@ -249,8 +300,7 @@ def adam_optimizers(learning_rate: float, total_steps: int) -> tuple[Any, Any]:
   training = ml_collections.ConfigDict({'optimizer': 'adam', 'learning_rate': learning_rate})
   masked = optim.from_config(training, total_steps)
   schedule = optim.learning_rate_schedule(learning_rate, total_steps)
-  dense = optax.with_extra_args_support(
-      optax.chain(optim.direction('adam'), optim.scale_by_step_schedule(schedule)))
+  dense = optax.with_extra_args_support(optax.chain(optim.direction('adam'), optim.scale_by_step_schedule(schedule)))
   return masked, dense
 
 
@@ -285,6 +335,7 @@ def chunk_program(model: Any, optimizer: Any, task: str) -> Callable[..., Any]:
 @dataclasses.dataclass
 class StepBench:
   """One model's masked and dense step programs on the same data, params and mask."""
+
   model: Any
   input_shape: tuple[int, ...]
   batch_size: int
@@ -299,8 +350,9 @@ class StepBench:
     self.keep_mask = random_mask(params, MASK_DENSITY, seed=1)
     self.params = apply_mask(params, self.keep_mask)
     self.optimizers = dict(zip(('masked', 'dense'), adam_optimizers(1e-3, 10_000)))
-    self.programs = {name: chunk_program(self.model, optimizer, 'classification')
-                     for name, optimizer in self.optimizers.items()}
+    self.programs = {
+        name: chunk_program(self.model, optimizer, 'classification') for name, optimizer in self.optimizers.items()
+    }
     dataset = classification_data(self.input_shape, num_train=max(10 * self.batch_size, 1000), num_test=1)
     self.train_inputs = jax.device_put(dataset.train_inputs)
     self.train_targets = jax.device_put(dataset.train_targets)
@@ -311,37 +363,48 @@ class StepBench:
     """Compiles the masked and dense programs ahead of time, both at once (XLA releases the GIL while
     compiling); the timers then call the compiled executables. Returns the seconds taken."""
     started = time.perf_counter()
-    lowered = {name: program.lower(self.state(name), self.train_inputs, self.train_targets, self.indices,
-                                   np.int32(self.steps_per_dispatch))
-               for name, program in self.programs.items()}
+    lowered = {
+        name: program.lower(
+            self.state(name), self.train_inputs, self.train_targets, self.indices, np.int32(self.steps_per_dispatch)
+        )
+        for name, program in self.programs.items()
+    }
     self.programs = dict(zip(lowered, parallel_map(lambda program: program.compile(), lowered.values())))
     return time.perf_counter() - started
 
   def state(self, name: str) -> train_lib.TrainState:
     params = jax.device_put(self.params)
-    state = train_lib.TrainState(step=jnp.asarray(0, jnp.int32), params=params, model_state={},
-                                 opt_state=self.optimizers[name].init(params),
-                                 keep_mask=jax.device_put(self.keep_mask))
+    state = train_lib.TrainState(
+        step=jnp.asarray(0, jnp.int32),
+        params=params,
+        model_state={},
+        opt_state=self.optimizers[name].init(params),
+        keep_mask=jax.device_put(self.keep_mask),
+    )
     return jax.block_until_ready(state)
 
   def timer(self, name: str, dispatches: int) -> Callable[[], float]:
     """A measurement: seconds per step over `dispatches` dispatches from a fresh state."""
+
     def measure() -> float:
       state = self.state(name)
       started = time.perf_counter()
       for _ in range(dispatches):
-        state, _ = self.programs[name](state, self.train_inputs, self.train_targets, self.indices,
-                                       np.int32(self.steps_per_dispatch))
+        state, _ = self.programs[name](
+            state, self.train_inputs, self.train_targets, self.indices, np.int32(self.steps_per_dispatch)
+        )
       jax.block_until_ready(state)
       return (time.perf_counter() - started) / (dispatches * self.steps_per_dispatch)
+
     return measure
 
   def xla_flops(self, name: str) -> float | None:
     """XLA's FLOP count of one train step (a single step, not the loop)."""
-    step = functools.partial(train_lib.train_step, model=self.model, optimizer=self.optimizers[name],
-                             task='classification')
-    inputs = self.train_inputs[:self.batch_size]
-    targets = self.train_targets[:self.batch_size]
+    step = functools.partial(
+        train_lib.train_step, model=self.model, optimizer=self.optimizers[name], task='classification'
+    )
+    inputs = self.train_inputs[: self.batch_size]
+    targets = self.train_targets[: self.batch_size]
     analysis = jax.jit(step).lower(self.state(name), inputs, targets).compile().cost_analysis()
     if isinstance(analysis, (list, tuple)):
       analysis = analysis[0] if analysis else None
@@ -359,6 +422,7 @@ def matmul_timer(size: int) -> Callable[[], float]:
     started = time.perf_counter()
     matmul(a, b).block_until_ready()
     return time.perf_counter() - started
+
   return measure
 
 
@@ -366,8 +430,14 @@ def dense_forward_flops(layer_sizes: tuple[int, ...], batch_size: int) -> int:
   return sum(2 * batch_size * fan_in * fan_out for fan_in, fan_out in zip(layer_sizes, layer_sizes[1:]))
 
 
-def conv_net_forward_flops(conv_widths: tuple[int, ...], dense_sizes: tuple[int, ...], image_size: int,
-                           channels: int, num_outputs: int, batch_size: int) -> int:
+def conv_net_forward_flops(
+    conv_widths: tuple[int, ...],
+    dense_sizes: tuple[int, ...],
+    image_size: int,
+    channels: int,
+    num_outputs: int,
+    batch_size: int,
+) -> int:
   """Forward FLOPs of a Conv-N network (3x3 'SAME' convolutions, 2x2 pooling after every second one)."""
   flops, size = 0, image_size
   for index, width in enumerate(conv_widths):
@@ -389,38 +459,62 @@ def masked_vs_dense_figures(report: Report, settings: Settings) -> None:
   timers['matmul'] = matmul_timer(settings.matmul_size)
   times = interleaved(timers, settings.lenet_reps)
   masked_s, dense_s, matmul_s = (median(times[name]) for name in ('masked', 'dense', 'matmul'))
-  report.emit('lenet300_100', raw=times, batch=batch, density=MASK_DENSITY, steps_per_dispatch=FUSED_STEPS,
-              steps_per_rep=settings.lenet_dispatches * FUSED_STEPS, reps=settings.lenet_reps,
-              masked_step_ms=masked_s * 1e3, dense_step_ms=dense_s * 1e3,
-              **{'masked/dense': paired_ratio(times, 'masked', 'dense'),
-                 'masked/dense_of_medians': masked_s / dense_s,
-                 'masked/dense_of_best': min(times['masked']) / min(times['dense'])})
+  report.emit(
+      'lenet300_100',
+      raw=times,
+      batch=batch,
+      density=MASK_DENSITY,
+      steps_per_dispatch=FUSED_STEPS,
+      steps_per_rep=settings.lenet_dispatches * FUSED_STEPS,
+      reps=settings.lenet_reps,
+      masked_step_ms=masked_s * 1e3,
+      dense_step_ms=dense_s * 1e3,
+      **{
+          'masked/dense': paired_ratio(times, 'masked', 'dense'),
+          'masked/dense_of_medians': masked_s / dense_s,
+          'masked/dense_of_best': min(times['masked']) / min(times['dense']),
+      },
+  )
 
-  matmul_flop = 2 * settings.matmul_size ** 3
+  matmul_flop = 2 * settings.matmul_size**3
   peak = matmul_flop / matmul_s
-  report.emit('matmul_peak', n=settings.matmul_size, dtype='float32', reps=settings.lenet_reps,
-              median_ms=matmul_s * 1e3, gflops=peak / 1e9,
-              best_gflops=matmul_flop / min(times['matmul']) / 1e9)
+  report.emit(
+      'matmul_peak',
+      n=settings.matmul_size,
+      dtype='float32',
+      reps=settings.lenet_reps,
+      median_ms=matmul_s * 1e3,
+      gflops=peak / 1e9,
+      best_gflops=matmul_flop / min(times['matmul']) / 1e9,
+  )
 
   forward = dense_forward_flops((784, *LENET_SIZES, 10), batch)
   analytic = 3 * forward
-  fields: dict[str, Any] = {'batch': batch, 'count': 'analytic_3x_forward',
-                            'analytic_mflop_per_step': analytic / 1e6}
+  fields: dict[str, Any] = {'batch': batch, 'count': 'analytic_3x_forward', 'analytic_mflop_per_step': analytic / 1e6}
   if settings.flops_cost_analysis:
     for name in ('dense', 'masked'):
       flops = lenet.xla_flops(name)
       fields[f'xla_cost_analysis_mflop_{name}'] = flops / 1e6 if flops else 'n/a'
+
   def fraction_of_peak(step_flop: float, name: str) -> float:
     """Median over rounds of (the step's FLOP/s) / (the matmul's FLOP/s measured next to it)."""
-    return median([(step_flop / step_s) / (matmul_flop / matmul_time)
-                   for step_s, matmul_time in zip(times[name], times['matmul'])])
+    return median(
+        [
+            (step_flop / step_s) / (matmul_flop / matmul_time)
+            for step_s, matmul_time in zip(times[name], times['matmul'])
+        ]
+    )
 
-  fields.update(dense_gflops=analytic / dense_s / 1e9, masked_gflops=analytic / masked_s / 1e9,
-                dense_fraction_of_peak=fraction_of_peak(analytic, 'dense'),
-                masked_fraction_of_peak=fraction_of_peak(analytic, 'masked'))
+  fields.update(
+      dense_gflops=analytic / dense_s / 1e9,
+      masked_gflops=analytic / masked_s / 1e9,
+      dense_fraction_of_peak=fraction_of_peak(analytic, 'dense'),
+      masked_fraction_of_peak=fraction_of_peak(analytic, 'masked'),
+  )
   if isinstance(fields.get('xla_cost_analysis_mflop_dense'), float):
-    fields['dense_fraction_of_peak_xla_count'] = fraction_of_peak(fields['xla_cost_analysis_mflop_dense'] * 1e6,
-                                                                  'dense')
+    fields['dense_fraction_of_peak_xla_count'] = fraction_of_peak(
+        fields['xla_cost_analysis_mflop_dense'] * 1e6, 'dense'
+    )
   report.emit('lenet300_100_flops', **fields)
 
   # Conv-4 on 32x32x3: one step per dispatch (no loop). Next to it: the same step with XLA's own
@@ -439,22 +533,38 @@ def masked_vs_dense_figures(report: Report, settings: Settings) -> None:
       measure()
   times = interleaved(timers, settings.conv_reps)
   masked_s, dense_s = median(times['masked']), median(times['dense'])
-  report.emit('conv4', raw=times, batch=batch, density=MASK_DENSITY, steps_per_dispatch=1,
-              reps=settings.conv_reps, masked_step_ms=masked_s * 1e3, dense_step_ms=dense_s * 1e3,
-              kernel_gradient=models_lib.convolution.resolve_kernel_gradient(),
-              dense_lax_gradient_step_ms=median(times['dense_lax_gradient']) * 1e3,
-              **{'lax_gradient/patches': paired_ratio(times, 'dense_lax_gradient', 'dense')},
-              masked_fused4_step_ms=median(times['masked_fused4']) * 1e3,
-              **{'fused4/single': paired_ratio(times, 'masked_fused4', 'masked')},
-              **{'masked/dense': paired_ratio(times, 'masked', 'dense'),
-                 'masked/dense_of_medians': masked_s / dense_s,
-                 'masked/dense_of_best': min(times['masked']) / min(times['dense'])},
-              compile_both_s=compile_s)
+  report.emit(
+      'conv4',
+      raw=times,
+      batch=batch,
+      density=MASK_DENSITY,
+      steps_per_dispatch=1,
+      reps=settings.conv_reps,
+      masked_step_ms=masked_s * 1e3,
+      dense_step_ms=dense_s * 1e3,
+      kernel_gradient=models_lib.convolution.resolve_kernel_gradient(),
+      dense_lax_gradient_step_ms=median(times['dense_lax_gradient']) * 1e3,
+      **{'lax_gradient/patches': paired_ratio(times, 'dense_lax_gradient', 'dense')},
+      masked_fused4_step_ms=median(times['masked_fused4']) * 1e3,
+      **{'fused4/single': paired_ratio(times, 'masked_fused4', 'masked')},
+      **{
+          'masked/dense': paired_ratio(times, 'masked', 'dense'),
+          'masked/dense_of_medians': masked_s / dense_s,
+          'masked/dense_of_best': min(times['masked']) / min(times['dense']),
+      },
+      compile_both_s=compile_s,
+  )
   conv_analytic = 3 * conv_net_forward_flops(models_lib.CONV_WIDTHS[4], (256, 256), 32, 3, 10, batch)
-  report.emit('conv4_flops', batch=batch, count='analytic_3x_forward', analytic_gflop_per_step=conv_analytic / 1e9,
-              dense_gflops=conv_analytic / dense_s / 1e9, masked_gflops=conv_analytic / masked_s / 1e9,
-              dense_fraction_of_peak=conv_analytic / dense_s / peak,
-              masked_fraction_of_peak=conv_analytic / masked_s / peak)
+  report.emit(
+      'conv4_flops',
+      batch=batch,
+      count='analytic_3x_forward',
+      analytic_gflop_per_step=conv_analytic / 1e9,
+      dense_gflops=conv_analytic / dense_s / 1e9,
+      masked_gflops=conv_analytic / masked_s / 1e9,
+      dense_fraction_of_peak=conv_analytic / dense_s / peak,
+      masked_fraction_of_peak=conv_analytic / masked_s / peak,
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -467,12 +577,15 @@ class FusionCase:
   def __init__(self, name: str, model: Any, dataset: data_lib.ArrayDataset, batch_size: int) -> None:
     self.name, self.dataset, self.batch_size = name, dataset, batch_size
     self.mesh = parallel.create_mesh(1)
-    optimizer, _ = adam_optimizers(1e-3, 10 ** 6)
+    optimizer, _ = adam_optimizers(1e-3, 10**6)
     self.params, self.model_state = random_variables(model, dataset.input_shape, seed=0)
     self.keep_mask = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), self.params)
-    self.trainers = {dispatch: train_lib.Trainer(model, dataset, optimizer, self.mesh, batch_size, dispatch,
-                                                 eval_batch_size=dataset.num_test)
-                     for dispatch in (1, FUSED_STEPS)}
+    self.trainers = {
+        dispatch: train_lib.Trainer(
+            model, dataset, optimizer, self.mesh, batch_size, dispatch, eval_batch_size=dataset.num_test
+        )
+        for dispatch in (1, FUSED_STEPS)
+    }
 
   def timer(self, dispatch: int, num_steps: int) -> Callable[[], float]:
     """A measurement: seconds per step of `Trainer.train` over `num_steps` steps from a fresh state
@@ -484,6 +597,7 @@ class FusionCase:
       started = time.perf_counter()
       trainer.train(state, num_steps, data_seed=0)
       return (time.perf_counter() - started) / num_steps
+
     return measure
 
   def host_prep(self, chunk: int, dispatches: int = 32) -> float:
@@ -498,23 +612,34 @@ class FusionCase:
 
 
 def fusion_figures(report: Report, settings: Settings) -> None:
-  cases = [FusionCase('fusion_linear_2_200_1', build_model('linear', 1), sum_of_two_data(2000, 100), 32),
-           FusionCase('fusion_lenet_mnist1d', build_model('lenet', 10),
-                      classification_data((40,), 4000, 100), 64)]
+  cases = [
+      FusionCase('fusion_linear_2_200_1', build_model('linear', 1), sum_of_two_data(2000, 100), 32),
+      FusionCase('fusion_lenet_mnist1d', build_model('lenet', 10), classification_data((40,), 4000, 100), 64),
+  ]
   # Compile (and warm up) all four trainers, two at a time.
-  parallel_map(lambda measure: measure(),
-               [case.timer(dispatch, 1) for case in cases for dispatch in case.trainers])
+  parallel_map(lambda measure: measure(), [case.timer(dispatch, 1) for case in cases for dispatch in case.trainers])
   for case in cases:
-    times = interleaved({f'dispatch{dispatch}': case.timer(dispatch, settings.fusion_steps)
-                         for dispatch in case.trainers}, settings.fusion_reps)
+    times = interleaved(
+        {f'dispatch{dispatch}': case.timer(dispatch, settings.fusion_steps) for dispatch in case.trainers},
+        settings.fusion_reps,
+    )
     single, fused = median(times['dispatch1']), median(times[f'dispatch{FUSED_STEPS}'])
-    report.emit(case.name, raw=times, batch=case.batch_size, steps=settings.fusion_steps,
-                reps=settings.fusion_reps, dispatch1_steps_per_s=1 / single,
-                **{f'dispatch{FUSED_STEPS}_steps_per_s': 1 / fused,
-                   'fused/single': paired_ratio(times, 'dispatch1', f'dispatch{FUSED_STEPS}')},
-                dispatch1_step_us=single * 1e6, **{f'dispatch{FUSED_STEPS}_step_us': fused * 1e6},
-                host_prep_us_per_dispatch_1=case.host_prep(1) * 1e6,
-                **{f'host_prep_us_per_dispatch_{FUSED_STEPS}': case.host_prep(FUSED_STEPS) * 1e6})
+    report.emit(
+        case.name,
+        raw=times,
+        batch=case.batch_size,
+        steps=settings.fusion_steps,
+        reps=settings.fusion_reps,
+        dispatch1_steps_per_s=1 / single,
+        **{
+            f'dispatch{FUSED_STEPS}_steps_per_s': 1 / fused,
+            'fused/single': paired_ratio(times, 'dispatch1', f'dispatch{FUSED_STEPS}'),
+        },
+        dispatch1_step_us=single * 1e6,
+        **{f'dispatch{FUSED_STEPS}_step_us': fused * 1e6},
+        host_prep_us_per_dispatch_1=case.host_prep(1) * 1e6,
+        **{f'host_prep_us_per_dispatch_{FUSED_STEPS}': case.host_prep(FUSED_STEPS) * 1e6},
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -528,8 +653,14 @@ class Timeline:
     self.events: list[tuple[str, float, float, Any]] = []
     self._patches: list[tuple[Any, str, Any]] = []
 
-  def wrap(self, owner: Any, attribute: str, kind: str, before: Callable[..., None] | None = None,
-           info: Callable[..., Any] | None = None) -> None:
+  def wrap(
+      self,
+      owner: Any,
+      attribute: str,
+      kind: str,
+      before: Callable[..., None] | None = None,
+      info: Callable[..., Any] | None = None,
+  ) -> None:
     """Times every call of `owner.attribute` (skipped, if the library no longer has it)."""
     if not hasattr(owner, attribute):
       print(f'# note: {getattr(owner, "__name__", owner)}.{attribute} not found; {kind} not timed', flush=True)
@@ -575,8 +706,7 @@ class Timeline:
 
   def total(self, kind: str, start: float, end: float) -> float:
     """Seconds of `kind` calls that started in [start, end)."""
-    return sum(stop - begin for name, begin, stop, _ in self.events
-               if name == kind and start <= begin < end)
+    return sum(stop - begin for name, begin, stop, _ in self.events if name == kind and start <= begin < end)
 
 
 def load_config(path: pathlib.Path) -> ml_collections.ConfigDict:
@@ -590,18 +720,26 @@ def breakdown(timeline: Timeline, start: float, end: float) -> dict[str, float]:
   """Where [start, end) went: pure training (Trainer.train minus the evaluations and first-call
   compilations inside it) and everything outside it."""
   wall = end - start
-  parts = {kind: timeline.total(kind, start, end)
-           for kind in ('train', 'evaluate', 'compile_train', 'compile_eval', 'checkpoint', 'prune', 'reset',
-                        'create_state')}
+  parts = {
+      kind: timeline.total(kind, start, end)
+      for kind in ('train', 'evaluate', 'compile_train', 'compile_eval', 'checkpoint', 'prune', 'reset', 'create_state')
+  }
   # Trainer.evaluate contains the evaluation program's first call (its compilation).
   training = parts['train'] - parts['evaluate'] - parts['compile_train']
   other = wall - parts['train'] - parts['checkpoint'] - parts['prune'] - parts['reset'] - parts['create_state']
-  return {'wall_s': wall, 'training_s': training, 'outside_training_s': wall - training,
-          'outside_training_share': (wall - training) / wall if wall > 0 else float('nan'),
-          'evaluate_s': parts['evaluate'] - parts['compile_eval'],
-          'compile_s': parts['compile_train'] + parts['compile_eval'],
-          'checkpoint_s': parts['checkpoint'], 'prune_s': parts['prune'], 'reset_s': parts['reset'],
-          'create_state_s': parts['create_state'], 'other_s': other}
+  return {
+      'wall_s': wall,
+      'training_s': training,
+      'outside_training_s': wall - training,
+      'outside_training_share': (wall - training) / wall if wall > 0 else float('nan'),
+      'evaluate_s': parts['evaluate'] - parts['compile_eval'],
+      'compile_s': parts['compile_train'] + parts['compile_eval'],
+      'checkpoint_s': parts['checkpoint'],
+      'prune_s': parts['prune'],
+      'reset_s': parts['reset'],
+      'create_state_s': parts['create_state'],
+      'other_s': other,
+  }
 
 
 def one_lottery_run(config: ml_collections.ConfigDict) -> tuple[dict[str, float], dict[str, float], float]:
@@ -621,14 +759,22 @@ def one_lottery_run(config: ml_collections.ConfigDict) -> tuple[dict[str, float]
     trainer_class.__init__ = init_and_instrument
     timeline.wrap(trainer_class, 'train', 'train')
     # Wait for the state first, so that outstanding training is not billed to evaluation.
-    timeline.wrap(trainer_class, 'evaluate', 'evaluate',
-                  before=lambda self, state, *args, **kwargs: jax.block_until_ready(state.params))
+    timeline.wrap(
+        trainer_class,
+        'evaluate',
+        'evaluate',
+        before=lambda self, state, *args, **kwargs: jax.block_until_ready(state.params),
+    )
     timeline.wrap(trainer_class, 'create_state', 'create_state')
     timeline.wrap(checkpoints, 'save_tree', 'checkpoint')
     timeline.wrap(lottery.PruningPlan, 'next_mask', 'prune')
     timeline.wrap(branches_lib, 'start', 'reset')
-    timeline.wrap(lottery._LevelRunner, 'record', 'record',  # pylint: disable=protected-access
-                  info=lambda self, member, *args, **kwargs: member.level)
+    timeline.wrap(
+        lottery._LevelRunner,
+        'record',
+        'record',  # pylint: disable=protected-access
+        info=lambda self, member, *args, **kwargs: member.level,
+    )
     started = time.perf_counter()
     results = lottery.run(config, workdir, log=lambda message: None)
     finished = time.perf_counter()
@@ -668,9 +814,14 @@ def lottery_worker(settings: Settings, output: str) -> None:
 def lottery_figures(report: Report, settings: Settings, quick: bool) -> None:
   config = lottery_config(settings)
   runs = [run_worker('lottery', 1, quick)[0] for _ in range(settings.lottery_reps)]
-  common = {'config': 'configs/default.py', 'levels': 1, 'steps': config.training.num_steps,
-            'eval_every': config.training.eval_every, 'branches': '+'.join(['ticket', *config.branches]),
-            'reps': settings.lottery_reps}
+  common = {
+      'config': 'configs/default.py',
+      'levels': 1,
+      'steps': config.training.num_steps,
+      'eval_every': config.training.eval_every,
+      'branches': '+'.join(['ticket', *config.branches]),
+      'reps': settings.lottery_reps,
+  }
 
   def medians(parts: list[dict[str, float]]) -> dict[str, float]:
     return {key: median([part[key] for part in parts]) for key in parts[0]}
@@ -679,8 +830,13 @@ def lottery_figures(report: Report, settings: Settings, quick: bool) -> None:
   report.emit('lottery_level', raw=[run['level'] for run in runs], level=1, **common, **level)
   whole = medians([run['whole'] for run in runs])
   whole['records'] = int(whole['records'])
-  report.emit('lottery_run', raw=[run['whole'] for run in runs], **common, **whole,
-              records_wall_seconds_sum=median([run['records_wall_s'] for run in runs]))
+  report.emit(
+      'lottery_run',
+      raw=[run['whole'] for run in runs],
+      **common,
+      **whole,
+      records_wall_seconds_sum=median([run['records_wall_s'] for run in runs]),
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -694,12 +850,13 @@ def parallel_worker(devices: int, settings: Settings, output: str) -> None:
   batch_size = 64
   model = build_model('lenet', 10)
   dataset = classification_data((784,), num_train=100 * batch_size, num_test=batch_size)
-  optimizer, _ = adam_optimizers(1e-3, 10 ** 6)
+  optimizer, _ = adam_optimizers(1e-3, 10**6)
   params, model_state = random_variables(model, dataset.input_shape, seed=0)
   keep_mask = random_mask(params, MASK_DENSITY, seed=1)
   params = apply_mask(params, keep_mask)
-  trainer = train_lib.Trainer(model, dataset, optimizer, parallel.create_mesh(devices), batch_size,
-                              FUSED_STEPS, eval_batch_size=batch_size)
+  trainer = train_lib.Trainer(
+      model, dataset, optimizer, parallel.create_mesh(devices), batch_size, FUSED_STEPS, eval_batch_size=batch_size
+  )
 
   def fresh_state() -> train_lib.TrainState:
     return jax.block_until_ready(trainer.create_state(params, model_state, keep_mask, 0))
@@ -728,10 +885,18 @@ def run_worker(kind: str, devices: int, quick: bool) -> tuple[dict[str, Any], st
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env['XLA_FLAGS'] = ' '.join(
       [flag for flag in env.get('XLA_FLAGS', '').split() if not flag.startswith(DEVICE_COUNT_FLAG)]
-      + [f'{DEVICE_COUNT_FLAG}={devices}'])
+      + [f'{DEVICE_COUNT_FLAG}={devices}']
+  )
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get('PYTHONPATH')]))
-  command = [sys.executable, '-m', 'experiments.benchmarks.trainer_speed', f'--worker={kind}',
-             f'--worker_devices={devices}', f'--worker_output={output}', *(['--quick'] if quick else [])]
+  command = [
+      sys.executable,
+      '-m',
+      'experiments.benchmarks.trainer_speed',
+      f'--worker={kind}',
+      f'--worker_devices={devices}',
+      f'--worker_output={output}',
+      *(['--quick'] if quick else []),
+  ]
   started = time.perf_counter()
   completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
   process_s = time.perf_counter() - started
@@ -759,11 +924,23 @@ def parallel_figures(report: Report, settings: Settings, quick: bool) -> bool:
     all_match &= match
     step_s = median(result['step_seconds'])
     one_device_step_s = one_device_step_s or step_s
-    report.emit('data_parallel', raw=result, devices=devices, global_batch=64,
-                per_device_batch=64 // devices, steps=settings.parallel_steps, reps=settings.parallel_reps,
-                steps_per_s=1 / step_s, step_ms=step_s * 1e3, speedup_vs_1=one_device_step_s / step_s,
-                max_abs_diff_vs_1=max_diff, tolerance=PARAM_TOLERANCE, params_match=match,
-                first_call_s=result['first_call_s'], process_s=process_s)
+    report.emit(
+        'data_parallel',
+        raw=result,
+        devices=devices,
+        global_batch=64,
+        per_device_batch=64 // devices,
+        steps=settings.parallel_steps,
+        reps=settings.parallel_reps,
+        steps_per_s=1 / step_s,
+        step_ms=step_s * 1e3,
+        speedup_vs_1=one_device_step_s / step_s,
+        max_abs_diff_vs_1=max_diff,
+        tolerance=PARAM_TOLERANCE,
+        params_match=match,
+        first_call_s=result['first_call_s'],
+        process_s=process_s,
+    )
   return all_match
 
 
@@ -794,15 +971,20 @@ def main(argv: list[str] | None = None) -> int:
   set_host_device_count(None)  # one CPU device here, whatever the caller's XLA_FLAGS (e.g. the tests')
   started = time.perf_counter()
   load_before = os.getloadavg()
-  print(f'# trainer_speed{" --quick" if args.quick else ""}: jax {jax.__version__} on '
-        f'{jax.devices()[0].platform} ({len(jax.devices())} device), {os.cpu_count()} CPU cores, '
-        f'load average {load_before[0]:.2f}', flush=True)
+  print(
+      f'# trainer_speed{" --quick" if args.quick else ""}: jax {jax.__version__} on '
+      f'{jax.devices()[0].platform} ({len(jax.devices())} device), {os.cpu_count()} CPU cores, '
+      f'load average {load_before[0]:.2f}',
+      flush=True,
+  )
   report = Report()
   try:
-    sections = (('masked vs dense, matmul peak, FLOP/s', lambda: masked_vs_dense_figures(report, settings)),
-                ('fused vs single dispatch', lambda: fusion_figures(report, settings)),
-                ('lottery level', lambda: lottery_figures(report, settings, args.quick)),
-                ('data parallel', lambda: parallel_figures(report, settings, args.quick)))
+    sections = (
+        ('masked vs dense, matmul peak, FLOP/s', lambda: masked_vs_dense_figures(report, settings)),
+        ('fused vs single dispatch', lambda: fusion_figures(report, settings)),
+        ('lottery level', lambda: lottery_figures(report, settings, args.quick)),
+        ('data parallel', lambda: parallel_figures(report, settings, args.quick)),
+    )
     for title, section in sections:
       section_started = time.perf_counter()
       params_match = section()
@@ -814,14 +996,24 @@ def main(argv: list[str] | None = None) -> int:
   load_after = os.getloadavg()
   print(f'# runtime {runtime:.1f} s; load average {load_after[0]:.2f} at the end', flush=True)
   if args.output:
-    payload = {'quick': args.quick, 'runtime_s': runtime, 'jax_version': jax.__version__,
-               'cpu_count': os.cpu_count(), 'load_average_start': load_before, 'load_average_end': load_after,
-               'figures': report.figures, 'raw': report.raw}
+    payload = {
+        'quick': args.quick,
+        'runtime_s': runtime,
+        'jax_version': jax.__version__,
+        'cpu_count': os.cpu_count(),
+        'load_average_start': load_before,
+        'load_average_end': load_after,
+        'figures': report.figures,
+        'raw': report.raw,
+    }
     pathlib.Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.output).write_text(results_lib.strict_json(payload, indent=2, default=str))
   if not params_match:
-    print(f'# FAILED: data-parallel parameters differ from the 1-device run by more than {PARAM_TOLERANCE}',
-          file=sys.stderr, flush=True)
+    print(
+        f'# FAILED: data-parallel parameters differ from the 1-device run by more than {PARAM_TOLERANCE}',
+        file=sys.stderr,
+        flush=True,
+    )
     return 1
   return 0
 

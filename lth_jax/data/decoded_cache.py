@@ -41,10 +41,10 @@ import numpy as np
 
 from lth_jax.data import decode_worker
 
-MAGIC = b"LTHJAXDC"
+MAGIC = b'LTHJAXDC'
 LAYOUT_VERSION = 1
-SUFFIX = ".lthc"
-_HEADER_LENGTH = struct.Struct("<I")
+SUFFIX = '.lthc'
+_HEADER_LENGTH = struct.Struct('<I')
 _ALIGNMENT = 64
 _UNWRITABLE_FOLDERS: set[pathlib.Path] = set()
 # Fewer records than this per process are decoded in this process alone (a worker takes ~0.2 s to start).
@@ -52,227 +52,252 @@ MIN_RECORDS_PER_WORKER = 1000
 
 
 class CacheWarning(UserWarning):
-    """The decoded-data cache could not be used or was damaged (the data is decoded again)."""
+  """The decoded-data cache could not be used or was damaged (the data is decoded again)."""
 
 
 def cache_folder() -> pathlib.Path:
-    """The decoded tfds cache: $LTH_JAX_CACHE/tfds, else ~/.cache/lth_jax/tfds."""
-    from lth_jax.data.embedded import resolve_cache_dir
+  """The decoded tfds cache: $LTH_JAX_CACHE/tfds, else ~/.cache/lth_jax/tfds."""
+  from lth_jax.data.embedded import resolve_cache_dir
 
-    return resolve_cache_dir(None) / "tfds"
+  return resolve_cache_dir(None) / 'tfds'
 
 
 def source_shards(source: Any, split: str) -> list[tuple[str, int, int]] | None:
-    """The (shard filename, first record, end record) ranges a tfds array_record source reads, in
-    order; None when the source is not backed by files (e.g. under tfds.testing.mock_data)."""
-    info = getattr(source, "dataset_info", None)
-    if info is None or not hasattr(source, "data_source"):
-        return None
-    try:
-        from tensorflow_datasets.core.data_sources import base
+  """The (shard filename, first record, end record) ranges a tfds array_record source reads, in
+  order; None when the source is not backed by files (e.g. under tfds.testing.mock_data)."""
+  info = getattr(source, 'dataset_info', None)
+  if info is None or not hasattr(source, 'data_source'):
+    return None
+  try:
+    from tensorflow_datasets.core.data_sources import base
 
-        instructions = base.file_instructions(info, split)
-    except Exception:  # pylint: disable=broad-except  # any failure: no file identity, no cache
-        return None
-    shards = []
-    for instruction in instructions:
-        filename = os.fspath(instruction.filename)
-        if not os.path.isfile(filename):
-            return None
-        shards.append((filename, int(instruction.skip), int(instruction.skip + instruction.take)))
-    return shards or None
+    instructions = base.file_instructions(info, split)
+  except Exception:  # pylint: disable=broad-except  # any failure: no file identity, no cache
+    return None
+  shards = []
+  for instruction in instructions:
+    filename = os.fspath(instruction.filename)
+    if not os.path.isfile(filename):
+      return None
+    shards.append((filename, int(instruction.skip), int(instruction.skip + instruction.take)))
+  return shards or None
 
 
 def cache_key(name: str, version: str, split: str, shards: Sequence[tuple[str, int, int]]) -> str:
-    """Hash of the dataset name, version, split and each shard's path, size, mtime and record range."""
-    identity = []
-    for filename, first, end in shards:
-        status = os.stat(filename)
-        identity.append([os.path.abspath(filename), status.st_size, status.st_mtime_ns, first, end])
-    text = json.dumps({"name": name, "version": version, "split": split, "shards": identity}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+  """Hash of the dataset name, version, split and each shard's path, size, mtime and record range."""
+  identity = []
+  for filename, first, end in shards:
+    status = os.stat(filename)
+    identity.append([os.path.abspath(filename), status.st_size, status.st_mtime_ns, first, end])
+  text = json.dumps({'name': name, 'version': version, 'split': split, 'shards': identity}, sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def cache_path(folder: pathlib.Path, name: str, version: str, split: str, key: str) -> pathlib.Path:
-    """The cache file of one split."""
-    return folder / f"{name}-{version}-{split}-{key}{SUFFIX}"
+  """The cache file of one split."""
+  return folder / f'{name}-{version}-{split}-{key}{SUFFIX}'
 
 
 def _layout(count: int, image_shape: Sequence[int], key: str) -> tuple[dict[str, Any], int]:
-    """The header (without the checksum) and the total file size of a cache of `count` examples."""
-    image_bytes = count * int(np.prod(image_shape))
-    # The header is padded to a fixed size so the data offsets do not depend on the checksum text.
-    header_space = 1024
-    images_offset = len(MAGIC) + _HEADER_LENGTH.size + header_space
-    labels_offset = -(-(images_offset + image_bytes) // _ALIGNMENT) * _ALIGNMENT
-    header = {"layout": LAYOUT_VERSION, "key": key, "count": count, "image_shape": list(image_shape),
-              "images_offset": images_offset, "labels_offset": labels_offset}
-    return header, labels_offset + 4 * count
+  """The header (without the checksum) and the total file size of a cache of `count` examples."""
+  image_bytes = count * int(np.prod(image_shape))
+  # The header is padded to a fixed size so the data offsets do not depend on the checksum text.
+  header_space = 1024
+  images_offset = len(MAGIC) + _HEADER_LENGTH.size + header_space
+  labels_offset = -(-(images_offset + image_bytes) // _ALIGNMENT) * _ALIGNMENT
+  header = {
+      'layout': LAYOUT_VERSION,
+      'key': key,
+      'count': count,
+      'image_shape': list(image_shape),
+      'images_offset': images_offset,
+      'labels_offset': labels_offset,
+  }
+  return header, labels_offset + 4 * count
 
 
 def _checksum(images: np.ndarray, labels: np.ndarray) -> int:
-    return zlib.crc32(labels.tobytes(), zlib.crc32(memoryview(np.ascontiguousarray(images)).cast("B")))
+  return zlib.crc32(labels.tobytes(), zlib.crc32(memoryview(np.ascontiguousarray(images)).cast('B')))
 
 
 def _write_header(path: str, header: dict[str, Any]) -> None:
-    text = json.dumps(header).encode()
-    space = header["images_offset"] - len(MAGIC) - _HEADER_LENGTH.size
-    if len(text) > space:
-        raise ValueError("decoded cache header too long")
-    with open(path, "r+b") as file:
-        file.write(MAGIC + _HEADER_LENGTH.pack(len(text)) + text.ljust(space, b" "))
+  text = json.dumps(header).encode()
+  space = header['images_offset'] - len(MAGIC) - _HEADER_LENGTH.size
+  if len(text) > space:
+    raise ValueError('decoded cache header too long')
+  with open(path, 'r+b') as file:
+    file.write(MAGIC + _HEADER_LENGTH.pack(len(text)) + text.ljust(space, b' '))
 
 
 def read_cache(path: pathlib.Path, key: str, image_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cached (images, labels) memory-mapped read-only, or None when there is no cache file.
-    A file that does not check out (layout, key, size, checksum) is reported in one warning and
-    None is returned, so that it is rebuilt."""
-    try:
-        file = open(path, "rb")
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as error:
-        warnings.warn(f"lth_jax: cannot read the decoded-data cache {path} ({error}); decoding again",
-                      CacheWarning, stacklevel=3)
-        return None
-    try:
-        with file:
-            if file.read(len(MAGIC)) != MAGIC:
-                raise ValueError("not an lth_jax decoded-data cache")
-            (length,) = _HEADER_LENGTH.unpack(file.read(_HEADER_LENGTH.size))
-            header = json.loads(file.read(length))
-            if header.get("layout") != LAYOUT_VERSION:
-                raise ValueError(f"layout {header.get('layout')!r}, this lth_jax writes {LAYOUT_VERSION}")
-            if header.get("key") != key or header.get("image_shape") != list(image_shape):
-                raise ValueError("header does not match the source")
-            expected, size = _layout(int(header["count"]), image_shape, key)
-            if any(header[field] != value for field, value in expected.items()):
-                raise ValueError("inconsistent header")
-            actual_size = os.fstat(file.fileno()).st_size
-            if actual_size != size:
-                raise ValueError(f"{actual_size} bytes, expected {size}")
-        count = int(header["count"])
-        images = np.memmap(path, np.uint8, "r", header["images_offset"], (count, *image_shape))
-        labels = np.memmap(path, np.int32, "r", header["labels_offset"], (count,))
-        if _checksum(images, labels) != header.get("crc32"):
-            raise ValueError("checksum mismatch")
-        return images, labels
-    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as error:
-        warnings.warn(f"lth_jax: damaged decoded-data cache {path} ({error}); rebuilding it",
-                      CacheWarning, stacklevel=3)
-        return None
+  """The cached (images, labels) memory-mapped read-only, or None when there is no cache file.
+  A file that does not check out (layout, key, size, checksum) is reported in one warning and
+  None is returned, so that it is rebuilt."""
+  try:
+    file = open(path, 'rb')
+  except (FileNotFoundError, NotADirectoryError):
+    return None
+  except OSError as error:
+    warnings.warn(
+        f'lth_jax: cannot read the decoded-data cache {path} ({error}); decoding again', CacheWarning, stacklevel=3
+    )
+    return None
+  try:
+    with file:
+      if file.read(len(MAGIC)) != MAGIC:
+        raise ValueError('not an lth_jax decoded-data cache')
+      (length,) = _HEADER_LENGTH.unpack(file.read(_HEADER_LENGTH.size))
+      header = json.loads(file.read(length))
+      if header.get('layout') != LAYOUT_VERSION:
+        raise ValueError(f"layout {header.get('layout')!r}, this lth_jax writes {LAYOUT_VERSION}")
+      if header.get('key') != key or header.get('image_shape') != list(image_shape):
+        raise ValueError('header does not match the source')
+      expected, size = _layout(int(header['count']), image_shape, key)
+      if any(header[field] != value for field, value in expected.items()):
+        raise ValueError('inconsistent header')
+      actual_size = os.fstat(file.fileno()).st_size
+      if actual_size != size:
+        raise ValueError(f'{actual_size} bytes, expected {size}')
+    count = int(header['count'])
+    images = np.memmap(path, np.uint8, 'r', header['images_offset'], (count, *image_shape))
+    labels = np.memmap(path, np.int32, 'r', header['labels_offset'], (count,))
+    if _checksum(images, labels) != header.get('crc32'):
+      raise ValueError('checksum mismatch')
+    return images, labels
+  except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as error:
+    warnings.warn(f'lth_jax: damaged decoded-data cache {path} ({error}); rebuilding it', CacheWarning, stacklevel=3)
+    return None
 
 
 def available_workers() -> int:
-    """How many decode processes to run: the cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+  """How many decode processes to run: the cores this process may use."""
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except AttributeError:
+    return max(1, os.cpu_count() or 1)
 
 
 def _split_tasks(shards: Sequence[tuple[str, int, int]], parts: int) -> list[list[tuple[str, int, int, int]]]:
-    """Splits the shards' record ranges into `parts` contiguous groups of about equal size, as
-    (filename, first, end, output row) tasks."""
-    total = sum(end - first for _, first, end in shards)
-    bounds = [round(total * part / parts) for part in range(parts + 1)]
-    groups: list[list[tuple[str, int, int, int]]] = [[] for _ in range(parts)]
-    row = 0
-    for filename, first, end in shards:
-        for part in range(parts):
-            low, high = max(row, bounds[part]), min(row + end - first, bounds[part + 1])
-            if low < high:
-                groups[part].append((filename, first + low - row, first + high - row, low))
-        row += end - first
-    return [group for group in groups if group]
+  """Splits the shards' record ranges into `parts` contiguous groups of about equal size, as
+  (filename, first, end, output row) tasks."""
+  total = sum(end - first for _, first, end in shards)
+  bounds = [round(total * part / parts) for part in range(parts + 1)]
+  groups: list[list[tuple[str, int, int, int]]] = [[] for _ in range(parts)]
+  row = 0
+  for filename, first, end in shards:
+    for part in range(parts):
+      low, high = max(row, bounds[part]), min(row + end - first, bounds[part + 1])
+      if low < high:
+        groups[part].append((filename, first + low - row, first + high - row, low))
+    row += end - first
+  return [group for group in groups if group]
 
 
-def decode_parallel(shards: Sequence[tuple[str, int, int]], output_path: str, header: dict[str, Any],
-                    workers: int) -> None:
-    """Decodes the shards into `output_path` laid out as `header`: this process takes one part and
-    `workers - 1` worker processes the rest."""
-    arguments = {"output_path": output_path, "images_offset": header["images_offset"],
-                 "labels_offset": header["labels_offset"], "total_count": header["count"],
-                 "image_shape": header["image_shape"]}
-    groups = _split_tasks(shards, max(1, min(workers, header["count"] // MIN_RECORDS_PER_WORKER)))
-    processes = [
-        subprocess.Popen([sys.executable, decode_worker.__file__, json.dumps({"tasks": group, **arguments})],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for group in groups[1:]
-    ]
-    try:
-        decode_worker.decode_into(groups[0], **arguments)
-    finally:
-        errors = [(process.communicate()[1], process.returncode) for process in processes]
-    failed = [stderr.decode(errors="replace").strip() for stderr, returncode in errors if returncode]
-    if failed:
-        raise RuntimeError(f"decoding tfds records failed in a worker process:\n{failed[0]}")
+def decode_parallel(
+    shards: Sequence[tuple[str, int, int]], output_path: str, header: dict[str, Any], workers: int
+) -> None:
+  """Decodes the shards into `output_path` laid out as `header`: this process takes one part and
+  `workers - 1` worker processes the rest."""
+  arguments = {
+      'output_path': output_path,
+      'images_offset': header['images_offset'],
+      'labels_offset': header['labels_offset'],
+      'total_count': header['count'],
+      'image_shape': header['image_shape'],
+  }
+  groups = _split_tasks(shards, max(1, min(workers, header['count'] // MIN_RECORDS_PER_WORKER)))
+  processes = [
+      subprocess.Popen(
+          [sys.executable, decode_worker.__file__, json.dumps({'tasks': group, **arguments})],
+          stdout=subprocess.DEVNULL,
+          stderr=subprocess.PIPE,
+      )
+      for group in groups[1:]
+  ]
+  try:
+    decode_worker.decode_into(groups[0], **arguments)
+  finally:
+    errors = [(process.communicate()[1], process.returncode) for process in processes]
+  failed = [stderr.decode(errors='replace').strip() for stderr, returncode in errors if returncode]
+  if failed:
+    raise RuntimeError(f'decoding tfds records failed in a worker process:\n{failed[0]}')
 
 
 def _new_file(folder: pathlib.Path, prefix: str, size: int) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{prefix}.", suffix=".tmp")
-    with os.fdopen(descriptor, "wb") as file:
-        file.truncate(size)
-    return temp_name
+  folder.mkdir(parents=True, exist_ok=True)
+  descriptor, temp_name = tempfile.mkstemp(dir=folder, prefix=f'.{prefix}.', suffix='.tmp')
+  with os.fdopen(descriptor, 'wb') as file:
+    file.truncate(size)
+  return temp_name
 
 
 def prefix_shards(shards: Sequence[tuple[str, int, int]], count: int) -> list[tuple[str, int, int]]:
-    """The shard ranges of the first `count` records."""
-    prefix, remaining = [], count
-    for filename, first, end in shards:
-        if remaining <= 0:
-            break
-        take = min(end - first, remaining)
-        prefix.append((filename, first, first + take))
-        remaining -= take
-    return prefix
+  """The shard ranges of the first `count` records."""
+  prefix, remaining = [], count
+  for filename, first, end in shards:
+    if remaining <= 0:
+      break
+    take = min(end - first, remaining)
+    prefix.append((filename, first, first + take))
+    remaining -= take
+  return prefix
 
 
-def decode_split(name: str, version: str, split: str, shards: Sequence[tuple[str, int, int]],
-                 image_shape: Sequence[int], prefix: int | None = None, use_cache: bool = True,
-                 workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The split's uint8 images and int32 labels: from the cache when it holds them (memory-mapped),
-    else decoded in parallel and cached (in memory only when the cache folder is not writable).
+def decode_split(
+    name: str,
+    version: str,
+    split: str,
+    shards: Sequence[tuple[str, int, int]],
+    image_shape: Sequence[int],
+    prefix: int | None = None,
+    use_cache: bool = True,
+    workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """The split's uint8 images and int32 labels: from the cache when it holds them (memory-mapped),
+  else decoded in parallel and cached (in memory only when the cache folder is not writable).
 
-    With `prefix`, at least the first `prefix` records are returned: the whole cached split when
-    there is a cache, else only those records, decoded and not cached.
-    """
-    image_shape = tuple(int(size) for size in image_shape)
-    workers = available_workers() if workers is None else workers
-    key = cache_key(name, version, split, shards)
-    folder = cache_folder()
-    path = cache_path(folder, name, version, split, key)
-    if use_cache:
-        cached = read_cache(path, key, image_shape)
-        if cached is not None:
-            return cached
-    count = sum(end - first for _, first, end in shards)
-    if prefix is not None and prefix < count:
-        shards, count, use_cache = prefix_shards(shards, prefix), prefix, False
-    header, size = _layout(count, image_shape, key)
-    temp_name = None
-    if use_cache:
-        try:
-            temp_name = _new_file(folder, path.name, size)
-        except OSError as error:
-            if folder not in _UNWRITABLE_FOLDERS:  # one warning per folder and process
-                _UNWRITABLE_FOLDERS.add(folder)
-                warnings.warn(f"lth_jax: the decoded-data cache folder {folder} is not writable ({error}); "
-                              f"decoding without the cache", CacheWarning, stacklevel=2)
-    in_memory = temp_name is None
-    if in_memory:
-        temp_name = _new_file(pathlib.Path(tempfile.gettempdir()), path.name, size)
+  With `prefix`, at least the first `prefix` records are returned: the whole cached split when
+  there is a cache, else only those records, decoded and not cached.
+  """
+  image_shape = tuple(int(size) for size in image_shape)
+  workers = available_workers() if workers is None else workers
+  key = cache_key(name, version, split, shards)
+  folder = cache_folder()
+  path = cache_path(folder, name, version, split, key)
+  if use_cache:
+    cached = read_cache(path, key, image_shape)
+    if cached is not None:
+      return cached
+  count = sum(end - first for _, first, end in shards)
+  if prefix is not None and prefix < count:
+    shards, count, use_cache = prefix_shards(shards, prefix), prefix, False
+  header, size = _layout(count, image_shape, key)
+  temp_name = None
+  if use_cache:
     try:
-        decode_parallel(shards, temp_name, header, workers)
-        images = np.memmap(temp_name, np.uint8, "r", header["images_offset"], (count, *image_shape))
-        labels = np.memmap(temp_name, np.int32, "r", header["labels_offset"], (count,))
-        if in_memory:
-            return np.array(images), np.array(labels)
-        header["crc32"] = _checksum(images, labels)
-        _write_header(temp_name, header)
-        os.replace(temp_name, path)
-        return images, labels
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp_name)
+      temp_name = _new_file(folder, path.name, size)
+    except OSError as error:
+      if folder not in _UNWRITABLE_FOLDERS:  # one warning per folder and process
+        _UNWRITABLE_FOLDERS.add(folder)
+        warnings.warn(
+            f'lth_jax: the decoded-data cache folder {folder} is not writable ({error}); '
+            f'decoding without the cache',
+            CacheWarning,
+            stacklevel=2,
+        )
+  in_memory = temp_name is None
+  if in_memory:
+    temp_name = _new_file(pathlib.Path(tempfile.gettempdir()), path.name, size)
+  try:
+    decode_parallel(shards, temp_name, header, workers)
+    images = np.memmap(temp_name, np.uint8, 'r', header['images_offset'], (count, *image_shape))
+    labels = np.memmap(temp_name, np.int32, 'r', header['labels_offset'], (count,))
+    if in_memory:
+      return np.array(images), np.array(labels)
+    header['crc32'] = _checksum(images, labels)
+    _write_header(temp_name, header)
+    os.replace(temp_name, path)
+    return images, labels
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(temp_name)

@@ -32,7 +32,7 @@ Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
   """uint8 HWC image -> float32, scaled to [0, 1] and normalized per channel (on the host)."""
-  return ((image.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32))
+  return (image.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
 def normalize_on_device(images: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
@@ -50,7 +50,7 @@ def pad_crop_flip(image: np.ndarray, rng: np.random.Generator, padding: int = 4)
   height, width = image.shape[:2]
   padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
   top, left = rng.integers(0, 2 * padding + 1, size=2)
-  crop = padded[top:top + height, left:left + width]
+  crop = padded[top : top + height, left : left + width]
   return crop[:, ::-1] if rng.random() < 0.5 else crop
 
 
@@ -61,9 +61,14 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
   return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
 
 
-def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int = 224,
-                        area_range: tuple[float, float] = (0.08, 1.0),
-                        aspect_range: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10) -> np.ndarray:
+def random_resized_crop(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    size: int = 224,
+    area_range: tuple[float, float] = (0.08, 1.0),
+    aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
+) -> np.ndarray:
   """Inception-style ImageNet training crop: a random area and aspect ratio, resized to `size`, then a
   random horizontal flip. Falls back to a center crop when no attempt fits."""
   height, width = image.shape[:2]
@@ -75,12 +80,12 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int =
     if 0 < crop_width <= width and 0 < crop_height <= height:
       top = int(rng.integers(0, height - crop_height + 1))
       left = int(rng.integers(0, width - crop_width + 1))
-      crop = image[top:top + crop_height, left:left + crop_width]
+      crop = image[top : top + crop_height, left : left + crop_width]
       break
   else:
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
-    crop = image[top:top + side, left:left + side]
+    crop = image[top : top + side, left : left + side]
   crop = _resize(crop, size, size)
   return crop[:, ::-1] if rng.random() < 0.5 else crop
 
@@ -92,12 +97,13 @@ def resize_center_crop(image: np.ndarray, resize_to: int = 256, size: int = 224)
   new_height, new_width = max(size, int(round(height * scale))), max(size, int(round(width * scale)))
   resized = _resize(image, new_height, new_width)
   top, left = (new_height - size) // 2, (new_width - size) // 2
-  return resized[top:top + size, left:left + size]
+  return resized[top : top + size, left : left + size]
 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
   """How one dataset's images become model inputs, for training and for evaluation."""
+
   train: Callable[[np.ndarray, np.random.Generator], np.ndarray]
   evaluate: Callable[[np.ndarray], np.ndarray]
   mean: tuple[float, ...]
@@ -107,12 +113,30 @@ class Preprocessing:
 
 
 PREPROCESSING: dict[str, Preprocessing] = {
-    'cifar10': Preprocessing(train=pad_crop_flip, evaluate=lambda image: image, mean=CIFAR10_MEAN,
-                             std=CIFAR10_STD, input_shape=(32, 32, 3), num_classes=10),
-    'imagenet2012': Preprocessing(train=random_resized_crop, evaluate=resize_center_crop, mean=IMAGENET_MEAN,
-                                  std=IMAGENET_STD, input_shape=(224, 224, 3), num_classes=1000),
-    'mnist': Preprocessing(train=lambda image, rng: image, evaluate=lambda image: image, mean=(0.1307,),
-                           std=(0.3081,), input_shape=(28, 28, 1), num_classes=10),
+    'cifar10': Preprocessing(
+        train=pad_crop_flip,
+        evaluate=lambda image: image,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        input_shape=(32, 32, 3),
+        num_classes=10,
+    ),
+    'imagenet2012': Preprocessing(
+        train=random_resized_crop,
+        evaluate=resize_center_crop,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        input_shape=(224, 224, 3),
+        num_classes=1000,
+    ),
+    'mnist': Preprocessing(
+        train=lambda image, rng: image,
+        evaluate=lambda image: image,
+        mean=(0.1307,),
+        std=(0.3081,),
+        input_shape=(28, 28, 1),
+        num_classes=10,
+    ),
 }
 
 
@@ -123,6 +147,7 @@ class StepBatches:
   `StepBatches(...)[step]` is {'inputs': uint8 (local_batch, H, W, C), 'targets': int32 (local_batch,)},
   augmented but not normalized (see `normalize_on_device`).
   """
+
   records: Sequence[Any]
   preprocessing: Preprocessing
   seed: int
@@ -132,15 +157,16 @@ class StepBatches:
 
   def __post_init__(self):
     if self.global_batch_size % self.process_count:
-      raise ValueError(f'training.batch_size={self.global_batch_size} does not divide over '
-                       f'{self.process_count} hosts')
+      raise ValueError(
+          f'training.batch_size={self.global_batch_size} does not divide over ' f'{self.process_count} hosts'
+      )
     self.local_batch_size = self.global_batch_size // self.process_count
 
   def example_indices(self, step: int) -> np.ndarray:
     """This host's example indices at `step`."""
     indices = batch_indices(self.seed, step, 1, len(self.records), self.global_batch_size)[0]
     start = self.process_index * self.local_batch_size
-    return indices[start:start + self.local_batch_size]
+    return indices[start : start + self.local_batch_size]
 
   def __getitem__(self, step: int) -> dict[str, np.ndarray]:
     start = self.process_index * self.local_batch_size
@@ -153,8 +179,9 @@ class StepBatches:
     return {'inputs': np.stack(inputs), 'targets': np.asarray(targets, np.int32)}
 
 
-def training_batches(step_batches: StepBatches, start_step: int, end_step: int, num_threads: int = 16,
-                     prefetch: int = 16) -> Iterator[dict[str, np.ndarray]]:
+def training_batches(
+    step_batches: StepBatches, start_step: int, end_step: int, num_threads: int = 16, prefetch: int = 16
+) -> Iterator[dict[str, np.ndarray]]:
   """Host batches for steps start_step .. end_step - 1, loaded ahead by grain's reader threads."""
   import grain  # Imported lazily: only streaming runs need it.
 
@@ -163,8 +190,14 @@ def training_batches(step_batches: StepBatches, start_step: int, end_step: int, 
   return iter(dataset.to_iter_dataset(read_options))
 
 
-def evaluation_batch(records: Sequence[Any], preprocessing: Preprocessing, batch_size: int, batch: int,
-                     process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+def evaluation_batch(
+    records: Sequence[Any],
+    preprocessing: Preprocessing,
+    batch_size: int,
+    batch: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> dict[str, np.ndarray]:
   """This host's slice of evaluation batch number `batch` (fixed-size batches over the whole split,
   in order; the last one padded, with 'weights' 0 on the padding). uint8 'inputs', like StepBatches."""
   if batch_size % process_count:
@@ -178,24 +211,35 @@ def evaluation_batch(records: Sequence[Any], preprocessing: Preprocessing, batch
     inputs.append(preprocessing.evaluate(np.asarray(record['image'])))
     targets.append(int(record['label']))
     weights.append(1.0 if valid else 0.0)
-  return {'inputs': np.stack(inputs), 'targets': np.asarray(targets, np.int32),
-          'weights': np.asarray(weights, np.float32)}
+  return {
+      'inputs': np.stack(inputs),
+      'targets': np.asarray(targets, np.int32),
+      'weights': np.asarray(weights, np.float32),
+  }
 
 
-def evaluation_batches(records: Sequence[Any], preprocessing: Preprocessing, batch_size: int,
-                       process_index: int = 0, process_count: int = 1, num_threads: int = 16,
-                       prefetch: int = 16) -> Iterator[dict[str, np.ndarray]]:
+def evaluation_batches(
+    records: Sequence[Any],
+    preprocessing: Preprocessing,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int = 16,
+    prefetch: int = 16,
+) -> Iterator[dict[str, np.ndarray]]:
   """Every `evaluation_batch` of the split in order, loaded ahead by grain's reader threads."""
   import grain  # Imported lazily: only streaming runs need it.
 
   num_batches = -(-len(records) // batch_size)
   dataset = grain.MapDataset.range(num_batches).map(
-      lambda batch: evaluation_batch(records, preprocessing, batch_size, batch, process_index, process_count))
+      lambda batch: evaluation_batch(records, preprocessing, batch_size, batch, process_index, process_count)
+  )
   return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
 
 
-def open_streaming(name: str, data_dir: str | None, seed: int, global_batch_size: int,
-                   process_index: int = 0, process_count: int = 1) -> tuple[StepBatches, Sequence[Any]]:
+def open_streaming(
+    name: str, data_dir: str | None, seed: int, global_batch_size: int, process_index: int = 0, process_count: int = 1
+) -> tuple[StepBatches, Sequence[Any]]:
   """The training StepBatches and the evaluation records of a tfds dataset (no download; a missing
   dataset raises DatasetNotPreparedError with the `tfds build` command that prepares it)."""
   dataset = build_streaming({'name': name, 'data_dir': data_dir})
@@ -221,6 +265,7 @@ class _Prefix(Sequence):
 class StreamingDataset:
   """A classification dataset read from tfds files while training (never loaded whole): what the
   Trainer needs to know about it, and the records to stream from."""
+
   name: str
   train_records: Sequence[Any]
   test_records: Sequence[Any]
@@ -252,11 +297,11 @@ class StreamingDataset:
     """Model output width."""
     return self.preprocessing.num_classes
 
-  def step_batches(self, seed: int, global_batch_size: int, process_index: int = 0,
-                   process_count: int = 1) -> StepBatches:
+  def step_batches(
+      self, seed: int, global_batch_size: int, process_index: int = 0, process_count: int = 1
+  ) -> StepBatches:
     """This host's training batches for batch-order `seed`."""
-    return StepBatches(self.train_records, self.preprocessing, seed, global_batch_size, process_index,
-                       process_count)
+    return StepBatches(self.train_records, self.preprocessing, seed, global_batch_size, process_index, process_count)
 
 
 def _limited(records: Sequence[Any], limit: int | None, field: str, name: str, split: str) -> Sequence[Any]:
@@ -279,8 +324,11 @@ def build_streaming(dataset_config: Mapping[str, Any]) -> StreamingDataset:
   test_records = open_split(name, evaluation_split, data_dir)
   return StreamingDataset(
       name=name,
-      train_records=_limited(train_records, read_positive_int(dataset_config, 'num_train', None), 'num_train',
-                             name, 'train'),
-      test_records=_limited(test_records, read_positive_int(dataset_config, 'num_test', None), 'num_test', name,
-                            evaluation_split),
-      preprocessing=PREPROCESSING[name])
+      train_records=_limited(
+          train_records, read_positive_int(dataset_config, 'num_train', None), 'num_train', name, 'train'
+      ),
+      test_records=_limited(
+          test_records, read_positive_int(dataset_config, 'num_test', None), 'num_test', name, evaluation_split
+      ),
+      preprocessing=PREPROCESSING[name],
+  )

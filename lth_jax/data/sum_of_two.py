@@ -25,35 +25,35 @@ _TEST_STREAM = 1
 
 
 def sample_pairs(seed: int, stream: int, num_examples: int, value_range: tuple[float, float]) -> np.ndarray:
-    """float32 (num_examples, 2) inputs drawn uniformly from the half-open value_range [low, high)."""
-    low, high = value_range
-    rng = np.random.default_rng([seed, stream])
-    inputs = rng.uniform(low, high, size=(num_examples, 2)).astype(np.float32)
-    # Rounding to float32 can land exactly on `high`; keep the range half-open.
-    largest_below_high = np.nextafter(np.float32(high), np.float32(low))
-    return np.minimum(inputs, largest_below_high)
+  """float32 (num_examples, 2) inputs drawn uniformly from the half-open value_range [low, high)."""
+  low, high = value_range
+  rng = np.random.default_rng([seed, stream])
+  inputs = rng.uniform(low, high, size=(num_examples, 2)).astype(np.float32)
+  # Rounding to float32 can land exactly on `high`; keep the range half-open.
+  largest_below_high = np.nextafter(np.float32(high), np.float32(low))
+  return np.minimum(inputs, largest_below_high)
 
 
 def sum_targets(inputs: np.ndarray) -> np.ndarray:
-    """float32 (n, 1) targets x1 + x2, computed in float32."""
-    return (inputs[:, 0] + inputs[:, 1]).astype(np.float32)[:, None]
+  """float32 (n, 1) targets x1 + x2, computed in float32."""
+  return (inputs[:, 0] + inputs[:, 1]).astype(np.float32)[:, None]
 
 
 def build_sum_of_two(dataset_config: Mapping[str, Any]) -> ArrayDataset:
-    """Builds the sum-of-two regression dataset described by `dataset_config`."""
-    seed = read_seed(dataset_config)
-    num_train = read_positive_int(dataset_config, "num_train", DEFAULT_NUM_TRAIN)
-    num_test = read_positive_int(dataset_config, "num_test", DEFAULT_NUM_TEST)
-    train_range = read_range(dataset_config, "train_range", DEFAULT_TRAIN_RANGE)
-    test_range = read_range(dataset_config, "test_range", DEFAULT_TEST_RANGE)
-    train_inputs = sample_pairs(seed, _TRAIN_STREAM, num_train, train_range)
-    test_inputs = sample_pairs(seed, _TEST_STREAM, num_test, test_range)
-    return ArrayDataset(
-        name="sum_of_two",
-        task="regression",
-        train_inputs=train_inputs,
-        train_targets=sum_targets(train_inputs),
-        test_inputs=test_inputs,
-        test_targets=sum_targets(test_inputs),
-        num_classes=None,
-    )
+  """Builds the sum-of-two regression dataset described by `dataset_config`."""
+  seed = read_seed(dataset_config)
+  num_train = read_positive_int(dataset_config, 'num_train', DEFAULT_NUM_TRAIN)
+  num_test = read_positive_int(dataset_config, 'num_test', DEFAULT_NUM_TEST)
+  train_range = read_range(dataset_config, 'train_range', DEFAULT_TRAIN_RANGE)
+  test_range = read_range(dataset_config, 'test_range', DEFAULT_TEST_RANGE)
+  train_inputs = sample_pairs(seed, _TRAIN_STREAM, num_train, train_range)
+  test_inputs = sample_pairs(seed, _TEST_STREAM, num_test, test_range)
+  return ArrayDataset(
+      name='sum_of_two',
+      task='regression',
+      train_inputs=train_inputs,
+      train_targets=sum_targets(train_inputs),
+      test_inputs=test_inputs,
+      test_targets=sum_targets(test_inputs),
+      num_classes=None,
+  )

@@ -20,25 +20,25 @@ from lth_jax.data.arrays import ArrayDataset, read_positive_int
 
 @dataclasses.dataclass(frozen=True)
 class ImageDatasetSpec:
-    """Static description of a tfds image-classification dataset."""
+  """Static description of a tfds image-classification dataset."""
 
-    name: str
-    image_shape: tuple[int, int, int]
-    num_classes: int
-    channel_mean: tuple[float, ...]
-    channel_std: tuple[float, ...]
+  name: str
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  channel_mean: tuple[float, ...]
+  channel_std: tuple[float, ...]
 
 
 IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
-    "mnist": ImageDatasetSpec(
-        name="mnist",
+    'mnist': ImageDatasetSpec(
+        name='mnist',
         image_shape=(28, 28, 1),
         num_classes=10,
         channel_mean=(0.1307,),
         channel_std=(0.3081,),
     ),
-    "cifar10": ImageDatasetSpec(
-        name="cifar10",
+    'cifar10': ImageDatasetSpec(
+        name='cifar10',
         image_shape=(32, 32, 3),
         num_classes=10,
         channel_mean=(0.4914, 0.4822, 0.4465),
@@ -48,127 +48,125 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
 
 
 class DatasetNotPreparedError(FileNotFoundError):
-    """The tfds dataset is not prepared (in array_record format) under the data_dir."""
+  """The tfds dataset is not prepared (in array_record format) under the data_dir."""
 
 
 def default_tfds_data_dir() -> str:
-    """The folder tfds reads when no data_dir is given ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
-    from tensorflow_datasets.core import constants
+  """The folder tfds reads when no data_dir is given ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+  from tensorflow_datasets.core import constants
 
-    return os.fspath(constants.DATA_DIR)
+  return os.fspath(constants.DATA_DIR)
 
 
 def prepare_command(name: str, data_dir: str) -> str:
-    """Shell command that prepares `name` for `tfds.data_source` under `data_dir`."""
-    return f"tfds build {name} --file_format=array_record --data_dir={data_dir}"
+  """Shell command that prepares `name` for `tfds.data_source` under `data_dir`."""
+  return f'tfds build {name} --file_format=array_record --data_dir={data_dir}'
 
 
 def open_split(name: str, split: str, data_dir: str | None) -> Sequence[Any]:
-    """Opens one split as a random-access tfds data source, without downloading anything.
+  """Opens one split as a random-access tfds data source, without downloading anything.
 
-    Raises DatasetNotPreparedError if the split is not prepared in array_record format.
-    """
-    import tensorflow_datasets as tfds  # Imported lazily: slow to import.
+  Raises DatasetNotPreparedError if the split is not prepared in array_record format.
+  """
+  import tensorflow_datasets as tfds  # Imported lazily: slow to import.
 
-    try:
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    # With download=False, tfds reports a missing dataset inconsistently: NotImplementedError
-    # ("file format TFRECORD is not supported") for an empty folder or a TFRecord-only copy,
-    # KeyError ("splits is empty") when array_record is forced, FileNotFoundError for missing files.
-    except (NotImplementedError, KeyError, FileNotFoundError) as error:
-        shown_dir = data_dir or default_tfds_data_dir()
-        manual = (f"\n(ImageNet cannot be downloaded by tfds: put ILSVRC2012_img_train.tar and "
-                  f"ILSVRC2012_img_val.tar in {os.path.join(shown_dir, 'downloads', 'manual')} first.)"
-                  if name == "imagenet2012" else "")
-        raise DatasetNotPreparedError(
-            f"tfds dataset {name!r} (split {split!r}) is not prepared in array_record format under "
-            f"data_dir={shown_dir!r}. Prepare it with:\n  {prepare_command(name, shown_dir)}{manual}\n"
-            f"(the tfds error behind this, which may describe the format it expected: "
-            f"{type(error).__name__}: {error})"
-        ) from error
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  # With download=False, tfds reports a missing dataset inconsistently: NotImplementedError
+  # ("file format TFRECORD is not supported") for an empty folder or a TFRecord-only copy,
+  # KeyError ("splits is empty") when array_record is forced, FileNotFoundError for missing files.
+  except (NotImplementedError, KeyError, FileNotFoundError) as error:
+    shown_dir = data_dir or default_tfds_data_dir()
+    manual = (
+        f'\n(ImageNet cannot be downloaded by tfds: put ILSVRC2012_img_train.tar and '
+        f"ILSVRC2012_img_val.tar in {os.path.join(shown_dir, 'downloads', 'manual')} first.)"
+        if name == 'imagenet2012'
+        else ''
+    )
+    raise DatasetNotPreparedError(
+        f'tfds dataset {name!r} (split {split!r}) is not prepared in array_record format under '
+        f'data_dir={shown_dir!r}. Prepare it with:\n  {prepare_command(name, shown_dir)}{manual}\n'
+        f'(the tfds error behind this, which may describe the format it expected: '
+        f'{type(error).__name__}: {error})'
+    ) from error
 
 
 def read_images_and_labels(source: Sequence[Any], count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reads the first `count` (>= 1) records as uint8 images (count, H, W, C) and int32 labels."""
-    # Index records one by one: `source.__getitems__` breaks under tfds.testing.mock_data.
-    image_shape = np.shape(source[0]["image"])
-    images = np.empty((count, *image_shape), dtype=np.uint8)
-    labels = np.empty((count,), dtype=np.int32)
-    for index in range(count):
-        record = source[index]
-        images[index] = record["image"]
-        labels[index] = record["label"]
-    return images, labels
+  """Reads the first `count` (>= 1) records as uint8 images (count, H, W, C) and int32 labels."""
+  # Index records one by one: `source.__getitems__` breaks under tfds.testing.mock_data.
+  image_shape = np.shape(source[0]['image'])
+  images = np.empty((count, *image_shape), dtype=np.uint8)
+  labels = np.empty((count,), dtype=np.int32)
+  for index in range(count):
+    record = source[index]
+    images[index] = record['image']
+    labels[index] = record['label']
+  return images, labels
 
 
 def normalize_images(images: np.ndarray, spec: ImageDatasetSpec) -> np.ndarray:
-    """uint8 images -> float32 in [0, 1] -> normalized per channel with the spec's mean/std."""
-    mean = np.asarray(spec.channel_mean, dtype=np.float32)
-    std = np.asarray(spec.channel_std, dtype=np.float32)
-    return ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+  """uint8 images -> float32 in [0, 1] -> normalized per channel with the spec's mean/std."""
+  mean = np.asarray(spec.channel_mean, dtype=np.float32)
+  std = np.asarray(spec.channel_std, dtype=np.float32)
+  return ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
 
 
 def read_split(
     spec: ImageDatasetSpec, split: str, data_dir: str | None, limit: int | None, limit_field: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Reads one split (the first `limit` records if given) as uint8 images and int32 labels.
+  """Reads one split (the first `limit` records if given) as uint8 images and int32 labels.
 
-    Array_record splits go through the decoded cache (`decoded_cache`): memory-mapped when cached,
-    else decoded in parallel and cached. With a `limit` and no cache of the whole split yet, only the
-    first `limit` records are decoded (in parallel, not cached). Sources without files (tfds's mock
-    data) are read record by record.
-    """
-    source = open_split(spec.name, split, data_dir)
-    available = len(source)
-    if available == 0:
-        raise ValueError(f"{spec.name}'s {split!r} split under data_dir={data_dir!r} is empty")
-    if limit is not None and limit > available:
-        raise ValueError(
-            f"dataset.{limit_field}={limit} exceeds the {available} examples in "
-            f"{spec.name}'s {split!r} split"
-        )
-    count = available if limit is None else limit
-    shards = decoded_cache.source_shards(source, split)
-    if shards is None:
-        images, labels = read_images_and_labels(source, count)
-    else:
-        stored_shape = tuple(source.dataset_info.features["image"].shape)
-        if stored_shape != spec.image_shape:
-            raise ValueError(
-                f"{spec.name} {split!r} images have shape {stored_shape}, expected {spec.image_shape}"
-            )
-        version = str(source.dataset_info.version)
-        images, labels = decoded_cache.decode_split(
-            spec.name, version, split, shards, spec.image_shape, prefix=None if limit is None else count
-        )
-    if images.shape[1:] != spec.image_shape:
-        raise ValueError(
-            f"{spec.name} {split!r} images have shape {images.shape[1:]}, expected {spec.image_shape}"
-        )
-    return images[:count], labels[:count]
+  Array_record splits go through the decoded cache (`decoded_cache`): memory-mapped when cached,
+  else decoded in parallel and cached. With a `limit` and no cache of the whole split yet, only the
+  first `limit` records are decoded (in parallel, not cached). Sources without files (tfds's mock
+  data) are read record by record.
+  """
+  source = open_split(spec.name, split, data_dir)
+  available = len(source)
+  if available == 0:
+    raise ValueError(f"{spec.name}'s {split!r} split under data_dir={data_dir!r} is empty")
+  if limit is not None and limit > available:
+    raise ValueError(
+        f'dataset.{limit_field}={limit} exceeds the {available} examples in ' f"{spec.name}'s {split!r} split"
+    )
+  count = available if limit is None else limit
+  shards = decoded_cache.source_shards(source, split)
+  if shards is None:
+    images, labels = read_images_and_labels(source, count)
+  else:
+    stored_shape = tuple(source.dataset_info.features['image'].shape)
+    if stored_shape != spec.image_shape:
+      raise ValueError(f'{spec.name} {split!r} images have shape {stored_shape}, expected {spec.image_shape}')
+    version = str(source.dataset_info.version)
+    images, labels = decoded_cache.decode_split(
+        spec.name, version, split, shards, spec.image_shape, prefix=None if limit is None else count
+    )
+  if images.shape[1:] != spec.image_shape:
+    raise ValueError(f'{spec.name} {split!r} images have shape {images.shape[1:]}, expected {spec.image_shape}')
+  return images[:count], labels[:count]
 
 
 def build_image_dataset(dataset_config: Mapping[str, Any]) -> ArrayDataset:
-    """Builds mnist or cifar10 (by dataset.name) from tfds array_record files under dataset.data_dir:
-    uint8 images, normalized per channel inside the compiled step (`ArrayDataset.input_normalization`)."""
-    name = dataset_config.get("name", None)
-    if not isinstance(name, str) or name not in IMAGE_DATASETS:
-        raise ValueError(f"dataset.name must be one of {tuple(IMAGE_DATASETS)} here, got {name!r}")
-    spec = IMAGE_DATASETS[name]
-    data_dir = dataset_config.get("data_dir", None) or None
-    if data_dir is not None:
-        data_dir = os.path.expanduser(os.fspath(data_dir))
-    num_train = read_positive_int(dataset_config, "num_train", None)
-    num_test = read_positive_int(dataset_config, "num_test", None)
-    train_inputs, train_labels = read_split(spec, "train", data_dir, num_train, "num_train")
-    test_inputs, test_labels = read_split(spec, "test", data_dir, num_test, "num_test")
-    return ArrayDataset(
-        name=spec.name,
-        task="classification",
-        train_inputs=train_inputs,
-        train_targets=train_labels,
-        test_inputs=test_inputs,
-        test_targets=test_labels,
-        num_classes=spec.num_classes,
-        input_normalization=(spec.channel_mean, spec.channel_std),
-    )
+  """Builds mnist or cifar10 (by dataset.name) from tfds array_record files under dataset.data_dir:
+  uint8 images, normalized per channel inside the compiled step (`ArrayDataset.input_normalization`)."""
+  name = dataset_config.get('name', None)
+  if not isinstance(name, str) or name not in IMAGE_DATASETS:
+    raise ValueError(f'dataset.name must be one of {tuple(IMAGE_DATASETS)} here, got {name!r}')
+  spec = IMAGE_DATASETS[name]
+  data_dir = dataset_config.get('data_dir', None) or None
+  if data_dir is not None:
+    data_dir = os.path.expanduser(os.fspath(data_dir))
+  num_train = read_positive_int(dataset_config, 'num_train', None)
+  num_test = read_positive_int(dataset_config, 'num_test', None)
+  train_inputs, train_labels = read_split(spec, 'train', data_dir, num_train, 'num_train')
+  test_inputs, test_labels = read_split(spec, 'test', data_dir, num_test, 'num_test')
+  return ArrayDataset(
+      name=spec.name,
+      task='classification',
+      train_inputs=train_inputs,
+      train_targets=train_labels,
+      test_inputs=test_inputs,
+      test_targets=test_labels,
+      num_classes=spec.num_classes,
+      input_normalization=(spec.channel_mean, spec.channel_std),
+  )

@@ -27,9 +27,13 @@ def _lenet(config: ml_collections.ConfigDict, num_outputs: int) -> nn.Module:
 
 def _conv(depth: int) -> ModelBuilder:
   def build_conv(config: ml_collections.ConfigDict, num_outputs: int) -> nn.Module:
-    return ConvNet(num_outputs=num_outputs, conv_widths=CONV_WIDTHS[depth],
-                   dense_sizes=tuple(config.get('dense_sizes', (256, 256))),
-                   conv_general_dilated=conv_function(config))
+    return ConvNet(
+        num_outputs=num_outputs,
+        conv_widths=CONV_WIDTHS[depth],
+        dense_sizes=tuple(config.get('dense_sizes', (256, 256))),
+        conv_general_dilated=conv_function(config),
+    )
+
   return build_conv
 
 
@@ -52,14 +56,20 @@ def conv_function(config: ml_collections.ConfigDict) -> convolution.ConvFunction
 
 def _vgg(depth: int) -> ModelBuilder:
   def build_vgg(config: ml_collections.ConfigDict, num_outputs: int) -> nn.Module:
-    return VGG(num_outputs=num_outputs, plan=VGG_PLANS[depth], dtype=compute_dtype(config),
-               conv_general_dilated=conv_function(config))
+    return VGG(
+        num_outputs=num_outputs,
+        plan=VGG_PLANS[depth],
+        dtype=compute_dtype(config),
+        conv_general_dilated=conv_function(config),
+    )
+
   return build_vgg
 
 
 def _cifar_resnet(depth: int) -> ModelBuilder:
   def build_resnet(config: ml_collections.ConfigDict, num_outputs: int) -> nn.Module:
     return cifar_resnet(depth, num_outputs, compute_dtype(config), conv_function(config))
+
   return build_resnet
 
 
@@ -74,10 +84,8 @@ REGISTRY: dict[str, ModelBuilder] = {
     'vgg19': _vgg(19),
     'resnet20': _cifar_resnet(20),
     'resnet56': _cifar_resnet(56),
-    'resnet18': lambda config, num_outputs: resnet18_cifar(num_outputs, compute_dtype(config),
-                                                           conv_function(config)),
-    'resnet50': lambda config, num_outputs: resnet50(num_outputs, compute_dtype(config),
-                                                     conv_function(config)),
+    'resnet18': lambda config, num_outputs: resnet18_cifar(num_outputs, compute_dtype(config), conv_function(config)),
+    'resnet50': lambda config, num_outputs: resnet50(num_outputs, compute_dtype(config), conv_function(config)),
 }
 MODEL_NAMES = tuple(REGISTRY)
 

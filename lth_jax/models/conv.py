@@ -19,6 +19,7 @@ CONV_WIDTHS = {2: (64, 64), 4: (64, 64, 128, 128), 6: (64, 64, 128, 128, 256, 25
 
 class ConvNet(nn.Module):
   """Conv-N: `conv_widths` 3x3 convolutions, max-pooled after every second one, then dense layers."""
+
   num_outputs: int = 10
   conv_widths: Sequence[int] = CONV_WIDTHS[2]
   dense_sizes: Sequence[int] = (256, 256)
@@ -29,8 +30,16 @@ class ConvNet(nn.Module):
     del train
     hidden = inputs
     for index, width in enumerate(self.conv_widths):
-      hidden = nn.relu(nn.Conv(width, (3, 3), padding='SAME', kernel_init=glorot_normal,
-                               conv_general_dilated=self.conv_general_dilated, name=f'conv_{index}')(hidden))
+      hidden = nn.relu(
+          nn.Conv(
+              width,
+              (3, 3),
+              padding='SAME',
+              kernel_init=glorot_normal,
+              conv_general_dilated=self.conv_general_dilated,
+              name=f'conv_{index}',
+          )(hidden)
+      )
       if index % 2 == 1:
         hidden = nn.max_pool(hidden, (2, 2), strides=(2, 2))
     hidden = hidden.reshape((hidden.shape[0], -1))

@@ -47,11 +47,19 @@ def conv_general_dilated(kernel_gradient: str = 'auto', backend: str | None = No
   return lax.conv_general_dilated
 
 
-def patch_gradient_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
-                        padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
-                        rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
-                        feature_group_count: int = 1, batch_group_count: int = 1, precision: Any = None,
-                        preferred_element_type: Any = None) -> jax.Array:
+def patch_gradient_conv(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
   """`lax.conv_general_dilated` (same arguments and result) with the kernel gradient computed as a
   matmul of input patches. Handles 2-D NHWC/HWIO convolutions with any strides, padding and kernel
   dilation; anything else (grouped or input-dilated convolutions, other layouts) is passed to
@@ -60,16 +68,30 @@ def patch_gradient_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence
   lhs_dilation = tuple(lhs_dilation or (1,) * spatial_rank)
   rhs_dilation = tuple(rhs_dilation or (1,) * spatial_rank)
   native = functools.partial(
-      lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-      batch_group_count=batch_group_count, precision=precision, preferred_element_type=preferred_element_type)
-  if (spatial_rank != 2 or feature_group_count != 1 or batch_group_count != 1 or preferred_element_type is not None
+      lax.conv_general_dilated,
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+  )
+  if (
+      spatial_rank != 2
+      or feature_group_count != 1
+      or batch_group_count != 1
+      or preferred_element_type is not None
       or any(dilation != 1 for dilation in lhs_dilation)
-      or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _CHANNELS_LAST):
+      or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _CHANNELS_LAST
+  ):
     return native()
   if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], _dilated_size(rhs.shape[:2], rhs_dilation), window_strides,
-                                  padding)
+    padding = lax.padtype_to_pads(lhs.shape[1:3], _dilated_size(rhs.shape[:2], rhs_dilation), window_strides, padding)
   padding = tuple((int(low), int(high)) for low, high in padding)
   if any(low < 0 or high < 0 for low, high in padding):
     return native()
@@ -86,8 +108,9 @@ def _conv(lhs, rhs, strides, padding, rhs_dilation, precision):
 
 
 def _lax_conv(lhs, rhs, strides, padding, rhs_dilation, precision):
-  return lax.conv_general_dilated(lhs, rhs, strides, padding, rhs_dilation=rhs_dilation,
-                                  dimension_numbers=_CHANNELS_LAST, precision=precision)
+  return lax.conv_general_dilated(
+      lhs, rhs, strides, padding, rhs_dilation=rhs_dilation, dimension_numbers=_CHANNELS_LAST, precision=precision
+  )
 
 
 def _conv_forward(lhs, rhs, strides, padding, rhs_dilation, precision):
@@ -98,9 +121,12 @@ def _conv_backward(strides, padding, rhs_dilation, precision, residuals, output_
   lhs, rhs = residuals
   input_gradient = _input_gradient(lhs, rhs, strides, padding, rhs_dilation, precision, output_gradient)
   patches = input_patches(lhs, rhs.shape[:2], strides, padding, rhs_dilation, output_gradient.shape[1:3])
-  kernel_gradient = jnp.matmul(patches.reshape(-1, patches.shape[-1]).T,
-                               output_gradient.reshape(-1, output_gradient.shape[-1]),
-                               precision=precision, preferred_element_type=jnp.float32)
+  kernel_gradient = jnp.matmul(
+      patches.reshape(-1, patches.shape[-1]).T,
+      output_gradient.reshape(-1, output_gradient.shape[-1]),
+      precision=precision,
+      preferred_element_type=jnp.float32,
+  )
   return input_gradient, kernel_gradient.reshape(rhs.shape).astype(rhs.dtype)
 
 
@@ -120,9 +146,14 @@ def _input_gradient(lhs, rhs, strides, padding, rhs_dilation, precision, output_
   return _lax_conv(output_gradient, flipped, strides, transposed_padding, rhs_dilation, precision)
 
 
-def input_patches(inputs: jax.Array, kernel_size: Sequence[int], strides: Sequence[int],
-                  padding: Sequence[tuple[int, int]], rhs_dilation: Sequence[int],
-                  output_size: Sequence[int]) -> jax.Array:
+def input_patches(
+    inputs: jax.Array,
+    kernel_size: Sequence[int],
+    strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    rhs_dilation: Sequence[int],
+    output_size: Sequence[int],
+) -> jax.Array:
   """For NHWC `inputs`, the (N, out_h, out_w, kh * kw * C) array of the input window under every
   output position, ordered like a flattened HWIO kernel's (kh, kw, C) rows."""
   padded = jnp.pad(inputs, ((0, 0), *padding, (0, 0)))
@@ -130,7 +161,11 @@ def input_patches(inputs: jax.Array, kernel_size: Sequence[int], strides: Sequen
   for row in range(kernel_size[0]):
     for column in range(kernel_size[1]):
       start = (0, row * rhs_dilation[0], column * rhs_dilation[1], 0)
-      limit = (inputs.shape[0], start[1] + (output_size[0] - 1) * strides[0] + 1,
-               start[2] + (output_size[1] - 1) * strides[1] + 1, inputs.shape[3])
+      limit = (
+          inputs.shape[0],
+          start[1] + (output_size[0] - 1) * strides[0] + 1,
+          start[2] + (output_size[1] - 1) * strides[1] + 1,
+          inputs.shape[3],
+      )
       slices.append(lax.slice(padded, start, limit, (1, strides[0], strides[1], 1)))
   return slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)

@@ -20,6 +20,7 @@ def uniform_fan_in(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> j
 
 class LinearNet(nn.Module):
   """Two linear layers without bias or nonlinearity: the sum-of-two-inputs toy (x -> hidden -> out)."""
+
   num_outputs: int = 1
   hidden_size: int = 200
 
@@ -32,6 +33,7 @@ class LinearNet(nn.Module):
 
 class LeNet(nn.Module):
   """LeNet-300-100: a ReLU multilayer perceptron (hidden sizes configurable) on flattened inputs."""
+
   num_outputs: int = 10
   hidden_sizes: Sequence[int] = (300, 100)
 

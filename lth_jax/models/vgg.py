@@ -16,13 +16,13 @@ POOL = 'M'
 VGG_PLANS: dict[int, tuple[Any, ...]] = {
     11: (64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512),
     16: (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512),
-    19: (64, 64, POOL, 128, 128, POOL, 256, 256, 256, 256, POOL, 512, 512, 512, 512, POOL,
-         512, 512, 512, 512),
+    19: (64, 64, POOL, 128, 128, POOL, 256, 256, 256, 256, POOL, 512, 512, 512, 512, POOL, 512, 512, 512, 512),
 }
 
 
 class VGG(nn.Module):
   """VGG-N for 32x32 inputs: `plan` lists conv widths and 'M' for max pooling."""
+
   num_outputs: int = 10
   plan: Sequence[Any] = VGG_PLANS[19]
   dtype: Any = jnp.float32
@@ -30,11 +30,16 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding='SAME', use_bias=False, dtype=self.dtype,
-                             kernel_init=nn.initializers.kaiming_normal(),
-                             conv_general_dilated=self.conv_general_dilated)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype)
+    conv = functools.partial(
+        nn.Conv,
+        kernel_size=(3, 3),
+        padding='SAME',
+        use_bias=False,
+        dtype=self.dtype,
+        kernel_init=nn.initializers.kaiming_normal(),
+        conv_general_dilated=self.conv_general_dilated,
+    )
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
     hidden = inputs.astype(self.dtype)
     conv_index = 0
     for entry in self.plan:
