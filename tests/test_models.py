@@ -103,7 +103,10 @@ def test_linear_is_linear():
   model = build('linear', 3)
   params, _ = init_params(model, (2,))
   x, y = jnp.array([[1.0, 2.0]]), jnp.array([[-3.0, 0.5]])
-  apply = lambda inputs: model.apply({'params': params}, inputs)
+
+  def apply(inputs):
+    return model.apply({'params': params}, inputs)
+
   np.testing.assert_allclose(apply(2.0 * x - 3.0 * y), 2.0 * apply(x) - 3.0 * apply(y), rtol=1e-5, atol=1e-6)
 
 

@@ -15,7 +15,7 @@ def test_pad_crop_flip_is_a_shifted_or_flipped_crop():
   assert len({crop.tobytes() for crop in crops}) > 5  # random offsets and flips
   padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
   for crop in crops:  # every crop is a window of the padded image, possibly mirrored
-    windows = [padded[t : t + 32, l : l + 32] for t in range(9) for l in range(9)]
+    windows = [padded[top : top + 32, left : left + 32] for top in range(9) for left in range(9)]
     assert any(np.array_equal(crop, w) or np.array_equal(crop, w[:, ::-1]) for w in windows)
 
 

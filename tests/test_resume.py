@@ -421,7 +421,10 @@ def test_the_trainer_continues_a_run_checkpoint_bitwise(tmp_path):
 
     restored = train_lib.RunCheckpoint.from_parts(*run.restore_latest(like))
   resumed = trainer.train(restored, **settings)
-  without_speed = lambda curve: [{k: v for k, v in entry.items() if k not in TIMINGS} for entry in curve]
+
+  def without_speed(curve):
+    return [{k: v for k, v in entry.items() if k not in TIMINGS} for entry in curve]
+
   assert without_speed(resumed.curve) == without_speed(straight.curve)
   assert [entry['step'] for entry in resumed.curve] == [20, 40, 50]
   chex.assert_trees_all_equal(resumed.snapshots, straight.snapshots)
