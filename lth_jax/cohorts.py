@@ -178,17 +178,14 @@ class ProgramRunner:
     settings, total = self.settings, self.settings.end_step
     padded = members + [members[0]] * (slots - len(members))  # padding members: copies, results dropped
     if population:
-      state = trainer.create_state(
-          train_lib.stack_members([member.params for member in padded]),
-          train_lib.stack_members([member.model_state for member in padded]),
-          train_lib.stack_members([member.keep_mask for member in padded]),
-          start_step,
-      )
-      seeds: Any = [member.data_seed for member in padded]
+      # The stacked host trees also give a checkpoint's snapshots their shapes (create_state copies them).
       snapshot_like = (
           train_lib.stack_members([member.params for member in padded]),
           train_lib.stack_members([member.model_state for member in padded]),
       )
+      keep_masks = train_lib.stack_members([member.keep_mask for member in padded])
+      state = trainer.create_state(*snapshot_like, keep_masks, start_step)
+      seeds: Any = [member.data_seed for member in padded]
     else:
       member = members[0]
       state = trainer.create_state(member.params, member.model_state, member.keep_mask, start_step)

@@ -35,12 +35,7 @@ def layer_sizes(params: Any, prunable: Any) -> dict[str, int]:
   return sizes
 
 
-def prunable_from_config(params: Any, config: ml_collections.ConfigDict) -> Any:
-  return masks_lib.prunable_tree(
-      params,
-      tuple(config.pruning.get('prunable_parameters', ('kernel',))),
-      tuple(config.pruning.get('excluded_layers', ())),
-  )
+prunable_from_config = masks_lib.prunable_from_config
 
 
 @dataclasses.dataclass

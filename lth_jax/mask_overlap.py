@@ -21,8 +21,10 @@ import numpy as np
 from matplotlib import figure as figure_lib
 
 from lth_jax import checkpoints
+from lth_jax import config_schema
 from lth_jax import masks as masks_lib
 from lth_jax import results as results_lib
+from lth_jax import tickets
 
 OVERLAP_FILE = 'mask_overlap.csv'
 LAYER_DENSITY_FILE = 'layer_density.csv'
@@ -79,20 +81,21 @@ def _masks(workdir: str, records: Sequence[dict[str, Any]]) -> dict[tuple[int, i
   return found
 
 
-def _prunable(keep_mask: Any) -> Any:
-  """Kernels are what lottery runs prune (`pruning.prunable_parameters`'s default)."""
-  return masks_lib.prunable_tree(keep_mask)
-
-
 def overlap_rows(workdir: str, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   """One row per (level, pair, layer): between every pair of trials at each level ('trials'), and
   between each trial's consecutive levels ('levels': the share of level L's survivors that level L-1
   kept), with the chance overlap of random masks of those densities."""
   masks = _masks(workdir, records)
+  if not masks:
+    return []
+  try:  # prunable as the run pruned (its excluded layers and parameter names)
+    config = tickets.read_workdir_config(workdir)[0]
+  except tickets.TicketError:
+    config = config_schema.base_config()
   rows = []
 
   def add(kind: str, level: int, first_name: str, second_name: str, first: Any, second: Any) -> None:
-    prunable = _prunable(first)
+    prunable = masks_lib.prunable_from_config(first, config)
     observed, chance = overlap(first, second, prunable), chance_overlap(first, second, prunable)
     for layer in observed:
       rows.append(

@@ -64,6 +64,16 @@ def selects_layer(selector: str, module: str) -> bool:
   return modules[: len(parts)] == parts
 
 
+def prunable_from_config(params: Params, config: Any) -> Params:
+  """`prunable_tree` of `params` under a lottery config's `pruning.prunable_parameters` and
+  `pruning.excluded_layers` (what a run prunes)."""
+  return prunable_tree(
+      params,
+      tuple(config.pruning.get('prunable_parameters', ('kernel',))),
+      tuple(config.pruning.get('excluded_layers', ())),
+  )
+
+
 def prunable_tree(
     params: Params,
     prunable_parameter_names: Iterable[str] = ('kernel',),

@@ -69,11 +69,11 @@ class Ticket:
   @property
   def density(self) -> float:
     """The fraction of prunable weights the mask keeps."""
-    return masks_lib.density(self.keep_mask, prunable(self.keep_mask, self.config))
+    return masks_lib.density(self.keep_mask, masks_lib.prunable_from_config(self.keep_mask, self.config))
 
   def layer_density(self) -> dict[str, float]:
     """The kept fraction of each prunable layer."""
-    return masks_lib.density_per_layer(self.keep_mask, prunable(self.keep_mask, self.config))
+    return masks_lib.density_per_layer(self.keep_mask, masks_lib.prunable_from_config(self.keep_mask, self.config))
 
 
 def output_width(params: Any) -> int:
@@ -81,16 +81,7 @@ def output_width(params: Any) -> int:
   return int(np.shape(params['output']['kernel'])[-1])
 
 
-def prunable(tree: Any, config: ml_collections.ConfigDict) -> Any:
-  """The prunable-leaf tree of `tree` under `config` (as the run that found the ticket pruned)."""
-  return masks_lib.prunable_tree(
-      tree,
-      tuple(config.pruning.get('prunable_parameters', ('kernel',))),
-      tuple(config.pruning.get('excluded_layers', ())),
-  )
-
-
-def _read_workdir_config(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+def read_workdir_config(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
   """(config, the resolved values) recorded in WORKDIR/config.json; a TicketError when it is not a workdir."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isdir(workdir):
@@ -117,7 +108,7 @@ def load(workdir: str, level: int, trial: int = 0) -> Ticket:
   """The ticket that the lottery run in `workdir` found at `level` (0: the dense network) of `trial`.
   Works on finished levels of finished or running experiments; a TicketError names what exists when
   the level or trial does not."""
-  config, resolved = _read_workdir_config(workdir)
+  config, resolved = read_workdir_config(workdir)
   records = results_lib.read_records(os.path.join(workdir, RESULTS_FILE))
   trials = sorted({record['trial'] for record in records})
   if trial not in trials:
@@ -179,11 +170,6 @@ def _unflatten(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
   return tree
 
 
-def _checksum(array: np.ndarray) -> str:
-  array = np.ascontiguousarray(array)
-  return f'{array.dtype.str}{list(array.shape)}:{zlib.crc32(array.reshape(-1).view(np.uint8)):08x}'
-
-
 def export(ticket: Ticket, path: str, masks_only: bool = False) -> str:
   """Writes `ticket` to one .npz file (atomically): every array by '<part>/<parameter path>' and the
   JSON metadata; with `masks_only`, the keep mask alone. Returns the path."""
@@ -206,7 +192,7 @@ def export(ticket: Ticket, path: str, masks_only: bool = False) -> str:
       'rewind_step': ticket.rewind_step,
       'record': ticket.record,
       'config': ticket.config.to_dict(),
-      'checksums': {key: _checksum(value) for key, value in arrays.items()},
+      'checksums': {key: checkpoints.leaf_checksum(value) for key, value in arrays.items()},
   }
   buffer = io.BytesIO()
   np.savez(
@@ -241,7 +227,9 @@ def load_exported(path: str) -> Ticket:
     raise TicketError(f'{path}: not an lth_jax ticket file')
   expected = metadata.get('checksums', {})
   differing = sorted(
-      key for key in set(expected) | set(arrays) if key not in arrays or expected.get(key) != _checksum(arrays[key])
+      key
+      for key in set(expected) | set(arrays)
+      if key not in arrays or expected.get(key) != checkpoints.leaf_checksum(arrays[key])
   )
   if differing:
     raise TicketError(

@@ -597,12 +597,7 @@ class Trainer:
       entry_finite[0] = finite
       return entry
 
-    def stopped_diverged() -> TrainResult:
-      """Every member diverged: the result so far, its last curve entry at the current step."""
-      if not curve or curve[-1]['step'] != current:
-        entry = evaluation_entry()
-        if progress is not None:
-          progress(entry)
+    def result() -> TrainResult:
       return TrainResult(
           state=state,
           snapshots=snapshots,
@@ -610,6 +605,14 @@ class Trainer:
           wall_seconds=wall_before + time.perf_counter() - started,
           diverged_steps=diverged,
       )
+
+    def stopped_diverged() -> TrainResult:
+      """Every member diverged: the result so far, its last curve entry at the current step."""
+      if not curve or curve[-1]['step'] != current:
+        entry = evaluation_entry()
+        if progress is not None:
+          progress(entry)
+      return result()
 
     current, segment_started = start_step, time.perf_counter()
     reported_step, reported_at = current, segment_started  # the last progress report (evaluation or heartbeat)
@@ -652,13 +655,7 @@ class Trainer:
           on_checkpoint(checkpoint())
         if stop:
           raise Preempted(f'stopped at step {current}', current, checkpointed=on_checkpoint is not None)
-    return TrainResult(
-        state=state,
-        snapshots=snapshots,
-        curve=curve,
-        wall_seconds=wall_before + time.perf_counter() - started,
-        diverged_steps=diverged,
-    )
+    return result()
 
 
 def first_step(step: Any) -> int:
