@@ -1,233 +1,62 @@
-"""TrainState, the pure train and eval steps, and the loop that runs them sharded over a mesh.
+"""The Trainer: runs the compiled programs (`lth_jax.programs`) over a mesh, from a TrainState to an
+end step, with evaluations, snapshots, checkpoints, heartbeats, preemption and divergence checks.
 
 Batches reach the program through a feed (`lth_jax.feeds`): an in-memory dataset stays on the
 devices and the host sends only example indices; a streamed one (ImageNet, augmented CIFAR-10) is
 read by every host for its own devices. Either way step s of a seed always sees the same batch;
 `steps_per_dispatch` steps run inside one compiled loop, metrics accumulate on the devices and are
 fetched only at evaluation points.
+
+The state and the pure steps live in `lth_jax.steps`, what a train call returns in
+`lth_jax.run_state`; both are re-exported here, the names the README documents as `lth_jax.train`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import time
 from typing import Any, Callable, Sequence
 
-import flax
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from lth_jax import data as data_lib
 from lth_jax import feeds as feeds_lib
 from lth_jax import parallel
+from lth_jax import programs as programs_lib
+from lth_jax.run_state import Preempted
+from lth_jax.run_state import RunCheckpoint
+from lth_jax.run_state import TrainResult
+from lth_jax.steps import apply_model
+from lth_jax.steps import eval_step
+from lth_jax.steps import first_step
+from lth_jax.steps import loss_and_metric_sums
+from lth_jax.steps import member
+from lth_jax.steps import Metrics
+from lth_jax.steps import split_variables
+from lth_jax.steps import stack_members
+from lth_jax.steps import summarize
+from lth_jax.steps import train_step
+from lth_jax.steps import TrainState
 
-Metrics = dict[str, jax.Array]
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything that changes during training, as one pytree."""
-
-  step: jax.Array  # int32 scalar: absolute training step (drives the learning-rate schedule)
-  params: Any  # the 'params' collection
-  model_state: Any  # other variable collections, e.g. {'batch_stats': ...}; {} when none
-  opt_state: Any
-  keep_mask: Any  # bool tree mirroring params
-
-
-def split_variables(variables: Any) -> tuple[Any, Any]:
-  """Splits flax variables into (params, model_state)."""
-  variables = dict(variables)
-  params = variables.pop('params')
-  return params, variables
-
-
-def loss_and_metric_sums(
-    task: str, outputs: jax.Array, targets: jax.Array, weights: jax.Array | None = None
-) -> tuple[jax.Array, Metrics]:
-  """Mean loss over the (weighted) batch and metric sums for accumulation.
-
-  Classification: softmax cross-entropy; sums of loss and correct predictions.
-  Regression: mean squared error; sums of squared error (test RMSE = sqrt(sum / count)).
-  """
-  if weights is None:
-    weights = jnp.ones(outputs.shape[0], jnp.float32)
-  count = weights.sum()
-  if task == 'classification':
-    per_example = optax.softmax_cross_entropy_with_integer_labels(outputs, targets)
-    correct = (jnp.argmax(outputs, axis=-1) == targets).astype(jnp.float32)
-    sums = {'loss': (per_example * weights).sum(), 'correct': (correct * weights).sum(), 'count': count}
-  elif task == 'regression':
-    targets = targets.reshape(outputs.shape)
-    per_example = jnp.mean(jnp.square(outputs - targets), axis=tuple(range(1, outputs.ndim)))
-    sums = {'loss': (per_example * weights).sum(), 'squared_error': (per_example * weights).sum(), 'count': count}
-  else:
-    raise ValueError(f'unknown task {task!r}')
-  return sums['loss'] / jnp.maximum(count, 1.0), sums
-
-
-def summarize(task: str, sums: dict[str, Any], prefix: str) -> dict[str, Any]:
-  """Turns metric sums into means: {prefix_loss, prefix_accuracy | prefix_rmse}.
-
-  Sums with a leading member axis (a population) give a list per metric, one value per member.
-  """
-  count = np.maximum(np.asarray(sums['count'], np.float64), 1.0)
-  summary = {f'{prefix}_loss': np.asarray(sums['loss'], np.float64) / count}
-  if task == 'classification':
-    summary[f'{prefix}_accuracy'] = np.asarray(sums['correct'], np.float64) / count
-  else:
-    summary[f'{prefix}_rmse'] = np.sqrt(np.asarray(sums['squared_error'], np.float64) / count)
-  return {name: value.tolist() if value.ndim else float(value) for name, value in summary.items()}
-
-
-def apply_model(
-    model: nn.Module, params: Any, model_state: Any, inputs: jax.Array, train: bool
-) -> tuple[jax.Array, Any]:
-  """Runs the model; returns outputs and the updated non-param collections (unchanged in eval)."""
-  variables = {'params': params, **model_state}
-  if train and model_state:
-    outputs, new_model_state = model.apply(variables, inputs, train=True, mutable=list(model_state))
-    return outputs, new_model_state
-  return model.apply(variables, inputs, train=train), model_state
-
-
-def train_step(
-    state: TrainState,
-    inputs: jax.Array,
-    targets: jax.Array,
-    *,
-    model: nn.Module,
-    optimizer: optax.GradientTransformationExtraArgs,
-    task: str,
-) -> tuple[TrainState, Metrics]:
-  """One optimizer step on one batch. Pure; pruned weights stay exactly zero (masked optimizer)."""
-
-  def loss_fn(params):
-    outputs, new_model_state = apply_model(model, params, state.model_state, inputs, train=True)
-    loss, sums = loss_and_metric_sums(task, outputs, targets)
-    return loss, (new_model_state, sums)
-
-  grads, (new_model_state, sums) = jax.grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = optimizer.update(
-      grads, state.opt_state, state.params, keep_mask=state.keep_mask, step=state.step
-  )
-  params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params, model_state=new_model_state, opt_state=opt_state)
-  return new_state, sums
-
-
-def eval_step(
-    params: Any,
-    model_state: Any,
-    inputs: jax.Array,
-    targets: jax.Array,
-    weights: jax.Array,
-    *,
-    model: nn.Module,
-    task: str,
-) -> Metrics:
-  """Metric sums of one (padded, weighted) evaluation batch. Pure."""
-  outputs, _ = apply_model(model, params, model_state, inputs, train=False)
-  _, sums = loss_and_metric_sums(task, outputs, targets, weights)
-  return sums
-
-
-@dataclasses.dataclass
-class TrainResult:
-  """What one call of `Trainer.train` produced."""
-
-  state: TrainState
-  snapshots: dict[int, tuple[Any, Any]]  # step -> host (params, model_state)
-  curve: list[dict[str, float]]  # one entry per evaluation: step, train_loss, test metrics
-  wall_seconds: float
-  # Per member (one entry for a plain run): the step at which a non-finite loss or weight was first
-  # seen, None if never. Training stops early once every member has diverged.
-  diverged_steps: list[int | None] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
-class RunCheckpoint:
-  """A `Trainer.train` call stopped at `state.step`, with everything needed to continue it exactly:
-  passed back to `Trainer.train` in place of a TrainState, the run goes on as if never stopped
-  (same batches, same metric sums, same curve and snapshots; bitwise on the same platform)."""
-
-  state: TrainState
-  train_sums: Any  # metric sums of the steps since the last evaluation
-  train_sum_steps: int  # how many steps those sums cover
-  curve: list[dict[str, float]]  # the evaluations so far
-  snapshots: dict[int, tuple[Any, Any]]  # the snapshots taken so far: step -> host (params, model_state)
-  wall_seconds: float = 0.0  # training time spent before this point
-  diverged_steps: list[int | None] | None = None  # per member: where divergence was first seen so far
-
-  @property
-  def step(self) -> int:
-    """The absolute step the run stopped at."""
-    return first_step(self.state.step)
-
-  def arrays(self) -> dict[str, Any]:
-    """The array part, for an orbax tree checkpoint."""
-    return {
-        'state': self.state,
-        'train_sums': self.train_sums,
-        'snapshots': {
-            str(step): {'params': params, 'model_state': model_state}
-            for step, (params, model_state) in self.snapshots.items()
-        },
-    }
-
-  def metadata(self) -> dict[str, Any]:
-    """The JSON part: step, curve, snapshot steps, wall time."""
-    return {
-        'step': self.step,
-        'train_sum_steps': self.train_sum_steps,
-        'curve': self.curve,
-        'snapshot_steps': sorted(self.snapshots),
-        'wall_seconds': self.wall_seconds,
-        'diverged_steps': self.diverged_steps,
-    }
-
-  @staticmethod
-  def arrays_like(
-      metadata: dict[str, Any], state: TrainState, train_sums: Any, snapshot: tuple[Any, Any]
-  ) -> dict[str, Any]:
-    """The target tree to restore `arrays()` into, for a checkpoint with this `metadata`: `state` and
-    `train_sums` give shapes and shardings (e.g. a fresh state of the run and
-    `Trainer.zero_train_sums(state)`), `snapshot` the (params, model_state) host shapes."""
-    params, model_state = snapshot
-    return {
-        'state': state,
-        'train_sums': train_sums,
-        'snapshots': {str(step): {'params': params, 'model_state': model_state} for step in metadata['snapshot_steps']},
-    }
-
-  @classmethod
-  def from_parts(cls, arrays: dict[str, Any], metadata: dict[str, Any]) -> 'RunCheckpoint':
-    """Rebuilds a RunCheckpoint from restored `arrays()` and `metadata()`."""
-    snapshots = {
-        int(step): (tree['params'], tree['model_state']) for step, tree in (arrays.get('snapshots') or {}).items()
-    }
-    return cls(
-        state=arrays['state'],
-        train_sums=arrays['train_sums'],
-        train_sum_steps=int(metadata['train_sum_steps']),
-        curve=list(metadata['curve']),
-        snapshots=snapshots,
-        wall_seconds=float(metadata.get('wall_seconds', 0.0)),
-        diverged_steps=metadata.get('diverged_steps'),
-    )
-
-
-class Preempted(Exception):
-  """Training stopped early because a stop was requested (e.g. SIGTERM); `step` is where it stopped
-  and `checkpointed` whether a checkpoint of that step was handed to `on_checkpoint`."""
-
-  def __init__(self, message: str, step: int, checkpointed: bool):
-    super().__init__(message)
-    self.step, self.checkpointed = step, checkpointed
+__all__ = [
+    'Metrics',
+    'Preempted',
+    'RunCheckpoint',
+    'TrainResult',
+    'TrainState',
+    'Trainer',
+    'apply_model',
+    'eval_step',
+    'first_step',
+    'loss_and_metric_sums',
+    'member',
+    'split_variables',
+    'stack_members',
+    'summarize',
+    'train_step',
+]
 
 
 class Trainer:
@@ -268,127 +97,22 @@ class Trainer:
     self.steps_per_dispatch = max(1, steps_per_dispatch)
     self.feed = feeds_lib.create(dataset, mesh, batch_size, eval_batch_size, like=feed_like)
     self.eval_batch_size = self.feed.eval_batch_size
-    replicated = parallel.replicated(mesh)
     # Where the state lives: replicated for one run, split over the 'members' axis for a population.
-    self._state_sharding = state_sharding = parallel.member_sharded(mesh) if population_size else replicated
-    feed = self.feed
-
-    step = functools.partial(train_step, model=model, optimizer=optimizer, task=self.task)
-    batch_sharding = parallel.batch_sharded(mesh)
-    member_axes = 1 if population_size else 0  # leading axes before the batch axis
-    if population_size:
-      step = jax.vmap(step)
-      batch_sharding = parallel.batch_sharded(mesh, 1, member_axis=0)
-
-    def constrained_batch(arrays, item):
-      inputs, targets = feed.batch(arrays, item)
-      return (
-          jax.lax.with_sharding_constraint(inputs, batch_sharding),
-          jax.lax.with_sharding_constraint(targets, batch_sharding),
-      )
-
-    def run_step(state, arrays, item):
-      return step(state, *constrained_batch(arrays, item))
-
-    def train_chunk(state, sums, arrays, items, num_active):
-      """Runs the first `num_active` of the steps in `items` (leading axis: steps_per_dispatch; one
-      program serves every chunk length, so nothing recompiles at evaluation, snapshot or checkpoint
-      boundaries), adding each step's metric sums to `sums` in step order: the totals do not depend on
-      where chunks end."""
-
-      def add_step(state, sums, item):
-        state, step_sums = run_step(state, arrays, item)
-        return state, jax.tree_util.tree_map(jnp.add, sums, step_sums)
-
-      def item_at(position):
-        return jax.tree_util.tree_map(lambda leaf: leaf[position], items)
-
-      if self.steps_per_dispatch == 1:  # no loop at all
-        return add_step(state, sums, item_at(0))
-
-      # A loop with a traced trip count: one program for every chunk length, and the state is
-      # updated in place (no per-step copies, unlike a conditional inside a fixed-length scan).
-      return jax.lax.fori_loop(
-          0, num_active, lambda position, carry: add_step(*carry, item_at(position)), (state, sums)
-      )
-
-    self._train_chunk = jax.jit(
-        train_chunk,
-        in_shardings=(
-            state_sharding,
-            state_sharding,
-            replicated,
-            parallel.batch_sharded(mesh, 1 + member_axes, 1 if population_size else None),
-            replicated,
-        ),
-        out_shardings=(state_sharding, state_sharding),
-        donate_argnums=(0, 1),
+    self._state_sharding = parallel.member_sharded(mesh) if population_size else parallel.replicated(mesh)
+    self._programs = programs_lib.build(
+        model,
+        self.feed,
+        optimizer,
+        mesh,
+        self.task,
+        dataset.input_shape,
+        batch_size,
+        self.steps_per_dispatch,
+        population_size,
+        self._state_sharding,
     )
-    inputs_shape, targets_shape = feed.batch_shapes(batch_size)
-    self._sums_shape = lambda state: jax.eval_shape(
-        step,
-        state,
-        *(
-            jax.ShapeDtypeStruct((population_size, *shape.shape), shape.dtype) if population_size else shape
-            for shape in (inputs_shape, targets_shape)
-        ),
-    )[1]
     self._zero_sums = None  # host zeros shaped like one step's metric sums, built on first use
-
-    evaluate_one = functools.partial(eval_step, model=model, task=self.task)
-    if population_size:
-      evaluate_one = jax.vmap(evaluate_one, in_axes=(0, 0, None, None, None))
-
-    def evaluate(params, model_state, totals, group):
-      """Adds the metric sums of every batch of `group` (leading axis: batches) to `totals`."""
-
-      def body(totals, batch):
-        inputs, targets = feed.evaluation_batch(batch)
-        sums = evaluate_one(params, model_state, inputs, targets, batch['weights'])
-        return jax.tree_util.tree_map(jnp.add, totals, sums), None
-
-      totals, _ = jax.lax.scan(body, totals, group)
-      return totals
-
-    self._evaluate = jax.jit(evaluate, out_shardings=state_sharding, donate_argnums=(2,))
-    self._evaluation_sums_shape = lambda params, model_state: jax.eval_shape(
-        evaluate_one,
-        params,
-        model_state,
-        *feed.batch_shapes(self.eval_batch_size),
-        jax.ShapeDtypeStruct((self.eval_batch_size,), jnp.float32),
-    )
-
-    def mean_gradients(params, model_state, arrays, items):
-      def batch_gradients(item):
-        inputs, targets = constrained_batch(arrays, item)
-
-        def loss_fn(params):
-          # Training mode, as a train step sees the batch: batch norm normalizes with the batch's
-          # statistics (the updated running statistics are dropped).
-          outputs, _ = apply_model(model, params, model_state, inputs, train=True)
-          return loss_and_metric_sums(self.task, outputs, targets)[0]
-
-        return jax.grad(loss_fn)(params)
-
-      total = jax.lax.map(batch_gradients, items)
-      return jax.tree_util.tree_map(lambda gradients: gradients.mean(0), total)
-
-    self._mean_gradients = jax.jit(mean_gradients, out_shardings=replicated)
-
-    def all_finite(params):
-      leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
-      return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-    # Whether every weight is finite (per member): run only where the host waits anyway (evaluations).
-    self._all_finite = jax.jit(jax.vmap(all_finite) if population_size else all_finite, out_shardings=replicated)
-    example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
-    self._init_program = jax.jit(lambda key: model.init(key, example, train=False))
-    # One compiled program instead of one eager op per optimizer-state leaf.
-    self._init_optimizer = jax.jit(
-        jax.vmap(optimizer.init) if population_size else optimizer.init, out_shardings=state_sharding
-    )
-    self._init = None
+    self._init = None  # the initialization program, compiled on first use
 
   def init_variables(self, seed: int) -> tuple[Any, Any]:
     """Fresh initial (params, model_state) on the host for `seed`."""
@@ -396,7 +120,7 @@ class Trainer:
     if self._init is None:
       # Initialization runs once per run; XLA:CPU otherwise spends seconds optimizing its PRNG code.
       options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else {}
-      self._init = self._init_program.lower(key).compile(compiler_options=options)
+      self._init = self._programs.init.lower(key).compile(compiler_options=options)
     return split_variables(parallel.to_host(self._init(key)))
 
   def create_state(
@@ -408,7 +132,7 @@ class Trainer:
     """
     params = self._put_state(params)
     if opt_state is None:
-      opt_state = self._init_optimizer(params)
+      opt_state = self._programs.init_optimizer(params)
     steps = np.full((self.population_size,), step, np.int32) if self.population_size else np.int32(step)
     state = TrainState(
         step=self._put_state(steps),
@@ -441,18 +165,18 @@ class Trainer:
     model_state = self._put_state(model_state)
     totals = self._put_state(
         jax.tree_util.tree_map(
-            lambda shape: np.zeros(shape.shape, shape.dtype), self._evaluation_sums_shape(params, model_state)
+            lambda shape: np.zeros(shape.shape, shape.dtype), self._programs.evaluation_sums_shape(params, model_state)
         )
     )
     for group in self.feed.evaluation_groups():
-      totals = self._evaluate(params, model_state, totals, group)
+      totals = self._programs.evaluate(params, model_state, totals, group)
     return summarize(self.task, parallel.to_host(totals), 'test')
 
   def mean_gradients(self, params: Any, model_state: Any, data_seed: int, num_batches: int) -> Any:
     """The loss gradient at `params`, averaged over the first `num_batches` training batches of
     `data_seed` (model in training mode: batch norm uses each batch's statistics), as a host tree."""
     items = self.feed.put(self.feed.host_steps(data_seed, 0, num_batches), 1)
-    gradients = self._mean_gradients(
+    gradients = self._programs.mean_gradients(
         parallel.put_replicated(params, self.mesh),
         parallel.put_replicated(model_state, self.mesh),
         self.feed.arrays,
@@ -481,7 +205,7 @@ class Trainer:
     """Zero metric sums on the mesh, shaped like one train step's sums for `state`."""
     if self._zero_sums is None:
       self._zero_sums = jax.tree_util.tree_map(
-          lambda shape: np.zeros(shape.shape, shape.dtype), self._sums_shape(state)
+          lambda shape: np.zeros(shape.shape, shape.dtype), self._programs.sums_shape(state)
       )
     return self._put_state(self._zero_sums)
 
@@ -580,7 +304,7 @@ class Trainer:
         entry.update(summarize(self.task, parallel.to_host(train_sums), 'train'))
       trained = time.perf_counter()
       entry.update(self.evaluate(state))
-      finite = np.asarray(parallel.to_host(self._all_finite(state.params)), bool)
+      finite = np.asarray(parallel.to_host(self._programs.all_finite(state.params)), bool)
       for name in ('train_loss', 'test_loss'):
         if name in entry:
           finite = finite & np.isfinite(np.asarray(entry[name], np.float64))
@@ -625,7 +349,7 @@ class Trainer:
       while current < boundary:
         chunk = min(self.steps_per_dispatch, boundary - current)
         items = self._items(seeds, current, chunk)
-        state, train_sums = self._train_chunk(state, train_sums, self.feed.arrays, items, np.int32(chunk))
+        state, train_sums = self._programs.train_chunk(state, train_sums, self.feed.arrays, items, np.int32(chunk))
         current += chunk
         train_sum_steps += chunk
         if current in snapshot_steps:
@@ -656,21 +380,3 @@ class Trainer:
         if stop:
           raise Preempted(f'stopped at step {current}', current, checkpointed=on_checkpoint is not None)
     return result()
-
-
-def first_step(step: Any) -> int:
-  """The (first member's) absolute step of a state's `step`, read from this host's own shard (the
-  members of a population may live on other hosts; they are all at the same step)."""
-  if isinstance(step, jax.Array) and not step.is_fully_addressable:
-    step = step.addressable_shards[0].data
-  return int(np.asarray(jax.device_get(step)).reshape(-1)[0])
-
-
-def stack_members(trees: Sequence[Any]) -> Any:
-  """Stacks host trees of the same structure along a new leading member axis."""
-  return jax.tree_util.tree_map(lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]), *trees)
-
-
-def member(tree: Any, index: int) -> Any:
-  """One member's slice of a population tree."""
-  return jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[index], tree)

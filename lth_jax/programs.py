@@ -1,0 +1,177 @@
+"""The jit-compiled programs a Trainer runs, built once for a (model, feed, optimizer, mesh).
+
+A chunk of `steps_per_dispatch` train steps in one loop, the evaluation over groups of test batches,
+the mean gradient over training batches (SNIP scores), the all-weights-finite check, initialization
+of the variables and of the optimizer state. With `population_size=K > 0` each program is vmapped
+over a leading member axis that lives on the mesh's 'members' axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from lth_jax import feeds as feeds_lib
+from lth_jax import parallel
+from lth_jax import steps as steps_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+  """The compiled programs of one Trainer (see `build`)."""
+
+  train_chunk: Callable[..., Any]  # (state, sums, arrays, items, num_active) -> (state, sums)
+  sums_shape: Callable[[Any], Any]  # state -> shapes of one train step's metric sums
+  evaluate: Callable[..., Any]  # (params, model_state, totals, group) -> totals
+  evaluation_sums_shape: Callable[[Any, Any], Any]  # (params, model_state) -> shapes of one batch's sums
+  mean_gradients: Callable[..., Any]  # (params, model_state, arrays, items) -> mean gradient tree
+  all_finite: Callable[[Any], Any]  # params -> whether every weight is finite (per member)
+  init: Callable[[Any], Any]  # key -> flax variables
+  init_optimizer: Callable[[Any], Any]  # params -> optimizer state on the mesh
+
+
+def build(
+    model: nn.Module,
+    feed: feeds_lib.Feed,
+    optimizer: optax.GradientTransformationExtraArgs,
+    mesh: jax.sharding.Mesh,
+    task: str,
+    input_shape: tuple[int, ...],
+    batch_size: int,
+    steps_per_dispatch: int,
+    population_size: int,
+    state_sharding: jax.sharding.Sharding,
+) -> Programs:
+  """Builds (jits; XLA compiles on first call) every program of a Trainer.
+
+  Args:
+    feed: where batches come from; `feed.batch` and `feed.evaluation_batch` run inside the programs.
+    task: 'classification' or 'regression'.
+    input_shape: one example's shape (initialization traces the model on a batch of one).
+    steps_per_dispatch: the length of the train loop's item axis (1: no loop at all).
+    population_size: 0 for one run, K for K members along a leading axis.
+    state_sharding: where the state lives (replicated, or split over the members axis).
+  """
+  replicated = parallel.replicated(mesh)
+  step = functools.partial(steps_lib.train_step, model=model, optimizer=optimizer, task=task)
+  batch_sharding = parallel.batch_sharded(mesh)
+  member_axes = 1 if population_size else 0  # leading axes before the batch axis
+  if population_size:
+    step = jax.vmap(step)
+    batch_sharding = parallel.batch_sharded(mesh, 1, member_axis=0)
+
+  def constrained_batch(arrays, item):
+    inputs, targets = feed.batch(arrays, item)
+    return (
+        jax.lax.with_sharding_constraint(inputs, batch_sharding),
+        jax.lax.with_sharding_constraint(targets, batch_sharding),
+    )
+
+  def run_step(state, arrays, item):
+    return step(state, *constrained_batch(arrays, item))
+
+  def train_chunk(state, sums, arrays, items, num_active):
+    """Runs the first `num_active` of the steps in `items` (leading axis: steps_per_dispatch; one
+    program serves every chunk length, so nothing recompiles at evaluation, snapshot or checkpoint
+    boundaries), adding each step's metric sums to `sums` in step order: the totals do not depend on
+    where chunks end."""
+
+    def add_step(state, sums, item):
+      state, step_sums = run_step(state, arrays, item)
+      return state, jax.tree_util.tree_map(jnp.add, sums, step_sums)
+
+    def item_at(position):
+      return jax.tree_util.tree_map(lambda leaf: leaf[position], items)
+
+    if steps_per_dispatch == 1:  # no loop at all
+      return add_step(state, sums, item_at(0))
+
+    # A loop with a traced trip count: one program for every chunk length, and the state is
+    # updated in place (no per-step copies, unlike a conditional inside a fixed-length scan).
+    return jax.lax.fori_loop(0, num_active, lambda position, carry: add_step(*carry, item_at(position)), (state, sums))
+
+  compiled_train_chunk = jax.jit(
+      train_chunk,
+      in_shardings=(
+          state_sharding,
+          state_sharding,
+          replicated,
+          parallel.batch_sharded(mesh, 1 + member_axes, 1 if population_size else None),
+          replicated,
+      ),
+      out_shardings=(state_sharding, state_sharding),
+      donate_argnums=(0, 1),
+  )
+  inputs_shape, targets_shape = feed.batch_shapes(batch_size)
+
+  def sums_shape(state):
+    shapes = (
+        jax.ShapeDtypeStruct((population_size, *shape.shape), shape.dtype) if population_size else shape
+        for shape in (inputs_shape, targets_shape)
+    )
+    return jax.eval_shape(step, state, *shapes)[1]
+
+  evaluate_one = functools.partial(steps_lib.eval_step, model=model, task=task)
+  if population_size:
+    evaluate_one = jax.vmap(evaluate_one, in_axes=(0, 0, None, None, None))
+
+  def evaluate(params, model_state, totals, group):
+    """Adds the metric sums of every batch of `group` (leading axis: batches) to `totals`."""
+
+    def body(totals, batch):
+      inputs, targets = feed.evaluation_batch(batch)
+      sums = evaluate_one(params, model_state, inputs, targets, batch['weights'])
+      return jax.tree_util.tree_map(jnp.add, totals, sums), None
+
+    totals, _ = jax.lax.scan(body, totals, group)
+    return totals
+
+  def evaluation_sums_shape(params, model_state):
+    return jax.eval_shape(
+        evaluate_one,
+        params,
+        model_state,
+        *feed.batch_shapes(feed.eval_batch_size),
+        jax.ShapeDtypeStruct((feed.eval_batch_size,), jnp.float32),
+    )
+
+  def mean_gradients(params, model_state, arrays, items):
+    def batch_gradients(item):
+      inputs, targets = constrained_batch(arrays, item)
+
+      def loss_fn(params):
+        # Training mode, as a train step sees the batch: batch norm normalizes with the batch's
+        # statistics (the updated running statistics are dropped).
+        outputs, _ = steps_lib.apply_model(model, params, model_state, inputs, train=True)
+        return steps_lib.loss_and_metric_sums(task, outputs, targets)[0]
+
+      return jax.grad(loss_fn)(params)
+
+    total = jax.lax.map(batch_gradients, items)
+    return jax.tree_util.tree_map(lambda gradients: gradients.mean(0), total)
+
+  def all_finite(params):
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+  example = jnp.zeros((1, *input_shape), jnp.float32)
+  return Programs(
+      train_chunk=compiled_train_chunk,
+      sums_shape=sums_shape,
+      evaluate=jax.jit(evaluate, out_shardings=state_sharding, donate_argnums=(2,)),
+      evaluation_sums_shape=evaluation_sums_shape,
+      mean_gradients=jax.jit(mean_gradients, out_shardings=replicated),
+      # Whether every weight is finite (per member): run only where the host waits anyway (evaluations).
+      all_finite=jax.jit(jax.vmap(all_finite) if population_size else all_finite, out_shardings=replicated),
+      init=jax.jit(lambda key: model.init(key, example, train=False)),
+      # One compiled program instead of one eager op per optimizer-state leaf.
+      init_optimizer=jax.jit(
+          jax.vmap(optimizer.init) if population_size else optimizer.init, out_shardings=state_sharding
+      ),
+  )
