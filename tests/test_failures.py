@@ -89,7 +89,7 @@ def test_a_diverging_control_does_not_stop_its_cohort(tmp_path, monkeypatch):
 
 def test_a_diverged_ticket_stops_only_its_trial(tmp_path, monkeypatch):
   config = helpers.tiny_config(trials=2, branches=(), pruning__levels=2)
-  exploding_seed = lottery._branch_seed(config.seed, 1, 1, 2)  # trial 1, level 1, the ticket
+  exploding_seed = lottery.branch_seed(config.seed, 1, 1, 2)  # trial 1, level 1, the ticket
 
   def ticket(inputs):
     return _exploding(inputs) if inputs.seed == exploding_seed else branches_lib.winning_ticket(inputs)

@@ -144,7 +144,7 @@ def lottery_default_config() -> ml_collections.ConfigDict:
 @contextlib.contextmanager
 def _level_timer(seconds: dict[int, float]):
   """Times each level's cohort (`_LevelRunner._train_cohort`, by level) while the block runs."""
-  original = lottery._LevelRunner._train_cohort  # pylint: disable=protected-access
+  original = lottery.LevelRunner._train_cohort  # pylint: disable=protected-access
 
   def timed(self, level, *args, **kwargs):
     started = time.perf_counter()
@@ -153,11 +153,11 @@ def _level_timer(seconds: dict[int, float]):
     finally:
       seconds[level] = seconds.get(level, 0.0) + time.perf_counter() - started
 
-  lottery._LevelRunner._train_cohort = timed  # pylint: disable=protected-access
+  lottery.LevelRunner._train_cohort = timed  # pylint: disable=protected-access
   try:
     yield
   finally:
-    lottery._LevelRunner._train_cohort = original  # pylint: disable=protected-access
+    lottery.LevelRunner._train_cohort = original  # pylint: disable=protected-access
 
 
 def measure_level(steps: int, members_per_program: int, num_devices: int, runs: int = 2) -> dict[str, float]:

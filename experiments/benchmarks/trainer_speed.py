@@ -770,7 +770,7 @@ def one_lottery_run(config: ml_collections.ConfigDict) -> tuple[dict[str, float]
     timeline.wrap(lottery.PruningPlan, 'next_mask', 'prune')
     timeline.wrap(branches_lib, 'start', 'reset')
     timeline.wrap(
-        lottery._LevelRunner,
+        lottery.LevelRunner,
         'record',
         'record',  # pylint: disable=protected-access
         info=lambda self, member, *args, **kwargs: member.level,

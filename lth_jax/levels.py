@@ -1,0 +1,211 @@
+"""The level runner: every trial's levels in order, each level's unrecorded runs (level 0: the
+trials' dense runs; level L: every trial's ticket and controls) trained as one cohort in programs of
+at most `parallel.members_per_program` runs, their records appended atomically to the results file."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from lth_jax import checkpoints
+from lth_jax import cohorts
+from lth_jax import masks as masks_lib
+from lth_jax import results as results_lib
+from lth_jax import scalars as scalars_lib
+from lth_jax.experiment import Experiment
+from lth_jax.pruning_plan import PruningPlan
+from lth_jax.trial import Trial
+from lth_jax.workdir import RESULTS_FILE
+
+
+def format_surviving_weights(params: Any, keep_mask: Any, prunable: Any, limit: int = 32) -> str:
+  """The surviving prunable weights, one per line as 'layer [input, output]: value' (kernel indices)."""
+  lines = []
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  for (path, weight), keep, is_prunable in zip(
+      flat, jax.tree_util.tree_leaves(keep_mask), jax.tree_util.tree_leaves(prunable)
+  ):
+    if not is_prunable:
+      continue
+    lines.append(f'  {masks_lib.leaf_name(masks_lib.path_to_names(path))}')
+    positions = np.argwhere(np.asarray(keep))
+    for position in positions[:limit]:
+      lines.append(f'    [{", ".join(map(str, position))}]: {float(np.asarray(weight)[tuple(position)]):.6g}')
+    if len(positions) > limit:
+      lines.append(f'    ... {len(positions) - limit} more')
+  return '\n'.join(lines)
+
+
+class LevelRunner:
+  """Runs (or resumes) every trial's levels, each level's unrecorded runs trained as a cohort."""
+
+  def __init__(
+      self,
+      experiment: Experiment,
+      workdir: str,
+      records: list[dict[str, Any]],
+      log: Callable[[str], None],
+      should_stop: Callable[[int], bool] | None = None,
+      scalars: scalars_lib.Scalars | None = None,
+  ):
+    config = experiment.config
+    self.config, self.experiment, self.workdir = config, experiment, workdir
+    self.trainer = experiment.trainer()
+    self.plan = PruningPlan.from_config(config)
+    self.total_steps, self.records, self.log = experiment.total_steps, records, log
+    self.scalars = scalars or scalars_lib.Scalars(None)
+    self.seed = int(config.get('seed', 0))
+    self.results_path = os.path.join(workdir, RESULTS_FILE)
+    self.snip_batches = int(config.pruning.get('snip_batches', 1))
+    self.branch_names = ['ticket', *[name for name in config.get('branches', ()) if name != 'ticket']]
+    self.members_per_program = experiment.members_per_program
+    self.learning_rate = float(config.training.learning_rate)
+    checkpointing = config.get('checkpointing', {})
+    settings = cohorts.ProgramSettings(
+        end_step=self.total_steps,
+        eval_every=int(config.training.get('eval_every', 0)),
+        checkpoint_every=int(checkpointing.get('every_steps', 0)),
+        max_to_keep=int(checkpointing.get('max_to_keep', 2)),
+        progress_every_seconds=float(config.get('report', {}).get('progress_every_seconds', 60.0)),
+        levels=self.plan.levels,
+    )
+    self.programs = cohorts.ProgramRunner(workdir, experiment.program_trainer, settings, log, should_stop, self.scalars)
+
+  def diverged_ticket(self, trial: int, level: int) -> dict[str, Any] | None:
+    """The record of (trial, level)'s ticket if it diverged."""
+    return next(
+        (
+            record
+            for record in self.records
+            if record['trial'] == trial
+            and record['level'] == level
+            and record['branch'] == 'ticket'
+            and results_lib.is_diverged(record)
+        ),
+        None,
+    )
+
+  def recorded(self, trial: int, level: int, branch: str) -> bool:
+    return any(
+        record['trial'] == trial and record['level'] == level and record['branch'] == branch for record in self.records
+    )
+
+  def record(
+      self, member: cohorts.Member, result: cohorts.MemberResult, prunable: Any, start_step: int
+  ) -> dict[str, Any]:
+    """The record of one finished run."""
+    final = result.curve[-1]
+    metric = 'test_accuracy' if 'test_accuracy' in final else 'test_rmse'
+    values = [entry[metric] for entry in result.curve if np.isfinite(entry[metric])]
+    best = (max(values) if metric == 'test_accuracy' else min(values)) if values else None
+    record = {
+        'trial': member.trial,
+        'level': member.level,
+        'branch': member.branch,
+        'fraction_remaining': masks_lib.density(member.keep_mask, prunable),
+        'kept_weights': int(sum(masks_lib.count_per_layer(member.keep_mask, prunable).values())),
+        'nonzero_weights': masks_lib.nonzero_count(result.final_params, prunable),
+        'layer_density': masks_lib.density_per_layer(member.keep_mask, prunable),
+        metric: final[metric],
+        'test_loss': final['test_loss'],
+        f'best_{metric}': best,
+        'steps': self.total_steps - start_step,
+        'start_step': start_step,
+        'end_step': self.total_steps,
+        'curve': [
+            {key: entry[key] for key in ('step', metric, 'test_loss', 'train_loss') if key in entry}
+            for entry in result.curve
+        ],
+        'wall_seconds': result.wall_seconds,
+        'seed': self.seed,
+    }
+    if result.diverged_step is not None:
+      record.update(diverged=True, diverged_step=result.diverged_step)
+    return results_lib.finite_or_none(record)
+
+  def _write(self, program: list[cohorts.Member], records: list[dict[str, Any]]) -> None:
+    """Appends a program's records in one atomic write, then deletes its periodic checkpoints."""
+    if jax.process_index() == 0:
+      results_lib.append_records(self.results_path, records)
+    self.records.extend(records)
+    # The records are what mark the runs done: only now may their periodic checkpoints go.
+    checkpoints.remove(
+        cohorts.running_directory(self.workdir, program[0].level, [(member.trial, member.branch) for member in program])
+    )
+    for record in records:
+      metric = 'test_accuracy' if 'test_accuracy' in record else 'test_rmse'
+      self.scalars.write(
+          os.path.join(f'trial_{record["trial"]}', 'levels'),
+          record['level'],
+          {
+              f'{record["branch"]}/{metric}': record[metric],
+              f'{record["branch"]}/percent_remaining': 100 * record['fraction_remaining'],
+          },
+      )
+
+  def _train_cohort(
+      self,
+      level: int,
+      keys: list[tuple[int, str]],
+      build: Callable[[int, str], cohorts.Member | None],
+      trials: dict[int, Trial],
+  ) -> None:
+    """Trains the unrecorded runs among `keys` ((trial, branch) of this level) in programs."""
+    start_step = 0 if level == 0 else self.plan.rewind_step
+    for group in cohorts.groups(keys, self.members_per_program):
+      program = [member for member in (build(trial, branch) for trial, branch in group) if member is not None]
+      if not program:  # recorded: a run killed before deleting its checkpoints may have left them
+        checkpoints.remove(cohorts.running_directory(self.workdir, level, group))
+        continue
+      results = self.programs.train(program, start_step)
+      records = [trials[result.member.trial].finish(result) for result in results]
+      self._write(program, records)
+
+  def run(self, num_trials: int) -> None:
+    """Level 0 of every trial as one cohort, then each pruning level's trials x branches as one."""
+    trials = {trial: Trial(self, trial) for trial in range(num_trials)}
+    level_zero = {trial: state.level_zero() for trial, state in trials.items()}
+    self._train_cohort(
+        0, [(trial, 'ticket') for trial in trials], lambda trial, branch: (level_zero[trial] or [None])[0], trials
+    )
+    for level in range(1, self.plan.levels + 1):
+      active = [state for state in trials.values() if state.active]
+      for state in active:
+        diverged = self.diverged_ticket(state.trial, level - 1)
+        if diverged is not None:  # recorded so by an earlier run of this workdir
+          state.stop_diverged(level - 1, diverged.get('diverged_step'))
+          continue
+        state.prepare_level(level)
+      active = [state for state in active if state.active]
+      if not active:
+        break
+      keys = [(state.trial, branch) for state in active for branch in self.branch_names]
+      self._train_cohort(
+          level,
+          keys,
+          lambda trial, branch: None if trials[trial].done(level, branch) else trials[trial].member(level, branch),
+          trials,
+      )
+      for state in active:
+        if self.plan.reached_target(masks_lib.density(state.keep_mask, state.prunable)):
+          self.log(f'trial {state.trial} level {level}: target density reached; stopping')
+          state.active = False
+    for state in trials.values():
+      running = os.path.join(state.trial_dir, 'running')
+      if jax.process_index() == 0 and os.path.isdir(running) and not os.listdir(running):
+        os.rmdir(running)
+    running = os.path.join(self.workdir, 'checkpoints', 'running')
+    if jax.process_index() == 0 and os.path.isdir(running) and not os.listdir(running):
+      os.rmdir(running)
+    if self.config.get('report', {}).get('print_surviving_weights', False):
+      for state in trials.values():
+        for branch, (record, final_params, branch_mask) in state.last_level.items():
+          metric = 'test_accuracy' if 'test_accuracy' in record else 'test_rmse'
+          self.log(
+              f'trial {state.trial} level {record["level"]} {branch}: {record["kept_weights"]} weights '
+              f'kept, {metric}={record[metric]:.6g}\n'
+              + format_surviving_weights(final_params, branch_mask, state.prunable)
+          )
