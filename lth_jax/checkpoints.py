@@ -38,7 +38,8 @@ def leaf_checksum(leaf: Any) -> str:
   """A leaf's dtype, shape and CRC-32 of its bytes: 'float32[300, 100]:1a2b3c4d' (a device leaf is
   fetched first)."""
   array = np.ascontiguousarray(parallel.to_host(leaf))
-  return f'{array.dtype.str}{list(array.shape)}:{zlib.crc32(array.reshape(-1).view(np.uint8)):08x}'
+  checksum = zlib.crc32(array.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # an ndarray is a buffer
+  return f'{array.dtype.str}{list(array.shape)}:{checksum:08x}'
 
 
 def tree_checksums(tree: Any) -> dict[str, str]:
@@ -124,6 +125,12 @@ class RunCheckpoints:
       self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=('arrays', 'metadata'))
     return self._manager
 
+  def _opened(self) -> ocp.CheckpointManager:
+    """The manager, created (with its folder) if need be."""
+    manager = self._open(create=True)
+    assert manager is not None  # create=True always opens one
+    return manager
+
   def steps(self) -> list[int]:
     """The steps checkpointed (complete ones: orbax ignores unfinished temporary folders)."""
     manager = self._open(create=False)
@@ -131,7 +138,7 @@ class RunCheckpoints:
 
   def save(self, step: int, arrays: Any, metadata: dict[str, Any]) -> None:
     """Checkpoints `arrays` and `metadata` as `step` (replacing a damaged checkpoint of that step)."""
-    manager = self._open(create=True)
+    manager = self._opened()
     if step in manager.all_steps():
       manager.delete(step)
     metadata = {**metadata, 'checksums': tree_checksums(arrays)}
@@ -149,7 +156,9 @@ class RunCheckpoints:
     a warning naming it, and deleted, so that the run can write that step again.
     """
     steps = self.steps()
-    manager = self._manager
+    if not steps:
+      return None
+    manager = self._opened()
     damaged = []
     restored = None
     for step in reversed(steps):

@@ -378,6 +378,7 @@ def resolve_members_per_program(experiment: Any) -> int:
   else:
     cap = requested
     if min(cap, largest) > 1 and not fits(min(cap, largest)):
+      assert device_memory is not None  # every size fits when the memory is unknown
       fitting = max([size for size in range(1, largest + 1) if fits(size)] or [1])
       raise validation.ConfigError(
           f'parallel.members_per_program={requested}: a program of {min(cap, largest)} runs needs about '

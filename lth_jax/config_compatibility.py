@@ -66,7 +66,8 @@ def config_differences(
   """
   old_fields, new_fields = flatten(old), flatten(new)
   default_fields = flatten(defaults) if defaults is not None else {}
-  changing, neutral = [], []
+  changing: list[str] = []
+  neutral: list[str] = []
   for field in sorted(set(old_fields) | set(new_fields)):
     old_value, new_value = old_fields.get(field, _ABSENT), new_fields.get(field, _ABSENT)
     if old_value == new_value:

@@ -5,6 +5,7 @@ the field (steps or epochs) the config set."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import ml_collections
 
@@ -107,7 +108,7 @@ def resolve_epochs(config: ml_collections.ConfigDict, num_train: int) -> ml_coll
     if not training.get('num_steps'):
       resolved.training.num_steps = int(round((training.get('num_epochs', 0) or 0) * steps_per_epoch))
     for section, step_field, epoch_field in EPOCH_TWINS:
-      epochs = config[section].get(epoch_field, 0) or 0
+      epochs: Any = config[section].get(epoch_field, 0) or 0  # a number, or a tuple of decay epochs
       if not epochs:
         continue
       name = f'{section}.{epoch_field}'

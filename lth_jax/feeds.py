@@ -179,7 +179,7 @@ class StreamingFeed:
     """This host's slices {'inputs': uint8 (num_steps, local batch, H, W, C), 'targets'} — continuing
     the open stream of `seed` when it is at `start_step` (its reader threads are already ahead)."""
     stream, next_step = self._streams.get(seed, (None, -1))
-    if next_step != start_step:
+    if stream is None or next_step != start_step:
       step_batches = self.dataset.step_batches(seed, self.batch_size, jax.process_index(), jax.process_count())
       stream = pipeline.training_batches(step_batches, start_step, 2**62, self.num_threads, self.prefetch)
     batches = [next(stream) for _ in range(num_steps)]

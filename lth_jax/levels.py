@@ -169,7 +169,10 @@ class LevelRunner:
     trials = {trial: Trial(self, trial) for trial in range(num_trials)}
     level_zero = {trial: state.level_zero() for trial, state in trials.items()}
     self._train_cohort(
-        0, [(trial, 'ticket') for trial in trials], lambda trial, branch: (level_zero[trial] or [None])[0], trials
+        0,
+        [(trial, 'ticket') for trial in trials],
+        lambda trial, branch: level_zero[trial][0] if level_zero[trial] else None,
+        trials,
     )
     for level in range(1, self.plan.levels + 1):
       active = [state for state in trials.values() if state.active]

@@ -15,10 +15,11 @@ trial stopped there); 143 (128 + SIGTERM) stopped by SIGTERM after checkpointing
 the same command again to continue.
 """
 
-import importlib.util
+import importlib.machinery
 import os
 import sys
 import traceback
+import types
 
 import jax
 from absl import app
@@ -141,9 +142,11 @@ def check_config_file(argument: str) -> str | None:
   if not os.path.isfile(path):
     return f'lth_jax: --config={argument}: no config file at {path}'
   try:
-    spec = importlib.util.spec_from_file_location('_lth_jax_checked_config', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # As ml_collections loads a config: any file name, read as Python source.
+    loader = importlib.machinery.SourceFileLoader('_lth_jax_checked_config', path)
+    module = types.ModuleType(loader.name)
+    module.__file__ = path
+    loader.exec_module(module)
   except BaseException as error:  # pylint: disable=broad-except  (whatever the file raises)
     if isinstance(error, (KeyboardInterrupt, SystemExit)):
       raise

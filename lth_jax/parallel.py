@@ -9,7 +9,7 @@ plain data parallelism, parameters replicated. `member_layout` chooses the shape
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -21,7 +21,7 @@ DATA_AXIS = 'data'
 DISTRIBUTED_MODES = ('auto', 'yes', 'no')
 
 
-def launched_as_cluster(environ: dict[str, str] | None = None) -> bool:
+def launched_as_cluster(environ: Mapping[str, str] | None = None) -> bool:
   """Whether the environment says this process is one of several that form one run: a coordinator
   address for JAX, or a SLURM / Open MPI launch of more than one task."""
   environ = os.environ if environ is None else environ

@@ -32,7 +32,7 @@ class Programs:
   evaluation_sums_shape: Callable[[Any, Any], Any]  # (params, model_state) -> shapes of one batch's sums
   mean_gradients: Callable[..., Any]  # (params, model_state, arrays, items) -> mean gradient tree
   all_finite: Callable[[Any], Any]  # params -> whether every weight is finite (per member)
-  init: Callable[[Any], Any]  # key -> flax variables
+  init: Any  # jitted key -> flax variables (lowered and compiled by the Trainer)
   init_optimizer: Callable[[Any], Any]  # params -> optimizer state on the mesh
 
 

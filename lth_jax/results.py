@@ -53,8 +53,9 @@ def as_write_error(error: BaseException, workdir: str) -> WriteError | None:
   """A one-line WriteError naming the path and the cause when `error` (or an error it was raised from)
   is a storage failure while writing the workdir; None otherwise."""
   seen = 0
-  while error is not None and seen < 10:
-    failure = _storage_failure(error)
+  current: BaseException | None = error
+  while current is not None and seen < 10:
+    failure = _storage_failure(current)
     if failure is not None:
       code, path = failure
       cause, remedy = _STORAGE_FAILURES[code]
@@ -64,7 +65,7 @@ def as_write_error(error: BaseException, workdir: str) -> WriteError | None:
       )
       written.errno = code
       return written
-    error, seen = error.__cause__ or error.__context__, seen + 1
+    current, seen = current.__cause__ or current.__context__, seen + 1
   return None
 
 

@@ -16,7 +16,7 @@ class Scalars:
 
   def __init__(self, directory: str | None):
     self.directory = directory
-    self._writer_class = None
+    self._writer_class: Any = None
     self._writers: dict[str, Any] = {}
     if directory is not None and jax.process_index() == 0:
       try:
@@ -35,7 +35,7 @@ class Scalars:
     if self._writer_class is None:
       return
     if run not in self._writers:
-      self._writers[run] = self._writer_class(os.path.join(self.directory, run))
+      self._writers[run] = self._writer_class(os.path.join(str(self.directory), run))
     for tag, value in scalars.items():  # (a diverged run's NaNs are left out: TensorBoard cannot plot them)
       if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         self._writers[run].add_scalar(tag, value, step)

@@ -3,7 +3,8 @@ metric sums they accumulate, and the helpers that stack runs into a population a
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+from typing import Any, cast, Sequence
 
 import flax
 import flax.linen as nn
@@ -78,8 +79,9 @@ def apply_model(
   variables = {'params': params, **model_state}
   if train and model_state:
     outputs, new_model_state = model.apply(variables, inputs, train=True, mutable=list(model_state))
-    return outputs, new_model_state
-  return model.apply(variables, inputs, train=train), model_state
+    return outputs, new_model_state  # type: ignore[return-value]  # flax types it loosely
+  outputs = cast(jax.Array, model.apply(variables, inputs, train=train))
+  return outputs, model_state
 
 
 def train_step(
@@ -103,7 +105,9 @@ def train_step(
       grads, state.opt_state, state.params, keep_mask=state.keep_mask, step=state.step
   )
   params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params, model_state=new_model_state, opt_state=opt_state)
+  new_state = dataclasses.replace(
+      state, step=state.step + 1, params=params, model_state=new_model_state, opt_state=opt_state
+  )
   return new_state, sums
 
 

@@ -194,16 +194,10 @@ def export(ticket: Ticket, path: str, masks_only: bool = False) -> str:
       'config': ticket.config.to_dict(),
       'checksums': {key: checkpoints.leaf_checksum(value) for key, value in arrays.items()},
   }
+  metadata_bytes = results_lib.strict_json(metadata, sort_keys=True, default=list).encode('utf-8')
+  contents = {**arrays, METADATA_KEY: np.frombuffer(metadata_bytes, np.uint8)}
   buffer = io.BytesIO()
-  np.savez(
-      buffer,
-      **arrays,
-      **{
-          METADATA_KEY: np.frombuffer(
-              results_lib.strict_json(metadata, sort_keys=True, default=list).encode('utf-8'), np.uint8
-          )
-      },
-  )
+  np.savez(buffer, **contents)  # type: ignore[arg-type]  # numpy's stub takes ** for allow_pickle
   with results_lib.atomic_open(path, 'wb') as file:
     file.write(buffer.getvalue())
   return path

@@ -14,7 +14,7 @@ The state and the pure steps live in `lth_jax.steps`, what a train call returns 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, cast, Sequence
 
 import flax.linen as nn
 import jax
@@ -111,8 +111,8 @@ class Trainer:
         population_size,
         self._state_sharding,
     )
-    self._zero_sums = None  # host zeros shaped like one step's metric sums, built on first use
-    self._init = None  # the initialization program, compiled on first use
+    self._zero_sums: Any = None  # host zeros shaped like one step's metric sums, built on first use
+    self._init: Any = None  # the initialization program, compiled on first use
 
   def init_variables(self, seed: int) -> tuple[Any, Any]:
     """Fresh initial (params, model_state) on the host for `seed`."""
@@ -186,8 +186,10 @@ class Trainer:
 
   def _seeds(self, data_seed: int | Sequence[int]) -> list[int]:
     """The batch-order seed of every member (one for a plain run)."""
-    seeds = [int(data_seed)] if not self.population_size else [int(seed) for seed in data_seed]
-    if self.population_size and len(seeds) != self.population_size:
+    if not self.population_size:
+      return [int(cast(int, data_seed))]
+    seeds = [int(seed) for seed in cast(Sequence[int], data_seed)]
+    if len(seeds) != self.population_size:
       raise ValueError(f'a population of {self.population_size} needs as many data seeds, got {len(seeds)}')
     return seeds
 
@@ -250,17 +252,20 @@ class Trainer:
         and is called with {'step', 'examples_per_second' since the last report}.
     """
     started = time.perf_counter()
+    train_state: TrainState
+    diverged: list[int | None]
     if isinstance(state, RunCheckpoint):
       resumed = state
-      state, train_sums = resumed.state, self._put_state(resumed.train_sums)
+      train_state, train_sums = resumed.state, self._put_state(resumed.train_sums)
       train_sum_steps, curve, snapshots = resumed.train_sum_steps, list(resumed.curve), dict(resumed.snapshots)
       wall_before = resumed.wall_seconds
       diverged = list(resumed.diverged_steps or [])
     else:
-      train_sums, train_sum_steps, curve, snapshots, wall_before = self.zero_train_sums(state), 0, [], {}, 0.0
+      train_state = state
+      train_sums, train_sum_steps, curve, snapshots, wall_before = self.zero_train_sums(train_state), 0, [], {}, 0.0
       diverged = []
     diverged = diverged or [None] * max(1, self.population_size)
-    start_step = first_step(state.step)
+    start_step = first_step(train_state.step)
     boundaries = {end_step}
     boundaries.update(step for step in snapshot_steps if start_step < step < end_step)
     if eval_every:
@@ -270,15 +275,19 @@ class Trainer:
           range(start_step - start_step % checkpoint_every + checkpoint_every, end_step, checkpoint_every)
       )
     if start_step in snapshot_steps and start_step not in snapshots:
-      snapshots[start_step] = parallel.to_host((state.params, state.model_state))
+      snapshots[start_step] = parallel.to_host((train_state.params, train_state.model_state))
       if on_snapshot is not None:
         on_snapshot(start_step, snapshots[start_step])
     if should_stop is not None and start_step < end_step and should_stop(start_step):
       raise Preempted(f'stopped at step {start_step} before training', start_step, checkpointed=False)
 
+    current, segment_started = start_step, time.perf_counter()
+    reported_step, reported_at = current, segment_started  # the last progress report (evaluation or heartbeat)
+    entry_finite: list[Any] = [True]  # what the last evaluation found finite
+
     def checkpoint() -> RunCheckpoint:
       return RunCheckpoint(
-          state=state,
+          state=train_state,
           train_sums=train_sums,
           train_sum_steps=train_sum_steps,
           curve=list(curve),
@@ -303,8 +312,8 @@ class Trainer:
       if train_sum_steps:  # fetching the sums waits for the steps: training time ends here
         entry.update(summarize(self.task, parallel.to_host(train_sums), 'train'))
       trained = time.perf_counter()
-      entry.update(self.evaluate(state))
-      finite = np.asarray(parallel.to_host(self._programs.all_finite(state.params)), bool)
+      entry.update(self.evaluate(train_state))
+      finite = np.asarray(parallel.to_host(self._programs.all_finite(train_state.params)), bool)
       for name in ('train_loss', 'test_loss'):
         if name in entry:
           finite = finite & np.isfinite(np.asarray(entry[name], np.float64))
@@ -315,7 +324,7 @@ class Trainer:
           / max(trained - segment_started, 1e-9)
       )
       entry['evaluation_seconds'] = now - trained
-      segment_started, train_sums, train_sum_steps = now, self.zero_train_sums(state), 0
+      segment_started, train_sums, train_sum_steps = now, self.zero_train_sums(train_state), 0
       reported_step, reported_at = current, now
       curve.append(entry)
       entry_finite[0] = finite
@@ -323,7 +332,7 @@ class Trainer:
 
     def result() -> TrainResult:
       return TrainResult(
-          state=state,
+          state=train_state,
           snapshots=snapshots,
           curve=curve,
           wall_seconds=wall_before + time.perf_counter() - started,
@@ -338,9 +347,6 @@ class Trainer:
           progress(entry)
       return result()
 
-    current, segment_started = start_step, time.perf_counter()
-    reported_step, reported_at = current, segment_started  # the last progress report (evaluation or heartbeat)
-    entry_finite: list[Any] = [True]  # what the last evaluation found finite
     seeds = self._seeds(data_seed)
     if isinstance(self.feed, feeds_lib.StreamingFeed):
       self.feed.forget_streams(keep=seeds)
@@ -349,11 +355,13 @@ class Trainer:
       while current < boundary:
         chunk = min(self.steps_per_dispatch, boundary - current)
         items = self._items(seeds, current, chunk)
-        state, train_sums = self._programs.train_chunk(state, train_sums, self.feed.arrays, items, np.int32(chunk))
+        train_state, train_sums = self._programs.train_chunk(
+            train_state, train_sums, self.feed.arrays, items, np.int32(chunk)
+        )
         current += chunk
         train_sum_steps += chunk
         if current in snapshot_steps:
-          snapshots[current] = parallel.to_host((state.params, state.model_state))
+          snapshots[current] = parallel.to_host((train_state.params, train_state.model_state))
           if on_snapshot is not None:
             on_snapshot(current, snapshots[current])
         all_diverged = False

@@ -172,6 +172,7 @@ class Trial:
   def member(self, level: int, branch: str) -> cohorts.Member:
     """The starting point of one (level >= 1, branch) run of this trial."""
     runner = self.runner
+    assert self.rewind is not None, 'level 0 (trained or restored) sets the rewind point'
     rewind_params, rewind_model_state = self.rewind
     inputs = branches_lib.BranchInputs(
         ticket_mask=self.keep_mask,

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 try:
   import fcntl
 except ImportError:  # not on POSIX: runs sharing a workdir are not detected
-  fcntl = None
+  fcntl = None  # type: ignore[assignment]
 
 import jax
 import ml_collections

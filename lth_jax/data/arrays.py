@@ -7,7 +7,7 @@ import functools
 import math
 import numbers
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -153,6 +153,16 @@ def read_seed(dataset_config: Mapping[str, Any], default: int = 0) -> int:
   return int(value)
 
 
+@overload
+def read_positive_int(dataset_config: Mapping[str, Any], field: str, default: int) -> int:
+  ...
+
+
+@overload
+def read_positive_int(dataset_config: Mapping[str, Any], field: str, default: None) -> int | None:
+  ...
+
+
 def read_positive_int(dataset_config: Mapping[str, Any], field: str, default: int | None) -> int | None:
   """Reads dataset.<field>: a positive integer, or the default (which may be None) when missing or None."""
   value = dataset_config.get(field, None)
@@ -192,7 +202,7 @@ def read_range(dataset_config: Mapping[str, Any], field: str, default: tuple[flo
 def read_fraction(dataset_config: Mapping[str, Any], field: str, default: float) -> float:
   """Reads dataset.<field>: a number strictly between 0 and 1."""
   value = dataset_config.get(field, default)
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0 < float(value) < 1:
     raise ValueError(f'dataset.{field} must be a number strictly between 0 and 1, got {value!r}')
   return float(value)
 

@@ -81,13 +81,14 @@ def parse_example(buffer: bytes, keys: Sequence[str]) -> dict[str, Any]:
     for entry_number, _, (entry_start, entry_end) in _fields(buffer, features_start, features_end):
       if entry_number != 1:  # Features.feature: map<string, Feature>
         continue
-      key, value_span = None, None
+      key: str | None = None
+      value_span: tuple[int, int] | None = None
       for field_number, _, span in _fields(buffer, entry_start, entry_end):
         if field_number == 1:
           key = buffer[span[0] : span[1]].decode()
         elif field_number == 2:
           value_span = span
-      if key in keys and value_span is not None:
+      if key is not None and key in keys and value_span is not None:
         found[key] = _feature_value(buffer, *value_span)
   missing = [key for key in keys if key not in found]
   if missing:
@@ -183,7 +184,7 @@ def decode_pngs(pngs: Sequence[bytes], image_shape: Sequence[int]) -> np.ndarray
   height, width, channels = (int(size) for size in image_shape)
   images = np.empty((len(pngs), height, width, channels), np.uint8)
   scanlines = np.empty((len(pngs), height, 1 + width * channels), np.uint8)
-  batched = []
+  batched: list[int] = []
   for index, png in enumerate(pngs):
     lines = png_scanlines(png, (height, width, channels))
     if lines is None:

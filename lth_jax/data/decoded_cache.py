@@ -117,7 +117,8 @@ def _layout(count: int, image_shape: Sequence[int], key: str) -> tuple[dict[str,
 
 
 def _checksum(images: np.ndarray, labels: np.ndarray) -> int:
-  return zlib.crc32(labels.tobytes(), zlib.crc32(memoryview(np.ascontiguousarray(images)).cast('B')))
+  images_bytes = memoryview(np.ascontiguousarray(images)).cast('B')  # type: ignore[arg-type]  # an ndarray is a buffer
+  return zlib.crc32(labels.tobytes(), zlib.crc32(images_bytes))
 
 
 def _write_header(path: str, header: dict[str, Any]) -> None:
@@ -272,7 +273,7 @@ def decode_split(
   if prefix is not None and prefix < count:
     shards, count, use_cache = prefix_shards(shards, prefix), prefix, False
   header, size = _layout(count, image_shape, key)
-  temp_name = None
+  temp_name: str | None = None
   if use_cache:
     try:
       temp_name = _new_file(folder, path.name, size)
@@ -286,7 +287,7 @@ def decode_split(
             stacklevel=2,
         )
   in_memory = temp_name is None
-  if in_memory:
+  if temp_name is None:
     temp_name = _new_file(pathlib.Path(tempfile.gettempdir()), path.name, size)
   try:
     decode_parallel(shards, temp_name, header, workers)

@@ -113,7 +113,7 @@ def write_npz_atomically(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -
   file_descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
   try:
     with os.fdopen(file_descriptor, 'wb') as temp_file:
-      np.savez(temp_file, **arrays)
+      np.savez(temp_file, **arrays)  # type: ignore[arg-type]  # numpy's stub takes ** for allow_pickle
     os.replace(temp_name, path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):

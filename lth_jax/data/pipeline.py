@@ -58,7 +58,8 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
   """Bilinear resize of a uint8 HWC image."""
   from PIL import Image  # Pillow ships with matplotlib
 
-  return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+  bilinear = getattr(Image, 'Resampling', Image).BILINEAR  # Image.Resampling since Pillow 9.1
+  return np.asarray(Image.fromarray(image).resize((width, height), bilinear))
 
 
 def random_resized_crop(
@@ -255,7 +256,7 @@ class _Prefix(Sequence):
   def __len__(self) -> int:
     return self.length
 
-  def __getitem__(self, index: int) -> Any:
+  def __getitem__(self, index: int) -> Any:  # type: ignore[override]  # one record at a time, no slices
     if not 0 <= index < self.length:
       raise IndexError(index)
     return self.records[index]

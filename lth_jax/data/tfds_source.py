@@ -63,8 +63,9 @@ def prepare_command(name: str, data_dir: str) -> str:
   return f'tfds build {name} --file_format=array_record --data_dir={data_dir}'
 
 
-def open_split(name: str, split: str, data_dir: str | None) -> Sequence[Any]:
-  """Opens one split as a random-access tfds data source, without downloading anything.
+def open_split(name: str, split: str, data_dir: str | None) -> Any:
+  """Opens one split as a random-access tfds data source (a sequence of records with its
+  `dataset_info`), without downloading anything.
 
   Raises DatasetNotPreparedError if the split is not prepared in array_record format.
   """
