@@ -10,14 +10,13 @@ prints the run's tables and writes, into the output folder (default: the workdir
   sparsity_table.csv         level, fraction remaining, and per branch the mean/min/max over trials
 
 The same pieces are a Python API: `load`, `sparsity_summary`, `training_curves`,
-`plot_accuracy_vs_sparsity`, `plot_training_curves`, `write_csv` and `write_report`.
+`plot_accuracy_vs_sparsity`, `plot_training_curves`, `write_csv` and `write_report`. The numbers
+(`load`, the summaries, the CSV) come from `lth_jax.summaries` and are re-exported here; this module
+draws them and is the command line.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
 import os
 import sys
 from typing import Any, Sequence
@@ -36,6 +35,35 @@ import numpy as np
 from lth_jax import lottery
 from lth_jax import mask_overlap
 from lth_jax import results as results_lib
+from lth_jax import summaries
+from lth_jax.summaries import load
+from lth_jax.summaries import REQUIRED_FIELDS
+from lth_jax.summaries import sparsity_rows
+from lth_jax.summaries import sparsity_summary
+from lth_jax.summaries import SparsityPoint
+from lth_jax.summaries import training_curves
+from lth_jax.summaries import TrainingCurve
+from lth_jax.summaries import usable
+from lth_jax.summaries import write_csv
+
+__all__ = [
+    'ACCURACY_VS_SPARSITY_FILE',
+    'REQUIRED_FIELDS',
+    'SPARSITY_TABLE_FILE',
+    'SparsityPoint',
+    'TRAINING_CURVES_FILE',
+    'TrainingCurve',
+    'load',
+    'main',
+    'plot_accuracy_vs_sparsity',
+    'plot_training_curves',
+    'sparsity_rows',
+    'sparsity_summary',
+    'training_curves',
+    'usable',
+    'write_csv',
+    'write_report',
+]
 
 ACCURACY_VS_SPARSITY_FILE = 'accuracy_vs_sparsity.png'
 TRAINING_CURVES_FILE = 'training_curves.png'
@@ -54,128 +82,6 @@ _BRANCH_STYLES = {  # branch: (legend label, colour, marker)
 _DPI = 150
 _MAX_PERCENT_TICKS = 8
 _MAX_LEGEND_LEVELS = 10
-
-
-@dataclasses.dataclass(frozen=True)
-class SparsityPoint:
-  """One branch at one level: the test metric over trials."""
-
-  level: int
-  fraction_remaining: float
-  mean: float
-  minimum: float
-  maximum: float
-  trials: int
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingCurve:
-  """One branch at one level: the test metric at each evaluated step, over trials."""
-
-  level: int
-  fraction_remaining: float
-  steps: np.ndarray
-  mean: np.ndarray
-  minimum: np.ndarray
-  maximum: np.ndarray
-  trials: int
-
-
-REQUIRED_FIELDS = ('trial', 'level', 'branch', 'fraction_remaining')  # and a test metric
-
-
-def load(workdir: str) -> list[dict[str, Any]]:
-  """The records of `workdir/results.jsonl`; FileNotFoundError naming the path when either is missing,
-  ValueError when a line before the last is corrupt."""
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f'workdir {workdir} does not exist (or is not a folder)')
-  path = os.path.join(workdir, lottery.RESULTS_FILE)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(
-        f'no results file {path}: run `python -m lth_jax.main --config=... ' f'--workdir={workdir}` first'
-    )
-  records = results_lib.read_records(path)
-  for number, record in enumerate(records, start=1):
-    missing = [field for field in REQUIRED_FIELDS if field not in record]
-    if not ('test_accuracy' in record or 'test_rmse' in record):
-      missing.append('test_accuracy or test_rmse')
-    if missing:
-      raise ValueError(f'{path}: record {number} has no {", ".join(missing)} (not a record lth_jax wrote)')
-  return records
-
-
-def _branches(records: Sequence[dict[str, Any]]) -> list[str]:
-  """Branch names in table order: the ticket first, then the rest alphabetically."""
-  return sorted({record['branch'] for record in records}, key=lambda name: (name != 'ticket', name))
-
-
-def _check_records(records: Sequence[dict[str, Any]]) -> str:
-  """The test metric name of `records`; ValueError when there are none."""
-  if not records:
-    raise ValueError('no records to report')
-  return results_lib.test_metric_name(records)
-
-
-def usable(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-  """The records of runs that did not diverge: what the means, plots and CSV are made of (a diverged
-  run's numbers are missing or meaningless); ValueError when every run diverged."""
-  kept, diverged = results_lib.split_diverged(records)
-  if records and not kept:
-    raise ValueError(f'every one of the {len(diverged)} run(s) diverged: nothing to plot')
-  return kept
-
-
-def sparsity_summary(records: Sequence[dict[str, Any]]) -> dict[str, list[SparsityPoint]]:
-  """Per branch (ticket first), one point per level: fraction remaining and the test metric's mean,
-  minimum and maximum over trials."""
-  records = usable(records)
-  metric = _check_records(records)
-  summary = {}
-  for branch in _branches(records):
-    points = []
-    for level in sorted({record['level'] for record in records if record['branch'] == branch}):
-      selected = [record for record in records if record['branch'] == branch and record['level'] == level]
-      values = np.array([record[metric] for record in selected], dtype=np.float64)
-      points.append(
-          SparsityPoint(
-              level=level,
-              fraction_remaining=float(np.mean([record['fraction_remaining'] for record in selected])),
-              mean=float(np.mean(values)),
-              minimum=float(np.min(values)),
-              maximum=float(np.max(values)),
-              trials=len(values),
-          )
-      )
-    summary[branch] = points
-  return summary
-
-
-def training_curves(records: Sequence[dict[str, Any]], branch: str = 'ticket') -> list[TrainingCurve]:
-  """One curve per level of `branch`: the test metric at each evaluated step, mean/min/max over the
-  trials that evaluated that step."""
-  records = usable(records)
-  metric = _check_records(records)
-  curves = []
-  for level in sorted({record['level'] for record in records if record['branch'] == branch}):
-    selected = [record for record in records if record['branch'] == branch and record['level'] == level]
-    by_step: dict[int, list[float]] = {}
-    for record in selected:
-      for entry in record.get('curve', ()):
-        if metric in entry:
-          by_step.setdefault(int(entry['step']), []).append(float(entry[metric]))
-    steps = sorted(by_step)
-    curves.append(
-        TrainingCurve(
-            level=level,
-            fraction_remaining=float(np.mean([record['fraction_remaining'] for record in selected])),
-            steps=np.array(steps, dtype=np.int64),
-            mean=np.array([np.mean(by_step[step]) for step in steps], dtype=np.float64),
-            minimum=np.array([np.min(by_step[step]) for step in steps], dtype=np.float64),
-            maximum=np.array([np.max(by_step[step]) for step in steps], dtype=np.float64),
-            trials=len(selected),
-        )
-    )
-  return curves
 
 
 def _percent(fraction: float) -> str:
@@ -204,9 +110,9 @@ def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | Non
   """Test metric against fraction of weights remaining (log axis, decreasing to the right), one line per
   branch at the mean over trials with min-max error bars, the dense (level 0) mean as a dashed line;
   saved as a PNG at `path` (when given). Returns the figure."""
-  records = usable(records)
-  metric = _check_records(records)
-  summary = sparsity_summary(records)
+  records = summaries.usable(records)
+  metric = summaries.test_metric(records)
+  summary = summaries.sparsity_summary(records)
   figure = figure_lib.Figure(figsize=(7, 4.8), layout='constrained')
   axes = figure.add_subplot()
   rewind_steps = {record['start_step'] for record in records if record['level'] > 0}
@@ -281,9 +187,9 @@ def plot_training_curves(
   """Test metric against training step for `branch` (the ticket by default), one line per level at the
   mean over trials (shaded min to max), coloured by fraction of weights remaining; saved as a PNG at
   `path` (when given). Returns the figure."""
-  records = usable(records)
-  metric = _check_records(records)
-  curves = training_curves(records, branch)
+  records = summaries.usable(records)
+  metric = summaries.test_metric(records)
+  curves = summaries.training_curves(records, branch)
   if not curves:
     raise ValueError(f'no {branch!r} records to plot')
   fractions = [curve.fraction_remaining for curve in curves]
@@ -330,39 +236,6 @@ def plot_training_curves(
   return figure
 
 
-def sparsity_rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-  """The sparsity table as a header and rows: level, fraction_remaining, then per branch the test
-  metric's mean, min and max over trials and the number of trials (empty where a branch has no record)."""
-  records = usable(records)
-  metric = _check_records(records)
-  summary = sparsity_summary(records)
-  header = ['level', 'fraction_remaining']
-  for branch in summary:
-    header += [f'{branch}_{metric}_mean', f'{branch}_{metric}_min', f'{branch}_{metric}_max', f'{branch}_trials']
-  rows = []
-  for level in sorted({record['level'] for record in records}):
-    row: list[Any] = [
-        level,
-        float(np.mean([record['fraction_remaining'] for record in records if record['level'] == level])),
-    ]
-    for points in summary.values():
-      point = next((point for point in points if point.level == level), None)
-      row += ['', '', '', 0] if point is None else [point.mean, point.minimum, point.maximum, point.trials]
-    rows.append(row)
-  return header, rows
-
-
-def write_csv(records: Sequence[dict[str, Any]], path: str) -> None:
-  """Writes the sparsity table (see `sparsity_rows`) as CSV, atomically."""
-  header, rows = sparsity_rows(records)
-  text = io.StringIO()
-  writer = csv.writer(text, lineterminator='\n')
-  writer.writerow(header)
-  writer.writerows(rows)
-  with results_lib.atomic_open(path) as file:
-    file.write(text.getvalue())
-
-
 def write_report(records: Sequence[dict[str, Any]], output_dir: str) -> list[str]:
   """Writes the two plots and the CSV table into `output_dir` (created if missing); returns their paths."""
   os.makedirs(output_dir, exist_ok=True)
@@ -371,7 +244,7 @@ def write_report(records: Sequence[dict[str, Any]], output_dir: str) -> list[str
   ]
   plot_accuracy_vs_sparsity(records, paths[0])
   plot_training_curves(records, paths[1])
-  write_csv(records, paths[2])
+  summaries.write_csv(records, paths[2])
   return paths
 
 
@@ -400,7 +273,7 @@ def main(argv: list[str]) -> None:
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
     sys.exit(f'lth_jax.report: --output_dir={output_dir} exists and is not a folder')
   try:
-    records = load(workdir)
+    records = summaries.load(workdir)
   except (FileNotFoundError, ValueError) as error:
     sys.exit(f'lth_jax.report: {error}')
   if not records:

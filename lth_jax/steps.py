@@ -79,7 +79,7 @@ def apply_model(
   variables = {'params': params, **model_state}
   if train and model_state:
     outputs, new_model_state = model.apply(variables, inputs, train=True, mutable=list(model_state))
-    return outputs, new_model_state  # type: ignore[return-value]  # flax types it loosely
+    return outputs, new_model_state
   outputs = cast(jax.Array, model.apply(variables, inputs, train=train))
   return outputs, model_state
 
