@@ -56,12 +56,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments.benchmarks.trainer_speed import MASK_DENSITY
-from experiments.benchmarks.trainer_speed import Report
-from experiments.benchmarks.trainer_speed import apply_mask
-from experiments.benchmarks.trainer_speed import median
-from experiments.benchmarks.trainer_speed import random_mask
-from experiments.benchmarks.trainer_speed import set_host_device_count
+from experiments.benchmarks.builders import MASK_DENSITY
+from experiments.benchmarks.builders import apply_mask
+from experiments.benchmarks.builders import random_mask
+from experiments.benchmarks.harness import Report
+from experiments.benchmarks.harness import median
+from experiments.benchmarks.harness import set_host_device_count
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
