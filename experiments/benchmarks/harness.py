@@ -5,7 +5,8 @@ through a `Report`, which keeps the figures for `--output=PATH`. Timings of vari
 run `interleaved`; `paired_ratio` compares them round by round. `Workers` runs a benchmark module again
 as a subprocess worker with its own simulated CPU device count.
 
-Only the standard library is imported at module level (`start_up` times imports of lth_jax itself).
+Only the standard library is imported at module level: `start_up` imports lth_jax (and jax) only where it
+needs it.
 """
 
 from __future__ import annotations
