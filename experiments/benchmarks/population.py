@@ -25,6 +25,7 @@ if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '')
 import contextlib
 import tempfile
 import time
+from typing import Callable
 
 from absl import app
 from absl import flags
@@ -33,7 +34,6 @@ import ml_collections
 import numpy as np
 
 from lth_jax import checkpoints
-from lth_jax import data as data_lib
 from lth_jax import lottery
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
@@ -41,6 +41,11 @@ from lth_jax import optim
 from lth_jax import parallel
 from lth_jax import train as train_lib
 from experiments import common
+from experiments.benchmarks.builders import DEFAULT_CONFIG
+from experiments.benchmarks.builders import classification_data
+from experiments.benchmarks.builders import load_config
+from experiments.benchmarks.harness import interleaved
+from experiments.benchmarks.harness import median
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Few steps: a smoke test of the benchmark itself.')
 _MEMBERS = flags.DEFINE_list('members', ['1', '2', '4', '8'], 'Population sizes K.')
@@ -53,29 +58,20 @@ _DRIFT_STEPS = flags.DEFINE_integer('drift_steps', 1000, 'Training steps per lev
 _FIGURES = flags.DEFINE_list('figures', ['population', 'level', 'drift'], 'Which figures to measure.')
 
 
-def synthetic_dataset(num_features: int = 40, num_train: int = 4000, num_test: int = 1000) -> data_lib.ArrayDataset:
-  """MNIST-1D-shaped random classification data (40 features, 10 classes)."""
-  rng = np.random.default_rng(0)
-  return data_lib.ArrayDataset(
-      name='synthetic',
-      task='classification',
-      train_inputs=rng.normal(size=(num_train, num_features)).astype(np.float32),
-      train_targets=rng.integers(0, 10, num_train).astype(np.int32),
-      test_inputs=rng.normal(size=(num_test, num_features)).astype(np.float32),
-      test_targets=rng.integers(0, 10, num_test).astype(np.int32),
-      num_classes=10,
-  )
+def _timer(function: Callable[[], None]) -> Callable[[], float]:
+  """A measurement: seconds of one call of `function`."""
 
+  def measure() -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
 
-def _timed(function) -> float:
-  started = time.perf_counter()
-  function()
-  return time.perf_counter() - started
+  return measure
 
 
 def measure(members: int, steps: int, batch_size: int, repeats: int) -> dict[str, float]:
   """Median seconds of a K-member vmapped run and of K sequential runs of `steps` steps each."""
-  dataset = synthetic_dataset()
+  dataset = classification_data((40,), num_train=4000, num_test=1000)  # MNIST-1D-shaped
   model = models_lib.build(ml_collections.ConfigDict({'name': 'lenet', 'hidden_sizes': (300, 100)}), 10)
   optimizer = optim.from_config(ml_collections.ConfigDict({'optimizer': 'adam', 'learning_rate': 1e-3}), steps)
   mesh = parallel.create_mesh(1)  # one device: the vmapped step against the plain one, nothing else
@@ -102,14 +98,11 @@ def measure(members: int, steps: int, batch_size: int, repeats: int) -> dict[str
       jax.block_until_ready(single.train(state, steps, seed).state.params)
 
   run_population(), run_sequential()  # compile both before timing
-  vmapped, sequential = [], []
-  for _ in range(repeats):  # interleaved, so background load affects both alike
-    vmapped.append(_timed(run_population))
-    sequential.append(_timed(run_sequential))
+  times = interleaved({'vmapped': _timer(run_population), 'sequential': _timer(run_sequential)}, repeats)
   examples = members * steps * batch_size
   return {
-      'vmapped_examples_per_s': examples / float(np.median(vmapped)),
-      'sequential_examples_per_s': examples / float(np.median(sequential)),
+      'vmapped_examples_per_s': examples / median(times['vmapped']),
+      'sequential_examples_per_s': examples / median(times['sequential']),
   }
 
 
@@ -117,7 +110,7 @@ def level_config(
     steps: int, levels: int, trials: int, members_per_program: int, num_devices: int
 ) -> ml_collections.ConfigDict:
   """The default config (LeNet-300-100 on MNIST-1D) with ticket + reinit per level."""
-  config = lottery_default_config()
+  config = load_config(DEFAULT_CONFIG)
   config.training.num_steps = steps
   config.training.eval_every = steps
   config.pruning.levels = levels
@@ -127,18 +120,6 @@ def level_config(
   config.parallel.num_devices = num_devices
   config.checkpointing.tensorboard = False
   return config
-
-
-def lottery_default_config() -> ml_collections.ConfigDict:
-  import importlib.util  # pylint: disable=import-outside-toplevel
-
-  path = os.path.join(
-      os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'configs', 'default.py'
-  )
-  spec = importlib.util.spec_from_file_location('_population_default_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 @contextlib.contextmanager

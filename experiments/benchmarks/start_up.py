@@ -36,14 +36,15 @@ import json
 import os
 import pathlib
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+from experiments.benchmarks import harness
+
+REPO_ROOT = harness.REPO_ROOT
 SIZES = {'mnist': (60_000, 10_000), 'cifar10': (50_000, 10_000)}
 
 
@@ -99,9 +100,9 @@ def time_builds(name: str, data_dir: str, cache_root: pathlib.Path, repeats: int
     ):
       raise SystemExit(f'{name}: the cached data differs from the record-by-record data')
     shutil.rmtree(cache_root / f'{name}_{repeat}')
-  figures = {key: statistics.median(values) for key, values in times.items()}
+  figures = {key: harness.median(values) for key, values in times.items()}
   for kind in ('cold', 'warm'):
-    figures[f'{kind}_speedup'] = statistics.median(
+    figures[f'{kind}_speedup'] = harness.median(
         old / new for old, new in zip(times['record_by_record_s'], times[f'{kind}_s'])
     )
   figures['num_train'], figures['num_test'] = int(warm.num_train), int(warm.num_test)
@@ -111,8 +112,7 @@ def time_builds(name: str, data_dir: str, cache_root: pathlib.Path, repeats: int
 def child_environment(cache: pathlib.Path, python_path: pathlib.Path) -> dict[str, str]:
   """The environment of a timed lth_jax process: its own cache, the host's own CPU device count."""
   env = dict(os.environ, LTH_JAX_CACHE=str(cache), PYTHONPATH=str(python_path))
-  flags = [flag for flag in env.get('XLA_FLAGS', '').split() if 'xla_force_host_platform_device_count' not in flag]
-  env['XLA_FLAGS'] = ' '.join(flags)
+  env['XLA_FLAGS'] = harness.xla_flags_with_device_count(env.get('XLA_FLAGS', ''), None)
   return env
 
 
@@ -196,8 +196,8 @@ def main() -> None:
       shutil.rmtree(cache, ignore_errors=True)
   for key, values in processes.items():
     if values:
-      results[key] = {'figures': {'wall_s': statistics.median(values), 'num_steps': num_steps}, 'times': values}
-      print(f'{key} wall_s={statistics.median(values):.3g} num_steps={num_steps}', flush=True)
+      results[key] = {'figures': {'wall_s': harness.median(values), 'num_steps': num_steps}, 'times': values}
+      print(f'{key} wall_s={harness.median(values):.3g} num_steps={num_steps}', flush=True)
   if args.output:
     pathlib.Path(args.output).write_text(json.dumps(results, indent=2))
   if not args.workdir:
