@@ -74,11 +74,8 @@ class Timeline:
     self._patches.append((owner, attribute, original))
     setattr(owner, attribute, timed)
 
-  def wrap_first_call(self, instance: Any, attribute: str, kind: str) -> None:
-    """Times only the first call of a jitted program on `instance` (trace + compile + dispatch)."""
-    program = getattr(instance, attribute, None)
-    if program is None:
-      return
+  def first_call_timed(self, program: Callable[..., Any], kind: str) -> Callable[..., Any]:
+    """`program` (a jitted function) with only its first call timed (trace + compile + dispatch)."""
     called = []
 
     def first_timed(*args, **kwargs):
@@ -91,7 +88,7 @@ class Timeline:
       finally:
         self.events.append((kind, started, time.perf_counter(), None))
 
-    setattr(instance, attribute, first_timed)
+    return first_timed
 
   def restore(self) -> None:
     """Puts back every patched function."""
@@ -139,8 +136,15 @@ def one_lottery_run(config: ml_collections.ConfigDict) -> tuple[dict[str, float]
 
   def init_and_instrument(self, *args, **kwargs):
     original_init(self, *args, **kwargs)
-    timeline.wrap_first_call(self, '_train_chunk', 'compile_train')
-    timeline.wrap_first_call(self, '_evaluate', 'compile_eval')
+    programs = getattr(self, '_programs', None)  # the Trainer's compiled programs (lth_jax.programs)
+    if programs is None:
+      print('# note: Trainer._programs not found; compilation not timed', flush=True)
+      return
+    self._programs = dataclasses.replace(
+        programs,
+        train_chunk=timeline.first_call_timed(programs.train_chunk, 'compile_train'),
+        evaluate=timeline.first_call_timed(programs.evaluate, 'compile_eval'),
+    )
 
   workdir = tempfile.mkdtemp(prefix='lth_trainer_speed_')
   try:
