@@ -19,6 +19,7 @@ from matplotlib import figure as figure_lib
 from matplotlib import ticker
 
 import lth_jax
+from lth_jax import data as data_lib
 from lth_jax import lottery
 from lth_jax import report
 from lth_jax import results as results_lib
@@ -114,13 +115,13 @@ def parse_steps(values: Sequence[str], flag: str) -> list[int]:
 
 
 def prepare_variants(configs: Mapping[str, ml_collections.ConfigDict], command: str) -> dict[str, lottery.Experiment]:
-  """Validates every variant's config before anything trains (`lottery.prepare`); on a bad one, exits
-  with the library's error prefixed by the command and the variant's name."""
+  """Validates every variant's config before anything trains (`lottery.prepare`); on a bad one (or a
+  dataset not prepared yet), exits with the library's error prefixed by the command and the variant."""
   experiments = {}
   for name, config in configs.items():
     try:
       experiments[name] = lottery.prepare(config)
-    except lth_jax.ConfigError as error:
+    except (lth_jax.ConfigError, data_lib.DatasetNotPreparedError) as error:
       sys.exit(f'{command}: {name}: {error}')
   return experiments
 

@@ -2,6 +2,7 @@
 and histograms on synthetic inputs, and (slow) each one's --quick run end to end, resumed."""
 
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -125,6 +126,27 @@ def test_learning_rate_variants_differ_in_rate_warmup_and_reset_only():
     learning_rate_sweep.variant_configs(base, ['standard', 'fast'], settings)
   with pytest.raises(app.UsageError, match='--quick shrinks the embedded config'):
     figures.base_config(base, True, None, 'learning_rate_sweep')
+
+
+def _paper_config(name, variant=''):
+  path = os.path.join(REPO, 'configs', name)
+  spec = importlib.util.spec_from_file_location(name[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def test_learning_rate_defaults_follow_the_paper_configs():
+  resnet18 = learning_rate_sweep.default_settings(_paper_config('resnet18_cifar10.py'), 30_000)
+  assert (resnet18.learning_rate, resnet18.reset_step, resnet18.warmup_steps) == (0.1, 500, 3000)
+  warmup = learning_rate_sweep.default_settings(_paper_config('resnet18_cifar10.py', 'warmup'), 30_000)
+  assert (warmup.warmup_steps, warmup.warmup_learning_rate) == (20_000, 0.03)
+  vgg19 = _paper_config('vgg19_cifar10.py')
+  configs = learning_rate_sweep.variant_configs(
+      vgg19, ['standard', 'late_reset'], learning_rate_sweep.default_settings(vgg19, 112_000)
+  )
+  assert [c.pruning.rewind_step for c in configs.values()] == [0, 1000]
+  assert {c.model.name for c in configs.values()} == {'vgg19'}
 
 
 def test_turnaround_configs_and_the_library_refuses_impossible_turnarounds():
