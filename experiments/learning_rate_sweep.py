@@ -2,8 +2,8 @@
 resetting, each beside its random reinitialization (Figure 2 of "The Lottery Ticket Hypothesis at
 Scale").
 
-Every variant is one lottery run (the ticket and the 'reinit' branch) in WORKDIR/<variant>, derived from
-one config (`--config`, or the embedded LeNet on MNIST-1D):
+Every variant is one lottery run (the ticket and the 'reinit' branch, no early turnaround) in
+WORKDIR/<variant>, derived from one config (`--config`, or the embedded LeNet on MNIST-1D):
 
   standard     the config's learning rate, no warmup, reset to initialization (step 0)
   low_lr       the learning rate divided by --low_lr_factor (10), no warmup, reset to step 0
