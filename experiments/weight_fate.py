@@ -51,7 +51,16 @@ ROW_MODES = ('auto', 'layers', 'pooled')
 POOLED = 'all prunable weights'
 PRUNED_COLOUR, KEPT_COLOUR = '#9ecae1', '#08306b'  # light: eventually pruned; dark: remains
 # Fields that do not change the dense run's weights (pruning only decides the mask, drawn afterwards).
-_NOT_TRAINING = ('pruning', 'branches', 'checkpointing', 'report', 'trials', 'transfer', 'dataset.data_dir')
+_NOT_TRAINING = (
+    'pruning',
+    'branches',
+    'checkpointing',
+    'report',
+    'trials',
+    'transfer',
+    'dataset.data_dir',
+    'parallel.members_per_program',
+)
 
 
 def default_snapshot_steps(total_steps: int) -> list[int]:
@@ -298,6 +307,11 @@ def main(argv):
   if FLAGS.bins < 1:
     raise app.UsageError(f'--bins={FLAGS.bins}: must be positive')
   _, experiment = figures.start('weight_fate', FLAGS.config, FLAGS.quick, None)
+  if experiment.config.get('transfer', {}).get('ticket'):
+    raise app.UsageError(
+        f'--config sets transfer.ticket={experiment.config.transfer.ticket!r}: weight_fate trains a dense network '
+        'from its initialization, so leave transfer.ticket unset'
+    )
   resolved, total_steps = experiment.config, experiment.total_steps
   steps = (
       figures.parse_steps(FLAGS.snapshot_steps, 'snapshot_steps')
