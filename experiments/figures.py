@@ -213,6 +213,7 @@ class TableCell:
 
   variant: str
   branch: str
+  metric: str  # test_accuracy, or test_rmse (lower is better)
   level: int
   fraction_remaining: float
   mean: float
@@ -242,6 +243,7 @@ def table_cells(records_by_variant: Mapping[str, Sequence[dict[str, Any]]], bran
           TableCell(
               variant=variant,
               branch=branch,
+              metric=metric,
               level=level,
               fraction_remaining=float(np.mean([record['fraction_remaining'] for record in at_level])),
               mean=mean,
@@ -256,7 +258,7 @@ def table_cells(records_by_variant: Mapping[str, Sequence[dict[str, Any]]], bran
 
 
 def winning_table(cells: Sequence[TableCell], row_label: str) -> tuple[list[str], list[list[str]]]:
-  """Header and rows of a variant (rows) x fraction remaining (columns) table of the ticket's test
+  """Header and rows of a variant (rows) x fraction remaining (columns) table of the cells' test
   metric: mean (± std over trials when there are several), '*' on winning tickets."""
   levels = sorted({cell.level for cell in cells})
   fraction = {cell.level: cell.fraction_remaining for cell in cells}
@@ -270,8 +272,9 @@ def winning_table(cells: Sequence[TableCell], row_label: str) -> tuple[list[str]
       if cell is None:
         row.append('')
         continue
-      spread = f'±{cell.std:.4f}' if cell.trials > 1 else ''
-      row.append(f'{cell.mean:.4f}{spread}{"*" if cell.winning else ""}')
+      number = '{:.4f}' if cell.metric == 'test_accuracy' else '{:.3g}'  # an RMSE may be 1e-7
+      spread = '±' + number.format(cell.std) if cell.trials > 1 else ''
+      row.append(f'{number.format(cell.mean)}{spread}{"*" if cell.winning else ""}')
     rows.append(row)
   return header, rows
 

@@ -150,7 +150,7 @@ def main(argv):
   figures.report_table(
       os.path.join(workdir, 'learning_rate_table.csv'),
       *figures.winning_table(cells, 'variant'),
-      'ticket test accuracy by variant and weights remaining (* = at least its dense network)',
+      'ticket test metric by variant and weights remaining (* = at least as good as its dense network)',
   )
   print('\nrandom reinitialization')
   print(figures.format_table(*figures.winning_table(reinit, 'variant')))

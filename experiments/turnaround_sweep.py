@@ -130,7 +130,7 @@ def main(argv):
   figures.report_table(
       os.path.join(workdir, f'turnaround_{mode}_table.csv'),
       *figures.winning_table(cells, 'turnaround_step'),
-      f'ticket test accuracy by turnaround step and weights remaining ({what}; * = at least the dense network)',
+      f'ticket test metric by turnaround step and weights remaining ({what}; * = at least as good as the dense network)',
   )
   print(f'\nwrote {os.path.join(workdir, f"turnaround_{mode}.png")}')
 
