@@ -1,0 +1,320 @@
+"""Shared pieces of the figure commands (learning_rate_sweep, turnaround_sweep, weight_fate): variants of
+one config validated together and run side by side, accuracy-vs-sparsity plots with one colour per
+variant, and tables that star winning tickets."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import sys
+from typing import Any, Mapping, Sequence
+
+from absl import app
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+from matplotlib import figure as figure_lib
+from matplotlib import ticker
+
+import lth_jax
+from lth_jax import data as data_lib
+from lth_jax import lottery
+from lth_jax import report
+from lth_jax import results as results_lib
+from lth_jax import validation
+from lth_jax import workdir as workdir_lib
+from experiments import common
+
+DPI = 80  # the figures are small enough to keep in docs/figures
+BRANCH_LINESTYLES = {'ticket': '-', 'reinit': '--'}  # the ticket solid, random reinitialization dashed
+BRANCH_LABELS = {'ticket': 'ticket', 'reinit': 'random reinit'}
+
+
+def set_point(config: ml_collections.ConfigDict, section: str, step_field: str, steps: int) -> None:
+  """Sets a point in training given in steps (e.g. pruning.rewind_step) and clears its epochs twin, so
+  that a config written in epochs can be given a step."""
+  epoch_field = next(epochs for sec, field, epochs in validation.EPOCH_TWINS if (sec, field) == (section, step_field))
+  config[section][step_field] = steps
+  config[section][epoch_field] = 0.0
+
+
+def define_config_flags(trials_per: str | None = None) -> None:
+  """--quick and --config, as every figure command takes them, and --trials (per `trials_per`, e.g.
+  'variant') when given; call from the command's `_define_flags`."""
+  if trials_per is not None:
+    flags.DEFINE_integer('trials', None, f"Trials per {trials_per} (default: the config's own; embedded: 1).")
+  flags.DEFINE_bool('quick', False, 'A smoke-test-sized run of the embedded config (CPU, about a minute).')
+  config_flags.DEFINE_config_file('config', None, 'Optional config file (default: the embedded one).')
+
+
+def base_config(
+    config: ml_collections.ConfigDict | None, quick: bool, trials: int | None, command: str
+) -> ml_collections.ConfigDict:
+  """The config a figure command starts from: `--config`'s, or the embedded one (`quick`: smaller).
+  `--quick` with `--config` is a usage error (override the config's fields instead)."""
+  if config is not None:
+    if quick:
+      raise app.UsageError(
+          '--quick shrinks the embedded config; with --config, override its fields instead '
+          f'(e.g. python -m experiments.{command} --config=... --config.training.num_steps=300)'
+      )
+    config = copy.deepcopy(config)  # variants are derived from it
+  else:
+    config = common.embedded_config(quick, 1)
+  if trials is not None:
+    config.trials = trials
+  return config
+
+
+def start(
+    command: str, config: ml_collections.ConfigDict | None, quick: bool, trials: int | None
+) -> tuple[ml_collections.ConfigDict, lottery.Experiment]:
+  """The base config of a figure command (`base_config`, shrunk by `quick_config` when `quick`) and
+  its validated Experiment (resolved config, training length); exits naming the problem if invalid.
+  Quiets checkpointing chatter (`common.quiet_logging`)."""
+  common.quiet_logging()
+  base = base_config(config, quick, trials, command)
+  if quick:
+    quick_config(base)
+  return base, prepare_variants({'config': base}, command)['config']
+
+
+def quick_config(config: ml_collections.ConfigDict) -> None:
+  """--quick of the figure commands: LeNet-300-100 on MNIST-1D for 1000 steps, six levels of 40% (to
+  about 5% of the weights; one-shot: the same sparsities in one go)."""
+  config.model.hidden_sizes = (300, 100)
+  config.training.num_steps = 1000
+  config.training.eval_every = 250
+  config.pruning.fraction = 0.4
+  config.pruning.levels = 6
+
+
+def default_reset_step(resolved: ml_collections.ConfigDict, total_steps: int) -> int:
+  """The late-reset step a figure uses unless told: the config's own rewind step (`resolved`: in
+  steps), else 1/30 of training (the paper resets at 1.4 epochs: 1-2% of CIFAR-10 training)."""
+  return int(resolved.pruning.get('rewind_step', 0) or 0) or max(1, round(total_steps / 30))
+
+
+def parse_steps(values: Sequence[str], flag: str) -> list[int]:
+  """Integers of a list flag, in the given order; a usage error naming the flag for anything else or
+  for a repeated value."""
+  steps = []
+  for value in values:
+    try:
+      steps.append(int(value))
+    except ValueError:
+      raise app.UsageError(f'--{flag}={",".join(values)}: {value!r} is not a whole number of steps') from None
+  repeated = sorted({step for step in steps if steps.count(step) > 1})
+  if repeated:
+    raise app.UsageError(f'--{flag}={",".join(values)}: {", ".join(map(str, repeated))} given more than once')
+  if any(step < 0 for step in steps):
+    raise app.UsageError(f'--{flag}={",".join(values)}: steps must be non-negative')
+  return steps
+
+
+def prepare_variants(configs: Mapping[str, ml_collections.ConfigDict], command: str) -> dict[str, lottery.Experiment]:
+  """Validates every variant's config before anything trains (`lottery.prepare`); on a bad one (or a
+  dataset not prepared yet), exits with the library's error prefixed by the command and the variant."""
+  experiments = {}
+  for name, config in configs.items():
+    try:
+      experiments[name] = lottery.prepare(config)
+    except (lth_jax.ConfigError, data_lib.DatasetNotPreparedError) as error:
+      sys.exit(f'{command}: {name}: {error}')
+  return experiments
+
+
+def run_variants(
+    configs: Mapping[str, ml_collections.ConfigDict], workdir: str, command: str
+) -> dict[str, list[dict[str, Any]]]:
+  """Runs (or resumes) each variant's lottery experiment in WORKDIR/<name>; returns its records by name.
+  Before anything trains, every variant's config is validated and checked against the config of the
+  runs already in its folder (a different one exits naming the variant and the differing fields)."""
+  experiments = prepare_variants(configs, command)
+  for name, config in configs.items():
+    try:
+      workdir_lib.check_workdir_config(config, experiments[name].config, os.path.join(workdir, name))
+    except lth_jax.ConfigError as error:
+      sys.exit(f'{command}: {name}: {error}')
+  return {name: lth_jax.run(config, os.path.join(workdir, name)).records for name, config in configs.items()}
+
+
+def save_png(figure: figure_lib.Figure, path: str) -> None:
+  """Writes `figure` as a small PNG atomically."""
+  with results_lib.atomic_open(path, 'wb') as file:
+    figure.savefig(file, format='png', dpi=DPI)
+
+
+def _sparsity_axis(axes: Any, fractions: Sequence[float]) -> None:
+  """A log x axis of percent of weights remaining, decreasing to the right, ticked at the fractions."""
+  fractions = sorted({round(fraction, 12) for fraction in fractions}, reverse=True)
+  ticks = [fractions[i] for i in sorted({round(i) for i in np.linspace(0, len(fractions) - 1, min(len(fractions), 8))})]
+  axes.set_xscale('log')
+  axes.set_xlim(fractions[0] * 1.15, fractions[-1] / 1.15)
+  axes.xaxis.set_major_locator(ticker.FixedLocator(ticks))
+  axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f'{100 * value:.3g}'))
+  axes.xaxis.set_minor_locator(ticker.NullLocator())
+  axes.set_xlabel('Percent of weights remaining')
+  axes.grid(True, which='major', alpha=0.3)
+
+
+def plot_variants(
+    records_by_variant: Mapping[str, Sequence[dict[str, Any]]],
+    title: str,
+    branches: Sequence[str] = ('ticket', 'reinit'),
+    path: str | None = None,
+) -> figure_lib.Figure:
+  """Test metric against fraction of weights remaining, one colour per variant, one line style per
+  branch (ticket solid, random reinitialization dashed), at the mean over trials with min-max error
+  bars when there are several; each line's gid is 'variant/branch'. Saved at `path` when given."""
+  figure = figure_lib.Figure(figsize=(7, 4.6), layout='constrained')
+  axes = figure.add_subplot()
+  fractions, metric, trials = [], 'test_accuracy', 1
+  for index, (variant, records) in enumerate(records_by_variant.items()):
+    summary = report.sparsity_summary(records)
+    metric = results_lib.test_metric_name(records)
+    for branch in branches:
+      points = summary.get(branch, [])
+      if not points:
+        continue
+      trials = max(trials, *(point.trials for point in points))
+      means = np.array([point.mean for point in points])
+      errors = np.clip([[p.mean - p.minimum for p in points], [p.maximum - p.mean for p in points]], 0, None)
+      container = axes.errorbar(
+          [point.fraction_remaining for point in points],
+          means,
+          yerr=errors if max(point.trials for point in points) > 1 else None,
+          color=f'C{index}',
+          linestyle=BRANCH_LINESTYLES.get(branch, ':'),
+          marker='o' if branch == 'ticket' else 's',
+          markersize=3.5,
+          capsize=2.5,
+          linewidth=1.5,
+          label=variant if len(branches) == 1 else f'{variant} ({BRANCH_LABELS.get(branch, branch)})',
+      )
+      container.lines[0].set_gid(f'{variant}/{branch}')  # the data line (not its error-bar caps)
+      fractions.extend(point.fraction_remaining for point in points)
+  if not fractions:
+    raise ValueError(f'no records of {", ".join(branches)} to plot')
+  _sparsity_axis(axes, fractions)
+  axes.set_ylabel('Test accuracy' if metric == 'test_accuracy' else 'Test RMSE (lower is better)')
+  axes.set_title(f'{title}\n({f"mean of {trials} trials, bars min to max" if trials > 1 else "1 trial"})', fontsize=10)
+  axes.legend(fontsize=7, ncol=2 if len(records_by_variant) * len(branches) > 6 else 1)
+  if path is not None:
+    save_png(figure, path)
+  return figure
+
+
+@dataclasses.dataclass(frozen=True)
+class TableCell:
+  """One (variant, branch, level): its test metric over trials and whether it is a winning ticket."""
+
+  variant: str
+  branch: str
+  metric: str  # test_accuracy, or test_rmse (lower is better)
+  level: int
+  fraction_remaining: float
+  mean: float
+  std: float
+  minimum: float
+  maximum: float
+  trials: int
+  winning: bool  # at least the variant's dense (level 0) accuracy (at most its RMSE); never at level 0
+
+
+def table_cells(records_by_variant: Mapping[str, Sequence[dict[str, Any]]], branch: str = 'ticket') -> list[TableCell]:
+  """The cells of one branch for every variant and level; a cell is a winning ticket when it matches or
+  beats its own variant's dense network (the ticket's level-0 mean over trials)."""
+  cells = []
+  for variant, records in records_by_variant.items():
+    records = report.usable(records)
+    metric = results_lib.test_metric_name(records)
+    dense_values = [record[metric] for record in records if record['branch'] == 'ticket' and record['level'] == 0]
+    dense = float(np.mean(dense_values)) if dense_values else None
+    selected = [record for record in records if record['branch'] == branch]
+    for level in sorted({record['level'] for record in selected}):
+      at_level = [record for record in selected if record['level'] == level]
+      values = np.array([record[metric] for record in at_level], np.float64)
+      mean = float(values.mean())
+      better = dense is not None and (mean >= dense if metric == 'test_accuracy' else mean <= dense)
+      cells.append(
+          TableCell(
+              variant=variant,
+              branch=branch,
+              metric=metric,
+              level=level,
+              fraction_remaining=float(np.mean([record['fraction_remaining'] for record in at_level])),
+              mean=mean,
+              std=float(values.std()),
+              minimum=float(values.min()),
+              maximum=float(values.max()),
+              trials=len(values),
+              winning=bool(level > 0 and better),
+          )
+      )
+  return cells
+
+
+def winning_table(cells: Sequence[TableCell], row_label: str) -> tuple[list[str], list[list[str]]]:
+  """Header and rows of a variant (rows) x fraction remaining (columns) table of the cells' test
+  metric: mean (± std over trials when there are several), '*' on winning tickets."""
+  levels = sorted({cell.level for cell in cells})
+  fraction = {cell.level: cell.fraction_remaining for cell in cells}
+  header = [row_label] + ['dense' if level == 0 else f'{100 * fraction[level]:.1f}%' for level in levels]
+  rows = []
+  for variant in dict.fromkeys(cell.variant for cell in cells):
+    by_level = {cell.level: cell for cell in cells if cell.variant == variant}
+    row = [variant]
+    for level in levels:
+      cell = by_level.get(level)
+      if cell is None:
+        row.append('')
+        continue
+      number = '{:.4f}' if cell.metric == 'test_accuracy' else '{:.3g}'  # an RMSE may be 1e-7
+      spread = '±' + number.format(cell.std) if cell.trials > 1 else ''
+      row.append(f'{number.format(cell.mean)}{spread}{"*" if cell.winning else ""}')
+    rows.append(row)
+  return header, rows
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  """A table as aligned text columns."""
+  widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+  return '\n'.join('  '.join(f'{str(value):>{width}}' for value, width in zip(row, widths)) for row in [header, *rows])
+
+
+def write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+  """Writes a CSV table atomically."""
+  common.write_text(path, '\n'.join(','.join(str(value) for value in row) for row in [header, *rows]) + '\n')
+
+
+def report_table(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]], heading: str) -> None:
+  """Writes a table as CSV at `path` (atomically) and prints it under `heading`."""
+  write_csv(path, header, rows)
+  print(f'\n{heading}')
+  print(format_table(header, rows))
+
+
+def write_cells_csv(path: str, cells: Sequence[TableCell], row_label: str) -> None:
+  """Every cell as one CSV row with its numbers (mean, std, min, max over trials, winning)."""
+  write_csv(
+      path,
+      [row_label, 'branch', 'level', 'fraction_remaining', 'mean', 'std', 'min', 'max', 'trials', 'winning'],
+      [
+          [
+              cell.variant,
+              cell.branch,
+              cell.level,
+              f'{cell.fraction_remaining:.6f}',
+              f'{cell.mean:.6f}',
+              f'{cell.std:.6f}',
+              f'{cell.minimum:.6f}',
+              f'{cell.maximum:.6f}',
+              cell.trials,
+              int(cell.winning),
+          ]
+          for cell in cells
+      ],
+  )

@@ -1,0 +1,162 @@
+"""Iterative pruning at the standard learning rate, at a 10x lower one, with warmup, and with late
+resetting, each beside its random reinitialization (Figure 2 of "The Lottery Ticket Hypothesis at
+Scale").
+
+Every variant is one lottery run (the ticket and the 'reinit' branch, no early turnaround) in
+WORKDIR/<variant>, derived from one config (`--config`, or the embedded LeNet on MNIST-1D):
+
+  standard     the config's learning rate, no warmup, reset to initialization (step 0)
+  low_lr       the learning rate divided by --low_lr_factor (10), no warmup, reset to step 0
+  warmup       linear warmup over --warmup_steps to --warmup_learning_rate, reset to step 0
+  late_reset   the config's learning rate, no warmup, late resetting to --reset_step
+
+Defaults come from the config: the warmup is the config's own when it has one (else the first 10% of
+training) up to its learning rate, and the reset step is its own rewind step when it has one (else
+1/30 of training). The paper's settings on an accelerator (CIFAR-10 prepared in DIR):
+
+    python -m experiments.learning_rate_sweep --workdir=runs/fig2_resnet18 \\
+        --config=configs/resnet18_cifar10.py --config.dataset.data_dir=DIR \\
+        --warmup_steps=20000 --warmup_learning_rate=0.03 --low_lr_factor=10
+    python -m experiments.learning_rate_sweep --workdir=runs/fig2_vgg19 \\
+        --config=configs/vgg19_cifar10.py --config.dataset.data_dir=DIR --warmup_steps=10000
+    python -m experiments.learning_rate_sweep --workdir=/tmp/fig2 --quick        # embedded data, CPU
+
+Writes learning_rate_sweep.png (test accuracy against weights remaining: one colour per variant, the
+ticket solid, random reinitialization dashed), learning_rate_table.csv (variant x fraction remaining,
+'*' on winning tickets) and learning_rate_cells.csv (every number); prints the table. A re-run in the
+same workdir trains only what is not recorded yet.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from typing import Sequence
+
+from absl import app
+from absl import flags
+import ml_collections
+
+from experiments import figures
+
+FLAGS = flags.FLAGS
+
+VARIANTS = ('standard', 'low_lr', 'warmup', 'late_reset')
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What the variants differ in, as plain values (steps, not epochs)."""
+
+  learning_rate: float
+  low_lr_factor: float
+  warmup_steps: int
+  warmup_learning_rate: float
+  reset_step: int
+
+
+def default_settings(resolved: ml_collections.ConfigDict, total_steps: int) -> Settings:
+  """The settings a config implies (`resolved`: lengths in steps, as `lottery.prepare` gives it)."""
+  learning_rate = float(resolved.training.learning_rate)
+  return Settings(
+      learning_rate=learning_rate,
+      low_lr_factor=10.0,
+      warmup_steps=int(resolved.training.get('warmup_steps', 0) or 0) or max(1, round(total_steps / 10)),
+      warmup_learning_rate=learning_rate,
+      reset_step=figures.default_reset_step(resolved, total_steps),
+  )
+
+
+def variant_configs(
+    base: ml_collections.ConfigDict, names: Sequence[str], settings: Settings
+) -> dict[str, ml_collections.ConfigDict]:
+  """One lottery config per variant (ticket and 'reinit' branch), derived from `base`."""
+  unknown = [name for name in names if name not in VARIANTS]
+  if unknown or not names:
+    raise app.UsageError(f'--variants: {", ".join(unknown) or "none given"}; choose from {", ".join(VARIANTS)}')
+  configs = {}
+  for name in names:
+    config = copy.deepcopy(base)
+    config.branches = ('reinit',)
+    config.training.learning_rate = settings.learning_rate
+    figures.set_point(config, 'training', 'warmup_steps', 0)
+    figures.set_point(config, 'pruning', 'rewind_step', 0)
+    figures.set_point(config, 'pruning', 'turnaround_step', 0)
+    if name == 'low_lr':
+      config.training.learning_rate = settings.learning_rate / settings.low_lr_factor
+    elif name == 'warmup':
+      config.training.learning_rate = settings.warmup_learning_rate
+      figures.set_point(config, 'training', 'warmup_steps', settings.warmup_steps)
+    elif name == 'late_reset':
+      figures.set_point(config, 'pruning', 'rewind_step', settings.reset_step)
+    configs[name] = config
+  return configs
+
+
+def variant_label(name: str, config: ml_collections.ConfigDict) -> str:
+  """The legend's name of a variant: what it sets."""
+  rate = f'lr {config.training.learning_rate:.3g}'
+  if name == 'warmup':
+    return f'warmup ({config.training.warmup_steps} steps to {rate})'
+  if name == 'late_reset':
+    return f'late reset (step {config.pruning.rewind_step}, {rate})'
+  return f'{name} ({rate})'
+
+
+def _define_flags() -> None:
+  """The command-line flags (defined only when run as a program, so that the figure commands can be
+  imported together, e.g. by the tests)."""
+  flags.DEFINE_string('workdir', None, 'Output folder (one subfolder per variant).', required=True)
+  flags.DEFINE_list('variants', list(VARIANTS), f'Variants to run, of {", ".join(VARIANTS)}.')
+  flags.DEFINE_float('low_lr_factor', 10.0, 'low_lr divides the learning rate by this.')
+  flags.DEFINE_integer('warmup_steps', None, "Warmup length (default: the config's own warmup, else 10% of training).")
+  flags.DEFINE_float('warmup_learning_rate', None, "Learning rate reached after the warmup (default: the config's).")
+  flags.DEFINE_integer(
+      'reset_step', None, "late_reset's step (default: the config's rewind step, else 1/30 of training)."
+  )
+  figures.define_config_flags(trials_per='variant')
+
+
+def main(argv):
+  del argv
+  base, experiment = figures.start('learning_rate_sweep', FLAGS.config, FLAGS.quick, FLAGS.trials)
+  defaults = default_settings(experiment.config, experiment.total_steps)
+  settings = dataclasses.replace(
+      defaults,
+      low_lr_factor=FLAGS.low_lr_factor,
+      warmup_steps=FLAGS.warmup_steps if FLAGS.warmup_steps is not None else defaults.warmup_steps,
+      warmup_learning_rate=FLAGS.warmup_learning_rate or defaults.warmup_learning_rate,
+      reset_step=FLAGS.reset_step if FLAGS.reset_step is not None else defaults.reset_step,
+  )
+  if settings.low_lr_factor <= 0:
+    raise app.UsageError(f'--low_lr_factor={settings.low_lr_factor}: must be positive')
+  configs = variant_configs(base, FLAGS.variants, settings)
+  labels = {name: variant_label(name, config) for name, config in configs.items()}
+  for name, label in labels.items():
+    print(f'{name}: {label}')
+  records = figures.run_variants(configs, FLAGS.workdir, 'learning_rate_sweep')
+  by_label = {labels[name]: records[name] for name in configs}
+  workdir = FLAGS.workdir
+  figures.plot_variants(
+      by_label,
+      f'Iterative pruning, {experiment.config.model.name} on {experiment.config.dataset.name}: learning rate, '
+      'warmup, late resetting',
+      path=os.path.join(workdir, 'learning_rate_sweep.png'),
+  )
+  cells = figures.table_cells(records)
+  reinit = figures.table_cells(records, 'reinit')
+  figures.write_cells_csv(os.path.join(workdir, 'learning_rate_cells.csv'), cells + reinit, 'variant')
+  figures.report_table(
+      os.path.join(workdir, 'learning_rate_table.csv'),
+      *figures.winning_table(cells, 'variant'),
+      'ticket test metric by variant and weights remaining (* = at least as good as its dense network)',
+  )
+  print('\nrandom reinitialization')
+  print(figures.format_table(*figures.winning_table(reinit, 'variant')))
+  print(f'\nwrote {os.path.join(workdir, "learning_rate_sweep.png")}')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,377 @@
+"""The figure commands (learning_rate_sweep, turnaround_sweep, weight_fate): their plots, tables, masks
+and histograms on synthetic inputs, and (slow) each one's --quick run end to end, resumed."""
+
+import csv
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+from absl import app
+import jax
+import numpy as np
+import pytest
+
+import lth_jax
+from lth_jax import config_schema
+from lth_jax import lottery
+from lth_jax import workdir as workdir_lib
+from experiments import common
+from experiments import figures
+from experiments import learning_rate_sweep
+from experiments import turnaround_sweep
+from experiments import weight_fate
+
+TRAINING_PROGRESS = re.compile(r': step \d+/\d+ \(')  # the progress line of a run that trains
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(module, *arguments):
+  environment = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
+  return subprocess.run(
+      [sys.executable, '-m', module, *arguments], cwd=REPO, env=environment, capture_output=True, text=True, timeout=900
+  )
+
+
+def _record(level, branch, accuracy, trial=0):
+  return {
+      'trial': trial,
+      'level': level,
+      'branch': branch,
+      'fraction_remaining': 0.8**level,
+      'test_accuracy': accuracy,
+      'start_step': 0,
+  }
+
+
+def _records(dense, tickets, reinits, trials=1, spread=0.0):
+  """Records of `trials` trials: the ticket at levels 0.. and reinit at levels 1.., trial t offset by t * spread."""
+  records = []
+  for trial in range(trials):
+    offset = trial * spread
+    records.append(_record(0, 'ticket', dense + offset, trial))
+    records += [_record(level, 'ticket', value + offset, trial) for level, value in enumerate(tickets, start=1)]
+    records += [_record(level, 'reinit', value + offset, trial) for level, value in enumerate(reinits, start=1)]
+  return records
+
+
+def test_plot_variants_draws_one_colour_per_variant_ticket_solid_reinit_dashed():
+  records = {
+      'standard': _records(0.9, [0.91, 0.88], [0.85, 0.7], trials=2, spread=0.01),
+      'late_reset': _records(0.9, [0.92, 0.93], [0.86, 0.72], trials=2, spread=0.01),
+  }
+  figure = figures.plot_variants(records, 'title')
+  axes = figure.axes[0]
+  lines = {line.get_gid(): line for line in axes.lines if line.get_gid()}
+  assert set(lines) == {'standard/ticket', 'standard/reinit', 'late_reset/ticket', 'late_reset/reinit'}
+  assert lines['standard/ticket'].get_linestyle() == '-' and lines['standard/reinit'].get_linestyle() == '--'
+  assert lines['standard/ticket'].get_color() == lines['standard/reinit'].get_color()
+  assert lines['standard/ticket'].get_color() != lines['late_reset/ticket'].get_color()
+  np.testing.assert_allclose(
+      np.asarray(lines['late_reset/ticket'].get_ydata(), float), [0.905, 0.925, 0.935]
+  )  # means over trials
+  np.testing.assert_allclose(np.asarray(lines['late_reset/reinit'].get_xdata(), float), [0.8, 0.64])
+  assert axes.get_xscale() == 'log' and axes.get_xlim()[0] > axes.get_xlim()[1]  # decreasing to the right
+  assert len(axes.collections) == 4  # min-max bars of every line (two trials)
+
+
+def test_winning_table_stars_tickets_at_least_their_own_dense_network():
+  records = {
+      'a': _records(0.5, [0.5, 0.49], [0.6, 0.4]),
+      'b': _records(0.4, [0.45, 0.41], [0.3, 0.2], trials=2, spread=0.02),
+  }
+  header, rows = figures.winning_table(figures.table_cells(records), 'variant')
+  assert header == ['variant', 'dense', '80.0%', '64.0%']
+  assert rows[0] == ['a', '0.5000', '0.5000*', '0.4900']
+  assert rows[1] == ['b', '0.4100±0.0100', '0.4600±0.0100*', '0.4200±0.0100*']
+  reinit = figures.table_cells(records, 'reinit')
+  assert [(cell.variant, cell.level, cell.winning) for cell in reinit] == [
+      ('a', 1, True),
+      ('a', 2, False),
+      ('b', 1, False),
+      ('b', 2, False),
+  ]
+
+
+def test_learning_rate_variants_differ_in_rate_warmup_and_reset_only():
+  base = config_schema.base_config()
+  base.training.learning_rate = 0.1
+  base.training.warmup_epochs = 5.0
+  base.pruning.rewind_epoch = 6.0
+  settings = learning_rate_sweep.Settings(
+      learning_rate=0.1, low_lr_factor=10.0, warmup_steps=300, warmup_learning_rate=0.03, reset_step=50
+  )
+  configs = learning_rate_sweep.variant_configs(base, learning_rate_sweep.VARIANTS, settings)
+  fields = {
+      name: (
+          config.training.learning_rate,
+          config.training.warmup_steps,
+          config.training.warmup_epochs,
+          config.pruning.rewind_step,
+          config.pruning.rewind_epoch,
+          config.branches,
+      )
+      for name, config in configs.items()
+  }
+  assert fields == {
+      'standard': (0.1, 0, 0.0, 0, 0.0, ('reinit',)),
+      'low_lr': (pytest.approx(0.01), 0, 0.0, 0, 0.0, ('reinit',)),
+      'warmup': (0.03, 300, 0.0, 0, 0.0, ('reinit',)),
+      'late_reset': (0.1, 0, 0.0, 50, 0.0, ('reinit',)),
+  }
+  assert base.pruning.rewind_epoch == 6.0  # the base config is not changed
+  with pytest.raises(app.UsageError, match='--variants: fast; choose from standard, low_lr'):
+    learning_rate_sweep.variant_configs(base, ['standard', 'fast'], settings)
+  with pytest.raises(app.UsageError, match='--quick shrinks the embedded config'):
+    figures.base_config(base, True, None, 'learning_rate_sweep')
+
+
+def _paper_config(name, variant=''):
+  path = os.path.join(REPO, 'configs', name)
+  spec = importlib.util.spec_from_file_location(name[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def test_learning_rate_defaults_follow_the_paper_configs():
+  resnet18 = learning_rate_sweep.default_settings(_paper_config('resnet18_cifar10.py'), 30_000)
+  assert (resnet18.learning_rate, resnet18.reset_step, resnet18.warmup_steps) == (0.1, 500, 3000)
+  warmup = learning_rate_sweep.default_settings(_paper_config('resnet18_cifar10.py', 'warmup'), 30_000)
+  assert (warmup.warmup_steps, warmup.warmup_learning_rate) == (20_000, 0.03)
+  vgg19 = _paper_config('vgg19_cifar10.py')
+  configs = learning_rate_sweep.variant_configs(
+      vgg19, ['standard', 'late_reset'], learning_rate_sweep.default_settings(vgg19, 112_000)
+  )
+  assert [c.pruning.rewind_step for c in configs.values()] == [0, 1000]
+  assert {c.model.name for c in configs.values()} == {'vgg19'}
+
+
+def test_turnaround_configs_and_the_library_refuses_impossible_turnarounds():
+  base = common.embedded_config(True, 1)
+  configs = turnaround_sweep.turnaround_configs(base, [100, 300], 300, 20, 'one_shot', ('reinit',))
+  assert [(c.pruning.turnaround_step, c.pruning.rewind_step, c.pruning.mode) for c in configs.values()] == [
+      (100, 20, 'one_shot'),
+      (0, 20, 'one_shot'),  # the end of training: no early turnaround
+  ]
+  assert turnaround_sweep.default_turnaround_steps(300, 20) == [50, 100, 200, 300]
+  with pytest.raises(app.UsageError, match='0 would prune the initial weights'):
+    turnaround_sweep.turnaround_configs(base, [0], 300, 20, 'iterative', ())
+  (early,) = turnaround_sweep.turnaround_configs(base, [20], 300, 20, 'iterative', ()).values()
+  with pytest.raises(lth_jax.ConfigError, match=r'turnaround_step=20: must come after the rewind step'):
+    lottery.prepare(early)
+  (late,) = turnaround_sweep.turnaround_configs(base, [301], 300, 20, 'one_shot', ()).values()
+  with pytest.raises(lth_jax.ConfigError, match=r'turnaround_step=301: is past the end of training \(300 steps\)'):
+    lottery.prepare(late)
+
+
+def test_turnaround_sweep_refuses_a_turnaround_before_the_reset_step_before_training(tmp_path):
+  completed = _run(
+      'experiments.turnaround_sweep', f'--workdir={tmp_path}', '--quick', '--turnaround_steps=500,10', '--reset_step=20'
+  )
+  assert completed.returncode == 1
+  assert (
+      'turnaround_sweep: turnaround_10: pruning.turnaround_step=10: must come after the rewind step' in completed.stderr
+  )
+  assert not os.listdir(tmp_path)  # nothing trained
+
+
+def test_run_variants_refuses_a_folder_of_another_config_before_training(tmp_path):
+  config = common.embedded_config(True, 1)
+  experiment = lottery.prepare(config)
+  workdir_lib.check_workdir_config(config, experiment.config, str(tmp_path / 'late_reset'))
+  (tmp_path / 'late_reset' / 'results.jsonl').write_text(json.dumps(_record(0, 'ticket', 0.5)) + '\n')
+  changed = common.embedded_config(True, 1)
+  changed.pruning.rewind_step = 7
+  fresh = common.embedded_config(True, 1)
+  with pytest.raises(
+      SystemExit, match=r'sweep: late_reset: .* holds runs of a different config(.|\n)*pruning.rewind_step: 0 -> 7'
+  ):
+    figures.run_variants({'fresh': fresh, 'late_reset': changed}, str(tmp_path), 'sweep')
+  assert not (tmp_path / 'fresh' / 'results.jsonl').exists()  # nothing trained
+
+
+def _lenet_params(seed=0):
+  rng = np.random.default_rng(seed)
+  shapes = {'dense_0': (20, 12), 'dense_1': (12, 8), 'output': (8, 3)}
+  return {
+      name: {'kernel': rng.normal(size=shape).astype(np.float32), 'bias': np.zeros(shape[1], np.float32)}
+      for name, shape in shapes.items()
+  }
+
+
+@pytest.mark.parametrize('scope, excluded', [('local', ()), ('global', ('output',))])
+def test_one_shot_mask_is_the_mask_of_a_one_shot_lottery_level(scope, excluded):
+  config = config_schema.base_config()
+  config.pruning.mode = 'one_shot'
+  config.pruning.scope = scope
+  config.pruning.excluded_layers = excluded
+  config.pruning.layer_fractions = {'output': 0.1} if scope == 'local' else {}
+  params = _lenet_params()
+  prunable = lottery.prunable_from_config(params, config)
+  plan = lottery.PruningPlan.from_config(config)
+  ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params)
+  for level in (1, 3):
+    expected = plan.next_mask(level, params, ones, params, prunable)
+    mask = weight_fate.one_shot_mask(params, prunable, config, 0.8**level)
+    for got, want in zip(jax.tree_util.tree_leaves(mask), jax.tree_util.tree_leaves(expected)):
+      np.testing.assert_array_equal(got, want)
+  with pytest.raises(ValueError, match='strictly between 0 and 1'):
+    weight_fate.one_shot_mask(params, prunable, config, 1.0)
+
+
+def test_weight_histograms_split_every_weight_by_the_mask():
+  config = config_schema.base_config()
+  snapshots = {0: _lenet_params(0), 5: _lenet_params(1), 9: _lenet_params(2)}
+  prunable = lottery.prunable_from_config(snapshots[9], config)
+  mask = weight_fate.one_shot_mask(snapshots[9], prunable, config, 0.5)
+  layers = weight_fate.row_groups(mask, prunable, 'auto')
+  assert layers == ['dense_0/kernel', 'dense_1/kernel', 'output/kernel']
+  assert weight_fate.row_groups(mask, prunable, 'auto', max_layer_rows=2) == [weight_fate.POOLED]
+  cells = weight_fate.weight_histograms(snapshots, mask, prunable, [*layers, weight_fate.POOLED], bins=7)
+  assert [(cell.row, cell.step) for cell in cells[:3]] == [
+      ('dense_0/kernel', 0),
+      ('dense_0/kernel', 5),
+      ('dense_0/kernel', 9),
+  ]
+  for cell in cells:
+    names = ['dense_0', 'dense_1', 'output'] if cell.row == weight_fate.POOLED else [cell.row.split('/')[0]]
+    kept = sum(int(mask[name]['kernel'].sum()) for name in names)
+    total = sum(mask[name]['kernel'].size for name in names)
+    assert (int(cell.kept.sum()), int(cell.pruned.sum())) == (kept, total - kept)
+    assert len(cell.edges) == 8
+  final = [cell for cell in cells if cell.step == 9 and cell.row == 'dense_0/kernel'][0]
+  assert final.mean_abs_kept > final.mean_abs_pruned  # magnitude pruning removes the small weights
+  agreement = weight_fate.mask_agreement(mask, mask, prunable, [*layers, weight_fate.POOLED])
+  assert set(agreement.values()) == {1.0}
+  figure = weight_fate.plot_weight_fate(cells, 'title')
+  assert len(figure.axes) == 4 * 3
+  pruned, kept = figure.axes[0].containers  # row dense_0, step 0: light bars below, dark ones stacked on them
+  assert (pruned.get_label(), kept.get_label()) == ('eventually pruned', 'remains')
+  np.testing.assert_array_equal(pruned.datavalues, cells[0].pruned)
+  np.testing.assert_array_equal(kept.datavalues, cells[0].kept)
+  np.testing.assert_array_equal([patch.get_y() for patch in kept.patches], cells[0].pruned)
+
+
+def test_weight_snapshots_round_trip_and_refuse_another_config(tmp_path):
+  path = str(tmp_path / weight_fate.SNAPSHOT_FILE)
+  config = config_schema.base_config()
+  identity = weight_fate.training_identity(config)
+  assert 'pruning' not in identity and 'data_dir' not in identity['dataset']
+  snapshots = {0: _lenet_params(0), 7: _lenet_params(1)}
+  assert weight_fate.load_snapshots(path, identity, [0, 7]) is None
+  weight_fate.save_snapshots(path, snapshots, identity)
+  restored = weight_fate.load_snapshots(path, identity, [7])
+  np.testing.assert_array_equal(restored[7]['dense_1']['kernel'], snapshots[7]['dense_1']['kernel'])
+  with pytest.raises(ValueError, match='no snapshot at step'):
+    weight_fate.load_snapshots(path, identity, [0, 3])
+  config.training.learning_rate = 0.5
+  with pytest.raises(ValueError, match=r'different config .*\n  training.learning_rate: 0.0012 -> 0.5'):
+    weight_fate.load_snapshots(path, weight_fate.training_identity(config), [0])
+
+
+def _read_csv(path):
+  with open(path) as file:
+    return list(csv.DictReader(file))
+
+
+def _results(workdir):
+  return {
+      name: open(os.path.join(workdir, name, 'results.jsonl')).read()
+      for name in sorted(os.listdir(workdir))
+      if os.path.isfile(os.path.join(workdir, name, 'results.jsonl'))
+  }
+
+
+@pytest.mark.slow
+def test_learning_rate_sweep_quick_runs_every_variant_and_resumes(tmp_path):
+  completed = _run('experiments.learning_rate_sweep', f'--workdir={tmp_path}', '--quick')
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  results = _results(tmp_path)
+  assert sorted(results) == sorted(learning_rate_sweep.VARIANTS)
+  for name, text in results.items():
+    records = [json.loads(line) for line in text.splitlines()]
+    assert {(r['branch'], r['level']) for r in records} == {('ticket', 0)} | {
+        (branch, level) for branch in ('ticket', 'reinit') for level in range(1, 7)
+    }, name
+  starts = {json.loads(text.splitlines()[-1])['start_step'] for text in results.values()}
+  assert starts == {0, 33}  # late_reset resets to 1/30 of the 1000 steps
+  cells = _read_csv(tmp_path / 'learning_rate_cells.csv')
+  assert {(cell['variant'], cell['branch']) for cell in cells} == {
+      (name, branch) for name in learning_rate_sweep.VARIANTS for branch in ('ticket', 'reinit')
+  }
+  table = _read_csv(tmp_path / 'learning_rate_table.csv')
+  assert [row['variant'] for row in table] == list(learning_rate_sweep.VARIANTS)
+  assert (tmp_path / 'learning_rate_sweep.png').stat().st_size > 0
+
+  again = _run('experiments.learning_rate_sweep', f'--workdir={tmp_path}', '--quick')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert _results(tmp_path) == results  # nothing trained again
+  assert not TRAINING_PROGRESS.search(again.stdout + again.stderr)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mode', ['iterative', 'one_shot'])
+def test_turnaround_sweep_quick_tables_and_figure(tmp_path, mode):
+  completed = _run(
+      'experiments.turnaround_sweep',
+      f'--workdir={tmp_path}',
+      '--quick',
+      f'--mode={mode}',
+      '--turnaround_steps=100,1000',
+  )
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  assert sorted(_results(tmp_path)) == ['turnaround_100', 'turnaround_1000']
+  configs = {name: json.load(open(tmp_path / name / 'config.json')) for name in ('turnaround_100', 'turnaround_1000')}
+  assert configs['turnaround_100']['pruning']['turnaround_step'] == 100
+  assert configs['turnaround_1000']['pruning']['turnaround_step'] == 0
+  assert {config['pruning']['mode'] for config in configs.values()} == {mode}
+  cells = _read_csv(tmp_path / f'turnaround_{mode}_cells.csv')
+  table = _read_csv(tmp_path / f'turnaround_{mode}_table.csv')
+  assert [row['turnaround_step'] for row in table] == ['100', '1000 (end)']
+  dense = {cell['turnaround_step']: float(cell['mean']) for cell in cells if cell['level'] == '0'}
+  for cell in cells:
+    if cell['level'] != '0':
+      assert cell['winning'] == str(int(float(cell['mean']) >= dense[cell['turnaround_step']]))
+  for row in table:
+    starred = [column for column, value in row.items() if value.endswith('*')]
+    assert len(starred) == sum(c['winning'] == '1' for c in cells if c['turnaround_step'] == row['turnaround_step'])
+  assert (tmp_path / f'turnaround_{mode}.png').stat().st_size > 0
+  again = _run(
+      'experiments.turnaround_sweep',
+      f'--workdir={tmp_path}',
+      '--quick',
+      f'--mode={mode}',
+      '--turnaround_steps=100,1000',
+  )
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert not TRAINING_PROGRESS.search(again.stdout + again.stderr)  # nothing trained again
+  assert 'already done' in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_weight_fate_quick_histograms_match_the_mask_and_resume(tmp_path):
+  completed = _run('experiments.weight_fate', f'--workdir={tmp_path}', '--quick', '--snapshot_steps=0,100,1000')
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  histograms = _read_csv(tmp_path / 'weight_fate_histograms.csv')
+  counts = {}
+  for row in histograms:
+    pruned, kept = counts.get((row['step'], row['row']), (0, 0))
+    counts[(row['step'], row['row'])] = (pruned + int(row['pruned']), kept + int(row['kept']))
+  sizes = {'dense_0/kernel': 40 * 300, 'dense_1/kernel': 300 * 100, 'output/kernel': 100 * 10}
+  assert {row for _, row in counts} == set(sizes)
+  for (step, row), (pruned, kept) in counts.items():
+    assert pruned + kept == sizes[row]
+    assert counts[('1000', row)] == (pruned, kept)  # one mask for every step
+  summary = _read_csv(tmp_path / 'weight_fate_summary.csv')
+  assert {float(row['final_mask_overlap']) for row in summary if row['step'] == '1000'} == {1.0}
+  snapshot_time = os.path.getmtime(tmp_path / weight_fate.SNAPSHOT_FILE)
+  again = _run(
+      'experiments.weight_fate', f'--workdir={tmp_path}', '--quick', '--snapshot_steps=100,1000', '--rows=pooled'
+  )
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'reusing the snapshots' in again.stdout and 'dense run' not in again.stdout
+  assert os.path.getmtime(tmp_path / weight_fate.SNAPSHOT_FILE) == snapshot_time
+  assert {row['row'] for row in _read_csv(tmp_path / 'weight_fate_summary.csv')} == {weight_fate.POOLED}
