@@ -318,3 +318,27 @@ def write_cells_csv(path: str, cells: Sequence[TableCell], row_label: str) -> No
           for cell in cells
       ],
   )
+
+
+def report_variants(
+    records: Mapping[str, Sequence[dict[str, Any]]],
+    labels: Mapping[str, str],
+    workdir: str,
+    stem: str,
+    title: str,
+) -> None:
+  """The outputs of a sweep over variants with a 'reinit' branch: WORKDIR/<stem>.png (`plot_variants`,
+  legend `labels`), <stem>_table.csv (ticket, winning tickets starred; printed with reinit's table)
+  and <stem>_cells.csv (every number)."""
+  path = os.path.join(workdir, f'{stem}.png')
+  plot_variants({labels[name]: records[name] for name in records}, title, path=path)
+  cells, reinit = table_cells(records), table_cells(records, 'reinit')
+  write_cells_csv(os.path.join(workdir, f'{stem}_cells.csv'), cells + reinit, 'variant')
+  report_table(
+      os.path.join(workdir, f'{stem}_table.csv'),
+      *winning_table(cells, 'variant'),
+      'ticket test metric by variant and weights remaining (* = at least as good as its dense network)',
+  )
+  print('\nrandom reinitialization')
+  print(format_table(*winning_table(reinit, 'variant')))
+  print(f'\nwrote {path}')

@@ -22,8 +22,8 @@ training) up to its learning rate, and the reset step is its own rewind step whe
     python -m experiments.learning_rate_sweep --workdir=/tmp/fig2 --quick        # embedded data, CPU
 
 Writes learning_rate_sweep.png (test accuracy against weights remaining: one colour per variant, the
-ticket solid, random reinitialization dashed), learning_rate_table.csv (variant x fraction remaining,
-'*' on winning tickets) and learning_rate_cells.csv (every number); prints the table. A re-run in the
+ticket solid, random reinitialization dashed), learning_rate_sweep_table.csv (variant x fraction remaining,
+'*' on winning tickets) and learning_rate_sweep_cells.csv (every number); prints the table. A re-run in the
 same workdir trains only what is not recorded yet.
 """
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 from typing import Sequence
 
 from absl import app
@@ -136,25 +135,14 @@ def main(argv):
   for name, label in labels.items():
     print(f'{name}: {label}')
   records = figures.run_variants(configs, FLAGS.workdir, 'learning_rate_sweep')
-  by_label = {labels[name]: records[name] for name in configs}
-  workdir = FLAGS.workdir
-  figures.plot_variants(
-      by_label,
+  figures.report_variants(
+      records,
+      labels,
+      FLAGS.workdir,
+      'learning_rate_sweep',
       f'Iterative pruning, {experiment.config.model.name} on {experiment.config.dataset.name}: learning rate, '
       'warmup, late resetting',
-      path=os.path.join(workdir, 'learning_rate_sweep.png'),
   )
-  cells = figures.table_cells(records)
-  reinit = figures.table_cells(records, 'reinit')
-  figures.write_cells_csv(os.path.join(workdir, 'learning_rate_cells.csv'), cells + reinit, 'variant')
-  figures.report_table(
-      os.path.join(workdir, 'learning_rate_table.csv'),
-      *figures.winning_table(cells, 'variant'),
-      'ticket test metric by variant and weights remaining (* = at least as good as its dense network)',
-  )
-  print('\nrandom reinitialization')
-  print(figures.format_table(*figures.winning_table(reinit, 'variant')))
-  print(f'\nwrote {os.path.join(workdir, "learning_rate_sweep.png")}')
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""The figure commands (learning_rate_sweep, turnaround_sweep, weight_fate): their plots, tables, masks
+"""The figure commands (learning_rate_sweep, pruning_mode_sweep, turnaround_sweep, weight_fate): their plots, tables, masks
 and histograms on synthetic inputs, and (slow) each one's --quick run end to end, resumed."""
 
 import csv
@@ -21,6 +21,7 @@ from lth_jax import workdir as workdir_lib
 from experiments import common
 from experiments import figures
 from experiments import learning_rate_sweep
+from experiments import pruning_mode_sweep
 from experiments import turnaround_sweep
 from experiments import weight_fate
 
@@ -126,6 +127,29 @@ def test_learning_rate_variants_differ_in_rate_warmup_and_reset_only():
     learning_rate_sweep.variant_configs(base, ['standard', 'fast'], settings)
   with pytest.raises(app.UsageError, match='--quick shrinks the embedded config'):
     figures.base_config(base, True, None, 'learning_rate_sweep')
+
+
+def test_pruning_mode_variants_match_the_resnet50_config_variants():
+  base = _paper_config('resnet50_imagenet.py')
+  configs = pruning_mode_sweep.variant_configs(base, pruning_mode_sweep.VARIANTS, 7506)
+  fields = {
+      name: (config.pruning.mode, config.pruning.rewind_step, config.pruning.rewind_epoch, config.branches)
+      for name, config in configs.items()
+  }
+  assert fields == {
+      'iterative': ('iterative', 7506, 0.0, ('reinit',)),
+      'one_shot': ('one_shot', 7506, 0.0, ('reinit',)),
+      'no_reset': ('iterative', 0, 0.0, ('reinit',)),
+  }
+  # The config file's own variants (README, Figure 10) differ from these in the same fields only.
+  for name, variant in (('one_shot', 'one_shot'), ('no_reset', 'no_rewind')):
+    own = _paper_config('resnet50_imagenet.py', variant)
+    assert own.pruning.mode == configs[name].pruning.mode
+    assert bool(own.pruning.rewind_epoch) == bool(configs[name].pruning.rewind_step)
+  assert all(config.pruning.turnaround_epoch == 45 for config in configs.values())  # kept in every variant
+  assert pruning_mode_sweep.variant_label('no_reset', configs['no_reset']) == 'iterative, reset to initialization'
+  with pytest.raises(app.UsageError, match='--variants: gradual; choose from iterative, one_shot, no_reset'):
+    pruning_mode_sweep.variant_configs(base, ['gradual'], 7506)
 
 
 def _paper_config(name, variant=''):
@@ -298,15 +322,41 @@ def test_learning_rate_sweep_quick_runs_every_variant_and_resumes(tmp_path):
     }, name
   starts = {json.loads(text.splitlines()[-1])['start_step'] for text in results.values()}
   assert starts == {0, 33}  # late_reset resets to 1/30 of the 1000 steps
-  cells = _read_csv(tmp_path / 'learning_rate_cells.csv')
+  cells = _read_csv(tmp_path / 'learning_rate_sweep_cells.csv')
   assert {(cell['variant'], cell['branch']) for cell in cells} == {
       (name, branch) for name in learning_rate_sweep.VARIANTS for branch in ('ticket', 'reinit')
   }
-  table = _read_csv(tmp_path / 'learning_rate_table.csv')
+  table = _read_csv(tmp_path / 'learning_rate_sweep_table.csv')
   assert [row['variant'] for row in table] == list(learning_rate_sweep.VARIANTS)
   assert (tmp_path / 'learning_rate_sweep.png').stat().st_size > 0
 
   again = _run('experiments.learning_rate_sweep', f'--workdir={tmp_path}', '--quick')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert _results(tmp_path) == results  # nothing trained again
+  assert not TRAINING_PROGRESS.search(again.stdout + again.stderr)
+
+
+@pytest.mark.slow
+def test_pruning_mode_sweep_quick_runs_every_variant_and_resumes(tmp_path):
+  completed = _run(
+      'experiments.pruning_mode_sweep', f'--workdir={tmp_path}', '--quick', '--variants=iterative,one_shot'
+  )
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  results = _results(tmp_path)
+  assert sorted(results) == ['iterative', 'one_shot']
+  config = json.load(open(tmp_path / 'one_shot' / 'config.json'))
+  assert config['pruning']['mode'] == 'one_shot' and config['pruning']['rewind_step'] == 33
+  records = {name: [json.loads(line) for line in text.splitlines()] for name, text in results.items()}
+  density = {
+      name: {r['level']: r['fraction_remaining'] for r in rows if r['branch'] == 'ticket'}
+      for name, rows in records.items()
+  }
+  assert density['iterative'] == pytest.approx(density['one_shot'], abs=0.01)  # the same sparsities, two ways
+  table = _read_csv(tmp_path / 'pruning_mode_sweep_table.csv')
+  assert [row['variant'] for row in table] == ['iterative', 'one_shot']
+  assert (tmp_path / 'pruning_mode_sweep.png').stat().st_size > 0
+
+  again = _run('experiments.pruning_mode_sweep', f'--workdir={tmp_path}', '--quick', '--variants=iterative,one_shot')
   assert again.returncode == 0, again.stderr[-3000:]
   assert _results(tmp_path) == results  # nothing trained again
   assert not TRAINING_PROGRESS.search(again.stdout + again.stderr)
