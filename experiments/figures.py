@@ -114,6 +114,21 @@ def parse_steps(values: Sequence[str], flag: str) -> list[int]:
   return steps
 
 
+def variant_copies(
+    base: ml_collections.ConfigDict, names: Sequence[str], known: Sequence[str]
+) -> dict[str, ml_collections.ConfigDict]:
+  """A copy of `base` per variant name, training the 'reinit' branch beside the ticket; a usage error
+  naming the variants not in `known` (or none given)."""
+  unknown = [name for name in names if name not in known]
+  if unknown or not names:
+    raise app.UsageError(f'--variants: {", ".join(unknown) or "none given"}; choose from {", ".join(known)}')
+  copies = {}
+  for name in names:
+    copies[name] = copy.deepcopy(base)
+    copies[name].branches = ('reinit',)
+  return copies
+
+
 def prepare_variants(configs: Mapping[str, ml_collections.ConfigDict], command: str) -> dict[str, lottery.Experiment]:
   """Validates every variant's config before anything trains (`lottery.prepare`); on a bad one (or a
   dataset not prepared yet), exits with the library's error prefixed by the command and the variant."""

@@ -29,7 +29,6 @@ same workdir trains only what is not recorded yet.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Sequence
 
@@ -71,13 +70,8 @@ def variant_configs(
     base: ml_collections.ConfigDict, names: Sequence[str], settings: Settings
 ) -> dict[str, ml_collections.ConfigDict]:
   """One lottery config per variant (ticket and 'reinit' branch), derived from `base`."""
-  unknown = [name for name in names if name not in VARIANTS]
-  if unknown or not names:
-    raise app.UsageError(f'--variants: {", ".join(unknown) or "none given"}; choose from {", ".join(VARIANTS)}')
-  configs = {}
-  for name in names:
-    config = copy.deepcopy(base)
-    config.branches = ('reinit',)
+  configs = figures.variant_copies(base, names, VARIANTS)
+  for name, config in configs.items():
     config.training.learning_rate = settings.learning_rate
     figures.set_point(config, 'training', 'warmup_steps', 0)
     figures.set_point(config, 'pruning', 'rewind_step', 0)
@@ -89,7 +83,6 @@ def variant_configs(
       figures.set_point(config, 'training', 'warmup_steps', settings.warmup_steps)
     elif name == 'late_reset':
       figures.set_point(config, 'pruning', 'rewind_step', settings.reset_step)
-    configs[name] = config
   return configs
 
 

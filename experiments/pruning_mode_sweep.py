@@ -24,7 +24,6 @@ workdir trains only what is not recorded yet.
 
 from __future__ import annotations
 
-import copy
 from typing import Sequence
 
 from absl import app
@@ -42,16 +41,10 @@ def variant_configs(
     base: ml_collections.ConfigDict, names: Sequence[str], reset_step: int
 ) -> dict[str, ml_collections.ConfigDict]:
   """One lottery config per variant (ticket and 'reinit' branch), derived from `base`."""
-  unknown = [name for name in names if name not in VARIANTS]
-  if unknown or not names:
-    raise app.UsageError(f'--variants: {", ".join(unknown) or "none given"}; choose from {", ".join(VARIANTS)}')
-  configs = {}
-  for name in names:
-    config = copy.deepcopy(base)
-    config.branches = ('reinit',)
+  configs = figures.variant_copies(base, names, VARIANTS)
+  for name, config in configs.items():
     config.pruning.mode = 'one_shot' if name == 'one_shot' else 'iterative'
     figures.set_point(config, 'pruning', 'rewind_step', 0 if name == 'no_reset' else reset_step)
-    configs[name] = config
   return configs
 
 

@@ -1,0 +1,142 @@
+"""Regenerates the README's figure images (docs/figures/) from each figure command's --quick run.
+
+    python -m experiments.regenerate_figures                       # every figure, about 10 minutes on 2 CPU cores
+    python -m experiments.regenerate_figures --only=fig05,fig10    # some of them
+
+Each command runs in its own subprocess on the CPU (one device), in WORKDIR/<name> (default
+/tmp/lth_jax_figures), so a second call resumes: it retrains nothing and only redraws. Each image is
+then copied to OUTPUT_DIR (default docs/figures), at most 1000 pixels wide and in 256 colours, written
+atomically. The commands are the "quick" column of the README's Figures table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+MAX_WIDTH = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+  """One image of the README: the commands that make it (run in order; '{workdir}' is replaced) and
+  which of their outputs becomes which image."""
+
+  name: str
+  commands: tuple[tuple[str, ...], ...]
+  images: tuple[tuple[str, str], ...]  # (output file in the workdir, image file in OUTPUT_DIR)
+
+
+def _command(module: str, *arguments: str) -> tuple[str, ...]:
+  return ('-m', module, '--workdir={workdir}', *arguments)
+
+
+FIGURES = (
+    Figure(
+        'blog',
+        (_command('lth_jax.main', '--config=configs/sum_of_two.py'), _command('lth_jax.report')),
+        (('accuracy_vs_sparsity.png', 'blog_sum_of_two.png'),),
+    ),
+    Figure(
+        'fig01',
+        (_command('experiments.lottery_sweep', '--quick', '--branches=snip,reinit'),),
+        (('accuracy_vs_sparsity.png', 'fig01_iterative_vs_snip.png'),),
+    ),
+    Figure(
+        'fig02',
+        (_command('experiments.learning_rate_sweep', '--quick'),),
+        (('learning_rate_sweep.png', 'fig02_learning_rate.png'),),
+    ),
+    Figure(
+        'fig07',
+        (_command('experiments.turnaround_sweep', '--quick'),),
+        (('turnaround_iterative.png', 'fig07_turnaround_iterative.png'),),
+    ),
+    Figure(
+        'fig08',
+        (_command('experiments.weight_fate', '--quick'),),
+        (('weight_fate.png', 'fig08_weight_fate.png'),),
+    ),
+    Figure(
+        'fig09',
+        (_command('experiments.turnaround_sweep', '--quick', '--mode=one_shot'),),
+        (('turnaround_one_shot.png', 'fig09_turnaround_one_shot.png'),),
+    ),
+    Figure(
+        'fig10',
+        (_command('experiments.pruning_mode_sweep', '--quick'),),
+        (('pruning_mode_sweep.png', 'fig10_pruning_modes.png'),),
+    ),
+)
+
+
+def save_small_png(source: pathlib.Path, destination: pathlib.Path) -> None:
+  """Copies a PNG at most MAX_WIDTH pixels wide, in 256 colours, atomically."""
+  from PIL import Image  # Pillow ships with matplotlib
+
+  with Image.open(source) as image:
+    image = image.convert('RGB')
+    if image.width > MAX_WIDTH:
+      image = image.resize(
+          (MAX_WIDTH, round(image.height * MAX_WIDTH / image.width)), getattr(Image, 'Resampling', Image).LANCZOS
+      )
+    image = image.quantize(colors=256)
+  destination.parent.mkdir(parents=True, exist_ok=True)
+  temporary = destination.with_name(f'.tmp-{destination.name}')
+  image.save(temporary, format='PNG', optimize=True)
+  os.replace(temporary, destination)
+
+
+def regenerate(figure: Figure, workdir: pathlib.Path, output_dir: pathlib.Path) -> list[pathlib.Path]:
+  """Runs the figure's commands in `workdir` and copies its images to `output_dir`; returns their paths."""
+  environment = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  for command in figure.commands:
+    arguments = [sys.executable, *(part.format(workdir=workdir) for part in command)]
+    completed = subprocess.run(arguments, cwd=REPO_ROOT, env=environment, capture_output=True, text=True)
+    if completed.returncode:
+      raise RuntimeError(
+          f'{figure.name}: `{" ".join(arguments[1:])}` failed (exit {completed.returncode}):\n'
+          + completed.stderr[-3000:]
+      )
+  written = []
+  for output, image in figure.images:
+    save_small_png(workdir / output, output_dir / image)
+    written.append(output_dir / image)
+  return written
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  """The command line."""
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--only', default='', help=f'comma-separated names, of {", ".join(f.name for f in FIGURES)}')
+  parser.add_argument('--workdir', default='/tmp/lth_jax_figures', help='where the runs are kept (and resumed)')
+  parser.add_argument('--output_dir', default=str(REPO_ROOT / 'docs' / 'figures'), help='where the images go')
+  return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Regenerates the chosen figures; exits 2 naming an unknown one."""
+  args = parse_args(argv)
+  names = [name for name in args.only.split(',') if name]
+  unknown = sorted(set(names) - {figure.name for figure in FIGURES})
+  if unknown:
+    print(f'regenerate_figures: unknown --only {", ".join(unknown)}; known: {", ".join(f.name for f in FIGURES)}')
+    return 2
+  for figure in FIGURES:
+    if names and figure.name not in names:
+      continue
+    started = time.perf_counter()
+    paths = regenerate(figure, pathlib.Path(args.workdir) / figure.name, pathlib.Path(args.output_dir))
+    print(f'{figure.name}: {", ".join(map(str, paths))} ({time.perf_counter() - started:.0f} s)', flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
