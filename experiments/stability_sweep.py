@@ -24,12 +24,10 @@ stability_over_training_max_normalized.png.
 from __future__ import annotations
 
 import os
-from typing import Sequence
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
-import numpy as np
 
 import lth_jax
 from lth_jax import results as results_lib
@@ -62,24 +60,6 @@ FIGURES = {
     'final': ('stability_vs_reset_step.png', 'stability_over_training.png'),
     'max': ('stability_vs_reset_step_max_normalized.png', 'stability_over_training_max_normalized.png'),
 }
-
-
-def format_over_training(results: Sequence[stability.StabilityResult], columns: int = 6) -> str:
-  """A printable table: per rewind step and ticket, the final-normalized L2 distance and the angle
-  at up to `columns` of the measured steps (mean over trials)."""
-  lines = []
-  for rewind_step, group in stability_report.by_rewind_step(results).items():
-    steps = group[0].steps
-    picks = sorted({round(index) for index in np.linspace(0, len(steps) - 1, min(columns, len(steps)))})
-    lines.append(f'rewind {rewind_step}: step ' + ''.join(f'{steps[index]:>14}' for index in picks))
-    for member in stability_report.TICKETS:
-      distance = np.mean([result.metric_curve(member, 'l2_distance') for result in group], axis=0)
-      angle = np.mean([result.metric_curve(member, 'angle') for result in group], axis=0)
-      lines.append(
-          f'  {member:<14} L2 / angle'
-          + ''.join(f'{f"{distance[index]:.3f} / {angle[index]:.1f}":>14}' for index in picks)
-      )
-  return '\n'.join(lines)
 
 
 def main(argv):
@@ -136,7 +116,7 @@ def main(argv):
   print(f'\nstability of the level {level} ticket at the end of training ({base.pruning.get("mode", "iterative")})')
   print(stability_report.format_end_of_training(results))
   print('\nthroughout training (distance normalized by the final distance between two full networks)')
-  print(format_over_training(results))
+  print(stability_report.format_over_training(results))
 
 
 if __name__ == '__main__':

@@ -124,6 +124,24 @@ def format_end_of_training(results: Sequence[stability.StabilityResult]) -> str:
   return '\n'.join(lines)
 
 
+def format_over_training(results: Sequence[stability.StabilityResult], columns: int = 6) -> str:
+  """A printable table: per rewind step and ticket, the final-normalized L2 distance and the angle
+  at up to `columns` of the measured steps (mean over trials)."""
+  lines = []
+  for rewind_step, group in by_rewind_step(results).items():
+    steps = group[0].steps
+    picks = sorted({round(index) for index in np.linspace(0, len(steps) - 1, min(columns, len(steps)))})
+    lines.append(f'rewind {rewind_step}: step ' + ''.join(f'{steps[index]:>14}' for index in picks))
+    for member in TICKETS:
+      distance = np.mean([result.metric_curve(member, 'l2_distance') for result in group], axis=0)
+      angle = np.mean([result.metric_curve(member, 'angle') for result in group], axis=0)
+      lines.append(
+          f'  {member:<14} L2 / angle'
+          + ''.join(f'{f"{distance[index]:.3f} / {angle[index]:.1f}":>14}' for index in picks)
+      )
+  return '\n'.join(lines)
+
+
 def _save_png(figure: figure_lib.Figure, path: str, dpi: int) -> None:
   """Writes `figure` as a PNG atomically."""
   with results_lib.atomic_open(path, 'wb') as file:
