@@ -107,8 +107,8 @@ def main(argv):
   header[0] = f'reset_{points[0].unit}'
   common.write_csv(os.path.join(workdir, 'late_reset_table.csv'), header, rows)
   title = (
-      f'ticket test accuracy by reset {points[0].unit} and level ({mode} pruning; * = at least the dense network)\n'
-      f'R = random reinitialization with the masks of reset {points[0].unit} {points[0].label}'
+      f'ticket test accuracy ({mode} pruning); * = at least the dense network\n'
+      f'R = random reinitialization (masks of reset {points[0].unit} {points[0].label})'
   )
   table_lib.plot_late_reset_table(header, rows, title, os.path.join(workdir, 'late_reset_table.png'), _DPI.value)
   print(title)
