@@ -99,6 +99,23 @@ def reset_points(
   return sorted(points, key=lambda point: point.value)
 
 
+def lottery_configs(
+    base: ml_collections.ConfigDict, points: Sequence[ResetPoint], levels: int
+) -> dict[ResetPoint, ml_collections.ConfigDict]:
+  """The lottery config of each reset point: `base` with late resetting to the point, `levels` pruning
+  levels, and no control branch but `reinit` at the first point (the random-reinitialization row of
+  the late-reset table). The late-reset and stability sweeps build the same runs, so they can share a
+  workdir (the number of levels does not change a run's results)."""
+  configs = {}
+  for index, point in enumerate(points):
+    config = base.copy_and_resolve_references()
+    point.apply(config)
+    config.pruning.levels = levels
+    config.branches = ('reinit',) if index == 0 else ()
+    configs[point] = config
+  return configs
+
+
 def prepare_all(
     script: str, configs: dict[ResetPoint, ml_collections.ConfigDict]
 ) -> dict[ResetPoint, experiment_lib.Experiment]:

@@ -9,14 +9,16 @@ resetting to k, in WORKDIR/reset_<k>; then
     marks winning tickets (at least the dense network's accuracy). Row R is random reinitialization:
     the `reinit` branch, trained once, with the masks of the first reset point (in one-shot mode the
     masks come from the dense network alone, so R is the same for every reset point);
-  * the stability of the ticket found at `--stability_level` and of its random (permuted) ticket at the
-    end of training against the reset point, distances normalized by the final (Figure 4) and by the
-    maximum (Figure 6) distance between two full networks. Measurements are kept in
-    WORKDIR/reset_<k>/stability.jsonl and not repeated when the command runs again.
+  * the stability of trial 0's ticket found at `--stability_level` and of its random (permuted) ticket
+    at the end of training against the reset point, distances normalized by the final (Figure 4) and by
+    the maximum (Figure 6) distance between two full networks. Measurements are kept in
+    WORKDIR/reset_<k>/stability.jsonl and not repeated when the command runs again. `stability_sweep`
+    measures every trial throughout training and can share this command's --workdir.
 
     python -m experiments.late_reset_sweep --workdir=/tmp/lth_late_reset --quick --mode=one_shot   # ~1 min, CPU
     python -m experiments.late_reset_sweep --workdir=... --config=configs/resnet50_imagenet.py:one_shot \\
-        --reset_epochs=0,2,4,6,8,10 --trials=3                                  # Figure 5, on accelerators
+        --config.pruning.turnaround_epoch=0 --config.dataset.data_dir=DIR \\
+        --reset_epochs=0,2,4,6,8,10 --trials=3 --stability_level=3            # Figures 5 and 6, on accelerators
 
 Writes late_reset_table.csv and .png, stability.jsonl, stability.csv, stability_vs_reset_step.png and
 stability_vs_reset_step_max_normalized.png.
@@ -75,13 +77,8 @@ def main(argv):
   stability_level = _STABILITY_LEVEL.value if _STABILITY_LEVEL.value is not None else (2 if quick else 5)
   if stability_level < 0:
     raise app.UsageError(f'--stability_level={stability_level}: must be 0 (skip) or a pruned level')
-  configs = {}
-  for index, point in enumerate(points):
-    config = base.copy_and_resolve_references()
-    point.apply(config)
-    config.pruning.levels = max(config.pruning.levels, stability_level)
-    config.branches = ('reinit',) if index == 0 else ()  # row R: trained once (see the module docstring)
-    configs[point] = config
+  # Row R: the reinit branch, trained once with the first point's run (see the module docstring).
+  configs = common.lottery_configs(base, points, max(base.pruning.levels, stability_level))
   experiments = common.prepare_all('late_reset_sweep', configs)  # every point is checked before anything trains
 
   records_by_reset, reinit_records, stability_results = {}, [], []

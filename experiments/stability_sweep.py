@@ -7,6 +7,8 @@ For every late-reset point k (--reset_steps or --reset_epochs), a lottery run wi
 lockstep and the metrics are taken every `--measure_every` steps, for each of `--trials` trials. A
 separate command from `late_reset_sweep` because it needs none of the accuracy table's levels and
 control branches, only the measured level's ticket, and it measures each trial on a fine grid of steps.
+It builds the same lottery runs as `late_reset_sweep` (with the same flags), so the two can share a
+--workdir: then the lottery runs of one are reused by the other.
 
 Distances are normalized by the final distance between the two full networks (Figures 4, 11-13) and by
 its maximum over training (Figures 6 and 14); both are drawn. Each measurement is appended to
@@ -76,14 +78,9 @@ def main(argv):
     raise app.UsageError(f'--level={level}: the ticket of a pruned level (1 or more) is measured')
   if _MEASURE_EVERY.value is not None and _MEASURE_EVERY.value < 1:
     raise app.UsageError(f'--measure_every={_MEASURE_EVERY.value}: must be a positive number of steps')
-  configs = {}
-  for point in points:
-    config = base.copy_and_resolve_references()
-    point.apply(config)
-    config.pruning.levels = level
-    config.pruning.target_density = None
-    config.branches = ()
-    configs[point] = config
+  configs = common.lottery_configs(base, points, level)
+  for config in configs.values():
+    config.pruning.target_density = None  # the measured level is always reached
   experiments = common.prepare_all('stability_sweep', configs)  # every point is checked before anything trains
 
   results, measured_count = [], 0
