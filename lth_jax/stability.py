@@ -430,7 +430,8 @@ def measure_lottery_ticket_once(
     lottery.check_workdir_config(config, experiment.config, workdir)  # the stored result is of this config
     return found, False
   result = _measure_prepared(config, experiment, workdir, level, trial, measure_steps)
-  results_lib.append_record(path, results_lib.finite_or_none(result.as_record()))
+  if jax.process_index() == 0:  # one writer on a pod, as for the lottery's records
+    results_lib.append_record(path, results_lib.finite_or_none(result.as_record()))
   return result, True
 
 
