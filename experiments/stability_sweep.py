@@ -16,7 +16,7 @@ WORKDIR/reset_<k>/stability.jsonl as it finishes and is not repeated when the co
 
     python -m experiments.stability_sweep --workdir=/tmp/lth_stability --quick                    # ~1 min, CPU
     python -m experiments.stability_sweep --workdir=... --config=configs/resnet18_cifar10.py \\
-        --reset_steps=0,100,250,500,1000,2000 --level=5 --trials=3                              # Figure 12
+        --config.dataset.data_dir=DIR --reset_steps=0,100,250,500,1000,2000 --level=5 --trials=3   # Figure 12
 
 Writes stability.jsonl, stability.csv (end of training), stability_curves.csv (every measured step),
 stability_vs_reset_step.png, stability_vs_reset_step_max_normalized.png, stability_over_training.png and
