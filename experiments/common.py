@@ -1,15 +1,20 @@
-"""Shared pieces of the experiment scripts: the base config and atomic text outputs."""
+"""Shared pieces of the experiment scripts: the base config, late-reset points and atomic text outputs."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import copy
+import dataclasses
+from typing import Sequence
 
+from absl import app
 from absl import flags
 from absl import logging
 import ml_collections
 
 from lth_jax import config_schema
+from lth_jax import experiment as experiment_lib
+from lth_jax import results as results_lib
+from lth_jax import validation
 
 
 def embedded_config(quick: bool, trials: int) -> ml_collections.ConfigDict:
@@ -24,14 +29,115 @@ def embedded_config(quick: bool, trials: int) -> ml_collections.ConfigDict:
   return config
 
 
+def base_config(
+    config_file: ml_collections.ConfigDict | None, quick: bool, trials: int | None, embedded_trials: tuple[int, int]
+) -> ml_collections.ConfigDict:
+  """The config a sweep starts from: `config_file` (from --config), or the embedded one (`quick`: the
+  smoke-test size). `trials` overrides the trial count; by default the embedded config takes
+  `embedded_trials` = (quick, full) and a config file its own. `quick` with a config file is a UsageError."""
+  if config_file is not None:
+    if quick:
+      raise app.UsageError(
+          '--quick shrinks the embedded config; with --config, override its fields instead '
+          '(e.g. --config.training.num_steps=300 --config.pruning.levels=2)'
+      )
+    config = copy.deepcopy(config_file)
+  else:
+    config = embedded_config(quick, embedded_trials[0] if quick else embedded_trials[1])
+  if trials is not None:
+    if trials < 1:
+      raise app.UsageError(f'--trials={trials}: must be at least 1')
+    config.trials = trials
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class ResetPoint:
+  """One late-reset point of a sweep: a step, or an epoch (converted to steps by the config's data)."""
+
+  value: float
+  unit: str = 'step'  # 'step' | 'epoch'
+
+  @property
+  def label(self) -> str:
+    """The point as the tables write it: '25' (steps) or '2' / '2.5' (epochs)."""
+    return f'{self.value:g}'
+
+  @property
+  def directory(self) -> str:
+    """The lottery workdir of this point, relative to the sweep's workdir."""
+    return f'reset_{self.label}' if self.unit == 'step' else f'reset_epoch_{self.label}'
+
+  def apply(self, config: ml_collections.ConfigDict) -> None:
+    """Sets the config's late-reset point (the other unit's field to 0)."""
+    if self.unit == 'step':
+      config.pruning.rewind_step, config.pruning.rewind_epoch = int(self.value), 0.0
+    else:
+      config.pruning.rewind_step, config.pruning.rewind_epoch = 0, float(self.value)
+
+
+def reset_points(
+    steps: Sequence[str] | None, epochs: Sequence[str] | None, default_steps: Sequence[int] | None
+) -> list[ResetPoint]:
+  """The points of --reset_steps or --reset_epochs (not both; `default_steps` when neither is given, a
+  UsageError when there is no default)."""
+  if steps and epochs:
+    raise app.UsageError('give --reset_steps or --reset_epochs, not both')
+  try:
+    if epochs:
+      points = [ResetPoint(float(value), 'epoch') for value in epochs]
+    elif steps:
+      points = [ResetPoint(int(value)) for value in steps]
+    elif default_steps is not None:
+      points = [ResetPoint(int(value)) for value in default_steps]
+    else:
+      raise app.UsageError('with --config, give the late-reset points: --reset_steps=... or --reset_epochs=...')
+  except ValueError as error:
+    raise app.UsageError(f'--reset_steps must be integers and --reset_epochs numbers: {error}') from error
+  if any(point.value < 0 for point in points) or len(set(points)) != len(points):
+    raise app.UsageError(f'late-reset points must be distinct and non-negative: {[point.label for point in points]}')
+  return sorted(points, key=lambda point: point.value)
+
+
+def lottery_configs(
+    base: ml_collections.ConfigDict, points: Sequence[ResetPoint], levels: int
+) -> dict[ResetPoint, ml_collections.ConfigDict]:
+  """The lottery config of each reset point: `base` with late resetting to the point, `levels` pruning
+  levels, and no control branch but `reinit` at the first point (the random-reinitialization row of
+  the late-reset table). The late-reset and stability sweeps build the same runs, so they can share a
+  workdir (the number of levels does not change a run's results)."""
+  configs = {}
+  for index, point in enumerate(points):
+    config = base.copy_and_resolve_references()
+    point.apply(config)
+    config.pruning.levels = levels
+    config.branches = ('reinit',) if index == 0 else ()
+    configs[point] = config
+  return configs
+
+
+def prepare_all(
+    script: str, configs: dict[ResetPoint, ml_collections.ConfigDict]
+) -> dict[ResetPoint, experiment_lib.Experiment]:
+  """Checks every reset point's config before anything trains (exits naming the point and the field)."""
+  experiments = {}
+  for point, config in configs.items():
+    try:
+      experiments[point] = experiment_lib.prepare(config)
+    except validation.ConfigError as error:
+      raise SystemExit(f'{script}: reset {point.unit} {point.label}: {error}') from error
+  return experiments
+
+
 def write_text(path: str, text: str) -> None:
   """Writes `text` to `path` atomically (temporary file in the same folder, then rename)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix='.tmp-')
-  with os.fdopen(handle, 'w') as file:
+  with results_lib.atomic_open(path) as file:
     file.write(text)
-  os.replace(temporary, path)
+
+
+def write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+  """Writes a CSV file atomically (cells must not hold commas)."""
+  write_text(path, '\n'.join(','.join(str(cell) for cell in row) for row in [header, *rows]) + '\n')
 
 
 def quiet_logging() -> None:

@@ -1,153 +1,130 @@
-"""Late resetting sweep and stability to pruning against the reset step (Figures 4 and 5 of
+"""Late resetting sweep and stability to pruning against the reset step (Figures 4, 5 and 6 of
 "The Lottery Ticket Hypothesis at Scale").
 
-For every reset step k, an iterative lottery run with late resetting to k; then
-  * a table: rows = reset step, columns = fraction of weights remaining, cells = the ticket's test
-    accuracy (mean over trials); '*' marks winning tickets (at least the dense network's accuracy);
-  * the stability of the ticket found at `--stability_level` and of its random (permuted) ticket:
-    normalized L2 distance and angle to the full network, at the end of training, per reset step.
+For every late-reset point k (--reset_steps, or --reset_epochs), a lottery run (iterative, or with
+--mode=one_shot each level the dense network pruned in one shot to that level's density) with late
+resetting to k, in WORKDIR/reset_<k>; then
+  * a table (Figure 5): rows = reset point, columns = fraction of weights remaining, cells = the
+    ticket's test accuracy (mean over trials, ± the largest distance of a trial from the mean); '*'
+    marks winning tickets (at least the dense network's accuracy). Row R is random reinitialization:
+    the `reinit` branch, trained once, with the masks of the first reset point (in one-shot mode the
+    masks come from the dense network alone, so R is the same for every reset point);
+  * the stability of trial 0's ticket found at `--stability_level` and of its random (permuted) ticket
+    at the end of training against the reset point, distances normalized by the final (Figure 4) and by
+    the maximum (Figure 6) distance between two full networks. Measurements are kept in
+    WORKDIR/reset_<k>/stability.jsonl and not repeated when the command runs again. `stability_sweep`
+    measures every trial throughout training and can share this command's --workdir.
 
-    python -m experiments.late_reset_sweep --workdir=/tmp/lth_late_reset     # embedded data, minutes on CPU
+    python -m experiments.late_reset_sweep --workdir=/tmp/lth_late_reset --quick --mode=one_shot   # ~1 min, CPU
+    python -m experiments.late_reset_sweep --workdir=... --config=configs/resnet50_imagenet.py:one_shot \\
+        --config.pruning.turnaround_epoch=0 --config.dataset.data_dir=DIR \\
+        --reset_epochs=0,2,4,6,8,10 --trials=3 --stability_level=3            # Figures 5 and 6, on accelerators
 
-Writes late_reset_table.csv, stability.jsonl, stability.csv and stability_vs_reset_step.png.
+Writes late_reset_table.csv and .png, stability.jsonl, stability.csv, stability_vs_reset_step.png and
+stability_vs_reset_step_max_normalized.png.
 """
 
+from __future__ import annotations
+
 import os
-import sys
 
 from absl import app
 from absl import flags
-import matplotlib
+from ml_collections import config_flags
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-import lth_jax  # noqa: E402
-from lth_jax import lottery  # noqa: E402
-from lth_jax import results as results_lib  # noqa: E402
-from lth_jax import stability  # noqa: E402
-from experiments import common  # noqa: E402
+import lth_jax
+from lth_jax import results as results_lib
+from lth_jax import stability
+from lth_jax import stability_report
+from experiments import common
+from experiments import late_reset_table as table_lib
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.', required=True)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Optional config file (default: the embedded one).')
 _RESET_STEPS = flags.DEFINE_list(
-    'reset_steps', None, 'Late-reset steps to compare (default 0,25,100,500; --quick: 0,25,100).'
+    'reset_steps',
+    None,
+    'Late-reset steps to compare (embedded default 0,25,100,500; --quick: 0,25,100; with --config required, '
+    'or --reset_epochs).',
 )
-_TRIALS = flags.DEFINE_integer('trials', 1, 'Trials per reset step for the accuracy table.')
+_RESET_EPOCHS = flags.DEFINE_list('reset_epochs', None, 'Late-reset points in epochs instead of steps.')
+_MODE = flags.DEFINE_enum(
+    'mode',
+    None,
+    ['iterative', 'one_shot'],
+    "Pruning mode: iterative, or one_shot (level L prunes the dense network to L levels' density in one go); "
+    "default: the config's own (embedded: iterative).",
+)
+_TRIALS = flags.DEFINE_integer(
+    'trials', None, "Trials per reset point for the table; default 3 (--quick: 1) embedded, the config's own otherwise."
+)
 _STABILITY_LEVEL = flags.DEFINE_integer(
     'stability_level', None, 'Level whose ticket is measured (0: skip; default 5, --quick: 2).'
 )
-_QUICK = flags.DEFINE_bool('quick', False, 'A smoke-test-sized run.')
-
-
-def late_reset_table(records_by_reset: dict[int, list[dict]]) -> tuple[list[str], list[list[str]]]:
-  """Header and rows of the reset-step x fraction-remaining table ('*': at least the dense accuracy)."""
-  levels = sorted({r['level'] for records in records_by_reset.values() for r in records})
-  header = ['reset_step'] + [f'level_{level}' for level in levels]
-  rows = []
-  for reset_step, records in sorted(records_by_reset.items()):
-    tickets = [r for r in records if r['branch'] == 'ticket']
-    metric = results_lib.test_metric_name(tickets)
-    by_level = {level: [r[metric] for r in tickets if r['level'] == level] for level in levels}
-    dense = np.mean(by_level[0])
-    row = [str(reset_step)]
-    for level in levels:
-      if not by_level[level]:
-        row.append('')
-        continue
-      value = float(np.mean(by_level[level]))
-      remaining = next(r['fraction_remaining'] for r in tickets if r['level'] == level)
-      winning = value >= dense if metric == 'test_accuracy' else value <= dense
-      row.append(f'{value:.4f}{"*" if winning and level else ""} @{100 * remaining:.1f}%')
-    rows.append(row)
-  return header, rows
-
-
-def plot_stability(results: list[stability.StabilityResult], path: str) -> None:
-  """Normalized L2 distance and angle at the end of training against the reset step."""
-  steps = [result.rewind_step for result in results]
-  figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-  for axis, metric, label in (
-      (axes[0], 'l2_distance', 'normalized L2 distance'),
-      (axes[1], 'angle', 'angle to full network (degrees)'),
-  ):
-    for name, colour in (('ticket', 'tab:blue'), ('random_ticket', 'tab:orange')):
-      axis.plot(
-          steps, [result.final[name][metric] for result in results], 'o-', color=colour, label=name.replace('_', ' ')
-      )
-    axis.set_xlabel('late-reset step')
-    axis.set_ylabel(label)
-    axis.legend()
-  for name, colour in (('full', 'tab:gray'), ('ticket', 'tab:blue'), ('random_ticket', 'tab:orange')):
-    axes[2].plot(
-        steps, [result.test_metrics[name] for result in results], 'o-', color=colour, label=name.replace('_', ' ')
-    )
-  axes[2].set_xlabel('late-reset step')
-  axes[2].set_ylabel('final test metric')
-  axes[2].legend()
-  figure.suptitle('Stability to pruning against the late-reset step')
-  figure.tight_layout()
-  temporary = path + '.tmp.png'
-  figure.savefig(temporary, dpi=120)
-  plt.close(figure)
-  os.replace(temporary, path)
+_QUICK = flags.DEFINE_bool('quick', False, 'A smoke-test-sized run of the embedded config.')
+_DPI = flags.DEFINE_integer('dpi', stability_report.DEFAULT_DPI, 'Resolution of the PNG figures.')
 
 
 def main(argv):
   del argv
   common.quiet_logging()
-  workdir = _WORKDIR.value
-  quick = _QUICK.value
-  default_steps = ['0', '25', '100'] if quick else ['0', '25', '100', '500']
-  reset_steps = [int(step) for step in _RESET_STEPS.value or default_steps]
+  workdir, quick = _WORKDIR.value, _QUICK.value
+  base = common.base_config(_CONFIG.value, quick, _TRIALS.value, embedded_trials=(1, 3))
+  if _MODE.value is not None:
+    base.pruning.mode = _MODE.value
+  embedded_default = None if _CONFIG.value is not None else ([0, 25, 100] if quick else [0, 25, 100, 500])
+  points = common.reset_points(_RESET_STEPS.value, _RESET_EPOCHS.value, embedded_default)
   stability_level = _STABILITY_LEVEL.value if _STABILITY_LEVEL.value is not None else (2 if quick else 5)
-  configs = {}
-  for reset_step in reset_steps:
-    config = common.embedded_config(quick, _TRIALS.value)
-    config.pruning.rewind_step = reset_step
-    config.pruning.levels = max(config.pruning.levels, stability_level)
-    config.branches = ()
-    try:
-      lottery.prepare(config)  # every reset step is checked before anything trains
-    except lth_jax.ConfigError as error:
-      sys.exit(f'late_reset_sweep: reset step {reset_step}: {error}')
-    configs[reset_step] = config
-  records_by_reset, stability_results = {}, []
-  for reset_step, config in configs.items():
-    run_dir = os.path.join(workdir, f'reset_{reset_step}')
-    records_by_reset[reset_step] = lth_jax.run(config, run_dir).records
-    if stability_level:
-      measure_steps = range(0, config.training.num_steps, config.training.eval_every)
-      stability_results.append(
-          stability.measure_lottery_ticket(config, run_dir, stability_level, measure_steps=measure_steps)
-      )
+  if stability_level < 0:
+    raise app.UsageError(f'--stability_level={stability_level}: must be 0 (skip) or a pruned level')
+  # Row R: the reinit branch, trained once with the first point's run (see the module docstring).
+  configs = common.lottery_configs(base, points, max(base.pruning.levels, stability_level))
+  experiments = common.prepare_all('late_reset_sweep', configs)  # every point is checked before anything trains
 
-  header, rows = late_reset_table(records_by_reset)
-  common.write_text(
-      os.path.join(workdir, 'late_reset_table.csv'), '\n'.join(','.join(row) for row in [header, *rows]) + '\n'
+  records_by_reset, reinit_records, stability_results = {}, [], []
+  for index, (point, config) in enumerate(configs.items()):
+    run_dir = os.path.join(workdir, point.directory)
+    records = lth_jax.run(config, run_dir).records
+    records_by_reset[point.label] = records
+    if index == 0:
+      reinit_records = [r for r in records if r['branch'] == 'reinit']
+    if stability_level:
+      resolved = experiments[point].config.training
+      every = int(resolved.eval_every) or max(1, experiments[point].total_steps // 10)
+      result, measured = stability.measure_lottery_ticket_once(
+          config, run_dir, stability_level, measure_steps=range(0, experiments[point].total_steps, every)
+      )
+      print(
+          f'reset {point.unit} {point.label}: stability of level {stability_level} {"measured" if measured else "loaded"}'
+      )
+      stability_results.append(result)
+
+  mode = base.pruning.get('mode', 'iterative')
+  header, rows = table_lib.late_reset_table(records_by_reset, reinit_records)
+  header[0] = f'reset_{points[0].unit}'
+  common.write_csv(os.path.join(workdir, 'late_reset_table.csv'), header, rows)
+  title = (
+      f'ticket test accuracy ({mode} pruning); * = at least the dense network\n'
+      f'R = random reinitialization (masks of reset {points[0].unit} {points[0].label})'
   )
-  print('ticket test accuracy by reset step and level (* = at least the dense network)')
-  print('\n'.join('  '.join(f'{cell:>22}' for cell in row) for row in [header, *rows]))
+  table_lib.plot_late_reset_table(header, rows, title, os.path.join(workdir, 'late_reset_table.png'), _DPI.value)
+  print(title)
+  print('\n'.join('  '.join(f'{cell:>24}' for cell in row) for row in [header, *rows]))
   if stability_results:
     common.write_text(
         os.path.join(workdir, 'stability.jsonl'),
         ''.join(results_lib.strict_json(result.as_record()) + '\n' for result in stability_results),
     )
-    lines = ['reset_step,member,l2_distance,angle,correlation,test_metric']
+    common.write_csv(os.path.join(workdir, 'stability.csv'), *stability_report.end_of_training_rows(stability_results))
     print(f'\nstability at level {stability_level} (end of training)')
-    for result in stability_results:
-      for name in ('ticket', 'random_ticket'):
-        final = result.final[name]
-        lines.append(
-            f'{result.rewind_step},{name},{final["l2_distance"]:.4f},{final["angle"]:.2f},'
-            f'{final["correlation"]:.4f},{result.test_metrics[name]:.4f}'
-        )
-        print(
-            f'  reset {result.rewind_step:>5} {name:<14} L2 {final["l2_distance"]:.3f}  angle '
-            f'{final["angle"]:6.2f}  correlation {final["correlation"]:.3f}  test {result.test_metrics[name]:.4f}'
-        )
-    common.write_text(os.path.join(workdir, 'stability.csv'), '\n'.join(lines) + '\n')
-    plot_stability(stability_results, os.path.join(workdir, 'stability_vs_reset_step.png'))
+    print(stability_report.format_end_of_training(stability_results))
+    for normalization, name in (
+        ('final', 'stability_vs_reset_step.png'),
+        ('max', 'stability_vs_reset_step_max_normalized.png'),
+    ):
+      stability_report.plot_stability_vs_reset_step(
+          stability_results, os.path.join(workdir, name), normalization, _DPI.value
+      )
 
 
 if __name__ == '__main__':

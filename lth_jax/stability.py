@@ -14,13 +14,19 @@ weights, the metrics (on the ticket's surviving weights) are:
   correlation          Pearson correlation of W_F and W_T
   full_distance_from_init, ticket_distance_from_init   ||W_F - W_0||, ||W_T - W_0||, normalized alike
 The random ticket gets the same metrics with its own mask m'.
+
+Two normalizations of the distances (l2_distance and the distances from init):
+  final  by ||W_F - W'_F|| at the end of training (Figures 4, 11-13): the keys above;
+  max    by the maximum of ||W_F - W'_F|| over every measured step, the initializations (step 0) and
+         the rewind step included (Figures 6 and 14): the same keys with the suffix '_max_normalized'.
+W_F, W'_F here are all prunable weights of the two full networks (members 0 and 3).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -28,10 +34,15 @@ import numpy as np
 from lth_jax import masks as masks_lib
 from lth_jax import parallel
 from lth_jax import pruning
+from lth_jax import results as results_lib
 from lth_jax import train as train_lib
 from lth_jax import validation
 
 MEMBERS = ('full', 'ticket', 'random_ticket', 'full_other')
+DISTANCE_METRICS = ('l2_distance', 'full_distance_from_init', 'ticket_distance_from_init')
+NORMALIZATIONS = ('final', 'max')
+MAX_NORMALIZED_SUFFIX = '_max_normalized'
+STABILITY_FILE = 'stability.jsonl'  # a lottery workdir's measurements (see `measure_lottery_ticket_once`)
 
 
 def masked_vector(params: Any, keep_mask: Any, prunable: Any) -> np.ndarray:
@@ -93,19 +104,83 @@ def stability_metrics(
   }
 
 
+def metric_key(metric: str, normalization: str = 'final') -> str:
+  """The key of `metric` under `normalization` ('final' or 'max'; angles and correlation have one key)."""
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f'normalization={normalization!r}: must be one of {", ".join(NORMALIZATIONS)}')
+  return metric + MAX_NORMALIZED_SUFFIX if normalization == 'max' and metric in DISTANCE_METRICS else metric
+
+
+def renormalized(metrics: Mapping[str, float], normalizer: float, new_normalizer: float) -> dict[str, float]:
+  """`metrics` (distances divided by `normalizer`) with the distances divided by `new_normalizer` instead;
+  angles and correlation are unchanged."""
+  scale = normalizer / new_normalizer
+  return {key: value * scale if key in DISTANCE_METRICS else value for key, value in metrics.items()}
+
+
+def with_max_normalized(metrics: Mapping[str, float], normalizer: float, max_normalizer: float) -> dict[str, float]:
+  """`metrics` (normalized by `normalizer`) plus each distance normalized by `max_normalizer`, under
+  the key `metric_key(name, 'max')`."""
+  rescaled = renormalized({key: metrics[key] for key in DISTANCE_METRICS if key in metrics}, normalizer, max_normalizer)
+  return {**metrics, **{metric_key(key, 'max'): value for key, value in rescaled.items()}}
+
+
+def max_distance(distances: Sequence[Mapping[str, float]]) -> float:
+  """The largest 'distance' of `distances` ({'step', 'distance'} entries); 1.0 when all are zero."""
+  if not distances:
+    raise ValueError('max_distance needs at least one measured distance')
+  return max(float(entry['distance']) for entry in distances) or 1.0
+
+
 @dataclasses.dataclass
 class StabilityResult:
-  """Stability of one ticket (and its random ticket) to pruning at one rewind step."""
+  """Stability of one ticket (and its random ticket) to pruning at one rewind step.
+
+  Distances are normalized by `normalizer` (the final ||W_F - W'_F||) under their own keys and by
+  `max_normalizer` (the largest ||W_F - W'_F|| of `full_pair_distances`) under the keys of
+  `metric_key(name, 'max')`. Records written before the max normalization have no `max_normalizer`.
+  """
 
   rewind_step: int
   final: dict[str, dict[str, float]]  # 'ticket' / 'random_ticket' -> metrics at the end
   curve: list[dict[str, Any]]  # per measured step: {'step', 'ticket': {...}, 'random_ticket': {...}}
   test_metrics: dict[str, float]  # member -> final test accuracy (or RMSE)
   normalizer: float
+  max_normalizer: float | None = None
+  full_pair_distances: list[dict[str, float]] = dataclasses.field(default_factory=list)  # {'step', 'distance'}
+  level: int | None = None  # the lottery level whose ticket was measured (set by measure_lottery_ticket)
+  trial: int = 0
 
   def as_record(self) -> dict[str, Any]:
     """A JSON-friendly summary."""
     return dataclasses.asdict(self)
+
+  @classmethod
+  def from_record(cls, record: Mapping[str, Any]) -> 'StabilityResult':
+    """The result of `as_record` (also of records written before `max_normalizer`, `level` and `trial`)."""
+    fields = {field.name for field in dataclasses.fields(cls)}
+    missing = {'rewind_step', 'final', 'curve', 'test_metrics', 'normalizer'} - set(record)
+    if missing:
+      raise ValueError(f'not a stability record: missing {", ".join(sorted(missing))}')
+    return cls(**{key: value for key, value in record.items() if key in fields})
+
+  @property
+  def steps(self) -> list[int]:
+    """The measured steps (the last is the end of training)."""
+    return [int(entry['step']) for entry in self.curve]
+
+  def has_normalization(self, normalization: str) -> bool:
+    """Whether the metrics of `normalization` were recorded ('max' is missing from older records)."""
+    return normalization == 'final' or self.max_normalizer is not None
+
+  def metric(self, member: str, metric: str, normalization: str = 'final') -> float:
+    """`metric` of `member` ('ticket' or 'random_ticket') at the end of training."""
+    return self.final[member][metric_key(metric, normalization)]
+
+  def metric_curve(self, member: str, metric: str, normalization: str = 'final') -> list[float]:
+    """`metric` of `member` at each of `steps`."""
+    key = metric_key(metric, normalization)
+    return [entry[member][key] for entry in self.curve]
 
 
 def measure(
@@ -132,6 +207,8 @@ def measure(
     end_step: n, the end of training.
     data_seed: batch order shared by full, ticket and random ticket; `other_data_seed` for full_other.
     measure_steps: steps (after `rewind_step`) at which metrics are also computed; always the end.
+      Those before `rewind_step` (and step 0 and the rewind step) measure ||W_F - W'_F|| for the
+      max normalization only.
   """
   if trainer.population_size != len(MEMBERS):
     raise ValueError(f'stability.measure needs a Trainer with population_size={len(MEMBERS)}')
@@ -149,9 +226,30 @@ def measure(
       train_lib.stack_members([ones, ones, ones, ones]),
       0,
   )
+
+  def full_pair_distance(params: Any) -> float:
+    """||W_F - W'_F|| over all prunable weights of the two full networks (members 0 and 3)."""
+    return l2_distance(
+        masked_vector(train_lib.member(params, 0), ones, prunable),
+        masked_vector(train_lib.member(params, 3), ones, prunable),
+    )
+
+  early_steps = sorted({step for step in measure_steps if 0 < step < rewind_step})
+  full_pair_distances = [
+      {
+          'step': 0,
+          'distance': l2_distance(masked_vector(params0, ones, prunable), masked_vector(other_params, ones, prunable)),
+      }
+  ]
   if rewind_step:
-    warm = trainer.train(warm, rewind_step, seeds).state
+    early = trainer.train(warm, rewind_step, seeds, snapshot_steps=early_steps)
+    full_pair_distances += [
+        {'step': step, 'distance': full_pair_distance(early.snapshots[step][0])} for step in early_steps
+    ]
+    warm = early.state
   warm = parallel.to_host(warm)
+  if rewind_step:
+    full_pair_distances.append({'step': rewind_step, 'distance': full_pair_distance(warm.params)})
   full_at_rewind = train_lib.member(warm.params, 0)
   model_state_at_rewind = train_lib.member(warm.model_state, 0)
 
@@ -171,32 +269,25 @@ def measure(
       rewind_step,
       opt_state,
   )
-  steps = sorted({step for step in measure_steps if rewind_step < step < end_step} | {end_step})
+  steps = measured_steps(rewind_step, end_step, measure_steps)
   result = trainer.train(state, end_step, seeds, snapshot_steps=steps)
 
   final_params = result.snapshots[end_step][0]
   full_final = train_lib.member(final_params, 0)
-  normalizer = (
-      l2_distance(
-          masked_vector(full_final, ones, prunable), masked_vector(train_lib.member(final_params, 3), ones, prunable)
-      )
-      or 1.0
-  )
+  full_pair_distances += [{'step': step, 'distance': full_pair_distance(result.snapshots[step][0])} for step in steps]
+  normalizer = full_pair_distances[-1]['distance'] or 1.0
+  max_normalizer = max_distance(full_pair_distances)
   curve = []
   for step in steps:
     params = result.snapshots[step][0]
     full = train_lib.member(params, 0)
-    curve.append(
-        {
-            'step': step,
-            'ticket': stability_metrics(
-                params0, full, train_lib.member(params, 1), full_final, keep_mask, prunable, normalizer
-            ),
-            'random_ticket': stability_metrics(
-                params0, full, train_lib.member(params, 2), full_final, random_mask, prunable, normalizer
-            ),
-        }
-    )
+    entry = {'step': step}
+    for index, name, mask in ((1, 'ticket', keep_mask), (2, 'random_ticket', random_mask)):
+      metrics = stability_metrics(
+          params0, full, train_lib.member(params, index), full_final, mask, prunable, normalizer
+      )
+      entry[name] = with_max_normalized(metrics, normalizer, max_normalizer)
+    curve.append(entry)
   metric = 'test_accuracy' if 'test_accuracy' in result.curve[-1] else 'test_rmse'
   return StabilityResult(
       rewind_step=rewind_step,
@@ -204,6 +295,8 @@ def measure(
       curve=curve,
       test_metrics=dict(zip(MEMBERS, result.curve[-1][metric])),
       normalizer=normalizer,
+      max_normalizer=max_normalizer,
+      full_pair_distances=full_pair_distances,
   )
 
 
@@ -288,12 +381,66 @@ def measure_lottery_ticket(
     config: Any, workdir: str, level: int, trial: int = 0, measure_steps: Sequence[int] = ()
 ) -> StabilityResult:
   """Stability of the ticket that `lottery.run(config, workdir)` found at `level` (trial `trial`):
-  its mask came from iterative pruning with late resetting to `config.pruning.rewind_step`, which is
+  its mask came from pruning (`pruning.mode`) with late resetting to `config.pruning.rewind_step`, which is
   also the step the population's tickets start from. Runs the lottery first if that level is missing.
   """
-  from lth_jax import checkpoints, lottery  # a lottery run feeds this measurement
+  from lth_jax import lottery  # a lottery run feeds this measurement
+
+  return _measure_prepared(config, lottery.prepare(config), workdir, level, trial, measure_steps)
+
+
+def measured_steps(rewind_step: int, end_step: int, measure_steps: Sequence[int]) -> list[int]:
+  """The steps whose metrics `measure` records: those of `measure_steps` after the rewind step, and the end."""
+  return sorted({int(step) for step in measure_steps if rewind_step < step < end_step} | {int(end_step)})
+
+
+def load_results(path: str) -> list[StabilityResult]:
+  """The stability results of a JSONL file ([] when it does not exist; older records load too)."""
+  return [StabilityResult.from_record(record) for record in results_lib.read_records(path)]
+
+
+def find_result(
+    results: Sequence[StabilityResult], rewind_step: int, level: int, trial: int, steps: Sequence[int]
+) -> StabilityResult | None:
+  """The result of `results` measured at this rewind step, level and trial over exactly `steps`, if any."""
+  return next(
+      (
+          result
+          for result in results
+          if (result.rewind_step, result.level, result.trial) == (rewind_step, level, trial)
+          and result.steps == list(steps)
+      ),
+      None,
+  )
+
+
+def measure_lottery_ticket_once(
+    config: Any, workdir: str, level: int, trial: int = 0, measure_steps: Sequence[int] = ()
+) -> tuple[StabilityResult, bool]:
+  """`measure_lottery_ticket`, kept in WORKDIR/stability.jsonl: a result of the same rewind step, level,
+  trial and measured steps already there is returned without training; a new one is appended
+  atomically. Returns (the result, whether it was measured now)."""
+  from lth_jax import lottery  # a lottery run feeds this measurement
 
   experiment = lottery.prepare(config)
+  path = os.path.join(workdir, STABILITY_FILE)
+  steps = measured_steps(int(experiment.config.pruning.get('rewind_step', 0)), experiment.total_steps, measure_steps)
+  found = find_result(load_results(path), int(experiment.config.pruning.get('rewind_step', 0)), level, trial, steps)
+  if found is not None and os.path.isfile(os.path.join(workdir, lottery.CONFIG_FILE)):
+    lottery.check_workdir_config(config, experiment.config, workdir)  # the stored result is of this config
+    return found, False
+  result = _measure_prepared(config, experiment, workdir, level, trial, measure_steps)
+  if jax.process_index() == 0:  # one writer on a pod, as for the lottery's records
+    results_lib.append_record(path, results_lib.finite_or_none(result.as_record()))
+  return result, True
+
+
+def _measure_prepared(
+    config: Any, experiment: Any, workdir: str, level: int, trial: int, measure_steps: Sequence[int]
+) -> StabilityResult:
+  """`measure_lottery_ticket` with `lottery.prepare(config)` already done."""
+  from lth_jax import checkpoints, lottery  # a lottery run feeds this measurement
+
   levels, trials = int(config.pruning.get('levels', 0)), int(config.get('trials', 1))
   if not (isinstance(level, int) and 1 <= level <= levels):
     raise validation.ConfigError(
@@ -316,7 +463,7 @@ def measure_lottery_ticket(
   keep_mask = jax.tree_util.tree_unflatten(
       jax.tree_util.tree_structure(initial[0]), jax.tree_util.tree_leaves(keep_mask)
   )
-  return measure(
+  result = measure(
       population,
       initial,
       single.init_variables(other_init_seed),
@@ -329,3 +476,4 @@ def measure_lottery_ticket(
       random_ticket_seed=init_seed + level,
       measure_steps=measure_steps,
   )
+  return dataclasses.replace(result, level=level, trial=trial)

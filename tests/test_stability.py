@@ -1,5 +1,6 @@
 """Stability metrics on hand-made trees, the vmapped population, and linear mode connectivity."""
 
+import json
 import math
 
 import chex
@@ -40,6 +41,44 @@ def test_metric_definitions_on_hand_made_trees():
   assert metrics['correlation'] == pytest.approx(-1.0)  # (1, 0) vs (0, 2)
   assert metrics['full_distance_from_init'] == pytest.approx(0.5)
   assert metrics['ticket_distance_from_init'] == pytest.approx(1.0)
+
+
+def test_max_normalization_rescales_distances_only():
+  metrics = {'l2_distance': 0.5, 'angle': 40.0, 'correlation': 0.9, 'full_distance_from_init': 2.0}
+  distances = [{'step': 0, 'distance': 3.0}, {'step': 10, 'distance': 8.0}, {'step': 20, 'distance': 4.0}]
+  largest = stability.max_distance(distances)
+  assert largest == 8.0
+  both = stability.with_max_normalized(metrics, normalizer=4.0, max_normalizer=largest)
+  # distance 0.5 * 4 = 2 raw, over the max 8: 0.25; angles and correlation have one value.
+  assert both['l2_distance_max_normalized'] == pytest.approx(0.25)
+  assert both['full_distance_from_init_max_normalized'] == pytest.approx(1.0)
+  assert both['l2_distance'] == 0.5 and both['angle'] == 40.0 and 'angle_max_normalized' not in both
+  assert stability.metric_key('angle', 'max') == 'angle' and stability.metric_key('l2_distance', 'max') == (
+      'l2_distance_max_normalized'
+  )
+  # When the final distance is the largest, both normalizations agree.
+  same = stability.with_max_normalized(metrics, normalizer=8.0, max_normalizer=stability.max_distance(distances[:2]))
+  assert same['l2_distance_max_normalized'] == same['l2_distance']
+  with pytest.raises(ValueError, match='normalization'):
+    stability.metric_key('l2_distance', 'largest')
+
+
+def test_stability_records_round_trip_and_old_records_load():
+  final = {'ticket': {'l2_distance': 0.2, 'angle': 30.0}, 'random_ticket': {'l2_distance': 0.4, 'angle': 60.0}}
+  old_record = {
+      'rewind_step': 25,
+      'final': final,
+      'curve': [{'step': 300, **final}],
+      'test_metrics': {'full': 0.5},
+      'normalizer': 3.0,
+  }
+  old = stability.StabilityResult.from_record(old_record)
+  assert old.max_normalizer is None and not old.has_normalization('max') and old.steps == [300]
+  assert old.metric('random_ticket', 'angle') == 60.0
+  new = stability.StabilityResult(**{**old_record, 'max_normalizer': 4.0, 'level': 2, 'trial': 1})
+  assert stability.StabilityResult.from_record(new.as_record()) == new
+  with pytest.raises(ValueError, match='missing normalizer'):
+    stability.StabilityResult.from_record({key: value for key, value in old_record.items() if key != 'normalizer'})
 
 
 def test_vector_helpers():
@@ -122,11 +161,41 @@ def test_measure_trains_full_network_like_a_plain_run_and_separates_tickets():
       data_seed=11,
       other_data_seed=12,
       random_ticket_seed=3,
-      measure_steps=(30,),
+      measure_steps=(5, 30),
   )
   assert [entry['step'] for entry in result.curve] == [30, 60]
   # The full member is exactly the plain dense run (same init, batches, optimizer state).
   assert result.test_metrics['full'] == pytest.approx(dense.curve[-1]['test_accuracy'], abs=1e-6)
+  # ||W_F - W'_F|| at step 0, a step before the rewind, the rewind step and each measured step, against
+  # the two full networks trained alone and compared with numpy.
+  steps = [0, 5, 10, 30, 60]
+  alone = [
+      single.train(single.create_state(start[0], start[1], ones, 0), 60, seed, snapshot_steps=steps).snapshots
+      for start, seed in (((params0, model_state0), 11), (other, 12))
+  ]
+  expected = [
+      np.linalg.norm(
+          np.concatenate(
+              [np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(masks_lib.apply(alone[0][s][0], prunable))]
+          )
+          - np.concatenate(
+              [np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(masks_lib.apply(alone[1][s][0], prunable))]
+          )
+      )
+      for s in steps
+  ]
+  assert [entry['step'] for entry in result.full_pair_distances] == steps
+  np.testing.assert_allclose([entry['distance'] for entry in result.full_pair_distances], expected, rtol=1e-4)
+  assert result.normalizer == pytest.approx(expected[-1], rel=1e-4)
+  assert result.max_normalizer == pytest.approx(max(expected), rel=1e-4)
+  for entry in result.curve:
+    for name in ('ticket', 'random_ticket'):
+      metrics = entry[name]
+      for key in stability.DISTANCE_METRICS:
+        assert metrics[key + '_max_normalized'] == pytest.approx(
+            metrics[key] * result.normalizer / result.max_normalizer
+        )
+        assert metrics[key + '_max_normalized'] <= metrics[key] + 1e-12
   assert result.final['ticket']['angle_full_to_final'] == pytest.approx(0.0, abs=1e-3)
   for name in ('ticket', 'random_ticket'):
     for value in result.final[name].values():
@@ -182,3 +251,13 @@ def test_measure_lottery_ticket_checks_level_trial_and_the_workdir_config_first(
   changed = helpers.tiny_config(pruning__levels=1, branches=(), training__learning_rate=0.05)
   with pytest.raises(validation.ConfigError, match='training.learning_rate: 0.003 -> 0.05'):
     stability.measure_lottery_ticket(changed, workdir, level=1)
+  first, measured = stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(20, 40))
+  assert measured and (first.level, first.trial, first.steps) == (1, 0, [20, 40, 60])
+  stored = (tmp_path / 'run' / stability.STABILITY_FILE).read_bytes()
+  again, measured = stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(20, 40))
+  assert not measured and again == stability.StabilityResult.from_record(json.loads(stored))
+  assert (tmp_path / 'run' / stability.STABILITY_FILE).read_bytes() == stored  # nothing appended
+  with pytest.raises(validation.ConfigError, match='training.learning_rate: 0.003 -> 0.05'):
+    stability.measure_lottery_ticket_once(changed, workdir, level=1, measure_steps=(20, 40))
+  _, measured = stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(40,))
+  assert measured and len(stability.load_results(str(tmp_path / 'run' / stability.STABILITY_FILE))) == 2

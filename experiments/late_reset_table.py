@@ -1,0 +1,85 @@
+"""The late-reset table of Figure 5 ("The Lottery Ticket Hypothesis at Scale"): rows = late-reset point
+(and R, random reinitialization), columns = pruning level, cells = the ticket's mean test accuracy."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from matplotlib import figure as figure_lib
+import numpy as np
+
+from lth_jax import results as results_lib
+from lth_jax import stability_report
+
+RANDOM_REINIT_ROW = 'R'
+_NUMBER = re.compile(r'[-+0-9.eE]+')  # the mean at the start of a table cell
+
+
+def _cell(values: Sequence[float], dense: float, remaining: float, metric: str, starred: bool) -> str:
+  """'mean±spread* @remaining%': spread = the largest distance of a trial from the mean (with 2+ trials)."""
+  mean = float(np.mean(values))
+  spread = f'±{max(abs(value - mean) for value in values):.4f}' if len(values) > 1 else ''
+  winning = mean >= dense if metric == 'test_accuracy' else mean <= dense
+  return f'{mean:.4f}{spread}{"*" if winning and starred else ""} @{100 * remaining:.1f}%'
+
+
+def late_reset_table(
+    records_by_reset: dict[Any, list[dict]], reinit_records: Sequence[dict] = ()
+) -> tuple[list[str], list[list[str]]]:
+  """Header and rows of the reset-point x fraction-remaining table ('*': at least the dense accuracy).
+
+  `records_by_reset` maps a reset point (its label) to its lottery run's records, in row order; the
+  tickets of each run are compared with that run's dense network. `reinit_records` (the `reinit`
+  branch of one of those runs) make a first row 'R', compared with the dense network of the first run.
+  """
+  all_records = [r for records in records_by_reset.values() for r in records]
+  levels = sorted({r['level'] for r in all_records})
+  header = ['reset'] + [f'level_{level}' for level in levels]
+  metric = results_lib.test_metric_name(all_records)
+  first_dense = None
+  rows = []
+  for reset, records in records_by_reset.items():
+    usable, _ = results_lib.split_diverged(records)
+    tickets = [r for r in usable if r['branch'] == 'ticket']
+    by_level = {level: [r[metric] for r in tickets if r['level'] == level] for level in levels}
+    dense = float(np.mean(by_level[0])) if by_level.get(0) else float('nan')
+    first_dense = dense if first_dense is None else first_dense
+    row = [str(reset)]
+    for level in levels:
+      remaining = next((r['fraction_remaining'] for r in tickets if r['level'] == level), None)
+      row.append(_cell(by_level[level], dense, remaining, metric, level > 0) if by_level[level] else '')
+    rows.append(row)
+  reinit, _ = results_lib.split_diverged([r for r in reinit_records if r['branch'] == 'reinit'])
+  if reinit:
+    row = [RANDOM_REINIT_ROW]
+    for level in levels:
+      values = [r[metric] for r in reinit if r['level'] == level]
+      remaining = next((r['fraction_remaining'] for r in reinit if r['level'] == level), None)
+      row.append(_cell(values, first_dense, remaining, metric, True) if values else '')
+    rows.insert(0, row)
+  return header, rows
+
+
+def plot_late_reset_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], title: str, path: str, dpi: int
+) -> figure_lib.Figure:
+  """The table as an image (Figure 5): cells coloured by test accuracy, winning tickets starred."""
+  values = np.array([[float(_NUMBER.match(cell).group()) if cell else np.nan for cell in row[1:]] for row in rows])
+  figure = figure_lib.Figure(figsize=(1.6 + 1.45 * (len(header) - 1), 0.9 + 0.42 * len(rows)), layout='constrained')
+  axis = figure.add_subplot()
+  axis.imshow(np.ma.masked_invalid(values), cmap='Blues', aspect='auto', vmin=np.nanmin(values) - 0.02)
+  for i, row in enumerate(rows):
+    for j, cell in enumerate(row[1:]):
+      if cell:
+        text = cell.split('@')[0]
+        axis.text(j, i, text, ha='center', va='center', fontsize=8, fontweight='bold' if '*' in text else 'normal')
+  remaining = [next((cell.split('@')[1] for cell in column if cell), '') for column in zip(*[row[1:] for row in rows])]
+  axis.set_xticks(
+      range(len(header) - 1), [f'{name}\n{share}' for name, share in zip(header[1:], remaining)], fontsize=8
+  )
+  axis.set_yticks(range(len(rows)), [row[0] for row in rows], fontsize=9)
+  axis.set_ylabel(header[0])
+  axis.set_title(title, fontsize=9)
+  stability_report.save_png(figure, path, dpi)
+  return figure

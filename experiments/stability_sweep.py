@@ -1,0 +1,120 @@
+"""Stability to pruning throughout training, per late-reset point (Figures 11-14 of "The Lottery Ticket
+Hypothesis at Scale"), and at the end of training (Figures 4 and 6).
+
+For every late-reset point k (--reset_steps or --reset_epochs), a lottery run with late resetting to k
+(iterative, or --mode=one_shot) up to `--level`, in WORKDIR/reset_<k>; then the four-member population of
+`lth_jax.stability` (full network, winning ticket, random ticket, a second full network) trains in
+lockstep and the metrics are taken every `--measure_every` steps, for each of `--trials` trials. A
+separate command from `late_reset_sweep` because it needs none of the accuracy table's levels and
+control branches, only the measured level's ticket, and it measures each trial on a fine grid of steps.
+It builds the same lottery runs as `late_reset_sweep` (with the same flags), so the two can share a
+--workdir: then the lottery runs of one are reused by the other.
+
+Distances are normalized by the final distance between the two full networks (Figures 4, 11-13) and by
+its maximum over training (Figures 6 and 14); both are drawn. Each measurement is appended to
+WORKDIR/reset_<k>/stability.jsonl as it finishes and is not repeated when the command runs again.
+
+    python -m experiments.stability_sweep --workdir=/tmp/lth_stability --quick                    # ~1 min, CPU
+    python -m experiments.stability_sweep --workdir=... --config=configs/resnet18_cifar10.py \\
+        --config.dataset.data_dir=DIR --reset_steps=0,100,250,500,1000,2000 --level=5 --trials=3   # Figure 12
+
+Writes stability.jsonl, stability.csv (end of training), stability_curves.csv (every measured step),
+stability_vs_reset_step.png, stability_vs_reset_step_max_normalized.png, stability_over_training.png and
+stability_over_training_max_normalized.png.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+import lth_jax
+from lth_jax import results as results_lib
+from lth_jax import stability
+from lth_jax import stability_report
+from experiments import common
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.', required=True)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Optional config file (default: the embedded one).')
+_RESET_STEPS = flags.DEFINE_list(
+    'reset_steps',
+    None,
+    'Late-reset steps (embedded default 0,25,100,500; --quick: 0,25,100; with --config required, or --reset_epochs).',
+)
+_RESET_EPOCHS = flags.DEFINE_list('reset_epochs', None, 'Late-reset points in epochs instead of steps.')
+_MODE = flags.DEFINE_enum(
+    'mode', None, ['iterative', 'one_shot'], "Pruning mode; default: the config's own (embedded: iterative)."
+)
+_LEVEL = flags.DEFINE_integer('level', None, 'The pruning level whose ticket is measured (default 5, --quick: 2).')
+_TRIALS = flags.DEFINE_integer(
+    'trials', None, "Trials measured (and averaged); default 3 (--quick: 1) embedded, the config's own otherwise."
+)
+_MEASURE_EVERY = flags.DEFINE_integer(
+    'measure_every', None, 'Steps between measurements (default: a twentieth of training).'
+)
+_QUICK = flags.DEFINE_bool('quick', False, 'A smoke-test-sized run of the embedded config.')
+_DPI = flags.DEFINE_integer('dpi', stability_report.DEFAULT_DPI, 'Resolution of the PNG figures.')
+
+FIGURES = {
+    'final': ('stability_vs_reset_step.png', 'stability_over_training.png'),
+    'max': ('stability_vs_reset_step_max_normalized.png', 'stability_over_training_max_normalized.png'),
+}
+
+
+def main(argv):
+  del argv
+  common.quiet_logging()
+  workdir, quick = _WORKDIR.value, _QUICK.value
+  base = common.base_config(_CONFIG.value, quick, _TRIALS.value, embedded_trials=(1, 3))
+  if _MODE.value is not None:
+    base.pruning.mode = _MODE.value
+  embedded_default = None if _CONFIG.value is not None else ([0, 25, 100] if quick else [0, 25, 100, 500])
+  points = common.reset_points(_RESET_STEPS.value, _RESET_EPOCHS.value, embedded_default)
+  level = _LEVEL.value if _LEVEL.value is not None else (2 if quick else 5)
+  if level < 1:
+    raise app.UsageError(f'--level={level}: the ticket of a pruned level (1 or more) is measured')
+  if _MEASURE_EVERY.value is not None and _MEASURE_EVERY.value < 1:
+    raise app.UsageError(f'--measure_every={_MEASURE_EVERY.value}: must be a positive number of steps')
+  configs = common.lottery_configs(base, points, level)
+  for config in configs.values():
+    config.pruning.target_density = None  # the measured level is always reached
+  experiments = common.prepare_all('stability_sweep', configs)  # every point is checked before anything trains
+
+  results, measured_count = [], 0
+  for point, config in configs.items():
+    run_dir = os.path.join(workdir, point.directory)
+    lth_jax.run(config, run_dir)
+    total_steps = experiments[point].total_steps
+    every = _MEASURE_EVERY.value or max(1, total_steps // 20)
+    for trial in range(int(config.get('trials', 1))):
+      result, measured = stability.measure_lottery_ticket_once(
+          config, run_dir, level, trial, measure_steps=range(0, total_steps, every)
+      )
+      measured_count += measured
+      print(
+          f'reset {point.unit} {point.label} trial {trial}: stability of level {level} '
+          f'{"measured" if measured else "loaded from " + os.path.join(run_dir, stability.STABILITY_FILE)}'
+      )
+      results.append(result)
+  print(f'stability measurements: {measured_count} measured, {len(results) - measured_count} loaded')
+
+  common.write_text(
+      os.path.join(workdir, 'stability.jsonl'),
+      ''.join(results_lib.strict_json(result.as_record()) + '\n' for result in results),
+  )
+  common.write_csv(os.path.join(workdir, 'stability.csv'), *stability_report.end_of_training_rows(results))
+  common.write_csv(os.path.join(workdir, 'stability_curves.csv'), *stability_report.curve_rows(results))
+  for normalization, (end_name, curve_name) in FIGURES.items():
+    stability_report.plot_stability_vs_reset_step(results, os.path.join(workdir, end_name), normalization, _DPI.value)
+    stability_report.plot_stability_over_training(results, os.path.join(workdir, curve_name), normalization, _DPI.value)
+  print(f'\nstability of the level {level} ticket at the end of training ({base.pruning.get("mode", "iterative")})')
+  print(stability_report.format_end_of_training(results))
+  print('\nthroughout training (distance normalized by the final distance between two full networks)')
+  print(stability_report.format_over_training(results))
+
+
+if __name__ == '__main__':
+  app.run(main)

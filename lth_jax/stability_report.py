@@ -1,0 +1,289 @@
+"""Tables and figures of stability to pruning against the late-reset step ("The Lottery Ticket
+Hypothesis at Scale"): at the end of training (Figures 4 and 6) and throughout training (Figures 11-14).
+
+Each function takes `stability.StabilityResult`s of one ticket level (several rewind steps; several
+trials of a rewind step are averaged) and a normalization of the distances: 'final' (by the final
+||W_F - W'_F||, Figures 4 and 11-13) or 'max' (by its maximum over training, Figures 6 and 14).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Sequence
+
+import matplotlib
+from matplotlib import figure as figure_lib
+from matplotlib import lines as lines_lib
+import numpy as np
+from PIL import Image
+
+from lth_jax import results as results_lib
+from lth_jax import stability
+
+TICKETS = ('ticket', 'random_ticket')
+TICKET_LABELS = {'ticket': 'winning ticket', 'random_ticket': 'random ticket'}
+NORMALIZATION_LABELS = {'final': "by the final ||W_F - W'_F||", 'max': "by the max ||W_F - W'_F|| over training"}
+END_METRICS = (
+    'l2_distance',
+    'angle',
+    'correlation',
+    'full_distance_from_init',
+    'ticket_distance_from_init',
+    'angle_ticket_to_final',
+    'angle_full_to_final',
+)
+DEFAULT_DPI = 100
+
+
+def by_rewind_step(results: Sequence[stability.StabilityResult]) -> dict[int, list[stability.StabilityResult]]:
+  """The results grouped by rewind step (ascending); a ValueError when they mix ticket levels."""
+  levels = {result.level for result in results}
+  if len(levels) > 1:
+    raise ValueError(f'stability results of several levels ({sorted(levels, key=str)}): report one level at a time')
+  grouped: dict[int, list[stability.StabilityResult]] = {}
+  for result in sorted(results, key=lambda result: (result.rewind_step, result.trial)):
+    grouped.setdefault(result.rewind_step, []).append(result)
+  return grouped
+
+
+def _check_normalization(results: Sequence[stability.StabilityResult], normalization: str) -> None:
+  stability.metric_key('l2_distance', normalization)  # names a bad normalization
+  old = sorted({result.rewind_step for result in results if not result.has_normalization(normalization)})
+  if old:
+    raise ValueError(
+        f'the stability results of rewind steps {old} have no {normalization!r} normalization (measured before '
+        'it was recorded): measure them again'
+    )
+
+
+def end_of_training_rows(results: Sequence[stability.StabilityResult]) -> tuple[list[str], list[list[Any]]]:
+  """One row per (rewind step, ticket): the mean over trials of each end-of-training metric under both
+  normalizations (empty cells where the max normalization is missing) and of the test metric."""
+  header = ['rewind_step', 'member', 'trials']
+  for metric in END_METRICS:
+    header += [stability.metric_key(metric, normalization) for normalization in stability.NORMALIZATIONS]
+  header = list(dict.fromkeys(header)) + ['test_metric']
+  rows = []
+  for rewind_step, group in by_rewind_step(results).items():
+    for member in TICKETS:
+      row: list[Any] = [rewind_step, member, len(group)]
+      for key in header[3:-1]:
+        values = [result.final[member].get(key) for result in group]
+        row.append(_mean_cell(values))
+      row.append(_mean_cell([result.test_metrics.get(member) for result in group]))
+      rows.append(row)
+  return header, rows
+
+
+def curve_rows(results: Sequence[stability.StabilityResult]) -> tuple[list[str], list[list[Any]]]:
+  """One row per (rewind step, trial, ticket, measured step) with every metric (both normalizations)."""
+  keys = list(
+      dict.fromkeys(
+          stability.metric_key(metric, normalization)
+          for metric in END_METRICS
+          for normalization in stability.NORMALIZATIONS
+      )
+  )
+  rows = []
+  for result in sorted(results, key=lambda result: (result.rewind_step, result.trial)):
+    for member in TICKETS:
+      for entry in result.curve:
+        rows.append(
+            [result.rewind_step, result.trial, member, entry['step']] + [_cell(entry[member].get(key)) for key in keys]
+        )
+  return ['rewind_step', 'trial', 'member', 'step', *keys], rows
+
+
+def _cell(value: Any) -> str:
+  return '' if value is None or not np.isfinite(value) else f'{value:.6g}'
+
+
+def _mean_cell(values: Sequence[Any]) -> str:
+  finite = [value for value in values if value is not None and np.isfinite(value)]
+  return f'{np.mean(finite):.6g}' if finite and len(finite) == len(values) else ''
+
+
+def format_end_of_training(results: Sequence[stability.StabilityResult]) -> str:
+  """A printable table of the end-of-training distance and angle per rewind step, both normalizations."""
+  lines = [
+      f'{"rewind":>7} {"member":<14} {"L2/final":>9} {"L2/max":>9} {"angle":>7} {"corr":>7} '
+      f'{"|W_F-W_0|":>10} {"|W_T-W_0|":>10} {"test":>7}'
+  ]
+  for rewind_step, group in by_rewind_step(results).items():
+    for member in TICKETS:
+
+      def mean(metric: str, normalization: str = 'final', group=group, member=member) -> str:
+        if not all(result.has_normalization(normalization) for result in group):
+          return '-'
+        return f'{np.mean([result.metric(member, metric, normalization) for result in group]):.3f}'
+
+      test = np.mean([result.test_metrics[member] for result in group])
+      lines.append(
+          f'{rewind_step:>7} {member:<14} {mean("l2_distance"):>9} {mean("l2_distance", "max"):>9} '
+          f'{mean("angle"):>7} {mean("correlation"):>7} {mean("full_distance_from_init"):>10} '
+          f'{mean("ticket_distance_from_init"):>10} {test:>7.4f}'
+      )
+  return '\n'.join(lines)
+
+
+def format_over_training(results: Sequence[stability.StabilityResult], columns: int = 6) -> str:
+  """A printable table: per rewind step and ticket, the final-normalized L2 distance and the angle
+  at up to `columns` of the measured steps (mean over trials)."""
+  lines = []
+  for rewind_step, group in by_rewind_step(results).items():
+    steps = group[0].steps
+    picks = sorted({round(index) for index in np.linspace(0, len(steps) - 1, min(columns, len(steps)))})
+    lines.append(f'rewind {rewind_step}: step ' + ''.join(f'{steps[index]:>14}' for index in picks))
+    for member in TICKETS:
+      distance = np.mean([result.metric_curve(member, 'l2_distance') for result in group], axis=0)
+      angle = np.mean([result.metric_curve(member, 'angle') for result in group], axis=0)
+      lines.append(
+          f'  {member:<14} L2 / angle'
+          + ''.join(f'{f"{distance[index]:.3f} / {angle[index]:.1f}":>14}' for index in picks)
+      )
+  return '\n'.join(lines)
+
+
+def save_png(figure: figure_lib.Figure, path: str, dpi: int = DEFAULT_DPI) -> None:
+  """Writes `figure` as a PNG atomically, in 256 colours (a third of the size of a true-colour PNG of
+  these line plots, which read the same)."""
+  rendered = io.BytesIO()
+  figure.savefig(rendered, format='png', dpi=dpi)
+  rendered.seek(0)
+  with results_lib.atomic_open(path, 'wb') as file:
+    Image.open(rendered).convert('RGB').quantize(colors=256).save(file, format='PNG', optimize=True)
+
+
+def _level_note(results: Sequence[stability.StabilityResult]) -> str:
+  levels = {result.level for result in results}
+  trials = max(len(group) for group in by_rewind_step(results).values())
+  level = next(iter(levels))
+  return (f'ticket of level {level}, ' if level is not None else '') + (
+      f'mean of {trials} trials' if trials > 1 else '1 trial'
+  )
+
+
+def plot_stability_vs_reset_step(
+    results: Sequence[stability.StabilityResult],
+    path: str | None = None,
+    normalization: str = 'final',
+    dpi: int = DEFAULT_DPI,
+) -> figure_lib.Figure:
+  """Figure 4 (normalization 'final') or 6 ('max'): the normalized L2 distance and the angle between the
+  ticket (or random ticket) and the full network at the end of training against the rewind step, with
+  min-max bars over trials, and the final test metric of the full network and both tickets."""
+  _check_normalization(results, normalization)
+  grouped = by_rewind_step(results)
+  steps = list(grouped)
+  figure = figure_lib.Figure(figsize=(12, 3.6), layout='constrained')
+  axes = figure.subplots(1, 3)
+  colours = {'ticket': 'tab:blue', 'random_ticket': 'tab:orange', 'full': 'tab:gray'}
+  for axis, metric, label in (
+      (axes[0], 'l2_distance', 'normalized L2 distance ||W_F - W_T||'),
+      (axes[1], 'angle', 'angle (W_F - W_0, W_T - W_0), degrees'),
+  ):
+    for member in TICKETS:
+      values = [[result.metric(member, metric, normalization) for result in grouped[step]] for step in steps]
+      means = np.array([np.mean(value) for value in values])
+      errors = np.clip([means - [min(v) for v in values], [max(v) for v in values] - means], 0, None)
+      axis.errorbar(
+          steps, means, yerr=errors, marker='o', capsize=3, color=colours[member], label=TICKET_LABELS[member]
+      )
+    axis.set_xlabel('late-reset step')
+    axis.set_ylabel(label)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+  axes[0].set_title(f'distance normalized {NORMALIZATION_LABELS[normalization]}', fontsize=9)
+  axes[1].set_title('angle between the updates', fontsize=9)
+  for member in ('full', *TICKETS):
+    axes[2].plot(
+        steps,
+        [np.mean([result.test_metrics[member] for result in grouped[step]]) for step in steps],
+        'o-',
+        color=colours[member],
+        label='full network' if member == 'full' else TICKET_LABELS[member],
+    )
+  axes[2].set_xlabel('late-reset step')
+  axes[2].set_ylabel('final test metric')
+  axes[2].grid(True, alpha=0.3)
+  axes[2].legend(fontsize=8)
+  figure.suptitle(f'Stability to pruning at the end of training ({_level_note(results)})', fontsize=11)
+  if path is not None:
+    save_png(figure, path, dpi)
+  return figure
+
+
+def _mean_curve(group: Sequence[stability.StabilityResult], member: str, metric: str, normalization: str) -> np.ndarray:
+  """`metric` of `member` at each measured step, mean over the trials of one rewind step."""
+  return np.mean([result.metric_curve(member, metric, normalization) for result in group], axis=0)
+
+
+def plot_stability_over_training(
+    results: Sequence[stability.StabilityResult],
+    path: str | None = None,
+    normalization: str = 'final',
+    dpi: int = DEFAULT_DPI,
+) -> figure_lib.Figure:
+  """Figures 11-13 (normalization 'final') or 14 ('max'): one column for the winning ticket, one for
+  the random ticket, one line colour per late-reset step, against the training step:
+    row 1  correlation of W_F and W_T;
+    row 2  normalized L2 distance ||W_F - W_T||;
+    row 3  normalized distance from W_0 of W_T (solid) and of W_F (dashed);
+    row 4  angles (W_F - W_0, W_T - W_0) solid, (W_T - W_0, W_* - W_0) dashed, (W_F - W_0, W_* - W_0) dotted.
+  """
+  _check_normalization(results, normalization)
+  grouped = by_rewind_step(results)
+  palette = matplotlib.colormaps['viridis']
+  colours = {step: palette(index / max(1, len(grouped) - 1) * 0.9) for index, step in enumerate(grouped)}
+  figure = figure_lib.Figure(figsize=(10, 11), layout='constrained')
+  axes = figure.subplots(4, 2, sharex=True)
+  rows = (
+      ('correlation of W_F and W_T', (('correlation', '-'),)),
+      ('normalized ||W_F - W_T||', (('l2_distance', '-'),)),
+      ('normalized distance from W_0', (('ticket_distance_from_init', '-'), ('full_distance_from_init', '--'))),
+      (
+          'angle (degrees)',
+          (('angle', '-'), ('angle_ticket_to_final', '--'), ('angle_full_to_final', ':')),
+      ),
+  )
+  for column, member in enumerate(TICKETS):
+    axes[0, column].set_title(f'{TICKET_LABELS[member]} ({"W_T" if member == "ticket" else "random W_T"})')
+    for row, (label, metrics) in enumerate(rows):
+      axis = axes[row, column]
+      for step, group in grouped.items():
+        for metric, style in metrics:
+          axis.plot(
+              group[0].steps,
+              _mean_curve(group, member, metric, normalization),
+              style,
+              color=colours[step],
+              marker='.',
+              markersize=3,
+              linewidth=1.2,
+          )
+      axis.set_ylabel(label, fontsize=9)
+      axis.grid(True, alpha=0.3)
+    axes[-1, column].set_xlabel('training step')
+  axes[0, 0].legend(
+      [lines_lib.Line2D([], [], color=colours[step]) for step in grouped],
+      [f'late reset to {step}' for step in grouped],
+      fontsize=8,
+  )
+  axes[2, 0].legend(
+      [lines_lib.Line2D([], [], color='k', linestyle=style) for style in ('-', '--')],
+      ['W_T', 'W_F'],
+      fontsize=8,
+  )
+  axes[3, 0].legend(
+      [lines_lib.Line2D([], [], color='k', linestyle=style) for style in ('-', '--', ':')],
+      ['(W_F, W_T)', '(W_T, W_*)', '(W_F, W_*)'],
+      fontsize=8,
+  )
+  figure.suptitle(
+      f'Stability to pruning throughout training ({_level_note(results)}); distances normalized '
+      f'{NORMALIZATION_LABELS[normalization]}',
+      fontsize=10,
+  )
+  if path is not None:
+    save_png(figure, path, dpi)
+  return figure
