@@ -1,5 +1,7 @@
 """Stability of training to pruning (Frankle et al., "The Lottery Ticket Hypothesis at Scale", §3.1 and
-appendix A) and linear mode connectivity.
+appendix A), measured on a population, and on the tickets of a lottery workdir (kept in its
+stability.jsonl). The metrics themselves are in `lth_jax.stability_metrics`, linear mode connectivity in
+`lth_jax.connectivity`; both are re-exported here.
 
 A population trained in lockstep by one vmapped step:
   full          the full network from W_0, continuing its own trajectory through step i
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, cast, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -37,99 +39,55 @@ from lth_jax import pruning
 from lth_jax import results as results_lib
 from lth_jax import train as train_lib
 from lth_jax import validation
+from lth_jax.connectivity import ConnectivityResult
+from lth_jax.connectivity import error_barrier
+from lth_jax.connectivity import error_barrier_height
+from lth_jax.connectivity import interpolate
+from lth_jax.connectivity import linear_mode_connectivity
+from lth_jax.stability_metrics import angle_degrees
+from lth_jax.stability_metrics import correlation
+from lth_jax.stability_metrics import DISTANCE_METRICS
+from lth_jax.stability_metrics import l2_distance
+from lth_jax.stability_metrics import masked_vector
+from lth_jax.stability_metrics import MAX_NORMALIZED_SUFFIX
+from lth_jax.stability_metrics import max_distance
+from lth_jax.stability_metrics import metric_key
+from lth_jax.stability_metrics import NORMALIZATIONS
+from lth_jax.stability_metrics import renormalized
+from lth_jax.stability_metrics import stability_metrics
+from lth_jax.stability_metrics import with_max_normalized
+
+__all__ = [
+    'ConnectivityResult',
+    'DISTANCE_METRICS',
+    'MAX_NORMALIZED_SUFFIX',
+    'MEMBERS',
+    'NORMALIZATIONS',
+    'STABILITY_FILE',
+    'StabilityResult',
+    'angle_degrees',
+    'correlation',
+    'error_barrier',
+    'error_barrier_height',
+    'find_result',
+    'interpolate',
+    'l2_distance',
+    'linear_mode_connectivity',
+    'load_results',
+    'masked_vector',
+    'max_distance',
+    'measure',
+    'measure_lottery_ticket',
+    'measure_lottery_ticket_once',
+    'measured_steps',
+    'metric_key',
+    'renormalized',
+    'stability_metrics',
+    'with_max_normalized',
+]
 
 MEMBERS = ('full', 'ticket', 'random_ticket', 'full_other')
-DISTANCE_METRICS = ('l2_distance', 'full_distance_from_init', 'ticket_distance_from_init')
-NORMALIZATIONS = ('final', 'max')
-MAX_NORMALIZED_SUFFIX = '_max_normalized'
 STABILITY_FILE = 'stability.jsonl'  # a lottery workdir's measurements (see `measure_lottery_ticket_once`)
-
-
-def masked_vector(params: Any, keep_mask: Any, prunable: Any) -> np.ndarray:
-  """The kept prunable weights of `params` as one flat float64 vector (tree order)."""
-  parts = [
-      np.asarray(weight, np.float64)[np.asarray(keep, bool)]
-      for weight, keep, flag in zip(
-          jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(keep_mask), jax.tree_util.tree_leaves(prunable)
-      )
-      if flag
-  ]
-  return np.concatenate(parts) if parts else np.zeros(0)
-
-
-def l2_distance(first: np.ndarray, second: np.ndarray) -> float:
-  """||first - second||_2."""
-  return float(np.linalg.norm(np.asarray(first, np.float64) - np.asarray(second, np.float64)))
-
-
-def angle_degrees(first: np.ndarray, second: np.ndarray) -> float:
-  """The angle between two vectors in degrees (nan when either is zero)."""
-  norms = np.linalg.norm(first) * np.linalg.norm(second)
-  if norms == 0:
-    return float('nan')
-  cosine = np.clip(np.dot(first, second) / norms, -1.0, 1.0)
-  return float(np.degrees(np.arccos(cosine)))
-
-
-def correlation(first: np.ndarray, second: np.ndarray) -> float:
-  """Pearson correlation of two vectors (nan when either is constant)."""
-  first = np.asarray(first, np.float64) - np.mean(first)
-  second = np.asarray(second, np.float64) - np.mean(second)
-  norms = np.linalg.norm(first) * np.linalg.norm(second)
-  return float(np.dot(first, second) / norms) if norms else float('nan')
-
-
-def stability_metrics(
-    initial: Any, full: Any, ticket: Any, full_final: Any, keep_mask: Any, prunable: Any, normalizer: float
-) -> dict[str, float]:
-  """The metrics of the module docstring for one ticket (mask `keep_mask`) against the full network.
-
-  Args:
-    initial: W_0, the full network's initialization.
-    full: the full network's weights (unpruned; the mask is applied here).
-    ticket: the ticket's weights.
-    full_final: W_*, the full network's weights at the end of training.
-    normalizer: the L2 distance that normalizes distances (1.0 for raw distances).
-  """
-  vector = lambda params: masked_vector(params, keep_mask, prunable)  # noqa: E731
-  w0, wf, wt, w_star = vector(initial), vector(full), vector(ticket), vector(full_final)
-  return {
-      'l2_distance': l2_distance(wf, wt) / normalizer,
-      'angle': angle_degrees(wf - w0, wt - w0),
-      'angle_ticket_to_final': angle_degrees(wt - w0, w_star - w0),
-      'angle_full_to_final': angle_degrees(wf - w0, w_star - w0),
-      'correlation': correlation(wf, wt),
-      'full_distance_from_init': l2_distance(wf, w0) / normalizer,
-      'ticket_distance_from_init': l2_distance(wt, w0) / normalizer,
-  }
-
-
-def metric_key(metric: str, normalization: str = 'final') -> str:
-  """The key of `metric` under `normalization` ('final' or 'max'; angles and correlation have one key)."""
-  if normalization not in NORMALIZATIONS:
-    raise ValueError(f'normalization={normalization!r}: must be one of {", ".join(NORMALIZATIONS)}')
-  return metric + MAX_NORMALIZED_SUFFIX if normalization == 'max' and metric in DISTANCE_METRICS else metric
-
-
-def renormalized(metrics: Mapping[str, float], normalizer: float, new_normalizer: float) -> dict[str, float]:
-  """`metrics` (distances divided by `normalizer`) with the distances divided by `new_normalizer` instead;
-  angles and correlation are unchanged."""
-  scale = normalizer / new_normalizer
-  return {key: value * scale if key in DISTANCE_METRICS else value for key, value in metrics.items()}
-
-
-def with_max_normalized(metrics: Mapping[str, float], normalizer: float, max_normalizer: float) -> dict[str, float]:
-  """`metrics` (normalized by `normalizer`) plus each distance normalized by `max_normalizer`, under
-  the key `metric_key(name, 'max')`."""
-  rescaled = renormalized({key: metrics[key] for key in DISTANCE_METRICS if key in metrics}, normalizer, max_normalizer)
-  return {**metrics, **{metric_key(key, 'max'): value for key, value in rescaled.items()}}
-
-
-def max_distance(distances: Sequence[Mapping[str, float]]) -> float:
-  """The largest 'distance' of `distances` ({'step', 'distance'} entries); 1.0 when all are zero."""
-  if not distances:
-    raise ValueError('max_distance needs at least one measured distance')
-  return max(float(entry['distance']) for entry in distances) or 1.0
 
 
 @dataclasses.dataclass
@@ -277,11 +235,11 @@ def measure(
   full_pair_distances += [{'step': step, 'distance': full_pair_distance(result.snapshots[step][0])} for step in steps]
   normalizer = full_pair_distances[-1]['distance'] or 1.0
   max_normalizer = max_distance(full_pair_distances)
-  curve = []
+  curve: list[dict[str, Any]] = []
   for step in steps:
     params = result.snapshots[step][0]
     full = train_lib.member(params, 0)
-    entry = {'step': step}
+    entry: dict[str, Any] = {'step': step}
     for index, name, mask in ((1, 'ticket', keep_mask), (2, 'random_ticket', random_mask)):
       metrics = stability_metrics(
           params0, full, train_lib.member(params, index), full_final, mask, prunable, normalizer
@@ -293,87 +251,10 @@ def measure(
       rewind_step=rewind_step,
       final={name: curve[-1][name] for name in ('ticket', 'random_ticket')},
       curve=curve,
-      test_metrics=dict(zip(MEMBERS, result.curve[-1][metric])),
+      test_metrics=dict(zip(MEMBERS, cast(list[float], result.curve[-1][metric]))),  # one per member
       normalizer=normalizer,
       max_normalizer=max_normalizer,
       full_pair_distances=full_pair_distances,
-  )
-
-
-def interpolate(first: Any, second: Any, alpha: float) -> Any:
-  """(1 - alpha) * first + alpha * second, leaf by leaf."""
-  return jax.tree_util.tree_map(
-      lambda a, b: ((1.0 - alpha) * np.asarray(a, np.float64) + alpha * np.asarray(b, np.float64)).astype(
-          np.asarray(a).dtype
-      ),
-      first,
-      second,
-  )
-
-
-@dataclasses.dataclass
-class ConnectivityResult:
-  """Test error along the straight line between two trained copies, and its barrier."""
-
-  alphas: list[float]
-  errors: list[float]  # 1 - accuracy (classification) or RMSE (regression) at each alpha
-  barrier: float  # max over alpha of error(alpha) - the linear interpolation of the end errors
-  instability: float  # max over alpha of error(alpha) - the mean of the end errors (Frankle et al. 2020)
-
-
-def error_barrier(alphas: Sequence[float], errors: Sequence[float]) -> float:
-  """max_alpha [error(alpha) - ((1 - alpha) error(0) + alpha error(1))] (0 when the path is convex)."""
-  alphas, errors = np.asarray(alphas, np.float64), np.asarray(errors, np.float64)
-  baseline = (1 - alphas) * errors[0] + alphas * errors[-1]
-  return float(max(0.0, np.max(errors - baseline)))
-
-
-def error_barrier_height(errors: Sequence[float]) -> float:
-  """max_alpha error(alpha) - (error(0) + error(1)) / 2: the instability of linear mode connectivity
-  (Frankle et al. 2020). It differs from `error_barrier` only when the end errors differ."""
-  errors = np.asarray(errors, np.float64)
-  return float(max(0.0, np.max(errors) - (errors[0] + errors[-1]) / 2))
-
-
-def linear_mode_connectivity(
-    trainer: train_lib.Trainer,
-    evaluator: train_lib.Trainer,
-    start: tuple[Any, Any],
-    keep_mask: Any,
-    start_step: int,
-    end_step: int,
-    data_seeds: tuple[int, int],
-    num_points: int = 11,
-) -> ConnectivityResult:
-  """Trains two copies of (params, model_state) `start` (masked by `keep_mask`) from `start_step` with
-  different batch orders in lockstep, then evaluates the straight path between them.
-
-  The non-parameter state (batch-norm running statistics) is interpolated with the parameters, so
-  both ends are exactly the two trained networks.
-
-  `trainer` must have population_size == 2; `evaluator` is a Trainer of the same model and data
-  without a population (it evaluates one interpolated network at a time).
-  """
-  if trainer.population_size != 2:
-    raise ValueError('linear_mode_connectivity needs a Trainer with population_size=2')
-  params, model_state = start
-  params = masks_lib.apply(params, keep_mask)
-  state = trainer.create_state(
-      train_lib.stack_members([params, params]),
-      train_lib.stack_members([model_state, model_state]),
-      train_lib.stack_members([keep_mask, keep_mask]),
-      start_step,
-  )
-  final = parallel.to_host(trainer.train(state, end_step, list(data_seeds)).state)
-  ends = [(train_lib.member(final.params, index), train_lib.member(final.model_state, index)) for index in (0, 1)]
-  alphas = [float(alpha) for alpha in np.linspace(0.0, 1.0, num_points)]
-  errors = []
-  for alpha in alphas:
-    params, model_state = interpolate(ends[0], ends[1], alpha)
-    metrics = evaluator.evaluate_params(params, model_state)
-    errors.append(1.0 - metrics['test_accuracy'] if 'test_accuracy' in metrics else metrics['test_rmse'])
-  return ConnectivityResult(
-      alphas=alphas, errors=errors, barrier=error_barrier(alphas, errors), instability=error_barrier_height(errors)
   )
 
 
