@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Sequence
+from typing import Mapping, Sequence, TypeVar
 
 from absl import app
 from absl import flags
@@ -12,9 +12,12 @@ from absl import logging
 import ml_collections
 
 from lth_jax import config_schema
+from lth_jax import data as data_lib
 from lth_jax import experiment as experiment_lib
 from lth_jax import results as results_lib
 from lth_jax import validation
+
+Key = TypeVar('Key')  # a sweep's configs are keyed by variant name or reset point
 
 
 def embedded_config(quick: bool, trials: int) -> ml_collections.ConfigDict:
@@ -62,6 +65,9 @@ class ResetPoint:
   def label(self) -> str:
     """The point as the tables write it: '25' (steps) or '2' / '2.5' (epochs)."""
     return f'{self.value:g}'
+
+  def __str__(self) -> str:
+    return f'reset {self.unit} {self.label}'
 
   @property
   def directory(self) -> str:
@@ -116,16 +122,15 @@ def lottery_configs(
   return configs
 
 
-def prepare_all(
-    script: str, configs: dict[ResetPoint, ml_collections.ConfigDict]
-) -> dict[ResetPoint, experiment_lib.Experiment]:
-  """Checks every reset point's config before anything trains (exits naming the point and the field)."""
+def prepare_all(script: str, configs: Mapping[Key, ml_collections.ConfigDict]) -> dict[Key, experiment_lib.Experiment]:
+  """Checks every config of a sweep (keyed by variant name or reset point) before anything trains: a bad
+  field, or a dataset not prepared yet, exits naming the script, the key and the problem."""
   experiments = {}
-  for point, config in configs.items():
+  for key, config in configs.items():
     try:
-      experiments[point] = experiment_lib.prepare(config)
-    except validation.ConfigError as error:
-      raise SystemExit(f'{script}: reset {point.unit} {point.label}: {error}') from error
+      experiments[key] = experiment_lib.prepare(config)
+    except (validation.ConfigError, data_lib.DatasetNotPreparedError) as error:
+      raise SystemExit(f'{script}: {key}: {error}') from error
   return experiments
 
 

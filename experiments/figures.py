@@ -19,7 +19,6 @@ from matplotlib import figure as figure_lib
 from matplotlib import ticker
 
 import lth_jax
-from lth_jax import data as data_lib
 from lth_jax import lottery
 from lth_jax import report
 from lth_jax import results as results_lib
@@ -52,20 +51,11 @@ def define_config_flags(trials_per: str | None = None) -> None:
 def base_config(
     config: ml_collections.ConfigDict | None, quick: bool, trials: int | None, command: str
 ) -> ml_collections.ConfigDict:
-  """The config a figure command starts from: `--config`'s, or the embedded one (`quick`: smaller).
-  `--quick` with `--config` is a usage error (override the config's fields instead)."""
-  if config is not None:
-    if quick:
-      raise app.UsageError(
-          '--quick shrinks the embedded config; with --config, override its fields instead '
-          f'(e.g. python -m experiments.{command} --config=... --config.training.num_steps=300)'
-      )
-    config = copy.deepcopy(config)  # variants are derived from it
-  else:
-    config = common.embedded_config(quick, 1)
-  if trials is not None:
-    config.trials = trials
-  return config
+  """The config a figure command starts from: `--config`'s (a copy: variants are derived from it), or
+  the embedded one with one trial (`quick`: smaller). `--quick` with `--config` is a usage error
+  (override the config's fields instead)."""
+  del command  # (the usage error names the flags, the same for every command)
+  return common.base_config(config, quick, trials, embedded_trials=(1, 1))
 
 
 def start(
@@ -78,7 +68,7 @@ def start(
   base = base_config(config, quick, trials, command)
   if quick:
     quick_config(base)
-  return base, prepare_variants({'config': base}, command)['config']
+  return base, common.prepare_all(command, {'config': base})['config']
 
 
 def quick_config(config: ml_collections.ConfigDict) -> None:
@@ -129,25 +119,13 @@ def variant_copies(
   return copies
 
 
-def prepare_variants(configs: Mapping[str, ml_collections.ConfigDict], command: str) -> dict[str, lottery.Experiment]:
-  """Validates every variant's config before anything trains (`lottery.prepare`); on a bad one (or a
-  dataset not prepared yet), exits with the library's error prefixed by the command and the variant."""
-  experiments = {}
-  for name, config in configs.items():
-    try:
-      experiments[name] = lottery.prepare(config)
-    except (lth_jax.ConfigError, data_lib.DatasetNotPreparedError) as error:
-      sys.exit(f'{command}: {name}: {error}')
-  return experiments
-
-
 def run_variants(
     configs: Mapping[str, ml_collections.ConfigDict], workdir: str, command: str
 ) -> dict[str, list[dict[str, Any]]]:
   """Runs (or resumes) each variant's lottery experiment in WORKDIR/<name>; returns its records by name.
   Before anything trains, every variant's config is validated and checked against the config of the
   runs already in its folder (a different one exits naming the variant and the differing fields)."""
-  experiments = prepare_variants(configs, command)
+  experiments = common.prepare_all(command, configs)
   for name, config in configs.items():
     try:
       workdir_lib.check_workdir_config(config, experiments[name].config, os.path.join(workdir, name))
@@ -300,21 +278,16 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   return '\n'.join('  '.join(f'{str(value):>{width}}' for value, width in zip(row, widths)) for row in [header, *rows])
 
 
-def write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-  """Writes a CSV table atomically."""
-  common.write_text(path, '\n'.join(','.join(str(value) for value in row) for row in [header, *rows]) + '\n')
-
-
 def report_table(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]], heading: str) -> None:
   """Writes a table as CSV at `path` (atomically) and prints it under `heading`."""
-  write_csv(path, header, rows)
+  common.write_csv(path, header, rows)
   print(f'\n{heading}')
   print(format_table(header, rows))
 
 
 def write_cells_csv(path: str, cells: Sequence[TableCell], row_label: str) -> None:
   """Every cell as one CSV row with its numbers (mean, std, min, max over trials, winning)."""
-  write_csv(
+  common.write_csv(
       path,
       [row_label, 'branch', 'level', 'fraction_remaining', 'mean', 'std', 'min', 'max', 'trials', 'winning'],
       [

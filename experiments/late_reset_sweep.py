@@ -1,4 +1,4 @@
-"""Late resetting sweep and stability to pruning against the reset step (Figures 4, 5 and 6 of
+"""Late resetting sweep and stability to pruning against the reset step (Figures 3, 4, 5 and 6 of
 "The Lottery Ticket Hypothesis at Scale").
 
 For every late-reset point k (--reset_steps, or --reset_epochs), a lottery run (iterative, or with
@@ -9,6 +9,8 @@ resetting to k, in WORKDIR/reset_<k>; then
     marks winning tickets (at least the dense network's accuracy). Row R is random reinitialization:
     the `reinit` branch, trained once, with the masks of the first reset point (in one-shot mode the
     masks come from the dense network alone, so R is the same for every reset point);
+  * the same numbers as curves (Figure 3): ticket accuracy against weights remaining, one line per
+    reset point, random reinitialization dashed;
   * the stability of trial 0's ticket found at `--stability_level` and of its random (permuted) ticket
     at the end of training against the reset point, distances normalized by the final (Figure 4) and by
     the maximum (Figure 6) distance between two full networks. Measurements are kept in
@@ -20,7 +22,7 @@ resetting to k, in WORKDIR/reset_<k>; then
         --config.pruning.turnaround_epoch=0 --config.dataset.data_dir=DIR \\
         --reset_epochs=0,2,4,6,8,10 --trials=3 --stability_level=3            # Figures 5 and 6, on accelerators
 
-Writes late_reset_table.csv and .png, stability.jsonl, stability.csv, stability_vs_reset_step.png and
+Writes late_reset_table.csv and .png, late_reset_curves.png, stability.jsonl, stability.csv, stability_vs_reset_step.png and
 stability_vs_reset_step_max_normalized.png.
 """
 
@@ -37,6 +39,7 @@ from lth_jax import results as results_lib
 from lth_jax import stability
 from lth_jax import stability_report
 from experiments import common
+from experiments import figures
 from experiments import late_reset_table as table_lib
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.', required=True)
@@ -108,6 +111,12 @@ def main(argv):
       f'R = random reinitialization (masks of reset {points[0].unit} {points[0].label})'
   )
   table_lib.plot_late_reset_table(header, rows, title, os.path.join(workdir, 'late_reset_table.png'), _DPI.value)
+  resolved = next(iter(experiments.values())).config
+  figures.plot_variants(  # Figure 3: a line per reset point, random reinitialization dashed
+      {f'reset to {point.unit} {point.label}': records_by_reset[point.label] for point in configs},
+      f'Ticket accuracy by late-reset point ({mode} pruning), {resolved.model.name} on {resolved.dataset.name}',
+      path=os.path.join(workdir, 'late_reset_curves.png'),
+  )
   print(title)
   print('\n'.join('  '.join(f'{cell:>24}' for cell in row) for row in [header, *rows]))
   if stability_results:

@@ -55,6 +55,37 @@ FIGURES = (
         (('learning_rate_sweep.png', 'fig02_learning_rate.png'),),
     ),
     Figure(
+        'fig03',
+        (
+            _command(
+                'experiments.late_reset_sweep',
+                '--config=configs/default.py',
+                '--config.training.num_steps=1000',
+                '--config.training.eval_every=250',
+                '--config.pruning.fraction=0.4',
+                '--config.pruning.levels=6',
+                '--reset_steps=0,33,333',
+                '--stability_level=0',
+            ),
+        ),
+        (('late_reset_curves.png', 'fig03_late_reset_curves.png'),),
+    ),
+    Figure(
+        'fig05',
+        (_command('experiments.late_reset_sweep', '--quick', '--mode=one_shot'),),
+        (('late_reset_table.png', 'fig05_late_reset_one_shot.png'),),
+    ),
+    Figure(
+        'stability',  # Figures 4, 6, 11 and 14 (12 and 13 are the same command on other configs)
+        (_command('experiments.stability_sweep', '--quick'),),
+        (
+            ('stability_vs_reset_step.png', 'fig04_stability_vs_reset_step.png'),
+            ('stability_vs_reset_step_max_normalized.png', 'fig06_stability_max_normalized.png'),
+            ('stability_over_training.png', 'fig11_stability_over_training.png'),
+            ('stability_over_training_max_normalized.png', 'fig14_stability_over_training_max_normalized.png'),
+        ),
+    ),
+    Figure(
         'fig07',
         (_command('experiments.turnaround_sweep', '--quick'),),
         (('turnaround_iterative.png', 'fig07_turnaround_iterative.png'),),

@@ -41,6 +41,7 @@ from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax import results as results_lib
 from lth_jax import validation
+from experiments import common
 from experiments import figures
 
 FLAGS = flags.FLAGS
@@ -356,7 +357,7 @@ def main(argv):
       f'{pruning_step} to {100 * density:.1f}% remaining, dark: remaining',
       path=os.path.join(workdir, 'weight_fate.png'),
   )
-  figures.write_csv(
+  common.write_csv(
       os.path.join(workdir, 'weight_fate_histograms.csv'),
       ['step', 'row', 'bin_left', 'bin_right', 'pruned', 'kept'],
       [

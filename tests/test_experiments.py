@@ -43,6 +43,7 @@ def test_late_reset_sweep_writes_table_and_stability(tmp_path):
     assert set(entry['final']) == {'ticket', 'random_ticket'}
     assert 0.0 <= entry['final']['ticket']['angle'] <= 180.0
   assert (tmp_path / 'stability_vs_reset_step.png').stat().st_size > 0
+  assert (tmp_path / 'late_reset_curves.png').stat().st_size > 0  # Figure 3: a line per reset point
 
 
 def test_late_reset_sweep_refuses_a_reset_step_past_the_end_before_training(tmp_path):

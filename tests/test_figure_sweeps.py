@@ -425,3 +425,50 @@ def test_weight_fate_quick_histograms_match_the_mask_and_resume(tmp_path):
   assert 'reusing the snapshots' in again.stdout and 'dense run' not in again.stdout
   assert os.path.getmtime(tmp_path / weight_fate.SNAPSHOT_FILE) == snapshot_time
   assert {row['row'] for row in _read_csv(tmp_path / 'weight_fate_summary.csv')} == {weight_fate.POOLED}
+
+
+def test_regenerate_figures_names_every_image_once_and_refuses_unknown_names(tmp_path, capsys):
+  from experiments import regenerate_figures
+
+  images = [image for figure in regenerate_figures.FIGURES for _, image in figure.images]
+  assert len(images) == len(set(images))
+  modules = {command[1] for figure in regenerate_figures.FIGURES for command in figure.commands}
+  for module in modules:  # every command is a module of this repository
+    assert os.path.isfile(os.path.join(REPO, *module.split('.')) + '.py'), module
+  assert regenerate_figures.main(['--only=fig99', f'--output_dir={tmp_path}']) == 2
+  assert 'unknown --only fig99' in capsys.readouterr().out
+  assert not os.listdir(tmp_path)
+
+
+def test_save_small_png_shrinks_to_the_width_limit_in_256_colours(tmp_path):
+  from PIL import Image
+
+  from experiments import regenerate_figures
+
+  source = tmp_path / 'wide.png'
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 2400, 3), dtype=np.uint8)).save(source)
+  regenerate_figures.save_small_png(source, tmp_path / 'docs' / 'small.png')
+  with Image.open(tmp_path / 'docs' / 'small.png') as image:
+    assert image.size == (regenerate_figures.MAX_WIDTH, 125) and image.mode == 'P'
+  assert sorted(os.listdir(tmp_path / 'docs')) == ['small.png']  # no temporary file left
+
+
+@pytest.mark.slow
+def test_regenerate_figures_runs_a_figure_command_and_writes_its_image(tmp_path):
+  completed = subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'experiments.regenerate_figures',
+          '--only=blog',
+          f'--workdir={tmp_path / "runs"}',
+          f'--output_dir={tmp_path / "figures"}',
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  assert os.listdir(tmp_path / 'figures') == ['blog_sum_of_two.png']
+  assert (tmp_path / 'runs' / 'blog' / 'results.jsonl').stat().st_size > 0
