@@ -26,6 +26,22 @@ from typing import Any, Callable, Iterable, Sequence
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
 
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically (a temporary file in the same folder, then a rename), creating
+  the folder; standard library only."""
+  folder = pathlib.Path(path).resolve().parent
+  folder.mkdir(parents=True, exist_ok=True)
+  handle, temporary = tempfile.mkstemp(dir=folder, prefix='.tmp-')
+  try:
+    with os.fdopen(handle, 'w') as file:
+      file.write(text)
+    os.replace(temporary, path)
+  except BaseException:
+    os.unlink(temporary)
+    raise
+
+
 # ------------------------------------------------------------------------------------------------
 # Simulated CPU devices.
 
@@ -111,7 +127,8 @@ class Run:
         'raw': report.raw,
     }
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(path).write_text(results_lib.strict_json(payload, indent=2, default=str))
+    with results_lib.atomic_open(path) as file:
+      file.write(results_lib.strict_json(payload, indent=2, default=str))
 
 
 # ------------------------------------------------------------------------------------------------

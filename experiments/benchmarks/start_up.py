@@ -199,7 +199,7 @@ def main() -> None:
       results[key] = {'figures': {'wall_s': harness.median(values), 'num_steps': num_steps}, 'times': values}
       print(f'{key} wall_s={harness.median(values):.3g} num_steps={num_steps}', flush=True)
   if args.output:
-    pathlib.Path(args.output).write_text(json.dumps(results, indent=2))
+    harness.write_text(args.output, json.dumps(results, indent=2))
   if not args.workdir:
     shutil.rmtree(workdir, ignore_errors=True)
 
