@@ -14,6 +14,8 @@ layer when there are at most --max_layer_rows of them (e.g. LeNet), else every p
     python -m experiments.weight_fate --workdir=runs/fig8 --config=configs/resnet18_cifar10.py \\
         --config.dataset.data_dir=DIR --fraction_remaining=0.33        # 67% pruned, as the paper
 
+The dense run trains as a lottery run's level 0 does: checkpointed every `checkpointing.every_steps` and
+on SIGTERM under WORKDIR/checkpoints, and continued by a re-run of the same config and snapshot steps.
 Writes weight_snapshots.npz (the snapshots; a re-run with a matching config reuses them and trains
 nothing), weight_fate.png, weight_fate_histograms.csv (every bin's pruned and kept counts) and
 weight_fate_summary.csv (per step and row: counts, mean |w| of each part, and how much of the final mask
@@ -36,10 +38,13 @@ import ml_collections
 import numpy as np
 from matplotlib import figure as figure_lib
 
+from lth_jax import checkpoints
+from lth_jax import cohorts
 from lth_jax import lottery
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax import results as results_lib
+from lth_jax import scalars as scalars_lib
 from lth_jax import validation
 from experiments import common
 from experiments import figures
@@ -235,17 +240,50 @@ def load_snapshots(path: str, identity: Mapping[str, Any], steps: Sequence[int])
   return {step: traverse_util.unflatten_dict(by_step[step], sep='/') for step in steps}
 
 
-def train_snapshots(experiment: lottery.Experiment, steps: Sequence[int]) -> dict[int, Any]:
-  """Trains trial 0's dense network with the library's Trainer and returns its params at `steps`."""
+DENSE_RUN = (0, 'dense')  # (trial, branch) of the dense run, naming its checkpoint folder
+RUN_CONFIG_FILE = 'dense_run.json'  # the identity and snapshot steps of the dense run in progress
+
+
+def claim_dense_run(workdir: str, identity: Mapping[str, Any], steps: Sequence[int]) -> None:
+  """Records which dense run WORKDIR's checkpoints belong to; a run in progress there of another config
+  or other snapshot steps exits naming the differences (it is never resumed as this one)."""
+  wanted = {**identity, 'snapshot_steps': sorted(int(step) for step in steps)}
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  if os.path.isdir(cohorts.running_directory(workdir, 0, [DENSE_RUN])) and os.path.isfile(path):
+    with open(path) as file:
+      changing, neutral = validation.config_differences(json.load(file), wanted)
+    if changing or neutral:
+      raise SystemExit(
+          f'weight_fate: {workdir} holds a dense run in progress of a different config (old -> new):\n  '
+          + '\n  '.join(changing + neutral)
+          + '\nuse the same config and --snapshot_steps, or another --workdir'
+      )
+  common.write_text(path, json.dumps(wanted, sort_keys=True))
+
+
+def train_snapshots(
+    experiment: lottery.Experiment, steps: Sequence[int], workdir: str, identity: Mapping[str, Any]
+) -> dict[int, Any]:
+  """Trains trial 0's dense network as a lottery run's level 0 trains (the library's program runner:
+  progress lines, periodic and SIGTERM checkpoints in WORKDIR/checkpoints, resumed by a re-run of the
+  same config, see `claim_dense_run`) and returns its params at `steps`."""
+  claim_dense_run(workdir, identity, steps)
   config = experiment.config
-  trainer = experiment.trainer()
   init_seed, data_seed = lottery.trial_seeds(int(config.get('seed', 0)), 0)
-  params0, model_state0 = trainer.init_variables(init_seed)
+  params0, model_state0 = experiment.trainer().init_variables(init_seed)
   keep_all = jax.tree_util.tree_map(lambda leaf: np.ones(np.shape(leaf), bool), params0)
-  state = trainer.create_state(params0, model_state0, keep_all, 0)
-  result = trainer.train(
-      state, experiment.total_steps, data_seed, snapshot_steps=sorted(steps), eval_every=config.training.eval_every
-  )
+  settings = cohorts.ProgramSettings.from_config(config, experiment.total_steps, levels=0)
+  stop = lottery.StopRequest()
+  runner = cohorts.ProgramRunner(workdir, experiment.program_trainer, settings, print, stop, scalars_lib.Scalars(None))
+  trial, branch = DENSE_RUN
+  member = cohorts.Member(trial, 0, branch, params0, model_state0, keep_all, data_seed, tuple(sorted(steps)))
+  stop.install()
+  try:
+    (result,) = runner.train([member], 0)
+  except lottery.Preempted as error:
+    raise SystemExit(f'weight_fate: {error}') from None
+  finally:
+    stop.restore()
   final = result.curve[-1]
   metric = 'test_accuracy' if 'test_accuracy' in final else 'test_rmse'
   print(f'dense run: {metric} {final[metric]:.4f} after {experiment.total_steps} steps')
@@ -335,8 +373,9 @@ def main(argv):
   except ValueError as error:
     raise SystemExit(f'weight_fate: {error}') from None
   if snapshots is None:
-    snapshots = train_snapshots(experiment, trained_steps)
+    snapshots = train_snapshots(experiment, trained_steps, workdir, identity)
     save_snapshots(path, snapshots, identity)
+    checkpoints.remove(cohorts.running_directory(workdir, 0, [DENSE_RUN]))  # kept until the snapshots are
   else:
     print(f'weight_fate: reusing the snapshots in {path} (nothing to train)')
 

@@ -151,6 +151,20 @@ class ProgramSettings:
   progress_every_seconds: float
   levels: int  # the run's pruning levels, for progress labels
 
+  @classmethod
+  def from_config(cls, config: Any, end_step: int, levels: int) -> 'ProgramSettings':
+    """The settings of a resolved config (lengths in steps): its evaluation period, checkpointing and
+    progress period; programs train to `end_step`."""
+    checkpointing = config.get('checkpointing', {})
+    return cls(
+        end_step=end_step,
+        eval_every=int(config.training.get('eval_every', 0)),
+        checkpoint_every=int(checkpointing.get('every_steps', 0)),
+        max_to_keep=int(checkpointing.get('max_to_keep', 2)),
+        progress_every_seconds=float(config.get('report', {}).get('progress_every_seconds', 60.0)),
+        levels=levels,
+    )
+
 
 class ProgramRunner:
   """Trains groups of members as programs (resuming each from its newest good checkpoint)."""

@@ -63,15 +63,7 @@ class LevelRunner:
     self.branch_names = ['ticket', *[name for name in config.get('branches', ()) if name != 'ticket']]
     self.members_per_program = experiment.members_per_program
     self.learning_rate = float(config.training.learning_rate)
-    checkpointing = config.get('checkpointing', {})
-    settings = cohorts.ProgramSettings(
-        end_step=self.total_steps,
-        eval_every=int(config.training.get('eval_every', 0)),
-        checkpoint_every=int(checkpointing.get('every_steps', 0)),
-        max_to_keep=int(checkpointing.get('max_to_keep', 2)),
-        progress_every_seconds=float(config.get('report', {}).get('progress_every_seconds', 60.0)),
-        levels=self.plan.levels,
-    )
+    settings = cohorts.ProgramSettings.from_config(config, self.total_steps, self.plan.levels)
     self.programs = cohorts.ProgramRunner(workdir, experiment.program_trainer, settings, log, should_stop, self.scalars)
 
   def diverged_ticket(self, trial: int, level: int) -> dict[str, Any] | None:

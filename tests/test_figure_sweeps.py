@@ -6,8 +6,10 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 from absl import app
 import jax
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 import lth_jax
+from lth_jax import cohorts
 from lth_jax import config_schema
 from lth_jax import lottery
 from lth_jax import workdir as workdir_lib
@@ -294,6 +297,69 @@ def test_weight_snapshots_round_trip_and_refuse_another_config(tmp_path):
   config.training.learning_rate = 0.5
   with pytest.raises(ValueError, match=r'different config .*\n  training.learning_rate: 0.0012 -> 0.5'):
     weight_fate.load_snapshots(path, weight_fate.training_identity(config), [0])
+
+
+def test_a_dense_run_in_progress_is_resumed_only_by_its_own_config(tmp_path):
+  workdir = str(tmp_path)
+  identity = weight_fate.training_identity(config_schema.base_config())
+  weight_fate.claim_dense_run(workdir, identity, [0, 100])
+  os.makedirs(cohorts.running_directory(workdir, 0, [weight_fate.DENSE_RUN]))  # checkpoints of that run
+  weight_fate.claim_dense_run(workdir, identity, [100, 0])  # the same run
+  other = config_schema.base_config()
+  other.training.learning_rate = 0.5
+  with pytest.raises(SystemExit, match=r'dense run in progress of a different config .*\n  training.learning_rate'):
+    weight_fate.claim_dense_run(workdir, weight_fate.training_identity(other), [0, 100])
+  with pytest.raises(SystemExit, match=r'snapshot_steps: \[0, 100\] -> \[0, 50\]'):
+    weight_fate.claim_dense_run(workdir, identity, [0, 50])
+
+
+@pytest.mark.slow
+def test_weight_fate_continues_a_dense_run_stopped_by_sigterm(tmp_path):
+  arguments = [
+      '--config=configs/default.py',
+      '--config.training.num_steps=3000',
+      '--config.checkpointing.every_steps=200',
+      '--snapshot_steps=0,500,2500',
+  ]
+  environment = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
+  command = [sys.executable, '-m', 'experiments.weight_fate', *arguments]
+  stopped = tmp_path / 'stopped'
+  running = cohorts.running_directory(str(stopped), 0, [weight_fate.DENSE_RUN])
+  process = subprocess.Popen(
+      [*command, f'--workdir={stopped}'], cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+  )
+  deadline = time.time() + 300
+  while not (os.path.isdir(running) and any(name.isdigit() for name in os.listdir(running))):
+    assert process.poll() is None and time.time() < deadline, process.stdout.read().decode()[-3000:]
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  output = process.communicate(timeout=300)[0].decode()
+  assert process.returncode == 1, output[-3000:]
+  assert 'stopped at step' in output and 'run the same command again to continue' in output
+  assert not (stopped / weight_fate.SNAPSHOT_FILE).exists()
+
+  resumed = subprocess.run(
+      [*command, f'--workdir={stopped}'], cwd=REPO, env=environment, capture_output=True, text=True, timeout=600
+  )
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'resuming at step' in resumed.stdout + resumed.stderr
+  assert not os.path.isdir(running)  # the checkpoints go once the snapshots are written
+  whole = subprocess.run(
+      [*command, f'--workdir={tmp_path / "whole"}'],
+      cwd=REPO,
+      env=environment,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  with (
+      np.load(stopped / weight_fate.SNAPSHOT_FILE) as first,
+      np.load(tmp_path / 'whole' / weight_fate.SNAPSHOT_FILE) as second,
+  ):
+    assert sorted(first.files) == sorted(second.files)
+    for key in first.files:  # the resumed run is the uninterrupted one, bit for bit
+      np.testing.assert_array_equal(first[key], second[key])
 
 
 def _read_csv(path):
