@@ -10,11 +10,13 @@ from absl import app
 from absl import flags
 from absl import logging
 import ml_collections
+from ml_collections import config_flags
 
 from lth_jax import config_schema
 from lth_jax import data as data_lib
 from lth_jax import experiment as experiment_lib
 from lth_jax import results as results_lib
+from lth_jax import stability_report
 from lth_jax import validation
 
 Key = TypeVar('Key')  # a sweep's configs are keyed by variant name or reset point
@@ -143,6 +145,50 @@ def write_text(path: str, text: str) -> None:
 def write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
   """Writes a CSV file atomically (cells must not hold commas)."""
   write_text(path, '\n'.join(','.join(str(cell) for cell in row) for row in [header, *rows]) + '\n')
+
+
+def define_reset_sweep_flags(trials_help: str) -> None:
+  """The flags late_reset_sweep and stability_sweep share (defined when a sweep runs as a program, so
+  both modules can be imported in one process): --workdir, --config, --reset_steps / --reset_epochs,
+  --mode, --trials, --quick and --dpi."""
+  flags.DEFINE_string('workdir', None, 'Output folder.', required=True)
+  config_flags.DEFINE_config_file('config', None, 'Optional config file (default: the embedded one).')
+  flags.DEFINE_list(
+      'reset_steps',
+      None,
+      'Late-reset steps to compare (embedded default 0,25,100,500; --quick: 0,25,100; with --config required, '
+      'or --reset_epochs).',
+  )
+  flags.DEFINE_list('reset_epochs', None, 'Late-reset points in epochs instead of steps.')
+  flags.DEFINE_enum(
+      'mode',
+      None,
+      ['iterative', 'one_shot'],
+      "Pruning mode: iterative, or one_shot (level L prunes the dense network to L levels' density in one go); "
+      "default: the config's own (embedded: iterative).",
+  )
+  flags.DEFINE_integer('trials', None, trials_help)
+  flags.DEFINE_bool('quick', False, 'A smoke-test-sized run of the embedded config.')
+  flags.DEFINE_integer('dpi', stability_report.DEFAULT_DPI, 'Resolution of the PNG figures.')
+
+
+def reset_sweep_start(
+    config_file: ml_collections.ConfigDict | None,
+    quick: bool,
+    trials: int | None,
+    mode: str | None,
+    reset_steps: Sequence[str] | None,
+    reset_epochs: Sequence[str] | None,
+) -> tuple[ml_collections.ConfigDict, list[ResetPoint]]:
+  """The base config of a late-reset sweep (`base_config`; 1 trial quick, 3 full on the embedded data;
+  `mode` overrides pruning.mode) and its reset points (embedded default 0, 25, 100 (quick) or 0, 25,
+  100, 500; with a config file they must be given)."""
+  quiet_logging()
+  base = base_config(config_file, quick, trials, embedded_trials=(1, 3))
+  if mode is not None:
+    base.pruning.mode = mode
+  embedded_default = None if config_file is not None else ([0, 25, 100] if quick else [0, 25, 100, 500])
+  return base, reset_points(reset_steps, reset_epochs, embedded_default)
 
 
 def quiet_logging() -> None:

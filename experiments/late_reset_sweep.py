@@ -32,7 +32,6 @@ import os
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 import lth_jax
 from lth_jax import results as results_lib
@@ -42,42 +41,25 @@ from experiments import common
 from experiments import figures
 from experiments import late_reset_table as table_lib
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.', required=True)
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Optional config file (default: the embedded one).')
-_RESET_STEPS = flags.DEFINE_list(
-    'reset_steps',
-    None,
-    'Late-reset steps to compare (embedded default 0,25,100,500; --quick: 0,25,100; with --config required, '
-    'or --reset_epochs).',
-)
-_RESET_EPOCHS = flags.DEFINE_list('reset_epochs', None, 'Late-reset points in epochs instead of steps.')
-_MODE = flags.DEFINE_enum(
-    'mode',
-    None,
-    ['iterative', 'one_shot'],
-    "Pruning mode: iterative, or one_shot (level L prunes the dense network to L levels' density in one go); "
-    "default: the config's own (embedded: iterative).",
-)
-_TRIALS = flags.DEFINE_integer(
-    'trials', None, "Trials per reset point for the table; default 3 (--quick: 1) embedded, the config's own otherwise."
-)
-_STABILITY_LEVEL = flags.DEFINE_integer(
-    'stability_level', None, 'Level whose ticket is measured (0: skip; default 5, --quick: 2).'
-)
-_QUICK = flags.DEFINE_bool('quick', False, 'A smoke-test-sized run of the embedded config.')
-_DPI = flags.DEFINE_integer('dpi', stability_report.DEFAULT_DPI, 'Resolution of the PNG figures.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command-line flags (defined only when run as a program, so that the sweeps can be imported
+  together, e.g. by the tests)."""
+  common.define_reset_sweep_flags(
+      "Trials per reset point for the table; default 3 (--quick: 1) embedded, the config's own otherwise."
+  )
+  flags.DEFINE_integer('stability_level', None, 'Level whose ticket is measured (0: skip; default 5, --quick: 2).')
 
 
 def main(argv):
   del argv
-  common.quiet_logging()
-  workdir, quick = _WORKDIR.value, _QUICK.value
-  base = common.base_config(_CONFIG.value, quick, _TRIALS.value, embedded_trials=(1, 3))
-  if _MODE.value is not None:
-    base.pruning.mode = _MODE.value
-  embedded_default = None if _CONFIG.value is not None else ([0, 25, 100] if quick else [0, 25, 100, 500])
-  points = common.reset_points(_RESET_STEPS.value, _RESET_EPOCHS.value, embedded_default)
-  stability_level = _STABILITY_LEVEL.value if _STABILITY_LEVEL.value is not None else (2 if quick else 5)
+  workdir, quick = FLAGS.workdir, FLAGS.quick
+  base, points = common.reset_sweep_start(
+      FLAGS.config, quick, FLAGS.trials, FLAGS.mode, FLAGS.reset_steps, FLAGS.reset_epochs
+  )
+  stability_level = FLAGS.stability_level if FLAGS.stability_level is not None else (2 if quick else 5)
   if stability_level < 0:
     raise app.UsageError(f'--stability_level={stability_level}: must be 0 (skip) or a pruned level')
   # Row R: the reinit branch, trained once with the first point's run (see the module docstring).
@@ -110,7 +92,7 @@ def main(argv):
       f'ticket test accuracy ({mode} pruning); * = at least the dense network\n'
       f'R = random reinitialization (masks of reset {points[0].unit} {points[0].label})'
   )
-  table_lib.plot_late_reset_table(header, rows, title, os.path.join(workdir, 'late_reset_table.png'), _DPI.value)
+  table_lib.plot_late_reset_table(header, rows, title, os.path.join(workdir, 'late_reset_table.png'), FLAGS.dpi)
   resolved = next(iter(experiments.values())).config
   figures.plot_variants(  # Figure 3: a line per reset point, random reinitialization dashed
       {f'reset to {point.unit} {point.label}': records_by_reset[point.label] for point in configs},
@@ -132,9 +114,10 @@ def main(argv):
         ('max', 'stability_vs_reset_step_max_normalized.png'),
     ):
       stability_report.plot_stability_vs_reset_step(
-          stability_results, os.path.join(workdir, name), normalization, _DPI.value
+          stability_results, os.path.join(workdir, name), normalization, FLAGS.dpi
       )
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

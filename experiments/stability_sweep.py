@@ -29,7 +29,6 @@ import os
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 import lth_jax
 from lth_jax import results as results_lib
@@ -37,26 +36,18 @@ from lth_jax import stability
 from lth_jax import stability_report
 from experiments import common
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.', required=True)
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Optional config file (default: the embedded one).')
-_RESET_STEPS = flags.DEFINE_list(
-    'reset_steps',
-    None,
-    'Late-reset steps (embedded default 0,25,100,500; --quick: 0,25,100; with --config required, or --reset_epochs).',
-)
-_RESET_EPOCHS = flags.DEFINE_list('reset_epochs', None, 'Late-reset points in epochs instead of steps.')
-_MODE = flags.DEFINE_enum(
-    'mode', None, ['iterative', 'one_shot'], "Pruning mode; default: the config's own (embedded: iterative)."
-)
-_LEVEL = flags.DEFINE_integer('level', None, 'The pruning level whose ticket is measured (default 5, --quick: 2).')
-_TRIALS = flags.DEFINE_integer(
-    'trials', None, "Trials measured (and averaged); default 3 (--quick: 1) embedded, the config's own otherwise."
-)
-_MEASURE_EVERY = flags.DEFINE_integer(
-    'measure_every', None, 'Steps between measurements (default: a twentieth of training).'
-)
-_QUICK = flags.DEFINE_bool('quick', False, 'A smoke-test-sized run of the embedded config.')
-_DPI = flags.DEFINE_integer('dpi', stability_report.DEFAULT_DPI, 'Resolution of the PNG figures.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command-line flags (defined only when run as a program, so that the sweeps can be imported
+  together, e.g. by the tests)."""
+  common.define_reset_sweep_flags(
+      "Trials measured (and averaged); default 3 (--quick: 1) embedded, the config's own otherwise."
+  )
+  flags.DEFINE_integer('level', None, 'The pruning level whose ticket is measured (default 5, --quick: 2).')
+  flags.DEFINE_integer('measure_every', None, 'Steps between measurements (default: a twentieth of training).')
+
 
 FIGURES = {
     'final': ('stability_vs_reset_step.png', 'stability_over_training.png'),
@@ -66,18 +57,15 @@ FIGURES = {
 
 def main(argv):
   del argv
-  common.quiet_logging()
-  workdir, quick = _WORKDIR.value, _QUICK.value
-  base = common.base_config(_CONFIG.value, quick, _TRIALS.value, embedded_trials=(1, 3))
-  if _MODE.value is not None:
-    base.pruning.mode = _MODE.value
-  embedded_default = None if _CONFIG.value is not None else ([0, 25, 100] if quick else [0, 25, 100, 500])
-  points = common.reset_points(_RESET_STEPS.value, _RESET_EPOCHS.value, embedded_default)
-  level = _LEVEL.value if _LEVEL.value is not None else (2 if quick else 5)
+  workdir, quick = FLAGS.workdir, FLAGS.quick
+  base, points = common.reset_sweep_start(
+      FLAGS.config, quick, FLAGS.trials, FLAGS.mode, FLAGS.reset_steps, FLAGS.reset_epochs
+  )
+  level = FLAGS.level if FLAGS.level is not None else (2 if quick else 5)
   if level < 1:
     raise app.UsageError(f'--level={level}: the ticket of a pruned level (1 or more) is measured')
-  if _MEASURE_EVERY.value is not None and _MEASURE_EVERY.value < 1:
-    raise app.UsageError(f'--measure_every={_MEASURE_EVERY.value}: must be a positive number of steps')
+  if FLAGS.measure_every is not None and FLAGS.measure_every < 1:
+    raise app.UsageError(f'--measure_every={FLAGS.measure_every}: must be a positive number of steps')
   configs = common.lottery_configs(base, points, level)
   for config in configs.values():
     config.pruning.target_density = None  # the measured level is always reached
@@ -88,7 +76,7 @@ def main(argv):
     run_dir = os.path.join(workdir, point.directory)
     lth_jax.run(config, run_dir)
     total_steps = experiments[point].total_steps
-    every = _MEASURE_EVERY.value or max(1, total_steps // 20)
+    every = FLAGS.measure_every or max(1, total_steps // 20)
     for trial in range(int(config.get('trials', 1))):
       result, measured = stability.measure_lottery_ticket_once(
           config, run_dir, level, trial, measure_steps=range(0, total_steps, every)
@@ -108,8 +96,8 @@ def main(argv):
   common.write_csv(os.path.join(workdir, 'stability.csv'), *stability_report.end_of_training_rows(results))
   common.write_csv(os.path.join(workdir, 'stability_curves.csv'), *stability_report.curve_rows(results))
   for normalization, (end_name, curve_name) in FIGURES.items():
-    stability_report.plot_stability_vs_reset_step(results, os.path.join(workdir, end_name), normalization, _DPI.value)
-    stability_report.plot_stability_over_training(results, os.path.join(workdir, curve_name), normalization, _DPI.value)
+    stability_report.plot_stability_vs_reset_step(results, os.path.join(workdir, end_name), normalization, FLAGS.dpi)
+    stability_report.plot_stability_over_training(results, os.path.join(workdir, curve_name), normalization, FLAGS.dpi)
   print(f'\nstability of the level {level} ticket at the end of training ({base.pruning.get("mode", "iterative")})')
   print(stability_report.format_end_of_training(results))
   print('\nthroughout training (distance normalized by the final distance between two full networks)')
@@ -117,4 +105,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
