@@ -34,6 +34,16 @@ class Figure:
   images: tuple[tuple[str, str], ...]  # (output file in the workdir, image file in OUTPUT_DIR)
 
 
+# The embedded default as the figure commands' --quick shrinks it (experiments.figures.quick_config), for
+# the commands whose own --quick is smaller.
+EMBEDDED_SIX_LEVELS = (
+    '--config.training.num_steps=1000',
+    '--config.training.eval_every=250',
+    '--config.pruning.fraction=0.4',
+    '--config.pruning.levels=6',
+)
+
+
 def _command(module: str, *arguments: str) -> tuple[str, ...]:
   return ('-m', module, '--workdir={workdir}', *arguments)
 
@@ -46,7 +56,15 @@ FIGURES = (
     ),
     Figure(
         'fig01',
-        (_command('experiments.lottery_sweep', '--quick', '--branches=snip,reinit'),),
+        (
+            _command(
+                'experiments.lottery_sweep',
+                '--config=configs/default.py',
+                *EMBEDDED_SIX_LEVELS,
+                '--branches=snip,reinit',
+                '--trials=2',
+            ),
+        ),
         (('accuracy_vs_sparsity.png', 'fig01_iterative_vs_snip.png'),),
     ),
     Figure(
@@ -60,10 +78,7 @@ FIGURES = (
             _command(
                 'experiments.late_reset_sweep',
                 '--config=configs/default.py',
-                '--config.training.num_steps=1000',
-                '--config.training.eval_every=250',
-                '--config.pruning.fraction=0.4',
-                '--config.pruning.levels=6',
+                *EMBEDDED_SIX_LEVELS,
                 '--reset_steps=0,33,333',
                 '--stability_level=0',
             ),
