@@ -20,6 +20,8 @@ import sys
 import time
 from typing import Sequence
 
+from lth_jax import results as results_lib
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MAX_WIDTH = 1000
 
@@ -135,9 +137,8 @@ def save_small_png(source: pathlib.Path, destination: pathlib.Path) -> None:
       )
     image = image.quantize(colors=256)
   destination.parent.mkdir(parents=True, exist_ok=True)
-  temporary = destination.with_name(f'.tmp-{destination.name}')
-  image.save(temporary, format='PNG', optimize=True)
-  os.replace(temporary, destination)
+  with results_lib.atomic_open(str(destination), 'wb') as file:
+    image.save(file, format='PNG', optimize=True)
 
 
 def regenerate(figure: Figure, workdir: pathlib.Path, output_dir: pathlib.Path) -> list[pathlib.Path]:

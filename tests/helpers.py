@@ -46,6 +46,22 @@ class BatchNormNet(nn.Module):
     return nn.Dense(10, name='output')(nn.relu(hidden))
 
 
+def tiny_streaming_config(**overrides) -> ml_collections.ConfigDict:
+  """`tiny_config` streaming (mock) CIFAR-10: six steps at batch 16, one level rewound to step 2."""
+  fields = dict(
+      dataset__name='cifar10',
+      dataset__streaming=True,
+      training__batch_size=16,
+      training__num_steps=6,
+      training__eval_every=3,
+      training__steps_per_dispatch=2,
+      training__eval_batch_size=32,
+      pruning__levels=1,
+      pruning__rewind_step=2,
+  )
+  return tiny_config(**{**fields, **overrides})
+
+
 def swap_checkpoint_arrays(source: str, target: str) -> None:
   """Gives `target` the array files of `source` (same tree structure, other values), keeping the
   rest of `target`: a checkpoint whose bytes changed without orbax noticing."""

@@ -20,18 +20,7 @@ def streaming_config():
   """Tiny streamed cifar10 config (each host reads its slice of every batch)."""
   from tests import helpers
 
-  config = helpers.tiny_config(
-      dataset__name='cifar10',
-      dataset__streaming=True,
-      training__batch_size=16,
-      training__num_steps=6,
-      training__eval_every=3,
-      training__steps_per_dispatch=2,
-      training__eval_batch_size=32,
-      pruning__levels=1,
-      pruning__rewind_step=2,
-      branches=('reinit',),
-  )
+  config = helpers.tiny_streaming_config(branches=('reinit',))
   config.checkpointing.every_steps = 4
   return config
 

@@ -132,18 +132,7 @@ def test_streamed_evaluation_equals_the_cached_and_the_in_memory_one(mock_cifar1
 
 
 def test_streaming_lottery_run_with_snip_on_mock_cifar10(tmp_path, mock_cifar10):
-  config = helpers.tiny_config(
-      dataset__name='cifar10',
-      dataset__streaming=True,
-      training__batch_size=16,
-      training__num_steps=6,
-      training__eval_every=3,
-      training__steps_per_dispatch=2,
-      training__eval_batch_size=32,
-      pruning__levels=1,
-      pruning__rewind_step=2,
-      branches=('snip',),
-  )
+  config = helpers.tiny_streaming_config(branches=('snip',))
   results = lottery.run(config, str(tmp_path), log=lambda line: None)
   assert sorted((r['level'], r['branch']) for r in results.records) == [(0, 'ticket'), (1, 'snip'), (1, 'ticket')]
   assert all(0 <= r['test_accuracy'] <= 1 for r in results.records)

@@ -43,15 +43,27 @@ def build_digits(dataset_config: Mapping[str, Any]) -> ArrayDataset:
   inputs = digits.data.astype(np.float32) / 16.0
   labels = digits.target.astype(np.int32)
   train_indices, test_indices = shuffled_split(len(labels), test_fraction, seed)
-  train_inputs, train_targets = first_examples(
-      inputs[train_indices], labels[train_indices], dataset_config, 'num_train', "digits' training split"
+  return standardized_dataset(
+      'digits',
+      (inputs[train_indices], labels[train_indices], "digits' training split"),
+      (inputs[test_indices], labels[test_indices], "digits' test split"),
+      dataset_config,
   )
-  test_inputs, test_targets = first_examples(
-      inputs[test_indices], labels[test_indices], dataset_config, 'num_test', "digits' test split"
-  )
+
+
+def standardized_dataset(
+    name: str,
+    train: tuple[np.ndarray, np.ndarray, str],
+    test: tuple[np.ndarray, np.ndarray, str],
+    dataset_config: Mapping[str, Any],
+) -> ArrayDataset:
+  """A 10-class ArrayDataset of (inputs, labels, description) train and test splits: the first
+  dataset.num_train / num_test examples of each, standardized per feature with training statistics."""
+  train_inputs, train_targets = first_examples(train[0], train[1], dataset_config, 'num_train', train[2])
+  test_inputs, test_targets = first_examples(test[0], test[1], dataset_config, 'num_test', test[2])
   train_inputs, test_inputs = standardize_features(train_inputs, test_inputs)
   return ArrayDataset(
-      name='digits',
+      name=name,
       task='classification',
       train_inputs=train_inputs,
       train_targets=train_targets,
@@ -148,19 +160,9 @@ def build_mnist1d(dataset_config: Mapping[str, Any]) -> ArrayDataset:
   seed = read_seed(dataset_config)
   cache_dir = resolve_cache_dir(dataset_config.get('data_dir', None))
   arrays = load_mnist1d_arrays(seed, cache_dir)
-  train_inputs, train_targets = first_examples(
-      arrays['x'], arrays['y'].astype(np.int32), dataset_config, 'num_train', "MNIST-1D's training set"
-  )
-  test_inputs, test_targets = first_examples(
-      arrays['x_test'], arrays['y_test'].astype(np.int32), dataset_config, 'num_test', "MNIST-1D's test set"
-  )
-  train_inputs, test_inputs = standardize_features(train_inputs, test_inputs)
-  return ArrayDataset(
-      name='mnist1d',
-      task='classification',
-      train_inputs=train_inputs,
-      train_targets=train_targets,
-      test_inputs=test_inputs,
-      test_targets=test_targets,
-      num_classes=NUM_CLASSES,
+  return standardized_dataset(
+      'mnist1d',
+      (arrays['x'], arrays['y'].astype(np.int32), "MNIST-1D's training set"),
+      (arrays['x_test'], arrays['y_test'].astype(np.int32), "MNIST-1D's test set"),
+      dataset_config,
   )
