@@ -7,9 +7,9 @@ Prepare CIFAR-10 once:  tfds build cifar10 --file_format=array_record --data_dir
 
 import ml_collections
 
-from lth_jax import config_schema
+from lth_jax.config import schema
 
 
 def get_config() -> ml_collections.ConfigDict:
   """The Conv-2/CIFAR-10 config."""
-  return config_schema.frankle_carbin_conv('conv2', learning_rate=2e-4, num_steps=20_000, conv_rate=0.1, levels=20)
+  return schema.frankle_carbin_conv('conv2', learning_rate=2e-4, num_steps=20_000, conv_rate=0.1, levels=20)

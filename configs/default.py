@@ -8,12 +8,12 @@ Carbin do for LeNet), winning tickets against random reinitialization. A few min
 
 import ml_collections
 
-from lth_jax import config_schema
+from lth_jax.config import schema
 
 
 def get_config() -> ml_collections.ConfigDict:
   """The default lottery config."""
-  config = config_schema.base_config()
+  config = schema.base_config()
   config.dataset.name = 'mnist1d'
   config.model.name = 'lenet'
   config.model.hidden_sizes = (300, 100)

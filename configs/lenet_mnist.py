@@ -15,12 +15,12 @@ time over every core) set --config.parallel.num_devices=6 or --config.training.b
 
 import ml_collections
 
-from lth_jax import config_schema
+from lth_jax.config import schema
 
 
 def get_config() -> ml_collections.ConfigDict:
   """The LeNet/MNIST config."""
-  config = config_schema.base_config()
+  config = schema.base_config()
   config.dataset.name = 'mnist'
   config.model.name = 'lenet'
   config.model.hidden_sizes = (300, 100)

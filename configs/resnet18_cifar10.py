@@ -18,12 +18,12 @@ Prepare CIFAR-10 once:  tfds build cifar10 --file_format=array_record --data_dir
 
 import ml_collections
 
-from lth_jax import config_schema
+from lth_jax.config import schema
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   """The ResNet-18/CIFAR-10 config; `variant` 'warmup' resets to 0 with learning-rate warmup."""
-  config = config_schema.frankle_carbin_sgd_cifar(
+  config = schema.frankle_carbin_sgd_cifar(
       'resnet20', batch_size=128, num_steps=30_000, decay_boundaries=(20_000, 25_000), rewind_step=500, eval_every=2000
   )
   if variant == 'warmup':

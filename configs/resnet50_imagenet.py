@@ -23,14 +23,14 @@ On a pod slice add --distributed=yes (see README, "Running on a TPU pod / Colab 
 
 import ml_collections
 
-from lth_jax import config_schema
+from lth_jax.config import schema
 
 VARIANTS = ('one_shot', 'no_rewind')
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   """The ResNet-50/ImageNet config; `variant` is '', 'one_shot' or 'no_rewind'."""
-  config = config_schema.base_config()
+  config = schema.base_config()
   config.dataset.name = 'imagenet2012'  # always streamed: random-resized crop + flip; eval 256 -> 224
   config.model.name = 'resnet50'
   config.model.dtype = 'bfloat16'  # float32 parameters, bfloat16 computation (TPU/GPU)

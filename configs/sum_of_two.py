@@ -12,12 +12,12 @@ a fresh initialization ('reinit') and a mask permuted within each layer with a f
 
 import ml_collections
 
-from lth_jax import config_schema
+from lth_jax.config import schema
 
 
 def get_config() -> ml_collections.ConfigDict:
   """The sum-of-two config."""
-  config = config_schema.base_config()
+  config = schema.base_config()
   config.dataset.name = 'sum_of_two'
   config.dataset.num_train = 2000
   config.dataset.num_test = 1000

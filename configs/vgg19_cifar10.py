@@ -15,12 +15,12 @@ Batch 64 divides over 1, 2, 4 or 8 devices.
 
 import ml_collections
 
-from lth_jax import config_schema
+from lth_jax.config import schema
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   """The VGG-19/CIFAR-10 config; `variant` 'warmup' resets to 0 with learning-rate warmup."""
-  config = config_schema.frankle_carbin_sgd_cifar(
+  config = schema.frankle_carbin_sgd_cifar(
       'vgg19', batch_size=64, num_steps=112_000, decay_boundaries=(56_000, 84_000), rewind_step=1000, eval_every=4000
   )
   if variant == 'warmup':

@@ -12,19 +12,19 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
-from lth_jax import config_schema
-from lth_jax import data as data_lib
-from lth_jax import experiment as experiment_lib
+from lth_jax.config import errors
+from lth_jax.config import schema
+from lth_jax.data import tfds_source
+from lth_jax.reporting import stability_tables
 from lth_jax import results as results_lib
-from lth_jax import stability_report
-from lth_jax import validation
+from lth_jax.search import experiment as experiment_lib
 
 Key = TypeVar('Key')  # a sweep's configs are keyed by variant name or reset point
 
 
 def embedded_config(quick: bool, trials: int) -> ml_collections.ConfigDict:
   """The embedded default (LeNet-300-100 on MNIST-1D); `quick` shrinks it to a smoke test."""
-  config = config_schema.base_config()
+  config = schema.base_config()
   config.trials = trials
   config.training.learning_rate = 2e-3
   config.training.num_steps = 300 if quick else 3000
@@ -131,7 +131,7 @@ def prepare_all(script: str, configs: Mapping[Key, ml_collections.ConfigDict]) -
   for key, config in configs.items():
     try:
       experiments[key] = experiment_lib.prepare(config)
-    except (validation.ConfigError, data_lib.DatasetNotPreparedError) as error:
+    except (errors.ConfigError, tfds_source.DatasetNotPreparedError) as error:
       raise SystemExit(f'{script}: {key}: {error}') from error
   return experiments
 
@@ -169,7 +169,7 @@ def define_reset_sweep_flags(trials_help: str) -> None:
   )
   flags.DEFINE_integer('trials', None, trials_help)
   flags.DEFINE_bool('quick', False, 'A smoke-test-sized run of the embedded config.')
-  flags.DEFINE_integer('dpi', stability_report.DEFAULT_DPI, 'Resolution of the PNG figures.')
+  flags.DEFINE_integer('dpi', stability_tables.DEFAULT_DPI, 'Resolution of the PNG figures.')
 
 
 def reset_sweep_start(

@@ -19,11 +19,11 @@ from matplotlib import figure as figure_lib
 from matplotlib import ticker
 
 import lth_jax
-from lth_jax import lottery
-from lth_jax import report
+from lth_jax.config import lengths
+from lth_jax.reporting import summaries
 from lth_jax import results as results_lib
-from lth_jax import validation
-from lth_jax import workdir as workdir_lib
+from lth_jax.search import experiment
+from lth_jax.search import workdir as workdir_lib
 from experiments import common
 
 DPI = 80  # the figures are small enough to keep in docs/figures
@@ -34,7 +34,7 @@ BRANCH_LABELS = {'ticket': 'ticket', 'reinit': 'random reinit'}
 def set_point(config: ml_collections.ConfigDict, section: str, step_field: str, steps: int) -> None:
   """Sets a point in training given in steps (e.g. pruning.rewind_step) and clears its epochs twin, so
   that a config written in epochs can be given a step."""
-  epoch_field = next(epochs for sec, field, epochs in validation.EPOCH_TWINS if (sec, field) == (section, step_field))
+  epoch_field = next(epochs for sec, field, epochs in lengths.EPOCH_TWINS if (sec, field) == (section, step_field))
   config[section][step_field] = steps
   config[section][epoch_field] = 0.0
 
@@ -60,7 +60,7 @@ def base_config(
 
 def start(
     command: str, config: ml_collections.ConfigDict | None, quick: bool, trials: int | None
-) -> tuple[ml_collections.ConfigDict, lottery.Experiment]:
+) -> tuple[ml_collections.ConfigDict, experiment.Experiment]:
   """The base config of a figure command (`base_config`, shrunk by `quick_config` when `quick`) and
   its validated Experiment (resolved config, training length); exits naming the problem if invalid.
   Quiets checkpointing chatter (`common.quiet_logging`)."""
@@ -166,7 +166,7 @@ def plot_variants(
   axes = figure.add_subplot()
   fractions, metric, trials = [], 'test_accuracy', 1
   for index, (variant, records) in enumerate(records_by_variant.items()):
-    summary = report.sparsity_summary(records)
+    summary = summaries.sparsity_summary(records)
     metric = results_lib.test_metric_name(records)
     for branch in branches:
       points = summary.get(branch, [])
@@ -222,7 +222,7 @@ def table_cells(records_by_variant: Mapping[str, Sequence[dict[str, Any]]], bran
   beats its own variant's dense network (the ticket's level-0 mean over trials)."""
   cells = []
   for variant, records in records_by_variant.items():
-    records = report.usable(records)
+    records = summaries.usable(records)
     metric = results_lib.test_metric_name(records)
     dense_values = [record[metric] for record in records if record['branch'] == 'ticket' and record['level'] == 0]
     dense = float(np.mean(dense_values)) if dense_values else None

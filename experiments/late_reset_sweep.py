@@ -34,9 +34,9 @@ from absl import app
 from absl import flags
 
 import lth_jax
+from lth_jax.analysis import stability
+from lth_jax.reporting import stability_tables
 from lth_jax import results as results_lib
-from lth_jax import stability
-from lth_jax import stability_report
 from experiments import common
 from experiments import figures
 from experiments import late_reset_table as table_lib
@@ -106,14 +106,14 @@ def main(argv):
         os.path.join(workdir, 'stability.jsonl'),
         ''.join(results_lib.strict_json(result.as_record()) + '\n' for result in stability_results),
     )
-    common.write_csv(os.path.join(workdir, 'stability.csv'), *stability_report.end_of_training_rows(stability_results))
+    common.write_csv(os.path.join(workdir, 'stability.csv'), *stability_tables.end_of_training_rows(stability_results))
     print(f'\nstability at level {stability_level} (end of training)')
-    print(stability_report.format_end_of_training(stability_results))
+    print(stability_tables.format_end_of_training(stability_results))
     for normalization, name in (
         ('final', 'stability_vs_reset_step.png'),
         ('max', 'stability_vs_reset_step_max_normalized.png'),
     ):
-      stability_report.plot_stability_vs_reset_step(
+      stability_tables.plot_stability_vs_reset_step(
           stability_results, os.path.join(workdir, name), normalization, FLAGS.dpi
       )
 

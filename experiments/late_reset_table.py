@@ -9,8 +9,8 @@ from typing import Any, Sequence
 from matplotlib import figure as figure_lib
 import numpy as np
 
+from lth_jax.reporting import stability_tables
 from lth_jax import results as results_lib
-from lth_jax import stability_report
 
 RANDOM_REINIT_ROW = 'R'
 _NUMBER = re.compile(r'[-+0-9.eE]+')  # the mean at the start of a table cell
@@ -81,5 +81,5 @@ def plot_late_reset_table(
   axis.set_yticks(range(len(rows)), [row[0] for row in rows], fontsize=9)
   axis.set_ylabel(header[0])
   axis.set_title(title, fontsize=9)
-  stability_report.save_png(figure, path, dpi)
+  stability_tables.save_png(figure, path, dpi)
   return figure

@@ -12,7 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import lth_jax
-from lth_jax import report
+from lth_jax.reporting import plots
 from experiments import common
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.', required=True)
@@ -51,7 +51,7 @@ def main(argv):
   if _BRANCHES.value is not None:
     config.branches = tuple(_BRANCHES.value)
   results = lth_jax.run(config, _WORKDIR.value)
-  for path in report.write_report(results.records, _WORKDIR.value):
+  for path in plots.write_report(results.records, _WORKDIR.value):
     print(f'wrote {path}')
 
 

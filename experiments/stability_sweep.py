@@ -3,7 +3,7 @@ Hypothesis at Scale"), and at the end of training (Figures 4 and 6).
 
 For every late-reset point k (--reset_steps or --reset_epochs), a lottery run with late resetting to k
 (iterative, or --mode=one_shot) up to `--level`, in WORKDIR/reset_<k>; then the four-member population of
-`lth_jax.stability` (full network, winning ticket, random ticket, a second full network) trains in
+`lth_jax.analysis.stability` (full network, winning ticket, random ticket, a second full network) trains in
 lockstep and the metrics are taken every `--measure_every` steps, for each of `--trials` trials. A
 separate command from `late_reset_sweep` because it needs none of the accuracy table's levels and
 control branches, only the measured level's ticket, and it measures each trial on a fine grid of steps.
@@ -31,9 +31,9 @@ from absl import app
 from absl import flags
 
 import lth_jax
+from lth_jax.analysis import stability
+from lth_jax.reporting import stability_tables
 from lth_jax import results as results_lib
-from lth_jax import stability
-from lth_jax import stability_report
 from experiments import common
 
 FLAGS = flags.FLAGS
@@ -93,15 +93,15 @@ def main(argv):
       os.path.join(workdir, 'stability.jsonl'),
       ''.join(results_lib.strict_json(result.as_record()) + '\n' for result in results),
   )
-  common.write_csv(os.path.join(workdir, 'stability.csv'), *stability_report.end_of_training_rows(results))
-  common.write_csv(os.path.join(workdir, 'stability_curves.csv'), *stability_report.curve_rows(results))
+  common.write_csv(os.path.join(workdir, 'stability.csv'), *stability_tables.end_of_training_rows(results))
+  common.write_csv(os.path.join(workdir, 'stability_curves.csv'), *stability_tables.curve_rows(results))
   for normalization, (end_name, curve_name) in FIGURES.items():
-    stability_report.plot_stability_vs_reset_step(results, os.path.join(workdir, end_name), normalization, FLAGS.dpi)
-    stability_report.plot_stability_over_training(results, os.path.join(workdir, curve_name), normalization, FLAGS.dpi)
+    stability_tables.plot_stability_vs_reset_step(results, os.path.join(workdir, end_name), normalization, FLAGS.dpi)
+    stability_tables.plot_stability_over_training(results, os.path.join(workdir, curve_name), normalization, FLAGS.dpi)
   print(f'\nstability of the level {level} ticket at the end of training ({base.pruning.get("mode", "iterative")})')
-  print(stability_report.format_end_of_training(results))
+  print(stability_tables.format_end_of_training(results))
   print('\nthroughout training (distance normalized by the final distance between two full networks)')
-  print(stability_report.format_over_training(results))
+  print(stability_tables.format_over_training(results))
 
 
 if __name__ == '__main__':

@@ -38,14 +38,18 @@ import ml_collections
 import numpy as np
 from matplotlib import figure as figure_lib
 
-from lth_jax import checkpoints
-from lth_jax import cohorts
-from lth_jax import lottery
+from lth_jax.config import compatibility
+from lth_jax.config import data_checks
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax import results as results_lib
-from lth_jax import scalars as scalars_lib
-from lth_jax import validation
+from lth_jax.search import cohorts
+from lth_jax.search import experiment as experiment_lib
+from lth_jax.search import scalars as scalars_lib
+from lth_jax.search import trial as trial_lib
+from lth_jax.training import checkpoints
+from lth_jax.training import preemption
+from lth_jax.training import run_state
 from experiments import common
 from experiments import figures
 
@@ -76,7 +80,7 @@ def default_snapshot_steps(total_steps: int) -> list[int]:
 
 def training_identity(resolved: ml_collections.ConfigDict) -> dict[str, Any]:
   """The fields of a resolved config that decide the dense run's weights, as JSON values."""
-  identity = validation.config_to_json(resolved)
+  identity = compatibility.config_to_json(resolved)
   for field in _NOT_TRAINING:
     *parents, last = field.split('.')
     tree = identity
@@ -94,7 +98,7 @@ def one_shot_mask(params: Any, prunable: Any, config: ml_collections.ConfigDict,
   if not 0.0 < fraction_remaining < 1.0:
     raise ValueError(f'fraction_remaining={fraction_remaining}: must be strictly between 0 and 1')
   pruning_config = config.pruning
-  fraction = validation.fraction_per_level(config)
+  fraction = data_checks.fraction_per_level(config)
   level = math.log(fraction_remaining) / math.log(1.0 - fraction)
   level_fraction, layer_fractions = pruning.one_shot_fractions(
       fraction, dict(pruning_config.get('layer_fractions') or {}), level
@@ -219,7 +223,7 @@ def load_snapshots(path: str, identity: Mapping[str, Any], steps: Sequence[int])
     return None
   with np.load(path, allow_pickle=False) as saved:
     stored = json.loads(str(saved['identity']))
-    changing, neutral = validation.config_differences(stored, dict(identity))
+    changing, neutral = compatibility.config_differences(stored, dict(identity))
     if changing or neutral:
       raise ValueError(
           f'{path} holds the snapshots of a different config (old -> new):\n  '
@@ -251,7 +255,7 @@ def claim_dense_run(workdir: str, identity: Mapping[str, Any], steps: Sequence[i
   path = os.path.join(workdir, RUN_CONFIG_FILE)
   if os.path.isdir(cohorts.running_directory(workdir, 0, [DENSE_RUN])) and os.path.isfile(path):
     with open(path) as file:
-      changing, neutral = validation.config_differences(json.load(file), wanted)
+      changing, neutral = compatibility.config_differences(json.load(file), wanted)
     if changing or neutral:
       raise SystemExit(
           f'weight_fate: {workdir} holds a dense run in progress of a different config (old -> new):\n  '
@@ -262,25 +266,25 @@ def claim_dense_run(workdir: str, identity: Mapping[str, Any], steps: Sequence[i
 
 
 def train_snapshots(
-    experiment: lottery.Experiment, steps: Sequence[int], workdir: str, identity: Mapping[str, Any]
+    experiment: experiment_lib.Experiment, steps: Sequence[int], workdir: str, identity: Mapping[str, Any]
 ) -> dict[int, Any]:
   """Trains trial 0's dense network as a lottery run's level 0 trains (the library's program runner:
   progress lines, periodic and SIGTERM checkpoints in WORKDIR/checkpoints, resumed by a re-run of the
   same config, see `claim_dense_run`) and returns its params at `steps`."""
   claim_dense_run(workdir, identity, steps)
   config = experiment.config
-  init_seed, data_seed = lottery.trial_seeds(int(config.get('seed', 0)), 0)
+  init_seed, data_seed = trial_lib.trial_seeds(int(config.get('seed', 0)), 0)
   params0, model_state0 = experiment.trainer().init_variables(init_seed)
   keep_all = jax.tree_util.tree_map(lambda leaf: np.ones(np.shape(leaf), bool), params0)
   settings = cohorts.ProgramSettings.from_config(config, experiment.total_steps, levels=0)
-  stop = lottery.StopRequest()
+  stop = preemption.StopRequest()
   runner = cohorts.ProgramRunner(workdir, experiment.program_trainer, settings, print, stop, scalars_lib.Scalars(None))
   trial, branch = DENSE_RUN
   member = cohorts.Member(trial, 0, branch, params0, model_state0, keep_all, data_seed, tuple(sorted(steps)))
   stop.install()
   try:
     (result,) = runner.train([member], 0)
-  except lottery.Preempted as error:
+  except run_state.Preempted as error:
     raise SystemExit(f'weight_fate: {error}') from None
   finally:
     stop.restore()

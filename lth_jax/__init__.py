@@ -1,65 +1,65 @@
 """lth_jax: lottery-ticket search in JAX/Flax.
 
     import lth_jax
-    from lth_jax import config_schema
-    config = config_schema.base_config()   # every field with its default; edit what you need
+    config = lth_jax.config.base_config()   # every field with its default; edit what you need
     results = lth_jax.run(config, '/tmp/lth_default')
     print(results.sparsity_table())
 
-The pieces are usable on their own: `lth_jax.masks` (mask pytrees), `lth_jax.pruning` (magnitude,
-SNIP, global/local, permuted masks), `lth_jax.optim.keep_pruned_at_zero` (masked optax transform),
-`lth_jax.train` (TrainState, train_step, Trainer), `lth_jax.tickets` (load, export and transfer winning tickets), `lth_jax.data` (datasets by name, the streaming
-pipeline), `lth_jax.feeds` (in-memory or streamed batches for the Trainer), `lth_jax.stability` (lockstep population, stability
-metrics, linear mode connectivity), `lth_jax.report` (tables and plots).
+The library is layered; each layer imports only the ones before it:
+
+    data, models                  datasets by name; flax modules by name
+    masks, pruning, optim,        the tensor core: mask pytrees, pruning rules, the masked optax
+    branches, results             transform, the control branches, the results file
+    config                        every field and its default, the checks, workdir compatibility
+    training                      TrainState, compiled programs, the Trainer, feeds, mesh, checkpoints
+    tickets                       a ticket out of a workdir, exported, transferred
+    search                        the lottery runner: levels, trials, cohorts, the workdir
+    analysis                      stability to pruning, linear mode connectivity, mask overlap
+    reporting                     summaries, plots, stability tables
+    report, main                  the commands `python -m lth_jax.report` and `python -m lth_jax.main`
 """
 
 import importlib
 from typing import Any
 
-from lth_jax import (
-    branches,
-    checkpoints,
-    cohorts,
-    config_schema,
-    data,
-    feeds,
-    masks,
-    models,
-    optim,
-    parallel,
-    pruning,
-    results,
-    stability,
-    tickets,
-    train,
-    validation,
-)
-from lth_jax.lottery import LotteryResults, run
-from lth_jax.validation import ConfigError
+from lth_jax import analysis
+from lth_jax import branches
+from lth_jax import config
+from lth_jax import data
+from lth_jax import masks
+from lth_jax import models
+from lth_jax import optim
+from lth_jax import pruning
+from lth_jax import reporting
+from lth_jax import results
+from lth_jax import search
+from lth_jax import tickets
+from lth_jax import training
+from lth_jax.config import ConfigError
+from lth_jax.search import LotteryResults
+from lth_jax.search import run
+from lth_jax.version import __version__
 
 __all__ = [
     'ConfigError',
+    '__version__',
     'LotteryResults',
+    'analysis',
     'branches',
-    'checkpoints',
-    'cohorts',
-    'config_schema',
+    'config',
     'data',
-    'feeds',
     'masks',
     'models',
     'optim',
-    'parallel',
     'pruning',
     'report',
+    'reporting',
     'results',
     'run',
-    'stability',
+    'search',
     'tickets',
-    'train',
-    'validation',
+    'training',
 ]
-__version__ = '0.1.0'
 
 
 def __getattr__(name: str) -> Any:

@@ -27,13 +27,14 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from lth_jax import checkpoints
-from lth_jax import data
+from lth_jax.config import errors
 from lth_jax.data import embedded
-from lth_jax import lottery
-from lth_jax import parallel
+from lth_jax.data import tfds_source
 from lth_jax import results
-from lth_jax import validation
+from lth_jax.search import lottery
+from lth_jax.training import checkpoints
+from lth_jax.training import parallel
+from lth_jax.training import run_state
 
 PREEMPTED_EXIT_STATUS = 143  # 128 + SIGTERM, what a process killed by SIGTERM reports
 DIVERGED_EXIT_STATUS = 3  # the run finished, but a ticket diverged
@@ -93,14 +94,14 @@ def main(argv: list[str]) -> None:
   try:
     outcome = lottery.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (
-      validation.ConfigError,
-      data.DatasetNotPreparedError,
+      errors.ConfigError,
+      tfds_source.DatasetNotPreparedError,
       checkpoints.CheckpointError,
       results.CorruptResultsError,
       results.WriteError,
   ) as error:
     sys.exit(f'lth_jax: {error}')
-  except lottery.Preempted as error:
+  except run_state.Preempted as error:
     print(f'lth_jax: {error}', file=sys.stderr, flush=True)
     sys.exit(PREEMPTED_EXIT_STATUS)
   diverged = [record for record in outcome.records if record['branch'] == 'ticket' and results.is_diverged(record)]

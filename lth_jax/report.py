@@ -1,4 +1,4 @@
-"""Reports of a lottery run: tables, plots and a CSV file from `WORKDIR/results.jsonl`.
+"""The report command: a lottery run's tables, plots and CSV file from `WORKDIR/results.jsonl`.
 
     python -m lth_jax.report --workdir=/tmp/lth_default [--output_dir=/tmp/lth_default_report]
 
@@ -9,243 +9,26 @@ prints the run's tables and writes, into the output folder (default: the workdir
   training_curves.png        the ticket's test metric against step, one line per level
   sparsity_table.csv         level, fraction remaining, and per branch the mean/min/max over trials
 
-The same pieces are a Python API: `load`, `sparsity_summary`, `training_curves`,
-`plot_accuracy_vs_sparsity`, `plot_training_curves`, `write_csv` and `write_report`. The numbers
-(`load`, the summaries, the CSV) come from `lth_jax.summaries` and are re-exported here; this module
-draws them and is the command line.
+and the mask overlap tables and per-layer density plot (`lth_jax.analysis.mask_overlap`). The same
+pieces are a Python API in `lth_jax.reporting` (`load`, `sparsity_summary`, `training_curves`,
+`plot_accuracy_vs_sparsity`, `plot_training_curves`, `write_csv`, `write_report`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 import matplotlib
-from matplotlib import cm
-from matplotlib import colors
-from matplotlib import figure as figure_lib
-from matplotlib import ticker
-import numpy as np
 
-from lth_jax import lottery
-from lth_jax import mask_overlap
 from lth_jax import results as results_lib
-from lth_jax import summaries
-from lth_jax.summaries import load
-from lth_jax.summaries import REQUIRED_FIELDS
-from lth_jax.summaries import sparsity_rows
-from lth_jax.summaries import sparsity_summary
-from lth_jax.summaries import SparsityPoint
-from lth_jax.summaries import training_curves
-from lth_jax.summaries import TrainingCurve
-from lth_jax.summaries import usable
-from lth_jax.summaries import write_csv
-
-__all__ = [
-    'ACCURACY_VS_SPARSITY_FILE',
-    'REQUIRED_FIELDS',
-    'SPARSITY_TABLE_FILE',
-    'SparsityPoint',
-    'TRAINING_CURVES_FILE',
-    'TrainingCurve',
-    'load',
-    'main',
-    'plot_accuracy_vs_sparsity',
-    'plot_training_curves',
-    'sparsity_rows',
-    'sparsity_summary',
-    'training_curves',
-    'usable',
-    'write_csv',
-    'write_report',
-]
-
-ACCURACY_VS_SPARSITY_FILE = 'accuracy_vs_sparsity.png'
-TRAINING_CURVES_FILE = 'training_curves.png'
-SPARSITY_TABLE_FILE = 'sparsity_table.csv'
-
-_METRIC_LABELS = {'test_accuracy': 'Test accuracy', 'test_rmse': 'Test RMSE'}
-_BRANCH_STYLES = {  # branch: (legend label, colour, marker)
-    'ticket': ('winning ticket', 'C0', 'o'),
-    'reinit': ('random reinit', 'C1', 's'),
-    'permuted': ('permuted mask', 'C2', '^'),
-    'permuted_reinit': ('permuted + reinit', 'C3', 'v'),
-    'random_pruning': ('random pruning', 'C4', 'D'),
-    'snip': ('SNIP', 'C5', 'P'),
-    'sign_reinit': ('sign-preserving reinit', 'C6', 'X'),
-}
-_DPI = 150
-_MAX_PERCENT_TICKS = 8
-_MAX_LEGEND_LEVELS = 10
-
-
-def _percent(fraction: float) -> str:
-  """A fraction as a short percent label: 1.0 -> '100', 0.802 -> '80.2', 0.00667 -> '0.667'."""
-  return f'{100 * fraction:.3g}'
-
-
-def _trials_note(records: Sequence[dict[str, Any]], bars: str) -> str:
-  trials = len({record['trial'] for record in records})
-  return f'mean of {trials} trials, {bars} min to max' if trials > 1 else '1 trial'
-
-
-def _use_log_scale(metric: str, values: Sequence[float]) -> bool:
-  """RMSE spanning orders of magnitude (e.g. 1e-7 for a ticket, 3.0 for a random one) reads on a log axis."""
-  finite = np.array([value for value in values if np.isfinite(value)])
-  return metric == 'test_rmse' and finite.size > 0 and finite.min() > 0 and finite.max() / finite.min() > 20
-
-
-def _save_png(figure: figure_lib.Figure, path: str) -> None:
-  """Writes `figure` as a PNG atomically (temporary file in the same folder, then rename)."""
-  with results_lib.atomic_open(path, 'wb') as file:
-    figure.savefig(file, format='png', dpi=_DPI)
-
-
-def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | None = None) -> figure_lib.Figure:
-  """Test metric against fraction of weights remaining (log axis, decreasing to the right), one line per
-  branch at the mean over trials with min-max error bars, the dense (level 0) mean as a dashed line;
-  saved as a PNG at `path` (when given). Returns the figure."""
-  records = summaries.usable(records)
-  metric = summaries.test_metric(records)
-  summary = summaries.sparsity_summary(records)
-  figure = figure_lib.Figure(figsize=(7, 4.8), layout='constrained')
-  axes = figure.add_subplot()
-  rewind_steps = {record['start_step'] for record in records if record['level'] > 0}
-  for index, (branch, points) in enumerate(summary.items()):
-    label, colour, marker = _BRANCH_STYLES.get(branch, (branch, f'C{7 + index % 3}', '*'))
-    if branch == 'ticket' and rewind_steps - {0}:
-      label += f' (late reset to step {", ".join(map(str, sorted(rewind_steps)))})'
-    fractions = np.array([point.fraction_remaining for point in points])
-    means = np.array([point.mean for point in points])
-    errors = np.array(
-        [[point.mean - point.minimum for point in points], [point.maximum - point.mean for point in points]]
-    )
-    errors = np.clip(errors, 0, None)  # the mean of equal values can round an ulp below their minimum
-    axes.errorbar(
-        fractions,
-        means,
-        yerr=errors,
-        label=label,
-        color=colour,
-        marker=marker,
-        markersize=4,
-        capsize=3,
-        linewidth=1.5,
-        gid=branch,
-    )
-  dense = [record[metric] for record in records if record['level'] == 0]
-  if dense:
-    axes.axhline(
-        float(np.mean(dense)),
-        color='0.4',
-        linestyle='--',
-        linewidth=1,
-        label=f'dense (level 0): {np.mean(dense):.4g}',
-        gid='dense',
-    )
-  all_fractions = sorted(
-      {round(point.fraction_remaining, 12) for points in summary.values() for point in points}, reverse=True
-  )
-  ticks = [
-      all_fractions[i]
-      for i in sorted(
-          {round(i) for i in np.linspace(0, len(all_fractions) - 1, min(len(all_fractions), _MAX_PERCENT_TICKS))}
-      )
-  ]
-  axes.set_xscale('log')
-  axes.set_xlim(max(all_fractions) * 1.15, min(all_fractions) / 1.15)  # decreasing left to right
-  axes.xaxis.set_major_locator(ticker.FixedLocator(ticks))
-  axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: _percent(value)))
-  axes.xaxis.set_minor_locator(ticker.NullLocator())
-  if _use_log_scale(
-      metric, [value for points in summary.values() for point in points for value in (point.minimum, point.maximum)]
-  ):
-    axes.set_yscale('log')
-  axes.set_xlabel('Percent of weights remaining')
-  axes.set_ylabel(_METRIC_LABELS.get(metric, metric) + (' (lower is better)' if metric == 'test_rmse' else ''))
-  axes.set_title(
-      f'{_METRIC_LABELS.get(metric, metric)} against weights remaining\n' f'({_trials_note(records, "error bars")})',
-      fontsize=11,
-  )
-  axes.grid(True, which='major', alpha=0.3)
-  handles, labels = axes.get_legend_handles_labels()
-  order = sorted(range(len(handles)), key=lambda i: labels[i].startswith('dense'))  # dense line last
-  axes.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=9)
-  if path is not None:
-    _save_png(figure, path)
-  return figure
-
-
-def plot_training_curves(
-    records: Sequence[dict[str, Any]], path: str | None = None, branch: str = 'ticket'
-) -> figure_lib.Figure:
-  """Test metric against training step for `branch` (the ticket by default), one line per level at the
-  mean over trials (shaded min to max), coloured by fraction of weights remaining; saved as a PNG at
-  `path` (when given). Returns the figure."""
-  records = summaries.usable(records)
-  metric = summaries.test_metric(records)
-  curves = summaries.training_curves(records, branch)
-  if not curves:
-    raise ValueError(f'no {branch!r} records to plot')
-  fractions = [curve.fraction_remaining for curve in curves]
-  highest, lowest = max(fractions), min(fractions)
-  norm = colors.LogNorm(vmin=lowest if lowest < highest else highest / 2, vmax=highest)
-  colour_map = colors.ListedColormap(matplotlib.colormaps['viridis'](np.linspace(0.85, 0.0, 256)))
-  figure = figure_lib.Figure(figsize=(7, 4.8), layout='constrained')
-  axes = figure.add_subplot()
-  for curve in curves:
-    colour = colour_map(norm(curve.fraction_remaining))
-    axes.plot(
-        curve.steps,
-        curve.mean,
-        color=colour,
-        linewidth=1.5,
-        marker='o' if len(curve.steps) <= 12 else None,
-        markersize=3,
-        label=f'{_percent(curve.fraction_remaining)}% (level {curve.level})',
-        gid=f'level_{curve.level}',
-    )
-    if curve.trials > 1:
-      axes.fill_between(curve.steps, curve.minimum, curve.maximum, color=colour, alpha=0.12, linewidth=0)
-  if _use_log_scale(metric, [value for curve in curves for value in (*curve.minimum, *curve.maximum)]):
-    axes.set_yscale('log')
-  if len(curves) <= _MAX_LEGEND_LEVELS:
-    axes.legend(title='weights remaining', fontsize=8, title_fontsize=9)
-  else:
-    colour_bar = figure.colorbar(cm.ScalarMappable(norm=norm, cmap=colour_map), ax=axes)
-    colour_bar.set_label('Percent of weights remaining')
-    colour_bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: _percent(value)))
-    colour_bar.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-  name = _BRANCH_STYLES.get(branch, (branch,))[0]
-  note = _trials_note(records, 'shaded')
-  if all(len(curve.steps) <= 1 for curve in curves):
-    note += ')\n(one evaluation per level: set training.eval_every to record curves'
-  axes.set_xlabel('Training step')
-  axes.set_ylabel(_METRIC_LABELS.get(metric, metric))
-  axes.set_title(
-      f'{_METRIC_LABELS.get(metric, metric)} during training, {name}, one line per level\n' f'({note})', fontsize=11
-  )
-  axes.grid(True, alpha=0.3)
-  if path is not None:
-    _save_png(figure, path)
-  return figure
-
-
-def write_report(records: Sequence[dict[str, Any]], output_dir: str) -> list[str]:
-  """Writes the two plots and the CSV table into `output_dir` (created if missing); returns their paths."""
-  os.makedirs(output_dir, exist_ok=True)
-  paths = [
-      os.path.join(output_dir, name) for name in (ACCURACY_VS_SPARSITY_FILE, TRAINING_CURVES_FILE, SPARSITY_TABLE_FILE)
-  ]
-  plot_accuracy_vs_sparsity(records, paths[0])
-  plot_training_curves(records, paths[1])
-  summaries.write_csv(records, paths[2])
-  return paths
+from lth_jax.analysis import mask_overlap
+from lth_jax.reporting import plots
+from lth_jax.reporting import summaries
 
 
 def _is_main_process() -> bool:
@@ -277,7 +60,7 @@ def main(argv: list[str]) -> None:
   except (FileNotFoundError, ValueError) as error:
     sys.exit(f'lth_jax.report: {error}')
   if not records:
-    sys.exit(f'lth_jax.report: {os.path.join(workdir, lottery.RESULTS_FILE)} holds no records')
+    sys.exit(f'lth_jax.report: {os.path.join(workdir, results_lib.RESULTS_FILE)} holds no records')
   if not _is_main_process():
     return
   print(results_lib.format_table(records))
@@ -286,7 +69,7 @@ def main(argv: list[str]) -> None:
   if diverged:
     print(f'left {len(diverged)} diverged run(s) out of the means, plots and CSV')
   try:
-    paths = write_report(records, output_dir)
+    paths = plots.write_report(records, output_dir)
   except ValueError as error:
     sys.exit(f'lth_jax.report: {error}')
   overlaps = mask_overlap.overlap_rows(workdir, results_lib.split_diverged(records)[0])

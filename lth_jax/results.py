@@ -25,6 +25,8 @@ class WriteError(OSError):
 
 
 # What each storage failure asks of the user.
+RESULTS_FILE = 'results.jsonl'  # a workdir's records: one JSON line per finished (level, branch, trial)
+
 _STORAGE_FAILURES = {
     errno.ENOSPC: ('No space left on device', 'free some space'),
     errno.EDQUOT: ('Disk quota exceeded', 'free some space or raise the quota'),

@@ -31,11 +31,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from lth_jax import checkpoints
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import results as results_lib
-from lth_jax.workdir import CONFIG_FILE, RESULTS_FILE
+from lth_jax.training import checkpoints
+from lth_jax.config.compatibility import CONFIG_FILE
+from lth_jax.results import RESULTS_FILE
+from lth_jax.version import __version__
 
 METADATA_KEY = '__metadata__'
 PARTS = ('keep_mask', 'start_params', 'start_model_state', 'final_params')
@@ -173,7 +175,6 @@ def _unflatten(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
 def export(ticket: Ticket, path: str, masks_only: bool = False) -> str:
   """Writes `ticket` to one .npz file (atomically): every array by '<part>/<parameter path>' and the
   JSON metadata; with `masks_only`, the keep mask alone. Returns the path."""
-  from lth_jax import __version__  # pylint: disable=import-outside-toplevel  (the package imports this module)
 
   arrays = _flatten(ticket.keep_mask, 'keep_mask')
   if not masks_only:

@@ -7,13 +7,13 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from lth_jax import config_schema
-from lth_jax.checkpoints import CHECKSUM_FILE
+from lth_jax.config import schema
+from lth_jax.training.checkpoints import CHECKSUM_FILE
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
   """A lottery config that finishes in seconds: a small MLP on the sklearn digits."""
-  config = config_schema.base_config()
+  config = schema.base_config()
   config.dataset.name = 'digits'
   config.model.name = 'lenet'
   config.model.hidden_sizes = (32, 16)

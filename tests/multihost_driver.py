@@ -13,7 +13,7 @@ import sys
 import jax
 import tensorflow_datasets as tfds
 
-from lth_jax import parallel
+from lth_jax.training import parallel
 
 
 def streaming_config():
@@ -30,7 +30,7 @@ def main() -> None:
   streaming = sys.argv[5:] == ['streaming']
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   parallel.initialize_distributed('yes', f'127.0.0.1:{port}', num_processes, process_id)
-  from lth_jax import lottery
+  from lth_jax.search import lottery
   from tests import helpers
 
   if streaming:

@@ -17,7 +17,7 @@ from absl import app
 from absl import flags
 
 from lth_jax import main
-from lth_jax import train as train_lib
+from lth_jax.training import trainer as trainer_lib
 
 
 def _sigterm_received() -> bool:
@@ -27,7 +27,7 @@ def _sigterm_received() -> bool:
 
 def _pause_at(call: int, step: int) -> None:
   """Wraps Trainer.train so that its `call`-th run pauses at `step`."""
-  original = train_lib.Trainer.train
+  original = trainer_lib.Trainer.train
   calls = []
 
   def train(self, state, *args, should_stop=None, **kwargs):
@@ -44,7 +44,7 @@ def _pause_at(call: int, step: int) -> None:
 
     return original(self, state, *args, should_stop=stop, **kwargs)
 
-  train_lib.Trainer.train = train
+  trainer_lib.Trainer.train = train
 
 
 if __name__ == '__main__':

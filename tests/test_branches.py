@@ -8,16 +8,20 @@ import numpy as np
 import optax
 import pytest
 
+import lth_jax
 from lth_jax import branches as branches_lib
-from lth_jax import checkpoints
 from lth_jax import data as data_lib
-from lth_jax import lottery
+from lth_jax.data import arrays
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
-from lth_jax import parallel
 from lth_jax import pruning
-from lth_jax import train as train_lib
+from lth_jax.search import lottery
+from lth_jax.search import pruning_plan
+from lth_jax.search import trial
+from lth_jax.training import checkpoints
+from lth_jax.training import parallel
+from lth_jax.training import trainer as trainer_lib
 from tests import helpers
 
 
@@ -25,7 +29,7 @@ def _tiny_trainer():
   config = helpers.tiny_config()
   dataset = data_lib.build(config.dataset)
   model = models_lib.build(config.model, dataset.num_outputs)
-  return train_lib.Trainer(model, dataset, optim.from_config(config.training, 60), parallel.create_mesh(), 32, 8)
+  return trainer_lib.Trainer(model, dataset, optim.from_config(config.training, 60), parallel.create_mesh(), 32, 8)
 
 
 def _branch_inputs(trainer, keep_fraction=0.3, seed=4):
@@ -47,7 +51,7 @@ def _branch_inputs(trainer, keep_fraction=0.3, seed=4):
 def test_mean_gradients_equal_the_averaged_batch_gradients():
   trainer = _tiny_trainer()
   params, _ = trainer.init_variables(0)
-  indices = data_lib.batch_indices(9, 0, 3, trainer.dataset.num_train, 32)
+  indices = arrays.batch_indices(9, 0, 3, trainer.dataset.num_train, 32)
 
   def loss(p, batch):
     outputs = trainer.model.apply({'params': p}, trainer.dataset.train_inputs[batch])
@@ -60,9 +64,9 @@ def test_mean_gradients_equal_the_averaged_batch_gradients():
 def test_mean_gradients_normalize_with_each_batch_statistics():
   """SNIP's gradients see a batch as a train step does: batch norm in training mode."""
   dataset = data_lib.build(helpers.tiny_config().dataset)
-  trainer = train_lib.Trainer(helpers.BatchNormNet(), dataset, optax.sgd(0.1), parallel.create_mesh(), 32, 8)
+  trainer = trainer_lib.Trainer(helpers.BatchNormNet(), dataset, optax.sgd(0.1), parallel.create_mesh(), 32, 8)
   params, model_state = trainer.init_variables(0)
-  batch = data_lib.batch_indices(9, 0, 1, dataset.num_train, 32)[0]
+  batch = arrays.batch_indices(9, 0, 1, dataset.num_train, 32)[0]
 
   def loss(p, train):
     outputs = trainer.model.apply(
@@ -149,8 +153,8 @@ def test_early_turnaround_prunes_from_the_weights_at_the_turnaround_step(tmp_pat
   results = lottery.run(config, str(tmp_path), log=lambda line: None)
   assert {r['branch'] for r in results.records} == {'ticket', 'snip', 'sign_reinit'}
   trainer = _tiny_trainer()
-  init_seed, data_seed = lottery.trial_seeds(config.seed, 0)
-  plan = lottery.PruningPlan.from_config(config)
+  init_seed, data_seed = trial.trial_seeds(config.seed, 0)
+  plan = pruning_plan.PruningPlan.from_config(config)
   params0, model_state0 = trainer.init_variables(init_seed)
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
   at_turnaround = trainer.train(trainer.create_state(params0, model_state0, ones, 0), 30, data_seed)
@@ -172,5 +176,5 @@ def test_early_turnaround_prunes_from_the_weights_at_the_turnaround_step(tmp_pat
 
 def test_turnaround_before_the_rewind_step_is_refused(tmp_path):
   config = helpers.tiny_config(pruning__turnaround_step=3)
-  with pytest.raises(lottery.validation.ConfigError, match='pruning.turnaround_step=3: must come after'):
+  with pytest.raises(lth_jax.ConfigError, match='pruning.turnaround_step=3: must come after'):
     lottery.run(config, str(tmp_path), log=lambda line: None)

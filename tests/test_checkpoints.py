@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from lth_jax import checkpoints
+from lth_jax.training import checkpoints
 from tests import helpers
 
 

@@ -15,13 +15,16 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import checkpoints
-from lth_jax import cohorts
-from lth_jax import lottery
-from lth_jax import memory
-from lth_jax import parallel
-from lth_jax import train as train_lib
-from lth_jax import validation
+from lth_jax.config import errors
+from lth_jax.search import cohorts
+from lth_jax.search import experiment as experiment_lib
+from lth_jax.search import lottery
+from lth_jax.training import checkpoints
+from lth_jax.training import memory
+from lth_jax.training import parallel
+from lth_jax.training import run_state
+from lth_jax.training import steps
+from lth_jax.training import trainer as trainer_lib
 from tests import helpers
 
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
@@ -57,7 +60,7 @@ def _level_trees(workdir):
 @contextlib.contextmanager
 def _interrupted(monkeypatch, call, step, action):
   """While the block runs, the `call`-th training program calls `action()` between dispatches at `step`."""
-  original = train_lib.Trainer.train
+  original = trainer_lib.Trainer.train
   calls = []
 
   def train(self, state, *args, should_stop=None, **kwargs):
@@ -71,11 +74,11 @@ def _interrupted(monkeypatch, call, step, action):
 
     return original(self, state, *args, should_stop=stop, **kwargs)
 
-  monkeypatch.setattr(train_lib.Trainer, 'train', train)
+  monkeypatch.setattr(trainer_lib.Trainer, 'train', train)
   try:
     yield
   finally:
-    monkeypatch.setattr(train_lib.Trainer, 'train', original)
+    monkeypatch.setattr(trainer_lib.Trainer, 'train', original)
 
 
 @pytest.fixture(scope='module')
@@ -201,14 +204,14 @@ def test_a_level_resumed_after_some_programs_finished_trains_only_the_others(tmp
 
 
 def test_members_per_program_is_checked_before_anything_trains(tmp_path, monkeypatch):
-  with pytest.raises(validation.ConfigError, match='parallel.members_per_program=-1: must be a non-negative'):
+  with pytest.raises(errors.ConfigError, match='parallel.members_per_program=-1: must be a non-negative'):
     lottery.run(_config(parallel__members_per_program=-1), str(tmp_path / 'negative'), log=lambda m: None)
   assert not os.path.exists(tmp_path / 'negative')
   # A population that does not fit: the estimate says what to set; auto falls back to what fits.
   member = memory.footprint(*_footprint_inputs())
   monkeypatch.setattr(memory, 'device_memory_bytes', lambda: int(3 * member.state_bytes / memory.USABLE_FRACTION))
   with pytest.raises(
-      validation.ConfigError,
+      errors.ConfigError,
       match=r'parallel.members_per_program=6: a program of 6 runs needs about .* per device.*'
       r'set parallel.members_per_program=\d',
   ):
@@ -217,13 +220,13 @@ def test_members_per_program_is_checked_before_anything_trains(tmp_path, monkeyp
         str(tmp_path / 'large'),
         log=lambda m: None,
     )
-  assert lottery.prepare(_config(dataset__name='sum_of_two', model__name='linear')).members_per_program < 6
+  assert experiment_lib.prepare(_config(dataset__name='sum_of_two', model__name='linear')).members_per_program < 6
   monkeypatch.setattr(memory, 'device_memory_bytes', lambda: None)  # unknown memory: whole cohorts
-  assert lottery.prepare(_config()).members_per_program == 6
+  assert experiment_lib.prepare(_config()).members_per_program == 6
 
 
 def _footprint_inputs():
-  experiment = lottery.prepare(_config(dataset__name='sum_of_two', model__name='linear'))
+  experiment = experiment_lib.prepare(_config(dataset__name='sum_of_two', model__name='linear'))
   from lth_jax import optim
 
   return experiment.model, experiment.dataset.input_shape, optim.from_config(experiment.config.training, 60)
@@ -232,7 +235,7 @@ def _footprint_inputs():
 def test_changing_members_per_program_is_a_config_change(cohort_run, tmp_path):
   workdir = str(tmp_path / 'work')
   shutil.copytree(cohort_run[0], workdir)
-  with pytest.raises(validation.ConfigError, match=r'parallel.members_per_program: 0 -> 2'):
+  with pytest.raises(errors.ConfigError, match=r'parallel.members_per_program: 0 -> 2'):
     lottery.run(_config(parallel__members_per_program=2), workdir, log=lambda message: None)
 
 
@@ -242,7 +245,7 @@ def test_sigterm_stops_a_cohort_at_its_current_step_and_a_rerun_finishes_the_sam
   # Level 2's cohort, between its checkpoints, gets what a batch scheduler sends.
   with _interrupted(monkeypatch, 3, 36, lambda: os.kill(os.getpid(), signal.SIGTERM)):
     with pytest.raises(
-        lottery.Preempted,
+        run_state.Preempted,
         match=r'level 2/2 cohort of 6 \(trials 0-2 x ticket, reinit\): stopped '
         r'at step 36/60 on request \(SIGTERM\); checkpointed in .*/36',
     ):
@@ -257,16 +260,16 @@ def test_sigterm_stops_a_cohort_at_its_current_step_and_a_rerun_finishes_the_sam
 
 
 def test_stability_populations_are_spread_over_the_members_axis():
-  experiment = lottery.prepare(helpers.tiny_config())
+  experiment = experiment_lib.prepare(helpers.tiny_config())
   four = experiment.trainer(4)  # stability.measure's full, ticket, random ticket and second full network
   assert four.population_size == 4 and four.mesh.devices.shape == (4, 2)
   two = experiment.trainer(2)  # linear mode connectivity's two copies
   assert two.mesh.devices.shape == (2, 4)
   params, model_state = experiment.trainer().init_variables(0)
   state = four.create_state(
-      train_lib.stack_members([params] * 4),
-      train_lib.stack_members([model_state] * 4),
-      train_lib.stack_members([jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params)] * 4),
+      steps.stack_members([params] * 4),
+      steps.stack_members([model_state] * 4),
+      steps.stack_members([jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params)] * 4),
       0,
   )
   kernel = state.params['dense_0']['kernel']

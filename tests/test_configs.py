@@ -9,12 +9,15 @@ import jax.numpy as jnp
 import pytest
 import tensorflow_datasets as tfds
 
-from lth_jax import data as data_lib
-from lth_jax import experiment as experiment_lib
-from lth_jax import lottery
+from lth_jax.config import checks
+from lth_jax.config import data_checks
+from lth_jax.config import errors
+from lth_jax.config import lengths
+from lth_jax.data import tfds_source
 from lth_jax import models as models_lib
 from lth_jax import optim
-from lth_jax import validation
+from lth_jax.search import experiment as experiment_lib
+from lth_jax.search import lottery
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
@@ -42,7 +45,7 @@ def test_there_are_configs():
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
 def test_config_validates(path):
   config = load_config(path)
-  validation.check_config(config)
+  checks.check_config(config)
   assert config.pruning.rewind_step < (config.training.num_steps or 10**9)
 
 
@@ -98,7 +101,7 @@ def test_scale_paper_configs_late_reset_and_warmup_variants(name, model, rewind_
   assert late_reset.training.num_steps == total_steps and late_reset.pruning.scope == 'global'
   assert late_reset.model.name == model and tuple(late_reset.pruning.excluded_layers) == ('output',)
   assert with_warmup.pruning.rewind_step == 0 and with_warmup.training.warmup_steps == warmup
-  validation.check_config(with_warmup)
+  checks.check_config(with_warmup)
   with pytest.raises(ValueError, match='unknown variant'):
     module.get_config('nonsense')
 
@@ -127,8 +130,8 @@ def _imagenet_config(variant=''):
 def test_resnet50_imagenet_schedule_at_full_scale(variant):
   """The paper's ResNet-50 schedule, in steps of the real ImageNet (1251 steps per epoch at batch 1024)."""
   config = _imagenet_config(variant)
-  validation.check_config(config)
-  resolved = validation.resolve_epochs(config, IMAGENET_TRAIN_SIZE)
+  checks.check_config(config)
+  resolved = lengths.resolve_epochs(config, IMAGENET_TRAIN_SIZE)
   training, pruning_config = resolved.training, resolved.pruning
   assert training.batch_size == 1024 and training.num_steps == 90 * 1251 == 112_590
   assert training.warmup_steps == 5 * 1251 and training.decay_boundaries == (30 * 1251, 60 * 1251, 80 * 1251)
@@ -159,7 +162,7 @@ def test_resnet50_imagenet_schedule_at_full_scale(variant):
   model = models_lib.build(resolved.model, 1000)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))
   params = shapes['params']
-  validation.check_against_data(
+  data_checks.check_against_data(
       resolved,
       IMAGENET_TRAIN_SIZE,
       experiment_lib.layer_sizes(params, experiment_lib.prunable_from_config(params, resolved)),
@@ -170,19 +173,19 @@ def test_resnet50_imagenet_refuses_points_out_of_order():
   config = _imagenet_config()
   config.pruning.turnaround_epoch = 5
   with pytest.raises(
-      validation.ConfigError, match=r'pruning.turnaround_epoch=5.0 \(step 6255\): must come after the rewind step'
+      errors.ConfigError, match=r'pruning.turnaround_epoch=5.0 \(step 6255\): must come after the rewind step'
   ):
-    validation.check_against_data(validation.resolve_epochs(config, IMAGENET_TRAIN_SIZE), IMAGENET_TRAIN_SIZE, {})
+    data_checks.check_against_data(lengths.resolve_epochs(config, IMAGENET_TRAIN_SIZE), IMAGENET_TRAIN_SIZE, {})
   config = _imagenet_config()
   config.pruning.rewind_epoch = 91
   with pytest.raises(
-      validation.ConfigError, match=r'pruning.rewind_epoch=91.0 \(step 113841\): is past the end of training'
+      errors.ConfigError, match=r'pruning.rewind_epoch=91.0 \(step 113841\): is past the end of training'
   ):
-    validation.check_against_data(validation.resolve_epochs(config, IMAGENET_TRAIN_SIZE), IMAGENET_TRAIN_SIZE, {})
+    data_checks.check_against_data(lengths.resolve_epochs(config, IMAGENET_TRAIN_SIZE), IMAGENET_TRAIN_SIZE, {})
   config = _imagenet_config()
   config.pruning.rewind_step = 100
-  with pytest.raises(validation.ConfigError, match='set either pruning.rewind_step'):
-    validation.check_config(config)
+  with pytest.raises(errors.ConfigError, match='set either pruning.rewind_step'):
+    checks.check_config(config)
 
 
 def _shrunk_for_mock_data(config, model_name):
@@ -243,6 +246,6 @@ def test_deep_paper_config_runs_a_few_steps_on_mock_data(tmp_path, name):
 def test_resnet50_imagenet_without_prepared_data_says_how_to_prepare_it(tmp_path):
   config = _imagenet_config()
   config.dataset.data_dir = str(tmp_path / 'tfds')
-  with pytest.raises(data_lib.DatasetNotPreparedError, match='tfds build imagenet2012 --file_format=array_record'):
+  with pytest.raises(tfds_source.DatasetNotPreparedError, match='tfds build imagenet2012 --file_format=array_record'):
     lottery.run(config, str(tmp_path / 'work'), log=lambda line: None)
   assert not (tmp_path / 'work').exists()  # nothing written before the data is there

@@ -10,9 +10,10 @@ import pytest
 from jax import lax
 
 from lth_jax import models
-from lth_jax import train
+from lth_jax.models import conv as conv_lib
 from lth_jax.models import convolution
 from lth_jax.models import resnet
+from lth_jax.training import steps
 
 CHANNELS_LAST = ('NHWC', 'HWIO', 'NHWC')
 
@@ -115,7 +116,7 @@ def model_gradients(build_model, input_shape):
   """Loss gradients of the models `build_model(conv_general_dilated)` gives, with patch and with lax kernel
   gradients, from the same parameters and batch."""
   inputs = random_array((4, *input_shape), seed=1)
-  params, model_state = train.split_variables(
+  params, model_state = steps.split_variables(
       jax.jit(build_model(lax.conv_general_dilated).init)(jax.random.PRNGKey(0), inputs)
   )
 
@@ -123,7 +124,7 @@ def model_gradients(build_model, input_shape):
     model = build_model(conv)
 
     def loss(params):
-      outputs, _ = train.apply_model(model, params, model_state, inputs, train=True)
+      outputs, _ = steps.apply_model(model, params, model_state, inputs, train=True)
       return jnp.mean(outputs**2)
 
     return jax.jit(jax.grad(loss))(params)
@@ -133,7 +134,7 @@ def model_gradients(build_model, input_shape):
 
 def test_conv_net_trains_alike_with_either_kernel_gradient():
   patches, native = model_gradients(
-      lambda conv: models.ConvNet(num_outputs=10, conv_widths=(8, 8), dense_sizes=(16,), conv_general_dilated=conv),
+      lambda conv: conv_lib.ConvNet(num_outputs=10, conv_widths=(8, 8), dense_sizes=(16,), conv_general_dilated=conv),
       (8, 8, 3),
   )
   chex.assert_trees_all_close(patches, native, rtol=1e-4, atol=1e-6)

@@ -13,7 +13,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from lth_jax import data
-from lth_jax.data import embedded, tfds_source
+from lth_jax.data import arrays
+from lth_jax.data import embedded
+from lth_jax.data import tfds_source
 
 
 def make_config(**fields) -> ml_collections.ConfigDict:
@@ -27,27 +29,27 @@ def make_config(**fields) -> ml_collections.ConfigDict:
 
 def test_batch_indices_is_consistent_across_splits_of_the_step_range():
   seed, num_examples, batch_size = 3, 50, 8  # 6 steps per epoch, 2 examples dropped.
-  whole = data.batch_indices(seed, 0, 40, num_examples, batch_size)
+  whole = arrays.batch_indices(seed, 0, 40, num_examples, batch_size)
   chex.assert_shape(whole, (40, batch_size))
   assert whole.dtype == np.int32
   for step in range(40):
-    np.testing.assert_array_equal(whole[step], data.batch_indices(seed, step, 1, num_examples, batch_size)[0])
+    np.testing.assert_array_equal(whole[step], arrays.batch_indices(seed, step, 1, num_examples, batch_size)[0])
   for split_point in (1, 5, 6, 13, 39):
-    first = data.batch_indices(seed, 0, split_point, num_examples, batch_size)
-    rest = data.batch_indices(seed, split_point, 40 - split_point, num_examples, batch_size)
+    first = arrays.batch_indices(seed, 0, split_point, num_examples, batch_size)
+    rest = arrays.batch_indices(seed, split_point, 40 - split_point, num_examples, batch_size)
     np.testing.assert_array_equal(np.concatenate([first, rest]), whole)
 
 
 def test_batch_indices_matches_the_documented_formula():
   seed, num_examples, batch_size = 7, 20, 6  # 3 steps per epoch.
-  indices = data.batch_indices(seed, 4, 1, num_examples, batch_size)[0]
+  indices = arrays.batch_indices(seed, 4, 1, num_examples, batch_size)[0]
   permutation = np.random.default_rng([seed, 1]).permutation(num_examples)
   np.testing.assert_array_equal(indices, permutation[6:12])
 
 
 def test_batch_indices_each_epoch_is_a_permutation():
   num_examples, batch_size = 64, 16  # Divides evenly: every example appears once per epoch.
-  indices = data.batch_indices(0, 0, 12, num_examples, batch_size)
+  indices = arrays.batch_indices(0, 0, 12, num_examples, batch_size)
   for epoch in range(3):
     epoch_indices = indices[epoch * 4 : (epoch + 1) * 4].ravel()
     np.testing.assert_array_equal(np.sort(epoch_indices), np.arange(num_examples))
@@ -55,21 +57,21 @@ def test_batch_indices_each_epoch_is_a_permutation():
 
 
 def test_batch_indices_with_remainder_has_no_repeats_within_an_epoch():
-  indices = data.batch_indices(1, 0, 3, 50, 16)  # 3 steps per epoch, 2 examples dropped.
+  indices = arrays.batch_indices(1, 0, 3, 50, 16)  # 3 steps per epoch, 2 examples dropped.
   flat = indices.ravel()
   assert len(np.unique(flat)) == flat.size
   assert flat.min() >= 0 and flat.max() < 50
 
 
 def test_batch_indices_different_seeds_differ():
-  first = data.batch_indices(0, 0, 5, 100, 10)
-  second = data.batch_indices(1, 0, 5, 100, 10)
+  first = arrays.batch_indices(0, 0, 5, 100, 10)
+  second = arrays.batch_indices(1, 0, 5, 100, 10)
   assert not np.array_equal(first, second)
-  np.testing.assert_array_equal(first, data.batch_indices(0, 0, 5, 100, 10))
+  np.testing.assert_array_equal(first, arrays.batch_indices(0, 0, 5, 100, 10))
 
 
 def test_batch_indices_zero_steps_is_empty():
-  chex.assert_shape(data.batch_indices(0, 10, 0, 100, 10), (0, 10))
+  chex.assert_shape(arrays.batch_indices(0, 10, 0, 100, 10), (0, 10))
 
 
 @pytest.mark.parametrize(
@@ -86,7 +88,7 @@ def test_batch_indices_zero_steps_is_empty():
 def test_batch_indices_errors(arguments, message):
   full_arguments = dict(seed=0, start_step=0, num_steps=1) | arguments
   with pytest.raises(ValueError, match=message):
-    data.batch_indices(**full_arguments)
+    arrays.batch_indices(**full_arguments)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,7 +111,7 @@ def test_unknown_name_error_names_field_value_and_known_names():
 
 def test_array_dataset_rejects_mismatched_lengths():
   with pytest.raises(ValueError, match='differ in length'):
-    data.ArrayDataset(
+    arrays.ArrayDataset(
         name='broken',
         task='regression',
         train_inputs=np.zeros((3, 2), np.float32),
@@ -235,7 +237,7 @@ def mnist1d_cache_dir(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope='module')
-def mnist1d_dataset(mnist1d_cache_dir) -> data.ArrayDataset:
+def mnist1d_dataset(mnist1d_cache_dir) -> arrays.ArrayDataset:
   """Full-size MNIST-1D generated once (~5 s) into a temporary cache."""
   return data.build(make_config(name='mnist1d', seed=0, data_dir=str(mnist1d_cache_dir)))
 
@@ -380,7 +382,7 @@ def test_tfds_limit_larger_than_split_is_rejected(tmp_path):
 
 @pytest.mark.parametrize('name', ['mnist', 'cifar10'])
 def test_tfds_missing_dataset_raises_with_instructions(name, tmp_path):
-  with pytest.raises(data.DatasetNotPreparedError) as raised:
+  with pytest.raises(tfds_source.DatasetNotPreparedError) as raised:
     data.build(make_config(name=name, data_dir=str(tmp_path)))
   assert isinstance(raised.value, FileNotFoundError)
   message = str(raised.value)

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from lth_jax import data as data_lib
-from lth_jax import lottery
 from lth_jax.data import decode_worker
 from lth_jax.data import decoded_cache
 from lth_jax.data import synthetic_tfds
 from lth_jax.data import tfds_source
+from lth_jax.search import lottery
 from tests import helpers
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -293,7 +293,7 @@ def test_a_limit_decodes_only_its_prefix_until_the_whole_split_is_cached(tfds_di
 
 
 def test_the_resident_feed_keeps_uint8_images_on_the_devices(tfds_dir, cache_dir):
-  from lth_jax import feeds, parallel  # pylint: disable=import-outside-toplevel
+  from lth_jax.training import feeds, parallel  # pylint: disable=import-outside-toplevel
 
   dataset = data_lib.build({'name': 'cifar10', 'data_dir': str(tfds_dir[0])})
   feed = feeds.create(dataset, parallel.create_mesh(1), batch_size=16, eval_batch_size=8)

@@ -6,12 +6,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lth_jax import data as data_lib
+from lth_jax.data import arrays
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
-from lth_jax import parallel
-from lth_jax import train as train_lib
+from lth_jax.training import parallel
+from lth_jax.training import trainer as trainer_lib
 
 
 def _shapes(name, input_shape, num_outputs=10, dtype='float32'):
@@ -68,7 +68,7 @@ def test_bfloat16_compute_keeps_float32_parameters():
 
 def test_training_updates_batch_statistics_and_evaluation_uses_them():
   rng = np.random.default_rng(0)
-  dataset = data_lib.ArrayDataset(
+  dataset = arrays.ArrayDataset(
       'random',
       'classification',
       rng.normal(2.0, 3.0, (32, 32, 32, 3)).astype(np.float32),
@@ -79,7 +79,7 @@ def test_training_updates_batch_statistics_and_evaluation_uses_them():
   )
   model = models_lib.build(ml_collections.ConfigDict({'name': 'resnet20'}), 10)
   optimizer = optim.from_config(ml_collections.ConfigDict({'optimizer': 'momentum', 'learning_rate': 0.1}), 10)
-  trainer = train_lib.Trainer(
+  trainer = trainer_lib.Trainer(
       model, dataset, optimizer, parallel.create_mesh(1), 8, steps_per_dispatch=1, eval_batch_size=16
   )
   params, model_state = trainer.init_variables(0)

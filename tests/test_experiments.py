@@ -92,7 +92,8 @@ def test_late_reset_table_stars_winning_tickets_and_puts_random_reinit_first(tmp
 
 
 def _synthetic_result(rewind_step, scale, trial=0, max_normalizer=2.0):
-  from lth_jax import stability
+  from lth_jax.analysis import metrics as metrics_lib
+  from lth_jax.analysis import stability
 
   def metrics(step, member):
     grow = step / 100 * scale * (2.0 if member == 'random_ticket' else 1.0)
@@ -105,7 +106,7 @@ def _synthetic_result(rewind_step, scale, trial=0, max_normalizer=2.0):
         'full_distance_from_init': 0.5 * grow,
         'ticket_distance_from_init': 0.6 * grow,
     }
-    return stability.with_max_normalized(values, 1.0, max_normalizer) if max_normalizer else values
+    return metrics_lib.with_max_normalized(values, 1.0, max_normalizer) if max_normalizer else values
 
   curve = [
       {'step': step, 'ticket': metrics(step, 'ticket'), 'random_ticket': metrics(step, 'random_ticket')}
@@ -124,7 +125,7 @@ def _synthetic_result(rewind_step, scale, trial=0, max_normalizer=2.0):
 
 
 def test_stability_report_rows_and_figures_on_synthetic_results(tmp_path):
-  from lth_jax import stability_report
+  from lth_jax.reporting import stability_tables as stability_report
 
   results = [_synthetic_result(0, 0.4), _synthetic_result(0, 0.2, trial=1), _synthetic_result(50, 0.1)]
   header, rows = stability_report.end_of_training_rows(results)

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 
 from lth_jax import branches as branches_lib
-from lth_jax import checkpoints
-from lth_jax import lottery
 from lth_jax import main as lth_main
-from lth_jax import report
+from lth_jax.reporting import plots
+from lth_jax.reporting import summaries
 from lth_jax import results as results_lib
-from lth_jax import scalars as scalars_lib
+from lth_jax.search import lottery
+from lth_jax.search import scalars as scalars_lib
+from lth_jax.search import trial
+from lth_jax.training import checkpoints
 from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +63,7 @@ def test_a_diverging_run_is_marked_and_its_trial_stops(tmp_path):
   assert _strict_records(str(tmp_path))[0]['diverged'] is True
   assert 'diverged@20' in results.table()
   with pytest.raises(ValueError, match='every one of the 1 run'):
-    report.plot_accuracy_vs_sparsity(results.records)
+    plots.plot_accuracy_vs_sparsity(results.records)
   # Re-running finds the record and stops the trial again, without training.
   lines.clear()
   assert (
@@ -80,7 +82,7 @@ def test_a_diverging_control_does_not_stop_its_cohort(tmp_path, monkeypatch):
     assert by_run[(level, 'exploding')]['diverged'] is True
     assert 'diverged' not in by_run[(level, 'ticket')]
     assert by_run[(level, 'ticket')]['curve'][-1]['step'] == 60  # trained to the end beside it
-  summary = report.sparsity_summary(results.records)
+  summary = summaries.sparsity_summary(results.records)
   assert 'exploding' not in summary and len(summary['ticket']) == 3  # left out of means and plots
   table = results_lib.format_sparsity_table(results.records)
   assert '(2 diverged run(s) left out: trial 0 level 1 exploding, trial 0 level 2 exploding)' in table
@@ -89,7 +91,7 @@ def test_a_diverging_control_does_not_stop_its_cohort(tmp_path, monkeypatch):
 
 def test_a_diverged_ticket_stops_only_its_trial(tmp_path, monkeypatch):
   config = helpers.tiny_config(trials=2, branches=(), pruning__levels=2)
-  exploding_seed = lottery.branch_seed(config.seed, 1, 1, 2)  # trial 1, level 1, the ticket
+  exploding_seed = trial.branch_seed(config.seed, 1, 1, 2)  # trial 1, level 1, the ticket
 
   def ticket(inputs):
     return _exploding(inputs) if inputs.seed == exploding_seed else branches_lib.winning_ticket(inputs)

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 import lth_jax
-from lth_jax import cohorts
-from lth_jax import config_schema
-from lth_jax import lottery
-from lth_jax import workdir as workdir_lib
+from lth_jax.config import schema
+from lth_jax.search import cohorts
+from lth_jax.search import experiment as experiment_lib
+from lth_jax.search import pruning_plan
+from lth_jax.search import workdir as workdir_lib
 from experiments import common
 from experiments import figures
 from experiments import learning_rate_sweep
@@ -100,7 +101,7 @@ def test_winning_table_stars_tickets_at_least_their_own_dense_network():
 
 
 def test_learning_rate_variants_differ_in_rate_warmup_and_reset_only():
-  base = config_schema.base_config()
+  base = schema.base_config()
   base.training.learning_rate = 0.1
   base.training.warmup_epochs = 5.0
   base.pruning.rewind_epoch = 6.0
@@ -188,10 +189,10 @@ def test_turnaround_configs_and_the_library_refuses_impossible_turnarounds():
     turnaround_sweep.turnaround_configs(base, [0], 300, 20, 'iterative', ())
   (early,) = turnaround_sweep.turnaround_configs(base, [20], 300, 20, 'iterative', ()).values()
   with pytest.raises(lth_jax.ConfigError, match=r'turnaround_step=20: must come after the rewind step'):
-    lottery.prepare(early)
+    experiment_lib.prepare(early)
   (late,) = turnaround_sweep.turnaround_configs(base, [301], 300, 20, 'one_shot', ()).values()
   with pytest.raises(lth_jax.ConfigError, match=r'turnaround_step=301: is past the end of training \(300 steps\)'):
-    lottery.prepare(late)
+    experiment_lib.prepare(late)
 
 
 def test_turnaround_sweep_refuses_a_turnaround_before_the_reset_step_before_training(tmp_path):
@@ -207,7 +208,7 @@ def test_turnaround_sweep_refuses_a_turnaround_before_the_reset_step_before_trai
 
 def test_run_variants_refuses_a_folder_of_another_config_before_training(tmp_path):
   config = common.embedded_config(True, 1)
-  experiment = lottery.prepare(config)
+  experiment = experiment_lib.prepare(config)
   workdir_lib.check_workdir_config(config, experiment.config, str(tmp_path / 'late_reset'))
   (tmp_path / 'late_reset' / 'results.jsonl').write_text(json.dumps(_record(0, 'ticket', 0.5)) + '\n')
   changed = common.embedded_config(True, 1)
@@ -231,14 +232,14 @@ def _lenet_params(seed=0):
 
 @pytest.mark.parametrize('scope, excluded', [('local', ()), ('global', ('output',))])
 def test_one_shot_mask_is_the_mask_of_a_one_shot_lottery_level(scope, excluded):
-  config = config_schema.base_config()
+  config = schema.base_config()
   config.pruning.mode = 'one_shot'
   config.pruning.scope = scope
   config.pruning.excluded_layers = excluded
   config.pruning.layer_fractions = {'output': 0.1} if scope == 'local' else {}
   params = _lenet_params()
-  prunable = lottery.prunable_from_config(params, config)
-  plan = lottery.PruningPlan.from_config(config)
+  prunable = experiment_lib.prunable_from_config(params, config)
+  plan = pruning_plan.PruningPlan.from_config(config)
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params)
   for level in (1, 3):
     expected = plan.next_mask(level, params, ones, params, prunable)
@@ -250,9 +251,9 @@ def test_one_shot_mask_is_the_mask_of_a_one_shot_lottery_level(scope, excluded):
 
 
 def test_weight_histograms_split_every_weight_by_the_mask():
-  config = config_schema.base_config()
+  config = schema.base_config()
   snapshots = {0: _lenet_params(0), 5: _lenet_params(1), 9: _lenet_params(2)}
-  prunable = lottery.prunable_from_config(snapshots[9], config)
+  prunable = experiment_lib.prunable_from_config(snapshots[9], config)
   mask = weight_fate.one_shot_mask(snapshots[9], prunable, config, 0.5)
   layers = weight_fate.row_groups(mask, prunable, 'auto')
   assert layers == ['dense_0/kernel', 'dense_1/kernel', 'output/kernel']
@@ -284,7 +285,7 @@ def test_weight_histograms_split_every_weight_by_the_mask():
 
 def test_weight_snapshots_round_trip_and_refuse_another_config(tmp_path):
   path = str(tmp_path / weight_fate.SNAPSHOT_FILE)
-  config = config_schema.base_config()
+  config = schema.base_config()
   identity = weight_fate.training_identity(config)
   assert 'pruning' not in identity and 'data_dir' not in identity['dataset']
   snapshots = {0: _lenet_params(0), 7: _lenet_params(1)}
@@ -301,11 +302,11 @@ def test_weight_snapshots_round_trip_and_refuse_another_config(tmp_path):
 
 def test_a_dense_run_in_progress_is_resumed_only_by_its_own_config(tmp_path):
   workdir = str(tmp_path)
-  identity = weight_fate.training_identity(config_schema.base_config())
+  identity = weight_fate.training_identity(schema.base_config())
   weight_fate.claim_dense_run(workdir, identity, [0, 100])
   os.makedirs(cohorts.running_directory(workdir, 0, [weight_fate.DENSE_RUN]))  # checkpoints of that run
   weight_fate.claim_dense_run(workdir, identity, [100, 0])  # the same run
-  other = config_schema.base_config()
+  other = schema.base_config()
   other.training.learning_rate = 0.5
   with pytest.raises(SystemExit, match=r'dense run in progress of a different config .*\n  training.learning_rate'):
     weight_fate.claim_dense_run(workdir, weight_fate.training_identity(other), [0, 100])

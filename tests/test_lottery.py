@@ -9,14 +9,17 @@ import numpy as np
 import pytest
 
 from lth_jax import branches as branches_lib
-from lth_jax import checkpoints
 from lth_jax import data as data_lib
-from lth_jax import lottery
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
-from lth_jax import parallel
-from lth_jax import train as train_lib
+from lth_jax.search import cohorts
+from lth_jax.search import lottery
+from lth_jax.search import pruning_plan
+from lth_jax.search import trial
+from lth_jax.training import checkpoints
+from lth_jax.training import parallel
+from lth_jax.training import trainer as trainer_lib
 from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +74,7 @@ def test_checkpointed_masks_and_rewind_point(tiny_run):
   config, workdir, _ = tiny_run
   dataset = data_lib.build(config.dataset)
   model = models_lib.build(config.model, dataset.num_outputs)
-  trainer = train_lib.Trainer(
+  trainer = trainer_lib.Trainer(
       model,
       dataset,
       optim.from_config(config.training, 60),
@@ -79,8 +82,8 @@ def test_checkpointed_masks_and_rewind_point(tiny_run):
       config.training.batch_size,
       config.training.steps_per_dispatch,
   )
-  init_seed, data_seed = lottery.trial_seeds(config.seed, 0)
-  plan = lottery.PruningPlan.from_config(config)
+  init_seed, data_seed = trial.trial_seeds(config.seed, 0)
+  plan = pruning_plan.PruningPlan.from_config(config)
   params0, model_state0 = trainer.init_variables(init_seed)
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
   replay = trainer.train(trainer.create_state(params0, model_state0, ones, 0), 5, data_seed)
@@ -197,7 +200,7 @@ def test_sum_of_two_finds_the_blogs_winning_ticket(tmp_path):
 def test_remaining_time_counts_training_and_the_evaluations_still_ahead():
   # 100 steps of batch 10 at 1000 examples/s = 1 s, then evaluations at 500, 600, ..., 900 and the
   # end (1000): six of them at 0.5 s each.
-  assert lottery.estimate_remaining_seconds(400, 1000, 100, 10, 1000.0, 0.5) == pytest.approx(6.0 + 3.0)
-  assert lottery.estimate_remaining_seconds(450, 1000, 100, 10, 1000.0, 0.5) == pytest.approx(5.5 + 3.0)
-  assert lottery.estimate_remaining_seconds(450, 1000, 0, 10, 1000.0, 0.5) == pytest.approx(5.5 + 0.5)
-  assert lottery.estimate_remaining_seconds(1000, 1000, 100, 10, 1000.0, 0.5) == 0.0
+  assert cohorts.estimate_remaining_seconds(400, 1000, 100, 10, 1000.0, 0.5) == pytest.approx(6.0 + 3.0)
+  assert cohorts.estimate_remaining_seconds(450, 1000, 100, 10, 1000.0, 0.5) == pytest.approx(5.5 + 3.0)
+  assert cohorts.estimate_remaining_seconds(450, 1000, 0, 10, 1000.0, 0.5) == pytest.approx(5.5 + 0.5)
+  assert cohorts.estimate_remaining_seconds(1000, 1000, 100, 10, 1000.0, 0.5) == 0.0

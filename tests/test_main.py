@@ -82,7 +82,7 @@ def test_damaged_results_file_is_refused_with_a_message_not_a_traceback(tmp_path
 
 
 def test_distributed_is_only_started_when_asked_or_launched_as_a_cluster():
-  from lth_jax import parallel
+  from lth_jax.training import parallel
 
   assert not parallel.launched_as_cluster({})
   assert not parallel.launched_as_cluster({'SLURM_NTASKS': '1', 'OMPI_COMM_WORLD_SIZE': 'x'})

@@ -11,7 +11,7 @@ import sys
 import pytest
 import tensorflow_datasets as tfds
 
-from lth_jax import lottery
+from lth_jax.search import lottery
 from tests import helpers
 from tests import multihost_driver
 

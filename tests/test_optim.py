@@ -13,7 +13,7 @@ import pytest
 
 from lth_jax import masks
 from lth_jax import optim
-from lth_jax import train
+from lth_jax.training import steps as steps_lib
 from lth_jax.models.dense import LeNet
 
 MOMENTUM = 0.9
@@ -63,10 +63,10 @@ def trained(request):
   mask = random_kernel_mask(params, seed=1)
   params0 = masks.apply(params, mask)
   optimizer = optim.from_config(training_config(**CONFIGS[name]), total_steps=40)
-  state = train.TrainState(
+  state = steps_lib.TrainState(
       step=jnp.asarray(0, jnp.int32), params=params0, model_state={}, opt_state=optimizer.init(params0), keep_mask=mask
   )
-  step = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer, task='classification'))
+  step = jax.jit(functools.partial(steps_lib.train_step, model=model, optimizer=optimizer, task='classification'))
   for index in range(inputs.shape[0]):
     state, _ = step(state, inputs[index], targets[index])
   return dict(name=name, mask=mask, params0=params0, state=state)

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import experiment as experiment_lib
 from lth_jax import masks
 from lth_jax import pruning
+from lth_jax.search import experiment as experiment_lib
 
 
 def single_layer(weights, keep=None, name='dense_0'):

@@ -13,7 +13,8 @@ from matplotlib import image
 import numpy as np
 import pytest
 
-from lth_jax import report
+from lth_jax.reporting import plots
+from lth_jax.reporting import summaries
 from lth_jax import results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,7 +103,7 @@ def _check_png(path):
 
 def test_csv_holds_mean_min_max_per_branch_and_level(tmp_path):
   path = tmp_path / 'table.csv'
-  report.write_csv(_accuracy_records(), str(path))
+  summaries.write_csv(_accuracy_records(), str(path))
   with open(path, newline='') as file:
     rows = list(csv.DictReader(file))
   assert list(rows[0]) == [
@@ -134,7 +135,7 @@ def test_csv_holds_mean_min_max_per_branch_and_level(tmp_path):
 
 def test_csv_of_a_regression_run_names_the_rmse(tmp_path):
   path = tmp_path / 'table.csv'
-  report.write_csv(_rmse_records(), str(path))
+  summaries.write_csv(_rmse_records(), str(path))
   with open(path, newline='') as file:
     rows = list(csv.DictReader(file))
   assert 'ticket_test_rmse_mean' in rows[0] and not any('accuracy' in name for name in rows[0])
@@ -161,7 +162,7 @@ def _error_bars(axes):
 @pytest.mark.parametrize('metric, values', [('test_accuracy', ACCURACY), ('test_rmse', RMSE)])
 def test_accuracy_vs_sparsity_plots_means_with_min_max_error_bars(tmp_path, metric, values):
   path = tmp_path / 'accuracy_vs_sparsity.png'
-  figure = report.plot_accuracy_vs_sparsity(_records(metric, values), str(path))
+  figure = plots.plot_accuracy_vs_sparsity(_records(metric, values), str(path))
   _check_png(path)
   axes = figure.axes[0]
   drawn = _error_bars(axes)
@@ -192,7 +193,7 @@ def test_accuracy_vs_sparsity_plots_means_with_min_max_error_bars(tmp_path, metr
 def test_training_curves_plot_the_ticket_mean_per_level(tmp_path):
   path = tmp_path / 'training_curves.png'
   records = _accuracy_records()
-  figure = report.plot_training_curves(records, str(path))
+  figure = plots.plot_training_curves(records, str(path))
   _check_png(path)
   axes = figure.axes[0]
   lines = {line.get_gid(): line for line in axes.lines}
@@ -209,7 +210,7 @@ def test_training_curves_plot_the_ticket_mean_per_level(tmp_path):
   ]
   assert axes.get_xlabel() == 'Training step'
 
-  curves = report.training_curves(records, branch='reinit')
+  curves = summaries.training_curves(records, branch='reinit')
   assert [curve.level for curve in curves] == [1, 2]
   np.testing.assert_allclose(curves[1].minimum, [0.5, 0.6, 0.7])
   np.testing.assert_allclose(curves[1].maximum, [0.6, 0.7, 0.8])
@@ -219,7 +220,7 @@ def test_training_curves_average_only_the_trials_that_evaluated_a_step():
   records = _accuracy_records()
   first = next(record for record in records if record['trial'] == 0 and record['level'] == 0)
   first['curve'] = first['curve'][-1:]  # trial 0 evaluated only the final step
-  curve = report.training_curves(records)[0]
+  curve = summaries.training_curves(records)[0]
   np.testing.assert_allclose(curve.steps, STEPS)
   np.testing.assert_allclose(curve.mean, [0.72, 0.82, 0.91])
 
@@ -228,30 +229,30 @@ def test_equal_trials_whose_mean_rounds_below_their_minimum_still_plot():
   value = 0.8158535541215322  # np.mean([value] * 3) is one ulp below value
   records = [_record(trial, 0, 'ticket', 'test_accuracy', value, (value,) * 3) for trial in range(3)]
   assert np.mean([value] * 3) < value
-  figure = report.plot_accuracy_vs_sparsity(records)
+  figure = plots.plot_accuracy_vs_sparsity(records)
   _, y, lower, upper = _error_bars(figure.axes[0])['ticket']
   np.testing.assert_allclose([y[0], lower[0], upper[0]], value)
 
 
 def test_plots_refuse_empty_records(tmp_path):
   with pytest.raises(ValueError, match='no records'):
-    report.plot_accuracy_vs_sparsity([], str(tmp_path / 'plot.png'))
+    plots.plot_accuracy_vs_sparsity([], str(tmp_path / 'plot.png'))
   assert not os.listdir(tmp_path)
 
 
 def test_load_names_a_missing_workdir_or_results_file(tmp_path):
   missing = tmp_path / 'nowhere'
   with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
-    report.load(str(missing))
+    summaries.load(str(missing))
   with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / 'results.jsonl'))):
-    report.load(str(tmp_path))
+    summaries.load(str(tmp_path))
   results.write_records(str(tmp_path / 'results.jsonl'), _accuracy_records())
-  assert report.load(str(tmp_path)) == _accuracy_records()
+  assert summaries.load(str(tmp_path)) == _accuracy_records()
   damaged = _accuracy_records()
   del damaged[1]['fraction_remaining'], damaged[1]['test_accuracy']
   results.write_records(str(tmp_path / 'results.jsonl'), damaged)
   with pytest.raises(ValueError, match='record 2 has no fraction_remaining, test_accuracy or test_rmse'):
-    report.load(str(tmp_path))
+    summaries.load(str(tmp_path))
 
 
 def _start_report(*arguments):
@@ -330,7 +331,7 @@ def test_read_records_refuses_a_corrupt_middle_line(tmp_path):
   with pytest.raises(ValueError, match=re.escape(f'{path}, line 2: corrupt record')):
     results.read_records(str(path))
   with pytest.raises(ValueError, match='line 2'):
-    report.load(str(tmp_path))
+    summaries.load(str(tmp_path))
 
 
 def test_results_files_are_not_private_to_their_owner(tmp_path):

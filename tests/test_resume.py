@@ -21,13 +21,15 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import checkpoints
-from lth_jax import config_schema
-from lth_jax import lottery
+from lth_jax.config import compatibility
+from lth_jax.config import errors
+from lth_jax.config import schema
 from lth_jax import masks as masks_lib
-from lth_jax import parallel
-from lth_jax import train as train_lib
-from lth_jax import validation
+from lth_jax.search import lottery
+from lth_jax.training import checkpoints
+from lth_jax.training import parallel
+from lth_jax.training import preemption
+from lth_jax.training import run_state
 from tests import helpers
 from tests import test_train
 
@@ -245,9 +247,9 @@ def test_config_change_is_refused_with_the_differing_fields(reference, tmp_path)
   with open(os.path.join(workdir, 'config.json')) as file:
     written = json.load(file)
   assert written.pop('resolved')['training']['batch_size'] == 32
-  assert written == validation.config_to_json(helpers.tiny_config(**OVERRIDES))
+  assert written == compatibility.config_to_json(helpers.tiny_config(**OVERRIDES))
   changed = helpers.tiny_config(**OVERRIDES, training__learning_rate=0.01, pruning__fraction=0.4, dataset__seed=3)
-  with pytest.raises(validation.ConfigError) as raised:
+  with pytest.raises(errors.ConfigError) as raised:
     lottery.run(changed, workdir, log=_quiet)
   message = str(raised.value)
   for line in ('training.learning_rate: 0.003 -> 0.01', 'pruning.fraction: 0.5 -> 0.4', 'dataset.seed: 0 -> 3'):
@@ -267,11 +269,11 @@ def test_config_change_is_refused_with_the_differing_fields(reference, tmp_path)
 
 
 def test_config_differences_ignore_fields_added_at_their_defaults():
-  new = validation.config_to_json(helpers.tiny_config())
+  new = compatibility.config_to_json(helpers.tiny_config())
   old = json.loads(json.dumps(new))
   del old['checkpointing']
   old['training'].pop('steps_per_dispatch')  # absent before; the new value 16 is not the default 64
-  changing, neutral = validation.config_differences(old, new, validation.config_to_json(config_schema.base_config()))
+  changing, neutral = compatibility.config_differences(old, new, compatibility.config_to_json(schema.base_config()))
   assert changing == ['training.steps_per_dispatch: (absent) -> 16']
   assert neutral == []  # checkpointing.* absent before and at its defaults now: no difference
 
@@ -292,7 +294,7 @@ def test_wrong_types_are_refused_before_anything_is_written(tmp_path, overrides,
     section, name = field.split('__')
     with config[section].ignore_type():
       config[section][name] = value
-  with pytest.raises(validation.ConfigError, match=message.replace('(', r'\(').replace(')', r'\)')):
+  with pytest.raises(errors.ConfigError, match=message.replace('(', r'\(').replace(')', r'\)')):
     lottery.run(config, str(tmp_path / 'work'), log=_quiet)
   assert not os.path.exists(tmp_path / 'work')
 
@@ -300,9 +302,9 @@ def test_wrong_types_are_refused_before_anything_is_written(tmp_path, overrides,
 def test_a_workdir_that_is_a_file_or_below_a_file_is_refused(tmp_path):
   a_file = tmp_path / 'results'
   a_file.write_text('not a folder')
-  with pytest.raises(validation.WorkdirError, match=f'workdir {a_file}: exists and is not a folder'):
+  with pytest.raises(compatibility.WorkdirError, match=f'workdir {a_file}: exists and is not a folder'):
     lottery.run(helpers.tiny_config(), str(a_file), log=_quiet)
-  with pytest.raises(validation.WorkdirError, match=f'workdir {a_file}/work: cannot create or write there'):
+  with pytest.raises(compatibility.WorkdirError, match=f'workdir {a_file}/work: cannot create or write there'):
     lottery.run(helpers.tiny_config(), str(a_file / 'work'), log=_quiet)
 
 
@@ -320,7 +322,7 @@ def test_an_unwritable_workdir_is_refused(tmp_path):
           'running as root (or with CAP_DAC_OVERRIDE): chmod does not stop writes here; the '
           'folder-below-a-file case covers the same error path'
       )
-    with pytest.raises(validation.WorkdirError, match='cannot create or write there'):
+    with pytest.raises(compatibility.WorkdirError, match='cannot create or write there'):
       lottery.run(helpers.tiny_config(), str(workdir), log=_quiet)
   finally:
     workdir.chmod(0o700)
@@ -395,7 +397,7 @@ def test_the_trainer_continues_a_run_checkpoint_bitwise(tmp_path):
   straight = trainer.train(fresh(), **settings)
   saved = []  # (step, checkpoint): a checkpoint's state is donated to the next dispatch, so read it at once
   # Dispatches of 8 steps end at 11, 13, 20, 26, 30, 38, 39, 40, 48, 50 (checkpoints every 13 steps).
-  with pytest.raises(train_lib.Preempted, match='stopped at step 38') as raised:
+  with pytest.raises(run_state.Preempted, match='stopped at step 38') as raised:
     trainer.train(
         fresh(),
         **settings,
@@ -415,11 +417,11 @@ def test_the_trainer_continues_a_run_checkpoint_bitwise(tmp_path):
     assert run.steps() == [38]
 
     def like(metadata):
-      return train_lib.RunCheckpoint.arrays_like(
+      return run_state.RunCheckpoint.arrays_like(
           metadata, fresh(), trainer.zero_train_sums(fresh()), (start, model_state)
       )
 
-    restored = train_lib.RunCheckpoint.from_parts(*run.restore_latest(like))
+    restored = run_state.RunCheckpoint.from_parts(*run.restore_latest(like))
   resumed = trainer.train(restored, **settings)
 
   def without_speed(curve):
@@ -495,7 +497,7 @@ def test_sigterm_sets_the_stop_request_and_a_second_one_goes_to_the_previous_han
   received = []
   original = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
   try:
-    stop = lottery.StopRequest()
+    stop = preemption.StopRequest()
     stop.install()
     assert not stop(0)
     os.kill(os.getpid(), signal.SIGTERM)

@@ -9,16 +9,19 @@ import ml_collections
 import numpy as np
 import pytest
 
+from lth_jax.analysis import connectivity
+from lth_jax.analysis import metrics as metrics_lib
+from lth_jax.analysis import stability
+from lth_jax.config import errors
 from lth_jax import data as data_lib
-from lth_jax import lottery
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
-from lth_jax import parallel
 from lth_jax import pruning
-from lth_jax import stability
-from lth_jax import train as train_lib
-from lth_jax import validation
+from lth_jax.search import lottery
+from lth_jax.training import parallel
+from lth_jax.training import steps as steps_lib
+from lth_jax.training import trainer as trainer_lib
 from tests import helpers
 
 
@@ -33,7 +36,7 @@ def test_metric_definitions_on_hand_made_trees():
   full = _tree([1.0, 0.0, 7.0])  # W_F - W_0 on the mask: (1, 0)
   ticket = _tree([0.0, 2.0, -3.0])  # W_T - W_0 on the mask: (0, 2)
   full_final = _tree([1.0, 1.0, 0.0])  # W_* - W_0 on the mask: (1, 1)
-  metrics = stability.stability_metrics(initial, full, ticket, full_final, keep, prunable, normalizer=2.0)
+  metrics = metrics_lib.stability_metrics(initial, full, ticket, full_final, keep, prunable, normalizer=2.0)
   assert metrics['l2_distance'] == pytest.approx(math.sqrt(1 + 4) / 2)
   assert metrics['angle'] == pytest.approx(90.0)
   assert metrics['angle_ticket_to_final'] == pytest.approx(45.0)
@@ -46,21 +49,23 @@ def test_metric_definitions_on_hand_made_trees():
 def test_max_normalization_rescales_distances_only():
   metrics = {'l2_distance': 0.5, 'angle': 40.0, 'correlation': 0.9, 'full_distance_from_init': 2.0}
   distances = [{'step': 0, 'distance': 3.0}, {'step': 10, 'distance': 8.0}, {'step': 20, 'distance': 4.0}]
-  largest = stability.max_distance(distances)
+  largest = metrics_lib.max_distance(distances)
   assert largest == 8.0
-  both = stability.with_max_normalized(metrics, normalizer=4.0, max_normalizer=largest)
+  both = metrics_lib.with_max_normalized(metrics, normalizer=4.0, max_normalizer=largest)
   # distance 0.5 * 4 = 2 raw, over the max 8: 0.25; angles and correlation have one value.
   assert both['l2_distance_max_normalized'] == pytest.approx(0.25)
   assert both['full_distance_from_init_max_normalized'] == pytest.approx(1.0)
   assert both['l2_distance'] == 0.5 and both['angle'] == 40.0 and 'angle_max_normalized' not in both
-  assert stability.metric_key('angle', 'max') == 'angle' and stability.metric_key('l2_distance', 'max') == (
+  assert metrics_lib.metric_key('angle', 'max') == 'angle' and metrics_lib.metric_key('l2_distance', 'max') == (
       'l2_distance_max_normalized'
   )
   # When the final distance is the largest, both normalizations agree.
-  same = stability.with_max_normalized(metrics, normalizer=8.0, max_normalizer=stability.max_distance(distances[:2]))
+  same = metrics_lib.with_max_normalized(
+      metrics, normalizer=8.0, max_normalizer=metrics_lib.max_distance(distances[:2])
+  )
   assert same['l2_distance_max_normalized'] == same['l2_distance']
   with pytest.raises(ValueError, match='normalization'):
-    stability.metric_key('l2_distance', 'largest')
+    metrics_lib.metric_key('l2_distance', 'largest')
 
 
 def test_stability_records_round_trip_and_old_records_load():
@@ -82,21 +87,21 @@ def test_stability_records_round_trip_and_old_records_load():
 
 
 def test_vector_helpers():
-  assert stability.angle_degrees(np.array([1.0, 0.0]), np.array([-1.0, 0.0])) == pytest.approx(180.0)
-  assert math.isnan(stability.angle_degrees(np.zeros(2), np.ones(2)))
-  assert stability.correlation(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 6.5])) > 0.99
-  assert stability.l2_distance(np.array([3.0, 0.0]), np.array([0.0, 4.0])) == pytest.approx(5.0)
+  assert metrics_lib.angle_degrees(np.array([1.0, 0.0]), np.array([-1.0, 0.0])) == pytest.approx(180.0)
+  assert math.isnan(metrics_lib.angle_degrees(np.zeros(2), np.ones(2)))
+  assert metrics_lib.correlation(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 6.5])) > 0.99
+  assert metrics_lib.l2_distance(np.array([3.0, 0.0]), np.array([0.0, 4.0])) == pytest.approx(5.0)
 
 
 def test_error_barrier():
-  assert stability.error_barrier([0.0, 0.5, 1.0], [0.1, 0.1, 0.1]) == 0.0
-  assert stability.error_barrier([0.0, 0.5, 1.0], [0.1, 0.6, 0.3]) == pytest.approx(0.6 - 0.2)
-  assert stability.error_barrier([0.0, 0.5, 1.0], [0.3, 0.1, 0.3]) == 0.0  # below the line: no barrier
+  assert connectivity.error_barrier([0.0, 0.5, 1.0], [0.1, 0.1, 0.1]) == 0.0
+  assert connectivity.error_barrier([0.0, 0.5, 1.0], [0.1, 0.6, 0.3]) == pytest.approx(0.6 - 0.2)
+  assert connectivity.error_barrier([0.0, 0.5, 1.0], [0.3, 0.1, 0.3]) == 0.0  # below the line: no barrier
   # Frankle et al. (2020): above the mean of the end errors, not the line between them.
-  assert stability.error_barrier_height([0.1, 0.6, 0.3]) == pytest.approx(0.6 - 0.2)
-  assert stability.error_barrier([0.0, 0.5, 1.0], [0.1, 0.3, 0.5]) == 0.0
-  assert stability.error_barrier_height([0.1, 0.3, 0.5]) == pytest.approx(0.5 - 0.3)
-  assert stability.error_barrier_height([0.3, 0.1, 0.3]) == 0.0
+  assert connectivity.error_barrier_height([0.1, 0.6, 0.3]) == pytest.approx(0.6 - 0.2)
+  assert connectivity.error_barrier([0.0, 0.5, 1.0], [0.1, 0.3, 0.5]) == 0.0
+  assert connectivity.error_barrier_height([0.1, 0.3, 0.5]) == pytest.approx(0.5 - 0.3)
+  assert connectivity.error_barrier_height([0.3, 0.1, 0.3]) == 0.0
 
 
 def _trainers(population_size):
@@ -107,8 +112,8 @@ def _trainers(population_size):
   model = models_lib.build(config.model, dataset.num_outputs)
   optimizer = optim.from_config(config.training, 60)
   mesh = parallel.create_mesh()
-  single = train_lib.Trainer(model, dataset, optimizer, mesh, 32, 16)
-  population = train_lib.Trainer(model, dataset, optimizer, mesh, 32, 16, population_size=population_size)
+  single = trainer_lib.Trainer(model, dataset, optimizer, mesh, 32, 16)
+  population = trainer_lib.Trainer(model, dataset, optimizer, mesh, 32, 16, population_size=population_size)
   return single, population
 
 
@@ -120,9 +125,9 @@ def test_vmapped_population_equals_members_trained_one_by_one():
   masks[1] = pruning.prune(pruning.magnitude_scores(starts[1][0]), masks[1], prunable, 0.7)
   seeds = [5, 6, 5]
   state = population.create_state(
-      train_lib.stack_members([masks_lib.apply(start[0], mask) for start, mask in zip(starts, masks)]),
-      train_lib.stack_members([s[1] for s in starts]),
-      train_lib.stack_members(masks),
+      steps_lib.stack_members([masks_lib.apply(start[0], mask) for start, mask in zip(starts, masks)]),
+      steps_lib.stack_members([s[1] for s in starts]),
+      steps_lib.stack_members(masks),
       3,
   )
   together = population.train(state, 40, seeds, eval_every=20)
@@ -134,7 +139,7 @@ def test_vmapped_population_equals_members_trained_one_by_one():
         seeds[index],
     )
     chex.assert_trees_all_close(
-        train_lib.member(parallel.to_host(together.state.params), index),
+        steps_lib.member(parallel.to_host(together.state.params), index),
         parallel.to_host(alone.state.params),
         atol=2e-5,
     )
@@ -191,7 +196,7 @@ def test_measure_trains_full_network_like_a_plain_run_and_separates_tickets():
   for entry in result.curve:
     for name in ('ticket', 'random_ticket'):
       metrics = entry[name]
-      for key in stability.DISTANCE_METRICS:
+      for key in metrics_lib.DISTANCE_METRICS:
         assert metrics[key + '_max_normalized'] == pytest.approx(
             metrics[key] * result.normalizer / result.max_normalizer
         )
@@ -209,11 +214,11 @@ def test_linear_mode_connectivity_ends_are_the_trained_networks_with_their_own_b
   dataset = data_lib.build(config.dataset)
   optimizer = optim.from_config(ml_collections.ConfigDict({'optimizer': 'momentum', 'learning_rate': 0.2}), 40)
   mesh = parallel.create_mesh()
-  single = train_lib.Trainer(helpers.BatchNormNet(), dataset, optimizer, mesh, 32, 16)
-  pair = train_lib.Trainer(helpers.BatchNormNet(), dataset, optimizer, mesh, 32, 16, population_size=2)
+  single = trainer_lib.Trainer(helpers.BatchNormNet(), dataset, optimizer, mesh, 32, 16)
+  pair = trainer_lib.Trainer(helpers.BatchNormNet(), dataset, optimizer, mesh, 32, 16, population_size=2)
   params0, model_state0 = single.init_variables(0)
   ones = masks_lib.ones_like(params0)
-  path = stability.linear_mode_connectivity(pair, single, (params0, model_state0), ones, 0, 40, (4, 5), 3)
+  path = connectivity.linear_mode_connectivity(pair, single, (params0, model_state0), ones, 0, 40, (4, 5), 3)
   ends = []
   for seed in (4, 5):
     alone = single.train(single.create_state(params0, model_state0, ones, 0), 40, seed)
@@ -222,7 +227,7 @@ def test_linear_mode_connectivity_ends_are_the_trained_networks_with_their_own_b
   assert not np.allclose(
       ends[0].model_state['batch_stats']['norm']['mean'], ends[1].model_state['batch_stats']['norm']['mean']
   )
-  assert path.instability == stability.error_barrier_height(path.errors)
+  assert path.instability == connectivity.error_barrier_height(path.errors)
 
 
 def test_linear_mode_connectivity_of_identical_copies_has_no_barrier():
@@ -230,26 +235,26 @@ def test_linear_mode_connectivity_of_identical_copies_has_no_barrier():
   _, pair = _trainers(2)
   params0, model_state0 = single.init_variables(0)
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
-  same = stability.linear_mode_connectivity(pair, single, (params0, model_state0), ones, 0, 30, (4, 4), 5)
+  same = connectivity.linear_mode_connectivity(pair, single, (params0, model_state0), ones, 0, 30, (4, 4), 5)
   assert same.alphas == [0.0, 0.25, 0.5, 0.75, 1.0]
   assert max(same.errors) - min(same.errors) < 1e-6
   assert same.barrier == pytest.approx(0.0, abs=1e-6)
-  different = stability.linear_mode_connectivity(pair, single, (params0, model_state0), ones, 0, 30, (4, 5), 5)
+  different = connectivity.linear_mode_connectivity(pair, single, (params0, model_state0), ones, 0, 30, (4, 5), 5)
   assert len(different.errors) == 5 and different.barrier >= 0.0
   assert all(0.0 <= error <= 1.0 for error in different.errors)
 
 
 def test_measure_lottery_ticket_checks_level_trial_and_the_workdir_config_first(tmp_path):
   config = helpers.tiny_config(pruning__levels=1, branches=())
-  with pytest.raises(validation.ConfigError, match=r'level=99: the ticket of a pruned level is measured, 1..1'):
+  with pytest.raises(errors.ConfigError, match=r'level=99: the ticket of a pruned level is measured, 1..1'):
     stability.measure_lottery_ticket(config, str(tmp_path / 'none'), level=99)
-  with pytest.raises(validation.ConfigError, match=r'trial=3: must be in 0..0'):
+  with pytest.raises(errors.ConfigError, match=r'trial=3: must be in 0..0'):
     stability.measure_lottery_ticket(config, str(tmp_path / 'none'), level=1, trial=3)
   assert not (tmp_path / 'none').exists()  # refused before any run
   workdir = str(tmp_path / 'run')
   lottery.run(config, workdir, log=lambda line: None)
   changed = helpers.tiny_config(pruning__levels=1, branches=(), training__learning_rate=0.05)
-  with pytest.raises(validation.ConfigError, match='training.learning_rate: 0.003 -> 0.05'):
+  with pytest.raises(errors.ConfigError, match='training.learning_rate: 0.003 -> 0.05'):
     stability.measure_lottery_ticket(changed, workdir, level=1)
   first, measured = stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(20, 40))
   assert measured and (first.level, first.trial, first.steps) == (1, 0, [20, 40, 60])
@@ -257,7 +262,7 @@ def test_measure_lottery_ticket_checks_level_trial_and_the_workdir_config_first(
   again, measured = stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(20, 40))
   assert not measured and again == stability.StabilityResult.from_record(json.loads(stored))
   assert (tmp_path / 'run' / stability.STABILITY_FILE).read_bytes() == stored  # nothing appended
-  with pytest.raises(validation.ConfigError, match='training.learning_rate: 0.003 -> 0.05'):
+  with pytest.raises(errors.ConfigError, match='training.learning_rate: 0.003 -> 0.05'):
     stability.measure_lottery_ticket_once(changed, workdir, level=1, measure_steps=(20, 40))
   _, measured = stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(40,))
   assert measured and len(stability.load_results(str(tmp_path / 'run' / stability.STABILITY_FILE))) == 2

@@ -7,14 +7,18 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import lth_jax
 from lth_jax import data as data_lib
-from lth_jax import feeds
-from lth_jax import lottery
+from lth_jax.data import pipeline
 from lth_jax import models as models_lib
 from lth_jax import optim
-from lth_jax import parallel
-from lth_jax import train as train_lib
-from lth_jax.data import pipeline
+from lth_jax.search import experiment
+from lth_jax.search import lottery
+from lth_jax.training import feeds
+from lth_jax.training import parallel
+from lth_jax.training import run_state
+from lth_jax.training import steps
+from lth_jax.training import trainer as trainer_lib
 from tests import helpers
 
 NUM_EXAMPLES = 64
@@ -31,7 +35,7 @@ def _trainer(dataset, steps_per_dispatch=4, population_size=0, num_devices=0, ba
   model = models_lib.build(config.model, dataset.num_outputs)
   config.training.optimizer = 'momentum'
   config.training.learning_rate = 0.02
-  return train_lib.Trainer(
+  return trainer_lib.Trainer(
       model,
       dataset,
       optim.from_config(config.training, 100),
@@ -51,7 +55,7 @@ def _fresh_state(trainer, seed=0):
 
 def test_cifar10_streams_augmented_batches_that_are_a_pure_function_of_seed_and_step(mock_cifar10):
   dataset = data_lib.build({'name': 'cifar10', 'streaming': True})
-  assert isinstance(dataset, data_lib.StreamingDataset)
+  assert isinstance(dataset, pipeline.StreamingDataset)
   assert (dataset.num_train, dataset.num_test, dataset.input_shape) == (NUM_EXAMPLES, NUM_EXAMPLES, (32, 32, 3))
   feed = feeds.StreamingFeed(dataset, parallel.create_mesh(), 16, 24, num_threads=2, prefetch=2)
   continued = np.concatenate([feed.host_steps(5, 0, 3)['inputs'], feed.host_steps(5, 3, 2)['inputs']])
@@ -84,7 +88,7 @@ def test_streaming_training_is_the_same_for_any_dispatch_size_and_when_resumed(m
 
   def keep_checkpoint(checkpoint):
     saved.append(
-        train_lib.RunCheckpoint(
+        run_state.RunCheckpoint(
             parallel.to_host(checkpoint.state),
             parallel.to_host(checkpoint.train_sums),
             checkpoint.train_sum_steps,
@@ -93,7 +97,7 @@ def test_streaming_training_is_the_same_for_any_dispatch_size_and_when_resumed(m
         )
     )
 
-  with pytest.raises(train_lib.Preempted):
+  with pytest.raises(run_state.Preempted):
     trainer.train(state, 7, 3, eval_every=3, on_checkpoint=keep_checkpoint, should_stop=lambda step: step >= 4)
   restarted = _trainer(dataset, 4)
   resumed = saved[-1]
@@ -112,11 +116,11 @@ def test_streaming_population_members_equal_their_single_runs(mock_cifar10):
   population = _trainer(dataset, population_size=2)
   _, (params, model_state, keep_mask) = _fresh_state(single, seed=0)
   state = population.create_state(
-      *(train_lib.stack_members([tree, tree]) for tree in (params, model_state, keep_mask)), step=0
+      *(steps.stack_members([tree, tree]) for tree in (params, model_state, keep_mask)), step=0
   )
   result = population.train(state, 5, data_seed=[3, 8])
   for index, expected in enumerate(members):
-    chex.assert_trees_all_close(train_lib.member(parallel.to_host(result.state.params), index), expected, atol=1e-6)
+    chex.assert_trees_all_close(steps.member(parallel.to_host(result.state.params), index), expected, atol=1e-6)
 
 
 def test_streamed_evaluation_equals_the_cached_and_the_in_memory_one(mock_cifar10, monkeypatch):
@@ -139,10 +143,8 @@ def test_streaming_lottery_run_with_snip_on_mock_cifar10(tmp_path, mock_cifar10)
 
 
 def test_a_dataset_without_a_streaming_pipeline_is_refused_by_name():
-  with pytest.raises(
-      lottery.validation.ConfigError, match="dataset.streaming=True: no streaming pipeline for 'digits'"
-  ):
-    lottery.prepare(helpers.tiny_config(dataset__streaming=True))
+  with pytest.raises(lth_jax.ConfigError, match="dataset.streaming=True: no streaming pipeline for 'digits'"):
+    experiment.prepare(helpers.tiny_config(dataset__streaming=True))
 
 
 def test_on_device_normalization_matches_the_host_one():

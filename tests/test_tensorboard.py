@@ -6,7 +6,7 @@ import struct
 
 from tensorboardX.proto import event_pb2
 
-from lth_jax import lottery
+from lth_jax.search import lottery
 from tests import helpers
 
 

@@ -9,13 +9,13 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import checkpoints
-from lth_jax import lottery
-from lth_jax import mask_overlap
+from lth_jax.analysis import mask_overlap
+from lth_jax.config import errors
 from lth_jax import masks as masks_lib
-from lth_jax import report
+from lth_jax.reporting import summaries
+from lth_jax.search import lottery
 from lth_jax import tickets
-from lth_jax import validation
+from lth_jax.training import checkpoints
 from tests import helpers
 
 
@@ -98,7 +98,7 @@ def test_bad_inputs_name_the_problem(search, exported, tmp_path, capsys):
     tickets.load_exported(str(tmp_path / 'junk.npz'))
   other = helpers.tiny_config(model__hidden_sizes=(16, 16), transfer__ticket=exported)
   with pytest.raises(
-      validation.ConfigError,
+      errors.ConfigError,
       match=r'the ticket does not fit this model: parameter dense_0/bias is '
       r'\(32,\) in the ticket and \(16,\) in the model',
   ):
@@ -164,7 +164,7 @@ def test_overlap_of_hand_made_masks():
 
 
 def test_report_compares_trials_and_levels_and_plots_layer_density(search, tmp_path):
-  records = report.load(search)
+  records = summaries.load(search)
   paths = mask_overlap.write_mask_report(search, records, str(tmp_path))
   assert sorted(os.path.basename(path) for path in paths) == [
       'layer_density.csv',

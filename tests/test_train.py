@@ -10,8 +10,9 @@ from lth_jax import data as data_lib
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
-from lth_jax import parallel
-from lth_jax import train as train_lib
+from lth_jax.training import parallel
+from lth_jax.training import steps
+from lth_jax.training import trainer as trainer_lib
 from tests import helpers
 
 
@@ -24,7 +25,7 @@ def _trainer(num_devices: int, steps_per_dispatch: int = 8, batch_size: int = 32
   config.training.weight_decay = 1e-3
   optimizer = optim.from_config(config.training, 100)
   mesh = parallel.create_mesh(num_devices)
-  return train_lib.Trainer(model, dataset, optimizer, mesh, batch_size, steps_per_dispatch, eval_batch_size=128)
+  return trainer_lib.Trainer(model, dataset, optimizer, mesh, batch_size, steps_per_dispatch, eval_batch_size=128)
 
 
 def _half_mask(params):
@@ -159,6 +160,6 @@ def test_batch_that_does_not_divide_over_devices_is_an_error():
 def test_regression_metrics_are_rmse():
   outputs = jnp.array([[1.0], [3.0]])
   targets = jnp.array([[0.0], [1.0]])
-  _, sums = train_lib.loss_and_metric_sums('regression', outputs, targets)
-  summary = train_lib.summarize('regression', jax.device_get(sums), 'test')
+  _, sums = steps.loss_and_metric_sums('regression', outputs, targets)
+  summary = steps.summarize('regression', jax.device_get(sums), 'test')
   assert summary['test_rmse'] == pytest.approx(np.sqrt((1 + 4) / 2))

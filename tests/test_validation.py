@@ -4,9 +4,13 @@ import os
 
 import pytest
 
-from lth_jax import lottery
-from lth_jax import validation
-from lth_jax import workdir as workdir_lib
+from lth_jax.config import checks
+from lth_jax.config import compatibility
+from lth_jax.config import data_checks
+from lth_jax.config import errors
+from lth_jax.search import experiment as experiment_lib
+from lth_jax.search import lottery
+from lth_jax.search import workdir as workdir_lib
 from tests import helpers
 
 
@@ -79,7 +83,7 @@ from tests import helpers
 )
 def test_bad_config_names_the_field_before_training(tmp_path, overrides, message):
   config = helpers.tiny_config(**overrides)
-  with pytest.raises(validation.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     lottery.run(config, str(tmp_path / 'work'), log=lambda line: None)
   assert not os.path.exists(tmp_path / 'work' / 'results.jsonl')
   assert not os.path.exists(tmp_path / 'work' / 'checkpoints')
@@ -88,26 +92,26 @@ def test_bad_config_names_the_field_before_training(tmp_path, overrides, message
 def test_rewind_past_the_end_in_epochs_is_caught_with_the_dataset_size(tmp_path):
   # digits: 1437 training examples, batch 32 -> 44 steps per epoch; 2 epochs = 88 steps.
   config = helpers.tiny_config(training__num_steps=0, training__num_epochs=2, pruning__rewind_step=88)
-  with pytest.raises(validation.ConfigError, match=r'pruning.rewind_step=88: is past the end of training \(88'):
+  with pytest.raises(errors.ConfigError, match=r'pruning.rewind_step=88: is past the end of training \(88'):
     lottery.run(config, str(tmp_path), log=lambda line: None)
 
 
 def test_batch_larger_than_the_training_set(tmp_path):
   config = helpers.tiny_config(training__batch_size=4096)
-  with pytest.raises(validation.ConfigError, match='training.batch_size=4096: is larger than the training set'):
+  with pytest.raises(errors.ConfigError, match='training.batch_size=4096: is larger than the training set'):
     lottery.run(config, str(tmp_path), log=lambda line: None)
 
 
 def test_target_density_derives_the_per_level_fraction():
   config = helpers.tiny_config(pruning__fraction=None, pruning__target_density=0.2, pruning__levels=4)
-  validation.check_config(config)
-  assert (1 - validation.fraction_per_level(config)) ** 4 == pytest.approx(0.2)
+  checks.check_config(config)
+  assert (1 - data_checks.fraction_per_level(config)) ** 4 == pytest.approx(0.2)
 
 
 def test_target_density_reachable_passes():
   config = helpers.tiny_config(pruning__target_density=0.3, pruning__levels=2, pruning__layer_fractions={})
-  validation.check_config(config)
-  validation.check_against_data(config, 1437, {'dense_0': 2048, 'dense_1': 512, 'output': 160})
+  checks.check_config(config)
+  data_checks.check_against_data(config, 1437, {'dense_0': 2048, 'dense_1': 512, 'output': 160})
 
 
 def test_epochs_become_steps_with_the_dataset_size():
@@ -123,8 +127,8 @@ def test_epochs_become_steps_with_the_dataset_size():
       pruning__rewind_epoch=0.25,
       pruning__turnaround_epoch=2,
   )
-  validation.check_config(config)
-  experiment = lottery.prepare(config)
+  checks.check_config(config)
+  experiment = experiment_lib.prepare(config)
   training, pruning_config = experiment.config.training, experiment.config.pruning
   assert (training.num_steps, training.warmup_steps, training.decay_boundaries, training.eval_every) == (
       132,
@@ -139,11 +143,11 @@ def test_epochs_become_steps_with_the_dataset_size():
 
 def test_batch_per_device_sets_the_global_batch():
   config = helpers.tiny_config(training__batch_size=0, parallel__batch_per_device=4)
-  experiment = lottery.prepare(config)
+  experiment = experiment_lib.prepare(config)
   assert experiment.config.training.batch_size == 32 == 4 * experiment.mesh.devices.size
   assert experiment.trainer().batch_size == 32
   config = helpers.tiny_config(training__batch_size=8, parallel__batch_per_device=4, parallel__num_devices=2)
-  assert lottery.prepare(config).config.training.batch_size == 8
+  assert experiment_lib.prepare(config).config.training.batch_size == 8
 
 
 def test_a_workdir_that_recorded_nothing_takes_a_corrected_config(tmp_path):
@@ -156,21 +160,21 @@ def test_a_workdir_that_recorded_nothing_takes_a_corrected_config(tmp_path):
   workdir_lib.check_config_file(first, str(workdir), False, log=lambda line: None)
   lines = []
   workdir_lib.check_config_file(corrected, str(workdir), False, log=lines.append)
-  assert json.loads((workdir / 'config.json').read_text()) == validation.config_to_json(corrected)
+  assert json.loads((workdir / 'config.json').read_text()) == compatibility.config_to_json(corrected)
   assert 'recorded nothing' in lines[0]
   (workdir / 'results.jsonl').write_text('{"trial": 0, "level": 0, "branch": "ticket"}\n')
-  with pytest.raises(validation.ConfigError, match='training.learning_rate: 0.003 -> 0.5'):
+  with pytest.raises(errors.ConfigError, match='training.learning_rate: 0.003 -> 0.5'):
     workdir_lib.check_config_file(first, str(workdir), False, log=lambda line: None)
 
 
 def test_a_workdir_in_use_by_another_run_is_refused_at_once(tmp_path):
   workdir = tmp_path / 'work'
   os.makedirs(workdir)
-  with lottery.workdir_lock(str(workdir)):
-    with pytest.raises(validation.WorkdirError, match=f'workdir {workdir}: in use by another lth_jax run \\(pid '):
+  with workdir_lib.workdir_lock(str(workdir)):
+    with pytest.raises(compatibility.WorkdirError, match=f'workdir {workdir}: in use by another lth_jax run \\(pid '):
       lottery.run(helpers.tiny_config(), str(workdir), log=lambda line: None)
     assert not (workdir / 'config.json').exists() and not (workdir / 'results.jsonl').exists()
-  with lottery.workdir_lock(str(workdir)):  # released: taken again
+  with workdir_lib.workdir_lock(str(workdir)):  # released: taken again
     pass
 
 
@@ -187,7 +191,7 @@ def test_the_global_batch_is_recorded_and_a_different_one_is_refused(tmp_path):
   written = json.loads((tmp_path / 'config.json').read_text())
   assert written['resolved']['training']['batch_size'] == 32 and written['training']['batch_size'] == 0
   (tmp_path / 'results.jsonl').write_text('{"trial": 0, "level": 0, "branch": "ticket"}\n')
-  with pytest.raises(validation.ConfigError, match=r'resolved.training.batch_size: 32 -> 16'):
+  with pytest.raises(errors.ConfigError, match=r'resolved.training.batch_size: 32 -> 16'):
     workdir_lib.check_config_file(config, workdir, False, lambda line: None, resolved=on_four)
   # A config.json written before values were recorded resolved is compared on the config alone.
   del written['resolved']
@@ -197,7 +201,7 @@ def test_the_global_batch_is_recorded_and_a_different_one_is_refused(tmp_path):
 
 def test_a_workdir_with_runs_but_no_config_file_is_refused_unless_allowed(tmp_path):
   (tmp_path / 'results.jsonl').write_text('{"trial": 0, "level": 0, "branch": "ticket"}\n')
-  with pytest.raises(validation.ConfigError, match='holds runs but no config.json'):
+  with pytest.raises(errors.ConfigError, match='holds runs but no config.json'):
     workdir_lib.check_config_file(helpers.tiny_config(), str(tmp_path), False, log=lambda line: None)
   workdir_lib.check_config_file(helpers.tiny_config(), str(tmp_path), True, log=lambda line: None)
   assert (tmp_path / 'config.json').exists()

@@ -14,11 +14,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from lth_jax import data as data_lib
+from lth_jax.data import arrays
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
-from lth_jax import train as train_lib
+from lth_jax.training import steps
 
 from experiments.benchmarks import harness
 
@@ -55,7 +55,7 @@ def random_variables(model: Any, input_shape: tuple[int, ...], seed: int) -> tup
       return (rng.standard_normal(shape.shape) / math.sqrt(fan_in)).astype(np.float32)
     return np.zeros(shape.shape, shape.dtype)
 
-  return train_lib.split_variables(jax.tree_util.tree_map_with_path(leaf, shapes))
+  return steps.split_variables(jax.tree_util.tree_map_with_path(leaf, shapes))
 
 
 def random_mask(params: Any, density: float, seed: int) -> Any:
@@ -76,10 +76,10 @@ def apply_mask(params: Any, keep_mask: Any) -> Any:
 
 def classification_data(
     input_shape: tuple[int, ...], num_train: int, num_test: int, seed: int = 0
-) -> data_lib.ArrayDataset:
+) -> arrays.ArrayDataset:
   """Standard-normal inputs of `input_shape` with random labels of 10 classes."""
   rng = np.random.default_rng(seed)
-  return data_lib.ArrayDataset(
+  return arrays.ArrayDataset(
       name='random',
       task='classification',
       train_inputs=rng.standard_normal((num_train, *input_shape)).astype(np.float32),
@@ -90,12 +90,12 @@ def classification_data(
   )
 
 
-def sum_of_two_data(num_train: int, num_test: int, seed: int = 0) -> data_lib.ArrayDataset:
+def sum_of_two_data(num_train: int, num_test: int, seed: int = 0) -> arrays.ArrayDataset:
   """Regression of the sum of two inputs: train inputs in [-1, 1], test inputs in [1, 2]."""
   rng = np.random.default_rng(seed)
   train_inputs = rng.uniform(-1, 1, (num_train, 2)).astype(np.float32)
   test_inputs = rng.uniform(1, 2, (num_test, 2)).astype(np.float32)
-  return data_lib.ArrayDataset(
+  return arrays.ArrayDataset(
       name='sum_of_two',
       task='regression',
       train_inputs=train_inputs,

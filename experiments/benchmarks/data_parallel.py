@@ -17,8 +17,9 @@ import jax
 import numpy as np
 
 from lth_jax import masks as masks_lib
-from lth_jax import parallel
-from lth_jax import train as train_lib
+from lth_jax.training import parallel
+from lth_jax.training import steps
+from lth_jax.training import trainer as trainer_lib
 
 from experiments.benchmarks.builders import FUSED_STEPS
 from experiments.benchmarks.builders import MASK_DENSITY
@@ -55,11 +56,11 @@ def parallel_worker(devices: int, settings: Settings, output: str) -> None:
   params, model_state = random_variables(model, dataset.input_shape, seed=0)
   keep_mask = random_mask(params, MASK_DENSITY, seed=1)
   params = apply_mask(params, keep_mask)
-  trainer = train_lib.Trainer(
+  trainer = trainer_lib.Trainer(
       model, dataset, optimizer, parallel.create_mesh(devices), batch_size, FUSED_STEPS, eval_batch_size=batch_size
   )
 
-  def fresh_state() -> train_lib.TrainState:
+  def fresh_state() -> steps.TrainState:
     return jax.block_until_ready(trainer.create_state(params, model_state, keep_mask, 0))
 
   started = time.perf_counter()

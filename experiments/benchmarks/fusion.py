@@ -13,9 +13,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from lth_jax import data as data_lib
-from lth_jax import parallel
-from lth_jax import train as train_lib
+from lth_jax.data import arrays
+from lth_jax.training import parallel
+from lth_jax.training import trainer as trainer_lib
 
 from experiments.benchmarks.builders import FUSED_STEPS
 from experiments.benchmarks.builders import adam_optimizers
@@ -41,14 +41,14 @@ class Settings:
 class FusionCase:
   """One tiny model in two Trainers: steps_per_dispatch 1 and 64."""
 
-  def __init__(self, name: str, model: Any, dataset: data_lib.ArrayDataset, batch_size: int) -> None:
+  def __init__(self, name: str, model: Any, dataset: arrays.ArrayDataset, batch_size: int) -> None:
     self.name, self.dataset, self.batch_size = name, dataset, batch_size
     self.mesh = parallel.create_mesh(1)
     optimizer, _ = adam_optimizers(1e-3, 10**6)
     self.params, self.model_state = random_variables(model, dataset.input_shape, seed=0)
     self.keep_mask = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), self.params)
     self.trainers = {
-        dispatch: train_lib.Trainer(
+        dispatch: trainer_lib.Trainer(
             model, dataset, optimizer, self.mesh, batch_size, dispatch, eval_batch_size=dataset.num_test
         )
         for dispatch in (1, FUSED_STEPS)
@@ -73,7 +73,7 @@ class FusionCase:
     started = time.perf_counter()
     for position in range(dispatches):
       indices = np.zeros((chunk, self.batch_size), np.int32)
-      indices[:] = data_lib.batch_indices(0, position * chunk, chunk, self.dataset.num_train, self.batch_size)
+      indices[:] = arrays.batch_indices(0, position * chunk, chunk, self.dataset.num_train, self.batch_size)
       jax.block_until_ready(parallel.put_batch(indices, self.mesh, 1))
     return (time.perf_counter() - started) / dispatches
 

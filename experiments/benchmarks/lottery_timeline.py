@@ -19,10 +19,12 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
-from lth_jax import checkpoints
 from lth_jax import branches as branches_lib
-from lth_jax import lottery
-from lth_jax import train as train_lib
+from lth_jax.search import levels
+from lth_jax.search import lottery
+from lth_jax.search import pruning_plan
+from lth_jax.training import checkpoints
+from lth_jax.training import trainer as trainer_lib
 
 from experiments.benchmarks.builders import DEFAULT_CONFIG
 from experiments.benchmarks.builders import load_config
@@ -131,12 +133,12 @@ def one_lottery_run(config: ml_collections.ConfigDict) -> tuple[dict[str, float]
   """Runs the config once in a fresh workdir; returns (level-1 breakdown, whole-run breakdown, sum of
   the records' wall_seconds)."""
   timeline = Timeline()
-  trainer_class = train_lib.Trainer
+  trainer_class = trainer_lib.Trainer
   original_init = trainer_class.__init__
 
   def init_and_instrument(self, *args, **kwargs):
     original_init(self, *args, **kwargs)
-    programs = getattr(self, '_programs', None)  # the Trainer's compiled programs (lth_jax.programs)
+    programs = getattr(self, '_programs', None)  # the Trainer's compiled programs (lth_jax.training.programs)
     if programs is None:
       print('# note: Trainer._programs not found; compilation not timed', flush=True)
       return
@@ -159,10 +161,10 @@ def one_lottery_run(config: ml_collections.ConfigDict) -> tuple[dict[str, float]
     )
     timeline.wrap(trainer_class, 'create_state', 'create_state')
     timeline.wrap(checkpoints, 'save_tree', 'checkpoint')
-    timeline.wrap(lottery.PruningPlan, 'next_mask', 'prune')
+    timeline.wrap(pruning_plan.PruningPlan, 'next_mask', 'prune')
     timeline.wrap(branches_lib, 'start', 'reset')
     timeline.wrap(
-        lottery.LevelRunner,
+        levels.LevelRunner,
         'record',
         'record',  # pylint: disable=protected-access
         info=lambda self, member, *args, **kwargs: member.level,

@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lth_jax import data as data_lib
+from lth_jax.data import arrays
 from lth_jax import models as models_lib
-from lth_jax import train as train_lib
+from lth_jax.models import conv as conv_lib
+from lth_jax.training import steps
 
 from experiments.benchmarks.builders import FUSED_STEPS
 from experiments.benchmarks.builders import LENET_SIZES
@@ -53,7 +54,7 @@ def chunk_program(model: Any, optimizer: Any, task: str) -> Callable[..., Any]:
   """jit(state, train_inputs, train_targets, indices, num_active) -> (state, metric sums), built like
   the Trainer's chunk: each batch is gathered on the device by host-computed indices; one step and no
   loop when len(indices) == 1, else a fori_loop with a traced trip count carrying metric sums."""
-  step = functools.partial(train_lib.train_step, model=model, optimizer=optimizer, task=task)
+  step = functools.partial(steps.train_step, model=model, optimizer=optimizer, task=task)
 
   def chunk(state, train_inputs, train_targets, indices, num_active):
     def run_step(state, step_indices):
@@ -97,7 +98,7 @@ class StepBench:
     dataset = classification_data(self.input_shape, num_train=max(10 * self.batch_size, 1000), num_test=1)
     self.train_inputs = jax.device_put(dataset.train_inputs)
     self.train_targets = jax.device_put(dataset.train_targets)
-    indices = data_lib.batch_indices(0, 0, self.steps_per_dispatch, dataset.num_train, self.batch_size)
+    indices = arrays.batch_indices(0, 0, self.steps_per_dispatch, dataset.num_train, self.batch_size)
     self.indices = jax.device_put(indices)
 
   def compile(self) -> float:
@@ -113,10 +114,10 @@ class StepBench:
     self.programs = dict(zip(lowered, parallel_map(lambda program: program.compile(), lowered.values())))
     return time.perf_counter() - started
 
-  def state(self, name: str) -> train_lib.TrainState:
+  def state(self, name: str) -> steps.TrainState:
     """A fresh device state of the `name` ('masked' or 'dense') program: step 0, the masked params."""
     params = jax.device_put(self.params)
-    state = train_lib.TrainState(
+    state = steps.TrainState(
         step=jnp.asarray(0, jnp.int32),
         params=params,
         model_state={},
@@ -142,9 +143,7 @@ class StepBench:
 
   def xla_flops(self, name: str) -> float | None:
     """XLA's FLOP count of one train step (a single step, not the loop)."""
-    step = functools.partial(
-        train_lib.train_step, model=self.model, optimizer=self.optimizers[name], task='classification'
-    )
+    step = functools.partial(steps.train_step, model=self.model, optimizer=self.optimizers[name], task='classification')
     inputs = self.train_inputs[: self.batch_size]
     targets = self.train_targets[: self.batch_size]
     analysis = jax.jit(step).lower(self.state(name), inputs, targets).compile().cost_analysis()
@@ -299,7 +298,7 @@ def masked_vs_dense_figures(report: Report, settings: Settings) -> None:
       },
       compile_both_s=compile_s,
   )
-  conv_analytic = 3 * conv_net_forward_flops(models_lib.CONV_WIDTHS[4], (256, 256), 32, 3, 10, batch)
+  conv_analytic = 3 * conv_net_forward_flops(conv_lib.CONV_WIDTHS[4], (256, 256), 32, 3, 10, batch)
   report.emit(
       'conv4_flops',
       batch=batch,

@@ -33,13 +33,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from lth_jax import checkpoints
-from lth_jax import lottery
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
-from lth_jax import parallel
-from lth_jax import train as train_lib
+from lth_jax.search import levels as levels_lib
+from lth_jax.search import lottery
+from lth_jax.search import trial
+from lth_jax.training import checkpoints
+from lth_jax.training import parallel
+from lth_jax.training import steps as steps_lib
+from lth_jax.training import trainer as trainer_lib
 from experiments import common
 from experiments.benchmarks.builders import DEFAULT_CONFIG
 from experiments.benchmarks.builders import classification_data
@@ -75,8 +78,8 @@ def measure(members: int, steps: int, batch_size: int, repeats: int) -> dict[str
   model = models_lib.build(ml_collections.ConfigDict({'name': 'lenet', 'hidden_sizes': (300, 100)}), 10)
   optimizer = optim.from_config(ml_collections.ConfigDict({'optimizer': 'adam', 'learning_rate': 1e-3}), steps)
   mesh = parallel.create_mesh(1)  # one device: the vmapped step against the plain one, nothing else
-  single = train_lib.Trainer(model, dataset, optimizer, mesh, batch_size, steps_per_dispatch=64)
-  population = train_lib.Trainer(
+  single = trainer_lib.Trainer(model, dataset, optimizer, mesh, batch_size, steps_per_dispatch=64)
+  population = trainer_lib.Trainer(
       model, dataset, optimizer, mesh, batch_size, steps_per_dispatch=64, population_size=members
   )
   starts = [single.init_variables(seed) for seed in range(members)]
@@ -85,9 +88,9 @@ def measure(members: int, steps: int, batch_size: int, repeats: int) -> dict[str
 
   def run_population():
     state = population.create_state(
-        train_lib.stack_members([start[0] for start in starts]),
-        train_lib.stack_members([start[1] for start in starts]),
-        train_lib.stack_members([host_mask] * members),
+        steps_lib.stack_members([start[0] for start in starts]),
+        steps_lib.stack_members([start[1] for start in starts]),
+        steps_lib.stack_members([host_mask] * members),
         0,
     )
     jax.block_until_ready(population.train(state, steps, list(range(members))).state.params)
@@ -125,7 +128,7 @@ def level_config(
 @contextlib.contextmanager
 def _level_timer(seconds: dict[int, float]):
   """Times each level's cohort (`_LevelRunner._train_cohort`, by level) while the block runs."""
-  original = lottery.LevelRunner._train_cohort  # pylint: disable=protected-access
+  original = levels_lib.LevelRunner._train_cohort  # pylint: disable=protected-access
 
   def timed(self, level, *args, **kwargs):
     started = time.perf_counter()
@@ -134,11 +137,11 @@ def _level_timer(seconds: dict[int, float]):
     finally:
       seconds[level] = seconds.get(level, 0.0) + time.perf_counter() - started
 
-  lottery.LevelRunner._train_cohort = timed  # pylint: disable=protected-access
+  levels_lib.LevelRunner._train_cohort = timed  # pylint: disable=protected-access
   try:
     yield
   finally:
-    lottery.LevelRunner._train_cohort = original  # pylint: disable=protected-access
+    levels_lib.LevelRunner._train_cohort = original  # pylint: disable=protected-access
 
 
 def measure_level(steps: int, members_per_program: int, num_devices: int, runs: int = 2) -> dict[str, float]:
@@ -192,7 +195,7 @@ def mask_drift(levels: int, steps: int) -> None:
     with tempfile.TemporaryDirectory(prefix=f'lth_drift_{label}_') as workdir:
       lottery.run(level_config(steps, levels, 1, cap, count), workdir, log=lambda message: None)
       masks[label] = [
-          jax.tree_util.tree_leaves(checkpoints.restore_tree(lottery.level_directory(workdir, 0, level))['mask'])
+          jax.tree_util.tree_leaves(checkpoints.restore_tree(trial.level_directory(workdir, 0, level))['mask'])
           for level in range(1, levels + 1)
       ]
   reference = masks.pop('sequential_1_device')

@@ -19,9 +19,9 @@ import numpy as np
 
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
-from lth_jax import optim
-from lth_jax import train as train_lib
 from lth_jax.models import convolution
+from lth_jax import optim
+from lth_jax.training import steps
 
 from experiments.benchmarks.builders import MASK_DENSITY
 from experiments.benchmarks.builders import apply_mask
@@ -51,7 +51,7 @@ def resnet_variables(model: Any, input_shape: tuple[int, ...], seed: int) -> tup
       return np.ones(shape.shape, shape.dtype)
     return np.zeros(shape.shape, shape.dtype)
 
-  return train_lib.split_variables(jax.tree_util.tree_map_with_path(leaf, shapes))
+  return steps.split_variables(jax.tree_util.tree_map_with_path(leaf, shapes))
 
 
 def masked_optimizer(total_steps: int) -> Any:
@@ -94,7 +94,7 @@ def time_train_step(
   inputs = jax.device_put(rng.standard_normal((batch_size, *input_shape), np.float32))
   targets = jax.device_put(rng.integers(0, num_outputs, batch_size).astype(np.int32))
   params = jax.device_put(params)
-  state = train_lib.TrainState(
+  state = steps.TrainState(
       step=jnp.asarray(0, jnp.int32),
       params=params,
       model_state=jax.device_put(model_state),
@@ -103,7 +103,7 @@ def time_train_step(
   )
   state = jax.block_until_ready(state)
   step = jax.jit(
-      functools.partial(train_lib.train_step, model=model, optimizer=optimizer, task='classification'),
+      functools.partial(steps.train_step, model=model, optimizer=optimizer, task='classification'),
       donate_argnums=(0,),
   )
 

@@ -11,11 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from lth_jax.data.arrays import ArrayDataset, batch_indices
-from lth_jax.data.embedded import build_digits, build_mnist1d
-from lth_jax.data.pipeline import PREPROCESSING, StreamingDataset, build_streaming
+from lth_jax.data.arrays import ArrayDataset
+from lth_jax.data.arrays import batch_indices
+from lth_jax.data.embedded import build_digits
+from lth_jax.data.embedded import build_mnist1d
+from lth_jax.data.pipeline import PREPROCESSING
+from lth_jax.data.pipeline import StreamingDataset
+from lth_jax.data.pipeline import build_streaming
 from lth_jax.data.sum_of_two import build_sum_of_two
-from lth_jax.data.tfds_source import DatasetNotPreparedError, build_image_dataset
+from lth_jax.data.tfds_source import DatasetNotPreparedError
+from lth_jax.data.tfds_source import build_image_dataset
 
 _BUILDERS: dict[str, Callable[[Mapping[str, Any]], ArrayDataset | StreamingDataset]] = {
     'sum_of_two': build_sum_of_two,

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from lth_jax.data import decode_worker
+from lth_jax.data.embedded import resolve_cache_dir
 
 MAGIC = b'LTHJAXDC'
 LAYOUT_VERSION = 1
@@ -57,7 +58,6 @@ class CacheWarning(UserWarning):
 
 def cache_folder() -> pathlib.Path:
   """The decoded tfds cache: $LTH_JAX_CACHE/tfds, else ~/.cache/lth_jax/tfds."""
-  from lth_jax.data.embedded import resolve_cache_dir
 
   return resolve_cache_dir(None) / 'tfds'
 

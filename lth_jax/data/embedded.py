@@ -13,14 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from lth_jax.data.arrays import (
-    ArrayDataset,
-    first_examples,
-    read_fraction,
-    read_seed,
-    shuffled_split,
-    standardize_features,
-)
+from lth_jax.data.arrays import ArrayDataset
+from lth_jax.data.arrays import first_examples
+from lth_jax.data.arrays import read_fraction
+from lth_jax.data.arrays import read_seed
+from lth_jax.data.arrays import shuffled_split
+from lth_jax.data.arrays import standardize_features
 
 NUM_CLASSES = 10
 DEFAULT_TEST_FRACTION = 0.2

@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from lth_jax.data.arrays import batch_indices, read_positive_int
+from lth_jax.data.arrays import batch_indices
+from lth_jax.data.arrays import read_positive_int
 from lth_jax.data.tfds_source import open_split
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

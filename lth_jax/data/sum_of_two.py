@@ -12,7 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from lth_jax.data.arrays import ArrayDataset, read_positive_int, read_range, read_seed
+from lth_jax.data.arrays import ArrayDataset
+from lth_jax.data.arrays import read_positive_int
+from lth_jax.data.arrays import read_range
+from lth_jax.data.arrays import read_seed
 
 DEFAULT_NUM_TRAIN = 10000
 DEFAULT_NUM_TEST = 1000

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from lth_jax.data import decoded_cache
-from lth_jax.data.arrays import ArrayDataset, read_positive_int
+from lth_jax.data.arrays import ArrayDataset
+from lth_jax.data.arrays import read_positive_int
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,10 +9,15 @@ import jax.numpy as jnp
 import ml_collections
 
 from lth_jax.models import convolution
-from lth_jax.models.conv import CONV_WIDTHS, ConvNet
-from lth_jax.models.dense import LeNet, LinearNet
-from lth_jax.models.resnet import cifar_resnet, resnet18_cifar, resnet50
-from lth_jax.models.vgg import VGG, VGG_PLANS
+from lth_jax.models.conv import CONV_WIDTHS
+from lth_jax.models.conv import ConvNet
+from lth_jax.models.dense import LeNet
+from lth_jax.models.dense import LinearNet
+from lth_jax.models.resnet import cifar_resnet
+from lth_jax.models.resnet import resnet18_cifar
+from lth_jax.models.resnet import resnet50
+from lth_jax.models.vgg import VGG
+from lth_jax.models.vgg import VGG_PLANS
 
 ModelBuilder = Callable[[ml_collections.ConfigDict, int], nn.Module]
 

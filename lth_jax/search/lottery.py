@@ -9,12 +9,12 @@ what is already recorded.
 
 Each level's runs that are not yet recorded (level 0: every trial's dense run; level L: every trial's
 ticket and controls) train as a cohort, in programs of at most `parallel.members_per_program` runs
-(`lth_jax.cohorts`). Runs survive being killed: a program in progress is checkpointed every
+(`lth_jax.search.cohorts`). Runs survive being killed: a program in progress is checkpointed every
 `checkpointing.every_steps` steps (and at the current step on SIGTERM), and a re-run continues it from
 its newest good checkpoint with the same result as a run never interrupted. What a config builds
-lives in `lth_jax.experiment`; the workdir's lock and config check in `lth_jax.workdir`; a trial's state
-between levels in `lth_jax.trial`; the level loop in `lth_jax.levels`; the pruning schedule in
-`lth_jax.pruning_plan`. This module is the entry point, `lth_jax.run`.
+lives in `lth_jax.search.experiment`; the workdir's lock and config check in `lth_jax.search.workdir`; a trial's state
+between levels in `lth_jax.search.trial`; the level loop in `lth_jax.search.levels`; the pruning schedule in
+`lth_jax.search.pruning_plan`. This module is the entry point, `lth_jax.run`.
 """
 
 from __future__ import annotations
@@ -26,52 +26,23 @@ from typing import Any, Callable
 
 import ml_collections
 
-from lth_jax import checkpoints
+from lth_jax.config import errors
 from lth_jax import results as results_lib
-from lth_jax import scalars as scalars_lib
-from lth_jax import validation
-from lth_jax import workdir as workdir_lib
-from lth_jax.cohorts import estimate_remaining_seconds
-from lth_jax.experiment import Experiment
-from lth_jax.experiment import prepare
-from lth_jax.experiment import prunable_from_config
-from lth_jax.levels import format_surviving_weights
-from lth_jax.levels import LevelRunner
-from lth_jax.preemption import StopRequest
-from lth_jax.pruning_plan import PruningPlan
-from lth_jax.run_state import Preempted
-from lth_jax.trial import branch_seed
-from lth_jax.trial import level_directory
-from lth_jax.trial import running_directory
-from lth_jax.trial import trial_seeds
-from lth_jax.workdir import check_workdir_config
-from lth_jax.workdir import CONFIG_FILE
-from lth_jax.workdir import LOCK_FILE
-from lth_jax.workdir import RESULTS_FILE
-from lth_jax.workdir import workdir_lock
+from lth_jax.search import scalars as scalars_lib
+from lth_jax.search import workdir as workdir_lib
+from lth_jax.training import checkpoints
+from lth_jax.search.experiment import Experiment
+from lth_jax.search.experiment import prepare
+from lth_jax.search.levels import LevelRunner
+from lth_jax.training.preemption import StopRequest
+from lth_jax.search.pruning_plan import PruningPlan
+from lth_jax.training.run_state import Preempted
+from lth_jax.results import RESULTS_FILE
+from lth_jax.search.workdir import workdir_lock
 
-# The pieces a run is made of, under the names the library has always had here.
 __all__ = [
-    'CONFIG_FILE',
-    'Experiment',
-    'LOCK_FILE',
-    'LevelRunner',
     'LotteryResults',
-    'Preempted',
-    'PruningPlan',
-    'RESULTS_FILE',
-    'StopRequest',
-    'branch_seed',
-    'check_workdir_config',
-    'estimate_remaining_seconds',
-    'format_surviving_weights',
-    'level_directory',
-    'prepare',
-    'prunable_from_config',
     'run',
-    'running_directory',
-    'trial_seeds',
-    'workdir_lock',
 ]
 
 
@@ -104,8 +75,8 @@ def run(
 ) -> LotteryResults:
   """Runs (or resumes) the lottery experiment of `config` in `workdir`; returns its records.
 
-  Every config check runs before any training: a bad field raises `validation.ConfigError` naming it,
-  a workdir that is a file or not writable `validation.WorkdirError`, and a config whose results
+  Every config check runs before any training: a bad field raises `errors.ConfigError` naming it,
+  a workdir that is a file or not writable `compatibility.WorkdirError`, and a config whose results
   would differ from those of the config in `WORKDIR/config.json` a ConfigError listing the differing
   fields (unless `allow_config_change`). On SIGTERM, the run in progress is checkpointed at its
   current step and `Preempted` is raised; re-running continues it. A finished level whose checkpoint
@@ -117,7 +88,7 @@ def run(
   try:
     with workdir_lock(workdir, log):
       return _run_locked(config, experiment, workdir, log, allow_config_change)
-  except (Preempted, validation.ConfigError, checkpoints.CheckpointError):
+  except (Preempted, errors.ConfigError, checkpoints.CheckpointError):
     raise
   except Exception as error:  # pylint: disable=broad-except  (orbax, tensorstore, tensorboardX, the OS)
     written = results_lib.as_write_error(error, workdir)

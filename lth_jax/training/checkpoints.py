@@ -21,8 +21,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lth_jax import parallel
 from lth_jax import results as results_lib
+from lth_jax.training import parallel
 
 _logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The metrics of stability to pruning, on flat vectors of kept weights: distance, angle and
 correlation of two weight vectors, the metrics of one ticket against the full network (see
-`lth_jax.stability`), and the renormalization of its distances (by the final or the maximum distance
+`lth_jax.analysis.stability`), and the renormalization of its distances (by the final or the maximum distance
 between two full networks)."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def correlation(first: np.ndarray, second: np.ndarray) -> float:
 def stability_metrics(
     initial: Any, full: Any, ticket: Any, full_final: Any, keep_mask: Any, prunable: Any, normalizer: float
 ) -> dict[str, float]:
-  """The metrics of `lth_jax.stability`'s docstring for one ticket (mask `keep_mask`) against the full network.
+  """The metrics of `lth_jax.analysis.stability`'s docstring for one ticket (mask `keep_mask`) against the full network.
 
   Args:
     initial: W_0, the full network's initialization.

@@ -20,11 +20,11 @@ import jax
 import numpy as np
 from matplotlib import figure as figure_lib
 
-from lth_jax import checkpoints
-from lth_jax import config_schema
+from lth_jax.config import schema
 from lth_jax import masks as masks_lib
 from lth_jax import results as results_lib
 from lth_jax import tickets
+from lth_jax.training import checkpoints
 
 OVERLAP_FILE = 'mask_overlap.csv'
 LAYER_DENSITY_FILE = 'layer_density.csv'
@@ -91,7 +91,7 @@ def overlap_rows(workdir: str, records: Sequence[dict[str, Any]]) -> list[dict[s
   try:  # prunable as the run pruned (its excluded layers and parameter names)
     config = tickets.read_workdir_config(workdir)[0]
   except tickets.TicketError:
-    config = config_schema.base_config()
+    config = schema.base_config()
   rows = []
 
   def add(kind: str, level: int, first_name: str, second_name: str, first: Any, second: Any) -> None:

@@ -10,8 +10,9 @@ import numpy as np
 import jax
 
 from lth_jax import masks as masks_lib
-from lth_jax import parallel
-from lth_jax import train as train_lib
+from lth_jax.training import parallel
+from lth_jax.training import steps
+from lth_jax.training import trainer as trainer_lib
 
 
 def interpolate(first: Any, second: Any, alpha: float) -> Any:
@@ -50,8 +51,8 @@ def error_barrier_height(errors: Sequence[float]) -> float:
 
 
 def linear_mode_connectivity(
-    trainer: train_lib.Trainer,
-    evaluator: train_lib.Trainer,
+    trainer: trainer_lib.Trainer,
+    evaluator: trainer_lib.Trainer,
     start: tuple[Any, Any],
     keep_mask: Any,
     start_step: int,
@@ -73,13 +74,13 @@ def linear_mode_connectivity(
   params, model_state = start
   params = masks_lib.apply(params, keep_mask)
   state = trainer.create_state(
-      train_lib.stack_members([params, params]),
-      train_lib.stack_members([model_state, model_state]),
-      train_lib.stack_members([keep_mask, keep_mask]),
+      steps.stack_members([params, params]),
+      steps.stack_members([model_state, model_state]),
+      steps.stack_members([keep_mask, keep_mask]),
       start_step,
   )
   final = parallel.to_host(trainer.train(state, end_step, list(data_seeds)).state)
-  ends = [(train_lib.member(final.params, index), train_lib.member(final.model_state, index)) for index in (0, 1)]
+  ends = [(steps.member(final.params, index), steps.member(final.model_state, index)) for index in (0, 1)]
   alphas = [float(alpha) for alpha in np.linspace(0.0, 1.0, num_points)]
   errors = []
   for alpha in alphas:

@@ -1,23 +1,23 @@
 """One trial of a lottery run between its levels: its seeds, W_0, the rewind point, the ticket the next
 level's mask is pruned from, and where its checkpoints live. It builds the members a level trains
-(`lth_jax.cohorts`) and turns their results into records."""
+(`lth_jax.search.cohorts`) and turns their results into records."""
 
 from __future__ import annotations
 
 import os
-from typing import Any, TYPE_CHECKING
+from typing import Any, Callable, Protocol
 
 import jax
 import numpy as np
 
 from lth_jax import branches as branches_lib
-from lth_jax import checkpoints
-from lth_jax import cohorts
+from lth_jax.search import cohorts
 from lth_jax import tickets as tickets_lib
-from lth_jax.experiment import prunable_from_config
-
-if TYPE_CHECKING:
-  from lth_jax.levels import LevelRunner
+from lth_jax.training import checkpoints
+from lth_jax.search.experiment import Experiment
+from lth_jax.search.experiment import prunable_from_config
+from lth_jax.search.pruning_plan import PruningPlan
+from lth_jax.training.trainer import Trainer
 
 
 def branch_seed(*parts: int) -> int:
@@ -41,11 +41,38 @@ def running_directory(workdir: str, trial: int, level: int, branch: str) -> str:
   return cohorts.running_directory(workdir, level, [(trial, branch)])
 
 
+class LevelHost(Protocol):
+  """What a Trial uses of the level runner that owns it (`levels.LevelRunner` is one)."""
+
+  config: Any
+  experiment: Experiment
+  workdir: str
+  trainer: Trainer
+  plan: PruningPlan
+  seed: int
+  learning_rate: float
+  snip_batches: int
+  branch_names: list[str]
+  results_path: str
+  log: Callable[[str], None]
+
+  def recorded(self, trial: int, level: int, branch: str) -> bool:
+    ...
+
+  def diverged_ticket(self, trial: int, level: int) -> dict[str, Any] | None:
+    ...
+
+  def record(
+      self, member: cohorts.Member, result: cohorts.MemberResult, prunable: Any, start_step: int
+  ) -> dict[str, Any]:
+    ...
+
+
 class Trial:
   """One trial's lottery state between levels: its seeds, W_0, the rewind point, and the ticket it
   prunes the next level's mask from. Builds the members a level trains and takes their results."""
 
-  def __init__(self, runner: 'LevelRunner', trial: int):
+  def __init__(self, runner: LevelHost, trial: int):
     self.runner, self.trial = runner, trial
     self.plan = runner.plan
     self.init_seed, self.data_seed = trial_seeds(runner.seed, trial)

@@ -1,14 +1,14 @@
-"""The Trainer: runs the compiled programs (`lth_jax.programs`) over a mesh, from a TrainState to an
+"""The Trainer: runs the compiled programs (`lth_jax.training.programs`) over a mesh, from a TrainState to an
 end step, with evaluations, snapshots, checkpoints, heartbeats, preemption and divergence checks.
 
-Batches reach the program through a feed (`lth_jax.feeds`): an in-memory dataset stays on the
+Batches reach the program through a feed (`lth_jax.training.feeds`): an in-memory dataset stays on the
 devices and the host sends only example indices; a streamed one (ImageNet, augmented CIFAR-10) is
 read by every host for its own devices. Either way step s of a seed always sees the same batch;
 `steps_per_dispatch` steps run inside one compiled loop, metrics accumulate on the devices and are
 fetched only at evaluation points.
 
-The state and the pure steps live in `lth_jax.steps`, what a train call returns in
-`lth_jax.run_state`; both are re-exported here, the names the README documents as `lth_jax.train`.
+The state and the pure steps live in `lth_jax.training.steps`, what a train call returns in
+`lth_jax.training.run_state`.
 """
 
 from __future__ import annotations
@@ -22,40 +22,19 @@ import numpy as np
 import optax
 
 from lth_jax import data as data_lib
-from lth_jax import feeds as feeds_lib
-from lth_jax import parallel
-from lth_jax import programs as programs_lib
-from lth_jax.run_state import Preempted
-from lth_jax.run_state import RunCheckpoint
-from lth_jax.run_state import TrainResult
-from lth_jax.steps import apply_model
-from lth_jax.steps import eval_step
-from lth_jax.steps import first_step
-from lth_jax.steps import loss_and_metric_sums
-from lth_jax.steps import member
-from lth_jax.steps import Metrics
-from lth_jax.steps import split_variables
-from lth_jax.steps import stack_members
-from lth_jax.steps import summarize
-from lth_jax.steps import train_step
-from lth_jax.steps import TrainState
+from lth_jax.training import feeds as feeds_lib
+from lth_jax.training import parallel
+from lth_jax.training import programs as programs_lib
+from lth_jax.training.run_state import Preempted
+from lth_jax.training.run_state import RunCheckpoint
+from lth_jax.training.run_state import TrainResult
+from lth_jax.training.steps import first_step
+from lth_jax.training.steps import split_variables
+from lth_jax.training.steps import summarize
+from lth_jax.training.steps import TrainState
 
 __all__ = [
-    'Metrics',
-    'Preempted',
-    'RunCheckpoint',
-    'TrainResult',
-    'TrainState',
     'Trainer',
-    'apply_model',
-    'eval_step',
-    'first_step',
-    'loss_and_metric_sums',
-    'member',
-    'split_variables',
-    'stack_members',
-    'summarize',
-    'train_step',
 ]
 
 

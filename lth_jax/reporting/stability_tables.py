@@ -17,8 +17,9 @@ from matplotlib import lines as lines_lib
 import numpy as np
 from PIL import Image
 
+from lth_jax.analysis import metrics as metrics_lib
+from lth_jax.analysis import stability
 from lth_jax import results as results_lib
-from lth_jax import stability
 
 TICKETS = ('ticket', 'random_ticket')
 TICKET_LABELS = {'ticket': 'winning ticket', 'random_ticket': 'random ticket'}
@@ -47,7 +48,7 @@ def by_rewind_step(results: Sequence[stability.StabilityResult]) -> dict[int, li
 
 
 def _check_normalization(results: Sequence[stability.StabilityResult], normalization: str) -> None:
-  stability.metric_key('l2_distance', normalization)  # names a bad normalization
+  metrics_lib.metric_key('l2_distance', normalization)  # names a bad normalization
   old = sorted({result.rewind_step for result in results if not result.has_normalization(normalization)})
   if old:
     raise ValueError(
@@ -61,7 +62,7 @@ def end_of_training_rows(results: Sequence[stability.StabilityResult]) -> tuple[
   normalizations (empty cells where the max normalization is missing) and of the test metric."""
   header = ['rewind_step', 'member', 'trials']
   for metric in END_METRICS:
-    header += [stability.metric_key(metric, normalization) for normalization in stability.NORMALIZATIONS]
+    header += [metrics_lib.metric_key(metric, normalization) for normalization in metrics_lib.NORMALIZATIONS]
   header = list(dict.fromkeys(header)) + ['test_metric']
   rows = []
   for rewind_step, group in by_rewind_step(results).items():
@@ -79,9 +80,9 @@ def curve_rows(results: Sequence[stability.StabilityResult]) -> tuple[list[str],
   """One row per (rewind step, trial, ticket, measured step) with every metric (both normalizations)."""
   keys = list(
       dict.fromkeys(
-          stability.metric_key(metric, normalization)
+          metrics_lib.metric_key(metric, normalization)
           for metric in END_METRICS
-          for normalization in stability.NORMALIZATIONS
+          for normalization in metrics_lib.NORMALIZATIONS
       )
   )
   rows = []

@@ -13,15 +13,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lth_jax import cohorts
+from lth_jax.config import checks
+from lth_jax.config import data_checks
+from lth_jax.config import errors
+from lth_jax.config import lengths
 from lth_jax import data as data_lib
+from lth_jax.data import pipeline
+from lth_jax.data import tfds_source
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
-from lth_jax import parallel
+from lth_jax.search import cohorts
 from lth_jax import tickets as tickets_lib
-from lth_jax import train as train_lib
-from lth_jax import validation
+from lth_jax.training import parallel
+from lth_jax.training import steps
+from lth_jax.training import trainer as trainer_lib
 
 
 def layer_sizes(params: Any, prunable: Any) -> dict[str, int]:
@@ -50,9 +56,9 @@ class Experiment:
   total_steps: int
   members_per_program: int = 1  # parallel.members_per_program, resolved (0 = auto becomes a number)
   ticket: tickets_lib.Ticket | None = None  # transfer.ticket, loaded and checked against the model
-  _trainers: dict[tuple[int, int], train_lib.Trainer] = dataclasses.field(default_factory=dict, repr=False)
+  _trainers: dict[tuple[int, int], trainer_lib.Trainer] = dataclasses.field(default_factory=dict, repr=False)
 
-  def _build_trainer(self, population_size: int, groups: int) -> train_lib.Trainer:
+  def _build_trainer(self, population_size: int, groups: int) -> trainer_lib.Trainer:
     key = (population_size, groups)
     if key not in self._trainers:
       training = self.config.training
@@ -62,7 +68,7 @@ class Experiment:
           else parallel.create_mesh(self.config.get('parallel', {}).get('num_devices', 0), groups)
       )
       like = next(iter(self._trainers.values())).feed if self._trainers else None
-      self._trainers[key] = train_lib.Trainer(
+      self._trainers[key] = trainer_lib.Trainer(
           self.model,
           self.dataset,
           optim.from_config(training, self.total_steps),
@@ -75,7 +81,7 @@ class Experiment:
       )
     return self._trainers[key]
 
-  def trainer(self, population_size: int = 0) -> train_lib.Trainer:
+  def trainer(self, population_size: int = 0) -> trainer_lib.Trainer:
     """The Trainer of this experiment for one run, or for a population of exactly `population_size`
     members (> 0) spread over the mesh's member groups (built once, then reused)."""
     if not population_size:
@@ -86,7 +92,7 @@ class Experiment:
     groups = layout[0] if layout and layout[1] == population_size else parallel.member_groups(self.mesh)
     return self._build_trainer(population_size, groups)
 
-  def program_trainer(self, num_members: int) -> tuple[train_lib.Trainer, int]:
+  def program_trainer(self, num_members: int) -> tuple[trainer_lib.Trainer, int]:
     """(Trainer, member slots) of a cohort program of `num_members` runs: the one-run Trainer for a
     single run whose batch divides the devices, else a population laid out by `parallel.member_layout`
     (slots beyond `num_members` are padding)."""
@@ -105,34 +111,34 @@ class Experiment:
 
 
 def prepare(config: ml_collections.ConfigDict) -> Experiment:
-  """Validates `config` (raising `validation.ConfigError` naming the field) and builds the dataset,
+  """Validates `config` (raising `errors.ConfigError` naming the field) and builds the dataset,
   model and mesh; the experiment's config is resolved (global batch, epochs as steps). No training
   happens here."""
-  validation.check_config(config)
+  checks.check_config(config)
   num_devices = config.get('parallel', {}).get('num_devices', 0)
   try:
     mesh = parallel.create_mesh(num_devices)
   except ValueError as error:
-    raise validation.ConfigError(str(error)) from error
-  config = validation.resolve_batch_size(config, mesh.devices.size)
+    raise errors.ConfigError(str(error)) from error
+  config = lengths.resolve_batch_size(config, mesh.devices.size)
   try:
     dataset = data_lib.build(config.dataset)
     model = models_lib.build(config.model, dataset.num_outputs)
-  except data_lib.DatasetNotPreparedError:
+  except tfds_source.DatasetNotPreparedError:
     raise
   except ValueError as error:  # a dataset or model field the builders rejected
-    raise validation.ConfigError(str(error)) from error
-  config = validation.resolve_epochs(config, dataset.num_train)
+    raise errors.ConfigError(str(error)) from error
+  config = lengths.resolve_epochs(config, dataset.num_train)
   example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example, train=False))
-  param_shapes, _ = train_lib.split_variables(shapes)
+  param_shapes, _ = steps.split_variables(shapes)
   layers = sorted(
       {
           masks_lib.module_path(masks_lib.path_to_names(path))
           for path, _ in jax.tree_util.tree_flatten_with_path(param_shapes)[0]
       }
   )
-  validation.check_against_data(
+  data_checks.check_against_data(
       config, dataset.num_train, layer_sizes(param_shapes, prunable_from_config(param_shapes, config)), layers
   )
   requested = config.get('parallel', {}).get('members_per_program', 0)
@@ -145,15 +151,13 @@ def prepare(config: ml_collections.ConfigDict) -> Experiment:
   try:
     parallel.check_batch_size(config.training.batch_size, mesh)
   except ValueError as error:
-    raise validation.ConfigError(
-        str(error) + ('' if requested == 1 else ' (or parallel.members_per_program)')
-    ) from error
+    raise errors.ConfigError(str(error) + ('' if requested == 1 else ' (or parallel.members_per_program)')) from error
   experiment = Experiment(
       config=config,
       dataset=dataset,
       model=model,
       mesh=mesh,
-      total_steps=validation.total_steps(config.training, dataset.num_train),
+      total_steps=lengths.total_steps(config.training, dataset.num_train),
   )
   experiment.members_per_program = cohorts.resolve_members_per_program(experiment)
   experiment.ticket = _transferred_ticket(config, param_shapes)
@@ -168,7 +172,7 @@ def _transferred_ticket(config: ml_collections.ConfigDict, param_shapes: Any) ->
   if not path:
     return None
   if not os.path.isfile(path):
-    raise validation.ConfigError(
+    raise errors.ConfigError(
         f'transfer.ticket={path!r}: no such file (export one with `python -m '
         'lth_jax.tickets export --workdir=DIR --level=L --out=FILE`)'
     )
@@ -185,14 +189,14 @@ def _transferred_ticket(config: ml_collections.ConfigDict, param_shapes: Any) ->
         where=f'transfer.ticket={path!r}',
     )
   except tickets_lib.TicketError as error:
-    raise validation.ConfigError(str(error)) from error
+    raise errors.ConfigError(str(error)) from error
   return ticket
 
 
 def local_device_counts(mesh: jax.sharding.Mesh, dataset: data_lib.Dataset) -> tuple[int, ...] | None:
   """Every host's device count in the mesh when member groups must stay within hosts (streamed data
   on several hosts: each host reads its slice of every member's batch), else None."""
-  if jax.process_count() == 1 or not isinstance(dataset, data_lib.StreamingDataset):
+  if jax.process_count() == 1 or not isinstance(dataset, pipeline.StreamingDataset):
     return None
   counts: dict[int, int] = {}
   for device in mesh.devices.flat:

@@ -1,7 +1,7 @@
 """Stability of training to pruning (Frankle et al., "The Lottery Ticket Hypothesis at Scale", §3.1 and
 appendix A), measured on a population, and on the tickets of a lottery workdir (kept in its
-stability.jsonl). The metrics themselves are in `lth_jax.stability_metrics`, linear mode connectivity in
-`lth_jax.connectivity`; both are re-exported here.
+stability.jsonl). The metrics themselves are in `lth_jax.analysis.metrics`, linear mode connectivity in
+`lth_jax.analysis.connectivity`.
 
 A population trained in lockstep by one vmapped step:
   full          the full network from W_0, continuing its own trajectory through step i
@@ -33,57 +33,36 @@ from typing import Any, cast, Mapping, Sequence
 import jax
 import numpy as np
 
+from lth_jax.config import compatibility
+from lth_jax.config import errors
 from lth_jax import masks as masks_lib
-from lth_jax import parallel
 from lth_jax import pruning
 from lth_jax import results as results_lib
-from lth_jax import train as train_lib
-from lth_jax import validation
-from lth_jax.connectivity import ConnectivityResult
-from lth_jax.connectivity import error_barrier
-from lth_jax.connectivity import error_barrier_height
-from lth_jax.connectivity import interpolate
-from lth_jax.connectivity import linear_mode_connectivity
-from lth_jax.stability_metrics import angle_degrees
-from lth_jax.stability_metrics import correlation
-from lth_jax.stability_metrics import DISTANCE_METRICS
-from lth_jax.stability_metrics import l2_distance
-from lth_jax.stability_metrics import masked_vector
-from lth_jax.stability_metrics import MAX_NORMALIZED_SUFFIX
-from lth_jax.stability_metrics import max_distance
-from lth_jax.stability_metrics import metric_key
-from lth_jax.stability_metrics import NORMALIZATIONS
-from lth_jax.stability_metrics import renormalized
-from lth_jax.stability_metrics import stability_metrics
-from lth_jax.stability_metrics import with_max_normalized
+from lth_jax.search import experiment as experiment_lib
+from lth_jax.search import lottery
+from lth_jax.search import trial as trial_lib
+from lth_jax.search import workdir as workdir_lib
+from lth_jax.training import checkpoints
+from lth_jax.training import parallel
+from lth_jax.training import steps as steps_lib
+from lth_jax.training import trainer as trainer_lib
+from lth_jax.analysis.metrics import l2_distance
+from lth_jax.analysis.metrics import masked_vector
+from lth_jax.analysis.metrics import max_distance
+from lth_jax.analysis.metrics import metric_key
+from lth_jax.analysis.metrics import stability_metrics
+from lth_jax.analysis.metrics import with_max_normalized
 
 __all__ = [
-    'ConnectivityResult',
-    'DISTANCE_METRICS',
-    'MAX_NORMALIZED_SUFFIX',
     'MEMBERS',
-    'NORMALIZATIONS',
     'STABILITY_FILE',
     'StabilityResult',
-    'angle_degrees',
-    'correlation',
-    'error_barrier',
-    'error_barrier_height',
     'find_result',
-    'interpolate',
-    'l2_distance',
-    'linear_mode_connectivity',
     'load_results',
-    'masked_vector',
-    'max_distance',
     'measure',
     'measure_lottery_ticket',
     'measure_lottery_ticket_once',
     'measured_steps',
-    'metric_key',
-    'renormalized',
-    'stability_metrics',
-    'with_max_normalized',
 ]
 
 MEMBERS = ('full', 'ticket', 'random_ticket', 'full_other')
@@ -142,7 +121,7 @@ class StabilityResult:
 
 
 def measure(
-    trainer: train_lib.Trainer,
+    trainer: trainer_lib.Trainer,
     initial: tuple[Any, Any],
     other_initial: tuple[Any, Any],
     keep_mask: Any,
@@ -179,17 +158,17 @@ def measure(
   # Phase 1: the two full networks train from their initializations to the rewind step. Members 1
   # and 2 (the tickets) ride along as copies of the full network and are replaced afterwards.
   warm = trainer.create_state(
-      train_lib.stack_members([params0, params0, params0, other_params]),
-      train_lib.stack_members([model_state0, model_state0, model_state0, other_model_state]),
-      train_lib.stack_members([ones, ones, ones, ones]),
+      steps_lib.stack_members([params0, params0, params0, other_params]),
+      steps_lib.stack_members([model_state0, model_state0, model_state0, other_model_state]),
+      steps_lib.stack_members([ones, ones, ones, ones]),
       0,
   )
 
   def full_pair_distance(params: Any) -> float:
     """||W_F - W'_F|| over all prunable weights of the two full networks (members 0 and 3)."""
     return l2_distance(
-        masked_vector(train_lib.member(params, 0), ones, prunable),
-        masked_vector(train_lib.member(params, 3), ones, prunable),
+        masked_vector(steps_lib.member(params, 0), ones, prunable),
+        masked_vector(steps_lib.member(params, 3), ones, prunable),
     )
 
   early_steps = sorted({step for step in measure_steps if 0 < step < rewind_step})
@@ -208,22 +187,22 @@ def measure(
   warm = parallel.to_host(warm)
   if rewind_step:
     full_pair_distances.append({'step': rewind_step, 'distance': full_pair_distance(warm.params)})
-  full_at_rewind = train_lib.member(warm.params, 0)
-  model_state_at_rewind = train_lib.member(warm.model_state, 0)
+  full_at_rewind = steps_lib.member(warm.params, 0)
+  model_state_at_rewind = steps_lib.member(warm.model_state, 0)
 
   # Phase 2: full and full_other continue; the tickets start from m ⊙ W_i with fresh optimizer state.
   ticket_params = masks_lib.apply(full_at_rewind, keep_mask)
   random_params = masks_lib.apply(full_at_rewind, random_mask)
   fresh = [trainer.fresh_optimizer_state(ticket_params), trainer.fresh_optimizer_state(random_params)]
-  opt_state = train_lib.stack_members(
-      [train_lib.member(warm.opt_state, 0), *fresh, train_lib.member(warm.opt_state, 3)]
+  opt_state = steps_lib.stack_members(
+      [steps_lib.member(warm.opt_state, 0), *fresh, steps_lib.member(warm.opt_state, 3)]
   )
   state = trainer.create_state(
-      train_lib.stack_members([full_at_rewind, ticket_params, random_params, train_lib.member(warm.params, 3)]),
-      train_lib.stack_members(
-          [model_state_at_rewind, model_state_at_rewind, model_state_at_rewind, train_lib.member(warm.model_state, 3)]
+      steps_lib.stack_members([full_at_rewind, ticket_params, random_params, steps_lib.member(warm.params, 3)]),
+      steps_lib.stack_members(
+          [model_state_at_rewind, model_state_at_rewind, model_state_at_rewind, steps_lib.member(warm.model_state, 3)]
       ),
-      train_lib.stack_members([ones, jax.tree_util.tree_map(np.asarray, keep_mask), random_mask, ones]),
+      steps_lib.stack_members([ones, jax.tree_util.tree_map(np.asarray, keep_mask), random_mask, ones]),
       rewind_step,
       opt_state,
   )
@@ -231,18 +210,18 @@ def measure(
   result = trainer.train(state, end_step, seeds, snapshot_steps=steps)
 
   final_params = result.snapshots[end_step][0]
-  full_final = train_lib.member(final_params, 0)
+  full_final = steps_lib.member(final_params, 0)
   full_pair_distances += [{'step': step, 'distance': full_pair_distance(result.snapshots[step][0])} for step in steps]
   normalizer = full_pair_distances[-1]['distance'] or 1.0
   max_normalizer = max_distance(full_pair_distances)
   curve: list[dict[str, Any]] = []
   for step in steps:
     params = result.snapshots[step][0]
-    full = train_lib.member(params, 0)
+    full = steps_lib.member(params, 0)
     entry: dict[str, Any] = {'step': step}
     for index, name, mask in ((1, 'ticket', keep_mask), (2, 'random_ticket', random_mask)):
       metrics = stability_metrics(
-          params0, full, train_lib.member(params, index), full_final, mask, prunable, normalizer
+          params0, full, steps_lib.member(params, index), full_final, mask, prunable, normalizer
       )
       entry[name] = with_max_normalized(metrics, normalizer, max_normalizer)
     curve.append(entry)
@@ -265,9 +244,8 @@ def measure_lottery_ticket(
   its mask came from pruning (`pruning.mode`) with late resetting to `config.pruning.rewind_step`, which is
   also the step the population's tickets start from. Runs the lottery first if that level is missing.
   """
-  from lth_jax import lottery  # a lottery run feeds this measurement
 
-  return _measure_prepared(config, lottery.prepare(config), workdir, level, trial, measure_steps)
+  return _measure_prepared(config, experiment_lib.prepare(config), workdir, level, trial, measure_steps)
 
 
 def measured_steps(rewind_step: int, end_step: int, measure_steps: Sequence[int]) -> list[int]:
@@ -301,14 +279,13 @@ def measure_lottery_ticket_once(
   """`measure_lottery_ticket`, kept in WORKDIR/stability.jsonl: a result of the same rewind step, level,
   trial and measured steps already there is returned without training; a new one is appended
   atomically. Returns (the result, whether it was measured now)."""
-  from lth_jax import lottery  # a lottery run feeds this measurement
 
-  experiment = lottery.prepare(config)
+  experiment = experiment_lib.prepare(config)
   path = os.path.join(workdir, STABILITY_FILE)
   steps = measured_steps(int(experiment.config.pruning.get('rewind_step', 0)), experiment.total_steps, measure_steps)
   found = find_result(load_results(path), int(experiment.config.pruning.get('rewind_step', 0)), level, trial, steps)
-  if found is not None and os.path.isfile(os.path.join(workdir, lottery.CONFIG_FILE)):
-    lottery.check_workdir_config(config, experiment.config, workdir)  # the stored result is of this config
+  if found is not None and os.path.isfile(os.path.join(workdir, compatibility.CONFIG_FILE)):
+    workdir_lib.check_workdir_config(config, experiment.config, workdir)  # the stored result is of this config
     return found, False
   result = _measure_prepared(config, experiment, workdir, level, trial, measure_steps)
   if jax.process_index() == 0:  # one writer on a pod, as for the lottery's records
@@ -319,26 +296,25 @@ def measure_lottery_ticket_once(
 def _measure_prepared(
     config: Any, experiment: Any, workdir: str, level: int, trial: int, measure_steps: Sequence[int]
 ) -> StabilityResult:
-  """`measure_lottery_ticket` with `lottery.prepare(config)` already done."""
-  from lth_jax import checkpoints, lottery  # a lottery run feeds this measurement
+  """`measure_lottery_ticket` with `experiment_lib.prepare(config)` already done."""
 
   levels, trials = int(config.pruning.get('levels', 0)), int(config.get('trials', 1))
   if not (isinstance(level, int) and 1 <= level <= levels):
-    raise validation.ConfigError(
+    raise errors.ConfigError(
         f'level={level!r}: the ticket of a pruned level is measured, 1..{levels} ' '(pruning.levels)'
     )
   if not (isinstance(trial, int) and 0 <= trial < trials):
-    raise validation.ConfigError(f'trial={trial!r}: must be in 0..{trials - 1} (trials={trials})')
-  level_dir = lottery.level_directory(workdir, trial, level)
+    raise errors.ConfigError(f'trial={trial!r}: must be in 0..{trials - 1} (trials={trials})')
+  level_dir = trial_lib.level_directory(workdir, trial, level)
   if not os.path.isdir(level_dir):
     lottery.run(config, workdir)
   else:  # the level's mask must come from this config
-    lottery.check_workdir_config(config, experiment.config, workdir)
+    workdir_lib.check_workdir_config(config, experiment.config, workdir)
   if not os.path.isdir(level_dir):
     raise ValueError(f'the lottery run in {workdir} stopped before level {level} (see pruning.levels)')
   single, population = experiment.trainer(), experiment.trainer(len(MEMBERS))
-  init_seed, data_seed = lottery.trial_seeds(int(config.get('seed', 0)), trial)
-  other_init_seed, other_data_seed = lottery.trial_seeds(int(config.get('seed', 0)) + 7919, trial)
+  init_seed, data_seed = trial_lib.trial_seeds(int(config.get('seed', 0)), trial)
+  other_init_seed, other_data_seed = trial_lib.trial_seeds(int(config.get('seed', 0)) + 7919, trial)
   initial = single.init_variables(init_seed)
   keep_mask = checkpoints.restore_tree(level_dir)['mask']
   keep_mask = jax.tree_util.tree_unflatten(

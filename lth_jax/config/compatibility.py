@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
-from lth_jax.config_errors import ConfigError
+from lth_jax.config.errors import ConfigError
 
 
 class WorkdirError(ConfigError):
@@ -22,6 +22,7 @@ class WorkdirError(ConfigError):
 # is set (and unchanged); they are exempt then. Every other field (also `training.eval_every`, which
 # sets the recorded curve, and `training.steps_per_dispatch`, `training.eval_batch_size` and
 # `parallel.num_devices`, which change the last bits of the floating-point results) must match.
+CONFIG_FILE = 'config.json'  # a workdir's recorded config, compared with the config of every re-run
 RESULT_NEUTRAL_FIELDS = ('checkpointing', 'report', 'trials', 'dataset.data_dir')
 STOPPING_FIELDS = ('pruning.levels', 'pruning.target_density')
 _ABSENT = '(absent)'

@@ -7,9 +7,9 @@ from typing import Any
 
 import ml_collections
 
+from lth_jax.config import data_checks
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
-from lth_jax import validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,7 @@ class PruningPlan:
     pruning_config = config.pruning
     return cls(
         scope=pruning_config.get('scope', 'local'),
-        fraction=validation.fraction_per_level(config),
+        fraction=data_checks.fraction_per_level(config),
         layer_fractions=dict(pruning_config.get('layer_fractions') or {}),
         levels=pruning_config.levels,
         mode=pruning_config.get('mode', 'iterative'),
@@ -73,4 +73,4 @@ class PruningPlan:
 
   def reached_target(self, density: float) -> bool:
     """Whether the target density (if any) is reached."""
-    return self.target_density is not None and density <= self.target_density * (1 + validation.DENSITY_TOLERANCE)
+    return self.target_density is not None and density <= self.target_density * (1 + data_checks.DENSITY_TOLERANCE)

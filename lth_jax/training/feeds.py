@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lth_jax import data as data_lib
-from lth_jax import parallel
+from lth_jax.data import arrays as arrays_lib
 from lth_jax.data import pipeline
+from lth_jax.training import parallel
 
 # Evaluation sets up to this size (as uint8 model inputs) are read once and kept on the devices.
 EVALUATION_CACHE_BYTES = 256 * 2**20
@@ -88,7 +89,7 @@ class ResidentFeed:
 
   def __init__(
       self,
-      dataset: data_lib.ArrayDataset,
+      dataset: arrays_lib.ArrayDataset,
       mesh: jax.sharding.Mesh,
       batch_size: int,
       eval_batch_size: int,
@@ -125,7 +126,7 @@ class ResidentFeed:
 
   def host_steps(self, seed: int, start_step: int, num_steps: int) -> np.ndarray:
     """Example indices (num_steps, batch) — the whole global batch on every host."""
-    return data_lib.batch_indices(seed, start_step, num_steps, self.num_train, self.batch_size)
+    return arrays_lib.batch_indices(seed, start_step, num_steps, self.num_train, self.batch_size)
 
   def put(self, tree: Any, batch_axis: int, member_axis: int | None = None) -> Any:
     return parallel.put_batch(tree, self.mesh, batch_axis, member_axis)
@@ -160,7 +161,7 @@ class StreamingFeed:
 
   def __init__(
       self,
-      dataset: data_lib.StreamingDataset,
+      dataset: pipeline.StreamingDataset,
       mesh: jax.sharding.Mesh,
       batch_size: int,
       eval_batch_size: int,
@@ -239,7 +240,7 @@ def create(
   """The feed for `dataset`: resident for an ArrayDataset, streaming for a StreamingDataset. `like`,
   a feed of the same dataset on another mesh of the same devices, lends its training set on the
   devices instead of a second copy from the host."""
-  if isinstance(dataset, data_lib.StreamingDataset):
+  if isinstance(dataset, pipeline.StreamingDataset):
     return StreamingFeed(dataset, mesh, batch_size, eval_batch_size)
   arrays = like.arrays if isinstance(like, ResidentFeed) and like.dataset is dataset else None
   return ResidentFeed(dataset, mesh, batch_size, eval_batch_size, arrays)

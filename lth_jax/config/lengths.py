@@ -9,9 +9,9 @@ from typing import Any
 
 import ml_collections
 
-from lth_jax.config_errors import ConfigError
-from lth_jax.config_errors import is_number as _is_number
-from lth_jax.config_errors import require as _require
+from lth_jax.config.errors import ConfigError
+from lth_jax.config.errors import is_number as _is_number
+from lth_jax.config.errors import require as _require
 
 
 def total_steps(training: ml_collections.ConfigDict, num_train: int) -> int:

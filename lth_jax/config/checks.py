@@ -1,9 +1,9 @@
 """Static checks of a lottery config (names, ranges and types of every field the run reads) that run
 before any data is read or anything trains, with errors that name the field.
 
-The checks that need the data and the model are in `lth_jax.config_data_checks`, the resolution of
-epochs to steps in `lth_jax.config_lengths`, and the comparison of a workdir's config with a new one in
-`lth_jax.config_compatibility`; their public names are re-exported here.
+The checks that need the data and the model are in `lth_jax.config.data_checks`, the resolution of
+epochs to steps in `lth_jax.config.lengths`, and the comparison of a workdir's config with a new one in
+`lth_jax.config.compatibility`.
 """
 
 from __future__ import annotations
@@ -13,53 +13,26 @@ from typing import Any
 import ml_collections
 
 from lth_jax import branches as branches_lib
-from lth_jax import config_schema
+from lth_jax.config import schema
 from lth_jax import data as data_lib
 from lth_jax import models as models_lib
+from lth_jax.models import convolution
 from lth_jax import optim
 from lth_jax import pruning
-from lth_jax.models import convolution
-from lth_jax.config_compatibility import config_differences
-from lth_jax.config_compatibility import config_to_json
-from lth_jax.config_compatibility import flatten as _flatten
-from lth_jax.config_compatibility import RESULT_NEUTRAL_FIELDS
-from lth_jax.config_compatibility import STOPPING_FIELDS
-from lth_jax.config_compatibility import WorkdirError
-from lth_jax.config_data_checks import check_against_data
-from lth_jax.config_data_checks import check_layer_selectors
-from lth_jax.config_data_checks import DENSITY_TOLERANCE
-from lth_jax.config_data_checks import fraction_per_level
-from lth_jax.config_data_checks import PRUNING_MODES
-from lth_jax.config_errors import ConfigError
-from lth_jax.config_errors import is_int as _is_int
-from lth_jax.config_errors import is_number as _is_number
-from lth_jax.config_errors import require as _require
-from lth_jax.config_lengths import check_epoch_twins as _check_epoch_twins
-from lth_jax.config_lengths import EPOCH_TWINS
-from lth_jax.config_lengths import resolve_batch_size
-from lth_jax.config_lengths import resolve_epochs
-from lth_jax.config_lengths import total_steps
+from lth_jax.config.compatibility import config_to_json
+from lth_jax.config.compatibility import flatten as _flatten
+from lth_jax.config.data_checks import PRUNING_MODES
+from lth_jax.config.errors import ConfigError
+from lth_jax.config.errors import is_int as _is_int
+from lth_jax.config.errors import is_number as _is_number
+from lth_jax.config.errors import require as _require
+from lth_jax.config.lengths import check_epoch_twins as _check_epoch_twins
 
 __all__ = [
-    'ConfigError',
-    'DENSITY_TOLERANCE',
-    'EPOCH_TWINS',
     'FREE_FIELDS',
-    'PRUNING_MODES',
-    'RESULT_NEUTRAL_FIELDS',
-    'STOPPING_FIELDS',
-    'WorkdirError',
-    'check_against_data',
     'check_checkpointing',
     'check_config',
     'check_known_fields',
-    'check_layer_selectors',
-    'config_differences',
-    'config_to_json',
-    'fraction_per_level',
-    'resolve_batch_size',
-    'resolve_epochs',
-    'total_steps',
 ]
 
 
@@ -77,8 +50,8 @@ FREE_FIELDS = ('pruning.layer_fractions',)
 
 
 def check_known_fields(config: ml_collections.ConfigDict) -> None:
-  """Every field of `config` is one of lth_jax/config_schema.py (a misspelt field would be ignored)."""
-  known = _flatten(config_to_json(config_schema.base_config()))
+  """Every field of `config` is one of lth_jax/schema.py (a misspelt field would be ignored)."""
+  known = _flatten(config_to_json(schema.base_config()))
   for field in _flatten(config_to_json(config)):
     if field in known or any(field == free or field.startswith(free + '.') for free in FREE_FIELDS):
       continue
@@ -91,7 +64,7 @@ def check_known_fields(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         f'{field}: unknown field'
         + (f'; {section} has: {", ".join(siblings)}' if siblings else '')
-        + ' (see lth_jax/config_schema.py)'
+        + ' (see lth_jax/schema.py)'
     )
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from lth_jax.steps import first_step
-from lth_jax.steps import TrainState
+from lth_jax.training.steps import first_step
+from lth_jax.training.steps import TrainState
 
 
 @dataclasses.dataclass

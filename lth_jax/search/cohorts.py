@@ -23,12 +23,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lth_jax import checkpoints
-from lth_jax import memory
+from lth_jax.config import errors
 from lth_jax import optim
-from lth_jax import parallel
-from lth_jax import train as train_lib
-from lth_jax import validation
+from lth_jax.training import checkpoints
+from lth_jax.training import memory
+from lth_jax.training import parallel
+from lth_jax.training import run_state
+from lth_jax.training import steps
+from lth_jax.training import trainer as trainer_lib
 
 
 @dataclasses.dataclass
@@ -172,7 +174,7 @@ class ProgramRunner:
   def __init__(
       self,
       workdir: str,
-      trainer_for: Callable[[int], tuple[train_lib.Trainer, int]],
+      trainer_for: Callable[[int], tuple[trainer_lib.Trainer, int]],
       settings: ProgramSettings,
       log: Callable[[str], None],
       should_stop: Callable[[int], bool] | None,
@@ -194,10 +196,10 @@ class ProgramRunner:
     if population:
       # The stacked host trees also give a checkpoint's snapshots their shapes (create_state copies them).
       snapshot_like = (
-          train_lib.stack_members([member.params for member in padded]),
-          train_lib.stack_members([member.model_state for member in padded]),
+          steps.stack_members([member.params for member in padded]),
+          steps.stack_members([member.model_state for member in padded]),
       )
-      keep_masks = train_lib.stack_members([member.keep_mask for member in padded])
+      keep_masks = steps.stack_members([member.keep_mask for member in padded])
       state = trainer.create_state(*snapshot_like, keep_masks, start_step)
       seeds: Any = [member.data_seed for member in padded]
     else:
@@ -221,7 +223,7 @@ class ProgramRunner:
         raise ValueError(f'step {metadata["step"]} is outside this run ({start_step}..{total})')
       if population and metadata.get('members') != keys:
         raise ValueError(f'it holds the members {metadata.get("members")}, not {keys}')
-      return train_lib.RunCheckpoint.arrays_like(metadata, state, trainer.zero_train_sums(state), snapshot_like)
+      return run_state.RunCheckpoint.arrays_like(metadata, state, trainer.zero_train_sums(state), snapshot_like)
 
     def progress_line(step: int, speed: float, metrics: str) -> str:
       eta = estimate_remaining_seconds(
@@ -262,14 +264,14 @@ class ProgramRunner:
         if member.on_snapshot is not None and step in member.snapshot_steps:
           member.on_snapshot(step, _member_snapshot(snapshot, index) if population else snapshot)
 
-    def save(checkpoint: train_lib.RunCheckpoint) -> None:
+    def save(checkpoint: run_state.RunCheckpoint) -> None:
       running.save(checkpoint.step, checkpoint.arrays(), {**checkpoint.metadata(), 'members': keys})
 
     with checkpoints.RunCheckpoints(directory, settings.max_to_keep) as running:
       restored = running.restore_latest(arrays_like)
-      start: train_lib.TrainState | train_lib.RunCheckpoint = state
+      start: steps.TrainState | run_state.RunCheckpoint = state
       if restored is not None:
-        start = train_lib.RunCheckpoint.from_parts(*restored)
+        start = run_state.RunCheckpoint.from_parts(*restored)
         self.log(f'{label}: resuming at step {start.step}/{total} from {running.directory}/{start.step}')
       try:
         result = trainer.train(
@@ -286,10 +288,10 @@ class ProgramRunner:
             heartbeat=heartbeat,
             heartbeat_seconds=settings.progress_every_seconds,
         )
-      except train_lib.Preempted as error:
+      except run_state.Preempted as error:
         running.wait()
         where = f'checkpointed in {running.directory}/{error.step}' if error.checkpointed else 'nothing to checkpoint'
-        raise train_lib.Preempted(
+        raise run_state.Preempted(
             f'{label}: stopped at step {error.step}/{total} on request (SIGTERM); '
             f'{where}; run the same command again to continue',
             error.step,
@@ -308,7 +310,7 @@ class ProgramRunner:
     return [
         MemberResult(
             member,
-            train_lib.member(final_params, index),
+            steps.member(final_params, index),
             {step: _member_snapshot(snapshot, index) for step, snapshot in result.snapshots.items()},
             [_split_entry(entry, index) for entry in result.curve],
             result.wall_seconds,
@@ -320,7 +322,7 @@ class ProgramRunner:
 
 def _member_snapshot(snapshot: tuple[Any, Any], index: int) -> tuple[Any, Any]:
   params, model_state = snapshot
-  return train_lib.member(params, index), train_lib.member(model_state, index)
+  return steps.member(params, index), steps.member(model_state, index)
 
 
 def groups(keys: Sequence[Any], members_per_program: int) -> list[list[Any]]:
@@ -348,7 +350,7 @@ def layout(num_members: int, experiment: Any) -> tuple[int, int]:
   batch = int(experiment.config.training.batch_size)
   found = parallel.member_layout(num_members, experiment.mesh.devices.size, batch, experiment.local_device_counts())
   if found is None:
-    raise validation.ConfigError(
+    raise errors.ConfigError(
         f'parallel.members_per_program={experiment.config.parallel.get("members_per_program", 0)}: a program of '
         f'{num_members} runs cannot be laid on the {experiment.mesh.devices.size} devices with '
         f'training.batch_size={batch} (no member grouping leaves a batch that divides its devices); change '
@@ -394,7 +396,7 @@ def resolve_members_per_program(experiment: Any) -> int:
     if min(cap, largest) > 1 and not fits(min(cap, largest)):
       assert device_memory is not None  # every size fits when the memory is unknown
       fitting = max([size for size in range(1, largest + 1) if fits(size)] or [1])
-      raise validation.ConfigError(
+      raise errors.ConfigError(
           f'parallel.members_per_program={requested}: a program of {min(cap, largest)} runs needs about '
           f'{memory.format_bytes(program_bytes(min(cap, largest)) + resident)} per device, more than '
           f'{memory.USABLE_FRACTION:.0%} of its {memory.format_bytes(device_memory)}; set '

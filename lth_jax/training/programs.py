@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lth_jax import feeds as feeds_lib
-from lth_jax import parallel
-from lth_jax import steps as steps_lib
+from lth_jax.training import feeds as feeds_lib
+from lth_jax.training import parallel
+from lth_jax.training import steps as steps_lib
 
 
 @dataclasses.dataclass(frozen=True)

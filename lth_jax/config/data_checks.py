@@ -9,10 +9,10 @@ import ml_collections
 
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
-from lth_jax.config_errors import is_int as _is_int
-from lth_jax.config_errors import require as _require
-from lth_jax.config_lengths import require_point as _require_point
-from lth_jax.config_lengths import total_steps
+from lth_jax.config.errors import is_int as _is_int
+from lth_jax.config.errors import require as _require
+from lth_jax.config.lengths import require_point as _require_point
+from lth_jax.config.lengths import total_steps
 
 PRUNING_MODES = ('iterative', 'one_shot')
 # Rounding to whole weights per layer and level leaves densities slightly off the geometric schedule.

@@ -18,12 +18,13 @@ except ImportError:  # not on POSIX: runs sharing a workdir are not detected
 import jax
 import ml_collections
 
-from lth_jax import config_schema
+from lth_jax.config import compatibility
+from lth_jax.config import errors
+from lth_jax.config import schema
 from lth_jax import results as results_lib
-from lth_jax import validation
+from lth_jax.config.compatibility import CONFIG_FILE
+from lth_jax.results import RESULTS_FILE
 
-RESULTS_FILE = 'results.jsonl'
-CONFIG_FILE = 'config.json'
 LOCK_FILE = '.lock'
 
 
@@ -36,7 +37,7 @@ def log_on_process_zero(message: str) -> None:
 def check_writable(workdir: str) -> None:
   """Creates `workdir` if needed; a WorkdirError when it is a file or cannot be written."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise validation.WorkdirError(f'workdir {workdir}: exists and is not a folder')
+    raise compatibility.WorkdirError(f'workdir {workdir}: exists and is not a folder')
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f'.lth_jax-write-test-{os.getpid()}-{jax.process_index()}')
@@ -44,7 +45,7 @@ def check_writable(workdir: str) -> None:
       file.write('ok')
     os.remove(probe)
   except OSError as error:
-    raise validation.WorkdirError(f'workdir {workdir}: cannot create or write there ({error})') from error
+    raise compatibility.WorkdirError(f'workdir {workdir}: cannot create or write there ({error})') from error
 
 
 @contextlib.contextmanager
@@ -62,7 +63,7 @@ def workdir_lock(workdir: str, log: Callable[[str], None] = log_on_process_zero)
     except BlockingIOError:
       file.seek(0)
       holder = file.read().strip() or 'another process'
-      raise validation.WorkdirError(
+      raise compatibility.WorkdirError(
           f'workdir {workdir}: in use by another lth_jax run ({holder}); let it finish, stop it, or use '
           'another --workdir'
       ) from None
@@ -122,13 +123,13 @@ def check_config_file(
   """
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path) and holds_runs(workdir) and not allow_config_change:
-    raise validation.ConfigError(
+    raise errors.ConfigError(
         f'{workdir} holds runs but no {CONFIG_FILE}, so their config cannot be checked against this one; '
         'put it back, use another --workdir, or --allow_config_change to record this config as theirs'
     )
-  new = validation.config_to_json(config)
+  new = compatibility.config_to_json(config)
   if resolved is not None:
-    new['resolved'] = validation.config_to_json(
+    new['resolved'] = compatibility.config_to_json(
         ml_collections.ConfigDict(
             {
                 section: {field: resolved[section].get(field) for field in fields}
@@ -141,16 +142,16 @@ def check_config_file(
       with open(path) as file:
         old = json.load(file)
     except (OSError, ValueError) as error:
-      raise validation.ConfigError(
+      raise errors.ConfigError(
           f'{path}: cannot read the config of the runs in this workdir ({error}); ' 'repair or delete it'
       ) from error
-    defaults = validation.config_to_json(config_schema.base_config())
-    changing, neutral = validation.config_differences(old, new, defaults)
+    defaults = compatibility.config_to_json(schema.base_config())
+    changing, neutral = compatibility.config_differences(old, new, defaults)
     if changing and not holds_runs(workdir):
       log(f'lth_jax: {path} is from a run that recorded nothing; replacing it with this config')
       changing, neutral = [], []
     if changing and not allow_config_change:
-      raise validation.ConfigError(
+      raise errors.ConfigError(
           f'{workdir} holds runs of a different config ({path}); fields that differ (old -> new):\n  '
           + '\n  '.join(changing)
           + '\nUse the same config, another --workdir, or --allow_config_change to '

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lth_jax import results as results_lib
-from lth_jax.workdir import RESULTS_FILE
+from lth_jax.results import RESULTS_FILE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,15 +10,15 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from lth_jax import checkpoints
-from lth_jax import cohorts
 from lth_jax import masks as masks_lib
 from lth_jax import results as results_lib
-from lth_jax import scalars as scalars_lib
-from lth_jax.experiment import Experiment
-from lth_jax.pruning_plan import PruningPlan
-from lth_jax.trial import Trial
-from lth_jax.workdir import RESULTS_FILE
+from lth_jax.search import cohorts
+from lth_jax.search import scalars as scalars_lib
+from lth_jax.training import checkpoints
+from lth_jax.search.experiment import Experiment
+from lth_jax.search.pruning_plan import PruningPlan
+from lth_jax.search.trial import Trial
+from lth_jax.results import RESULTS_FILE
 
 
 def format_surviving_weights(params: Any, keep_mask: Any, prunable: Any, limit: int = 32) -> str:

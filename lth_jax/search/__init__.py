@@ -1,0 +1,27 @@
+"""The lottery search: `run(config, workdir)` trains level 0 densely, then prunes, resets and retrains
+level after level with the control branches beside each ticket; each level's runs train as one cohort;
+the workdir holds the lock, the recorded config, the results file and the checkpoints to resume from."""
+
+from lth_jax.search.experiment import Experiment
+from lth_jax.search.experiment import prepare
+from lth_jax.search.lottery import LotteryResults
+from lth_jax.search.lottery import run
+from lth_jax.search.pruning_plan import PruningPlan
+from lth_jax.search.trial import branch_seed
+from lth_jax.search.trial import level_directory
+from lth_jax.search.trial import trial_seeds
+from lth_jax.search.workdir import check_workdir_config
+from lth_jax.search.workdir import workdir_lock
+
+__all__ = [
+    'Experiment',
+    'LotteryResults',
+    'PruningPlan',
+    'branch_seed',
+    'check_workdir_config',
+    'level_directory',
+    'prepare',
+    'run',
+    'trial_seeds',
+    'workdir_lock',
+]
