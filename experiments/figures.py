@@ -19,6 +19,7 @@ from matplotlib import figure as figure_lib
 from matplotlib import ticker
 
 import lth_jax
+from lth_jax import config as config_lib
 from lth_jax.config import lengths
 from lth_jax.reporting import summaries
 from lth_jax import results as results_lib
@@ -81,10 +82,10 @@ def quick_config(config: ml_collections.ConfigDict) -> None:
   config.pruning.levels = 6
 
 
-def default_reset_step(resolved: ml_collections.ConfigDict, total_steps: int) -> int:
-  """The late-reset step a figure uses unless told: the config's own rewind step (`resolved`: in
+def default_reset_step(spec: config_lib.RunSpec, total_steps: int) -> int:
+  """The late-reset step a figure uses unless told: the config's own rewind step (`spec`: resolved, in
   steps), else 1/30 of training (the paper resets at 1.4 epochs: 1-2% of CIFAR-10 training)."""
-  return int(resolved.pruning.get('rewind_step', 0) or 0) or max(1, round(total_steps / 30))
+  return spec.pruning.rewind_step or max(1, round(total_steps / 30))
 
 
 def parse_steps(values: Sequence[str], flag: str) -> list[int]:

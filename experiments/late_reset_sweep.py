@@ -74,8 +74,7 @@ def main(argv):
     if index == 0:
       reinit_records = [r for r in records if r['branch'] == 'reinit']
     if stability_level:
-      resolved = experiments[point].config.training
-      every = int(resolved.eval_every) or max(1, experiments[point].total_steps // 10)
+      every = experiments[point].spec.training.eval_every or max(1, experiments[point].total_steps // 10)
       result, measured = stability.measure_lottery_ticket_once(
           config, run_dir, stability_level, measure_steps=range(0, experiments[point].total_steps, every)
       )
@@ -93,7 +92,7 @@ def main(argv):
       f'R = random reinitialization (masks of reset {points[0].unit} {points[0].label})'
   )
   table_lib.plot_late_reset_table(header, rows, title, os.path.join(workdir, 'late_reset_table.png'), FLAGS.dpi)
-  resolved = next(iter(experiments.values())).config
+  resolved = next(iter(experiments.values())).spec
   figures.plot_variants(  # Figure 3: a line per reset point, random reinitialization dashed
       {f'reset to {point.unit} {point.label}': records_by_reset[point.label] for point in configs},
       f'Ticket accuracy by late-reset point ({mode} pruning), {resolved.model.name} on {resolved.dataset.name}',

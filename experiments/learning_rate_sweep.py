@@ -36,6 +36,7 @@ from absl import app
 from absl import flags
 import ml_collections
 
+from lth_jax import config as config_lib
 from experiments import figures
 
 FLAGS = flags.FLAGS
@@ -54,15 +55,15 @@ class Settings:
   reset_step: int
 
 
-def default_settings(resolved: ml_collections.ConfigDict, total_steps: int) -> Settings:
-  """The settings a config implies (`resolved`: lengths in steps, as `lottery.prepare` gives it)."""
-  learning_rate = float(resolved.training.learning_rate)
+def default_settings(spec: config_lib.RunSpec, total_steps: int) -> Settings:
+  """The settings a config implies (`spec`: resolved, lengths in steps, as `prepare` gives it)."""
+  learning_rate = float(spec.training.learning_rate)
   return Settings(
       learning_rate=learning_rate,
       low_lr_factor=10.0,
-      warmup_steps=int(resolved.training.get('warmup_steps', 0) or 0) or max(1, round(total_steps / 10)),
+      warmup_steps=spec.training.warmup_steps or max(1, round(total_steps / 10)),
       warmup_learning_rate=learning_rate,
-      reset_step=figures.default_reset_step(resolved, total_steps),
+      reset_step=figures.default_reset_step(spec, total_steps),
   )
 
 
@@ -113,7 +114,7 @@ def _define_flags() -> None:
 def main(argv):
   del argv
   base, experiment = figures.start('learning_rate_sweep', FLAGS.config, FLAGS.quick, FLAGS.trials)
-  defaults = default_settings(experiment.config, experiment.total_steps)
+  defaults = default_settings(experiment.spec, experiment.total_steps)
   settings = dataclasses.replace(
       defaults,
       low_lr_factor=FLAGS.low_lr_factor,
@@ -133,7 +134,7 @@ def main(argv):
       labels,
       FLAGS.workdir,
       'learning_rate_sweep',
-      f'Iterative pruning, {experiment.config.model.name} on {experiment.config.dataset.name}: learning rate, '
+      f'Iterative pruning, {experiment.spec.model.name} on {experiment.spec.dataset.name}: learning rate, '
       'warmup, late resetting',
   )
 

@@ -71,7 +71,7 @@ def main(argv):
   base, experiment = figures.start('pruning_mode_sweep', FLAGS.config, FLAGS.quick, FLAGS.trials)
   reset_step = FLAGS.reset_step
   if reset_step is None:
-    reset_step = figures.default_reset_step(experiment.config, experiment.total_steps)
+    reset_step = figures.default_reset_step(experiment.spec, experiment.total_steps)
   configs = variant_configs(base, FLAGS.variants, reset_step)
   labels = {name: variant_label(name, config) for name, config in configs.items()}
   for name, label in labels.items():
@@ -82,7 +82,7 @@ def main(argv):
       labels,
       FLAGS.workdir,
       'pruning_mode_sweep',
-      f'One-shot and iterative pruning, {experiment.config.model.name} on {experiment.config.dataset.name}',
+      f'One-shot and iterative pruning, {experiment.spec.model.name} on {experiment.spec.dataset.name}',
   )
 
 

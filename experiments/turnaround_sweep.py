@@ -102,7 +102,7 @@ def main(argv):
   base, experiment = figures.start('turnaround_sweep', FLAGS.config, FLAGS.quick, FLAGS.trials)
   total_steps = experiment.total_steps
   reset_step = (
-      FLAGS.reset_step if FLAGS.reset_step is not None else figures.default_reset_step(experiment.config, total_steps)
+      FLAGS.reset_step if FLAGS.reset_step is not None else figures.default_reset_step(experiment.spec, total_steps)
   )
   steps = (
       figures.parse_steps(FLAGS.turnaround_steps, 'turnaround_steps')
@@ -119,8 +119,8 @@ def main(argv):
   what = 'iterative pruning' if mode == 'iterative' else 'one-shot pruning'
   figures.plot_variants(
       {f'turnaround at step {label}': records for label, records in by_label.items()},
-      f'Early turnaround ({what}, reset to step {reset_step}), {experiment.config.model.name} on '
-      f'{experiment.config.dataset.name}',
+      f'Early turnaround ({what}, reset to step {reset_step}), {experiment.spec.model.name} on '
+      f'{experiment.spec.dataset.name}',
       branches=('ticket', *FLAGS.branches),
       path=os.path.join(workdir, f'turnaround_{mode}.png'),
   )

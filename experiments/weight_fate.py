@@ -38,8 +38,8 @@ import ml_collections
 import numpy as np
 from matplotlib import figure as figure_lib
 
+from lth_jax import config as config_lib
 from lth_jax.config import compatibility
-from lth_jax.config import data_checks
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax import results as results_lib
@@ -90,28 +90,24 @@ def training_identity(resolved: ml_collections.ConfigDict) -> dict[str, Any]:
   return identity
 
 
-def one_shot_mask(params: Any, prunable: Any, config: ml_collections.ConfigDict, fraction_remaining: float) -> Any:
+def one_shot_mask(params: Any, prunable: Any, plan: config_lib.PruningPlan, fraction_remaining: float) -> Any:
   """The keep mask of one-shot magnitude pruning of `params` to `fraction_remaining` of the weights
   pruned at the config's per-level fraction p: the pruning of level L = log(fraction) / log(1 - p) of a
   one_shot lottery run (exactly its mask when fraction_remaining = (1 - p)^L), with its scope, per-layer
   fractions (compounded over the same L) and per-layer minimum."""
   if not 0.0 < fraction_remaining < 1.0:
     raise ValueError(f'fraction_remaining={fraction_remaining}: must be strictly between 0 and 1')
-  pruning_config = config.pruning
-  fraction = data_checks.fraction_per_level(config)
-  level = math.log(fraction_remaining) / math.log(1.0 - fraction)
-  level_fraction, layer_fractions = pruning.one_shot_fractions(
-      fraction, dict(pruning_config.get('layer_fractions') or {}), level
-  )
+  level = math.log(fraction_remaining) / math.log(1.0 - plan.fraction)
+  level_fraction, layer_fractions = pruning.one_shot_fractions(plan.fraction, plan.layer_fractions, level)
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(np.shape(leaf), bool), params)
   return pruning.prune(
       pruning.magnitude_scores(params),
       ones,
       prunable,
       level_fraction,
-      pruning_config.get('scope', 'local'),
+      plan.scope,
       layer_fractions,
-      pruning_config.get('min_weights_per_layer', 0),
+      plan.min_weights_per_layer,
   )
 
 
@@ -272,11 +268,10 @@ def train_snapshots(
   progress lines, periodic and SIGTERM checkpoints in WORKDIR/checkpoints, resumed by a re-run of the
   same config, see `claim_dense_run`) and returns its params at `steps`."""
   claim_dense_run(workdir, identity, steps)
-  config = experiment.config
-  init_seed, data_seed = trial_lib.trial_seeds(int(config.get('seed', 0)), 0)
+  init_seed, data_seed = trial_lib.trial_seeds(experiment.spec.seed, 0)
   params0, model_state0 = experiment.trainer().init_variables(init_seed)
   keep_all = jax.tree_util.tree_map(lambda leaf: np.ones(np.shape(leaf), bool), params0)
-  settings = cohorts.ProgramSettings.from_config(config, experiment.total_steps, levels=0)
+  settings = dataclasses.replace(cohorts.ProgramSettings.from_spec(experiment.spec), levels=0)
   stop = preemption.StopRequest()
   runner = cohorts.ProgramRunner(workdir, experiment.program_trainer, settings, print, stop, scalars_lib.Scalars(None))
   trial, branch = DENSE_RUN
@@ -349,13 +344,16 @@ def main(argv):
     raise app.UsageError(f'--fraction_remaining={FLAGS.fraction_remaining}: must be strictly between 0 and 1')
   if FLAGS.bins < 1:
     raise app.UsageError(f'--bins={FLAGS.bins}: must be positive')
-  _, experiment = figures.start('weight_fate', FLAGS.config, FLAGS.quick, None)
-  if experiment.config.get('transfer', {}).get('ticket'):
+  config, experiment = figures.start('weight_fate', FLAGS.config, FLAGS.quick, None)
+  if experiment.spec.transfer.ticket:
     raise app.UsageError(
-        f'--config sets transfer.ticket={experiment.config.transfer.ticket!r}: weight_fate trains a dense network '
+        f'--config sets transfer.ticket={experiment.spec.transfer.ticket!r}: weight_fate trains a dense network '
         'from its initialization, so leave transfer.ticket unset'
     )
-  resolved, total_steps = experiment.config, experiment.total_steps
+  total_steps = experiment.total_steps
+  resolved = config_lib.resolve_epochs(  # the config with lengths in steps: the dense run's identity
+      config_lib.resolve_batch_size(config, experiment.mesh.devices.size), experiment.dataset.num_train
+  )
   steps = (
       figures.parse_steps(FLAGS.snapshot_steps, 'snapshot_steps')
       if FLAGS.snapshot_steps
@@ -366,7 +364,7 @@ def main(argv):
     raise app.UsageError(
         f'--snapshot_steps: {", ".join(map(str, late))} past the end of training ({total_steps} steps)'
     )
-  pruning_step = int(resolved.pruning.get('turnaround_step', 0) or 0) or total_steps
+  pruning_step = experiment.spec.pruning.turnaround_step or total_steps
   trained_steps = sorted(set(steps) | {pruning_step})
   workdir = FLAGS.workdir
   os.makedirs(workdir, exist_ok=True)
@@ -384,19 +382,22 @@ def main(argv):
     print(f'weight_fate: reusing the snapshots in {path} (nothing to train)')
 
   prunable = experiment.prunable(snapshots[pruning_step])
-  keep_mask = one_shot_mask(snapshots[pruning_step], prunable, resolved, FLAGS.fraction_remaining)
+  keep_mask = one_shot_mask(snapshots[pruning_step], prunable, experiment.spec.pruning, FLAGS.fraction_remaining)
   density = masks_lib.density(keep_mask, prunable)
   rows = row_groups(keep_mask, prunable, FLAGS.rows, FLAGS.max_layer_rows)
   cells = weight_histograms({step: snapshots[step] for step in steps}, keep_mask, prunable, rows, FLAGS.bins)
   agreement = {  # how much of the final mask one-shot pruning at an earlier step would already keep
       step: mask_agreement(
-          one_shot_mask(snapshots[step], prunable, resolved, FLAGS.fraction_remaining), keep_mask, prunable, rows
+          one_shot_mask(snapshots[step], prunable, experiment.spec.pruning, FLAGS.fraction_remaining),
+          keep_mask,
+          prunable,
+          rows,
       )
       for step in steps
   }
   plot_weight_fate(
       cells,
-      f'{resolved.model.name} on {resolved.dataset.name}: weights by step; light: pruned by one-shot pruning at step '
+      f'{experiment.spec.model.name} on {experiment.spec.dataset.name}: weights by step; light: pruned by one-shot pruning at step '
       f'{pruning_step} to {100 * density:.1f}% remaining, dark: remaining',
       path=os.path.join(workdir, 'weight_fate.png'),
   )

@@ -64,16 +64,6 @@ def selects_layer(selector: str, module: str) -> bool:
   return modules[: len(parts)] == parts
 
 
-def prunable_from_config(params: Params, config: Any) -> Params:
-  """`prunable_tree` of `params` under a lottery config's `pruning.prunable_parameters` and
-  `pruning.excluded_layers` (what a run prunes)."""
-  return prunable_tree(
-      params,
-      tuple(config.pruning.get('prunable_parameters', ('kernel',))),
-      tuple(config.pruning.get('excluded_layers', ())),
-  )
-
-
 def prunable_tree(
     params: Params,
     prunable_parameter_names: Iterable[str] = ('kernel',),
@@ -160,3 +150,19 @@ def to_numpy(keep_mask: Mask) -> Mapping[str, np.ndarray]:
   """Flattens a mask into {leaf name: bool array}, convenient for saving and comparing."""
   flat, _ = jax.tree_util.tree_flatten_with_path(keep_mask)
   return {leaf_name(path_to_names(path)): np.asarray(leaf, dtype=bool) for path, leaf in flat}
+
+
+def layer_sizes(params: Params, prunable: Any) -> dict[str, int]:
+  """Number of prunable weights per layer (module path)."""
+  sizes: dict[str, int] = {}
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  for (path, leaf), is_prunable in zip(flat, jax.tree_util.tree_leaves(prunable)):
+    if is_prunable:
+      layer = module_path(path_to_names(path))
+      sizes[layer] = sizes.get(layer, 0) + int(np.prod(leaf.shape))
+  return sizes
+
+
+def layer_paths(params: Params) -> list[str]:
+  """The module path of every layer that holds parameters, sorted."""
+  return sorted({module_path(path_to_names(path)) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]})

@@ -12,7 +12,6 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from lth_jax import masks as masks_lib
@@ -148,23 +147,19 @@ def direction(
   return optax.chain(*parts) if parts else optax.identity()
 
 
-def from_config(training: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformationExtraArgs:
-  """The masked optimizer described by `config.training`; `update` takes `keep_mask=` and `step=`."""
+def from_config(training: Any, total_steps: int) -> optax.GradientTransformationExtraArgs:
+  """The masked optimizer of a resolved `training` section (`lth_jax.config.TrainingSpec`, or any object
+  with its fields); `update` takes `keep_mask=` and `step=`."""
   schedule = learning_rate_schedule(
       learning_rate=training.learning_rate,
       total_steps=total_steps,
-      schedule=training.get('schedule', 'constant'),
-      warmup_steps=training.get('warmup_steps', 0),
-      decay_boundaries=tuple(training.get('decay_boundaries', ())),
-      decay_factor=training.get('decay_factor', 0.1),
+      schedule=training.schedule,
+      warmup_steps=training.warmup_steps,
+      decay_boundaries=tuple(training.decay_boundaries),
+      decay_factor=training.decay_factor,
   )
   inner = optax.chain(
-      direction(
-          training.optimizer,
-          training.get('momentum', 0.9),
-          training.get('weight_decay', 0.0),
-          training.get('weight_decay_batch_norm', True),
-      ),
+      direction(training.optimizer, training.momentum, training.weight_decay, training.weight_decay_batch_norm),
       scale_by_step_schedule(schedule),
   )
   return keep_pruned_at_zero(inner)

@@ -31,6 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from lth_jax import config as config_lib
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import results as results_lib
@@ -66,16 +67,16 @@ class Ticket:
   @property
   def model(self) -> Any:
     """The flax module of the ticket's architecture (output width read from the weights)."""
-    return models_lib.build(self.config.model, output_width(self.start_params))
+    return models_lib.build(config_lib.model_spec(self.config), output_width(self.start_params))
 
   @property
   def density(self) -> float:
     """The fraction of prunable weights the mask keeps."""
-    return masks_lib.density(self.keep_mask, masks_lib.prunable_from_config(self.keep_mask, self.config))
+    return masks_lib.density(self.keep_mask, config_lib.pruning_plan(self.config).prunable(self.keep_mask))
 
   def layer_density(self) -> dict[str, float]:
     """The kept fraction of each prunable layer."""
-    return masks_lib.density_per_layer(self.keep_mask, masks_lib.prunable_from_config(self.keep_mask, self.config))
+    return masks_lib.density_per_layer(self.keep_mask, config_lib.pruning_plan(self.config).prunable(self.keep_mask))
 
 
 def output_width(params: Any) -> int:
@@ -138,7 +139,8 @@ def load(workdir: str, level: int, trial: int = 0) -> Ticket:
   except (FileNotFoundError, checkpoints.CheckpointError) as error:
     raise TicketError(f'{workdir}: the checkpoints of trial {trial} level {level} cannot be read ({error})') from error
   keep_mask = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf, bool), level_tree['mask'])
-  rewind_step = int((resolved.get('pruning') or {}).get('rewind_step', config.pruning.get('rewind_step', 0)) or 0)
+  recorded_step = (resolved.get('pruning') or {}).get('rewind_step')  # absent from older workdirs' config.json
+  rewind_step = int(config_lib.pruning_plan(config).rewind_step if recorded_step is None else recorded_step)
   return Ticket(
       level=level,
       trial=trial,

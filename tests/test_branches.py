@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import lth_jax
+from lth_jax import config as config_lib
 from lth_jax import branches as branches_lib
 from lth_jax import data as data_lib
 from lth_jax.data import arrays
@@ -17,7 +18,6 @@ from lth_jax import models as models_lib
 from lth_jax import optim
 from lth_jax import pruning
 from lth_jax.search import lottery
-from lth_jax.search import pruning_plan
 from lth_jax.search import trial
 from lth_jax.training import checkpoints
 from lth_jax.training import parallel
@@ -27,8 +27,8 @@ from tests import helpers
 
 def _tiny_trainer():
   config = helpers.tiny_config()
-  dataset = data_lib.build(config.dataset)
-  model = models_lib.build(config.model, dataset.num_outputs)
+  dataset = data_lib.build(config_lib.data_spec(config.dataset))
+  model = models_lib.build(config_lib.model_spec(config.model), dataset.num_outputs)
   return trainer_lib.Trainer(model, dataset, optim.from_config(config.training, 60), parallel.create_mesh(), 32, 8)
 
 
@@ -63,7 +63,7 @@ def test_mean_gradients_equal_the_averaged_batch_gradients():
 
 def test_mean_gradients_normalize_with_each_batch_statistics():
   """SNIP's gradients see a batch as a train step does: batch norm in training mode."""
-  dataset = data_lib.build(helpers.tiny_config().dataset)
+  dataset = data_lib.build(config_lib.data_spec(helpers.tiny_config().dataset))
   trainer = trainer_lib.Trainer(helpers.BatchNormNet(), dataset, optax.sgd(0.1), parallel.create_mesh(), 32, 8)
   params, model_state = trainer.init_variables(0)
   batch = arrays.batch_indices(9, 0, 1, dataset.num_train, 32)[0]
@@ -154,7 +154,7 @@ def test_early_turnaround_prunes_from_the_weights_at_the_turnaround_step(tmp_pat
   assert {r['branch'] for r in results.records} == {'ticket', 'snip', 'sign_reinit'}
   trainer = _tiny_trainer()
   init_seed, data_seed = trial.trial_seeds(config.seed, 0)
-  plan = pruning_plan.PruningPlan.from_config(config)
+  plan = config_lib.pruning_plan(config)
   params0, model_state0 = trainer.init_variables(init_seed)
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
   at_turnaround = trainer.train(trainer.create_state(params0, model_state0, ones, 0), 30, data_seed)

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import pytest
 import tensorflow_datasets as tfds
 
+from lth_jax import masks as masks_lib
+from lth_jax import config as config_lib
 from lth_jax.config import checks
 from lth_jax.config import data_checks
 from lth_jax.config import errors
@@ -16,7 +18,6 @@ from lth_jax.config import lengths
 from lth_jax.data import tfds_source
 from lth_jax import models as models_lib
 from lth_jax import optim
-from lth_jax.search import experiment as experiment_lib
 from lth_jax.search import lottery
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,13 +160,13 @@ def test_resnet50_imagenet_schedule_at_full_scale(variant):
   ]:
     assert float(learning_rate(step)) == pytest.approx(expected, rel=1e-5), step
   # And the checks that need the model: ResNet-50's prunable layers at this schedule.
-  model = models_lib.build(resolved.model, 1000)
+  model = models_lib.build(config_lib.model_spec(resolved.model), 1000)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))
   params = shapes['params']
   data_checks.check_against_data(
       resolved,
       IMAGENET_TRAIN_SIZE,
-      experiment_lib.layer_sizes(params, experiment_lib.prunable_from_config(params, resolved)),
+      masks_lib.layer_sizes(params, config_lib.pruning_plan(resolved).prunable(params)),
   )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from lth_jax import config as config_lib
 from lth_jax import models
 from lth_jax.models import conv as conv_lib
 from lth_jax.models import convolution
@@ -149,8 +150,10 @@ def test_resnet_trains_alike_with_either_kernel_gradient():
 @pytest.mark.parametrize('name', ['conv4', 'vgg19', 'resnet18', 'resnet50'])
 def test_registry_passes_the_configured_kernel_gradient(name):
   for kernel_gradient in convolution.KERNEL_GRADIENTS:
-    model = models.build(ml_collections.ConfigDict({'name': name, 'conv_kernel_gradient': kernel_gradient}), 10)
+    model = models.build(
+        config_lib.model_spec(ml_collections.ConfigDict({'name': name, 'conv_kernel_gradient': kernel_gradient})), 10
+    )
     assert model.conv_general_dilated is convolution.conv_general_dilated(kernel_gradient)
-  assert models.build(ml_collections.ConfigDict({'name': name}), 10).conv_general_dilated is (
+  assert models.build(config_lib.model_spec(ml_collections.ConfigDict({'name': name})), 10).conv_general_dilated is (
       convolution.conv_general_dilated('auto')
   )

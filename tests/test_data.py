@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from lth_jax import config as config_lib
 from lth_jax import data
 from lth_jax.data import arrays
 from lth_jax.data import embedded
@@ -102,7 +103,7 @@ def test_dataset_names_are_exported():
 
 def test_unknown_name_error_names_field_value_and_known_names():
   with pytest.raises(ValueError) as raised:
-    data.build(make_config(name='imagenet'))
+    data.build(config_lib.data_spec(make_config(name='imagenet')))
   message = str(raised.value)
   assert 'dataset.name' in message and 'imagenet' in message
   for name in data.DATASET_NAMES:
@@ -128,7 +129,9 @@ def test_array_dataset_rejects_mismatched_lengths():
 
 def test_sum_of_two_shapes_ranges_and_targets():
   dataset = data.build(
-      make_config(name='sum_of_two', num_train=500, num_test=200, train_range=(-1.0, 1.0), test_range=(1.0, 2.0))
+      config_lib.data_spec(
+          make_config(name='sum_of_two', num_train=500, num_test=200, train_range=(-1.0, 1.0), test_range=(1.0, 2.0))
+      )
   )
   assert dataset.task == 'regression' and dataset.num_classes is None
   chex.assert_shape([dataset.train_inputs, dataset.train_targets], [(500, 2), (500, 1)])
@@ -143,17 +146,17 @@ def test_sum_of_two_shapes_ranges_and_targets():
 
 
 def test_sum_of_two_defaults_and_determinism():
-  dataset = data.build(make_config(name='sum_of_two'))
+  dataset = data.build(config_lib.data_spec(make_config(name='sum_of_two')))
   assert (dataset.num_train, dataset.num_test) == (10000, 1000)
-  again = data.build(make_config(name='sum_of_two', seed=0))
+  again = data.build(config_lib.data_spec(make_config(name='sum_of_two', seed=0)))
   np.testing.assert_array_equal(dataset.train_inputs, again.train_inputs)
-  other_seed = data.build(make_config(name='sum_of_two', seed=1))
+  other_seed = data.build(config_lib.data_spec(make_config(name='sum_of_two', seed=1)))
   assert not np.array_equal(dataset.train_inputs, other_seed.train_inputs)
 
 
 def test_sum_of_two_train_data_does_not_depend_on_num_test():
-  small = data.build(make_config(name='sum_of_two', num_train=100, num_test=10))
-  large = data.build(make_config(name='sum_of_two', num_train=100, num_test=50))
+  small = data.build(config_lib.data_spec(make_config(name='sum_of_two', num_train=100, num_test=10)))
+  large = data.build(config_lib.data_spec(make_config(name='sum_of_two', num_train=100, num_test=50)))
   np.testing.assert_array_equal(small.train_inputs, large.train_inputs)
 
 
@@ -171,7 +174,7 @@ def test_sum_of_two_train_data_does_not_depend_on_num_test():
 )
 def test_sum_of_two_validation(fields, message):
   with pytest.raises(ValueError, match=message):
-    data.build(make_config(name='sum_of_two', **fields))
+    data.build(config_lib.data_spec(make_config(name='sum_of_two', **fields)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,7 +182,7 @@ def test_sum_of_two_validation(fields, message):
 
 
 def test_digits_shapes_dtypes_labels_and_standardization():
-  dataset = data.build(make_config(name='digits', seed=0))
+  dataset = data.build(config_lib.data_spec(make_config(name='digits', seed=0)))
   assert dataset.task == 'classification' and dataset.num_classes == 10 and dataset.num_outputs == 10
   assert dataset.num_train + dataset.num_test == 1797
   assert dataset.num_test == round(1797 * 0.2)
@@ -197,9 +200,9 @@ def test_digits_shapes_dtypes_labels_and_standardization():
 
 
 def test_digits_split_is_deterministic_and_seeded():
-  first = data.build(make_config(name='digits', seed=5, test_fraction=0.5))
-  second = data.build(make_config(name='digits', seed=5, test_fraction=0.5))
-  other = data.build(make_config(name='digits', seed=6, test_fraction=0.5))
+  first = data.build(config_lib.data_spec(make_config(name='digits', seed=5, test_fraction=0.5)))
+  second = data.build(config_lib.data_spec(make_config(name='digits', seed=5, test_fraction=0.5)))
+  other = data.build(config_lib.data_spec(make_config(name='digits', seed=6, test_fraction=0.5)))
   chex.assert_trees_all_equal(
       (first.train_inputs, first.train_targets, first.test_inputs),
       (second.train_inputs, second.train_targets, second.test_inputs),
@@ -209,22 +212,22 @@ def test_digits_split_is_deterministic_and_seeded():
 
 
 def test_digits_num_train_and_num_test_take_the_first_examples_of_each_split():
-  full = data.build(make_config(name='digits', seed=5))
-  limited = data.build(make_config(name='digits', seed=5, num_train=100, num_test=30))
+  full = data.build(config_lib.data_spec(make_config(name='digits', seed=5)))
+  limited = data.build(config_lib.data_spec(make_config(name='digits', seed=5, num_train=100, num_test=30)))
   assert (limited.num_train, limited.num_test) == (100, 30)
   np.testing.assert_array_equal(limited.train_targets, full.train_targets[:100])
   np.testing.assert_array_equal(limited.test_targets, full.test_targets[:30])
   np.testing.assert_allclose(limited.train_inputs.mean(axis=0), 0.0, atol=1e-5)  # its own statistics
   with pytest.raises(ValueError, match='dataset.num_test=5000 exceeds'):
-    data.build(make_config(name='digits', num_test=5000))
+    data.build(config_lib.data_spec(make_config(name='digits', num_test=5000)))
   with pytest.raises(ValueError, match='dataset.num_train must be a positive integer'):
-    data.build(make_config(name='digits', num_train=0))
+    data.build(config_lib.data_spec(make_config(name='digits', num_train=0)))
 
 
 @pytest.mark.parametrize('fraction', [0.0, 1.0, -0.1, 1.5])
 def test_digits_rejects_bad_test_fraction(fraction):
   with pytest.raises(ValueError, match='dataset.test_fraction'):
-    data.build(make_config(name='digits', test_fraction=fraction))
+    data.build(config_lib.data_spec(make_config(name='digits', test_fraction=fraction)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,7 +242,7 @@ def mnist1d_cache_dir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope='module')
 def mnist1d_dataset(mnist1d_cache_dir) -> arrays.ArrayDataset:
   """Full-size MNIST-1D generated once (~5 s) into a temporary cache."""
-  return data.build(make_config(name='mnist1d', seed=0, data_dir=str(mnist1d_cache_dir)))
+  return data.build(config_lib.data_spec(make_config(name='mnist1d', seed=0, data_dir=str(mnist1d_cache_dir))))
 
 
 def test_mnist1d_shapes_dtypes_labels_and_standardization(mnist1d_dataset):
@@ -255,7 +258,9 @@ def test_mnist1d_shapes_dtypes_labels_and_standardization(mnist1d_dataset):
 
 def test_mnist1d_num_train_and_num_test_take_the_first_examples(mnist1d_dataset, mnist1d_cache_dir):
   limited = data.build(
-      make_config(name='mnist1d', seed=0, data_dir=str(mnist1d_cache_dir), num_train=500, num_test=200)
+      config_lib.data_spec(
+          make_config(name='mnist1d', seed=0, data_dir=str(mnist1d_cache_dir), num_train=500, num_test=200)
+      )
   )
   assert (limited.num_train, limited.num_test) == (500, 200)
   np.testing.assert_array_equal(limited.train_targets, mnist1d_dataset.train_targets[:500])
@@ -270,7 +275,7 @@ def test_mnist1d_cache_is_written_atomically_and_reused(mnist1d_dataset, mnist1d
     raise AssertionError('make_dataset called although the cache exists')
 
   monkeypatch.setattr('mnist1d.data.make_dataset', fail_to_generate)
-  cached = data.build(make_config(name='mnist1d', seed=0, data_dir=str(mnist1d_cache_dir)))
+  cached = data.build(config_lib.data_spec(make_config(name='mnist1d', seed=0, data_dir=str(mnist1d_cache_dir))))
   chex.assert_trees_all_equal(
       (cached.train_inputs, cached.train_targets, cached.test_inputs, cached.test_targets),
       (
@@ -281,7 +286,7 @@ def test_mnist1d_cache_is_written_atomically_and_reused(mnist1d_dataset, mnist1d
       ),
   )
   with pytest.raises(AssertionError, match='cache exists'):  # A new seed is not cached.
-    data.build(make_config(name='mnist1d', seed=1, data_dir=str(mnist1d_cache_dir)))
+    data.build(config_lib.data_spec(make_config(name='mnist1d', seed=1, data_dir=str(mnist1d_cache_dir))))
 
 
 def test_mnist1d_corrupt_cache_is_regenerated(tmp_path, monkeypatch):
@@ -293,7 +298,7 @@ def test_mnist1d_corrupt_cache_is_regenerated(tmp_path, monkeypatch):
   }
   monkeypatch.setattr(embedded, 'generate_mnist1d', lambda seed: small_arrays)
   embedded.mnist1d_cache_path(tmp_path, 3).write_bytes(b'not an npz file')
-  dataset = data.build(make_config(name='mnist1d', seed=3, data_dir=str(tmp_path)))
+  dataset = data.build(config_lib.data_spec(make_config(name='mnist1d', seed=3, data_dir=str(tmp_path))))
   assert dataset.num_train == 4 and dataset.num_test == 2
   reloaded = embedded.read_cached_arrays(embedded.mnist1d_cache_path(tmp_path, 3), embedded.MNIST1D_ARRAY_NAMES)
   chex.assert_trees_all_equal(reloaded, small_arrays)
@@ -350,7 +355,7 @@ def test_cache_dir_resolution(monkeypatch, tmp_path):
 )
 def test_tfds_image_datasets_with_mock_data(name, image_shape, mean, std, tmp_path):
   with tfds.testing.mock_data(num_examples=12):
-    dataset = data.build(make_config(name=name, data_dir=str(tmp_path), num_test=5))
+    dataset = data.build(config_lib.data_spec(make_config(name=name, data_dir=str(tmp_path), num_test=5)))
     raw = tfds.data_source(name, split='train', data_dir=str(tmp_path), download=False)
     raw_images = np.stack([raw[index]['image'] for index in range(12)])
     raw_labels = np.array([raw[index]['label'] for index in range(12)])
@@ -377,13 +382,13 @@ def test_tfds_image_datasets_with_mock_data(name, image_shape, mean, std, tmp_pa
 def test_tfds_limit_larger_than_split_is_rejected(tmp_path):
   with tfds.testing.mock_data(num_examples=4):
     with pytest.raises(ValueError, match='dataset.num_train=10'):
-      data.build(make_config(name='mnist', data_dir=str(tmp_path), num_train=10))
+      data.build(config_lib.data_spec(make_config(name='mnist', data_dir=str(tmp_path), num_train=10)))
 
 
 @pytest.mark.parametrize('name', ['mnist', 'cifar10'])
 def test_tfds_missing_dataset_raises_with_instructions(name, tmp_path):
   with pytest.raises(tfds_source.DatasetNotPreparedError) as raised:
-    data.build(make_config(name=name, data_dir=str(tmp_path)))
+    data.build(config_lib.data_spec(make_config(name=name, data_dir=str(tmp_path))))
   assert isinstance(raised.value, FileNotFoundError)
   message = str(raised.value)
   assert repr(name) in message and str(tmp_path) in message

@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import pytest
 
+from lth_jax import config as config_lib
 from lth_jax import data as data_lib
 from lth_jax.data import decode_worker
 from lth_jax.data import decoded_cache
@@ -69,7 +70,7 @@ def _count_decodes(monkeypatch):
 def test_miss_decodes_and_caches_then_a_hit_is_memory_mapped(tfds_dir, cache_dir, monkeypatch, name):
   folder, arrays = tfds_dir
   decodes = _count_decodes(monkeypatch)
-  dataset = data_lib.build({'name': name, 'data_dir': str(folder)})
+  dataset = data_lib.build(config_lib.data_spec({'name': name, 'data_dir': str(folder)}))
   assert decodes == [NUM_TRAIN, NUM_TEST]
   assert len(_cache_files(cache_dir)) == 2
   for _ in range(2):
@@ -77,7 +78,7 @@ def test_miss_decodes_and_caches_then_a_hit_is_memory_mapped(tfds_dir, cache_dir
     np.testing.assert_array_equal(dataset.train_targets, arrays[name]['train'][1])
     np.testing.assert_array_equal(dataset.test_inputs, arrays[name]['test'][0])
     assert dataset.train_inputs.dtype == np.uint8 and dataset.train_targets.dtype == np.int32
-    dataset = data_lib.build({'name': name, 'data_dir': str(folder)})
+    dataset = data_lib.build(config_lib.data_spec({'name': name, 'data_dir': str(folder)}))
     assert isinstance(dataset.train_inputs, np.memmap)
   assert decodes == [NUM_TRAIN, NUM_TEST], 'a cache hit must not decode'
 
@@ -137,7 +138,7 @@ def test_a_changed_source_is_decoded_again(tfds_dir, cache_dir, tmp_path, monkey
   folder = tmp_path / 'tfds'
   shutil.copytree(tfds_dir[0] / 'mnist', folder / 'mnist')
   config = {'name': 'mnist', 'data_dir': str(folder)}
-  first = data_lib.build(config)
+  first = data_lib.build(config_lib.data_spec(config))
   np.testing.assert_array_equal(first.train_inputs, tfds_dir[1]['mnist']['train'][0])
   # Re-prepare the data: other images under the same file names.
   time.sleep(0.01)  # a different modification time even on coarse clocks
@@ -146,7 +147,7 @@ def test_a_changed_source_is_decoded_again(tfds_dir, cache_dir, tmp_path, monkey
       folder, 'mnist', {'train': new_train, 'test': tfds_dir[1]['mnist']['test']}, num_shards=3
   )
   decodes = _count_decodes(monkeypatch)
-  second = data_lib.build(config)
+  second = data_lib.build(config_lib.data_spec(config))
   assert decodes == [NUM_TRAIN, NUM_TEST]  # the test split's files were rewritten too
   np.testing.assert_array_equal(second.train_inputs, new_train[0])
   np.testing.assert_array_equal(second.train_targets, new_train[1])
@@ -162,7 +163,7 @@ def _train_cache_file(cache_dir):
 def test_a_damaged_or_old_layout_cache_is_reported_once_and_rebuilt(tfds_dir, cache_dir, monkeypatch, damage):
   folder, arrays = tfds_dir
   config = {'name': 'mnist', 'data_dir': str(folder)}
-  data_lib.build(config)
+  data_lib.build(config_lib.data_spec(config))
   path = _train_cache_file(cache_dir)
   content = bytearray(path.read_bytes())
   if damage == 'truncated':
@@ -181,7 +182,7 @@ def test_a_damaged_or_old_layout_cache_is_reported_once_and_rebuilt(tfds_dir, ca
   decodes = _count_decodes(monkeypatch)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
-    dataset = data_lib.build(config)
+    dataset = data_lib.build(config_lib.data_spec(config))
   cache_warnings = [warning for warning in caught if issubclass(warning.category, decoded_cache.CacheWarning)]
   assert len(cache_warnings) == 1 and str(path) in str(cache_warnings[0].message)
   expected_reason = {
@@ -196,7 +197,7 @@ def test_a_damaged_or_old_layout_cache_is_reported_once_and_rebuilt(tfds_dir, ca
   np.testing.assert_array_equal(dataset.train_targets, arrays['mnist']['train'][1])
   with warnings.catch_warnings():
     warnings.simplefilter('error', decoded_cache.CacheWarning)
-    assert isinstance(data_lib.build(config).train_inputs, np.memmap)  # rebuilt: a clean hit
+    assert isinstance(data_lib.build(config_lib.data_spec(config)).train_inputs, np.memmap)  # rebuilt: a clean hit
 
 
 def test_a_killed_writer_leaves_nothing_that_is_read(tfds_dir, cache_dir, monkeypatch):
@@ -211,7 +212,7 @@ def test_a_killed_writer_leaves_nothing_that_is_read(tfds_dir, cache_dir, monkey
 
   monkeypatch.setattr(decoded_cache, 'decode_parallel', killed)
   with pytest.raises(KeyboardInterrupt):
-    data_lib.build(config)
+    data_lib.build(config_lib.data_spec(config))
   assert _cache_files(cache_dir) == []
   # A SIGKILLed writer leaves its hidden temporary file: it is never read.
   (cache_dir / f'.mnist-3.0.1-train-{"0" * 24}.lthc.abc.tmp').write_bytes(b'partial')
@@ -219,14 +220,14 @@ def test_a_killed_writer_leaves_nothing_that_is_read(tfds_dir, cache_dir, monkey
   os.environ['LTH_JAX_CACHE'] = str(cache_dir.parent)  # undo() restored it too; keep this test's cache
   with warnings.catch_warnings():
     warnings.simplefilter('error', decoded_cache.CacheWarning)
-    dataset = data_lib.build(config)
+    dataset = data_lib.build(config_lib.data_spec(config))
   np.testing.assert_array_equal(dataset.train_inputs, arrays['mnist']['train'][0])
 
 
 _BUILDER = """
 import hashlib, sys
-from lth_jax import data
-dataset = data.build({'name': 'cifar10', 'data_dir': sys.argv[1]})
+from lth_jax import config as config_lib, data
+dataset = data.build(config_lib.data_spec({'name': 'cifar10', 'data_dir': sys.argv[1]}))
 print(hashlib.sha256(dataset.train_inputs.tobytes() + dataset.train_targets.tobytes()).hexdigest())
 """
 
@@ -258,7 +259,7 @@ def test_two_concurrent_builders_both_end_with_correct_data(tfds_dir, cache_dir)
   assert len(_cache_files(cache_dir)) == 2  # no temporary files left
   with warnings.catch_warnings():
     warnings.simplefilter('error', decoded_cache.CacheWarning)
-    dataset = data_lib.build({'name': 'cifar10', 'data_dir': str(folder)})
+    dataset = data_lib.build(config_lib.data_spec({'name': 'cifar10', 'data_dir': str(folder)}))
   assert isinstance(dataset.train_inputs, np.memmap)
   np.testing.assert_array_equal(dataset.train_inputs, arrays['cifar10']['train'][0])
 
@@ -270,7 +271,7 @@ def test_an_unwritable_cache_folder_warns_once_naming_it_and_runs_without_the_ca
   monkeypatch.setenv('LTH_JAX_CACHE', str(blocker))
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
-    dataset = data_lib.build({'name': 'mnist', 'data_dir': str(folder), 'num_test': 7})
+    dataset = data_lib.build(config_lib.data_spec({'name': 'mnist', 'data_dir': str(folder), 'num_test': 7}))
   cache_warnings = [warning for warning in caught if issubclass(warning.category, decoded_cache.CacheWarning)]
   assert len(cache_warnings) == 1
   assert str(blocker / 'tfds') in str(cache_warnings[0].message)
@@ -282,11 +283,15 @@ def test_an_unwritable_cache_folder_warns_once_naming_it_and_runs_without_the_ca
 def test_a_limit_decodes_only_its_prefix_until_the_whole_split_is_cached(tfds_dir, cache_dir, monkeypatch):
   folder, arrays = tfds_dir
   decodes = _count_decodes(monkeypatch)
-  limited = data_lib.build({'name': 'mnist', 'data_dir': str(folder), 'num_train': 150, 'num_test': 10})
+  limited = data_lib.build(
+      config_lib.data_spec({'name': 'mnist', 'data_dir': str(folder), 'num_train': 150, 'num_test': 10})
+  )
   assert decodes == [150, 10] and _cache_files(cache_dir) == []
   np.testing.assert_array_equal(limited.train_inputs, arrays['mnist']['train'][0][:150])
-  data_lib.build({'name': 'mnist', 'data_dir': str(folder)})
-  limited = data_lib.build({'name': 'mnist', 'data_dir': str(folder), 'num_train': 150, 'num_test': 10})
+  data_lib.build(config_lib.data_spec({'name': 'mnist', 'data_dir': str(folder)}))
+  limited = data_lib.build(
+      config_lib.data_spec({'name': 'mnist', 'data_dir': str(folder), 'num_train': 150, 'num_test': 10})
+  )
   assert decodes == [150, 10, NUM_TRAIN, NUM_TEST]
   assert limited.num_train == 150 and limited.num_test == 10
   np.testing.assert_array_equal(limited.train_targets, arrays['mnist']['train'][1][:150])
@@ -295,7 +300,7 @@ def test_a_limit_decodes_only_its_prefix_until_the_whole_split_is_cached(tfds_di
 def test_the_resident_feed_keeps_uint8_images_on_the_devices(tfds_dir, cache_dir):
   from lth_jax.training import feeds, parallel  # pylint: disable=import-outside-toplevel
 
-  dataset = data_lib.build({'name': 'cifar10', 'data_dir': str(tfds_dir[0])})
+  dataset = data_lib.build(config_lib.data_spec({'name': 'cifar10', 'data_dir': str(tfds_dir[0])}))
   feed = feeds.create(dataset, parallel.create_mesh(1), batch_size=16, eval_batch_size=8)
   images = feed.arrays[0]
   assert images.dtype == np.uint8 and images.nbytes == NUM_TRAIN * 32 * 32 * 3

@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from lth_jax import config as config_lib
 from lth_jax.data import arrays
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
@@ -15,7 +16,9 @@ from lth_jax.training import trainer as trainer_lib
 
 
 def _shapes(name, input_shape, num_outputs=10, dtype='float32'):
-  model = models_lib.build(ml_collections.ConfigDict({'name': name, 'dtype': dtype}), num_outputs)
+  model = models_lib.build(
+      config_lib.model_spec(ml_collections.ConfigDict({'name': name, 'dtype': dtype})), num_outputs
+  )
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, *input_shape)), train=False))
   outputs = jax.eval_shape(
       lambda: model.apply(
@@ -77,7 +80,7 @@ def test_training_updates_batch_statistics_and_evaluation_uses_them():
       rng.integers(0, 10, 16).astype(np.int32),
       10,
   )
-  model = models_lib.build(ml_collections.ConfigDict({'name': 'resnet20'}), 10)
+  model = models_lib.build(config_lib.model_spec(ml_collections.ConfigDict({'name': 'resnet20'})), 10)
   optimizer = optim.from_config(ml_collections.ConfigDict({'optimizer': 'momentum', 'learning_rate': 0.1}), 10)
   trainer = trainer_lib.Trainer(
       model, dataset, optimizer, parallel.create_mesh(1), 8, steps_per_dispatch=1, eval_batch_size=16
@@ -117,6 +120,10 @@ def test_paper_resnets_initialize_batch_norm_as_their_references():
   """CIFAR ResNets (He et al.; Frankle & Carbin) start every scale at 1; ResNet-50 (TPU reference)
   zero-initializes the last batch norm of each block."""
   config = ml_collections.ConfigDict({'name': 'resnet20'})
-  assert not models_lib.build(config, 10).zero_init_residual
-  assert not models_lib.build(ml_collections.ConfigDict({'name': 'resnet18'}), 10).zero_init_residual
-  assert models_lib.build(ml_collections.ConfigDict({'name': 'resnet50'}), 1000).zero_init_residual
+  assert not models_lib.build(config_lib.model_spec(config), 10).zero_init_residual
+  assert not models_lib.build(
+      config_lib.model_spec(ml_collections.ConfigDict({'name': 'resnet18'})), 10
+  ).zero_init_residual
+  assert models_lib.build(
+      config_lib.model_spec(ml_collections.ConfigDict({'name': 'resnet50'})), 1000
+  ).zero_init_residual

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import lth_jax
+from lth_jax import config as config_lib
 from lth_jax.config import schema
 from lth_jax.search import cohorts
 from lth_jax.search import experiment as experiment_lib
-from lth_jax.search import pruning_plan
 from lth_jax.search import workdir as workdir_lib
 from experiments import common
 from experiments import figures
@@ -209,7 +209,7 @@ def test_turnaround_sweep_refuses_a_turnaround_before_the_reset_step_before_trai
 def test_run_variants_refuses_a_folder_of_another_config_before_training(tmp_path):
   config = common.embedded_config(True, 1)
   experiment = experiment_lib.prepare(config)
-  workdir_lib.check_workdir_config(config, experiment.config, str(tmp_path / 'late_reset'))
+  workdir_lib.check_workdir_config(config, experiment.spec, str(tmp_path / 'late_reset'))
   (tmp_path / 'late_reset' / 'results.jsonl').write_text(json.dumps(_record(0, 'ticket', 0.5)) + '\n')
   changed = common.embedded_config(True, 1)
   changed.pruning.rewind_step = 7
@@ -238,23 +238,24 @@ def test_one_shot_mask_is_the_mask_of_a_one_shot_lottery_level(scope, excluded):
   config.pruning.excluded_layers = excluded
   config.pruning.layer_fractions = {'output': 0.1} if scope == 'local' else {}
   params = _lenet_params()
-  prunable = experiment_lib.prunable_from_config(params, config)
-  plan = pruning_plan.PruningPlan.from_config(config)
+  plan = config_lib.pruning_plan(config)
+  prunable = plan.prunable(params)
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params)
   for level in (1, 3):
     expected = plan.next_mask(level, params, ones, params, prunable)
-    mask = weight_fate.one_shot_mask(params, prunable, config, 0.8**level)
+    mask = weight_fate.one_shot_mask(params, prunable, plan, 0.8**level)
     for got, want in zip(jax.tree_util.tree_leaves(mask), jax.tree_util.tree_leaves(expected)):
       np.testing.assert_array_equal(got, want)
   with pytest.raises(ValueError, match='strictly between 0 and 1'):
-    weight_fate.one_shot_mask(params, prunable, config, 1.0)
+    weight_fate.one_shot_mask(params, prunable, plan, 1.0)
 
 
 def test_weight_histograms_split_every_weight_by_the_mask():
   config = schema.base_config()
   snapshots = {0: _lenet_params(0), 5: _lenet_params(1), 9: _lenet_params(2)}
-  prunable = experiment_lib.prunable_from_config(snapshots[9], config)
-  mask = weight_fate.one_shot_mask(snapshots[9], prunable, config, 0.5)
+  plan = config_lib.pruning_plan(config)
+  prunable = plan.prunable(snapshots[9])
+  mask = weight_fate.one_shot_mask(snapshots[9], prunable, plan, 0.5)
   layers = weight_fate.row_groups(mask, prunable, 'auto')
   assert layers == ['dense_0/kernel', 'dense_1/kernel', 'output/kernel']
   assert weight_fate.row_groups(mask, prunable, 'auto', max_layer_rows=2) == [weight_fate.POOLED]

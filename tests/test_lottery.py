@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from lth_jax import config as config_lib
 from lth_jax import branches as branches_lib
 from lth_jax import data as data_lib
 from lth_jax import masks as masks_lib
@@ -15,7 +16,6 @@ from lth_jax import models as models_lib
 from lth_jax import optim
 from lth_jax.search import cohorts
 from lth_jax.search import lottery
-from lth_jax.search import pruning_plan
 from lth_jax.search import trial
 from lth_jax.training import checkpoints
 from lth_jax.training import parallel
@@ -72,8 +72,8 @@ def test_checkpointed_masks_and_rewind_point(tiny_run):
   """The rewind checkpoint is exactly the weights after `rewind_step` steps of the dense run, and
   each level's mask prunes the previous level's trained ticket by magnitude."""
   config, workdir, _ = tiny_run
-  dataset = data_lib.build(config.dataset)
-  model = models_lib.build(config.model, dataset.num_outputs)
+  dataset = data_lib.build(config_lib.data_spec(config.dataset))
+  model = models_lib.build(config_lib.model_spec(config.model), dataset.num_outputs)
   trainer = trainer_lib.Trainer(
       model,
       dataset,
@@ -83,7 +83,7 @@ def test_checkpointed_masks_and_rewind_point(tiny_run):
       config.training.steps_per_dispatch,
   )
   init_seed, data_seed = trial.trial_seeds(config.seed, 0)
-  plan = pruning_plan.PruningPlan.from_config(config)
+  plan = config_lib.pruning_plan(config)
   params0, model_state0 = trainer.init_variables(init_seed)
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
   replay = trainer.train(trainer.create_state(params0, model_state0, ones, 0), 5, data_seed)

@@ -6,11 +6,12 @@ import ml_collections
 import numpy as np
 import pytest
 
+from lth_jax import config as config_lib
 from lth_jax import models
 
 
 def build(name, num_outputs, **fields):
-  return models.build(ml_collections.ConfigDict(dict(name=name, **fields)), num_outputs)
+  return models.build(config_lib.model_spec(ml_collections.ConfigDict(dict(name=name, **fields))), num_outputs)
 
 
 def init_params(model, input_shape, batch=2):

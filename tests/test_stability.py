@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from lth_jax import config as config_lib
 from lth_jax.analysis import connectivity
 from lth_jax.analysis import metrics as metrics_lib
 from lth_jax.analysis import stability
@@ -108,8 +109,8 @@ def _trainers(population_size):
   config = helpers.tiny_config()
   config.training.optimizer = 'momentum'
   config.training.learning_rate = 0.05
-  dataset = data_lib.build(config.dataset)
-  model = models_lib.build(config.model, dataset.num_outputs)
+  dataset = data_lib.build(config_lib.data_spec(config.dataset))
+  model = models_lib.build(config_lib.model_spec(config.model), dataset.num_outputs)
   optimizer = optim.from_config(config.training, 60)
   mesh = parallel.create_mesh()
   single = trainer_lib.Trainer(model, dataset, optimizer, mesh, 32, 16)
@@ -211,7 +212,7 @@ def test_measure_trains_full_network_like_a_plain_run_and_separates_tickets():
 
 def test_linear_mode_connectivity_ends_are_the_trained_networks_with_their_own_batch_statistics():
   config = helpers.tiny_config()
-  dataset = data_lib.build(config.dataset)
+  dataset = data_lib.build(config_lib.data_spec(config.dataset))
   optimizer = optim.from_config(ml_collections.ConfigDict({'optimizer': 'momentum', 'learning_rate': 0.2}), 40)
   mesh = parallel.create_mesh()
   single = trainer_lib.Trainer(helpers.BatchNormNet(), dataset, optimizer, mesh, 32, 16)

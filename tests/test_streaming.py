@@ -8,6 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import lth_jax
+from lth_jax import config as config_lib
 from lth_jax import data as data_lib
 from lth_jax.data import pipeline
 from lth_jax import models as models_lib
@@ -32,7 +33,7 @@ def fixture_mock_cifar10():
 
 def _trainer(dataset, steps_per_dispatch=4, population_size=0, num_devices=0, batch_size=16):
   config = helpers.tiny_config()
-  model = models_lib.build(config.model, dataset.num_outputs)
+  model = models_lib.build(config_lib.model_spec(config.model), dataset.num_outputs)
   config.training.optimizer = 'momentum'
   config.training.learning_rate = 0.02
   return trainer_lib.Trainer(
@@ -54,7 +55,7 @@ def _fresh_state(trainer, seed=0):
 
 
 def test_cifar10_streams_augmented_batches_that_are_a_pure_function_of_seed_and_step(mock_cifar10):
-  dataset = data_lib.build({'name': 'cifar10', 'streaming': True})
+  dataset = data_lib.build(config_lib.data_spec({'name': 'cifar10', 'streaming': True}))
   assert isinstance(dataset, pipeline.StreamingDataset)
   assert (dataset.num_train, dataset.num_test, dataset.input_shape) == (NUM_EXAMPLES, NUM_EXAMPLES, (32, 32, 3))
   feed = feeds.StreamingFeed(dataset, parallel.create_mesh(), 16, 24, num_threads=2, prefetch=2)
@@ -70,7 +71,7 @@ def test_cifar10_streams_augmented_batches_that_are_a_pure_function_of_seed_and_
 
 
 def test_streaming_training_is_the_same_for_any_dispatch_size_and_when_resumed(mock_cifar10):
-  dataset = data_lib.build({'name': 'cifar10', 'streaming': True})
+  dataset = data_lib.build(config_lib.data_spec({'name': 'cifar10', 'streaming': True}))
   finals = []
   for steps_per_dispatch in (1, 4):
     trainer = _trainer(dataset, steps_per_dispatch)
@@ -107,7 +108,7 @@ def test_streaming_training_is_the_same_for_any_dispatch_size_and_when_resumed(m
 
 
 def test_streaming_population_members_equal_their_single_runs(mock_cifar10):
-  dataset = data_lib.build({'name': 'cifar10', 'streaming': True})
+  dataset = data_lib.build(config_lib.data_spec({'name': 'cifar10', 'streaming': True}))
   single = _trainer(dataset)
   members = []
   for seed in (3, 8):
@@ -124,12 +125,14 @@ def test_streaming_population_members_equal_their_single_runs(mock_cifar10):
 
 
 def test_streamed_evaluation_equals_the_cached_and_the_in_memory_one(mock_cifar10, monkeypatch):
-  streaming = _trainer(data_lib.build({'name': 'cifar10', 'streaming': True}))
+  streaming = _trainer(data_lib.build(config_lib.data_spec({'name': 'cifar10', 'streaming': True})))
   params, model_state = streaming.init_variables(1)
   cached = streaming.evaluate_params(params, model_state)
   monkeypatch.setattr(feeds, 'EVALUATION_CACHE_BYTES', 0)  # stream every batch at every evaluation
-  streamed = _trainer(data_lib.build({'name': 'cifar10', 'streaming': True})).evaluate_params(params, model_state)
-  in_memory = _trainer(data_lib.build({'name': 'cifar10'})).evaluate_params(params, model_state)
+  streamed = _trainer(data_lib.build(config_lib.data_spec({'name': 'cifar10', 'streaming': True}))).evaluate_params(
+      params, model_state
+  )
+  in_memory = _trainer(data_lib.build(config_lib.data_spec({'name': 'cifar10'}))).evaluate_params(params, model_state)
   for other in (streamed, in_memory):
     assert other['test_accuracy'] == cached['test_accuracy']
     assert other['test_loss'] == pytest.approx(cached['test_loss'], rel=1e-5)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lth_jax import config as config_lib
 from lth_jax import data as data_lib
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
@@ -18,8 +19,8 @@ from tests import helpers
 
 def _trainer(num_devices: int, steps_per_dispatch: int = 8, batch_size: int = 32):
   config = helpers.tiny_config()
-  dataset = data_lib.build(config.dataset)
-  model = models_lib.build(config.model, dataset.num_outputs)
+  dataset = data_lib.build(config_lib.data_spec(config.dataset))
+  model = models_lib.build(config_lib.model_spec(config.model), dataset.num_outputs)
   config.training.optimizer = 'momentum'
   config.training.learning_rate = 0.05
   config.training.weight_decay = 1e-3

@@ -129,7 +129,7 @@ def test_epochs_become_steps_with_the_dataset_size():
   )
   checks.check_config(config)
   experiment = experiment_lib.prepare(config)
-  training, pruning_config = experiment.config.training, experiment.config.pruning
+  training, pruning_config = experiment.spec.training, experiment.spec.pruning
   assert (training.num_steps, training.warmup_steps, training.decay_boundaries, training.eval_every) == (
       132,
       22,
@@ -144,10 +144,10 @@ def test_epochs_become_steps_with_the_dataset_size():
 def test_batch_per_device_sets_the_global_batch():
   config = helpers.tiny_config(training__batch_size=0, parallel__batch_per_device=4)
   experiment = experiment_lib.prepare(config)
-  assert experiment.config.training.batch_size == 32 == 4 * experiment.mesh.devices.size
+  assert experiment.spec.training.batch_size == 32 == 4 * experiment.mesh.devices.size
   assert experiment.trainer().batch_size == 32
   config = helpers.tiny_config(training__batch_size=8, parallel__batch_per_device=4, parallel__num_devices=2)
-  assert experiment_lib.prepare(config).config.training.batch_size == 8
+  assert experiment_lib.prepare(config).spec.training.batch_size == 8
 
 
 def test_a_workdir_that_recorded_nothing_takes_a_corrected_config(tmp_path):

@@ -33,6 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from lth_jax import config as config_lib
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
@@ -75,7 +76,9 @@ def _timer(function: Callable[[], None]) -> Callable[[], float]:
 def measure(members: int, steps: int, batch_size: int, repeats: int) -> dict[str, float]:
   """Median seconds of a K-member vmapped run and of K sequential runs of `steps` steps each."""
   dataset = classification_data((40,), num_train=4000, num_test=1000)  # MNIST-1D-shaped
-  model = models_lib.build(ml_collections.ConfigDict({'name': 'lenet', 'hidden_sizes': (300, 100)}), 10)
+  model = models_lib.build(
+      config_lib.model_spec(ml_collections.ConfigDict({'name': 'lenet', 'hidden_sizes': (300, 100)})), 10
+  )
   optimizer = optim.from_config(ml_collections.ConfigDict({'optimizer': 'adam', 'learning_rate': 1e-3}), steps)
   mesh = parallel.create_mesh(1)  # one device: the vmapped step against the plain one, nothing else
   single = trainer_lib.Trainer(model, dataset, optimizer, mesh, batch_size, steps_per_dispatch=64)

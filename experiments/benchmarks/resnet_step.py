@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lth_jax import config as config_lib
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax.models import convolution
@@ -83,7 +84,9 @@ def time_train_step(
   """Compiles one masked train step of `model_name` and times it on random device-resident data;
   returns the figure's fields and the raw step times."""
   model = models_lib.build(
-      ml_collections.ConfigDict({'name': model_name, 'dtype': dtype, 'conv_kernel_gradient': conv_kernel_gradient}),
+      config_lib.model_spec(
+          ml_collections.ConfigDict({'name': model_name, 'dtype': dtype, 'conv_kernel_gradient': conv_kernel_gradient})
+      ),
       num_outputs,
   )
   params, model_state = resnet_variables(model, input_shape, seed=0)

@@ -76,9 +76,10 @@ def record_by_record_build(name: str, data_dir: str) -> tuple[Any, ...]:
 def time_builds(name: str, data_dir: str, cache_root: pathlib.Path, repeats: int) -> dict[str, Any]:
   """Record-by-record, cold and warm build times of one dataset (interleaved per repeat)."""
   import numpy as np  # pylint: disable=import-outside-toplevel
+  from lth_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   from lth_jax import data  # pylint: disable=import-outside-toplevel
 
-  config = {'name': name, 'data_dir': data_dir}
+  config = config_lib.data_spec({'name': name, 'data_dir': data_dir})
   times: dict[str, list[float]] = {'record_by_record_s': [], 'cold_s': [], 'warm_s': []}
   for repeat in range(repeats):
     start = time.perf_counter()

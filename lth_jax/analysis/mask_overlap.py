@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from matplotlib import figure as figure_lib
 
-from lth_jax.config import schema
+from lth_jax import config as config_lib
 from lth_jax import masks as masks_lib
 from lth_jax import results as results_lib
 from lth_jax import tickets
@@ -89,13 +89,13 @@ def overlap_rows(workdir: str, records: Sequence[dict[str, Any]]) -> list[dict[s
   if not masks:
     return []
   try:  # prunable as the run pruned (its excluded layers and parameter names)
-    config = tickets.read_workdir_config(workdir)[0]
+    plan = config_lib.pruning_plan(tickets.read_workdir_config(workdir)[0])
   except tickets.TicketError:
-    config = schema.base_config()
+    plan = config_lib.pruning_plan(config_lib.base_config())
   rows = []
 
   def add(kind: str, level: int, first_name: str, second_name: str, first: Any, second: Any) -> None:
-    prunable = masks_lib.prunable_from_config(first, config)
+    prunable = plan.prunable(first)
     observed, chance = overlap(first, second, prunable), chance_overlap(first, second, prunable)
     for layer in observed:
       rows.append(

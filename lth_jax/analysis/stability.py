@@ -282,10 +282,11 @@ def measure_lottery_ticket_once(
 
   experiment = experiment_lib.prepare(config)
   path = os.path.join(workdir, STABILITY_FILE)
-  steps = measured_steps(int(experiment.config.pruning.get('rewind_step', 0)), experiment.total_steps, measure_steps)
-  found = find_result(load_results(path), int(experiment.config.pruning.get('rewind_step', 0)), level, trial, steps)
+  rewind_step = experiment.spec.pruning.rewind_step
+  steps = measured_steps(rewind_step, experiment.total_steps, measure_steps)
+  found = find_result(load_results(path), rewind_step, level, trial, steps)
   if found is not None and os.path.isfile(os.path.join(workdir, compatibility.CONFIG_FILE)):
-    workdir_lib.check_workdir_config(config, experiment.config, workdir)  # the stored result is of this config
+    workdir_lib.check_workdir_config(config, experiment.spec, workdir)  # the stored result is of this config
     return found, False
   result = _measure_prepared(config, experiment, workdir, level, trial, measure_steps)
   if jax.process_index() == 0:  # one writer on a pod, as for the lottery's records
@@ -294,11 +295,16 @@ def measure_lottery_ticket_once(
 
 
 def _measure_prepared(
-    config: Any, experiment: Any, workdir: str, level: int, trial: int, measure_steps: Sequence[int]
+    config: Any,
+    experiment: experiment_lib.Experiment,
+    workdir: str,
+    level: int,
+    trial: int,
+    measure_steps: Sequence[int],
 ) -> StabilityResult:
   """`measure_lottery_ticket` with `experiment_lib.prepare(config)` already done."""
-
-  levels, trials = int(config.pruning.get('levels', 0)), int(config.get('trials', 1))
+  spec = experiment.spec
+  levels, trials = spec.pruning.levels, spec.trials
   if not (isinstance(level, int) and 1 <= level <= levels):
     raise errors.ConfigError(
         f'level={level!r}: the ticket of a pruned level is measured, 1..{levels} ' '(pruning.levels)'
@@ -309,12 +315,12 @@ def _measure_prepared(
   if not os.path.isdir(level_dir):
     lottery.run(config, workdir)
   else:  # the level's mask must come from this config
-    workdir_lib.check_workdir_config(config, experiment.config, workdir)
+    workdir_lib.check_workdir_config(config, experiment.spec, workdir)
   if not os.path.isdir(level_dir):
     raise ValueError(f'the lottery run in {workdir} stopped before level {level} (see pruning.levels)')
   single, population = experiment.trainer(), experiment.trainer(len(MEMBERS))
-  init_seed, data_seed = trial_lib.trial_seeds(int(config.get('seed', 0)), trial)
-  other_init_seed, other_data_seed = trial_lib.trial_seeds(int(config.get('seed', 0)) + 7919, trial)
+  init_seed, data_seed = trial_lib.trial_seeds(spec.seed, trial)
+  other_init_seed, other_data_seed = trial_lib.trial_seeds(spec.seed + 7919, trial)
   initial = single.init_variables(init_seed)
   keep_mask = checkpoints.restore_tree(level_dir)['mask']
   keep_mask = jax.tree_util.tree_unflatten(
@@ -326,7 +332,7 @@ def _measure_prepared(
       single.init_variables(other_init_seed),
       keep_mask,
       experiment.prunable(initial[0]),
-      experiment.config.pruning.get('rewind_step', 0),
+      spec.pruning.rewind_step,
       experiment.total_steps,
       data_seed,
       other_data_seed,

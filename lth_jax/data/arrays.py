@@ -6,8 +6,7 @@ import dataclasses
 import functools
 import math
 import numbers
-from collections.abc import Mapping
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 
@@ -141,33 +140,22 @@ def batch_indices(seed: int, start_step: int, num_steps: int, num_examples: int,
 
 
 # ----------------------------------------------------------------------------------------------
-# Config readers shared by the dataset builders. Each reads `dataset.<field>` with a default and
-# raises a ValueError naming the field when the value is invalid.
+# Readers of the dataset section shared by the dataset builders (`dataset` is a resolved section,
+# `lth_jax.config.DataSpec`: every field present). Each raises a ValueError naming the field when its
+# value is invalid.
 
 
-def read_seed(dataset_config: Mapping[str, Any], default: int = 0) -> int:
+def read_seed(dataset: Any) -> int:
   """Reads dataset.seed: a non-negative integer."""
-  value = dataset_config.get('seed', default)
+  value = dataset.seed
   if not _is_integer(value) or value < 0:
     raise ValueError(f'dataset.seed must be a non-negative integer, got {value!r}')
   return int(value)
 
 
-@overload
-def read_positive_int(dataset_config: Mapping[str, Any], field: str, default: int) -> int:
-  ...
-
-
-@overload
-def read_positive_int(dataset_config: Mapping[str, Any], field: str, default: None) -> int | None:
-  ...
-
-
-def read_positive_int(dataset_config: Mapping[str, Any], field: str, default: int | None) -> int | None:
-  """Reads dataset.<field>: a positive integer, or the default (which may be None) when missing or None."""
-  value = dataset_config.get(field, None)
-  if value is None:
-    value = default
+def read_positive_int(dataset: Any, field: str) -> int | None:
+  """Reads dataset.<field>: a positive integer, or None when unset."""
+  value = getattr(dataset, field)
   if value is None:
     return None
   if not _is_integer(value) or value < 1:
@@ -176,10 +164,10 @@ def read_positive_int(dataset_config: Mapping[str, Any], field: str, default: in
 
 
 def first_examples(
-    inputs: np.ndarray, targets: np.ndarray, dataset_config: Mapping[str, Any], field: str, name: str
+    inputs: np.ndarray, targets: np.ndarray, dataset: Any, field: str, name: str
 ) -> tuple[np.ndarray, np.ndarray]:
   """The first dataset.<field> (num_train / num_test) examples, or all of them when it is unset."""
-  limit = read_positive_int(dataset_config, field, None)
+  limit = read_positive_int(dataset, field)
   if limit is None:
     return inputs, targets
   if limit > len(targets):
@@ -187,9 +175,9 @@ def first_examples(
   return inputs[:limit], targets[:limit]
 
 
-def read_range(dataset_config: Mapping[str, Any], field: str, default: tuple[float, float]) -> tuple[float, float]:
+def read_range(dataset: Any, field: str) -> tuple[float, float]:
   """Reads dataset.<field>: a (low, high) pair of finite numbers with low < high."""
-  value = dataset_config.get(field, default)
+  value = getattr(dataset, field)
   try:
     low, high = (float(bound) for bound in value)
   except (TypeError, ValueError):
@@ -199,9 +187,9 @@ def read_range(dataset_config: Mapping[str, Any], field: str, default: tuple[flo
   return low, high
 
 
-def read_fraction(dataset_config: Mapping[str, Any], field: str, default: float) -> float:
+def read_fraction(dataset: Any, field: str) -> float:
   """Reads dataset.<field>: a number strictly between 0 and 1."""
-  value = dataset_config.get(field, default)
+  value = getattr(dataset, field)
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0 < float(value) < 1:
     raise ValueError(f'dataset.{field} must be a number strictly between 0 and 1, got {value!r}')
   return float(value)

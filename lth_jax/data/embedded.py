@@ -21,7 +21,6 @@ from lth_jax.data.arrays import shuffled_split
 from lth_jax.data.arrays import standardize_features
 
 NUM_CLASSES = 10
-DEFAULT_TEST_FRACTION = 0.2
 CACHE_ENV_VAR = 'LTH_JAX_CACHE'
 DEFAULT_CACHE_DIR = '~/.cache/lth_jax'
 MNIST1D_ARRAY_NAMES = ('x', 'y', 'x_test', 'y_test')
@@ -30,13 +29,13 @@ MNIST1D_ARRAY_NAMES = ('x', 'y', 'x_test', 'y_test')
 # scikit-learn digits
 
 
-def build_digits(dataset_config: Mapping[str, Any]) -> ArrayDataset:
+def build_digits(dataset_config: Any) -> ArrayDataset:
   """Builds sklearn's bundled 8x8 digits: 64 features in [0, 1], standardized with train statistics
   (of the first dataset.num_train training examples when set; dataset.num_test likewise)."""
   from sklearn.datasets import load_digits  # Imported lazily: sklearn is slow to import.
 
   seed = read_seed(dataset_config)
-  test_fraction = read_fraction(dataset_config, 'test_fraction', DEFAULT_TEST_FRACTION)
+  test_fraction = read_fraction(dataset_config, 'test_fraction')
   digits = load_digits()
   inputs = digits.data.astype(np.float32) / 16.0
   labels = digits.target.astype(np.int32)
@@ -53,7 +52,7 @@ def standardized_dataset(
     name: str,
     train: tuple[np.ndarray, np.ndarray, str],
     test: tuple[np.ndarray, np.ndarray, str],
-    dataset_config: Mapping[str, Any],
+    dataset_config: Any,
 ) -> ArrayDataset:
   """A 10-class ArrayDataset of (inputs, labels, description) train and test splits: the first
   dataset.num_train / num_test examples of each, standardized per feature with training statistics."""
@@ -152,11 +151,11 @@ def load_mnist1d_arrays(seed: int, cache_dir: pathlib.Path) -> dict[str, np.ndar
   return arrays
 
 
-def build_mnist1d(dataset_config: Mapping[str, Any]) -> ArrayDataset:
+def build_mnist1d(dataset_config: Any) -> ArrayDataset:
   """Builds MNIST-1D (4000 train / 1000 test signals of length 40, or the first dataset.num_train /
   num_test of them), standardized per feature with training statistics."""
   seed = read_seed(dataset_config)
-  cache_dir = resolve_cache_dir(dataset_config.get('data_dir', None))
+  cache_dir = resolve_cache_dir(dataset_config.data_dir)
   arrays = load_mnist1d_arrays(seed, cache_dir)
   return standardized_dataset(
       'mnist1d',

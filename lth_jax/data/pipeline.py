@@ -14,7 +14,6 @@ normalizes them (`normalize_on_device`) with the dataset's per-channel mean and 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -314,23 +313,21 @@ def _limited(records: Sequence[Any], limit: int | None, field: str, name: str, s
   return _Prefix(records, limit)
 
 
-def build_streaming(dataset_config: Mapping[str, Any]) -> StreamingDataset:
+def build_streaming(dataset_config: Any) -> StreamingDataset:
   """Opens the tfds dataset `dataset_config.name` for streaming (no download; the first
   `dataset.num_train` / `dataset.num_test` examples when those are set)."""
-  name = dataset_config.get('name', None)
+  name = dataset_config.name
   if name not in PREPROCESSING:
     raise ValueError(f'dataset.name: no streaming pipeline for {name!r}; known: {", ".join(PREPROCESSING)}')
-  data_dir = dataset_config.get('data_dir', None) or None
+  data_dir = dataset_config.data_dir or None
   evaluation_split = 'validation' if name == 'imagenet2012' else 'test'
   train_records = open_split(name, 'train', data_dir)
   test_records = open_split(name, evaluation_split, data_dir)
   return StreamingDataset(
       name=name,
-      train_records=_limited(
-          train_records, read_positive_int(dataset_config, 'num_train', None), 'num_train', name, 'train'
-      ),
+      train_records=_limited(train_records, read_positive_int(dataset_config, 'num_train'), 'num_train', name, 'train'),
       test_records=_limited(
-          test_records, read_positive_int(dataset_config, 'num_test', None), 'num_test', name, evaluation_split
+          test_records, read_positive_int(dataset_config, 'num_test'), 'num_test', name, evaluation_split
       ),
       preprocessing=PREPROCESSING[name],
   )

@@ -7,7 +7,6 @@ memorized the training range does not).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -19,8 +18,6 @@ from lth_jax.data.arrays import read_seed
 
 DEFAULT_NUM_TRAIN = 10000
 DEFAULT_NUM_TEST = 1000
-DEFAULT_TRAIN_RANGE = (-1.0, 1.0)
-DEFAULT_TEST_RANGE = (1.0, 2.0)
 
 # Independent random streams per split, so changing num_test never changes the train data.
 _TRAIN_STREAM = 0
@@ -42,13 +39,13 @@ def sum_targets(inputs: np.ndarray) -> np.ndarray:
   return (inputs[:, 0] + inputs[:, 1]).astype(np.float32)[:, None]
 
 
-def build_sum_of_two(dataset_config: Mapping[str, Any]) -> ArrayDataset:
+def build_sum_of_two(dataset_config: Any) -> ArrayDataset:
   """Builds the sum-of-two regression dataset described by `dataset_config`."""
   seed = read_seed(dataset_config)
-  num_train = read_positive_int(dataset_config, 'num_train', DEFAULT_NUM_TRAIN)
-  num_test = read_positive_int(dataset_config, 'num_test', DEFAULT_NUM_TEST)
-  train_range = read_range(dataset_config, 'train_range', DEFAULT_TRAIN_RANGE)
-  test_range = read_range(dataset_config, 'test_range', DEFAULT_TEST_RANGE)
+  num_train = read_positive_int(dataset_config, 'num_train') or DEFAULT_NUM_TRAIN
+  num_test = read_positive_int(dataset_config, 'num_test') or DEFAULT_NUM_TEST
+  train_range = read_range(dataset_config, 'train_range')
+  test_range = read_range(dataset_config, 'test_range')
   train_inputs = sample_pairs(seed, _TRAIN_STREAM, num_train, train_range)
   test_inputs = sample_pairs(seed, _TEST_STREAM, num_test, test_range)
   return ArrayDataset(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -148,18 +148,18 @@ def read_split(
   return images[:count], labels[:count]
 
 
-def build_image_dataset(dataset_config: Mapping[str, Any]) -> ArrayDataset:
+def build_image_dataset(dataset_config: Any) -> ArrayDataset:
   """Builds mnist or cifar10 (by dataset.name) from tfds array_record files under dataset.data_dir:
   uint8 images, normalized per channel inside the compiled step (`ArrayDataset.input_normalization`)."""
-  name = dataset_config.get('name', None)
+  name = dataset_config.name
   if not isinstance(name, str) or name not in IMAGE_DATASETS:
     raise ValueError(f'dataset.name must be one of {tuple(IMAGE_DATASETS)} here, got {name!r}')
   spec = IMAGE_DATASETS[name]
-  data_dir = dataset_config.get('data_dir', None) or None
+  data_dir = dataset_config.data_dir or None
   if data_dir is not None:
     data_dir = os.path.expanduser(os.fspath(data_dir))
-  num_train = read_positive_int(dataset_config, 'num_train', None)
-  num_test = read_positive_int(dataset_config, 'num_test', None)
+  num_train = read_positive_int(dataset_config, 'num_train')
+  num_test = read_positive_int(dataset_config, 'num_test')
   train_inputs, train_labels = read_split(spec, 'train', data_dir, num_train, 'num_train')
   test_inputs, test_labels = read_split(spec, 'test', data_dir, num_test, 'num_test')
   return ArrayDataset(

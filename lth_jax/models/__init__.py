@@ -1,12 +1,12 @@
-"""Models registered by name: `build(config.model, num_outputs)` returns a flax module."""
+"""Models registered by name: `build(model, num_outputs)` returns a flax module, where `model` is a
+resolved model section (`lth_jax.config.ModelSpec`: name, widths, dtype, convolution)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 
 from lth_jax.models import convolution
 from lth_jax.models.conv import CONV_WIDTHS
@@ -19,23 +19,23 @@ from lth_jax.models.resnet import resnet50
 from lth_jax.models.vgg import VGG
 from lth_jax.models.vgg import VGG_PLANS
 
-ModelBuilder = Callable[[ml_collections.ConfigDict, int], nn.Module]
+ModelBuilder = Callable[[Any, int], nn.Module]
 
 
-def _linear(config: ml_collections.ConfigDict, num_outputs: int) -> nn.Module:
-  return LinearNet(num_outputs=num_outputs, hidden_size=config.get('hidden_size', 200))
+def _linear(config: Any, num_outputs: int) -> nn.Module:
+  return LinearNet(num_outputs=num_outputs, hidden_size=config.hidden_size)
 
 
-def _lenet(config: ml_collections.ConfigDict, num_outputs: int) -> nn.Module:
-  return LeNet(num_outputs=num_outputs, hidden_sizes=tuple(config.get('hidden_sizes', (300, 100))))
+def _lenet(config: Any, num_outputs: int) -> nn.Module:
+  return LeNet(num_outputs=num_outputs, hidden_sizes=tuple(config.hidden_sizes))
 
 
 def _conv(depth: int) -> ModelBuilder:
-  def build_conv(config: ml_collections.ConfigDict, num_outputs: int) -> nn.Module:
+  def build_conv(config: Any, num_outputs: int) -> nn.Module:
     return ConvNet(
         num_outputs=num_outputs,
         conv_widths=CONV_WIDTHS[depth],
-        dense_sizes=tuple(config.get('dense_sizes', (256, 256))),
+        dense_sizes=tuple(config.dense_sizes),
         conv_general_dilated=conv_function(config),
     )
 
@@ -45,22 +45,22 @@ def _conv(depth: int) -> ModelBuilder:
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-def compute_dtype(config: ml_collections.ConfigDict):
+def compute_dtype(config: Any):
   """The computation dtype of `config.dtype` ('float32' or 'bfloat16'; parameters stay float32)."""
-  name = config.get('dtype', 'float32')
+  name = config.dtype
   if name not in DTYPES:
     raise ValueError(f'model.dtype must be one of {tuple(DTYPES)}, got {name!r}')
   return DTYPES[name]
 
 
-def conv_function(config: ml_collections.ConfigDict) -> convolution.ConvFunction:
+def conv_function(config: Any) -> convolution.ConvFunction:
   """The convolution of `config.conv_kernel_gradient` ('auto', 'lax' or 'patches'; see
   `lth_jax.models.convolution`)."""
-  return convolution.conv_general_dilated(config.get('conv_kernel_gradient', 'auto'))
+  return convolution.conv_general_dilated(config.conv_kernel_gradient)
 
 
 def _vgg(depth: int) -> ModelBuilder:
-  def build_vgg(config: ml_collections.ConfigDict, num_outputs: int) -> nn.Module:
+  def build_vgg(config: Any, num_outputs: int) -> nn.Module:
     return VGG(
         num_outputs=num_outputs,
         plan=VGG_PLANS[depth],
@@ -72,7 +72,7 @@ def _vgg(depth: int) -> ModelBuilder:
 
 
 def _cifar_resnet(depth: int) -> ModelBuilder:
-  def build_resnet(config: ml_collections.ConfigDict, num_outputs: int) -> nn.Module:
+  def build_resnet(config: Any, num_outputs: int) -> nn.Module:
     return cifar_resnet(depth, num_outputs, compute_dtype(config), conv_function(config))
 
   return build_resnet
@@ -96,12 +96,14 @@ MODEL_NAMES = tuple(REGISTRY)
 
 
 def register(name: str, builder: ModelBuilder) -> None:
-  """Adds a model builder `builder(model_config, num_outputs) -> nn.Module` under `name`."""
+  """Adds a model builder `builder(model, num_outputs) -> nn.Module` under `name` (`model`: the
+  resolved model section)."""
   REGISTRY[name] = builder
 
 
-def build(config: ml_collections.ConfigDict, num_outputs: int) -> nn.Module:
-  """The flax module named by `config.name`, with `num_outputs` outputs."""
+def build(config: Any, num_outputs: int) -> nn.Module:
+  """The flax module named by `config.name` (a resolved model section, `lth_jax.config.ModelSpec`),
+  with `num_outputs` outputs."""
   if config.name not in REGISTRY:
     raise ValueError(f'model.name: unknown model {config.name!r}; known models: {", ".join(REGISTRY)}')
   return REGISTRY[config.name](config, num_outputs)

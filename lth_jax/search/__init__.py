@@ -6,7 +6,6 @@ from lth_jax.search.experiment import Experiment
 from lth_jax.search.experiment import prepare
 from lth_jax.search.lottery import LotteryResults
 from lth_jax.search.lottery import run
-from lth_jax.search.pruning_plan import PruningPlan
 from lth_jax.search.trial import branch_seed
 from lth_jax.search.trial import level_directory
 from lth_jax.search.trial import trial_seeds
@@ -16,7 +15,6 @@ from lth_jax.search.workdir import workdir_lock
 __all__ = [
     'Experiment',
     'LotteryResults',
-    'PruningPlan',
     'branch_seed',
     'check_workdir_config',
     'level_directory',

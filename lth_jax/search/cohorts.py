@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lth_jax.config import errors
+from lth_jax import config as config_lib
 from lth_jax import optim
 from lth_jax.training import checkpoints
 from lth_jax.training import memory
@@ -154,17 +154,16 @@ class ProgramSettings:
   levels: int  # the run's pruning levels, for progress labels
 
   @classmethod
-  def from_config(cls, config: Any, end_step: int, levels: int) -> 'ProgramSettings':
-    """The settings of a resolved config (lengths in steps): its evaluation period, checkpointing and
-    progress period; programs train to `end_step`."""
-    checkpointing = config.get('checkpointing', {})
+  def from_spec(cls, spec: config_lib.RunSpec) -> 'ProgramSettings':
+    """The settings of a resolved config: its evaluation period, checkpointing and progress period;
+    programs train to the end of training."""
     return cls(
-        end_step=end_step,
-        eval_every=int(config.training.get('eval_every', 0)),
-        checkpoint_every=int(checkpointing.get('every_steps', 0)),
-        max_to_keep=int(checkpointing.get('max_to_keep', 2)),
-        progress_every_seconds=float(config.get('report', {}).get('progress_every_seconds', 60.0)),
-        levels=levels,
+        end_step=spec.training.num_steps,
+        eval_every=spec.training.eval_every,
+        checkpoint_every=spec.checkpointing.every_steps,
+        max_to_keep=spec.checkpointing.max_to_keep,
+        progress_every_seconds=spec.report.progress_every_seconds,
+        levels=spec.pruning.levels,
     )
 
 
@@ -337,21 +336,20 @@ def groups(keys: Sequence[Any], members_per_program: int) -> list[list[Any]]:
   return [list(keys[start : start + size]) for start in range(0, len(keys), size)]
 
 
-def _largest_cohort(config: Any) -> tuple[int, int]:
+def _largest_cohort(spec: config_lib.RunSpec) -> tuple[int, int]:
   """(level 0's cohort: the trials, a pruned level's cohort: trials x branches)."""
-  trials = int(config.get('trials', 1))
-  branches = 1 + len([name for name in config.get('branches', ()) if name != 'ticket'])
-  return trials, trials * branches if config.pruning.levels else trials
+  trials = spec.trials
+  return trials, trials * len(spec.branch_names) if spec.pruning.levels else trials
 
 
 def layout(num_members: int, experiment: Any) -> tuple[int, int]:
   """(member groups, member slots) of a program of `num_members` runs of `experiment`
   (see `parallel.member_layout`); a ConfigError naming the fields when none fits."""
-  batch = int(experiment.config.training.batch_size)
+  batch = experiment.spec.training.batch_size
   found = parallel.member_layout(num_members, experiment.mesh.devices.size, batch, experiment.local_device_counts())
   if found is None:
-    raise errors.ConfigError(
-        f'parallel.members_per_program={experiment.config.parallel.get("members_per_program", 0)}: a program of '
+    raise config_lib.ConfigError(
+        f'parallel.members_per_program={experiment.spec.parallel.members_per_program}: a program of '
         f'{num_members} runs cannot be laid on the {experiment.mesh.devices.size} devices with '
         f'training.batch_size={batch} (no member grouping leaves a batch that divides its devices); change '
         'the batch size or parallel.num_devices'
@@ -364,13 +362,13 @@ def resolve_members_per_program(experiment: Any) -> int:
   whose program fits in device memory by `memory.footprint`'s estimate (at least 1). Checks, before
   anything trains, that every program the run will form can be laid on the mesh, and that an explicit
   cap fits in memory where that can be estimated (a ConfigError saying what to set)."""
-  config = experiment.config
-  requested = config.get('parallel', {}).get('members_per_program', 0)
-  level_zero, pruned_level = _largest_cohort(config)
+  spec = experiment.spec
+  requested = spec.parallel.members_per_program
+  level_zero, pruned_level = _largest_cohort(spec)
   largest = max(level_zero, pruned_level)
-  batch = int(config.training.batch_size)
+  batch = spec.training.batch_size
   member = memory.footprint(
-      experiment.model, experiment.dataset.input_shape, optim.from_config(config.training, experiment.total_steps)
+      experiment.model, experiment.dataset.input_shape, optim.from_config(spec.training, experiment.total_steps)
   )
   device_memory = memory.device_memory_bytes()
   resident = sum(
@@ -396,7 +394,7 @@ def resolve_members_per_program(experiment: Any) -> int:
     if min(cap, largest) > 1 and not fits(min(cap, largest)):
       assert device_memory is not None  # every size fits when the memory is unknown
       fitting = max([size for size in range(1, largest + 1) if fits(size)] or [1])
-      raise errors.ConfigError(
+      raise config_lib.ConfigError(
           f'parallel.members_per_program={requested}: a program of {min(cap, largest)} runs needs about '
           f'{memory.format_bytes(program_bytes(min(cap, largest)) + resident)} per device, more than '
           f'{memory.USABLE_FRACTION:.0%} of its {memory.format_bytes(device_memory)}; set '

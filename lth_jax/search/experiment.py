@@ -1,6 +1,6 @@
-"""What a validated config builds before any training: the dataset, the model, the mesh, the
-training length, the cap on runs per program, a transferred ticket, and the Trainers (one per
-population shape, built once)."""
+"""What a validated config builds before any training: its resolved values (`lth_jax.config.RunSpec`),
+the dataset, the model, the mesh, the cap on runs per program, a transferred ticket, and the Trainers
+(one per population shape, built once)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lth_jax.config import checks
-from lth_jax.config import data_checks
-from lth_jax.config import errors
-from lth_jax.config import lengths
+from lth_jax import config as config_lib
 from lth_jax import data as data_lib
-from lth_jax.data import pipeline
-from lth_jax.data import tfds_source
-from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
+from lth_jax.data import pipeline
+from lth_jax.data import tfds_source
 from lth_jax.search import cohorts
 from lth_jax import tickets as tickets_lib
 from lth_jax.training import parallel
@@ -30,30 +26,14 @@ from lth_jax.training import steps
 from lth_jax.training import trainer as trainer_lib
 
 
-def layer_sizes(params: Any, prunable: Any) -> dict[str, int]:
-  """Number of prunable weights per layer (module path)."""
-  sizes: dict[str, int] = {}
-  flat, _ = jax.tree_util.tree_flatten_with_path(params)
-  for (path, leaf), is_prunable in zip(flat, jax.tree_util.tree_leaves(prunable)):
-    if is_prunable:
-      layer = masks_lib.module_path(masks_lib.path_to_names(path))
-      sizes[layer] = sizes.get(layer, 0) + int(np.prod(leaf.shape))
-  return sizes
-
-
-prunable_from_config = masks_lib.prunable_from_config
-
-
 @dataclasses.dataclass
 class Experiment:
-  """What a validated config builds before any training: data, model, mesh and training length.
-  `config` is resolved: the global batch size set, lengths in epochs converted to steps."""
+  """What a validated config builds before any training: its resolved values, data, model and mesh."""
 
-  config: ml_collections.ConfigDict
+  spec: config_lib.RunSpec  # the config resolved: defaults filled, global batch, lengths in steps
   dataset: data_lib.Dataset
   model: Any
   mesh: jax.sharding.Mesh  # the mesh of one run alone: 1 x N (data parallel) where the batch divides
-  total_steps: int
   members_per_program: int = 1  # parallel.members_per_program, resolved (0 = auto becomes a number)
   ticket: tickets_lib.Ticket | None = None  # transfer.ticket, loaded and checked against the model
   _trainers: dict[tuple[int, int], trainer_lib.Trainer] = dataclasses.field(default_factory=dict, repr=False)
@@ -61,11 +41,11 @@ class Experiment:
   def _build_trainer(self, population_size: int, groups: int) -> trainer_lib.Trainer:
     key = (population_size, groups)
     if key not in self._trainers:
-      training = self.config.training
+      training = self.spec.training
       mesh = (
           self.mesh
           if groups == parallel.member_groups(self.mesh)
-          else parallel.create_mesh(self.config.get('parallel', {}).get('num_devices', 0), groups)
+          else parallel.create_mesh(self.spec.parallel.num_devices, groups)
       )
       like = next(iter(self._trainers.values())).feed if self._trainers else None
       self._trainers[key] = trainer_lib.Trainer(
@@ -74,12 +54,17 @@ class Experiment:
           optim.from_config(training, self.total_steps),
           mesh,
           training.batch_size,
-          training.get('steps_per_dispatch', 64),
-          training.get('eval_batch_size', 1000),
+          training.steps_per_dispatch,
+          training.eval_batch_size,
           population_size,
           feed_like=like,
       )
     return self._trainers[key]
+
+  @property
+  def total_steps(self) -> int:
+    """The length of training in steps."""
+    return self.spec.training.num_steps
 
   def trainer(self, population_size: int = 0) -> trainer_lib.Trainer:
     """The Trainer of this experiment for one run, or for a population of exactly `population_size`
@@ -87,7 +72,7 @@ class Experiment:
     if not population_size:
       return self._build_trainer(0, parallel.member_groups(self.mesh))
     layout = parallel.member_layout(
-        population_size, self.mesh.devices.size, self.config.training.batch_size, self.local_device_counts()
+        population_size, self.mesh.devices.size, self.spec.training.batch_size, self.local_device_counts()
     )
     groups = layout[0] if layout and layout[1] == population_size else parallel.member_groups(self.mesh)
     return self._build_trainer(population_size, groups)
@@ -107,72 +92,61 @@ class Experiment:
 
   def prunable(self, params: Any) -> Any:
     """The prunable-leaf tree of `params` under this config."""
-    return prunable_from_config(params, self.config)
+    return self.spec.pruning.prunable(params)
 
 
 def prepare(config: ml_collections.ConfigDict) -> Experiment:
-  """Validates `config` (raising `errors.ConfigError` naming the field) and builds the dataset,
-  model and mesh; the experiment's config is resolved (global batch, epochs as steps). No training
-  happens here."""
-  checks.check_config(config)
-  num_devices = config.get('parallel', {}).get('num_devices', 0)
+  """Validates `config` (raising `ConfigError` naming the field), builds the dataset, model and mesh,
+  and resolves the config once into typed values (`lth_jax.config.resolve`). No training happens here."""
+  config_lib.check_config(config)
+  num_devices = config_lib.parallel_spec(config).num_devices
   try:
     mesh = parallel.create_mesh(num_devices)
   except ValueError as error:
-    raise errors.ConfigError(str(error)) from error
-  config = lengths.resolve_batch_size(config, mesh.devices.size)
+    raise config_lib.ConfigError(str(error)) from error
   try:
-    dataset = data_lib.build(config.dataset)
-    model = models_lib.build(config.model, dataset.num_outputs)
+    dataset = data_lib.build(config_lib.data_spec(config))
+    model = models_lib.build(config_lib.model_spec(config), dataset.num_outputs)
   except tfds_source.DatasetNotPreparedError:
     raise
   except ValueError as error:  # a dataset or model field the builders rejected
-    raise errors.ConfigError(str(error)) from error
-  config = lengths.resolve_epochs(config, dataset.num_train)
+    raise config_lib.ConfigError(str(error)) from error
   example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example, train=False))
   param_shapes, _ = steps.split_variables(shapes)
-  layers = sorted(
-      {
-          masks_lib.module_path(masks_lib.path_to_names(path))
-          for path, _ in jax.tree_util.tree_flatten_with_path(param_shapes)[0]
-      }
-  )
-  data_checks.check_against_data(
-      config, dataset.num_train, layer_sizes(param_shapes, prunable_from_config(param_shapes, config)), layers
-  )
-  requested = config.get('parallel', {}).get('members_per_program', 0)
-  if requested != 1:  # a run alone may need member groups where its batch does not divide the devices
-    layout = parallel.member_layout(
-        1, mesh.devices.size, config.training.batch_size, local_device_counts(mesh, dataset)
-    )
-    if layout is not None and layout[0] > 1:
-      mesh = parallel.create_mesh(num_devices, layout[0])
-  try:
-    parallel.check_batch_size(config.training.batch_size, mesh)
-  except ValueError as error:
-    raise errors.ConfigError(str(error) + ('' if requested == 1 else ' (or parallel.members_per_program)')) from error
-  experiment = Experiment(
-      config=config,
-      dataset=dataset,
-      model=model,
-      mesh=mesh,
-      total_steps=lengths.total_steps(config.training, dataset.num_train),
-  )
+  spec = config_lib.resolve(config, mesh.devices.size, dataset.num_train, param_shapes)
+  mesh = _run_mesh(spec, mesh, dataset)
+  experiment = Experiment(spec=spec, dataset=dataset, model=model, mesh=mesh)
   experiment.members_per_program = cohorts.resolve_members_per_program(experiment)
-  experiment.ticket = _transferred_ticket(config, param_shapes)
+  experiment.ticket = _transferred_ticket(spec.transfer, param_shapes)
   return experiment
 
 
-def _transferred_ticket(config: ml_collections.ConfigDict, param_shapes: Any) -> tickets_lib.Ticket | None:
+def _run_mesh(spec: config_lib.RunSpec, mesh: jax.sharding.Mesh, dataset: data_lib.Dataset) -> jax.sharding.Mesh:
+  """The mesh of one run alone: `mesh` (1 x N), or member groups where the batch does not divide the
+  devices and programs may hold several runs; a ConfigError when the batch fits neither."""
+  requested = spec.parallel.members_per_program
+  if requested != 1:  # a run alone may need member groups where its batch does not divide the devices
+    layout = parallel.member_layout(1, mesh.devices.size, spec.training.batch_size, local_device_counts(mesh, dataset))
+    if layout is not None and layout[0] > 1:
+      mesh = parallel.create_mesh(spec.parallel.num_devices, layout[0])
+  try:
+    parallel.check_batch_size(spec.training.batch_size, mesh)
+  except ValueError as error:
+    raise config_lib.ConfigError(
+        str(error) + ('' if requested == 1 else ' (or parallel.members_per_program)')
+    ) from error
+  return mesh
+
+
+def _transferred_ticket(transfer: config_lib.TransferSpec, param_shapes: Any) -> tickets_lib.Ticket | None:
   """The ticket of `transfer.ticket`, loaded and checked against the model's parameter shapes (a
   ConfigError naming the field when it is missing, damaged or of another architecture)."""
-  transfer = config.get('transfer', {})
-  path = transfer.get('ticket')
+  path = transfer.ticket
   if not path:
     return None
   if not os.path.isfile(path):
-    raise errors.ConfigError(
+    raise config_lib.ConfigError(
         f'transfer.ticket={path!r}: no such file (export one with `python -m '
         'lth_jax.tickets export --workdir=DIR --level=L --out=FILE`)'
     )
@@ -180,16 +154,10 @@ def _transferred_ticket(config: ml_collections.ConfigDict, param_shapes: Any) ->
     ticket = tickets_lib.load_exported(path)
     shapes = jax.tree_util.tree_map(lambda shape: np.zeros(shape.shape, shape.dtype), param_shapes)
     tickets_lib.transfer_start(
-        ticket,
-        shapes,
-        {},
-        transfer.get('start', 'ticket'),
-        transfer.get('output_layer', 'dense'),
-        seed=0,
-        where=f'transfer.ticket={path!r}',
+        ticket, shapes, {}, transfer.start, transfer.output_layer, seed=0, where=f'transfer.ticket={path!r}'
     )
   except tickets_lib.TicketError as error:
-    raise errors.ConfigError(str(error)) from error
+    raise config_lib.ConfigError(str(error)) from error
   return ticket
 
 

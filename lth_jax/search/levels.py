@@ -16,7 +16,6 @@ from lth_jax.search import cohorts
 from lth_jax.search import scalars as scalars_lib
 from lth_jax.training import checkpoints
 from lth_jax.search.experiment import Experiment
-from lth_jax.search.pruning_plan import PruningPlan
 from lth_jax.search.trial import Trial
 from lth_jax.results import RESULTS_FILE
 
@@ -51,19 +50,17 @@ class LevelRunner:
       should_stop: Callable[[int], bool] | None = None,
       scalars: scalars_lib.Scalars | None = None,
   ):
-    config = experiment.config
-    self.config, self.experiment, self.workdir = config, experiment, workdir
+    spec = experiment.spec
+    self.spec, self.experiment, self.workdir = spec, experiment, workdir
     self.trainer = experiment.trainer()
-    self.plan = PruningPlan.from_config(config)
+    self.plan = spec.pruning
     self.total_steps, self.records, self.log = experiment.total_steps, records, log
     self.scalars = scalars or scalars_lib.Scalars(None)
-    self.seed = int(config.get('seed', 0))
+    self.seed = spec.seed
     self.results_path = os.path.join(workdir, RESULTS_FILE)
-    self.snip_batches = int(config.pruning.get('snip_batches', 1))
-    self.branch_names = ['ticket', *[name for name in config.get('branches', ()) if name != 'ticket']]
+    self.branch_names = spec.branch_names
     self.members_per_program = experiment.members_per_program
-    self.learning_rate = float(config.training.learning_rate)
-    settings = cohorts.ProgramSettings.from_config(config, self.total_steps, self.plan.levels)
+    settings = cohorts.ProgramSettings.from_spec(spec)
     self.programs = cohorts.ProgramRunner(workdir, experiment.program_trainer, settings, log, should_stop, self.scalars)
 
   def diverged_ticket(self, trial: int, level: int) -> dict[str, Any] | None:
@@ -195,7 +192,7 @@ class LevelRunner:
     running = os.path.join(self.workdir, 'checkpoints', 'running')
     if jax.process_index() == 0 and os.path.isdir(running) and not os.listdir(running):
       os.rmdir(running)
-    if self.config.get('report', {}).get('print_surviving_weights', False):
+    if self.spec.report.print_surviving_weights:
       for state in trials.values():
         for branch, (record, final_params, branch_mask) in state.last_level.items():
           metric = 'test_accuracy' if 'test_accuracy' in record else 'test_rmse'

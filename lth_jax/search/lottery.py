@@ -13,8 +13,8 @@ ticket and controls) train as a cohort, in programs of at most `parallel.members
 `checkpointing.every_steps` steps (and at the current step on SIGTERM), and a re-run continues it from
 its newest good checkpoint with the same result as a run never interrupted. What a config builds
 lives in `lth_jax.search.experiment`; the workdir's lock and config check in `lth_jax.search.workdir`; a trial's state
-between levels in `lth_jax.search.trial`; the level loop in `lth_jax.search.levels`; the pruning schedule in
-`lth_jax.search.pruning_plan`. This module is the entry point, `lth_jax.run`.
+between levels in `lth_jax.search.trial`; the level loop in `lth_jax.search.levels`; the pruning plan
+in `lth_jax.config.PruningPlan`. This module is the entry point, `lth_jax.run`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from lth_jax.search.experiment import Experiment
 from lth_jax.search.experiment import prepare
 from lth_jax.search.levels import LevelRunner
 from lth_jax.training.preemption import StopRequest
-from lth_jax.search.pruning_plan import PruningPlan
 from lth_jax.training.run_state import Preempted
 from lth_jax.results import RESULTS_FILE
 from lth_jax.search.workdir import workdir_lock
@@ -105,27 +104,23 @@ def _run_locked(
     allow_config_change: bool,
 ) -> LotteryResults:
   """`run` once the workdir is locked."""
-  workdir_lib.check_config_file(config, workdir, allow_config_change, log, resolved=experiment.config)
-  config = experiment.config  # resolved: global batch size, lengths in steps
-  total_steps = experiment.total_steps
-  plan = PruningPlan.from_config(config)
+  workdir_lib.check_config_file(config, workdir, allow_config_change, log, resolved=experiment.spec)
+  spec = experiment.spec
+  plan = spec.pruning
   records = results_lib.read_records(os.path.join(workdir, RESULTS_FILE))
-  checkpointing = config.get('checkpointing', {})
-  scalars = scalars_lib.Scalars(
-      os.path.join(workdir, 'tensorboard') if checkpointing.get('tensorboard', True) else None
-  )
+  scalars = scalars_lib.Scalars(os.path.join(workdir, 'tensorboard') if spec.checkpointing.tensorboard else None)
   started = time.perf_counter()
   log(
-      f'lth_jax: {config.model.name} on {config.dataset.name}, {total_steps} steps per level, '
+      f'lth_jax: {spec.model.name} on {spec.dataset.name}, {experiment.total_steps} steps per level, '
       f'{plan.levels} pruning levels of {plan.fraction:.3g} ({plan.scope}, {plan.mode}), rewind step '
-      f'{plan.rewind_step}, {config.get("trials", 1)} trial(s), {experiment.mesh.devices.size} device(s), '
+      f'{plan.rewind_step}, {spec.trials} trial(s), {experiment.mesh.devices.size} device(s), '
       f'up to {experiment.members_per_program} run(s) per program'
       + (f'; {len(records)} record(s) already in {workdir}' if records else '')
   )
   stop = StopRequest()
   stop.install()
   try:
-    LevelRunner(experiment, workdir, records, log, should_stop=stop, scalars=scalars).run(config.get('trials', 1))
+    LevelRunner(experiment, workdir, records, log, should_stop=stop, scalars=scalars).run(spec.trials)
   finally:
     stop.restore()
     scalars.close()

@@ -11,12 +11,11 @@ import jax
 import numpy as np
 
 from lth_jax import branches as branches_lib
+from lth_jax import config as config_lib
 from lth_jax.search import cohorts
 from lth_jax import tickets as tickets_lib
 from lth_jax.training import checkpoints
 from lth_jax.search.experiment import Experiment
-from lth_jax.search.experiment import prunable_from_config
-from lth_jax.search.pruning_plan import PruningPlan
 from lth_jax.training.trainer import Trainer
 
 
@@ -44,14 +43,12 @@ def running_directory(workdir: str, trial: int, level: int, branch: str) -> str:
 class LevelHost(Protocol):
   """What a Trial uses of the level runner that owns it (`levels.LevelRunner` is one)."""
 
-  config: Any
+  spec: config_lib.RunSpec
   experiment: Experiment
   workdir: str
   trainer: Trainer
-  plan: PruningPlan
+  plan: config_lib.PruningPlan
   seed: int
-  learning_rate: float
-  snip_batches: int
   branch_names: list[str]
   results_path: str
   log: Callable[[str], None]
@@ -78,16 +75,16 @@ class Trial:
     self.init_seed, self.data_seed = trial_seeds(runner.seed, trial)
     self.trial_dir = os.path.join(runner.workdir, 'checkpoints', f'trial_{trial}')
     self.params0, self.model_state0 = runner.trainer.init_variables(self.init_seed)
-    self.prunable = prunable_from_config(self.params0, runner.config)
+    self.prunable = runner.plan.prunable(self.params0)
     self.keep_mask = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), self.params0)
     if runner.experiment.ticket is not None:  # a transferred ticket: level 0 starts from it
-      transfer = runner.config.transfer
+      transfer = runner.spec.transfer
       self.params0, self.model_state0, self.keep_mask = tickets_lib.transfer_start(
           runner.experiment.ticket,
           self.params0,
           self.model_state0,
-          transfer.get('start', 'ticket'),
-          transfer.get('output_layer', 'dense'),
+          transfer.start,
+          transfer.output_layer,
           seed=self.init_seed,
       )
     self.rewind: tuple[Any, Any] | None = None  # (params, model_state) at the rewind step
@@ -178,7 +175,7 @@ class Trial:
     self.runner.log(
         f'lth_jax: trial {self.trial}: the level {level} ticket diverged (non-finite loss or weights at step {step}), '
         f'so level {level + 1} is not pruned from its weights and this trial stops here. Lower '
-        f'training.learning_rate ({self.runner.learning_rate:g}) or add training.warmup_steps, and run again in a '
+        f'training.learning_rate ({self.runner.spec.training.learning_rate:g}) or add training.warmup_steps, and run again in a '
         'new workdir.'
     )
 
@@ -209,7 +206,7 @@ class Trial:
         init_variables=runner.trainer.init_variables,
         seed=branch_seed(runner.seed, self.trial, level, 2 + runner.branch_names.index(branch)),
         loss_gradients=lambda params, model_state: runner.trainer.mean_gradients(
-            params, model_state, self.data_seed, runner.snip_batches
+            params, model_state, self.data_seed, runner.plan.snip_batches
         ),
     )
     params, model_state, branch_mask = branches_lib.start(branch, inputs)
@@ -233,7 +230,7 @@ class Trial:
       self.runner.log(
           f'lth_jax: warning: trial {self.trial} level {member.level} {member.branch} diverged: a '
           f'non-finite loss or weight at step {result.diverged_step} '
-          f'(training.learning_rate={self.runner.learning_rate:g}); its record says "diverged": true'
+          f'(training.learning_rate={self.runner.spec.training.learning_rate:g}); its record says "diverged": true'
       )
     if member.level == 0:
       self.rewind = result.snapshots.get(self.plan.rewind_step)

@@ -18,6 +18,7 @@ except ImportError:  # not on POSIX: runs sharing a workdir are not detected
 import jax
 import ml_collections
 
+from lth_jax import config as config_lib
 from lth_jax.config import compatibility
 from lth_jax.config import errors
 from lth_jax.config import schema
@@ -89,16 +90,9 @@ def holds_runs(workdir: str) -> bool:
   return any(files for _, _, files in os.walk(os.path.join(workdir, 'checkpoints')))
 
 
-# Config values worked out before a run (global batch, lengths in steps), recorded in config.json.
-RESOLVED_FIELDS = {
-    'training': ('batch_size', 'num_steps', 'warmup_steps', 'eval_every', 'decay_boundaries'),
-    'pruning': ('rewind_step', 'turnaround_step'),
-}
-
-
 def check_workdir_config(
     config: ml_collections.ConfigDict,
-    resolved: ml_collections.ConfigDict,
+    resolved: config_lib.RunSpec,
     workdir: str,
     log: Callable[[str], None] = log_on_process_zero,
 ) -> None:
@@ -112,7 +106,7 @@ def check_config_file(
     workdir: str,
     allow_config_change: bool,
     log: Callable[[str], None],
-    resolved: ml_collections.ConfigDict | None = None,
+    resolved: config_lib.RunSpec | None = None,
 ) -> None:
   """Compares `config` with the one in WORKDIR/config.json (refusing a change that would make the
   recorded runs disagree with the config, unless allowed) and writes it there (process 0).
@@ -129,14 +123,7 @@ def check_config_file(
     )
   new = compatibility.config_to_json(config)
   if resolved is not None:
-    new['resolved'] = compatibility.config_to_json(
-        ml_collections.ConfigDict(
-            {
-                section: {field: resolved[section].get(field) for field in fields}
-                for section, fields in RESOLVED_FIELDS.items()
-            }
-        )
-    )
+    new['resolved'] = compatibility.config_to_json(ml_collections.ConfigDict(resolved.resolved_fields()))
   if os.path.exists(path):
     try:
       with open(path) as file:

@@ -1,0 +1,153 @@
+"""The one place a ConfigDict becomes typed values: `resolve(config, num_devices, num_train)` fills every
+field the config leaves out from the schema, resolves the global batch and every length given in
+epochs to steps, decides the pruning fraction per level, and returns a frozen `RunSpec`. The dataset
+and model sections need no dataset size: `data_spec` and `model_spec` resolve them alone."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import ml_collections
+
+from lth_jax import masks as masks_lib
+from lth_jax.config import data_checks
+from lth_jax.config import lengths
+from lth_jax.config import schema
+from lth_jax.config import spec as spec_lib
+from lth_jax.config.checks import FREE_FIELDS
+
+
+def complete(config: ml_collections.ConfigDict | Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """The schema's full config with `config`'s values over it: a field `config` leaves out (an older
+  workdir's config.json, a hand-made partial config) gets its one default from `schema.base_config`."""
+  full = schema.base_config()
+  _overlay(full, config, '')
+  return full
+
+
+def _overlay(target: ml_collections.ConfigDict, source: Mapping[str, Any], prefix: str) -> None:
+  """Writes `source`'s values into `target`, section by section; free fields (layer names) are replaced whole."""
+  for key, value in source.items():
+    name = prefix + key
+    if (
+        isinstance(value, (Mapping, ml_collections.ConfigDict))
+        and name not in FREE_FIELDS
+        and isinstance(target.get(key), ml_collections.ConfigDict)
+    ):
+      _overlay(target[key], value, name + '.')
+    else:
+      with target.unlocked():
+        target[key] = value
+
+
+def data_spec(config: ml_collections.ConfigDict | Mapping[str, Any]) -> spec_lib.DataSpec:
+  """The dataset section of `config` (a whole config, or just its `dataset` section as a mapping), the
+  schema's defaults under it. Its values are not checked here: the dataset builders check them."""
+  return spec_lib.DataSpec(**_section(config, 'dataset'))
+
+
+def model_spec(config: ml_collections.ConfigDict | Mapping[str, Any]) -> spec_lib.ModelSpec:
+  """The model section of `config` (a whole config, or just its `model` section as a mapping), the
+  schema's defaults under it."""
+  return spec_lib.ModelSpec(**_section(config, 'model'))
+
+
+def _section(config: ml_collections.ConfigDict | Mapping[str, Any], name: str) -> dict[str, Any]:
+  """The fields of section `name` of a whole config (or of the section itself) over the schema's defaults."""
+  given = config[name] if name in config else config
+  return {**schema.base_config()[name].to_dict(), **dict(given)}
+
+
+def training_spec(training: ml_collections.ConfigDict) -> spec_lib.TrainingSpec:
+  """A complete `training` section whose lengths are already steps (see `resolve`)."""
+  return spec_lib.TrainingSpec(
+      optimizer=training.optimizer,
+      learning_rate=training.learning_rate,
+      momentum=training.momentum,
+      weight_decay=training.weight_decay,
+      weight_decay_batch_norm=bool(training.weight_decay_batch_norm),
+      schedule=training.schedule,
+      warmup_steps=int(training.warmup_steps),
+      decay_boundaries=tuple(int(step) for step in training.decay_boundaries),
+      decay_factor=training.decay_factor,
+      batch_size=int(training.batch_size),
+      num_steps=int(training.num_steps),
+      eval_every=int(training.eval_every),
+      eval_batch_size=int(training.eval_batch_size),
+      steps_per_dispatch=int(training.steps_per_dispatch),
+  )
+
+
+def pruning_plan(config: ml_collections.ConfigDict) -> spec_lib.PruningPlan:
+  """The pruning section of a whole config whose points are given in steps (`resolve` converts epochs)."""
+  config = complete(config)
+  pruning = config.pruning
+  return spec_lib.PruningPlan(
+      mode=pruning.mode,
+      scope=pruning.scope,
+      fraction=data_checks.fraction_per_level(config),
+      layer_fractions=dict(pruning.layer_fractions or {}),
+      levels=int(pruning.levels),
+      target_density=pruning.target_density,
+      min_weights_per_layer=int(pruning.min_weights_per_layer),
+      rewind_step=int(pruning.rewind_step),
+      turnaround_step=int(pruning.turnaround_step or 0),
+      prunable_parameters=tuple(pruning.prunable_parameters),
+      excluded_layers=tuple(pruning.excluded_layers),
+      snip_batches=int(pruning.snip_batches),
+  )
+
+
+def parallel_spec(config: ml_collections.ConfigDict) -> spec_lib.ParallelSpec:
+  """The parallel section of a whole config."""
+  parallel = complete(config).parallel
+  return spec_lib.ParallelSpec(
+      num_devices=int(parallel.num_devices),
+      members_per_program=int(parallel.members_per_program),
+      batch_per_device=int(parallel.batch_per_device),
+  )
+
+
+def resolve(
+    config: ml_collections.ConfigDict, num_devices: int, num_train: int, param_shapes: Any = None
+) -> spec_lib.RunSpec:
+  """`config` (already checked by `check_config`) as a `RunSpec` for a run on `num_devices` devices
+  over a training set of `num_train` examples: defaults filled in, `training.batch_size` the global
+  batch, every length in steps (steps_per_epoch = num_train // batch), the pruning fraction per level
+  decided. With the model's `param_shapes`, the checks that need the model run too (layer selectors
+  that name real layers, points inside training, a reachable target density). A ConfigError names a
+  field these make impossible."""
+  full = lengths.resolve_epochs(lengths.resolve_batch_size(complete(config), num_devices), num_train)
+  spec = _run_spec(full)
+  if param_shapes is not None:
+    prunable = spec.pruning.prunable(param_shapes)
+    data_checks.check_against_data(
+        full, num_train, masks_lib.layer_sizes(param_shapes, prunable), masks_lib.layer_paths(param_shapes)
+    )
+  return spec
+
+
+def _run_spec(full: ml_collections.ConfigDict) -> spec_lib.RunSpec:
+  """A complete config, its lengths in steps, as a RunSpec."""
+  return spec_lib.RunSpec(
+      seed=int(full.seed),
+      trials=int(full.trials),
+      branches=tuple(full.branches),
+      dataset=data_spec(full),
+      model=model_spec(full),
+      training=training_spec(full.training),
+      pruning=pruning_plan(full),
+      parallel=parallel_spec(full),
+      transfer=spec_lib.TransferSpec(
+          ticket=full.transfer.ticket or None, start=full.transfer.start, output_layer=full.transfer.output_layer
+      ),
+      report=spec_lib.ReportSpec(
+          print_surviving_weights=bool(full.report.print_surviving_weights),
+          progress_every_seconds=float(full.report.progress_every_seconds),
+      ),
+      checkpointing=spec_lib.CheckpointingSpec(
+          every_steps=int(full.checkpointing.every_steps),
+          max_to_keep=int(full.checkpointing.max_to_keep),
+          tensorboard=bool(full.checkpointing.tensorboard),
+      ),
+  )
