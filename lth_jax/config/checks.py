@@ -73,6 +73,26 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for section in ('dataset', 'model', 'training', 'pruning'):
     _require(section in config, section, 'the config has no such section', None)
   check_known_fields(config)
+  _check_names_and_model(config)
+  _check_optimizer(config.training)
+  num_steps = _check_batch_and_length(config)
+  _check_pruning_amount(config.pruning)
+  _check_pruning_steps(config.pruning, num_steps)
+  _check_branches(config)
+  _check_transfer(config)
+  _check_parallel(config)
+  _require(
+      isinstance(config.dataset.get('streaming', False), bool),
+      'dataset.streaming',
+      'must be True or False',
+      config.dataset.get('streaming'),
+  )
+  _check_epoch_twins(config)
+  check_checkpointing(config)
+
+
+def _check_names_and_model(config: ml_collections.ConfigDict) -> None:
+  """Dataset and model names, the model's fields, the seed and the number of trials, in that order."""
   _require(
       config.dataset.get('name') in data_lib.DATASET_NAMES,
       'dataset.name',
@@ -124,7 +144,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       config.get('trials'),
   )
 
-  training = config.training
+
+def _check_optimizer(training: ml_collections.ConfigDict) -> None:
+  """The optimizer, its schedule and rates, and the evaluation batch of the `training` section."""
   _require(
       training.get('optimizer') in optim.OPTIMIZERS,
       'training.optimizer',
@@ -159,6 +181,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       'must be a positive integer',
       eval_batch_size,
   )
+
+
+def _check_batch_and_length(config: ml_collections.ConfigDict) -> int:
+  """The batch (global or per device), the length of training, its periods and weight decay; returns
+  training.num_steps (0 when the length is given in epochs)."""
+  training = config.training
   per_device = config.get('parallel', {}).get('batch_per_device', 0) or 0
   _require(
       _is_int(per_device) and per_device >= 0,
@@ -204,8 +232,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       'must be True or False',
       training.get('weight_decay_batch_norm'),
   )
+  return num_steps
 
-  pruning_config = config.pruning
+
+def _check_pruning_amount(pruning_config: ml_collections.ConfigDict) -> None:
+  """How much the `pruning` section prunes: scope, mode, levels, target density, fractions, minimum."""
   _require(
       pruning_config.get('scope', 'local') in pruning.SCOPES,
       'pruning.scope',
@@ -250,6 +281,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       'applies to local pruning only (pruning.scope="local")',
       minimum,
   )
+
+
+def _check_pruning_steps(pruning_config: ml_collections.ConfigDict, num_steps: int) -> None:
+  """When the `pruning` section resets and prunes (inside `num_steps` when that is set), and SNIP's batches."""
   rewind = pruning_config.get('rewind_step', 0)
   _require(_is_int(rewind) and rewind >= 0, 'pruning.rewind_step', 'must be a non-negative integer', rewind)
   snip_batches = pruning_config.get('snip_batches', 1)
@@ -277,6 +312,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         rewind,
     )
 
+
+def _check_branches(config: ml_collections.ConfigDict) -> None:
+  """Every name in `branches` is a registered branch."""
   for name in config.get('branches', ()):
     _require(
         name in branches_lib.REGISTRY,
@@ -284,6 +322,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f'unknown branch {name!r}; known branches: {", ".join(branches_lib.REGISTRY)}',
         tuple(config.branches),
     )
+
+
+def _check_transfer(config: ml_collections.ConfigDict) -> None:
+  """The `transfer` section's start and output layer (optional: absent means the defaults)."""
   transfer = config.get('transfer', {})
   _require(
       transfer.get('start', 'ticket') in ('ticket', 'reinit'),
@@ -297,6 +339,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       "must be 'dense' or 'ticket_density'",
       transfer.get('output_layer'),
   )
+
+
+def _check_parallel(config: ml_collections.ConfigDict) -> None:
+  """The `parallel` section's members per program and number of devices (its batch is checked with training's)."""
   members = config.get('parallel', {}).get('members_per_program', 0)
   _require(
       _is_int(members) and members >= 0,
@@ -310,14 +356,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       'must be an integer (0: all devices)',
       config.get('parallel', {}).get('num_devices'),
   )
-  _require(
-      isinstance(config.dataset.get('streaming', False), bool),
-      'dataset.streaming',
-      'must be True or False',
-      config.dataset.get('streaming'),
-  )
-  _check_epoch_twins(config)
-  check_checkpointing(config)
 
 
 def check_checkpointing(config: ml_collections.ConfigDict) -> None:

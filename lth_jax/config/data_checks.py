@@ -78,7 +78,13 @@ def check_against_data(
       f'is larger than the training set ({num_train} examples)',
       training.batch_size,
   )
-  steps = total_steps(training, num_train)
+  _check_points_in_training(config, total_steps(training, num_train))
+  _check_target_reachable(config, layer_sizes)
+
+
+def _check_points_in_training(config: ml_collections.ConfigDict, steps: int) -> None:
+  """Rewind, turnaround, warmup and decay boundaries fall inside the `steps` of training, and there are some."""
+  training, pruning_config = config.training, config.pruning
   rewind = pruning_config.get('rewind_step', 0)
   _require_point(rewind < steps, config, 'pruning', 'rewind_step', f'is past the end of training ({steps} steps)')
   turnaround = pruning_config.get('turnaround_step', 0) or 0
@@ -102,6 +108,11 @@ def check_against_data(
         f'each boundary must be a step inside training (1..{steps - 1})',
         tuple(training.decay_boundaries),
     )
+
+
+def _check_target_reachable(config: ml_collections.ConfigDict, layer_sizes: Mapping[str, int]) -> None:
+  """Iterative pruning's levels and fractions reach `pruning.target_density` (when set) on these layers."""
+  pruning_config = config.pruning
   target = pruning_config.get('target_density')
   if target is None or pruning_config.get('mode', 'iterative') != 'iterative':
     return

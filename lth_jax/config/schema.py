@@ -20,108 +20,147 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # seeds initialization, batch order and branch randomness
   config.trials = 1  # independent repetitions (seeds derived from seed and trial)
-
-  config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = 'mnist1d'  # sum_of_two | digits | mnist1d | mnist | cifar10 | imagenet2012
-  # Stream the data from tfds files through the grain pipeline (with augmentation for cifar10: random
-  # crop with padding 4, horizontal flip) instead of loading it into memory; imagenet2012 always streams.
-  config.dataset.streaming = False
-  config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir / dataset cache
-  config.dataset.seed = 0  # generation / split seed of generated datasets
-  config.dataset.num_train = ml_collections.config_dict.placeholder(int)  # first N examples (sum_of_two: size)
-  config.dataset.num_test = ml_collections.config_dict.placeholder(int)
-  config.dataset.train_range = (-1.0, 1.0)  # sum_of_two only
-  config.dataset.test_range = (1.0, 2.0)  # sum_of_two only
-  config.dataset.test_fraction = 0.2  # digits only
-
-  config.model = ml_collections.ConfigDict()
-  # linear | lenet | conv2 | conv4 | conv6 | vgg11 | vgg16 | vgg19 | resnet20 | resnet56 | resnet18 | resnet50
-  config.model.name = 'lenet'
-  config.model.hidden_sizes = (300, 100)  # lenet
-  config.model.hidden_size = 200  # linear
-  config.model.dense_sizes = (256, 256)  # conv2/4/6
-  config.model.dtype = 'float32'  # computation dtype: float32 | bfloat16 (params stay float32)
-  # How convolution kernel gradients are computed: lax | patches (one matmul of input patches, several
-  # times faster under XLA:CPU) | auto (patches on CPU, lax elsewhere). See lth_jax.models.convolution.
-  config.model.conv_kernel_gradient = 'auto'
-
-  config.training = ml_collections.ConfigDict()
-  config.training.optimizer = 'adam'  # sgd | momentum | nesterov | adam | adamw
-  config.training.learning_rate = 1.2e-3
-  config.training.momentum = 0.9
-  config.training.weight_decay = 0.0
-  config.training.weight_decay_batch_norm = True  # False: batch-norm scales and offsets are not decayed
-  config.training.schedule = 'constant'  # constant | step | cosine
-  config.training.warmup_steps = 0  # linear warmup over these steps: rate * (t + 1) / W
-  config.training.warmup_epochs = 0.0  # ... or over these epochs
-  config.training.decay_boundaries = ()  # steps at which 'step' multiplies by decay_factor
-  config.training.decay_epochs = ()  # ... or epochs
-  config.training.decay_factor = 0.1
-  config.training.batch_size = 64  # global batch (all devices of all hosts)
-  config.training.num_steps = 3000  # length of training; or 0 and set num_epochs
-  config.training.num_epochs = 0.0  # ... in epochs of the training set (fractions allowed)
-  config.training.eval_every = 500  # test-set evaluation every this many steps (0: only at the end)
-  config.training.eval_every_epochs = 0.0  # ... or epochs
-  config.training.eval_batch_size = 1000
-  config.training.steps_per_dispatch = 64  # steps fused into one compiled loop per dispatch
-
-  config.pruning = ml_collections.ConfigDict()
-  config.pruning.mode = 'iterative'  # iterative | one_shot
-  config.pruning.scope = 'local'  # local (per layer) | global (one pool)
-  config.pruning.fraction = 0.2  # of the remaining weights, per level
-  # Per-layer fractions: these layers are pruned on their own at their rate (with scope 'global' they
-  # stay out of the pool).
-  config.pruning.layer_fractions = ml_collections.ConfigDict({'output': 0.1})
-  config.pruning.levels = 5  # pruning levels after the dense level 0
-  config.pruning.target_density = ml_collections.config_dict.placeholder(float)  # stop when reached
-  config.pruning.min_weights_per_layer = 0  # local pruning never goes below this per layer
-  config.pruning.rewind_step = 0  # 0: reset to init; k > 0: late resetting to step k
-  config.pruning.rewind_epoch = 0.0  # ... or to this epoch
-  config.pruning.turnaround_step = 0  # early turnaround: prune from the weights at this step (0: end)
-  config.pruning.turnaround_epoch = 0.0  # ... or at this epoch
-  config.pruning.prunable_parameters = ('kernel',)
-  config.pruning.excluded_layers = ()  # layers never pruned (names, families or module paths)
-
-  config.pruning.snip_batches = 1  # batches whose mean gradient scores the snip branch
-
+  config.dataset = _dataset_section()
+  config.model = _model_section()
+  config.training = _training_section()
+  config.pruning = _pruning_section()
   # Controls trained beside the ticket at every level: reinit, permuted, permuted_reinit,
   # random_pruning, snip, sign_reinit (see lth_jax/branches.py).
   config.branches = ('reinit',)
+  config.parallel = _parallel_section()
+  config.transfer = _transfer_section()
+  config.report = _report_section()
+  config.checkpointing = _checkpointing_section()
+  return config
 
-  config.parallel = ml_collections.ConfigDict()
+
+def _dataset_section() -> ml_collections.ConfigDict:
+  """The `dataset` section: which dataset, how it is read, and the sizes and splits of generated ones."""
+  dataset = ml_collections.ConfigDict()
+  dataset.name = 'mnist1d'  # sum_of_two | digits | mnist1d | mnist | cifar10 | imagenet2012
+  # Stream the data from tfds files through the grain pipeline (with augmentation for cifar10: random
+  # crop with padding 4, horizontal flip) instead of loading it into memory; imagenet2012 always streams.
+  dataset.streaming = False
+  dataset.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir / dataset cache
+  dataset.seed = 0  # generation / split seed of generated datasets
+  dataset.num_train = ml_collections.config_dict.placeholder(int)  # first N examples (sum_of_two: size)
+  dataset.num_test = ml_collections.config_dict.placeholder(int)
+  dataset.train_range = (-1.0, 1.0)  # sum_of_two only
+  dataset.test_range = (1.0, 2.0)  # sum_of_two only
+  dataset.test_fraction = 0.2  # digits only
+  return dataset
+
+
+def _model_section() -> ml_collections.ConfigDict:
+  """The `model` section: the architecture, its widths, and how it computes."""
+  model = ml_collections.ConfigDict()
+  # linear | lenet | conv2 | conv4 | conv6 | vgg11 | vgg16 | vgg19 | resnet20 | resnet56 | resnet18 | resnet50
+  model.name = 'lenet'
+  model.hidden_sizes = (300, 100)  # lenet
+  model.hidden_size = 200  # linear
+  model.dense_sizes = (256, 256)  # conv2/4/6
+  model.dtype = 'float32'  # computation dtype: float32 | bfloat16 (params stay float32)
+  # How convolution kernel gradients are computed: lax | patches (one matmul of input patches, several
+  # times faster under XLA:CPU) | auto (patches on CPU, lax elsewhere). See lth_jax.models.convolution.
+  model.conv_kernel_gradient = 'auto'
+  return model
+
+
+def _training_section() -> ml_collections.ConfigDict:
+  """The `training` section: optimizer, schedule, batch, length and evaluation of every run."""
+  training = ml_collections.ConfigDict()
+  training.optimizer = 'adam'  # sgd | momentum | nesterov | adam | adamw
+  training.learning_rate = 1.2e-3
+  training.momentum = 0.9
+  training.weight_decay = 0.0
+  training.weight_decay_batch_norm = True  # False: batch-norm scales and offsets are not decayed
+  training.schedule = 'constant'  # constant | step | cosine
+  training.warmup_steps = 0  # linear warmup over these steps: rate * (t + 1) / W
+  training.warmup_epochs = 0.0  # ... or over these epochs
+  training.decay_boundaries = ()  # steps at which 'step' multiplies by decay_factor
+  training.decay_epochs = ()  # ... or epochs
+  training.decay_factor = 0.1
+  training.batch_size = 64  # global batch (all devices of all hosts)
+  training.num_steps = 3000  # length of training; or 0 and set num_epochs
+  training.num_epochs = 0.0  # ... in epochs of the training set (fractions allowed)
+  training.eval_every = 500  # test-set evaluation every this many steps (0: only at the end)
+  training.eval_every_epochs = 0.0  # ... or epochs
+  training.eval_batch_size = 1000
+  training.steps_per_dispatch = 64  # steps fused into one compiled loop per dispatch
+  return training
+
+
+def _pruning_section() -> ml_collections.ConfigDict:
+  """The `pruning` section: how much is pruned per level, where, and from which weights."""
+  pruning = ml_collections.ConfigDict()
+  pruning.mode = 'iterative'  # iterative | one_shot
+  pruning.scope = 'local'  # local (per layer) | global (one pool)
+  pruning.fraction = 0.2  # of the remaining weights, per level
+  # Per-layer fractions: these layers are pruned on their own at their rate (with scope 'global' they
+  # stay out of the pool).
+  pruning.layer_fractions = ml_collections.ConfigDict({'output': 0.1})
+  pruning.levels = 5  # pruning levels after the dense level 0
+  pruning.target_density = ml_collections.config_dict.placeholder(float)  # stop when reached
+  pruning.min_weights_per_layer = 0  # local pruning never goes below this per layer
+  pruning.rewind_step = 0  # 0: reset to init; k > 0: late resetting to step k
+  pruning.rewind_epoch = 0.0  # ... or to this epoch
+  pruning.turnaround_step = 0  # early turnaround: prune from the weights at this step (0: end)
+  pruning.turnaround_epoch = 0.0  # ... or at this epoch
+  pruning.prunable_parameters = ('kernel',)
+  pruning.excluded_layers = ()  # layers never pruned (names, families or module paths)
+
+  pruning.snip_batches = 1  # batches whose mean gradient scores the snip branch
+  return pruning
+
+
+def _parallel_section() -> ml_collections.ConfigDict:
+  """The `parallel` section: the device mesh, runs per compiled program, and the batch per device."""
+  parallel = ml_collections.ConfigDict()
   # Two mesh axes, ('members', 'data'): the runs of a program (a population) are split over 'members',
   # each run's batch over 'data'; one run alone is data parallel over every device (mesh 1 x N).
-  config.parallel.num_devices = 0  # 0: every device of every host
+  parallel.num_devices = 0  # 0: every device of every host
   # Runs trained together as one vmapped program. Each lottery level's runs not yet recorded (level 0:
   # every trial's dense run; level L: trials x branches) form a cohort, split into programs of at most
   # this many members. 1: one run at a time (data parallel over all devices); 0 (auto): whole cohorts,
   # capped by an estimate of what fits in device memory. Results agree with one-run-at-a-time to float
   # rounding, not bitwise, so a change is a config change (see README, "Population search").
-  config.parallel.members_per_program = 0
-  config.parallel.batch_per_device = 0  # > 0: global batch = this x devices (then training.batch_size
+  parallel.members_per_program = 0
+  parallel.batch_per_device = 0  # > 0: global batch = this x devices (then training.batch_size
   # must be 0 or that product)
+  return parallel
 
+
+def _transfer_section() -> ml_collections.ConfigDict:
+  """The `transfer` section: an exported ticket to train, and how it starts."""
   # Train a ticket exported by `python -m lth_jax.tickets export` under this config (another seed,
   # optimizer, or dataset of the same input shape): level 0 trains it from step 0 as a run of its own,
   # and levels >= 1 prune it further. See README, "Tickets".
-  config.transfer = ml_collections.ConfigDict()
-  config.transfer.ticket = ml_collections.config_dict.placeholder(str)  # an exported ticket (.npz); None: off
-  config.transfer.start = 'ticket'  # ticket: its own starting weights | reinit: fresh weights, same mask
+  transfer = ml_collections.ConfigDict()
+  transfer.ticket = ml_collections.config_dict.placeholder(str)  # an exported ticket (.npz); None: off
+  transfer.start = 'ticket'  # ticket: its own starting weights | reinit: fresh weights, same mask
   # When the output layer cannot transfer (another number of classes) it starts fresh and trains
   # dense | ticket_density (pruned at random to the ticket's output-layer density).
-  config.transfer.output_layer = 'dense'
+  transfer.output_layer = 'dense'
+  return transfer
 
-  config.report = ml_collections.ConfigDict()
-  config.report.print_surviving_weights = False  # print the last level's surviving weights
-  config.report.progress_every_seconds = 60.0  # a progress line at least this often between evaluations
 
+def _report_section() -> ml_collections.ConfigDict:
+  """The `report` section: what a run prints."""
+  report = ml_collections.ConfigDict()
+  report.print_surviving_weights = False  # print the last level's surviving weights
+  report.progress_every_seconds = 60.0  # a progress line at least this often between evaluations
+  return report
+
+
+def _checkpointing_section() -> ml_collections.ConfigDict:
+  """The `checkpointing` section: periodic checkpoints and TensorBoard files."""
   # What a run writes to survive preemption and to be watched; never changes results, so a re-run
   # in the same workdir may change it (see README, "Resuming and preemption").
-  config.checkpointing = ml_collections.ConfigDict()
-  config.checkpointing.every_steps = 1000  # checkpoint the run in progress every this many steps (0: never)
-  config.checkpointing.max_to_keep = 2  # periodic checkpoints kept per run (older ones are deleted)
-  config.checkpointing.tensorboard = True  # also write the scalars as TensorBoard event files
-  return config
+  checkpointing = ml_collections.ConfigDict()
+  checkpointing.every_steps = 1000  # checkpoint the run in progress every this many steps (0: never)
+  checkpointing.max_to_keep = 2  # periodic checkpoints kept per run (older ones are deleted)
+  checkpointing.tensorboard = True  # also write the scalars as TensorBoard event files
+  return checkpointing
 
 
 def frankle_carbin_conv(
