@@ -129,7 +129,7 @@ def run_variants(
   experiments = common.prepare_all(command, configs)
   for name, config in configs.items():
     try:
-      workdir_lib.check_workdir_config(config, experiments[name].config, os.path.join(workdir, name))
+      workdir_lib.check_workdir_config(config, experiments[name].spec, os.path.join(workdir, name))
     except lth_jax.ConfigError as error:
       sys.exit(f'{command}: {name}: {error}')
   return {name: lth_jax.run(config, os.path.join(workdir, name)).records for name, config in configs.items()}

@@ -229,7 +229,7 @@ def _footprint_inputs():
   experiment = experiment_lib.prepare(_config(dataset__name='sum_of_two', model__name='linear'))
   from lth_jax import optim
 
-  return experiment.model, experiment.dataset.input_shape, optim.from_config(experiment.config.training, 60)
+  return experiment.model, experiment.dataset.input_shape, optim.from_config(experiment.spec.training, 60)
 
 
 def test_changing_members_per_program_is_a_config_change(cohort_run, tmp_path):

@@ -398,4 +398,4 @@ def test_tfds_missing_dataset_raises_with_instructions(name, tmp_path):
 
 def test_tfds_rejects_bad_limits():
   with pytest.raises(ValueError, match='dataset.num_test must be a positive integer, got 0'):
-    tfds_source.build_image_dataset(make_config(name='mnist', num_test=0))
+    tfds_source.build_image_dataset(config_lib.data_spec(make_config(name='mnist', num_test=0)))

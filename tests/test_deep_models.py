@@ -81,7 +81,7 @@ def test_training_updates_batch_statistics_and_evaluation_uses_them():
       10,
   )
   model = models_lib.build(config_lib.model_spec(ml_collections.ConfigDict({'name': 'resnet20'})), 10)
-  optimizer = optim.from_config(ml_collections.ConfigDict({'optimizer': 'momentum', 'learning_rate': 0.1}), 10)
+  optimizer = optim.from_config(config_lib.training_spec({'optimizer': 'momentum', 'learning_rate': 0.1}), 10)
   trainer = trainer_lib.Trainer(
       model, dataset, optimizer, parallel.create_mesh(1), 8, steps_per_dispatch=1, eval_batch_size=16
   )

@@ -6,11 +6,11 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
+from lth_jax import config as config_lib
 from lth_jax import masks
 from lth_jax import optim
 from lth_jax.training import steps as steps_lib
@@ -29,7 +29,7 @@ STATE_FIELDS = {'sgd': (), 'momentum': ('trace',), 'nesterov': ('trace',), 'adam
 
 
 def training_config(**fields):
-  return ml_collections.ConfigDict(fields)
+  return config_lib.training_spec(fields)
 
 
 def random_kernel_mask(params, seed, density=0.5):

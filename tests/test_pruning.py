@@ -8,7 +8,6 @@ import pytest
 
 from lth_jax import masks
 from lth_jax import pruning
-from lth_jax.search import experiment as experiment_lib
 
 
 def single_layer(weights, keep=None, name='dense_0'):
@@ -207,7 +206,7 @@ def test_planned_counts_keep_same_named_layers_of_different_blocks_apart():
   prunable = masks.prunable_tree(params)
   mask = pruning.prune(pruning.magnitude_scores(params), masks.ones_like(params), prunable, 0.3)
   assert sum(kernel_counts_nested(mask)) == 6
-  sizes = experiment_lib.layer_sizes(params, prunable)
+  sizes = masks.layer_sizes(params, prunable)
   assert sizes == {'block_0/conv_0': 5, 'block_1/conv_0': 5}
   assert pruning.planned_counts(sizes, 0.3, 1) == [10, 6]
 

@@ -5,7 +5,6 @@ import math
 
 import chex
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -213,7 +212,7 @@ def test_measure_trains_full_network_like_a_plain_run_and_separates_tickets():
 def test_linear_mode_connectivity_ends_are_the_trained_networks_with_their_own_batch_statistics():
   config = helpers.tiny_config()
   dataset = data_lib.build(config_lib.data_spec(config.dataset))
-  optimizer = optim.from_config(ml_collections.ConfigDict({'optimizer': 'momentum', 'learning_rate': 0.2}), 40)
+  optimizer = optim.from_config(config_lib.training_spec({'optimizer': 'momentum', 'learning_rate': 0.2}), 40)
   mesh = parallel.create_mesh()
   single = trainer_lib.Trainer(helpers.BatchNormNet(), dataset, optimizer, mesh, 32, 16)
   pair = trainer_lib.Trainer(helpers.BatchNormNet(), dataset, optimizer, mesh, 32, 16, population_size=2)

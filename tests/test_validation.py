@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from lth_jax import config as config_lib
 from lth_jax.config import checks
 from lth_jax.config import compatibility
 from lth_jax.config import data_checks
@@ -180,12 +181,11 @@ def test_a_workdir_in_use_by_another_run_is_refused_at_once(tmp_path):
 
 def test_the_global_batch_is_recorded_and_a_different_one_is_refused(tmp_path):
   """The same parallel.batch_per_device on another number of devices is another global batch."""
-  import copy
   import json
 
   config = helpers.tiny_config(parallel__batch_per_device=4, training__batch_size=0)
-  on_eight, on_four = copy.deepcopy(config), copy.deepcopy(config)
-  on_eight.training.batch_size, on_four.training.batch_size = 32, 16
+  on_eight, on_four = config_lib.resolve(config, 8, 1000), config_lib.resolve(config, 4, 1000)
+  assert (on_eight.training.batch_size, on_four.training.batch_size) == (32, 16)
   workdir = str(tmp_path)
   workdir_lib.check_config_file(config, workdir, False, lambda line: None, resolved=on_eight)
   written = json.loads((tmp_path / 'config.json').read_text())

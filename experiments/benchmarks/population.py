@@ -79,7 +79,7 @@ def measure(members: int, steps: int, batch_size: int, repeats: int) -> dict[str
   model = models_lib.build(
       config_lib.model_spec(ml_collections.ConfigDict({'name': 'lenet', 'hidden_sizes': (300, 100)})), 10
   )
-  optimizer = optim.from_config(ml_collections.ConfigDict({'optimizer': 'adam', 'learning_rate': 1e-3}), steps)
+  optimizer = optim.from_config(config_lib.training_spec({'optimizer': 'adam', 'learning_rate': 1e-3}), steps)
   mesh = parallel.create_mesh(1)  # one device: the vmapped step against the plain one, nothing else
   single = trainer_lib.Trainer(model, dataset, optimizer, mesh, batch_size, steps_per_dispatch=64)
   population = trainer_lib.Trainer(

@@ -58,7 +58,7 @@ def resnet_variables(model: Any, input_shape: tuple[int, ...], seed: int) -> tup
 def masked_optimizer(total_steps: int) -> Any:
   """The library's masked optimizer as the ResNet configs describe it: momentum SGD 0.9, learning
   rate 0.1 with step decay, weight decay 1e-4; `update` takes `keep_mask=` and `step=`."""
-  training = ml_collections.ConfigDict(
+  training = config_lib.training_spec(
       {
           'optimizer': 'momentum',
           'momentum': 0.9,

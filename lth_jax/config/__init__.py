@@ -20,6 +20,7 @@ from lth_jax.config.resolve import model_spec
 from lth_jax.config.resolve import parallel_spec
 from lth_jax.config.resolve import pruning_plan
 from lth_jax.config.resolve import resolve
+from lth_jax.config.resolve import training_spec
 from lth_jax.config.schema import base_config
 from lth_jax.config.schema import frankle_carbin_conv
 from lth_jax.config.schema import frankle_carbin_sgd_cifar
@@ -62,4 +63,5 @@ __all__ = [
     'resolve_batch_size',
     'resolve_epochs',
     'total_steps',
+    'training_spec',
 ]

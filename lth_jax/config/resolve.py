@@ -5,6 +5,7 @@ and model sections need no dataset size: `data_spec` and `model_spec` resolve th
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import ml_collections
@@ -43,39 +44,28 @@ def _overlay(target: ml_collections.ConfigDict, source: Mapping[str, Any], prefi
 def data_spec(config: ml_collections.ConfigDict | Mapping[str, Any]) -> spec_lib.DataSpec:
   """The dataset section of `config` (a whole config, or just its `dataset` section as a mapping), the
   schema's defaults under it. Its values are not checked here: the dataset builders check them."""
-  return spec_lib.DataSpec(**_section(config, 'dataset'))
+  return spec_lib.DataSpec(**_section(config, 'dataset', spec_lib.DataSpec))
 
 
 def model_spec(config: ml_collections.ConfigDict | Mapping[str, Any]) -> spec_lib.ModelSpec:
   """The model section of `config` (a whole config, or just its `model` section as a mapping), the
   schema's defaults under it."""
-  return spec_lib.ModelSpec(**_section(config, 'model'))
+  return spec_lib.ModelSpec(**_section(config, 'model', spec_lib.ModelSpec))
 
 
-def _section(config: ml_collections.ConfigDict | Mapping[str, Any], name: str) -> dict[str, Any]:
-  """The fields of section `name` of a whole config (or of the section itself) over the schema's defaults."""
+def training_spec(config: ml_collections.ConfigDict | Mapping[str, Any]) -> spec_lib.TrainingSpec:
+  """The training section of `config` (a whole config, or just its `training` section as a mapping),
+  the schema's defaults under it, its lengths in steps as given (`resolve` converts epochs first)."""
+  fields = _section(config, 'training', spec_lib.TrainingSpec)
+  return spec_lib.TrainingSpec(**{**fields, 'decay_boundaries': tuple(fields['decay_boundaries'])})
+
+
+def _section(config: ml_collections.ConfigDict | Mapping[str, Any], name: str, spec_type: type) -> dict[str, Any]:
+  """The fields of `spec_type` in section `name` of a whole config (or of the section itself), over the
+  schema's defaults."""
   given = config[name] if name in config else config
-  return {**schema.base_config()[name].to_dict(), **dict(given)}
-
-
-def training_spec(training: ml_collections.ConfigDict) -> spec_lib.TrainingSpec:
-  """A complete `training` section whose lengths are already steps (see `resolve`)."""
-  return spec_lib.TrainingSpec(
-      optimizer=training.optimizer,
-      learning_rate=training.learning_rate,
-      momentum=training.momentum,
-      weight_decay=training.weight_decay,
-      weight_decay_batch_norm=bool(training.weight_decay_batch_norm),
-      schedule=training.schedule,
-      warmup_steps=int(training.warmup_steps),
-      decay_boundaries=tuple(int(step) for step in training.decay_boundaries),
-      decay_factor=training.decay_factor,
-      batch_size=int(training.batch_size),
-      num_steps=int(training.num_steps),
-      eval_every=int(training.eval_every),
-      eval_batch_size=int(training.eval_batch_size),
-      steps_per_dispatch=int(training.steps_per_dispatch),
-  )
+  values = {**schema.base_config()[name].to_dict(), **dict(given)}
+  return {field.name: values[field.name] for field in dataclasses.fields(spec_type)}
 
 
 def pruning_plan(config: ml_collections.ConfigDict) -> spec_lib.PruningPlan:
@@ -100,12 +90,7 @@ def pruning_plan(config: ml_collections.ConfigDict) -> spec_lib.PruningPlan:
 
 def parallel_spec(config: ml_collections.ConfigDict) -> spec_lib.ParallelSpec:
   """The parallel section of a whole config."""
-  parallel = complete(config).parallel
-  return spec_lib.ParallelSpec(
-      num_devices=int(parallel.num_devices),
-      members_per_program=int(parallel.members_per_program),
-      batch_per_device=int(parallel.batch_per_device),
-  )
+  return spec_lib.ParallelSpec(**_section(config, 'parallel', spec_lib.ParallelSpec))
 
 
 def resolve(
@@ -135,19 +120,10 @@ def _run_spec(full: ml_collections.ConfigDict) -> spec_lib.RunSpec:
       branches=tuple(full.branches),
       dataset=data_spec(full),
       model=model_spec(full),
-      training=training_spec(full.training),
+      training=training_spec(full),
       pruning=pruning_plan(full),
       parallel=parallel_spec(full),
-      transfer=spec_lib.TransferSpec(
-          ticket=full.transfer.ticket or None, start=full.transfer.start, output_layer=full.transfer.output_layer
-      ),
-      report=spec_lib.ReportSpec(
-          print_surviving_weights=bool(full.report.print_surviving_weights),
-          progress_every_seconds=float(full.report.progress_every_seconds),
-      ),
-      checkpointing=spec_lib.CheckpointingSpec(
-          every_steps=int(full.checkpointing.every_steps),
-          max_to_keep=int(full.checkpointing.max_to_keep),
-          tensorboard=bool(full.checkpointing.tensorboard),
-      ),
+      transfer=spec_lib.TransferSpec(**_section(full, 'transfer', spec_lib.TransferSpec)),
+      report=spec_lib.ReportSpec(**_section(full, 'report', spec_lib.ReportSpec)),
+      checkpointing=spec_lib.CheckpointingSpec(**_section(full, 'checkpointing', spec_lib.CheckpointingSpec)),
   )

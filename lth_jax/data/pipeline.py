@@ -243,7 +243,7 @@ def open_streaming(
 ) -> tuple[StepBatches, Sequence[Any]]:
   """The training StepBatches and the evaluation records of a tfds dataset (no download; a missing
   dataset raises DatasetNotPreparedError with the `tfds build` command that prepares it)."""
-  dataset = build_streaming({'name': name, 'data_dir': data_dir})
+  dataset = streaming_dataset(name, data_dir)
   return dataset.step_batches(seed, global_batch_size, process_index, process_count), dataset.test_records
 
 
@@ -316,18 +316,27 @@ def _limited(records: Sequence[Any], limit: int | None, field: str, name: str, s
 def build_streaming(dataset_config: Any) -> StreamingDataset:
   """Opens the tfds dataset `dataset_config.name` for streaming (no download; the first
   `dataset.num_train` / `dataset.num_test` examples when those are set)."""
-  name = dataset_config.name
+  return streaming_dataset(
+      dataset_config.name,
+      dataset_config.data_dir or None,
+      read_positive_int(dataset_config, 'num_train'),
+      read_positive_int(dataset_config, 'num_test'),
+  )
+
+
+def streaming_dataset(
+    name: str, data_dir: str | None, num_train: int | None = None, num_test: int | None = None
+) -> StreamingDataset:
+  """The tfds dataset `name` in `data_dir`, streamed (no download): its first `num_train` / `num_test`
+  examples, or all of them where None."""
   if name not in PREPROCESSING:
     raise ValueError(f'dataset.name: no streaming pipeline for {name!r}; known: {", ".join(PREPROCESSING)}')
-  data_dir = dataset_config.data_dir or None
   evaluation_split = 'validation' if name == 'imagenet2012' else 'test'
   train_records = open_split(name, 'train', data_dir)
   test_records = open_split(name, evaluation_split, data_dir)
   return StreamingDataset(
       name=name,
-      train_records=_limited(train_records, read_positive_int(dataset_config, 'num_train'), 'num_train', name, 'train'),
-      test_records=_limited(
-          test_records, read_positive_int(dataset_config, 'num_test'), 'num_test', name, evaluation_split
-      ),
+      train_records=_limited(train_records, num_train, 'num_train', name, 'train'),
+      test_records=_limited(test_records, num_test, 'num_test', name, evaluation_split),
       preprocessing=PREPROCESSING[name],
   )
