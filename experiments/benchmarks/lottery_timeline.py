@@ -138,11 +138,11 @@ def one_lottery_run(config: ml_collections.ConfigDict) -> tuple[dict[str, float]
 
   def init_and_instrument(self, *args, **kwargs):
     original_init(self, *args, **kwargs)
-    programs = getattr(self, '_programs', None)  # the Trainer's compiled programs (lth_jax.training.programs)
+    programs = getattr(self, 'programs', None)  # the Trainer's compiled programs (lth_jax.training.programs)
     if programs is None:
-      print('# note: Trainer._programs not found; compilation not timed', flush=True)
+      print('# note: Trainer.programs not found; compilation not timed', flush=True)
       return
-    self._programs = dataclasses.replace(
+    self.programs = dataclasses.replace(
         programs,
         train_chunk=timeline.first_call_timed(programs.train_chunk, 'compile_train'),
         evaluate=timeline.first_call_timed(programs.evaluate, 'compile_eval'),

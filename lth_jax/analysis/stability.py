@@ -149,82 +149,25 @@ def measure(
   """
   if trainer.population_size != len(MEMBERS):
     raise ValueError(f'stability.measure needs a Trainer with population_size={len(MEMBERS)}')
-  params0, model_state0 = initial
-  other_params, other_model_state = other_initial
+  params0 = initial[0]
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(np.shape(leaf), bool), params0)
   random_mask = pruning.permute_within_layers(keep_mask, prunable, random_ticket_seed)
   seeds = [data_seed, data_seed, data_seed, other_data_seed]
-
-  # Phase 1: the two full networks train from their initializations to the rewind step. Members 1
-  # and 2 (the tickets) ride along as copies of the full network and are replaced afterwards.
-  warm = trainer.create_state(
-      steps_lib.stack_members([params0, params0, params0, other_params]),
-      steps_lib.stack_members([model_state0, model_state0, model_state0, other_model_state]),
-      steps_lib.stack_members([ones, ones, ones, ones]),
-      0,
+  warm, full_pair_distances = _train_to_rewind(
+      trainer, initial, other_initial, ones, prunable, rewind_step, seeds, measure_steps
   )
-
-  def full_pair_distance(params: Any) -> float:
-    """||W_F - W'_F|| over all prunable weights of the two full networks (members 0 and 3)."""
-    return l2_distance(
-        masked_vector(steps_lib.member(params, 0), ones, prunable),
-        masked_vector(steps_lib.member(params, 3), ones, prunable),
-    )
-
-  early_steps = sorted({step for step in measure_steps if 0 < step < rewind_step})
-  full_pair_distances = [
-      {
-          'step': 0,
-          'distance': l2_distance(masked_vector(params0, ones, prunable), masked_vector(other_params, ones, prunable)),
-      }
-  ]
-  if rewind_step:
-    early = trainer.train(warm, rewind_step, seeds, snapshot_steps=early_steps)
-    full_pair_distances += [
-        {'step': step, 'distance': full_pair_distance(early.snapshots[step][0])} for step in early_steps
-    ]
-    warm = early.state
-  warm = parallel.to_host(warm)
-  if rewind_step:
-    full_pair_distances.append({'step': rewind_step, 'distance': full_pair_distance(warm.params)})
-  full_at_rewind = steps_lib.member(warm.params, 0)
-  model_state_at_rewind = steps_lib.member(warm.model_state, 0)
-
-  # Phase 2: full and full_other continue; the tickets start from m ⊙ W_i with fresh optimizer state.
-  ticket_params = masks_lib.apply(full_at_rewind, keep_mask)
-  random_params = masks_lib.apply(full_at_rewind, random_mask)
-  fresh = [trainer.fresh_optimizer_state(ticket_params), trainer.fresh_optimizer_state(random_params)]
-  opt_state = steps_lib.stack_members(
-      [steps_lib.member(warm.opt_state, 0), *fresh, steps_lib.member(warm.opt_state, 3)]
-  )
-  state = trainer.create_state(
-      steps_lib.stack_members([full_at_rewind, ticket_params, random_params, steps_lib.member(warm.params, 3)]),
-      steps_lib.stack_members(
-          [model_state_at_rewind, model_state_at_rewind, model_state_at_rewind, steps_lib.member(warm.model_state, 3)]
-      ),
-      steps_lib.stack_members([ones, jax.tree_util.tree_map(np.asarray, keep_mask), random_mask, ones]),
-      rewind_step,
-      opt_state,
-  )
+  state = _ticket_state(trainer, warm, keep_mask, random_mask, ones, rewind_step)
   steps = measured_steps(rewind_step, end_step, measure_steps)
   result = trainer.train(state, end_step, seeds, snapshot_steps=steps)
 
-  final_params = result.snapshots[end_step][0]
-  full_final = steps_lib.member(final_params, 0)
-  full_pair_distances += [{'step': step, 'distance': full_pair_distance(result.snapshots[step][0])} for step in steps]
+  full_pair_distances += [
+      {'step': step, 'distance': _full_pair_distance(result.snapshots[step][0], ones, prunable)} for step in steps
+  ]
   normalizer = full_pair_distances[-1]['distance'] or 1.0
   max_normalizer = max_distance(full_pair_distances)
-  curve: list[dict[str, Any]] = []
-  for step in steps:
-    params = result.snapshots[step][0]
-    full = steps_lib.member(params, 0)
-    entry: dict[str, Any] = {'step': step}
-    for index, name, mask in ((1, 'ticket', keep_mask), (2, 'random_ticket', random_mask)):
-      metrics = stability_metrics(
-          params0, full, steps_lib.member(params, index), full_final, mask, prunable, normalizer
-      )
-      entry[name] = with_max_normalized(metrics, normalizer, max_normalizer)
-    curve.append(entry)
+  curve = _stability_curve(
+      params0, result.snapshots, steps, keep_mask, random_mask, prunable, normalizer, max_normalizer
+  )
   metric = 'test_accuracy' if 'test_accuracy' in result.curve[-1] else 'test_rmse'
   return StabilityResult(
       rewind_step=rewind_step,
@@ -235,6 +178,112 @@ def measure(
       max_normalizer=max_normalizer,
       full_pair_distances=full_pair_distances,
   )
+
+
+def _full_pair_distance(params: Any, ones: Any, prunable: Any) -> float:
+  """||W_F - W'_F|| over all prunable weights of the two full networks (members 0 and 3 of `params`)."""
+  return l2_distance(
+      masked_vector(steps_lib.member(params, 0), ones, prunable),
+      masked_vector(steps_lib.member(params, 3), ones, prunable),
+  )
+
+
+def _train_to_rewind(
+    trainer: trainer_lib.Trainer,
+    initial: tuple[Any, Any],
+    other_initial: tuple[Any, Any],
+    ones: Any,
+    prunable: Any,
+    rewind_step: int,
+    seeds: list[int],
+    measure_steps: Sequence[int],
+) -> tuple[steps_lib.TrainState, list[dict[str, float]]]:
+  """Phase 1 of `measure`: the population's host state at the rewind step, and ||W_F - W'_F|| at step 0,
+  at the steps of `measure_steps` before the rewind step and at the rewind step."""
+  params0, model_state0 = initial
+  other_params, other_model_state = other_initial
+  # The two full networks train from their initializations to the rewind step. Members 1 and 2 (the
+  # tickets) ride along as copies of the full network and are replaced afterwards.
+  warm = trainer.create_state(
+      steps_lib.stack_members([params0, params0, params0, other_params]),
+      steps_lib.stack_members([model_state0, model_state0, model_state0, other_model_state]),
+      steps_lib.stack_members([ones, ones, ones, ones]),
+      0,
+  )
+  early_steps = sorted({step for step in measure_steps if 0 < step < rewind_step})
+  full_pair_distances = [
+      {
+          'step': 0,
+          'distance': l2_distance(masked_vector(params0, ones, prunable), masked_vector(other_params, ones, prunable)),
+      }
+  ]
+  if rewind_step:
+    early = trainer.train(warm, rewind_step, seeds, snapshot_steps=early_steps)
+    full_pair_distances += [
+        {'step': step, 'distance': _full_pair_distance(early.snapshots[step][0], ones, prunable)}
+        for step in early_steps
+    ]
+    warm = early.state
+  warm = parallel.to_host(warm)
+  if rewind_step:
+    full_pair_distances.append({'step': rewind_step, 'distance': _full_pair_distance(warm.params, ones, prunable)})
+  return warm, full_pair_distances
+
+
+def _ticket_state(
+    trainer: trainer_lib.Trainer,
+    warm: steps_lib.TrainState,
+    keep_mask: Any,
+    random_mask: Any,
+    ones: Any,
+    rewind_step: int,
+) -> steps_lib.TrainState:
+  """The population that phase 2 of `measure` trains: full and full_other continue from the host state `warm`;
+  the tickets start from m ⊙ W_i and m' ⊙ W_i with fresh optimizer state."""
+  full_at_rewind = steps_lib.member(warm.params, 0)
+  model_state_at_rewind = steps_lib.member(warm.model_state, 0)
+  ticket_params = masks_lib.apply(full_at_rewind, keep_mask)
+  random_params = masks_lib.apply(full_at_rewind, random_mask)
+  fresh = [trainer.fresh_optimizer_state(ticket_params), trainer.fresh_optimizer_state(random_params)]
+  opt_state = steps_lib.stack_members(
+      [steps_lib.member(warm.opt_state, 0), *fresh, steps_lib.member(warm.opt_state, 3)]
+  )
+  return trainer.create_state(
+      steps_lib.stack_members([full_at_rewind, ticket_params, random_params, steps_lib.member(warm.params, 3)]),
+      steps_lib.stack_members(
+          [model_state_at_rewind, model_state_at_rewind, model_state_at_rewind, steps_lib.member(warm.model_state, 3)]
+      ),
+      steps_lib.stack_members([ones, jax.tree_util.tree_map(np.asarray, keep_mask), random_mask, ones]),
+      rewind_step,
+      opt_state,
+  )
+
+
+def _stability_curve(
+    params0: Any,
+    snapshots: dict[int, tuple[Any, Any]],
+    steps: Sequence[int],
+    keep_mask: Any,
+    random_mask: Any,
+    prunable: Any,
+    normalizer: float,
+    max_normalizer: float,
+) -> list[dict[str, Any]]:
+  """Per measured step, the metrics of the ticket and the random ticket (both normalizations) from the
+  population's snapshots; W_* is the full network's weights at the last of `steps`."""
+  full_final = steps_lib.member(snapshots[steps[-1]][0], 0)
+  curve: list[dict[str, Any]] = []
+  for step in steps:
+    params = snapshots[step][0]
+    full = steps_lib.member(params, 0)
+    entry: dict[str, Any] = {'step': step}
+    for index, name, mask in ((1, 'ticket', keep_mask), (2, 'random_ticket', random_mask)):
+      metrics = stability_metrics(
+          params0, full, steps_lib.member(params, index), full_final, mask, prunable, normalizer
+      )
+      entry[name] = with_max_normalized(metrics, normalizer, max_normalizer)
+    curve.append(entry)
+  return curve
 
 
 def measure_lottery_ticket(

@@ -67,6 +67,18 @@ def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | Non
   summary = summaries.sparsity_summary(records)
   figure = figure_lib.Figure(figsize=(7, 4.8), layout='constrained')
   axes = figure.add_subplot()
+  _plot_branches(axes, records, summary)
+  _plot_dense(axes, records, metric)
+  _format_sparsity_axes(axes, records, summary, metric)
+  if path is not None:
+    _save_png(figure, path)
+  return figure
+
+
+def _plot_branches(
+    axes: matplotlib.axes.Axes, records: Sequence[dict[str, Any]], summary: dict[str, list[summaries.SparsityPoint]]
+) -> None:
+  """One line per branch of `summary`: the mean over trials against fraction remaining, min-max error bars."""
   rewind_steps = {record['start_step'] for record in records if record['level'] > 0}
   for index, (branch, points) in enumerate(summary.items()):
     label, colour, marker = _BRANCH_STYLES.get(branch, (branch, f'C{7 + index % 3}', '*'))
@@ -90,6 +102,10 @@ def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | Non
         linewidth=1.5,
         gid=branch,
     )
+
+
+def _plot_dense(axes: matplotlib.axes.Axes, records: Sequence[dict[str, Any]], metric: str) -> None:
+  """The dense (level 0) mean of `metric` as a dashed horizontal line, when there is a level 0."""
   dense = [record[metric] for record in records if record['level'] == 0]
   if dense:
     axes.axhline(
@@ -100,6 +116,10 @@ def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | Non
         label=f'dense (level 0): {np.mean(dense):.4g}',
         gid='dense',
     )
+
+
+def _percent_ticks(summary: dict[str, list[summaries.SparsityPoint]]) -> tuple[list[float], list[float]]:
+  """Every fraction remaining of `summary` (decreasing) and at most `_MAX_PERCENT_TICKS` of them, evenly spread."""
   all_fractions = sorted(
       {round(point.fraction_remaining, 12) for points in summary.values() for point in points}, reverse=True
   )
@@ -109,6 +129,17 @@ def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | Non
           {round(i) for i in np.linspace(0, len(all_fractions) - 1, min(len(all_fractions), _MAX_PERCENT_TICKS))}
       )
   ]
+  return all_fractions, ticks
+
+
+def _format_sparsity_axes(
+    axes: matplotlib.axes.Axes,
+    records: Sequence[dict[str, Any]],
+    summary: dict[str, list[summaries.SparsityPoint]],
+    metric: str,
+) -> None:
+  """Percent-remaining log x axis decreasing to the right, the metric's y axis, title, grid and legend."""
+  all_fractions, ticks = _percent_ticks(summary)
   axes.set_xscale('log')
   axes.set_xlim(max(all_fractions) * 1.15, min(all_fractions) / 1.15)  # decreasing left to right
   axes.xaxis.set_major_locator(ticker.FixedLocator(ticks))
@@ -128,9 +159,6 @@ def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | Non
   handles, labels = axes.get_legend_handles_labels()
   order = sorted(range(len(handles)), key=lambda i: labels[i].startswith('dense'))  # dense line last
   axes.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=9)
-  if path is not None:
-    _save_png(figure, path)
-  return figure
 
 
 def plot_training_curves(

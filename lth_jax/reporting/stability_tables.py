@@ -219,6 +219,18 @@ def _mean_curve(group: Sequence[stability.StabilityResult], member: str, metric:
   return np.mean([result.metric_curve(member, metric, normalization) for result in group], axis=0)
 
 
+# The rows of `plot_stability_over_training`: (y label, ((metric, line style), ...)).
+_OVER_TRAINING_ROWS = (
+    ('correlation of W_F and W_T', (('correlation', '-'),)),
+    ('normalized ||W_F - W_T||', (('l2_distance', '-'),)),
+    ('normalized distance from W_0', (('ticket_distance_from_init', '-'), ('full_distance_from_init', '--'))),
+    (
+        'angle (degrees)',
+        (('angle', '-'), ('angle_ticket_to_final', '--'), ('angle_full_to_final', ':')),
+    ),
+)
+
+
 def plot_stability_over_training(
     results: Sequence[stability.StabilityResult],
     path: str | None = None,
@@ -238,33 +250,49 @@ def plot_stability_over_training(
   colours = {step: palette(index / max(1, len(grouped) - 1) * 0.9) for index, step in enumerate(grouped)}
   figure = figure_lib.Figure(figsize=(10, 11), layout='constrained')
   axes = figure.subplots(4, 2, sharex=True)
-  rows = (
-      ('correlation of W_F and W_T', (('correlation', '-'),)),
-      ('normalized ||W_F - W_T||', (('l2_distance', '-'),)),
-      ('normalized distance from W_0', (('ticket_distance_from_init', '-'), ('full_distance_from_init', '--'))),
-      (
-          'angle (degrees)',
-          (('angle', '-'), ('angle_ticket_to_final', '--'), ('angle_full_to_final', ':')),
-      ),
-  )
   for column, member in enumerate(TICKETS):
-    axes[0, column].set_title(f'{TICKET_LABELS[member]} ({"W_T" if member == "ticket" else "random W_T"})')
-    for row, (label, metrics) in enumerate(rows):
-      axis = axes[row, column]
-      for step, group in grouped.items():
-        for metric, style in metrics:
-          axis.plot(
-              group[0].steps,
-              _mean_curve(group, member, metric, normalization),
-              style,
-              color=colours[step],
-              marker='.',
-              markersize=3,
-              linewidth=1.2,
-          )
-      axis.set_ylabel(label, fontsize=9)
-      axis.grid(True, alpha=0.3)
-    axes[-1, column].set_xlabel('training step')
+    _plot_stability_column(axes[:, column], member, grouped, colours, normalization)
+  _over_training_legends(axes, grouped, colours)
+  figure.suptitle(
+      f'Stability to pruning throughout training ({_level_note(results)}); distances normalized '
+      f'{NORMALIZATION_LABELS[normalization]}',
+      fontsize=10,
+  )
+  if path is not None:
+    save_png(figure, path, dpi)
+  return figure
+
+
+def _plot_stability_column(
+    column: np.ndarray,
+    member: str,
+    grouped: dict[int, list[stability.StabilityResult]],
+    colours: dict[int, Any],
+    normalization: str,
+) -> None:
+  """One column of `plot_stability_over_training`: `member`'s rows of metrics, a line per rewind step."""
+  column[0].set_title(f'{TICKET_LABELS[member]} ({"W_T" if member == "ticket" else "random W_T"})')
+  for axis, (label, metrics) in zip(column, _OVER_TRAINING_ROWS):
+    for step, group in grouped.items():
+      for metric, style in metrics:
+        axis.plot(
+            group[0].steps,
+            _mean_curve(group, member, metric, normalization),
+            style,
+            color=colours[step],
+            marker='.',
+            markersize=3,
+            linewidth=1.2,
+        )
+    axis.set_ylabel(label, fontsize=9)
+    axis.grid(True, alpha=0.3)
+  column[-1].set_xlabel('training step')
+
+
+def _over_training_legends(
+    axes: np.ndarray, grouped: dict[int, list[stability.StabilityResult]], colours: dict[int, Any]
+) -> None:
+  """The legends of `plot_stability_over_training`: rewind steps' colours, and the line styles of rows 3 and 4."""
   axes[0, 0].legend(
       [lines_lib.Line2D([], [], color=colours[step]) for step in grouped],
       [f'late reset to {step}' for step in grouped],
@@ -280,11 +308,3 @@ def plot_stability_over_training(
       ['(W_F, W_T)', '(W_T, W_*)', '(W_F, W_*)'],
       fontsize=8,
   )
-  figure.suptitle(
-      f'Stability to pruning throughout training ({_level_note(results)}); distances normalized '
-      f'{NORMALIZATION_LABELS[normalization]}',
-      fontsize=10,
-  )
-  if path is not None:
-    save_png(figure, path, dpi)
-  return figure

@@ -16,6 +16,7 @@ resumes it only for the same members. One member's program keeps the single-run 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -189,10 +190,120 @@ class ProgramRunner:
     """Trains `members` (all from `start_step` to the end) as one program; one result per member."""
     members = list(members)
     trainer, slots = self.trainer_for(len(members))
-    population = trainer.population_size > 0
-    settings, total = self.settings, self.settings.end_step
+    program = _Program.create(members, start_step, trainer, slots, self.settings, self.workdir)
+    with checkpoints.RunCheckpoints(program.directory, self.settings.max_to_keep) as running:
+      result = self._train_program(program, running)
+    return program.results(result)
+
+  def _train_program(self, program: _Program, running: checkpoints.RunCheckpoints) -> run_state.TrainResult:
+    """Trains `program` from its newest good checkpoint in `running` (else from its start), checkpointing it
+    there; a stop request is raised again as `Preempted` naming the program and its checkpoint."""
+    settings, total, label = self.settings, self.settings.end_step, program.label
+    restored = running.restore_latest(program.arrays_like)
+    start: steps.TrainState | run_state.RunCheckpoint = program.state
+    if restored is not None:
+      start = run_state.RunCheckpoint.from_parts(*restored)
+      self.log(f'{label}: resuming at step {start.step}/{total} from {running.directory}/{start.step}')
+    try:
+      return program.trainer.train(
+          start,
+          total,
+          program.seeds,
+          program.snapshot_steps,
+          settings.eval_every,
+          functools.partial(self._progress, program),
+          checkpoint_every=settings.checkpoint_every,
+          on_checkpoint=functools.partial(program.save, running),
+          should_stop=self.should_stop,
+          on_snapshot=program.on_snapshot,
+          heartbeat=functools.partial(self._heartbeat, program),
+          heartbeat_seconds=settings.progress_every_seconds,
+      )
+    except run_state.Preempted as error:
+      running.wait()
+      where = f'checkpointed in {running.directory}/{error.step}' if error.checkpointed else 'nothing to checkpoint'
+      raise run_state.Preempted(
+          f'{label}: stopped at step {error.step}/{total} on request (SIGTERM); '
+          f'{where}; run the same command again to continue',
+          error.step,
+          error.checkpointed,
+      ) from None
+    finally:
+      for run in program.scalars_runs:
+        self.scalars.close(run)
+
+  def _progress(self, program: _Program, entry: dict[str, Any]) -> None:
+    """Logs an evaluation's curve entry as one progress line and writes its scalars (one run per member)."""
+    members = program.members
+    metric = 'test_accuracy' if 'test_accuracy' in entry else 'test_rmse'
+    self._evaluation_seconds = entry.get('evaluation_seconds', 0.0)
+    speed = program.counted(entry['examples_per_second'])
+    if program.population:
+      values = {name: entry[name][: len(members)] for name in (metric, 'train_loss') if name in entry}
+      metrics = f'{metric}={_summary(values[metric])}'
+      if 'train_loss' in values:
+        metrics += f' train_loss={_summary(values["train_loss"])}'
+      self.log(program.progress_line(entry['step'], speed, metrics + ' ', self._evaluation_seconds))
+      for index, run in enumerate(program.scalars_runs):
+        member_entry = _split_entry(entry, index)
+        member_entry['examples_per_second'] = speed / len(members)
+        self.scalars.write(run, entry['step'], {k: v for k, v in member_entry.items() if k != 'step'})
+      return
+    train_loss = f' train_loss={entry["train_loss"]:.4g}' if 'train_loss' in entry else ''
+    self.log(
+        program.progress_line(
+            entry['step'], speed, f'{metric}={entry[metric]:.4g}{train_loss} ', self._evaluation_seconds
+        )
+    )
+    self.scalars.write(program.scalars_runs[0], entry['step'], {k: v for k, v in entry.items() if k != 'step'})
+
+  def _heartbeat(self, program: _Program, entry: dict[str, Any]) -> None:
+    """Logs a progress line between evaluations (no metrics yet)."""
+    self.log(
+        program.progress_line(
+            entry['step'], program.counted(entry['examples_per_second']), '', self._evaluation_seconds
+        )
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Program:
+  """One program of `ProgramRunner.train`: its members on their Trainer (with any padding members), the state
+  they start from, and how its checkpoints, progress lines and scalars name it."""
+
+  members: list[Member]
+  trainer: trainer_lib.Trainer
+  slots: int  # the members and any padding members the mesh needs
+  settings: ProgramSettings
+  start_step: int
+  state: steps.TrainState
+  seeds: Any  # the data seed of a single run; one per slot for a population
+  snapshot_like: tuple[Any, Any]  # host trees that give a checkpoint's snapshots their shapes
+  snapshot_steps: tuple[int, ...]
+  keys: list[str]
+  directory: str  # where its checkpoints are kept
+  label: str  # how progress lines name it
+  scalars_runs: list[str]  # one scalars run per member
+
+  @property
+  def population(self) -> bool:
+    """Whether the program is a population (vmapped members) rather than one plain run."""
+    return self.trainer.population_size > 0
+
+  @classmethod
+  def create(
+      cls,
+      members: list[Member],
+      start_step: int,
+      trainer: trainer_lib.Trainer,
+      slots: int,
+      settings: ProgramSettings,
+      workdir: str,
+  ) -> _Program:
+    """The program of `members` on `trainer` (of `slots` member slots), its state at `start_step` on the mesh,
+    checkpointed under `workdir`."""
     padded = members + [members[0]] * (slots - len(members))  # padding members: copies, results dropped
-    if population:
+    if trainer.population_size > 0:
       # The stacked host trees also give a checkpoint's snapshots their shapes (create_state copies them).
       snapshot_like = (
           steps.stack_members([member.params for member in padded]),
@@ -205,102 +316,70 @@ class ProgramRunner:
       member = members[0]
       state = trainer.create_state(member.params, member.model_state, member.keep_mask, start_step)
       seeds, snapshot_like = member.data_seed, (member.params, member.model_state)
-    snapshot_steps = tuple(sorted({step for member in members for step in member.snapshot_steps}))
-    keys = [member.key for member in members]
     level = members[0].level
-    directory = running_directory(self.workdir, level, _runs(members))
     if len(members) == 1:
       label = f'trial {members[0].trial} level {level}/{settings.levels} {members[0].branch}'
     else:
       label = f'level {level}/{settings.levels} cohort of {len(members)} ({describe(members)})'
-    scalars_runs = [
-        os.path.join(f'trial_{member.trial}', f'level_{member.level}_{member.branch}') for member in members
-    ]
+    return cls(
+        members=members,
+        trainer=trainer,
+        slots=slots,
+        settings=settings,
+        start_step=start_step,
+        state=state,
+        seeds=seeds,
+        snapshot_like=snapshot_like,
+        snapshot_steps=tuple(sorted({step for member in members for step in member.snapshot_steps})),
+        keys=[member.key for member in members],
+        directory=running_directory(workdir, level, _runs(members)),
+        label=label,
+        scalars_runs=[
+            os.path.join(f'trial_{member.trial}', f'level_{member.level}_{member.branch}') for member in members
+        ],
+    )
 
-    def arrays_like(metadata: dict[str, Any]) -> Any:
-      if not start_step < metadata['step'] < total:
-        raise ValueError(f'step {metadata["step"]} is outside this run ({start_step}..{total})')
-      if population and metadata.get('members') != keys:
-        raise ValueError(f'it holds the members {metadata.get("members")}, not {keys}')
-      return run_state.RunCheckpoint.arrays_like(metadata, state, trainer.zero_train_sums(state), snapshot_like)
+  def arrays_like(self, metadata: dict[str, Any]) -> Any:
+    """The arrays of a checkpoint of this program, shaped from its `metadata` (a ValueError for another run's)."""
+    start_step, total = self.start_step, self.settings.end_step
+    if not start_step < metadata['step'] < total:
+      raise ValueError(f'step {metadata["step"]} is outside this run ({start_step}..{total})')
+    if self.population and metadata.get('members') != self.keys:
+      raise ValueError(f'it holds the members {metadata.get("members")}, not {self.keys}')
+    return run_state.RunCheckpoint.arrays_like(
+        metadata, self.state, self.trainer.zero_train_sums(self.state), self.snapshot_like
+    )
 
-    def progress_line(step: int, speed: float, metrics: str) -> str:
-      eta = estimate_remaining_seconds(
-          step, total, settings.eval_every, trainer.batch_size * len(members), speed, self._evaluation_seconds
-      )
-      return (
-          f'{label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
-          f'{metrics}| {format_speed(speed)} examples/s | ETA {format_duration(eta)}'
-      )
+  def progress_line(self, step: int, speed: float, metrics: str, evaluation_seconds: float) -> str:
+    """'LABEL: step S/N (P%) METRICS| SPEED examples/s | ETA T', evaluations taking `evaluation_seconds`."""
+    start_step, total = self.start_step, self.settings.end_step
+    eta = estimate_remaining_seconds(
+        step, total, self.settings.eval_every, self.trainer.batch_size * len(self.members), speed, evaluation_seconds
+    )
+    return (
+        f'{self.label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
+        f'{metrics}| {format_speed(speed)} examples/s | ETA {format_duration(eta)}'
+    )
 
-    def counted(speed: float) -> float:  # examples/s of the real members (padding excluded)
-      return speed * len(members) / slots
+  def counted(self, speed: float) -> float:
+    """The examples/s of the real members (padding excluded) of the program's `speed`."""
+    return speed * len(self.members) / self.slots
 
-    def progress(entry: dict[str, Any]) -> None:
-      metric = 'test_accuracy' if 'test_accuracy' in entry else 'test_rmse'
-      self._evaluation_seconds = entry.get('evaluation_seconds', 0.0)
-      speed = counted(entry['examples_per_second'])
-      if population:
-        values = {name: entry[name][: len(members)] for name in (metric, 'train_loss') if name in entry}
-        metrics = f'{metric}={_summary(values[metric])}'
-        if 'train_loss' in values:
-          metrics += f' train_loss={_summary(values["train_loss"])}'
-        self.log(progress_line(entry['step'], speed, metrics + ' '))
-        for index, run in enumerate(scalars_runs):
-          member_entry = _split_entry(entry, index)
-          member_entry['examples_per_second'] = speed / len(members)
-          self.scalars.write(run, entry['step'], {k: v for k, v in member_entry.items() if k != 'step'})
-        return
-      train_loss = f' train_loss={entry["train_loss"]:.4g}' if 'train_loss' in entry else ''
-      self.log(progress_line(entry['step'], speed, f'{metric}={entry[metric]:.4g}{train_loss} '))
-      self.scalars.write(scalars_runs[0], entry['step'], {k: v for k, v in entry.items() if k != 'step'})
+  def on_snapshot(self, step: int, snapshot: tuple[Any, Any]) -> None:
+    """Hands each member that asked for a snapshot of `step` its own."""
+    for index, member in enumerate(self.members):
+      if member.on_snapshot is not None and step in member.snapshot_steps:
+        member.on_snapshot(step, _member_snapshot(snapshot, index) if self.population else snapshot)
 
-    def heartbeat(entry: dict[str, Any]) -> None:  # between evaluations: no metrics yet
-      self.log(progress_line(entry['step'], counted(entry['examples_per_second']), ''))
+  def save(self, running: checkpoints.RunCheckpoints, checkpoint: run_state.RunCheckpoint) -> None:
+    """Saves `checkpoint` in `running`, naming the program's members."""
+    running.save(checkpoint.step, checkpoint.arrays(), {**checkpoint.metadata(), 'members': self.keys})
 
-    def on_snapshot(step: int, snapshot: tuple[Any, Any]) -> None:
-      for index, member in enumerate(members):
-        if member.on_snapshot is not None and step in member.snapshot_steps:
-          member.on_snapshot(step, _member_snapshot(snapshot, index) if population else snapshot)
-
-    def save(checkpoint: run_state.RunCheckpoint) -> None:
-      running.save(checkpoint.step, checkpoint.arrays(), {**checkpoint.metadata(), 'members': keys})
-
-    with checkpoints.RunCheckpoints(directory, settings.max_to_keep) as running:
-      restored = running.restore_latest(arrays_like)
-      start: steps.TrainState | run_state.RunCheckpoint = state
-      if restored is not None:
-        start = run_state.RunCheckpoint.from_parts(*restored)
-        self.log(f'{label}: resuming at step {start.step}/{total} from {running.directory}/{start.step}')
-      try:
-        result = trainer.train(
-            start,
-            total,
-            seeds,
-            snapshot_steps,
-            settings.eval_every,
-            progress,
-            checkpoint_every=settings.checkpoint_every,
-            on_checkpoint=save,
-            should_stop=self.should_stop,
-            on_snapshot=on_snapshot,
-            heartbeat=heartbeat,
-            heartbeat_seconds=settings.progress_every_seconds,
-        )
-      except run_state.Preempted as error:
-        running.wait()
-        where = f'checkpointed in {running.directory}/{error.step}' if error.checkpointed else 'nothing to checkpoint'
-        raise run_state.Preempted(
-            f'{label}: stopped at step {error.step}/{total} on request (SIGTERM); '
-            f'{where}; run the same command again to continue',
-            error.step,
-            error.checkpointed,
-        ) from None
-      finally:
-        for run in scalars_runs:
-          self.scalars.close(run)
+  def results(self, result: run_state.TrainResult) -> list[MemberResult]:
+    """One result per member (padding dropped) of the program's `result`."""
+    members = self.members
     final_params = parallel.to_host(result.state.params)
-    if not population:
+    if not self.population:
       return [
           MemberResult(
               members[0], final_params, result.snapshots, result.curve, result.wall_seconds, result.diverged_steps[0]

@@ -61,20 +61,46 @@ def build(
   replicated = parallel.replicated(mesh)
   step = functools.partial(steps_lib.train_step, model=model, optimizer=optimizer, task=task)
   batch_sharding = parallel.batch_sharded(mesh)
-  member_axes = 1 if population_size else 0  # leading axes before the batch axis
+  evaluate_one = functools.partial(steps_lib.eval_step, model=model, task=task)
   if population_size:
     step = jax.vmap(step)
     batch_sharding = parallel.batch_sharded(mesh, 1, member_axis=0)
+    evaluate_one = jax.vmap(evaluate_one, in_axes=(0, 0, None, None, None))
+  return Programs(
+      train_chunk=_train_chunk_program(
+          step, feed, mesh, batch_sharding, steps_per_dispatch, population_size, state_sharding
+      ),
+      sums_shape=_sums_shape_function(step, feed.batch_shapes(batch_size), population_size),
+      evaluate=_evaluation_program(evaluate_one, feed, state_sharding),
+      evaluation_sums_shape=_evaluation_sums_shape_function(evaluate_one, feed),
+      mean_gradients=_mean_gradients_program(model, task, feed, batch_sharding, replicated),
+      all_finite=_finiteness_program(population_size, replicated),
+      init=_init_program(model, input_shape),
+      init_optimizer=_init_optimizer_program(optimizer, population_size, state_sharding),
+  )
 
-  def constrained_batch(arrays, item):
-    inputs, targets = feed.batch(arrays, item)
-    return (
-        jax.lax.with_sharding_constraint(inputs, batch_sharding),
-        jax.lax.with_sharding_constraint(targets, batch_sharding),
-    )
 
-  def run_step(state, arrays, item):
-    return step(state, *constrained_batch(arrays, item))
+def _constrained_batch(
+    feed: feeds_lib.Feed, batch_sharding: jax.sharding.Sharding, arrays: Any, item: Any
+) -> tuple[Any, Any]:
+  """The feed's (inputs, targets) of `item`, constrained to `batch_sharding` (inside a program)."""
+  inputs, targets = feed.batch(arrays, item)
+  return (
+      jax.lax.with_sharding_constraint(inputs, batch_sharding),
+      jax.lax.with_sharding_constraint(targets, batch_sharding),
+  )
+
+
+def _train_chunk_program(
+    step: Callable[..., Any],
+    feed: feeds_lib.Feed,
+    mesh: jax.sharding.Mesh,
+    batch_sharding: jax.sharding.Sharding,
+    steps_per_dispatch: int,
+    population_size: int,
+    state_sharding: jax.sharding.Sharding,
+) -> Callable[..., Any]:
+  """The jitted chunk of train steps: (state, sums, arrays, items, num_active) -> (state, sums), both donated."""
 
   def train_chunk(state, sums, arrays, items, num_active):
     """Runs the first `num_active` of the steps in `items` (leading axis: steps_per_dispatch; one
@@ -83,7 +109,7 @@ def build(
     where chunks end."""
 
     def add_step(state, sums, item):
-      state, step_sums = run_step(state, arrays, item)
+      state, step_sums = step(state, *_constrained_batch(feed, batch_sharding, arrays, item))
       return state, jax.tree_util.tree_map(jnp.add, sums, step_sums)
 
     def item_at(position):
@@ -96,7 +122,9 @@ def build(
     # updated in place (no per-step copies, unlike a conditional inside a fixed-length scan).
     return jax.lax.fori_loop(0, num_active, lambda position, carry: add_step(*carry, item_at(position)), (state, sums))
 
-  compiled_train_chunk = jax.jit(
+  replicated = parallel.replicated(mesh)
+  member_axes = 1 if population_size else 0  # leading axes before the batch axis
+  return jax.jit(
       train_chunk,
       in_shardings=(
           state_sharding,
@@ -108,18 +136,27 @@ def build(
       out_shardings=(state_sharding, state_sharding),
       donate_argnums=(0, 1),
   )
-  inputs_shape, targets_shape = feed.batch_shapes(batch_size)
+
+
+def _sums_shape_function(
+    step: Callable[..., Any], batch_shapes: tuple[Any, Any], population_size: int
+) -> Callable[[Any], Any]:
+  """state -> the shapes of one train step's metric sums, for batches of `batch_shapes` (inputs, targets)."""
 
   def sums_shape(state):
     shapes = (
         jax.ShapeDtypeStruct((population_size, *shape.shape), shape.dtype) if population_size else shape
-        for shape in (inputs_shape, targets_shape)
+        for shape in batch_shapes
     )
     return jax.eval_shape(step, state, *shapes)[1]
 
-  evaluate_one = functools.partial(steps_lib.eval_step, model=model, task=task)
-  if population_size:
-    evaluate_one = jax.vmap(evaluate_one, in_axes=(0, 0, None, None, None))
+  return sums_shape
+
+
+def _evaluation_program(
+    evaluate_one: Callable[..., Any], feed: feeds_lib.Feed, state_sharding: jax.sharding.Sharding
+) -> Callable[..., Any]:
+  """The jitted evaluation: (params, model_state, totals, group) -> totals (donated)."""
 
   def evaluate(params, model_state, totals, group):
     """Adds the metric sums of every batch of `group` (leading axis: batches) to `totals`."""
@@ -132,6 +169,14 @@ def build(
     totals, _ = jax.lax.scan(body, totals, group)
     return totals
 
+  return jax.jit(evaluate, out_shardings=state_sharding, donate_argnums=(2,))
+
+
+def _evaluation_sums_shape_function(
+    evaluate_one: Callable[..., Any], feed: feeds_lib.Feed
+) -> Callable[[Any, Any], Any]:
+  """(params, model_state) -> the shapes of one evaluation batch's metric sums."""
+
   def evaluation_sums_shape(params, model_state):
     return jax.eval_shape(
         evaluate_one,
@@ -141,9 +186,21 @@ def build(
         jax.ShapeDtypeStruct((feed.eval_batch_size,), jnp.float32),
     )
 
+  return evaluation_sums_shape
+
+
+def _mean_gradients_program(
+    model: nn.Module,
+    task: str,
+    feed: feeds_lib.Feed,
+    batch_sharding: jax.sharding.Sharding,
+    replicated: jax.sharding.Sharding,
+) -> Callable[..., Any]:
+  """The jitted mean gradient: (params, model_state, arrays, items) -> the loss gradient averaged over `items`."""
+
   def mean_gradients(params, model_state, arrays, items):
     def batch_gradients(item):
-      inputs, targets = constrained_batch(arrays, item)
+      inputs, targets = _constrained_batch(feed, batch_sharding, arrays, item)
 
       def loss_fn(params):
         # Training mode, as a train step sees the batch: batch norm normalizes with the batch's
@@ -156,22 +213,30 @@ def build(
     total = jax.lax.map(batch_gradients, items)
     return jax.tree_util.tree_map(lambda gradients: gradients.mean(0), total)
 
-  def all_finite(params):
-    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+  return jax.jit(mean_gradients, out_shardings=replicated)
 
+
+def _all_finite(params: Any) -> jax.Array:
+  """Whether every weight of `params` is finite (inside a program)."""
+  leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _finiteness_program(population_size: int, replicated: jax.sharding.Sharding) -> Callable[[Any], Any]:
+  """The jitted all-weights-finite check: params -> a bool (per member)."""
+  # Run only where the host waits anyway (evaluations).
+  return jax.jit(jax.vmap(_all_finite) if population_size else _all_finite, out_shardings=replicated)
+
+
+def _init_program(model: nn.Module, input_shape: tuple[int, ...]) -> Any:
+  """The jitted initialization: key -> flax variables, traced on a batch of one zero example."""
   example = jnp.zeros((1, *input_shape), jnp.float32)
-  return Programs(
-      train_chunk=compiled_train_chunk,
-      sums_shape=sums_shape,
-      evaluate=jax.jit(evaluate, out_shardings=state_sharding, donate_argnums=(2,)),
-      evaluation_sums_shape=evaluation_sums_shape,
-      mean_gradients=jax.jit(mean_gradients, out_shardings=replicated),
-      # Whether every weight is finite (per member): run only where the host waits anyway (evaluations).
-      all_finite=jax.jit(jax.vmap(all_finite) if population_size else all_finite, out_shardings=replicated),
-      init=jax.jit(lambda key: model.init(key, example, train=False)),
-      # One compiled program instead of one eager op per optimizer-state leaf.
-      init_optimizer=jax.jit(
-          jax.vmap(optimizer.init) if population_size else optimizer.init, out_shardings=state_sharding
-      ),
-  )
+  return jax.jit(lambda key: model.init(key, example, train=False))
+
+
+def _init_optimizer_program(
+    optimizer: optax.GradientTransformationExtraArgs, population_size: int, state_sharding: jax.sharding.Sharding
+) -> Callable[[Any], Any]:
+  """The jitted optimizer initialization: params -> optimizer state on the mesh."""
+  # One compiled program instead of one eager op per optimizer-state leaf.
+  return jax.jit(jax.vmap(optimizer.init) if population_size else optimizer.init, out_shardings=state_sharding)

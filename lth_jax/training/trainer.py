@@ -25,10 +25,9 @@ from lth_jax import data as data_lib
 from lth_jax.training import feeds as feeds_lib
 from lth_jax.training import parallel
 from lth_jax.training import programs as programs_lib
-from lth_jax.training.run_state import Preempted
+from lth_jax.training import train_loop
 from lth_jax.training.run_state import RunCheckpoint
 from lth_jax.training.run_state import TrainResult
-from lth_jax.training.steps import first_step
 from lth_jax.training.steps import split_variables
 from lth_jax.training.steps import summarize
 from lth_jax.training.steps import TrainState
@@ -78,7 +77,7 @@ class Trainer:
     self.eval_batch_size = self.feed.eval_batch_size
     # Where the state lives: replicated for one run, split over the 'members' axis for a population.
     self._state_sharding = parallel.member_sharded(mesh) if population_size else parallel.replicated(mesh)
-    self._programs = programs_lib.build(
+    self.programs = programs_lib.build(
         model,
         self.feed,
         optimizer,
@@ -99,7 +98,7 @@ class Trainer:
     if self._init is None:
       # Initialization runs once per run; XLA:CPU otherwise spends seconds optimizing its PRNG code.
       options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else {}
-      self._init = self._programs.init.lower(key).compile(compiler_options=options)
+      self._init = self.programs.init.lower(key).compile(compiler_options=options)
     return split_variables(parallel.to_host(self._init(key)))
 
   def create_state(
@@ -109,21 +108,21 @@ class Trainer:
 
     For a population, every tree carries the leading member axis (see `stack_members`).
     """
-    params = self._put_state(params)
+    params = self.put_state(params)
     if opt_state is None:
-      opt_state = self._programs.init_optimizer(params)
+      opt_state = self.programs.init_optimizer(params)
     steps = np.full((self.population_size,), step, np.int32) if self.population_size else np.int32(step)
     state = TrainState(
-        step=self._put_state(steps),
+        step=self.put_state(steps),
         params=params,
-        model_state=self._put_state(model_state),
-        opt_state=self._put_state(opt_state),
-        keep_mask=self._put_state(keep_mask),
+        model_state=self.put_state(model_state),
+        opt_state=self.put_state(opt_state),
+        keep_mask=self.put_state(keep_mask),
     )
     # Once more as a whole: a copy that shares no buffer with the caller's arrays (train donates it).
-    return self._put_state(state)
+    return self.put_state(state)
 
-  def _put_state(self, tree: Any) -> Any:
+  def put_state(self, tree: Any) -> Any:
     """Places a state tree on the mesh: replicated, or split over the members of a population."""
     if self.population_size:
       return parallel.put_member_sharded(tree, self.mesh)
@@ -140,22 +139,22 @@ class Trainer:
 
   def evaluate_params(self, params: Any, model_state: Any) -> dict[str, Any]:
     """Test metrics of any parameters (host or device trees shaped like the state's)."""
-    params = self._put_state(params)
-    model_state = self._put_state(model_state)
-    totals = self._put_state(
+    params = self.put_state(params)
+    model_state = self.put_state(model_state)
+    totals = self.put_state(
         jax.tree_util.tree_map(
-            lambda shape: np.zeros(shape.shape, shape.dtype), self._programs.evaluation_sums_shape(params, model_state)
+            lambda shape: np.zeros(shape.shape, shape.dtype), self.programs.evaluation_sums_shape(params, model_state)
         )
     )
     for group in self.feed.evaluation_groups():
-      totals = self._programs.evaluate(params, model_state, totals, group)
+      totals = self.programs.evaluate(params, model_state, totals, group)
     return summarize(self.task, parallel.to_host(totals), 'test')
 
   def mean_gradients(self, params: Any, model_state: Any, data_seed: int, num_batches: int) -> Any:
     """The loss gradient at `params`, averaged over the first `num_batches` training batches of
     `data_seed` (model in training mode: batch norm uses each batch's statistics), as a host tree."""
     items = self.feed.put(self.feed.host_steps(data_seed, 0, num_batches), 1)
-    gradients = self._programs.mean_gradients(
+    gradients = self.programs.mean_gradients(
         parallel.put_replicated(params, self.mesh),
         parallel.put_replicated(model_state, self.mesh),
         self.feed.arrays,
@@ -172,7 +171,7 @@ class Trainer:
       raise ValueError(f'a population of {self.population_size} needs as many data seeds, got {len(seeds)}')
     return seeds
 
-  def _items(self, seeds: list[int], start_step: int, num_steps: int) -> Any:
+  def items(self, seeds: list[int], start_step: int, num_steps: int) -> Any:
     """The feed's items for the next `num_steps` steps on the mesh, leading axes (steps_per_dispatch,
     [members,]); the unused tail of the chunk is zeros. Members with the same seed share one read."""
     by_seed = {seed: self.feed.host_steps(seed, start_step, num_steps) for seed in dict.fromkeys(seeds)}
@@ -186,9 +185,9 @@ class Trainer:
     """Zero metric sums on the mesh, shaped like one train step's sums for `state`."""
     if self._zero_sums is None:
       self._zero_sums = jax.tree_util.tree_map(
-          lambda shape: np.zeros(shape.shape, shape.dtype), self._programs.sums_shape(state)
+          lambda shape: np.zeros(shape.shape, shape.dtype), self.programs.sums_shape(state)
       )
-    return self._put_state(self._zero_sums)
+    return self.put_state(self._zero_sums)
 
   def train(
       self,
@@ -231,139 +230,11 @@ class Trainer:
         and is called with {'step', 'examples_per_second' since the last report}.
     """
     started = time.perf_counter()
-    train_state: TrainState
-    diverged: list[int | None]
-    if isinstance(state, RunCheckpoint):
-      resumed = state
-      train_state, train_sums = resumed.state, self._put_state(resumed.train_sums)
-      train_sum_steps, curve, snapshots = resumed.train_sum_steps, list(resumed.curve), dict(resumed.snapshots)
-      wall_before = resumed.wall_seconds
-      diverged = list(resumed.diverged_steps or [])
-    else:
-      train_state = state
-      train_sums, train_sum_steps, curve, snapshots, wall_before = self.zero_train_sums(train_state), 0, [], {}, 0.0
-      diverged = []
-    diverged = diverged or [None] * max(1, self.population_size)
-    start_step = first_step(train_state.step)
-    boundaries = {end_step}
-    boundaries.update(step for step in snapshot_steps if start_step < step < end_step)
-    if eval_every:
-      boundaries.update(range(start_step - start_step % eval_every + eval_every, end_step, eval_every))
-    if checkpoint_every:
-      boundaries.update(
-          range(start_step - start_step % checkpoint_every + checkpoint_every, end_step, checkpoint_every)
-      )
-    if start_step in snapshot_steps and start_step not in snapshots:
-      snapshots[start_step] = parallel.to_host((train_state.params, train_state.model_state))
-      if on_snapshot is not None:
-        on_snapshot(start_step, snapshots[start_step])
-    if should_stop is not None and start_step < end_step and should_stop(start_step):
-      raise Preempted(f'stopped at step {start_step} before training', start_step, checkpointed=False)
-
-    current, segment_started = start_step, time.perf_counter()
-    reported_step, reported_at = current, segment_started  # the last progress report (evaluation or heartbeat)
-    entry_finite: list[Any] = [True]  # what the last evaluation found finite
-
-    def checkpoint() -> RunCheckpoint:
-      return RunCheckpoint(
-          state=train_state,
-          train_sums=train_sums,
-          train_sum_steps=train_sum_steps,
-          curve=list(curve),
-          snapshots=dict(snapshots),
-          wall_seconds=wall_before + time.perf_counter() - started,
-          diverged_steps=list(diverged),
-      )
-
-    def note_divergence(finite: Any) -> bool:
-      """Records the members whose numbers are not all finite now; True once every member has diverged."""
-      for index, ok in enumerate(np.atleast_1d(np.asarray(finite, bool))):
-        if not ok and diverged[index] is None:
-          diverged[index] = current
-      return all(step is not None for step in diverged)
-
-    def losses_finite() -> np.ndarray:  # the train-loss sums since the last evaluation (a few floats)
-      return np.isfinite(np.asarray(parallel.to_host(train_sums['loss']), np.float64))
-
-    def evaluation_entry() -> dict[str, Any]:
-      nonlocal segment_started, train_sums, train_sum_steps, reported_step, reported_at
-      entry: dict[str, Any] = {'step': current}
-      if train_sum_steps:  # fetching the sums waits for the steps: training time ends here
-        entry.update(summarize(self.task, parallel.to_host(train_sums), 'train'))
-      trained = time.perf_counter()
-      entry.update(self.evaluate(train_state))
-      finite = np.asarray(parallel.to_host(self._programs.all_finite(train_state.params)), bool)
-      for name in ('train_loss', 'test_loss'):
-        if name in entry:
-          finite = finite & np.isfinite(np.asarray(entry[name], np.float64))
-      now = time.perf_counter()
-      entry['examples_per_second'] = (
-          (current - max(curve[-1]['step'] if curve else start_step, start_step))
-          * examples_per_step
-          / max(trained - segment_started, 1e-9)
-      )
-      entry['evaluation_seconds'] = now - trained
-      segment_started, train_sums, train_sum_steps = now, self.zero_train_sums(train_state), 0
-      reported_step, reported_at = current, now
-      curve.append(entry)
-      entry_finite[0] = finite
-      return entry
-
-    def result() -> TrainResult:
-      return TrainResult(
-          state=train_state,
-          snapshots=snapshots,
-          curve=curve,
-          wall_seconds=wall_before + time.perf_counter() - started,
-          diverged_steps=diverged,
-      )
-
-    def stopped_diverged() -> TrainResult:
-      """Every member diverged: the result so far, its last curve entry at the current step."""
-      if not curve or curve[-1]['step'] != current:
-        entry = evaluation_entry()
-        if progress is not None:
-          progress(entry)
-      return result()
-
+    schedule = train_loop.Schedule(end_step, snapshot_steps, eval_every, checkpoint_every, heartbeat_seconds)
+    hooks = train_loop.Hooks(progress, on_checkpoint, should_stop, on_snapshot, heartbeat)
+    loop = train_loop.TrainLoop.begin(self, state, schedule, hooks, started)
+    loop.start()
     seeds = self._seeds(data_seed)
     if isinstance(self.feed, feeds_lib.StreamingFeed):
       self.feed.forget_streams(keep=seeds)
-    examples_per_step = self.batch_size * max(1, self.population_size)
-    for boundary in sorted(boundaries):
-      while current < boundary:
-        chunk = min(self.steps_per_dispatch, boundary - current)
-        items = self._items(seeds, current, chunk)
-        train_state, train_sums = self._programs.train_chunk(
-            train_state, train_sums, self.feed.arrays, items, np.int32(chunk)
-        )
-        current += chunk
-        train_sum_steps += chunk
-        if current in snapshot_steps:
-          snapshots[current] = parallel.to_host((train_state.params, train_state.model_state))
-          if on_snapshot is not None:
-            on_snapshot(current, snapshots[current])
-        all_diverged = False
-        if current == end_step or (eval_every and current % eval_every == 0):
-          entry = evaluation_entry()
-          all_diverged = note_divergence(entry_finite[0])
-          if progress is not None:
-            progress(entry)
-        elif heartbeat is not None and time.perf_counter() - reported_at >= heartbeat_seconds:
-          all_diverged = note_divergence(losses_finite())  # waits for the dispatch, as the heartbeat must
-          now = time.perf_counter()
-          speed = (current - reported_step) * examples_per_step / max(now - reported_at, 1e-9)
-          heartbeat({'step': current, 'examples_per_second': speed})
-          reported_step, reported_at = current, now
-        if current == end_step:
-          break
-        if all_diverged:
-          return stopped_diverged()
-        stop = should_stop is not None and should_stop(current)
-        if on_checkpoint is not None and (stop or (checkpoint_every and current % checkpoint_every == 0)):
-          if train_sum_steps and note_divergence(losses_finite()):  # the checkpoint syncs anyway
-            return stopped_diverged()
-          on_checkpoint(checkpoint())
-        if stop:
-          raise Preempted(f'stopped at step {current}', current, checkpointed=on_checkpoint is not None)
-    return result()
+    return loop.run(seeds)
