@@ -57,7 +57,7 @@ def turnaround_configs(
     branches: Sequence[str],
 ) -> dict[int, ml_collections.ConfigDict]:
   """One lottery config per turnaround step (the end of training: no early turnaround); the library's
-  validation (`lottery.prepare`) then refuses a turnaround at or before the reset step or past the end."""
+  the config checks (`lth_jax.search.prepare`) then refuses a turnaround at or before the reset step or past the end."""
   configs = {}
   for step in turnaround_steps:
     if step == 0:

@@ -181,7 +181,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     overrides = ' '.join(argument for argument in argv[1:] if argument.startswith('--config.'))
     sys.exit(
         f'lth_jax: unknown config field {" ".join(str(detail).split())} (in {overrides}; every field is '
-        'listed in lth_jax/config_schema.py)'
+        'listed in lth_jax/config/schema.py)'
     )
 
 

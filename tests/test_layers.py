@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import pathlib
 
 import pytest
@@ -45,7 +46,9 @@ def module_name(path: pathlib.Path) -> str:
   return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
 
 
+@functools.cache
 def modules() -> dict[str, ast.Module]:
+  """Every module of lth_jax, parsed (once)."""
   return {module_name(path): ast.parse(path.read_text(), str(path)) for path in sorted(PACKAGE.rglob('*.py'))}
 
 

@@ -50,7 +50,7 @@ FREE_FIELDS = ('pruning.layer_fractions',)
 
 
 def check_known_fields(config: ml_collections.ConfigDict) -> None:
-  """Every field of `config` is one of lth_jax/schema.py (a misspelt field would be ignored)."""
+  """Every field of `config` is one of lth_jax/config/schema.py (a misspelt field would be ignored)."""
   known = _flatten(config_to_json(schema.base_config()))
   for field in _flatten(config_to_json(config)):
     if field in known or any(field == free or field.startswith(free + '.') for free in FREE_FIELDS):
@@ -64,7 +64,7 @@ def check_known_fields(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         f'{field}: unknown field'
         + (f'; {section} has: {", ".join(siblings)}' if siblings else '')
-        + ' (see lth_jax/schema.py)'
+        + ' (see lth_jax/config/schema.py)'
     )
 
 

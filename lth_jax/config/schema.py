@@ -1,12 +1,12 @@
 """Every config field lth_jax reads, with its default. Config files start from `base_config()`.
 
 Lengths and points in training are given in steps (iterations) or, through the `*_epochs` twin of a
-field, in epochs of the training set (fractions allowed); `validation.resolve_epochs` converts
+field, in epochs of the training set (fractions allowed); `lth_jax.config.resolve` converts
 epochs to steps with the dataset size before anything runs (steps_per_epoch = num_train // batch).
 Set one of each pair, not both.
 
     def get_config():
-      config = config_schema.base_config()
+      config = lth_jax.config.base_config()
       config.model.name = 'conv4'
       ...
       return config
