@@ -4,6 +4,7 @@
     config = lth_jax.config.base_config()   # every field with its default; edit what you need
     results = lth_jax.run(config, '/tmp/lth_default')
     print(results.sparsity_table())
+    sweep = lth_jax.sweep(config, {'pruning.rewind_step': (0, 100, 500)}, '/tmp/lth_sweep')
 
 The library is layered; each layer imports only the ones before it:
 
@@ -38,12 +39,15 @@ from lth_jax import training
 from lth_jax.config import ConfigError
 from lth_jax.search import LotteryResults
 from lth_jax.search import run
+from lth_jax.search import sweep
+from lth_jax.search import SweepResults
 from lth_jax.version import __version__
 
 __all__ = [
     'ConfigError',
     '__version__',
     'LotteryResults',
+    'SweepResults',
     'analysis',
     'branches',
     'config',
@@ -57,6 +61,7 @@ __all__ = [
     'results',
     'run',
     'search',
+    'sweep',
     'tickets',
     'training',
 ]

@@ -49,6 +49,8 @@ class LevelRunner:
       log: Callable[[str], None],
       should_stop: Callable[[int], bool] | None = None,
       scalars: scalars_lib.Scalars | None = None,
+      keep_snapshots: tuple[int, ...] = (),
+      record_fields: dict[str, Any] | None = None,
   ):
     spec = experiment.spec
     self.spec, self.experiment, self.workdir = spec, experiment, workdir
@@ -60,6 +62,7 @@ class LevelRunner:
     self.results_path = os.path.join(workdir, RESULTS_FILE)
     self.branch_names = spec.branch_names
     self.members_per_program = experiment.members_per_program
+    self.keep_snapshots, self.record_fields = keep_snapshots, dict(record_fields or {})
     settings = cohorts.ProgramSettings.from_spec(spec)
     self.programs = cohorts.ProgramRunner(workdir, experiment.program_trainer, settings, log, should_stop, self.scalars)
 
@@ -110,6 +113,7 @@ class LevelRunner:
         ],
         'wall_seconds': result.wall_seconds,
         'seed': self.seed,
+        **self.record_fields,
     }
     if result.diverged_step is not None:
       record.update(diverged=True, diverged_step=result.diverged_step)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
@@ -71,6 +71,8 @@ def run(
     log: Callable[[str], None] = workdir_lib.log_on_process_zero,
     *,
     allow_config_change: bool = False,
+    keep_snapshots: Sequence[int] = (),
+    record_fields: Mapping[str, Any] | None = None,
 ) -> LotteryResults:
   """Runs (or resumes) the lottery experiment of `config` in `workdir`; returns its records.
 
@@ -80,13 +82,18 @@ def run(
   fields (unless `allow_config_change`). On SIGTERM, the run in progress is checkpointed at its
   current step and `Preempted` is raised; re-running continues it. A finished level whose checkpoint
   is damaged raises `checkpoints.CheckpointError` naming it.
+
+  `keep_snapshots`: steps of level 0 whose weights are kept (`trial.snapshot_directory`), for runs that
+  start from them (a sweep's variants); `record_fields`: added to every record (a sweep's variant).
   """
   experiment = prepare(config)
   workdir_lib.check_writable(workdir)
   experiment.trainer()  # built before WORKDIR/config.json is written
   try:
     with workdir_lock(workdir, log):
-      return _run_locked(config, experiment, workdir, log, allow_config_change)
+      return _run_locked(
+          config, experiment, workdir, log, allow_config_change, tuple(keep_snapshots), dict(record_fields or {})
+      )
   except (Preempted, errors.ConfigError, checkpoints.CheckpointError):
     raise
   except Exception as error:  # pylint: disable=broad-except  (orbax, tensorstore, tensorboardX, the OS)
@@ -102,6 +109,8 @@ def _run_locked(
     workdir: str,
     log: Callable[[str], None],
     allow_config_change: bool,
+    keep_snapshots: tuple[int, ...],
+    record_fields: dict[str, Any],
 ) -> LotteryResults:
   """`run` once the workdir is locked."""
   workdir_lib.check_config_file(config, workdir, allow_config_change, log, resolved=experiment.spec)
@@ -120,7 +129,8 @@ def _run_locked(
   stop = StopRequest()
   stop.install()
   try:
-    LevelRunner(experiment, workdir, records, log, should_stop=stop, scalars=scalars).run(spec.trials)
+    runner = LevelRunner(experiment, workdir, records, log, stop, scalars, keep_snapshots, record_fields)
+    runner.run(spec.trials)
   finally:
     stop.restore()
     scalars.close()

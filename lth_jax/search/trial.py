@@ -34,6 +34,11 @@ def level_directory(workdir: str, trial: int, level: int) -> str:
   return os.path.join(workdir, 'checkpoints', f'trial_{trial}', f'level_{level}')
 
 
+def snapshot_directory(workdir: str, trial: int, step: int) -> str:
+  """Where the dense run of a trial keeps its weights at `step` when asked to (`lottery.run(keep_snapshots=)`)."""
+  return os.path.join(workdir, 'checkpoints', f'trial_{trial}', 'snapshots', f'step_{step}')
+
+
 def running_directory(workdir: str, trial: int, level: int, branch: str) -> str:
   """Where the periodic checkpoints of the (trial, level, branch) run in progress are kept when it
   trains alone (see `cohorts.running_directory` for a cohort program)."""
@@ -50,6 +55,7 @@ class LevelHost(Protocol):
   plan: config_lib.PruningPlan
   seed: int
   branch_names: list[str]
+  keep_snapshots: tuple[int, ...]
   results_path: str
   log: Callable[[str], None]
 
@@ -153,8 +159,11 @@ class Trial:
     def save_rewind_point(step: int, snapshot: tuple[Any, Any]) -> None:
       if step == rewind_step:  # at once: a run killed later in level 0 still has it
         checkpoints.save_tree(self.rewind_dir, snapshot)
+      if step in self.runner.keep_snapshots:
+        checkpoints.save_tree(snapshot_directory(self.runner.workdir, self.trial, step), snapshot)
 
     turnaround = tuple(step for step in (self.plan.turnaround_step,) if step)
+    steps = tuple(dict.fromkeys((rewind_step, *turnaround, *self.runner.keep_snapshots)))
     return [
         cohorts.Member(
             self.trial,
@@ -164,7 +173,7 @@ class Trial:
             self.model_state0,
             self.keep_mask,
             self.data_seed,
-            (rewind_step, *turnaround),
+            steps,
             save_rewind_point,
         )
     ]
@@ -240,6 +249,10 @@ class Trial:
         self.dense_params = self.plan.pruning_weights(result.snapshots, result.final_params)
       if self.rewind is not None and not os.path.isdir(self.rewind_dir):  # resumed past the rewind step
         checkpoints.save_tree(self.rewind_dir, self.rewind)
+      for step in self.runner.keep_snapshots:  # those a resumed run took before its checkpoint
+        directory = snapshot_directory(self.runner.workdir, self.trial, step)
+        if step in result.snapshots and not os.path.isdir(directory):
+          checkpoints.save_tree(directory, result.snapshots[step])
       self.ticket_params = self.dense_params
       self._save_level(0, result.final_params, self.dense_params)
     elif member.branch == 'ticket':

@@ -1,0 +1,224 @@
+"""A sweep: one search over the variants of a base config (`sweep_plan`), in one workdir.
+
+    WORKDIR/sweep.json          the base config and the axes (a re-run with other axes or another base
+                                config is refused; more values on the same axes are welcome)
+    WORKDIR/dense/<key>/        one dense run per group of variants that share level 0: each trial's
+                                level 0, trained once, keeping its weights at every rewind and
+                                turnaround step the group's variants need
+    WORKDIR/variants/<label>/   each variant, a lottery workdir whose level 0 is taken from its dense
+                                run (records, final weights, rewind and turnaround points), then its
+                                own levels; every record carries the variant's values under 'variant'
+
+Every variant is checked (config and data) before anything trains. A re-run continues where the sweep
+stopped; a shared dense run is never trained twice, except when a new rewind or turnaround point needs
+a snapshot it did not keep (then its level 0 is trained again, with every point, and a line says so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import ml_collections
+
+from lth_jax import config as config_lib
+from lth_jax import results as results_lib
+from lth_jax.search import lottery
+from lth_jax.search import sweep_plan
+from lth_jax.search import trial as trial_lib
+from lth_jax.search import workdir as workdir_lib
+from lth_jax.search.experiment import prepare
+from lth_jax.training import checkpoints
+
+SWEEP_FILE = 'sweep.json'
+DENSE_DIRECTORY = 'dense'
+VARIANTS_DIRECTORY = 'variants'
+
+
+@dataclasses.dataclass
+class SweepResults:
+  """A sweep's variants and every record of them (each with its 'variant')."""
+
+  workdir: str
+  variants: list[sweep_plan.Variant]
+  records: list[dict[str, Any]]
+
+  def select(self, **fields: Any) -> list[dict[str, Any]]:
+    """Records whose fields equal the given values, e.g. `select(variant={'pruning.rewind_step': 100})`."""
+    return [record for record in self.records if all(record.get(k) == v for k, v in fields.items())]
+
+
+@dataclasses.dataclass(frozen=True)
+class _VariantRun:
+  """One variant of the sweep, resolved."""
+
+  variant: sweep_plan.Variant
+  config: ml_collections.ConfigDict
+  spec: config_lib.RunSpec
+  directory: str
+
+
+def variant_directory(workdir: str, variant: sweep_plan.Variant) -> str:
+  """The lottery workdir of one variant of the sweep in `workdir`."""
+  return os.path.join(workdir, VARIANTS_DIRECTORY, variant.label)
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    axes: Mapping[str, Sequence[Any]] | None,
+    workdir: str,
+    log: Callable[[str], None] = workdir_lib.log_on_process_zero,
+) -> SweepResults:
+  """Runs (or resumes) the sweep of `config` over `axes` ({field: values}; None: the config's own
+  `sweep` section) in `workdir`; returns every variant's records."""
+  axes = sweep_plan.check_axes(config, sweep_plan.axes_from_config(config) if axes is None else axes)
+  base = sweep_plan.Variant(()).config(config)
+  members = []
+  for variant in sweep_plan.variants(axes):
+    variant_config = variant.config(base)
+    try:
+      spec = prepare(variant_config).spec
+    except config_lib.ConfigError as error:
+      raise config_lib.ConfigError(f'sweep variant {variant.label}: {error}') from error
+    members.append(_VariantRun(variant, variant_config, spec, variant_directory(workdir, variant)))
+  workdir_lib.check_writable(workdir)
+  _check_sweep_file(workdir, base, axes)
+  groups: dict[str, list[_VariantRun]] = {}
+  for member in members:
+    groups.setdefault(sweep_plan.dense_key(member.spec), []).append(member)
+  log(
+      f'lth_jax sweep: {len(members)} variant(s) over {", ".join(axes) or "no axis"}; '
+      f'{len(groups)} dense run(s) of {members[0].spec.trials} trial(s) shared by them'
+  )
+  for key, group in groups.items():
+    dense_dir = os.path.join(workdir, DENSE_DIRECTORY, key)
+    steps = sweep_plan.snapshot_steps([member.spec for member in group])
+    dense_records = _dense_run(group[0].config, dense_dir, steps, log)
+    for member in group:
+      log(f'lth_jax sweep: variant {member.variant.label}')
+      _adopt_level_zero(member, dense_dir, dense_records, log)
+      lottery.run(member.config, member.directory, log, record_fields={'variant': member.variant.as_dict()})
+  return load(workdir)
+
+
+def load(workdir: str) -> SweepResults:
+  """The variants and records of the sweep in `workdir` (those trained so far)."""
+  path = os.path.join(workdir, SWEEP_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{workdir} holds no sweep ({SWEEP_FILE} is missing)')
+  with open(path) as file:
+    axes = json.load(file)['axes']
+  variants = sweep_plan.variants({field: tuple(values) for field, values in axes.items()})
+  records = []
+  for variant in variants:
+    results_path = os.path.join(variant_directory(workdir, variant), results_lib.RESULTS_FILE)
+    records += results_lib.read_records(results_path) if os.path.isfile(results_path) else []
+  return SweepResults(workdir=workdir, variants=variants, records=records)
+
+
+def _check_sweep_file(workdir: str, base: ml_collections.ConfigDict, axes: Mapping[str, tuple[Any, ...]]) -> None:
+  """Refuses a workdir holding a sweep of other axes or of a base config with other results; records
+  this sweep's base config and axes (values of an earlier run kept, new ones added)."""
+  path = os.path.join(workdir, SWEEP_FILE)
+  new = {'config': config_lib.config_to_json(base), 'axes': json.loads(json.dumps(axes))}
+  if os.path.isfile(path):
+    with open(path) as file:
+      old = json.load(file)
+    if sorted(old['axes']) != sorted(new['axes']):
+      raise config_lib.ConfigError(
+          f'{workdir} holds a sweep over {", ".join(old["axes"]) or "no axis"}, not over '
+          f'{", ".join(new["axes"]) or "no axis"}; use another --workdir'
+      )
+    defaults = config_lib.config_to_json(config_lib.base_config())
+    changing, _ = config_lib.config_differences(old['config'], new['config'], defaults)
+    if changing:
+      raise config_lib.ConfigError(
+          f'{workdir} holds a sweep of a different base config ({path}); fields that differ (old -> new):\n  '
+          + '\n  '.join(changing)
+          + '\nUse the same config or another --workdir.'
+      )
+    for field, values in old['axes'].items():  # values of an earlier run stay part of the sweep
+      new['axes'][field] = values + [value for value in new['axes'][field] if value not in values]
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with results_lib.atomic_open(path) as file:
+      json.dump(new, file, indent=1, sort_keys=True)
+
+
+def _dense_run(
+    config: ml_collections.ConfigDict, directory: str, steps: tuple[int, ...], log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+  """Trains (or resumes) the dense run of a group of variants, keeping its weights at `steps`; a
+  finished dense run missing one of them is trained again. Returns its level-0 records."""
+  dense = sweep_plan.dense_config(config)
+  trials = int(config.trials)
+  missing = [
+      step
+      for trial in range(trials)
+      for step in steps
+      if not os.path.isdir(trial_lib.snapshot_directory(directory, trial, step))
+  ]
+  results_path = os.path.join(directory, results_lib.RESULTS_FILE)
+  if missing and os.path.isfile(results_path) and results_lib.read_records(results_path):
+    log(
+        f'lth_jax sweep: the dense run in {directory} kept no weights at step(s) {sorted(set(missing))}; '
+        'training its level 0 again to keep them'
+    )
+    if jax.process_index() == 0:
+      shutil.rmtree(directory)
+  return lottery.run(dense, directory, log, keep_snapshots=steps).records
+
+
+def _adopt_level_zero(
+    member: _VariantRun, dense_dir: str, dense_records: list[dict[str, Any]], log: Callable[[str], None]
+) -> None:
+  """Gives a variant its level 0 from the dense run: the record (with the variant), the final weights
+  and mask, and the weights at its rewind and turnaround steps, as its own level 0 would have left them."""
+  os.makedirs(member.directory, exist_ok=True)
+  workdir_lib.check_config_file(member.config, member.directory, False, log, resolved=member.spec)
+  results_path = os.path.join(member.directory, results_lib.RESULTS_FILE)
+  recorded = results_lib.read_records(results_path) if os.path.isfile(results_path) else []
+  done = {record['trial'] for record in recorded if record['level'] == 0}
+  adopted = []
+  for record in dense_records:
+    trial = record['trial']
+    if trial in done:
+      continue
+    _copy_level_zero_weights(member, dense_dir, trial)
+    adopted.append({**record, 'variant': member.variant.as_dict()})
+  if adopted and jax.process_index() == 0:
+    results_lib.append_records(results_path, adopted)
+
+
+def _copy_level_zero_weights(member: _VariantRun, dense_dir: str, trial: int) -> None:
+  """The checkpoints a finished level 0 leaves for the levels after it, written into the variant: its
+  rewind point, and the final weights and mask (with the weights at its turnaround step, if any)."""
+  plan = member.spec.pruning
+  target = trial_lib.level_directory(member.directory, trial, 0)
+  rewind = trial_lib.snapshot_directory(dense_dir, trial, plan.rewind_step)
+  if os.path.isdir(rewind) and jax.process_index() == 0:  # absent when the dense run diverged before it
+    _replace_directory(rewind, os.path.join(os.path.dirname(target), 'rewind'))
+  if not plan.turnaround_step:
+    if jax.process_index() == 0:
+      _replace_directory(trial_lib.level_directory(dense_dir, trial, 0), target)
+    return
+  level_zero = checkpoints.restore_tree(trial_lib.level_directory(dense_dir, trial, 0))
+  turnaround = trial_lib.snapshot_directory(dense_dir, trial, plan.turnaround_step)
+  # Diverged before the turnaround step: the next level is pruned from the final weights.
+  level_zero['turnaround_params'] = (
+      checkpoints.restore_tree(turnaround)[0] if os.path.isdir(turnaround) else level_zero['params']
+  )
+  checkpoints.save_tree(target, level_zero)
+
+
+def _replace_directory(source: str, target: str) -> None:
+  """A copy of the checkpoint folder `source` at `target` (replacing a partial copy left by a kill)."""
+  if os.path.isdir(target):
+    shutil.rmtree(target)
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  shutil.copytree(source, target + '.partial', dirs_exist_ok=True)
+  os.replace(target + '.partial', target)
