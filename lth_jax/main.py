@@ -20,6 +20,7 @@ import os
 import sys
 import traceback
 import types
+from typing import Any
 
 import jax
 from absl import app
@@ -32,6 +33,8 @@ from lth_jax.data import embedded
 from lth_jax.data import tfds_source
 from lth_jax import results
 from lth_jax.search import lottery
+from lth_jax.search import sweep_plan
+from lth_jax.search import sweeps
 from lth_jax.training import checkpoints
 from lth_jax.training import parallel
 from lth_jax.training import run_state
@@ -63,6 +66,13 @@ _COMPILATION_CACHE_DIR = flags.DEFINE_string(
     'Keep compiled XLA programs here so that a re-run (a resumed run, the next level sweep) starts '
     'without recompiling; default: xla/ under $LTH_JAX_CACHE or ~/.cache/lth_jax; "" turns it off.',
 )
+_SWEEP = flags.DEFINE_multi_string(
+    'sweep',
+    [],
+    'An axis of a sweep, FIELD=VALUE,VALUE,... (e.g. pruning.rewind_step=0,100,500; repeat the flag for '
+    'more axes): every combination of values is a variant, all run as one search in --workdir '
+    '(see README, "Sweeps"). The config file can name axes too, in its sweep section.',
+)
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes, for --distributed.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, "This process's index, for --distributed.")
 
@@ -81,6 +91,17 @@ def enable_compilation_cache(directory: str | None) -> str | None:
   return directory
 
 
+def _run(config: Any, workdir: str, sweep_flags: list[str], allow_config_change: bool) -> Any:
+  """The lottery run of `config`, or the sweep its sweep section and the --sweep flags name."""
+  axes = dict(sweep_plan.axes_from_config(config))
+  axes.update(sweep_plan.parse_axis(text) for text in sweep_flags)
+  if not axes:
+    return lottery.run(config, workdir, allow_config_change=allow_config_change)
+  if allow_config_change:
+    raise errors.ConfigError('--allow_config_change: not for sweeps (each variant keeps its own config)')
+  return sweeps.run(config, axes, workdir)
+
+
 def main(argv: list[str]) -> None:
   """Runs the lottery experiment of --config in --workdir."""
   if len(argv) > 1:
@@ -92,7 +113,7 @@ def main(argv: list[str]) -> None:
   )
   enable_compilation_cache(_COMPILATION_CACHE_DIR.value)
   try:
-    outcome = lottery.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    outcome = _run(_CONFIG.value, _WORKDIR.value, _SWEEP.value, _ALLOW_CONFIG_CHANGE.value)
   except (
       errors.ConfigError,
       tfds_source.DatasetNotPreparedError,

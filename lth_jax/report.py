@@ -29,6 +29,7 @@ from lth_jax import results as results_lib
 from lth_jax.analysis import mask_overlap
 from lth_jax.reporting import plots
 from lth_jax.reporting import summaries
+from lth_jax.search import sweeps
 
 
 def _is_main_process() -> bool:
@@ -45,7 +46,8 @@ def _is_main_process() -> bool:
 
 
 def main(argv: list[str]) -> None:
-  """Prints the tables of --workdir and writes the plots and CSV into --output_dir."""
+  """Prints the tables of --workdir and writes the plots and CSV into --output_dir; for a sweep's
+  workdir, those of each variant (into OUTPUT_DIR/variants/<variant>)."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   matplotlib.use('Agg')
@@ -55,6 +57,18 @@ def main(argv: list[str]) -> None:
   output_dir = flags.FLAGS.output_dir or workdir
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
     sys.exit(f'lth_jax.report: --output_dir={output_dir} exists and is not a folder')
+  if not os.path.isfile(os.path.join(workdir, sweeps.SWEEP_FILE)):
+    _report(workdir, output_dir)
+    return
+  for variant in sweeps.load(workdir).variants:
+    directory = sweeps.variant_directory(workdir, variant)
+    if os.path.isfile(os.path.join(directory, results_lib.RESULTS_FILE)):
+      print(f'variant {variant.label}')
+      _report(directory, os.path.join(output_dir, sweeps.VARIANTS_DIRECTORY, variant.label))
+
+
+def _report(workdir: str, output_dir: str) -> None:
+  """The tables, plots and CSV of one lottery workdir."""
   try:
     records = summaries.load(workdir)
   except (FileNotFoundError, ValueError) as error:
@@ -82,7 +96,7 @@ def main(argv: list[str]) -> None:
 def _define_flags() -> None:
   """The command-line flags (defined only when run as a program, so importing this module next to
   `lth_jax.main` defines no duplicate --workdir)."""
-  flags.DEFINE_string('workdir', None, 'Workdir of a lottery run (holds results.jsonl).', required=True)
+  flags.DEFINE_string('workdir', None, 'Workdir of a lottery run (holds results.jsonl) or of a sweep.', required=True)
   flags.DEFINE_string('output_dir', None, 'Folder for the plots and the CSV table (default: the workdir).')
 
 

@@ -46,7 +46,7 @@ def _check_fraction(field: str, value: Any) -> None:
 
 
 # Fields whose keys are free (layer names).
-FREE_FIELDS = ('pruning.layer_fractions',)
+FREE_FIELDS = ('pruning.layer_fractions', 'sweep')
 
 
 def check_known_fields(config: ml_collections.ConfigDict) -> None:

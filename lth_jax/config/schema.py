@@ -31,6 +31,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.transfer = _transfer_section()
   config.report = _report_section()
   config.checkpointing = _checkpointing_section()
+  # A sweep over this config: axes of values nested like the fields they set, e.g.
+  # config.sweep = {'pruning': {'rewind_step': (0, 100, 500)}}; run by `lth_jax.sweep` and by
+  # `python -m lth_jax.main` (whose --sweep=FIELD=V1,V2 flags name axes too). Empty: one search.
+  config.sweep = ml_collections.ConfigDict()
   return config
 
 

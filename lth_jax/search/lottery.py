@@ -29,6 +29,7 @@ import ml_collections
 from lth_jax.config import errors
 from lth_jax import results as results_lib
 from lth_jax.search import scalars as scalars_lib
+from lth_jax.search import sweep_plan
 from lth_jax.search import workdir as workdir_lib
 from lth_jax.training import checkpoints
 from lth_jax.search.experiment import Experiment
@@ -86,6 +87,11 @@ def run(
   `keep_snapshots`: steps of level 0 whose weights are kept (`trial.snapshot_directory`), for runs that
   start from them (a sweep's variants); `record_fields`: added to every record (a sweep's variant).
   """
+  if sweep_plan.axes_from_config(config):
+    raise errors.ConfigError(
+        f'sweep: the config names sweep axes ({", ".join(sweep_plan.axes_from_config(config))}); run it with '
+        'lth_jax.sweep(config, None, workdir) or python -m lth_jax.main, which run every variant'
+    )
   experiment = prepare(config)
   workdir_lib.check_writable(workdir)
   experiment.trainer()  # built before WORKDIR/config.json is written

@@ -1,0 +1,184 @@
+"""Sweeps (lth_jax.sweep): variants of one base config in one workdir, their shared dense run, the same
+records as each variant run alone, resuming, adding values, and the bad inputs refused before training."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+
+import pytest
+
+import lth_jax
+from lth_jax import config as config_lib
+from lth_jax.search import lottery
+from lth_jax.search import sweep_plan
+from lth_jax.search import sweeps
+from tests import helpers
+from tests import test_resume
+
+REWIND_STEPS = (0, 5)
+
+
+def _config(**overrides):
+  return helpers.tiny_config(**{'pruning__levels': 1, 'branches': ('reinit',), **overrides})
+
+
+def _without_timing(records):
+  """Records without their wall-clock fields and variant, in a fixed order."""
+  kept = [{k: v for k, v in record.items() if k not in ('wall_seconds', 'variant')} for record in records]
+  return sorted(kept, key=lambda record: (record['trial'], record['level'], record['branch']))
+
+
+@pytest.fixture(scope='module')
+def rewind_sweep(tmp_path_factory):
+  """A sweep over two rewind steps, with its log lines."""
+  workdir = str(tmp_path_factory.mktemp('sweep') / 'work')
+  lines = []
+  results = lth_jax.sweep(_config(), {'pruning.rewind_step': REWIND_STEPS}, workdir, log=lines.append)
+  return workdir, results, lines
+
+
+def test_a_sweep_trains_one_dense_run_and_equals_its_variants_run_alone(rewind_sweep, tmp_path):
+  workdir, results, lines = rewind_sweep
+  assert [variant.label for variant in results.variants] == ['pruning.rewind_step=0', 'pruning.rewind_step=5']
+  assert len(os.listdir(os.path.join(workdir, sweeps.DENSE_DIRECTORY))) == 1
+  assert sum('level 0: already done' in line for line in lines) == len(REWIND_STEPS)  # no variant trains it
+  for step in REWIND_STEPS:
+    records = results.select(variant={'pruning.rewind_step': step})
+    assert [(r['level'], r['branch']) for r in records] == [(0, 'ticket'), (1, 'ticket'), (1, 'reinit')]
+    alone = lottery.run(_config(pruning__rewind_step=step), str(tmp_path / str(step)), log=lambda line: None)
+    assert _without_timing(records) == _without_timing(alone.records)
+  assert results.select(variant={'pruning.rewind_step': 0})[1]['start_step'] == 0
+  assert results.select(variant={'pruning.rewind_step': 5})[1]['start_step'] == 5
+
+
+def test_a_finished_sweep_trains_nothing_and_a_new_value_only_its_variant(rewind_sweep, tmp_path):
+  workdir = str(tmp_path / 'work')
+  shutil.copytree(rewind_sweep[0], workdir)
+  before = {
+      variant.label: _without_timing(rewind_sweep[1].select(variant=variant.as_dict()))
+      for variant in rewind_sweep[1].variants
+  }
+  lines = []
+  again = lth_jax.sweep(_config(), {'pruning.rewind_step': REWIND_STEPS}, workdir, log=lines.append)
+  assert not any(line.startswith('level ') for line in lines)  # no progress line: nothing trained
+  assert _without_timing(again.records) == _without_timing(rewind_sweep[1].records)
+  # A new fraction needs no new snapshot: the dense run stays, and only the new variant's level 1 trains.
+  lines = []
+  axes = {'pruning.rewind_step': REWIND_STEPS, 'pruning.fraction': (0.5, 0.25)}
+  with pytest.raises(config_lib.ConfigError, match='holds a sweep over pruning.rewind_step, not over'):
+    lth_jax.sweep(_config(), axes, workdir, log=lines.append)
+  lines = []
+  grown = lth_jax.sweep(_config(), {'pruning.rewind_step': (*REWIND_STEPS, 20)}, workdir, log=lines.append)
+  assert any('training its level 0 again' in line for line in lines)  # step 20 was not kept
+  for label, records in before.items():
+    variant = next(v for v in grown.variants if v.label == label)
+    assert _without_timing(grown.select(variant=variant.as_dict())) == records
+  assert len(grown.select(variant={'pruning.rewind_step': 20})) == 3
+  assert json.load(open(os.path.join(workdir, sweeps.SWEEP_FILE)))['axes'] == {'pruning.rewind_step': [0, 5, 20]}
+
+
+def test_a_value_that_needs_no_new_snapshot_keeps_the_dense_run(tmp_path):
+  workdir = str(tmp_path / 'work')
+  config = _config(training__num_steps=40)
+  lth_jax.sweep(config, {'pruning.fraction': (0.5,)}, workdir, log=lambda line: None)
+  lines = []
+  results = lth_jax.sweep(config, {'pruning.fraction': (0.5, 0.25)}, workdir, log=lines.append)
+  assert not any('training its level 0 again' in line for line in lines)
+  trained = [line for line in lines if line.startswith('level ')]
+  assert trained and all(line.startswith('level 1/1') for line in trained)  # only the new variant's level 1
+  assert [r['fraction_remaining'] < 0.8 for r in results.select(level=1, branch='ticket')] == [True, True]
+
+
+def test_axes_are_parsed_and_expanded():
+  assert sweep_plan.parse_axis('pruning.rewind_step=0,100,500') == ('pruning.rewind_step', (0, 100, 500))
+  assert sweep_plan.parse_axis('pruning.mode=iterative,one_shot') == ('pruning.mode', ('iterative', 'one_shot'))
+  assert sweep_plan.parse_axis('training.decay_boundaries=(10,20);(30,)') == (
+      'training.decay_boundaries',
+      ((10, 20), (30,)),
+  )
+  variants = sweep_plan.variants({'a.x': (1, 2), 'b.y': ('p', 'q')})
+  assert [variant.label for variant in variants] == ['a.x=1,b.y=p', 'a.x=1,b.y=q', 'a.x=2,b.y=p', 'a.x=2,b.y=q']
+  config = _config()
+  config.sweep = {'pruning': {'rewind_step': (0, 10)}, 'training': {'learning_rate': 0.1}}
+  assert sweep_plan.axes_from_config(config) == {'pruning.rewind_step': (0, 10), 'training.learning_rate': (0.1,)}
+  assert not sweep_plan.Variant(()).config(config).sweep
+
+
+def test_the_dense_run_is_shared_only_where_level_0_is_the_same():
+  specs = {
+      name: lth_jax.search.prepare(config).spec
+      for name, config in {
+          'base': _config(),
+          'rewind': _config(pruning__rewind_step=20),
+          'branches': _config(branches=('snip',)),
+          'learning_rate': _config(training__learning_rate=1e-3),
+          'excluded': _config(pruning__excluded_layers=('output',), pruning__layer_fractions={}),
+      }.items()
+  }
+  keys = {name: sweep_plan.dense_key(spec) for name, spec in specs.items()}
+  assert keys['base'] == keys['rewind'] == keys['branches']
+  assert len({keys['base'], keys['learning_rate'], keys['excluded']}) == 3
+  assert sweep_plan.snapshot_steps([specs['base'], specs['rewind']]) == (5, 20)
+
+
+@pytest.mark.parametrize(
+    'axes, message',
+    [
+        ({'pruning.rewind_stepp': (0, 5)}, r'sweep axis pruning.rewind_stepp: not a config field'),
+        ({'pruning': (0, 5)}, r'sweep axis pruning: not a config field'),
+        ({'pruning.rewind_step': ('late',)}, r"sweep axis pruning.rewind_step: 'late' is not a value"),
+        ({'pruning.rewind_step': (0, 0)}, r'sweep axis pruning.rewind_step: a value is repeated'),
+        ({'pruning.rewind_step': (0, 500)}, r'sweep variant pruning.rewind_step=500: pruning.rewind_step=500'),
+        (
+            {'pruning.rewind_step': (5,), 'pruning.rewind_epoch': (0.5,)},
+            r'sweep variant .*: pruning.rewind_epoch=0.5: set either pruning.rewind_step',
+        ),
+    ],
+)
+def test_bad_axes_are_refused_before_anything_trains(tmp_path, axes, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    lth_jax.sweep(_config(), axes, str(tmp_path / 'work'), log=lambda line: None)
+  assert not os.path.exists(tmp_path / 'work')
+
+
+def test_a_sweep_workdir_refuses_another_base_config(rewind_sweep, tmp_path):
+  workdir = str(tmp_path / 'work')
+  os.makedirs(workdir)
+  shutil.copy(os.path.join(rewind_sweep[0], sweeps.SWEEP_FILE), workdir)
+  with pytest.raises(
+      config_lib.ConfigError, match=r'different base config (?s:.*)training.learning_rate: 0.003 -> 0.001'
+  ):
+    lth_jax.sweep(_config(training__learning_rate=1e-3), {'pruning.rewind_step': REWIND_STEPS}, workdir)
+
+
+def test_a_config_with_sweep_axes_is_not_run_as_one_search(tmp_path):
+  config = _config()
+  config.sweep = {'pruning': {'rewind_step': (0, 5)}}
+  with pytest.raises(config_lib.ConfigError, match=r'sweep: the config names sweep axes \(pruning.rewind_step\)'):
+    lth_jax.run(config, str(tmp_path / 'work'))
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_mid_variant_resumes_to_the_records_of_an_uninterrupted_one(tmp_path):
+  config = test_resume._config_file(str(tmp_path), pruning__levels=1)
+  axis = '--sweep=pruning.rewind_step=0,5'
+  returncode, _, stderr = test_resume._finish(test_resume._start(tmp_path / 'reference', axis, config=config))
+  assert returncode == 0, stderr[-3000:]
+  killed = tmp_path / 'killed'
+  process = test_resume._start(killed, axis, pause='3:56', config=config)  # the second variant's level 1
+  test_resume._wait_for_pause(process)
+  running = glob.glob(str(killed / 'variants' / 'pruning.rewind_step=5' / 'checkpoints' / 'running' / 'level_1_*'))
+  assert len(running) == 1, running
+  test_resume._wait_until(lambda: os.path.isdir(os.path.join(running[0], '40')))  # the save has committed
+  os.kill(process.pid, signal.SIGKILL)
+  assert test_resume._finish(process)[0] == -signal.SIGKILL
+  returncode, stdout, stderr = test_resume._finish(test_resume._start(killed, axis, config=config))
+  assert returncode == 0, stderr[-3000:]
+  assert 'resuming at step 40/60' in stdout and 'level 0/0' not in stdout  # the dense run is not trained again
+  expected, got = sweeps.load(str(tmp_path / 'reference')), sweeps.load(str(killed))
+  for variant in expected.variants:
+    assert _without_timing(got.select(variant=variant.as_dict())) == _without_timing(
+        expected.select(variant=variant.as_dict())
+    )
