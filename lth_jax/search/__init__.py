@@ -10,6 +10,7 @@ from lth_jax.search.lottery import LotteryResults
 from lth_jax.search.lottery import run
 from lth_jax.search.sweeps import load as load_sweep
 from lth_jax.search.sweeps import run as sweep
+from lth_jax.search.sweeps import run_named as sweep_named
 from lth_jax.search.sweeps import SweepResults
 from lth_jax.search.trial import branch_seed
 from lth_jax.search.trial import level_directory
@@ -28,6 +29,7 @@ __all__ = [
     'prepare',
     'run',
     'sweep',
+    'sweep_named',
     'trial_seeds',
     'workdir_lock',
 ]

@@ -27,11 +27,12 @@ class Variant:
   """One combination of axis values: ((field, value), ...) in the order of the axes."""
 
   values: tuple[tuple[str, Any], ...]
+  name: str | None = None  # a named variant's name (its values: the fields it changes)
 
   @property
   def label(self) -> str:
-    """The variant's name and folder: 'pruning.rewind_step=100,training.learning_rate=0.01'."""
-    return ','.join(f'{field}={_format_value(value)}' for field, value in self.values) or 'base'
+    """The variant's name and folder: its name, or 'pruning.rewind_step=100,training.learning_rate=0.01'."""
+    return self.name or ','.join(f'{field}={_format_value(value)}' for field, value in self.values) or 'base'
 
   def as_dict(self) -> dict[str, Any]:
     """{field: value}, as records carry it (tuples as lists, as JSON has them)."""
@@ -50,6 +51,16 @@ class Variant:
           target = target[part]
         target[name] = value
     return config
+
+
+def named_variant(name: str, base: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> Variant:
+  """The variant `name` whose config is `config`: its values are the fields that differ from `base`."""
+  if not name or '/' in name or name.startswith('.'):
+    raise config_lib.ConfigError(f'sweep variant {name!r}: a name must be a plain folder name')
+  old = compatibility.flatten(config_lib.config_to_json(base))
+  new = compatibility.flatten(config_lib.config_to_json(config))
+  changed = sorted(field for field in set(old) | set(new) if old.get(field) != new.get(field))
+  return Variant(tuple((field, new.get(field)) for field in changed), name)
 
 
 def _format_value(value: Any) -> str:

@@ -77,22 +77,47 @@ def run(
   `sweep` section) in `workdir`; returns every variant's records."""
   axes = sweep_plan.check_axes(config, sweep_plan.axes_from_config(config) if axes is None else axes)
   base = sweep_plan.Variant(()).config(config)
+  variants = [(variant, variant.config(base)) for variant in sweep_plan.variants(axes)]
+  return _run_variants(base, variants, {'axes': json.loads(json.dumps(axes))}, workdir, log)
+
+
+def run_named(
+    base: ml_collections.ConfigDict,
+    configs: Mapping[str, ml_collections.ConfigDict],
+    workdir: str,
+    log: Callable[[str], None] = workdir_lib.log_on_process_zero,
+) -> SweepResults:
+  """Runs (or resumes) named variants of `base` ({name: config}, each any change of `base`) as one
+  sweep in `workdir`; each record's 'variant' holds the fields its config changes. A name already in
+  the workdir must keep its config; new names are added."""
+  variants = [(sweep_plan.named_variant(name, base, config), config) for name, config in configs.items()]
+  named = {variant.label: variant.as_dict() for variant, _ in variants}
+  return _run_variants(base, variants, {'named': named}, workdir, log)
+
+
+def _run_variants(
+    base: ml_collections.ConfigDict,
+    variants: Sequence[tuple[sweep_plan.Variant, ml_collections.ConfigDict]],
+    entry: dict[str, Any],
+    workdir: str,
+    log: Callable[[str], None],
+) -> SweepResults:
+  """Checks every variant, then trains each group's shared dense run and the variants' levels."""
   members = []
-  for variant in sweep_plan.variants(axes):
-    variant_config = variant.config(base)
+  for variant, variant_config in variants:
     try:
       spec = prepare(variant_config).spec
     except config_lib.ConfigError as error:
       raise config_lib.ConfigError(f'sweep variant {variant.label}: {error}') from error
     members.append(_VariantRun(variant, variant_config, spec, variant_directory(workdir, variant)))
   workdir_lib.check_writable(workdir)
-  _check_sweep_file(workdir, base, axes)
+  _check_sweep_file(workdir, base, entry)
   groups: dict[str, list[_VariantRun]] = {}
   for member in members:
     groups.setdefault(sweep_plan.dense_key(member.spec), []).append(member)
   log(
-      f'lth_jax sweep: {len(members)} variant(s) over {", ".join(axes) or "no axis"}; '
-      f'{len(groups)} dense run(s) of {members[0].spec.trials} trial(s) shared by them'
+      f'lth_jax sweep: {len(members)} variant(s); {len(groups)} dense run(s) of '
+      f'{members[0].spec.trials} trial(s) shared by them'
   )
   for key, group in groups.items():
     dense_dir = os.path.join(workdir, DENSE_DIRECTORY, key)
@@ -111,8 +136,11 @@ def load(workdir: str) -> SweepResults:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{workdir} holds no sweep ({SWEEP_FILE} is missing)')
   with open(path) as file:
-    axes = json.load(file)['axes']
-  variants = sweep_plan.variants({field: tuple(values) for field, values in axes.items()})
+    recorded = json.load(file)
+  if 'named' in recorded:
+    variants = [sweep_plan.Variant(tuple(values.items()), name) for name, values in recorded['named'].items()]
+  else:
+    variants = sweep_plan.variants({field: tuple(values) for field, values in recorded['axes'].items()})
   records = []
   for variant in variants:
     results_path = os.path.join(variant_directory(workdir, variant), results_lib.RESULTS_FILE)
@@ -120,33 +148,53 @@ def load(workdir: str) -> SweepResults:
   return SweepResults(workdir=workdir, variants=variants, records=records)
 
 
-def _check_sweep_file(workdir: str, base: ml_collections.ConfigDict, axes: Mapping[str, tuple[Any, ...]]) -> None:
-  """Refuses a workdir holding a sweep of other axes or of a base config with other results; records
-  this sweep's base config and axes (values of an earlier run kept, new ones added)."""
+def _check_sweep_file(workdir: str, base: ml_collections.ConfigDict, entry: dict[str, Any]) -> None:
+  """Refuses a workdir holding a sweep of other axes (or a named variant changed), or of a base config
+  with other results; records this sweep's base config and variants (an earlier run's kept, new ones
+  added)."""
   path = os.path.join(workdir, SWEEP_FILE)
-  new = {'config': config_lib.config_to_json(base), 'axes': json.loads(json.dumps(axes))}
+  new = {'config': config_lib.config_to_json(base), **entry}
   if os.path.isfile(path):
     with open(path) as file:
       old = json.load(file)
-    if sorted(old['axes']) != sorted(new['axes']):
-      raise config_lib.ConfigError(
-          f'{workdir} holds a sweep over {", ".join(old["axes"]) or "no axis"}, not over '
-          f'{", ".join(new["axes"]) or "no axis"}; use another --workdir'
-      )
-    defaults = config_lib.config_to_json(config_lib.base_config())
-    changing, _ = config_lib.config_differences(old['config'], new['config'], defaults)
-    if changing:
-      raise config_lib.ConfigError(
-          f'{workdir} holds a sweep of a different base config ({path}); fields that differ (old -> new):\n  '
-          + '\n  '.join(changing)
-          + '\nUse the same config or another --workdir.'
-      )
-    for field, values in old['axes'].items():  # values of an earlier run stay part of the sweep
-      new['axes'][field] = values + [value for value in new['axes'][field] if value not in values]
+    _check_same_base(workdir, path, old, new)
+    _merge_variants(workdir, old, new)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with results_lib.atomic_open(path) as file:
       json.dump(new, file, indent=1, sort_keys=True)
+
+
+def _check_same_base(workdir: str, path: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+  """A ConfigError when the recorded base config gives other results than the new one."""
+  defaults = config_lib.config_to_json(config_lib.base_config())
+  changing, _ = config_lib.config_differences(old['config'], new['config'], defaults)
+  if changing:
+    raise config_lib.ConfigError(
+        f'{workdir} holds a sweep of a different base config ({path}); fields that differ (old -> new):\n  '
+        + '\n  '.join(changing)
+        + '\nUse the same config or another --workdir.'
+    )
+
+
+def _merge_variants(workdir: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+  """Adds the recorded variants to `new` (in place), refusing other axes or a named variant changed."""
+  if 'axes' in new:
+    if sorted(old.get('axes', ())) != sorted(new['axes']):
+      raise config_lib.ConfigError(
+          f'{workdir} holds a sweep over {", ".join(old.get("axes", ())) or "named variants"}, not over '
+          f'{", ".join(new["axes"]) or "no axis"}; use another --workdir'
+      )
+    for field, values in old['axes'].items():  # values of an earlier run stay part of the sweep
+      new['axes'][field] = values + [value for value in new['axes'][field] if value not in values]
+    return
+  for name, values in old.get('named', {}).items():
+    if name in new['named'] and new['named'][name] != values:
+      raise config_lib.ConfigError(
+          f'{workdir}: sweep variant {name} changes {new["named"][name]} now, {values} when it was trained; '
+          'use another name or another --workdir'
+      )
+    new['named'].setdefault(name, values)
 
 
 def _dense_run(
