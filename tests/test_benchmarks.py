@@ -88,6 +88,26 @@ def test_population_benchmark_quick_prints_every_population_size():
   assert 'lottery_level_ratio cohort_1_devices_vs_sequential_1_device=' in completed.stdout
 
 
+@pytest.mark.slow  # two minutes: four variants trained both ways, twice
+def test_sweep_benchmark_quick_counts_the_dense_trainings_of_both_ways(tmp_path):
+  output = tmp_path / 'sweep.json'
+  completed = subprocess.run(
+      [sys.executable, '-m', 'experiments.benchmarks.sweep', '--quick', f'--output={output}'],
+      cwd=REPO_ROOT,
+      env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8'),
+      capture_output=True,
+      text=True,
+      timeout=900,
+      check=False,
+  )
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  figures = {figure['figure']: figure for figure in json.loads(output.read_text())['figures']}
+  # Four reset points of two trials share two dense runs; four learning rates share none.
+  assert (figures['late_reset']['dense_runs_old'], figures['late_reset']['dense_runs_sweep']) == (8, 2)
+  assert (figures['learning_rate']['dense_runs_old'], figures['learning_rate']['dense_runs_sweep']) == (8, 8)
+  assert all(figure['speedup'] > 0 for figure in figures.values())
+
+
 def test_start_up_benchmark_quick_prints_every_figure(tmp_path):
   output = tmp_path / 'start_up.json'
   env = dict(os.environ)

@@ -1,0 +1,151 @@
+"""A sweep against one lottery run per variant, measured side by side in one process.
+
+    python -m experiments.benchmarks.sweep [--quick] [--steps=2000] [--levels=2] [--trials=2]
+        [--output=PATH]
+
+1. `late_reset ...`: a late-reset sweep of 4 reset points x --trials trials of the default config's
+   model and data (LeNet-300-100 on MNIST-1D, the reinit control beside each ticket), --levels levels
+   of --steps steps, on every device (8 simulated CPU devices unless XLA_FLAGS says otherwise): one
+   `lth_jax.run` per reset point (each trains its own dense networks) against one `lth_jax.sweep` (one
+   dense run per trial, shared by the reset points). Figures: dense trainings of each way (counted from
+   the level-0 records each trained), wall seconds of each, and old / sweep.
+2. `learning_rate ...`: 4 learning rates, the same two ways. Another learning rate is another dense
+   training, so here the sweep trains as much as the runs one by one: the figure is what the variants
+   lose while they do not yet train side by side in one program.
+
+Both ways run with the persistent compilation cache, warmed first by a run of each at a few steps, so
+that the figures compare training rather than compilation. Each variant is the same computation both
+ways (tests/test_sweeps.py checks that their records agree).
+"""
+
+from __future__ import annotations
+
+import os
+
+if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):  # before jax starts
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+
+import glob
+import tempfile
+import time
+from typing import Any, Mapping, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+
+import lth_jax
+from lth_jax import results as results_lib
+from lth_jax.search import sweep_plan
+from experiments import common
+from experiments.benchmarks.harness import Report
+from experiments.benchmarks.harness import Run
+
+_QUICK = flags.DEFINE_bool('quick', False, 'Few steps: a smoke test of the benchmark itself.')
+_STEPS = flags.DEFINE_integer('steps', 2000, 'Training steps of each level.')
+_LEVELS = flags.DEFINE_integer('levels', 2, 'Pruning levels after the dense level 0.')
+_TRIALS = flags.DEFINE_integer('trials', 2, 'Trials of every variant.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Also write the figures as JSON here.')
+FIGURES = ('late_reset', 'learning_rate')
+REWIND_FRACTIONS = (0.0, 0.01, 0.05, 0.2)  # the late-reset points, as fractions of training
+LEARNING_RATE_FACTORS = (0.25, 0.5, 1.0, 2.0)  # of the default config's learning rate
+
+
+def base_config(steps: int, levels: int, trials: int) -> ml_collections.ConfigDict:
+  """The default config at this size, one reinit control per ticket, quiet progress."""
+  config = common.embedded_config(quick=False, trials=trials)
+  config.training.num_steps = steps
+  config.training.eval_every = steps
+  config.pruning.levels = levels
+  config.branches = ('reinit',)
+  config.report.progress_every_seconds = 1e9
+  config.checkpointing.tensorboard = False
+  return config
+
+
+def dense_trainings(workdirs: Sequence[str]) -> int:
+  """Level-0 records (dense trainings) in the results files of these lottery workdirs."""
+  return sum(
+      record['level'] == 0
+      for workdir in workdirs
+      for record in results_lib.read_records(os.path.join(workdir, results_lib.RESULTS_FILE))
+  )
+
+
+def one_run_per_variant(base: ml_collections.ConfigDict, axes: Mapping[str, Sequence[Any]], workdir: str) -> int:
+  """Today's way: one lottery run per variant, each in its own workdir; returns its dense trainings."""
+  ((field, values),) = axes.items()
+  workdirs = []
+  for index, value in enumerate(values):
+    config = sweep_plan.Variant(((field, value),)).config(base)
+    workdirs.append(os.path.join(workdir, f'variant_{index}'))
+    lth_jax.run(config, workdirs[-1], log=lambda line: None)
+  return dense_trainings(workdirs)
+
+
+def one_sweep(base: ml_collections.ConfigDict, axes: Mapping[str, Sequence[Any]], workdir: str) -> int:
+  """The sweep: one search; returns its dense trainings (those of its shared dense runs)."""
+  lth_jax.sweep(base, axes, workdir, log=lambda line: None)
+  return dense_trainings(glob.glob(os.path.join(workdir, 'dense', '*')))
+
+
+def compare(report: Report, name: str, base: ml_collections.ConfigDict, axes: Mapping[str, Sequence[Any]]) -> None:
+  """Times both ways on `axes` (after a warm-up of each at a few steps) and emits the figure."""
+  warm = ml_collections.ConfigDict(base.to_dict())
+  warm.training.num_steps = warm.training.eval_every = 20
+  # Steps inside the warm-up's 20 (reset points 0, 1, 2, ...); other values as they are.
+  warm_axes = {
+      field: tuple(range(len(values))) if field.endswith('_step') else values for field, values in axes.items()
+  }
+  with tempfile.TemporaryDirectory(prefix='lth_sweep_benchmark_') as folder:
+    one_run_per_variant(warm, warm_axes, os.path.join(folder, 'warm_runs'))
+    one_sweep(warm, warm_axes, os.path.join(folder, 'warm_sweep'))
+    started = time.perf_counter()
+    old_dense = one_run_per_variant(base, axes, os.path.join(folder, 'runs'))
+    old_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    sweep_dense = one_sweep(base, axes, os.path.join(folder, 'sweep'))
+    sweep_seconds = time.perf_counter() - started
+  report.emit(
+      name,
+      variants=len(next(iter(axes.values()))),
+      trials=int(base.trials),
+      devices=jax.device_count(),
+      dense_runs_old=old_dense,
+      dense_runs_sweep=sweep_dense,
+      old_s=old_seconds,
+      sweep_s=sweep_seconds,
+      speedup=old_seconds / sweep_seconds,
+  )
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  common.quiet_logging()
+  run = Run()
+  jax.config.update('jax_compilation_cache_dir', tempfile.mkdtemp(prefix='lth_sweep_benchmark_xla_'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  steps, levels, trials = (100, 1, 2) if _QUICK.value else (_STEPS.value, _LEVELS.value, _TRIALS.value)
+  base = base_config(steps, levels, trials)
+  print(f'# {steps} steps per level, {levels} level(s), {trials} trial(s), {jax.device_count()} device(s)')
+  report = Report(FIGURES)
+  rewind_steps = tuple(sorted({round(fraction * steps) for fraction in REWIND_FRACTIONS}))
+  learning_rates = tuple(base.training.learning_rate * factor for factor in LEARNING_RATE_FACTORS)
+  run.sections(
+      [
+          ('late-reset sweep', lambda: compare(report, 'late_reset', base, {'pruning.rewind_step': rewind_steps})),
+          (
+              'learning-rate sweep',
+              lambda: compare(report, 'learning_rate', base, {'training.learning_rate': learning_rates}),
+          ),
+      ]
+  )
+  run.finish()
+  if _OUTPUT.value:
+    run.write(_OUTPUT.value, _QUICK.value, report, steps=steps, levels=levels, trials=trials)
+
+
+if __name__ == '__main__':
+  app.run(main)
