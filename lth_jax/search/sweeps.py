@@ -203,21 +203,23 @@ def _dense_run(
   """Trains (or resumes) the dense run of a group of variants, keeping its weights at `steps`; a
   finished dense run missing one of them is trained again. Returns its level-0 records."""
   dense = sweep_plan.dense_config(config)
-  trials = int(config.trials)
-  missing = [
-      step
-      for trial in range(trials)
-      for step in steps
-      if not os.path.isdir(trial_lib.snapshot_directory(directory, trial, step))
-  ]
   results_path = os.path.join(directory, results_lib.RESULTS_FILE)
-  if missing and os.path.isfile(results_path) and results_lib.read_records(results_path):
+  records = results_lib.read_records(results_path) if os.path.isfile(results_path) else []
+  missing = [  # a diverged dense run keeps no weights after its divergence
+      step
+      for record in records
+      if not results_lib.is_diverged(record)
+      for step in steps
+      if not os.path.isdir(trial_lib.snapshot_directory(directory, record['trial'], step))
+  ]
+  if missing:
     log(
         f'lth_jax sweep: the dense run in {directory} kept no weights at step(s) {sorted(set(missing))}; '
         'training its level 0 again to keep them'
     )
-    if jax.process_index() == 0:
-      shutil.rmtree(directory)
+    if jax.process_index() == 0:  # out of the way at once (a kill during the deletion leaves no half run)
+      os.replace(directory, directory + '.stale')
+      shutil.rmtree(directory + '.stale')
   return lottery.run(dense, directory, log, keep_snapshots=steps).records
 
 
