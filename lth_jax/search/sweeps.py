@@ -218,6 +218,7 @@ def _dense_run(
         'training its level 0 again to keep them'
     )
     if jax.process_index() == 0:  # out of the way at once (a kill during the deletion leaves no half run)
+      shutil.rmtree(directory + '.stale', ignore_errors=True)
       os.replace(directory, directory + '.stale')
       shutil.rmtree(directory + '.stale')
   return lottery.run(dense, directory, log, keep_snapshots=steps).records
