@@ -18,6 +18,7 @@ from tests import helpers
 from tests import test_resume
 
 REWIND_STEPS = (0, 5)
+AXES = {'pruning.rewind_step': REWIND_STEPS, 'pruning.fraction': (0.5,)}
 
 
 def _config(**overrides):
@@ -26,8 +27,8 @@ def _config(**overrides):
 
 
 def _without_timing(records):
-  """Records without their wall-clock fields and variant, in a fixed order."""
-  kept = [{k: v for k, v in record.items() if k not in ('wall_seconds', 'variant')} for record in records]
+  """Records without their wall-clock fields, variant and dense run, in a fixed order."""
+  kept = [{k: v for k, v in record.items() if k not in ('wall_seconds', 'variant', 'dense_run')} for record in records]
   return sorted(kept, key=lambda record: (record['trial'], record['level'], record['branch']))
 
 
@@ -36,34 +37,48 @@ def rewind_sweep(tmp_path_factory):
   """A sweep over two rewind steps, with its log lines."""
   workdir = str(tmp_path_factory.mktemp('sweep') / 'work')
   lines = []
-  results = lth_jax.sweep(_config(), {'pruning.rewind_step': REWIND_STEPS}, workdir, log=lines.append)
+  results = lth_jax.sweep(_config(), AXES, workdir, log=lines.append)
   return workdir, results, lines
 
 
 def test_a_sweep_trains_one_dense_run_and_equals_its_variants_run_alone(rewind_sweep, tmp_path):
   workdir, results, lines = rewind_sweep
-  assert [variant.label for variant in results.variants] == ['pruning.rewind_step=0', 'pruning.rewind_step=5']
+  assert [variant.label for variant in results.variants] == [
+      'pruning.fraction=0.5,pruning.rewind_step=0',
+      'pruning.fraction=0.5,pruning.rewind_step=5',
+  ]
   assert len(os.listdir(os.path.join(workdir, sweeps.DENSE_DIRECTORY))) == 1
   assert sum('level 0: already done' in line for line in lines) == len(REWIND_STEPS)  # no variant trains it
   for step in REWIND_STEPS:
-    records = results.select(variant={'pruning.rewind_step': step})
+    records = results.select(variant={'pruning.rewind_step': step, 'pruning.fraction': 0.5})
     assert [(r['level'], r['branch']) for r in records] == [(0, 'ticket'), (1, 'ticket'), (1, 'reinit')]
     alone = lottery.run(_config(pruning__rewind_step=step), str(tmp_path / str(step)), log=lambda line: None)
     assert _without_timing(records) == _without_timing(alone.records)
-  assert results.select(variant={'pruning.rewind_step': 0})[1]['start_step'] == 0
-  assert results.select(variant={'pruning.rewind_step': 5})[1]['start_step'] == 5
+  assert [record['start_step'] for record in results.select(level=1, branch='ticket')] == [0, 5]
 
 
 def test_a_finished_sweep_trains_nothing_and_refuses_other_axes(rewind_sweep, tmp_path):
   workdir = str(tmp_path / 'work')
   shutil.copytree(rewind_sweep[0], workdir)
   lines = []
-  again = lth_jax.sweep(_config(), {'pruning.rewind_step': REWIND_STEPS}, workdir, log=lines.append)
+  again = lth_jax.sweep(_config(), AXES, workdir, log=lines.append)
   assert not any(line.startswith('level ') for line in lines)  # no progress line: nothing trained
   assert _without_timing(again.records) == _without_timing(rewind_sweep[1].records)
-  axes = {'pruning.rewind_step': REWIND_STEPS, 'pruning.fraction': (0.5, 0.25)}
-  with pytest.raises(config_lib.ConfigError, match='holds a sweep over pruning.rewind_step, not over'):
-    lth_jax.sweep(_config(), axes, workdir)
+  with pytest.raises(
+      config_lib.ConfigError,
+      match='holds a sweep over pruning.fraction, pruning.rewind_step, not over pruning.rewind_step',
+  ):
+    lth_jax.sweep(_config(), {'pruning.rewind_step': REWIND_STEPS}, workdir)
+  # A new fraction needs no new snapshot: the dense run stays, only the new variants' level 1 trains.
+  lines = []
+  grown = lth_jax.sweep(_config(), {**AXES, 'pruning.fraction': (0.5, 0.25)}, workdir, log=lines.append)
+  trained = [line for line in lines if line.startswith('level ')]
+  assert trained and all(line.startswith('level 1/1') for line in trained)
+  assert not any('training its level 0 again' in line for line in lines)
+  assert _without_timing(grown.select(variant={'pruning.rewind_step': 5, 'pruning.fraction': 0.5})) == _without_timing(
+      rewind_sweep[1].select(variant={'pruning.rewind_step': 5, 'pruning.fraction': 0.5})
+  )
+  assert len(grown.select(level=1, branch='ticket')) == 4
 
 
 @pytest.mark.slow
@@ -71,25 +86,24 @@ def test_a_new_rewind_point_trains_the_dense_run_again_and_keeps_the_other_varia
   workdir = str(tmp_path / 'work')
   shutil.copytree(rewind_sweep[0], workdir)
   lines = []
-  grown = lth_jax.sweep(_config(), {'pruning.rewind_step': (*REWIND_STEPS, 20)}, workdir, log=lines.append)
+  grown = lth_jax.sweep(_config(), {**AXES, 'pruning.rewind_step': (*REWIND_STEPS, 20)}, workdir, log=lines.append)
   assert any('training its level 0 again' in line for line in lines)  # step 20 was not kept
   for variant in rewind_sweep[1].variants:
     records = _without_timing(rewind_sweep[1].select(variant=variant.as_dict()))
     assert _without_timing(grown.select(variant=variant.as_dict())) == records
-  assert len(grown.select(variant={'pruning.rewind_step': 20})) == 3
-  assert json.load(open(os.path.join(workdir, sweeps.SWEEP_FILE)))['axes'] == {'pruning.rewind_step': [0, 5, 20]}
+  assert len(grown.select(variant={'pruning.rewind_step': 20, 'pruning.fraction': 0.5})) == 3
+  assert json.load(open(os.path.join(workdir, sweeps.SWEEP_FILE)))['axes']['pruning.rewind_step'] == [0, 5, 20]
 
 
-def test_a_value_that_needs_no_new_snapshot_keeps_the_dense_run(tmp_path):
+def test_a_variant_that_shares_its_level_0_with_none_trains_it_in_its_own_folder(tmp_path):
   workdir = str(tmp_path / 'work')
-  config = _config()
-  lth_jax.sweep(config, {'pruning.fraction': (0.5,)}, workdir, log=lambda line: None)
-  lines = []
-  results = lth_jax.sweep(config, {'pruning.fraction': (0.5, 0.25)}, workdir, log=lines.append)
-  assert not any('training its level 0 again' in line for line in lines)
-  trained = [line for line in lines if line.startswith('level ')]
-  assert trained and all(line.startswith('level 1/1') for line in trained)  # only the new variant's level 1
-  assert [r['fraction_remaining'] < 0.8 for r in results.select(level=1, branch='ticket')] == [True, True]
+  results = lth_jax.sweep(_config(), {'training.learning_rate': (3e-3,)}, workdir, log=lambda line: None)
+  assert not os.path.exists(os.path.join(workdir, sweeps.DENSE_DIRECTORY))
+  assert [(r['level'], r['branch'], r['variant']) for r in results.records] == [
+      (0, 'ticket', {'training.learning_rate': 3e-3}),
+      (1, 'ticket', {'training.learning_rate': 3e-3}),
+      (1, 'reinit', {'training.learning_rate': 3e-3}),
+  ]
 
 
 def test_axes_are_parsed_and_expanded():
@@ -101,6 +115,7 @@ def test_axes_are_parsed_and_expanded():
   )
   variants = sweep_plan.variants({'a.x': (1, 2), 'b.y': ('p', 'q')})
   assert [variant.label for variant in variants] == ['a.x=1,b.y=p', 'a.x=1,b.y=q', 'a.x=2,b.y=p', 'a.x=2,b.y=q']
+  assert sweep_plan.variants({'b.y': ('p',), 'a.x': (1,)})[0].label == 'a.x=1,b.y=p'  # one folder whatever the order
   config = _config()
   config.sweep = {'pruning': {'rewind_step': (0, 10)}, 'training': {'learning_rate': 0.1}}
   assert sweep_plan.axes_from_config(config) == {'pruning.rewind_step': (0, 10), 'training.learning_rate': (0.1,)}
@@ -151,7 +166,7 @@ def test_a_sweep_workdir_refuses_another_base_config(rewind_sweep, tmp_path):
   with pytest.raises(
       config_lib.ConfigError, match=r'different base config (?s:.*)training.learning_rate: 0.003 -> 0.001'
   ):
-    lth_jax.sweep(_config(training__learning_rate=1e-3), {'pruning.rewind_step': REWIND_STEPS}, workdir)
+    lth_jax.sweep(_config(training__learning_rate=1e-3), AXES, workdir)
 
 
 def test_a_config_with_sweep_axes_is_not_run_as_one_search(tmp_path):

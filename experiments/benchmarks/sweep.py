@@ -85,9 +85,11 @@ def one_run_per_variant(base: ml_collections.ConfigDict, axes: Mapping[str, Sequ
 
 
 def one_sweep(base: ml_collections.ConfigDict, axes: Mapping[str, Sequence[Any]], workdir: str) -> int:
-  """The sweep: one search; returns its dense trainings (those of its shared dense runs)."""
-  lth_jax.sweep(base, axes, workdir, log=lambda line: None)
-  return dense_trainings(glob.glob(os.path.join(workdir, 'dense', '*')))
+  """The sweep: one search; returns its dense trainings (its shared dense runs' and those of variants
+  that share their level 0 with no other; a record taken from a dense run names it under 'dense_run')."""
+  results = lth_jax.sweep(base, axes, workdir, log=lambda line: None)
+  alone = sum(record['level'] == 0 and 'dense_run' not in record for record in results.records)
+  return alone + dense_trainings(glob.glob(os.path.join(workdir, 'dense', '*')))
 
 
 def compare(report: Report, name: str, base: ml_collections.ConfigDict, axes: Mapping[str, Sequence[Any]]) -> None:

@@ -31,8 +31,9 @@ class Variant:
 
   @property
   def label(self) -> str:
-    """The variant's name and folder: its name, or 'pruning.rewind_step=100,training.learning_rate=0.01'."""
-    return self.name or ','.join(f'{field}={_format_value(value)}' for field, value in self.values) or 'base'
+    """The variant's name and folder: its name, or its values by field name, as in
+    'pruning.rewind_step=100,training.learning_rate=0.01'."""
+    return self.name or ','.join(f'{field}={_format_value(value)}' for field, value in sorted(self.values)) or 'base'
 
   def as_dict(self) -> dict[str, Any]:
     """{field: value}, as records carry it (tuples as lists, as JSON has them)."""

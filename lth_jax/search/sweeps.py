@@ -4,10 +4,12 @@
                                 config is refused; more values on the same axes are welcome)
     WORKDIR/dense/<key>/        one dense run per group of variants that share level 0: each trial's
                                 level 0, trained once, keeping its weights at every rewind and
-                                turnaround step the group's variants need
+                                turnaround step the group's variants need (a variant that shares its
+                                level 0 with no other trains it in its own folder)
     WORKDIR/variants/<label>/   each variant, a lottery workdir whose level 0 is taken from its dense
-                                run (records, final weights, rewind and turnaround points), then its
-                                own levels; every record carries the variant's values under 'variant'
+                                run (records, naming it under 'dense_run'; final weights; rewind and
+                                turnaround points), then its own levels; every record carries the
+                                variant's values under 'variant'
 
 Every variant is checked (config and data) before anything trains. A re-run continues where the sweep
 stopped; a shared dense run is never trained twice, except when a new rewind or turnaround point needs
@@ -121,13 +123,21 @@ def _run_variants(
   )
   for key, group in groups.items():
     dense_dir = os.path.join(workdir, DENSE_DIRECTORY, key)
+    if len(group) == 1 and not os.path.isdir(dense_dir):  # nothing to share: the variant trains its own level 0
+      _run_variant(group[0], log)
+      continue
     steps = sweep_plan.snapshot_steps([member.spec for member in group])
     dense_records = _dense_run(group[0].config, dense_dir, steps, log)
     for member in group:
-      log(f'lth_jax sweep: variant {member.variant.label}')
       _adopt_level_zero(member, dense_dir, dense_records, log)
-      lottery.run(member.config, member.directory, log, record_fields={'variant': member.variant.as_dict()})
+      _run_variant(member, log)
   return load(workdir)
+
+
+def _run_variant(member: _VariantRun, log: Callable[[str], None]) -> None:
+  """Runs (or resumes) one variant's lottery in its folder, its records carrying the variant."""
+  log(f'lth_jax sweep: variant {member.variant.label}')
+  lottery.run(member.config, member.directory, log, record_fields={'variant': member.variant.as_dict()})
 
 
 def load(workdir: str) -> SweepResults:
@@ -240,7 +250,7 @@ def _adopt_level_zero(
     if trial in done:
       continue
     _copy_level_zero_weights(member, dense_dir, trial)
-    adopted.append({**record, 'variant': member.variant.as_dict()})
+    adopted.append({**record, 'variant': member.variant.as_dict(), 'dense_run': os.path.basename(dense_dir)})
   if adopted and jax.process_index() == 0:
     results_lib.append_records(results_path, adopted)
 
