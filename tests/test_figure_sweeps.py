@@ -1,5 +1,6 @@
 """The figure commands (learning_rate_sweep, pruning_mode_sweep, turnaround_sweep, weight_fate): their plots, tables, masks
-and histograms on synthetic inputs, and (slow) each one's --quick run end to end, resumed."""
+and histograms on synthetic inputs, their sweep and dense run on a tiny config, and (slow) each one's --quick run end
+to end (one sweep: shared dense runs, a folder per variant), resumed."""
 
 import csv
 import importlib.util
@@ -21,13 +22,13 @@ from lth_jax import config as config_lib
 from lth_jax.config import schema
 from lth_jax.search import cohorts
 from lth_jax.search import experiment as experiment_lib
-from lth_jax.search import workdir as workdir_lib
 from experiments import common
 from experiments import figures
 from experiments import learning_rate_sweep
 from experiments import pruning_mode_sweep
 from experiments import turnaround_sweep
 from experiments import weight_fate
+from tests import helpers
 
 TRAINING_PROGRESS = re.compile(r': step \d+/\d+ \(')  # the progress line of a run that trains
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -206,19 +207,26 @@ def test_turnaround_sweep_refuses_a_turnaround_before_the_reset_step_before_trai
   assert not os.listdir(tmp_path)  # nothing trained
 
 
-def test_run_variants_refuses_a_folder_of_another_config_before_training(tmp_path):
-  config = common.embedded_config(True, 1)
-  experiment = experiment_lib.prepare(config)
-  workdir_lib.check_workdir_config(config, experiment.spec, str(tmp_path / 'late_reset'))
-  (tmp_path / 'late_reset' / 'results.jsonl').write_text(json.dumps(_record(0, 'ticket', 0.5)) + '\n')
-  changed = common.embedded_config(True, 1)
-  changed.pruning.rewind_step = 7
-  fresh = common.embedded_config(True, 1)
+def test_run_variants_runs_one_sweep_and_refuses_a_variant_of_another_config_before_training(tmp_path):
+  workdir = str(tmp_path)
+  base = helpers.tiny_config(pruning__levels=0, branches=())
+  late_reset = helpers.tiny_config(pruning__levels=0, branches=(), pruning__rewind_step=10)
+  records = figures.run_variants(base, {'late_reset': late_reset}, workdir, 'sweep')
+  assert [(r['level'], r['variant']) for r in records['late_reset']] == [(0, {'pruning.rewind_step': 10})]
+  assert os.listdir(tmp_path / 'variants') == ['late_reset'] and len(os.listdir(tmp_path / 'dense')) == 1
+  recorded = (tmp_path / 'sweep.json').read_text()
+  changed = helpers.tiny_config(pruning__levels=0, branches=(), pruning__rewind_step=7)
   with pytest.raises(
-      SystemExit, match=r'sweep: late_reset: .* holds runs of a different config(.|\n)*pruning.rewind_step: 0 -> 7'
+      SystemExit,
+      match=r"sweep: .*sweep variant late_reset changes \{'pruning.rewind_step': 7\} now, "
+      r"\{'pruning.rewind_step': 10\} when it was trained",
   ):
-    figures.run_variants({'fresh': fresh, 'late_reset': changed}, str(tmp_path), 'sweep')
-  assert not (tmp_path / 'fresh' / 'results.jsonl').exists()  # nothing trained
+    figures.run_variants(base, {'fresh': base, 'late_reset': changed}, workdir, 'sweep')
+  other_base = helpers.tiny_config(pruning__levels=0, branches=(), training__learning_rate=1e-2)
+  with pytest.raises(SystemExit, match=r'sweep: .*different base config(.|\n)*training.learning_rate: 0.003 -> 0.01'):
+    figures.run_variants(other_base, {'fresh': other_base}, workdir, 'sweep')
+  assert os.listdir(tmp_path / 'variants') == ['late_reset']  # nothing trained
+  assert (tmp_path / 'sweep.json').read_text() == recorded
 
 
 def _lenet_params(seed=0):
@@ -370,10 +378,21 @@ def _read_csv(path):
 
 
 def _results(workdir):
+  """The results file of every variant of the sweep in `workdir`, by variant name."""
+  variants = os.path.join(workdir, 'variants')
   return {
-      name: open(os.path.join(workdir, name, 'results.jsonl')).read()
-      for name in sorted(os.listdir(workdir))
-      if os.path.isfile(os.path.join(workdir, name, 'results.jsonl'))
+      name: open(os.path.join(variants, name, 'results.jsonl')).read()
+      for name in sorted(os.listdir(variants))
+      if os.path.isfile(os.path.join(variants, name, 'results.jsonl'))
+  }
+
+
+def _dense_runs(workdir):
+  """The dense runs of the sweep in `workdir`: their level-0 records, by folder."""
+  dense = os.path.join(workdir, 'dense')
+  return {
+      name: [json.loads(line) for line in open(os.path.join(dense, name, 'results.jsonl'))]
+      for name in sorted(os.listdir(dense))
   }
 
 
@@ -383,11 +402,16 @@ def test_learning_rate_sweep_quick_runs_every_variant_and_resumes(tmp_path):
   assert completed.returncode == 0, completed.stderr[-3000:]
   results = _results(tmp_path)
   assert sorted(results) == sorted(learning_rate_sweep.VARIANTS)
+  dense = {}
   for name, text in results.items():
     records = [json.loads(line) for line in text.splitlines()]
     assert {(r['branch'], r['level']) for r in records} == {('ticket', 0)} | {
         (branch, level) for branch in ('ticket', 'reinit') for level in range(1, 7)
     }, name
+    dense[name] = next(r['test_accuracy'] for r in records if r['level'] == 0)
+  # standard and late_reset differ only after level 0: one dense run for both; low_lr and warmup train their own.
+  assert len(_dense_runs(tmp_path)) == 3
+  assert dense['standard'] == dense['late_reset']
   starts = {json.loads(text.splitlines()[-1])['start_step'] for text in results.values()}
   assert starts == {0, 33}  # late_reset resets to 1/30 of the 1000 steps
   cells = _read_csv(tmp_path / 'learning_rate_sweep_cells.csv')
@@ -412,7 +436,9 @@ def test_pruning_mode_sweep_quick_runs_every_variant_and_resumes(tmp_path):
   assert completed.returncode == 0, completed.stderr[-3000:]
   results = _results(tmp_path)
   assert sorted(results) == ['iterative', 'one_shot']
-  config = json.load(open(tmp_path / 'one_shot' / 'config.json'))
+  (dense,) = _dense_runs(tmp_path).values()  # the variants differ only after level 0: one dense run
+  assert [r['level'] for r in dense] == [0]
+  config = json.load(open(tmp_path / 'variants' / 'one_shot' / 'config.json'))
   assert config['pruning']['mode'] == 'one_shot' and config['pruning']['rewind_step'] == 33
   records = {name: [json.loads(line) for line in text.splitlines()] for name, text in results.items()}
   density = {
@@ -442,7 +468,11 @@ def test_turnaround_sweep_quick_tables_and_figure(tmp_path, mode):
   )
   assert completed.returncode == 0, completed.stderr[-3000:]
   assert sorted(_results(tmp_path)) == ['turnaround_100', 'turnaround_1000']
-  configs = {name: json.load(open(tmp_path / name / 'config.json')) for name in ('turnaround_100', 'turnaround_1000')}
+  assert len(_dense_runs(tmp_path)) == 1  # one dense run, its weights kept at the turnaround step
+  configs = {
+      name: json.load(open(tmp_path / 'variants' / name / 'config.json'))
+      for name in ('turnaround_100', 'turnaround_1000')
+  }
   assert configs['turnaround_100']['pruning']['turnaround_step'] == 100
   assert configs['turnaround_1000']['pruning']['turnaround_step'] == 0
   assert {config['pruning']['mode'] for config in configs.values()} == {mode}
