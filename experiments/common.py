@@ -1,10 +1,13 @@
-"""Shared pieces of the experiment scripts: the base config, late-reset points and atomic text outputs."""
+"""Shared pieces of the experiment scripts: the base config, late-reset points, their variants run as one
+sweep, and atomic text outputs."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Mapping, Sequence, TypeVar
+import os
+import sys
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from absl import app
 from absl import flags
@@ -17,7 +20,9 @@ from lth_jax.config import schema
 from lth_jax.data import tfds_source
 from lth_jax.reporting import stability_tables
 from lth_jax import results as results_lib
+from lth_jax import search
 from lth_jax.search import experiment as experiment_lib
+from lth_jax.search import sweeps
 
 Key = TypeVar('Key')  # a sweep's configs are keyed by variant name or reset point
 
@@ -73,7 +78,7 @@ class ResetPoint:
 
   @property
   def directory(self) -> str:
-    """The lottery workdir of this point, relative to the sweep's workdir."""
+    """The point's variant in the sweep: its name, and its lottery workdir's (WORKDIR/variants/<name>)."""
     return f'reset_{self.label}' if self.unit == 'step' else f'reset_epoch_{self.label}'
 
   def apply(self, config: ml_collections.ConfigDict) -> None:
@@ -107,21 +112,62 @@ def reset_points(
   return sorted(points, key=lambda point: point.value)
 
 
+def lottery_base(base: ml_collections.ConfigDict, levels: int) -> ml_collections.ConfigDict:
+  """The base config of the reset points' sweep: `base` with `levels` pruning levels and no control branch."""
+  config = base.copy_and_resolve_references()
+  config.pruning.levels = levels
+  config.branches = ()
+  return config
+
+
 def lottery_configs(
     base: ml_collections.ConfigDict, points: Sequence[ResetPoint], levels: int
 ) -> dict[ResetPoint, ml_collections.ConfigDict]:
-  """The lottery config of each reset point: `base` with late resetting to the point, `levels` pruning
-  levels, and no control branch but `reinit` at the first point (the random-reinitialization row of
-  the late-reset table). The late-reset and stability sweeps build the same runs, so they can share a
-  workdir (the number of levels does not change a run's results)."""
+  """The lottery config of each reset point: `lottery_base` with late resetting to the point, and the
+  control branch `reinit` at the first point only (the random-reinitialization row of the late-reset
+  table). The late-reset and stability sweeps build the same runs, so they can share a workdir (the
+  number of levels does not change a run's results)."""
   configs = {}
   for index, point in enumerate(points):
-    config = base.copy_and_resolve_references()
+    config = lottery_base(base, levels)
     point.apply(config)
-    config.pruning.levels = levels
     config.branches = ('reinit',) if index == 0 else ()
     configs[point] = config
   return configs
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantRun:
+  """One variant of a sweep, run: its lottery workdir and its records."""
+
+  directory: str
+  records: list[dict[str, Any]]
+
+
+def run_sweep(
+    command: str,
+    base: ml_collections.ConfigDict,
+    configs: Mapping[Key, ml_collections.ConfigDict],
+    workdir: str,
+    name: Callable[[Key], str] = str,
+) -> dict[Key, VariantRun]:
+  """Runs (or resumes) the configs as the named variants (`name(key)`) of one sweep of `base` in
+  `workdir` (`lth_jax.search.sweep_named`): variants that share their dense training share one dense run
+  per trial, in WORKDIR/dense/, and each variant is a lottery workdir, WORKDIR/variants/<name>. Returns
+  each one's workdir and records by key. Check the configs first (`prepare_all`); a workdir holding a
+  sweep of another base config, or a variant of the same name with another config, exits naming it
+  before anything trains."""
+  names = {key: name(key) for key in configs}
+  try:
+    results = search.sweep_named(base, {names[key]: config for key, config in configs.items()}, workdir)
+  except errors.ConfigError as error:
+    sys.exit(f'{command}: {error}')
+  variants = {variant.label: variant for variant in results.variants}
+  runs = {}
+  for key, variant_name in names.items():
+    directory = sweeps.variant_directory(workdir, variants[variant_name])
+    runs[key] = VariantRun(directory, results_lib.read_records(os.path.join(directory, results_lib.RESULTS_FILE)))
+  return runs
 
 
 def prepare_all(script: str, configs: Mapping[Key, ml_collections.ConfigDict]) -> dict[Key, experiment_lib.Experiment]:

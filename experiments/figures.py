@@ -1,5 +1,5 @@
 """Shared pieces of the figure commands (learning_rate_sweep, turnaround_sweep, weight_fate): variants of
-one config validated together and run side by side, accuracy-vs-sparsity plots with one colour per
+one config validated together and run as one sweep, accuracy-vs-sparsity plots with one colour per
 variant, and tables that star winning tickets."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import sys
 from typing import Any, Mapping, Sequence
 
 from absl import app
@@ -18,13 +17,11 @@ import numpy as np
 from matplotlib import figure as figure_lib
 from matplotlib import ticker
 
-import lth_jax
 from lth_jax import config as config_lib
 from lth_jax.config import lengths
 from lth_jax.reporting import summaries
 from lth_jax import results as results_lib
 from lth_jax.search import experiment
-from lth_jax.search import workdir as workdir_lib
 from experiments import common
 
 DPI = 80  # the figures are small enough to keep in docs/figures
@@ -121,18 +118,15 @@ def variant_copies(
 
 
 def run_variants(
-    configs: Mapping[str, ml_collections.ConfigDict], workdir: str, command: str
+    base: ml_collections.ConfigDict, configs: Mapping[str, ml_collections.ConfigDict], workdir: str, command: str
 ) -> dict[str, list[dict[str, Any]]]:
-  """Runs (or resumes) each variant's lottery experiment in WORKDIR/<name>; returns its records by name.
-  Before anything trains, every variant's config is validated and checked against the config of the
-  runs already in its folder (a different one exits naming the variant and the differing fields)."""
-  experiments = common.prepare_all(command, configs)
-  for name, config in configs.items():
-    try:
-      workdir_lib.check_workdir_config(config, experiments[name].spec, os.path.join(workdir, name))
-    except lth_jax.ConfigError as error:
-      sys.exit(f'{command}: {name}: {error}')
-  return {name: lth_jax.run(config, os.path.join(workdir, name)).records for name, config in configs.items()}
+  """Runs (or resumes) the variants as one sweep of `base` in `workdir` (`common.run_sweep`: a shared
+  dense run per trial for the variants whose level 0 is the same, each variant's lottery workdir in
+  WORKDIR/variants/<name>); returns their records by name. Before anything trains, every variant's
+  config is validated and the workdir's sweep checked: a variant of the same name with another config
+  there exits naming it and the fields it changes."""
+  common.prepare_all(command, configs)
+  return {name: run.records for name, run in common.run_sweep(command, base, configs, workdir).items()}
 
 
 def save_png(figure: figure_lib.Figure, path: str) -> None:

@@ -3,7 +3,9 @@
 
 For every late-reset point k (--reset_steps, or --reset_epochs), a lottery run (iterative, or with
 --mode=one_shot each level the dense network pruned in one shot to that level's density) with late
-resetting to k, in WORKDIR/reset_<k>; then
+resetting to k, all run as one sweep (`lth_jax.search.sweep_named`): the points share one dense run per
+trial (WORKDIR/dense/, keeping its weights at every reset point), and the run of point k is the sweep's
+variant reset_<k> (WORKDIR/variants/reset_<k>: its level 0 taken from the dense run, then its levels); then
   * a table (Figure 5): rows = reset point, columns = fraction of weights remaining, cells = the
     ticket's test accuracy (mean over trials, ± the largest distance of a trial from the mean); '*'
     marks winning tickets (at least the dense network's accuracy). Row R is random reinitialization:
@@ -14,7 +16,7 @@ resetting to k, in WORKDIR/reset_<k>; then
   * the stability of trial 0's ticket found at `--stability_level` and of its random (permuted) ticket
     at the end of training against the reset point, distances normalized by the final (Figure 4) and by
     the maximum (Figure 6) distance between two full networks. Measurements are kept in
-    WORKDIR/reset_<k>/stability.jsonl and not repeated when the command runs again. `stability_sweep`
+    WORKDIR/variants/reset_<k>/stability.jsonl and not repeated when the command runs again. `stability_sweep`
     measures every trial throughout training and can share this command's --workdir.
 
     python -m experiments.late_reset_sweep --workdir=/tmp/lth_late_reset --quick --mode=one_shot   # ~1 min, CPU
@@ -33,7 +35,6 @@ import os
 from absl import app
 from absl import flags
 
-import lth_jax
 from lth_jax.analysis import stability
 from lth_jax.reporting import stability_tables
 from lth_jax import results as results_lib
@@ -63,25 +64,28 @@ def main(argv):
   if stability_level < 0:
     raise app.UsageError(f'--stability_level={stability_level}: must be 0 (skip) or a pruned level')
   # Row R: the reinit branch, trained once with the first point's run (see the module docstring).
-  configs = common.lottery_configs(base, points, max(base.pruning.levels, stability_level))
+  levels = max(base.pruning.levels, stability_level)
+  configs = common.lottery_configs(base, points, levels)
   experiments = common.prepare_all('late_reset_sweep', configs)  # every point is checked before anything trains
+  runs = common.run_sweep(
+      'late_reset_sweep', common.lottery_base(base, levels), configs, workdir, lambda point: point.directory
+  )
 
-  records_by_reset, reinit_records, stability_results = {}, [], []
-  for index, (point, config) in enumerate(configs.items()):
-    run_dir = os.path.join(workdir, point.directory)
-    records = lth_jax.run(config, run_dir).records
-    records_by_reset[point.label] = records
-    if index == 0:
-      reinit_records = [r for r in records if r['branch'] == 'reinit']
-    if stability_level:
-      every = experiments[point].spec.training.eval_every or max(1, experiments[point].total_steps // 10)
-      result, measured = stability.measure_lottery_ticket_once(
-          config, run_dir, stability_level, measure_steps=range(0, experiments[point].total_steps, every)
-      )
-      print(
-          f'reset {point.unit} {point.label}: stability of level {stability_level} {"measured" if measured else "loaded"}'
-      )
-      stability_results.append(result)
+  records_by_reset = {point.label: run.records for point, run in runs.items()}
+  reinit_records = [r for r in runs[points[0]].records if r['branch'] == 'reinit']
+  stability_results = []
+  for point, config in configs.items():
+    if not stability_level:
+      break
+    total_steps = experiments[point].total_steps
+    every = experiments[point].spec.training.eval_every or max(1, total_steps // 10)
+    result, measured = stability.measure_lottery_ticket_once(
+        config, runs[point].directory, stability_level, measure_steps=range(0, total_steps, every)
+    )
+    print(
+        f'reset {point.unit} {point.label}: stability of level {stability_level} {"measured" if measured else "loaded"}'
+    )
+    stability_results.append(result)
 
   mode = base.pruning.get('mode', 'iterative')
   header, rows = table_lib.late_reset_table(records_by_reset, reinit_records)

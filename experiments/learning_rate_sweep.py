@@ -2,8 +2,10 @@
 resetting, each beside its random reinitialization (Figure 2 of "The Lottery Ticket Hypothesis at
 Scale").
 
-Every variant is one lottery run (the ticket and the 'reinit' branch, no early turnaround) in
-WORKDIR/<variant>, derived from one config (`--config`, or the embedded LeNet on MNIST-1D):
+Every variant is one lottery run (the ticket and the 'reinit' branch, no early turnaround) derived from
+one config (`--config`, or the embedded LeNet on MNIST-1D); they run as one sweep
+(`lth_jax.search.sweep_named`), each variant in WORKDIR/variants/<variant>. standard and late_reset
+share one dense run per trial (WORKDIR/dense/); low_lr and warmup train their own:
 
   standard     the config's learning rate, no warmup, reset to initialization (step 0)
   low_lr       the learning rate divided by --low_lr_factor (10), no warmup, reset to step 0
@@ -100,7 +102,7 @@ def variant_label(name: str, config: ml_collections.ConfigDict) -> str:
 def _define_flags() -> None:
   """The command-line flags (defined only when run as a program, so that the figure commands can be
   imported together, e.g. by the tests)."""
-  flags.DEFINE_string('workdir', None, 'Output folder (one subfolder per variant).', required=True)
+  flags.DEFINE_string('workdir', None, 'Output folder (the sweep: variants/<variant>, dense/).', required=True)
   flags.DEFINE_list('variants', list(VARIANTS), f'Variants to run, of {", ".join(VARIANTS)}.')
   flags.DEFINE_float('low_lr_factor', 10.0, 'low_lr divides the learning rate by this.')
   flags.DEFINE_integer('warmup_steps', None, "Warmup length (default: the config's own warmup, else 10% of training).")
@@ -128,7 +130,7 @@ def main(argv):
   labels = {name: variant_label(name, config) for name, config in configs.items()}
   for name, label in labels.items():
     print(f'{name}: {label}')
-  records = figures.run_variants(configs, FLAGS.workdir, 'learning_rate_sweep')
+  records = figures.run_variants(base, configs, FLAGS.workdir, 'learning_rate_sweep')
   figures.report_variants(
       records,
       labels,

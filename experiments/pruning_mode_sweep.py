@@ -1,8 +1,10 @@
 """Iterative against one-shot pruning with late resetting, and iterative pruning without it, each beside
 its random reinitialization (Figure 10 of "The Lottery Ticket Hypothesis at Scale": ResNet-50 on ImageNet).
 
-Every variant is one lottery run (the ticket and the 'reinit' branch) in WORKDIR/<variant>, derived from
-one config (`--config`, or the embedded LeNet on MNIST-1D); all keep the config's early turnaround:
+Every variant is one lottery run (the ticket and the 'reinit' branch) derived from one config
+(`--config`, or the embedded LeNet on MNIST-1D); all keep the config's early turnaround. They run as one
+sweep (`lth_jax.search.sweep_named`) and share one dense run per trial (WORKDIR/dense/); each variant's
+levels are in WORKDIR/variants/<variant>:
 
   iterative   iterative pruning, late resetting to --reset_step
   one_shot    level L prunes the dense network to the density iterative pruning reaches at level L in
@@ -58,7 +60,7 @@ def variant_label(name: str, config: ml_collections.ConfigDict) -> str:
 def _define_flags() -> None:
   """The command-line flags (defined only when run as a program, so that the figure commands can be
   imported together, e.g. by the tests)."""
-  flags.DEFINE_string('workdir', None, 'Output folder (one subfolder per variant).', required=True)
+  flags.DEFINE_string('workdir', None, 'Output folder (the sweep: variants/<variant>, dense/).', required=True)
   flags.DEFINE_list('variants', list(VARIANTS), f'Variants to run, of {", ".join(VARIANTS)}.')
   flags.DEFINE_integer(
       'reset_step', None, "The late-reset step (default: the config's rewind step, else 1/30 of training)."
@@ -76,7 +78,7 @@ def main(argv):
   labels = {name: variant_label(name, config) for name, config in configs.items()}
   for name, label in labels.items():
     print(f'{name}: {label}')
-  records = figures.run_variants(configs, FLAGS.workdir, 'pruning_mode_sweep')
+  records = figures.run_variants(base, configs, FLAGS.workdir, 'pruning_mode_sweep')
   figures.report_variants(
       records,
       labels,

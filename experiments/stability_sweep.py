@@ -2,17 +2,19 @@
 Hypothesis at Scale"), and at the end of training (Figures 4 and 6).
 
 For every late-reset point k (--reset_steps or --reset_epochs), a lottery run with late resetting to k
-(iterative, or --mode=one_shot) up to `--level`, in WORKDIR/reset_<k>; then the four-member population of
+(iterative, or --mode=one_shot) up to `--level`, all run as one sweep (`lth_jax.search.sweep_named`): one
+dense run per trial shared by the points (WORKDIR/dense/), and the run of point k the sweep's variant
+reset_<k> (WORKDIR/variants/reset_<k>); then the four-member population of
 `lth_jax.analysis.stability` (full network, winning ticket, random ticket, a second full network) trains in
 lockstep and the metrics are taken every `--measure_every` steps, for each of `--trials` trials. A
 separate command from `late_reset_sweep` because it needs none of the accuracy table's levels and
 control branches, only the measured level's ticket, and it measures each trial on a fine grid of steps.
-It builds the same lottery runs as `late_reset_sweep` (with the same flags), so the two can share a
---workdir: then the lottery runs of one are reused by the other.
+It builds the same sweep as `late_reset_sweep` (with the same flags), so the two can share a --workdir:
+then the lottery runs of one are reused by the other.
 
 Distances are normalized by the final distance between the two full networks (Figures 4, 11-13) and by
 its maximum over training (Figures 6 and 14); both are drawn. Each measurement is appended to
-WORKDIR/reset_<k>/stability.jsonl as it finishes and is not repeated when the command runs again.
+WORKDIR/variants/reset_<k>/stability.jsonl as it finishes and is not repeated when the command runs again.
 
     python -m experiments.stability_sweep --workdir=/tmp/lth_stability --quick                    # ~1 min, CPU
     python -m experiments.stability_sweep --workdir=... --config=configs/resnet18_cifar10.py \\
@@ -30,7 +32,6 @@ import os
 from absl import app
 from absl import flags
 
-import lth_jax
 from lth_jax.analysis import stability
 from lth_jax.reporting import stability_tables
 from lth_jax import results as results_lib
@@ -66,15 +67,16 @@ def main(argv):
     raise app.UsageError(f'--level={level}: the ticket of a pruned level (1 or more) is measured')
   if FLAGS.measure_every is not None and FLAGS.measure_every < 1:
     raise app.UsageError(f'--measure_every={FLAGS.measure_every}: must be a positive number of steps')
+  base.pruning.target_density = None  # the measured level is always reached
   configs = common.lottery_configs(base, points, level)
-  for config in configs.values():
-    config.pruning.target_density = None  # the measured level is always reached
   experiments = common.prepare_all('stability_sweep', configs)  # every point is checked before anything trains
+  runs = common.run_sweep(
+      'stability_sweep', common.lottery_base(base, level), configs, workdir, lambda point: point.directory
+  )
 
   results, measured_count = [], 0
   for point, config in configs.items():
-    run_dir = os.path.join(workdir, point.directory)
-    lth_jax.run(config, run_dir)
+    run_dir = runs[point].directory
     total_steps = experiments[point].total_steps
     every = FLAGS.measure_every or max(1, total_steps // 20)
     for trial in range(int(config.get('trials', 1))):

@@ -2,7 +2,9 @@
 than the end of training (Figures 7 and 9 of "The Lottery Ticket Hypothesis at Scale").
 
 For every turnaround step, one lottery run with `pruning.turnaround_step` set and late resetting to
---reset_step, in WORKDIR/turnaround_<step>; the end of training is the run without early turnaround.
+--reset_step; the end of training is the run without early turnaround. They run as one sweep
+(`lth_jax.search.sweep_named`): one dense run per trial (WORKDIR/dense/, keeping its weights at the reset
+and every turnaround step), and each turnaround's levels in WORKDIR/variants/turnaround_<step>.
 
   --mode=iterative   each level prunes its own ticket's weights at the turnaround step (Figure 7):
                      a figure of ticket accuracy against weights remaining, one line per turnaround
@@ -82,7 +84,7 @@ def row_label(step: int, total_steps: int) -> str:
 def _define_flags() -> None:
   """The command-line flags (defined only when run as a program, so that the figure commands can be
   imported together, e.g. by the tests)."""
-  flags.DEFINE_string('workdir', None, 'Output folder (one subfolder per turnaround step).', required=True)
+  flags.DEFINE_string('workdir', None, 'Output folder (the sweep: variants/turnaround_<step>, dense/).', required=True)
   flags.DEFINE_enum('mode', 'iterative', MODES, 'Pruning mode of every run.')
   flags.DEFINE_list(
       'turnaround_steps',
@@ -113,7 +115,7 @@ def main(argv):
   mode, workdir = FLAGS.mode, FLAGS.workdir
   print(f'{mode} pruning, late reset to step {reset_step}, turnaround at steps {", ".join(map(str, sorted(configs)))}')
   records = figures.run_variants(
-      {f'turnaround_{step}': config for step, config in configs.items()}, workdir, 'turnaround_sweep'
+      base, {f'turnaround_{step}': config for step, config in configs.items()}, workdir, 'turnaround_sweep'
   )  # every run is checked before anything trains
   by_label = {row_label(step, total_steps): records[f'turnaround_{step}'] for step in configs}
   what = 'iterative pruning' if mode == 'iterative' else 'one-shot pruning'

@@ -2,92 +2,67 @@
 the end of training (Figure 8 of "The Lottery Ticket Hypothesis at Scale").
 
 Trains the dense network of trial 0 of the config (its seeds: the same W_0 and batch order as level 0 of
-a lottery run) with the library's Trainer, keeping its weights at --snapshot_steps; prunes the final
-weights in one shot to --fraction_remaining with the config's pruning rules (scope, per-layer fractions,
-excluded layers: the mask a one_shot lottery run prunes, from the weights at `pruning.turnaround_step`
-when the config sets one); then draws, for every snapshot (columns), the histogram of the prunable
-weights split into those eventually pruned (light) and those that remain (dark). Rows: one per prunable
-layer when there are at most --max_layer_rows of them (e.g. LeNet), else every prunable weight pooled
-(--rows=layers|pooled to choose).
+a lottery run) as a lottery run of level 0 alone (`lth_jax.run` with `pruning.levels=0`, in
+WORKDIR/dense), keeping its weights at --snapshot_steps; prunes the final weights in one shot to
+--fraction_remaining with the config's pruning rules (scope, per-layer fractions, excluded layers: the
+mask a one_shot lottery run prunes, from the weights at `pruning.turnaround_step` when the config sets
+one); then draws, for every snapshot (columns), the histogram of the prunable weights split into those
+eventually pruned (light) and those that remain (dark). Rows: one per prunable layer when there are at
+most --max_layer_rows of them (e.g. LeNet), else every prunable weight pooled (--rows=layers|pooled to
+choose).
 
     python -m experiments.weight_fate --workdir=/tmp/fig8 --quick                       # embedded, CPU
     python -m experiments.weight_fate --workdir=runs/fig8 --config=configs/resnet18_cifar10.py \\
         --config.dataset.data_dir=DIR --fraction_remaining=0.33        # 67% pruned, as the paper
 
-The dense run trains as a lottery run's level 0 does: checkpointed every `checkpointing.every_steps` and
-on SIGTERM under WORKDIR/checkpoints, and continued by a re-run of the same config and snapshot steps.
-Writes weight_snapshots.npz (the snapshots; a re-run with a matching config reuses them and trains
-nothing), weight_fate.png, weight_fate_histograms.csv (every bin's pruned and kept counts) and
-weight_fate_summary.csv (per step and row: counts, mean |w| of each part, and how much of the final mask
-one-shot pruning at that step would already keep); prints the summary.
+The dense run is a lottery workdir: checkpointed every `checkpointing.every_steps` and on SIGTERM,
+continued by a re-run, and refused (before training) by a re-run of a config that trains other weights.
+Its snapshots are kept in WORKDIR/dense/checkpoints/trial_0/snapshots/step_<k>: a re-run of the same
+config reuses them and trains nothing (the pruning flags and config fields can change; a snapshot step
+the run did not keep needs another --workdir). Writes weight_fate.png, weight_fate_histograms.csv (every
+bin's pruned and kept counts) and weight_fate_summary.csv (per step and row: counts, mean |w| of each
+part, and how much of the final mask one-shot pruning at that step would already keep); prints the
+summary.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Mapping, Sequence
 
 from absl import app
 from absl import flags
-from flax import traverse_util
 import jax
 import ml_collections
 import numpy as np
 from matplotlib import figure as figure_lib
 
+import lth_jax
 from lth_jax import config as config_lib
-from lth_jax.config import compatibility
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax import results as results_lib
-from lth_jax.search import cohorts
-from lth_jax.search import experiment as experiment_lib
-from lth_jax.search import scalars as scalars_lib
+from lth_jax.search import sweep_plan
 from lth_jax.search import trial as trial_lib
 from lth_jax.training import checkpoints
-from lth_jax.training import preemption
 from lth_jax.training import run_state
 from experiments import common
 from experiments import figures
 
 FLAGS = flags.FLAGS
 
-SNAPSHOT_FILE = 'weight_snapshots.npz'
 DEFAULT_FRACTIONS = (0.0, 1 / 60, 1 / 15, 1 / 3, 2 / 3, 1.0)  # of training, when --snapshot_steps is not given
 ROW_MODES = ('auto', 'layers', 'pooled')
 POOLED = 'all prunable weights'
 PRUNED_COLOUR, KEPT_COLOUR = '#9ecae1', '#08306b'  # light: eventually pruned; dark: remains
-# Fields that do not change the dense run's weights (pruning only decides the mask, drawn afterwards).
-_NOT_TRAINING = (
-    'pruning',
-    'branches',
-    'checkpointing',
-    'report',
-    'trials',
-    'transfer',
-    'dataset.data_dir',
-    'parallel.members_per_program',
-)
+DENSE_DIRECTORY = 'dense'  # WORKDIR/dense: the dense run, a lottery workdir of level 0 alone
 
 
 def default_snapshot_steps(total_steps: int) -> list[int]:
   """Steps at DEFAULT_FRACTIONS of training."""
   return sorted({round(fraction * total_steps) for fraction in DEFAULT_FRACTIONS})
-
-
-def training_identity(resolved: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The fields of a resolved config that decide the dense run's weights, as JSON values."""
-  identity = compatibility.config_to_json(resolved)
-  for field in _NOT_TRAINING:
-    *parents, last = field.split('.')
-    tree = identity
-    for parent in parents:
-      tree = tree.get(parent, {})
-    tree.pop(last, None)
-  return identity
 
 
 def one_shot_mask(params: Any, prunable: Any, plan: config_lib.PruningPlan, fraction_remaining: float) -> Any:
@@ -202,91 +177,47 @@ def plot_weight_fate(cells: Sequence[HistogramCell], title: str, path: str | Non
   return figure
 
 
-def save_snapshots(path: str, snapshots: Mapping[int, Any], identity: Mapping[str, Any]) -> None:
-  """Writes the snapshots (step -> params) and the config identity they belong to as one npz, atomically."""
-  arrays = {'identity': np.array(json.dumps(identity, sort_keys=True))}
-  for step, params in snapshots.items():
-    for key, leaf in traverse_util.flatten_dict(jax.device_get(params), sep='/').items():
-      arrays[f'step_{step}/{key}'] = np.asarray(leaf)
-  with results_lib.atomic_open(path, 'wb') as file:
-    np.savez(file, **arrays)
+def dense_run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config of the dense run: `config`'s level 0 alone, trial 0 only (`sweep_plan.dense_config`: no
+  pruning levels, no branches, and of the pruning section only which parameters are prunable, so that
+  changing how the mask is drawn does not make it another run)."""
+  dense = sweep_plan.dense_config(config)
+  dense.trials = 1
+  return dense
 
 
-def load_snapshots(path: str, identity: Mapping[str, Any], steps: Sequence[int]) -> dict[int, Any] | None:
-  """The snapshots of `steps` saved at `path`, or None when there is no file; a ValueError naming the
-  differences when the file is of another config or lacks a step."""
-  if not os.path.exists(path):
-    return None
-  with np.load(path, allow_pickle=False) as saved:
-    stored = json.loads(str(saved['identity']))
-    changing, neutral = compatibility.config_differences(stored, dict(identity))
-    if changing or neutral:
-      raise ValueError(
-          f'{path} holds the snapshots of a different config (old -> new):\n  '
-          + '\n  '.join(changing + neutral)
-          + '\nuse the same config, another --workdir, or delete the file to train again'
-      )
-    by_step: dict[int, dict[str, np.ndarray]] = {}
-    for key in saved.files:
-      if key.startswith('step_'):
-        step, _, name = key[len('step_') :].partition('/')
-        by_step.setdefault(int(step), {})[name] = saved[key]
-  missing = sorted(set(steps) - set(by_step))
-  if missing:
-    raise ValueError(
-        f'{path} has no snapshot at step(s) {", ".join(map(str, missing))} (it has {", ".join(map(str, sorted(by_step)))}); '
-        'use those steps, another --workdir, or delete the file to train again'
-    )
-  return {step: traverse_util.unflatten_dict(by_step[step], sep='/') for step in steps}
-
-
-DENSE_RUN = (0, 'dense')  # (trial, branch) of the dense run, naming its checkpoint folder
-RUN_CONFIG_FILE = 'dense_run.json'  # the identity and snapshot steps of the dense run in progress
-
-
-def claim_dense_run(workdir: str, identity: Mapping[str, Any], steps: Sequence[int]) -> None:
-  """Records which dense run WORKDIR's checkpoints belong to; a run in progress there of another config
-  or other snapshot steps exits naming the differences (it is never resumed as this one)."""
-  wanted = {**identity, 'snapshot_steps': sorted(int(step) for step in steps)}
-  path = os.path.join(workdir, RUN_CONFIG_FILE)
-  if os.path.isdir(cohorts.running_directory(workdir, 0, [DENSE_RUN])) and os.path.isfile(path):
-    with open(path) as file:
-      changing, neutral = compatibility.config_differences(json.load(file), wanted)
-    if changing or neutral:
-      raise SystemExit(
-          f'weight_fate: {workdir} holds a dense run in progress of a different config (old -> new):\n  '
-          + '\n  '.join(changing + neutral)
-          + '\nuse the same config and --snapshot_steps, or another --workdir'
-      )
-  common.write_text(path, json.dumps(wanted, sort_keys=True))
-
-
-def train_snapshots(
-    experiment: experiment_lib.Experiment, steps: Sequence[int], workdir: str, identity: Mapping[str, Any]
-) -> dict[int, Any]:
-  """Trains trial 0's dense network as a lottery run's level 0 trains (the library's program runner:
-  progress lines, periodic and SIGTERM checkpoints in WORKDIR/checkpoints, resumed by a re-run of the
-  same config, see `claim_dense_run`) and returns its params at `steps`."""
-  claim_dense_run(workdir, identity, steps)
-  init_seed, data_seed = trial_lib.trial_seeds(experiment.spec.seed, 0)
-  params0, model_state0 = experiment.trainer().init_variables(init_seed)
-  keep_all = jax.tree_util.tree_map(lambda leaf: np.ones(np.shape(leaf), bool), params0)
-  settings = dataclasses.replace(cohorts.ProgramSettings.from_spec(experiment.spec), levels=0)
-  stop = preemption.StopRequest()
-  runner = cohorts.ProgramRunner(workdir, experiment.program_trainer, settings, print, stop, scalars_lib.Scalars(None))
-  trial, branch = DENSE_RUN
-  member = cohorts.Member(trial, 0, branch, params0, model_state0, keep_all, data_seed, tuple(sorted(steps)))
-  stop.install()
+def train_snapshots(config: ml_collections.ConfigDict, steps: Sequence[int], workdir: str) -> dict[int, Any]:
+  """Trains (or continues) trial 0's dense network in WORKDIR/dense as a lottery run's level 0 trains
+  (`lth_jax.run` of `dense_run_config`, keeping its weights at `steps`), or reuses it when it is
+  recorded there; returns its params at `steps`. Exits naming the problem when the workdir holds a
+  dense run of another config, when stopped by SIGTERM (a re-run continues), or when a finished run
+  kept no weights at one of `steps`."""
+  run_dir = os.path.join(workdir, DENSE_DIRECTORY)
+  results_path = os.path.join(run_dir, results_lib.RESULTS_FILE)
+  recorded = os.path.isfile(results_path) and bool(results_lib.read_records(results_path))
   try:
-    (result,) = runner.train([member], 0)
-  except run_state.Preempted as error:
+    records = lth_jax.run(dense_run_config(config), run_dir, keep_snapshots=steps).records
+  except (lth_jax.ConfigError, run_state.Preempted) as error:
     raise SystemExit(f'weight_fate: {error}') from None
-  finally:
-    stop.restore()
-  final = result.curve[-1]
-  metric = 'test_accuracy' if 'test_accuracy' in final else 'test_rmse'
-  print(f'dense run: {metric} {final[metric]:.4f} after {experiment.total_steps} steps')
-  return {step: result.snapshots[step][0] for step in steps}
+  (record,) = [record for record in records if record['trial'] == 0 and record['level'] == 0]
+  if results_lib.is_diverged(record):
+    raise SystemExit(f'weight_fate: the dense run in {run_dir} diverged (see the warning above); nothing to draw')
+  snapshots = os.path.dirname(trial_lib.snapshot_directory(run_dir, 0, 0))
+  missing = [step for step in steps if not os.path.isdir(trial_lib.snapshot_directory(run_dir, 0, step))]
+  if missing:
+    names = os.listdir(snapshots) if os.path.isdir(snapshots) else []
+    kept = sorted(int(name[len('step_') :]) for name in names if name[len('step_') :].isdigit())
+    raise SystemExit(
+        f'weight_fate: the dense run in {run_dir} kept no weights at step(s) {", ".join(map(str, missing))} '
+        f'(it kept {", ".join(map(str, kept)) or "none"}); use those steps, another --workdir, or delete '
+        f'{run_dir} to train it again'
+    )
+  if recorded:
+    print(f'weight_fate: reusing the snapshots in {snapshots} (nothing to train)')
+  else:
+    metric = results_lib.test_metric_name([record])
+    print(f'dense run: {metric} {record[metric]:.4f} after {record["steps"]} steps')
+  return {step: checkpoints.restore_tree(trial_lib.snapshot_directory(run_dir, 0, step))[0] for step in steps}
 
 
 def mask_agreement(early_mask: Any, final_mask: Any, prunable: Any, rows: Sequence[str]) -> dict[str, float]:
@@ -351,9 +282,6 @@ def main(argv):
         'from its initialization, so leave transfer.ticket unset'
     )
   total_steps = experiment.total_steps
-  resolved = config_lib.resolve_epochs(  # the config with lengths in steps: the dense run's identity
-      config_lib.resolve_batch_size(config, experiment.mesh.devices.size), experiment.dataset.num_train
-  )
   steps = (
       figures.parse_steps(FLAGS.snapshot_steps, 'snapshot_steps')
       if FLAGS.snapshot_steps
@@ -365,21 +293,8 @@ def main(argv):
         f'--snapshot_steps: {", ".join(map(str, late))} past the end of training ({total_steps} steps)'
     )
   pruning_step = experiment.spec.pruning.turnaround_step or total_steps
-  trained_steps = sorted(set(steps) | {pruning_step})
   workdir = FLAGS.workdir
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, SNAPSHOT_FILE)
-  identity = training_identity(resolved)
-  try:
-    snapshots = load_snapshots(path, identity, trained_steps)
-  except ValueError as error:
-    raise SystemExit(f'weight_fate: {error}') from None
-  if snapshots is None:
-    snapshots = train_snapshots(experiment, trained_steps, workdir, identity)
-    save_snapshots(path, snapshots, identity)
-    checkpoints.remove(cohorts.running_directory(workdir, 0, [DENSE_RUN]))  # kept until the snapshots are
-  else:
-    print(f'weight_fate: reusing the snapshots in {path} (nothing to train)')
+  snapshots = train_snapshots(config, sorted(set(steps) | {pruning_step}), workdir)
 
   prunable = experiment.prunable(snapshots[pruning_step])
   keep_mask = one_shot_mask(snapshots[pruning_step], prunable, experiment.spec.pruning, FLAGS.fraction_remaining)

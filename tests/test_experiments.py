@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -44,6 +45,23 @@ def test_late_reset_sweep_writes_table_and_stability(tmp_path):
     assert 0.0 <= entry['final']['ticket']['angle'] <= 180.0
   assert (tmp_path / 'stability_vs_reset_step.png').stat().st_size > 0
   assert (tmp_path / 'late_reset_curves.png').stat().st_size > 0  # Figure 3: a line per reset point
+  # One sweep: the reset points share one dense run, which kept its weights at both reset steps.
+  assert sorted(os.listdir(tmp_path / 'variants')) == ['reset_0', 'reset_20']
+  (dense,) = os.listdir(tmp_path / 'dense')
+  assert sorted(os.listdir(tmp_path / 'dense' / dense / 'checkpoints' / 'trial_0' / 'snapshots')) == [
+      'step_0',
+      'step_20',
+  ]
+  (dense_record,) = _records(tmp_path / 'dense' / dense)
+  variants = {0: {'branches': ['reinit']}, 20: {'pruning.rewind_step': 20}}  # what each changes of the base
+  for reset_step, variant in variants.items():
+    (level_zero,) = [r for r in _records(tmp_path / 'variants' / f'reset_{reset_step}') if r['level'] == 0]
+    assert level_zero['variant'] == variant
+    assert level_zero['test_accuracy'] == dense_record['test_accuracy']
+
+
+def _records(run_dir):
+  return [json.loads(line) for line in open(run_dir / 'results.jsonl')]
 
 
 def test_late_reset_sweep_refuses_a_reset_step_past_the_end_before_training(tmp_path):
@@ -200,11 +218,13 @@ def test_late_reset_sweep_one_shot_table_has_the_reinit_row_and_one_shot_densiti
   assert [row[0] for row in table[1:]] == ['R', '0', '50'] and table[1][1] == '' and table[1][3]
   assert all('±' in cell for cell in table[2][1:])  # two trials: mean ± spread
   for reset_step in (0, 50):
-    config = json.load(open(tmp_path / f'reset_{reset_step}' / 'config.json'))
+    config = json.load(open(tmp_path / 'variants' / f'reset_{reset_step}' / 'config.json'))
     assert config['pruning']['mode'] == 'one_shot' and config['pruning']['rewind_step'] == reset_step
-  records = [json.loads(line) for line in open(tmp_path / 'reset_0' / 'results.jsonl')]
+  (dense,) = os.listdir(tmp_path / 'dense')  # one dense run per trial, shared by the reset points
+  assert sorted(r['trial'] for r in _records(tmp_path / 'dense' / dense)) == [0, 1]
+  records = _records(tmp_path / 'variants' / 'reset_0')
   assert {r['branch'] for r in records if r['level'] > 0} == {'ticket', 'reinit'}
-  assert not {r['branch'] for r in map(json.loads, open(tmp_path / 'reset_50' / 'results.jsonl'))} - {'ticket'}
+  assert not {r['branch'] for r in _records(tmp_path / 'variants' / 'reset_50')} - {'ticket'}
   # One shot: level 2 is the dense network pruned once to 0.8^2 of its hidden weights (0.9^2 of the output
   # layer), not 20% of level 1's survivors pruned again (which rounds differently per layer).
   by_level = {r['level']: r for r in records if r['branch'] == 'ticket' and r['trial'] == 0}
@@ -252,9 +272,19 @@ def test_stability_sweep_draws_curves_and_resumes_without_measuring_again(tmp_pa
       'stability_vs_reset_step_max_normalized.png',
   ):
     assert (tmp_path / name).stat().st_size > 0
-  kept = {path: path.read_bytes() for path in tmp_path.glob('reset_*/*.jsonl')}
+  kept = {path: path.read_bytes() for path in tmp_path.glob('variants/reset_*/*.jsonl')}
   assert len(kept) == 4  # results.jsonl and stability.jsonl of each reset step
+  assert len(os.listdir(tmp_path / 'dense')) == 1  # one dense run, shared by the reset steps
   again = _run(*arguments)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'stability measurements: 0 measured, 2 loaded' in again.stdout
-  assert {path: path.read_bytes() for path in tmp_path.glob('reset_*/*.jsonl')} == kept
+  assert {path: path.read_bytes() for path in tmp_path.glob('variants/reset_*/*.jsonl')} == kept
+  # late_reset_sweep with the same flags builds the same sweep: it reuses these runs and trains nothing.
+  table = _run('experiments.late_reset_sweep', *arguments[1:4], '--stability_level=0')
+  assert table.returncode == 0, table.stderr[-3000:]
+  assert not re.search(r': step \d+/\d+ \(', table.stdout + table.stderr)
+  assert [line.split(',')[0] for line in open(tmp_path / 'late_reset_table.csv').read().splitlines()[1:]] == [
+      'R',
+      '0',
+      '100',
+  ]

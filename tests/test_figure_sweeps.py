@@ -1,5 +1,6 @@
 """The figure commands (learning_rate_sweep, pruning_mode_sweep, turnaround_sweep, weight_fate): their plots, tables, masks
-and histograms on synthetic inputs, and (slow) each one's --quick run end to end, resumed."""
+and histograms on synthetic inputs, their sweep and dense run on a tiny config, and (slow) each one's --quick run end
+to end (one sweep: shared dense runs, a folder per variant), resumed."""
 
 import csv
 import importlib.util
@@ -21,13 +22,15 @@ from lth_jax import config as config_lib
 from lth_jax.config import schema
 from lth_jax.search import cohorts
 from lth_jax.search import experiment as experiment_lib
-from lth_jax.search import workdir as workdir_lib
+from lth_jax.search import trial as trial_lib
+from lth_jax.training import checkpoints
 from experiments import common
 from experiments import figures
 from experiments import learning_rate_sweep
 from experiments import pruning_mode_sweep
 from experiments import turnaround_sweep
 from experiments import weight_fate
+from tests import helpers
 
 TRAINING_PROGRESS = re.compile(r': step \d+/\d+ \(')  # the progress line of a run that trains
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -206,19 +209,26 @@ def test_turnaround_sweep_refuses_a_turnaround_before_the_reset_step_before_trai
   assert not os.listdir(tmp_path)  # nothing trained
 
 
-def test_run_variants_refuses_a_folder_of_another_config_before_training(tmp_path):
-  config = common.embedded_config(True, 1)
-  experiment = experiment_lib.prepare(config)
-  workdir_lib.check_workdir_config(config, experiment.spec, str(tmp_path / 'late_reset'))
-  (tmp_path / 'late_reset' / 'results.jsonl').write_text(json.dumps(_record(0, 'ticket', 0.5)) + '\n')
-  changed = common.embedded_config(True, 1)
-  changed.pruning.rewind_step = 7
-  fresh = common.embedded_config(True, 1)
+def test_run_variants_runs_one_sweep_and_refuses_a_variant_of_another_config_before_training(tmp_path):
+  workdir = str(tmp_path)
+  base = helpers.tiny_config(pruning__levels=0, branches=())
+  late_reset = helpers.tiny_config(pruning__levels=0, branches=(), pruning__rewind_step=10)
+  records = figures.run_variants(base, {'late_reset': late_reset}, workdir, 'sweep')
+  assert [(r['level'], r['variant']) for r in records['late_reset']] == [(0, {'pruning.rewind_step': 10})]
+  assert os.listdir(tmp_path / 'variants') == ['late_reset'] and len(os.listdir(tmp_path / 'dense')) == 1
+  recorded = (tmp_path / 'sweep.json').read_text()
+  changed = helpers.tiny_config(pruning__levels=0, branches=(), pruning__rewind_step=7)
   with pytest.raises(
-      SystemExit, match=r'sweep: late_reset: .* holds runs of a different config(.|\n)*pruning.rewind_step: 0 -> 7'
+      SystemExit,
+      match=r"sweep: .*sweep variant late_reset changes \{'pruning.rewind_step': 7\} now, "
+      r"\{'pruning.rewind_step': 10\} when it was trained",
   ):
-    figures.run_variants({'fresh': fresh, 'late_reset': changed}, str(tmp_path), 'sweep')
-  assert not (tmp_path / 'fresh' / 'results.jsonl').exists()  # nothing trained
+    figures.run_variants(base, {'fresh': base, 'late_reset': changed}, workdir, 'sweep')
+  other_base = helpers.tiny_config(pruning__levels=0, branches=(), training__learning_rate=1e-2)
+  with pytest.raises(SystemExit, match=r'sweep: .*different base config(.|\n)*training.learning_rate: 0.003 -> 0.01'):
+    figures.run_variants(other_base, {'fresh': other_base}, workdir, 'sweep')
+  assert os.listdir(tmp_path / 'variants') == ['late_reset']  # nothing trained
+  assert (tmp_path / 'sweep.json').read_text() == recorded
 
 
 def _lenet_params(seed=0):
@@ -284,35 +294,39 @@ def test_weight_histograms_split_every_weight_by_the_mask():
   np.testing.assert_array_equal([patch.get_y() for patch in kept.patches], cells[0].pruned)
 
 
-def test_weight_snapshots_round_trip_and_refuse_another_config(tmp_path):
-  path = str(tmp_path / weight_fate.SNAPSHOT_FILE)
-  config = schema.base_config()
-  identity = weight_fate.training_identity(config)
-  assert 'pruning' not in identity and 'data_dir' not in identity['dataset']
-  snapshots = {0: _lenet_params(0), 7: _lenet_params(1)}
-  assert weight_fate.load_snapshots(path, identity, [0, 7]) is None
-  weight_fate.save_snapshots(path, snapshots, identity)
-  restored = weight_fate.load_snapshots(path, identity, [7])
-  np.testing.assert_array_equal(restored[7]['dense_1']['kernel'], snapshots[7]['dense_1']['kernel'])
-  with pytest.raises(ValueError, match='no snapshot at step'):
-    weight_fate.load_snapshots(path, identity, [0, 3])
-  config.training.learning_rate = 0.5
-  with pytest.raises(ValueError, match=r'different config .*\n  training.learning_rate: 0.0012 -> 0.5'):
-    weight_fate.load_snapshots(path, weight_fate.training_identity(config), [0])
-
-
-def test_a_dense_run_in_progress_is_resumed_only_by_its_own_config(tmp_path):
+def test_weight_fate_keeps_the_dense_runs_snapshots_and_reuses_them_for_its_config_only(tmp_path, capsys):
   workdir = str(tmp_path)
-  identity = weight_fate.training_identity(schema.base_config())
-  weight_fate.claim_dense_run(workdir, identity, [0, 100])
-  os.makedirs(cohorts.running_directory(workdir, 0, [weight_fate.DENSE_RUN]))  # checkpoints of that run
-  weight_fate.claim_dense_run(workdir, identity, [100, 0])  # the same run
-  other = schema.base_config()
-  other.training.learning_rate = 0.5
-  with pytest.raises(SystemExit, match=r'dense run in progress of a different config .*\n  training.learning_rate'):
-    weight_fate.claim_dense_run(workdir, weight_fate.training_identity(other), [0, 100])
-  with pytest.raises(SystemExit, match=r'snapshot_steps: \[0, 100\] -> \[0, 50\]'):
-    weight_fate.claim_dense_run(workdir, identity, [0, 50])
+  config = helpers.tiny_config()
+  dense = weight_fate.dense_run_config(config)
+  assert (dense.pruning.levels, dense.branches, dense.trials) == (0, (), 1)
+  snapshots = weight_fate.train_snapshots(config, [0, 20, 60], workdir)
+  assert 'dense run: test_accuracy' in capsys.readouterr().out
+  experiment = experiment_lib.prepare(config)
+  init_seed, _ = lth_jax.search.trial_seeds(experiment.spec.seed, 0)
+  dense_dir = os.path.join(workdir, weight_fate.DENSE_DIRECTORY)
+  final = checkpoints.restore_tree(lth_jax.search.level_directory(dense_dir, 0, 0))['params']
+  for step, expected in ((0, experiment.trainer().init_variables(init_seed)[0]), (60, final)):  # W_0 and the end
+    for got, want in zip(jax.tree_util.tree_leaves(snapshots[step]), jax.tree_util.tree_leaves(expected)):
+      np.testing.assert_array_equal(got, want)
+  # Pruning fields only change the mask drawn afterwards: the same dense run, nothing trained.
+  redrawn = helpers.tiny_config(pruning__fraction=0.2, pruning__scope='global', trials=3)
+  again = weight_fate.train_snapshots(redrawn, [20, 60], workdir)
+  output = capsys.readouterr().out
+  assert 'reusing the snapshots' in output and not TRAINING_PROGRESS.search(output)
+  for got, want in zip(jax.tree_util.tree_leaves(again[20]), jax.tree_util.tree_leaves(snapshots[20])):
+    np.testing.assert_array_equal(got, want)
+  with pytest.raises(SystemExit, match=r'kept no weights at step\(s\) 7 \(it kept 0, 20, 60\)'):
+    weight_fate.train_snapshots(config, [0, 7], workdir)
+  with pytest.raises(SystemExit, match=r'different config(.|\n)*training.learning_rate: 0.003 -> 0.01'):
+    weight_fate.train_snapshots(helpers.tiny_config(training__learning_rate=1e-2), [0], workdir)
+
+
+def _snapshot_leaves(workdir, steps):
+  dense_dir = os.path.join(str(workdir), weight_fate.DENSE_DIRECTORY)
+  return {
+      step: jax.tree_util.tree_leaves(checkpoints.restore_tree(trial_lib.snapshot_directory(dense_dir, 0, step)))
+      for step in steps
+  }
 
 
 @pytest.mark.slow
@@ -326,7 +340,7 @@ def test_weight_fate_continues_a_dense_run_stopped_by_sigterm(tmp_path):
   environment = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
   command = [sys.executable, '-m', 'experiments.weight_fate', *arguments]
   stopped = tmp_path / 'stopped'
-  running = cohorts.running_directory(str(stopped), 0, [weight_fate.DENSE_RUN])
+  running = cohorts.running_directory(str(stopped / weight_fate.DENSE_DIRECTORY), 0, [(0, 'ticket')])
   process = subprocess.Popen(
       [*command, f'--workdir={stopped}'], cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
   )
@@ -338,14 +352,14 @@ def test_weight_fate_continues_a_dense_run_stopped_by_sigterm(tmp_path):
   output = process.communicate(timeout=300)[0].decode()
   assert process.returncode == 1, output[-3000:]
   assert 'stopped at step' in output and 'run the same command again to continue' in output
-  assert not (stopped / weight_fate.SNAPSHOT_FILE).exists()
+  assert not (stopped / 'weight_fate.png').exists()
 
   resumed = subprocess.run(
       [*command, f'--workdir={stopped}'], cwd=REPO, env=environment, capture_output=True, text=True, timeout=600
   )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'resuming at step' in resumed.stdout + resumed.stderr
-  assert not os.path.isdir(running)  # the checkpoints go once the snapshots are written
+  assert not os.path.isdir(running)  # the checkpoints of the run in progress go once it is finished
   whole = subprocess.run(
       [*command, f'--workdir={tmp_path / "whole"}'],
       cwd=REPO,
@@ -355,13 +369,14 @@ def test_weight_fate_continues_a_dense_run_stopped_by_sigterm(tmp_path):
       timeout=600,
   )
   assert whole.returncode == 0, whole.stderr[-3000:]
-  with (
-      np.load(stopped / weight_fate.SNAPSHOT_FILE) as first,
-      np.load(tmp_path / 'whole' / weight_fate.SNAPSHOT_FILE) as second,
-  ):
-    assert sorted(first.files) == sorted(second.files)
-    for key in first.files:  # the resumed run is the uninterrupted one, bit for bit
-      np.testing.assert_array_equal(first[key], second[key])
+  steps = (0, 500, 2500, 3000)
+  first, second = _snapshot_leaves(stopped, steps), _snapshot_leaves(tmp_path / 'whole', steps)
+  for step in steps:  # the resumed run is the uninterrupted one, bit for bit
+    assert len(first[step]) == len(second[step]) > 0
+    for got, want in zip(first[step], second[step]):
+      np.testing.assert_array_equal(got, want)
+  for name in ('weight_fate_histograms.csv', 'weight_fate_summary.csv'):
+    assert (stopped / name).read_text() == (tmp_path / 'whole' / name).read_text()
 
 
 def _read_csv(path):
@@ -370,10 +385,21 @@ def _read_csv(path):
 
 
 def _results(workdir):
+  """The results file of every variant of the sweep in `workdir`, by variant name."""
+  variants = os.path.join(workdir, 'variants')
   return {
-      name: open(os.path.join(workdir, name, 'results.jsonl')).read()
-      for name in sorted(os.listdir(workdir))
-      if os.path.isfile(os.path.join(workdir, name, 'results.jsonl'))
+      name: open(os.path.join(variants, name, 'results.jsonl')).read()
+      for name in sorted(os.listdir(variants))
+      if os.path.isfile(os.path.join(variants, name, 'results.jsonl'))
+  }
+
+
+def _dense_runs(workdir):
+  """The dense runs of the sweep in `workdir`: their level-0 records, by folder."""
+  dense = os.path.join(workdir, 'dense')
+  return {
+      name: [json.loads(line) for line in open(os.path.join(dense, name, 'results.jsonl'))]
+      for name in sorted(os.listdir(dense))
   }
 
 
@@ -383,11 +409,16 @@ def test_learning_rate_sweep_quick_runs_every_variant_and_resumes(tmp_path):
   assert completed.returncode == 0, completed.stderr[-3000:]
   results = _results(tmp_path)
   assert sorted(results) == sorted(learning_rate_sweep.VARIANTS)
+  dense = {}
   for name, text in results.items():
     records = [json.loads(line) for line in text.splitlines()]
     assert {(r['branch'], r['level']) for r in records} == {('ticket', 0)} | {
         (branch, level) for branch in ('ticket', 'reinit') for level in range(1, 7)
     }, name
+    dense[name] = next(r['test_accuracy'] for r in records if r['level'] == 0)
+  # standard and late_reset differ only after level 0: one dense run for both; low_lr and warmup train their own.
+  assert len(_dense_runs(tmp_path)) == 3
+  assert dense['standard'] == dense['late_reset']
   starts = {json.loads(text.splitlines()[-1])['start_step'] for text in results.values()}
   assert starts == {0, 33}  # late_reset resets to 1/30 of the 1000 steps
   cells = _read_csv(tmp_path / 'learning_rate_sweep_cells.csv')
@@ -412,7 +443,9 @@ def test_pruning_mode_sweep_quick_runs_every_variant_and_resumes(tmp_path):
   assert completed.returncode == 0, completed.stderr[-3000:]
   results = _results(tmp_path)
   assert sorted(results) == ['iterative', 'one_shot']
-  config = json.load(open(tmp_path / 'one_shot' / 'config.json'))
+  (dense,) = _dense_runs(tmp_path).values()  # the variants differ only after level 0: one dense run
+  assert [r['level'] for r in dense] == [0]
+  config = json.load(open(tmp_path / 'variants' / 'one_shot' / 'config.json'))
   assert config['pruning']['mode'] == 'one_shot' and config['pruning']['rewind_step'] == 33
   records = {name: [json.loads(line) for line in text.splitlines()] for name, text in results.items()}
   density = {
@@ -442,7 +475,11 @@ def test_turnaround_sweep_quick_tables_and_figure(tmp_path, mode):
   )
   assert completed.returncode == 0, completed.stderr[-3000:]
   assert sorted(_results(tmp_path)) == ['turnaround_100', 'turnaround_1000']
-  configs = {name: json.load(open(tmp_path / name / 'config.json')) for name in ('turnaround_100', 'turnaround_1000')}
+  assert len(_dense_runs(tmp_path)) == 1  # one dense run, its weights kept at the turnaround step
+  configs = {
+      name: json.load(open(tmp_path / 'variants' / name / 'config.json'))
+      for name in ('turnaround_100', 'turnaround_1000')
+  }
   assert configs['turnaround_100']['pruning']['turnaround_step'] == 100
   assert configs['turnaround_1000']['pruning']['turnaround_step'] == 0
   assert {config['pruning']['mode'] for config in configs.values()} == {mode}
@@ -485,13 +522,17 @@ def test_weight_fate_quick_histograms_match_the_mask_and_resume(tmp_path):
     assert counts[('1000', row)] == (pruned, kept)  # one mask for every step
   summary = _read_csv(tmp_path / 'weight_fate_summary.csv')
   assert {float(row['final_mask_overlap']) for row in summary if row['step'] == '1000'} == {1.0}
-  snapshot_time = os.path.getmtime(tmp_path / weight_fate.SNAPSHOT_FILE)
+  dense_dir = str(tmp_path / weight_fate.DENSE_DIRECTORY)
+  snapshot_times = {step: os.path.getmtime(trial_lib.snapshot_directory(dense_dir, 0, step)) for step in (100, 1000)}
   again = _run(
       'experiments.weight_fate', f'--workdir={tmp_path}', '--quick', '--snapshot_steps=100,1000', '--rows=pooled'
   )
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'reusing the snapshots' in again.stdout and 'dense run' not in again.stdout
-  assert os.path.getmtime(tmp_path / weight_fate.SNAPSHOT_FILE) == snapshot_time
+  assert not TRAINING_PROGRESS.search(again.stdout + again.stderr)  # nothing trained again
+  assert {
+      step: os.path.getmtime(trial_lib.snapshot_directory(dense_dir, 0, step)) for step in (100, 1000)
+  } == snapshot_times
   assert {row['row'] for row in _read_csv(tmp_path / 'weight_fate_summary.csv')} == {weight_fate.POOLED}
 
 
