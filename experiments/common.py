@@ -157,6 +157,7 @@ def run_sweep(
   each one's workdir and records by key. Check the configs first (`prepare_all`); a workdir holding a
   sweep of another base config, or a variant of the same name with another config, exits naming it
   before anything trains."""
+  refuse_per_variant_layout(command, workdir)
   names = {key: name(key) for key in configs}
   try:
     results = search.sweep_named(base, {names[key]: config for key, config in configs.items()}, workdir)
@@ -168,6 +169,21 @@ def run_sweep(
     directory = sweeps.variant_directory(workdir, variants[variant_name])
     runs[key] = VariantRun(directory, results_lib.read_records(os.path.join(directory, results_lib.RESULTS_FILE)))
   return runs
+
+
+def refuse_per_variant_layout(command: str, workdir: str) -> None:
+  """Exits when `workdir` holds runs of the layout before sweeps (a lottery workdir per variant in
+  WORKDIR/<variant>/, no sweep.json): those runs would not be found, so the command says what to do."""
+  if not os.path.isdir(workdir) or os.path.isfile(os.path.join(workdir, sweeps.SWEEP_FILE)):
+    return
+  old = sorted(
+      entry for entry in os.listdir(workdir) if os.path.isfile(os.path.join(workdir, entry, results_lib.RESULTS_FILE))
+  )
+  if old:
+    sys.exit(
+        f'{command}: {workdir} holds runs of one lottery workdir per variant ({", ".join(old)}), the layout '
+        'before sweeps; use a new --workdir (those runs stay readable there with python -m lth_jax.report)'
+    )
 
 
 def prepare_all(script: str, configs: Mapping[Key, ml_collections.ConfigDict]) -> dict[Key, experiment_lib.Experiment]:

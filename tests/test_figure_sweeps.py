@@ -215,7 +215,8 @@ def test_run_variants_runs_one_sweep_and_refuses_a_variant_of_another_config_bef
   late_reset = helpers.tiny_config(pruning__levels=0, branches=(), pruning__rewind_step=10)
   records = figures.run_variants(base, {'late_reset': late_reset}, workdir, 'sweep')
   assert [(r['level'], r['variant']) for r in records['late_reset']] == [(0, {'pruning.rewind_step': 10})]
-  assert os.listdir(tmp_path / 'variants') == ['late_reset'] and len(os.listdir(tmp_path / 'dense')) == 1
+  assert os.listdir(tmp_path / 'variants') == ['late_reset']
+  assert not os.path.exists(tmp_path / 'dense')  # a variant that shares its level 0 with none trains it alone
   recorded = (tmp_path / 'sweep.json').read_text()
   changed = helpers.tiny_config(pruning__levels=0, branches=(), pruning__rewind_step=7)
   with pytest.raises(
@@ -416,8 +417,9 @@ def test_learning_rate_sweep_quick_runs_every_variant_and_resumes(tmp_path):
         (branch, level) for branch in ('ticket', 'reinit') for level in range(1, 7)
     }, name
     dense[name] = next(r['test_accuracy'] for r in records if r['level'] == 0)
-  # standard and late_reset differ only after level 0: one dense run for both; low_lr and warmup train their own.
-  assert len(_dense_runs(tmp_path)) == 3
+  # standard and late_reset differ only after level 0: one dense run for both; low_lr and warmup, alone with
+  # their level 0, train it in their own folders.
+  assert len(_dense_runs(tmp_path)) == 1
   assert dense['standard'] == dense['late_reset']
   starts = {json.loads(text.splitlines()[-1])['start_step'] for text in results.values()}
   assert starts == {0, 33}  # late_reset resets to 1/30 of the 1000 steps
