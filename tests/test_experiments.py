@@ -288,3 +288,17 @@ def test_stability_sweep_draws_curves_and_resumes_without_measuring_again(tmp_pa
       '0',
       '100',
   ]
+
+
+def test_a_workdir_of_the_layout_before_sweeps_is_refused_with_what_to_do(tmp_path):
+  from experiments import common
+
+  common.refuse_per_variant_layout('late_reset_sweep', str(tmp_path))  # empty: fine
+  (tmp_path / 'reset_0').mkdir()
+  (tmp_path / 'reset_0' / 'results.jsonl').write_text('{"trial": 0, "level": 0, "branch": "ticket"}\n')
+  with pytest.raises(
+      SystemExit, match=r'late_reset_sweep: .* holds runs of one lottery workdir per variant \(reset_0\)'
+  ):
+    common.refuse_per_variant_layout('late_reset_sweep', str(tmp_path))
+  (tmp_path / 'sweep.json').write_text('{}')
+  common.refuse_per_variant_layout('late_reset_sweep', str(tmp_path))  # a sweep's workdir: fine
