@@ -108,6 +108,7 @@ def test_sweep_benchmark_quick_counts_the_dense_trainings_of_both_ways(tmp_path)
   assert all(figure['speedup'] > 0 for figure in figures.values())
 
 
+@pytest.mark.slow
 def test_start_up_benchmark_quick_prints_every_figure(tmp_path):
   output = tmp_path / 'start_up.json'
   env = dict(os.environ)

@@ -48,6 +48,7 @@ def _branch_inputs(trainer, keep_fraction=0.3, seed=4):
   )
 
 
+@pytest.mark.slow
 def test_mean_gradients_equal_the_averaged_batch_gradients():
   trainer = _tiny_trainer()
   params, _ = trainer.init_variables(0)
@@ -148,6 +149,7 @@ def test_sign_preserving_reinit_takes_signs_from_the_ticket_and_magnitudes_from_
   np.testing.assert_array_equal(params['dense_0']['bias'], fresh['dense_0']['bias'])  # not prunable: fresh
 
 
+@pytest.mark.slow
 def test_early_turnaround_prunes_from_the_weights_at_the_turnaround_step(tmp_path):
   config = helpers.tiny_config(pruning__turnaround_step=30, pruning__levels=1, branches=('snip', 'sign_reinit'))
   results = lottery.run(config, str(tmp_path), log=lambda line: None)

@@ -118,6 +118,7 @@ def test_groups_split_a_cohort_evenly_and_keep_the_groups_of_a_resumed_level():
   assert cohorts.groups([], 4) == []
 
 
+@pytest.mark.slow
 def test_cohort_mode_records_what_one_run_at_a_time_records(cohort_run, tmp_path):
   workdir, lines = cohort_run
   # One run at a time on 4 devices (36 divides over 4, not 8): the runs of a level one after another.
@@ -155,6 +156,7 @@ def test_cohort_mode_records_what_one_run_at_a_time_records(cohort_run, tmp_path
   assert not os.path.exists(os.path.join(workdir, 'checkpoints', 'running'))
 
 
+@pytest.mark.slow
 def test_a_crashed_cohort_resumes_to_the_records_of_an_uninterrupted_run(cohort_run, tmp_path, monkeypatch):
   reference, _ = cohort_run
   workdir = str(tmp_path / 'work')
@@ -180,6 +182,7 @@ def test_a_crashed_cohort_resumes_to_the_records_of_an_uninterrupted_run(cohort_
   assert not os.path.exists(os.path.join(workdir, 'checkpoints', 'running'))
 
 
+@pytest.mark.slow
 def test_a_level_resumed_after_some_programs_finished_trains_only_the_others(tmp_path, monkeypatch):
   config = _config(trials=2, pruning__levels=1, parallel__members_per_program=2)  # level 1: two programs
   workdir = str(tmp_path / 'work')
@@ -232,6 +235,7 @@ def _footprint_inputs():
   return experiment.model, experiment.dataset.input_shape, optim.from_config(experiment.spec.training, 60)
 
 
+@pytest.mark.slow
 def test_changing_members_per_program_is_a_config_change(cohort_run, tmp_path):
   workdir = str(tmp_path / 'work')
   shutil.copytree(cohort_run[0], workdir)
@@ -239,6 +243,7 @@ def test_changing_members_per_program_is_a_config_change(cohort_run, tmp_path):
     lottery.run(_config(parallel__members_per_program=2), workdir, log=lambda message: None)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_cohort_at_its_current_step_and_a_rerun_finishes_the_same(cohort_run, tmp_path, monkeypatch):
   reference, _ = cohort_run
   workdir = str(tmp_path / 'work')

@@ -69,7 +69,14 @@ def test_conv_configs_carry_frankle_and_carbins_hyperparameters(name, model, con
   assert config.training.batch_size == 60
 
 
-@pytest.mark.parametrize('name', ['lenet_mnist.py', 'conv2_cifar10.py', 'conv6_cifar10.py'])
+@pytest.mark.parametrize(
+    'name',
+    [
+        'lenet_mnist.py',
+        pytest.param('conv2_cifar10.py', marks=pytest.mark.slow),
+        pytest.param('conv6_cifar10.py', marks=pytest.mark.slow),
+    ],
+)
 def test_paper_config_runs_on_mock_tfds_data(tmp_path, name):
   config = load_config(os.path.join(REPO, 'configs', name))
   config.training.batch_size = 8
@@ -202,6 +209,7 @@ def _shrunk_for_mock_data(config, model_name):
   return config
 
 
+@pytest.mark.slow
 def test_resnet50_imagenet_pipeline_schedule_and_pruning_run_on_mock_imagenet(tmp_path):
   """The ImageNet config end to end on mock imagenet2012 (random-resized crops, streamed evaluation,
   epochs resolved against the mock dataset's size) with a small dense model in place of ResNet-50."""

@@ -141,6 +141,7 @@ def test_conv_net_trains_alike_with_either_kernel_gradient():
   chex.assert_trees_all_close(patches, native, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resnet_trains_alike_with_either_kernel_gradient():
   """ResNet-8: strided 3x3 convolutions, 1x1 projection shortcuts and batch norm."""
   patches, native = model_gradients(lambda conv: resnet.cifar_resnet(8, 10, conv_general_dilated=conv), (8, 8, 3))

@@ -69,6 +69,7 @@ def test_bfloat16_compute_keeps_float32_parameters():
     _shapes('vgg11', (32, 32, 3), dtype='float8')
 
 
+@pytest.mark.slow
 def test_training_updates_batch_statistics_and_evaluation_uses_them():
   rng = np.random.default_rng(0)
   dataset = arrays.ArrayDataset(

@@ -19,6 +19,7 @@ def _run(module, *arguments):
   )
 
 
+@pytest.mark.slow
 def test_lottery_sweep_writes_plots_and_table(tmp_path):
   completed = _run(
       'experiments.lottery_sweep', f'--workdir={tmp_path}', '--quick', '--trials=2', '--branches=reinit,snip'
@@ -31,6 +32,7 @@ def test_lottery_sweep_writes_plots_and_table(tmp_path):
   assert {r['trial'] for r in records} == {0, 1}
 
 
+@pytest.mark.slow
 def test_late_reset_sweep_writes_table_and_stability(tmp_path):
   completed = _run(
       'experiments.late_reset_sweep', f'--workdir={tmp_path}', '--quick', '--reset_steps=0,20', '--stability_level=1'
@@ -173,6 +175,7 @@ def test_stability_report_rows_and_figures_on_synthetic_results(tmp_path):
     stability_report.by_rewind_step([results[0], dataclasses.replace(results[2], level=3)])
 
 
+@pytest.mark.slow
 def test_sweep_flags_are_checked_before_training(tmp_path):
   from absl import app
 

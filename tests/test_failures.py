@@ -245,6 +245,7 @@ def _tiny_config_file(directory):
   return str(path)
 
 
+@pytest.mark.slow
 def test_command_line_failures_exit_with_one_line(tmp_path):
   completed = _command(f'--config={tmp_path / "missing.py"}', f'--workdir={tmp_path / "work"}')
   assert completed.returncode == 1
@@ -262,6 +263,7 @@ def test_command_line_failures_exit_with_one_line(tmp_path):
   assert os.path.isdir(workdir / 'checkpoints' / 'trial_0' / 'rewind')
 
 
+@pytest.mark.slow
 def test_fractional_epochs_from_the_command_line_and_the_diverged_exit_status(tmp_path):
   workdir = tmp_path / 'work'
   completed = _command(

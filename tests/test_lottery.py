@@ -131,6 +131,7 @@ def test_ticket_branch_resets_survivors_to_the_rewind_weights():
     branches_lib.start('nonsense', inputs)
 
 
+@pytest.mark.slow
 def test_rerun_in_the_same_workdir_resumes_without_duplicates(tiny_run, tmp_path):
   config, _, first = tiny_run
   workdir = str(tmp_path)

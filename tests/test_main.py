@@ -1,5 +1,6 @@
 """The command line: `python -m lth_jax.main --config=... --workdir=...` with flag overrides."""
 
+import pytest
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ def _run_main(*arguments, workdir):
   )
 
 
+@pytest.mark.slow
 def test_default_config_runs_with_overrides_and_prints_the_table(tmp_path):
   cache = tmp_path / 'xla_cache'
   completed = _run_main(

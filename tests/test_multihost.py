@@ -57,6 +57,7 @@ def _assert_same_records(records, single_records):
     assert record['test_loss'] == pytest.approx(reference['test_loss'], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_write_one_set_of_results_equal_to_one_process(tmp_path):
   workdir = tmp_path / 'two_processes'
   outputs = _run_two_processes(workdir)
@@ -75,6 +76,7 @@ def test_two_processes_write_one_set_of_results_equal_to_one_process(tmp_path):
   _assert_same_records(records, lottery.run(config, str(tmp_path / 'one'), log=lambda m: None).records)
 
 
+@pytest.mark.slow
 def test_two_hosts_each_streaming_half_of_every_batch_equal_one_process(tmp_path):
   workdir = tmp_path / 'two_processes'
   outputs = _run_two_processes(workdir, 'streaming')

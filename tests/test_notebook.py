@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, 'experiments', 'colab_tpu.ipynb')
 
@@ -22,6 +24,7 @@ def notebook_script(path: str) -> str:
   return '\n'.join(lines)
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_cpu_with_a_tiny_config(tmp_path):
   script = notebook_script(NOTEBOOK)
   assert 'lth_jax.run(config, WORKDIR)' in script and 'measure_lottery_ticket' in script

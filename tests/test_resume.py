@@ -164,6 +164,7 @@ def killed(tmp_path_factory):
   return str(workdir)
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_level_resumes_to_the_same_results(reference, killed, tmp_path):
   workdir = str(tmp_path / 'work')
   shutil.copytree(killed, workdir)
@@ -175,6 +176,7 @@ def test_a_run_killed_mid_level_resumes_to_the_same_results(reference, killed, t
   _assert_same_as_uninterrupted(workdir, reference)
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(reference, killed, tmp_path):
   workdir = str(tmp_path / 'work')
   shutil.copytree(killed, workdir)
@@ -193,6 +195,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(reference, k
   _assert_same_as_uninterrupted(workdir, reference)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_current_step_and_a_restart_finishes_the_same(reference, tmp_path):
   workdir = str(tmp_path / 'work')
   process = _start(workdir, pause='1:36')  # level 0, past the rewind step 5 and the checkpoint at 20
@@ -219,6 +222,7 @@ def test_sigterm_checkpoints_the_current_step_and_a_restart_finishes_the_same(re
   _assert_same_as_uninterrupted(workdir, reference)
 
 
+@pytest.mark.slow
 def test_allow_config_change_flag(reference, tmp_path):
   workdir = str(tmp_path / 'work')
   shutil.copytree(reference, workdir)

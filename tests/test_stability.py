@@ -244,6 +244,7 @@ def test_linear_mode_connectivity_of_identical_copies_has_no_barrier():
   assert all(0.0 <= error <= 1.0 for error in different.errors)
 
 
+@pytest.mark.slow
 def test_measure_lottery_ticket_checks_level_trial_and_the_workdir_config_first(tmp_path):
   config = helpers.tiny_config(pruning__levels=1, branches=())
   with pytest.raises(errors.ConfigError, match=r'level=99: the ticket of a pruned level is measured, 1..1'):

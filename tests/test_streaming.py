@@ -70,6 +70,7 @@ def test_cifar10_streams_augmented_batches_that_are_a_pure_function_of_seed_and_
   assert continued[4].dtype == np.uint8 and not np.array_equal(continued[4], stored)
 
 
+@pytest.mark.slow
 def test_streaming_training_is_the_same_for_any_dispatch_size_and_when_resumed(mock_cifar10):
   dataset = data_lib.build(config_lib.data_spec({'name': 'cifar10', 'streaming': True}))
   finals = []
@@ -138,6 +139,7 @@ def test_streamed_evaluation_equals_the_cached_and_the_in_memory_one(mock_cifar1
     assert other['test_loss'] == pytest.approx(cached['test_loss'], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_streaming_lottery_run_with_snip_on_mock_cifar10(tmp_path, mock_cifar10):
   config = helpers.tiny_streaming_config(branches=('snip',))
   results = lottery.run(config, str(tmp_path), log=lambda line: None)

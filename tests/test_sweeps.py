@@ -57,6 +57,7 @@ def test_a_sweep_trains_one_dense_run_and_equals_its_variants_run_alone(rewind_s
   assert [record['start_step'] for record in results.select(level=1, branch='ticket')] == [0, 5]
 
 
+@pytest.mark.slow
 def test_a_finished_sweep_trains_nothing_and_refuses_other_axes(rewind_sweep, tmp_path):
   workdir = str(tmp_path / 'work')
   shutil.copytree(rewind_sweep[0], workdir)

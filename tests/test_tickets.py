@@ -106,6 +106,7 @@ def test_bad_inputs_name_the_problem(search, exported, tmp_path, capsys):
   assert not os.path.exists(tmp_path / 'other' / 'results.jsonl')
 
 
+@pytest.mark.slow
 def test_transfer_trains_the_ticket_or_fresh_weights_under_its_mask_and_resumes(exported, tmp_path):
   ticket = tickets.load_exported(exported)
   starts = {}
