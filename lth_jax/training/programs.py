@@ -26,7 +26,8 @@ from lth_jax.training import steps as steps_lib
 class Programs:
   """The compiled programs of one Trainer (see `build`)."""
 
-  train_chunk: Callable[..., Any]  # (state, sums, arrays, items, num_active) -> (state, sums)
+  # (state, sums, arrays, items, num_active, member_settings) -> (state, sums)
+  train_chunk: Callable[..., Any]
   sums_shape: Callable[[Any], Any]  # state -> shapes of one train step's metric sums
   evaluate: Callable[..., Any]  # (params, model_state, totals, group) -> totals
   evaluation_sums_shape: Callable[[Any, Any], Any]  # (params, model_state) -> shapes of one batch's sums
@@ -100,16 +101,17 @@ def _train_chunk_program(
     population_size: int,
     state_sharding: jax.sharding.Sharding,
 ) -> Callable[..., Any]:
-  """The jitted chunk of train steps: (state, sums, arrays, items, num_active) -> (state, sums), both donated."""
+  """The jitted chunk of train steps: (state, sums, arrays, items, num_active, member_settings) -> (state,
+  sums), both donated; `member_settings` ({} for none) are the members' own values (`steps.train_step`)."""
 
-  def train_chunk(state, sums, arrays, items, num_active):
+  def train_chunk(state, sums, arrays, items, num_active, member_settings):
     """Runs the first `num_active` of the steps in `items` (leading axis: steps_per_dispatch; one
     program serves every chunk length, so nothing recompiles at evaluation, snapshot or checkpoint
     boundaries), adding each step's metric sums to `sums` in step order: the totals do not depend on
     where chunks end."""
 
     def add_step(state, sums, item):
-      state, step_sums = step(state, *_constrained_batch(feed, batch_sharding, arrays, item))
+      state, step_sums = step(state, *_constrained_batch(feed, batch_sharding, arrays, item), member_settings)
       return state, jax.tree_util.tree_map(jnp.add, sums, step_sums)
 
     def item_at(position):
@@ -132,6 +134,7 @@ def _train_chunk_program(
           replicated,
           parallel.batch_sharded(mesh, 1 + member_axes, 1 if population_size else None),
           replicated,
+          state_sharding,
       ),
       out_shardings=(state_sharding, state_sharding),
       donate_argnums=(0, 1),

@@ -15,6 +15,10 @@ import optax
 
 Metrics = dict[str, jax.Array]
 
+# What each member of a population may hold for itself besides its weights, mask and batch order: the
+# step it starts training at, and the optimizer's scalar hyperparameters (`lth_jax.optim`).
+MEMBER_SETTINGS = ('start_step', 'learning_rate', 'warmup_steps', 'weight_decay')
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -88,12 +92,21 @@ def train_step(
     state: TrainState,
     inputs: jax.Array,
     targets: jax.Array,
+    member_settings: dict[str, jax.Array] | None = None,
     *,
     model: nn.Module,
     optimizer: optax.GradientTransformationExtraArgs,
     task: str,
 ) -> tuple[TrainState, Metrics]:
-  """One optimizer step on one batch. Pure; pruned weights stay exactly zero (masked optimizer)."""
+  """One optimizer step on one batch. Pure; pruned weights stay exactly zero (masked optimizer).
+
+  `member_settings` (a population member's own values, see `MEMBER_SETTINGS`): 'start_step', before
+  which the step leaves the weights, model and optimizer state as they are and adds nothing to the
+  metric sums (the state's step still advances: it is the population's clock); the optimizer's
+  per-member hyperparameters ('learning_rate', 'warmup_steps', 'weight_decay').
+  """
+  member_settings = dict(member_settings or {})
+  start_step = member_settings.pop('start_step', None)
 
   def loss_fn(params):
     outputs, new_model_state = apply_model(model, params, state.model_state, inputs, train=True)
@@ -101,14 +114,30 @@ def train_step(
     return loss, (new_model_state, sums)
 
   grads, (new_model_state, sums) = jax.grad(loss_fn, has_aux=True)(state.params)
+  extra = {'hyperparameters': member_settings} if member_settings else {}
   updates, opt_state = optimizer.update(
-      grads, state.opt_state, state.params, keep_mask=state.keep_mask, step=state.step
+      grads, state.opt_state, state.params, keep_mask=state.keep_mask, step=state.step, **extra
   )
   params = optax.apply_updates(state.params, updates)
   new_state = dataclasses.replace(
       state, step=state.step + 1, params=params, model_state=new_model_state, opt_state=opt_state
   )
-  return new_state, sums
+  if start_step is None:
+    return new_state, sums
+  started = state.step >= start_step
+
+  def keep(new, old):
+    return jnp.where(started, new, old)
+
+  return (
+      dataclasses.replace(
+          new_state,
+          params=jax.tree_util.tree_map(keep, new_state.params, state.params),
+          model_state=jax.tree_util.tree_map(keep, new_state.model_state, state.model_state),
+          opt_state=jax.tree_util.tree_map(keep, new_state.opt_state, state.opt_state),
+      ),
+      jax.tree_util.tree_map(lambda value: jnp.where(started, value, jnp.zeros_like(value)), sums),
+  )
 
 
 def eval_step(

@@ -108,6 +108,7 @@ class TrainLoop:
   segment_started: float = 0.0  # when the training since the last evaluation started
   reported_step: int = 0  # the last progress report (evaluation or heartbeat)
   reported_at: float = 0.0
+  member_settings: Any = dataclasses.field(default_factory=dict)  # on the devices: see `Trainer.train`
 
   @classmethod
   def begin(
@@ -186,7 +187,7 @@ class TrainLoop:
     trainer = self.trainer
     items = trainer.items(seeds, self.current, chunk)
     self.state, self.train_sums = trainer.programs.train_chunk(
-        self.state, self.train_sums, trainer.feed.arrays, items, np.int32(chunk)
+        self.state, self.train_sums, trainer.feed.arrays, items, np.int32(chunk), self.member_settings
     )
     self.current += chunk
     self.train_sum_steps += chunk

@@ -14,7 +14,7 @@ The state and the pure steps live in `lth_jax.training.steps`, what a train call
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, cast, Sequence
+from typing import Any, Callable, cast, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -58,7 +58,10 @@ class Trainer:
       eval_batch_size: int = 1000,
       population_size: int = 0,
       feed_like: feeds_lib.Feed | None = None,
+      member_hyperparameters: Sequence[str] = (),
   ):
+    """`member_hyperparameters`: the names of `optim.MEMBER_HYPERPARAMETERS` that `optimizer` was built to
+    take per member (`optim.from_config`), and so that `train`'s `member_settings` may set."""
     parallel.check_batch_size(batch_size, mesh)
     groups = parallel.member_groups(mesh)
     if population_size % groups:  # (one run alone is replicated over the member groups)
@@ -66,6 +69,7 @@ class Trainer:
           f'a population of {population_size} members does not divide over the {groups} member ' 'groups of the mesh'
       )
     self.population_size = population_size
+    self.member_hyperparameters = tuple(member_hyperparameters)
     self.model = model
     self.dataset = dataset
     self.task = dataset.task
@@ -171,6 +175,20 @@ class Trainer:
       raise ValueError(f'a population of {self.population_size} needs as many data seeds, got {len(seeds)}')
     return seeds
 
+  def _member_settings(self, settings: Mapping[str, Sequence[float]]) -> dict[str, np.ndarray]:
+    """`settings` as host arrays of one value per member (a ValueError naming what does not fit)."""
+    allowed = ('start_step', *self.member_hyperparameters)
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown or (settings and not self.population_size):
+      raise ValueError(f'member settings {sorted(settings)}: this Trainer takes {allowed} for a population')
+    arrays = {}
+    for name, values in settings.items():
+      dtype = np.int32 if name in ('start_step', 'warmup_steps') else np.float32
+      arrays[name] = np.asarray(values, dtype)
+      if arrays[name].shape != (self.population_size,):
+        raise ValueError(f'member settings {name}: {len(values)} values for {self.population_size} members')
+    return arrays
+
   def items(self, seeds: list[int], start_step: int, num_steps: int) -> Any:
     """The feed's items for the next `num_steps` steps on the mesh, leading axes (steps_per_dispatch,
     [members,]); the unused tail of the chunk is zeros. Members with the same seed share one read."""
@@ -204,6 +222,7 @@ class Trainer:
       on_snapshot: Callable[[int, tuple[Any, Any]], None] | None = None,
       heartbeat: Callable[[dict[str, float]], None] | None = None,
       heartbeat_seconds: float = 60.0,
+      member_settings: Mapping[str, Sequence[float]] | None = None,
   ) -> TrainResult:
     """Trains from the state's step to `end_step`.
 
@@ -228,11 +247,15 @@ class Trainer:
       heartbeat: progress between evaluations: after a dispatch that ends `heartbeat_seconds` or more
         after the last evaluation or heartbeat, waits for that dispatch (one sync, not one per step)
         and is called with {'step', 'examples_per_second' since the last report}.
+      member_settings: a population's per-member values, {name: one value per member}: 'start_step' (a
+        member waits, unchanged, until the clock reaches it; training starts at the earliest) and the
+        hyperparameters the Trainer was built for (`member_hyperparameters`).
     """
     started = time.perf_counter()
     schedule = train_loop.Schedule(end_step, snapshot_steps, eval_every, checkpoint_every, heartbeat_seconds)
     hooks = train_loop.Hooks(progress, on_checkpoint, should_stop, on_snapshot, heartbeat)
     loop = train_loop.TrainLoop.begin(self, state, schedule, hooks, started)
+    loop.member_settings = self.put_state(self._member_settings(member_settings or {}))
     loop.start()
     seeds = self._seeds(data_seed)
     if isinstance(self.feed, feeds_lib.StreamingFeed):

@@ -1,0 +1,111 @@
+"""A population whose members start at different steps and carry their own learning rate, warmup and
+weight decay trains each member as that member's run alone would (to rounding)."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from lth_jax import config as config_lib
+from lth_jax import data as data_lib
+from lth_jax import masks as masks_lib
+from lth_jax import models as models_lib
+from lth_jax import optim
+from lth_jax.training import parallel
+from lth_jax.training import steps
+from lth_jax.training import trainer as trainer_lib
+from tests import helpers
+
+END_STEP = 40
+# (start step, learning rate, warmup steps, weight decay) of each member.
+MEMBERS = ((0, 0.05, 0, 0.0), (12, 0.05, 0, 0.0), (0, 0.02, 8, 1e-3), (24, 0.1, 4, 5e-3))
+NAMES = ('learning_rate', 'warmup_steps', 'weight_decay')
+
+
+def _trainer(training: dict, population_size: int, member_hyperparameters=(), num_devices: int = 8):
+  config = helpers.tiny_config()
+  dataset = data_lib.build(config_lib.data_spec(config.dataset))
+  model = models_lib.build(config_lib.model_spec(config.model), dataset.num_outputs)
+  spec = config_lib.training_spec({'optimizer': 'momentum', 'schedule': 'cosine', **training})
+  optimizer = optim.from_config(spec, END_STEP, member_hyperparameters)
+  mesh = parallel.create_mesh(num_devices, min(population_size, num_devices) or 1)
+  return trainer_lib.Trainer(
+      model,
+      dataset,
+      optimizer,
+      mesh,
+      32,
+      8,
+      eval_batch_size=128,
+      population_size=population_size,
+      member_hyperparameters=member_hyperparameters,
+  )
+
+
+def _start(trainer):
+  params, model_state = trainer.init_variables(seed=5)
+  keep_mask = jax.tree_util.tree_map(lambda leaf: np.arange(leaf.size).reshape(leaf.shape) % 3 != 0, params)
+  return masks_lib.apply(params, keep_mask), model_state, keep_mask
+
+
+def test_members_with_their_own_start_and_hyperparameters_train_as_their_runs_alone():
+  population = _trainer({'learning_rate': 0.05}, len(MEMBERS), NAMES)
+  params, model_state, keep_mask = _start(population)
+  stacked = [steps.stack_members([tree] * len(MEMBERS)) for tree in (params, model_state, keep_mask)]
+  state = population.create_state(*stacked, step=0)
+  settings = {'start_step': [member[0] for member in MEMBERS]}
+  settings.update({name: [member[1 + index] for member in MEMBERS] for index, name in enumerate(NAMES)})
+  together = population.train(state, END_STEP, [7] * len(MEMBERS), eval_every=10, member_settings=settings)
+  together_params = parallel.to_host(together.state.params)
+  for index, (start_step, learning_rate, warmup_steps, weight_decay) in enumerate(MEMBERS):
+    alone = _trainer({'learning_rate': learning_rate, 'warmup_steps': warmup_steps, 'weight_decay': weight_decay}, 0)
+    state = alone.create_state(params, model_state, keep_mask, step=start_step)
+    result = alone.train(state, END_STEP, 7, eval_every=10)
+    chex.assert_trees_all_close(
+        steps.member(together_params, index), parallel.to_host(result.state.params), atol=2e-5, rtol=2e-5
+    )
+    # The member's curve after its start is the run's curve (before it, the member had not started).
+    member_curve = [
+        {key: value[index] for key, value in entry.items() if isinstance(value, list)} | {'step': entry['step']}
+        for entry in together.curve
+        if entry['step'] > start_step
+    ]
+    assert [entry['step'] for entry in member_curve] == [entry['step'] for entry in result.curve]
+    for mine, theirs in zip(member_curve, result.curve):
+      assert mine['test_accuracy'] == pytest.approx(theirs['test_accuracy'], abs=1e-6)
+      assert mine['train_loss'] == pytest.approx(theirs['train_loss'], rel=1e-4)
+
+
+def test_a_member_before_its_start_is_left_exactly_as_it_was():
+  population = _trainer({'learning_rate': 0.05}, 2)
+  params, model_state, keep_mask = _start(population)
+  stacked = [steps.stack_members([tree] * 2) for tree in (params, model_state, keep_mask)]
+  state = population.create_state(*stacked, step=0)
+  result = population.train(state, 20, [7, 7], member_settings={'start_step': [0, 20]})
+  final = parallel.to_host(result.state.params)
+  chex.assert_trees_all_equal(steps.member(final, 1), params)
+  assert not np.allclose(steps.member(final, 0)['dense_0']['kernel'], params['dense_0']['kernel'])
+  assert result.curve[-1]['train_loss'][1] == 0.0  # it trained no step: its sums stayed empty
+
+
+def test_member_settings_the_trainer_was_not_built_for_are_refused():
+  population = _trainer({'learning_rate': 0.05}, 2, ('learning_rate',))
+  params, model_state, keep_mask = _start(population)
+  stacked = [steps.stack_members([tree] * 2) for tree in (params, model_state, keep_mask)]
+  state = population.create_state(*stacked, step=0)
+  with pytest.raises(ValueError, match='weight_decay'):
+    population.train(state, 4, [7, 7], member_settings={'weight_decay': [0.1, 0.2]})
+  state = population.create_state(*stacked, step=0)
+  with pytest.raises(ValueError, match='3 values for 2 members'):
+    population.train(state, 4, [7, 7], member_settings={'learning_rate': [0.1, 0.2, 0.3]})
+
+
+def test_member_schedule_equals_the_constant_schedule():
+  for schedule, extra in (('constant', {}), ('step', {'decay_boundaries': (10, 30)}), ('cosine', {'warmup_steps': 6})):
+    training = config_lib.training_spec({'learning_rate': 0.3, 'schedule': schedule, **extra})
+    constant = optim.learning_rate_schedule(
+        0.3, 50, schedule, training.warmup_steps, tuple(training.decay_boundaries), training.decay_factor
+    )
+    member = optim.member_learning_rate_schedule(training, 50)
+    for step in range(50):
+      assert float(member(step, {'learning_rate': np.float32(0.3)})) == pytest.approx(float(constant(step)), abs=1e-7)
