@@ -26,6 +26,21 @@ def _config(**overrides):
   return helpers.tiny_config(**{'pruning__levels': 1, 'branches': ('reinit',), 'training__num_steps': 40, **overrides})
 
 
+def assert_same_science(records, alone_records):
+  """A variant's records in a sweep against the same variant run alone: the same runs, identical mask
+  sizes per layer, and test numbers equal to rounding-level drift (the runs train in other programs)."""
+  records, alone_records = _without_timing(records), _without_timing(alone_records)
+  assert [(r['trial'], r['level'], r['branch']) for r in records] == [
+      (r['trial'], r['level'], r['branch']) for r in alone_records
+  ]
+  for record, alone in zip(records, alone_records):
+    for field in ('fraction_remaining', 'kept_weights', 'layer_density', 'steps', 'start_step', 'end_step'):
+      assert record[field] == alone[field], field
+    assert [entry['step'] for entry in record['curve']] == [entry['step'] for entry in alone['curve']]
+    assert record['test_loss'] == pytest.approx(alone['test_loss'], rel=1e-4)
+    assert record['test_accuracy'] == pytest.approx(alone['test_accuracy'], abs=2.5e-3)  # one example at most
+
+
 def _without_timing(records):
   """Records without their wall-clock fields, variant and dense run, in a fixed order."""
   kept = [{k: v for k, v in record.items() if k not in ('wall_seconds', 'variant', 'dense_run')} for record in records]
@@ -53,8 +68,10 @@ def test_a_sweep_trains_one_dense_run_and_equals_its_variants_run_alone(rewind_s
     records = results.select(variant={'pruning.rewind_step': step, 'pruning.fraction': 0.5})
     assert [(r['level'], r['branch']) for r in records] == [(0, 'ticket'), (1, 'ticket'), (1, 'reinit')]
     alone = lottery.run(_config(pruning__rewind_step=step), str(tmp_path / str(step)), log=lambda line: None)
-    assert _without_timing(records) == _without_timing(alone.records)
+    assert_same_science(records, alone.records)
   assert [record['start_step'] for record in results.select(level=1, branch='ticket')] == [0, 5]
+  # Level 1 of both variants trained as one program, each member from its own rewind point.
+  assert any(line.startswith('level 1/1 cohort of 4 (2 variants x trial 0 x ticket, reinit)') for line in lines)
 
 
 @pytest.mark.slow
@@ -94,6 +111,22 @@ def test_a_new_rewind_point_trains_the_dense_run_again_and_keeps_the_other_varia
     assert _without_timing(grown.select(variant=variant.as_dict())) == records
   assert len(grown.select(variant={'pruning.rewind_step': 20, 'pruning.fraction': 0.5})) == 3
   assert json.load(open(os.path.join(workdir, sweeps.SWEEP_FILE)))['axes']['pruning.rewind_step'] == [0, 5, 20]
+
+
+def test_learning_rate_variants_train_level_0_as_members_of_one_program(tmp_path):
+  workdir = str(tmp_path / 'work')
+  lines = []
+  rates = (0.05, 0.02)
+  results = lth_jax.sweep(_config(), {'training.learning_rate': rates}, workdir, log=lines.append)
+  assert not os.path.exists(os.path.join(workdir, sweeps.DENSE_DIRECTORY))  # no level 0 is shared
+  assert any(line.startswith('level 0/1 cohort of 2 (2 variants x trial 0 x ticket)') for line in lines)
+  assert any('each member with its own learning_rate' in line for line in lines)
+  for rate in rates:
+    records = results.select(variant={'training.learning_rate': rate})
+    alone = lottery.run(_config(training__learning_rate=rate), str(tmp_path / str(rate)), log=lambda line: None)
+    assert_same_science(records, alone.records)
+  first, second = (results.select(variant={'training.learning_rate': rate}, level=0)[0] for rate in rates)
+  assert first['test_loss'] != second['test_loss']  # each member trained with its own rate
 
 
 def test_a_variant_that_shares_its_level_0_with_none_trains_it_in_its_own_folder(tmp_path):
@@ -184,9 +217,9 @@ def test_a_sweep_killed_mid_variant_resumes_to_the_records_of_an_uninterrupted_o
   returncode, _, stderr = test_resume._finish(test_resume._start(tmp_path / 'reference', axis, config=config))
   assert returncode == 0, stderr[-3000:]
   killed = tmp_path / 'killed'
-  process = test_resume._start(killed, axis, pause='3:56', config=config)  # the second variant's level 1
+  process = test_resume._start(killed, axis, pause='2:56', config=config)  # level 1 of both variants
   test_resume._wait_for_pause(process)
-  running = glob.glob(str(killed / 'variants' / 'pruning.rewind_step=5' / 'checkpoints' / 'running' / 'level_1_*'))
+  running = glob.glob(str(killed / 'checkpoints' / 'running' / 'level_1_*'))
   assert len(running) == 1, running
   test_resume._wait_until(lambda: os.path.isdir(os.path.join(running[0], '40')))  # the save has committed
   os.kill(process.pid, signal.SIGKILL)

@@ -1,8 +1,10 @@
 """Cohorts: the training runs of one lottery level trained together, as one population program.
 
-Every (trial, branch) run of a level starts at the same step and trains the same steps, so the runs
-that are not yet recorded form a cohort, trained in programs of at most `parallel.members_per_program`
-members. A program of K > 1 members is one `jax.vmap`-ed Trainer over a ('members', 'data') mesh
+Every (trial, branch) run of a level trains to the same end step, so the runs that are not yet
+recorded form a cohort, trained in programs of at most `parallel.members_per_program` members. A
+sweep's cohort also holds the runs of several variants (`lth_jax.search.packs`): members may then start
+at their own step (a rewind point; the program starts at the earliest and a member waits, unchanged,
+until its start) and carry their own learning rate, warmup and weight decay. A program of K > 1 members is one `jax.vmap`-ed Trainer over a ('members', 'data') mesh
 (`parallel.member_layout` picks its shape); a program of one member is the plain data-parallel Trainer,
 exactly as runs were trained one after another. Each member keeps its own weights, mask, optimizer
 state and batch order (its trial's seed), so it sees the batches its run alone would see.
@@ -10,7 +12,8 @@ state and batch order (its trial's seed), so it sees the batches its run alone w
 A program is checkpointed like a single run (periodically, and at the current step on SIGTERM) in
 `WORKDIR/checkpoints/running/level_L_<members>`; the checkpoint names its members, and a re-run
 resumes it only for the same members. One member's program keeps the single-run folder
-`checkpoints/trial_T/running/level_L_BRANCH`.
+`checkpoints/trial_T/running/level_L_BRANCH`; a program of a sweep's variants keeps
+`SWEEP/checkpoints/running/level_L_<count>_<digest of its members>`.
 """
 
 from __future__ import annotations
@@ -48,11 +51,20 @@ class Member:
   snapshot_steps: tuple[int, ...] = ()
   # Called with (step, host (params, model_state)) as each of this member's snapshots is taken.
   on_snapshot: Callable[[int, tuple[Any, Any]], None] | None = None
+  start_step: int = 0  # the absolute step its training starts at (a level's rewind point)
+  variant: str = ''  # the sweep variant it belongs to ('' outside a sweep's packed programs)
+  # Its own values of `optim.MEMBER_HYPERPARAMETERS` where the members of its program differ in them.
+  hyperparameters: dict[str, float] = dataclasses.field(default_factory=dict)
 
   @property
   def key(self) -> str:
-    """'t0-ticket': the member's name in a program's checkpoint."""
-    return f't{self.trial}-{self.branch}'
+    """'t0-ticket' (or 'VARIANT/t0-ticket'): the member's name in a program's checkpoint."""
+    return member_key(self.variant, self.trial, self.branch)
+
+
+def member_key(variant: str, trial: int, branch: str) -> str:
+  """The name of the (variant, trial, branch) run in a program's checkpoint: 't0-ticket', 'VARIANT/t0-ticket'."""
+  return f'{variant}/t{trial}-{branch}' if variant else f't{trial}-{branch}'
 
 
 @dataclasses.dataclass
@@ -134,8 +146,19 @@ def running_directory(workdir: str, level: int, runs: Sequence[tuple[int, str]])
   return os.path.join(workdir, 'checkpoints', 'running', f'level_{level}_{keys[0]}_{len(keys)}_{digest}')
 
 
-def _runs(members: Sequence[Member]) -> list[tuple[int, str]]:
-  return [(member.trial, member.branch) for member in members]
+def program_directory(workdir: str, level: int, runs: Sequence[tuple[str, int, str]]) -> str:
+  """Where a program of the (variant, trial, branch) `runs` of `level` keeps its periodic checkpoints:
+  `running_directory` for one search's runs, `checkpoints/running/level_L_<count>_<digest>` for a
+  program of a sweep's variants."""
+  if not any(variant for variant, _, _ in runs):
+    return running_directory(workdir, level, [(trial, branch) for _, trial, branch in runs])
+  keys = [member_key(*run) for run in runs]
+  digest = hashlib.sha1(','.join(keys).encode()).hexdigest()[:8]
+  return os.path.join(workdir, 'checkpoints', 'running', f'level_{level}_{len(keys)}_{digest}')
+
+
+def _runs(members: Sequence[Member]) -> list[tuple[str, int, str]]:
+  return [(member.variant, member.trial, member.branch) for member in members]
 
 
 def _split_entry(entry: dict[str, Any], index: int) -> dict[str, Any]:
@@ -174,23 +197,24 @@ class ProgramRunner:
   def __init__(
       self,
       workdir: str,
-      trainer_for: Callable[[int], tuple[trainer_lib.Trainer, int]],
+      trainer_for: Callable[[int, tuple[str, ...]], tuple[trainer_lib.Trainer, int]],
       settings: ProgramSettings,
       log: Callable[[str], None],
       should_stop: Callable[[int], bool] | None,
       scalars: Any,
   ):
-    """`trainer_for(K)` gives the Trainer of a K-member program and its member slots (K plus any
-    padding members the mesh needs; a plain Trainer and 1 for K = 1)."""
+    """`trainer_for(K, names)` gives the Trainer of a K-member program whose members carry their own
+    values of the hyperparameters `names`, and its member slots (K plus any padding members the mesh
+    needs; a plain Trainer and 1 for one member with none)."""
     self.workdir, self.trainer_for, self.settings = workdir, trainer_for, settings
     self.log, self.should_stop, self.scalars = log, should_stop, scalars
     self._evaluation_seconds = 0.0  # how long the last evaluation took (for the ETA between them)
 
-  def train(self, members: Sequence[Member], start_step: int) -> list[MemberResult]:
-    """Trains `members` (all from `start_step` to the end) as one program; one result per member."""
+  def train(self, members: Sequence[Member]) -> list[MemberResult]:
+    """Trains `members` (each from its start step to the end) as one program; one result per member."""
     members = list(members)
-    trainer, slots = self.trainer_for(len(members))
-    program = _Program.create(members, start_step, trainer, slots, self.settings, self.workdir)
+    trainer, slots = self.trainer_for(len(members), hyperparameter_names(members))
+    program = _Program.create(members, trainer, slots, self.settings, self.workdir)
     with checkpoints.RunCheckpoints(program.directory, self.settings.max_to_keep) as running:
       result = self._train_program(program, running)
     return program.results(result)
@@ -218,6 +242,7 @@ class ProgramRunner:
           on_snapshot=program.on_snapshot,
           heartbeat=functools.partial(self._heartbeat, program),
           heartbeat_seconds=settings.progress_every_seconds,
+          member_settings=program.member_settings,
       )
     except run_state.Preempted as error:
       running.wait()
@@ -239,13 +264,14 @@ class ProgramRunner:
     self._evaluation_seconds = entry.get('evaluation_seconds', 0.0)
     speed = program.counted(entry['examples_per_second'])
     if program.population:
-      values = {name: entry[name][: len(members)] for name in (metric, 'train_loss') if name in entry}
+      started = [index for index, member in enumerate(members) if member.start_step < entry['step']]
+      values = {name: [entry[name][index] for index in started] for name in (metric, 'train_loss') if name in entry}
       metrics = f'{metric}={_summary(values[metric])}'
       if 'train_loss' in values:
         metrics += f' train_loss={_summary(values["train_loss"])}'
       self.log(program.progress_line(entry['step'], speed, metrics + ' ', self._evaluation_seconds))
-      for index, run in enumerate(program.scalars_runs):
-        member_entry = _split_entry(entry, index)
+      for index in started:
+        run, member_entry = program.scalars_runs[index], _split_entry(entry, index)
         member_entry['examples_per_second'] = speed / len(members)
         self.scalars.write(run, entry['step'], {k: v for k, v in member_entry.items() if k != 'step'})
       return
@@ -284,6 +310,7 @@ class _Program:
   directory: str  # where its checkpoints are kept
   label: str  # how progress lines name it
   scalars_runs: list[str]  # one scalars run per member
+  member_settings: dict[str, list[float]]  # the members' own start steps and hyperparameters ({}: none)
 
   @property
   def population(self) -> bool:
@@ -294,15 +321,15 @@ class _Program:
   def create(
       cls,
       members: list[Member],
-      start_step: int,
       trainer: trainer_lib.Trainer,
       slots: int,
       settings: ProgramSettings,
       workdir: str,
   ) -> _Program:
-    """The program of `members` on `trainer` (of `slots` member slots), its state at `start_step` on the mesh,
-    checkpointed under `workdir`."""
+    """The program of `members` on `trainer` (of `slots` member slots), its state at the earliest start
+    step on the mesh, checkpointed under `workdir`."""
     padded = members + [members[0]] * (slots - len(members))  # padding members: copies, results dropped
+    start_step = min(member.start_step for member in members)
     if trainer.population_size > 0:
       # The stacked host trees also give a checkpoint's snapshots their shapes (create_state copies them).
       snapshot_like = (
@@ -317,10 +344,6 @@ class _Program:
       state = trainer.create_state(member.params, member.model_state, member.keep_mask, start_step)
       seeds, snapshot_like = member.data_seed, (member.params, member.model_state)
     level = members[0].level
-    if len(members) == 1:
-      label = f'trial {members[0].trial} level {level}/{settings.levels} {members[0].branch}'
-    else:
-      label = f'level {level}/{settings.levels} cohort of {len(members)} ({describe(members)})'
     return cls(
         members=members,
         trainer=trainer,
@@ -332,11 +355,13 @@ class _Program:
         snapshot_like=snapshot_like,
         snapshot_steps=tuple(sorted({step for member in members for step in member.snapshot_steps})),
         keys=[member.key for member in members],
-        directory=running_directory(workdir, level, _runs(members)),
-        label=label,
+        directory=program_directory(workdir, level, _runs(members)),
+        label=_label(members, settings.levels),
         scalars_runs=[
-            os.path.join(f'trial_{member.trial}', f'level_{member.level}_{member.branch}') for member in members
+            os.path.join(member.variant, f'trial_{member.trial}', f'level_{member.level}_{member.branch}')
+            for member in members
         ],
+        member_settings=_member_settings(padded),
     )
 
   def arrays_like(self, metadata: dict[str, Any]) -> Any:
@@ -366,9 +391,9 @@ class _Program:
     return speed * len(self.members) / self.slots
 
   def on_snapshot(self, step: int, snapshot: tuple[Any, Any]) -> None:
-    """Hands each member that asked for a snapshot of `step` its own."""
+    """Hands each member that asked for a snapshot of `step` (at or after its start) its own."""
     for index, member in enumerate(self.members):
-      if member.on_snapshot is not None and step in member.snapshot_steps:
+      if member.on_snapshot is not None and _snapshots_at(member, step):
         member.on_snapshot(step, _member_snapshot(snapshot, index) if self.population else snapshot)
 
   def save(self, running: checkpoints.RunCheckpoints, checkpoint: run_state.RunCheckpoint) -> None:
@@ -385,17 +410,59 @@ class _Program:
               members[0], final_params, result.snapshots, result.curve, result.wall_seconds, result.diverged_steps[0]
           )
       ]
+    # A member that starts later than the program has no evaluation, and no snapshot, before its start.
     return [
         MemberResult(
             member,
             steps.member(final_params, index),
-            {step: _member_snapshot(snapshot, index) for step, snapshot in result.snapshots.items()},
-            [_split_entry(entry, index) for entry in result.curve],
+            {
+                step: _member_snapshot(snapshot, index)
+                for step, snapshot in result.snapshots.items()
+                if _snapshots_at(member, step)
+            },
+            [_split_entry(entry, index) for entry in result.curve if entry['step'] > member.start_step],
             result.wall_seconds,
             result.diverged_steps[index],
         )
         for index, member in enumerate(members)
     ]
+
+
+def _snapshots_at(member: Member, step: int) -> bool:
+  """Whether `member` keeps its weights at `step`: one of its snapshot steps, at or after its start."""
+  return step in member.snapshot_steps and step >= member.start_step
+
+
+def _label(members: Sequence[Member], levels: int) -> str:
+  """How progress lines name a program: 'trial 0 level 1/3 ticket', 'level 1/3 cohort of 8 (trials 0-3 x
+  ticket, reinit)', 'level 1/3 cohort of 16 (2 variants x trials 0-3 x ticket, reinit)'."""
+  first = members[0]
+  if len(members) == 1:
+    variant = f' of {first.variant}' if first.variant else ''
+    return f'trial {first.trial} level {first.level}/{levels} {first.branch}{variant}'
+  variants = list(dict.fromkeys(member.variant for member in members))
+  runs = [member for member in members if member.variant == variants[0]]
+  if len(variants) == 1:
+    return f'level {first.level}/{levels} cohort of {len(members)} ({describe(members)})'
+  if len(runs) * len(variants) == len(members):
+    return f'level {first.level}/{levels} cohort of {len(members)} ({len(variants)} variants x {describe(runs)})'
+  return f'level {first.level}/{levels} cohort of {len(members)} ({len(variants)} variants)'
+
+
+def hyperparameter_names(members: Sequence[Member]) -> tuple[str, ...]:
+  """The hyperparameters the members of one program carry for themselves."""
+  return tuple(sorted({name for member in members for name in member.hyperparameters}))
+
+
+def _member_settings(members: Sequence[Member]) -> dict[str, list[float]]:
+  """The per-member settings of a program of `members` (padding included): their start steps where they
+  differ, and their own hyperparameters."""
+  settings: dict[str, list[float]] = {}
+  if len({member.start_step for member in members}) > 1:
+    settings['start_step'] = [member.start_step for member in members]
+  for name in hyperparameter_names(members):
+    settings[name] = [member.hyperparameters[name] for member in members]
+  return settings
 
 
 def _member_snapshot(snapshot: tuple[Any, Any], index: int) -> tuple[Any, Any]:
@@ -436,14 +503,15 @@ def layout(num_members: int, experiment: Any) -> tuple[int, int]:
   return found
 
 
-def resolve_members_per_program(experiment: Any) -> int:
+def resolve_members_per_program(experiment: Any, cohort_sizes: tuple[int, int] | None = None) -> int:
   """The cap on runs per program: `parallel.members_per_program`, or with 0 (auto) the largest cohort
   whose program fits in device memory by `memory.footprint`'s estimate (at least 1). Checks, before
   anything trains, that every program the run will form can be laid on the mesh, and that an explicit
-  cap fits in memory where that can be estimated (a ConfigError saying what to set)."""
+  cap fits in memory where that can be estimated (a ConfigError saying what to set). `cohort_sizes`: the
+  runs of (level 0, a pruned level) when they are not one search's (a sweep's variants packed together)."""
   spec = experiment.spec
   requested = spec.parallel.members_per_program
-  level_zero, pruned_level = _largest_cohort(spec)
+  level_zero, pruned_level = cohort_sizes or _largest_cohort(spec)
   largest = max(level_zero, pruned_level)
   batch = spec.training.batch_size
   member = memory.footprint(

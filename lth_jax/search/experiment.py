@@ -36,10 +36,16 @@ class Experiment:
   mesh: jax.sharding.Mesh  # the mesh of one run alone: 1 x N (data parallel) where the batch divides
   members_per_program: int = 1  # parallel.members_per_program, resolved (0 = auto becomes a number)
   ticket: tickets_lib.Ticket | None = None  # transfer.ticket, loaded and checked against the model
-  _trainers: dict[tuple[int, int], trainer_lib.Trainer] = dataclasses.field(default_factory=dict, repr=False)
+  # Built once per (population size, member groups, per-member hyperparameters); a sweep's variants of
+  # one program shape share them (see `for_variant`).
+  _trainers: dict[tuple[int, int, tuple[str, ...]], trainer_lib.Trainer] = dataclasses.field(
+      default_factory=dict, repr=False
+  )
 
-  def _build_trainer(self, population_size: int, groups: int) -> trainer_lib.Trainer:
-    key = (population_size, groups)
+  def _build_trainer(
+      self, population_size: int, groups: int, member_hyperparameters: tuple[str, ...] = ()
+  ) -> trainer_lib.Trainer:
+    key = (population_size, groups, member_hyperparameters)
     if key not in self._trainers:
       training = self.spec.training
       mesh = (
@@ -51,13 +57,14 @@ class Experiment:
       self._trainers[key] = trainer_lib.Trainer(
           self.model,
           self.dataset,
-          optim.from_config(training, self.total_steps),
+          optim.from_config(training, self.total_steps, member_hyperparameters),
           mesh,
           training.batch_size,
           training.steps_per_dispatch,
           training.eval_batch_size,
           population_size,
           feed_like=like,
+          member_hyperparameters=member_hyperparameters,
       )
     return self._trainers[key]
 
@@ -77,14 +84,22 @@ class Experiment:
     groups = layout[0] if layout and layout[1] == population_size else parallel.member_groups(self.mesh)
     return self._build_trainer(population_size, groups)
 
-  def program_trainer(self, num_members: int) -> tuple[trainer_lib.Trainer, int]:
-    """(Trainer, member slots) of a cohort program of `num_members` runs: the one-run Trainer for a
-    single run whose batch divides the devices, else a population laid out by `parallel.member_layout`
-    (slots beyond `num_members` are padding)."""
-    if num_members == 1 and parallel.member_groups(self.mesh) == 1:
+  def program_trainer(
+      self, num_members: int, member_hyperparameters: tuple[str, ...] = ()
+  ) -> tuple[trainer_lib.Trainer, int]:
+    """(Trainer, member slots) of a cohort program of `num_members` runs that carry their own values of
+    `member_hyperparameters`: the one-run Trainer for a single run with none whose batch divides the
+    devices, else a population laid out by `parallel.member_layout` (slots beyond `num_members` are
+    padding)."""
+    if num_members == 1 and not member_hyperparameters and parallel.member_groups(self.mesh) == 1:
       return self.trainer(), 1
     groups, slots = cohorts.layout(num_members, self)
-    return self._build_trainer(slots, groups), slots
+    return self._build_trainer(slots, groups, member_hyperparameters), slots
+
+  def for_variant(self, spec: config_lib.RunSpec, ticket: tickets_lib.Ticket | None) -> 'Experiment':
+    """This experiment for another variant of a sweep that trains in the same programs (same data,
+    model, mesh and program shape): its own resolved values and ticket, this one's dataset and Trainers."""
+    return dataclasses.replace(self, spec=spec, ticket=ticket)
 
   def local_device_counts(self) -> tuple[int, ...] | None:
     """See `local_device_counts`: the constraint on member groups on this experiment's mesh."""

@@ -1,6 +1,8 @@
 """The level runner: every trial's levels in order, each level's unrecorded runs (level 0: the
 trials' dense runs; level L: every trial's ticket and controls) trained as one cohort in programs of
-at most `parallel.members_per_program` runs, their records appended atomically to the results file."""
+at most `parallel.members_per_program` runs, their records appended atomically to the results file.
+A sweep drives several level runners level by level instead (`lth_jax.search.packs`), through
+`start`, `level_runs`, `member`, `finish`, `write`, `level_finished` and `end`."""
 
 from __future__ import annotations
 
@@ -51,7 +53,13 @@ class LevelRunner:
       scalars: scalars_lib.Scalars | None = None,
       keep_snapshots: tuple[int, ...] = (),
       record_fields: dict[str, Any] | None = None,
+      programs: cohorts.ProgramRunner | None = None,
+      variant: str = '',
+      hyperparameters: dict[str, float] | None = None,
   ):
+    """`programs`, `variant` and `hyperparameters`: for a sweep's variant whose runs train in programs
+    shared with other variants (`lth_jax.search.packs`): the shared ProgramRunner, the variant's name
+    in them and its own values of the hyperparameters its programs' members differ in."""
     spec = experiment.spec
     self.spec, self.experiment, self.workdir = spec, experiment, workdir
     self.trainer = experiment.trainer()
@@ -63,8 +71,13 @@ class LevelRunner:
     self.branch_names = spec.branch_names
     self.members_per_program = experiment.members_per_program
     self.keep_snapshots, self.record_fields = keep_snapshots, dict(record_fields or {})
+    self.variant, self.hyperparameters = variant, dict(hyperparameters or {})
+    self.trials: dict[int, Trial] = {}
+    self._level_zero: dict[int, list[cohorts.Member]] = {}
     settings = cohorts.ProgramSettings.from_spec(spec)
-    self.programs = cohorts.ProgramRunner(workdir, experiment.program_trainer, settings, log, should_stop, self.scalars)
+    self.programs = programs or cohorts.ProgramRunner(
+        workdir, experiment.program_trainer, settings, log, should_stop, self.scalars
+    )
 
   def diverged_ticket(self, trial: int, level: int) -> dict[str, Any] | None:
     """The record of (trial, level)'s ticket if it diverged."""
@@ -119,15 +132,11 @@ class LevelRunner:
       record.update(diverged=True, diverged_step=result.diverged_step)
     return results_lib.finite_or_none(record)
 
-  def _write(self, program: list[cohorts.Member], records: list[dict[str, Any]]) -> None:
-    """Appends a program's records in one atomic write, then deletes its periodic checkpoints."""
+  def write(self, records: list[dict[str, Any]]) -> None:
+    """Appends finished runs' records to the results file in one atomic write (and their level scalars)."""
     if jax.process_index() == 0:
       results_lib.append_records(self.results_path, records)
     self.records.extend(records)
-    # The records are what mark the runs done: only now may their periodic checkpoints go.
-    checkpoints.remove(
-        cohorts.running_directory(self.workdir, program[0].level, [(member.trial, member.branch) for member in program])
-    )
     for record in records:
       metric = 'test_accuracy' if 'test_accuracy' in record else 'test_rmse'
       self.scalars.write(
@@ -139,57 +148,72 @@ class LevelRunner:
           },
       )
 
-  def _train_cohort(
-      self,
-      level: int,
-      keys: list[tuple[int, str]],
-      build: Callable[[int, str], cohorts.Member | None],
-      trials: dict[int, Trial],
-  ) -> None:
-    """Trains the unrecorded runs among `keys` ((trial, branch) of this level) in programs."""
-    start_step = 0 if level == 0 else self.plan.rewind_step
-    for group in cohorts.groups(keys, self.members_per_program):
-      program = [member for member in (build(trial, branch) for trial, branch in group) if member is not None]
-      if not program:  # recorded: a run killed before deleting its checkpoints may have left them
-        checkpoints.remove(cohorts.running_directory(self.workdir, level, group))
+  def finish(self, results: list[cohorts.MemberResult]) -> list[dict[str, Any]]:
+    """The records of finished members of this search (each trial takes its own results first)."""
+    return [self.trials[result.member.trial].finish(result) for result in results]
+
+  def start(self, num_trials: int) -> None:
+    """Builds every trial (its W_0) and level 0's runs (none for a trial whose level 0 is recorded)."""
+    self.trials = {trial: Trial(self, trial) for trial in range(num_trials)}
+    self._level_zero = {trial: state.level_zero() for trial, state in self.trials.items()}
+
+  def level_runs(self, level: int) -> list[tuple[int, str]]:
+    """The (trial, branch) runs of `level`, recorded ones included: level 0's dense runs; for a pruned
+    level, every active trial's ticket and controls once its mask is pruned (none once no trial is active)."""
+    if level == 0:
+      return [(trial, 'ticket') for trial in self.trials]
+    active = [state for state in self.trials.values() if state.active]
+    for state in active:
+      diverged = self.diverged_ticket(state.trial, level - 1)
+      if diverged is not None:  # recorded so by an earlier run of this workdir
+        state.stop_diverged(level - 1, diverged.get('diverged_step'))
         continue
-      results = self.programs.train(program, start_step)
-      records = [trials[result.member.trial].finish(result) for result in results]
-      self._write(program, records)
+      state.prepare_level(level)
+    return [(state.trial, branch) for state in active if state.active for branch in self.branch_names]
+
+  def member(self, level: int, trial: int, branch: str) -> cohorts.Member | None:
+    """The member that trains (trial, level, branch), or None when it is recorded."""
+    if level == 0:
+      member = self._level_zero[trial][0] if self._level_zero[trial] else None
+    else:
+      member = None if self.trials[trial].done(level, branch) else self.trials[trial].member(level, branch)
+    if member is not None:
+      member.variant, member.hyperparameters = self.variant, dict(self.hyperparameters)
+    return member
+
+  def level_finished(self, level: int) -> None:
+    """Stops the trials whose ticket reached the target density at `level` (>= 1)."""
+    for state in self.trials.values():
+      if state.active and self.plan.reached_target(masks_lib.density(state.keep_mask, state.prunable)):
+        self.log(f'trial {state.trial} level {level}: target density reached; stopping')
+        state.active = False
+
+  def _train_cohort(self, level: int, runs: list[tuple[int, str]]) -> None:
+    """Trains the unrecorded runs among `runs` ((trial, branch) of this level) in programs."""
+    for group in cohorts.groups(runs, self.members_per_program):
+      directory = cohorts.program_directory(self.workdir, level, [(self.variant, *run) for run in group])
+      program = [member for member in (self.member(level, *run) for run in group) if member is not None]
+      if program:
+        self.write(self.finish(self.programs.train(program)))
+      # The records are what mark the runs done: only now may their periodic checkpoints go (a run killed
+      # before deleting them leaves them behind).
+      checkpoints.remove(directory)
 
   def run(self, num_trials: int) -> None:
     """Level 0 of every trial as one cohort, then each pruning level's trials x branches as one."""
-    trials = {trial: Trial(self, trial) for trial in range(num_trials)}
-    level_zero = {trial: state.level_zero() for trial, state in trials.items()}
-    self._train_cohort(
-        0,
-        [(trial, 'ticket') for trial in trials],
-        lambda trial, branch: level_zero[trial][0] if level_zero[trial] else None,
-        trials,
-    )
+    self.start(num_trials)
+    self._train_cohort(0, self.level_runs(0))
     for level in range(1, self.plan.levels + 1):
-      active = [state for state in trials.values() if state.active]
-      for state in active:
-        diverged = self.diverged_ticket(state.trial, level - 1)
-        if diverged is not None:  # recorded so by an earlier run of this workdir
-          state.stop_diverged(level - 1, diverged.get('diverged_step'))
-          continue
-        state.prepare_level(level)
-      active = [state for state in active if state.active]
-      if not active:
+      runs = self.level_runs(level)
+      if not runs:
         break
-      keys = [(state.trial, branch) for state in active for branch in self.branch_names]
-      self._train_cohort(
-          level,
-          keys,
-          lambda trial, branch: None if trials[trial].done(level, branch) else trials[trial].member(level, branch),
-          trials,
-      )
-      for state in active:
-        if self.plan.reached_target(masks_lib.density(state.keep_mask, state.prunable)):
-          self.log(f'trial {state.trial} level {level}: target density reached; stopping')
-          state.active = False
-    for state in trials.values():
+      self._train_cohort(level, runs)
+      self.level_finished(level)
+    self.end()
+
+  def end(self) -> None:
+    """Removes the emptied folders of programs in progress; prints the surviving weights if asked to."""
+    for state in self.trials.values():
       running = os.path.join(state.trial_dir, 'running')
       if jax.process_index() == 0 and os.path.isdir(running) and not os.listdir(running):
         os.rmdir(running)
@@ -197,7 +221,7 @@ class LevelRunner:
     if jax.process_index() == 0 and os.path.isdir(running) and not os.listdir(running):
       os.rmdir(running)
     if self.spec.report.print_surviving_weights:
-      for state in trials.values():
+      for state in self.trials.values():
         for branch, (record, final_params, branch_mask) in state.last_level.items():
           metric = 'test_accuracy' if 'test_accuracy' in record else 'test_rmse'
           self.log(

@@ -29,12 +29,17 @@ import ml_collections
 
 from lth_jax import config as config_lib
 from lth_jax import results as results_lib
-from lth_jax.search import lottery
+from lth_jax.search import packs
+from lth_jax.search import scalars as scalars_lib
 from lth_jax.search import sweep_plan
 from lth_jax.search import trial as trial_lib
 from lth_jax.search import workdir as workdir_lib
+from lth_jax.search.experiment import Experiment
 from lth_jax.search.experiment import prepare
+from lth_jax.search.levels import LevelRunner
 from lth_jax.training import checkpoints
+from lth_jax.training.preemption import StopRequest
+from lth_jax.training.run_state import Preempted
 
 SWEEP_FILE = 'sweep.json'
 DENSE_DIRECTORY = 'dense'
@@ -60,8 +65,23 @@ class _VariantRun:
 
   variant: sweep_plan.Variant
   config: ml_collections.ConfigDict
-  spec: config_lib.RunSpec
+  experiment: Experiment
   directory: str
+
+  @property
+  def spec(self) -> config_lib.RunSpec:
+    return self.experiment.spec
+
+
+@dataclasses.dataclass(frozen=True)
+class _Search:
+  """A lottery search the sweep trains: a variant, or a dense run shared by several."""
+
+  config: ml_collections.ConfigDict
+  experiment: Experiment
+  directory: str
+  keep_snapshots: tuple[int, ...] = ()
+  record_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def variant_directory(workdir: str, variant: sweep_plan.Variant) -> str:
@@ -104,40 +124,134 @@ def _run_variants(
     workdir: str,
     log: Callable[[str], None],
 ) -> SweepResults:
-  """Checks every variant, then trains each group's shared dense run and the variants' levels."""
-  members = []
+  """Checks every variant, then trains the sweep under the workdir's lock (see `_train`)."""
+  runs = []
   for variant, variant_config in variants:
     try:
-      spec = prepare(variant_config).spec
+      experiment = prepare(variant_config)
     except config_lib.ConfigError as error:
       raise config_lib.ConfigError(f'sweep variant {variant.label}: {error}') from error
-    members.append(_VariantRun(variant, variant_config, spec, variant_directory(workdir, variant)))
+    runs.append(_VariantRun(variant, variant_config, experiment, variant_directory(workdir, variant)))
   workdir_lib.check_writable(workdir)
-  _check_sweep_file(workdir, base, entry)
-  groups: dict[str, list[_VariantRun]] = {}
-  for member in members:
-    groups.setdefault(sweep_plan.dense_key(member.spec), []).append(member)
-  log(
-      f'lth_jax sweep: {len(members)} variant(s); {len(groups)} dense run(s) of '
-      f'{members[0].spec.trials} trial(s) shared by them'
-  )
-  for key, group in groups.items():
-    dense_dir = os.path.join(workdir, DENSE_DIRECTORY, key)
-    if len(group) == 1 and not os.path.isdir(dense_dir):  # nothing to share: the variant trains its own level 0
-      _run_variant(group[0], log)
-      continue
-    steps = sweep_plan.snapshot_steps([member.spec for member in group])
-    dense_records = _dense_run(group[0].config, dense_dir, steps, log)
-    for member in group:
-      _adopt_level_zero(member, dense_dir, dense_records, log)
-      _run_variant(member, log)
+  runs[0].experiment.trainer()  # built before anything is written
+  try:
+    with workdir_lib.workdir_lock(workdir, log):
+      _check_sweep_file(workdir, base, entry)
+      stop = StopRequest()
+      stop.install()
+      try:
+        _train(runs, workdir, log, stop)
+      finally:
+        stop.restore()
+  except (Preempted, config_lib.ConfigError, checkpoints.CheckpointError):
+    raise
+  except Exception as error:  # pylint: disable=broad-except  (orbax, tensorstore, tensorboardX, the OS)
+    written = results_lib.as_write_error(error, workdir)
+    if written is None:
+      raise
+    raise written from error
   return load(workdir)
 
 
-def _run_variant(member: _VariantRun, log: Callable[[str], None]) -> None:
-  """Runs (or resumes) one variant's lottery in its folder, its records carrying the variant."""
-  log(f'lth_jax sweep: variant {member.variant.label}')
-  lottery.run(member.config, member.directory, log, record_fields={'variant': member.variant.as_dict()})
+def _train(runs: list[_VariantRun], workdir: str, log: Callable[[str], None], stop: StopRequest) -> None:
+  """Level 0 of every dense run (and of each variant that shares it with none) in shared programs, each
+  shared dense run's level 0 given to its variants, then every variant's pruned levels in shared programs."""
+  packs.replay_journals(workdir, log)
+  groups: dict[str, list[_VariantRun]] = {}
+  for member in runs:
+    groups.setdefault(sweep_plan.dense_key(member.spec), []).append(member)
+  log(
+      f'lth_jax sweep: {len(runs)} variant(s); {len(groups)} dense run(s) of {runs[0].spec.trials} trial(s) '
+      f'shared by them; {sum(run.spec.pruning.levels for run in runs)} pruning level(s) in all'
+  )
+  lone = {id(group[0]) for key, group in groups.items() if len(group) == 1 and not os.path.isdir(_dense(workdir, key))}
+  dense = {
+      key: _dense_search(group, _dense(workdir, key), log) for key, group in groups.items() if id(group[0]) not in lone
+  }
+  level_zero = [_variant_search(run) for run in runs if id(run) in lone] + list(dense.values())
+  started = _train_searches(level_zero, workdir, log, stop, range(1))
+  for key, search in dense.items():
+    for member in groups[key]:
+      _adopt_level_zero(member, search.directory, started[search.directory].records, log)
+  searches = [_variant_search(run) for run in runs]
+  runners = _train_searches(
+      searches, workdir, log, stop, range(1, max(run.spec.pruning.levels for run in runs) + 1), started
+  )
+  for run in runs:
+    runner = runners[run.directory]
+    runner.end()
+    runner.scalars.close()
+    log(f'lth_jax sweep: variant {run.variant.label}\n' + results_lib.format_sparsity_table(runner.records))
+  for search in dense.values():
+    started[search.directory].scalars.close()
+
+
+def _dense(workdir: str, key: str) -> str:
+  return os.path.join(workdir, DENSE_DIRECTORY, key)
+
+
+def _variant_search(run: _VariantRun) -> _Search:
+  return _Search(run.config, run.experiment, run.directory, record_fields={'variant': run.variant.as_dict()})
+
+
+def _dense_search(group: list[_VariantRun], directory: str, log: Callable[[str], None]) -> _Search:
+  """The dense run of a group of variants, keeping its weights at every step they start from (a finished
+  dense run missing one of them is removed, to be trained again)."""
+  steps = sweep_plan.snapshot_steps([member.spec for member in group])
+  _remove_dense_run_without(directory, steps, log)
+  config = sweep_plan.dense_config(group[0].config)
+  return _Search(config, prepare(config), directory, keep_snapshots=steps)
+
+
+def _train_searches(
+    searches: list[_Search],
+    workdir: str,
+    log: Callable[[str], None],
+    stop: StopRequest,
+    levels: range,
+    started: dict[str, LevelRunner] | None = None,
+) -> dict[str, LevelRunner]:
+  """Trains `levels` of `searches`, those of one program shape in shared programs; returns each search's
+  level runner by folder (those in `started` continue from where they are)."""
+  runners = dict(started or {})
+  for indices in packs.searches_by_pack([search.experiment for search in searches]):
+    members = [searches[index] for index in indices]
+    scalars = scalars_lib.Scalars(
+        os.path.join(workdir, 'tensorboard') if members[0].experiment.spec.checkpointing.tensorboard else None
+    )
+    pack = packs.create([search.experiment for search in members], workdir, log, stop, scalars)
+    pack_runners = [runners.get(search.directory) or _runner(search, pack, log, stop) for search in members]
+    for search, runner in zip(members, pack_runners):
+      runner.programs, runner.hyperparameters = pack.programs, pack.hyperparameters(search.experiment.spec)
+      runners[search.directory] = runner
+    log(f'lth_jax sweep: levels {levels.start}-{levels.stop - 1}: {packs.describe(pack, members)}')
+    try:
+      packs.train_levels(pack, pack_runners, levels)
+    finally:
+      scalars.close()
+  return runners
+
+
+def _runner(search: _Search, pack: packs.Pack, log: Callable[[str], None], stop: StopRequest) -> LevelRunner:
+  """The started level runner of one search in `pack` (its config checked against its folder's)."""
+  spec = search.experiment.spec
+  workdir_lib.check_config_file(search.config, search.directory, False, log, resolved=spec)
+  results_path = os.path.join(search.directory, results_lib.RESULTS_FILE)
+  runner = LevelRunner(
+      pack.experiment.for_variant(spec, search.experiment.ticket),
+      search.directory,
+      results_lib.read_records(results_path) if os.path.isfile(results_path) else [],
+      log,
+      stop,
+      scalars_lib.Scalars(os.path.join(search.directory, 'tensorboard') if spec.checkpointing.tensorboard else None),
+      search.keep_snapshots,
+      search.record_fields,
+      pack.programs,
+      os.path.relpath(search.directory, pack.workdir),
+      pack.hyperparameters(spec),
+  )
+  runner.start(spec.trials)
+  return runner
 
 
 def load(workdir: str) -> SweepResults:
@@ -207,12 +321,9 @@ def _merge_variants(workdir: str, old: dict[str, Any], new: dict[str, Any]) -> N
     new['named'].setdefault(name, values)
 
 
-def _dense_run(
-    config: ml_collections.ConfigDict, directory: str, steps: tuple[int, ...], log: Callable[[str], None]
-) -> list[dict[str, Any]]:
-  """Trains (or resumes) the dense run of a group of variants, keeping its weights at `steps`; a
-  finished dense run missing one of them is trained again. Returns its level-0 records."""
-  dense = sweep_plan.dense_config(config)
+def _remove_dense_run_without(directory: str, steps: tuple[int, ...], log: Callable[[str], None]) -> None:
+  """Removes the dense run in `directory` when a trial it finished kept no weights at one of `steps`
+  (it is then trained again, keeping them all), saying so."""
   results_path = os.path.join(directory, results_lib.RESULTS_FILE)
   records = results_lib.read_records(results_path) if os.path.isfile(results_path) else []
   missing = [  # a diverged dense run keeps no weights after its divergence
@@ -231,7 +342,6 @@ def _dense_run(
       shutil.rmtree(directory + '.stale', ignore_errors=True)
       os.replace(directory, directory + '.stale')
       shutil.rmtree(directory + '.stale')
-  return lottery.run(dense, directory, log, keep_snapshots=steps).records
 
 
 def _adopt_level_zero(

@@ -229,6 +229,7 @@ class Trial:
         branch_mask,
         self.data_seed,
         turnaround if branch == 'ticket' else (),
+        start_step=self.plan.rewind_step,
     )
 
   def finish(self, result: cohorts.MemberResult) -> dict[str, Any]:
