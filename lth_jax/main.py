@@ -185,10 +185,24 @@ def check_config_file(argument: str) -> str | None:
   return None
 
 
+def unknown_field_message(error: LookupError | AttributeError, argv: list[str]) -> str:
+  """The one-line message for a --config.FIELD override that names no field: ml_collections raises
+  a KeyError for a misspelt group (`--config.trainng.num_steps`), an AttributeError holding one for a
+  misspelt leaf (`--config.training.num_step`), each with its "Did you mean", and a KeyError or an
+  IndexError for a path that goes on below a leaf (`--config.training.num_steps.x`)."""
+  cause = error.args[0] if isinstance(error, AttributeError) and error.args else error
+  detail = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
+  overrides = ' '.join(argument for argument in argv[1:] if argument.startswith('--config.'))
+  return (
+      f'lth_jax: unknown config field {" ".join(str(detail).split())} (in {overrides}; every field is '
+      'listed in lth_jax/config/schema.py)'
+  )
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with one-line messages instead of tracebacks for a --config file that is
   missing, fails to load or rejects its variant, and for a --config.FIELD override that names no
-  field of the config (ml_collections raises AttributeError there)."""
+  field of the config, in a group or a leaf."""
   argument = _config_argument(argv)
   if argument is not None:
     message = check_config_file(argument)
@@ -196,14 +210,8 @@ def parse_flags(argv: list[str]) -> list[str]:
       sys.exit(message)
   try:
     return app.parse_flags_with_usage(argv)
-  except AttributeError as error:
-    cause = error.args[0] if error.args else error
-    detail = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
-    overrides = ' '.join(argument for argument in argv[1:] if argument.startswith('--config.'))
-    sys.exit(
-        f'lth_jax: unknown config field {" ".join(str(detail).split())} (in {overrides}; every field is '
-        'listed in lth_jax/config/schema.py)'
-    )
+  except (AttributeError, LookupError) as error:
+    sys.exit(unknown_field_message(error, argv))
 
 
 if __name__ == '__main__':
