@@ -21,27 +21,30 @@ The library is layered; each layer imports only the ones before it:
 """
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lth_jax import analysis
-from lth_jax import branches
-from lth_jax import config
-from lth_jax import data
-from lth_jax import masks
-from lth_jax import models
-from lth_jax import optim
-from lth_jax import pruning
-from lth_jax import reporting
-from lth_jax import results
-from lth_jax import search
-from lth_jax import tickets
-from lth_jax import training
-from lth_jax.config import ConfigError
-from lth_jax.search import LotteryResults
-from lth_jax.search import run
-from lth_jax.search import sweep
-from lth_jax.search import SweepResults
 from lth_jax.version import __version__
+
+if TYPE_CHECKING:  # what the names below are, for type checkers; at run time they load on first use
+  from lth_jax import analysis
+  from lth_jax import branches
+  from lth_jax import config
+  from lth_jax import data
+  from lth_jax import masks
+  from lth_jax import models
+  from lth_jax import optim
+  from lth_jax import pruning
+  from lth_jax import report
+  from lth_jax import reporting
+  from lth_jax import results
+  from lth_jax import search
+  from lth_jax import tickets
+  from lth_jax import training
+  from lth_jax.config import ConfigError
+  from lth_jax.search import LotteryResults
+  from lth_jax.search import run
+  from lth_jax.search import sweep
+  from lth_jax.search import SweepResults
 
 __all__ = [
     'ConfigError',
@@ -66,10 +69,29 @@ __all__ = [
     'training',
 ]
 
+# The names the package hands on from its submodules, by the module that defines them.
+_DEFINED_IN = {
+    'ConfigError': 'lth_jax.config',
+    'LotteryResults': 'lth_jax.search',
+    'SweepResults': 'lth_jax.search',
+    'run': 'lth_jax.search',
+    'sweep': 'lth_jax.search',
+}
+
 
 def __getattr__(name: str) -> Any:
-  """`lth_jax.report` on first use: imported eagerly, it would be imported twice by
-  `python -m lth_jax.report` (and runpy warns about that)."""
-  if name == 'report':
-    return importlib.import_module('lth_jax.report')
+  """Each submodule (`lth_jax.tickets`, `lth_jax.report`, ...) and each name above on first use.
+  `import lth_jax` imports none of them, so `python -m lth_jax.tickets` (or `.report`, `.main`) runs
+  its module once, as __main__, instead of after an import of it by the package (which runpy warns
+  about)."""
+  if name in _DEFINED_IN:
+    value = getattr(importlib.import_module(_DEFINED_IN[name]), name)
+    globals()[name] = value
+    return value
+  if name in __all__:
+    return importlib.import_module(f'lth_jax.{name}')
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(__all__))

@@ -1,7 +1,20 @@
-"""Command-line entry point.
+"""The lottery-ticket search from the command line: trains the network of a config, prunes it level by
+level, trains each level's ticket and controls, and records every run in a workdir.
 
-    python -m lth_jax.main --config=configs/default.py --workdir=/tmp/lth_default \
-        --config.pruning.levels=5
+Usage: python -m lth_jax.main --config=CONFIG_FILE[:VARIANT] --workdir=DIR [--config.FIELD=VALUE ...]
+
+    python -m lth_jax.main --config=configs/default.py --workdir=/tmp/lth_default --config.pruning.levels=5
+
+--config and --workdir are required. --config.FIELD=VALUE overrides any field of the config (every field
+and its default is in lth_jax/config/schema.py); an unknown field is refused in one line naming it, a
+value of the wrong type or out of range before anything is trained.
+--sweep=FIELD=VALUE,VALUE,... runs every combination of values as one sweep.
+
+Writes into --workdir: results.jsonl (one JSON record per finished level, branch and trial; printed as
+tables at the end), config.json (the config, checked on a re-run), checkpoints/ (rewind point, each
+level's weights and mask, the periodic checkpoints of the run in progress) and tensorboard/ (event
+files); a sweep writes each variant into DIR/variants/<variant>. Run the same command again to resume.
+`python -m lth_jax.report --workdir=DIR` makes the plots.
 
 On a TPU pod slice (or any multi-host cluster) run the same command on every host with
 --distributed=yes (Cloud TPU: JAX finds the coordinator itself; elsewhere also pass
@@ -42,8 +55,20 @@ from lth_jax.training import run_state
 PREEMPTED_EXIT_STATUS = 143  # 128 + SIGTERM, what a process killed by SIGTERM reports
 DIVERGED_EXIT_STATUS = 3  # the run finished, but a ticket diverged
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for results, checkpoints and logs.', required=True)
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir',
+    None,
+    'Required. Folder for the results, the config and the checkpoints; created if missing. Running the '
+    'same command again in it resumes where it stopped.',
+    required=True,
+)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config',
+    None,
+    'Required. The config file, PATH[:VARIANT] (an ml_collections file with get_config(), e.g. '
+    'configs/default.py or configs/resnet50_imagenet.py:one_shot); --config.FIELD=VALUE overrides its fields.',
+    lock_config=True,
+)
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'allow_config_change',
     False,
@@ -185,10 +210,40 @@ def check_config_file(argument: str) -> str | None:
   return None
 
 
+def unknown_field_message(error: LookupError | AttributeError, argv: list[str]) -> str:
+  """The one-line message for a --config.FIELD override that names no field: ml_collections raises
+  a KeyError for a misspelt group (`--config.trainng.num_steps`), an AttributeError holding one for a
+  misspelt leaf (`--config.training.num_step`), each with its "Did you mean", and a KeyError or an
+  IndexError for a path that goes on below a leaf (`--config.training.num_steps.x`)."""
+  cause = error.args[0] if isinstance(error, AttributeError) and error.args else error
+  detail = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
+  overrides = ' '.join(argument for argument in argv[1:] if argument.startswith('--config.'))
+  return (
+      f'lth_jax: unknown config field {" ".join(str(detail).split())} (in {overrides}; every field is '
+      'listed in lth_jax/config/schema.py)'
+  )
+
+
+HELP_FLAGS = ('-h', '-?', '-help', '--help', '-helpshort', '--helpshort')
+
+
+def exit_on_help(argv: list[str]) -> None:
+  """For --help (or -h, -?, --helpshort): the command's docstring and its flags on stdout, and exit
+  status 0 (absl's own --help exits with 1); for --helpfull, every module's flags too."""
+  arguments = set(argv[1 : argv.index('--')] if '--' in argv else argv[1:])
+  if arguments & {'-helpfull', '--helpfull'}:
+    app.usage(writeto_stdout=True, exitcode=0)
+  if arguments & set(HELP_FLAGS):
+    app.usage(shorthelp=True, writeto_stdout=True)
+    print('\nTry --helpfull to get a list of all flags.')
+    sys.exit(0)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with one-line messages instead of tracebacks for a --config file that is
-  missing, fails to load or rejects its variant, and for a --config.FIELD override that names no
-  field of the config (ml_collections raises AttributeError there)."""
+  """absl's flag parsing, with --help exiting 0, and one-line messages instead of tracebacks for a
+  --config file that is missing, fails to load or rejects its variant, and for a --config.FIELD
+  override that names no field of the config, in a group or a leaf."""
+  exit_on_help(argv)
   argument = _config_argument(argv)
   if argument is not None:
     message = check_config_file(argument)
@@ -196,14 +251,8 @@ def parse_flags(argv: list[str]) -> list[str]:
       sys.exit(message)
   try:
     return app.parse_flags_with_usage(argv)
-  except AttributeError as error:
-    cause = error.args[0] if error.args else error
-    detail = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
-    overrides = ' '.join(argument for argument in argv[1:] if argument.startswith('--config.'))
-    sys.exit(
-        f'lth_jax: unknown config field {" ".join(str(detail).split())} (in {overrides}; every field is '
-        'listed in lth_jax/config/schema.py)'
-    )
+  except (AttributeError, LookupError) as error:
+    sys.exit(unknown_field_message(error, argv))
 
 
 if __name__ == '__main__':

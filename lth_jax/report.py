@@ -1,17 +1,26 @@
-"""The report command: a lottery run's tables, plots and CSV file from `WORKDIR/results.jsonl`.
+"""The report command: a lottery run's tables, plots and CSV files from `WORKDIR/results.jsonl` (a
+finished or a running experiment) and its level checkpoints.
 
-    python -m lth_jax.report --workdir=/tmp/lth_default [--output_dir=/tmp/lth_default_report]
+Usage: python -m lth_jax.report --workdir=DIR [--output_dir=OUT]
 
-prints the run's tables and writes, into the output folder (default: the workdir),
+    python -m lth_jax.report --workdir=/tmp/lth_default --output_dir=/tmp/lth_default_report
 
-  accuracy_vs_sparsity.png   test metric against fraction of weights remaining, one line per branch,
+--workdir is required. Prints the table of all records, the sparsity table and (when the workdir holds
+masks to compare) the mask overlap table, and writes into the output folder (default: the workdir):
+
+  accuracy_vs_sparsity.png   test metric against percent of weights remaining, one line per branch,
                              mean over trials with min-max error bars, the dense network dashed
   training_curves.png        the ticket's test metric against step, one line per level
   sparsity_table.csv         level, fraction remaining, and per branch the mean/min/max over trials
+  layer_density.csv          each prunable layer's kept fraction against the level, mean over trials
+  layer_density.png          the same, plotted
+  mask_overlap.csv           per level and layer, the share of one mask's survivors another keeps
+                             (between trials, and between a trial's consecutive levels), against
+                             chance; written when the workdir holds two masks to compare
 
-and the mask overlap tables and per-layer density plot (`lth_jax.analysis.mask_overlap`). The same
-pieces are a Python API in `lth_jax.reporting` (`load`, `sparsity_summary`, `training_curves`,
-`plot_accuracy_vs_sparsity`, `plot_training_curves`, `write_csv`, `write_report`).
+For a sweep's workdir, each variant's into OUT/variants/<variant>. The same pieces are a Python API in
+`lth_jax.reporting` (`load`, `sparsity_summary`, `training_curves`, `plot_accuracy_vs_sparsity`,
+`plot_training_curves`, `write_csv`, `write_report`) and `lth_jax.analysis.mask_overlap`.
 """
 
 from __future__ import annotations
@@ -96,10 +105,30 @@ def _report(workdir: str, output_dir: str) -> None:
 def _define_flags() -> None:
   """The command-line flags (defined only when run as a program, so importing this module next to
   `lth_jax.main` defines no duplicate --workdir)."""
-  flags.DEFINE_string('workdir', None, 'Workdir of a lottery run (holds results.jsonl) or of a sweep.', required=True)
-  flags.DEFINE_string('output_dir', None, 'Folder for the plots and the CSV table (default: the workdir).')
+  flags.DEFINE_string(
+      'workdir',
+      None,
+      'Required. The --workdir of a lottery run (it holds results.jsonl) or of a sweep.',
+      required=True,
+  )
+  flags.DEFINE_string(
+      'output_dir',
+      None,
+      'Folder for the plots and CSV files, created if missing (default: the workdir).',
+  )
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with --help (or -h, -?, --helpshort; --helpfull for every module's flags)
+  printing the command's docstring and flags and exiting 0 (absl's own --help exits with 1)."""
+  arguments = set(argv[1 : argv.index('--')] if '--' in argv else argv[1:])
+  if arguments & {'-helpfull', '--helpfull'}:
+    app.usage(writeto_stdout=True, exitcode=0)
+  if arguments & {'-h', '-?', '-help', '--help', '-helpshort', '--helpshort'}:
+    app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
+  return app.parse_flags_with_usage(argv)
 
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -328,12 +328,25 @@ def _command_line(argv: list[str]) -> int:
 
   parser = argparse.ArgumentParser(prog='python -m lth_jax.tickets', description=__doc__.split('\n\n')[0])
   commands = parser.add_subparsers(dest='command', required=True)
-  exporting = commands.add_parser('export', help="write a finished level's ticket to one .npz file")
-  exporting.add_argument('--workdir', required=True)
-  exporting.add_argument('--level', type=int, required=True)
-  exporting.add_argument('--trial', type=int, default=0)
-  exporting.add_argument('--out', required=True)
-  exporting.add_argument('--masks_only', action='store_true', help='the keep mask alone')
+  exporting = commands.add_parser(
+      'export',
+      help="write a finished level's ticket to one .npz file",
+      description="Writes a finished level's winning ticket to one .npz file: its keep mask, the weights it "
+      'starts from and the model state there, the weights it reached, and JSON metadata (config, level, '
+      'trial, density, rewind step, a CRC-32 of every array). Read it back with lth_jax.tickets.load_exported, '
+      'or train it under another config with --config.transfer.ticket=FILE.',
+  )
+  exporting.add_argument(
+      '--workdir', required=True, help='the --workdir of the lottery run that found the ticket (required)'
+  )
+  exporting.add_argument(
+      '--level', type=int, required=True, help='the pruning level of the ticket, a finished one (required; 0: dense)'
+  )
+  exporting.add_argument('--trial', type=int, default=0, help='the trial of the ticket (default: 0)')
+  exporting.add_argument('--out', required=True, help='the .npz file to write, replaced if it exists (required)')
+  exporting.add_argument(
+      '--masks_only', action='store_true', help='write the keep mask alone, without weights (a smaller file)'
+  )
   arguments = parser.parse_args(argv)
   try:
     ticket = load(arguments.workdir, arguments.level, arguments.trial)

@@ -264,6 +264,36 @@ def test_command_line_failures_exit_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_full_disk_under_orbax_gives_one_line_and_no_traceback(tmp_path):
+  """The command on a 700 KB tmpfs, mounted in a user namespace: orbax's background writes fail."""
+  if shutil.which('unshare') is None or subprocess.run(['unshare', '-rm', 'true'], check=False).returncode != 0:
+    pytest.skip('mounting a tmpfs without root needs user namespaces (unshare -rm)')
+  mount = tmp_path / 'small_disk'
+  mount.mkdir()
+  completed = subprocess.run(
+      ['unshare', '-rm', 'sh', '-c', f'mount -t tmpfs -o size=700k tmpfs {mount} && exec "$@"', 'sh', sys.executable]
+      + [
+          '-m',
+          'lth_jax.main',
+          '--config=configs/default.py',
+          f'--workdir={mount / "work"}',
+          '--config.pruning.levels=1',
+      ]
+      + ['--config.training.num_steps=200', '--config.checkpointing.every_steps=50'],
+      cwd=REPO,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
+  assert completed.returncode == 1, completed.stderr[-2000:]
+  lines = completed.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'No space left on device. Nothing already recorded is lost' in lines[0], lines[-40:]
+  assert 'Traceback' not in completed.stdout
+
+
+@pytest.mark.slow
 def test_fractional_epochs_from_the_command_line_and_the_diverged_exit_status(tmp_path):
   workdir = tmp_path / 'work'
   completed = _command(

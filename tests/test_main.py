@@ -52,11 +52,19 @@ def test_bad_override_fails_before_training_and_names_the_field(tmp_path):
   assert not (tmp_path / 'results.jsonl').exists()
 
 
-def test_unknown_config_field_is_refused(tmp_path):
-  completed = _run_main('--config=configs/default.py', '--config.pruning.fractoin=0.5', workdir=tmp_path)
+@pytest.mark.parametrize(
+    'override, expected',
+    [
+        ('--config.pruning.fractoin=0.5', '\'fractoin\' Did you mean "fraction" instead of "fractoin"?'),  # a leaf
+        ('--config.trainng.num_steps=5', '\'trainng\' Did you mean "training" instead of "trainng"?'),  # a group
+    ],
+)
+def test_unknown_config_field_is_one_line(tmp_path, override, expected):
+  completed = _run_main('--config=configs/default.py', override, workdir=tmp_path)
   assert completed.returncode == 1
-  assert 'lth_jax: unknown config field \'fractoin\' Did you mean "fraction"' in completed.stderr
-  assert 'Traceback' not in completed.stderr
+  assert completed.stderr.strip() == (
+      f'lth_jax: unknown config field {expected} (in {override}; every field is listed in lth_jax/config/schema.py)'
+  )
 
 
 def test_wrong_type_override_is_refused(tmp_path):

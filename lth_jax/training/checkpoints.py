@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import shutil
+import sys
+import traceback
 import zlib
 from typing import Any, Callable
 
@@ -32,6 +34,45 @@ class CheckpointError(RuntimeError):
 
 
 CHECKSUM_FILE = 'lth_jax_checksums.json'
+
+
+class _QuietStorageFailures(logging.Filter):
+  """Drops orbax's log records (and their tracebacks) of a storage failure (a full disk, a read-only
+  file system, ...) in its background threads: the failure reaches the caller of the save, which
+  reports it in one line (`results.as_write_error`). Orbax's other records pass."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if 'orbax' not in record.pathname:
+      return True
+    error = record.exc_info[1] if record.exc_info and record.exc_info[1] else OSError(record.getMessage())
+    return results_lib.as_write_error(error, '') is None
+
+
+class _QuietClosedLoopCallbacks:
+  """A `sys.unraisablehook` that drops the 'Event loop is closed' errors of tensorstore's callbacks
+  into an orbax event loop that a failed save already closed (nobody waits for them), and hands
+  every other unraisable error to the hook it replaced."""
+
+  def __init__(self, previous: Callable[[Any], Any]):
+    self.previous = previous
+
+  def __call__(self, unraisable: Any) -> None:
+    error, frames = unraisable.exc_value, unraisable.exc_traceback
+    names = [frame.name for frame in traceback.extract_tb(frames)] if frames is not None else []
+    if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed' and 'call_soon_threadsafe' in names:
+      _logger.debug('dropped a callback into a closed event loop (a failed asynchronous write)')
+      return
+    self.previous(unraisable)
+
+
+def quiet_background_failures() -> None:
+  """Keeps the storage failures of orbax's background threads to the caller's one-line error: no
+  logged traceback from orbax, none from tensorstore's callbacks into closed loops. Idempotent."""
+  absl_logger = logging.getLogger('absl')
+  if not any(isinstance(existing, _QuietStorageFailures) for existing in absl_logger.filters):
+    absl_logger.addFilter(_QuietStorageFailures())
+  if not isinstance(sys.unraisablehook, _QuietClosedLoopCallbacks):
+    sys.unraisablehook = _QuietClosedLoopCallbacks(sys.unraisablehook)
 
 
 def leaf_checksum(leaf: Any) -> str:
@@ -65,6 +106,7 @@ def save_tree(directory: str, tree: Any) -> None:
   """Saves a tree of host arrays to `directory` (replacing it), waiting until the write is committed,
   with the checksums of its arrays."""
   directory = os.path.abspath(directory)
+  quiet_background_failures()
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory, tree, force=True)
   checkpointer.wait_until_finished()
@@ -115,6 +157,7 @@ class RunCheckpoints:
 
   def _open(self, create: bool) -> ocp.CheckpointManager | None:
     if self._manager is None and (create or os.path.isdir(self.directory)):
+      quiet_background_failures()
       options = ocp.CheckpointManagerOptions(
           max_to_keep=self.max_to_keep,
           create=True,
