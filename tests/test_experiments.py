@@ -305,3 +305,15 @@ def test_a_workdir_of_the_layout_before_sweeps_is_refused_with_what_to_do(tmp_pa
     common.refuse_per_variant_layout('late_reset_sweep', str(tmp_path))
   (tmp_path / 'sweep.json').write_text('{}')
   common.refuse_per_variant_layout('late_reset_sweep', str(tmp_path))  # a sweep's workdir: fine
+
+
+def test_the_readme_quotes_the_sweep_cost_as_the_command_prints_it():
+  from experiments import sweep_cost  # pylint: disable=import-outside-toplevel
+
+  lines = sweep_cost.cost_lines(8)
+  readme = open(os.path.join(REPO, 'README.md')).read()
+  quoted = re.search(r'<!-- sweep_cost: begin[^\n]*-->\n(.*?)<!-- sweep_cost: end -->', readme, re.S)
+  assert quoted is not None, 'README.md lost its sweep_cost block'
+  assert [line.strip() for line in quoted.group(1).strip().splitlines()] == lines
+  # Figure 5: 6 reset epochs x 3 trials share 3 dense trainings instead of 18.
+  assert lines[1] == 'dense trainings: 18 as one lottery run per reset point, 3 as one sweep'

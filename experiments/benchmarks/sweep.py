@@ -7,11 +7,12 @@
    model and data (LeNet-300-100 on MNIST-1D, the reinit control beside each ticket), --levels levels
    of --steps steps, on every device (8 simulated CPU devices unless XLA_FLAGS says otherwise): one
    `lth_jax.run` per reset point (each trains its own dense networks) against one `lth_jax.sweep` (one
-   dense run per trial, shared by the reset points). Figures: dense trainings of each way (counted from
+   dense run per trial, shared by the reset points, whose pruned levels train side by side in one
+   program, each member from its own reset point). Figures: dense trainings of each way (counted from
    the level-0 records each trained), wall seconds of each, and old / sweep.
 2. `learning_rate ...`: 4 learning rates, the same two ways. Another learning rate is another dense
-   training, so here the sweep trains as much as the runs one by one: the figure is what the variants
-   lose while they do not yet train side by side in one program.
+   training, so the sweep trains as many steps as the runs one by one; its gain is that the variants
+   train side by side, each member of one program with its own learning rate, level 0 included.
 
 Both ways run with the persistent compilation cache, warmed first by a run of each at a few steps, so
 that the figures compare training rather than compilation. Each variant is the same computation both
