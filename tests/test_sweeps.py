@@ -12,6 +12,7 @@ import pytest
 import lth_jax
 from lth_jax import config as config_lib
 from lth_jax.search import lottery
+from lth_jax.search import packs
 from lth_jax.search import sweep_plan
 from lth_jax.search import sweeps
 from tests import helpers
@@ -232,3 +233,36 @@ def test_a_sweep_killed_mid_variant_resumes_to_the_records_of_an_uninterrupted_o
     assert _without_timing(got.select(variant=variant.as_dict())) == _without_timing(
         expected.select(variant=variant.as_dict())
     )
+
+
+def test_records_left_in_a_programs_journal_are_written_once_on_the_next_run(rewind_sweep, tmp_path):
+  """A sweep killed after a shared program's journal but before every variant's results file took its
+  records finishes the appends when it runs again, and trains nothing."""
+  workdir = str(tmp_path / 'work')
+  shutil.copytree(rewind_sweep[0], workdir)
+  variant = sorted(os.listdir(os.path.join(workdir, sweeps.VARIANTS_DIRECTORY)))[1]
+  results_path = os.path.join(workdir, sweeps.VARIANTS_DIRECTORY, variant, 'results.jsonl')
+  lines = open(results_path).read().splitlines(keepends=True)
+  level_one = [line for line in lines if json.loads(line)['level'] == 1]
+  with open(results_path, 'w') as file:  # the kill came before this variant's append
+    file.writelines(line for line in lines if line not in level_one)
+  running = os.path.join(workdir, 'checkpoints', 'running')
+  os.makedirs(running, exist_ok=True)
+  with open(os.path.join(running, 'level_1_4_abcdef12' + packs.JOURNAL_SUFFIX), 'w') as file:
+    json.dump({f'{sweeps.VARIANTS_DIRECTORY}/{variant}': [json.loads(line) for line in level_one]}, file)
+  lines_logged = []
+  again = lth_jax.sweep(_config(), AXES, workdir, log=lines_logged.append)
+  assert any('wrote 2 record(s)' in line for line in lines_logged)
+  assert not any(line.startswith('level ') for line in lines_logged)  # nothing trained again
+  assert _without_timing(again.records) == _without_timing(rewind_sweep[1].records)
+  assert open(results_path).read().splitlines(keepends=True) == lines
+  assert not glob.glob(os.path.join(running, '*' + packs.JOURNAL_SUFFIX))
+
+
+def test_variants_of_another_shape_train_in_programs_of_their_own(tmp_path):
+  lines = []
+  results = lth_jax.sweep(
+      _config(pruning__levels=0, branches=()), {'model.hidden_sizes': ((16,), (24,))}, str(tmp_path / 'w'), lines.append
+  )
+  assert sum(line.startswith('lth_jax sweep: levels 0-0: 1 search(es)') for line in lines) == 2
+  assert [len(results.select(variant=variant.as_dict())) for variant in results.variants] == [1, 1]

@@ -224,7 +224,8 @@ def _train_searches(
     for search, runner in zip(members, pack_runners):
       runner.programs, runner.hyperparameters = pack.programs, pack.hyperparameters(search.experiment.spec)
       runners[search.directory] = runner
-    log(f'lth_jax sweep: levels {levels.start}-{levels.stop - 1}: {packs.describe(pack, members)}')
+    if levels:
+      log(f'lth_jax sweep: levels {levels.start}-{levels.stop - 1}: {packs.describe(pack, members)}')
     try:
       packs.train_levels(pack, pack_runners, levels)
     finally:
