@@ -10,6 +10,13 @@
                                 run (records, naming it under 'dense_run'; final weights; rewind and
                                 turnaround points), then its own levels; every record carries the
                                 variant's values under 'variant'
+    WORKDIR/checkpoints/running/ the periodic checkpoints of programs in progress (and the journal of
+                                one killed while writing its records: `packs.replay_journals`)
+
+Training goes by levels, not by variants: level 0 of every dense run (and of every variant that shares
+it with none) first, then each pruned level of every variant. At each level, the runs of all searches
+of one program shape train side by side in shared programs (`lth_jax.search.packs`): each member from
+its own rewind point, with its own learning rate, warmup and weight decay where the variants differ.
 
 Every variant is checked (config and data) before anything trains. A re-run continues where the sweep
 stopped; a shared dense run is never trained twice, except when a new rewind or turnaround point needs
