@@ -122,7 +122,7 @@ def test_learning_rate_variants_train_level_0_as_members_of_one_program(tmp_path
   assert not os.path.exists(os.path.join(workdir, sweeps.DENSE_DIRECTORY))  # no level 0 is shared
   assert any(line.startswith('level 0/1 cohort of 2 (2 variants x trial 0 x ticket)') for line in lines)
   assert any('each member with its own learning_rate' in line for line in lines)
-  rate = rates[1]  # the member whose rate is not the base config's
+  rate = rates[1]  # the second member of the program
   records = results.select(variant={'training.learning_rate': rate})
   alone = lottery.run(_config(training__learning_rate=rate), str(tmp_path / str(rate)), log=lambda line: None)
   assert_same_science(records, alone.records)
