@@ -226,6 +226,12 @@ def test_members_per_program_is_checked_before_anything_trains(tmp_path, monkeyp
   assert experiment_lib.prepare(_config(dataset__name='sum_of_two', model__name='linear')).members_per_program < 6
   monkeypatch.setattr(memory, 'device_memory_bytes', lambda: None)  # unknown memory: whole cohorts
   assert experiment_lib.prepare(_config()).members_per_program == 6
+  # On CPU devices auto packs no more runs than devices: one CPU device trains one run at a time.
+  assert experiment_lib.prepare(_config(parallel__num_devices=4)).members_per_program == 4
+  assert experiment_lib.prepare(_config(parallel__num_devices=1)).members_per_program == 1
+  assert (
+      experiment_lib.prepare(_config(parallel__num_devices=1, parallel__members_per_program=6)).members_per_program == 6
+  )
 
 
 def _footprint_inputs():

@@ -25,6 +25,7 @@ import math
 import os
 from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
 
 from lth_jax import config as config_lib
@@ -505,7 +506,8 @@ def layout(num_members: int, experiment: Any) -> tuple[int, int]:
 
 def resolve_members_per_program(experiment: Any, cohort_sizes: tuple[int, int] | None = None) -> int:
   """The cap on runs per program: `parallel.members_per_program`, or with 0 (auto) the largest cohort
-  whose program fits in device memory by `memory.footprint`'s estimate (at least 1). Checks, before
+  whose program fits in device memory by `memory.footprint`'s estimate (at least 1), and on CPU devices
+  no more runs than devices (one CPU device: one run at a time). Checks, before
   anything trains, that every program the run will form can be laid on the mesh, and that an explicit
   cap fits in memory where that can be estimated (a ConfigError saying what to set). `cohort_sizes`: the
   runs of (level 0, a pruned level) when they are not one search's (a sweep's variants packed together)."""
@@ -536,6 +538,8 @@ def resolve_members_per_program(experiment: Any, cohort_sizes: tuple[int, int] |
 
   if requested == 0:
     cap = max([size for size in range(1, largest + 1) if fits(size)] or [1])
+    if jax.default_backend() == 'cpu':  # XLA spreads one run over a CPU's cores: pack one run per device at most
+      cap = min(cap, experiment.mesh.devices.size)
   else:
     cap = requested
     if min(cap, largest) > 1 and not fits(min(cap, largest)):
