@@ -1,0 +1,116 @@
+"""Every figure of the report reads at a glance: saved at 120 dpi or more, legends of at least 9 points
+outside the axes (never on the data), axes and legends labelled in words, a title naming the model,
+dataset and trials, and the dense network's accuracy on every plot against sparsity."""
+
+import json
+import re
+
+from matplotlib import text as text_lib
+from matplotlib.backends import backend_agg
+from PIL import Image
+import pytest
+
+from lth_jax.analysis import mask_overlap
+from lth_jax.reporting import plots
+from lth_jax.reporting import style
+
+SETTING = 'LeNet-300-100 on MNIST-1D'
+FRACTIONS = (1.0, 0.8, 0.64)
+RAW_KEYS = re.compile(r'level_\d|reset_step|final test metric|test_accuracy|\breinit\b|\(W_[FT], W_|Percent')
+
+
+def _records(trials=3):
+  """A ticket and its random reinitialization over three levels, `trials` trials."""
+  records = []
+  for trial in range(trials):
+    for level, fraction in enumerate(FRACTIONS):
+      for branch in ('ticket', 'reinit') if level else ('ticket',):
+        accuracy = 0.9 + 0.01 * trial - (0.1 * level if branch == 'reinit' else 0.0)
+        records.append(
+            {
+                'trial': trial,
+                'level': level,
+                'branch': branch,
+                'fraction_remaining': fraction,
+                'test_accuracy': accuracy,
+                'start_step': 0,
+                'layer_density': {'dense_0/kernel': fraction, 'output/kernel': (1 + fraction) / 2},
+                'curve': [{'step': step, 'test_accuracy': accuracy - 0.1 / step} for step in (1, 2, 3)],
+            }
+        )
+  return records
+
+
+def _dpi(path):
+  with Image.open(path) as image:
+    return image.info['dpi']
+
+
+def _legends(figure):
+  return list(figure.legends) + [axes.get_legend() for axes in figure.axes if axes.get_legend() is not None]
+
+
+def _check_readable(figure, path, raw_keys=RAW_KEYS):
+  """Saved at 120 dpi or more; every legend of 9 points or more and clear of every axes; no raw key
+  in any text of the figure."""
+  dpi = _dpi(path)
+  assert min(dpi) >= 120, dpi
+  canvas = backend_agg.FigureCanvasAgg(figure)
+  canvas.draw()
+  renderer = canvas.get_renderer()
+  legends = _legends(figure)
+  assert legends, 'no legend'
+  for legend in legends:
+    assert min(text.get_fontsize() for text in legend.get_texts()) >= 9
+    box = legend.get_window_extent(renderer)
+    for axes in figure.axes:
+      assert not box.overlaps(axes.get_window_extent(renderer)), f'legend {legend.get_texts()[0]} covers an axes'
+  raw = [text.get_text() for text in figure.findobj(text_lib.Text) if raw_keys.search(text.get_text())]
+  assert not raw, f'raw keys in {raw}'
+
+
+def test_display_names_say_in_words_what_a_key_means():
+  assert style.display_name('ticket') == 'winning ticket'
+  assert style.display_name('reinit') == 'random reinitialization'
+  assert style.display_name('level_0') == 'level 0'
+  assert style.display_name('reset_step') == 'late-reset step'
+  assert style.display_name('test_accuracy') == 'test accuracy'
+  assert style.display_name('something_new') == 'something new'
+  assert style.setting_name('lenet', 'mnist1d', (300, 100)) == SETTING
+  assert style.setting_name('resnet18', 'cifar10') == 'ResNet-18 on CIFAR-10'
+
+
+def test_workdir_setting_reads_the_model_and_dataset_of_config_json(tmp_path):
+  assert style.workdir_setting(str(tmp_path)) is None
+  config = {'model': {'name': 'lenet', 'hidden_sizes': [300, 100]}, 'dataset': {'name': 'mnist1d'}}
+  (tmp_path / 'config.json').write_text(json.dumps(config))
+  assert style.workdir_setting(str(tmp_path)) == SETTING
+
+
+def test_accuracy_vs_sparsity_is_readable_with_the_dense_network_and_the_setting(tmp_path):
+  path = tmp_path / 'accuracy_vs_sparsity.png'
+  figure = plots.plot_accuracy_vs_sparsity(_records(), str(path), SETTING)
+  _check_readable(figure, path)
+  axes = figure.axes[0]
+  assert axes.get_xlabel() == '% of weights remaining' and axes.get_ylabel() == 'test accuracy'
+  (dense,) = [line for line in axes.lines if line.get_gid() == 'dense']
+  assert dense.get_linestyle() == '--' and dense.get_ydata()[0] == pytest.approx(0.91)  # level 0, mean of trials
+  labels = [text.get_text() for text in axes.get_legend().get_texts()]
+  assert labels[:2] == ['winning ticket', 'random reinitialization'] and labels[2].startswith('dense network')
+  assert SETTING in axes.get_title() and 'mean of 3 trials' in axes.get_title()
+
+
+def test_training_curves_are_readable(tmp_path):
+  path = tmp_path / 'training_curves.png'
+  figure = plots.plot_training_curves(_records(), str(path), setting=SETTING)
+  _check_readable(figure, path)
+  axes = figure.axes[0]
+  assert axes.get_xlabel() == 'training step' and axes.get_ylabel() == 'test accuracy'
+  assert SETTING in axes.get_title() and 'winning ticket' in axes.get_title() and '3 trials' in axes.get_title()
+
+
+def test_layer_density_is_readable(tmp_path):
+  path = tmp_path / 'layer_density.png'
+  figure = mask_overlap.plot_layer_density(_records(), str(path), SETTING)
+  _check_readable(figure, path)
+  assert SETTING in figure.axes[0].get_title() and 'mean of 3 trials' in figure.axes[0].get_title()
