@@ -73,7 +73,7 @@ def test_plot_variants_draws_one_colour_per_variant_ticket_solid_reinit_dashed()
   figure = figures.plot_variants(records, 'title')
   axes = figure.axes[0]
   lines = {line.get_gid(): line for line in axes.lines if line.get_gid()}
-  assert set(lines) == {'standard/ticket', 'standard/reinit', 'late_reset/ticket', 'late_reset/reinit'}
+  assert set(lines) == {'standard/ticket', 'standard/reinit', 'late_reset/ticket', 'late_reset/reinit', 'dense'}
   assert lines['standard/ticket'].get_linestyle() == '-' and lines['standard/reinit'].get_linestyle() == '--'
   assert lines['standard/ticket'].get_color() == lines['standard/reinit'].get_color()
   assert lines['standard/ticket'].get_color() != lines['late_reset/ticket'].get_color()
