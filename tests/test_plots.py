@@ -4,6 +4,7 @@ a title naming the model, dataset and trials (and, for stability, the sparsity),
 network's accuracy on every plot against sparsity."""
 
 import json
+import pathlib
 import re
 
 from matplotlib import text as text_lib
@@ -226,3 +227,12 @@ def test_weight_fate_is_readable(tmp_path):
   figure = weight_fate.plot_weight_fate(cells, f'Weights by training step, {SETTING}, 1 trial', str(path))
   _check_readable(figure, path)
   assert [axes.get_xlabel() for axes in figure.axes[-2:]] == ['weight value'] * 2
+
+
+def test_readme_shows_every_figure_readable():
+  readme = (pathlib.Path(__file__).resolve().parent.parent / 'README.md').read_text()
+  images = re.findall(r'(<a href="([^"]+)">)?<img src="(docs/figures/[^"]+)"[^>]*?width="(\d+)"', readme)
+  assert len(images) >= 10
+  for link, target, source, width in images:
+    assert (pathlib.Path(__file__).resolve().parent.parent / source).is_file(), source
+    assert int(width) >= 480 or (link and target == source), f'{source}: {width} px wide and no link to the full size'
