@@ -259,6 +259,19 @@ def summary_rows(
   return header, rows
 
 
+def write_histograms_csv(path: str, cells: Sequence[HistogramCell]) -> None:
+  """Every bin of every cell as one CSV row: step, row, the bin's edges and its pruned and kept counts."""
+  common.write_csv(
+      path,
+      ['step', 'row', 'bin_left', 'bin_right', 'pruned', 'kept'],
+      [
+          [cell.step, cell.row, f'{left:.6g}', f'{right:.6g}', int(pruned), int(kept)]
+          for cell in cells
+          for left, right, pruned, kept in zip(cell.edges[:-1], cell.edges[1:], cell.pruned, cell.kept)
+      ],
+  )
+
+
 def _define_flags() -> None:
   """The command-line flags (defined only when run as a program, so that the figure commands can be
   imported together, e.g. by the tests)."""
@@ -323,15 +336,7 @@ def main(argv):
       'dark: remaining',
       path=os.path.join(workdir, 'weight_fate.png'),
   )
-  common.write_csv(
-      os.path.join(workdir, 'weight_fate_histograms.csv'),
-      ['step', 'row', 'bin_left', 'bin_right', 'pruned', 'kept'],
-      [
-          [cell.step, cell.row, f'{left:.6g}', f'{right:.6g}', int(pruned), int(kept)]
-          for cell in cells
-          for left, right, pruned, kept in zip(cell.edges[:-1], cell.edges[1:], cell.pruned, cell.kept)
-      ],
-  )
+  write_histograms_csv(os.path.join(workdir, 'weight_fate_histograms.csv'), cells)
   figures.report_table(
       os.path.join(workdir, 'weight_fate_summary.csv'),
       *summary_rows(cells, agreement),
