@@ -15,10 +15,11 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from lth_jax import config as config_lib
 from lth_jax.config import errors
 from lth_jax.config import schema
 from lth_jax.data import tfds_source
-from lth_jax.reporting import stability_tables
+from lth_jax.reporting import style
 from lth_jax import results as results_lib
 from lth_jax import search
 from lth_jax.search import experiment as experiment_lib
@@ -198,6 +199,23 @@ def prepare_all(script: str, configs: Mapping[Key, ml_collections.ConfigDict]) -
   return experiments
 
 
+def setting(spec: config_lib.RunSpec) -> str:
+  """The model and dataset of a resolved config as the figures' titles name them ('LeNet-300-100 on
+  MNIST-1D', `style.setting_name`)."""
+  return style.setting_name(spec.model.name, spec.dataset.name, spec.model.hidden_sizes)
+
+
+def trial_count(records: Sequence[dict[str, Any]]) -> int:
+  """How many trials `records` hold."""
+  return len({record['trial'] for record in records})
+
+
+def fraction_at_level(records: Sequence[dict[str, Any]], level: int) -> float | None:
+  """The ticket's fraction of weights remaining at `level` (mean over the records there), or None."""
+  fractions = [r['fraction_remaining'] for r in records if r['level'] == level and r['branch'] == 'ticket']
+  return sum(fractions) / len(fractions) if fractions else None
+
+
 def write_text(path: str, text: str) -> None:
   """Writes `text` to `path` atomically (temporary file in the same folder, then rename)."""
   with results_lib.atomic_open(path) as file:
@@ -231,7 +249,7 @@ def define_reset_sweep_flags(trials_help: str) -> None:
   )
   flags.DEFINE_integer('trials', None, trials_help)
   flags.DEFINE_bool('quick', False, 'A smoke-test-sized run of the embedded config.')
-  flags.DEFINE_integer('dpi', stability_tables.DEFAULT_DPI, 'Resolution of the PNG figures.')
+  flags.DEFINE_integer('dpi', style.DPI, 'Resolution of the PNG figures (dots per inch).')
 
 
 def reset_sweep_start(

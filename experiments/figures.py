@@ -15,18 +15,18 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 from matplotlib import figure as figure_lib
+from matplotlib import lines as lines_lib
 from matplotlib import ticker
 
 from lth_jax import config as config_lib
 from lth_jax.config import lengths
+from lth_jax.reporting import style
 from lth_jax.reporting import summaries
 from lth_jax import results as results_lib
 from lth_jax.search import experiment
 from experiments import common
 
-DPI = 80  # the figures are small enough to keep in docs/figures
 BRANCH_LINESTYLES = {'ticket': '-', 'reinit': '--'}  # the ticket solid, random reinitialization dashed
-BRANCH_LABELS = {'ticket': 'ticket', 'reinit': 'random reinit'}
 
 
 def set_point(config: ml_collections.ConfigDict, section: str, step_field: str, steps: int) -> None:
@@ -129,12 +129,6 @@ def run_variants(
   return {name: run.records for name, run in common.run_sweep(command, base, configs, workdir).items()}
 
 
-def save_png(figure: figure_lib.Figure, path: str) -> None:
-  """Writes `figure` as a small PNG atomically."""
-  with results_lib.atomic_open(path, 'wb') as file:
-    figure.savefig(file, format='png', dpi=DPI)
-
-
 def _sparsity_axis(axes: Any, fractions: Sequence[float]) -> None:
   """A log x axis of percent of weights remaining, decreasing to the right, ticked at the fractions."""
   fractions = sorted({round(fraction, 12) for fraction in fractions}, reverse=True)
@@ -142,9 +136,9 @@ def _sparsity_axis(axes: Any, fractions: Sequence[float]) -> None:
   axes.set_xscale('log')
   axes.set_xlim(fractions[0] * 1.15, fractions[-1] / 1.15)
   axes.xaxis.set_major_locator(ticker.FixedLocator(ticks))
-  axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f'{100 * value:.3g}'))
+  axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: style.percent(value)))
   axes.xaxis.set_minor_locator(ticker.NullLocator())
-  axes.set_xlabel('Percent of weights remaining')
+  axes.set_xlabel(style.PERCENT_REMAINING)
   axes.grid(True, which='major', alpha=0.3)
 
 
@@ -156,8 +150,10 @@ def plot_variants(
 ) -> figure_lib.Figure:
   """Test metric against fraction of weights remaining, one colour per variant, one line style per
   branch (ticket solid, random reinitialization dashed), at the mean over trials with min-max error
-  bars when there are several; each line's gid is 'variant/branch'. Saved at `path` when given."""
-  figure = figure_lib.Figure(figsize=(7, 4.6), layout='constrained')
+  bars when there are several; each line's gid is 'variant/branch'. The dense network (level 0, mean
+  over trials) is a thin dashed horizontal line (`_plot_dense`). `title` (it names the model and
+  dataset) gets the trials below it; the legend is outside the axes. Saved at `path` when given."""
+  figure = figure_lib.Figure(figsize=(10, 4.8), layout='constrained')
   axes = figure.add_subplot()
   fractions, metric, trials = [], 'test_accuracy', 1
   for index, (variant, records) in enumerate(records_by_variant.items()):
@@ -180,19 +176,60 @@ def plot_variants(
           markersize=3.5,
           capsize=2.5,
           linewidth=1.5,
-          label=variant if len(branches) == 1 else f'{variant} ({BRANCH_LABELS.get(branch, branch)})',
       )
       container.lines[0].set_gid(f'{variant}/{branch}')  # the data line (not its error-bar caps)
       fractions.extend(point.fraction_remaining for point in points)
   if not fractions:
     raise ValueError(f'no records of {", ".join(branches)} to plot')
   _sparsity_axis(axes, fractions)
-  axes.set_ylabel('Test accuracy' if metric == 'test_accuracy' else 'Test RMSE (lower is better)')
-  axes.set_title(f'{title}\n({f"mean of {trials} trials, bars min to max" if trials > 1 else "1 trial"})', fontsize=10)
-  axes.legend(fontsize=7, ncol=2 if len(records_by_variant) * len(branches) > 6 else 1)
+  dense = _plot_dense(axes, records_by_variant, metric)
+  axes.set_ylabel(style.display_name(metric) + (' (lower is better)' if metric == 'test_rmse' else ''))
+  axes.set_title(f'{title}\n({style.trials_note(trials)})', fontsize=style.TITLE_FONTSIZE)
+  style.legend_outside(axes, *_variant_legend(list(records_by_variant), branches, dense))
   if path is not None:
-    save_png(figure, path)
+    style.save_png(figure, path)
   return figure
+
+
+def _dense_means(records_by_variant: Mapping[str, Sequence[dict[str, Any]]], metric: str) -> dict[str, float]:
+  """Each variant's dense network: its level-0 ticket's mean `metric` over trials (variants without one left out)."""
+  means = {}
+  for variant, records in records_by_variant.items():
+    values = [r[metric] for r in summaries.usable(records) if r['level'] == 0 and r['branch'] == 'ticket']
+    if values:
+      means[variant] = float(np.mean(values))
+  return means
+
+
+def _plot_dense(axes: Any, records_by_variant: Mapping[str, Sequence[dict[str, Any]]], metric: str) -> str | None:
+  """The dense network as a thin dashed horizontal line: one grey line (gid 'dense') when every
+  variant's is the same (one shared dense run), else one per variant in its colour (gid 'variant/dense').
+  Returns the legend's label of the line(s), None when no variant has a dense network."""
+  means = _dense_means(records_by_variant, metric)
+  if not means:
+    return None
+  first = next(iter(means.values()))
+  if all(mean == first for mean in means.values()):
+    axes.axhline(first, color='0.4', linestyle='--', linewidth=1, gid='dense')
+    return f'{style.display_name("dense")} ({first:.4g})'
+  for index, variant in enumerate(records_by_variant):
+    if variant in means:
+      axes.axhline(means[variant], color=f'C{index}', linestyle='--', linewidth=0.9, alpha=0.7, gid=f'{variant}/dense')
+  return f"{style.display_name('dense')} (each variant's colour)"
+
+
+def _variant_legend(variants: Sequence[str], branches: Sequence[str], dense: str | None) -> tuple[list[Any], list[str]]:
+  """Handles and labels of `plot_variants`' legend: one colour per variant, then each branch's line
+  style (when there are several) and the dense network's (labelled `dense`, when drawn)."""
+  handles: list[Any] = [lines_lib.Line2D([], [], color=f'C{index}', linewidth=3) for index in range(len(variants))]
+  labels = list(variants)
+  if len(branches) > 1:
+    handles += [lines_lib.Line2D([], [], color='k', linestyle=BRANCH_LINESTYLES.get(b, ':')) for b in branches]
+    labels += [style.display_name(branch) for branch in branches]
+  if dense is not None:
+    handles.append(lines_lib.Line2D([], [], color='0.4', linestyle='--', linewidth=1))
+    labels.append(dense)
+  return handles, labels
 
 
 @dataclasses.dataclass(frozen=True)

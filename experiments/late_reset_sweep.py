@@ -91,34 +91,54 @@ def main(argv):
   header, rows = table_lib.late_reset_table(records_by_reset, reinit_records)
   header[0] = f'reset_{points[0].unit}'
   common.write_csv(os.path.join(workdir, 'late_reset_table.csv'), header, rows)
-  title = (
-      f'ticket test accuracy ({mode} pruning); * = at least the dense network\n'
-      f'R = random reinitialization (masks of reset {points[0].unit} {points[0].label})'
-  )
+  setting = common.setting(next(iter(experiments.values())).spec)
+  title = _table_title(setting, mode, max(map(common.trial_count, records_by_reset.values())), points[0])
   table_lib.plot_late_reset_table(header, rows, title, os.path.join(workdir, 'late_reset_table.png'), FLAGS.dpi)
-  resolved = next(iter(experiments.values())).spec
   figures.plot_variants(  # Figure 3: a line per reset point, random reinitialization dashed
       {f'reset to {point.unit} {point.label}': records_by_reset[point.label] for point in configs},
-      f'Ticket accuracy by late-reset point ({mode} pruning), {resolved.model.name} on {resolved.dataset.name}',
+      f'Ticket accuracy by late-reset point, {setting}, {mode.replace("_", "-")} pruning',
       path=os.path.join(workdir, 'late_reset_curves.png'),
   )
   print(title)
   print('\n'.join('  '.join(f'{cell:>24}' for cell in row) for row in [header, *rows]))
   if stability_results:
-    common.write_text(
-        os.path.join(workdir, 'stability.jsonl'),
-        ''.join(results_lib.strict_json(result.as_record()) + '\n' for result in stability_results),
+    _write_stability(workdir, stability_results, stability_level, setting, runs[points[0]].records)
+
+
+def _table_title(setting: str, mode: str, trials: int, first: common.ResetPoint) -> str:
+  """The title of the late-reset table's image: what it shows, of which setting, over how many trials."""
+  spread = f'mean of {trials} trials ± the farthest trial' if trials > 1 else '1 trial'
+  return (
+      f'Ticket test accuracy, {setting}, {mode.replace("_", "-")} pruning, {spread}\n'
+      f'* = at least the dense network; R = random reinitialization (masks of reset {first.unit} {first.label})'
+  )
+
+
+def _write_stability(
+    workdir: str, results: list[stability.StabilityResult], level: int, setting: str, records: list[dict]
+) -> None:
+  """stability.jsonl, stability.csv and the two end-of-training figures of the ticket of `level`
+  (`records`: a reset point's lottery records, for the level's sparsity and the test metric)."""
+  common.write_text(
+      os.path.join(workdir, 'stability.jsonl'),
+      ''.join(results_lib.strict_json(result.as_record()) + '\n' for result in results),
+  )
+  common.write_csv(os.path.join(workdir, 'stability.csv'), *stability_tables.end_of_training_rows(results))
+  print(f'\nstability at level {level} (end of training)')
+  print(stability_tables.format_end_of_training(results))
+  for normalization, name in (
+      ('final', 'stability_vs_reset_step.png'),
+      ('max', 'stability_vs_reset_step_max_normalized.png'),
+  ):
+    stability_tables.plot_stability_vs_reset_step(
+        results,
+        os.path.join(workdir, name),
+        normalization,
+        FLAGS.dpi,
+        setting,
+        common.fraction_at_level(records, level),
+        results_lib.test_metric_name(records),
     )
-    common.write_csv(os.path.join(workdir, 'stability.csv'), *stability_tables.end_of_training_rows(stability_results))
-    print(f'\nstability at level {stability_level} (end of training)')
-    print(stability_tables.format_end_of_training(stability_results))
-    for normalization, name in (
-        ('final', 'stability_vs_reset_step.png'),
-        ('max', 'stability_vs_reset_step_max_normalized.png'),
-    ):
-      stability_tables.plot_stability_vs_reset_step(
-          stability_results, os.path.join(workdir, name), normalization, FLAGS.dpi
-      )
 
 
 if __name__ == '__main__':

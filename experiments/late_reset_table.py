@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from matplotlib import figure as figure_lib
 import numpy as np
 
-from lth_jax.reporting import stability_tables
+from lth_jax.reporting import style
 from lth_jax import results as results_lib
 
 RANDOM_REINIT_ROW = 'R'
@@ -62,24 +62,38 @@ def late_reset_table(
 
 
 def plot_late_reset_table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], title: str, path: str, dpi: int
+    header: Sequence[str], rows: Sequence[Sequence[str]], title: str, path: str, dpi: int = style.DPI
 ) -> figure_lib.Figure:
-  """The table as an image (Figure 5): cells coloured by test accuracy, winning tickets starred."""
+  """The table as an image (Figure 5): cells coloured by test accuracy, winning tickets starred; the
+  header's keys in words ('level_2' -> 'level 2' over its percent remaining, 'reset_step' -> 'late-reset
+  step'). `title` should name the model, dataset and trials."""
   values = np.array([[float(_NUMBER.match(cell).group()) if cell else np.nan for cell in row[1:]] for row in rows])
-  figure = figure_lib.Figure(figsize=(1.6 + 1.45 * (len(header) - 1), 0.9 + 0.42 * len(rows)), layout='constrained')
+  figure = figure_lib.Figure(figsize=(1.8 + 1.6 * (len(header) - 1), 1.4 + 0.45 * len(rows)), layout='constrained')
   axis = figure.add_subplot()
-  axis.imshow(np.ma.masked_invalid(values), cmap='Blues', aspect='auto', vmin=np.nanmin(values) - 0.02)
+  image = axis.imshow(np.ma.masked_invalid(values), cmap='Blues', aspect='auto', vmin=np.nanmin(values) - 0.02)
   for i, row in enumerate(rows):
     for j, cell in enumerate(row[1:]):
       if cell:
         text = cell.split('@')[0]
-        axis.text(j, i, text, ha='center', va='center', fontsize=8, fontweight='bold' if '*' in text else 'normal')
+        dark = image.norm(values[i, j]) > 0.6  # white text on the dark cells
+        axis.text(
+            j,
+            i,
+            text,
+            ha='center',
+            va='center',
+            fontsize=9,
+            color='white' if dark else 'black',
+            fontweight='bold' if '*' in text else 'normal',
+        )
   remaining = [next((cell.split('@')[1] for cell in column if cell), '') for column in zip(*[row[1:] for row in rows])]
   axis.set_xticks(
-      range(len(header) - 1), [f'{name}\n{share}' for name, share in zip(header[1:], remaining)], fontsize=8
+      range(len(header) - 1),
+      [f'{style.display_name(name)}\n{share} remaining' for name, share in zip(header[1:], remaining)],
+      fontsize=9,
   )
   axis.set_yticks(range(len(rows)), [row[0] for row in rows], fontsize=9)
-  axis.set_ylabel(header[0])
-  axis.set_title(title, fontsize=9)
-  stability_tables.save_png(figure, path, dpi)
+  axis.set_ylabel(style.display_name(header[0]))
+  axis.set_title(title, fontsize=10)
+  style.save_png(figure, path, dpi)
   return figure

@@ -39,6 +39,7 @@ from absl import flags
 import ml_collections
 
 from lth_jax import config as config_lib
+from experiments import common
 from experiments import figures
 
 FLAGS = flags.FLAGS
@@ -96,7 +97,7 @@ def variant_label(name: str, config: ml_collections.ConfigDict) -> str:
     return f'warmup ({config.training.warmup_steps} steps to {rate})'
   if name == 'late_reset':
     return f'late reset (step {config.pruning.rewind_step}, {rate})'
-  return f'{name} ({rate})'
+  return f'{"lower rate" if name == "low_lr" else name} ({rate})'
 
 
 def _define_flags() -> None:
@@ -136,8 +137,7 @@ def main(argv):
       labels,
       FLAGS.workdir,
       'learning_rate_sweep',
-      f'Iterative pruning, {experiment.spec.model.name} on {experiment.spec.dataset.name}: learning rate, '
-      'warmup, late resetting',
+      f'Iterative pruning, {common.setting(experiment.spec)}: learning rate, ' 'warmup, late resetting',
   )
 
 

@@ -13,6 +13,7 @@ from ml_collections import config_flags
 
 import lth_jax
 from lth_jax.reporting import plots
+from lth_jax.reporting import style
 from experiments import common
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.', required=True)
@@ -51,7 +52,7 @@ def main(argv):
   if _BRANCHES.value is not None:
     config.branches = tuple(_BRANCHES.value)
   results = lth_jax.run(config, _WORKDIR.value)
-  for path in plots.write_report(results.records, _WORKDIR.value):
+  for path in plots.write_report(results.records, _WORKDIR.value, style.config_setting(config)):
     print(f'wrote {path}')
 
 

@@ -32,6 +32,7 @@ from absl import app
 from absl import flags
 import ml_collections
 
+from experiments import common
 from experiments import figures
 
 FLAGS = flags.FLAGS
@@ -84,7 +85,7 @@ def main(argv):
       labels,
       FLAGS.workdir,
       'pruning_mode_sweep',
-      f'One-shot and iterative pruning, {experiment.spec.model.name} on {experiment.spec.dataset.name}',
+      f'One-shot and iterative pruning, {common.setting(experiment.spec)}',
   )
 
 

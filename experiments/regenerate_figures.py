@@ -5,8 +5,8 @@
 
 Each command runs in its own subprocess on the CPU (one device), in WORKDIR/<name> (default
 /tmp/lth_jax_figures), so a second call resumes: it retrains nothing and only redraws. Each image is
-then copied to OUTPUT_DIR (default docs/figures), at most 1000 pixels wide and in 256 colours, written
-atomically. The commands are the "quick" column of the README's Figures table.
+then copied to OUTPUT_DIR (default docs/figures), at most MAX_WIDTH pixels wide (the commands draw at
+150 dpi, so no image is shrunk) and in 256 colours, its resolution kept, written atomically. The commands are the "quick" column of the README's Figures table.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Sequence
 from lth_jax import results as results_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-MAX_WIDTH = 1000
+MAX_WIDTH = 2000  # wider than any figure of the commands at their 150 dpi (the widest is about 1800)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,19 +126,22 @@ FIGURES = (
 
 
 def save_small_png(source: pathlib.Path, destination: pathlib.Path) -> None:
-  """Copies a PNG at most MAX_WIDTH pixels wide, in 256 colours, atomically."""
+  """Copies a PNG at most MAX_WIDTH pixels wide, in 256 colours, with its dpi (scaled down with the
+  image when it is shrunk), atomically."""
   from PIL import Image  # Pillow ships with matplotlib
 
   with Image.open(source) as image:
+    dpi = float(image.info.get('dpi', (72.0, 72.0))[0])
     image = image.convert('RGB')
     if image.width > MAX_WIDTH:
+      dpi *= MAX_WIDTH / image.width
       image = image.resize(
           (MAX_WIDTH, round(image.height * MAX_WIDTH / image.width)), getattr(Image, 'Resampling', Image).LANCZOS
       )
     image = image.quantize(colors=256)
   destination.parent.mkdir(parents=True, exist_ok=True)
   with results_lib.atomic_open(str(destination), 'wb') as file:
-    image.save(file, format='PNG', optimize=True)
+    image.save(file, format='PNG', optimize=True, dpi=(round(dpi), round(dpi)))
 
 
 def regenerate(figure: Figure, workdir: pathlib.Path, output_dir: pathlib.Path) -> list[pathlib.Path]:

@@ -91,19 +91,39 @@ def main(argv):
       results.append(result)
   print(f'stability measurements: {measured_count} measured, {len(results) - measured_count} loaded')
 
+  setting = common.setting(next(iter(experiments.values())).spec)
+  _write_outputs(workdir, results, level, setting, runs[next(iter(configs))].records)
+  print(f'\nstability of the level {level} ticket at the end of training ({base.pruning.get("mode", "iterative")})')
+  print(stability_tables.format_end_of_training(results))
+  print('\nthroughout training (distance normalized by the final distance between two full networks)')
+  print(stability_tables.format_over_training(results))
+
+
+def _write_outputs(
+    workdir: str, results: list[stability.StabilityResult], level: int, setting: str, records: list[dict]
+) -> None:
+  """stability.jsonl, the CSV files and the four figures (`records`: a reset point's lottery records, for
+  the level's sparsity and the test metric)."""
   common.write_text(
       os.path.join(workdir, 'stability.jsonl'),
       ''.join(results_lib.strict_json(result.as_record()) + '\n' for result in results),
   )
   common.write_csv(os.path.join(workdir, 'stability.csv'), *stability_tables.end_of_training_rows(results))
   common.write_csv(os.path.join(workdir, 'stability_curves.csv'), *stability_tables.curve_rows(results))
+  fraction = common.fraction_at_level(records, level)
   for normalization, (end_name, curve_name) in FIGURES.items():
-    stability_tables.plot_stability_vs_reset_step(results, os.path.join(workdir, end_name), normalization, FLAGS.dpi)
-    stability_tables.plot_stability_over_training(results, os.path.join(workdir, curve_name), normalization, FLAGS.dpi)
-  print(f'\nstability of the level {level} ticket at the end of training ({base.pruning.get("mode", "iterative")})')
-  print(stability_tables.format_end_of_training(results))
-  print('\nthroughout training (distance normalized by the final distance between two full networks)')
-  print(stability_tables.format_over_training(results))
+    stability_tables.plot_stability_vs_reset_step(
+        results,
+        os.path.join(workdir, end_name),
+        normalization,
+        FLAGS.dpi,
+        setting,
+        fraction,
+        results_lib.test_metric_name(records),
+    )
+    stability_tables.plot_stability_over_training(
+        results, os.path.join(workdir, curve_name), normalization, FLAGS.dpi, setting, fraction
+    )
 
 
 if __name__ == '__main__':

@@ -36,6 +36,7 @@ from absl import app
 from absl import flags
 import ml_collections
 
+from experiments import common
 from experiments import figures
 
 FLAGS = flags.FLAGS
@@ -121,8 +122,7 @@ def main(argv):
   what = 'iterative pruning' if mode == 'iterative' else 'one-shot pruning'
   figures.plot_variants(
       {f'turnaround at step {label}': records for label, records in by_label.items()},
-      f'Early turnaround ({what}, reset to step {reset_step}), {experiment.spec.model.name} on '
-      f'{experiment.spec.dataset.name}',
+      f'Early turnaround ({what}, reset to step {reset_step}), {common.setting(experiment.spec)}',
       branches=('ticket', *FLAGS.branches),
       path=os.path.join(workdir, f'turnaround_{mode}.png'),
   )

@@ -44,6 +44,7 @@ from lth_jax import config as config_lib
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax import results as results_lib
+from lth_jax.reporting import style
 from lth_jax.search import sweep_plan
 from lth_jax.search import trial as trial_lib
 from lth_jax.training import checkpoints
@@ -154,26 +155,31 @@ def weight_histograms(
 
 def plot_weight_fate(cells: Sequence[HistogramCell], title: str, path: str | None = None) -> figure_lib.Figure:
   """A grid of histograms, rows by `HistogramCell.row` and columns by step: eventually pruned weights
-  light, remaining weights dark (stacked on them)."""
+  light, remaining weights dark (stacked on them); one legend below the grid. `title` should name the
+  model, dataset, trial and sparsity."""
   rows = list(dict.fromkeys(cell.row for cell in cells))
   steps = sorted({cell.step for cell in cells})
-  figure = figure_lib.Figure(figsize=(2.1 * len(steps) + 0.6, 1.7 * len(rows) + 0.9), layout='constrained')
+  figure = figure_lib.Figure(figsize=(1.9 * len(steps) + 0.8, 1.8 * len(rows) + 1.4), layout='constrained')
   grid = figure.subplots(len(rows), len(steps), squeeze=False, sharex='row')
   for cell in cells:
     axes = grid[rows.index(cell.row)][steps.index(cell.step)]
     widths = np.diff(cell.edges)
     axes.bar(cell.edges[:-1], cell.pruned, widths, align='edge', color=PRUNED_COLOUR, label='eventually pruned')
     axes.bar(cell.edges[:-1], cell.kept, widths, bottom=cell.pruned, align='edge', color=KEPT_COLOUR, label='remains')
-    axes.tick_params(labelsize=6)
+    axes.tick_params(labelsize=8)
     axes.set_yticks([])
     if cell.row == rows[0]:
-      axes.set_title(f'step {cell.step}', fontsize=8)
+      axes.set_title(f'step {cell.step}', fontsize=10)
     if cell.step == steps[0]:
-      axes.set_ylabel(cell.row.replace('/kernel', ''), fontsize=7)
-  grid[0][-1].legend(fontsize=6, loc='upper right')
-  figure.suptitle(title, fontsize=9)
+      axes.set_ylabel(f'{cell.row.replace("/kernel", "")}\nnumber of weights', fontsize=9)
+    if cell.row == rows[-1]:
+      axes.set_xlabel('weight value', fontsize=9)
+  figure.legend(
+      *grid[0][0].get_legend_handles_labels(), loc='outside lower center', ncol=2, fontsize=style.LEGEND_FONTSIZE
+  )
+  figure.suptitle(title, fontsize=style.TITLE_FONTSIZE)
   if path is not None:
-    figures.save_png(figure, path)
+    style.save_png(figure, path)
   return figure
 
 
@@ -253,6 +259,19 @@ def summary_rows(
   return header, rows
 
 
+def write_histograms_csv(path: str, cells: Sequence[HistogramCell]) -> None:
+  """Every bin of every cell as one CSV row: step, row, the bin's edges and its pruned and kept counts."""
+  common.write_csv(
+      path,
+      ['step', 'row', 'bin_left', 'bin_right', 'pruned', 'kept'],
+      [
+          [cell.step, cell.row, f'{left:.6g}', f'{right:.6g}', int(pruned), int(kept)]
+          for cell in cells
+          for left, right, pruned, kept in zip(cell.edges[:-1], cell.edges[1:], cell.pruned, cell.kept)
+      ],
+  )
+
+
 def _define_flags() -> None:
   """The command-line flags (defined only when run as a program, so that the figure commands can be
   imported together, e.g. by the tests)."""
@@ -312,19 +331,12 @@ def main(argv):
   }
   plot_weight_fate(
       cells,
-      f'{experiment.spec.model.name} on {experiment.spec.dataset.name}: weights by step; light: pruned by one-shot pruning at step '
-      f'{pruning_step} to {100 * density:.1f}% remaining, dark: remaining',
+      f'Weights by training step, {common.setting(experiment.spec)}, 1 trial (trial 0)\n'
+      f'light: pruned by one-shot pruning at step {pruning_step} to {100 * density:.1f}% of weights remaining; '
+      'dark: remaining',
       path=os.path.join(workdir, 'weight_fate.png'),
   )
-  common.write_csv(
-      os.path.join(workdir, 'weight_fate_histograms.csv'),
-      ['step', 'row', 'bin_left', 'bin_right', 'pruned', 'kept'],
-      [
-          [cell.step, cell.row, f'{left:.6g}', f'{right:.6g}', int(pruned), int(kept)]
-          for cell in cells
-          for left, right, pruned, kept in zip(cell.edges[:-1], cell.edges[1:], cell.pruned, cell.kept)
-      ],
-  )
+  write_histograms_csv(os.path.join(workdir, 'weight_fate_histograms.csv'), cells)
   figures.report_table(
       os.path.join(workdir, 'weight_fate_summary.csv'),
       *summary_rows(cells, agreement),

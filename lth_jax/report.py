@@ -18,9 +18,11 @@ masks to compare) the mask overlap table, and writes into the output folder (def
                              (between trials, and between a trial's consecutive levels), against
                              chance; written when the workdir holds two masks to compare
 
-For a sweep's workdir, each variant's into OUT/variants/<variant>. The same pieces are a Python API in
-`lth_jax.reporting` (`load`, `sparsity_summary`, `training_curves`, `plot_accuracy_vs_sparsity`,
-`plot_training_curves`, `write_csv`, `write_report`) and `lth_jax.analysis.mask_overlap`.
+The plots are PNGs at 150 dpi, titled with the model and dataset of WORKDIR/config.json and the
+number of trials. For a sweep's workdir, each variant's into OUT/variants/<variant>. The same pieces
+are a Python API in `lth_jax.reporting` (`load`, `sparsity_summary`, `training_curves`,
+`plot_accuracy_vs_sparsity`, `plot_training_curves`, `write_csv`, `write_report`) and
+`lth_jax.analysis.mask_overlap`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import matplotlib
 from lth_jax import results as results_lib
 from lth_jax.analysis import mask_overlap
 from lth_jax.reporting import plots
+from lth_jax.reporting import style
 from lth_jax.reporting import summaries
 from lth_jax.search import sweeps
 
@@ -91,14 +94,15 @@ def _report(workdir: str, output_dir: str) -> None:
   diverged = results_lib.split_diverged(records)[1]
   if diverged:
     print(f'left {len(diverged)} diverged run(s) out of the means, plots and CSV')
+  setting = style.workdir_setting(workdir)  # the plots' titles name the model and dataset
   try:
-    paths = plots.write_report(records, output_dir)
+    paths = plots.write_report(records, output_dir, setting)
   except ValueError as error:
     sys.exit(f'lth_jax.report: {error}')
   overlaps = mask_overlap.overlap_rows(workdir, results_lib.split_diverged(records)[0])
   if overlaps:
     print(mask_overlap.format_overlap_table(overlaps))
-  for path in paths + mask_overlap.write_mask_report(workdir, records, output_dir):
+  for path in paths + mask_overlap.write_mask_report(workdir, records, output_dir, setting):
     print(f'wrote {path}')
 
 

@@ -73,7 +73,7 @@ def test_plot_variants_draws_one_colour_per_variant_ticket_solid_reinit_dashed()
   figure = figures.plot_variants(records, 'title')
   axes = figure.axes[0]
   lines = {line.get_gid(): line for line in axes.lines if line.get_gid()}
-  assert set(lines) == {'standard/ticket', 'standard/reinit', 'late_reset/ticket', 'late_reset/reinit'}
+  assert set(lines) == {'standard/ticket', 'standard/reinit', 'late_reset/ticket', 'late_reset/reinit', 'dense'}
   assert lines['standard/ticket'].get_linestyle() == '-' and lines['standard/reinit'].get_linestyle() == '--'
   assert lines['standard/ticket'].get_color() == lines['standard/reinit'].get_color()
   assert lines['standard/ticket'].get_color() != lines['late_reset/ticket'].get_color()
@@ -551,17 +551,26 @@ def test_regenerate_figures_names_every_image_once_and_refuses_unknown_names(tmp
   assert not os.listdir(tmp_path)
 
 
-def test_save_small_png_shrinks_to_the_width_limit_in_256_colours(tmp_path):
+def test_save_small_png_shrinks_to_the_width_limit_in_256_colours_keeping_the_resolution(tmp_path):
   from PIL import Image
 
   from experiments import regenerate_figures
 
+  width = 2 * regenerate_figures.MAX_WIDTH
   source = tmp_path / 'wide.png'
-  Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 2400, 3), dtype=np.uint8)).save(source)
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, width, 3), dtype=np.uint8)).save(
+      source, dpi=(300, 300)
+  )
   regenerate_figures.save_small_png(source, tmp_path / 'docs' / 'small.png')
   with Image.open(tmp_path / 'docs' / 'small.png') as image:
-    assert image.size == (regenerate_figures.MAX_WIDTH, 125) and image.mode == 'P'
+    assert image.size == (regenerate_figures.MAX_WIDTH, 150) and image.mode == 'P'
+    assert image.info['dpi'] == pytest.approx((150, 150), abs=0.5)  # half the pixels per inch, the same inches
   assert sorted(os.listdir(tmp_path / 'docs')) == ['small.png']  # no temporary file left
+  narrow = tmp_path / 'narrow.png'
+  Image.fromarray(np.zeros((100, 1500, 3), dtype=np.uint8)).save(narrow, dpi=(150, 150))  # a 10-inch figure
+  regenerate_figures.save_small_png(narrow, tmp_path / 'docs' / 'narrow.png')
+  with Image.open(tmp_path / 'docs' / 'narrow.png') as image:
+    assert image.width == 1500 and image.info['dpi'] == pytest.approx((150, 150), abs=0.5)
 
 
 @pytest.mark.slow

@@ -187,7 +187,9 @@ def test_accuracy_vs_sparsity_plots_means_with_min_max_error_bars(tmp_path, metr
   assert axes.get_yscale() == ('log' if metric == 'test_rmse' else 'linear')  # RMSE spans 1e-6 to 3
   assert 'mean of 2 trials' in axes.get_title()
   legend = [text.get_text() for text in axes.get_legend().get_texts()]
-  assert legend[0] == 'winning ticket' and legend[1] == 'random reinit' and legend[2].startswith('dense')
+  assert (
+      legend[0] == 'winning ticket' and legend[1] == 'random reinitialization' and legend[2].startswith('dense network')
+  )
 
 
 def test_training_curves_plot_the_ticket_mean_per_level(tmp_path):
@@ -208,7 +210,7 @@ def test_training_curves_plot_the_ticket_mean_per_level(tmp_path):
       '50% (level 1)',
       '25% (level 2)',
   ]
-  assert axes.get_xlabel() == 'Training step'
+  assert axes.get_xlabel() == 'training step'
 
   curves = summaries.training_curves(records, branch='reinit')
   assert [curve.level for curve in curves] == [1, 2]

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from matplotlib import figure as figure_lib
+from matplotlib import ticker
 
 from lth_jax import config as config_lib
 from lth_jax import masks as masks_lib
@@ -29,6 +30,7 @@ from lth_jax.training import checkpoints
 OVERLAP_FILE = 'mask_overlap.csv'
 LAYER_DENSITY_FILE = 'layer_density.csv'
 LAYER_DENSITY_PLOT = 'layer_density.png'
+PLOT_DPI = 150  # as every figure of the report (`lth_jax.reporting.style.DPI`)
 OVERALL = 'overall'
 
 
@@ -149,13 +151,17 @@ def layer_density_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]
   ]
 
 
-def plot_layer_density(records: Sequence[dict[str, Any]], path: str | None = None) -> figure_lib.Figure:
+def plot_layer_density(
+    records: Sequence[dict[str, Any]], path: str | None = None, setting: str | None = None
+) -> figure_lib.Figure:
   """Each prunable layer's kept fraction against the level (log axis), mean over trials: how unevenly
-  the layers are pruned (under global pruning, above all). Saved as a PNG at `path` when given."""
+  the layers are pruned (under global pruning, above all). The title names `setting` (e.g. 'LeNet-300-100
+  on MNIST-1D') when given and the trials; the legend is outside the axes. Saved as a PNG at `path`
+  (at `PLOT_DPI`) when given."""
   rows = layer_density_rows(records)
   if not rows:
     raise ValueError('no ticket records with per-layer densities to plot')
-  figure = figure_lib.Figure(figsize=(7, 4.8), layout='constrained')
+  figure = figure_lib.Figure(figsize=(9, 4.8), layout='constrained')
   axes = figure.add_subplot()
   for layer in dict.fromkeys(row['layer'] for row in rows):
     points = [row for row in rows if row['layer'] == layer]
@@ -168,14 +174,23 @@ def plot_layer_density(records: Sequence[dict[str, Any]], path: str | None = Non
         gid=layer,
     )
   axes.set_yscale('log')
+  axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # levels are whole numbers
+  axes.yaxis.set_major_formatter(ticker.LogFormatter())  # '100', '10', not '10^2'
+  axes.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
   axes.set_xlabel('pruning level')
-  axes.set_ylabel("percent of the layer's weights remaining")
-  axes.set_title('Ticket density per layer')
+  axes.set_ylabel("% of the layer's weights remaining")
+  trials = max(row['trials'] for row in rows)
+  axes.set_title(
+      f'Ticket density per layer{f", {setting}" if setting else ""}\n'
+      f'({f"mean of {trials} trials" if trials > 1 else "1 trial"})',
+      fontsize=11,
+  )
   axes.grid(True, which='both', alpha=0.3)
-  axes.legend(fontsize=7)
+  # Outside the axes, so that it covers no line (as `lth_jax.reporting.style.legend_outside`, a layer up).
+  axes.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=9, title='layer')
   if path is not None:
     with results_lib.atomic_open(path, 'wb') as file:
-      figure.savefig(file, format='png', dpi=120)
+      figure.savefig(file, format='png', dpi=PLOT_DPI, bbox_inches='tight', pad_inches=0.1)
   return figure
 
 
@@ -189,9 +204,12 @@ def _write_csv(rows: Sequence[dict[str, Any]], path: str) -> None:
     file.write(text.getvalue())
 
 
-def write_mask_report(workdir: str, records: Sequence[dict[str, Any]], output_dir: str) -> list[str]:
-  """Writes mask_overlap.csv, layer_density.csv and layer_density.png into `output_dir`; returns the
-  paths written (the overlap table needs the level checkpoints of the workdir)."""
+def write_mask_report(
+    workdir: str, records: Sequence[dict[str, Any]], output_dir: str, setting: str | None = None
+) -> list[str]:
+  """Writes mask_overlap.csv, layer_density.csv and layer_density.png (titled with `setting` when given)
+  into `output_dir`; returns the paths written (the overlap table needs the level checkpoints of the
+  workdir)."""
   records = results_lib.split_diverged(records)[0]
   paths = []
   density = layer_density_rows(records)
@@ -199,7 +217,7 @@ def write_mask_report(workdir: str, records: Sequence[dict[str, Any]], output_di
     paths.append(os.path.join(output_dir, LAYER_DENSITY_FILE))
     _write_csv(density, paths[-1])
     paths.append(os.path.join(output_dir, LAYER_DENSITY_PLOT))
-    plot_layer_density(records, paths[-1])
+    plot_layer_density(records, paths[-1], setting)
   overlaps = overlap_rows(workdir, records)
   if overlaps:
     paths.append(os.path.join(output_dir, OVERLAP_FILE))

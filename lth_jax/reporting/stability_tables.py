@@ -8,21 +8,18 @@ trials of a rewind step are averaged) and a normalization of the distances: 'fin
 
 from __future__ import annotations
 
-import io
 from typing import Any, Sequence
 
 import matplotlib
 from matplotlib import figure as figure_lib
 from matplotlib import lines as lines_lib
 import numpy as np
-from PIL import Image
 
 from lth_jax.analysis import metrics as metrics_lib
 from lth_jax.analysis import stability
-from lth_jax import results as results_lib
+from lth_jax.reporting import style
 
 TICKETS = ('ticket', 'random_ticket')
-TICKET_LABELS = {'ticket': 'winning ticket', 'random_ticket': 'random ticket'}
 NORMALIZATION_LABELS = {'final': "by the final ||W_F - W'_F||", 'max': "by the max ||W_F - W'_F|| over training"}
 END_METRICS = (
     'l2_distance',
@@ -33,7 +30,6 @@ END_METRICS = (
     'angle_ticket_to_final',
     'angle_full_to_final',
 )
-DEFAULT_DPI = 100
 
 
 def by_rewind_step(results: Sequence[stability.StabilityResult]) -> dict[int, list[stability.StabilityResult]]:
@@ -145,72 +141,72 @@ def format_over_training(results: Sequence[stability.StabilityResult], columns: 
   return '\n'.join(lines)
 
 
-def save_png(figure: figure_lib.Figure, path: str, dpi: int = DEFAULT_DPI) -> None:
-  """Writes `figure` as a PNG atomically, in 256 colours (a third of the size of a true-colour PNG of
-  these line plots, which read the same)."""
-  rendered = io.BytesIO()
-  figure.savefig(rendered, format='png', dpi=dpi)
-  rendered.seek(0)
-  with results_lib.atomic_open(path, 'wb') as file:
-    Image.open(rendered).convert('RGB').quantize(colors=256).save(file, format='PNG', optimize=True)
-
-
-def _level_note(results: Sequence[stability.StabilityResult]) -> str:
-  levels = {result.level for result in results}
+def _subject(
+    results: Sequence[stability.StabilityResult], setting: str | None, fraction_remaining: float | None
+) -> str:
+  """What a stability figure shows: 'LeNet-300-100 on MNIST-1D, ticket of level 2 (36% of weights
+  remaining), mean of 3 trials' (the setting and the sparsity where given)."""
+  level = next(iter({result.level for result in results}))
   trials = max(len(group) for group in by_rewind_step(results).values())
-  level = next(iter(levels))
-  return (f'ticket of level {level}, ' if level is not None else '') + (
-      f'mean of {trials} trials' if trials > 1 else '1 trial'
-  )
+  sparsity = f'{style.percent(fraction_remaining)}% of weights remaining' if fraction_remaining is not None else ''
+  ticket = f'ticket of level {level}' + (f' ({sparsity})' if sparsity else '') if level is not None else sparsity
+  parts = [setting or '', ticket, f'mean of {trials} trials' if trials > 1 else '1 trial']
+  return ', '.join(part for part in parts if part)
+
+
+_MEMBER_COLOURS = {'ticket': 'tab:blue', 'random_ticket': 'tab:orange', 'full': 'tab:gray'}
 
 
 def plot_stability_vs_reset_step(
     results: Sequence[stability.StabilityResult],
     path: str | None = None,
     normalization: str = 'final',
-    dpi: int = DEFAULT_DPI,
+    dpi: int = style.DPI,
+    setting: str | None = None,
+    fraction_remaining: float | None = None,
+    metric: str = 'test_accuracy',
 ) -> figure_lib.Figure:
   """Figure 4 (normalization 'final') or 6 ('max'): the normalized L2 distance and the angle between the
   ticket (or random ticket) and the full network at the end of training against the rewind step, with
-  min-max bars over trials, and the final test metric of the full network and both tickets."""
+  min-max bars over trials, and the final test `metric` of the full network and both tickets. The title
+  names `setting` (e.g. 'LeNet-300-100 on MNIST-1D'), the level and its `fraction_remaining` where
+  given, and the trials; one legend below the panels."""
   _check_normalization(results, normalization)
   grouped = by_rewind_step(results)
   steps = list(grouped)
-  figure = figure_lib.Figure(figsize=(12, 3.6), layout='constrained')
+  figure = figure_lib.Figure(figsize=(12, 4.4), layout='constrained')
   axes = figure.subplots(1, 3)
-  colours = {'ticket': 'tab:blue', 'random_ticket': 'tab:orange', 'full': 'tab:gray'}
-  for axis, metric, label in (
+  for axis, name, label in (
       (axes[0], 'l2_distance', 'normalized L2 distance ||W_F - W_T||'),
       (axes[1], 'angle', 'angle (W_F - W_0, W_T - W_0), degrees'),
   ):
     for member in TICKETS:
-      values = [[result.metric(member, metric, normalization) for result in grouped[step]] for step in steps]
+      values = [[result.metric(member, name, normalization) for result in grouped[step]] for step in steps]
       means = np.array([np.mean(value) for value in values])
       errors = np.clip([means - [min(v) for v in values], [max(v) for v in values] - means], 0, None)
-      axis.errorbar(
-          steps, means, yerr=errors, marker='o', capsize=3, color=colours[member], label=TICKET_LABELS[member]
-      )
-    axis.set_xlabel('late-reset step')
+      axis.errorbar(steps, means, yerr=errors, marker='o', capsize=3, color=_MEMBER_COLOURS[member])
     axis.set_ylabel(label)
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
-  axes[0].set_title(f'distance normalized {NORMALIZATION_LABELS[normalization]}', fontsize=9)
-  axes[1].set_title('angle between the updates', fontsize=9)
+  axes[0].set_title(f'distance normalized {NORMALIZATION_LABELS[normalization]}', fontsize=10)
+  axes[1].set_title('angle between the updates', fontsize=10)
+  axes[2].set_title(f'{style.display_name(metric)} at the end of training', fontsize=10)
   for member in ('full', *TICKETS):
     axes[2].plot(
         steps,
         [np.mean([result.test_metrics[member] for result in grouped[step]]) for step in steps],
         'o-',
-        color=colours[member],
-        label='full network' if member == 'full' else TICKET_LABELS[member],
+        color=_MEMBER_COLOURS[member],
+        label=style.display_name(member),
     )
-  axes[2].set_xlabel('late-reset step')
-  axes[2].set_ylabel('final test metric')
-  axes[2].grid(True, alpha=0.3)
-  axes[2].legend(fontsize=8)
-  figure.suptitle(f'Stability to pruning at the end of training ({_level_note(results)})', fontsize=11)
+  axes[2].set_ylabel(style.display_name(metric))
+  for axis in axes:
+    axis.set_xlabel(style.display_name('rewind_step'))
+    axis.grid(True, alpha=0.3)
+  handles, labels = axes[2].get_legend_handles_labels()
+  figure.legend(handles, labels, loc='outside lower center', ncol=3, fontsize=style.LEGEND_FONTSIZE)
+  subject = _subject(results, setting, fraction_remaining)
+  figure.suptitle(f'Stability to pruning at the end of training\n{subject}', fontsize=style.TITLE_FONTSIZE)
   if path is not None:
-    save_png(figure, path, dpi)
+    style.save_png(figure, path, dpi)
   return figure
 
 
@@ -235,7 +231,9 @@ def plot_stability_over_training(
     results: Sequence[stability.StabilityResult],
     path: str | None = None,
     normalization: str = 'final',
-    dpi: int = DEFAULT_DPI,
+    dpi: int = style.DPI,
+    setting: str | None = None,
+    fraction_remaining: float | None = None,
 ) -> figure_lib.Figure:
   """Figures 11-13 (normalization 'final') or 14 ('max'): one column for the winning ticket, one for
   the random ticket, one line colour per late-reset step, against the training step:
@@ -243,23 +241,25 @@ def plot_stability_over_training(
     row 2  normalized L2 distance ||W_F - W_T||;
     row 3  normalized distance from W_0 of W_T (solid) and of W_F (dashed);
     row 4  angles (W_F - W_0, W_T - W_0) solid, (W_T - W_0, W_* - W_0) dashed, (W_F - W_0, W_* - W_0) dotted.
+  The title names `setting`, the level and its `fraction_remaining` where given, and the trials; the
+  legends are to the right of the rows they explain.
   """
   _check_normalization(results, normalization)
   grouped = by_rewind_step(results)
   palette = matplotlib.colormaps['viridis']
   colours = {step: palette(index / max(1, len(grouped) - 1) * 0.9) for index, step in enumerate(grouped)}
-  figure = figure_lib.Figure(figsize=(10, 11), layout='constrained')
+  figure = figure_lib.Figure(figsize=(12, 11), layout='constrained')
   axes = figure.subplots(4, 2, sharex=True)
   for column, member in enumerate(TICKETS):
     _plot_stability_column(axes[:, column], member, grouped, colours, normalization)
   _over_training_legends(axes, grouped, colours)
   figure.suptitle(
-      f'Stability to pruning throughout training ({_level_note(results)}); distances normalized '
-      f'{NORMALIZATION_LABELS[normalization]}',
-      fontsize=10,
+      f'Stability to pruning throughout training, distances normalized {NORMALIZATION_LABELS[normalization]}\n'
+      f'{_subject(results, setting, fraction_remaining)}',
+      fontsize=style.TITLE_FONTSIZE,
   )
   if path is not None:
-    save_png(figure, path, dpi)
+    style.save_png(figure, path, dpi)
   return figure
 
 
@@ -271,40 +271,45 @@ def _plot_stability_column(
     normalization: str,
 ) -> None:
   """One column of `plot_stability_over_training`: `member`'s rows of metrics, a line per rewind step."""
-  column[0].set_title(f'{TICKET_LABELS[member]} ({"W_T" if member == "ticket" else "random W_T"})')
+  column[0].set_title(
+      f'{style.display_name(member)} ({"W_T" if member == "ticket" else "random W_T"})', fontsize=style.TITLE_FONTSIZE
+  )
   for axis, (label, metrics) in zip(column, _OVER_TRAINING_ROWS):
     for step, group in grouped.items():
-      for metric, style in metrics:
+      for metric, line_style in metrics:
         axis.plot(
             group[0].steps,
             _mean_curve(group, member, metric, normalization),
-            style,
+            line_style,
             color=colours[step],
             marker='.',
             markersize=3,
             linewidth=1.2,
         )
-    axis.set_ylabel(label, fontsize=9)
+    axis.set_ylabel(label, fontsize=10)
     axis.grid(True, alpha=0.3)
-  column[-1].set_xlabel('training step')
+  column[-1].set_xlabel(style.display_name('step'))
 
 
 def _over_training_legends(
     axes: np.ndarray, grouped: dict[int, list[stability.StabilityResult]], colours: dict[int, Any]
 ) -> None:
-  """The legends of `plot_stability_over_training`: rewind steps' colours, and the line styles of rows 3 and 4."""
-  axes[0, 0].legend(
+  """The legends of `plot_stability_over_training`, right of the right column: rewind steps' colours
+  (row 1), and the line styles of rows 3 and 4."""
+  style.legend_outside(
+      axes[0, 1],
       [lines_lib.Line2D([], [], color=colours[step]) for step in grouped],
-      [f'late reset to {step}' for step in grouped],
-      fontsize=8,
+      [f'late reset to step {step}' for step in grouped],
   )
-  axes[2, 0].legend(
-      [lines_lib.Line2D([], [], color='k', linestyle=style) for style in ('-', '--')],
-      ['W_T', 'W_F'],
-      fontsize=8,
+  style.legend_outside(
+      axes[2, 1],
+      [lines_lib.Line2D([], [], color='k', linestyle=line_style) for line_style in ('-', '--')],
+      ['ticket W_T', 'full network W_F'],
   )
-  axes[3, 0].legend(
-      [lines_lib.Line2D([], [], color='k', linestyle=style) for style in ('-', '--', ':')],
-      ['(W_F, W_T)', '(W_T, W_*)', '(W_F, W_*)'],
-      fontsize=8,
+  style.legend_outside(
+      axes[3, 1],
+      [lines_lib.Line2D([], [], color='k', linestyle=line_style) for line_style in ('-', '--', ':')],
+      ['full network to ticket', 'ticket to final W_*', 'full network to final W_*'],
+      title='angle between updates',
+      title_fontsize=style.LEGEND_FONTSIZE,
   )
