@@ -246,24 +246,24 @@ class TableCell:
   minimum: float
   maximum: float
   trials: int
-  winning: bool  # at least the variant's dense (level 0) accuracy (at most its RMSE); never at level 0
+  winning: bool  # every trial at least the best trial of the variant's dense network (`summaries.winning`)
 
 
 def table_cells(records_by_variant: Mapping[str, Sequence[dict[str, Any]]], branch: str = 'ticket') -> list[TableCell]:
-  """The cells of one branch for every variant and level; a cell is a winning ticket when it matches or
-  beats its own variant's dense network (the ticket's level-0 mean over trials)."""
+  """The cells of one branch for every variant and level; a cell is a winning ticket when its trials'
+  spread is clear of its own variant's dense network's (`summaries.winning`: every trial at least the
+  best dense trial)."""
   cells = []
   for variant, records in records_by_variant.items():
     records = summaries.usable(records)
     metric = results_lib.test_metric_name(records)
     dense_values = [record[metric] for record in records if record['branch'] == 'ticket' and record['level'] == 0]
-    dense = float(np.mean(dense_values)) if dense_values else None
     selected = [record for record in records if record['branch'] == branch]
     for level in sorted({record['level'] for record in selected}):
       at_level = [record for record in selected if record['level'] == level]
       values = np.array([record[metric] for record in at_level], np.float64)
       mean = float(values.mean())
-      better = dense is not None and (mean >= dense if metric == 'test_accuracy' else mean <= dense)
+      better = summaries.winning(values.tolist(), dense_values, metric)
       cells.append(
           TableCell(
               variant=variant,

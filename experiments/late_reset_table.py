@@ -10,24 +10,27 @@ from matplotlib import figure as figure_lib
 import numpy as np
 
 from lth_jax.reporting import style
+from lth_jax.reporting import summaries
 from lth_jax import results as results_lib
 
 RANDOM_REINIT_ROW = 'R'
 _NUMBER = re.compile(r'[-+0-9.eE]+')  # the mean at the start of a table cell
 
 
-def _cell(values: Sequence[float], dense: float, remaining: float, metric: str, starred: bool) -> str:
-  """'mean±spread* @remaining%': spread = the largest distance of a trial from the mean (with 2+ trials)."""
+def _cell(values: Sequence[float], dense: Sequence[float], remaining: float, metric: str, starred: bool) -> str:
+  """'mean±spread* @remaining%': spread = the largest distance of a trial from the mean (with 2+ trials);
+  '*' where the trials' spread is clear of the dense network's trials (`summaries.winning`)."""
   mean = float(np.mean(values))
   spread = f'±{max(abs(value - mean) for value in values):.4f}' if len(values) > 1 else ''
-  winning = mean >= dense if metric == 'test_accuracy' else mean <= dense
+  winning = summaries.winning(values, dense, metric)
   return f'{mean:.4f}{spread}{"*" if winning and starred else ""} @{100 * remaining:.1f}%'
 
 
 def late_reset_table(
     records_by_reset: dict[Any, list[dict]], reinit_records: Sequence[dict] = ()
 ) -> tuple[list[str], list[list[str]]]:
-  """Header and rows of the reset-point x fraction-remaining table ('*': at least the dense accuracy).
+  """Header and rows of the reset-point x fraction-remaining table ('*': a winning ticket, every trial at
+  least the best trial of the dense network).
 
   `records_by_reset` maps a reset point (its label) to its lottery run's records, in row order; the
   tickets of each run are compared with that run's dense network. `reinit_records` (the `reinit`
@@ -43,7 +46,7 @@ def late_reset_table(
     usable, _ = results_lib.split_diverged(records)
     tickets = [r for r in usable if r['branch'] == 'ticket']
     by_level = {level: [r[metric] for r in tickets if r['level'] == level] for level in levels}
-    dense = float(np.mean(by_level[0])) if by_level.get(0) else float('nan')
+    dense = by_level.get(0, [])
     first_dense = dense if first_dense is None else first_dense
     row = [str(reset)]
     for level in levels:
@@ -56,7 +59,7 @@ def late_reset_table(
     for level in levels:
       values = [r[metric] for r in reinit if r['level'] == level]
       remaining = next((r['fraction_remaining'] for r in reinit if r['level'] == level), None)
-      row.append(_cell(values, first_dense, remaining, metric, True) if values else '')
+      row.append(_cell(values, first_dense or [], remaining, metric, True) if values else '')
     rows.insert(0, row)
   return header, rows
 

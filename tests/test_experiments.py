@@ -95,7 +95,7 @@ def test_late_reset_table_stars_winning_tickets_and_puts_random_reinit_first(tmp
   late = [
       _record(0, 'ticket', 0.90),
       _record(0, 'ticket', 0.92, trial=1),
-      _record(1, 'ticket', 0.91),
+      _record(1, 'ticket', 0.92),
       _record(1, 'ticket', 0.95, trial=1),
   ]
   header, rows = late_reset_table.late_reset_table(
@@ -105,7 +105,10 @@ def test_late_reset_table_stars_winning_tickets_and_puts_random_reinit_first(tmp
   assert [row[0] for row in rows] == ['R', '0', '500']
   assert rows[0] == ['R', '', '0.8000 @80.0%']  # compared with the first run's dense network: no star
   assert rows[1][2] == '0.8900 @80.0%'
-  assert rows[2][1] == '0.9100±0.0100 @100.0%' and rows[2][2] == '0.9300±0.0200* @80.0%'
+  # Every level-1 trial (0.92, 0.95) is at least the best dense trial (0.92): a winning ticket.
+  assert rows[2][1] == '0.9100±0.0100 @100.0%' and rows[2][2] == '0.9350±0.0150* @80.0%'
+  short = late_reset_table.late_reset_table({'0': late[:2] + [_record(1, 'ticket', 0.91), late[3]]})
+  assert short[1][0][2] == '0.9300±0.0200 @80.0%'  # mean above the dense mean, one trial below its best: no star
   path = str(tmp_path / 'table.png')
   late_reset_table.plot_late_reset_table(header, rows, 'title', path, dpi=50)
   assert os.path.getsize(path) > 1000

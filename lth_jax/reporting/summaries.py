@@ -85,6 +85,18 @@ def usable(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   return kept
 
 
+def winning(values: Sequence[float], dense_values: Sequence[float], metric: str) -> bool:
+  """Whether a ticket whose trials reached `values` is a winning ticket against a dense network whose
+  trials reached `dense_values`: its whole spread clear of the dense network's, every trial at least the
+  best dense trial (at most the best, for an error such as RMSE). With one trial each, the one value
+  against the other; never with no values."""
+  if not len(values) or not len(dense_values):
+    return False
+  if metric.endswith('accuracy'):
+    return min(values) >= max(dense_values)
+  return max(values) <= min(dense_values)
+
+
 def sparsity_summary(records: Sequence[dict[str, Any]]) -> dict[str, list[SparsityPoint]]:
   """Per branch (ticket first), one point per level: fraction remaining and the test metric's mean,
   minimum and maximum over trials."""
