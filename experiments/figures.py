@@ -357,7 +357,7 @@ def report_variants(
   report_table(
       os.path.join(workdir, f'{stem}_table.csv'),
       *winning_table(cells, 'variant'),
-      'ticket test metric by variant and weights remaining (* = at least as good as its dense network)',
+      "ticket test metric by variant and weights remaining (* = every trial at least its dense network's best)",
   )
   print('\nrandom reinitialization')
   print(format_table(*winning_table(reinit, 'variant')))

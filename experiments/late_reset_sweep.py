@@ -8,7 +8,7 @@ trial (WORKDIR/dense/, keeping its weights at every reset point), and the run of
 variant reset_<k> (WORKDIR/variants/reset_<k>: its level 0 taken from the dense run, then its levels); then
   * a table (Figure 5): rows = reset point, columns = fraction of weights remaining, cells = the
     ticket's test accuracy (mean over trials, ± the largest distance of a trial from the mean); '*'
-    marks winning tickets (at least the dense network's accuracy). Row R is random reinitialization:
+    marks winning tickets (every trial at least the dense network's best trial). Row R is random reinitialization:
     the `reinit` branch, trained once, with the masks of the first reset point (in one-shot mode the
     masks come from the dense network alone, so R is the same for every reset point);
   * the same numbers as curves (Figure 3): ticket accuracy against weights remaining, one line per
@@ -110,7 +110,7 @@ def _table_title(setting: str, mode: str, trials: int, first: common.ResetPoint)
   spread = f'mean of {trials} trials ± the farthest trial' if trials > 1 else '1 trial'
   return (
       f'Ticket test accuracy, {setting}, {mode.replace("_", "-")} pruning, {spread}\n'
-      f'* = at least the dense network; R = random reinitialization (masks of reset {first.unit} {first.label})'
+      f"* = every trial at least the dense network's best; R = random reinitialization (masks of reset {first.unit} {first.label})"
   )
 
 

@@ -1,12 +1,15 @@
 """Regenerates the README's figure images (docs/figures/) from each figure command's --quick run.
 
-    python -m experiments.regenerate_figures                       # every figure, about 10 minutes on 2 CPU cores
+    python -m experiments.regenerate_figures                       # every figure (it prints its wall time)
     python -m experiments.regenerate_figures --only=fig05,fig10    # some of them
 
 Each command runs in its own subprocess on the CPU (one device), in WORKDIR/<name> (default
 /tmp/lth_jax_figures), so a second call resumes: it retrains nothing and only redraws. Each image is
 then copied to OUTPUT_DIR (default docs/figures), at most MAX_WIDTH pixels wide (the commands draw at
-150 dpi, so no image is shrunk) and in 256 colours, its resolution kept, written atomically. The commands are the "quick" column of the README's Figures table.
+150 dpi, so no image is shrunk) and in 256 colours, its resolution kept, written atomically. The commands are the "quick" column of the README's Figures table: every one but the blog's
+runs the one setting of configs/figures.py. Each figure's caption (`experiments.captions`: the claim it
+reproduces, whether the image shows it, and its numbers) is written to OUTPUT_DIR/<name>.md and between
+the figure's markers in the README.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import argparse
 import dataclasses
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
 from typing import Sequence
 
 from lth_jax import results as results_lib
+from experiments import captions
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MAX_WIDTH = 2000  # wider than any figure of the commands at their 150 dpi (the widest is about 1800)
@@ -36,14 +41,8 @@ class Figure:
   images: tuple[tuple[str, str], ...]  # (output file in the workdir, image file in OUTPUT_DIR)
 
 
-# The embedded default as the figure commands' --quick shrinks it (experiments.figures.quick_config), for
-# the commands whose own --quick is smaller.
-EMBEDDED_SIX_LEVELS = (
-    '--config.training.num_steps=1000',
-    '--config.training.eval_every=250',
-    '--config.pruning.fraction=0.4',
-    '--config.pruning.levels=6',
-)
+SETTING = '--config=configs/figures.py'  # the one setting of every quick figure but the blog's
+RESET_STEPS = '--reset_steps=0,10,50'  # within the first 5% of the setting's 1000 steps, as in the paper
 
 
 def _command(module: str, *arguments: str) -> tuple[str, ...]:
@@ -58,44 +57,22 @@ FIGURES = (
     ),
     Figure(
         'fig01',
-        (
-            _command(
-                'experiments.lottery_sweep',
-                '--config=configs/default.py',
-                *EMBEDDED_SIX_LEVELS,
-                '--branches=snip,reinit',
-                '--trials=2',
-            ),
-        ),
+        (_command('experiments.lottery_sweep', SETTING, '--branches=snip,reinit'),),
         (('accuracy_vs_sparsity.png', 'fig01_iterative_vs_snip.png'),),
     ),
     Figure(
         'fig02',
-        (_command('experiments.learning_rate_sweep', '--quick'),),
+        (_command('experiments.learning_rate_sweep', SETTING),),
         (('learning_rate_sweep.png', 'fig02_learning_rate.png'),),
     ),
     Figure(
-        'fig03',
+        'late_reset',  # Figures 3, 4, 6, 11 and 14 (12 and 13 are the same commands on other configs)
         (
-            _command(
-                'experiments.late_reset_sweep',
-                '--config=configs/default.py',
-                *EMBEDDED_SIX_LEVELS,
-                '--reset_steps=0,33,333',
-                '--stability_level=0',
-            ),
+            _command('experiments.late_reset_sweep', SETTING, RESET_STEPS, '--stability_level=0'),
+            _command('experiments.stability_sweep', SETTING, RESET_STEPS, '--level=3'),
         ),
-        (('late_reset_curves.png', 'fig03_late_reset_curves.png'),),
-    ),
-    Figure(
-        'fig05',
-        (_command('experiments.late_reset_sweep', '--quick', '--mode=one_shot'),),
-        (('late_reset_table.png', 'fig05_late_reset_one_shot.png'),),
-    ),
-    Figure(
-        'stability',  # Figures 4, 6, 11 and 14 (12 and 13 are the same command on other configs)
-        (_command('experiments.stability_sweep', '--quick'),),
         (
+            ('late_reset_curves.png', 'fig03_late_reset_curves.png'),
             ('stability_vs_reset_step.png', 'fig04_stability_vs_reset_step.png'),
             ('stability_vs_reset_step_max_normalized.png', 'fig06_stability_max_normalized.png'),
             ('stability_over_training.png', 'fig11_stability_over_training.png'),
@@ -103,24 +80,34 @@ FIGURES = (
         ),
     ),
     Figure(
+        'fig05',
+        (_command('experiments.late_reset_sweep', SETTING, RESET_STEPS, '--mode=one_shot', '--stability_level=0'),),
+        (('late_reset_table.png', 'fig05_late_reset_one_shot.png'),),
+    ),
+    Figure(
         'fig07',
-        (_command('experiments.turnaround_sweep', '--quick'),),
+        (_command('experiments.turnaround_sweep', SETTING),),
         (('turnaround_iterative.png', 'fig07_turnaround_iterative.png'),),
     ),
     Figure(
         'fig08',
-        (_command('experiments.weight_fate', '--quick'),),
+        (_command('experiments.weight_fate', SETTING),),
         (('weight_fate.png', 'fig08_weight_fate.png'),),
     ),
     Figure(
         'fig09',
-        (_command('experiments.turnaround_sweep', '--quick', '--mode=one_shot'),),
-        (('turnaround_one_shot.png', 'fig09_turnaround_one_shot.png'),),
+        (_command('experiments.turnaround_sweep', SETTING, '--mode=one_shot'),),
+        (('turnaround_one_shot_table.png', 'fig09_turnaround_one_shot.png'),),
     ),
     Figure(
         'fig10',
-        (_command('experiments.pruning_mode_sweep', '--quick'),),
+        (_command('experiments.pruning_mode_sweep', SETTING),),
         (('pruning_mode_sweep.png', 'fig10_pruning_modes.png'),),
+    ),
+    Figure(
+        'digits',  # Frankle & Carbin's main claim on real (8x8) handwritten digits
+        (_command('experiments.lottery_sweep', SETTING, '--config.dataset.name=digits', '--branches=reinit'),),
+        (('accuracy_vs_sparsity.png', 'digits_lottery.png'),),
     ),
 )
 
@@ -162,12 +149,48 @@ def regenerate(figure: Figure, workdir: pathlib.Path, output_dir: pathlib.Path) 
   return written
 
 
+def caption_markers(name: str) -> tuple[str, str]:
+  """The README lines around the caption of figure `name`."""
+  return (
+      f'<!-- caption:{name} (written by experiments.regenerate_figures from docs/figures/{name}.md) -->',
+      f'<!-- /caption:{name} -->',
+  )
+
+
+def write_caption(figure: Figure, workdir: pathlib.Path, output_dir: pathlib.Path) -> pathlib.Path | None:
+  """Writes the figure's caption (`captions.CAPTIONS`, from its workdir) to OUTPUT_DIR/<name>.md."""
+  caption = captions.CAPTIONS.get(figure.name)
+  if caption is None:
+    return None
+  path = output_dir / f'{figure.name}.md'
+  with results_lib.atomic_open(str(path)) as file:
+    file.write(caption(str(workdir)) + '\n')
+  return path
+
+
+def update_readme(readme: pathlib.Path, output_dir: pathlib.Path) -> list[str]:
+  """Puts each caption file of `output_dir` between its markers in `readme` (atomically); returns the
+  names of the captions it holds."""
+  text = readme.read_text()
+  placed = []
+  for path in sorted(output_dir.glob('*.md')):
+    begin, end = caption_markers(path.stem)
+    pattern = re.compile(re.escape(begin) + r'\n.*?' + re.escape(end), re.S)
+    if pattern.search(text):
+      text = pattern.sub(lambda _: f'{begin}\n{path.read_text()}{end}', text)
+      placed.append(path.stem)
+  with results_lib.atomic_open(str(readme)) as file:
+    file.write(text)
+  return placed
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   """The command line."""
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--only', default='', help=f'comma-separated names, of {", ".join(f.name for f in FIGURES)}')
   parser.add_argument('--workdir', default='/tmp/lth_jax_figures', help='where the runs are kept (and resumed)')
   parser.add_argument('--output_dir', default=str(REPO_ROOT / 'docs' / 'figures'), help='where the images go')
+  parser.add_argument('--readme', default=str(REPO_ROOT / 'README.md'), help="where the captions go ('' for nowhere)")
   return parser.parse_args(argv)
 
 
@@ -179,12 +202,21 @@ def main(argv: Sequence[str] | None = None) -> int:
   if unknown:
     print(f'regenerate_figures: unknown --only {", ".join(unknown)}; known: {", ".join(f.name for f in FIGURES)}')
     return 2
+  began = time.perf_counter()
+  output_dir = pathlib.Path(args.output_dir)
   for figure in FIGURES:
     if names and figure.name not in names:
       continue
     started = time.perf_counter()
-    paths = regenerate(figure, pathlib.Path(args.workdir) / figure.name, pathlib.Path(args.output_dir))
+    workdir = pathlib.Path(args.workdir) / figure.name
+    paths = regenerate(figure, workdir, output_dir)
+    caption = write_caption(figure, workdir, output_dir)
+    paths += [caption] if caption is not None else []
     print(f'{figure.name}: {", ".join(map(str, paths))} ({time.perf_counter() - started:.0f} s)', flush=True)
+  if args.readme:
+    placed = update_readme(pathlib.Path(args.readme), output_dir)
+    print(f'captions in {args.readme}: {", ".join(placed) or "none"}')
+  print(f'regenerate_figures: {time.perf_counter() - began:.0f} s in all', flush=True)
   return 0
 
 
