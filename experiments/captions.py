@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import os
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
@@ -71,12 +72,18 @@ def _trials(records: Records) -> int:
   return len({record['trial'] for record in records})
 
 
+def _natural(label: str) -> list[Any]:
+  """A sort key that orders 'turnaround_67' before 'turnaround_167'."""
+  return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', label)]
+
+
 def variant_records(workdir: str) -> dict[str, list[dict[str, Any]]]:
-  """Each variant's records of the sweep in `workdir`, by the variant's label, in the sweep's order."""
+  """Each variant's records of the sweep in `workdir`, by the variant's label, in natural order of the
+  labels (reset_0, reset_10, reset_50)."""
   results = sweeps.load(workdir)
   return {
       variant.label: [record for record in results.records if record.get('variant') == variant.as_dict()]
-      for variant in results.variants
+      for variant in sorted(results.variants, key=lambda variant: _natural(variant.label))
   }
 
 
@@ -334,7 +341,7 @@ def weight_fate_caption(workdir: str) -> str:
       else 'not shown: the surviving weights are not larger from the start and growing'
   )
   return (
-      f'**Weights (8).** In {style.display_name(first_row)}, the weights one-shot pruning keeps at the end have '
+      f"**Weights (8).** In {style.display_name(first_row)} (the figure's first row), the weights one-shot pruning keeps at the end have "
       f'mean |w| {float(start["mean_abs_kept"]):.3f} at step {start["step"]} against {float(start["mean_abs_pruned"]):.3f} '
       f'for those it removes, and {float(end["mean_abs_kept"]):.3f} against {float(end["mean_abs_pruned"]):.3f} at step '
       f'{end["step"]}; pruning at step {start["step"]} would keep {100 * float(start["final_mask_overlap"]):.0f}% of '
