@@ -221,10 +221,13 @@ def stability_caption(workdir: str) -> str:
   both normalizations."""
   rows = _stability_rows(workdir)
   by_member: dict[str, list[tuple[int, float, float]]] = {}
+  correlation: dict[str, list[float]] = {}
   for row in rows:
     by_member.setdefault(row['member'], []).append(
         (int(row['rewind_step']), float(row['l2_distance']), float(row['l2_distance_max_normalized']))
     )
+    if row.get('correlation'):
+      correlation.setdefault(row['member'], []).append(float(row['correlation']))
   ticket, random = by_member['ticket'], by_member['random_ticket']
   steps = ', '.join(str(step) for step, _, _ in ticket)
   distances = ' → '.join(f'{final:.3f}' for _, final, _ in ticket)
@@ -250,6 +253,26 @@ def stability_caption(workdir: str) -> str:
       + f'Normalized by the largest distance between two full networks over training instead (Figures 6 and 14), '
       f'the distances are {ratio:.2f}x smaller: '
       + ('the two normalizations differ here.' if abs(ratio - 1) > 0.01 else 'the two normalizations coincide here.')
+      + _correlation_sentence(correlation)
+  )
+
+
+def _correlation_sentence(correlation: Mapping[str, Sequence[float]]) -> str:
+  """Figure 11's first row at the end of training: the correlation of W_F and W_T, ticket and random ticket."""
+  if set(correlation) != {'ticket', 'random_ticket'}:
+    return ''
+  ticket, random = (
+      ' → '.join(f'{value:.3f}' for value in correlation[member]) for member in ('ticket', 'random_ticket')
+  )
+  less = max(correlation['random_ticket']) < min(correlation['ticket'])
+  return (
+      f" Figure 11's first row ends at a correlation of the full network's and the ticket's weights of {ticket} "
+      f'for the ticket and {random} for the random ticket: '
+      + (
+          'far less for the random ticket, as in the paper.'
+          if less
+          else 'not shown: the random ticket is as correlated.'
+      )
   )
 
 

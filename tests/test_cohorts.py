@@ -286,3 +286,24 @@ def test_stability_populations_are_spread_over_the_members_axis():
   kernel = state.params['dense_0']['kernel']
   assert kernel.sharding.spec[0] == 'members'
   assert {shard.data.shape[0] for shard in kernel.addressable_shards} == {1}  # one member per device row
+
+
+def test_a_workdir_recorded_before_members_per_program_resumes_one_run_at_a_time(tmp_path):
+  workdir = str(tmp_path / 'old')
+  config = _config(trials=2, pruning__levels=1, parallel__members_per_program=1, parallel__num_devices=4)
+  lottery.run(config, workdir, log=lambda message: None)
+  path = os.path.join(workdir, 'config.json')
+  recorded = json.load(open(path))
+  del recorded['parallel']['members_per_program']  # as written before the field existed
+  recorded.get('resolved', {}).get('parallel', {}).pop('members_per_program', None)
+  json.dump(recorded, open(path, 'w'))
+  lines = []
+  grown = _config(trials=2, pruning__levels=2, parallel__num_devices=4)  # auto, one more level
+  lottery.run(grown, workdir, log=lines.append)
+  assert any('before parallel.members_per_program existed: one run at a time' in line for line in lines)
+  trained = [line for line in lines if ': step ' in line]
+  assert trained and not any('cohort of' in line for line in trained)  # level 2's runs one at a time
+  assert json.load(open(path))['parallel']['members_per_program'] == 1
+  lines = []
+  lottery.run(grown, workdir, log=lines.append)  # auto again: the recorded mode, nothing to train
+  assert any('recorded with parallel.members_per_program=1; continuing' in line for line in lines)

@@ -55,14 +55,19 @@ def _neutral(field: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> bool
   )
 
 
+# Fields added to the schema after configs were recorded without them, whose behaviour before them is
+# not their default: the value a config.json without the field ran with.
+FORMER_VALUES = {'parallel.members_per_program': 1}  # one run at a time, as before cohorts
+
+
 def config_differences(
     old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
 ) -> tuple[list[str], list[str]]:
   """Compares two configs given as JSON dicts (see `config_to_json`).
 
   Returns (differences that change results, other differences), each as 'field: old -> new' lines.
-  A field missing from `old` whose new value is its default in `defaults` (a field added to the schema
-  after `old` was written, at the value that keeps the old behaviour) is no difference; nor is a
+  A field missing from `old` whose new value keeps the old behaviour (a field added to the schema after
+  `old` was written, at its value in `FORMER_VALUES`, else its default in `defaults`) is no difference; nor is a
   'resolved.*' value (derived from the config, the devices and the data) that `old` did not record.
   """
   old_fields, new_fields = flatten(old), flatten(new)
@@ -73,7 +78,8 @@ def config_differences(
     old_value, new_value = old_fields.get(field, _ABSENT), new_fields.get(field, _ABSENT)
     if old_value == new_value:
       continue
-    if field not in old_fields and field in default_fields and default_fields[field] == new_value:
+    former = FORMER_VALUES.get(field, default_fields.get(field, _ABSENT))
+    if field not in old_fields and former is not _ABSENT and former == new_value:
       continue
     if field.startswith('resolved.') and (field not in old_fields or field not in new_fields):
       continue

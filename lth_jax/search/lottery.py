@@ -92,6 +92,7 @@ def run(
         f'sweep: the config names sweep axes ({", ".join(sweep_plan.axes_from_config(config))}); run it with '
         'lth_jax.sweep(config, None, workdir) or python -m lth_jax.main, which run every variant'
     )
+  config = workdir_lib.recorded_packing(config, workdir, log)
   experiment = prepare(config)
   workdir_lib.check_writable(workdir)
   experiment.trainer()  # built before WORKDIR/config.json is written

@@ -90,6 +90,36 @@ def holds_runs(workdir: str) -> bool:
   return any(files for _, _, files in os.walk(os.path.join(workdir, 'checkpoints')))
 
 
+def recorded_packing(
+    config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None]
+) -> ml_collections.ConfigDict:
+  """`config`, or with `parallel.members_per_program=0` (auto) a copy set to the cap the runs in `workdir`
+  were recorded with, so that a resumed workdir trains its new runs in the mode of its old ones: the
+  value in WORKDIR/config.json, or 1 (one run at a time) when that file predates the field. Says so."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if config.parallel.members_per_program != 0 or not os.path.isfile(path) or not holds_runs(workdir):
+    return config
+  try:
+    with open(path) as file:
+      parallel = json.load(file).get('parallel', {})
+  except (OSError, ValueError):
+    return config  # check_config_file names the problem
+  recorded = parallel.get('members_per_program', compatibility.FORMER_VALUES['parallel.members_per_program'])
+  if recorded == 0:
+    return config
+  config = config.copy_and_resolve_references()
+  config.parallel.members_per_program = recorded
+  why = (
+      'before parallel.members_per_program existed: one run at a time' if 'members_per_program' not in parallel else ''
+  )
+  log(
+      f'lth_jax: {workdir} was recorded with parallel.members_per_program={recorded}'
+      + (f' ({why})' if why else '')
+      + '; continuing in that mode'
+  )
+  return config
+
+
 def check_workdir_config(
     config: ml_collections.ConfigDict,
     resolved: config_lib.RunSpec,
