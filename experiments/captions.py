@@ -368,8 +368,12 @@ def weight_fate_caption(workdir: str) -> str:
       f'mean |w| {float(start["mean_abs_kept"]):.3f} at step {start["step"]} against {float(start["mean_abs_pruned"]):.3f} '
       f'for those it removes, and {float(end["mean_abs_kept"]):.3f} against {float(end["mean_abs_pruned"]):.3f} at step '
       f'{end["step"]}; pruning at step {start["step"]} would keep {100 * float(start["final_mask_overlap"]):.0f}% of '
-      f'the final mask there (1 trial): {verdict}.'
+      f"the final mask there ({_pooled(start.get('trials', '1'))}): {verdict}."
   )
+
+
+def _pooled(trials: str) -> str:
+  return '1 trial' if trials == '1' else f'{trials} trials pooled'
 
 
 def digits_caption(workdir: str) -> str:

@@ -1,13 +1,14 @@
 """The weights of a dense run at several steps, split by their fate under one-shot magnitude pruning at
 the end of training (Figure 8 of "The Lottery Ticket Hypothesis at Scale").
 
-Trains the dense network of trial 0 of the config (its seeds: the same W_0 and batch order as level 0 of
-a lottery run) as a lottery run of level 0 alone (`lth_jax.run` with `pruning.levels=0`, in
+Trains the dense network of every trial of the config (its seeds: the same W_0 and batch order as level 0
+of a lottery run) as a lottery run of level 0 alone (`lth_jax.run` with `pruning.levels=0`, in
 WORKDIR/dense), keeping its weights at --snapshot_steps; prunes the final weights in one shot to
 --fraction_remaining with the config's pruning rules (scope, per-layer fractions, excluded layers: the
 mask a one_shot lottery run prunes, from the weights at `pruning.turnaround_step` when the config sets
 one); then draws, for every snapshot (columns), the histogram of the prunable weights split into those
-eventually pruned (light) and those that remain (dark). Rows: one per prunable layer when there are at
+eventually pruned (light) and those that remain (dark), every trial's weights pooled, each split by its
+own mask. Rows: one per prunable layer when there are at
 most --max_layer_rows of them (e.g. LeNet), else every prunable weight pooled (--rows=layers|pooled to
 choose).
 
@@ -15,10 +16,10 @@ choose).
     python -m experiments.weight_fate --workdir=runs/fig8 --config=configs/resnet18_cifar10.py \\
         --config.dataset.data_dir=DIR --fraction_remaining=0.33        # 67% pruned, as the paper
 
-The dense run is a lottery workdir: checkpointed every `checkpointing.every_steps` and on SIGTERM,
+The dense runs are a lottery workdir: checkpointed every `checkpointing.every_steps` and on SIGTERM,
 continued by a re-run, and refused (before training) by a re-run of a config that trains other weights.
-Its snapshots are kept in WORKDIR/dense/checkpoints/trial_0/snapshots/step_<k>: a re-run of the same
-config reuses them and trains nothing (the pruning flags and config fields can change; a snapshot step
+Their snapshots are kept in WORKDIR/dense/checkpoints/trial_<t>/snapshots/step_<k>: a re-run of the same
+config reuses them and trains nothing (more trials train only the new ones) (the pruning flags and config fields can change; a snapshot step
 the run did not keep needs another --workdir). Writes weight_fate.png, weight_fate_histograms.csv (every
 bin's pruned and kept counts) and weight_fate_summary.csv (per step and row: counts, mean |w| of each
 part, and how much of the final mask one-shot pruning at that step would already keep); prints the
@@ -120,24 +121,30 @@ class HistogramCell:
 
 
 def weight_histograms(
-    snapshots: Mapping[int, Any], keep_mask: Any, prunable: Any, rows: Sequence[str], bins: int = 50
+    snapshots: Sequence[Mapping[int, Any]],
+    keep_masks: Sequence[Any],
+    prunable: Any,
+    rows: Sequence[str],
+    bins: int = 50,
 ) -> list[HistogramCell]:
-  """Per row and snapshot step, the histograms of the prunable weights the mask removes and keeps.
-  A row is a layer name (see `row_groups`) or POOLED; each row's bins span its weights at every step."""
-  keep = _prunable_leaves(keep_mask, prunable)
-  values = {step: _prunable_leaves(params, prunable) for step, params in snapshots.items()}
+  """Per row and snapshot step, the histograms of the prunable weights the mask removes and keeps, the
+  weights of every trial pooled (`snapshots[t]`: trial t's params by step, split by its own mask
+  `keep_masks[t]`). A row is a layer name (see `row_groups`) or POOLED; each row's bins span its weights
+  at every step."""
+  keeps = [_prunable_leaves(keep_mask, prunable) for keep_mask in keep_masks]
+  values = [{step: _prunable_leaves(params, prunable) for step, params in trial.items()} for trial in snapshots]
 
   def select(step: int, row: str) -> tuple[np.ndarray, np.ndarray]:
-    names = list(keep) if row == POOLED else [row]
-    weights = np.concatenate([values[step][name] for name in names]).astype(np.float64)
-    kept = np.concatenate([keep[name] for name in names]).astype(bool)
+    names = list(keeps[0]) if row == POOLED else [row]
+    weights = np.concatenate([trial[step][name] for trial in values for name in names]).astype(np.float64)
+    kept = np.concatenate([keep[name] for keep in keeps for name in names]).astype(bool)
     return weights, kept
 
+  steps = sorted(snapshots[0])
   cells = []
   for row in rows:
-    everything = np.concatenate([select(step, row)[0] for step in snapshots])
-    edges = np.histogram_bin_edges(everything, bins=bins)
-    for step in sorted(snapshots):
+    edges = np.histogram_bin_edges(np.concatenate([select(step, row)[0] for step in steps]), bins=bins)
+    for step in steps:
       weights, kept = select(step, row)
       cells.append(
           HistogramCell(
@@ -184,32 +191,49 @@ def plot_weight_fate(cells: Sequence[HistogramCell], title: str, path: str | Non
 
 
 def dense_run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config of the dense run: `config`'s level 0 alone, trial 0 only (`sweep_plan.dense_config`: no
+  """The config of the dense runs: `config`'s level 0 alone, every trial (`sweep_plan.dense_config`: no
   pruning levels, no branches, and of the pruning section only which parameters are prunable, so that
-  changing how the mask is drawn does not make it another run)."""
-  dense = sweep_plan.dense_config(config)
-  dense.trials = 1
-  return dense
+  changing how the mask is drawn does not make them other runs)."""
+  return sweep_plan.dense_config(config)
 
 
-def train_snapshots(config: ml_collections.ConfigDict, steps: Sequence[int], workdir: str) -> dict[int, Any]:
-  """Trains (or continues) trial 0's dense network in WORKDIR/dense as a lottery run's level 0 trains
-  (`lth_jax.run` of `dense_run_config`, keeping its weights at `steps`), or reuses it when it is
-  recorded there; returns its params at `steps`. Exits naming the problem when the workdir holds a
-  dense run of another config, when stopped by SIGTERM (a re-run continues), or when a finished run
-  kept no weights at one of `steps`."""
+def train_snapshots(config: ml_collections.ConfigDict, steps: Sequence[int], workdir: str) -> list[dict[int, Any]]:
+  """Trains (or continues) every trial's dense network in WORKDIR/dense as a lottery run's level 0 trains
+  (`lth_jax.run` of `dense_run_config`, keeping its weights at `steps`), or reuses those recorded there;
+  returns each trial's params at `steps`. Exits naming the problem when the workdir holds dense runs of
+  another config, when stopped by SIGTERM (a re-run continues), or when a finished run kept no weights at
+  one of `steps`."""
   run_dir = os.path.join(workdir, DENSE_DIRECTORY)
   results_path = os.path.join(run_dir, results_lib.RESULTS_FILE)
-  recorded = os.path.isfile(results_path) and bool(results_lib.read_records(results_path))
+  trials = range(int(config.trials))
+  recorded = (
+      {record['trial'] for record in results_lib.read_records(results_path)} if os.path.isfile(results_path) else set()
+  )
   try:
     records = lth_jax.run(dense_run_config(config), run_dir, keep_snapshots=steps).records
   except (lth_jax.ConfigError, run_state.Preempted) as error:
     raise SystemExit(f'weight_fate: {error}') from None
-  (record,) = [record for record in records if record['trial'] == 0 and record['level'] == 0]
-  if results_lib.is_diverged(record):
-    raise SystemExit(f'weight_fate: the dense run in {run_dir} diverged (see the warning above); nothing to draw')
-  snapshots = os.path.dirname(trial_lib.snapshot_directory(run_dir, 0, 0))
-  missing = [step for step in steps if not os.path.isdir(trial_lib.snapshot_directory(run_dir, 0, step))]
+  for record in records:
+    if record['level'] == 0 and record['trial'] in trials and results_lib.is_diverged(record):
+      raise SystemExit(f'weight_fate: trial {record["trial"]} of the dense runs in {run_dir} diverged; nothing to draw')
+  for trial in trials:
+    _check_snapshots(run_dir, trial, steps)
+  if set(trials) <= recorded:
+    print(f'weight_fate: reusing the snapshots in {run_dir} (nothing to train)')
+  else:
+    metric = results_lib.test_metric_name(records)
+    values = [record[metric] for record in records if record['level'] == 0 and record['trial'] in trials]
+    print(f'dense runs: {metric} {np.mean(values):.4f} (mean of {len(values)}) after {records[0]["steps"]} steps')
+  return [
+      {step: checkpoints.restore_tree(trial_lib.snapshot_directory(run_dir, trial, step))[0] for step in steps}
+      for trial in trials
+  ]
+
+
+def _check_snapshots(run_dir: str, trial: int, steps: Sequence[int]) -> None:
+  """Exits naming the steps of `steps` at which `trial`'s dense run kept no weights, and those it kept."""
+  snapshots = os.path.dirname(trial_lib.snapshot_directory(run_dir, trial, 0))
+  missing = [step for step in steps if not os.path.isdir(trial_lib.snapshot_directory(run_dir, trial, step))]
   if missing:
     names = os.listdir(snapshots) if os.path.isdir(snapshots) else []
     kept = sorted(int(name[len('step_') :]) for name in names if name[len('step_') :].isdigit())
@@ -218,12 +242,6 @@ def train_snapshots(config: ml_collections.ConfigDict, steps: Sequence[int], wor
         f'(it kept {", ".join(map(str, kept)) or "none"}); use those steps, another --workdir, or delete '
         f'{run_dir} to train it again'
     )
-  if recorded:
-    print(f'weight_fate: reusing the snapshots in {snapshots} (nothing to train)')
-  else:
-    metric = results_lib.test_metric_name([record])
-    print(f'dense run: {metric} {record[metric]:.4f} after {record["steps"]} steps')
-  return {step: checkpoints.restore_tree(trial_lib.snapshot_directory(run_dir, 0, step))[0] for step in steps}
 
 
 def mask_agreement(early_mask: Any, final_mask: Any, prunable: Any, rows: Sequence[str]) -> dict[str, float]:
@@ -240,10 +258,11 @@ def mask_agreement(early_mask: Any, final_mask: Any, prunable: Any, rows: Sequen
 
 
 def summary_rows(
-    cells: Sequence[HistogramCell], agreement: Mapping[int, Mapping[str, float]]
+    cells: Sequence[HistogramCell], agreement: Mapping[int, Mapping[str, float]], trials: int = 1
 ) -> tuple[list[str], list[list[str]]]:
-  """Header and rows of the per-(step, row) summary; `agreement`: step -> row -> `mask_agreement`."""
-  header = ['step', 'row', 'pruned', 'kept', 'mean_abs_pruned', 'mean_abs_kept', 'final_mask_overlap']
+  """Header and rows of the per-(step, row) summary of `trials` trials pooled; `agreement`: step -> row ->
+  `mask_agreement` (the mean over trials)."""
+  header = ['step', 'row', 'pruned', 'kept', 'mean_abs_pruned', 'mean_abs_kept', 'final_mask_overlap', 'trials']
   rows = [
       [
           str(cell.step),
@@ -253,6 +272,7 @@ def summary_rows(
           f'{cell.mean_abs_pruned:.5f}',
           f'{cell.mean_abs_kept:.5f}',
           f'{agreement[cell.step][cell.row]:.4f}',
+          str(trials),
       ]
       for cell in cells
   ]
@@ -314,24 +334,51 @@ def main(argv):
   pruning_step = experiment.spec.pruning.turnaround_step or total_steps
   workdir = FLAGS.workdir
   snapshots = train_snapshots(config, sorted(set(steps) | {pruning_step}), workdir)
+  draw(experiment.spec, snapshots, steps, pruning_step, workdir)
 
-  prunable = experiment.prunable(snapshots[pruning_step])
-  keep_mask = one_shot_mask(snapshots[pruning_step], prunable, experiment.spec.pruning, FLAGS.fraction_remaining)
-  density = masks_lib.density(keep_mask, prunable)
-  rows = row_groups(keep_mask, prunable, FLAGS.rows, FLAGS.max_layer_rows)
-  cells = weight_histograms({step: snapshots[step] for step in steps}, keep_mask, prunable, rows, FLAGS.bins)
+
+def mean_agreement(
+    params: Sequence[Any],
+    keep_masks: Sequence[Any],
+    prunable: Any,
+    plan: config_lib.PruningPlan,
+    fraction: float,
+    rows: Sequence[str],
+) -> dict[str, float]:
+  """Per row, the mean over trials of `mask_agreement` between one-shot pruning of each trial's `params`
+  and its final mask."""
+  shares = [
+      mask_agreement(one_shot_mask(weights, prunable, plan, fraction), keep_mask, prunable, rows)
+      for weights, keep_mask in zip(params, keep_masks)
+  ]
+  return {row: float(np.mean([share[row] for share in shares])) for row in rows}
+
+
+def draw(
+    spec: config_lib.RunSpec,
+    snapshots: Sequence[Mapping[int, Any]],
+    steps: Sequence[int],
+    pruning_step: int,
+    workdir: str,
+) -> None:
+  """The figure, histograms CSV and summary of every trial's weights (`snapshots[t]`: trial t's params
+  by step), each split by its own one-shot mask from the weights at `pruning_step`, pooled."""
+  plan, fraction = spec.pruning, FLAGS.fraction_remaining
+  prunable = plan.prunable(snapshots[0][pruning_step])
+  keep_masks = [one_shot_mask(trial[pruning_step], prunable, plan, fraction) for trial in snapshots]
+  density = float(np.mean([masks_lib.density(keep_mask, prunable) for keep_mask in keep_masks]))
+  rows = row_groups(keep_masks[0], prunable, FLAGS.rows, FLAGS.max_layer_rows)
+  cells = weight_histograms(
+      [{step: trial[step] for step in steps} for trial in snapshots], keep_masks, prunable, rows, FLAGS.bins
+  )
   agreement = {  # how much of the final mask one-shot pruning at an earlier step would already keep
-      step: mask_agreement(
-          one_shot_mask(snapshots[step], prunable, experiment.spec.pruning, FLAGS.fraction_remaining),
-          keep_mask,
-          prunable,
-          rows,
-      )
+      step: mean_agreement([trial[step] for trial in snapshots], keep_masks, prunable, plan, fraction, rows)
       for step in steps
   }
+  trials = f'{len(snapshots)} trials pooled' if len(snapshots) > 1 else '1 trial'
   plot_weight_fate(
       cells,
-      f'Weights by training step, {common.setting(experiment.spec)}, 1 trial (trial 0)\n'
+      f'Weights by training step, {common.setting(spec)}, {trials}\n'
       f'light: pruned by one-shot pruning at step {pruning_step} to {100 * density:.1f}% of weights remaining; '
       'dark: remaining',
       path=os.path.join(workdir, 'weight_fate.png'),
@@ -339,8 +386,8 @@ def main(argv):
   write_histograms_csv(os.path.join(workdir, 'weight_fate_histograms.csv'), cells)
   figures.report_table(
       os.path.join(workdir, 'weight_fate_summary.csv'),
-      *summary_rows(cells, agreement),
-      f'one-shot pruning at step {pruning_step} keeps {100 * density:.1f}% of the prunable weights',
+      *summary_rows(cells, agreement, len(snapshots)),
+      f'one-shot pruning at step {pruning_step} keeps {100 * density:.1f}% of the prunable weights ({trials})',
   )
   print(f'\nwrote {os.path.join(workdir, "weight_fate.png")}')
 

@@ -271,7 +271,7 @@ def test_weight_histograms_split_every_weight_by_the_mask():
   layers = weight_fate.row_groups(mask, prunable, 'auto')
   assert layers == ['dense_0/kernel', 'dense_1/kernel', 'output/kernel']
   assert weight_fate.row_groups(mask, prunable, 'auto', max_layer_rows=2) == [weight_fate.POOLED]
-  cells = weight_fate.weight_histograms(snapshots, mask, prunable, [*layers, weight_fate.POOLED], bins=7)
+  cells = weight_fate.weight_histograms([snapshots], [mask], prunable, [*layers, weight_fate.POOLED], bins=7)
   assert [(cell.row, cell.step) for cell in cells[:3]] == [
       ('dense_0/kernel', 0),
       ('dense_0/kernel', 5),
@@ -287,6 +287,14 @@ def test_weight_histograms_split_every_weight_by_the_mask():
   assert final.mean_abs_kept > final.mean_abs_pruned  # magnitude pruning removes the small weights
   agreement = weight_fate.mask_agreement(mask, mask, prunable, [*layers, weight_fate.POOLED])
   assert set(agreement.values()) == {1.0}
+  # Two trials pooled: every weight of both, each split by its own mask.
+  other = {step: _lenet_params(3 + step) for step in snapshots}
+  other_mask = weight_fate.one_shot_mask(other[9], prunable, plan, 0.5)
+  pooled = weight_fate.weight_histograms([snapshots, other], [mask, other_mask], prunable, layers, bins=7)
+  for cell in pooled:
+    name = cell.row.split('/')[0]
+    kept = int(mask[name]['kernel'].sum()) + int(other_mask[name]['kernel'].sum())
+    assert (int(cell.kept.sum()), int(cell.pruned.sum())) == (kept, 2 * mask[name]['kernel'].size - kept)
   figure = weight_fate.plot_weight_fate(cells, 'title')
   assert len(figure.axes) == 4 * 3
   pruned, kept = figure.axes[0].containers  # row dense_0, step 0: light bars below, dark ones stacked on them
@@ -300,9 +308,9 @@ def test_weight_fate_keeps_the_dense_runs_snapshots_and_reuses_them_for_its_conf
   workdir = str(tmp_path)
   config = helpers.tiny_config()
   dense = weight_fate.dense_run_config(config)
-  assert (dense.pruning.levels, dense.branches, dense.trials) == (0, (), 1)
-  snapshots = weight_fate.train_snapshots(config, [0, 20, 60], workdir)
-  assert 'dense run: test_accuracy' in capsys.readouterr().out
+  assert (dense.pruning.levels, dense.branches, dense.trials) == (0, (), config.trials)
+  (snapshots,) = weight_fate.train_snapshots(config, [0, 20, 60], workdir)
+  assert 'dense runs: test_accuracy' in capsys.readouterr().out
   experiment = experiment_lib.prepare(config)
   init_seed, _ = lth_jax.search.trial_seeds(experiment.spec.seed, 0)
   dense_dir = os.path.join(workdir, weight_fate.DENSE_DIRECTORY)
@@ -311,12 +319,18 @@ def test_weight_fate_keeps_the_dense_runs_snapshots_and_reuses_them_for_its_conf
     for got, want in zip(jax.tree_util.tree_leaves(snapshots[step]), jax.tree_util.tree_leaves(expected)):
       np.testing.assert_array_equal(got, want)
   # Pruning fields only change the mask drawn afterwards: the same dense run, nothing trained.
-  redrawn = helpers.tiny_config(pruning__fraction=0.2, pruning__scope='global', trials=3)
-  again = weight_fate.train_snapshots(redrawn, [20, 60], workdir)
+  redrawn = helpers.tiny_config(pruning__fraction=0.2, pruning__scope='global')
+  (again,) = weight_fate.train_snapshots(redrawn, [20, 60], workdir)
   output = capsys.readouterr().out
   assert 'reusing the snapshots' in output and not TRAINING_PROGRESS.search(output)
   for got, want in zip(jax.tree_util.tree_leaves(again[20]), jax.tree_util.tree_leaves(snapshots[20])):
     np.testing.assert_array_equal(got, want)
+  # A second trial trains only its own dense run; trial 0's snapshots are the same.
+  first, second = weight_fate.train_snapshots(helpers.tiny_config(trials=2), [20, 60], workdir)
+  assert TRAINING_PROGRESS.search(capsys.readouterr().out)
+  for got, want in zip(jax.tree_util.tree_leaves(first[20]), jax.tree_util.tree_leaves(snapshots[20])):
+    np.testing.assert_array_equal(got, want)
+  assert not np.array_equal(second[20]['dense_0']['kernel'], first[20]['dense_0']['kernel'])
   with pytest.raises(SystemExit, match=r'kept no weights at step\(s\) 7 \(it kept 0, 20, 60\)'):
     weight_fate.train_snapshots(config, [0, 7], workdir)
   with pytest.raises(SystemExit, match=r'different config(.|\n)*training.learning_rate: 0.003 -> 0.01'):
