@@ -394,7 +394,34 @@ def digits_caption(workdir: str) -> str:
   )
 
 
+def blog_caption(workdir: str) -> str:
+  """The blog's sum of two: the last level's kept weights and test RMSE, ticket against its controls."""
+  records = summaries.load(workdir)
+  ticket, reinit, permuted = (_cells(records, branch) for branch in ('ticket', 'reinit', 'permuted_reinit'))
+  last = max(cell.level for cell in ticket)
+  kept = sorted(
+      {record['kept_weights'] for record in records if record['level'] == last and record['branch'] == 'ticket'}
+  )
+  at = next(cell for cell in ticket if cell.level == last)
+  reinit_at, permuted_at = (next(cell for cell in cells if cell.level == last) for cells in (reinit, permuted))
+  learns = at.maximum < 10 * _dense(records).maximum
+  fails = permuted_at.minimum > 100 * at.maximum
+  verdict = (
+      'the ticket still learns the sum and the permuted random ticket cannot, as in the blog'
+      if learns and fails
+      else 'not shown: '
+      + ('the ticket does not learn the sum' if not learns else 'the permuted random ticket learns too')
+  )
+  return (
+      f'**Blog: sum of two.** At the last level, {", ".join(map(str, kept))} weights remain; test RMSE: ticket '
+      f'{at.mean:.3g} [{at.minimum:.3g}, {at.maximum:.3g}], the same mask reinitialized {reinit_at.mean:.3g}, the permuted mask '
+      f'reinitialized {permuted_at.mean:.3g} [{permuted_at.minimum:.3g}, {permuted_at.maximum:.3g}] (dense network '
+      f'{_dense(records).mean:.3g}, {_trials(records)} trials): {verdict}.'
+  )
+
+
 CAPTIONS: dict[str, Callable[[str], str]] = {
+    'blog': blog_caption,
     'fig01': snip_caption,
     'fig02': learning_rate_caption,
     'late_reset': lambda workdir: late_reset_caption(workdir) + '\n\n' + stability_caption(workdir),

@@ -52,7 +52,7 @@ def _command(module: str, *arguments: str) -> tuple[str, ...]:
 FIGURES = (
     Figure(
         'blog',
-        (_command('lth_jax.main', '--config=configs/sum_of_two.py'), _command('lth_jax.report')),
+        (_command('lth_jax.main', '--config=configs/sum_of_two.py', '--config.trials=3'), _command('lth_jax.report')),
         (('accuracy_vs_sparsity.png', 'blog_sum_of_two.png'),),
     ),
     Figure(
