@@ -1,6 +1,7 @@
 """The README's sentences about the quick figures are the captions the figures' own runs wrote
 (experiments.captions via experiments.regenerate_figures), and a caption says when a claim is not shown."""
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -107,3 +108,20 @@ def test_the_stability_caption_says_whether_a_later_reset_is_more_stable_and_whe
   caption = captions.stability_caption(str(tmp_path))
   assert 'Not shown: a later reset does not make the ticket more stable; the random ticket is not farther' in caption
   assert caption.endswith('the two normalizations coincide here.')
+
+
+def test_the_readme_describes_the_quick_setting_as_configs_figures_sets_it():
+  spec = importlib.util.spec_from_file_location('figures_config', REPO / 'configs' / 'figures.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  readme = ' '.join((REPO / 'README.md').read_text().split())
+  levels = {6: 'six'}[config.pruning.levels]
+  remaining = 100 * (1 - config.pruning.fraction) ** config.pruning.levels
+  assert (
+      f'{config.training.num_steps} steps, {levels} levels of {100 * config.pruning.fraction:.0f}% down to '
+      f'{remaining:.1f}% of the weights, **{config.trials} trials**' in readme
+  )
+  steps = regenerate_figures.RESET_STEPS.split('=')[1].split(',')
+  assert f'late-reset points {", ".join(steps[:-1])} and {steps[-1]}' in readme
+  assert max(map(int, steps)) <= 0.05 * config.training.num_steps  # within the first 5% of training
