@@ -236,3 +236,10 @@ def test_readme_shows_every_figure_readable():
   for link, target, source, width in images:
     assert (pathlib.Path(__file__).resolve().parent.parent / source).is_file(), source
     assert int(width) >= 480 or (link and target == source), f'{source}: {width} px wide and no link to the full size'
+
+
+def test_training_curves_of_one_evaluation_per_level_say_how_many_steps_eval_every_must_be_below(tmp_path):
+  records = [dict(record, steps=60, curve=record['curve'][-1:]) for record in _records()]
+  figure = plots.plot_training_curves(records, str(tmp_path / 'curves.png'), setting=SETTING)
+  assert 'set training.eval_every below 60 steps to record curves' in figure.axes[0].get_title()
+  assert 'eval_every' not in plots.plot_training_curves(_records(), None, setting=SETTING).axes[0].get_title()

@@ -206,7 +206,8 @@ def plot_training_curves(
   _level_key(figure, axes, len(curves), cm.ScalarMappable(norm=norm, cmap=colour_map))
   note = f"{style.display_name(branch)}, one line per level; {_trials_note(records, 'shaded')}"
   if all(len(curve.steps) <= 1 for curve in curves):
-    note += ')\n(one evaluation per level: set training.eval_every to record curves'
+    trained = min(record.get('steps', 0) for record in records) or 'its'
+    note += f')\n(one evaluation per level, at its end: set training.eval_every below {trained} steps to record curves'
   axes.set_xlabel(style.display_name('step'))
   axes.set_ylabel(_metric_label(metric))
   what = f'{_capital(style.display_name(metric))} during training'
