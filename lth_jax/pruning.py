@@ -10,7 +10,7 @@ weight already pruned is never revived.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -92,6 +92,7 @@ def prune(
   flat_keep, treedef = jax.tree_util.tree_flatten_with_path(keep_mask)
   flat_scores = jax.tree_util.tree_leaves(scores)
   flat_prunable = jax.tree_util.tree_leaves(prunable)
+  _check_layer_names(layer_fractions, [masks_lib.module_path(masks_lib.path_to_names(path)) for path, _ in flat_keep])
   keeps = [np.asarray(keep, dtype=bool) for _, keep in flat_keep]
   score_arrays = [np.asarray(score, dtype=np.float32) for score in flat_scores]
 
@@ -113,6 +114,16 @@ def prune(
   return _prune_global(
       scores, new_mask, jax.tree_util.tree_unflatten(treedef, in_pool), count_to_prune(remaining, fraction)
   )
+
+
+def _check_layer_names(layer_fractions: Mapping[str, float], layers: Sequence[str]) -> None:
+  """A ValueError naming each `layer_fractions` key that selects no layer of the tree (and the layers)."""
+  unknown = [name for name in layer_fractions if not any(masks_lib.selects_layer(name, layer) for layer in layers)]
+  if unknown:
+    raise ValueError(
+        f'layer_fractions names no layer of these parameters: {", ".join(unknown)} '
+        f'(their layers: {", ".join(dict.fromkeys(layers))})'
+    )
 
 
 def permute_within_layers(keep_mask: Any, prunable: Any, seed: int) -> Any:

@@ -1,0 +1,45 @@
+"""README blocks that readers copy run as written (the blocks that train for minutes, or need ImageNet,
+are run by other tests at a tiny size or not at all)."""
+
+import pathlib
+import re
+
+import jax
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _python_block(containing: str) -> str:
+  """The README's ```python block holding `containing`."""
+  blocks = re.findall(r'```python\n(.*?)```', (REPO / 'README.md').read_text(), re.S)
+  (block,) = [block for block in blocks if containing in block]
+  return block
+
+
+def test_the_python_api_block_on_the_pieces_runs_as_written():
+  namespace: dict = {}
+  exec(compile(_python_block('optim.keep_pruned_at_zero(optax.sgd'), 'README.md', 'exec'), namespace)  # noqa: S102
+  ticket, keep_mask, prunable = namespace['ticket'], namespace['keep_mask'], namespace['prunable']
+  for weight, keep, is_prunable in zip(*(jax.tree_util.tree_leaves(tree) for tree in (ticket, keep_mask, prunable))):
+    if is_prunable:
+      assert np.all(np.asarray(weight)[~np.asarray(keep)] == 0.0)  # pruned weights stay exactly 0.0
+  assert int((~np.asarray(keep_mask['output']['kernel'])).sum()) == round(0.1 * 64 * 10)  # the output at its own rate
+  assert int((~np.asarray(keep_mask['dense_0']['kernel'])).sum()) == round(0.2 * 16 * 64)
+
+
+def test_a_layer_fraction_that_names_no_layer_is_refused():
+  from lth_jax import masks, pruning  # pylint: disable=import-outside-toplevel
+
+  params = {'Dense_0': {'kernel': np.ones((4, 3)), 'bias': np.zeros(3)}}
+  with pytest.raises(
+      ValueError, match=r'layer_fractions names no layer of these parameters: output \(their layers: Dense_0\)'
+  ):
+    pruning.prune(
+        pruning.magnitude_scores(params),
+        masks.ones_like(params),
+        masks.prunable_tree(params),
+        0.2,
+        layer_fractions={'output': 0.1},
+    )
