@@ -43,3 +43,22 @@ def test_a_layer_fraction_that_names_no_layer_is_refused():
         0.2,
         layer_fractions={'output': 0.1},
     )
+
+
+def test_the_linear_mode_connectivity_block_runs_on_a_finished_workdir(tmp_path):
+  from lth_jax.search import lottery  # pylint: disable=import-outside-toplevel
+  from tests import helpers  # pylint: disable=import-outside-toplevel
+
+  workdir = str(tmp_path / 'work')
+  lottery.run(helpers.tiny_config(pruning__levels=2, branches=()), workdir, log=lambda line: None)
+  block = _python_block('linear_mode_connectivity(').replace("workdir = '/tmp/lth_digits'", f'workdir = {workdir!r}')
+  namespace: dict = {}
+  exec(compile(block, 'README.md', 'exec'), namespace)  # noqa: S102
+  path = namespace['path']
+  assert len(path.errors) == 11 and path.alphas[0] == 0.0 and path.alphas[-1] == 1.0
+  assert path.instability == pytest.approx(max(path.errors) - (path.errors[0] + path.errors[-1]) / 2)
+  experiment = namespace['experiment']
+  with pytest.raises(ValueError, match=r'evaluator must be a Trainer without a population \(experiment.trainer\(\)\)'):
+    namespace['lth_jax'].analysis.linear_mode_connectivity(
+        experiment.trainer(2), experiment.trainer(1), (None, None), None, start_step=0, end_step=1, data_seeds=(1, 2)
+    )

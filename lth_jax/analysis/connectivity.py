@@ -70,7 +70,12 @@ def linear_mode_connectivity(
   without a population (it evaluates one interpolated network at a time).
   """
   if trainer.population_size != 2:
-    raise ValueError('linear_mode_connectivity needs a Trainer with population_size=2')
+    raise ValueError('linear_mode_connectivity needs a Trainer with population_size=2 (experiment.trainer(2))')
+  if evaluator.population_size:
+    raise ValueError(
+        f'linear_mode_connectivity evaluates one network at a time: its evaluator must be a Trainer without a '
+        f'population (experiment.trainer()), not one of population_size={evaluator.population_size}'
+    )
   params, model_state = start
   params = masks_lib.apply(params, keep_mask)
   state = trainer.create_state(
