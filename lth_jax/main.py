@@ -241,8 +241,8 @@ def exit_on_help(argv: list[str]) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with --help exiting 0, and one-line messages instead of tracebacks for a
-  --config file that is missing, fails to load or rejects its variant, and for a --config.FIELD
-  override that names no field of the config, in a group or a leaf."""
+  --config file that is missing, fails to load or rejects its variant, for a --config.FIELD override
+  that names no field of the config (in a group or a leaf), and for a flag value absl refuses."""
   exit_on_help(argv)
   argument = _config_argument(argv)
   if argument is not None:
@@ -250,7 +250,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     if message is not None:
       sys.exit(message)
   try:
-    return app.parse_flags_with_usage(argv)
+    return flags.FLAGS(argv)
+  except flags.Error as error:  # a value of the wrong type, a missing required flag: one line, no usage dump
+    sys.exit(f'lth_jax: {error}')
   except (AttributeError, LookupError) as error:
     sys.exit(unknown_field_message(error, argv))
 
