@@ -6,8 +6,8 @@ Usage: python -m lth_jax.main --config=CONFIG_FILE[:VARIANT] --workdir=DIR [--co
     python -m lth_jax.main --config=configs/default.py --workdir=/tmp/lth_default --config.pruning.levels=5
 
 --config and --workdir are required. --config.FIELD=VALUE overrides any field of the config (every field
-and its default is in lth_jax/config/schema.py); an unknown field is refused in one line naming it, a
-value of the wrong type or out of range before anything is trained.
+and its default is in lth_jax/config/schema.py); an unknown field, a value of the wrong type and a value
+out of range are each refused in one line naming the field, before anything is trained.
 --sweep=FIELD=VALUE,VALUE,... runs every combination of values as one sweep.
 
 Writes into --workdir: results.jsonl (one JSON record per finished level, branch and trial; printed as
