@@ -7,6 +7,7 @@ The data is synthetic, written in tfds's array_record layout without TensorFlow
 import dataclasses
 import json
 import os
+import socket
 import pathlib
 import shutil
 import subprocess
@@ -222,6 +223,22 @@ def test_a_killed_writer_leaves_nothing_that_is_read(tfds_dir, cache_dir, monkey
     warnings.simplefilter('error', decoded_cache.CacheWarning)
     dataset = data_lib.build(config_lib.data_spec(config))
   np.testing.assert_array_equal(dataset.train_inputs, arrays['mnist']['train'][0])
+
+
+def test_the_temporary_files_of_a_killed_writer_on_this_host_are_swept(cache_dir):
+  finished = subprocess.Popen([sys.executable, '-c', 'pass'])
+  finished.wait()  # a writer that is no longer running
+  host = socket.gethostname()
+  name = 'mnist-3.0.1-train-key.lthc'
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  dead = cache_dir / f'.{name}.{host}-{finished.pid}.abc.tmp'
+  alive = cache_dir / f'.{name}.{host}-{os.getpid()}.abc.tmp'
+  elsewhere = cache_dir / f'.{name}.another-host-{finished.pid}.abc.tmp'
+  other_split = cache_dir / f'.mnist-3.0.1-test-key.lthc.{host}-{finished.pid}.abc.tmp'
+  for path in (dead, alive, elsewhere, other_split):
+    path.write_bytes(b'partial')
+  assert decoded_cache.sweep_stale(cache_dir, name) == [dead]
+  assert not dead.exists() and alive.exists() and elsewhere.exists() and other_split.exists()
 
 
 _BUILDER = """

@@ -10,8 +10,9 @@ File layout (little-endian): the 8-byte magic `LTHJAXDC`, a uint32 header length
 (layout version, key, count, image shape, data offsets and the CRC-32 of the data), then the uint8
 images (count, H, W, C) and the int32 labels (count,).
 
-Writes are atomic: the split is decoded into a hidden temporary file in the same folder, checked and
-renamed over the final name, so a killed writer leaves nothing that is read later, and two processes
+Writes are atomic: the split is decoded into a hidden temporary file in the same folder (named by the
+writer's host and process), checked and renamed over the final name, so a killed writer leaves nothing
+that is read later (and the next build of the split on that host removes what it left), and two processes
 building the same split at once both end with complete, identical files. A file that does not match
 its header (truncated, damaged, another layout) is reported in one warning and rebuilt. A cache
 folder that cannot be written is reported in one warning and the data is decoded without a cache.
@@ -28,6 +29,7 @@ import hashlib
 import json
 import os
 import pathlib
+import socket
 import struct
 import subprocess
 import sys
@@ -224,9 +226,41 @@ def decode_parallel(
     raise RuntimeError(f'decoding tfds records failed in a worker process:\n{failed[0]}')
 
 
+def _writer_tag() -> str:
+  """'host-pid': who writes a temporary file (so that a later build can tell a killed writer's)."""
+  return f'{socket.gethostname()}-{os.getpid()}'
+
+
+def sweep_stale(folder: pathlib.Path, prefix: str) -> list[pathlib.Path]:
+  """Removes the temporary files of `prefix` in `folder` left by writers of this host that are no longer
+  running (killed mid-decode); returns them. Files of other hosts, or of live writers, stay."""
+  host = socket.gethostname()
+  removed = []
+  for path in folder.glob(f'.{prefix}.*.tmp'):
+    writer = path.name[len(prefix) + 2 :].split('.')[0]
+    writer_host, _, pid = writer.rpartition('-')
+    if writer_host != host or not pid.isdigit() or _running(int(pid)):
+      continue
+    with contextlib.suppress(FileNotFoundError):
+      path.unlink()
+      removed.append(path)
+  return removed
+
+
+def _running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's live process
+    return True
+  return True
+
+
 def _new_file(folder: pathlib.Path, prefix: str, size: int) -> str:
   folder.mkdir(parents=True, exist_ok=True)
-  descriptor, temp_name = tempfile.mkstemp(dir=folder, prefix=f'.{prefix}.', suffix='.tmp')
+  sweep_stale(folder, prefix)
+  descriptor, temp_name = tempfile.mkstemp(dir=folder, prefix=f'.{prefix}.{_writer_tag()}.', suffix='.tmp')
   with os.fdopen(descriptor, 'wb') as file:
     file.truncate(size)
   return temp_name
