@@ -7,9 +7,9 @@ The data is synthetic, written in tfds's array_record layout without TensorFlow
 import dataclasses
 import json
 import os
-import socket
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import time
