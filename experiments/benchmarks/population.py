@@ -6,9 +6,10 @@
 1. `population K=...`: K LeNet-300-100s (MNIST-1D-shaped random data) trained by one `jax.vmap`-ed
    step against the same K trained one after the other, on one device.
 2. `lottery_level ...`: one whole lottery level of the default config (LeNet-300-100 on MNIST-1D),
-   4 trials x (ticket + reinit) = 8 runs, in cohort mode (`parallel.members_per_program=0`) and one run
-   at a time (`=1`), on 1 device and on all (8 simulated CPU devices unless XLA_FLAGS says otherwise):
-   wall seconds of level 1 and examples/s over its 8 runs, each mode run twice with the persistent
+   4 trials x (ticket + reinit) = 8 runs, in cohort mode (`parallel.members_per_program=0`, auto: on a
+   CPU device at most one run per device) and one run at a time (`=1`), on 1 device and on all (8
+   simulated CPU devices unless XLA_FLAGS says otherwise), and on 1 device also forced into one program
+   of 8 (`=8`, what auto did there before it packed by device count): wall seconds of level 1 and examples/s over its 8 runs, each mode run twice with the persistent
    compilation cache so that the figure is the warm one.
 3. `mask_drift ...` (with --drift_levels=N > 0): the same search for N levels in cohort mode on all
    devices and one run at a time on 1 device; for each level, the fraction of the ticket's kept
@@ -161,12 +162,14 @@ def measure_level(steps: int, members_per_program: int, num_devices: int, runs: 
 
 
 def level_figures(steps: int, runs: int) -> None:
-  """Prints cohort mode against one run at a time on 1 device and on all devices."""
+  """Prints cohort mode (auto) against one run at a time on 1 device and on all devices, and on 1 device
+  the 8 runs forced into one vmapped program (what auto no longer does on a CPU device)."""
   devices = jax.device_count()
   figures = {}
   for label, cap, count in (
       ('sequential_1_device', 1, 1),
       ('cohort_1_device', 0, 1),
+      ('packed_1_device', 8, 1),
       (f'sequential_{devices}_devices', 1, 0),
       (f'cohort_{devices}_devices', 0, 0),
   ):
@@ -181,6 +184,7 @@ def level_figures(steps: int, runs: int) -> None:
       f'lottery_level_ratio cohort_{devices}_devices_vs_sequential_1_device='
       f'{base / figures[f"cohort_{devices}_devices"]["seconds"]:.2f} '
       f'cohort_1_device_vs_sequential_1_device={base / figures["cohort_1_device"]["seconds"]:.2f} '
+      f'packed_1_device_vs_sequential_1_device={base / figures["packed_1_device"]["seconds"]:.2f} '
       f'cohort_{devices}_devices_vs_sequential_{devices}_devices='
       f'{figures[f"sequential_{devices}_devices"]["seconds"] / figures[f"cohort_{devices}_devices"]["seconds"]:.2f}',
       flush=True,
