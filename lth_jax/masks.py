@@ -74,10 +74,19 @@ def prunable_tree(
   Args:
     params: the parameter tree (arrays or shape structs).
     prunable_parameter_names: last path element of prunable leaves ('kernel' for flax Dense/Conv).
-    excluded_layers: layer selectors (see `selects_layer`) never pruned, e.g. ('stem_conv', 'output').
+    excluded_layers: layer selectors (see `selects_layer`) never pruned, e.g. ('stem_conv', 'output');
+      one that selects no layer of `params` is a ValueError naming it and the layers.
   """
   names = tuple(prunable_parameter_names)
   excluded = tuple(excluded_layers)
+  layers = list(
+      dict.fromkeys(module_path(path_to_names(path)) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0])
+  )
+  unknown = [name for name in excluded if not any(selects_layer(name, layer) for layer in layers)]
+  if unknown:
+    raise ValueError(
+        f'excluded_layers names no layer of these parameters: {", ".join(unknown)} (their layers: {", ".join(layers)})'
+    )
 
   def is_prunable(path, _):
     path = path_to_names(path)

@@ -59,13 +59,17 @@ def test_prunable_tree_flags_kernels_but_not_biases_or_norms():
         (('conv', 'output'), {'conv_0/kernel', 'conv_1/kernel', 'output/kernel'}),
         # 'dense_1' is a full name: it must not also swallow 'dense_10'.
         (('dense_1',), {'dense_1/kernel'}),
-        # A plain string prefix without the '_' separator matches nothing.
-        (('con', 'dens', 'out'), set()),
     ],
 )
 def test_prunable_tree_excluded_layers_by_name_and_prefix(excluded, expected_excluded):
   prunable = masks.prunable_tree(flax_like_params(), excluded_layers=excluded)
   assert prunable_names(prunable) == ALL_KERNELS - expected_excluded
+
+
+def test_an_excluded_layer_selector_that_matches_nothing_is_refused():
+  # A plain string prefix without the '_' separator selects no layer.
+  with pytest.raises(ValueError, match='excluded_layers names no layer of these parameters: con, dens, out'):
+    masks.prunable_tree(flax_like_params(), excluded_layers=('con', 'dens', 'out'))
 
 
 def test_prunable_tree_custom_parameter_names():

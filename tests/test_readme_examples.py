@@ -62,3 +62,17 @@ def test_the_linear_mode_connectivity_block_runs_on_a_finished_workdir(tmp_path)
     namespace['lth_jax'].analysis.linear_mode_connectivity(
         experiment.trainer(2), experiment.trainer(1), (None, None), None, start_step=0, end_step=1, data_seeds=(1, 2)
     )
+
+
+def test_an_excluded_layer_that_names_no_layer_is_refused():
+  from lth_jax import masks  # pylint: disable=import-outside-toplevel
+
+  params = {'Dense_0': {'kernel': np.ones((4, 3))}, 'Dense_1': {'kernel': np.ones((3, 2))}}
+  assert masks.prunable_tree(params, excluded_layers=('Dense_1',)) == {
+      'Dense_0': {'kernel': True},
+      'Dense_1': {'kernel': False},
+  }
+  with pytest.raises(
+      ValueError, match=r'excluded_layers names no layer of these parameters: output \(their layers: Dense_0, Dense_1\)'
+  ):
+    masks.prunable_tree(params, excluded_layers=('output',))

@@ -32,6 +32,18 @@ def _layer_list(layers: Sequence[str], limit: int = 12) -> str:
   return shown + (f', ... ({len(layers)} in all)' if len(layers) > limit else '')
 
 
+def check_excluded_layers(pruning_config: ml_collections.ConfigDict, layers: Sequence[str]) -> None:
+  """Every `pruning.excluded_layers` entry must select a layer of the model (`layers`: the module paths
+  of all its parameters)."""
+  for selector in pruning_config.get('excluded_layers', ()) or ():
+    _require(
+        any(masks_lib.selects_layer(selector, layer) for layer in layers),
+        'pruning.excluded_layers',
+        f'{selector!r} names no layer of the model (layers: {_layer_list(layers)})',
+        tuple(pruning_config.excluded_layers),
+    )
+
+
 def check_layer_selectors(
     pruning_config: ml_collections.ConfigDict, layers: Sequence[str], layer_sizes: Mapping[str, int]
 ) -> None:
@@ -44,13 +56,7 @@ def check_layer_selectors(
       'there is nothing to prune: pruning.prunable_parameters and pruning.excluded_layers leave no ' 'prunable weight',
       pruning_config.get('levels'),
   )
-  for selector in pruning_config.get('excluded_layers', ()) or ():
-    _require(
-        any(masks_lib.selects_layer(selector, layer) for layer in layers),
-        'pruning.excluded_layers',
-        f'{selector!r} names no layer of the model (layers: {_layer_list(layers)})',
-        tuple(pruning_config.excluded_layers),
-    )
+  check_excluded_layers(pruning_config, layers)
   for selector in dict(pruning_config.get('layer_fractions') or {}):
     _require(
         any(masks_lib.selects_layer(selector, layer) for layer in layer_sizes),

@@ -105,6 +105,7 @@ def resolve(
   full = lengths.resolve_epochs(lengths.resolve_batch_size(complete(config), num_devices), num_train)
   spec = _run_spec(full)
   if param_shapes is not None:
+    data_checks.check_excluded_layers(full.pruning, masks_lib.layer_paths(param_shapes))  # before it is used
     prunable = spec.pruning.prunable(param_shapes)
     data_checks.check_against_data(
         full, num_train, masks_lib.layer_sizes(param_shapes, prunable), masks_lib.layer_paths(param_shapes)
