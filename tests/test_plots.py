@@ -151,6 +151,9 @@ def test_layer_density_is_readable(tmp_path):
   figure = mask_overlap.plot_layer_density(_records(), str(path), SETTING)
   _check_readable(figure, path)
   assert SETTING in figure.axes[0].get_title() and 'mean of 3 trials' in figure.axes[0].get_title()
+  # Layers pruned alike draw the same line: each keeps its own dashes and marker, so none hides another.
+  lines = [line for line in figure.axes[0].lines if line.get_gid()]
+  assert len({(line.get_linestyle(), line.get_marker()) for line in lines}) == len(lines) == 2
 
 
 def test_stability_against_the_reset_step_is_readable_and_names_the_sparsity(tmp_path):

@@ -151,6 +151,10 @@ def layer_density_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]
   ]
 
 
+_LINE_STYLES = ('-', '--', ':', '-.')
+_MARKERS = ('o', 's', '^', 'D', 'v', 'x')
+
+
 def plot_layer_density(
     records: Sequence[dict[str, Any]], path: str | None = None, setting: str | None = None
 ) -> figure_lib.Figure:
@@ -163,13 +167,16 @@ def plot_layer_density(
     raise ValueError('no ticket records with per-layer densities to plot')
   figure = figure_lib.Figure(figsize=(9, 4.8), layout='constrained')
   axes = figure.add_subplot()
-  for layer in dict.fromkeys(row['layer'] for row in rows):
+  layers = list(dict.fromkeys(row['layer'] for row in rows))
+  for index, layer in enumerate(layers):
     points = [row for row in rows if row['layer'] == layer]
-    axes.plot(
+    axes.plot(  # layers pruned alike draw the same line: each its own dashes and marker, the first widest
         [row['level'] for row in points],
         [100 * row['density_mean'] for row in points],
-        marker='o',
-        markersize=3,
+        linestyle=_LINE_STYLES[index % len(_LINE_STYLES)],
+        marker=_MARKERS[index % len(_MARKERS)],
+        markersize=max(3.0, 9.0 - 2.0 * index),
+        linewidth=max(1.0, 3.0 - 0.6 * index),
         label=layer,
         gid=layer,
     )
