@@ -51,7 +51,7 @@ def _sparsest(cells: Sequence[figures.TableCell]) -> figures.TableCell:
   return min(cells, key=lambda cell: cell.fraction_remaining)
 
 
-def _winning_down_to(cells: Sequence[figures.TableCell]) -> str:
+def _winning_levels(cells: Sequence[figures.TableCell]) -> str:
   """'winning tickets at 4 of 6 levels, the sparsest at 7.8% of the weights', or 'no winning ticket'."""
   winners = [cell for cell in cells if cell.winning]
   pruned = [cell for cell in cells if cell.level > 0]
@@ -128,7 +128,7 @@ def snip_caption(workdir: str) -> str:
       )
   )
   return (
-      f'**Iterative pruning against SNIP (1).** {_winning_down_to(ticket).capitalize()}. At '
+      f'**Iterative pruning against SNIP (1).** {_winning_levels(ticket).capitalize()}. At '
       f'{_percent(at.fraction_remaining)} of the weights: ticket {_value(at)}, SNIP {_value(snip_at)}, random '
       f'reinitialization {_value(reinit_at)} (dense network {_value(_dense(records))}, {_trials(records)} trials): '
       f'{verdict}. ' + noise_sentence(workdir, _dense(records).mean)
@@ -283,7 +283,7 @@ def learning_rate_caption(workdir: str) -> str:
   records_by_variant = variant_records(workdir)
   order = ('standard', 'low_lr', 'warmup', 'late_reset')  # learning_rate_sweep's variants
   for name in sorted(records_by_variant, key=lambda name: order.index(name) if name in order else len(order)):
-    found[name] = _winning_down_to(_cells(records_by_variant[name]))
+    found[name] = _winning_levels(_cells(records_by_variant[name]))
     parts.append(f'{style.display_name(name)}: {found[name]}')
   standard = found.get('standard', '')
   verdict = (
@@ -388,7 +388,7 @@ def digits_caption(workdir: str) -> str:
       else "not shown: random reinitialization reaches the ticket's range"
   )
   return (
-      f"**Real handwritten digits.** On scikit-learn's 8x8 digits, {_winning_down_to(ticket)}; at "
+      f"**Real handwritten digits.** On scikit-learn's 8x8 digits, {_winning_levels(ticket)}; at "
       f'{_percent(at.fraction_remaining)} of the weights the ticket reaches {_value(at)}, random reinitialization '
       f'{_value(reinit_at)} (dense network {_value(_dense(records))}, {_trials(records)} trials): {verdict}.'
   )
