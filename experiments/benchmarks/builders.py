@@ -17,6 +17,7 @@ import optax
 from lth_jax.data import arrays
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
+from lth_jax import config as config_lib
 from lth_jax import optim
 from lth_jax.training import steps
 
@@ -110,7 +111,7 @@ def adam_optimizers(learning_rate: float, total_steps: int) -> tuple[Any, Any]:
   """(masked, dense): the library's optimizer from the config (Adam, constant schedule, wrapped by
   `keep_pruned_at_zero`), and the same optax chain without the wrapper. Both take `step=`; the dense
   one ignores the `keep_mask=` that `train.train_step` passes."""
-  training = ml_collections.ConfigDict({'optimizer': 'adam', 'learning_rate': learning_rate})
+  training = config_lib.training_spec({'optimizer': 'adam', 'learning_rate': learning_rate})
   masked = optim.from_config(training, total_steps)
   schedule = optim.learning_rate_schedule(learning_rate, total_steps)
   dense = optax.with_extra_args_support(optax.chain(optim.direction('adam'), optim.scale_by_step_schedule(schedule)))
