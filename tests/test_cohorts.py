@@ -189,11 +189,11 @@ def test_a_level_resumed_after_some_programs_finished_trains_only_the_others(tmp
   original = cohorts.ProgramRunner.train
   trained = []
 
-  def recording(self, members, start_step):
+  def recording(self, members):
     trained.append([member.key for member in members])
     if len(trained) == 3:  # level 1's second program
       raise RuntimeError('simulated crash')
-    return original(self, members, start_step)
+    return original(self, members)
 
   monkeypatch.setattr(cohorts.ProgramRunner, 'train', recording)
   with pytest.raises(RuntimeError, match='simulated crash'):
