@@ -190,8 +190,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument('--only', default='', help=f'comma-separated names, of {", ".join(f.name for f in FIGURES)}')
   parser.add_argument('--workdir', default='/tmp/lth_jax_figures', help='where the runs are kept (and resumed)')
   parser.add_argument('--output_dir', default=str(REPO_ROOT / 'docs' / 'figures'), help='where the images go')
-  parser.add_argument('--readme', default=str(REPO_ROOT / 'README.md'), help="where the captions go ('' for nowhere)")
-  return parser.parse_args(argv)
+  parser.add_argument(
+      '--readme',
+      default=None,
+      help="where the captions go ('' for nowhere; default: this repository's README.md when --output_dir is "
+      'docs/figures, else nowhere)',
+  )
+  args = parser.parse_args(argv)
+  if args.readme is None:
+    default_output = pathlib.Path(args.output_dir).resolve() == (REPO_ROOT / 'docs' / 'figures').resolve()
+    args.readme = str(REPO_ROOT / 'README.md') if default_output else ''
+  return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -605,5 +605,7 @@ def test_regenerate_figures_runs_a_figure_command_and_writes_its_image(tmp_path)
       timeout=900,
   )
   assert completed.returncode == 0, completed.stderr[-3000:]
-  assert os.listdir(tmp_path / 'figures') == ['blog_sum_of_two.png']
+  assert sorted(os.listdir(tmp_path / 'figures')) == ['blog.md', 'blog_sum_of_two.png']  # the image and its caption
+  assert (tmp_path / 'figures' / 'blog.md').read_text().startswith('**Blog: sum of two.**')
+  assert 'captions in' not in completed.stdout  # another output folder: the README is left alone
   assert (tmp_path / 'runs' / 'blog' / 'results.jsonl').stat().st_size > 0
