@@ -31,12 +31,10 @@ from lth_jax import results as results_lib
 from lth_jax.search import scalars as scalars_lib
 from lth_jax.search import sweep_plan
 from lth_jax.search import workdir as workdir_lib
-from lth_jax.training import checkpoints
 from lth_jax.search.experiment import Experiment
 from lth_jax.search.experiment import prepare
 from lth_jax.search.levels import LevelRunner
 from lth_jax.training.preemption import StopRequest
-from lth_jax.training.run_state import Preempted
 from lth_jax.results import RESULTS_FILE
 from lth_jax.search.workdir import workdir_lock
 
@@ -96,18 +94,10 @@ def run(
   experiment = prepare(config)
   workdir_lib.check_writable(workdir)
   experiment.trainer()  # built before WORKDIR/config.json is written
-  try:
-    with workdir_lock(workdir, log):
-      return _run_locked(
-          config, experiment, workdir, log, allow_config_change, tuple(keep_snapshots), dict(record_fields or {})
-      )
-  except (Preempted, errors.ConfigError, checkpoints.CheckpointError):
-    raise
-  except Exception as error:  # pylint: disable=broad-except  (orbax, tensorstore, tensorboardX, the OS)
-    written = results_lib.as_write_error(error, workdir)
-    if written is None:
-      raise
-    raise written from error
+  with workdir_lib.writes_named(workdir), workdir_lock(workdir, log):
+    return _run_locked(
+        config, experiment, workdir, log, allow_config_change, tuple(keep_snapshots), dict(record_fields or {})
+    )
 
 
 def _run_locked(

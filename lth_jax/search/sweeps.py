@@ -46,7 +46,6 @@ from lth_jax.search.experiment import prepare
 from lth_jax.search.levels import LevelRunner
 from lth_jax.training import checkpoints
 from lth_jax.training.preemption import StopRequest
-from lth_jax.training.run_state import Preempted
 
 SWEEP_FILE = 'sweep.json'
 DENSE_DIRECTORY = 'dense'
@@ -141,22 +140,14 @@ def _run_variants(
     runs.append(_VariantRun(variant, variant_config, experiment, variant_directory(workdir, variant)))
   workdir_lib.check_writable(workdir)
   runs[0].experiment.trainer()  # built before anything is written
-  try:
-    with workdir_lib.workdir_lock(workdir, log):
-      _check_sweep_file(workdir, base, entry)
-      stop = StopRequest()
-      stop.install()
-      try:
-        _train(runs, workdir, log, stop)
-      finally:
-        stop.restore()
-  except (Preempted, config_lib.ConfigError, checkpoints.CheckpointError):
-    raise
-  except Exception as error:  # pylint: disable=broad-except  (orbax, tensorstore, tensorboardX, the OS)
-    written = results_lib.as_write_error(error, workdir)
-    if written is None:
-      raise
-    raise written from error
+  with workdir_lib.writes_named(workdir), workdir_lib.workdir_lock(workdir, log):
+    _check_sweep_file(workdir, base, entry)
+    stop = StopRequest()
+    stop.install()
+    try:
+      _train(runs, workdir, log, stop)
+    finally:
+      stop.restore()
   return load(workdir)
 
 

@@ -25,6 +25,8 @@ from lth_jax.config import schema
 from lth_jax import results as results_lib
 from lth_jax.config.compatibility import CONFIG_FILE
 from lth_jax.results import RESULTS_FILE
+from lth_jax.training import checkpoints
+from lth_jax.training.run_state import Preempted
 
 LOCK_FILE = '.lock'
 
@@ -47,6 +49,22 @@ def check_writable(workdir: str) -> None:
     os.remove(probe)
   except OSError as error:
     raise compatibility.WorkdirError(f'workdir {workdir}: cannot create or write there ({error})') from error
+
+
+@contextlib.contextmanager
+def writes_named(workdir: str) -> Iterator[None]:
+  """Turns a failure to write into `workdir` from anywhere below (orbax, tensorstore, tensorboardX, the
+  OS) into a `results.WriteError`-style one-line error naming the path (`results.as_write_error`); a stop
+  request, a config error and a damaged checkpoint pass as they are, as does any other error."""
+  try:
+    yield
+  except (Preempted, errors.ConfigError, checkpoints.CheckpointError):
+    raise
+  except Exception as error:  # pylint: disable=broad-except
+    written = results_lib.as_write_error(error, workdir)
+    if written is None:
+      raise
+    raise written from error
 
 
 @contextlib.contextmanager
