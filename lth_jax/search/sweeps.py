@@ -138,6 +138,8 @@ def _run_variants(
     except config_lib.ConfigError as error:
       raise config_lib.ConfigError(f'sweep variant {variant.label}: {error}') from error
     runs.append(_VariantRun(variant, variant_config, experiment, variant_directory(workdir, variant)))
+  shared: dict[str, Experiment] = {}
+  runs = [dataclasses.replace(run, experiment=_sharing(run.experiment, shared)) for run in runs]
   workdir_lib.check_writable(workdir)
   runs[0].experiment.trainer()  # built before anything is written
   with workdir_lib.writes_named(workdir), workdir_lib.workdir_lock(workdir, log):
@@ -145,15 +147,29 @@ def _run_variants(
     stop = StopRequest()
     stop.install()
     try:
-      _train(runs, workdir, log, stop)
+      _train(runs, workdir, log, stop, shared)
     finally:
       stop.restore()
   return load(workdir)
 
 
-def _train(runs: list[_VariantRun], workdir: str, log: Callable[[str], None], stop: StopRequest) -> None:
+def _sharing(experiment: Experiment, shared: dict[str, Experiment]) -> Experiment:
+  """`experiment` with the dataset and Trainers of the first experiment of its program shape in `shared`
+  (`packs.pack_key`), so that every program of that shape is compiled once in the sweep."""
+  first = shared.setdefault(packs.pack_key(experiment.spec), experiment)
+  return experiment if first is experiment else first.for_variant(experiment.spec, experiment.ticket)
+
+
+def _train(
+    runs: list[_VariantRun],
+    workdir: str,
+    log: Callable[[str], None],
+    stop: StopRequest,
+    shared: dict[str, Experiment],
+) -> None:
   """Level 0 of every dense run (and of each variant that shares it with none) in shared programs, each
-  shared dense run's level 0 given to its variants, then every variant's pruned levels in shared programs."""
+  shared dense run's level 0 given to its variants, then every variant's pruned levels in shared programs
+  (`shared`: the first experiment of each program shape, whose Trainers every search of that shape uses)."""
   packs.replay_journals(workdir, log)
   groups: dict[str, list[_VariantRun]] = {}
   for member in runs:
@@ -164,7 +180,9 @@ def _train(runs: list[_VariantRun], workdir: str, log: Callable[[str], None], st
   )
   lone = {id(group[0]) for key, group in groups.items() if len(group) == 1 and not os.path.isdir(_dense(workdir, key))}
   dense = {
-      key: _dense_search(group, _dense(workdir, key), log) for key, group in groups.items() if id(group[0]) not in lone
+      key: _dense_search(group, _dense(workdir, key), log, shared)
+      for key, group in groups.items()
+      if id(group[0]) not in lone
   }
   level_zero = [_variant_search(run) for run in runs if id(run) in lone] + list(dense.values())
   started = _train_searches(level_zero, workdir, log, stop, range(1))
@@ -192,13 +210,15 @@ def _variant_search(run: _VariantRun) -> _Search:
   return _Search(run.config, run.experiment, run.directory, record_fields={'variant': run.variant.as_dict()})
 
 
-def _dense_search(group: list[_VariantRun], directory: str, log: Callable[[str], None]) -> _Search:
+def _dense_search(
+    group: list[_VariantRun], directory: str, log: Callable[[str], None], shared: dict[str, Experiment]
+) -> _Search:
   """The dense run of a group of variants, keeping its weights at every step they start from (a finished
   dense run missing one of them is removed, to be trained again)."""
   steps = sweep_plan.snapshot_steps([member.spec for member in group])
   _remove_dense_run_without(directory, steps, log)
   config = sweep_plan.dense_config(group[0].config)
-  return _Search(config, prepare(config), directory, keep_snapshots=steps)
+  return _Search(config, _sharing(prepare(config), shared), directory, keep_snapshots=steps)
 
 
 def _train_searches(
