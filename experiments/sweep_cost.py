@@ -30,6 +30,7 @@ from lth_jax import config as config_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
 from lth_jax.search import sweep_plan
+from lth_jax.models import calling
 from lth_jax.training import memory
 from lth_jax.training import steps
 from experiments import common
@@ -65,8 +66,8 @@ def cost_lines(devices: int) -> list[str]:
   levels = max(base.pruning.levels, STABILITY_LEVEL)
   configs = common.lottery_configs(base, points, levels)
   model = models_lib.build(config_lib.model_spec(base.model), IMAGENET_CLASSES)
-  example = jnp.zeros((1, *IMAGENET_INPUT_SHAPE), jnp.float32)
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example, train=False))
+  example = jax.ShapeDtypeStruct((1, *IMAGENET_INPUT_SHAPE), jnp.float32)
+  variables = calling.variable_shapes(model, example)
   param_shapes, _ = steps.split_variables(variables)
   specs = []
   for config in configs.values():
@@ -80,7 +81,7 @@ def cost_lines(devices: int) -> list[str]:
   old, new = len(specs) * TRIALS, len(groups) * TRIALS
   snapshots = len(sweep_plan.snapshot_steps(specs))
   weights = memory.tree_bytes(variables)
-  run = memory.footprint(model, IMAGENET_INPUT_SHAPE, optim.from_config(specs[0].training, total))
+  run = memory.footprint(model, example, optim.from_config(specs[0].training, total))
   per_device = specs[0].training.batch_size // devices
   return [
       f'Figure 5 at full size: ResNet-50 on ImageNet, one-shot, reset epochs {",".join(map(str, RESET_EPOCHS))}, '

@@ -8,9 +8,9 @@
 
 The library is layered; each layer imports only the ones before it:
 
-    data, models                  datasets by name; flax modules by name
+    data, models                  datasets by name or from arrays; flax modules by name or import path
     masks, pruning, optim,        the tensor core: mask pytrees, pruning rules, the masked optax
-    branches, results             transform, the control branches, the results file
+    tasks, branches, results      transform, losses and metrics, the control branches, the results file
     config                        every field and its default, the checks, workdir compatibility
     training                      TrainState, compiled programs, the Trainer, feeds, mesh, checkpoints
     tickets                       a ticket out of a workdir, exported, transferred
@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers; at run time th
   from lth_jax import reporting
   from lth_jax import results
   from lth_jax import search
+  from lth_jax import tasks
   from lth_jax import tickets
   from lth_jax import training
   from lth_jax.config import ConfigError
@@ -65,6 +66,7 @@ __all__ = [
     'run',
     'search',
     'sweep',
+    'tasks',
     'tickets',
     'training',
 ]

@@ -7,7 +7,9 @@ config excludes) always carry an all-True mask, so every tree operation can trea
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+import dataclasses
+import fnmatch
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,10 +66,25 @@ def selects_layer(selector: str, module: str) -> bool:
   return modules[: len(parts)] == parts
 
 
+PrunableRule = Callable[[str, Any], bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class PatternRule:
+  """A prunable rule from patterns over '/'-joined leaf paths (fnmatch: '*/kernel', 'Embed_0/embedding';
+  '*' also matches across '/'): a leaf is prunable when any pattern matches its path."""
+
+  patterns: tuple[str, ...]
+
+  def __call__(self, path: str, leaf: Any) -> bool:
+    return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.patterns)
+
+
 def prunable_tree(
     params: Params,
     prunable_parameter_names: Iterable[str] = ('kernel',),
     excluded_layers: Iterable[str] = (),
+    rule: PrunableRule | None = None,
 ) -> Any:
   """A tree of Python bools: True for leaves that pruning may touch.
 
@@ -76,6 +93,8 @@ def prunable_tree(
     prunable_parameter_names: last path element of prunable leaves ('kernel' for flax Dense/Conv).
     excluded_layers: layer selectors (see `selects_layer`) never pruned, e.g. ('stem_conv', 'output');
       one that selects no layer of `params` is a ValueError naming it and the layers.
+    rule: instead of the names, `rule(path, leaf) -> bool` decides each leaf ('/'-joined path such as
+      'Encoder_0/attention/query/kernel'; the leaf's array or shape struct). Excluded layers stay out.
   """
   names = tuple(prunable_parameter_names)
   excluded = tuple(excluded_layers)
@@ -88,14 +107,35 @@ def prunable_tree(
         f'excluded_layers names no layer of these parameters: {", ".join(unknown)} (their layers: {", ".join(layers)})'
     )
 
-  def is_prunable(path, _):
+  def is_prunable(path, leaf):
     path = path_to_names(path)
-    if path[-1] not in names:
+    if not (bool(rule(leaf_name(path), leaf)) if rule is not None else path[-1] in names):
       return False
     module = module_path(path)
     return not any(selects_layer(name, module) for name in excluded)
 
   return jax.tree_util.tree_map_with_path(is_prunable, params)
+
+
+def check_prunable(params: Params, prunable: Any, rule_name: str) -> None:
+  """A prunable tree must select at least one leaf, and only floating-point weights: a ValueError in
+  one line naming `rule_name` (where the rule came from) and the offending leaf otherwise."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  selected = [
+      (leaf_name(path_to_names(path)), leaf)
+      for (path, leaf), flag in zip(flat, jax.tree_util.tree_leaves(prunable))
+      if flag
+  ]
+  if not selected:
+    raise ValueError(
+        f'{rule_name} selects no leaf of the parameters (their leaves: '
+        + ', '.join(leaf_name(path_to_names(path)) for path, _ in flat[:12])
+        + (', ...' if len(flat) > 12 else '')
+        + ')'
+    )
+  for name, leaf in selected:
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):
+      raise ValueError(f'{rule_name} selects {name}, a {leaf.dtype} leaf: only floating-point weights can be pruned')
 
 
 def ones_like(params: Params) -> Mask:

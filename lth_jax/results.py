@@ -10,7 +10,7 @@ import math
 import os
 import re
 import secrets
-from typing import IO, Any, Iterable, Iterator, Sequence
+from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
 
 _logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def is_diverged(record: dict[str, Any]) -> bool:
   a test metric that is missing or not finite."""
   if record.get('diverged'):
     return True
-  value = record.get('test_accuracy', record.get('test_rmse'))
+  value = record.get(metric_of(record))
   return not isinstance(value, (int, float)) or not math.isfinite(value)
 
 
@@ -187,8 +187,25 @@ def _metric_cell(record: dict[str, Any], metric: str, width: int) -> str:
   return f'{record[metric]:>{width}.6g}'
 
 
+def metric_of(entry: Mapping[str, Any]) -> str:
+  """The run's metric of a record or a curve entry: the one its 'metric' field names ('test_accuracy',
+  'test_top_5_accuracy', ...); in records written before that field, test_accuracy or test_rmse."""
+  if 'metric' in entry:
+    return str(entry['metric'])
+  return 'test_accuracy' if 'test_accuracy' in entry else 'test_rmse'
+
+
+def higher_is_better(entry: Mapping[str, Any]) -> bool:
+  """Whether a larger value of a record's metric is better (records written before the field: accuracy)."""
+  if 'higher_is_better' in entry:
+    return bool(entry['higher_is_better'])
+  return metric_of(entry).endswith('accuracy')
+
+
 def test_metric_name(records: Sequence[dict[str, Any]]) -> str:
-  """'test_accuracy' or 'test_rmse', whichever the records carry."""
+  """The run's metric of `records` (`metric_of` their first record; test_accuracy when there are none)."""
+  if any('metric' in record for record in records):
+    return metric_of(next(record for record in records if 'metric' in record))
   return 'test_accuracy' if any('test_accuracy' in record for record in records) else 'test_rmse'
 
 

@@ -66,21 +66,38 @@ class Ticket:
 
   @property
   def model(self) -> Any:
-    """The flax module of the ticket's architecture (output width read from the weights)."""
-    return models_lib.build(config_lib.model_spec(self.config), output_width(self.start_params))
+    """The flax module of the ticket's architecture (output width read from the weights); a TicketError
+    for a module that was passed from Python (build it yourself: `ticket.config.model` records its fields)."""
+    try:
+      return models_lib.build(config_lib.model_spec(self.config), output_width(self.start_params))
+    except ValueError as error:
+      raise TicketError(str(error)) from None
+
+  def prunable(self) -> Any:
+    """The tree of prunable leaves (booleans) of the run that found the ticket: the leaves its record
+    counts (any prunable rule, also one given from Python), or its config's rule for older records."""
+    counted = self.record.get('layer_density')
+    if counted:
+      return jax.tree_util.tree_map_with_path(
+          lambda path, _: masks_lib.leaf_name(masks_lib.path_to_names(path)) in counted, self.keep_mask
+      )
+    return config_lib.pruning_plan(self.config).prunable(self.keep_mask)
 
   @property
   def density(self) -> float:
     """The fraction of prunable weights the mask keeps."""
-    return masks_lib.density(self.keep_mask, config_lib.pruning_plan(self.config).prunable(self.keep_mask))
+    return masks_lib.density(self.keep_mask, self.prunable())
 
   def layer_density(self) -> dict[str, float]:
     """The kept fraction of each prunable layer."""
-    return masks_lib.density_per_layer(self.keep_mask, config_lib.pruning_plan(self.config).prunable(self.keep_mask))
+    return masks_lib.density_per_layer(self.keep_mask, self.prunable())
 
 
 def output_width(params: Any) -> int:
-  """The number of outputs of a model's parameters (its 'output' layer's kernel)."""
+  """The number of outputs of a model's parameters (its 'output' layer's kernel; 0 without one, as for
+  an imported module class, which sets its own)."""
+  if not isinstance(params, dict) or 'kernel' not in params.get('output', {}):
+    return 0
   return int(np.shape(params['output']['kernel'])[-1])
 
 

@@ -237,8 +237,9 @@ def test_members_per_program_is_checked_before_anything_trains(tmp_path, monkeyp
 def _footprint_inputs():
   experiment = experiment_lib.prepare(_config(dataset__name='sum_of_two', model__name='linear'))
   from lth_jax import optim
+  from lth_jax.training import feeds
 
-  return experiment.model, experiment.dataset.input_shape, optim.from_config(experiment.spec.training, 60)
+  return experiment.model, feeds.input_example(experiment.dataset), optim.from_config(experiment.spec.training, 60)
 
 
 @pytest.mark.slow

@@ -91,7 +91,9 @@ def linear_mode_connectivity(
   for alpha in alphas:
     params, model_state = interpolate(ends[0], ends[1], alpha)
     metrics = evaluator.evaluate_params(params, model_state)
-    errors.append(1.0 - metrics['test_accuracy'] if 'test_accuracy' in metrics else metrics['test_rmse'])
+    value = metrics[evaluator.task.metric_name]
+    # An error: one minus a metric that grows (accuracy), the metric itself where smaller is better (RMSE).
+    errors.append(1.0 - value if evaluator.task.higher_is_better else value)
   return ConnectivityResult(
       alphas=alphas, errors=errors, barrier=error_barrier(alphas, errors), instability=error_barrier_height(errors)
   )

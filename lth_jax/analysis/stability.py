@@ -168,7 +168,7 @@ def measure(
   curve = _stability_curve(
       params0, result.snapshots, steps, keep_mask, random_mask, prunable, normalizer, max_normalizer
   )
-  metric = 'test_accuracy' if 'test_accuracy' in result.curve[-1] else 'test_rmse'
+  metric = trainer.task.metric_name
   return StabilityResult(
       rewind_step=rewind_step,
       final={name: curve[-1][name] for name in ('ticket', 'random_ticket')},

@@ -20,6 +20,7 @@ from lth_jax.config.resolve import model_spec
 from lth_jax.config.resolve import parallel_spec
 from lth_jax.config.resolve import pruning_plan
 from lth_jax.config.resolve import resolve
+from lth_jax.config.resolve import task_spec
 from lth_jax.config.resolve import training_spec
 from lth_jax.config.schema import base_config
 from lth_jax.config.schema import frankle_carbin_conv
@@ -31,6 +32,7 @@ from lth_jax.config.spec import ParallelSpec
 from lth_jax.config.spec import PruningPlan
 from lth_jax.config.spec import ReportSpec
 from lth_jax.config.spec import RunSpec
+from lth_jax.config.spec import TaskSpec
 from lth_jax.config.spec import TrainingSpec
 from lth_jax.config.spec import TransferSpec
 
@@ -43,6 +45,7 @@ __all__ = [
     'PruningPlan',
     'ReportSpec',
     'RunSpec',
+    'TaskSpec',
     'TrainingSpec',
     'TransferSpec',
     'WorkdirError',
@@ -62,6 +65,7 @@ __all__ = [
     'resolve',
     'resolve_batch_size',
     'resolve_epochs',
+    'task_spec',
     'total_steps',
     'training_spec',
 ]

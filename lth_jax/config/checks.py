@@ -46,7 +46,7 @@ def _check_fraction(field: str, value: Any) -> None:
 
 
 # Fields whose keys are free (layer names).
-FREE_FIELDS = ('pruning.layer_fractions', 'sweep')
+FREE_FIELDS = ('pruning.layer_fractions', 'sweep', 'model.arguments')
 
 
 def check_known_fields(config: ml_collections.ConfigDict) -> None:
@@ -100,9 +100,10 @@ def _check_names_and_model(config: ml_collections.ConfigDict) -> None:
       config.dataset.get('name'),
   )
   _require(
-      config.model.get('name') in models_lib.MODEL_NAMES,
+      models_lib.is_known_name(config.model.get('name'))
+      or str(config.model.get('name')).startswith(models_lib.PYTHON_PREFIX),
       'model.name',
-      f'unknown model; known models: {", ".join(models_lib.MODEL_NAMES)}',
+      f"unknown model; known models: {', '.join(models_lib.REGISTRY)}, or an import path 'package.module:Name'",
       config.model.get('name'),
   )
   _require(

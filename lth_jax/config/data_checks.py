@@ -61,7 +61,14 @@ def check_layer_selectors(
     _require(
         any(masks_lib.selects_layer(selector, layer) for layer in layer_sizes),
         f'pruning.layer_fractions.{selector}',
-        'names no prunable layer of the model (prunable layers: ' f'{_layer_list(list(layer_sizes))})',
+        'names no prunable layer of the model (prunable layers: '
+        f'{_layer_list(list(layer_sizes))})'
+        + (
+            "; the default {'output': 0.1} is for a final layer named 'output': name yours so, or set "
+            'pruning.layer_fractions = {}'
+            if selector == 'output'
+            else ''
+        ),
         pruning_config.layer_fractions[selector],
     )
 

@@ -12,6 +12,7 @@ import ml_collections
 
 from lth_jax import masks as masks_lib
 from lth_jax.config import data_checks
+from lth_jax.config import errors
 from lth_jax.config import lengths
 from lth_jax.config import schema
 from lth_jax.config import spec as spec_lib
@@ -50,7 +51,16 @@ def data_spec(config: ml_collections.ConfigDict | Mapping[str, Any]) -> spec_lib
 def model_spec(config: ml_collections.ConfigDict | Mapping[str, Any]) -> spec_lib.ModelSpec:
   """The model section of `config` (a whole config, or just its `model` section as a mapping), the
   schema's defaults under it."""
-  return spec_lib.ModelSpec(**_section(config, 'model', spec_lib.ModelSpec))
+  fields = _section(config, 'model', spec_lib.ModelSpec)
+  arguments = fields['arguments']
+  fields['arguments'] = arguments.to_dict() if isinstance(arguments, ml_collections.ConfigDict) else dict(arguments)
+  return spec_lib.ModelSpec(**fields)
+
+
+def task_spec(config: ml_collections.ConfigDict | Mapping[str, Any]) -> spec_lib.TaskSpec:
+  """The task section of a whole config, the schema's defaults under it."""
+  fields = _section(config, 'task', spec_lib.TaskSpec)
+  return spec_lib.TaskSpec(loss=str(fields['loss']), metrics=tuple(fields['metrics']))
 
 
 def training_spec(config: ml_collections.ConfigDict | Mapping[str, Any]) -> spec_lib.TrainingSpec:
@@ -83,6 +93,7 @@ def pruning_plan(config: ml_collections.ConfigDict) -> spec_lib.PruningPlan:
       rewind_step=int(pruning.rewind_step),
       turnaround_step=int(pruning.turnaround_step or 0),
       prunable_parameters=tuple(pruning.prunable_parameters),
+      prunable_patterns=tuple(pruning.prunable_patterns),
       excluded_layers=tuple(pruning.excluded_layers),
       snip_batches=int(pruning.snip_batches),
   )
@@ -94,19 +105,35 @@ def parallel_spec(config: ml_collections.ConfigDict) -> spec_lib.ParallelSpec:
 
 
 def resolve(
-    config: ml_collections.ConfigDict, num_devices: int, num_train: int, param_shapes: Any = None
+    config: ml_collections.ConfigDict,
+    num_devices: int,
+    num_train: int,
+    param_shapes: Any = None,
+    prunable_rule: masks_lib.PrunableRule | None = None,
 ) -> spec_lib.RunSpec:
   """`config` (already checked by `check_config`) as a `RunSpec` for a run on `num_devices` devices
   over a training set of `num_train` examples: defaults filled in, `training.batch_size` the global
   batch, every length in steps (steps_per_epoch = num_train // batch), the pruning fraction per level
   decided. With the model's `param_shapes`, the checks that need the model run too (layer selectors
   that name real layers, points inside training, a reachable target density). A ConfigError names a
-  field these make impossible."""
+  field these make impossible. `prunable_rule`: a rule given from Python (`PruningPlan.prunable_rule`)."""
   full = lengths.resolve_epochs(lengths.resolve_batch_size(complete(config), num_devices), num_train)
   spec = _run_spec(full)
+  if prunable_rule is None and any(pattern.startswith('python:') for pattern in spec.pruning.prunable_patterns):
+    raise errors.ConfigError(
+        f'pruning.prunable_patterns={spec.pruning.prunable_patterns}: this rule was passed from Python; pass it '
+        'again, lth_jax.run(..., prunable=rule)'
+    )
+  if prunable_rule is not None:
+    spec = dataclasses.replace(spec, pruning=dataclasses.replace(spec.pruning, prunable_rule=prunable_rule))
   if param_shapes is not None:
     data_checks.check_excluded_layers(full.pruning, masks_lib.layer_paths(param_shapes))  # before it is used
     prunable = spec.pruning.prunable(param_shapes)
+    if spec.pruning.prunable_rule is not None or spec.pruning.prunable_patterns:
+      try:
+        masks_lib.check_prunable(param_shapes, prunable, spec.pruning.rule_name)
+      except ValueError as error:
+        raise errors.ConfigError(str(error)) from None
     data_checks.check_against_data(
         full, num_train, masks_lib.layer_sizes(param_shapes, prunable), masks_lib.layer_paths(param_shapes)
     )
@@ -123,6 +150,7 @@ def _run_spec(full: ml_collections.ConfigDict) -> spec_lib.RunSpec:
       model=model_spec(full),
       training=training_spec(full),
       pruning=pruning_plan(full),
+      task=task_spec(full),
       parallel=parallel_spec(full),
       transfer=spec_lib.TransferSpec(**_section(full, 'transfer', spec_lib.TransferSpec)),
       report=spec_lib.ReportSpec(**_section(full, 'report', spec_lib.ReportSpec)),

@@ -24,6 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = _model_section()
   config.training = _training_section()
   config.pruning = _pruning_section()
+  config.task = _task_section()
   # Controls trained beside the ticket at every level: reinit, permuted, permuted_reinit,
   # random_pruning, snip, sign_reinit (see lth_jax/branches.py).
   config.branches = ('reinit',)
@@ -58,8 +59,11 @@ def _dataset_section() -> ml_collections.ConfigDict:
 def _model_section() -> ml_collections.ConfigDict:
   """The `model` section: the architecture, its widths, and how it computes."""
   model = ml_collections.ConfigDict()
-  # linear | lenet | conv2 | conv4 | conv6 | vgg11 | vgg16 | vgg19 | resnet20 | resnet56 | resnet18 | resnet50
+  # linear | lenet | conv2 | conv4 | conv6 | vgg11 | vgg16 | vgg19 | resnet20 | resnet56 | resnet18 | resnet50,
+  # a name given to lth_jax.models.register, or an import path 'package.module:Name' of a flax module
+  # class (built with model.arguments) or of a builder function `builder(model, num_outputs)`.
   model.name = 'lenet'
+  model.arguments = ml_collections.ConfigDict()  # keyword arguments of an imported module class
   model.hidden_sizes = (300, 100)  # lenet
   model.hidden_size = 200  # linear
   model.dense_sizes = (256, 256)  # conv2/4/6
@@ -94,6 +98,18 @@ def _training_section() -> ml_collections.ConfigDict:
   return training
 
 
+def _task_section() -> ml_collections.ConfigDict:
+  """The `task` section: the loss trained on and the metrics reported (see lth_jax/tasks.py)."""
+  task = ml_collections.ConfigDict()
+  # '' : the dataset's (cross_entropy for classification, squared_error for regression); a built-in name;
+  # or an import path 'package.module:function' of `loss(outputs, targets) -> scalar` (the batch mean).
+  task.loss = ''
+  # () : the dataset's (accuracy | rmse); else built-in names (accuracy, top_<k>_accuracy, rmse) or
+  # import paths of lth_jax.tasks.Metric values. The first is the run's metric (curves, report, stars).
+  task.metrics = ()
+  return task
+
+
 def _pruning_section() -> ml_collections.ConfigDict:
   """The `pruning` section: how much is pruned per level, where, and from which weights."""
   pruning = ml_collections.ConfigDict()
@@ -110,7 +126,10 @@ def _pruning_section() -> ml_collections.ConfigDict:
   pruning.rewind_epoch = 0.0  # ... or to this epoch
   pruning.turnaround_step = 0  # early turnaround: prune from the weights at this step (0: end)
   pruning.turnaround_epoch = 0.0  # ... or at this epoch
-  pruning.prunable_parameters = ('kernel',)
+  pruning.prunable_parameters = ('kernel',)  # leaf names pruning may touch (flax Dense, Conv, Einsum, attention)
+  # Or patterns over whole leaf paths ('*/kernel', 'Embed_0/embedding'; fnmatch, '*' crosses '/'); when
+  # given, they decide instead of prunable_parameters. From Python, `lth_jax.run(..., prunable=rule)`.
+  pruning.prunable_patterns = ()
   pruning.excluded_layers = ()  # layers never pruned (names, families or module paths)
 
   pruning.snip_batches = 1  # batches whose mean gradient scores the snip branch

@@ -5,7 +5,7 @@ the config layer reads these values, never a ConfigDict; `lth_jax.config.resolve
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
@@ -37,6 +37,15 @@ class ModelSpec:
   dense_sizes: tuple[int, ...]
   dtype: str
   conv_kernel_gradient: str
+  arguments: dict[str, Any] = dataclasses.field(default_factory=dict)  # of an imported module class
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """The `task` section: the loss and metrics by name or import path ('' and (): the dataset's)."""
+
+  loss: str
+  metrics: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +85,26 @@ class PruningPlan:
   prunable_parameters: tuple[str, ...]
   excluded_layers: tuple[str, ...]
   snip_batches: int
+  prunable_patterns: tuple[str, ...] = ()
+  # A rule given from Python (`lth_jax.run(..., prunable=rule)`): rule(path, leaf) -> bool. It decides
+  # instead of the patterns and the names.
+  prunable_rule: Callable[[str, Any], bool] | None = None
+
+  @property
+  def rule_name(self) -> str:
+    """Where the prunable rule comes from, as an error names it."""
+    if self.prunable_rule is not None:
+      return f'the prunable rule {getattr(self.prunable_rule, "__qualname__", repr(self.prunable_rule))}'
+    if self.prunable_patterns:
+      return f'pruning.prunable_patterns={self.prunable_patterns}'
+    return f'pruning.prunable_parameters={self.prunable_parameters}'
 
   def prunable(self, params: Any) -> Any:
     """The prunable-leaf tree of `params` (booleans) under these fields."""
-    return masks_lib.prunable_tree(params, self.prunable_parameters, self.excluded_layers)
+    rule = self.prunable_rule
+    if rule is None and self.prunable_patterns:
+      rule = masks_lib.PatternRule(self.prunable_patterns)
+    return masks_lib.prunable_tree(params, self.prunable_parameters, self.excluded_layers, rule)
 
   def pruning_weights(self, snapshots: dict[int, tuple[Any, Any]], final_params: Any) -> Any:
     """The weights a run's mask is pruned from: its snapshot at the turnaround step, or its final weights."""
@@ -161,6 +186,7 @@ class RunSpec:
   model: ModelSpec
   training: TrainingSpec
   pruning: PruningPlan
+  task: TaskSpec
   parallel: ParallelSpec
   transfer: TransferSpec
   report: ReportSpec

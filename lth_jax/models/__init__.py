@@ -1,8 +1,12 @@
-"""Models registered by name: `build(model, num_outputs)` returns a flax module, where `model` is a
-resolved model section (`lth_jax.config.ModelSpec`: name, widths, dtype, convolution)."""
+"""Models by name: `build(model, num_outputs)` returns a flax module, where `model` is a resolved model
+section (`lth_jax.config.ModelSpec`: name, widths, dtype, convolution, arguments). A name is one of the
+registry's (`register` adds one) or an import path 'package.module:Name' of a flax module class, built
+as `Name(**model.arguments)`, or of a builder function `builder(model, num_outputs) -> nn.Module`.
+How a module is called (training mode, batch statistics, dropout) is in `lth_jax.models.calling`."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -101,9 +105,59 @@ def register(name: str, builder: ModelBuilder) -> None:
   REGISTRY[name] = builder
 
 
+PYTHON_PREFIX = 'python:'  # the recorded name of a module passed from Python, e.g. 'python:ViT'
+
+
+def is_known_name(name: Any) -> bool:
+  """Whether `name` can name a model: a registered name or an import path 'package.module:Name'."""
+  return isinstance(name, str) and (name in REGISTRY or _is_import_path(name))
+
+
+def _is_import_path(name: str) -> bool:
+  module, separator, attribute = name.partition(':')
+  return bool(separator and module and attribute) and not name.startswith(PYTHON_PREFIX)
+
+
+def _imported(path: str) -> Any:
+  """The object at import path 'package.module:Name' (a ValueError naming model.name when it is not there)."""
+  module_name, _, attribute = path.partition(':')
+  try:
+    value: Any = importlib.import_module(module_name)
+  except ImportError as error:
+    raise ValueError(f'model.name={path!r}: cannot import {module_name} ({error})') from None
+  for part in attribute.split('.'):
+    if not hasattr(value, part):
+      raise ValueError(f'model.name={path!r}: {module_name} has no {attribute}')
+    value = getattr(value, part)
+  return value
+
+
 def build(config: Any, num_outputs: int) -> nn.Module:
   """The flax module named by `config.name` (a resolved model section, `lth_jax.config.ModelSpec`),
-  with `num_outputs` outputs."""
-  if config.name not in REGISTRY:
-    raise ValueError(f'model.name: unknown model {config.name!r}; known models: {", ".join(REGISTRY)}')
-  return REGISTRY[config.name](config, num_outputs)
+  with `num_outputs` outputs (an imported module class sets its own, in `model.arguments`)."""
+  name = config.name
+  if isinstance(name, str) and name.startswith(PYTHON_PREFIX):
+    raise ValueError(
+        f'model.name={name!r}: this module was passed from Python; pass it again, '
+        'lth_jax.run(config, workdir, model=...)'
+    )
+  if isinstance(name, str) and _is_import_path(name):
+    value = _imported(name)
+    arguments = dict(config.arguments)
+    if isinstance(value, type) and issubclass(value, nn.Module):
+      try:
+        return value(**arguments)
+      except TypeError as error:
+        raise ValueError(f'model.arguments={arguments!r} do not fit {name}: {error}') from None
+    if callable(value):
+      module = value(config, num_outputs)
+      if not isinstance(module, nn.Module):
+        raise ValueError(f'model.name={name!r}: the builder returned {type(module).__name__}, not a flax module')
+      return module
+    raise ValueError(f'model.name={name!r} is neither a flax module class nor a builder function')
+  if name not in REGISTRY:
+    raise ValueError(
+        f'model.name: unknown model {name!r}; known models: {", ".join(REGISTRY)}, '
+        "or an import path 'package.module:Name'"
+    )
+  return REGISTRY[name](config, num_outputs)

@@ -14,6 +14,7 @@ from matplotlib import figure as figure_lib
 from matplotlib import ticker
 import numpy as np
 
+from lth_jax import results as results_lib
 from lth_jax.reporting import style
 from lth_jax.reporting import summaries
 
@@ -38,8 +39,8 @@ def _trials_note(records: Sequence[dict[str, Any]], bars: str) -> str:
   return style.trials_note(len({record['trial'] for record in records}), bars)
 
 
-def _metric_label(metric: str) -> str:
-  return style.display_name(metric) + (' (lower is better)' if metric == 'test_rmse' else '')
+def _metric_label(metric: str, higher_is_better: bool = True) -> str:
+  return style.display_name(metric) + ('' if higher_is_better else ' (lower is better)')
 
 
 def _capital(text: str) -> str:
@@ -51,10 +52,11 @@ def _title(what: str, setting: str | None, note: str) -> str:
   return f'{what}{f", {setting}" if setting else ""}\n({note})'
 
 
-def _use_log_scale(metric: str, values: Sequence[float]) -> bool:
-  """RMSE spanning orders of magnitude (e.g. 1e-7 for a ticket, 3.0 for a random one) reads on a log axis."""
+def _use_log_scale(higher_is_better: bool, values: Sequence[float]) -> bool:
+  """An error such as RMSE spanning orders of magnitude (e.g. 1e-7 for a ticket, 3.0 for a random one)
+  reads on a log axis."""
   finite = np.array([value for value in values if np.isfinite(value)])
-  return metric == 'test_rmse' and finite.size > 0 and finite.min() > 0 and finite.max() / finite.min() > 20
+  return not higher_is_better and finite.size > 0 and finite.min() > 0 and finite.max() / finite.min() > 20
 
 
 def plot_accuracy_vs_sparsity(
@@ -157,12 +159,14 @@ def _format_sparsity_axes(
   axes.xaxis.set_major_locator(ticker.FixedLocator(ticks))
   axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: style.percent(value)))
   axes.xaxis.set_minor_locator(ticker.NullLocator())
+  higher_is_better = results_lib.higher_is_better(records[0]) if records else True
   if _use_log_scale(
-      metric, [value for points in summary.values() for point in points for value in (point.minimum, point.maximum)]
+      higher_is_better,
+      [value for points in summary.values() for point in points for value in (point.minimum, point.maximum)],
   ):
     axes.set_yscale('log')
   axes.set_xlabel(style.PERCENT_REMAINING)
-  axes.set_ylabel(_metric_label(metric))
+  axes.set_ylabel(_metric_label(metric, higher_is_better))
   axes.grid(True, which='major', alpha=0.3)
   handles, labels = axes.get_legend_handles_labels()
   order = sorted(range(len(handles)), key=lambda i: labels[i].startswith('dense'))  # dense line last
@@ -201,7 +205,8 @@ def plot_training_curves(
     )
     if curve.trials > 1:
       axes.fill_between(curve.steps, curve.minimum, curve.maximum, color=colour, alpha=0.12, linewidth=0)
-  if _use_log_scale(metric, [value for curve in curves for value in (*curve.minimum, *curve.maximum)]):
+  higher_is_better = results_lib.higher_is_better(records[0])
+  if _use_log_scale(higher_is_better, [value for curve in curves for value in (*curve.minimum, *curve.maximum)]):
     axes.set_yscale('log')
   _level_key(figure, axes, len(curves), cm.ScalarMappable(norm=norm, cmap=colour_map))
   note = f"{style.display_name(branch)}, one line per level; {_trials_note(records, 'shaded')}"
@@ -209,7 +214,7 @@ def plot_training_curves(
     trained = min(record.get('steps', 0) for record in records) or 'its'
     note += f')\n(one evaluation per level, at its end: set training.eval_every below {trained} steps to record curves'
   axes.set_xlabel(style.display_name('step'))
-  axes.set_ylabel(_metric_label(metric))
+  axes.set_ylabel(_metric_label(metric, higher_is_better))
   what = f'{_capital(style.display_name(metric))} during training'
   axes.set_title(_title(what, setting, note), fontsize=style.TITLE_FONTSIZE)
   axes.grid(True, alpha=0.3)

@@ -57,8 +57,8 @@ def load(workdir: str) -> list[dict[str, Any]]:
   records = results_lib.read_records(path)
   for number, record in enumerate(records, start=1):
     missing = [field for field in REQUIRED_FIELDS if field not in record]
-    if not ('test_accuracy' in record or 'test_rmse' in record):
-      missing.append('test_accuracy or test_rmse')
+    if results_lib.metric_of(record) not in record:
+      missing.append(results_lib.metric_of(record) if 'metric' in record else 'test_accuracy or test_rmse')
     if missing:
       raise ValueError(f'{path}: record {number} has no {", ".join(missing)} (not a record lth_jax wrote)')
   return records
@@ -85,14 +85,19 @@ def usable(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   return kept
 
 
-def winning(values: Sequence[float], dense_values: Sequence[float], metric: str) -> bool:
+def winning(
+    values: Sequence[float], dense_values: Sequence[float], metric: str, higher_is_better: bool | None = None
+) -> bool:
   """Whether a ticket whose trials reached `values` is a winning ticket against a dense network whose
   trials reached `dense_values`: its whole spread clear of the dense network's, every trial at least the
   best dense trial (at most the best, for an error such as RMSE). With one trial each, the one value
-  against the other; never with no values."""
+  against the other; never with no values. `higher_is_better`: the metric's direction (None: from its
+  name, as `results.higher_is_better` reads it)."""
   if not len(values) or not len(dense_values):
     return False
-  if metric.endswith('accuracy'):
+  if higher_is_better is None:
+    higher_is_better = results_lib.higher_is_better({'metric': metric})
+  if higher_is_better:
     return min(values) >= max(dense_values)
   return max(values) <= min(dense_values)
 

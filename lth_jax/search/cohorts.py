@@ -31,6 +31,7 @@ import numpy as np
 from lth_jax import config as config_lib
 from lth_jax import optim
 from lth_jax.training import checkpoints
+from lth_jax.training import feeds
 from lth_jax.training import memory
 from lth_jax.training import parallel
 from lth_jax.training import run_state
@@ -261,7 +262,7 @@ class ProgramRunner:
   def _progress(self, program: _Program, entry: dict[str, Any]) -> None:
     """Logs an evaluation's curve entry as one progress line and writes its scalars (one run per member)."""
     members = program.members
-    metric = 'test_accuracy' if 'test_accuracy' in entry else 'test_rmse'
+    metric = program.trainer.task.metric_name
     self._evaluation_seconds = entry.get('evaluation_seconds', 0.0)
     speed = program.counted(entry['examples_per_second'])
     if program.population:
@@ -517,7 +518,9 @@ def resolve_members_per_program(experiment: Any, cohort_sizes: tuple[int, int] |
   largest = max(level_zero, pruned_level)
   batch = spec.training.batch_size
   member = memory.footprint(
-      experiment.model, experiment.dataset.input_shape, optim.from_config(spec.training, experiment.total_steps)
+      experiment.model,
+      feeds.input_example(experiment.dataset),
+      optim.from_config(spec.training, experiment.total_steps),
   )
   device_memory = memory.device_memory_bytes()
   resident = sum(

@@ -9,7 +9,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -17,9 +16,13 @@ from lth_jax import config as config_lib
 from lth_jax import data as data_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
+from lth_jax import tasks as tasks_lib
+from lth_jax.models import calling
 from lth_jax.data import pipeline
 from lth_jax.data import tfds_source
 from lth_jax.search import cohorts
+from lth_jax.search import custom as custom_lib
+from lth_jax.training import feeds
 from lth_jax import tickets as tickets_lib
 from lth_jax.training import parallel
 from lth_jax.training import steps
@@ -34,6 +37,7 @@ class Experiment:
   dataset: data_lib.Dataset
   model: Any
   mesh: jax.sharding.Mesh  # the mesh of one run alone: 1 x N (data parallel) where the batch divides
+  task: tasks_lib.Task = tasks_lib.CLASSIFICATION  # the loss and metrics
   members_per_program: int = 1  # parallel.members_per_program, resolved (0 = auto becomes a number)
   ticket: tickets_lib.Ticket | None = None  # transfer.ticket, loaded and checked against the model
   # Built once per (population size, member groups, per-member hyperparameters); a sweep's variants of
@@ -65,6 +69,7 @@ class Experiment:
           population_size,
           feed_like=like,
           member_hyperparameters=member_hyperparameters,
+          task=self.task,
       )
     return self._trainers[key]
 
@@ -110,9 +115,12 @@ class Experiment:
     return self.spec.pruning.prunable(params)
 
 
-def prepare(config: ml_collections.ConfigDict) -> Experiment:
+def prepare(config: ml_collections.ConfigDict, custom: custom_lib.CustomParts | None = None) -> Experiment:
   """Validates `config` (raising `ConfigError` naming the field), builds the dataset, model and mesh,
-  and resolves the config once into typed values (`lth_jax.config.resolve`). No training happens here."""
+  and resolves the config once into typed values (`lth_jax.config.resolve`). `custom`: parts given from
+  Python instead of the config (`lth_jax.search.custom`). Checks the model against the data (its
+  outputs against the labels, the loss and metrics on them) by shapes alone. No training happens here."""
+  custom = custom or custom_lib.CustomParts()
   config_lib.check_config(config)
   num_devices = config_lib.parallel_spec(config).num_devices
   try:
@@ -120,21 +128,62 @@ def prepare(config: ml_collections.ConfigDict) -> Experiment:
   except ValueError as error:
     raise config_lib.ConfigError(str(error)) from error
   try:
-    dataset = data_lib.build(config_lib.data_spec(config))
-    model = models_lib.build(config_lib.model_spec(config), dataset.num_outputs)
+    dataset = custom.dataset if custom.dataset is not None else _configured_dataset(config)
+    if custom.model is not None:
+      model = custom.build_model(dataset.num_outputs)
+    else:
+      model = models_lib.build(config_lib.model_spec(config), dataset.num_outputs)
+    task = custom.task or tasks_lib.from_names(dataset.task, **dataclasses.asdict(config_lib.task_spec(config)))
   except tfds_source.DatasetNotPreparedError:
     raise
-  except ValueError as error:  # a dataset or model field the builders rejected
+  except ValueError as error:  # a dataset, model or task field the builders rejected
     raise config_lib.ConfigError(str(error)) from error
-  example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example, train=False))
-  param_shapes, _ = steps.split_variables(shapes)
-  spec = config_lib.resolve(config, mesh.devices.size, dataset.num_train, param_shapes)
+  param_shapes = _checked_shapes(model, dataset, task)
+  spec = config_lib.resolve(config, mesh.devices.size, dataset.num_train, param_shapes, custom.prunable)
   mesh = _run_mesh(spec, mesh, dataset)
-  experiment = Experiment(spec=spec, dataset=dataset, model=model, mesh=mesh)
+  experiment = Experiment(spec=spec, dataset=dataset, model=model, mesh=mesh, task=task)
   experiment.members_per_program = cohorts.resolve_members_per_program(experiment)
   experiment.ticket = _transferred_ticket(spec.transfer, param_shapes)
   return experiment
+
+
+def _configured_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
+  """The dataset the config names (a ValueError for a dataset that was passed from Python)."""
+  spec = config_lib.data_spec(config)
+  if isinstance(spec.name, str) and spec.name.startswith(models_lib.PYTHON_PREFIX):
+    raise ValueError(
+        f'dataset.name={spec.name!r}: this dataset was passed from Python; pass it again, '
+        'lth_jax.run(config, workdir, dataset=...)'
+    )
+  return data_lib.build(spec)
+
+
+def _checked_shapes(model: Any, dataset: data_lib.Dataset, task: tasks_lib.Task) -> Any:
+  """The model's parameter shapes, after checking by shapes alone that it runs on the data's inputs
+  and that its outputs fit the labels, the loss and the metrics (a ConfigError in one line otherwise)."""
+  example = feeds.input_example(dataset)
+  batch = jax.ShapeDtypeStruct((2, *example.shape[1:]), example.dtype)
+  try:
+    shapes = calling.variable_shapes(model, example)
+    outputs = jax.eval_shape(lambda variables, inputs: calling.apply(model, variables, inputs, False), shapes, batch)
+  except Exception as error:  # pylint: disable=broad-except  (a user's module may raise anything)
+    first_line = (str(error).strip().splitlines() or [''])[0]
+    raise config_lib.ConfigError(
+        f'the model fails on inputs of shape {tuple(batch.shape)} and dtype {batch.dtype}: '
+        f'{type(error).__name__}: {first_line}'
+    ) from None
+  if not isinstance(outputs, jax.ShapeDtypeStruct):
+    raise config_lib.ConfigError(
+        f'the model returns {type(outputs).__name__}; it must return one array of outputs per batch'
+    )
+  targets = feeds.target_example(dataset, 2)
+  num_classes = getattr(dataset, 'num_classes', None) if task.loss is tasks_lib.cross_entropy else None
+  try:
+    tasks_lib.check(task, outputs, targets, num_classes)
+  except ValueError as error:
+    raise config_lib.ConfigError(str(error)) from None
+  param_shapes, _ = steps.split_variables(shapes)
+  return param_shapes
 
 
 def _run_mesh(spec: config_lib.RunSpec, mesh: jax.sharding.Mesh, dataset: data_lib.Dataset) -> jax.sharding.Mesh:

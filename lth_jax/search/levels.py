@@ -103,9 +103,11 @@ class LevelRunner:
   ) -> dict[str, Any]:
     """The record of one finished run."""
     final = result.curve[-1]
-    metric = 'test_accuracy' if 'test_accuracy' in final else 'test_rmse'
+    task = self.experiment.task
+    metric = task.metric_name
     values = [entry[metric] for entry in result.curve if np.isfinite(entry[metric])]
-    best = (max(values) if metric == 'test_accuracy' else min(values)) if values else None
+    best = (max(values) if task.higher_is_better else min(values)) if values else None
+    other_metrics = {f'test_{extra.name}': final[f'test_{extra.name}'] for extra in task.metrics[1:]}
     record = {
         'trial': member.trial,
         'level': member.level,
@@ -117,6 +119,9 @@ class LevelRunner:
         metric: final[metric],
         'test_loss': final['test_loss'],
         f'best_{metric}': best,
+        **other_metrics,
+        'metric': metric,
+        'higher_is_better': task.higher_is_better,
         'steps': self.total_steps - start_step,
         'start_step': start_step,
         'end_step': self.total_steps,
@@ -138,7 +143,7 @@ class LevelRunner:
       results_lib.append_records(self.results_path, records)
     self.records.extend(records)
     for record in records:
-      metric = 'test_accuracy' if 'test_accuracy' in record else 'test_rmse'
+      metric = results_lib.metric_of(record)
       self.scalars.write(
           os.path.join(f'trial_{record["trial"]}', 'levels'),
           record['level'],
@@ -223,7 +228,7 @@ class LevelRunner:
     if self.spec.report.print_surviving_weights:
       for state in self.trials.values():
         for branch, (record, final_params, branch_mask) in state.last_level.items():
-          metric = 'test_accuracy' if 'test_accuracy' in record else 'test_rmse'
+          metric = results_lib.metric_of(record)
           self.log(
               f'trial {state.trial} level {record["level"]} {branch}: {record["kept_weights"]} weights '
               f'kept, {metric}={record[metric]:.6g}\n'

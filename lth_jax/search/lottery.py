@@ -28,6 +28,7 @@ import ml_collections
 
 from lth_jax.config import errors
 from lth_jax import results as results_lib
+from lth_jax.search import custom as custom_lib
 from lth_jax.search import scalars as scalars_lib
 from lth_jax.search import sweep_plan
 from lth_jax.search import workdir as workdir_lib
@@ -35,7 +36,10 @@ from lth_jax.search.experiment import Experiment
 from lth_jax.search.experiment import prepare
 from lth_jax.search.levels import LevelRunner
 from lth_jax.training.preemption import StopRequest
+from lth_jax.data import Dataset
+from lth_jax.masks import PrunableRule
 from lth_jax.results import RESULTS_FILE
+from lth_jax.tasks import Task
 from lth_jax.search.workdir import workdir_lock
 
 __all__ = [
@@ -72,6 +76,10 @@ def run(
     allow_config_change: bool = False,
     keep_snapshots: Sequence[int] = (),
     record_fields: Mapping[str, Any] | None = None,
+    model: custom_lib.ModelOrBuilder | None = None,
+    dataset: Dataset | None = None,
+    task: Task | None = None,
+    prunable: PrunableRule | None = None,
 ) -> LotteryResults:
   """Runs (or resumes) the lottery experiment of `config` in `workdir`; returns its records.
 
@@ -84,14 +92,21 @@ def run(
 
   `keep_snapshots`: steps of level 0 whose weights are kept (`trial.snapshot_directory`), for runs that
   start from them (a sweep's variants); `record_fields`: added to every record (a sweep's variant).
+
+  Your own parts, instead of the config's (see README, "Your own model and data"): `model`, a flax
+  module or a function num_outputs -> module; `dataset`, from `lth_jax.data.from_arrays` or
+  `from_source`; `task`, an `lth_jax.tasks.Task` (loss and metrics); `prunable`, a rule
+  (path, leaf) -> bool choosing the leaves pruning may touch. Pass the same ones to resume.
   """
   if sweep_plan.axes_from_config(config):
     raise errors.ConfigError(
         f'sweep: the config names sweep axes ({", ".join(sweep_plan.axes_from_config(config))}); run it with '
         'lth_jax.sweep(config, None, workdir) or python -m lth_jax.main, which run every variant'
     )
+  custom = custom_lib.CustomParts(model, dataset, task, prunable)
   config = workdir_lib.recorded_packing(config, workdir, log)
-  experiment = prepare(config)
+  experiment = prepare(config, custom)
+  config = custom.recorded(config, experiment.model)
   workdir_lib.check_writable(workdir)
   experiment.trainer()  # built before WORKDIR/config.json is written
   with workdir_lib.writes_named(workdir), workdir_lock(workdir, log):
@@ -117,7 +132,7 @@ def _run_locked(
   scalars = scalars_lib.Scalars(os.path.join(workdir, 'tensorboard') if spec.checkpointing.tensorboard else None)
   started = time.perf_counter()
   log(
-      f'lth_jax: {spec.model.name} on {spec.dataset.name}, {experiment.total_steps} steps per level, '
+      f'lth_jax: {config.model.name} on {config.dataset.name}, {experiment.total_steps} steps per level, '
       f'{plan.levels} pruning levels of {plan.fraction:.3g} ({plan.scope}, {plan.mode}), rewind step '
       f'{plan.rewind_step}, {spec.trials} trial(s), {experiment.mesh.devices.size} device(s), '
       f'up to {experiment.members_per_program} run(s) per program'

@@ -132,7 +132,12 @@ def dense_key(spec: config_lib.RunSpec) -> str:
   for unused in ('branches', 'report', 'checkpointing'):
     del fields[unused]
   pruning = fields.pop('pruning')
-  fields['prunable'] = (pruning['prunable_parameters'], pruning['excluded_layers'])  # the records' densities
+  fields['prunable'] = (  # the records' densities
+      pruning['prunable_parameters'],
+      pruning['excluded_layers'],
+      pruning['prunable_patterns'],
+      pruning['prunable_rule'],
+  )
   text = json.dumps(fields, sort_keys=True, default=repr)
   return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -154,6 +159,7 @@ def dense_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   pruning = config_lib.base_config().pruning
   pruning.prunable_parameters = tuple(config.pruning.prunable_parameters)
   pruning.excluded_layers = tuple(config.pruning.excluded_layers)
+  pruning.prunable_patterns = tuple(config.pruning.get('prunable_patterns', ()))
   pruning.levels = 0
   with dense.unlocked():
     dense.pruning = pruning

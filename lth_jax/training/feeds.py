@@ -60,6 +60,23 @@ class Feed(Protocol):
     [batches, eval_batch_size, ...]; padding examples have weight 0."""
 
 
+def input_example(dataset: data_lib.Dataset) -> jax.ShapeDtypeStruct:
+  """A batch of one model input of `dataset` (shape and dtype, as its feed gives inputs to the model):
+  float32 for normalized images and streamed data, the arrays' own dtype otherwise (integer token ids
+  stay integers)."""
+  if isinstance(dataset, arrays_lib.ArrayDataset) and dataset.input_normalization is None:
+    return jax.ShapeDtypeStruct((1, *dataset.input_shape), dataset.train_inputs.dtype)
+  return jax.ShapeDtypeStruct((1, *dataset.input_shape), jnp.float32)
+
+
+def target_example(dataset: data_lib.Dataset, batch_size: int) -> jax.ShapeDtypeStruct:
+  """A batch of `batch_size` targets of `dataset` (shape and dtype)."""
+  if isinstance(dataset, arrays_lib.ArrayDataset):
+    targets = dataset.train_targets
+    return jax.ShapeDtypeStruct((batch_size, *targets.shape[1:]), targets.dtype)
+  return jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+
+
 def evaluation_batch_size(requested: int, num_test: int, num_devices: int) -> int:
   """The evaluation batch: at most `requested` (and no larger than the padded test set), a multiple
   of the device count."""
@@ -142,10 +159,9 @@ class ResidentFeed:
     return self._model_inputs(train_inputs[item]), train_targets[item]
 
   def batch_shapes(self, batch_size: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
-    inputs, targets = self.dataset.train_inputs, self.dataset.train_targets
-    inputs_dtype = jnp.float32 if self.dataset.input_normalization is not None else inputs.dtype
+    targets = self.dataset.train_targets
     return (
-        jax.ShapeDtypeStruct((batch_size, *inputs.shape[1:]), inputs_dtype),
+        jax.ShapeDtypeStruct((batch_size, *self.dataset.input_shape), input_example(self.dataset).dtype),
         jax.ShapeDtypeStruct((batch_size, *targets.shape[1:]), targets.dtype),
     )
 

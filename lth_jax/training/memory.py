@@ -15,8 +15,9 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from lth_jax.models import calling
 
 # Share of a device's memory a program may plan for (the rest: XLA's buffers, fragmentation).
 USABLE_FRACTION = 0.5
@@ -41,17 +42,19 @@ class MemberFootprint:
     return members_on_device * (self.state_bytes + examples_on_device * self.activation_bytes_per_example)
 
 
-def footprint(model: Any, input_shape: tuple[int, ...], optimizer: Any) -> MemberFootprint:
-  """Estimates a member's state (params, optimizer state, mask, model state) and activations from shapes."""
-  example = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), example)
+def footprint(model: Any, example: jax.ShapeDtypeStruct, optimizer: Any) -> MemberFootprint:
+  """Estimates a member's state (params, optimizer state, mask, model state) and activations from shapes
+  (`example`: a batch of one input)."""
+  variables = calling.variable_shapes(model, example)
   params = variables['params']
   optimizer_state = jax.eval_shape(optimizer.init, params)
   mask_bytes = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
   state = tree_bytes(variables) + tree_bytes(optimizer_state) + mask_bytes
 
   def intermediates(variables, x):
-    _, captured = model.apply(variables, x, train=False, capture_intermediates=True, mutable=['intermediates'])
+    _, captured = model.apply(
+        variables, x, **calling.mode_arguments(model, False), capture_intermediates=True, mutable=['intermediates']
+    )
     return captured
 
   activations = tree_bytes(jax.eval_shape(intermediates, variables, example)) + tree_bytes(example)

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lth_jax import tasks
+from lth_jax.models import calling
 from lth_jax.training import feeds as feeds_lib
 from lth_jax.training import parallel
 from lth_jax.training import steps as steps_lib
@@ -31,7 +33,7 @@ class Programs:
   sums_shape: Callable[[Any], Any]  # state -> shapes of one train step's metric sums
   evaluate: Callable[..., Any]  # (params, model_state, totals, group) -> totals
   evaluation_sums_shape: Callable[[Any, Any], Any]  # (params, model_state) -> shapes of one batch's sums
-  mean_gradients: Callable[..., Any]  # (params, model_state, arrays, items) -> mean gradient tree
+  mean_gradients: Callable[..., Any]  # (params, model_state, arrays, items, dropout_seed) -> mean gradient
   all_finite: Callable[[Any], Any]  # params -> whether every weight is finite (per member)
   init: Any  # jitted key -> flax variables (lowered and compiled by the Trainer)
   init_optimizer: Callable[[Any], Any]  # params -> optimizer state on the mesh
@@ -42,8 +44,8 @@ def build(
     feed: feeds_lib.Feed,
     optimizer: optax.GradientTransformationExtraArgs,
     mesh: jax.sharding.Mesh,
-    task: str,
-    input_shape: tuple[int, ...],
+    task: tasks.Task,
+    example: jax.ShapeDtypeStruct,
     batch_size: int,
     steps_per_dispatch: int,
     population_size: int,
@@ -53,8 +55,8 @@ def build(
 
   Args:
     feed: where batches come from; `feed.batch` and `feed.evaluation_batch` run inside the programs.
-    task: 'classification' or 'regression'.
-    input_shape: one example's shape (initialization traces the model on a batch of one).
+    task: the loss and metrics (`lth_jax.tasks`).
+    example: a batch of one input (shape and dtype); initialization traces the model on it.
     steps_per_dispatch: the length of the train loop's item axis (1: no loop at all).
     population_size: 0 for one run, K for K members along a leading axis.
     state_sharding: where the state lives (replicated, or split over the members axis).
@@ -76,7 +78,7 @@ def build(
       evaluation_sums_shape=_evaluation_sums_shape_function(evaluate_one, feed),
       mean_gradients=_mean_gradients_program(model, task, feed, batch_sharding, replicated),
       all_finite=_finiteness_program(population_size, replicated),
-      init=_init_program(model, input_shape),
+      init=_init_program(model, example),
       init_optimizer=_init_optimizer_program(optimizer, population_size, state_sharding),
   )
 
@@ -194,26 +196,30 @@ def _evaluation_sums_shape_function(
 
 def _mean_gradients_program(
     model: nn.Module,
-    task: str,
+    task: tasks.Task,
     feed: feeds_lib.Feed,
     batch_sharding: jax.sharding.Sharding,
     replicated: jax.sharding.Sharding,
 ) -> Callable[..., Any]:
-  """The jitted mean gradient: (params, model_state, arrays, items) -> the loss gradient averaged over `items`."""
+  """The jitted mean gradient: (params, model_state, arrays, items, dropout_seed) -> the loss gradient
+  averaged over `items`."""
 
-  def mean_gradients(params, model_state, arrays, items):
-    def batch_gradients(item):
+  def mean_gradients(params, model_state, arrays, items, dropout_seed):
+    def batch_gradients(position_and_item):
+      position, item = position_and_item
       inputs, targets = _constrained_batch(feed, batch_sharding, arrays, item)
+      rngs = {'dropout': steps_lib.dropout_key(dropout_seed, position)}
 
       def loss_fn(params):
         # Training mode, as a train step sees the batch: batch norm normalizes with the batch's
         # statistics (the updated running statistics are dropped).
-        outputs, _ = steps_lib.apply_model(model, params, model_state, inputs, train=True)
+        outputs, _ = steps_lib.apply_model(model, params, model_state, inputs, train=True, rngs=rngs)
         return steps_lib.loss_and_metric_sums(task, outputs, targets)[0]
 
       return jax.grad(loss_fn)(params)
 
-    total = jax.lax.map(batch_gradients, items)
+    positions = jnp.arange(jax.tree_util.tree_leaves(items)[0].shape[0])
+    total = jax.lax.map(batch_gradients, (positions, items))
     return jax.tree_util.tree_map(lambda gradients: gradients.mean(0), total)
 
   return jax.jit(mean_gradients, out_shardings=replicated)
@@ -231,10 +237,10 @@ def _finiteness_program(population_size: int, replicated: jax.sharding.Sharding)
   return jax.jit(jax.vmap(_all_finite) if population_size else _all_finite, out_shardings=replicated)
 
 
-def _init_program(model: nn.Module, input_shape: tuple[int, ...]) -> Any:
+def _init_program(model: nn.Module, example: jax.ShapeDtypeStruct) -> Any:
   """The jitted initialization: key -> flax variables, traced on a batch of one zero example."""
-  example = jnp.zeros((1, *input_shape), jnp.float32)
-  return jax.jit(lambda key: model.init(key, example, train=False))
+  zeros = jnp.zeros(example.shape, example.dtype)
+  return jax.jit(lambda key: calling.init(model, key, zeros))
 
 
 def _init_optimizer_program(

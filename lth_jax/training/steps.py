@@ -13,11 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lth_jax import tasks
+from lth_jax.models import calling
+
 Metrics = dict[str, jax.Array]
 
 # What each member of a population may hold for itself besides its weights, mask and batch order: the
 # step it starts training at, and the optimizer's scalar hyperparameters (`lth_jax.optim`).
-MEMBER_SETTINGS = ('start_step', 'learning_rate', 'warmup_steps', 'weight_decay')
+MEMBER_SETTINGS = ('start_step', 'learning_rate', 'warmup_steps', 'weight_decay', 'dropout_seed')
 
 
 @flax.struct.dataclass
@@ -39,52 +42,42 @@ def split_variables(variables: Any) -> tuple[Any, Any]:
 
 
 def loss_and_metric_sums(
-    task: str, outputs: jax.Array, targets: jax.Array, weights: jax.Array | None = None
+    task: tasks.Task | str, outputs: jax.Array, targets: jax.Array, weights: jax.Array | None = None
 ) -> tuple[jax.Array, Metrics]:
-  """Mean loss over the (weighted) batch and metric sums for accumulation.
-
-  Classification: softmax cross-entropy; sums of loss and correct predictions.
-  Regression: mean squared error; sums of squared error (test RMSE = sqrt(sum / count)).
-  """
-  if weights is None:
-    weights = jnp.ones(outputs.shape[0], jnp.float32)
-  count = weights.sum()
-  if task == 'classification':
-    per_example = optax.softmax_cross_entropy_with_integer_labels(outputs, targets)
-    correct = (jnp.argmax(outputs, axis=-1) == targets).astype(jnp.float32)
-    sums = {'loss': (per_example * weights).sum(), 'correct': (correct * weights).sum(), 'count': count}
-  elif task == 'regression':
-    targets = targets.reshape(outputs.shape)
-    per_example = jnp.mean(jnp.square(outputs - targets), axis=tuple(range(1, outputs.ndim)))
-    sums = {'loss': (per_example * weights).sum(), 'squared_error': (per_example * weights).sum(), 'count': count}
-  else:
-    raise ValueError(f'unknown task {task!r}')
-  return sums['loss'] / jnp.maximum(count, 1.0), sums
+  """The task's loss of the batch and its metric sums for accumulation ('loss', 'count', one per metric).
+  The loss is the (weighted) mean of each example's loss; a task with a batch loss alone (no
+  `per_example_loss`) trains on its batch loss as it is. A string names a dataset kind's default task."""
+  task = tasks.as_task(task)
+  sums = task.sums(outputs, targets, weights)
+  if weights is None and task.per_example_loss is None:
+    return task.loss(outputs, targets), sums
+  return sums['loss'] / jnp.maximum(sums['count'], 1.0), sums
 
 
-def summarize(task: str, sums: dict[str, Any], prefix: str) -> dict[str, Any]:
-  """Turns metric sums into means: {prefix_loss, prefix_accuracy | prefix_rmse}.
+def summarize(task: tasks.Task | str, sums: dict[str, Any], prefix: str) -> dict[str, Any]:
+  """Turns metric sums into means: {prefix_loss, prefix_<metric>, ...} (`tasks.Task.summary`).
 
   Sums with a leading member axis (a population) give a list per metric, one value per member.
   """
-  count = np.maximum(np.asarray(sums['count'], np.float64), 1.0)
-  summary = {f'{prefix}_loss': np.asarray(sums['loss'], np.float64) / count}
-  if task == 'classification':
-    summary[f'{prefix}_accuracy'] = np.asarray(sums['correct'], np.float64) / count
-  else:
-    summary[f'{prefix}_rmse'] = np.sqrt(np.asarray(sums['squared_error'], np.float64) / count)
-  return {name: value.tolist() if value.ndim else float(value) for name, value in summary.items()}
+  return tasks.as_task(task).summary(sums, prefix)
+
+
+def dropout_key(dropout_seed: jax.Array, step: jax.Array) -> jax.Array:
+  """The 'dropout' rng of one train step: a pure function of the run's seed and the absolute step, so a
+  resumed or replayed run draws the same dropout masks."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), dropout_seed), step)
 
 
 def apply_model(
-    model: nn.Module, params: Any, model_state: Any, inputs: jax.Array, train: bool
+    model: nn.Module, params: Any, model_state: Any, inputs: jax.Array, train: bool, rngs: Any = None
 ) -> tuple[jax.Array, Any]:
-  """Runs the model; returns outputs and the updated non-param collections (unchanged in eval)."""
+  """Runs the model; returns outputs and the updated non-param collections (unchanged in eval).
+  Training mode is passed as the module takes it (`lth_jax.models.calling`)."""
   variables = {'params': params, **model_state}
   if train and model_state:
-    outputs, new_model_state = model.apply(variables, inputs, train=True, mutable=list(model_state))
+    outputs, new_model_state = calling.apply(model, variables, inputs, True, mutable=list(model_state), rngs=rngs)
     return outputs, new_model_state
-  outputs = cast(jax.Array, model.apply(variables, inputs, train=train))
+  outputs = cast(jax.Array, calling.apply(model, variables, inputs, train, rngs=rngs if train else None))
   return outputs, model_state
 
 
@@ -96,20 +89,22 @@ def train_step(
     *,
     model: nn.Module,
     optimizer: optax.GradientTransformationExtraArgs,
-    task: str,
+    task: tasks.Task | str,
 ) -> tuple[TrainState, Metrics]:
   """One optimizer step on one batch. Pure; pruned weights stay exactly zero (masked optimizer).
 
   `member_settings` (a population member's own values, see `MEMBER_SETTINGS`): 'start_step', before
   which the step leaves the weights, model and optimizer state as they are and adds nothing to the
   metric sums (the state's step still advances: it is the population's clock); the optimizer's
-  per-member hyperparameters ('learning_rate', 'warmup_steps', 'weight_decay').
+  per-member hyperparameters ('learning_rate', 'warmup_steps', 'weight_decay'); and 'dropout_seed', the
+  run's seed of the 'dropout' rng stream (`dropout_key`; 0 when not given).
   """
   member_settings = dict(member_settings or {})
   start_step = member_settings.pop('start_step', None)
+  rngs = {'dropout': dropout_key(member_settings.pop('dropout_seed', jnp.uint32(0)), state.step)}
 
   def loss_fn(params):
-    outputs, new_model_state = apply_model(model, params, state.model_state, inputs, train=True)
+    outputs, new_model_state = apply_model(model, params, state.model_state, inputs, train=True, rngs=rngs)
     loss, sums = loss_and_metric_sums(task, outputs, targets)
     return loss, (new_model_state, sums)
 
@@ -148,7 +143,7 @@ def eval_step(
     weights: jax.Array,
     *,
     model: nn.Module,
-    task: str,
+    task: tasks.Task | str,
 ) -> Metrics:
   """Metric sums of one (padded, weighted) evaluation batch. Pure."""
   outputs, _ = apply_model(model, params, model_state, inputs, train=False)

@@ -27,7 +27,7 @@ class Trainer(Protocol):
   population_size: int
   batch_size: int
   steps_per_dispatch: int
-  task: str
+  task: Any  # its loss and metrics (`lth_jax.tasks.Task`)
   feed: Any
   programs: Any  # its compiled programs (`lth_jax.training.programs.Programs`)
 

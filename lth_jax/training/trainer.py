@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from lth_jax import data as data_lib
+from lth_jax import tasks
 from lth_jax.training import feeds as feeds_lib
 from lth_jax.training import parallel
 from lth_jax.training import programs as programs_lib
@@ -59,9 +60,11 @@ class Trainer:
       population_size: int = 0,
       feed_like: feeds_lib.Feed | None = None,
       member_hyperparameters: Sequence[str] = (),
+      task: tasks.Task | None = None,
   ):
     """`member_hyperparameters`: the names of `optim.MEMBER_HYPERPARAMETERS` that `optimizer` was built to
-    take per member (`optim.from_config`), and so that `train`'s `member_settings` may set."""
+    take per member (`optim.from_config`), and so that `train`'s `member_settings` may set. `task`: the
+    loss and metrics (`lth_jax.tasks`; None: the default of the dataset's kind)."""
     parallel.check_batch_size(batch_size, mesh)
     groups = parallel.member_groups(mesh)
     if population_size % groups:  # (one run alone is replicated over the member groups)
@@ -72,7 +75,7 @@ class Trainer:
     self.member_hyperparameters = tuple(member_hyperparameters)
     self.model = model
     self.dataset = dataset
-    self.task = dataset.task
+    self.task = task if task is not None else tasks.for_dataset(dataset.task)
     self.optimizer = optimizer
     self.mesh = mesh
     self.batch_size = batch_size
@@ -87,7 +90,7 @@ class Trainer:
         optimizer,
         mesh,
         self.task,
-        dataset.input_shape,
+        self.feed.batch_shapes(1)[0],
         batch_size,
         self.steps_per_dispatch,
         population_size,
@@ -137,8 +140,8 @@ class Trainer:
     return parallel.to_host(self.optimizer.init(params))
 
   def evaluate(self, state: TrainState) -> dict[str, Any]:
-    """Test metrics of the state's parameters: test_loss and test_accuracy or test_rmse (a list
-    with one value per member for a population)."""
+    """Test metrics of the state's parameters: test_loss and test_<metric> for each of the task's
+    metrics (a list with one value per member for a population)."""
     return self.evaluate_params(state.params, state.model_state)
 
   def evaluate_params(self, params: Any, model_state: Any) -> dict[str, Any]:
@@ -163,6 +166,7 @@ class Trainer:
         parallel.put_replicated(model_state, self.mesh),
         self.feed.arrays,
         items,
+        np.uint32(data_seed % 2**32),
     )
     return parallel.to_host(gradients)
 
@@ -255,9 +259,13 @@ class Trainer:
     schedule = train_loop.Schedule(end_step, snapshot_steps, eval_every, checkpoint_every, heartbeat_seconds)
     hooks = train_loop.Hooks(progress, on_checkpoint, should_stop, on_snapshot, heartbeat)
     loop = train_loop.TrainLoop.begin(self, state, schedule, hooks, started)
-    loop.member_settings = self.put_state(self._member_settings(member_settings or {}))
-    loop.start()
     seeds = self._seeds(data_seed)
+    settings = self._member_settings(member_settings or {})
+    # Each run's dropout rng follows its batch-order seed (`steps.dropout_key`).
+    dropout_seeds = np.asarray([seed % 2**32 for seed in seeds], np.uint32)
+    settings['dropout_seed'] = dropout_seeds if self.population_size else dropout_seeds[0]
+    loop.member_settings = self.put_state(settings)
+    loop.start()
     if isinstance(self.feed, feeds_lib.StreamingFeed):
       self.feed.forget_streams(keep=seeds)
     return loop.run(seeds)
