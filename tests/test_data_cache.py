@@ -205,7 +205,7 @@ def test_a_killed_writer_leaves_nothing_that_is_read(tfds_dir, cache_dir, monkey
   folder, arrays = tfds_dir
   config = {'name': 'mnist', 'data_dir': str(folder), 'num_test': 5}
 
-  def killed(shards, output_path, header, workers):
+  def killed(shards, output_path, header, *_):  # (workers, keys)
     with open(output_path, 'r+b') as file:  # half the records written, then the process dies
       file.seek(header['images_offset'])
       file.write(arrays['mnist']['train'][0][: NUM_TRAIN // 2].tobytes())

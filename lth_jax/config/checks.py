@@ -87,6 +87,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       'must be True or False',
       config.dataset.get('streaming'),
   )
+  for field in ('train_split', 'test_split', 'input_key', 'target_key'):
+    value = config.dataset.get(field, 'default')
+    _require(isinstance(value, str) and bool(value), f'dataset.{field}', 'must be a non-empty string', value)
   _check_epoch_twins(config)
   check_checkpointing(config)
 
@@ -94,9 +97,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def _check_names_and_model(config: ml_collections.ConfigDict) -> None:
   """Dataset and model names, the model's fields, the seed and the number of trials, in that order."""
   _require(
-      config.dataset.get('name') in data_lib.DATASET_NAMES,
+      data_lib.is_dataset_name(config.dataset.get('name')),
       'dataset.name',
-      f'unknown dataset; known datasets: {", ".join(data_lib.DATASET_NAMES)}',
+      f'unknown dataset; known datasets: {", ".join(data_lib.dataset_names())}, '
+      f'or {data_lib.TFDS_PREFIX}NAME for any tfds dataset',
       config.dataset.get('name'),
   )
   _require(

@@ -42,7 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
 def _dataset_section() -> ml_collections.ConfigDict:
   """The `dataset` section: which dataset, how it is read, and the sizes and splits of generated ones."""
   dataset = ml_collections.ConfigDict()
-  dataset.name = 'mnist1d'  # sum_of_two | digits | mnist1d | mnist | cifar10 | imagenet2012
+  # sum_of_two | digits | mnist1d | mnist | cifar10 | imagenet2012 | tfds:NAME (any tfds dataset, e.g.
+  # tfds:fashion_mnist) | a name registered with lth_jax.data.register
+  dataset.name = 'mnist1d'
   # Stream the data from tfds files through the grain pipeline (with augmentation for cifar10: random
   # crop with padding 4, horizontal flip) instead of loading it into memory; imagenet2012 always streams.
   dataset.streaming = False
@@ -53,6 +55,12 @@ def _dataset_section() -> ml_collections.ConfigDict:
   dataset.train_range = (-1.0, 1.0)  # sum_of_two only
   dataset.test_range = (1.0, 2.0)  # sum_of_two only
   dataset.test_fraction = 0.2  # digits only
+  # tfds:NAME datasets only: the splits that are the training and test sets (any tfds split, e.g.
+  # 'train[:90%]'), and the features that hold the model's input and the target.
+  dataset.train_split = 'train'
+  dataset.test_split = 'test'
+  dataset.input_key = 'image'
+  dataset.target_key = 'label'
   return dataset
 
 

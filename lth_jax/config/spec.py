@@ -25,6 +25,10 @@ class DataSpec:
   train_range: tuple[float, float]
   test_range: tuple[float, float]
   test_fraction: float
+  train_split: str  # tfds:NAME datasets: the training split, the test split, the input and target features
+  test_split: str
+  input_key: str
+  target_key: str
 
 
 @dataclasses.dataclass(frozen=True)

@@ -208,16 +208,18 @@ def decode_into(
     total_count: int,
     image_shape: Sequence[int],
     batch_size: int = 8192,
+    keys: Sequence[str] = ('image', 'label'),
 ) -> None:
   """Decodes every task (shard filename, first record, end record, first output row) into the
   uint8 images (total_count, *image_shape) at `images_offset` and int32 labels at `labels_offset`
-  of `output_path` (an existing file of the full size), `batch_size` records at a time."""
+  of `output_path` (an existing file of the full size), `batch_size` records at a time. `keys` names
+  the image feature and the label feature of the records."""
   from array_record.python.array_record_module import ArrayRecordReader
 
   image_shape = tuple(int(size) for size in image_shape)
   images = np.memmap(output_path, np.uint8, 'r+', images_offset, (total_count, *image_shape))
   labels = np.memmap(output_path, np.int32, 'r+', labels_offset, (total_count,))
-  keys = ('image', 'label')
+  image_key, label_key = keys
   for filename, first, end, row in tasks:
     reader = ArrayRecordReader(filename, 'readahead_buffer_size:0')
     try:
@@ -225,8 +227,8 @@ def decode_into(
         stop = min(start + batch_size, int(end))
         examples = [parse_example(record, keys) for record in reader.read(start, stop)]
         output = row + start - int(first)
-        images[output : output + stop - start] = decode_pngs([example['image'] for example in examples], image_shape)
-        labels[output : output + stop - start] = [example['label'] for example in examples]
+        images[output : output + stop - start] = decode_pngs([example[image_key] for example in examples], image_shape)
+        labels[output : output + stop - start] = [example[label_key] for example in examples]
     finally:
       reader.close()
   images.flush()

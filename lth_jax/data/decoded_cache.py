@@ -2,9 +2,11 @@
 per split and memory-mapped on later reads.
 
 Where: `$LTH_JAX_CACHE/tfds/`, else `~/.cache/lth_jax/tfds/`. One file per split,
-`NAME-VERSION-SPLIT-KEY.lthc`, where KEY is a hash of the dataset name, version, split and the
-identity of every source shard (path, size, modification time, record range): re-prepared data gets
-a new key and is decoded again, never served stale. Delete the folder to clear the cache.
+`NAME-VERSION-SPLIT-KEY.lthc` (characters other than letters, digits, `_`, `.` and `-` of the name and
+split written as `_`), where KEY is a hash of the dataset name, version, split, the identity of every
+source shard (path, size, modification time, record range) and the image and label features read
+(when they are not `image` and `label`): re-prepared data gets a new key and is decoded again, never
+served stale. Delete the folder to clear the cache.
 
 File layout (little-endian): the 8-byte magic `LTHJAXDC`, a uint32 header length, a JSON header
 (layout version, key, count, image shape, data offsets and the CRC-32 of the data), then the uint8
@@ -28,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import pathlib
 import socket
 import struct
@@ -45,6 +48,7 @@ from lth_jax.data import decode_worker
 from lth_jax.data.embedded import resolve_cache_dir
 
 MAGIC = b'LTHJAXDC'
+DEFAULT_KEYS = ('image', 'label')  # the image and label features of tfds's image-classification datasets
 LAYOUT_VERSION = 1
 SUFFIX = '.lthc'
 _HEADER_LENGTH = struct.Struct('<I')
@@ -85,19 +89,35 @@ def source_shards(source: Any, split: str) -> list[tuple[str, int, int]] | None:
   return shards or None
 
 
-def cache_key(name: str, version: str, split: str, shards: Sequence[tuple[str, int, int]]) -> str:
-  """Hash of the dataset name, version, split and each shard's path, size, mtime and record range."""
+def cache_key(
+    name: str,
+    version: str,
+    split: str,
+    shards: Sequence[tuple[str, int, int]],
+    keys: Sequence[str] = DEFAULT_KEYS,
+) -> str:
+  """Hash of the dataset name, version, split, each shard's path, size, mtime and record range, and
+  the (image, label) features read when they are not the default ones."""
   identity = []
   for filename, first, end in shards:
     status = os.stat(filename)
     identity.append([os.path.abspath(filename), status.st_size, status.st_mtime_ns, first, end])
-  text = json.dumps({'name': name, 'version': version, 'split': split, 'shards': identity}, sort_keys=True)
+  fields: dict[str, Any] = {'name': name, 'version': version, 'split': split, 'shards': identity}
+  if tuple(keys) != DEFAULT_KEYS:  # (so that the caches of the default features keep their keys)
+    fields['keys'] = list(keys)
+  text = json.dumps(fields, sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _file_name_part(text: str) -> str:
+  """`text` with every character but letters, digits, `_`, `.` and `-` written as `_` (tfds names
+  such as `cifar10_corrupted/brightness_1` and splits such as `train[:80%]` make file names)."""
+  return re.sub(r'[^A-Za-z0-9_.-]', '_', text)
 
 
 def cache_path(folder: pathlib.Path, name: str, version: str, split: str, key: str) -> pathlib.Path:
   """The cache file of one split."""
-  return folder / f'{name}-{version}-{split}-{key}{SUFFIX}'
+  return folder / f'{_file_name_part(name)}-{_file_name_part(version)}-{_file_name_part(split)}-{key}{SUFFIX}'
 
 
 def _layout(count: int, image_shape: Sequence[int], key: str) -> tuple[dict[str, Any], int]:
@@ -197,16 +217,21 @@ def _split_tasks(shards: Sequence[tuple[str, int, int]], parts: int) -> list[lis
 
 
 def decode_parallel(
-    shards: Sequence[tuple[str, int, int]], output_path: str, header: dict[str, Any], workers: int
+    shards: Sequence[tuple[str, int, int]],
+    output_path: str,
+    header: dict[str, Any],
+    workers: int,
+    keys: Sequence[str] = DEFAULT_KEYS,
 ) -> None:
-  """Decodes the shards into `output_path` laid out as `header`: this process takes one part and
-  `workers - 1` worker processes the rest."""
+  """Decodes the shards (the image and label features `keys` of their records) into `output_path`
+  laid out as `header`: this process takes one part and `workers - 1` worker processes the rest."""
   arguments = {
       'output_path': output_path,
       'images_offset': header['images_offset'],
       'labels_offset': header['labels_offset'],
       'total_count': header['count'],
       'image_shape': header['image_shape'],
+      'keys': list(keys),
   }
   groups = _split_tasks(shards, max(1, min(workers, header['count'] // MIN_RECORDS_PER_WORKER)))
   processes = [
@@ -287,16 +312,18 @@ def decode_split(
     prefix: int | None = None,
     use_cache: bool = True,
     workers: int | None = None,
+    keys: Sequence[str] = DEFAULT_KEYS,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """The split's uint8 images and int32 labels: from the cache when it holds them (memory-mapped),
-  else decoded in parallel and cached (in memory only when the cache folder is not writable).
+  """The split's uint8 images and int32 labels (the features `keys`: image, label): from the cache
+  when it holds them (memory-mapped), else decoded in parallel and cached (in memory only when the
+  cache folder is not writable).
 
   With `prefix`, at least the first `prefix` records are returned: the whole cached split when
   there is a cache, else only those records, decoded and not cached.
   """
   image_shape = tuple(int(size) for size in image_shape)
   workers = available_workers() if workers is None else workers
-  key = cache_key(name, version, split, shards)
+  key = cache_key(name, version, split, shards, keys)
   folder = cache_folder()
   path = cache_path(folder, name, version, split, key)
   if use_cache:
@@ -324,7 +351,7 @@ def decode_split(
   if temp_name is None:
     temp_name = _new_file(pathlib.Path(tempfile.gettempdir()), path.name, size)
   try:
-    decode_parallel(shards, temp_name, header, workers)
+    decode_parallel(shards, temp_name, header, workers, keys)
     images = np.memmap(temp_name, np.uint8, 'r', header['images_offset'], (count, *image_shape))
     labels = np.memmap(temp_name, np.int32, 'r', header['labels_offset'], (count,))
     if in_memory:
