@@ -18,7 +18,6 @@ function, a `Metric`).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import re
 from typing import Any, Callable, Sequence
@@ -26,6 +25,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+
+from lth_jax import importing
 
 LossFunction = Callable[[jax.Array, jax.Array], jax.Array]
 MetricFunction = Callable[[jax.Array, jax.Array], jax.Array]
@@ -180,27 +181,6 @@ def as_task(task: Task | str) -> Task:
   return for_dataset(task) if isinstance(task, str) else task
 
 
-def import_path(path: str, what: str) -> Any:
-  """The object named by 'package.module:name' (a ValueError naming `what` when it cannot be imported)."""
-  module_name, separator, attribute = path.partition(':')
-  if not separator or not module_name or not attribute:
-    raise ValueError(f"{what}={path!r}: an import path is written 'package.module:name'")
-  try:
-    value: Any = importlib.import_module(module_name)
-  except ImportError as error:
-    raise ValueError(f'{what}={path!r}: cannot import {module_name} ({error})') from None
-  for part in attribute.split('.'):
-    if not hasattr(value, part):
-      raise ValueError(f'{what}={path!r}: {module_name} has no {attribute}')
-    value = getattr(value, part)
-  return value
-
-
-def is_import_path(name: str) -> bool:
-  """Whether `name` is written as an import path 'package.module:name'."""
-  return isinstance(name, str) and ':' in name and not name.startswith('python:')
-
-
 def metric_by_name(name: str) -> Metric:
   """A built-in metric ('accuracy', 'top_<k>_accuracy', 'rmse') or a `Metric` at an import path."""
   if name == 'accuracy':
@@ -210,8 +190,8 @@ def metric_by_name(name: str) -> Metric:
   match = _TOP_K.fullmatch(name)
   if match:
     return top_k_accuracy(int(match.group(1)))
-  if is_import_path(name):
-    value = import_path(name, 'task.metrics')
+  if importing.is_import_path(name):
+    value = importing.import_object(name, 'task.metrics')
     if not isinstance(value, Metric):
       raise ValueError(f'task.metrics: {name!r} is not an lth_jax.tasks.Metric (got {type(value).__name__})')
     return value
@@ -230,12 +210,12 @@ def from_names(kind: str, loss: str, metrics: Sequence[str]) -> Task:
     loss_function, per_example, loss_name = default.loss, default.per_example_loss, default.name
   elif loss in LOSSES:
     loss_function, per_example, loss_name = LOSSES[loss].loss, LOSSES[loss].per_example_loss, loss
-  elif loss.startswith('python:'):
+  elif loss.startswith(importing.PYTHON_PREFIX):
     raise ValueError(
         f'task.loss={loss!r}: this loss was passed from Python; pass the task again, lth_jax.run(..., task=...)'
     )
-  elif is_import_path(loss):
-    loss_function, per_example, loss_name = import_path(loss, 'task.loss'), None, loss
+  elif importing.is_import_path(loss):
+    loss_function, per_example, loss_name = importing.import_object(loss, 'task.loss'), None, loss
     if not callable(loss_function):
       raise ValueError(f'task.loss={loss!r} is not a function')
   else:

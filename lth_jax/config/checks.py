@@ -15,6 +15,7 @@ import ml_collections
 from lth_jax import branches as branches_lib
 from lth_jax.config import schema
 from lth_jax import data as data_lib
+from lth_jax import importing
 from lth_jax import models as models_lib
 from lth_jax.models import convolution
 from lth_jax import optim
@@ -97,7 +98,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def _check_names_and_model(config: ml_collections.ConfigDict) -> None:
   """Dataset and model names, the model's fields, the seed and the number of trials, in that order."""
   _require(
-      data_lib.is_dataset_name(config.dataset.get('name')),
+      data_lib.is_dataset_name(config.dataset.get('name'))
+      or str(config.dataset.get('name')).startswith(importing.PYTHON_PREFIX),  # passed from Python: see prepare
       'dataset.name',
       f'unknown dataset; known datasets: {", ".join(data_lib.dataset_names())}, '
       f'or {data_lib.TFDS_PREFIX}NAME for any tfds dataset',
@@ -105,7 +107,7 @@ def _check_names_and_model(config: ml_collections.ConfigDict) -> None:
   )
   _require(
       models_lib.is_known_name(config.model.get('name'))
-      or str(config.model.get('name')).startswith(models_lib.PYTHON_PREFIX),
+      or str(config.model.get('name')).startswith(importing.PYTHON_PREFIX),
       'model.name',
       f"unknown model; known models: {', '.join(models_lib.REGISTRY)}, or an import path 'package.module:Name'",
       config.model.get('name'),

@@ -43,7 +43,8 @@ def from_arrays(
 ) -> ArrayDataset:
   """An in-memory dataset of numpy or jax arrays (anything `np.asarray` takes), one example per row.
 
-  Inputs become float32, as given (no normalization). `task=None` infers it from the targets: integer
+  Inputs become float32, as given (no normalization), except integer ids (any integer dtype but uint8,
+  such as tokens for an embedding), which become int32. `task=None` infers it from the targets: integer
   (or bool) targets in both splits make a 'classification' dataset of integer labels, one per example
   (int32), with `num_classes` = the largest label of both splits + 1 unless given; any other numbers
   make a 'regression' dataset of float32 targets. Raises a one-line ValueError naming the argument
@@ -76,7 +77,7 @@ def from_source(
   Every example of both sources is read into memory once, here (for data too large for memory, see
   `dataset.streaming`). `transform(example)`, when given, is applied to each example first. An example
   (after the transform) is an (input, target) pair or a mapping holding the input at `input_key` and the
-  target at `target_key`; every input must have one shape. Inputs become float32, and the task and
+  target at `target_key`; every input must have one shape. Inputs become float32 (integer ids int32), and the task and
   classes are inferred from the targets as `from_arrays` does. Raises a one-line ValueError naming the
   split and the example that is wrong.
   """
@@ -192,7 +193,7 @@ def checked_dataset(
 ) -> ArrayDataset:
   """The ArrayDataset of four arrays, given in the order train inputs, train targets, test inputs, test
   targets, keyed by how errors name them; checked, with the task and classes inferred as `from_arrays`
-  documents. Inputs become float32, except that with `normalize_uint8_images` uint8 images (examples of
+  documents. Inputs become float32 (integer ids other than uint8: int32), except that with `normalize_uint8_images` uint8 images (examples of
   shape (height, width, channels)) stay uint8 and are normalized per channel with the training split's
   mean and standard deviation (`ArrayDataset.input_normalization`)."""
   if not isinstance(name, str) or not name:
@@ -226,7 +227,7 @@ def checked_dataset(
   if normalize_uint8_images and _are_uint8_images(train_inputs) and _are_uint8_images(test_inputs):
     input_normalization = channel_statistics(train_inputs)
   else:
-    train_inputs, test_inputs = train_inputs.astype(np.float32), test_inputs.astype(np.float32)
+    train_inputs, test_inputs = _model_inputs(train_inputs), _model_inputs(test_inputs)
   return ArrayDataset(
       name=name,
       task=task,
@@ -237,6 +238,14 @@ def checked_dataset(
       num_classes=num_classes,
       input_normalization=input_normalization,
   )
+
+
+def _model_inputs(inputs: np.ndarray) -> np.ndarray:
+  """Inputs as a model takes them: integer ids (any integer dtype but uint8, e.g. tokens for an
+  embedding) as int32, everything else (uint8 pixels too) as float32."""
+  if np.issubdtype(inputs.dtype, np.integer) and inputs.dtype != np.uint8:
+    return inputs.astype(np.int32)
+  return inputs.astype(np.float32)
 
 
 def _require_numbers(label: str, array: np.ndarray) -> None:

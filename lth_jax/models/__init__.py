@@ -6,12 +6,13 @@ How a module is called (training mode, batch statistics, dropout) is in `lth_jax
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from lth_jax import importing
+from lth_jax.importing import PYTHON_PREFIX
 from lth_jax.models import convolution
 from lth_jax.models.conv import CONV_WIDTHS
 from lth_jax.models.conv import ConvNet
@@ -105,31 +106,9 @@ def register(name: str, builder: ModelBuilder) -> None:
   REGISTRY[name] = builder
 
 
-PYTHON_PREFIX = 'python:'  # the recorded name of a module passed from Python, e.g. 'python:ViT'
-
-
 def is_known_name(name: Any) -> bool:
   """Whether `name` can name a model: a registered name or an import path 'package.module:Name'."""
-  return isinstance(name, str) and (name in REGISTRY or _is_import_path(name))
-
-
-def _is_import_path(name: str) -> bool:
-  module, separator, attribute = name.partition(':')
-  return bool(separator and module and attribute) and not name.startswith(PYTHON_PREFIX)
-
-
-def _imported(path: str) -> Any:
-  """The object at import path 'package.module:Name' (a ValueError naming model.name when it is not there)."""
-  module_name, _, attribute = path.partition(':')
-  try:
-    value: Any = importlib.import_module(module_name)
-  except ImportError as error:
-    raise ValueError(f'model.name={path!r}: cannot import {module_name} ({error})') from None
-  for part in attribute.split('.'):
-    if not hasattr(value, part):
-      raise ValueError(f'model.name={path!r}: {module_name} has no {attribute}')
-    value = getattr(value, part)
-  return value
+  return isinstance(name, str) and (name in REGISTRY or importing.is_import_path(name))
 
 
 def build(config: Any, num_outputs: int) -> nn.Module:
@@ -141,8 +120,8 @@ def build(config: Any, num_outputs: int) -> nn.Module:
         f'model.name={name!r}: this module was passed from Python; pass it again, '
         'lth_jax.run(config, workdir, model=...)'
     )
-  if isinstance(name, str) and _is_import_path(name):
-    value = _imported(name)
+  if importing.is_import_path(name):
+    value = importing.import_object(name, 'model.name')
     arguments = dict(config.arguments)
     if isinstance(value, type) and issubclass(value, nn.Module):
       try:

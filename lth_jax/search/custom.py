@@ -20,7 +20,7 @@ from lth_jax import data as data_lib
 from lth_jax import masks as masks_lib
 from lth_jax import tasks as tasks_lib
 from lth_jax.config import errors
-from lth_jax.models import PYTHON_PREFIX
+from lth_jax.importing import PYTHON_PREFIX
 
 ModelOrBuilder = nn.Module | Callable[[int], nn.Module]
 

@@ -15,6 +15,7 @@ import numpy as np
 from lth_jax import config as config_lib
 from lth_jax import data as data_lib
 from lth_jax import models as models_lib
+from lth_jax import importing
 from lth_jax import optim
 from lth_jax import tasks as tasks_lib
 from lth_jax.models import calling
@@ -150,7 +151,7 @@ def prepare(config: ml_collections.ConfigDict, custom: custom_lib.CustomParts | 
 def _configured_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
   """The dataset the config names (a ValueError for a dataset that was passed from Python)."""
   spec = config_lib.data_spec(config)
-  if isinstance(spec.name, str) and spec.name.startswith(models_lib.PYTHON_PREFIX):
+  if isinstance(spec.name, str) and spec.name.startswith(importing.PYTHON_PREFIX):
     raise ValueError(
         f'dataset.name={spec.name!r}: this dataset was passed from Python; pass it again, '
         'lth_jax.run(config, workdir, dataset=...)'

@@ -1,0 +1,261 @@
+"""Your own model and data: a flax module of the user's (from Python, by import path), data from arrays,
+a loss and metrics of the user's, a prunable rule; bad input refused in one line before training."""
+
+import json
+import os
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lth_jax
+from lth_jax import data as data_lib
+from lth_jax import tasks
+from lth_jax import tickets
+from lth_jax.config import errors
+from lth_jax.search import lottery
+from lth_jax.training import steps as steps_lib
+
+
+class TokenMixer(nn.Module):
+  """Integer tokens -> embedding, LayerNorm, dropout, batch norm, dense layers: every convention at once."""
+
+  vocabulary: int = 16
+  num_classes: int = 3
+
+  @nn.compact
+  def __call__(self, tokens, train: bool = False):
+    hidden = nn.Embed(self.vocabulary, 8)(tokens).reshape(tokens.shape[0], -1)
+    hidden = nn.LayerNorm()(nn.Dense(32)(hidden))
+    hidden = nn.Dropout(0.2, deterministic=not train)(nn.relu(hidden))
+    hidden = nn.BatchNorm(use_running_average=not train)(hidden)
+    return nn.Dense(self.num_classes, name='output')(hidden)
+
+
+class NoModeArgument(nn.Module):
+  """A module without a train argument."""
+
+  width: int = 3
+
+  @nn.compact
+  def __call__(self, inputs):
+    return nn.Dense(self.width, name='output')(inputs.reshape(inputs.shape[0], -1))
+
+
+class WithIntegerParameter(nn.Module):
+
+  @nn.compact
+  def __call__(self, inputs):
+    self.param('kernel_counter', lambda key: jnp.zeros((), jnp.int32))
+    return nn.Dense(3, name='output')(inputs.reshape(inputs.shape[0], -1))
+
+
+def _token_data(num_train=256, num_test=64):
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 16, size=(num_train + num_test, 6))
+  labels = (tokens.sum(axis=1) % 3).astype(np.int64)
+  return data_lib.from_arrays(tokens[:num_train], labels[:num_train], tokens[num_train:], labels[num_train:])
+
+
+def _config(**overrides):
+  config = lth_jax.config.base_config()
+  config.training.num_steps, config.training.eval_every, config.training.batch_size = 30, 15, 32
+  config.training.eval_batch_size = 64
+  config.pruning.levels = 2
+  config.checkpointing.tensorboard = False
+  for name, value in overrides.items():
+    section, field = name.split('__')
+    config[section][field] = value
+  return config
+
+
+def _kernels_and_embeddings(path, leaf):
+  return path.endswith(('/kernel', '/embedding'))
+
+
+def test_a_module_of_your_own_on_arrays_runs_levels_controls_and_tickets(tmp_path):
+  dataset = _token_data()
+  assert dataset.train_inputs.dtype == np.int32  # token ids stay integers for the embedding
+  workdir = str(tmp_path / 'work')
+  task = tasks.Task(loss=tasks.cross_entropy, metrics=(tasks.accuracy(), tasks.top_k_accuracy(2)))
+  results = lth_jax.run(
+      _config(), workdir, lambda line: None, model=TokenMixer(), dataset=dataset, task=task,
+      prunable=_kernels_and_embeddings,
+  )  # fmt: skip
+  assert {(record['level'], record['branch']) for record in results.records} == {
+      (0, 'ticket'), (1, 'ticket'), (1, 'reinit'), (2, 'ticket'), (2, 'reinit'),
+  }  # fmt: skip
+  last = results.select(level=2, branch='ticket')[0]
+  assert last['metric'] == 'test_accuracy' and 0.0 <= last['test_top_2_accuracy'] <= 1.0
+  assert last['test_top_2_accuracy'] >= last['test_accuracy']
+  assert last['layer_density']['Embed_0/embedding'] == pytest.approx(0.8**2, abs=0.01)  # the rule prunes it
+  assert 'LayerNorm_0/scale' not in last['layer_density']
+  recorded = json.load(open(os.path.join(workdir, 'config.json')))
+  assert recorded['model']['name'] == 'python:TokenMixer' and recorded['model']['arguments']['vocabulary'] == 16
+  assert recorded['dataset']['name'] == 'python:arrays'
+  assert recorded['task'] == {'loss': 'python:cross_entropy', 'metrics': ['accuracy', 'top_2_accuracy']}
+  # Tickets export and load back, the prunable leaves of the rule counted.
+  ticket = tickets.load(workdir, level=2)
+  loaded = tickets.load_exported(tickets.export(ticket, str(tmp_path / 'ticket.npz')))
+  chex.assert_trees_all_equal(loaded.keep_mask, ticket.keep_mask)
+  assert loaded.density == pytest.approx(last['fraction_remaining'])
+  with pytest.raises(tickets.TicketError, match='passed from Python; pass it again'):
+    _ = loaded.model
+  # Resuming needs the same parts; another module is a config change, named.
+  again = lth_jax.run(
+      _config(), workdir, lambda line: None, model=TokenMixer(), dataset=dataset, task=task,
+      prunable=_kernels_and_embeddings,
+  )  # fmt: skip
+  assert again.records == results.records
+  with pytest.raises(errors.ConfigError, match=r'model.arguments.vocabulary: 16 -> 17'):
+    lth_jax.run(
+        _config(), workdir, lambda line: None, model=TokenMixer(vocabulary=17), dataset=dataset, task=task,
+        prunable=_kernels_and_embeddings,
+    )  # fmt: skip
+  with pytest.raises(
+      errors.ConfigError, match=r'dataset.name=.python:arrays.: this dataset was passed from Python; pass it again'
+  ):
+    lottery.run(lth_jax.config.complete(recorded_config(workdir)), str(tmp_path / 'other'), lambda line: None)
+
+
+def recorded_config(workdir):
+  config, _ = tickets.read_workdir_config(workdir)
+  return config
+
+
+def test_dropout_draws_follow_the_run_seed_and_the_step():
+  model = TokenMixer()
+  tokens = jnp.asarray(_token_data().train_inputs[:8])
+  variables = model.init(jax.random.PRNGKey(0), tokens)
+  params, model_state = steps_lib.split_variables(variables)
+
+  def outputs(seed, step):
+    rngs = {'dropout': steps_lib.dropout_key(jnp.uint32(seed), jnp.int32(step))}
+    return steps_lib.apply_model(model, params, model_state, tokens, train=True, rngs=rngs)[0]
+
+  chex.assert_trees_all_equal(outputs(1, 5), outputs(1, 5))
+  assert not np.allclose(outputs(1, 5), outputs(2, 5)) and not np.allclose(outputs(1, 5), outputs(1, 6))
+
+
+def test_a_module_without_a_train_argument_and_the_default_task(tmp_path):
+  results = lth_jax.run(
+      _config(pruning__levels=1, pruning__layer_fractions={}),
+      str(tmp_path / 'work'),
+      lambda line: None,
+      model=lambda num_outputs: NoModeArgument(width=num_outputs),  # a builder gets the number of outputs
+      dataset=_token_data(),
+  )
+  assert len(results.records) == 3 and results.records[0]['metric'] == 'test_accuracy'
+
+
+def test_the_config_file_searches_an_imported_module_in_cohorts_on_eight_devices(tmp_path):
+  from configs import own_model as own_model_config  # pylint: disable=import-outside-toplevel
+
+  assert jax.device_count() == 8
+  config = own_model_config.get_config()
+  config.training.num_steps, config.training.eval_every, config.pruning.levels = 40, 20, 2
+  lines = []
+  results = lottery.run(config, str(tmp_path / 'work'), lines.append)
+  assert 'experiments.own_model:TinyViT on digits_arrays' in lines[0] and '8 device(s)' in lines[0]
+  assert int(lines[0].split('up to ')[1].split(' run')[0]) > 1  # runs train side by side, as a cohort
+  assert len(results.records) == config.trials * (1 + 2 * 2)
+  record = results.records[-1]
+  assert 'test_top_3_accuracy' in record and record['higher_is_better'] is True
+  assert set(record['layer_density']) >= {'block_0/attention/query/kernel', 'patch_embedding/kernel', 'output/kernel'}
+  assert not any(name.startswith('position') or name.endswith(('bias', 'scale')) for name in record['layer_density'])
+
+
+def test_the_example_searches_exports_and_plots(tmp_path):
+  from experiments import own_model  # pylint: disable=import-outside-toplevel
+
+  made = own_model.run(str(tmp_path / 'work'), steps=40, levels=3, trials=1, log=lambda line: None)
+  assert made['same_mask'] and os.path.getsize(made['plot']) > 10_000
+  assert {record['level'] for record in made['results'].records} == {0, 1, 2, 3}
+  assert {record['branch'] for record in made['results'].records} == {'ticket', 'reinit'}
+  assert made['ticket'].level == 3 and made['ticket'].density == pytest.approx(0.8**3, abs=0.01)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: one line naming the problem, before any training (nothing is written).
+
+
+def _refused(tmp_path, match, config=None, **parts):
+  workdir = tmp_path / 'refused'
+  with pytest.raises(errors.ConfigError, match=match) as raised:
+    lth_jax.run(config or _config(), str(workdir), lambda line: None, **parts)
+  assert '\n' not in str(raised.value)
+  assert not workdir.exists()
+
+
+def test_outputs_that_do_not_fit_the_labels_are_refused(tmp_path):
+  _refused(
+      tmp_path,
+      r'outputs of shape \(2, 7\) .*3 classes need outputs of shape \(batch, 3\)',
+      model=NoModeArgument(width=7),
+      dataset=_token_data(),
+  )
+
+
+def test_a_prunable_rule_that_selects_nothing_or_no_weight_is_refused(tmp_path):
+  _refused(
+      tmp_path,
+      r'the prunable rule .* selects no leaf of the parameters \(their leaves: output/bias, output/kernel\)',
+      model=NoModeArgument(),
+      dataset=_token_data(),
+      prunable=lambda path, leaf: False,
+  )
+  _refused(
+      tmp_path,
+      r'selects kernel_counter, a int32 leaf: only floating-point weights can be pruned',
+      model=WithIntegerParameter(),
+      dataset=_token_data(),
+      prunable=lambda path, leaf: 'kernel' in path,
+  )
+  _refused(
+      tmp_path,
+      r"pruning.prunable_patterns=\('\*/embedding',\) selects no leaf",
+      config=_config(pruning__prunable_patterns=('*/embedding',)),
+      model=NoModeArgument(),
+      dataset=_token_data(),
+  )
+
+
+def test_a_loss_that_is_not_a_scalar_and_a_metric_that_is_not_per_example_are_refused(tmp_path):
+  per_example = tasks.Task(loss=lambda outputs, labels: jnp.square(outputs).sum(-1), metrics=(tasks.accuracy(),))
+  _refused(tmp_path, r'the loss must return one scalar \(the batch mean\), got shape \(2,\)', task=per_example)
+  mean_metric = tasks.Metric('mean_correct', lambda outputs, labels: (outputs.argmax(-1) == labels).mean())
+  _refused(
+      tmp_path,
+      r"metric 'mean_correct' must return one value per example, shape \(2,\), got \(\)",
+      task=tasks.Task(loss=tasks.cross_entropy, metrics=(mean_metric,)),
+  )
+
+
+def test_names_in_a_config_that_cannot_be_imported_are_refused(tmp_path):
+  _refused(
+      tmp_path,
+      r"model.name='no_such_package.models:Net': cannot import",
+      _config(model__name='no_such_package.models:Net'),
+  )
+  _refused(
+      tmp_path,
+      r"model.arguments=\{'heads': 3\} do not fit experiments.own_model:TinyViT",
+      _config(model__name='experiments.own_model:TinyViT', model__arguments={'heads': 3}),
+  )
+  _refused(tmp_path, r"task.metrics: unknown metric 'f1'", _config(task__metrics=('accuracy', 'f1')))
+  _refused(tmp_path, r'model.name=.*unknown model', _config(model__name='vit'))
+
+
+def test_top_k_accuracy_and_a_root_mean_metric_on_hand_made_numbers():
+  logits = jnp.asarray([[0.1, 0.5, 0.4], [0.9, 0.04, 0.06], [0.2, 0.3, 0.5]])
+  labels = jnp.asarray([2, 1, 0])
+  chex.assert_trees_all_close(tasks.top_k_accuracy(2).per_example(logits, labels), jnp.asarray([1.0, 0.0, 0.0]))
+  chex.assert_trees_all_close(tasks.accuracy().per_example(logits, labels), jnp.asarray([0.0, 0.0, 0.0]))
+  regression = tasks.REGRESSION
+  sums = regression.sums(jnp.asarray([[1.0], [3.0]]), jnp.asarray([0.0, 3.0]), jnp.asarray([1.0, 1.0]))
+  assert regression.summary(sums, 'test')['test_rmse'] == pytest.approx(np.sqrt(0.5))
+  with pytest.raises(ValueError, match='names must be distinct'):
+    tasks.Task(loss=tasks.cross_entropy, metrics=(tasks.accuracy(), tasks.accuracy()))
