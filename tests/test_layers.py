@@ -16,8 +16,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'lth_jax'
 # The layers from the bottom up: a module may import a module of an earlier layer, or of its own package
 # (never in a cycle). Each entry is a top-level module or subpackage of lth_jax.
 LAYERS = (
-    ('version',),
-    ('data', 'models'),
+    ('version', 'importing'),
+    ('data', 'models', 'tasks'),
     ('masks',),
     ('pruning', 'optim', 'results'),
     ('branches',),

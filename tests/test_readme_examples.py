@@ -77,6 +77,8 @@ def _run_bash(code: str, folder: pathlib.Path) -> None:
         given.add('--config.pruning.levels')
         command.append('--config.pruning.levels=1')
       command += [override for override in TINY_OVERRIDES if override.split('=')[0] not in given]
+    if command[1] == 'experiments.own_model':
+      command.append('--steps=60')
     completed = subprocess.run(
         [sys.executable, *command], cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600
     )
