@@ -117,6 +117,13 @@ def prunable_tree(
   return jax.tree_util.tree_map_with_path(is_prunable, params)
 
 
+def prunable_named(params: Params, leaf_names: Iterable[str]) -> Any:
+  """The prunable tree of `params` whose prunable leaves are those named (e.g. the keys of a record's
+  'layer_density': the leaves the run that wrote it pruned, under any rule)."""
+  names = set(leaf_names)
+  return jax.tree_util.tree_map_with_path(lambda path, _: leaf_name(path_to_names(path)) in names, params)
+
+
 def check_prunable(params: Params, prunable: Any, rule_name: str) -> None:
   """A prunable tree must select at least one leaf, and only floating-point weights: a ValueError in
   one line naming `rule_name` (where the rule came from) and the offending leaf otherwise."""

@@ -78,9 +78,7 @@ class Ticket:
     counts (any prunable rule, also one given from Python), or its config's rule for older records."""
     counted = self.record.get('layer_density')
     if counted:
-      return jax.tree_util.tree_map_with_path(
-          lambda path, _: masks_lib.leaf_name(masks_lib.path_to_names(path)) in counted, self.keep_mask
-      )
+      return masks_lib.prunable_named(self.keep_mask, counted)
     return config_lib.pruning_plan(self.config).prunable(self.keep_mask)
 
   @property

@@ -15,6 +15,7 @@ import lth_jax
 from lth_jax import data as data_lib
 from lth_jax import tasks
 from lth_jax import tickets
+from lth_jax.analysis import mask_overlap
 from lth_jax.config import errors
 from lth_jax.search import lottery
 from lth_jax.training import steps as steps_lib
@@ -97,6 +98,10 @@ def test_a_module_of_your_own_on_arrays_runs_levels_controls_and_tickets(tmp_pat
   assert recorded['model']['name'] == 'python:TokenMixer' and recorded['model']['arguments']['vocabulary'] == 16
   assert recorded['dataset']['name'] == 'python:arrays'
   assert recorded['task'] == {'loss': 'python:cross_entropy', 'metrics': ['accuracy', 'top_2_accuracy']}
+  # The report's mask overlap counts the leaves the rule pruned.
+  rows = mask_overlap.overlap_rows(workdir, results.records)
+  assert {row['layer'] for row in rows} >= {'Embed_0', 'output'}
+  assert all(np.isfinite(row['overlap']) for row in rows)
   # Tickets export and load back, the prunable leaves of the rule counted.
   ticket = tickets.load(workdir, level=2)
   loaded = tickets.load_exported(tickets.export(ticket, str(tmp_path / 'ticket.npz')))

@@ -90,14 +90,15 @@ def overlap_rows(workdir: str, records: Sequence[dict[str, Any]]) -> list[dict[s
   masks = _masks(workdir, records)
   if not masks:
     return []
-  try:  # prunable as the run pruned (its excluded layers and parameter names)
+  counted = next((record['layer_density'] for record in records if record.get('layer_density')), None)
+  try:  # prunable as the run pruned: the leaves its records count (any rule), else its config's rule
     plan = config_lib.pruning_plan(tickets.read_workdir_config(workdir)[0])
   except tickets.TicketError:
     plan = config_lib.pruning_plan(config_lib.base_config())
   rows = []
 
   def add(kind: str, level: int, first_name: str, second_name: str, first: Any, second: Any) -> None:
-    prunable = plan.prunable(first)
+    prunable = masks_lib.prunable_named(first, counted) if counted else plan.prunable(first)
     observed, chance = overlap(first, second, prunable), chance_overlap(first, second, prunable)
     for layer in observed:
       rows.append(
