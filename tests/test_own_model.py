@@ -264,3 +264,20 @@ def test_top_k_accuracy_and_a_root_mean_metric_on_hand_made_numbers():
   assert regression.summary(sums, 'test')['test_rmse'] == pytest.approx(np.sqrt(0.5))
   with pytest.raises(ValueError, match='names must be distinct'):
     tasks.Task(loss=tasks.cross_entropy, metrics=(tasks.accuracy(), tasks.accuracy()))
+
+
+def test_a_sweep_over_your_own_model_shares_its_dense_run(tmp_path):
+  dataset, workdir, lines = _token_data(), str(tmp_path / 'sweep'), []
+  config = _config(pruning__levels=1)
+  config.branches = ()
+  axes = {'pruning.rewind_step': (0, 10)}
+  parts = dict(model=TokenMixer(), dataset=dataset, prunable=_kernels_and_embeddings)
+  results = lth_jax.sweep(config, axes, workdir, lines.append, **parts)
+  assert any('2 variant(s); 1 dense run(s)' in line for line in lines)
+  assert len(results.records) == 4  # two variants, each level 0 (adopted from the one dense run) and level 1
+  level_zero = [record for record in results.records if record['level'] == 0]
+  assert level_zero[0]['test_accuracy'] == level_zero[1]['test_accuracy']
+  assert all('Embed_0/embedding' in record['layer_density'] for record in results.records)
+  lines.clear()
+  again = lth_jax.sweep(config, axes, workdir, lines.append, **parts)  # resumes: nothing left to train
+  assert again.records == results.records and not any('step 30/30' in line for line in lines)

@@ -140,6 +140,7 @@ def prepare(config: ml_collections.ConfigDict, custom: custom_lib.CustomParts | 
   except ValueError as error:  # a dataset, model or task field the builders rejected
     raise config_lib.ConfigError(str(error)) from error
   param_shapes = _checked_shapes(model, dataset, task)
+  config = custom.recorded(config, model)  # the spec names the parts given from Python as config.json does
   spec = config_lib.resolve(config, mesh.devices.size, dataset.num_train, param_shapes, custom.prunable)
   mesh = _run_mesh(spec, mesh, dataset)
   experiment = Experiment(spec=spec, dataset=dataset, model=model, mesh=mesh, task=task)

@@ -135,8 +135,7 @@ def dense_key(spec: config_lib.RunSpec) -> str:
   fields['prunable'] = (  # the records' densities
       pruning['prunable_parameters'],
       pruning['excluded_layers'],
-      pruning['prunable_patterns'],
-      pruning['prunable_rule'],
+      pruning['prunable_patterns'],  # a rule given from Python is named here ('python:NAME')
   )
   text = json.dumps(fields, sort_keys=True, default=repr)
   return hashlib.sha1(text.encode()).hexdigest()[:12]

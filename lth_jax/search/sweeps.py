@@ -36,6 +36,7 @@ import ml_collections
 
 from lth_jax import config as config_lib
 from lth_jax import results as results_lib
+from lth_jax.search import custom as custom_lib
 from lth_jax.search import packs
 from lth_jax.search import scalars as scalars_lib
 from lth_jax.search import sweep_plan
@@ -45,6 +46,9 @@ from lth_jax.search.experiment import Experiment
 from lth_jax.search.experiment import prepare
 from lth_jax.search.levels import LevelRunner
 from lth_jax.training import checkpoints
+from lth_jax.data import Dataset
+from lth_jax.masks import PrunableRule
+from lth_jax.tasks import Task
 from lth_jax.training.preemption import StopRequest
 
 SWEEP_FILE = 'sweep.json'
@@ -70,9 +74,10 @@ class _VariantRun:
   """One variant of the sweep, resolved."""
 
   variant: sweep_plan.Variant
-  config: ml_collections.ConfigDict
+  config: ml_collections.ConfigDict  # as the variant's config.json records it
   experiment: Experiment
   directory: str
+  custom: custom_lib.CustomParts  # the parts given from Python, for every variant and dense run
 
   @property
   def spec(self) -> config_lib.RunSpec:
@@ -100,13 +105,20 @@ def run(
     axes: Mapping[str, Sequence[Any]] | None,
     workdir: str,
     log: Callable[[str], None] = workdir_lib.log_on_process_zero,
+    *,
+    model: custom_lib.ModelOrBuilder | None = None,
+    dataset: Dataset | None = None,
+    task: Task | None = None,
+    prunable: PrunableRule | None = None,
 ) -> SweepResults:
   """Runs (or resumes) the sweep of `config` over `axes` ({field: values}; None: the config's own
-  `sweep` section) in `workdir`; returns every variant's records."""
+  `sweep` section) in `workdir`; returns every variant's records. `model`, `dataset`, `task` and
+  `prunable`: your own parts for every variant, as `lth_jax.run` takes them."""
   axes = sweep_plan.check_axes(config, sweep_plan.axes_from_config(config) if axes is None else axes)
   base = sweep_plan.Variant(()).config(config)
   variants = [(variant, variant.config(base)) for variant in sweep_plan.variants(axes)]
-  return _run_variants(base, variants, {'axes': json.loads(json.dumps(axes))}, workdir, log)
+  custom = custom_lib.CustomParts(model, dataset, task, prunable)
+  return _run_variants(base, variants, {'axes': json.loads(json.dumps(axes))}, workdir, log, custom)
 
 
 def run_named(
@@ -129,15 +141,20 @@ def _run_variants(
     entry: dict[str, Any],
     workdir: str,
     log: Callable[[str], None],
+    custom: custom_lib.CustomParts | None = None,
 ) -> SweepResults:
   """Checks every variant, then trains the sweep under the workdir's lock (see `_train`)."""
+  custom = custom or custom_lib.CustomParts()
   runs = []
   for variant, variant_config in variants:
     try:
-      experiment = prepare(variant_config)
+      experiment = prepare(variant_config, custom)
     except config_lib.ConfigError as error:
       raise config_lib.ConfigError(f'sweep variant {variant.label}: {error}') from error
-    runs.append(_VariantRun(variant, variant_config, experiment, variant_directory(workdir, variant)))
+    recorded = custom.recorded(variant_config, experiment.model)
+    runs.append(_VariantRun(variant, recorded, experiment, variant_directory(workdir, variant), custom))
+  if runs:
+    base = custom.recorded(base, runs[0].experiment.model)
   shared: dict[str, Experiment] = {}
   runs = [dataclasses.replace(run, experiment=_sharing(run.experiment, shared)) for run in runs]
   workdir_lib.check_writable(workdir)
@@ -218,7 +235,7 @@ def _dense_search(
   steps = sweep_plan.snapshot_steps([member.spec for member in group])
   _remove_dense_run_without(directory, steps, log)
   config = sweep_plan.dense_config(group[0].config)
-  return _Search(config, _sharing(prepare(config), shared), directory, keep_snapshots=steps)
+  return _Search(config, _sharing(prepare(config, group[0].custom), shared), directory, keep_snapshots=steps)
 
 
 def _train_searches(
