@@ -80,12 +80,14 @@ def _kernels_and_embeddings(path, leaf):
 def test_a_module_of_your_own_on_arrays_runs_levels_controls_and_tickets(tmp_path):
   dataset = _token_data()
   assert dataset.train_inputs.dtype == np.int32  # token ids stay integers for the embedding
-  workdir = str(tmp_path / 'work')
+  workdir, lines = str(tmp_path / 'work'), []
   task = tasks.Task(loss=tasks.cross_entropy, metrics=(tasks.accuracy(), tasks.top_k_accuracy(2)))
   results = lth_jax.run(
-      _config(), workdir, lambda line: None, model=TokenMixer(), dataset=dataset, task=task,
+      _config(), workdir, lines.append, model=TokenMixer(), dataset=dataset, task=task,
       prunable=_kernels_and_embeddings,
   )  # fmt: skip
+  assert 'python:TokenMixer on python:arrays' in lines[0] and '8 device(s)' in lines[0]
+  assert int(lines[0].split('up to ')[1].split(' run')[0]) > 1  # the level's runs train as a cohort
   assert {(record['level'], record['branch']) for record in results.records} == {
       (0, 'ticket'), (1, 'ticket'), (1, 'reinit'), (2, 'ticket'), (2, 'reinit'),
   }  # fmt: skip
