@@ -236,32 +236,31 @@ def check(task: Task, outputs: Any, targets: Any, num_classes: int | None = None
     raise ValueError(f'{where}: {num_classes} classes need outputs of shape (batch, {num_classes})')
   if task.loss is squared_error and math.prod(outputs.shape[1:]) != math.prod(targets.shape[1:]):
     raise ValueError(f'{where}: each example needs as many outputs as targets')
-  try:
-    loss = jax.eval_shape(task.loss, outputs, targets)
-  except Exception as error:  # pylint: disable=broad-except
-    raise ValueError(
-        f"the loss fails on the model's outputs {tuple(outputs.shape)} and the labels {tuple(targets.shape)}: "
-        f'{_first_line(error)}'
-    ) from None
-  if getattr(loss, 'shape', None) != ():
-    raise ValueError(
-        f'the loss must return one scalar (the batch mean), got shape {getattr(loss, "shape", type(loss).__name__)}'
-    )
+  loss_shape = _result_shape(task.loss, 'the loss', outputs, targets)
+  if loss_shape != ():
+    raise ValueError(f'the loss must return one scalar (the batch mean), got shape {loss_shape}')
   for metric in task.metrics:
-    try:
-      values = jax.eval_shape(metric.per_example, outputs, targets)
-    except Exception as error:  # pylint: disable=broad-except
+    values_shape = _result_shape(metric.per_example, f'metric {metric.name!r}', outputs, targets)
+    if values_shape != (outputs.shape[0],):
       raise ValueError(
-          f"metric {metric.name!r} fails on the model's outputs {tuple(outputs.shape)} and the labels "
-          f'{tuple(targets.shape)}: {_first_line(error)}'
-      ) from None
-    if getattr(values, 'shape', None) != (outputs.shape[0],):
-      raise ValueError(
-          f'metric {metric.name!r} must return one value per example, shape ({outputs.shape[0]},), got '
-          f'{getattr(values, "shape", type(values).__name__)}'
+          f'metric {metric.name!r} must return one value per example, shape ({outputs.shape[0]},), got {values_shape}'
       )
 
 
-def _first_line(error: Exception) -> str:
+def _result_shape(function: Callable[..., Any], what: str, outputs: Any, targets: Any) -> Any:
+  """The shape of `function(outputs, targets)`, computing nothing (its type's name when it returns no
+  array); a ValueError naming `what` when it fails on them."""
+  try:
+    result = jax.eval_shape(function, outputs, targets)
+  except Exception as error:  # pylint: disable=broad-except  (a user's function may raise anything)
+    raise ValueError(
+        f"{what} fails on the model's outputs {tuple(outputs.shape)} and the labels {tuple(targets.shape)}: "
+        f'{first_line(error)}'
+    ) from None
+  return getattr(result, 'shape', type(result).__name__)
+
+
+def first_line(error: Exception) -> str:
+  """An exception as one line: its type and the first line of its message."""
   text = str(error).strip().splitlines()
   return f'{type(error).__name__}: {text[0] if text else ""}'

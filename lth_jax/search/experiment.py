@@ -169,10 +169,9 @@ def _checked_shapes(model: Any, dataset: data_lib.Dataset, task: tasks_lib.Task)
     shapes = calling.variable_shapes(model, example)
     outputs = jax.eval_shape(lambda variables, inputs: calling.apply(model, variables, inputs, False), shapes, batch)
   except Exception as error:  # pylint: disable=broad-except  (a user's module may raise anything)
-    first_line = (str(error).strip().splitlines() or [''])[0]
     raise config_lib.ConfigError(
         f'the model fails on inputs of shape {tuple(batch.shape)} and dtype {batch.dtype}: '
-        f'{type(error).__name__}: {first_line}'
+        f'{tasks_lib.first_line(error)}'
     ) from None
   if not isinstance(outputs, jax.ShapeDtypeStruct):
     raise config_lib.ConfigError(
