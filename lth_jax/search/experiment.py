@@ -38,7 +38,7 @@ class Experiment:
   dataset: data_lib.Dataset
   model: Any
   mesh: jax.sharding.Mesh  # the mesh of one run alone: 1 x N (data parallel) where the batch divides
-  task: tasks_lib.Task = tasks_lib.CLASSIFICATION  # the loss and metrics
+  task: tasks_lib.Task  # the loss and metrics (`lth_jax.tasks`)
   members_per_program: int = 1  # parallel.members_per_program, resolved (0 = auto becomes a number)
   ticket: tickets_lib.Ticket | None = None  # transfer.ticket, loaded and checked against the model
   # Built once per (population size, member groups, per-member hyperparameters); a sweep's variants of
