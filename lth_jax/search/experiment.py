@@ -126,8 +126,8 @@ def prepare(config: ml_collections.ConfigDict) -> Experiment:
     raise
   except ValueError as error:  # a dataset or model field the builders rejected
     raise config_lib.ConfigError(str(error)) from error
-  example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example, train=False))
+  example = jax.ShapeDtypeStruct((1, *dataset.input_shape), jnp.float32)
+  shapes = jax.eval_shape(lambda example: model.init(jax.random.PRNGKey(0), example, train=False), example)
   param_shapes, _ = steps.split_variables(shapes)
   spec = config_lib.resolve(config, mesh.devices.size, dataset.num_train, param_shapes)
   mesh = _run_mesh(spec, mesh, dataset)

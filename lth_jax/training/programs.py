@@ -232,9 +232,9 @@ def _finiteness_program(population_size: int, replicated: jax.sharding.Sharding)
 
 
 def _init_program(model: nn.Module, input_shape: tuple[int, ...]) -> Any:
-  """The jitted initialization: key -> flax variables, traced on a batch of one zero example."""
-  example = jnp.zeros((1, *input_shape), jnp.float32)
-  return jax.jit(lambda key: model.init(key, example, train=False))
+  """The jitted initialization: key -> flax variables, traced on a batch of one zero example (made
+  inside the program: no computation runs before it)."""
+  return jax.jit(lambda key: model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False))
 
 
 def _init_optimizer_program(
