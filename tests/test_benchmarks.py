@@ -141,7 +141,13 @@ def test_start_up_benchmark_quick_prints_every_figure(tmp_path):
       assert float(lines[name][field]) > 0, (name, field)
   assert (lines['build_mnist']['num_train'], lines['build_cifar10']['num_test']) == ('3000', '500')
   for name in ('process_cold', 'process_warm'):
-    assert float(lines[name]['wall_s']) > 0 and lines[name]['num_steps'] == '100'
+    assert float(lines[name]['wall_s']) >= float(lines[name]['min_s']) > 0 and lines[name]['num_steps'] == '100'
+  phases = {name: float(value) for name, value in lines['process_warm_phases'].items()}
+  parts = ('imports_s', 'config_s', 'data_s', 'setup_s', 'compile_s', 'training_s', 'end_s')
+  assert all(phases[name] > 0 for name in parts), phases
+  assert phases['total_s'] == pytest.approx(sum(phases[name] for name in parts), rel=0.05)  # medians of one run
+  assert 0 < phases['exit_s'] < phases['end_s'] and phases['cache_hits'] > 0  # a warm run loads its programs
   written = json.loads(output.read_text())
-  assert set(written) == {'build_mnist', 'build_cifar10', 'process_cold', 'process_warm'}
+  assert set(written) == {'build_mnist', 'build_cifar10', 'process_cold', 'process_warm', 'process_warm_phases'}
+  assert written['process_warm_phases']['times'][0]['total_s'] > 0
   assert len(written['build_mnist']['times']['cold_s']) == 1

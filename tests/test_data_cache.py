@@ -22,6 +22,7 @@ from lth_jax import config as config_lib
 from lth_jax import data as data_lib
 from lth_jax.data import decode_worker
 from lth_jax.data import decoded_cache
+from lth_jax.data import source_notes
 from lth_jax.data import synthetic_tfds
 from lth_jax.data import tfds_source
 from lth_jax.search import lottery
@@ -52,7 +53,10 @@ def fixture_cache_dir(tmp_path, monkeypatch):
 
 
 def _cache_files(cache_dir):
-  return sorted(path.name for path in cache_dir.iterdir()) if cache_dir.exists() else []
+  """The cache files and temporary files in the cache folder (not the notes of what tfds read)."""
+  if not cache_dir.exists():
+    return []
+  return sorted(path.name for path in cache_dir.iterdir() if not path.name.endswith(source_notes.SUFFIX))
 
 
 def _count_decodes(monkeypatch):
@@ -82,6 +86,64 @@ def test_miss_decodes_and_caches_then_a_hit_is_memory_mapped(tfds_dir, cache_dir
     dataset = data_lib.build(config_lib.data_spec({'name': name, 'data_dir': str(folder)}))
     assert isinstance(dataset.train_inputs, np.memmap)
   assert decodes == [NUM_TRAIN, NUM_TEST], 'a cache hit must not decode'
+
+
+_WARM_BUILDER = """
+import hashlib, sys
+from lth_jax import config as config_lib, data
+dataset = data.build(config_lib.data_spec({'name': 'mnist', 'data_dir': sys.argv[1]}))
+print('tensorflow_datasets' in sys.modules, type(dataset.train_inputs).__name__)
+print(hashlib.sha256(dataset.train_inputs.tobytes() + dataset.test_targets.tobytes()).hexdigest())
+"""
+
+
+def test_a_cached_split_is_read_without_importing_tfds(tfds_dir, cache_dir):
+  folder, arrays = tfds_dir
+  data_lib.build(config_lib.data_spec({'name': 'mnist', 'data_dir': str(folder)}))  # decodes, notes the sources
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get('PYTHONPATH')])))
+  completed = subprocess.run(
+      [sys.executable, '-c', _WARM_BUILDER, str(folder)], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+  )
+  assert completed.returncode == 0, completed.stderr
+  imported, kind, digest = completed.stdout.split()
+  import hashlib  # pylint: disable=import-outside-toplevel
+
+  expected = hashlib.sha256(
+      arrays['mnist']['train'][0].tobytes() + arrays['mnist']['test'][1].astype(np.int32).tobytes()
+  ).hexdigest()
+  assert (imported, kind, digest) == ('False', 'memmap', expected)
+
+
+def test_a_note_of_the_sources_holds_only_while_the_dataset_folder_and_tfds_are_unchanged(
+    tfds_dir, cache_dir, tmp_path, monkeypatch
+):
+  folder = tmp_path / 'tfds'
+  shutil.copytree(tfds_dir[0] / 'mnist', folder / 'mnist')
+  data_lib.build(config_lib.data_spec({'name': 'mnist', 'data_dir': str(folder)}))
+  note = source_notes.note_path(cache_dir, 'mnist', 'train', str(folder))
+  version, shards = source_notes.read(note)
+  assert version == '3.0.1' and len(shards) == 3 and sum(end - first for _, first, end in shards) == NUM_TRAIN
+  assert source_notes.note_path(cache_dir, 'mnist', 'train', None) != note  # tfds's default folder: another note
+  opened = []
+  open_split = tfds_source.open_split
+  monkeypatch.setattr(tfds_source, 'open_split', lambda *args: opened.append(args[1]) or open_split(*args))
+  data_lib.build(config_lib.data_spec({'name': 'mnist', 'data_dir': str(folder)}))
+  assert opened == []  # both splits found through their notes
+  with monkeypatch.context() as patched:
+    patched.setattr(source_notes, '_tfds_release', lambda: '0.0.1')  # another tfds may read other files
+    assert source_notes.read(note) is None
+  (folder / 'mnist' / '9.9.9').mkdir()  # another version prepared beside it: tfds decides which it reads
+  assert source_notes.read(note) is None
+  (folder / 'mnist' / '9.9.9').rmdir()
+  assert source_notes.read(note) == (version, shards)
+  time.sleep(0.01)
+  (folder / 'mnist' / '3.0.1' / 'dataset_info.json').touch()  # re-prepared
+  assert source_notes.read(note) is None
+  dataset = data_lib.build(config_lib.data_spec({'name': 'mnist', 'data_dir': str(folder)}))
+  assert opened == ['train', 'test']  # through tfds again, which notes them anew
+  assert source_notes.read(note) == (version, shards) and isinstance(dataset.train_inputs, np.memmap)
+  note.write_text('{"version": "3.0.1"')  # a damaged note is no note
+  assert source_notes.read(note) is None
 
 
 def test_parallel_decode_equals_tfds_record_by_record_decode(tfds_dir, monkeypatch):
@@ -156,7 +218,7 @@ def test_a_changed_source_is_decoded_again(tfds_dir, cache_dir, tmp_path, monkey
 
 
 def _train_cache_file(cache_dir):
-  (path,) = [path for path in cache_dir.iterdir() if '-train-' in path.name]
+  (path,) = [path for path in cache_dir.iterdir() if '-train-' in path.name and path.suffix == decoded_cache.SUFFIX]
   return path
 
 

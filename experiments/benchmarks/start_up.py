@@ -22,6 +22,17 @@ Prints one line per figure, `name key=value ...` (lines starting with '#' are co
       MNIST-sized data, 2,000 iterations (--quick: 100) at batch 128, SGD 0.1, pruning.levels=0,
       branches=(), evaluation every 469 steps: with an empty $LTH_JAX_CACHE (no decoded data, no
       compiled programs), then again with what the first process left there (a re-run).
+      wall_s is the median over --repeats, min_s the fastest.
+  process_warm_phases
+      where the warm process's time goes, from inside it (`process_phases.py` runs lth_jax.main and notes
+      when each phase starts and ends; another warm process, timed after the plain one of each repeat),
+      each figure the median over --repeats: imports_s (interpreter start and imports), config_s (flags,
+      config checks, the JAX backend), data_s (`data.build`: the decoded cache checked and mapped),
+      setup_s (model, Trainer, workdir, initial weights and checkpoint), training_s (the training loop
+      with its evaluations), end_s (records, the level's checkpoint, tables and the interpreter's exit;
+      exit_s is the part after `main` returned), each without the compile time inside it; compile_s
+      (every JAX tracing, lowering and XLA compile or compilation-cache load; cache_hits of the
+      persistent compilation cache); total_s (start to exit: the phases and compile_s add up to it).
   process_before_cold, process_before_warm
       (with --compare_with=PATH, a checkout of lth_jax without the decoded cache) the same two processes
       run from that checkout.
@@ -43,6 +54,7 @@ import time
 from typing import Any
 
 from experiments.benchmarks import harness
+from experiments.benchmarks import process_phases
 
 REPO_ROOT = harness.REPO_ROOT
 SIZES = {'mnist': (60_000, 10_000), 'cifar10': (50_000, 10_000)}
@@ -117,15 +129,9 @@ def child_environment(cache: pathlib.Path, python_path: pathlib.Path) -> dict[st
   return env
 
 
-def time_process(
-    repo: pathlib.Path, data_dir: str, workdir: pathlib.Path, cache: pathlib.Path, num_steps: int
-) -> float:
-  """Wall time of one whole `lth_jax.main` process (start to exit) on the MNIST-sized data."""
-  shutil.rmtree(workdir, ignore_errors=True)
-  command = [
-      sys.executable,
-      '-m',
-      'lth_jax.main',
+def lth_main_arguments(repo: pathlib.Path, data_dir: str, workdir: pathlib.Path, num_steps: int) -> list[str]:
+  """The flags of the timed `lth_jax.main` run: LeNet on the MNIST-sized data, dense only."""
+  return [
       f'--config={repo / "configs" / "lenet_mnist.py"}',
       f'--workdir={workdir}',
       f'--config.dataset.data_dir={data_dir}',
@@ -137,14 +143,35 @@ def time_process(
       '--config.pruning.levels=0',
       '--config.branches=()',
   ]
-  start = time.perf_counter()
+
+
+def time_process(
+    repo: pathlib.Path,
+    data_dir: str,
+    workdir: pathlib.Path,
+    cache: pathlib.Path,
+    num_steps: int,
+    marks_path: pathlib.Path | None = None,
+) -> tuple[float, dict[str, float] | None]:
+  """Wall time of one whole `lth_jax.main` process (start to exit) on the MNIST-sized data, and with
+  `marks_path` its phase times (run through `process_phases.py`, which writes its marks there)."""
+  shutil.rmtree(workdir, ignore_errors=True)
+  if marks_path is None:
+    launcher = ['-m', 'lth_jax.main']
+  else:
+    launcher = [process_phases.__file__, str(marks_path)]
+  command = [sys.executable, *launcher, *lth_main_arguments(repo, data_dir, workdir, num_steps)]
+  started, start = time.time(), time.perf_counter()
   completed = subprocess.run(
       command, cwd=repo, env=child_environment(cache, repo), capture_output=True, text=True, check=False
   )
-  elapsed = time.perf_counter() - start
+  elapsed, exited = time.perf_counter() - start, time.time()
   if completed.returncode != 0:
     raise SystemExit(f'lth_jax.main failed ({completed.returncode}):\n{completed.stdout}\n{completed.stderr}')
-  return elapsed
+  if marks_path is None:
+    return elapsed, None
+  marks = json.loads(marks_path.read_text())
+  return elapsed, process_phases.phase_times(marks, started, exited) | {'cache_hits': marks['cache_hits']}
 
 
 def main() -> None:
@@ -185,6 +212,7 @@ def main() -> None:
       'process_before_cold': [],
       'process_before_warm': [],
   }
+  phases: list[dict[str, float]] = []
   checkouts = [('process', REPO_ROOT)]
   if args.compare_with:
     checkouts.append(('process_before', pathlib.Path(args.compare_with).resolve()))
@@ -193,12 +221,27 @@ def main() -> None:
       cache = workdir / 'caches' / f'{prefix}_{repeat}'  # empty: no decoded data, no compiled programs
       shutil.rmtree(cache, ignore_errors=True)
       for kind in ('cold', 'warm'):
-        processes[f'{prefix}_{kind}'].append(time_process(repo, str(data_dir), workdir / 'run', cache, num_steps))
+        wall_s, _ = time_process(repo, str(data_dir), workdir / 'run', cache, num_steps)
+        processes[f'{prefix}_{kind}'].append(wall_s)
+      if prefix == 'process':
+        _, phase_times = time_process(repo, str(data_dir), workdir / 'run', cache, num_steps, workdir / 'marks.json')
+        phases.append(phase_times or {})
       shutil.rmtree(cache, ignore_errors=True)
   for key, values in processes.items():
     if values:
-      results[key] = {'figures': {'wall_s': harness.median(values), 'num_steps': num_steps}, 'times': values}
-      print(f'{key} wall_s={harness.median(values):.3g} num_steps={num_steps}', flush=True)
+      figures = {'wall_s': harness.median(values), 'min_s': min(values), 'num_steps': num_steps}
+      results[key] = {'figures': figures, 'times': values}
+      print(f'{key} wall_s={figures["wall_s"]:.3g} min_s={figures["min_s"]:.3g} num_steps={num_steps}', flush=True)
+  phase_figures = {name: harness.median(times[name] for times in phases) for name in phases[0]}
+  results['process_warm_phases'] = {'figures': phase_figures, 'times': phases}
+  print(
+      'process_warm_phases '
+      + ' '.join(
+          f'{name}={int(value)}' if name == 'cache_hits' else f'{name}={value:.3g}'
+          for name, value in phase_figures.items()
+      ),
+      flush=True,
+  )
   if args.output:
     harness.write_text(args.output, json.dumps(results, indent=2))
   if not args.workdir:

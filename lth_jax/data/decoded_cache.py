@@ -6,7 +6,8 @@ Where: `$LTH_JAX_CACHE/tfds/`, else `~/.cache/lth_jax/tfds/`. One file per split
 split written as `_`), where KEY is a hash of the dataset name, version, split, the identity of every
 source shard (path, size, modification time, record range) and the image and label features read
 (when they are not `image` and `label`): re-prepared data gets a new key and is decoded again, never
-served stale. Delete the folder to clear the cache.
+served stale. Beside them, a note per split of what tfds read (`source_notes`) lets a later read find
+the file without importing tfds. Delete the folder to clear the cache.
 
 File layout (little-endian): the 8-byte magic `LTHJAXDC`, a uint32 header length, a JSON header
 (layout version, key, count, image shape, data offsets and the CRC-32 of the data), then the uint8
@@ -152,18 +153,21 @@ def _write_header(path: str, header: dict[str, Any]) -> None:
     file.write(MAGIC + _HEADER_LENGTH.pack(len(text)) + text.ljust(space, b' '))
 
 
-def read_cache(path: pathlib.Path, key: str, image_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
+def read_cache(
+    path: pathlib.Path, key: str, image_shape: Sequence[int], report: bool = True
+) -> tuple[np.ndarray, np.ndarray] | None:
   """The cached (images, labels) memory-mapped read-only, or None when there is no cache file.
-  A file that does not check out (layout, key, size, checksum) is reported in one warning and
-  None is returned, so that it is rebuilt."""
+  A file that does not check out (layout, key, size, checksum) is reported in one warning (unless not
+  `report`) and None is returned, so that it is rebuilt."""
   try:
     file = open(path, 'rb')
   except (FileNotFoundError, NotADirectoryError):
     return None
   except OSError as error:
-    warnings.warn(
-        f'lth_jax: cannot read the decoded-data cache {path} ({error}); decoding again', CacheWarning, stacklevel=3
-    )
+    if report:
+      warnings.warn(
+          f'lth_jax: cannot read the decoded-data cache {path} ({error}); decoding again', CacheWarning, stacklevel=3
+      )
     return None
   try:
     with file:
@@ -188,7 +192,8 @@ def read_cache(path: pathlib.Path, key: str, image_shape: Sequence[int]) -> tupl
       raise ValueError('checksum mismatch')
     return images, labels
   except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as error:
-    warnings.warn(f'lth_jax: damaged decoded-data cache {path} ({error}); rebuilding it', CacheWarning, stacklevel=3)
+    if report:
+      warnings.warn(f'lth_jax: damaged decoded-data cache {path} ({error}); rebuilding it', CacheWarning, stacklevel=3)
     return None
 
 
@@ -301,6 +306,17 @@ def prefix_shards(shards: Sequence[tuple[str, int, int]], count: int) -> list[tu
     prefix.append((filename, first, first + take))
     remaining -= take
   return prefix
+
+
+def cached_split(
+    name: str, version: str, split: str, shards: Sequence[tuple[str, int, int]], image_shape: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray] | None:
+  """The split's cached images and labels (memory-mapped) when its cache file is there and sound, else
+  None, without a warning: `decode_split` reports a damaged file as it rebuilds it. Raises OSError
+  when a shard is gone."""
+  image_shape = tuple(int(size) for size in image_shape)
+  key = cache_key(name, version, split, shards)
+  return read_cache(cache_path(cache_folder(), name, version, split, key), key, image_shape, report=False)
 
 
 def decode_split(

@@ -2,19 +2,22 @@
 
 The data must already be prepared in array_record format, e.g.
 `tfds build mnist --file_format=array_record --data_dir=DIR`; nothing is downloaded here. Each split is
-decoded once into the decoded cache (`decoded_cache`) and memory-mapped from it afterwards.
+decoded once into the decoded cache (`decoded_cache`) and memory-mapped from it afterwards, found
+through a note of what tfds read (`source_notes`) without importing tfds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from lth_jax.data import decoded_cache
+from lth_jax.data import source_notes
 from lth_jax.data.arrays import ArrayDataset
 from lth_jax.data.arrays import read_positive_int
 
@@ -121,17 +124,16 @@ def read_split(
   Array_record splits go through the decoded cache (`decoded_cache`): memory-mapped when cached,
   else decoded in parallel and cached. With a `limit` and no cache of the whole split yet, only the
   first `limit` records are decoded (in parallel, not cached). Sources without files (tfds's mock
-  data) are read record by record.
+  data) are read record by record. A cached split that an earlier read noted (`source_notes`) is
+  memory-mapped without opening tfds at all.
   """
+  note = source_notes.note_path(decoded_cache.cache_folder(), spec.name, split, data_dir)
+  noted = _noted_split(spec, split, note)
+  if noted is not None:
+    count = _count(spec, split, data_dir, limit, limit_field, len(noted[1]))
+    return noted[0][:count], noted[1][:count]
   source = open_split(spec.name, split, data_dir)
-  available = len(source)
-  if available == 0:
-    raise ValueError(f"{spec.name}'s {split!r} split under data_dir={data_dir!r} is empty")
-  if limit is not None and limit > available:
-    raise ValueError(
-        f'dataset.{limit_field}={limit} exceeds the {available} examples in ' f"{spec.name}'s {split!r} split"
-    )
-  count = available if limit is None else limit
+  count = _count(spec, split, data_dir, limit, limit_field, len(source))
   shards = decoded_cache.source_shards(source, split)
   if shards is None:
     images, labels = read_images_and_labels(source, count)
@@ -143,9 +145,36 @@ def read_split(
     images, labels = decoded_cache.decode_split(
         spec.name, version, split, shards, spec.image_shape, prefix=None if limit is None else count
     )
+    source_notes.write(note, version, source.dataset_info.data_dir, shards)
   if images.shape[1:] != spec.image_shape:
     raise ValueError(f'{spec.name} {split!r} images have shape {images.shape[1:]}, expected {spec.image_shape}')
   return images[:count], labels[:count]
+
+
+def _count(
+    spec: ImageDatasetSpec, split: str, data_dir: str | None, limit: int | None, limit_field: str, available: int
+) -> int:
+  """How many of the split's `available` records to read: all, or `limit` (a ValueError when the
+  split is empty or holds fewer)."""
+  if available == 0:
+    raise ValueError(f"{spec.name}'s {split!r} split under data_dir={data_dir!r} is empty")
+  if limit is not None and limit > available:
+    raise ValueError(
+        f'dataset.{limit_field}={limit} exceeds the {available} examples in ' f"{spec.name}'s {split!r} split"
+    )
+  return available if limit is None else limit
+
+
+def _noted_split(spec: ImageDatasetSpec, split: str, note: pathlib.Path) -> tuple[np.ndarray, np.ndarray] | None:
+  """The cached split that the note at `note` leads to, while the note and the cache hold; else None."""
+  noted = source_notes.read(note)
+  if noted is None:
+    return None
+  version, shards = noted
+  try:
+    return decoded_cache.cached_split(spec.name, version, split, shards, spec.image_shape)
+  except OSError:  # a shard is gone: tfds reports it
+    return None
 
 
 def build_image_dataset(dataset_config: Any) -> ArrayDataset:

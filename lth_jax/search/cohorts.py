@@ -517,11 +517,15 @@ def resolve_members_per_program(experiment: Any, cohort_sizes: tuple[int, int] |
   level_zero, pruned_level = cohort_sizes or _largest_cohort(spec)
   largest = max(level_zero, pruned_level)
   batch = spec.training.batch_size
-  member = memory.footprint(
-      experiment.model,
-      feeds.input_example(experiment.dataset),
-      optim.from_config(spec.training, experiment.total_steps),
-  )
+
+  @functools.cache
+  def member() -> memory.MemberFootprint:  # traced only where a program of several runs is considered
+    return memory.footprint(
+        experiment.model,
+        feeds.input_example(experiment.dataset),
+        optim.from_config(spec.training, experiment.total_steps),
+    )
+
   device_memory = memory.device_memory_bytes()
   resident = sum(
       int(getattr(experiment.dataset, name).nbytes)
@@ -532,7 +536,7 @@ def resolve_members_per_program(experiment: Any, cohort_sizes: tuple[int, int] |
   def program_bytes(size: int) -> int:
     groups_, slots = layout(size, experiment)
     data = experiment.mesh.devices.size // groups_
-    return member.device_bytes(slots // groups_, batch // data)
+    return member().device_bytes(slots // groups_, batch // data)
 
   def fits(size: int) -> bool:
     return (

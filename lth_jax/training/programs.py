@@ -238,9 +238,9 @@ def _finiteness_program(population_size: int, replicated: jax.sharding.Sharding)
 
 
 def _init_program(model: nn.Module, example: jax.ShapeDtypeStruct) -> Any:
-  """The jitted initialization: key -> flax variables, traced on a batch of one zero example."""
-  zeros = jnp.zeros(example.shape, example.dtype)
-  return jax.jit(lambda key: calling.init(model, key, zeros))
+  """The jitted initialization: key -> flax variables, traced on a batch of one zero example (made
+  inside the program: no computation runs before it)."""
+  return jax.jit(lambda key: calling.init(model, key, jnp.zeros(example.shape, example.dtype)))
 
 
 def _init_optimizer_program(
