@@ -283,3 +283,19 @@ def test_a_sweep_over_your_own_model_shares_its_dense_run(tmp_path):
   lines.clear()
   again = lth_jax.sweep(config, axes, workdir, lines.append, **parts)  # resumes: nothing left to train
   assert again.records == results.records and not any('step 30/30' in line for line in lines)
+
+
+def test_named_variants_of_your_own_model(tmp_path):
+  base = _config(pruning__levels=0)
+  base.branches = ()
+  faster = _config(pruning__levels=0, training__learning_rate=3e-3)
+  faster.branches = ()
+  results = lth_jax.search.sweep_named(
+      base, {'base': base, 'faster': faster}, str(tmp_path / 'named'), lambda line: None,
+      model=TokenMixer(), dataset=_token_data(),
+  )  # fmt: skip
+  assert sorted(str(record['variant'].get('training.learning_rate', 'base')) for record in results.records) == [
+      '0.003', 'base'
+  ]  # fmt: skip
+  recorded = json.load(open(tmp_path / 'named' / 'variants' / 'faster' / 'config.json'))
+  assert recorded['model']['name'] == 'python:TokenMixer'

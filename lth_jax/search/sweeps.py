@@ -126,13 +126,20 @@ def run_named(
     configs: Mapping[str, ml_collections.ConfigDict],
     workdir: str,
     log: Callable[[str], None] = workdir_lib.log_on_process_zero,
+    *,
+    model: custom_lib.ModelOrBuilder | None = None,
+    dataset: Dataset | None = None,
+    task: Task | None = None,
+    prunable: PrunableRule | None = None,
 ) -> SweepResults:
   """Runs (or resumes) named variants of `base` ({name: config}, each any change of `base`) as one
   sweep in `workdir`; each record's 'variant' holds the fields its config changes. A name already in
-  the workdir must keep its config; new names are added."""
+  the workdir must keep its config; new names are added. `model`, `dataset`, `task` and `prunable`:
+  your own parts for every variant, as `lth_jax.run` takes them."""
   variants = [(sweep_plan.named_variant(name, base, config), config) for name, config in configs.items()]
   named = {variant.label: variant.as_dict() for variant, _ in variants}
-  return _run_variants(base, variants, {'named': named}, workdir, log)
+  custom = custom_lib.CustomParts(model, dataset, task, prunable)
+  return _run_variants(base, variants, {'named': named}, workdir, log, custom)
 
 
 def _run_variants(
