@@ -86,7 +86,7 @@ def test_a_module_of_your_own_on_arrays_runs_levels_controls_and_tickets(tmp_pat
       _config(), workdir, lines.append, model=TokenMixer(), dataset=dataset, task=task,
       prunable=_kernels_and_embeddings,
   )  # fmt: skip
-  assert 'python:TokenMixer on python:arrays' in lines[0] and '8 device(s)' in lines[0]
+  assert 'python:TokenMixer on python:arrays@' in lines[0] and '8 device(s)' in lines[0]
   assert int(lines[0].split('up to ')[1].split(' run')[0]) > 1  # the level's runs train as a cohort
   assert {(record['level'], record['branch']) for record in results.records} == {
       (0, 'ticket'), (1, 'ticket'), (1, 'reinit'), (2, 'ticket'), (2, 'reinit'),
@@ -98,7 +98,7 @@ def test_a_module_of_your_own_on_arrays_runs_levels_controls_and_tickets(tmp_pat
   assert 'LayerNorm_0/scale' not in last['layer_density']
   recorded = json.load(open(os.path.join(workdir, 'config.json')))
   assert recorded['model']['name'] == 'python:TokenMixer' and recorded['model']['arguments']['vocabulary'] == 16
-  assert recorded['dataset']['name'] == 'python:arrays'
+  assert recorded['dataset']['name'].startswith('python:arrays@')  # and a hash of the arrays
   assert recorded['task'] == {'loss': 'python:cross_entropy', 'metrics': ['accuracy', 'top_2_accuracy']}
   # The report's mask overlap counts the leaves the rule pruned.
   rows = mask_overlap.overlap_rows(workdir, results.records)
@@ -117,13 +117,22 @@ def test_a_module_of_your_own_on_arrays_runs_levels_controls_and_tickets(tmp_pat
       prunable=_kernels_and_embeddings,
   )  # fmt: skip
   assert again.records == results.records
+  other_labels = data_lib.from_arrays(
+      dataset.train_inputs, (dataset.train_targets + 1) % 3, dataset.test_inputs, dataset.test_targets
+  )
+  with pytest.raises(errors.ConfigError, match=r'dataset.name: "python:arrays@[0-9a-f]+" -> "python:arrays@[0-9a-f]+"'):
+    lth_jax.run(
+        _config(), workdir, lambda line: None, model=TokenMixer(), dataset=other_labels, task=task,
+        prunable=_kernels_and_embeddings,
+    )  # fmt: skip
   with pytest.raises(errors.ConfigError, match=r'model.arguments.vocabulary: 16 -> 17'):
     lth_jax.run(
         _config(), workdir, lambda line: None, model=TokenMixer(vocabulary=17), dataset=dataset, task=task,
         prunable=_kernels_and_embeddings,
     )  # fmt: skip
   with pytest.raises(
-      errors.ConfigError, match=r'dataset.name=.python:arrays.: this dataset was passed from Python; pass it again'
+      errors.ConfigError,
+      match=r'dataset.name=.python:arrays@[0-9a-f]{12}.: this dataset was passed from Python; pass it again',
   ):
     lottery.run(lth_jax.config.complete(recorded_config(workdir)), str(tmp_path / 'other'), lambda line: None)
 

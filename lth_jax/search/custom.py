@@ -3,18 +3,20 @@ dataset, a task (loss and metrics) and a prunable rule (`lth_jax.run(config, wor
 dataset=..., task=..., prunable=...)`).
 
 Each part given is recorded in the workdir's config.json under a 'python:' name (the module's class and
-its fields, the dataset's name and sizes, the loss's and rule's names, the metrics), so a re-run with
+its fields, the dataset's name, sizes and a hash of its arrays, the loss's and rule's names, the metrics), so a re-run with
 another part is refused as a config change, and a config.json read back says what ran."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 from typing import Any, Callable
 
 import flax.linen as nn
 import ml_collections
+import numpy as np
 
 from lth_jax import data as data_lib
 from lth_jax import masks as masks_lib
@@ -33,6 +35,8 @@ class CustomParts:
   dataset: data_lib.Dataset | None = None  # e.g. lth_jax.data.from_arrays(...)
   task: tasks_lib.Task | None = None
   prunable: masks_lib.PrunableRule | None = None  # rule(path, leaf) -> bool
+  # How config.json names the dataset: its name and a hash of its arrays, 'python:arrays@1f2e3d4c5b6a'.
+  dataset_label: str = dataclasses.field(init=False, default='')
 
   def __post_init__(self) -> None:
     if self.model is not None and not (isinstance(self.model, nn.Module) or callable(self.model)):
@@ -46,6 +50,8 @@ class CustomParts:
       raise errors.ConfigError(f'task: got {type(self.task).__name__}; pass an lth_jax.tasks.Task')
     if self.prunable is not None and not callable(self.prunable):
       raise errors.ConfigError(f'prunable={self.prunable!r}: pass a function (path, leaf) -> bool')
+    if self.dataset is not None:
+      object.__setattr__(self, 'dataset_label', PYTHON_PREFIX + self.dataset.name + content_hash(self.dataset))
 
   @property
   def any(self) -> bool:
@@ -72,7 +78,7 @@ class CustomParts:
         config.model.name = PYTHON_PREFIX + type(model).__qualname__
         config.model.arguments = ml_collections.ConfigDict(module_fields(model))
       if self.dataset is not None:
-        config.dataset.name = PYTHON_PREFIX + self.dataset.name
+        config.dataset.name = self.dataset_label
         config.dataset.num_train = self.dataset.num_train
         config.dataset.num_test = self.dataset.num_test
       if self.task is not None:
@@ -81,6 +87,19 @@ class CustomParts:
       if self.prunable is not None:
         config.pruning.prunable_patterns = (PYTHON_PREFIX + function_name(self.prunable),)
     return config
+
+
+def content_hash(dataset: data_lib.Dataset) -> str:
+  """'@' and a short hash of an in-memory dataset's arrays (their shapes, dtypes and bytes), so that a
+  re-run on other arrays of the same name and sizes is a config change; '' for a streamed dataset."""
+  if not isinstance(dataset, data_lib.ArrayDataset):
+    return ''
+  digest = hashlib.blake2b(digest_size=6)
+  for array in (dataset.train_inputs, dataset.train_targets, dataset.test_inputs, dataset.test_targets):
+    array = np.ascontiguousarray(array)
+    digest.update(f'{array.shape}{array.dtype.str}'.encode())
+    digest.update(memoryview(array.view(np.uint8)))
+  return '@' + digest.hexdigest()
 
 
 def module_fields(module: nn.Module) -> dict[str, Any]:
