@@ -38,6 +38,7 @@ from lth_jax.config import errors
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax import results as results_lib
+from lth_jax.search import custom as custom_lib
 from lth_jax.search import experiment as experiment_lib
 from lth_jax.search import lottery
 from lth_jax.search import trial as trial_lib
@@ -287,14 +288,20 @@ def _stability_curve(
 
 
 def measure_lottery_ticket(
-    config: Any, workdir: str, level: int, trial: int = 0, measure_steps: Sequence[int] = ()
+    config: Any,
+    workdir: str,
+    level: int,
+    trial: int = 0,
+    measure_steps: Sequence[int] = (),
+    **parts: Any,
 ) -> StabilityResult:
   """Stability of the ticket that `lottery.run(config, workdir)` found at `level` (trial `trial`):
   its mask came from pruning (`pruning.mode`) with late resetting to `config.pruning.rewind_step`, which is
   also the step the population's tickets start from. Runs the lottery first if that level is missing.
+  `parts`: your own `model`, `dataset`, `task` and `prunable`, as `lth_jax.run` takes them.
   """
-
-  return _measure_prepared(config, experiment_lib.prepare(config), workdir, level, trial, measure_steps)
+  custom = custom_lib.CustomParts(**parts)
+  return _measure_prepared(config, experiment_lib.prepare(config, custom), workdir, level, trial, measure_steps, custom)
 
 
 def measured_steps(rewind_step: int, end_step: int, measure_steps: Sequence[int]) -> list[int]:
@@ -323,21 +330,27 @@ def find_result(
 
 
 def measure_lottery_ticket_once(
-    config: Any, workdir: str, level: int, trial: int = 0, measure_steps: Sequence[int] = ()
+    config: Any,
+    workdir: str,
+    level: int,
+    trial: int = 0,
+    measure_steps: Sequence[int] = (),
+    **parts: Any,
 ) -> tuple[StabilityResult, bool]:
   """`measure_lottery_ticket`, kept in WORKDIR/stability.jsonl: a result of the same rewind step, level,
   trial and measured steps already there is returned without training; a new one is appended
   atomically. Returns (the result, whether it was measured now)."""
-
-  experiment = experiment_lib.prepare(config)
+  custom = custom_lib.CustomParts(**parts)
+  experiment = experiment_lib.prepare(config, custom)
   path = os.path.join(workdir, STABILITY_FILE)
   rewind_step = experiment.spec.pruning.rewind_step
   steps = measured_steps(rewind_step, experiment.total_steps, measure_steps)
   found = find_result(load_results(path), rewind_step, level, trial, steps)
   if found is not None and os.path.isfile(os.path.join(workdir, compatibility.CONFIG_FILE)):
-    workdir_lib.check_workdir_config(config, experiment.spec, workdir)  # the stored result is of this config
+    recorded = custom.recorded(config, experiment.model)
+    workdir_lib.check_workdir_config(recorded, experiment.spec, workdir)  # the stored result is of this config
     return found, False
-  result = _measure_prepared(config, experiment, workdir, level, trial, measure_steps)
+  result = _measure_prepared(config, experiment, workdir, level, trial, measure_steps, custom)
   if jax.process_index() == 0:  # one writer on a pod, as for the lottery's records
     results_lib.append_record(path, results_lib.finite_or_none(result.as_record()))
   return result, True
@@ -350,8 +363,9 @@ def _measure_prepared(
     level: int,
     trial: int,
     measure_steps: Sequence[int],
+    custom: custom_lib.CustomParts,
 ) -> StabilityResult:
-  """`measure_lottery_ticket` with `experiment_lib.prepare(config)` already done."""
+  """`measure_lottery_ticket` with `experiment_lib.prepare(config, custom)` already done."""
   spec = experiment.spec
   levels, trials = spec.pruning.levels, spec.trials
   if not (isinstance(level, int) and 1 <= level <= levels):
@@ -362,9 +376,9 @@ def _measure_prepared(
     raise errors.ConfigError(f'trial={trial!r}: must be in 0..{trials - 1} (trials={trials})')
   level_dir = trial_lib.level_directory(workdir, trial, level)
   if not os.path.isdir(level_dir):
-    lottery.run(config, workdir)
+    lottery.run(config, workdir, **custom.arguments())
   else:  # the level's mask must come from this config
-    workdir_lib.check_workdir_config(config, experiment.spec, workdir)
+    workdir_lib.check_workdir_config(custom.recorded(config, experiment.model), experiment.spec, workdir)
   if not os.path.isdir(level_dir):
     raise ValueError(f'the lottery run in {workdir} stopped before level {level} (see pruning.levels)')
   single, population = experiment.trainer(), experiment.trainer(len(MEMBERS))

@@ -53,6 +53,10 @@ class CustomParts:
     if self.dataset is not None:
       object.__setattr__(self, 'dataset_label', PYTHON_PREFIX + self.dataset.name + content_hash(self.dataset))
 
+  def arguments(self) -> dict[str, Any]:
+    """The parts as `lth_jax.run` takes them: {'model': ..., 'dataset': ..., 'task': ..., 'prunable': ...}."""
+    return {'model': self.model, 'dataset': self.dataset, 'task': self.task, 'prunable': self.prunable}
+
   @property
   def any(self) -> bool:
     """Whether any part is given."""
