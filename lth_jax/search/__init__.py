@@ -4,6 +4,7 @@ the workdir holds the lock, the recorded config, the results file and the checkp
 `sweep(config, axes, workdir)` runs the variants of a config as one search: variants that share their
 dense training share its run."""
 
+from lth_jax.search.custom import CustomParts
 from lth_jax.search.experiment import Experiment
 from lth_jax.search.experiment import prepare
 from lth_jax.search.lottery import LotteryResults
@@ -19,6 +20,7 @@ from lth_jax.search.workdir import check_workdir_config
 from lth_jax.search.workdir import workdir_lock
 
 __all__ = [
+    'CustomParts',
     'Experiment',
     'SweepResults',
     'LotteryResults',
