@@ -321,3 +321,24 @@ def test_stability_of_a_ticket_of_your_own_model(tmp_path):
   assert 0.0 < result.final['ticket']['l2_distance'] and set(result.test_metrics) == set(stability.MEMBERS)
   again, measured = stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(15,), **parts)
   assert not measured and again == result
+
+
+def test_linear_mode_connectivity_of_a_ticket_of_your_own_model(tmp_path):
+  parts = dict(model=TokenMixer(), dataset=_token_data(), prunable=_kernels_and_embeddings)
+  workdir = str(tmp_path / 'work')
+  config = _config(pruning__levels=1)
+  config.branches = ()
+  lth_jax.run(config, workdir, lambda line: None, **parts)
+  ticket = tickets.load(workdir, level=1)
+  experiment = lth_jax.search.prepare(ticket.config, lth_jax.search.CustomParts(**parts))
+  path = lth_jax.analysis.linear_mode_connectivity(
+      experiment.trainer(2),
+      experiment.trainer(),
+      (ticket.start_params, ticket.start_model_state),
+      ticket.keep_mask,
+      start_step=ticket.rewind_step,
+      end_step=experiment.total_steps,
+      data_seeds=(1, 2),
+      num_points=3,
+  )
+  assert len(path.errors) == 3 and all(0.0 <= error <= 1.0 for error in path.errors)
