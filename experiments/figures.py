@@ -263,7 +263,7 @@ def table_cells(records_by_variant: Mapping[str, Sequence[dict[str, Any]]], bran
       at_level = [record for record in selected if record['level'] == level]
       values = np.array([record[metric] for record in at_level], np.float64)
       mean = float(values.mean())
-      better = summaries.winning(values.tolist(), dense_values, metric)
+      better = summaries.winning(values.tolist(), dense_values, metric, results_lib.higher_is_better(at_level[0]))
       cells.append(
           TableCell(
               variant=variant,
