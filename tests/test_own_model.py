@@ -342,3 +342,40 @@ def test_linear_mode_connectivity_of_a_ticket_of_your_own_model(tmp_path):
       num_points=3,
   )
   assert len(path.errors) == 3 and all(0.0 <= error <= 1.0 for error in path.errors)
+
+
+def _token_examples(dataset, split):
+  inputs, targets = getattr(dataset, f'{split}_inputs'), getattr(dataset, f'{split}_targets')
+  return [{'tokens': inputs[index].astype(np.int64), 'label': int(targets[index])} for index in range(len(targets))]
+
+
+def test_a_streamed_source_trains_on_the_batches_of_the_same_data_in_memory(tmp_path):
+  in_memory = _token_data()
+  streamed = data_lib.stream_source(
+      _token_examples(in_memory, 'train'), _token_examples(in_memory, 'test'), num_classes=3, input_key='tokens'
+  )
+  assert streamed.input_shape == (6,) and streamed.preprocessing.model_input_dtype == np.int32
+  config = _config(pruning__levels=1)
+  config.branches = ()
+  runs = {}
+  for label, dataset in (('memory', in_memory), ('streamed', streamed)):
+    runs[label] = lth_jax.run(config, str(tmp_path / label), lambda line: None, model=TokenMixer(), dataset=dataset)
+  for memory_record, streamed_record in zip(runs['memory'].records, runs['streamed'].records):
+    assert streamed_record['test_accuracy'] == pytest.approx(memory_record['test_accuracy'], abs=1 / 64)
+    assert streamed_record['curve'][-1]['train_loss'] == pytest.approx(
+        memory_record['curve'][-1]['train_loss'], rel=1e-4
+    )
+  recorded = json.load(open(tmp_path / 'streamed' / 'config.json'))
+  assert recorded['dataset']['name'] == 'python:source'  # a stream is named, not hashed
+
+
+def test_a_streamed_source_refuses_what_it_cannot_stream():
+  examples = [{'image': np.zeros((4,), np.float32), 'label': 1}] * 8
+  with pytest.raises(ValueError, match=r'num_classes=None: a streamed source needs num_classes'):
+    data_lib.stream_source(examples, examples, num_classes=None)
+  other = [{'image': np.zeros((5,), np.float32), 'label': 1}] * 8
+  with pytest.raises(ValueError, match=r'train and test inputs differ in the shape of an example: \(4,\) vs \(5,\)'):
+    data_lib.stream_source(examples, other, num_classes=2)
+  mixed = data_lib.stream_source(examples + other, examples, num_classes=2)
+  with pytest.raises(ValueError, match=r"train example 8: input shape \(5,\) differs from example 0's \(4,\)"):
+    mixed.train_records[8]

@@ -8,7 +8,8 @@ indices = data.batch_indices(seed, start_step, num_steps, dataset.num_train, bat
 
 A config names a built-in dataset (`DATASET_NAMES`), any tfds dataset as 'tfds:NAME'
 (`tfds_catalog`), or a name given to `register`. From Python, `from_arrays` and `from_source` make
-datasets of your arrays and sources (`user`).
+datasets of your arrays and sources (`user`), and `stream_source` streams a source too large for memory
+(`streamed_source`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lth_jax.data.embedded import build_mnist1d
 from lth_jax.data.pipeline import PREPROCESSING
 from lth_jax.data.pipeline import StreamingDataset
 from lth_jax.data.pipeline import build_streaming
+from lth_jax.data.streamed_source import stream_source
 from lth_jax.data.sum_of_two import build_sum_of_two
 from lth_jax.data.registry import TFDS_PREFIX
 from lth_jax.data.registry import unregister
@@ -114,5 +116,6 @@ __all__ = [
     'from_source',
     'is_dataset_name',
     'register',
+    'stream_source',
     'unregister',
 ]

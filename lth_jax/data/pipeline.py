@@ -103,14 +103,28 @@ def resize_center_crop(image: np.ndarray, resize_to: int = 256, size: int = 224)
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
-  """How one dataset's images become model inputs, for training and for evaluation."""
+  """How one dataset's examples become model inputs, for training and for evaluation."""
 
   train: Callable[[np.ndarray, np.random.Generator], np.ndarray]
   evaluate: Callable[[np.ndarray], np.ndarray]
   mean: tuple[float, ...]
   std: tuple[float, ...]
-  input_shape: tuple[int, int, int]
+  input_shape: tuple[int, ...]
   num_classes: int
+  # The dtype of the inputs as the host sends them: uint8 images are normalized on the device with
+  # `mean` and `std`; float32 or int32 inputs (a streamed source of your own) reach the model as they are.
+  input_dtype: str = 'uint8'
+
+  @property
+  def model_input_dtype(self) -> np.dtype:
+    """The dtype of the inputs the model sees."""
+    return np.dtype(np.float32) if self.input_dtype == 'uint8' else np.dtype(self.input_dtype)
+
+  def model_inputs(self, inputs: Any) -> Any:
+    """A batch of inputs as the model takes them (traceable): uint8 images normalized per channel."""
+    if self.input_dtype == 'uint8':
+      return normalize_on_device(inputs, self.mean, self.std)
+    return inputs
 
 
 PREPROCESSING: dict[str, Preprocessing] = {
@@ -284,7 +298,7 @@ class StreamingDataset:
     return len(self.test_records)
 
   @property
-  def input_shape(self) -> tuple[int, int, int]:
+  def input_shape(self) -> tuple[int, ...]:
     """Shape of one model input."""
     return self.preprocessing.input_shape
 

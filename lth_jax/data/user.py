@@ -74,8 +74,8 @@ def from_source(
   """An in-memory dataset read from two random-access sources of examples (objects with `__len__` and
   `__getitem__`: lists, `tfds.data_source(...)`, grain sources).
 
-  Every example of both sources is read into memory once, here (for data too large for memory, see
-  `dataset.streaming`). `transform(example)`, when given, is applied to each example first. An example
+  Every example of both sources is read into memory once, here (for a classification source too large
+  for memory, `lth_jax.data.stream_source` streams it instead). `transform(example)`, when given, is applied to each example first. An example
   (after the transform) is an (input, target) pair or a mapping holding the input at `input_key` and the
   target at `target_key`; every input must have one shape. Inputs become float32 (integer ids int32), and the task and
   classes are inferred from the targets as `from_arrays` does. Raises a one-line ValueError naming the
@@ -134,7 +134,7 @@ def read_examples(
     example = source[index]
     if transform is not None:
       example = transform(example)
-    example_input, example_target = _input_and_target(example, split, index, input_key, target_key)
+    example_input, example_target = input_and_target(example, split, index, input_key, target_key)
     inputs.append(np.asarray(example_input))
     targets.append(np.asarray(example_target))
     _require_same_shape(split, index, 'input', inputs[0].shape, inputs[-1].shape, shape_advice)
@@ -142,7 +142,7 @@ def read_examples(
   return np.stack(inputs), np.stack(targets)
 
 
-def _input_and_target(example: Any, split: str, index: int, input_key: str, target_key: str) -> tuple[Any, Any]:
+def input_and_target(example: Any, split: str, index: int, input_key: str, target_key: str) -> tuple[Any, Any]:
   """(input, target) of one example: a pair, or a mapping holding them at input_key and target_key."""
   if isinstance(example, Mapping):
     missing = [key for key in (input_key, target_key) if key not in example]

@@ -62,10 +62,12 @@ class Feed(Protocol):
 
 def input_example(dataset: data_lib.Dataset) -> jax.ShapeDtypeStruct:
   """A batch of one model input of `dataset` (shape and dtype, as its feed gives inputs to the model):
-  float32 for normalized images and streamed data, the arrays' own dtype otherwise (integer token ids
-  stay integers)."""
+  float32 for normalized images, the arrays' own dtype otherwise (integer token ids stay integers), the
+  streamed dataset's `model_input_dtype`."""
   if isinstance(dataset, arrays_lib.ArrayDataset) and dataset.input_normalization is None:
     return jax.ShapeDtypeStruct((1, *dataset.input_shape), dataset.train_inputs.dtype)
+  if isinstance(dataset, pipeline.StreamingDataset):
+    return jax.ShapeDtypeStruct((1, *dataset.input_shape), dataset.preprocessing.model_input_dtype)
   return jax.ShapeDtypeStruct((1, *dataset.input_shape), jnp.float32)
 
 
@@ -215,12 +217,11 @@ class StreamingFeed:
     return self.evaluation_batch(item)
 
   def evaluation_batch(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    preprocessing = self.dataset.preprocessing
-    return (pipeline.normalize_on_device(batch['inputs'], preprocessing.mean, preprocessing.std), batch['targets'])
+    return self.dataset.preprocessing.model_inputs(batch['inputs']), batch['targets']
 
   def batch_shapes(self, batch_size: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
     return (
-        jax.ShapeDtypeStruct((batch_size, *self.dataset.input_shape), jnp.float32),
+        jax.ShapeDtypeStruct((batch_size, *self.dataset.input_shape), self.dataset.preprocessing.model_input_dtype),
         jax.ShapeDtypeStruct((batch_size,), jnp.int32),
     )
 
