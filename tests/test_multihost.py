@@ -88,3 +88,12 @@ def test_two_hosts_each_streaming_half_of_every_batch_equal_one_process(tmp_path
   with tfds.testing.mock_data(num_examples=64):
     single_records = lottery.run(config, str(tmp_path / 'one'), log=lambda m: None).records
   _assert_same_records(records, single_records)
+
+
+@pytest.mark.slow
+def test_two_hosts_streaming_a_source_of_your_own_equal_one_process(tmp_path):
+  workdir = tmp_path / 'two_processes'
+  outputs = _run_two_processes(workdir, 'own_stream')
+  assert 'process 1 of 2 finished with 3 records' in outputs[1]
+  records = [json.loads(line) for line in open(workdir / 'results.jsonl')]
+  _assert_same_records(records, multihost_driver.own_stream_run(str(tmp_path / 'one'), num_devices=2).records)
