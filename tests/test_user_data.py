@@ -343,3 +343,19 @@ def test_one_tfds_split_may_serve_as_both_sets():
   with tfds.testing.mock_data(num_examples=6):
     dataset = data.build(config_lib.data_spec({'name': 'tfds:mnist', 'test_split': 'train'}))
   np.testing.assert_array_equal(dataset.train_inputs, dataset.test_inputs)
+
+
+def test_a_tfds_dataset_by_name_streams_with_dataset_streaming():
+  spec = config_lib.data_spec(
+      {'name': 'tfds:cifar100', 'streaming': True, 'target_key': 'coarse_label', 'num_train': 24, 'num_test': 8}
+  )
+  with tfds.testing.mock_data(num_examples=32):
+    streamed = data.build(spec)
+    assert isinstance(streamed, data.StreamingDataset)
+    assert (streamed.num_train, streamed.num_test, streamed.num_classes) == (24, 8, 20)
+    assert streamed.input_shape == (32, 32, 3) and streamed.preprocessing.input_dtype == 'uint8'
+    batch = streamed.step_batches(seed=0, global_batch_size=8)[0]
+    assert batch['inputs'].shape == (8, 32, 32, 3) and batch['inputs'].dtype == np.uint8
+    assert batch['targets'].dtype == np.int32 and np.all(batch['targets'] < 20)
+  with tfds.testing.mock_data(num_examples=32), pytest.raises(ValueError, match=r'has no class-label target'):
+    data.build(config_lib.data_spec({'name': 'tfds:cifar100', 'streaming': True, 'target_key': 'image'}))

@@ -46,7 +46,8 @@ def _dataset_section() -> ml_collections.ConfigDict:
   # tfds:fashion_mnist) | a name registered with lth_jax.data.register
   dataset.name = 'mnist1d'
   # Stream the data from tfds files through the grain pipeline (with augmentation for cifar10: random
-  # crop with padding 4, horizontal flip) instead of loading it into memory; imagenet2012 always streams.
+  # crop with padding 4, horizontal flip) instead of loading it into memory; imagenet2012 always streams;
+  # a tfds:NAME classification dataset streams without augmentation, its uint8 images scaled to [0, 1].
   dataset.streaming = False
   dataset.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir / dataset cache
   dataset.seed = 0  # generation / split seed of generated datasets

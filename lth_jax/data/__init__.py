@@ -31,6 +31,7 @@ from lth_jax.data.registry import TFDS_PREFIX
 from lth_jax.data.registry import unregister
 from lth_jax.data.tfds_catalog import build_tfds_dataset
 from lth_jax.data.tfds_catalog import is_tfds_name
+from lth_jax.data.tfds_catalog import stream_tfds_dataset
 from lth_jax.data.tfds_source import DatasetNotPreparedError
 from lth_jax.data.tfds_source import build_image_dataset
 from lth_jax.data.user import from_arrays
@@ -81,7 +82,8 @@ def build(dataset_config: Any) -> Dataset:
   With `dataset.streaming=True` (mnist, cifar10) the data is streamed through the grain pipeline,
   with augmentation for cifar10 (random crop with padding 4 and horizontal flip); otherwise it is
   loaded into memory once, without augmentation. 'tfds:NAME' reads any tfds dataset into memory
-  (`tfds_catalog`); a registered name builds with its builder (`register`).
+  (`tfds_catalog`), or streams a classification one with `dataset.streaming=True`; a registered name
+  builds with its builder (`register`).
   """
   name = dataset_config.name
   if not is_dataset_name(name):
@@ -89,6 +91,8 @@ def build(dataset_config: Any) -> Dataset:
         f'dataset.name must be one of {dataset_names()}, or {TFDS_PREFIX}NAME for a tfds dataset, got {name!r}'
     )
   if dataset_config.streaming:
+    if is_tfds_name(name):
+      return stream_tfds_dataset(dataset_config)
     if name not in STREAMING_NAMES:
       raise ValueError(
           f'dataset.streaming=True: no streaming pipeline for {name!r} ' f"(streamable: {', '.join(STREAMING_NAMES)})"

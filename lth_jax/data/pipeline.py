@@ -319,7 +319,8 @@ class StreamingDataset:
     return StepBatches(self.train_records, self.preprocessing, seed, global_batch_size, process_index, process_count)
 
 
-def _limited(records: Sequence[Any], limit: int | None, field: str, name: str, split: str) -> Sequence[Any]:
+def limited(records: Sequence[Any], limit: int | None, field: str, name: str, split: str) -> Sequence[Any]:
+  """The first `limit` records (all of them when None; a ValueError naming dataset.<field> when there are fewer)."""
   if limit is None:
     return records
   if limit > len(records):
@@ -350,7 +351,7 @@ def streaming_dataset(
   test_records = open_split(name, evaluation_split, data_dir)
   return StreamingDataset(
       name=name,
-      train_records=_limited(train_records, num_train, 'num_train', name, 'train'),
-      test_records=_limited(test_records, num_test, 'num_test', name, evaluation_split),
+      train_records=limited(train_records, num_train, 'num_train', name, 'train'),
+      test_records=limited(test_records, num_test, 'num_test', name, evaluation_split),
       preprocessing=PREPROCESSING[name],
   )

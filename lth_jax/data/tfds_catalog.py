@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from lth_jax.data import decoded_cache
+from lth_jax.data import pipeline
+from lth_jax.data import streamed_source
 from lth_jax.data import user
 from lth_jax.data.arrays import ArrayDataset
 from lth_jax.data.arrays import read_positive_int
@@ -41,18 +43,8 @@ def is_tfds_name(name: Any) -> bool:
 def build_tfds_dataset(dataset_config: Any) -> ArrayDataset:
   """Builds the tfds dataset `dataset.name = 'tfds:NAME'` from the splits and features the dataset
   section names (see the module docstring)."""
-  name = dataset_config.name
-  tfds_name = name[len(TFDS_PREFIX) :]
-  if not tfds_name:
-    raise ValueError(f"dataset.name={name!r}: name a tfds dataset after {TFDS_PREFIX!r}, e.g. 'tfds:fashion_mnist'")
-  for field in ('train_split', 'test_split', 'input_key', 'target_key'):
-    value = getattr(dataset_config, field)
-    if not isinstance(value, str) or not value:
-      raise ValueError(f'dataset.{field} must be a non-empty string, got {value!r}')
+  name, tfds_name, data_dir = _checked_fields(dataset_config)
   input_key, target_key = dataset_config.input_key, dataset_config.target_key
-  data_dir = dataset_config.data_dir or None
-  if data_dir is not None:
-    data_dir = os.path.expanduser(os.fspath(data_dir))
   limits = {field: read_positive_int(dataset_config, field) for field in ('num_train', 'num_test')}
   arrays: dict[str, np.ndarray] = {}  # how errors name them: "dataset.train_split's inputs", ...
   for field, limit_field in (('train_split', 'num_train'), ('test_split', 'num_test')):
@@ -68,6 +60,47 @@ def build_tfds_dataset(dataset_config: Any) -> ArrayDataset:
       num_classes=classes,
       normalize_uint8_images=True,
   )
+
+
+def stream_tfds_dataset(dataset_config: Any) -> pipeline.StreamingDataset:
+  """`dataset.name = 'tfds:NAME'` with `dataset.streaming=True`: the splits streamed while training
+  (`streamed_source.stream_source`), not read into memory; a classification dataset (a ClassLabel
+  target), uint8 images scaled to [0, 1] on the device."""
+  name, tfds_name, data_dir = _checked_fields(dataset_config)
+  sources, classes = {}, None
+  for field, limit_field in (('train_split', 'num_train'), ('test_split', 'num_test')):
+    split = getattr(dataset_config, field)
+    source = _open(name, tfds_name, split, field, data_dir)
+    classes = _check_features(name, source, dataset_config.input_key, dataset_config.target_key)
+    if classes is None:
+      raise ValueError(
+          f'dataset.streaming=True: {name!r} has no class-label target {dataset_config.target_key!r}; '
+          'streamed datasets are classification datasets (set dataset.streaming=False to read it into memory)'
+      )
+    limit = read_positive_int(dataset_config, limit_field)
+    sources[field] = pipeline.limited(source, limit, limit_field, tfds_name, split)
+  return streamed_source.stream_source(
+      sources['train_split'],
+      sources['test_split'],
+      num_classes=classes,
+      input_key=dataset_config.input_key,
+      target_key=dataset_config.target_key,
+      name=name,
+  )
+
+
+def _checked_fields(dataset_config: Any) -> tuple[str, str, str | None]:
+  """(dataset.name, the tfds name in it, the data_dir) once the dataset section's tfds fields are checked."""
+  name = dataset_config.name
+  tfds_name = name[len(TFDS_PREFIX) :]
+  if not tfds_name:
+    raise ValueError(f"dataset.name={name!r}: name a tfds dataset after {TFDS_PREFIX!r}, e.g. 'tfds:fashion_mnist'")
+  for field in ('train_split', 'test_split', 'input_key', 'target_key'):
+    value = getattr(dataset_config, field)
+    if not isinstance(value, str) or not value:
+      raise ValueError(f'dataset.{field} must be a non-empty string, got {value!r}')
+  data_dir = dataset_config.data_dir or None
+  return name, tfds_name, None if data_dir is None else os.path.expanduser(os.fspath(data_dir))
 
 
 def _open(name: str, tfds_name: str, split: str, field: str, data_dir: str | None) -> Any:
