@@ -13,6 +13,7 @@ from lth_jax import config as config_lib
 from lth_jax import data
 from lth_jax.config import compatibility
 from lth_jax.config import schema
+from lth_jax.search import lottery
 from lth_jax.data import decoded_cache
 from lth_jax.data import synthetic_tfds
 from lth_jax.data import tfds_catalog
@@ -359,3 +360,21 @@ def test_a_tfds_dataset_by_name_streams_with_dataset_streaming():
     assert batch['targets'].dtype == np.int32 and np.all(batch['targets'] < 20)
   with tfds.testing.mock_data(num_examples=32), pytest.raises(ValueError, match=r'has no class-label target'):
     data.build(config_lib.data_spec({'name': 'tfds:cifar100', 'streaming': True, 'target_key': 'image'}))
+
+
+def test_a_streamed_tfds_dataset_runs_a_search(tmp_path):
+  from tests import helpers  # pylint: disable=import-outside-toplevel
+
+  config = helpers.tiny_config(pruning__levels=1, branches=('reinit',))
+  config.dataset.name, config.dataset.streaming = 'tfds:fashion_mnist', True
+  config.dataset.num_train, config.dataset.num_test = 64, 32
+  config.model.name, config.model.hidden_sizes = 'lenet', (16,)
+  config.training.batch_size, config.training.eval_batch_size = 16, 32
+  with tfds.testing.mock_data(num_examples=64):
+    results = lottery.run(config, str(tmp_path / 'work'), log=lambda line: None)
+  assert sorted((record['level'], record['branch']) for record in results.records) == [
+      (0, 'ticket'),
+      (1, 'reinit'),
+      (1, 'ticket'),
+  ]
+  assert all(0.0 <= record['test_accuracy'] <= 1.0 for record in results.records)
