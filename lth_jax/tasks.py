@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lth_jax import importing
@@ -97,8 +98,6 @@ class Task:
 
   def summary(self, sums: dict[str, Any], prefix: str) -> dict[str, Any]:
     """Means of accumulated sums: {prefix_loss, prefix_<metric>...} (host values; lists for a population)."""
-    import numpy as np  # pylint: disable=import-outside-toplevel
-
     count = np.maximum(np.asarray(sums['count'], np.float64), 1.0)
     means = {f'{prefix}_loss': np.asarray(sums['loss'], np.float64) / count}
     for metric in self.metrics:
