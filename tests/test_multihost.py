@@ -76,12 +76,16 @@ def test_two_processes_write_one_set_of_results_equal_to_one_process(tmp_path):
   _assert_same_records(records, lottery.run(config, str(tmp_path / 'one'), log=lambda m: None).records)
 
 
+def _streamed_records(workdir, mode):
+  """The records two processes write streaming in `mode` (each reading half of every batch)."""
+  outputs = _run_two_processes(workdir, mode)
+  assert 'process 1 of 2 finished with 3 records' in outputs[1]
+  return [json.loads(line) for line in open(workdir / 'results.jsonl')]
+
+
 @pytest.mark.slow
 def test_two_hosts_each_streaming_half_of_every_batch_equal_one_process(tmp_path):
-  workdir = tmp_path / 'two_processes'
-  outputs = _run_two_processes(workdir, 'streaming')
-  assert 'process 1 of 2 finished with 3 records' in outputs[1]
-  records = [json.loads(line) for line in open(workdir / 'results.jsonl')]
+  records = _streamed_records(tmp_path / 'two_processes', 'streaming')
   assert sorted((r['level'], r['branch']) for r in records) == [(0, 'ticket'), (1, 'reinit'), (1, 'ticket')]
   config = multihost_driver.streaming_config()
   config.parallel.num_devices = 2
@@ -92,8 +96,5 @@ def test_two_hosts_each_streaming_half_of_every_batch_equal_one_process(tmp_path
 
 @pytest.mark.slow
 def test_two_hosts_streaming_a_source_of_your_own_equal_one_process(tmp_path):
-  workdir = tmp_path / 'two_processes'
-  outputs = _run_two_processes(workdir, 'own_stream')
-  assert 'process 1 of 2 finished with 3 records' in outputs[1]
-  records = [json.loads(line) for line in open(workdir / 'results.jsonl')]
+  records = _streamed_records(tmp_path / 'two_processes', 'own_stream')
   _assert_same_records(records, multihost_driver.own_stream_run(str(tmp_path / 'one'), num_devices=2).records)
