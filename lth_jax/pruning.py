@@ -1,7 +1,12 @@
-"""Pruning: scores, selection (per layer or one global pool), random permutation of masks, schedules.
+"""Pruning: criteria (registered by name), selection (per layer or one global pool), a level's mask,
+random permutation of masks, schedules.
 
 Every function here is a pure function of host (numpy) trees: pruning happens once per level, on
 weights fetched from the devices, so it is deterministic and identical on every host.
+
+A criterion is a function `criterion(inputs: CriterionInputs) -> scores`: a tree like the mask, higher
+meaning keep. `pruning.criterion` in the config names one: 'magnitude' (|w|, the default) or 'snip'
+(|g * w|); `register(name, criterion)` adds one.
 
 Selection rule: pruning a fraction p of a layer removes exactly round(p * remaining) of its surviving
 weights, those with the smallest score; ties go to the lower flat index first (a stable sort), and a
@@ -10,7 +15,8 @@ weight already pruned is never revived.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import dataclasses
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -18,6 +24,7 @@ import numpy as np
 from lth_jax import masks as masks_lib
 
 SCOPES = ('local', 'global')
+MODES = ('iterative', 'one_shot')
 
 
 def magnitude_scores(params: Any) -> Any:
@@ -243,3 +250,111 @@ def random_mask_like(keep_mask: Any, prunable: Any, seed: int) -> Any:
       keep = new_keep.reshape(keep.shape)
     drawn.append(keep)
   return jax.tree_util.tree_unflatten(treedef, drawn)
+
+
+@dataclasses.dataclass(frozen=True)
+class CriterionInputs:
+  """What a criterion may score a level's mask from (host trees)."""
+
+  params: Any  # the weights the level prunes from
+  keep_mask: Any  # the mask the level prunes further (all ones for one-shot pruning)
+  prunable: Any  # bool tree from masks.prunable_tree
+  # params -> the mean loss gradient at params over `pruning.snip_batches` training batches; called only
+  # by a criterion that needs it (None: none available)
+  loss_gradients: Callable[[Any], Any] | None = None
+
+
+Criterion = Callable[[CriterionInputs], Any]  # inputs -> scores (a tree like the mask; higher: keep)
+
+
+def magnitude(inputs: CriterionInputs) -> Any:
+  """Magnitude pruning: |w| of the weights the level prunes from."""
+  return magnitude_scores(inputs.params)
+
+
+def snip(inputs: CriterionInputs) -> Any:
+  """Connection sensitivity |g * w| (Lee et al., SNIP) at the weights the level prunes from."""
+  if inputs.loss_gradients is None:
+    raise ValueError("the 'snip' criterion needs loss gradients (CriterionInputs.loss_gradients)")
+  return snip_scores(inputs.params, inputs.loss_gradients(inputs.params))
+
+
+CRITERIA: dict[str, Criterion] = {'magnitude': magnitude, 'snip': snip}
+
+
+def register(name: str, criterion_function: Criterion) -> None:
+  """Adds a pruning criterion under `name` (then usable as `pruning.criterion`)."""
+  if not isinstance(name, str) or not name:
+    raise ValueError(f'a pruning criterion needs a non-empty name, got {name!r}')
+  if not callable(criterion_function):
+    raise TypeError(f'pruning criterion {name!r} must be callable (inputs -> scores), got {criterion_function!r}')
+  if name in CRITERIA:
+    raise ValueError(f'a pruning criterion named {name!r} is already registered (known: {", ".join(CRITERIA)})')
+  CRITERIA[name] = criterion_function
+
+
+def criterion(name: str) -> Criterion:
+  """The pruning criterion registered under `name`."""
+  if name not in CRITERIA:
+    raise KeyError(f'unknown pruning criterion {name!r}; known criteria: {", ".join(CRITERIA)}')
+  return CRITERIA[name]
+
+
+class LevelRule(Protocol):
+  """The values of a pruning plan that decide a level's mask (`lth_jax.config.PruningPlan` has them)."""
+
+  @property
+  def mode(self) -> str:
+    ...
+
+  @property
+  def scope(self) -> str:
+    ...
+
+  @property
+  def fraction(self) -> float:
+    ...
+
+  @property
+  def layer_fractions(self) -> Mapping[str, float]:
+    ...
+
+  @property
+  def min_weights_per_layer(self) -> int:
+    ...
+
+
+def level_inputs(
+    mode: str,
+    ticket_params: Any,
+    keep_mask: Any,
+    dense_params: Any,
+    prunable: Any,
+    loss_gradients: Callable[[Any], Any] | None = None,
+) -> CriterionInputs:
+  """What a level's criterion scores: one-shot pruning scores the dense network's weights under a full
+  mask, iterative pruning the previous ticket's weights under its mask."""
+  if mode == 'one_shot':
+    full_mask = jax.tree_util.tree_map(lambda keep: np.ones(np.shape(keep), bool), keep_mask)
+    return CriterionInputs(dense_params, full_mask, prunable, loss_gradients)
+  return CriterionInputs(ticket_params, keep_mask, prunable, loss_gradients)
+
+
+def next_mask(rule: LevelRule, level: int, scores: Any, keep_mask: Any, prunable: Any) -> Any:
+  """The winning-ticket mask of `level` (>= 1) from a criterion's `scores`: iterative pruning removes
+  `rule.fraction` of the survivors of `keep_mask`; one-shot pruning prunes a full mask in one step to
+  what `level` iterative levels would keep (`keep_mask` gives only the tree's shape then)."""
+  if rule.mode not in MODES:
+    raise ValueError(f'pruning mode must be one of {MODES}, got {rule.mode!r}')
+  if rule.mode == 'one_shot':
+    fraction, layer_fractions = one_shot_fractions(rule.fraction, rule.layer_fractions, level)
+    return prune(
+        scores,
+        masks_lib.ones_like(keep_mask),
+        prunable,
+        fraction,
+        rule.scope,
+        layer_fractions,
+        rule.min_weights_per_layer,
+    )
+  return prune(scores, keep_mask, prunable, rule.fraction, rule.scope, rule.layer_fractions, rule.min_weights_per_layer)

@@ -166,7 +166,7 @@ def test_early_turnaround_prunes_from_the_weights_at_the_turnaround_step(tmp_pat
       {'params': params0, 'mask': ones, 'turnaround_params': params0},
   )
   prunable = masks_lib.prunable_tree(params0)
-  expected = plan.next_mask(1, at_turnaround, ones, at_turnaround, prunable)
+  expected = pruning.next_mask(plan, 1, pruning.magnitude_scores(at_turnaround), ones, prunable)
   chex.assert_trees_all_equal(level1['mask'], expected)
   level0 = checkpoints.restore_tree(
       os.path.join(str(tmp_path), 'checkpoints/trial_0/level_0'),
@@ -180,3 +180,33 @@ def test_turnaround_before_the_rewind_step_is_refused(tmp_path):
   config = helpers.tiny_config(pruning__turnaround_step=3)
   with pytest.raises(lth_jax.ConfigError, match='pruning.turnaround_step=3: must come after'):
     lottery.run(config, str(tmp_path), log=lambda line: None)
+
+
+def test_snip_criterion_prunes_each_level_by_connection_sensitivity_to_the_planned_counts(tmp_path):
+  config = helpers.tiny_config(pruning__criterion='snip', pruning__snip_batches=2, branches=())
+  results = lottery.run(config, str(tmp_path), log=lambda line: None)
+  trainer = _tiny_trainer()
+  init_seed, data_seed = trial.trial_seeds(config.seed, 0)
+  params0, model_state0 = trainer.init_variables(init_seed)
+  plan = config_lib.pruning_plan(config)
+  prunable = plan.prunable(params0)
+  planned = pruning.planned_counts(
+      masks_lib.layer_sizes(params0, prunable), plan.fraction, 2, plan.scope, plan.layer_fractions
+  )
+  tickets = {record['level']: record for record in results.select(branch='ticket')}
+  assert [tickets[level]['kept_weights'] for level in (0, 1, 2)] == planned
+  like = {'params': params0, 'mask': masks_lib.ones_like(params0)}
+  levels = [
+      checkpoints.restore_tree(os.path.join(str(tmp_path), f'checkpoints/trial_0/level_{level}'), like)
+      for level in (0, 1, 2)
+  ]
+  for level in (1, 2):  # each mask: the lowest |g * w| at the previous ticket's final weights pruned
+    previous = levels[level - 1]
+    gradients = trainer.mean_gradients(previous['params'], model_state0, data_seed, 2)
+    scores = pruning.snip_scores(previous['params'], gradients)
+    expected = pruning.next_mask(plan, level, scores, previous['mask'], prunable)
+    chex.assert_trees_all_equal(levels[level]['mask'], expected)
+    by_magnitude = pruning.next_mask(
+        plan, level, pruning.magnitude_scores(previous['params']), previous['mask'], prunable
+    )
+    assert not np.array_equal(levels[level]['mask']['dense_0']['kernel'], by_magnitude['dense_0']['kernel'])

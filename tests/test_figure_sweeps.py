@@ -20,6 +20,7 @@ import pytest
 import lth_jax
 from lth_jax import config as config_lib
 from lth_jax.config import schema
+from lth_jax import pruning
 from lth_jax.search import cohorts
 from lth_jax.search import experiment as experiment_lib
 from lth_jax.search import trial as trial_lib
@@ -254,7 +255,7 @@ def test_one_shot_mask_is_the_mask_of_a_one_shot_lottery_level(scope, excluded):
   prunable = plan.prunable(params)
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params)
   for level in (1, 3):
-    expected = plan.next_mask(level, params, ones, params, prunable)
+    expected = pruning.next_mask(plan, level, pruning.magnitude_scores(params), ones, prunable)
     mask = weight_fate.one_shot_mask(params, prunable, plan, 0.8**level)
     for got, want in zip(jax.tree_util.tree_leaves(mask), jax.tree_util.tree_leaves(expected)):
       np.testing.assert_array_equal(got, want)

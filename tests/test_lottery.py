@@ -14,6 +14,7 @@ from lth_jax import data as data_lib
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
+from lth_jax import pruning
 from lth_jax.search import cohorts
 from lth_jax.search import lottery
 from lth_jax.search import trial
@@ -100,7 +101,7 @@ def test_checkpointed_masks_and_rewind_point(tiny_run):
       os.path.join(workdir, 'checkpoints/trial_0/level_1'), {'params': params0, 'mask': ones}
   )['mask']
   prunable = masks_lib.prunable_tree(params0)
-  expected = plan.next_mask(1, dense_params, dense_mask, dense_params, prunable)
+  expected = pruning.next_mask(plan, 1, pruning.magnitude_scores(dense_params), dense_mask, prunable)
   chex.assert_trees_all_equal(level1_mask, expected)
 
 

@@ -1,8 +1,11 @@
 """Tests for lth_jax.pruning: exact selection, no revival, ties, local vs global, permutation, schedules."""
 
+import dataclasses
 import math
+from typing import Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -412,3 +415,128 @@ def test_one_shot_reaches_the_density_of_the_iterative_schedule():
   iterative = pruning.planned_counts(sizes, 0.2, levels, layer_fractions={'output': 0.1})[-1]
   assert abs(one_shot - iterative) <= levels  # only per-level rounding separates them
   assert math.isclose(one_shot, iterative, rel_tol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Criteria: the registry, magnitude and snip, a level's mask
+
+
+def _two_layer_net(rng):
+  """A 3-4-2 tanh net (kernels and biases) and a batch of 5 examples for a squared-error loss."""
+  params = {
+      'dense_0': {'kernel': rng.normal(size=(3, 4)).astype(np.float32), 'bias': rng.normal(size=4).astype(np.float32)},
+      'output': {'kernel': rng.normal(size=(4, 2)).astype(np.float32), 'bias': rng.normal(size=2).astype(np.float32)},
+  }
+  inputs, targets = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(5, 2)).astype(np.float32)
+  return params, inputs, targets
+
+
+def _numpy_kernel_gradients(params, inputs, targets):
+  """Backpropagation by hand of mean((tanh(x W0 + b0) W1 + b1 - y)^2) / 2 to both kernels."""
+  hidden = np.tanh(inputs @ params['dense_0']['kernel'] + params['dense_0']['bias'])
+  residual = (hidden @ params['output']['kernel'] + params['output']['bias'] - targets) / targets.size
+  hidden_gradient = (residual @ params['output']['kernel'].T) * (1.0 - hidden**2)
+  return inputs.T @ hidden_gradient, hidden.T @ residual
+
+
+def test_built_in_criteria_are_registered_and_looked_up_by_name():
+  assert {'magnitude', 'snip'} <= set(pruning.CRITERIA)
+  assert pruning.criterion('magnitude') is pruning.magnitude
+  assert pruning.criterion('snip') is pruning.snip
+  with pytest.raises(KeyError, match="unknown pruning criterion 'grasp'; known criteria: magnitude, snip"):
+    pruning.criterion('grasp')
+
+
+def test_register_adds_a_criterion_and_refuses_duplicates_and_non_callables(monkeypatch):
+  monkeypatch.setattr(pruning, 'CRITERIA', dict(pruning.CRITERIA))
+
+  def negative_magnitude(inputs):
+    return jax.tree_util.tree_map(lambda weight: -np.abs(weight), inputs.params)
+
+  pruning.register('negative_magnitude', negative_magnitude)
+  assert pruning.criterion('negative_magnitude') is negative_magnitude
+  with pytest.raises(ValueError, match="'negative_magnitude' is already registered"):
+    pruning.register('negative_magnitude', pruning.magnitude)
+  with pytest.raises(ValueError, match="'magnitude' is already registered"):
+    pruning.register('magnitude', negative_magnitude)
+  with pytest.raises(TypeError, match="'scores' must be callable"):
+    pruning.register('scores', {'dense_0': 1.0})
+  assert pruning.criterion('magnitude') is pruning.magnitude  # the built-in is untouched
+
+
+def test_magnitude_criterion_scores_the_weights_and_never_asks_for_gradients():
+  params, _, _ = _two_layer_net(np.random.default_rng(0))
+
+  def no_gradients(unused_params):
+    raise AssertionError('magnitude pruning computed gradients')
+
+  inputs = pruning.CriterionInputs(params, masks.ones_like(params), masks.prunable_tree(params), no_gradients)
+  scores = pruning.criterion('magnitude')(inputs)
+  np.testing.assert_array_equal(scores['output']['kernel'], np.abs(params['output']['kernel']))
+
+
+def test_snip_criterion_matches_a_numpy_reference_on_a_two_layer_net():
+  params, inputs, targets = _two_layer_net(np.random.default_rng(1))
+
+  def loss(tree):
+    hidden = jnp.tanh(inputs @ tree['dense_0']['kernel'] + tree['dense_0']['bias'])
+    return 0.5 * jnp.mean((hidden @ tree['output']['kernel'] + tree['output']['bias'] - targets) ** 2)
+
+  asked = []
+
+  def loss_gradients(at):
+    asked.append(at)
+    return jax.tree_util.tree_map(np.asarray, jax.grad(loss)(at))
+
+  criterion_inputs = pruning.CriterionInputs(
+      params, masks.ones_like(params), masks.prunable_tree(params), loss_gradients
+  )
+  scores = pruning.criterion('snip')(criterion_inputs)
+  assert len(asked) == 1 and asked[0] is params  # the gradient at the weights the level prunes from
+  hidden_gradient, output_gradient = _numpy_kernel_gradients(params, inputs, targets)
+  np.testing.assert_allclose(
+      scores['dense_0']['kernel'], np.abs(hidden_gradient * params['dense_0']['kernel']), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+      scores['output']['kernel'], np.abs(output_gradient * params['output']['kernel']), rtol=1e-5
+  )
+  assert not np.allclose(scores['output']['kernel'], np.abs(params['output']['kernel']))
+
+
+def test_snip_criterion_without_gradients_says_so():
+  params, _, _ = _two_layer_net(np.random.default_rng(2))
+  with pytest.raises(ValueError, match="the 'snip' criterion needs loss gradients"):
+    pruning.snip(pruning.CriterionInputs(params, masks.ones_like(params), masks.prunable_tree(params)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+  mode: str = 'iterative'
+  scope: str = 'local'
+  fraction: float = 0.5
+  layer_fractions: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  min_weights_per_layer: int = 0
+
+
+def test_next_mask_prunes_the_lowest_scores_iteratively_or_in_one_shot():
+  rng = np.random.default_rng(3)
+  ticket, dense = random_tree(rng), random_tree(rng)
+  prunable = masks.prunable_tree(ticket)
+  keep = pruning.prune(pruning.magnitude_scores(dense), masks.ones_like(dense), prunable, 0.5)
+  iterative = pruning.level_inputs('iterative', ticket, keep, dense, prunable)
+  assert iterative.params is ticket and iterative.keep_mask is keep
+  mask = pruning.next_mask(_Rule(), 2, pruning.magnitude(iterative), keep, prunable)
+  # round(0.5 * remaining) of 150, 75, 15 pruned (round half to even: 38 of 75, 8 of 15)
+  assert kernel_counts(mask) == {'dense_0': 75, 'dense_1': 37, 'output': 7}
+  assert not np.any(np.asarray(mask['dense_0']['kernel']) & ~keep['dense_0']['kernel'])  # never revived
+  one_shot = pruning.level_inputs('one_shot', ticket, keep, dense, prunable)
+  assert one_shot.params is dense and all(np.all(leaf) for leaf in jax.tree_util.tree_leaves(one_shot.keep_mask))
+  mask = pruning.next_mask(_Rule(mode='one_shot'), 2, pruning.magnitude(one_shot), keep, prunable)
+  # 1 - 0.5^2 = 0.75 of 300, 150, 30 pruned in one step: 225, 112, 22
+  assert kernel_counts(mask) == {'dense_0': 75, 'dense_1': 38, 'output': 8}
+  np.testing.assert_array_equal(
+      mask['dense_0']['kernel'],
+      pruning.prune(pruning.magnitude_scores(dense), masks.ones_like(dense), prunable, 0.75)['dense_0']['kernel'],
+  )
+  with pytest.raises(ValueError, match="pruning mode must be one of \\('iterative', 'one_shot'\\), got 'gradual'"):
+    pruning.next_mask(_Rule(mode='gradual'), 1, pruning.magnitude(iterative), keep, prunable)

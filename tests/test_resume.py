@@ -26,6 +26,7 @@ from lth_jax.config import errors
 from lth_jax.config import schema
 from lth_jax import masks as masks_lib
 from lth_jax.search import lottery
+from lth_jax.search import workdir as workdir_lib
 from lth_jax.training import checkpoints
 from lth_jax.training import parallel
 from lth_jax.training import preemption
@@ -280,6 +281,20 @@ def test_config_differences_ignore_fields_added_at_their_defaults():
   changing, neutral = compatibility.config_differences(old, new, compatibility.config_to_json(schema.base_config()))
   assert changing == ['training.steps_per_dispatch: (absent) -> 16']
   assert neutral == []  # checkpointing.* absent before and at its defaults now: no difference
+
+
+def test_a_config_json_without_a_pruning_criterion_ran_magnitude_pruning(tmp_path):
+  """A workdir written before `pruning.criterion` resumes at its default; another criterion is a change."""
+  old = compatibility.config_to_json(helpers.tiny_config())
+  del old['pruning']['criterion']
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  (tmp_path / 'results.jsonl').write_text('{"trial": 0, "level": 0, "branch": "ticket"}\n')  # it holds runs
+  lines = []
+  with pytest.raises(errors.ConfigError, match='pruning.criterion: \\(absent\\) -> "snip"'):
+    workdir_lib.check_config_file(helpers.tiny_config(pruning__criterion='snip'), str(tmp_path), False, lines.append)
+  workdir_lib.check_config_file(helpers.tiny_config(), str(tmp_path), False, log=lines.append)
+  assert not any('pruning.criterion' in line for line in lines)
+  assert json.loads((tmp_path / 'config.json').read_text())['pruning']['criterion'] == 'magnitude'  # now recorded
 
 
 @pytest.mark.parametrize(

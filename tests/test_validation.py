@@ -32,6 +32,11 @@ from tests import helpers
         ({'pruning__rewind_step': 60}, r'pruning.rewind_step=60: must be before the end of training'),
         ({'pruning__scope': 'galactic'}, r"pruning.scope='galactic'"),
         ({'pruning__mode': 'twice'}, r"pruning.mode='twice'"),
+        (
+            {'pruning__criterion': 'grasp'},
+            r"pruning.criterion='grasp': unknown pruning criterion; known criteria: magnitude, snip \(add one with "
+            r'lth_jax.pruning.register\)',
+        ),
         ({'pruning__levels': -1}, r'pruning.levels=-1'),
         ({'pruning__target_density': 1.5}, r'pruning.target_density=1.5'),
         ({'pruning__target_density': 0.001}, r'pruning.target_density=0.001: is unreachable'),

@@ -19,8 +19,8 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
-from lth_jax import config as config_lib
 from lth_jax import branches as branches_lib
+from lth_jax import pruning
 from lth_jax.search import levels
 from lth_jax.search import lottery
 from lth_jax.training import checkpoints
@@ -161,7 +161,7 @@ def one_lottery_run(config: ml_collections.ConfigDict) -> tuple[dict[str, float]
     )
     timeline.wrap(trainer_class, 'create_state', 'create_state')
     timeline.wrap(checkpoints, 'save_tree', 'checkpoint')
-    timeline.wrap(config_lib.PruningPlan, 'next_mask', 'prune')
+    timeline.wrap(pruning, 'next_mask', 'prune')
     timeline.wrap(branches_lib, 'start', 'reset')
     timeline.wrap(
         levels.LevelRunner,

@@ -243,7 +243,7 @@ def _check_batch_and_length(config: ml_collections.ConfigDict) -> int:
 
 
 def _check_pruning_amount(pruning_config: ml_collections.ConfigDict) -> None:
-  """How much the `pruning` section prunes: scope, mode, levels, target density, fractions, minimum."""
+  """How much the `pruning` section prunes: scope, mode, criterion, levels, target density, fractions, minimum."""
   _require(
       pruning_config.get('scope', 'local') in pruning.SCOPES,
       'pruning.scope',
@@ -255,6 +255,13 @@ def _check_pruning_amount(pruning_config: ml_collections.ConfigDict) -> None:
       'pruning.mode',
       f'must be one of {PRUNING_MODES}',
       pruning_config.get('mode'),
+  )
+  criterion = pruning_config.get('criterion', 'magnitude')
+  _require(  # (criteria registered since import count too)
+      isinstance(criterion, str) and criterion in pruning.CRITERIA,
+      'pruning.criterion',
+      f'unknown pruning criterion; known criteria: {", ".join(pruning.CRITERIA)} (add one with lth_jax.pruning.register)',
+      criterion,
   )
   levels = pruning_config.get('levels')
   _require(_is_int(levels) and levels >= 0, 'pruning.levels', 'must be a non-negative integer', levels)

@@ -14,7 +14,7 @@ from lth_jax.config.errors import require as _require
 from lth_jax.config.lengths import require_point as _require_point
 from lth_jax.config.lengths import total_steps
 
-PRUNING_MODES = ('iterative', 'one_shot')
+PRUNING_MODES = pruning.MODES  # iterative | one_shot
 # Rounding to whole weights per layer and level leaves densities slightly off the geometric schedule.
 DENSITY_TOLERANCE = 0.01
 

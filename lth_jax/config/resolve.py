@@ -96,6 +96,7 @@ def pruning_plan(config: ml_collections.ConfigDict) -> spec_lib.PruningPlan:
       prunable_patterns=tuple(pruning.prunable_patterns),
       excluded_layers=tuple(pruning.excluded_layers),
       snip_batches=int(pruning.snip_batches),
+      criterion=str(pruning.criterion),
   )
 
 

@@ -140,8 +140,10 @@ def _pruning_section() -> ml_collections.ConfigDict:
   # given, they decide instead of prunable_parameters. From Python, `lth_jax.run(..., prunable=rule)`.
   pruning.prunable_patterns = ()
   pruning.excluded_layers = ()  # layers never pruned (names, families or module paths)
-
-  pruning.snip_batches = 1  # batches whose mean gradient scores the snip branch
+  # What ranks the weights a level prunes (lowest first): 'magnitude' (|w|) | 'snip' (|g * w|, Lee et al.,
+  # the mean gradient over snip_batches batches) | a name given to lth_jax.pruning.register
+  pruning.criterion = 'magnitude'
+  pruning.snip_batches = 1  # batches whose mean gradient scores the snip branch and the snip criterion
   return pruning
 
 

@@ -8,7 +8,6 @@ import dataclasses
 from typing import Any, Callable
 
 from lth_jax import masks as masks_lib
-from lth_jax import pruning
 from lth_jax.config.data_checks import DENSITY_TOLERANCE
 
 
@@ -74,8 +73,8 @@ class TrainingSpec:
 
 @dataclasses.dataclass(frozen=True)
 class PruningPlan:
-  """The `pruning` section with points in steps and the fraction pruned per level decided, and the
-  mask each level prunes to."""
+  """The `pruning` section with points in steps and the fraction pruned per level decided (plain values:
+  `pruning.next_mask` prunes a level's mask by them, scored by the criterion named here)."""
 
   mode: str
   scope: str
@@ -89,6 +88,7 @@ class PruningPlan:
   prunable_parameters: tuple[str, ...]
   excluded_layers: tuple[str, ...]
   snip_batches: int
+  criterion: str  # what ranks the weights a level prunes: a name registered in lth_jax.pruning
   prunable_patterns: tuple[str, ...] = ()
   # A rule given from Python (`lth_jax.run(..., prunable=rule)`): rule(path, leaf) -> bool. It decides
   # instead of the patterns and the names.
@@ -115,29 +115,6 @@ class PruningPlan:
     if self.turnaround_step:
       return snapshots[self.turnaround_step][0]
     return final_params
-
-  def next_mask(self, level: int, ticket_params: Any, keep_mask: Any, dense_params: Any, prunable: Any) -> Any:
-    """The winning-ticket mask of `level` (>= 1)."""
-    if self.mode == 'one_shot':
-      fraction, layer_fractions = pruning.one_shot_fractions(self.fraction, self.layer_fractions, level)
-      return pruning.prune(
-          pruning.magnitude_scores(dense_params),
-          masks_lib.ones_like(keep_mask),
-          prunable,
-          fraction,
-          self.scope,
-          layer_fractions,
-          self.min_weights_per_layer,
-      )
-    return pruning.prune(
-        pruning.magnitude_scores(ticket_params),
-        keep_mask,
-        prunable,
-        self.fraction,
-        self.scope,
-        self.layer_fractions,
-        self.min_weights_per_layer,
-    )
 
   def reached_target(self, density: float) -> bool:
     """Whether the target density (if any) is reached."""

@@ -4,6 +4,7 @@ level's mask is pruned from, and where its checkpoints live. It builds the membe
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Protocol
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from lth_jax import branches as branches_lib
 from lth_jax import config as config_lib
+from lth_jax import pruning
 from lth_jax.search import cohorts
 from lth_jax import tickets as tickets_lib
 from lth_jax.training import checkpoints
@@ -190,7 +192,16 @@ class Trial:
 
   def prepare_level(self, level: int) -> None:
     """Prunes this level's winning-ticket mask (or stops the trial when nothing is left to prune)."""
-    new_mask = self.plan.next_mask(level, self.ticket_params, self.keep_mask, self.dense_params, self.prunable)
+    plan, trainer = self.plan, self.runner.trainer
+    # The mean gradient for a criterion that asks (snip): model in training mode, so batch norm uses each
+    # batch's statistics and the initial model state gives only its structure.
+    gradients = functools.partial(
+        trainer.mean_gradients, model_state=self.model_state0, data_seed=self.data_seed, num_batches=plan.snip_batches
+    )
+    inputs = pruning.level_inputs(
+        plan.mode, self.ticket_params, self.keep_mask, self.dense_params, self.prunable, gradients
+    )
+    new_mask = pruning.next_mask(plan, level, pruning.criterion(plan.criterion)(inputs), self.keep_mask, self.prunable)
     if all(
         np.array_equal(a, b)
         for a, b in zip(jax.tree_util.tree_leaves(new_mask), jax.tree_util.tree_leaves(self.keep_mask))
