@@ -112,13 +112,23 @@ class ResidentFeed:
       mesh: jax.sharding.Mesh,
       batch_size: int,
       eval_batch_size: int,
-      training_arrays: tuple[jax.Array, ...] | None = None,
+      training_arrays: tuple[Any, ...] | None = None,
+      shapes_only: bool = False,
   ):
+    """`training_arrays`: another feed's copy of the training set on the same devices (another mesh
+    shape). `shapes_only`: nothing is put on the devices (which need not be attached: a TPU topology
+    compiled for ahead of time); `arrays` are shapes, for lowering the programs only."""
     self.dataset, self.mesh, self.batch_size = dataset, mesh, batch_size
     self.num_train = dataset.num_train
     self.eval_batch_size = evaluation_batch_size(eval_batch_size, dataset.num_test, mesh.devices.size)
     replicated = parallel.replicated(mesh)
-    if training_arrays is not None:  # another feed's copy on the same devices (another mesh shape)
+    if shapes_only:
+      self.arrays = tuple(
+          jax.ShapeDtypeStruct(array.shape, array.dtype, sharding=replicated)
+          for array in (dataset.train_inputs, dataset.train_targets)
+      )
+      return
+    if training_arrays is not None:
       self.arrays = tuple(jax.device_put(array, replicated) for array in training_arrays)
     else:
       self.arrays = (
@@ -252,12 +262,18 @@ class StreamingFeed:
 
 
 def create(
-    dataset: data_lib.Dataset, mesh: jax.sharding.Mesh, batch_size: int, eval_batch_size: int, like: Feed | None = None
+    dataset: data_lib.Dataset,
+    mesh: jax.sharding.Mesh,
+    batch_size: int,
+    eval_batch_size: int,
+    like: Feed | None = None,
+    shapes_only: bool = False,
 ) -> ResidentFeed | StreamingFeed:
   """The feed for `dataset`: resident for an ArrayDataset, streaming for a StreamingDataset. `like`,
   a feed of the same dataset on another mesh of the same devices, lends its training set on the
-  devices instead of a second copy from the host."""
+  devices instead of a second copy from the host. `shapes_only`: a feed that puts nothing on the
+  devices and reads nothing, for lowering programs ahead of time (`lth_jax.training.compiled`)."""
   if isinstance(dataset, pipeline.StreamingDataset):
-    return StreamingFeed(dataset, mesh, batch_size, eval_batch_size)
+    return StreamingFeed(dataset, mesh, batch_size, eval_batch_size)  # reads nothing until it is asked
   arrays = like.arrays if isinstance(like, ResidentFeed) and like.dataset is dataset else None
-  return ResidentFeed(dataset, mesh, batch_size, eval_batch_size, arrays)
+  return ResidentFeed(dataset, mesh, batch_size, eval_batch_size, arrays, shapes_only)

@@ -9,7 +9,7 @@ plain data parallelism, parameters replicated. `member_layout` chooses the shape
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -79,7 +79,13 @@ def create_mesh(num_devices: int = 0, members: int = 1) -> Mesh:
   host holds a contiguous slice of every member's batch (what the streaming pipeline reads). Otherwise
   the devices fill the mesh row by row in process order (members spread over hosts).
   """
-  devices = _mesh_devices(num_devices)
+  return mesh_of(_mesh_devices(num_devices), members)
+
+
+def mesh_of(devices: Sequence[Any], members: int = 1) -> Mesh:
+  """The ('members', 'data') mesh of `create_mesh` over the given devices (attached or not: a TPU
+  topology's devices compile ahead of time)."""
+  devices = list(devices)
   if members < 1 or len(devices) % members:
     raise ValueError(f'{members} member groups do not divide the {len(devices)} devices of the mesh')
   per_host = _local_device_counts(devices)
