@@ -17,6 +17,7 @@ The README quotes these lines; tests/test_experiments.py checks that it quotes t
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from typing import Sequence
@@ -59,8 +60,28 @@ def figure5_base() -> config_lib.ConfigDict:
   return config
 
 
-def cost_lines(devices: int) -> list[str]:
-  """The lines the command prints for Figure 5's sweep on `devices` devices."""
+@dataclasses.dataclass(frozen=True)
+class Figure5Cost:
+  """What Figure 5's sweep trains and holds, worked out from the configs."""
+
+  levels: int
+  steps_per_training: int
+  dense_one_run_per_point: int
+  dense_as_sweep: int
+  pruned_steps: int  # the steps of every pruned level's trainings, together
+  snapshots: int
+  snapshot_bytes: int
+  device_bytes: int  # one run's device memory by `memory.footprint`, at `examples_per_device`
+  examples_per_device: int
+
+  def trainings(self, as_sweep: bool) -> float:
+    """Full trainings in all, as one sweep or as one lottery run per reset point."""
+    dense = self.dense_as_sweep if as_sweep else self.dense_one_run_per_point
+    return (dense * self.steps_per_training + self.pruned_steps) / self.steps_per_training
+
+
+def figure5_cost(devices: int) -> Figure5Cost:
+  """Figure 5's sweep on `devices` devices."""
   base = figure5_base()
   points = [common.ResetPoint(float(epoch), 'epoch') for epoch in RESET_EPOCHS]
   levels = max(base.pruning.levels, STABILITY_LEVEL)
@@ -78,21 +99,37 @@ def cost_lines(devices: int) -> list[str]:
   pruned = sum(
       spec.trials * spec.pruning.levels * len(spec.branch_names) * (total - spec.pruning.rewind_step) for spec in specs
   )
-  old, new = len(specs) * TRIALS, len(groups) * TRIALS
-  snapshots = len(sweep_plan.snapshot_steps(specs))
-  weights = memory.tree_bytes(variables)
   run = memory.footprint(model, example, optim.from_config(specs[0].training, total))
   per_device = specs[0].training.batch_size // devices
+  return Figure5Cost(
+      levels=levels,
+      steps_per_training=total,
+      dense_one_run_per_point=len(specs) * TRIALS,
+      dense_as_sweep=len(groups) * TRIALS,
+      pruned_steps=pruned,
+      snapshots=len(sweep_plan.snapshot_steps(specs)),
+      snapshot_bytes=memory.tree_bytes(variables),
+      device_bytes=run.device_bytes(1, per_device),
+      examples_per_device=per_device,
+  )
+
+
+def cost_lines(devices: int) -> list[str]:
+  """The lines the command prints for Figure 5's sweep on `devices` devices."""
+  cost = figure5_cost(devices)
+  total = cost.steps_per_training
   return [
       f'Figure 5 at full size: ResNet-50 on ImageNet, one-shot, reset epochs {",".join(map(str, RESET_EPOCHS))}, '
-      f'{TRIALS} trials, {levels} levels, {devices} devices, {total:,} steps per training',
-      f'dense trainings: {old} as one lottery run per reset point, {new} as one sweep',
-      f'trainings of {total:,} steps in all: {(old * total + pruned) / total:.1f} one run per reset point, '
-      f'{(new * total + pruned) / total:.1f} as one sweep',
-      f"host memory: each trial's dense run keeps {snapshots} snapshots of "
-      f'{memory.format_bytes(weights)} (weights and batch statistics): {memory.format_bytes(snapshots * weights)}',
-      f'device memory: about {memory.format_bytes(run.device_bytes(1, per_device))} per device for one run at '
-      f'{per_device} examples per device, whatever the number of reset points (snapshots go to the host)',
+      f'{TRIALS} trials, {cost.levels} levels, {devices} devices, {total:,} steps per training',
+      f'dense trainings: {cost.dense_one_run_per_point} as one lottery run per reset point, '
+      f'{cost.dense_as_sweep} as one sweep',
+      f'trainings of {total:,} steps in all: {cost.trainings(False):.1f} one run per reset point, '
+      f'{cost.trainings(True):.1f} as one sweep',
+      f"host memory: each trial's dense run keeps {cost.snapshots} snapshots of "
+      f'{memory.format_bytes(cost.snapshot_bytes)} (weights and batch statistics): '
+      f'{memory.format_bytes(cost.snapshots * cost.snapshot_bytes)}',
+      f'device memory: about {memory.format_bytes(cost.device_bytes)} per device for one run at '
+      f'{cost.examples_per_device} examples per device, whatever the number of reset points (snapshots go to the host)',
   ]
 
 

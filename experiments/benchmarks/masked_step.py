@@ -22,6 +22,7 @@ from lth_jax import models as models_lib
 from lth_jax.models import conv as conv_lib
 from lth_jax.training import steps
 
+from experiments.benchmarks import chips
 from experiments.benchmarks.builders import FUSED_STEPS
 from experiments.benchmarks.builders import LENET_SIZES
 from experiments.benchmarks.builders import MASK_DENSITY
@@ -146,10 +147,7 @@ class StepBench:
     step = functools.partial(steps.train_step, model=self.model, optimizer=self.optimizers[name], task='classification')
     inputs = self.train_inputs[: self.batch_size]
     targets = self.train_targets[: self.batch_size]
-    analysis = jax.jit(step).lower(self.state(name), inputs, targets).compile().cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-      analysis = analysis[0] if analysis else None
-    return float(analysis['flops']) if analysis and 'flops' in analysis else None
+    return chips.xla_flops(jax.jit(step).lower(self.state(name), inputs, targets).compile())
 
 
 def matmul_timer(size: int) -> Callable[[], float]:
@@ -259,6 +257,7 @@ def masked_vs_dense_figures(report: Report, settings: Settings) -> None:
     fields['dense_fraction_of_peak_xla_count'] = fraction_of_peak(
         fields['xla_cost_analysis_mflop_dense'] * 1e6, 'dense'
     )
+  fields.update(chips.mfu_fields(analytic, masked_s, jax.local_devices()[:1]))  # the masked step, analytic count
   report.emit('lenet300_100_flops', **fields)
 
   # Conv-4 on 32x32x3: one step per dispatch (no loop). Next to it: the same step with XLA's own
@@ -308,4 +307,5 @@ def masked_vs_dense_figures(report: Report, settings: Settings) -> None:
       masked_gflops=conv_analytic / masked_s / 1e9,
       dense_fraction_of_peak=conv_analytic / dense_s / peak,
       masked_fraction_of_peak=conv_analytic / masked_s / peak,
+      **chips.mfu_fields(conv_analytic, masked_s, jax.local_devices()[:1]),  # the masked step, analytic count
   )

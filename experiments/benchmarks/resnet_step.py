@@ -24,6 +24,7 @@ from lth_jax.models import convolution
 from lth_jax import optim
 from lth_jax.training import steps
 
+from experiments.benchmarks import chips
 from experiments.benchmarks.builders import MASK_DENSITY
 from experiments.benchmarks.builders import apply_mask
 from experiments.benchmarks.builders import random_mask
@@ -139,6 +140,7 @@ def time_train_step(
       'warmup_step_s': warmup_s,
       'params_m': num_params / 1e6,
       'mask_density': MASK_DENSITY,
+      **chips.mfu_fields(chips.xla_flops(compiled), step_s, jax.local_devices()[:1]),
   }
   return {'fields': fields, 'raw': {'step_seconds': step_times, 'warmup_seconds': warmup_s}}
 

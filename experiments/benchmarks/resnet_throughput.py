@@ -13,7 +13,9 @@ Prints one line per figure, `name key=value ...` (lines starting with '#' are co
                         momentum SGD wrapped by `keep_pruned_at_zero`, 20%-density random mask) on random
                         device-resident data. Compiled once (compile_s: trace + lower + compile), one
                         warmup step, then the median of several steps, each timed with
-                        `jax.block_until_ready`. One line per model dtype: float32 always, bfloat16 only
+                        `jax.block_until_ready`. Each line carries the MFU fields (`chips.mfu_fields`:
+                        device_kind, XLA's step_tflop, achieved_tflops, mfu against the device's published
+                        peak and its source; `n/a` on a CPU), beside `compile_at_scale`'s prediction. One line per model dtype: float32 always, bfloat16 only
                         when the backend is not the CPU. `--conv_kernel_gradient=lax|patches` overrides
                         how convolution kernel gradients are computed (`kernel_gradient=` on each line).
   resnet50_imagenet     the same for ResNet-50 (1000 outputs) on 224x224x3: batch 32 on the CPU (--quick:

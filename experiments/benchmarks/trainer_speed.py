@@ -21,6 +21,9 @@ Prints one line per figure, `name key=value ...` (lines starting with '#' are co
                         (`compiled.cost_analysis()['flops']`) and the fraction it gives are printed too.
   conv4_flops           the same for the Conv-4 step (analytic: 3x the forward FLOPs of its 3x3
                         convolutions and dense layers), against the matmul peak measured above.
+                        Both lines also carry the MFU fields (`chips.mfu_fields`, the masked step):
+                        device_kind, achieved_tflops, mfu against the device's published peak and its
+                        source (`n/a` on a CPU), as `compile_at_scale` predicts them for a TPU.
   fusion_linear_2_200_1, fusion_lenet_mnist1d
                         steps/s of `train.Trainer.train` with steps_per_dispatch=1 vs 64 on tiny models.
   lottery_level, lottery_run
