@@ -10,9 +10,9 @@ exactly as runs were trained one after another. Each member keeps its own weight
 state and batch order (its trial's seed), so it sees the batches its run alone would see.
 
 A program is checkpointed like a single run (periodically, and at the current step on SIGTERM) in
-`WORKDIR/checkpoints/running/level_L_<members>`; the checkpoint names its members, and a re-run
-resumes it only for the same members. One member's program keeps the single-run folder
-`checkpoints/trial_T/running/level_L_BRANCH`; a program of a sweep's variants keeps
+`WORKDIR/checkpoints/running/level_L_<members>` (`workdir.program_directory`); the checkpoint names its
+members, and a re-run resumes it only for the same members. One member's program keeps the single-run
+folder `checkpoints/trial_T/running/level_L_BRANCH`; a program of a sweep's variants keeps
 `SWEEP/checkpoints/running/level_L_<count>_<digest of its members>`.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import math
 import os
 from typing import Any, Callable, Sequence
@@ -30,6 +29,7 @@ import numpy as np
 
 from lth_jax import config as config_lib
 from lth_jax import optim
+from lth_jax.search import workdir as workdir_lib
 from lth_jax.training import checkpoints
 from lth_jax.training import feeds
 from lth_jax.training import memory
@@ -61,12 +61,7 @@ class Member:
   @property
   def key(self) -> str:
     """'t0-ticket' (or 'VARIANT/t0-ticket'): the member's name in a program's checkpoint."""
-    return member_key(self.variant, self.trial, self.branch)
-
-
-def member_key(variant: str, trial: int, branch: str) -> str:
-  """The name of the (variant, trial, branch) run in a program's checkpoint: 't0-ticket', 'VARIANT/t0-ticket'."""
-  return f'{variant}/t{trial}-{branch}' if variant else f't{trial}-{branch}'
+    return workdir_lib.member_key(self.variant, self.trial, self.branch)
 
 
 @dataclasses.dataclass
@@ -134,29 +129,6 @@ def _summary(values: Sequence[float]) -> str:
     return 'nan'
   text = f'{float(np.mean(finite)):.4g} [{min(finite):.4g}, {max(finite):.4g}]'
   return text + (f', {len(values) - len(finite)} non-finite' if len(finite) < len(values) else '')
-
-
-def running_directory(workdir: str, level: int, runs: Sequence[tuple[int, str]]) -> str:
-  """Where the periodic checkpoints of a program in progress are kept, for its (trial, branch) runs of
-  `level`: the single-run folder `checkpoints/trial_T/running/level_L_BRANCH` for one run, else
-  `checkpoints/running/level_L_t<first trial>-<first branch>_<count>_<digest of all the runs>`."""
-  if len(runs) == 1:
-    ((trial, branch),) = runs
-    return os.path.join(workdir, 'checkpoints', f'trial_{trial}', 'running', f'level_{level}_{branch}')
-  keys = [f't{trial}-{branch}' for trial, branch in runs]
-  digest = hashlib.sha1(','.join(keys).encode()).hexdigest()[:8]
-  return os.path.join(workdir, 'checkpoints', 'running', f'level_{level}_{keys[0]}_{len(keys)}_{digest}')
-
-
-def program_directory(workdir: str, level: int, runs: Sequence[tuple[str, int, str]]) -> str:
-  """Where a program of the (variant, trial, branch) `runs` of `level` keeps its periodic checkpoints:
-  `running_directory` for one search's runs, `checkpoints/running/level_L_<count>_<digest>` for a
-  program of a sweep's variants."""
-  if not any(variant for variant, _, _ in runs):
-    return running_directory(workdir, level, [(trial, branch) for _, trial, branch in runs])
-  keys = [member_key(*run) for run in runs]
-  digest = hashlib.sha1(','.join(keys).encode()).hexdigest()[:8]
-  return os.path.join(workdir, 'checkpoints', 'running', f'level_{level}_{len(keys)}_{digest}')
 
 
 def _runs(members: Sequence[Member]) -> list[tuple[str, int, str]]:
@@ -357,7 +329,7 @@ class _Program:
         snapshot_like=snapshot_like,
         snapshot_steps=tuple(sorted({step for member in members for step in member.snapshot_steps})),
         keys=[member.key for member in members],
-        directory=program_directory(workdir, level, _runs(members)),
+        directory=workdir_lib.program_directory(workdir, level, _runs(members)),
         label=_label(members, settings.levels),
         scalars_runs=[
             os.path.join(member.variant, f'trial_{member.trial}', f'level_{member.level}_{member.branch}')

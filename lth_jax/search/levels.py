@@ -15,6 +15,7 @@ import numpy as np
 from lth_jax import masks as masks_lib
 from lth_jax import results as results_lib
 from lth_jax.search import cohorts
+from lth_jax.search import workdir as workdir_lib
 from lth_jax.search import scalars as scalars_lib
 from lth_jax.training import checkpoints
 from lth_jax.search.experiment import Experiment
@@ -196,7 +197,7 @@ class LevelRunner:
   def _train_cohort(self, level: int, runs: list[tuple[int, str]]) -> None:
     """Trains the unrecorded runs among `runs` ((trial, branch) of this level) in programs."""
     for group in cohorts.groups(runs, self.members_per_program):
-      directory = cohorts.program_directory(self.workdir, level, [(self.variant, *run) for run in group])
+      directory = workdir_lib.program_directory(self.workdir, level, [(self.variant, *run) for run in group])
       program = [member for member in (self.member(level, *run) for run in group) if member is not None]
       if program:
         self.write(self.finish(self.programs.train(program)))
@@ -219,10 +220,10 @@ class LevelRunner:
   def end(self) -> None:
     """Removes the emptied folders of programs in progress; prints the surviving weights if asked to."""
     for state in self.trials.values():
-      running = os.path.join(state.trial_dir, 'running')
+      running = workdir_lib.running_folder(self.workdir, state.trial)
       if jax.process_index() == 0 and os.path.isdir(running) and not os.listdir(running):
         os.rmdir(running)
-    running = os.path.join(self.workdir, 'checkpoints', 'running')
+    running = workdir_lib.running_folder(self.workdir)
     if jax.process_index() == 0 and os.path.isdir(running) and not os.listdir(running):
       os.rmdir(running)
     if self.spec.report.print_surviving_weights:

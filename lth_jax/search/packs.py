@@ -29,6 +29,7 @@ from lth_jax import config as config_lib
 from lth_jax import optim
 from lth_jax import results as results_lib
 from lth_jax.search import cohorts
+from lth_jax.search import workdir as workdir_lib
 from lth_jax.search import scalars as scalars_lib
 from lth_jax.search.experiment import Experiment
 from lth_jax.search.levels import LevelRunner
@@ -115,7 +116,7 @@ def _level_runs(search: LevelRunner, level: int) -> list[tuple[int, str]]:
 def _train_program(pack: Pack, searches: Sequence[LevelRunner], level: int, group: list[tuple[int, int, str]]) -> None:
   """Trains the unrecorded runs of one program of (search index, trial, branch) runs, then writes each
   search's records (through the journal)."""
-  directory = cohorts.program_directory(
+  directory = workdir_lib.program_directory(
       pack.workdir, level, [(searches[index].variant, trial, branch) for index, trial, branch in group]
   )
   program, owners = [], {}  # the members to train; id(member) -> its search's index
@@ -143,7 +144,7 @@ def _train_program(pack: Pack, searches: Sequence[LevelRunner], level: int, grou
 def replay_journals(workdir: str, log: Callable[[str], None]) -> None:
   """Appends the records of programs killed between their journal and their last results file (each
   record once), then removes the journal and the program's checkpoints: they are recorded."""
-  for journal in sorted(glob.glob(os.path.join(workdir, 'checkpoints', 'running', '*' + JOURNAL_SUFFIX))):
+  for journal in sorted(glob.glob(os.path.join(workdir_lib.running_folder(workdir), '*' + JOURNAL_SUFFIX))):
     with open(journal) as file:
       written = json.load(file)
     for variant, records in written.items():

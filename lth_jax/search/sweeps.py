@@ -40,7 +40,6 @@ from lth_jax.search import custom as custom_lib
 from lth_jax.search import packs
 from lth_jax.search import scalars as scalars_lib
 from lth_jax.search import sweep_plan
-from lth_jax.search import trial as trial_lib
 from lth_jax.search import workdir as workdir_lib
 from lth_jax.search.experiment import Experiment
 from lth_jax.search.experiment import prepare
@@ -50,10 +49,6 @@ from lth_jax.data import Dataset
 from lth_jax.masks import PrunableRule
 from lth_jax.tasks import Task
 from lth_jax.training.preemption import StopRequest
-
-SWEEP_FILE = 'sweep.json'
-DENSE_DIRECTORY = 'dense'
-VARIANTS_DIRECTORY = 'variants'
 
 
 @dataclasses.dataclass
@@ -93,11 +88,6 @@ class _Search:
   directory: str
   keep_snapshots: tuple[int, ...] = ()
   record_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def variant_directory(workdir: str, variant: sweep_plan.Variant) -> str:
-  """The lottery workdir of one variant of the sweep in `workdir`."""
-  return os.path.join(workdir, VARIANTS_DIRECTORY, variant.label)
 
 
 def run(
@@ -159,7 +149,7 @@ def _run_variants(
     except config_lib.ConfigError as error:
       raise config_lib.ConfigError(f'sweep variant {variant.label}: {error}') from error
     recorded = custom.recorded(variant_config, experiment.model)
-    runs.append(_VariantRun(variant, recorded, experiment, variant_directory(workdir, variant), custom))
+    runs.append(_VariantRun(variant, recorded, experiment, workdir_lib.variant_directory(workdir, variant), custom))
   if runs:
     base = custom.recorded(base, runs[0].experiment.model)
   shared: dict[str, Experiment] = {}
@@ -202,9 +192,13 @@ def _train(
       f'lth_jax sweep: {len(runs)} variant(s); {len(groups)} dense run(s) of {runs[0].spec.trials} trial(s) '
       f'shared by them; {sum(run.spec.pruning.levels for run in runs)} pruning level(s) in all'
   )
-  lone = {id(group[0]) for key, group in groups.items() if len(group) == 1 and not os.path.isdir(_dense(workdir, key))}
+  lone = {
+      id(group[0])
+      for key, group in groups.items()
+      if len(group) == 1 and not os.path.isdir(workdir_lib.dense_directory(workdir, key))
+  }
   dense = {
-      key: _dense_search(group, _dense(workdir, key), log, shared)
+      key: _dense_search(group, workdir_lib.dense_directory(workdir, key), log, shared)
       for key, group in groups.items()
       if id(group[0]) not in lone
   }
@@ -224,10 +218,6 @@ def _train(
     log(f'lth_jax sweep: variant {run.variant.label}\n' + results_lib.format_sparsity_table(runner.records))
   for search in dense.values():
     started[search.directory].scalars.close()
-
-
-def _dense(workdir: str, key: str) -> str:
-  return os.path.join(workdir, DENSE_DIRECTORY, key)
 
 
 def _variant_search(run: _VariantRun) -> _Search:
@@ -259,7 +249,7 @@ def _train_searches(
   for indices in packs.searches_by_pack([search.experiment for search in searches]):
     members = [searches[index] for index in indices]
     scalars = scalars_lib.Scalars(
-        os.path.join(workdir, 'tensorboard') if members[0].experiment.spec.checkpointing.tensorboard else None
+        workdir_lib.tensorboard_directory(workdir) if members[0].experiment.spec.checkpointing.tensorboard else None
     )
     pack = packs.create([search.experiment for search in members], workdir, log, stop, scalars)
     pack_runners = [runners.get(search.directory) or _runner(search, pack, log, stop) for search in members]
@@ -286,7 +276,9 @@ def _runner(search: _Search, pack: packs.Pack, log: Callable[[str], None], stop:
       results_lib.read_records(results_path) if os.path.isfile(results_path) else [],
       log,
       stop,
-      scalars_lib.Scalars(os.path.join(search.directory, 'tensorboard') if spec.checkpointing.tensorboard else None),
+      scalars_lib.Scalars(
+          workdir_lib.tensorboard_directory(search.directory) if spec.checkpointing.tensorboard else None
+      ),
       search.keep_snapshots,
       search.record_fields,
       pack.programs,
@@ -299,9 +291,9 @@ def _runner(search: _Search, pack: packs.Pack, log: Callable[[str], None], stop:
 
 def load(workdir: str) -> SweepResults:
   """The variants and records of the sweep in `workdir` (those trained so far)."""
-  path = os.path.join(workdir, SWEEP_FILE)
+  path = os.path.join(workdir, workdir_lib.SWEEP_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{workdir} holds no sweep ({SWEEP_FILE} is missing)')
+    raise FileNotFoundError(f'{workdir} holds no sweep ({workdir_lib.SWEEP_FILE} is missing)')
   with open(path) as file:
     recorded = json.load(file)
   if 'named' in recorded:
@@ -310,7 +302,7 @@ def load(workdir: str) -> SweepResults:
     variants = sweep_plan.variants({field: tuple(values) for field, values in recorded['axes'].items()})
   records = []
   for variant in variants:
-    results_path = os.path.join(variant_directory(workdir, variant), results_lib.RESULTS_FILE)
+    results_path = os.path.join(workdir_lib.variant_directory(workdir, variant), results_lib.RESULTS_FILE)
     records += results_lib.read_records(results_path) if os.path.isfile(results_path) else []
   return SweepResults(workdir=workdir, variants=variants, records=records)
 
@@ -319,7 +311,7 @@ def _check_sweep_file(workdir: str, base: ml_collections.ConfigDict, entry: dict
   """Refuses a workdir holding a sweep of other axes (or a named variant changed), or of a base config
   with other results; records this sweep's base config and variants (an earlier run's kept, new ones
   added)."""
-  path = os.path.join(workdir, SWEEP_FILE)
+  path = os.path.join(workdir, workdir_lib.SWEEP_FILE)
   new = {'config': config_lib.config_to_json(base), **entry}
   if os.path.isfile(path):
     with open(path) as file:
@@ -374,7 +366,7 @@ def _remove_dense_run_without(directory: str, steps: tuple[int, ...], log: Calla
       for record in records
       if not results_lib.is_diverged(record)
       for step in steps
-      if not os.path.isdir(trial_lib.snapshot_directory(directory, record['trial'], step))
+      if not os.path.isdir(workdir_lib.snapshot_directory(directory, record['trial'], step))
   ]
   if missing:
     log(
@@ -412,16 +404,16 @@ def _copy_level_zero_weights(member: _VariantRun, dense_dir: str, trial: int) ->
   """The checkpoints a finished level 0 leaves for the levels after it, written into the variant: its
   rewind point, and the final weights and mask (with the weights at its turnaround step, if any)."""
   plan = member.spec.pruning
-  target = trial_lib.level_directory(member.directory, trial, 0)
-  rewind = trial_lib.snapshot_directory(dense_dir, trial, plan.rewind_step)
+  target = workdir_lib.level_directory(member.directory, trial, 0)
+  rewind = workdir_lib.snapshot_directory(dense_dir, trial, plan.rewind_step)
   if os.path.isdir(rewind) and jax.process_index() == 0:  # absent when the dense run diverged before it
-    _replace_directory(rewind, os.path.join(os.path.dirname(target), 'rewind'))
+    _replace_directory(rewind, workdir_lib.rewind_directory(member.directory, trial))
   if not plan.turnaround_step:
     if jax.process_index() == 0:
-      _replace_directory(trial_lib.level_directory(dense_dir, trial, 0), target)
+      _replace_directory(workdir_lib.level_directory(dense_dir, trial, 0), target)
     return
-  level_zero = checkpoints.restore_tree(trial_lib.level_directory(dense_dir, trial, 0))
-  turnaround = trial_lib.snapshot_directory(dense_dir, trial, plan.turnaround_step)
+  level_zero = checkpoints.restore_tree(workdir_lib.level_directory(dense_dir, trial, 0))
+  turnaround = workdir_lib.snapshot_directory(dense_dir, trial, plan.turnaround_step)
   # Diverged before the turnaround step: the next level is pruned from the final weights.
   level_zero['turnaround_params'] = (
       checkpoints.restore_tree(turnaround)[0] if os.path.isdir(turnaround) else level_zero['params']

@@ -16,8 +16,11 @@ from lth_jax import config as config_lib
 from lth_jax import pruning
 from lth_jax.search import cohorts
 from lth_jax import tickets as tickets_lib
+from lth_jax.search import workdir as workdir_lib
 from lth_jax.training import checkpoints
 from lth_jax.search.experiment import Experiment
+from lth_jax.search.workdir import level_directory
+from lth_jax.search.workdir import snapshot_directory
 from lth_jax.training.trainer import Trainer
 
 
@@ -29,22 +32,6 @@ def branch_seed(*parts: int) -> int:
 def trial_seeds(seed: int, trial: int) -> tuple[int, int]:
   """(initialization seed, batch-order seed) of one trial."""
   return branch_seed(seed, trial, 0), branch_seed(seed, trial, 1)
-
-
-def level_directory(workdir: str, trial: int, level: int) -> str:
-  """Where a level's ticket (final weights and mask) is checkpointed."""
-  return os.path.join(workdir, 'checkpoints', f'trial_{trial}', f'level_{level}')
-
-
-def snapshot_directory(workdir: str, trial: int, step: int) -> str:
-  """Where the dense run of a trial keeps its weights at `step` when asked to (`lottery.run(keep_snapshots=)`)."""
-  return os.path.join(workdir, 'checkpoints', f'trial_{trial}', 'snapshots', f'step_{step}')
-
-
-def running_directory(workdir: str, trial: int, level: int, branch: str) -> str:
-  """Where the periodic checkpoints of the (trial, level, branch) run in progress are kept when it
-  trains alone (see `cohorts.running_directory` for a cohort program)."""
-  return cohorts.running_directory(workdir, level, [(trial, branch)])
 
 
 class LevelHost(Protocol):
@@ -81,7 +68,6 @@ class Trial:
     self.runner, self.trial = runner, trial
     self.plan = runner.plan
     self.init_seed, self.data_seed = trial_seeds(runner.seed, trial)
-    self.trial_dir = os.path.join(runner.workdir, 'checkpoints', f'trial_{trial}')
     self.params0, self.model_state0 = runner.trainer.init_variables(self.init_seed)
     self.prunable = runner.plan.prunable(self.params0)
     self.keep_mask = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), self.params0)
@@ -103,7 +89,7 @@ class Trial:
 
   @property
   def rewind_dir(self) -> str:
-    return os.path.join(self.trial_dir, 'rewind')
+    return workdir_lib.rewind_directory(self.runner.workdir, self.trial)
 
   def level_dir(self, level: int) -> str:
     return level_directory(self.runner.workdir, self.trial, level)
@@ -112,7 +98,7 @@ class Trial:
     """Whether (this trial, level, branch) is recorded (then its leftover checkpoints go)."""
     done = self.runner.recorded(self.trial, level, branch)
     if done:  # a run killed between writing its record and deleting its checkpoints left them behind
-      checkpoints.remove(running_directory(self.runner.workdir, self.trial, level, branch))
+      checkpoints.remove(workdir_lib.running_directory(self.runner.workdir, level, [(self.trial, branch)]))
     return done
 
   def _restore_finished(self, directory: str, like: Any, what: str, level: int) -> Any:
