@@ -1,7 +1,7 @@
 """Cohorts: the training runs of one lottery level trained together, as one population program.
 
 Every (trial, branch) run of a level trains to the same end step, so the runs that are not yet
-recorded form a cohort, trained in programs of at most `parallel.members_per_program` members. A
+recorded form a cohort (its members: `lth_jax.search.members`), trained in programs of at most `parallel.members_per_program` members. A
 sweep's cohort also holds the runs of several variants (`lth_jax.search.packs`): members may then start
 at their own step (a rewind point; the program starts at the earliest and a member waits, unchanged,
 until its start) and carry their own learning rate, warmup and weight decay. A program of K > 1 members is one `jax.vmap`-ed Trainer over a ('members', 'data') mesh
@@ -29,7 +29,10 @@ import numpy as np
 
 from lth_jax import config as config_lib
 from lth_jax import optim
+from lth_jax.search import members as members_lib
 from lth_jax.search import workdir as workdir_lib
+from lth_jax.search.members import Member
+from lth_jax.search.members import MemberResult
 from lth_jax.training import checkpoints
 from lth_jax.training import feeds
 from lth_jax.training import memory
@@ -37,43 +40,6 @@ from lth_jax.training import parallel
 from lth_jax.training import run_state
 from lth_jax.training import steps
 from lth_jax.training import trainer as trainer_lib
-
-
-@dataclasses.dataclass
-class Member:
-  """One training run of a cohort: where it starts (host trees) and what it is."""
-
-  trial: int
-  level: int
-  branch: str
-  params: Any
-  model_state: Any
-  keep_mask: Any
-  data_seed: int
-  snapshot_steps: tuple[int, ...] = ()
-  # Called with (step, host (params, model_state)) as each of this member's snapshots is taken.
-  on_snapshot: Callable[[int, tuple[Any, Any]], None] | None = None
-  start_step: int = 0  # the absolute step its training starts at (a level's rewind point)
-  variant: str = ''  # the sweep variant it belongs to ('' outside a sweep's packed programs)
-  # Its own values of `optim.MEMBER_HYPERPARAMETERS` where the members of its program differ in them.
-  hyperparameters: dict[str, float] = dataclasses.field(default_factory=dict)
-
-  @property
-  def key(self) -> str:
-    """'t0-ticket' (or 'VARIANT/t0-ticket'): the member's name in a program's checkpoint."""
-    return workdir_lib.member_key(self.variant, self.trial, self.branch)
-
-
-@dataclasses.dataclass
-class MemberResult:
-  """What training produced for one member."""
-
-  member: Member
-  final_params: Any  # host tree
-  snapshots: dict[int, tuple[Any, Any]]  # step -> host (params, model_state)
-  curve: list[dict[str, Any]]  # one entry per evaluation: step, train_loss, test metrics
-  wall_seconds: float  # the program's training time (shared by its members)
-  diverged_step: int | None = None  # where a non-finite loss or weight was first seen
 
 
 def format_duration(seconds: float) -> str:
@@ -135,11 +101,6 @@ def _runs(members: Sequence[Member]) -> list[tuple[str, int, str]]:
   return [(member.variant, member.trial, member.branch) for member in members]
 
 
-def _split_entry(entry: dict[str, Any], index: int) -> dict[str, Any]:
-  """One member's values of a population's curve entry (lists hold one value per member)."""
-  return {key: value[index] if isinstance(value, list) else value for key, value in entry.items()}
-
-
 @dataclasses.dataclass
 class ProgramSettings:
   """How programs are trained and watched (from the config's training, checkpointing and report)."""
@@ -187,7 +148,7 @@ class ProgramRunner:
   def train(self, members: Sequence[Member]) -> list[MemberResult]:
     """Trains `members` (each from its start step to the end) as one program; one result per member."""
     members = list(members)
-    trainer, slots = self.trainer_for(len(members), hyperparameter_names(members))
+    trainer, slots = self.trainer_for(len(members), members_lib.hyperparameter_names(members))
     program = _Program.create(members, trainer, slots, self.settings, self.workdir)
     with checkpoints.RunCheckpoints(program.directory, self.settings.max_to_keep) as running:
       result = self._train_program(program, running)
@@ -245,7 +206,7 @@ class ProgramRunner:
         metrics += f' train_loss={_summary(values["train_loss"])}'
       self.log(program.progress_line(entry['step'], speed, metrics + ' ', self._evaluation_seconds))
       for index in started:
-        run, member_entry = program.scalars_runs[index], _split_entry(entry, index)
+        run, member_entry = program.scalars_runs[index], members_lib.split_entry(entry, index)
         member_entry['examples_per_second'] = speed / len(members)
         self.scalars.write(run, entry['step'], {k: v for k, v in member_entry.items() if k != 'step'})
       return
@@ -335,7 +296,7 @@ class _Program:
             os.path.join(member.variant, f'trial_{member.trial}', f'level_{member.level}_{member.branch}')
             for member in members
         ],
-        member_settings=_member_settings(padded),
+        member_settings=members_lib.member_settings(padded),
     )
 
   def arrays_like(self, metadata: dict[str, Any]) -> Any:
@@ -367,8 +328,8 @@ class _Program:
   def on_snapshot(self, step: int, snapshot: tuple[Any, Any]) -> None:
     """Hands each member that asked for a snapshot of `step` (at or after its start) its own."""
     for index, member in enumerate(self.members):
-      if member.on_snapshot is not None and _snapshots_at(member, step):
-        member.on_snapshot(step, _member_snapshot(snapshot, index) if self.population else snapshot)
+      if member.on_snapshot is not None and members_lib.snapshots_at(member, step):
+        member.on_snapshot(step, members_lib.member_snapshot(snapshot, index) if self.population else snapshot)
 
   def save(self, running: checkpoints.RunCheckpoints, checkpoint: run_state.RunCheckpoint) -> None:
     """Saves `checkpoint` in `running`, naming the program's members."""
@@ -390,21 +351,16 @@ class _Program:
             member,
             steps.member(final_params, index),
             {
-                step: _member_snapshot(snapshot, index)
+                step: members_lib.member_snapshot(snapshot, index)
                 for step, snapshot in result.snapshots.items()
-                if _snapshots_at(member, step)
+                if members_lib.snapshots_at(member, step)
             },
-            [_split_entry(entry, index) for entry in result.curve if entry['step'] > member.start_step],
+            [members_lib.split_entry(entry, index) for entry in result.curve if entry['step'] > member.start_step],
             result.wall_seconds,
             result.diverged_steps[index],
         )
         for index, member in enumerate(members)
     ]
-
-
-def _snapshots_at(member: Member, step: int) -> bool:
-  """Whether `member` keeps its weights at `step`: one of its snapshot steps, at or after its start."""
-  return step in member.snapshot_steps and step >= member.start_step
 
 
 def _label(members: Sequence[Member], levels: int) -> str:
@@ -421,27 +377,6 @@ def _label(members: Sequence[Member], levels: int) -> str:
   if len(runs) * len(variants) == len(members):
     return f'level {first.level}/{levels} cohort of {len(members)} ({len(variants)} variants x {describe(runs)})'
   return f'level {first.level}/{levels} cohort of {len(members)} ({len(variants)} variants)'
-
-
-def hyperparameter_names(members: Sequence[Member]) -> tuple[str, ...]:
-  """The hyperparameters the members of one program carry for themselves."""
-  return tuple(sorted({name for member in members for name in member.hyperparameters}))
-
-
-def _member_settings(members: Sequence[Member]) -> dict[str, list[float]]:
-  """The per-member settings of a program of `members` (padding included): their start steps where they
-  differ, and their own hyperparameters."""
-  settings: dict[str, list[float]] = {}
-  if len({member.start_step for member in members}) > 1:
-    settings['start_step'] = [member.start_step for member in members]
-  for name in hyperparameter_names(members):
-    settings[name] = [member.hyperparameters[name] for member in members]
-  return settings
-
-
-def _member_snapshot(snapshot: tuple[Any, Any], index: int) -> tuple[Any, Any]:
-  params, model_state = snapshot
-  return steps.member(params, index), steps.member(model_state, index)
 
 
 def groups(keys: Sequence[Any], members_per_program: int) -> list[list[Any]]:

@@ -16,6 +16,8 @@ from lth_jax import masks as masks_lib
 from lth_jax import results as results_lib
 from lth_jax.search import cohorts
 from lth_jax.search import workdir as workdir_lib
+from lth_jax.search.members import Member
+from lth_jax.search.members import MemberResult
 from lth_jax.search import scalars as scalars_lib
 from lth_jax.training import checkpoints
 from lth_jax.search.experiment import Experiment
@@ -74,7 +76,7 @@ class LevelRunner:
     self.keep_snapshots, self.record_fields = keep_snapshots, dict(record_fields or {})
     self.variant, self.hyperparameters = variant, dict(hyperparameters or {})
     self.trials: dict[int, Trial] = {}
-    self._level_zero: dict[int, list[cohorts.Member]] = {}
+    self._level_zero: dict[int, list[Member]] = {}
     settings = cohorts.ProgramSettings.from_spec(spec)
     self.programs = programs or cohorts.ProgramRunner(
         workdir, experiment.program_trainer, settings, log, should_stop, self.scalars
@@ -99,9 +101,7 @@ class LevelRunner:
         record['trial'] == trial and record['level'] == level and record['branch'] == branch for record in self.records
     )
 
-  def record(
-      self, member: cohorts.Member, result: cohorts.MemberResult, prunable: Any, start_step: int
-  ) -> dict[str, Any]:
+  def record(self, member: Member, result: MemberResult, prunable: Any, start_step: int) -> dict[str, Any]:
     """The record of one finished run."""
     final = result.curve[-1]
     task = self.experiment.task
@@ -154,7 +154,7 @@ class LevelRunner:
           },
       )
 
-  def finish(self, results: list[cohorts.MemberResult]) -> list[dict[str, Any]]:
+  def finish(self, results: list[MemberResult]) -> list[dict[str, Any]]:
     """The records of finished members of this search (each trial takes its own results first)."""
     return [self.trials[result.member.trial].finish(result) for result in results]
 
@@ -177,7 +177,7 @@ class LevelRunner:
       state.prepare_level(level)
     return [(state.trial, branch) for state in active if state.active for branch in self.branch_names]
 
-  def member(self, level: int, trial: int, branch: str) -> cohorts.Member | None:
+  def member(self, level: int, trial: int, branch: str) -> Member | None:
     """The member that trains (trial, level, branch), or None when it is recorded."""
     if level == 0:
       member = self._level_zero[trial][0] if self._level_zero[trial] else None

@@ -30,6 +30,7 @@ from lth_jax import optim
 from lth_jax import results as results_lib
 from lth_jax.search import cohorts
 from lth_jax.search import workdir as workdir_lib
+from lth_jax.search.members import MemberResult
 from lth_jax.search import scalars as scalars_lib
 from lth_jax.search.experiment import Experiment
 from lth_jax.search.levels import LevelRunner
@@ -126,7 +127,7 @@ def _train_program(pack: Pack, searches: Sequence[LevelRunner], level: int, grou
       program.append(member)
       owners[id(member)] = index
   if program:
-    results: dict[int, list[cohorts.MemberResult]] = {}
+    results: dict[int, list[MemberResult]] = {}
     for result in pack.programs.train(program):
       results.setdefault(owners[id(result.member)], []).append(result)
     written = {index: searches[index].finish(found) for index, found in sorted(results.items())}

@@ -1,6 +1,6 @@
 """One trial of a lottery run between its levels: its seeds, W_0, the rewind point, the ticket the next
 level's mask is pruned from, and where its checkpoints live. It builds the members a level trains
-(`lth_jax.search.cohorts`) and turns their results into records."""
+(`lth_jax.search.members`) and turns their results into records."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import numpy as np
 from lth_jax import branches as branches_lib
 from lth_jax import config as config_lib
 from lth_jax import pruning
-from lth_jax.search import cohorts
 from lth_jax import tickets as tickets_lib
 from lth_jax.search import workdir as workdir_lib
 from lth_jax.training import checkpoints
 from lth_jax.search.experiment import Experiment
+from lth_jax.search.members import Member
+from lth_jax.search.members import MemberResult
 from lth_jax.search.workdir import level_directory
 from lth_jax.search.workdir import snapshot_directory
 from lth_jax.training.trainer import Trainer
@@ -54,9 +55,7 @@ class LevelHost(Protocol):
   def diverged_ticket(self, trial: int, level: int) -> dict[str, Any] | None:
     ...
 
-  def record(
-      self, member: cohorts.Member, result: cohorts.MemberResult, prunable: Any, start_step: int
-  ) -> dict[str, Any]:
+  def record(self, member: Member, result: MemberResult, prunable: Any, start_step: int) -> dict[str, Any]:
     ...
 
 
@@ -130,7 +129,7 @@ class Trial:
       tree['turnaround_params'] = pruning_params
     checkpoints.save_tree(self.level_dir(level), tree)
 
-  def level_zero(self) -> list[cohorts.Member]:
+  def level_zero(self) -> list[Member]:
     """The dense run, or nothing when it is recorded (its rewind point and weights are restored)."""
     rewind_step = self.plan.rewind_step
     if self.done(0, 'ticket') and self.runner.diverged_ticket(self.trial, 0) is not None:
@@ -153,7 +152,7 @@ class Trial:
     turnaround = tuple(step for step in (self.plan.turnaround_step,) if step)
     steps = tuple(dict.fromkeys((rewind_step, *turnaround, *self.runner.keep_snapshots)))
     return [
-        cohorts.Member(
+        Member(
             self.trial,
             0,
             'ticket',
@@ -199,7 +198,7 @@ class Trial:
     if self.done(level, 'ticket'):
       _, self.ticket_params, self.keep_mask = self._restore_level(level)
 
-  def member(self, level: int, branch: str) -> cohorts.Member:
+  def member(self, level: int, branch: str) -> Member:
     """The starting point of one (level >= 1, branch) run of this trial."""
     runner = self.runner
     assert self.rewind is not None, 'level 0 (trained or restored) sets the rewind point'
@@ -217,7 +216,7 @@ class Trial:
     )
     params, model_state, branch_mask = branches_lib.start(branch, inputs)
     turnaround = tuple(step for step in (self.plan.turnaround_step,) if step)
-    return cohorts.Member(
+    return Member(
         self.trial,
         level,
         branch,
@@ -229,7 +228,7 @@ class Trial:
         start_step=self.plan.rewind_step,
     )
 
-  def finish(self, result: cohorts.MemberResult) -> dict[str, Any]:
+  def finish(self, result: MemberResult) -> dict[str, Any]:
     """Takes one member's result (keeping a ticket's level for good); returns its record (not yet written).
     A diverged ticket stops the trial: the next level is not pruned from non-finite weights."""
     member = result.member
