@@ -7,7 +7,8 @@ at their own step (a rewind point; the program starts at the earliest and a memb
 until its start) and carry their own learning rate, warmup and weight decay. A program of K > 1 members is one `jax.vmap`-ed Trainer over a ('members', 'data') mesh
 (`parallel.member_layout` picks its shape); a program of one member is the plain data-parallel Trainer,
 exactly as runs were trained one after another. Each member keeps its own weights, mask, optimizer
-state and batch order (its trial's seed), so it sees the batches its run alone would see.
+state and batch order (its trial's seed), so it sees the batches its run alone would see. This module trains a program: from its newest good checkpoint, with progress lines
+(`lth_jax.search.progress`) and scalars, and splits its result per member.
 
 A program is checkpointed like a single run (periodically, and at the current step on SIGTERM) in
 `WORKDIR/checkpoints/running/level_L_<members>` (`workdir.program_directory`); the checkpoint names its
@@ -25,11 +26,11 @@ import os
 from typing import Any, Callable, Sequence
 
 import jax
-import numpy as np
 
 from lth_jax import config as config_lib
 from lth_jax import optim
 from lth_jax.search import members as members_lib
+from lth_jax.search import progress
 from lth_jax.search import workdir as workdir_lib
 from lth_jax.search.members import Member
 from lth_jax.search.members import MemberResult
@@ -40,61 +41,6 @@ from lth_jax.training import parallel
 from lth_jax.training import run_state
 from lth_jax.training import steps
 from lth_jax.training import trainer as trainer_lib
-
-
-def format_duration(seconds: float) -> str:
-  """'42s', '3m05s', '2h07m'."""
-  seconds = int(round(max(seconds, 0.0)))
-  if seconds < 60:
-    return f'{seconds}s'
-  if seconds < 3600:
-    return f'{seconds // 60}m{seconds % 60:02d}s'
-  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
-
-
-def estimate_remaining_seconds(
-    step: int, end_step: int, eval_every: int, batch_size: int, examples_per_second: float, evaluation_seconds: float
-) -> float:
-  """Time left in a run at `step`: its remaining steps at the training speed measured so far, plus
-  one evaluation (as long as the last) at each evaluation point still ahead (and at the end)."""
-  if step >= end_step:
-    return 0.0
-  training = (end_step - step) * batch_size / examples_per_second if examples_per_second > 0 else 0.0
-  evaluations = 1 + (len(range(step - step % eval_every + eval_every, end_step, eval_every)) if eval_every else 0)
-  return training + evaluations * evaluation_seconds
-
-
-def format_speed(examples_per_second: float) -> str:
-  """'12,345' for fast runs, '0.731' for slow ones (a ResNet-50 on a CPU)."""
-  if examples_per_second >= 100:
-    return f'{examples_per_second:,.0f}'
-  return f'{examples_per_second:.3g}'
-
-
-def describe(members: Sequence[Member]) -> str:
-  """'trials 0-3 x ticket, reinit' (or the list of members when they are not a full grid)."""
-  trials = sorted({member.trial for member in members})
-  branches = list(dict.fromkeys(member.branch for member in members))
-  if len(trials) * len(branches) == len(members):
-    span = (
-        f'trial {trials[0]}'
-        if len(trials) == 1
-        else f'trials {trials[0]}-{trials[-1]}'
-        if trials == list(range(trials[0], trials[-1] + 1))
-        else 'trials ' + ','.join(map(str, trials))
-    )
-    return f'{span} x {", ".join(branches)}'
-  return ', '.join(member.key for member in members)
-
-
-def _summary(values: Sequence[float]) -> str:
-  """'0.8123 [0.7912, 0.8311]': the mean over members and their range (non-finite values counted apart:
-  '0.8123 [0.7912, 0.8311], 1 non-finite')."""
-  finite = [value for value in values if np.isfinite(value)]
-  if not finite:
-    return 'nan'
-  text = f'{float(np.mean(finite)):.4g} [{min(finite):.4g}, {max(finite):.4g}]'
-  return text + (f', {len(values) - len(finite)} non-finite' if len(finite) < len(values) else '')
 
 
 def _runs(members: Sequence[Member]) -> list[tuple[str, int, str]]:
@@ -200,21 +146,15 @@ class ProgramRunner:
     speed = program.counted(entry['examples_per_second'])
     if program.population:
       started = [index for index, member in enumerate(members) if member.start_step < entry['step']]
-      values = {name: [entry[name][index] for index in started] for name in (metric, 'train_loss') if name in entry}
-      metrics = f'{metric}={_summary(values[metric])}'
-      if 'train_loss' in values:
-        metrics += f' train_loss={_summary(values["train_loss"])}'
-      self.log(program.progress_line(entry['step'], speed, metrics + ' ', self._evaluation_seconds))
+      metrics = progress.metrics_text(entry, metric, started)
+      self.log(program.progress_line(entry['step'], speed, metrics, self._evaluation_seconds))
       for index in started:
         run, member_entry = program.scalars_runs[index], members_lib.split_entry(entry, index)
         member_entry['examples_per_second'] = speed / len(members)
         self.scalars.write(run, entry['step'], {k: v for k, v in member_entry.items() if k != 'step'})
       return
-    train_loss = f' train_loss={entry["train_loss"]:.4g}' if 'train_loss' in entry else ''
     self.log(
-        program.progress_line(
-            entry['step'], speed, f'{metric}={entry[metric]:.4g}{train_loss} ', self._evaluation_seconds
-        )
+        program.progress_line(entry['step'], speed, progress.metrics_text(entry, metric), self._evaluation_seconds)
     )
     self.scalars.write(program.scalars_runs[0], entry['step'], {k: v for k, v in entry.items() if k != 'step'})
 
@@ -291,7 +231,7 @@ class _Program:
         snapshot_steps=tuple(sorted({step for member in members for step in member.snapshot_steps})),
         keys=[member.key for member in members],
         directory=workdir_lib.program_directory(workdir, level, _runs(members)),
-        label=_label(members, settings.levels),
+        label=progress.label(members, settings.levels),
         scalars_runs=[
             os.path.join(member.variant, f'trial_{member.trial}', f'level_{member.level}_{member.branch}')
             for member in members
@@ -312,13 +252,17 @@ class _Program:
 
   def progress_line(self, step: int, speed: float, metrics: str, evaluation_seconds: float) -> str:
     """'LABEL: step S/N (P%) METRICS| SPEED examples/s | ETA T', evaluations taking `evaluation_seconds`."""
-    start_step, total = self.start_step, self.settings.end_step
-    eta = estimate_remaining_seconds(
-        step, total, self.settings.eval_every, self.trainer.batch_size * len(self.members), speed, evaluation_seconds
-    )
-    return (
-        f'{self.label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
-        f'{metrics}| {format_speed(speed)} examples/s | ETA {format_duration(eta)}'
+    settings = self.settings
+    return progress.line(
+        self.label,
+        step,
+        self.start_step,
+        settings.end_step,
+        settings.eval_every,
+        self.trainer.batch_size * len(self.members),
+        speed,
+        metrics,
+        evaluation_seconds,
     )
 
   def counted(self, speed: float) -> float:
@@ -361,22 +305,6 @@ class _Program:
         )
         for index, member in enumerate(members)
     ]
-
-
-def _label(members: Sequence[Member], levels: int) -> str:
-  """How progress lines name a program: 'trial 0 level 1/3 ticket', 'level 1/3 cohort of 8 (trials 0-3 x
-  ticket, reinit)', 'level 1/3 cohort of 16 (2 variants x trials 0-3 x ticket, reinit)'."""
-  first = members[0]
-  if len(members) == 1:
-    variant = f' of {first.variant}' if first.variant else ''
-    return f'trial {first.trial} level {first.level}/{levels} {first.branch}{variant}'
-  variants = list(dict.fromkeys(member.variant for member in members))
-  runs = [member for member in members if member.variant == variants[0]]
-  if len(variants) == 1:
-    return f'level {first.level}/{levels} cohort of {len(members)} ({describe(members)})'
-  if len(runs) * len(variants) == len(members):
-    return f'level {first.level}/{levels} cohort of {len(members)} ({len(variants)} variants x {describe(runs)})'
-  return f'level {first.level}/{levels} cohort of {len(members)} ({len(variants)} variants)'
 
 
 def groups(keys: Sequence[Any], members_per_program: int) -> list[list[Any]]:
