@@ -15,6 +15,7 @@ import numpy as np
 from lth_jax import masks as masks_lib
 from lth_jax import results as results_lib
 from lth_jax.search import cohorts
+from lth_jax.search import packing
 from lth_jax.search import workdir as workdir_lib
 from lth_jax.search.members import Member
 from lth_jax.search.members import MemberResult
@@ -196,7 +197,7 @@ class LevelRunner:
 
   def _train_cohort(self, level: int, runs: list[tuple[int, str]]) -> None:
     """Trains the unrecorded runs among `runs` ((trial, branch) of this level) in programs."""
-    for group in cohorts.groups(runs, self.members_per_program):
+    for group in packing.groups(runs, self.members_per_program):
       directory = workdir_lib.program_directory(self.workdir, level, [(self.variant, *run) for run in group])
       program = [member for member in (self.member(level, *run) for run in group) if member is not None]
       if program:

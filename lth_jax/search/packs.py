@@ -29,6 +29,7 @@ from lth_jax import config as config_lib
 from lth_jax import optim
 from lth_jax import results as results_lib
 from lth_jax.search import cohorts
+from lth_jax.search import packing
 from lth_jax.search import workdir as workdir_lib
 from lth_jax.search.members import MemberResult
 from lth_jax.search import scalars as scalars_lib
@@ -87,7 +88,7 @@ def create(
   specs = [experiment.spec for experiment in experiments]
   level_zero = sum(spec.trials for spec in specs)
   pruned = sum(spec.trials * len(spec.branch_names) for spec in specs if spec.pruning.levels)
-  members_per_program = cohorts.resolve_members_per_program(first, (level_zero, pruned))
+  members_per_program = packing.resolve_members_per_program(first, (level_zero, pruned))
   settings = dataclasses.replace(
       cohorts.ProgramSettings.from_spec(first.spec), levels=max(spec.pruning.levels for spec in specs)
   )
@@ -102,7 +103,7 @@ def train_levels(pack: Pack, searches: Sequence[LevelRunner], levels: Sequence[i
     runs = [(index, *run) for index, search in enumerate(searches) for run in _level_runs(search, level)]
     if not runs:
       return
-    for group in cohorts.groups(runs, pack.members_per_program):
+    for group in packing.groups(runs, pack.members_per_program):
       _train_program(pack, searches, level, group)
     if level:
       for search in searches:
