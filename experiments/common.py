@@ -23,7 +23,7 @@ from lth_jax.reporting import style
 from lth_jax import results as results_lib
 from lth_jax import search
 from lth_jax.search import experiment as experiment_lib
-from lth_jax.search import sweeps
+from lth_jax.search import workdir as workdir_lib
 
 Key = TypeVar('Key')  # a sweep's configs are keyed by variant name or reset point
 
@@ -167,7 +167,7 @@ def run_sweep(
   variants = {variant.label: variant for variant in results.variants}
   runs = {}
   for key, variant_name in names.items():
-    directory = sweeps.variant_directory(workdir, variants[variant_name])
+    directory = workdir_lib.variant_directory(workdir, variants[variant_name])
     runs[key] = VariantRun(directory, results_lib.read_records(os.path.join(directory, results_lib.RESULTS_FILE)))
   return runs
 
@@ -175,7 +175,7 @@ def run_sweep(
 def refuse_per_variant_layout(command: str, workdir: str) -> None:
   """Exits when `workdir` holds runs of the layout before sweeps (a lottery workdir per variant in
   WORKDIR/<variant>/, no sweep.json): those runs would not be found, so the command says what to do."""
-  if not os.path.isdir(workdir) or os.path.isfile(os.path.join(workdir, sweeps.SWEEP_FILE)):
+  if not os.path.isdir(workdir) or os.path.isfile(os.path.join(workdir, workdir_lib.SWEEP_FILE)):
     return
   old = sorted(
       entry for entry in os.listdir(workdir) if os.path.isfile(os.path.join(workdir, entry, results_lib.RESULTS_FILE))

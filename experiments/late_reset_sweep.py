@@ -35,7 +35,8 @@ import os
 from absl import app
 from absl import flags
 
-from lth_jax.analysis import stability
+from lth_jax.analysis import stability_results
+from lth_jax.analysis import ticket_stability
 from lth_jax.reporting import stability_tables
 from lth_jax import results as results_lib
 from experiments import common
@@ -79,7 +80,7 @@ def main(argv):
       break
     total_steps = experiments[point].total_steps
     every = experiments[point].spec.training.eval_every or max(1, total_steps // 10)
-    result, measured = stability.measure_lottery_ticket_once(
+    result, measured = ticket_stability.measure_lottery_ticket_once(
         config, runs[point].directory, stability_level, measure_steps=range(0, total_steps, every)
     )
     print(
@@ -115,7 +116,7 @@ def _table_title(setting: str, mode: str, trials: int, first: common.ResetPoint)
 
 
 def _write_stability(
-    workdir: str, results: list[stability.StabilityResult], level: int, setting: str, records: list[dict]
+    workdir: str, results: list[stability_results.StabilityResult], level: int, setting: str, records: list[dict]
 ) -> None:
   """stability.jsonl, stability.csv and the two end-of-training figures of the ticket of `level`
   (`records`: a reset point's lottery records, for the level's sparsity and the test metric)."""

@@ -32,7 +32,8 @@ import os
 from absl import app
 from absl import flags
 
-from lth_jax.analysis import stability
+from lth_jax.analysis import stability_results
+from lth_jax.analysis import ticket_stability
 from lth_jax.reporting import stability_tables
 from lth_jax import results as results_lib
 from experiments import common
@@ -80,13 +81,13 @@ def main(argv):
     total_steps = experiments[point].total_steps
     every = FLAGS.measure_every or max(1, total_steps // 20)
     for trial in range(int(config.get('trials', 1))):
-      result, measured = stability.measure_lottery_ticket_once(
+      result, measured = ticket_stability.measure_lottery_ticket_once(
           config, run_dir, level, trial, measure_steps=range(0, total_steps, every)
       )
       measured_count += measured
       print(
           f'reset {point.unit} {point.label} trial {trial}: stability of level {level} '
-          f'{"measured" if measured else "loaded from " + os.path.join(run_dir, stability.STABILITY_FILE)}'
+          f'{"measured" if measured else "loaded from " + os.path.join(run_dir, stability_results.STABILITY_FILE)}'
       )
       results.append(result)
   print(f'stability measurements: {measured_count} measured, {len(results) - measured_count} loaded')
@@ -100,7 +101,7 @@ def main(argv):
 
 
 def _write_outputs(
-    workdir: str, results: list[stability.StabilityResult], level: int, setting: str, records: list[dict]
+    workdir: str, results: list[stability_results.StabilityResult], level: int, setting: str, records: list[dict]
 ) -> None:
   """stability.jsonl, the CSV files and the four figures (`records`: a reset point's lottery records, for
   the level's sparsity and the test metric)."""

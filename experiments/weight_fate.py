@@ -47,7 +47,7 @@ from lth_jax import pruning
 from lth_jax import results as results_lib
 from lth_jax.reporting import style
 from lth_jax.search import sweep_plan
-from lth_jax.search import trial as trial_lib
+from lth_jax.search import workdir as workdir_lib
 from lth_jax.training import checkpoints
 from lth_jax.training import run_state
 from experiments import common
@@ -225,15 +225,15 @@ def train_snapshots(config: ml_collections.ConfigDict, steps: Sequence[int], wor
     values = [record[metric] for record in records if record['level'] == 0 and record['trial'] in trials]
     print(f'dense runs: {metric} {np.mean(values):.4f} (mean of {len(values)}) after {records[0]["steps"]} steps')
   return [
-      {step: checkpoints.restore_tree(trial_lib.snapshot_directory(run_dir, trial, step))[0] for step in steps}
+      {step: checkpoints.restore_tree(workdir_lib.snapshot_directory(run_dir, trial, step))[0] for step in steps}
       for trial in trials
   ]
 
 
 def _check_snapshots(run_dir: str, trial: int, steps: Sequence[int]) -> None:
   """Exits naming the steps of `steps` at which `trial`'s dense run kept no weights, and those it kept."""
-  snapshots = os.path.dirname(trial_lib.snapshot_directory(run_dir, trial, 0))
-  missing = [step for step in steps if not os.path.isdir(trial_lib.snapshot_directory(run_dir, trial, step))]
+  snapshots = os.path.dirname(workdir_lib.snapshot_directory(run_dir, trial, 0))
+  missing = [step for step in steps if not os.path.isdir(workdir_lib.snapshot_directory(run_dir, trial, step))]
   if missing:
     names = os.listdir(snapshots) if os.path.isdir(snapshots) else []
     kept = sorted(int(name[len('step_') :]) for name in names if name[len('step_') :].isdigit())

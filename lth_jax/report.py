@@ -42,6 +42,7 @@ from lth_jax.reporting import plots
 from lth_jax.reporting import style
 from lth_jax.reporting import summaries
 from lth_jax.search import sweeps
+from lth_jax.search import workdir as workdir_lib
 
 
 def _is_main_process() -> bool:
@@ -69,14 +70,14 @@ def main(argv: list[str]) -> None:
   output_dir = flags.FLAGS.output_dir or workdir
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
     sys.exit(f'lth_jax.report: --output_dir={output_dir} exists and is not a folder')
-  if not os.path.isfile(os.path.join(workdir, sweeps.SWEEP_FILE)):
+  if not os.path.isfile(os.path.join(workdir, workdir_lib.SWEEP_FILE)):
     _report(workdir, output_dir)
     return
   for variant in sweeps.load(workdir).variants:
-    directory = sweeps.variant_directory(workdir, variant)
+    directory = workdir_lib.variant_directory(workdir, variant)
     if os.path.isfile(os.path.join(directory, results_lib.RESULTS_FILE)):
       print(f'variant {variant.label}')
-      _report(directory, os.path.join(output_dir, sweeps.VARIANTS_DIRECTORY, variant.label))
+      _report(directory, os.path.join(output_dir, workdir_lib.VARIANTS_DIRECTORY, variant.label))
 
 
 def _report(workdir: str, output_dir: str) -> None:

@@ -147,7 +147,8 @@ def load(workdir: str, level: int, trial: int = 0) -> Ticket:
         f'{workdir}: level {level!r} of trial {trial} is not finished (finished levels: '
         f'{", ".join(map(str, _finished_levels(records, trial)))})'
     )
-  trial_dir = os.path.join(workdir, 'checkpoints', f'trial_{trial}')
+  # lth_jax.search.workdir's trial_directory (search, above tickets, cannot be imported here)
+  trial_dir = os.path.join(workdir, checkpoints.CHECKPOINTS_DIRECTORY, f'trial_{trial}')
   try:
     level_tree = checkpoints.restore_tree(os.path.join(trial_dir, f'level_{level}'))
     start_params, start_model_state = checkpoints.restore_tree(os.path.join(trial_dir, 'rewind'))

@@ -17,6 +17,7 @@ import pytest
 
 from lth_jax.config import errors
 from lth_jax.search import cohorts
+from lth_jax.search import packing
 from lth_jax.search import experiment as experiment_lib
 from lth_jax.search import lottery
 from lth_jax.training import checkpoints
@@ -112,10 +113,10 @@ def test_two_axis_mesh_rows_take_a_share_of_every_host():
 
 
 def test_groups_split_a_cohort_evenly_and_keep_the_groups_of_a_resumed_level():
-  assert [len(group) for group in cohorts.groups(list(range(10)), 8)] == [5, 5]
-  assert [len(group) for group in cohorts.groups(list(range(6)), 6)] == [6]
-  assert [len(group) for group in cohorts.groups(list(range(3)), 1)] == [1, 1, 1]
-  assert cohorts.groups([], 4) == []
+  assert [len(group) for group in packing.groups(list(range(10)), 8)] == [5, 5]
+  assert [len(group) for group in packing.groups(list(range(6)), 6)] == [6]
+  assert [len(group) for group in packing.groups(list(range(3)), 1)] == [1, 1, 1]
+  assert packing.groups([], 4) == []
 
 
 @pytest.mark.slow

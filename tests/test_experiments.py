@@ -116,7 +116,7 @@ def test_late_reset_table_stars_winning_tickets_and_puts_random_reinit_first(tmp
 
 def _synthetic_result(rewind_step, scale, trial=0, max_normalizer=2.0):
   from lth_jax.analysis import metrics as metrics_lib
-  from lth_jax.analysis import stability
+  from lth_jax.analysis import stability_results
 
   def metrics(step, member):
     grow = step / 100 * scale * (2.0 if member == 'random_ticket' else 1.0)
@@ -135,7 +135,7 @@ def _synthetic_result(rewind_step, scale, trial=0, max_normalizer=2.0):
       {'step': step, 'ticket': metrics(step, 'ticket'), 'random_ticket': metrics(step, 'random_ticket')}
       for step in range(rewind_step + 25, 101, 25)
   ]
-  return stability.StabilityResult(
+  return stability_results.StabilityResult(
       rewind_step=rewind_step,
       final={name: curve[-1][name] for name in ('ticket', 'random_ticket')},
       curve=curve,

@@ -21,9 +21,8 @@ import lth_jax
 from lth_jax import config as config_lib
 from lth_jax.config import schema
 from lth_jax import pruning
-from lth_jax.search import cohorts
 from lth_jax.search import experiment as experiment_lib
-from lth_jax.search import trial as trial_lib
+from lth_jax.search import workdir as workdir_lib
 from lth_jax.training import checkpoints
 from experiments import common
 from experiments import figures
@@ -341,7 +340,7 @@ def test_weight_fate_keeps_the_dense_runs_snapshots_and_reuses_them_for_its_conf
 def _snapshot_leaves(workdir, steps):
   dense_dir = os.path.join(str(workdir), weight_fate.DENSE_DIRECTORY)
   return {
-      step: jax.tree_util.tree_leaves(checkpoints.restore_tree(trial_lib.snapshot_directory(dense_dir, 0, step)))
+      step: jax.tree_util.tree_leaves(checkpoints.restore_tree(workdir_lib.snapshot_directory(dense_dir, 0, step)))
       for step in steps
   }
 
@@ -357,7 +356,7 @@ def test_weight_fate_continues_a_dense_run_stopped_by_sigterm(tmp_path):
   environment = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
   command = [sys.executable, '-m', 'experiments.weight_fate', *arguments]
   stopped = tmp_path / 'stopped'
-  running = cohorts.running_directory(str(stopped / weight_fate.DENSE_DIRECTORY), 0, [(0, 'ticket')])
+  running = workdir_lib.running_directory(str(stopped / weight_fate.DENSE_DIRECTORY), 0, [(0, 'ticket')])
   process = subprocess.Popen(
       [*command, f'--workdir={stopped}'], cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
   )
@@ -541,7 +540,7 @@ def test_weight_fate_quick_histograms_match_the_mask_and_resume(tmp_path):
   summary = _read_csv(tmp_path / 'weight_fate_summary.csv')
   assert {float(row['final_mask_overlap']) for row in summary if row['step'] == '1000'} == {1.0}
   dense_dir = str(tmp_path / weight_fate.DENSE_DIRECTORY)
-  snapshot_times = {step: os.path.getmtime(trial_lib.snapshot_directory(dense_dir, 0, step)) for step in (100, 1000)}
+  snapshot_times = {step: os.path.getmtime(workdir_lib.snapshot_directory(dense_dir, 0, step)) for step in (100, 1000)}
   again = _run(
       'experiments.weight_fate', f'--workdir={tmp_path}', '--quick', '--snapshot_steps=100,1000', '--rows=pooled'
   )
@@ -549,7 +548,7 @@ def test_weight_fate_quick_histograms_match_the_mask_and_resume(tmp_path):
   assert 'reusing the snapshots' in again.stdout and 'dense run' not in again.stdout
   assert not TRAINING_PROGRESS.search(again.stdout + again.stderr)  # nothing trained again
   assert {
-      step: os.path.getmtime(trial_lib.snapshot_directory(dense_dir, 0, step)) for step in (100, 1000)
+      step: os.path.getmtime(workdir_lib.snapshot_directory(dense_dir, 0, step)) for step in (100, 1000)
   } == snapshot_times
   assert {row['row'] for row in _read_csv(tmp_path / 'weight_fate_summary.csv')} == {weight_fate.POOLED}
 

@@ -1,6 +1,6 @@
 """The house rules of `lth_jax/`, read from its source: imports point down the layers, nothing imports
-inside a function to dodge a cycle, only a package's `__init__` hands on names it did not define, and
-no function is longer than a screen."""
+inside a function to dodge a cycle, only a package's `__init__` hands on names it did not define, no
+function is longer than a screen, and no module is longer than one job needs."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ LAYERS = (
     ('',),  # lth_jax/__init__.py
 )
 MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 400
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,4 +195,19 @@ def test_functions_fit_on_a_screen(module):
   found = long_functions(modules()[module], MAX_FUNCTION_LINES)
   assert not found, '\n'.join(
       f'{module}:{line} {name} is {length} lines (at most {MAX_FUNCTION_LINES})' for line, name, length in found
+  )
+
+
+def module_path(module: str) -> pathlib.Path:
+  """The source file of an lth_jax module (its `__init__.py` for a package)."""
+  path = PACKAGE.joinpath(*module.split('.')[1:])
+  return path / '__init__.py' if path.is_dir() else path.with_suffix('.py')
+
+
+@pytest.mark.parametrize('module', sorted(modules()))
+def test_modules_keep_to_one_job(module):
+  lines = len(module_path(module).read_text().splitlines())
+  assert lines <= MAX_MODULE_LINES, (
+      f'{module} ({module_path(module).relative_to(PACKAGE.parent)}) is {lines} lines (at most {MAX_MODULE_LINES}): '
+      'split it by job into modules of their own'
   )

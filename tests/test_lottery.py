@@ -15,7 +15,7 @@ from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
 from lth_jax import pruning
-from lth_jax.search import cohorts
+from lth_jax.search import progress
 from lth_jax.search import lottery
 from lth_jax.search import trial
 from lth_jax.training import checkpoints
@@ -202,7 +202,7 @@ def test_sum_of_two_finds_the_blogs_winning_ticket(tmp_path):
 def test_remaining_time_counts_training_and_the_evaluations_still_ahead():
   # 100 steps of batch 10 at 1000 examples/s = 1 s, then evaluations at 500, 600, ..., 900 and the
   # end (1000): six of them at 0.5 s each.
-  assert cohorts.estimate_remaining_seconds(400, 1000, 100, 10, 1000.0, 0.5) == pytest.approx(6.0 + 3.0)
-  assert cohorts.estimate_remaining_seconds(450, 1000, 100, 10, 1000.0, 0.5) == pytest.approx(5.5 + 3.0)
-  assert cohorts.estimate_remaining_seconds(450, 1000, 0, 10, 1000.0, 0.5) == pytest.approx(5.5 + 0.5)
-  assert cohorts.estimate_remaining_seconds(1000, 1000, 100, 10, 1000.0, 0.5) == 0.0
+  assert progress.estimate_remaining_seconds(400, 1000, 100, 10, 1000.0, 0.5) == pytest.approx(6.0 + 3.0)
+  assert progress.estimate_remaining_seconds(450, 1000, 100, 10, 1000.0, 0.5) == pytest.approx(5.5 + 3.0)
+  assert progress.estimate_remaining_seconds(450, 1000, 0, 10, 1000.0, 0.5) == pytest.approx(5.5 + 0.5)
+  assert progress.estimate_remaining_seconds(1000, 1000, 100, 10, 1000.0, 0.5) == 0.0

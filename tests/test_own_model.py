@@ -312,14 +312,17 @@ def test_named_variants_of_your_own_model(tmp_path):
 
 def test_stability_of_a_ticket_of_your_own_model(tmp_path):
   from lth_jax.analysis import stability  # pylint: disable=import-outside-toplevel
+  from lth_jax.analysis import ticket_stability  # pylint: disable=import-outside-toplevel
 
   config = _config(pruning__levels=1, pruning__rewind_step=5)
   parts = dict(model=TokenMixer(), dataset=_token_data(), prunable=_kernels_and_embeddings)
   workdir = str(tmp_path / 'work')
-  result, measured = stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(15,), **parts)
+  result, measured = ticket_stability.measure_lottery_ticket_once(
+      config, workdir, level=1, measure_steps=(15,), **parts
+  )
   assert measured and result.rewind_step == 5 and [entry['step'] for entry in result.curve] == [15, 30]
   assert 0.0 < result.final['ticket']['l2_distance'] and set(result.test_metrics) == set(stability.MEMBERS)
-  again, measured = stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(15,), **parts)
+  again, measured = ticket_stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(15,), **parts)
   assert not measured and again == result
 
 

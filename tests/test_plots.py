@@ -14,7 +14,7 @@ from PIL import Image
 import pytest
 
 from lth_jax.analysis import mask_overlap
-from lth_jax.analysis import stability
+from lth_jax.analysis import stability_results
 from lth_jax.reporting import plots
 from lth_jax.reporting import stability_tables
 from lth_jax.reporting import style
@@ -64,7 +64,7 @@ def _stability_results(trials=2):
           for step in (50, 75, 100)
       ]
       results.append(
-          stability.StabilityResult(
+          stability_results.StabilityResult(
               rewind_step=rewind_step,
               final={name: curve[-1][name] for name in ('ticket', 'random_ticket')},
               curve=curve,

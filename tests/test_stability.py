@@ -12,6 +12,8 @@ from lth_jax import config as config_lib
 from lth_jax.analysis import connectivity
 from lth_jax.analysis import metrics as metrics_lib
 from lth_jax.analysis import stability
+from lth_jax.analysis import stability_results
+from lth_jax.analysis import ticket_stability
 from lth_jax.config import errors
 from lth_jax import data as data_lib
 from lth_jax import masks as masks_lib
@@ -77,13 +79,15 @@ def test_stability_records_round_trip_and_old_records_load():
       'test_metrics': {'full': 0.5},
       'normalizer': 3.0,
   }
-  old = stability.StabilityResult.from_record(old_record)
+  old = stability_results.StabilityResult.from_record(old_record)
   assert old.max_normalizer is None and not old.has_normalization('max') and old.steps == [300]
   assert old.metric('random_ticket', 'angle') == 60.0
-  new = stability.StabilityResult(**{**old_record, 'max_normalizer': 4.0, 'level': 2, 'trial': 1})
-  assert stability.StabilityResult.from_record(new.as_record()) == new
+  new = stability_results.StabilityResult(**{**old_record, 'max_normalizer': 4.0, 'level': 2, 'trial': 1})
+  assert stability_results.StabilityResult.from_record(new.as_record()) == new
   with pytest.raises(ValueError, match='missing normalizer'):
-    stability.StabilityResult.from_record({key: value for key, value in old_record.items() if key != 'normalizer'})
+    stability_results.StabilityResult.from_record(
+        {key: value for key, value in old_record.items() if key != 'normalizer'}
+    )
 
 
 def test_vector_helpers():
@@ -248,22 +252,22 @@ def test_linear_mode_connectivity_of_identical_copies_has_no_barrier():
 def test_measure_lottery_ticket_checks_level_trial_and_the_workdir_config_first(tmp_path):
   config = helpers.tiny_config(pruning__levels=1, branches=())
   with pytest.raises(errors.ConfigError, match=r'level=99: the ticket of a pruned level is measured, 1..1'):
-    stability.measure_lottery_ticket(config, str(tmp_path / 'none'), level=99)
+    ticket_stability.measure_lottery_ticket(config, str(tmp_path / 'none'), level=99)
   with pytest.raises(errors.ConfigError, match=r'trial=3: must be in 0..0'):
-    stability.measure_lottery_ticket(config, str(tmp_path / 'none'), level=1, trial=3)
+    ticket_stability.measure_lottery_ticket(config, str(tmp_path / 'none'), level=1, trial=3)
   assert not (tmp_path / 'none').exists()  # refused before any run
   workdir = str(tmp_path / 'run')
   lottery.run(config, workdir, log=lambda line: None)
   changed = helpers.tiny_config(pruning__levels=1, branches=(), training__learning_rate=0.05)
   with pytest.raises(errors.ConfigError, match='training.learning_rate: 0.003 -> 0.05'):
-    stability.measure_lottery_ticket(changed, workdir, level=1)
-  first, measured = stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(20, 40))
+    ticket_stability.measure_lottery_ticket(changed, workdir, level=1)
+  first, measured = ticket_stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(20, 40))
   assert measured and (first.level, first.trial, first.steps) == (1, 0, [20, 40, 60])
-  stored = (tmp_path / 'run' / stability.STABILITY_FILE).read_bytes()
-  again, measured = stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(20, 40))
-  assert not measured and again == stability.StabilityResult.from_record(json.loads(stored))
-  assert (tmp_path / 'run' / stability.STABILITY_FILE).read_bytes() == stored  # nothing appended
+  stored = (tmp_path / 'run' / stability_results.STABILITY_FILE).read_bytes()
+  again, measured = ticket_stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(20, 40))
+  assert not measured and again == stability_results.StabilityResult.from_record(json.loads(stored))
+  assert (tmp_path / 'run' / stability_results.STABILITY_FILE).read_bytes() == stored  # nothing appended
   with pytest.raises(errors.ConfigError, match='training.learning_rate: 0.003 -> 0.05'):
-    stability.measure_lottery_ticket_once(changed, workdir, level=1, measure_steps=(20, 40))
-  _, measured = stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(40,))
-  assert measured and len(stability.load_results(str(tmp_path / 'run' / stability.STABILITY_FILE))) == 2
+    ticket_stability.measure_lottery_ticket_once(changed, workdir, level=1, measure_steps=(20, 40))
+  _, measured = ticket_stability.measure_lottery_ticket_once(config, workdir, level=1, measure_steps=(40,))
+  assert measured and len(stability_results.load_results(str(tmp_path / 'run' / stability_results.STABILITY_FILE))) == 2

@@ -15,6 +15,7 @@ from lth_jax.search import lottery
 from lth_jax.search import packs
 from lth_jax.search import sweep_plan
 from lth_jax.search import sweeps
+from lth_jax.search import workdir as workdir_lib
 from tests import helpers
 from tests import test_resume
 
@@ -63,7 +64,7 @@ def test_a_sweep_trains_one_dense_run_and_equals_its_variants_run_alone(rewind_s
       'pruning.fraction=0.5,pruning.rewind_step=0',
       'pruning.fraction=0.5,pruning.rewind_step=5',
   ]
-  assert len(os.listdir(os.path.join(workdir, sweeps.DENSE_DIRECTORY))) == 1
+  assert len(os.listdir(os.path.join(workdir, workdir_lib.DENSE_DIRECTORY))) == 1
   assert sum('level 0: already done' in line for line in lines) == len(REWIND_STEPS)  # no variant trains it
   for step in REWIND_STEPS:
     records = results.select(variant={'pruning.rewind_step': step, 'pruning.fraction': 0.5})
@@ -111,7 +112,7 @@ def test_a_new_rewind_point_trains_the_dense_run_again_and_keeps_the_other_varia
     records = _without_timing(rewind_sweep[1].select(variant=variant.as_dict()))
     assert _without_timing(grown.select(variant=variant.as_dict())) == records
   assert len(grown.select(variant={'pruning.rewind_step': 20, 'pruning.fraction': 0.5})) == 3
-  assert json.load(open(os.path.join(workdir, sweeps.SWEEP_FILE)))['axes']['pruning.rewind_step'] == [0, 5, 20]
+  assert json.load(open(os.path.join(workdir, workdir_lib.SWEEP_FILE)))['axes']['pruning.rewind_step'] == [0, 5, 20]
 
 
 def test_learning_rate_variants_train_level_0_as_members_of_one_program(tmp_path):
@@ -119,7 +120,7 @@ def test_learning_rate_variants_train_level_0_as_members_of_one_program(tmp_path
   lines = []
   rates = (0.05, 0.02)
   results = lth_jax.sweep(_config(), {'training.learning_rate': rates}, workdir, log=lines.append)
-  assert not os.path.exists(os.path.join(workdir, sweeps.DENSE_DIRECTORY))  # no level 0 is shared
+  assert not os.path.exists(os.path.join(workdir, workdir_lib.DENSE_DIRECTORY))  # no level 0 is shared
   assert any(line.startswith('level 0/1 cohort of 2 (2 variants x trial 0 x ticket)') for line in lines)
   assert any('each member with its own learning_rate' in line for line in lines)
   rate = rates[1]  # the second member of the program
@@ -133,7 +134,7 @@ def test_learning_rate_variants_train_level_0_as_members_of_one_program(tmp_path
 def test_a_variant_that_shares_its_level_0_with_none_trains_it_in_its_own_folder(tmp_path):
   workdir = str(tmp_path / 'work')
   results = lth_jax.sweep(_config(), {'training.learning_rate': (3e-3,)}, workdir, log=lambda line: None)
-  assert not os.path.exists(os.path.join(workdir, sweeps.DENSE_DIRECTORY))
+  assert not os.path.exists(os.path.join(workdir, workdir_lib.DENSE_DIRECTORY))
   assert [(r['level'], r['branch'], r['variant']) for r in results.records] == [
       (0, 'ticket', {'training.learning_rate': 3e-3}),
       (1, 'ticket', {'training.learning_rate': 3e-3}),
@@ -197,7 +198,7 @@ def test_bad_axes_are_refused_before_anything_trains(tmp_path, axes, message):
 def test_a_sweep_workdir_refuses_another_base_config(rewind_sweep, tmp_path):
   workdir = str(tmp_path / 'work')
   os.makedirs(workdir)
-  shutil.copy(os.path.join(rewind_sweep[0], sweeps.SWEEP_FILE), workdir)
+  shutil.copy(os.path.join(rewind_sweep[0], workdir_lib.SWEEP_FILE), workdir)
   with pytest.raises(
       config_lib.ConfigError, match=r'different base config (?s:.*)training.learning_rate: 0.003 -> 0.001'
   ):
@@ -240,8 +241,8 @@ def test_records_left_in_a_programs_journal_are_written_once_on_the_next_run(rew
   records finishes the appends when it runs again, and trains nothing."""
   workdir = str(tmp_path / 'work')
   shutil.copytree(rewind_sweep[0], workdir)
-  variant = sorted(os.listdir(os.path.join(workdir, sweeps.VARIANTS_DIRECTORY)))[1]
-  results_path = os.path.join(workdir, sweeps.VARIANTS_DIRECTORY, variant, 'results.jsonl')
+  variant = sorted(os.listdir(os.path.join(workdir, workdir_lib.VARIANTS_DIRECTORY)))[1]
+  results_path = os.path.join(workdir, workdir_lib.VARIANTS_DIRECTORY, variant, 'results.jsonl')
   lines = open(results_path).read().splitlines(keepends=True)
   level_one = [line for line in lines if json.loads(line)['level'] == 1]
   with open(results_path, 'w') as file:  # the kill came before this variant's append
@@ -249,7 +250,7 @@ def test_records_left_in_a_programs_journal_are_written_once_on_the_next_run(rew
   running = os.path.join(workdir, 'checkpoints', 'running')
   os.makedirs(running, exist_ok=True)
   with open(os.path.join(running, 'level_1_4_abcdef12' + packs.JOURNAL_SUFFIX), 'w') as file:
-    json.dump({f'{sweeps.VARIANTS_DIRECTORY}/{variant}': [json.loads(line) for line in level_one]}, file)
+    json.dump({f'{workdir_lib.VARIANTS_DIRECTORY}/{variant}': [json.loads(line) for line in level_one]}, file)
   lines_logged = []
   again = lth_jax.sweep(_config(), AXES, workdir, log=lines_logged.append)
   assert any('wrote 2 record(s)' in line for line in lines_logged)

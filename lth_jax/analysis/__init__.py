@@ -8,12 +8,12 @@ from lth_jax.analysis.connectivity import linear_mode_connectivity
 from lth_jax.analysis.mask_overlap import chance_overlap
 from lth_jax.analysis.mask_overlap import overlap
 from lth_jax.analysis.metrics import stability_metrics
-from lth_jax.analysis.stability import load_results
 from lth_jax.analysis.stability import measure
-from lth_jax.analysis.stability import measure_lottery_ticket
-from lth_jax.analysis.stability import measure_lottery_ticket_once
-from lth_jax.analysis.stability import STABILITY_FILE
-from lth_jax.analysis.stability import StabilityResult
+from lth_jax.analysis.stability_results import load_results
+from lth_jax.analysis.stability_results import STABILITY_FILE
+from lth_jax.analysis.stability_results import StabilityResult
+from lth_jax.analysis.ticket_stability import measure_lottery_ticket
+from lth_jax.analysis.ticket_stability import measure_lottery_ticket_once
 
 __all__ = [
     'STABILITY_FILE',

@@ -25,6 +25,7 @@ from lth_jax import config as config_lib
 from lth_jax import masks as masks_lib
 from lth_jax import results as results_lib
 from lth_jax import tickets
+from lth_jax.search import workdir as workdir_lib
 from lth_jax.training import checkpoints
 
 OVERLAP_FILE = 'mask_overlap.csv'
@@ -77,7 +78,7 @@ def _masks(workdir: str, records: Sequence[dict[str, Any]]) -> dict[tuple[int, i
   for record in records:
     if record['branch'] != 'ticket':
       continue
-    directory = os.path.join(workdir, 'checkpoints', f'trial_{record["trial"]}', f'level_{record["level"]}')
+    directory = workdir_lib.level_directory(workdir, record['trial'], record['level'])
     if os.path.isdir(directory):
       found[(record['trial'], record['level'])] = checkpoints.restore_tree(directory)['mask']
   return found

@@ -1,7 +1,8 @@
 """Stability of training to pruning (Frankle et al., "The Lottery Ticket Hypothesis at Scale", §3.1 and
-appendix A), measured on a population, and on the tickets of a lottery workdir (kept in its
-stability.jsonl). The metrics themselves are in `lth_jax.analysis.metrics`, linear mode connectivity in
-`lth_jax.analysis.connectivity`.
+appendix A), measured on a population (`measure`). The tickets of a lottery workdir are measured by
+`lth_jax.analysis.ticket_stability` (kept in its stability.jsonl), the results are
+`lth_jax.analysis.stability_results`, the metrics themselves are in `lth_jax.analysis.metrics`, linear mode
+connectivity in `lth_jax.analysis.connectivity`.
 
 A population trained in lockstep by one vmapped step:
   full          the full network from W_0, continuing its own trajectory through step i
@@ -26,99 +27,26 @@ W_F, W'_F here are all prunable weights of the two full networks (members 0 and 
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from typing import Any, cast, Mapping, Sequence
+from typing import Any, cast, Sequence
 
 import jax
 import numpy as np
 
-from lth_jax.config import compatibility
-from lth_jax.config import errors
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
-from lth_jax import results as results_lib
-from lth_jax.search import custom as custom_lib
-from lth_jax.search import experiment as experiment_lib
-from lth_jax.search import lottery
-from lth_jax.search import trial as trial_lib
-from lth_jax.search import workdir as workdir_lib
-from lth_jax.training import checkpoints
 from lth_jax.training import parallel
 from lth_jax.training import steps as steps_lib
 from lth_jax.training import trainer as trainer_lib
 from lth_jax.analysis.metrics import l2_distance
 from lth_jax.analysis.metrics import masked_vector
 from lth_jax.analysis.metrics import max_distance
-from lth_jax.analysis.metrics import metric_key
 from lth_jax.analysis.metrics import stability_metrics
 from lth_jax.analysis.metrics import with_max_normalized
+from lth_jax.analysis.stability_results import StabilityResult
 
-__all__ = [
-    'MEMBERS',
-    'STABILITY_FILE',
-    'StabilityResult',
-    'find_result',
-    'load_results',
-    'measure',
-    'measure_lottery_ticket',
-    'measure_lottery_ticket_once',
-    'measured_steps',
-]
+__all__ = ['MEMBERS', 'measure', 'measured_steps']
 
 MEMBERS = ('full', 'ticket', 'random_ticket', 'full_other')
-STABILITY_FILE = 'stability.jsonl'  # a lottery workdir's measurements (see `measure_lottery_ticket_once`)
-
-
-@dataclasses.dataclass
-class StabilityResult:
-  """Stability of one ticket (and its random ticket) to pruning at one rewind step.
-
-  Distances are normalized by `normalizer` (the final ||W_F - W'_F||) under their own keys and by
-  `max_normalizer` (the largest ||W_F - W'_F|| of `full_pair_distances`) under the keys of
-  `metric_key(name, 'max')`. Records written before the max normalization have no `max_normalizer`.
-  """
-
-  rewind_step: int
-  final: dict[str, dict[str, float]]  # 'ticket' / 'random_ticket' -> metrics at the end
-  curve: list[dict[str, Any]]  # per measured step: {'step', 'ticket': {...}, 'random_ticket': {...}}
-  test_metrics: dict[str, float]  # member -> final test accuracy (or RMSE)
-  normalizer: float
-  max_normalizer: float | None = None
-  full_pair_distances: list[dict[str, float]] = dataclasses.field(default_factory=list)  # {'step', 'distance'}
-  level: int | None = None  # the lottery level whose ticket was measured (set by measure_lottery_ticket)
-  trial: int = 0
-
-  def as_record(self) -> dict[str, Any]:
-    """A JSON-friendly summary."""
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_record(cls, record: Mapping[str, Any]) -> 'StabilityResult':
-    """The result of `as_record` (also of records written before `max_normalizer`, `level` and `trial`)."""
-    fields = {field.name for field in dataclasses.fields(cls)}
-    missing = {'rewind_step', 'final', 'curve', 'test_metrics', 'normalizer'} - set(record)
-    if missing:
-      raise ValueError(f'not a stability record: missing {", ".join(sorted(missing))}')
-    return cls(**{key: value for key, value in record.items() if key in fields})
-
-  @property
-  def steps(self) -> list[int]:
-    """The measured steps (the last is the end of training)."""
-    return [int(entry['step']) for entry in self.curve]
-
-  def has_normalization(self, normalization: str) -> bool:
-    """Whether the metrics of `normalization` were recorded ('max' is missing from older records)."""
-    return normalization == 'final' or self.max_normalizer is not None
-
-  def metric(self, member: str, metric: str, normalization: str = 'final') -> float:
-    """`metric` of `member` ('ticket' or 'random_ticket') at the end of training."""
-    return self.final[member][metric_key(metric, normalization)]
-
-  def metric_curve(self, member: str, metric: str, normalization: str = 'final') -> list[float]:
-    """`metric` of `member` at each of `steps`."""
-    key = metric_key(metric, normalization)
-    return [entry[member][key] for entry in self.curve]
 
 
 def measure(
@@ -287,119 +215,6 @@ def _stability_curve(
   return curve
 
 
-def measure_lottery_ticket(
-    config: Any,
-    workdir: str,
-    level: int,
-    trial: int = 0,
-    measure_steps: Sequence[int] = (),
-    **parts: Any,
-) -> StabilityResult:
-  """Stability of the ticket that `lottery.run(config, workdir)` found at `level` (trial `trial`):
-  its mask came from pruning (`pruning.mode`) with late resetting to `config.pruning.rewind_step`, which is
-  also the step the population's tickets start from. Runs the lottery first if that level is missing.
-  `parts`: your own `model`, `dataset`, `task` and `prunable`, as `lth_jax.run` takes them.
-  """
-  custom = custom_lib.CustomParts(**parts)
-  return _measure_prepared(config, experiment_lib.prepare(config, custom), workdir, level, trial, measure_steps, custom)
-
-
 def measured_steps(rewind_step: int, end_step: int, measure_steps: Sequence[int]) -> list[int]:
   """The steps whose metrics `measure` records: those of `measure_steps` after the rewind step, and the end."""
   return sorted({int(step) for step in measure_steps if rewind_step < step < end_step} | {int(end_step)})
-
-
-def load_results(path: str) -> list[StabilityResult]:
-  """The stability results of a JSONL file ([] when it does not exist; older records load too)."""
-  return [StabilityResult.from_record(record) for record in results_lib.read_records(path)]
-
-
-def find_result(
-    results: Sequence[StabilityResult], rewind_step: int, level: int, trial: int, steps: Sequence[int]
-) -> StabilityResult | None:
-  """The result of `results` measured at this rewind step, level and trial over exactly `steps`, if any."""
-  return next(
-      (
-          result
-          for result in results
-          if (result.rewind_step, result.level, result.trial) == (rewind_step, level, trial)
-          and result.steps == list(steps)
-      ),
-      None,
-  )
-
-
-def measure_lottery_ticket_once(
-    config: Any,
-    workdir: str,
-    level: int,
-    trial: int = 0,
-    measure_steps: Sequence[int] = (),
-    **parts: Any,
-) -> tuple[StabilityResult, bool]:
-  """`measure_lottery_ticket`, kept in WORKDIR/stability.jsonl: a result of the same rewind step, level,
-  trial and measured steps already there is returned without training; a new one is appended
-  atomically. Returns (the result, whether it was measured now)."""
-  custom = custom_lib.CustomParts(**parts)
-  experiment = experiment_lib.prepare(config, custom)
-  path = os.path.join(workdir, STABILITY_FILE)
-  rewind_step = experiment.spec.pruning.rewind_step
-  steps = measured_steps(rewind_step, experiment.total_steps, measure_steps)
-  found = find_result(load_results(path), rewind_step, level, trial, steps)
-  if found is not None and os.path.isfile(os.path.join(workdir, compatibility.CONFIG_FILE)):
-    recorded = custom.recorded(config, experiment.model)
-    workdir_lib.check_workdir_config(recorded, experiment.spec, workdir)  # the stored result is of this config
-    return found, False
-  result = _measure_prepared(config, experiment, workdir, level, trial, measure_steps, custom)
-  if jax.process_index() == 0:  # one writer on a pod, as for the lottery's records
-    results_lib.append_record(path, results_lib.finite_or_none(result.as_record()))
-  return result, True
-
-
-def _measure_prepared(
-    config: Any,
-    experiment: experiment_lib.Experiment,
-    workdir: str,
-    level: int,
-    trial: int,
-    measure_steps: Sequence[int],
-    custom: custom_lib.CustomParts,
-) -> StabilityResult:
-  """`measure_lottery_ticket` with `experiment_lib.prepare(config, custom)` already done."""
-  spec = experiment.spec
-  levels, trials = spec.pruning.levels, spec.trials
-  if not (isinstance(level, int) and 1 <= level <= levels):
-    raise errors.ConfigError(
-        f'level={level!r}: the ticket of a pruned level is measured, 1..{levels} ' '(pruning.levels)'
-    )
-  if not (isinstance(trial, int) and 0 <= trial < trials):
-    raise errors.ConfigError(f'trial={trial!r}: must be in 0..{trials - 1} (trials={trials})')
-  level_dir = trial_lib.level_directory(workdir, trial, level)
-  if not os.path.isdir(level_dir):
-    lottery.run(config, workdir, **custom.arguments())
-  else:  # the level's mask must come from this config
-    workdir_lib.check_workdir_config(custom.recorded(config, experiment.model), experiment.spec, workdir)
-  if not os.path.isdir(level_dir):
-    raise ValueError(f'the lottery run in {workdir} stopped before level {level} (see pruning.levels)')
-  single, population = experiment.trainer(), experiment.trainer(len(MEMBERS))
-  init_seed, data_seed = trial_lib.trial_seeds(spec.seed, trial)
-  other_init_seed, other_data_seed = trial_lib.trial_seeds(spec.seed + 7919, trial)
-  initial = single.init_variables(init_seed)
-  keep_mask = checkpoints.restore_tree(level_dir)['mask']
-  keep_mask = jax.tree_util.tree_unflatten(
-      jax.tree_util.tree_structure(initial[0]), jax.tree_util.tree_leaves(keep_mask)
-  )
-  result = measure(
-      population,
-      initial,
-      single.init_variables(other_init_seed),
-      keep_mask,
-      experiment.prunable(initial[0]),
-      spec.pruning.rewind_step,
-      experiment.total_steps,
-      data_seed,
-      other_data_seed,
-      random_ticket_seed=init_seed + level,
-      measure_steps=measure_steps,
-  )
-  return dataclasses.replace(result, level=level, trial=trial)

@@ -1,7 +1,7 @@
 """Tables and figures of stability to pruning against the late-reset step ("The Lottery Ticket
 Hypothesis at Scale"): at the end of training (Figures 4 and 6) and throughout training (Figures 11-14).
 
-Each function takes `stability.StabilityResult`s of one ticket level (several rewind steps; several
+Each function takes `stability_results.StabilityResult`s of one ticket level (several rewind steps; several
 trials of a rewind step are averaged) and a normalization of the distances: 'final' (by the final
 ||W_F - W'_F||, Figures 4 and 11-13) or 'max' (by its maximum over training, Figures 6 and 14).
 """
@@ -16,7 +16,7 @@ from matplotlib import lines as lines_lib
 import numpy as np
 
 from lth_jax.analysis import metrics as metrics_lib
-from lth_jax.analysis import stability
+from lth_jax.analysis import stability_results
 from lth_jax.reporting import style
 
 TICKETS = ('ticket', 'random_ticket')
@@ -32,18 +32,20 @@ END_METRICS = (
 )
 
 
-def by_rewind_step(results: Sequence[stability.StabilityResult]) -> dict[int, list[stability.StabilityResult]]:
+def by_rewind_step(
+    results: Sequence[stability_results.StabilityResult],
+) -> dict[int, list[stability_results.StabilityResult]]:
   """The results grouped by rewind step (ascending); a ValueError when they mix ticket levels."""
   levels = {result.level for result in results}
   if len(levels) > 1:
     raise ValueError(f'stability results of several levels ({sorted(levels, key=str)}): report one level at a time')
-  grouped: dict[int, list[stability.StabilityResult]] = {}
+  grouped: dict[int, list[stability_results.StabilityResult]] = {}
   for result in sorted(results, key=lambda result: (result.rewind_step, result.trial)):
     grouped.setdefault(result.rewind_step, []).append(result)
   return grouped
 
 
-def _check_normalization(results: Sequence[stability.StabilityResult], normalization: str) -> None:
+def _check_normalization(results: Sequence[stability_results.StabilityResult], normalization: str) -> None:
   metrics_lib.metric_key('l2_distance', normalization)  # names a bad normalization
   old = sorted({result.rewind_step for result in results if not result.has_normalization(normalization)})
   if old:
@@ -53,7 +55,7 @@ def _check_normalization(results: Sequence[stability.StabilityResult], normaliza
     )
 
 
-def end_of_training_rows(results: Sequence[stability.StabilityResult]) -> tuple[list[str], list[list[Any]]]:
+def end_of_training_rows(results: Sequence[stability_results.StabilityResult]) -> tuple[list[str], list[list[Any]]]:
   """One row per (rewind step, ticket): the mean over trials of each end-of-training metric under both
   normalizations (empty cells where the max normalization is missing) and of the test metric."""
   header = ['rewind_step', 'member', 'trials']
@@ -72,7 +74,7 @@ def end_of_training_rows(results: Sequence[stability.StabilityResult]) -> tuple[
   return header, rows
 
 
-def curve_rows(results: Sequence[stability.StabilityResult]) -> tuple[list[str], list[list[Any]]]:
+def curve_rows(results: Sequence[stability_results.StabilityResult]) -> tuple[list[str], list[list[Any]]]:
   """One row per (rewind step, trial, ticket, measured step) with every metric (both normalizations)."""
   keys = list(
       dict.fromkeys(
@@ -100,7 +102,7 @@ def _mean_cell(values: Sequence[Any]) -> str:
   return f'{np.mean(finite):.6g}' if finite and len(finite) == len(values) else ''
 
 
-def format_end_of_training(results: Sequence[stability.StabilityResult]) -> str:
+def format_end_of_training(results: Sequence[stability_results.StabilityResult]) -> str:
   """A printable table of the end-of-training distance and angle per rewind step, both normalizations."""
   lines = [
       f'{"rewind":>7} {"member":<14} {"L2/final":>9} {"L2/max":>9} {"angle":>7} {"corr":>7} '
@@ -123,7 +125,7 @@ def format_end_of_training(results: Sequence[stability.StabilityResult]) -> str:
   return '\n'.join(lines)
 
 
-def format_over_training(results: Sequence[stability.StabilityResult], columns: int = 6) -> str:
+def format_over_training(results: Sequence[stability_results.StabilityResult], columns: int = 6) -> str:
   """A printable table: per rewind step and ticket, the final-normalized L2 distance and the angle
   at up to `columns` of the measured steps (mean over trials)."""
   lines = []
@@ -142,7 +144,7 @@ def format_over_training(results: Sequence[stability.StabilityResult], columns: 
 
 
 def _subject(
-    results: Sequence[stability.StabilityResult], setting: str | None, fraction_remaining: float | None
+    results: Sequence[stability_results.StabilityResult], setting: str | None, fraction_remaining: float | None
 ) -> str:
   """What a stability figure shows: 'LeNet-300-100 on MNIST-1D, ticket of level 2 (36% of weights
   remaining), mean of 3 trials' (the setting and the sparsity where given)."""
@@ -158,7 +160,7 @@ _MEMBER_COLOURS = {'ticket': 'tab:blue', 'random_ticket': 'tab:orange', 'full': 
 
 
 def plot_stability_vs_reset_step(
-    results: Sequence[stability.StabilityResult],
+    results: Sequence[stability_results.StabilityResult],
     path: str | None = None,
     normalization: str = 'final',
     dpi: int = style.DPI,
@@ -210,7 +212,9 @@ def plot_stability_vs_reset_step(
   return figure
 
 
-def _mean_curve(group: Sequence[stability.StabilityResult], member: str, metric: str, normalization: str) -> np.ndarray:
+def _mean_curve(
+    group: Sequence[stability_results.StabilityResult], member: str, metric: str, normalization: str
+) -> np.ndarray:
   """`metric` of `member` at each measured step, mean over the trials of one rewind step."""
   return np.mean([result.metric_curve(member, metric, normalization) for result in group], axis=0)
 
@@ -228,7 +232,7 @@ _OVER_TRAINING_ROWS = (
 
 
 def plot_stability_over_training(
-    results: Sequence[stability.StabilityResult],
+    results: Sequence[stability_results.StabilityResult],
     path: str | None = None,
     normalization: str = 'final',
     dpi: int = style.DPI,
@@ -266,7 +270,7 @@ def plot_stability_over_training(
 def _plot_stability_column(
     column: np.ndarray,
     member: str,
-    grouped: dict[int, list[stability.StabilityResult]],
+    grouped: dict[int, list[stability_results.StabilityResult]],
     colours: dict[int, Any],
     normalization: str,
 ) -> None:
@@ -292,7 +296,7 @@ def _plot_stability_column(
 
 
 def _over_training_legends(
-    axes: np.ndarray, grouped: dict[int, list[stability.StabilityResult]], colours: dict[int, Any]
+    axes: np.ndarray, grouped: dict[int, list[stability_results.StabilityResult]], colours: dict[int, Any]
 ) -> None:
   """The legends of `plot_stability_over_training`, right of the right column: rewind steps' colours
   (row 1), and the line styles of rows 3 and 4."""

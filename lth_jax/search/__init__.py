@@ -14,9 +14,9 @@ from lth_jax.search.sweeps import run as sweep
 from lth_jax.search.sweeps import run_named as sweep_named
 from lth_jax.search.sweeps import SweepResults
 from lth_jax.search.trial import branch_seed
-from lth_jax.search.trial import level_directory
 from lth_jax.search.trial import trial_seeds
 from lth_jax.search.workdir import check_workdir_config
+from lth_jax.search.workdir import level_directory
 from lth_jax.search.workdir import workdir_lock
 
 __all__ = [

@@ -1,18 +1,21 @@
 """Cohorts: the training runs of one lottery level trained together, as one population program.
 
 Every (trial, branch) run of a level trains to the same end step, so the runs that are not yet
-recorded form a cohort, trained in programs of at most `parallel.members_per_program` members. A
-sweep's cohort also holds the runs of several variants (`lth_jax.search.packs`): members may then start
-at their own step (a rewind point; the program starts at the earliest and a member waits, unchanged,
-until its start) and carry their own learning rate, warmup and weight decay. A program of K > 1 members is one `jax.vmap`-ed Trainer over a ('members', 'data') mesh
-(`parallel.member_layout` picks its shape); a program of one member is the plain data-parallel Trainer,
-exactly as runs were trained one after another. Each member keeps its own weights, mask, optimizer
-state and batch order (its trial's seed), so it sees the batches its run alone would see.
+recorded form a cohort (its members: `lth_jax.search.members`), trained in programs of at most
+`parallel.members_per_program` members (`lth_jax.search.packing`). A sweep's cohort also holds the runs
+of several variants (`lth_jax.search.packs`): members may then start at their own step (a rewind point;
+the program starts at the earliest and a member waits, unchanged, until its start) and carry their own
+learning rate, warmup and weight decay. A program of K > 1 members is one `jax.vmap`-ed Trainer over a
+('members', 'data') mesh (`parallel.member_layout` picks its shape); a program of one member is the
+plain data-parallel Trainer, exactly as runs were trained one after another. Each member keeps its own
+weights, mask, optimizer state and batch order (its trial's seed), so it sees the batches its run alone
+would see. This module trains a program: from its newest good checkpoint, with progress lines
+(`lth_jax.search.progress`) and scalars, and splits its result per member.
 
 A program is checkpointed like a single run (periodically, and at the current step on SIGTERM) in
-`WORKDIR/checkpoints/running/level_L_<members>`; the checkpoint names its members, and a re-run
-resumes it only for the same members. One member's program keeps the single-run folder
-`checkpoints/trial_T/running/level_L_BRANCH`; a program of a sweep's variants keeps
+`WORKDIR/checkpoints/running/level_L_<members>` (`workdir.program_directory`); the checkpoint names its
+members, and a re-run resumes it only for the same members. One member's program keeps the single-run
+folder `checkpoints/trial_T/running/level_L_BRANCH`; a program of a sweep's variants keeps
 `SWEEP/checkpoints/running/level_L_<count>_<digest of its members>`.
 """
 
@@ -20,152 +23,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import math
 import os
 from typing import Any, Callable, Sequence
 
-import jax
-import numpy as np
-
 from lth_jax import config as config_lib
-from lth_jax import optim
+from lth_jax.search import members as members_lib
+from lth_jax.search import progress
+from lth_jax.search import workdir as workdir_lib
+from lth_jax.search.members import Member
+from lth_jax.search.members import MemberResult
 from lth_jax.training import checkpoints
-from lth_jax.training import feeds
-from lth_jax.training import memory
 from lth_jax.training import parallel
 from lth_jax.training import run_state
 from lth_jax.training import steps
 from lth_jax.training import trainer as trainer_lib
 
 
-@dataclasses.dataclass
-class Member:
-  """One training run of a cohort: where it starts (host trees) and what it is."""
-
-  trial: int
-  level: int
-  branch: str
-  params: Any
-  model_state: Any
-  keep_mask: Any
-  data_seed: int
-  snapshot_steps: tuple[int, ...] = ()
-  # Called with (step, host (params, model_state)) as each of this member's snapshots is taken.
-  on_snapshot: Callable[[int, tuple[Any, Any]], None] | None = None
-  start_step: int = 0  # the absolute step its training starts at (a level's rewind point)
-  variant: str = ''  # the sweep variant it belongs to ('' outside a sweep's packed programs)
-  # Its own values of `optim.MEMBER_HYPERPARAMETERS` where the members of its program differ in them.
-  hyperparameters: dict[str, float] = dataclasses.field(default_factory=dict)
-
-  @property
-  def key(self) -> str:
-    """'t0-ticket' (or 'VARIANT/t0-ticket'): the member's name in a program's checkpoint."""
-    return member_key(self.variant, self.trial, self.branch)
-
-
-def member_key(variant: str, trial: int, branch: str) -> str:
-  """The name of the (variant, trial, branch) run in a program's checkpoint: 't0-ticket', 'VARIANT/t0-ticket'."""
-  return f'{variant}/t{trial}-{branch}' if variant else f't{trial}-{branch}'
-
-
-@dataclasses.dataclass
-class MemberResult:
-  """What training produced for one member."""
-
-  member: Member
-  final_params: Any  # host tree
-  snapshots: dict[int, tuple[Any, Any]]  # step -> host (params, model_state)
-  curve: list[dict[str, Any]]  # one entry per evaluation: step, train_loss, test metrics
-  wall_seconds: float  # the program's training time (shared by its members)
-  diverged_step: int | None = None  # where a non-finite loss or weight was first seen
-
-
-def format_duration(seconds: float) -> str:
-  """'42s', '3m05s', '2h07m'."""
-  seconds = int(round(max(seconds, 0.0)))
-  if seconds < 60:
-    return f'{seconds}s'
-  if seconds < 3600:
-    return f'{seconds // 60}m{seconds % 60:02d}s'
-  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
-
-
-def estimate_remaining_seconds(
-    step: int, end_step: int, eval_every: int, batch_size: int, examples_per_second: float, evaluation_seconds: float
-) -> float:
-  """Time left in a run at `step`: its remaining steps at the training speed measured so far, plus
-  one evaluation (as long as the last) at each evaluation point still ahead (and at the end)."""
-  if step >= end_step:
-    return 0.0
-  training = (end_step - step) * batch_size / examples_per_second if examples_per_second > 0 else 0.0
-  evaluations = 1 + (len(range(step - step % eval_every + eval_every, end_step, eval_every)) if eval_every else 0)
-  return training + evaluations * evaluation_seconds
-
-
-def format_speed(examples_per_second: float) -> str:
-  """'12,345' for fast runs, '0.731' for slow ones (a ResNet-50 on a CPU)."""
-  if examples_per_second >= 100:
-    return f'{examples_per_second:,.0f}'
-  return f'{examples_per_second:.3g}'
-
-
-def describe(members: Sequence[Member]) -> str:
-  """'trials 0-3 x ticket, reinit' (or the list of members when they are not a full grid)."""
-  trials = sorted({member.trial for member in members})
-  branches = list(dict.fromkeys(member.branch for member in members))
-  if len(trials) * len(branches) == len(members):
-    span = (
-        f'trial {trials[0]}'
-        if len(trials) == 1
-        else f'trials {trials[0]}-{trials[-1]}'
-        if trials == list(range(trials[0], trials[-1] + 1))
-        else 'trials ' + ','.join(map(str, trials))
-    )
-    return f'{span} x {", ".join(branches)}'
-  return ', '.join(member.key for member in members)
-
-
-def _summary(values: Sequence[float]) -> str:
-  """'0.8123 [0.7912, 0.8311]': the mean over members and their range (non-finite values counted apart:
-  '0.8123 [0.7912, 0.8311], 1 non-finite')."""
-  finite = [value for value in values if np.isfinite(value)]
-  if not finite:
-    return 'nan'
-  text = f'{float(np.mean(finite)):.4g} [{min(finite):.4g}, {max(finite):.4g}]'
-  return text + (f', {len(values) - len(finite)} non-finite' if len(finite) < len(values) else '')
-
-
-def running_directory(workdir: str, level: int, runs: Sequence[tuple[int, str]]) -> str:
-  """Where the periodic checkpoints of a program in progress are kept, for its (trial, branch) runs of
-  `level`: the single-run folder `checkpoints/trial_T/running/level_L_BRANCH` for one run, else
-  `checkpoints/running/level_L_t<first trial>-<first branch>_<count>_<digest of all the runs>`."""
-  if len(runs) == 1:
-    ((trial, branch),) = runs
-    return os.path.join(workdir, 'checkpoints', f'trial_{trial}', 'running', f'level_{level}_{branch}')
-  keys = [f't{trial}-{branch}' for trial, branch in runs]
-  digest = hashlib.sha1(','.join(keys).encode()).hexdigest()[:8]
-  return os.path.join(workdir, 'checkpoints', 'running', f'level_{level}_{keys[0]}_{len(keys)}_{digest}')
-
-
-def program_directory(workdir: str, level: int, runs: Sequence[tuple[str, int, str]]) -> str:
-  """Where a program of the (variant, trial, branch) `runs` of `level` keeps its periodic checkpoints:
-  `running_directory` for one search's runs, `checkpoints/running/level_L_<count>_<digest>` for a
-  program of a sweep's variants."""
-  if not any(variant for variant, _, _ in runs):
-    return running_directory(workdir, level, [(trial, branch) for _, trial, branch in runs])
-  keys = [member_key(*run) for run in runs]
-  digest = hashlib.sha1(','.join(keys).encode()).hexdigest()[:8]
-  return os.path.join(workdir, 'checkpoints', 'running', f'level_{level}_{len(keys)}_{digest}')
-
-
 def _runs(members: Sequence[Member]) -> list[tuple[str, int, str]]:
   return [(member.variant, member.trial, member.branch) for member in members]
-
-
-def _split_entry(entry: dict[str, Any], index: int) -> dict[str, Any]:
-  """One member's values of a population's curve entry (lists hold one value per member)."""
-  return {key: value[index] if isinstance(value, list) else value for key, value in entry.items()}
 
 
 @dataclasses.dataclass
@@ -215,7 +90,7 @@ class ProgramRunner:
   def train(self, members: Sequence[Member]) -> list[MemberResult]:
     """Trains `members` (each from its start step to the end) as one program; one result per member."""
     members = list(members)
-    trainer, slots = self.trainer_for(len(members), hyperparameter_names(members))
+    trainer, slots = self.trainer_for(len(members), members_lib.hyperparameter_names(members))
     program = _Program.create(members, trainer, slots, self.settings, self.workdir)
     with checkpoints.RunCheckpoints(program.directory, self.settings.max_to_keep) as running:
       result = self._train_program(program, running)
@@ -267,21 +142,15 @@ class ProgramRunner:
     speed = program.counted(entry['examples_per_second'])
     if program.population:
       started = [index for index, member in enumerate(members) if member.start_step < entry['step']]
-      values = {name: [entry[name][index] for index in started] for name in (metric, 'train_loss') if name in entry}
-      metrics = f'{metric}={_summary(values[metric])}'
-      if 'train_loss' in values:
-        metrics += f' train_loss={_summary(values["train_loss"])}'
-      self.log(program.progress_line(entry['step'], speed, metrics + ' ', self._evaluation_seconds))
+      metrics = progress.metrics_text(entry, metric, started)
+      self.log(program.progress_line(entry['step'], speed, metrics, self._evaluation_seconds))
       for index in started:
-        run, member_entry = program.scalars_runs[index], _split_entry(entry, index)
+        run, member_entry = program.scalars_runs[index], members_lib.split_entry(entry, index)
         member_entry['examples_per_second'] = speed / len(members)
         self.scalars.write(run, entry['step'], {k: v for k, v in member_entry.items() if k != 'step'})
       return
-    train_loss = f' train_loss={entry["train_loss"]:.4g}' if 'train_loss' in entry else ''
     self.log(
-        program.progress_line(
-            entry['step'], speed, f'{metric}={entry[metric]:.4g}{train_loss} ', self._evaluation_seconds
-        )
+        program.progress_line(entry['step'], speed, progress.metrics_text(entry, metric), self._evaluation_seconds)
     )
     self.scalars.write(program.scalars_runs[0], entry['step'], {k: v for k, v in entry.items() if k != 'step'})
 
@@ -357,13 +226,13 @@ class _Program:
         snapshot_like=snapshot_like,
         snapshot_steps=tuple(sorted({step for member in members for step in member.snapshot_steps})),
         keys=[member.key for member in members],
-        directory=program_directory(workdir, level, _runs(members)),
-        label=_label(members, settings.levels),
+        directory=workdir_lib.program_directory(workdir, level, _runs(members)),
+        label=progress.label(members, settings.levels),
         scalars_runs=[
             os.path.join(member.variant, f'trial_{member.trial}', f'level_{member.level}_{member.branch}')
             for member in members
         ],
-        member_settings=_member_settings(padded),
+        member_settings=members_lib.member_settings(padded),
     )
 
   def arrays_like(self, metadata: dict[str, Any]) -> Any:
@@ -379,13 +248,17 @@ class _Program:
 
   def progress_line(self, step: int, speed: float, metrics: str, evaluation_seconds: float) -> str:
     """'LABEL: step S/N (P%) METRICS| SPEED examples/s | ETA T', evaluations taking `evaluation_seconds`."""
-    start_step, total = self.start_step, self.settings.end_step
-    eta = estimate_remaining_seconds(
-        step, total, self.settings.eval_every, self.trainer.batch_size * len(self.members), speed, evaluation_seconds
-    )
-    return (
-        f'{self.label}: step {step}/{total} ({100 * (step - start_step) / max(total - start_step, 1):.0f}%) '
-        f'{metrics}| {format_speed(speed)} examples/s | ETA {format_duration(eta)}'
+    settings = self.settings
+    return progress.line(
+        self.label,
+        step,
+        self.start_step,
+        settings.end_step,
+        settings.eval_every,
+        self.trainer.batch_size * len(self.members),
+        speed,
+        metrics,
+        evaluation_seconds,
     )
 
   def counted(self, speed: float) -> float:
@@ -395,8 +268,8 @@ class _Program:
   def on_snapshot(self, step: int, snapshot: tuple[Any, Any]) -> None:
     """Hands each member that asked for a snapshot of `step` (at or after its start) its own."""
     for index, member in enumerate(self.members):
-      if member.on_snapshot is not None and _snapshots_at(member, step):
-        member.on_snapshot(step, _member_snapshot(snapshot, index) if self.population else snapshot)
+      if member.on_snapshot is not None and members_lib.snapshots_at(member, step):
+        member.on_snapshot(step, members_lib.member_snapshot(snapshot, index) if self.population else snapshot)
 
   def save(self, running: checkpoints.RunCheckpoints, checkpoint: run_state.RunCheckpoint) -> None:
     """Saves `checkpoint` in `running`, naming the program's members."""
@@ -418,148 +291,13 @@ class _Program:
             member,
             steps.member(final_params, index),
             {
-                step: _member_snapshot(snapshot, index)
+                step: members_lib.member_snapshot(snapshot, index)
                 for step, snapshot in result.snapshots.items()
-                if _snapshots_at(member, step)
+                if members_lib.snapshots_at(member, step)
             },
-            [_split_entry(entry, index) for entry in result.curve if entry['step'] > member.start_step],
+            [members_lib.split_entry(entry, index) for entry in result.curve if entry['step'] > member.start_step],
             result.wall_seconds,
             result.diverged_steps[index],
         )
         for index, member in enumerate(members)
     ]
-
-
-def _snapshots_at(member: Member, step: int) -> bool:
-  """Whether `member` keeps its weights at `step`: one of its snapshot steps, at or after its start."""
-  return step in member.snapshot_steps and step >= member.start_step
-
-
-def _label(members: Sequence[Member], levels: int) -> str:
-  """How progress lines name a program: 'trial 0 level 1/3 ticket', 'level 1/3 cohort of 8 (trials 0-3 x
-  ticket, reinit)', 'level 1/3 cohort of 16 (2 variants x trials 0-3 x ticket, reinit)'."""
-  first = members[0]
-  if len(members) == 1:
-    variant = f' of {first.variant}' if first.variant else ''
-    return f'trial {first.trial} level {first.level}/{levels} {first.branch}{variant}'
-  variants = list(dict.fromkeys(member.variant for member in members))
-  runs = [member for member in members if member.variant == variants[0]]
-  if len(variants) == 1:
-    return f'level {first.level}/{levels} cohort of {len(members)} ({describe(members)})'
-  if len(runs) * len(variants) == len(members):
-    return f'level {first.level}/{levels} cohort of {len(members)} ({len(variants)} variants x {describe(runs)})'
-  return f'level {first.level}/{levels} cohort of {len(members)} ({len(variants)} variants)'
-
-
-def hyperparameter_names(members: Sequence[Member]) -> tuple[str, ...]:
-  """The hyperparameters the members of one program carry for themselves."""
-  return tuple(sorted({name for member in members for name in member.hyperparameters}))
-
-
-def _member_settings(members: Sequence[Member]) -> dict[str, list[float]]:
-  """The per-member settings of a program of `members` (padding included): their start steps where they
-  differ, and their own hyperparameters."""
-  settings: dict[str, list[float]] = {}
-  if len({member.start_step for member in members}) > 1:
-    settings['start_step'] = [member.start_step for member in members]
-  for name in hyperparameter_names(members):
-    settings[name] = [member.hyperparameters[name] for member in members]
-  return settings
-
-
-def _member_snapshot(snapshot: tuple[Any, Any], index: int) -> tuple[Any, Any]:
-  params, model_state = snapshot
-  return steps.member(params, index), steps.member(model_state, index)
-
-
-def groups(keys: Sequence[Any], members_per_program: int) -> list[list[Any]]:
-  """The whole cohort (recorded runs included) in programs of at most `members_per_program`, in
-  order and as evenly sized as that allows (10 runs, at most 8 per program: 5 and 5, not 8 and 2).
-  Grouping the whole cohort, not only what is left to train, keeps a resumed level's programs (and
-  so their numbers) those of an uninterrupted run: a program's records are written together."""
-  if not keys:
-    return []
-  count = math.ceil(len(keys) / max(1, members_per_program))
-  size = math.ceil(len(keys) / count)
-  return [list(keys[start : start + size]) for start in range(0, len(keys), size)]
-
-
-def _largest_cohort(spec: config_lib.RunSpec) -> tuple[int, int]:
-  """(level 0's cohort: the trials, a pruned level's cohort: trials x branches)."""
-  trials = spec.trials
-  return trials, trials * len(spec.branch_names) if spec.pruning.levels else trials
-
-
-def layout(num_members: int, experiment: Any) -> tuple[int, int]:
-  """(member groups, member slots) of a program of `num_members` runs of `experiment`
-  (see `parallel.member_layout`); a ConfigError naming the fields when none fits."""
-  batch = experiment.spec.training.batch_size
-  found = parallel.member_layout(num_members, experiment.mesh.devices.size, batch, experiment.local_device_counts())
-  if found is None:
-    raise config_lib.ConfigError(
-        f'parallel.members_per_program={experiment.spec.parallel.members_per_program}: a program of '
-        f'{num_members} runs cannot be laid on the {experiment.mesh.devices.size} devices with '
-        f'training.batch_size={batch} (no member grouping leaves a batch that divides its devices); change '
-        'the batch size or parallel.num_devices'
-    )
-  return found
-
-
-def resolve_members_per_program(experiment: Any, cohort_sizes: tuple[int, int] | None = None) -> int:
-  """The cap on runs per program: `parallel.members_per_program`, or with 0 (auto) the largest cohort
-  whose program fits in device memory by `memory.footprint`'s estimate (at least 1), and on CPU devices
-  no more runs than devices (one CPU device: one run at a time). Checks, before
-  anything trains, that every program the run will form can be laid on the mesh, and that an explicit
-  cap fits in memory where that can be estimated (a ConfigError saying what to set). `cohort_sizes`: the
-  runs of (level 0, a pruned level) when they are not one search's (a sweep's variants packed together)."""
-  spec = experiment.spec
-  requested = spec.parallel.members_per_program
-  level_zero, pruned_level = cohort_sizes or _largest_cohort(spec)
-  largest = max(level_zero, pruned_level)
-  batch = spec.training.batch_size
-
-  @functools.cache
-  def member() -> memory.MemberFootprint:  # traced only where a program of several runs is considered
-    return memory.footprint(
-        experiment.model,
-        feeds.input_example(experiment.dataset),
-        optim.from_config(spec.training, experiment.total_steps),
-    )
-
-  device_memory = memory.device_memory_bytes()
-  resident = sum(
-      int(getattr(experiment.dataset, name).nbytes)
-      for name in ('train_inputs', 'train_targets')
-      if hasattr(experiment.dataset, name)
-  )
-
-  def program_bytes(size: int) -> int:
-    groups_, slots = layout(size, experiment)
-    data = experiment.mesh.devices.size // groups_
-    return member().device_bytes(slots // groups_, batch // data)
-
-  def fits(size: int) -> bool:
-    return (
-        size == 1 or device_memory is None or (program_bytes(size) + resident <= memory.USABLE_FRACTION * device_memory)
-    )
-
-  if requested == 0:
-    cap = max([size for size in range(1, largest + 1) if fits(size)] or [1])
-    if jax.default_backend() == 'cpu':  # XLA spreads one run over a CPU's cores: pack one run per device at most
-      cap = min(cap, experiment.mesh.devices.size)
-  else:
-    cap = requested
-    if min(cap, largest) > 1 and not fits(min(cap, largest)):
-      assert device_memory is not None  # every size fits when the memory is unknown
-      fitting = max([size for size in range(1, largest + 1) if fits(size)] or [1])
-      raise config_lib.ConfigError(
-          f'parallel.members_per_program={requested}: a program of {min(cap, largest)} runs needs about '
-          f'{memory.format_bytes(program_bytes(min(cap, largest)) + resident)} per device, more than '
-          f'{memory.USABLE_FRACTION:.0%} of its {memory.format_bytes(device_memory)}; set '
-          f'parallel.members_per_program={fitting} (or 0 to choose by memory)'
-      )
-  for cohort in (level_zero, pruned_level):
-    for group in groups(list(range(cohort)), cap):
-      if len(group) > 1:
-        layout(len(group), experiment)
-  return cap

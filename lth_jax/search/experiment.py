@@ -21,7 +21,7 @@ from lth_jax import tasks as tasks_lib
 from lth_jax.models import calling
 from lth_jax.data import pipeline
 from lth_jax.data import tfds_source
-from lth_jax.search import cohorts
+from lth_jax.search import packing
 from lth_jax.search import custom as custom_lib
 from lth_jax.training import feeds
 from lth_jax import tickets as tickets_lib
@@ -99,7 +99,7 @@ class Experiment:
     padding)."""
     if num_members == 1 and not member_hyperparameters and parallel.member_groups(self.mesh) == 1:
       return self.trainer(), 1
-    groups, slots = cohorts.layout(num_members, self)
+    groups, slots = packing.layout(num_members, self)
     return self._build_trainer(slots, groups, member_hyperparameters), slots
 
   def for_variant(self, spec: config_lib.RunSpec, ticket: tickets_lib.Ticket | None) -> 'Experiment':
@@ -144,7 +144,7 @@ def prepare(config: ml_collections.ConfigDict, custom: custom_lib.CustomParts | 
   spec = config_lib.resolve(config, mesh.devices.size, dataset.num_train, param_shapes, custom.prunable)
   mesh = _run_mesh(spec, mesh, dataset)
   experiment = Experiment(spec=spec, dataset=dataset, model=model, mesh=mesh, task=task)
-  experiment.members_per_program = cohorts.resolve_members_per_program(experiment)
+  experiment.members_per_program = packing.resolve_members_per_program(experiment)
   experiment.ticket = _transferred_ticket(spec.transfer, param_shapes)
   return experiment
 

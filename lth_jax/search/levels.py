@@ -15,6 +15,10 @@ import numpy as np
 from lth_jax import masks as masks_lib
 from lth_jax import results as results_lib
 from lth_jax.search import cohorts
+from lth_jax.search import packing
+from lth_jax.search import workdir as workdir_lib
+from lth_jax.search.members import Member
+from lth_jax.search.members import MemberResult
 from lth_jax.search import scalars as scalars_lib
 from lth_jax.training import checkpoints
 from lth_jax.search.experiment import Experiment
@@ -73,7 +77,7 @@ class LevelRunner:
     self.keep_snapshots, self.record_fields = keep_snapshots, dict(record_fields or {})
     self.variant, self.hyperparameters = variant, dict(hyperparameters or {})
     self.trials: dict[int, Trial] = {}
-    self._level_zero: dict[int, list[cohorts.Member]] = {}
+    self._level_zero: dict[int, list[Member]] = {}
     settings = cohorts.ProgramSettings.from_spec(spec)
     self.programs = programs or cohorts.ProgramRunner(
         workdir, experiment.program_trainer, settings, log, should_stop, self.scalars
@@ -98,9 +102,7 @@ class LevelRunner:
         record['trial'] == trial and record['level'] == level and record['branch'] == branch for record in self.records
     )
 
-  def record(
-      self, member: cohorts.Member, result: cohorts.MemberResult, prunable: Any, start_step: int
-  ) -> dict[str, Any]:
+  def record(self, member: Member, result: MemberResult, prunable: Any, start_step: int) -> dict[str, Any]:
     """The record of one finished run."""
     final = result.curve[-1]
     task = self.experiment.task
@@ -153,7 +155,7 @@ class LevelRunner:
           },
       )
 
-  def finish(self, results: list[cohorts.MemberResult]) -> list[dict[str, Any]]:
+  def finish(self, results: list[MemberResult]) -> list[dict[str, Any]]:
     """The records of finished members of this search (each trial takes its own results first)."""
     return [self.trials[result.member.trial].finish(result) for result in results]
 
@@ -176,7 +178,7 @@ class LevelRunner:
       state.prepare_level(level)
     return [(state.trial, branch) for state in active if state.active for branch in self.branch_names]
 
-  def member(self, level: int, trial: int, branch: str) -> cohorts.Member | None:
+  def member(self, level: int, trial: int, branch: str) -> Member | None:
     """The member that trains (trial, level, branch), or None when it is recorded."""
     if level == 0:
       member = self._level_zero[trial][0] if self._level_zero[trial] else None
@@ -195,8 +197,8 @@ class LevelRunner:
 
   def _train_cohort(self, level: int, runs: list[tuple[int, str]]) -> None:
     """Trains the unrecorded runs among `runs` ((trial, branch) of this level) in programs."""
-    for group in cohorts.groups(runs, self.members_per_program):
-      directory = cohorts.program_directory(self.workdir, level, [(self.variant, *run) for run in group])
+    for group in packing.groups(runs, self.members_per_program):
+      directory = workdir_lib.program_directory(self.workdir, level, [(self.variant, *run) for run in group])
       program = [member for member in (self.member(level, *run) for run in group) if member is not None]
       if program:
         self.write(self.finish(self.programs.train(program)))
@@ -219,10 +221,10 @@ class LevelRunner:
   def end(self) -> None:
     """Removes the emptied folders of programs in progress; prints the surviving weights if asked to."""
     for state in self.trials.values():
-      running = os.path.join(state.trial_dir, 'running')
+      running = workdir_lib.running_folder(self.workdir, state.trial)
       if jax.process_index() == 0 and os.path.isdir(running) and not os.listdir(running):
         os.rmdir(running)
-    running = os.path.join(self.workdir, 'checkpoints', 'running')
+    running = workdir_lib.running_folder(self.workdir)
     if jax.process_index() == 0 and os.path.isdir(running) and not os.listdir(running):
       os.rmdir(running)
     if self.spec.report.print_surviving_weights:

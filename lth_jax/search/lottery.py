@@ -90,7 +90,7 @@ def run(
   current step and `Preempted` is raised; re-running continues it. A finished level whose checkpoint
   is damaged raises `checkpoints.CheckpointError` naming it.
 
-  `keep_snapshots`: steps of level 0 whose weights are kept (`trial.snapshot_directory`), for runs that
+  `keep_snapshots`: steps of level 0 whose weights are kept (`workdir.snapshot_directory`), for runs that
   start from them (a sweep's variants); `record_fields`: added to every record (a sweep's variant).
 
   Your own parts, instead of the config's (see README, "Your own model and data"): `model`, a flax
@@ -129,7 +129,7 @@ def _run_locked(
   spec = experiment.spec
   plan = spec.pruning
   records = results_lib.read_records(os.path.join(workdir, RESULTS_FILE))
-  scalars = scalars_lib.Scalars(os.path.join(workdir, 'tensorboard') if spec.checkpointing.tensorboard else None)
+  scalars = scalars_lib.Scalars(workdir_lib.tensorboard_directory(workdir) if spec.checkpointing.tensorboard else None)
   started = time.perf_counter()
   log(
       f'lth_jax: {config.model.name} on {config.dataset.name}, {experiment.total_steps} steps per level, '

@@ -29,6 +29,9 @@ from lth_jax import config as config_lib
 from lth_jax import optim
 from lth_jax import results as results_lib
 from lth_jax.search import cohorts
+from lth_jax.search import packing
+from lth_jax.search import workdir as workdir_lib
+from lth_jax.search.members import MemberResult
 from lth_jax.search import scalars as scalars_lib
 from lth_jax.search.experiment import Experiment
 from lth_jax.search.levels import LevelRunner
@@ -85,7 +88,7 @@ def create(
   specs = [experiment.spec for experiment in experiments]
   level_zero = sum(spec.trials for spec in specs)
   pruned = sum(spec.trials * len(spec.branch_names) for spec in specs if spec.pruning.levels)
-  members_per_program = cohorts.resolve_members_per_program(first, (level_zero, pruned))
+  members_per_program = packing.resolve_members_per_program(first, (level_zero, pruned))
   settings = dataclasses.replace(
       cohorts.ProgramSettings.from_spec(first.spec), levels=max(spec.pruning.levels for spec in specs)
   )
@@ -100,7 +103,7 @@ def train_levels(pack: Pack, searches: Sequence[LevelRunner], levels: Sequence[i
     runs = [(index, *run) for index, search in enumerate(searches) for run in _level_runs(search, level)]
     if not runs:
       return
-    for group in cohorts.groups(runs, pack.members_per_program):
+    for group in packing.groups(runs, pack.members_per_program):
       _train_program(pack, searches, level, group)
     if level:
       for search in searches:
@@ -115,7 +118,7 @@ def _level_runs(search: LevelRunner, level: int) -> list[tuple[int, str]]:
 def _train_program(pack: Pack, searches: Sequence[LevelRunner], level: int, group: list[tuple[int, int, str]]) -> None:
   """Trains the unrecorded runs of one program of (search index, trial, branch) runs, then writes each
   search's records (through the journal)."""
-  directory = cohorts.program_directory(
+  directory = workdir_lib.program_directory(
       pack.workdir, level, [(searches[index].variant, trial, branch) for index, trial, branch in group]
   )
   program, owners = [], {}  # the members to train; id(member) -> its search's index
@@ -125,7 +128,7 @@ def _train_program(pack: Pack, searches: Sequence[LevelRunner], level: int, grou
       program.append(member)
       owners[id(member)] = index
   if program:
-    results: dict[int, list[cohorts.MemberResult]] = {}
+    results: dict[int, list[MemberResult]] = {}
     for result in pack.programs.train(program):
       results.setdefault(owners[id(result.member)], []).append(result)
     written = {index: searches[index].finish(found) for index, found in sorted(results.items())}
@@ -143,7 +146,7 @@ def _train_program(pack: Pack, searches: Sequence[LevelRunner], level: int, grou
 def replay_journals(workdir: str, log: Callable[[str], None]) -> None:
   """Appends the records of programs killed between their journal and their last results file (each
   record once), then removes the journal and the program's checkpoints: they are recorded."""
-  for journal in sorted(glob.glob(os.path.join(workdir, 'checkpoints', 'running', '*' + JOURNAL_SUFFIX))):
+  for journal in sorted(glob.glob(os.path.join(workdir_lib.running_folder(workdir), '*' + JOURNAL_SUFFIX))):
     with open(journal) as file:
       written = json.load(file)
     for variant, records in written.items():

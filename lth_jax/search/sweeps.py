@@ -13,6 +13,9 @@
     WORKDIR/checkpoints/running/ the periodic checkpoints of programs in progress (and the journal of
                                 one killed while writing its records: `packs.replay_journals`)
 
+(the paths: `lth_jax.search.workdir`; the sweep file: `sweep_file`; the dense runs' level 0 given to
+their variants: `dense_runs`)
+
 Training goes by levels, not by variants: level 0 of every dense run (and of every variant that shares
 it with none) first, then each pruned level of every variant. At each level, the runs of all searches
 of one program shape train side by side in shared programs (`lth_jax.search.packs`): each member from
@@ -28,32 +31,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from typing import Any, Callable, Mapping, Sequence
 
-import jax
 import ml_collections
 
 from lth_jax import config as config_lib
 from lth_jax import results as results_lib
 from lth_jax.search import custom as custom_lib
+from lth_jax.search import dense_runs
 from lth_jax.search import packs
 from lth_jax.search import scalars as scalars_lib
+from lth_jax.search import sweep_file
 from lth_jax.search import sweep_plan
-from lth_jax.search import trial as trial_lib
 from lth_jax.search import workdir as workdir_lib
 from lth_jax.search.experiment import Experiment
 from lth_jax.search.experiment import prepare
 from lth_jax.search.levels import LevelRunner
-from lth_jax.training import checkpoints
 from lth_jax.data import Dataset
 from lth_jax.masks import PrunableRule
 from lth_jax.tasks import Task
 from lth_jax.training.preemption import StopRequest
-
-SWEEP_FILE = 'sweep.json'
-DENSE_DIRECTORY = 'dense'
-VARIANTS_DIRECTORY = 'variants'
 
 
 @dataclasses.dataclass
@@ -93,11 +90,6 @@ class _Search:
   directory: str
   keep_snapshots: tuple[int, ...] = ()
   record_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def variant_directory(workdir: str, variant: sweep_plan.Variant) -> str:
-  """The lottery workdir of one variant of the sweep in `workdir`."""
-  return os.path.join(workdir, VARIANTS_DIRECTORY, variant.label)
 
 
 def run(
@@ -159,7 +151,7 @@ def _run_variants(
     except config_lib.ConfigError as error:
       raise config_lib.ConfigError(f'sweep variant {variant.label}: {error}') from error
     recorded = custom.recorded(variant_config, experiment.model)
-    runs.append(_VariantRun(variant, recorded, experiment, variant_directory(workdir, variant), custom))
+    runs.append(_VariantRun(variant, recorded, experiment, workdir_lib.variant_directory(workdir, variant), custom))
   if runs:
     base = custom.recorded(base, runs[0].experiment.model)
   shared: dict[str, Experiment] = {}
@@ -167,7 +159,7 @@ def _run_variants(
   workdir_lib.check_writable(workdir)
   runs[0].experiment.trainer()  # built before anything is written
   with workdir_lib.writes_named(workdir), workdir_lib.workdir_lock(workdir, log):
-    _check_sweep_file(workdir, base, entry)
+    sweep_file.check_sweep_file(workdir, base, entry)
     stop = StopRequest()
     stop.install()
     try:
@@ -202,9 +194,13 @@ def _train(
       f'lth_jax sweep: {len(runs)} variant(s); {len(groups)} dense run(s) of {runs[0].spec.trials} trial(s) '
       f'shared by them; {sum(run.spec.pruning.levels for run in runs)} pruning level(s) in all'
   )
-  lone = {id(group[0]) for key, group in groups.items() if len(group) == 1 and not os.path.isdir(_dense(workdir, key))}
+  lone = {
+      id(group[0])
+      for key, group in groups.items()
+      if len(group) == 1 and not os.path.isdir(workdir_lib.dense_directory(workdir, key))
+  }
   dense = {
-      key: _dense_search(group, _dense(workdir, key), log, shared)
+      key: _dense_search(group, workdir_lib.dense_directory(workdir, key), log, shared)
       for key, group in groups.items()
       if id(group[0]) not in lone
   }
@@ -212,7 +208,15 @@ def _train(
   started = _train_searches(level_zero, workdir, log, stop, range(1))
   for key, search in dense.items():
     for member in groups[key]:
-      _adopt_level_zero(member, search.directory, started[search.directory].records, log)
+      dense_runs.adopt_level_zero(
+          member.directory,
+          member.config,
+          member.spec,
+          member.variant,
+          search.directory,
+          started[search.directory].records,
+          log,
+      )
   searches = [_variant_search(run) for run in runs]
   runners = _train_searches(
       searches, workdir, log, stop, range(1, max(run.spec.pruning.levels for run in runs) + 1), started
@@ -226,10 +230,6 @@ def _train(
     started[search.directory].scalars.close()
 
 
-def _dense(workdir: str, key: str) -> str:
-  return os.path.join(workdir, DENSE_DIRECTORY, key)
-
-
 def _variant_search(run: _VariantRun) -> _Search:
   return _Search(run.config, run.experiment, run.directory, record_fields={'variant': run.variant.as_dict()})
 
@@ -240,7 +240,7 @@ def _dense_search(
   """The dense run of a group of variants, keeping its weights at every step they start from (a finished
   dense run missing one of them is removed, to be trained again)."""
   steps = sweep_plan.snapshot_steps([member.spec for member in group])
-  _remove_dense_run_without(directory, steps, log)
+  dense_runs.remove_dense_run_without(directory, steps, log)
   config = sweep_plan.dense_config(group[0].config)
   return _Search(config, _sharing(prepare(config, group[0].custom), shared), directory, keep_snapshots=steps)
 
@@ -259,7 +259,7 @@ def _train_searches(
   for indices in packs.searches_by_pack([search.experiment for search in searches]):
     members = [searches[index] for index in indices]
     scalars = scalars_lib.Scalars(
-        os.path.join(workdir, 'tensorboard') if members[0].experiment.spec.checkpointing.tensorboard else None
+        workdir_lib.tensorboard_directory(workdir) if members[0].experiment.spec.checkpointing.tensorboard else None
     )
     pack = packs.create([search.experiment for search in members], workdir, log, stop, scalars)
     pack_runners = [runners.get(search.directory) or _runner(search, pack, log, stop) for search in members]
@@ -286,7 +286,9 @@ def _runner(search: _Search, pack: packs.Pack, log: Callable[[str], None], stop:
       results_lib.read_records(results_path) if os.path.isfile(results_path) else [],
       log,
       stop,
-      scalars_lib.Scalars(os.path.join(search.directory, 'tensorboard') if spec.checkpointing.tensorboard else None),
+      scalars_lib.Scalars(
+          workdir_lib.tensorboard_directory(search.directory) if spec.checkpointing.tensorboard else None
+      ),
       search.keep_snapshots,
       search.record_fields,
       pack.programs,
@@ -299,140 +301,9 @@ def _runner(search: _Search, pack: packs.Pack, log: Callable[[str], None], stop:
 
 def load(workdir: str) -> SweepResults:
   """The variants and records of the sweep in `workdir` (those trained so far)."""
-  path = os.path.join(workdir, SWEEP_FILE)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{workdir} holds no sweep ({SWEEP_FILE} is missing)')
-  with open(path) as file:
-    recorded = json.load(file)
-  if 'named' in recorded:
-    variants = [sweep_plan.Variant(tuple(values.items()), name) for name, values in recorded['named'].items()]
-  else:
-    variants = sweep_plan.variants({field: tuple(values) for field, values in recorded['axes'].items()})
+  variants = sweep_file.recorded_variants(workdir)
   records = []
   for variant in variants:
-    results_path = os.path.join(variant_directory(workdir, variant), results_lib.RESULTS_FILE)
+    results_path = os.path.join(workdir_lib.variant_directory(workdir, variant), results_lib.RESULTS_FILE)
     records += results_lib.read_records(results_path) if os.path.isfile(results_path) else []
   return SweepResults(workdir=workdir, variants=variants, records=records)
-
-
-def _check_sweep_file(workdir: str, base: ml_collections.ConfigDict, entry: dict[str, Any]) -> None:
-  """Refuses a workdir holding a sweep of other axes (or a named variant changed), or of a base config
-  with other results; records this sweep's base config and variants (an earlier run's kept, new ones
-  added)."""
-  path = os.path.join(workdir, SWEEP_FILE)
-  new = {'config': config_lib.config_to_json(base), **entry}
-  if os.path.isfile(path):
-    with open(path) as file:
-      old = json.load(file)
-    _check_same_base(workdir, path, old, new)
-    _merge_variants(workdir, old, new)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with results_lib.atomic_open(path) as file:
-      json.dump(new, file, indent=1, sort_keys=True)
-
-
-def _check_same_base(workdir: str, path: str, old: dict[str, Any], new: dict[str, Any]) -> None:
-  """A ConfigError when the recorded base config gives other results than the new one."""
-  defaults = config_lib.config_to_json(config_lib.base_config())
-  changing, _ = config_lib.config_differences(old['config'], new['config'], defaults)
-  if changing:
-    raise config_lib.ConfigError(
-        f'{workdir} holds a sweep of a different base config ({path}); fields that differ (old -> new):\n  '
-        + '\n  '.join(changing)
-        + '\nUse the same config or another --workdir.'
-    )
-
-
-def _merge_variants(workdir: str, old: dict[str, Any], new: dict[str, Any]) -> None:
-  """Adds the recorded variants to `new` (in place), refusing other axes or a named variant changed."""
-  if 'axes' in new:
-    if sorted(old.get('axes', ())) != sorted(new['axes']):
-      raise config_lib.ConfigError(
-          f'{workdir} holds a sweep over {", ".join(old.get("axes", ())) or "named variants"}, not over '
-          f'{", ".join(new["axes"]) or "no axis"}; use another --workdir'
-      )
-    for field, values in old['axes'].items():  # values of an earlier run stay part of the sweep
-      new['axes'][field] = values + [value for value in new['axes'][field] if value not in values]
-    return
-  for name, values in old.get('named', {}).items():
-    if name in new['named'] and new['named'][name] != values:
-      raise config_lib.ConfigError(
-          f'{workdir}: sweep variant {name} changes {new["named"][name]} now, {values} when it was trained; '
-          'use another name or another --workdir'
-      )
-    new['named'].setdefault(name, values)
-
-
-def _remove_dense_run_without(directory: str, steps: tuple[int, ...], log: Callable[[str], None]) -> None:
-  """Removes the dense run in `directory` when a trial it finished kept no weights at one of `steps`
-  (it is then trained again, keeping them all), saying so."""
-  results_path = os.path.join(directory, results_lib.RESULTS_FILE)
-  records = results_lib.read_records(results_path) if os.path.isfile(results_path) else []
-  missing = [  # a diverged dense run keeps no weights after its divergence
-      step
-      for record in records
-      if not results_lib.is_diverged(record)
-      for step in steps
-      if not os.path.isdir(trial_lib.snapshot_directory(directory, record['trial'], step))
-  ]
-  if missing:
-    log(
-        f'lth_jax sweep: the dense run in {directory} kept no weights at step(s) {sorted(set(missing))}; '
-        'training its level 0 again to keep them'
-    )
-    if jax.process_index() == 0:  # out of the way at once (a kill during the deletion leaves no half run)
-      shutil.rmtree(directory + '.stale', ignore_errors=True)
-      os.replace(directory, directory + '.stale')
-      shutil.rmtree(directory + '.stale')
-
-
-def _adopt_level_zero(
-    member: _VariantRun, dense_dir: str, dense_records: list[dict[str, Any]], log: Callable[[str], None]
-) -> None:
-  """Gives a variant its level 0 from the dense run: the record (with the variant), the final weights
-  and mask, and the weights at its rewind and turnaround steps, as its own level 0 would have left them."""
-  os.makedirs(member.directory, exist_ok=True)
-  workdir_lib.check_config_file(member.config, member.directory, False, log, resolved=member.spec)
-  results_path = os.path.join(member.directory, results_lib.RESULTS_FILE)
-  recorded = results_lib.read_records(results_path) if os.path.isfile(results_path) else []
-  done = {record['trial'] for record in recorded if record['level'] == 0}
-  adopted = []
-  for record in dense_records:
-    trial = record['trial']
-    if trial in done:
-      continue
-    _copy_level_zero_weights(member, dense_dir, trial)
-    adopted.append({**record, 'variant': member.variant.as_dict(), 'dense_run': os.path.basename(dense_dir)})
-  if adopted and jax.process_index() == 0:
-    results_lib.append_records(results_path, adopted)
-
-
-def _copy_level_zero_weights(member: _VariantRun, dense_dir: str, trial: int) -> None:
-  """The checkpoints a finished level 0 leaves for the levels after it, written into the variant: its
-  rewind point, and the final weights and mask (with the weights at its turnaround step, if any)."""
-  plan = member.spec.pruning
-  target = trial_lib.level_directory(member.directory, trial, 0)
-  rewind = trial_lib.snapshot_directory(dense_dir, trial, plan.rewind_step)
-  if os.path.isdir(rewind) and jax.process_index() == 0:  # absent when the dense run diverged before it
-    _replace_directory(rewind, os.path.join(os.path.dirname(target), 'rewind'))
-  if not plan.turnaround_step:
-    if jax.process_index() == 0:
-      _replace_directory(trial_lib.level_directory(dense_dir, trial, 0), target)
-    return
-  level_zero = checkpoints.restore_tree(trial_lib.level_directory(dense_dir, trial, 0))
-  turnaround = trial_lib.snapshot_directory(dense_dir, trial, plan.turnaround_step)
-  # Diverged before the turnaround step: the next level is pruned from the final weights.
-  level_zero['turnaround_params'] = (
-      checkpoints.restore_tree(turnaround)[0] if os.path.isdir(turnaround) else level_zero['params']
-  )
-  checkpoints.save_tree(target, level_zero)
-
-
-def _replace_directory(source: str, target: str) -> None:
-  """A copy of the checkpoint folder `source` at `target` (replacing a partial copy left by a kill)."""
-  if os.path.isdir(target):
-    shutil.rmtree(target)
-  os.makedirs(os.path.dirname(target), exist_ok=True)
-  shutil.copytree(source, target + '.partial', dirs_exist_ok=True)
-  os.replace(target + '.partial', target)

@@ -1,6 +1,6 @@
 """One trial of a lottery run between its levels: its seeds, W_0, the rewind point, the ticket the next
 level's mask is pruned from, and where its checkpoints live. It builds the members a level trains
-(`lth_jax.search.cohorts`) and turns their results into records."""
+(`lth_jax.search.members`) and turns their results into records."""
 
 from __future__ import annotations
 
@@ -14,10 +14,14 @@ import numpy as np
 from lth_jax import branches as branches_lib
 from lth_jax import config as config_lib
 from lth_jax import pruning
-from lth_jax.search import cohorts
 from lth_jax import tickets as tickets_lib
+from lth_jax.search import workdir as workdir_lib
 from lth_jax.training import checkpoints
 from lth_jax.search.experiment import Experiment
+from lth_jax.search.members import Member
+from lth_jax.search.members import MemberResult
+from lth_jax.search.workdir import level_directory
+from lth_jax.search.workdir import snapshot_directory
 from lth_jax.training.trainer import Trainer
 
 
@@ -29,22 +33,6 @@ def branch_seed(*parts: int) -> int:
 def trial_seeds(seed: int, trial: int) -> tuple[int, int]:
   """(initialization seed, batch-order seed) of one trial."""
   return branch_seed(seed, trial, 0), branch_seed(seed, trial, 1)
-
-
-def level_directory(workdir: str, trial: int, level: int) -> str:
-  """Where a level's ticket (final weights and mask) is checkpointed."""
-  return os.path.join(workdir, 'checkpoints', f'trial_{trial}', f'level_{level}')
-
-
-def snapshot_directory(workdir: str, trial: int, step: int) -> str:
-  """Where the dense run of a trial keeps its weights at `step` when asked to (`lottery.run(keep_snapshots=)`)."""
-  return os.path.join(workdir, 'checkpoints', f'trial_{trial}', 'snapshots', f'step_{step}')
-
-
-def running_directory(workdir: str, trial: int, level: int, branch: str) -> str:
-  """Where the periodic checkpoints of the (trial, level, branch) run in progress are kept when it
-  trains alone (see `cohorts.running_directory` for a cohort program)."""
-  return cohorts.running_directory(workdir, level, [(trial, branch)])
 
 
 class LevelHost(Protocol):
@@ -67,9 +55,7 @@ class LevelHost(Protocol):
   def diverged_ticket(self, trial: int, level: int) -> dict[str, Any] | None:
     ...
 
-  def record(
-      self, member: cohorts.Member, result: cohorts.MemberResult, prunable: Any, start_step: int
-  ) -> dict[str, Any]:
+  def record(self, member: Member, result: MemberResult, prunable: Any, start_step: int) -> dict[str, Any]:
     ...
 
 
@@ -81,7 +67,6 @@ class Trial:
     self.runner, self.trial = runner, trial
     self.plan = runner.plan
     self.init_seed, self.data_seed = trial_seeds(runner.seed, trial)
-    self.trial_dir = os.path.join(runner.workdir, 'checkpoints', f'trial_{trial}')
     self.params0, self.model_state0 = runner.trainer.init_variables(self.init_seed)
     self.prunable = runner.plan.prunable(self.params0)
     self.keep_mask = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), self.params0)
@@ -103,7 +88,7 @@ class Trial:
 
   @property
   def rewind_dir(self) -> str:
-    return os.path.join(self.trial_dir, 'rewind')
+    return workdir_lib.rewind_directory(self.runner.workdir, self.trial)
 
   def level_dir(self, level: int) -> str:
     return level_directory(self.runner.workdir, self.trial, level)
@@ -112,7 +97,7 @@ class Trial:
     """Whether (this trial, level, branch) is recorded (then its leftover checkpoints go)."""
     done = self.runner.recorded(self.trial, level, branch)
     if done:  # a run killed between writing its record and deleting its checkpoints left them behind
-      checkpoints.remove(running_directory(self.runner.workdir, self.trial, level, branch))
+      checkpoints.remove(workdir_lib.running_directory(self.runner.workdir, level, [(self.trial, branch)]))
     return done
 
   def _restore_finished(self, directory: str, like: Any, what: str, level: int) -> Any:
@@ -144,7 +129,7 @@ class Trial:
       tree['turnaround_params'] = pruning_params
     checkpoints.save_tree(self.level_dir(level), tree)
 
-  def level_zero(self) -> list[cohorts.Member]:
+  def level_zero(self) -> list[Member]:
     """The dense run, or nothing when it is recorded (its rewind point and weights are restored)."""
     rewind_step = self.plan.rewind_step
     if self.done(0, 'ticket') and self.runner.diverged_ticket(self.trial, 0) is not None:
@@ -167,7 +152,7 @@ class Trial:
     turnaround = tuple(step for step in (self.plan.turnaround_step,) if step)
     steps = tuple(dict.fromkeys((rewind_step, *turnaround, *self.runner.keep_snapshots)))
     return [
-        cohorts.Member(
+        Member(
             self.trial,
             0,
             'ticket',
@@ -213,7 +198,7 @@ class Trial:
     if self.done(level, 'ticket'):
       _, self.ticket_params, self.keep_mask = self._restore_level(level)
 
-  def member(self, level: int, branch: str) -> cohorts.Member:
+  def member(self, level: int, branch: str) -> Member:
     """The starting point of one (level >= 1, branch) run of this trial."""
     runner = self.runner
     assert self.rewind is not None, 'level 0 (trained or restored) sets the rewind point'
@@ -231,7 +216,7 @@ class Trial:
     )
     params, model_state, branch_mask = branches_lib.start(branch, inputs)
     turnaround = tuple(step for step in (self.plan.turnaround_step,) if step)
-    return cohorts.Member(
+    return Member(
         self.trial,
         level,
         branch,
@@ -243,7 +228,7 @@ class Trial:
         start_step=self.plan.rewind_step,
     )
 
-  def finish(self, result: cohorts.MemberResult) -> dict[str, Any]:
+  def finish(self, result: MemberResult) -> dict[str, Any]:
     """Takes one member's result (keeping a ticket's level for good); returns its record (not yet written).
     A diverged ticket stops the trial: the next level is not pruned from non-finite weights."""
     member = result.member

@@ -1,14 +1,25 @@
-"""The workdir of a lottery run: that it can be written, one run at a time (a lock), and that a
-re-run's config agrees with the one its records came from (`config.json`)."""
+"""The workdir of a lottery run or a sweep: where each thing in it lies (every path), that it can be
+written, one run at a time (a lock), and that a re-run's config agrees with the one its records came from
+(`config.json`).
+
+    WORKDIR/results.jsonl  config.json  .lock  tensorboard/
+    WORKDIR/checkpoints/trial_T/rewind                      the rewind point
+    WORKDIR/checkpoints/trial_T/level_L                     a level's ticket: final weights and mask
+    WORKDIR/checkpoints/trial_T/snapshots/step_S            the dense run's weights at a step asked for
+    WORKDIR/checkpoints/trial_T/running/level_L_BRANCH      periodic checkpoints of a run trained alone
+    WORKDIR/checkpoints/running/level_L_...                 periodic checkpoints of a program of several runs
+    SWEEP/sweep.json  SWEEP/dense/<key>/  SWEEP/variants/<label>/   a sweep's file and lottery workdirs
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 try:
   import fcntl
@@ -25,10 +36,92 @@ from lth_jax.config import schema
 from lth_jax import results as results_lib
 from lth_jax.config.compatibility import CONFIG_FILE
 from lth_jax.results import RESULTS_FILE
+from lth_jax.search import sweep_plan
 from lth_jax.training import checkpoints
+from lth_jax.training.checkpoints import CHECKPOINTS_DIRECTORY
 from lth_jax.training.run_state import Preempted
 
 LOCK_FILE = '.lock'
+TENSORBOARD_DIRECTORY = 'tensorboard'
+RUNNING_DIRECTORY = 'running'  # periodic checkpoints of the programs in progress
+SWEEP_FILE = 'sweep.json'
+DENSE_DIRECTORY = 'dense'
+VARIANTS_DIRECTORY = 'variants'
+
+
+def tensorboard_directory(workdir: str) -> str:
+  """Where the TensorBoard event files of a run (or a sweep) are written."""
+  return os.path.join(workdir, TENSORBOARD_DIRECTORY)
+
+
+def checkpoints_directory(workdir: str) -> str:
+  """The folder of every checkpoint of a run."""
+  return os.path.join(workdir, CHECKPOINTS_DIRECTORY)
+
+
+def trial_directory(workdir: str, trial: int) -> str:
+  """The folder of one trial's checkpoints."""
+  return os.path.join(workdir, CHECKPOINTS_DIRECTORY, f'trial_{trial}')
+
+
+def level_directory(workdir: str, trial: int, level: int) -> str:
+  """Where a level's ticket (final weights and mask) is checkpointed."""
+  return os.path.join(trial_directory(workdir, trial), f'level_{level}')
+
+
+def rewind_directory(workdir: str, trial: int) -> str:
+  """Where a trial's rewind point (its weights at `pruning.rewind_step`) is checkpointed."""
+  return os.path.join(trial_directory(workdir, trial), 'rewind')
+
+
+def snapshot_directory(workdir: str, trial: int, step: int) -> str:
+  """Where the dense run of a trial keeps its weights at `step` when asked to (`lottery.run(keep_snapshots=)`)."""
+  return os.path.join(trial_directory(workdir, trial), 'snapshots', f'step_{step}')
+
+
+def running_folder(workdir: str, trial: int | None = None) -> str:
+  """The folder of the programs in progress: of one trial's runs trained alone (`trial`), or of the programs
+  of several runs (None)."""
+  parent = checkpoints_directory(workdir) if trial is None else trial_directory(workdir, trial)
+  return os.path.join(parent, RUNNING_DIRECTORY)
+
+
+def member_key(variant: str, trial: int, branch: str) -> str:
+  """The name of the (variant, trial, branch) run in a program's checkpoint: 't0-ticket', 'VARIANT/t0-ticket'."""
+  return f'{variant}/t{trial}-{branch}' if variant else f't{trial}-{branch}'
+
+
+def running_directory(workdir: str, level: int, runs: Sequence[tuple[int, str]]) -> str:
+  """Where the periodic checkpoints of a program in progress are kept, for its (trial, branch) runs of
+  `level`: the single-run folder `checkpoints/trial_T/running/level_L_BRANCH` for one run, else
+  `checkpoints/running/level_L_t<first trial>-<first branch>_<count>_<digest of all the runs>`."""
+  if len(runs) == 1:
+    ((trial, branch),) = runs
+    return os.path.join(running_folder(workdir, trial), f'level_{level}_{branch}')
+  keys = [f't{trial}-{branch}' for trial, branch in runs]
+  digest = hashlib.sha1(','.join(keys).encode()).hexdigest()[:8]
+  return os.path.join(running_folder(workdir), f'level_{level}_{keys[0]}_{len(keys)}_{digest}')
+
+
+def program_directory(workdir: str, level: int, runs: Sequence[tuple[str, int, str]]) -> str:
+  """Where a program of the (variant, trial, branch) `runs` of `level` keeps its periodic checkpoints:
+  `running_directory` for one search's runs, `checkpoints/running/level_L_<count>_<digest>` for a
+  program of a sweep's variants."""
+  if not any(variant for variant, _, _ in runs):
+    return running_directory(workdir, level, [(trial, branch) for _, trial, branch in runs])
+  keys = [member_key(*run) for run in runs]
+  digest = hashlib.sha1(','.join(keys).encode()).hexdigest()[:8]
+  return os.path.join(running_folder(workdir), f'level_{level}_{len(keys)}_{digest}')
+
+
+def variant_directory(workdir: str, variant: sweep_plan.Variant) -> str:
+  """The lottery workdir of one variant of the sweep in `workdir`."""
+  return os.path.join(workdir, VARIANTS_DIRECTORY, variant.label)
+
+
+def dense_directory(workdir: str, key: str) -> str:
+  """The lottery workdir of the dense run that the sweep's variants of `sweep_plan.dense_key` `key` share."""
+  return os.path.join(workdir, DENSE_DIRECTORY, key)
 
 
 def log_on_process_zero(message: str) -> None:
@@ -105,7 +198,7 @@ def holds_runs(workdir: str) -> bool:
   results_path = os.path.join(workdir, RESULTS_FILE)
   if os.path.exists(results_path) and os.path.getsize(results_path) > 0:
     return True
-  return any(files for _, _, files in os.walk(os.path.join(workdir, 'checkpoints')))
+  return any(files for _, _, files in os.walk(checkpoints_directory(workdir)))
 
 
 def recorded_packing(

@@ -34,6 +34,8 @@ class CheckpointError(RuntimeError):
 
 
 CHECKSUM_FILE = 'lth_jax_checksums.json'
+# A workdir's folder of checkpoints; its layout is `lth_jax.search.workdir`'s (tickets, below search, reads it too).
+CHECKPOINTS_DIRECTORY = 'checkpoints'
 
 
 class _QuietStorageFailures(logging.Filter):
