@@ -1,7 +1,9 @@
 """Accelerators by their published figures, and the targets `compile_at_scale` compiles for.
 
 A `Chip` holds one JAX device's published peak (dense bfloat16 FLOP/s), memory and memory bandwidth,
-with the document the figures come from. TPU v3 shows each of a chip's two TensorCores as a device
+with the document the figures come from (per chip: v3 123 TFLOP/s, 32 GiB, 900 GB/s; v4 275, 32 GiB,
+1228 GB/s; v5e 197, 16 GiB, 819 GB/s; v5p 459, 95 GiB, 2765 GB/s; v6e 918, 32 GiB, 1640 GB/s; H100 SXM
+989 dense, 80 GB, 3.35 TB/s; H200 989, 141 GB, 4.8 TB/s; A100 312, 80 GB, 2.0 TB/s). TPU v3 shows each of a chip's two TensorCores as a device
 (half the chip's figures); v4 and v5p fuse them (megacore: one device per chip). `for_device_kind`
 finds the chip of an attached device, so any benchmark can print an MFU line beside its measured time.
 """
@@ -23,34 +25,18 @@ class Chip:
   memory_bytes: int  # HBM of one JAX device
   bandwidth: float  # HBM bytes/s of one JAX device
   devices_per_chip: int
-  source: str
+  source: str  # the published document (a page address without its scheme: one token on a figure line)
 
 
 CHIPS = {
-    'v3': Chip(
-        'TPU v3', 61.5e12, 16 * GIB, 450e9, 2, 'Cloud TPU docs, TPU v3: 123 TFLOP/s bf16, 32 GiB, 900 GB/s a chip'
-    ),
-    'v4': Chip(
-        'TPU v4', 275e12, 32 * GIB, 1228e9, 1, 'Cloud TPU docs, TPU v4: 275 TFLOP/s bf16, 32 GiB, 1228 GB/s a chip'
-    ),
-    'v5e': Chip(
-        'TPU v5e', 197e12, 16 * GIB, 819e9, 1, 'Cloud TPU docs, TPU v5e: 197 TFLOP/s bf16, 16 GiB, 819 GB/s a chip'
-    ),
-    'v5p': Chip(
-        'TPU v5p', 459e12, 95 * GIB, 2765e9, 1, 'Cloud TPU docs, TPU v5p: 459 TFLOP/s bf16, 95 GiB, 2765 GB/s a chip'
-    ),
-    'v6e': Chip(
-        'TPU v6e', 918e12, 32 * GIB, 1640e9, 1, 'Cloud TPU docs, TPU v6e: 918 TFLOP/s bf16, 32 GiB, 1640 GB/s a chip'
-    ),
-    'h100': Chip(
-        'H100 SXM', 989e12, 80 * 10**9, 3350e9, 1, 'NVIDIA H100 datasheet: 989 TFLOP/s dense bf16, 80 GB, 3.35 TB/s'
-    ),
-    'h200': Chip(
-        'H200 SXM', 989e12, 141 * 10**9, 4800e9, 1, 'NVIDIA H200 datasheet: 989 TFLOP/s dense bf16, 141 GB, 4.8 TB/s'
-    ),
-    'a100': Chip(
-        'A100 SXM', 312e12, 80 * 10**9, 2039e9, 1, 'NVIDIA A100 datasheet: 312 TFLOP/s dense bf16, 80 GB, 2.0 TB/s'
-    ),
+    'v3': Chip('TPU v3', 61.5e12, 16 * GIB, 450e9, 2, 'cloud.google.com/tpu/docs/v3'),
+    'v4': Chip('TPU v4', 275e12, 32 * GIB, 1228e9, 1, 'cloud.google.com/tpu/docs/v4'),
+    'v5e': Chip('TPU v5e', 197e12, 16 * GIB, 819e9, 1, 'cloud.google.com/tpu/docs/v5e'),
+    'v5p': Chip('TPU v5p', 459e12, 95 * GIB, 2765e9, 1, 'cloud.google.com/tpu/docs/v5p'),
+    'v6e': Chip('TPU v6e', 918e12, 32 * GIB, 1640e9, 1, 'cloud.google.com/tpu/docs/v6e'),
+    'h100': Chip('H100 SXM', 989e12, 80 * 10**9, 3350e9, 1, 'nvidia.com/en-us/data-center/h100'),
+    'h200': Chip('H200 SXM', 989e12, 141 * 10**9, 4800e9, 1, 'nvidia.com/en-us/data-center/h200'),
+    'a100': Chip('A100 SXM', 312e12, 80 * 10**9, 2039e9, 1, 'nvidia.com/en-us/data-center/a100'),
 }
 
 # jax's `device.device_kind` -> the chip (checked by substring, in this order).
@@ -130,14 +116,14 @@ def mfu_fields(flops_per_step: float | None, step_seconds: float, devices: Seque
   predicted one."""
   kind = devices[0].device_kind if devices else 'unknown'
   chip = for_device_kind(kind)
-  fields: dict[str, Any] = {'device_kind': kind}
+  fields: dict[str, Any] = {'device_kind': kind.replace(' ', '_')}  # one token on a figure line
   if not flops_per_step:
-    return {**fields, 'mfu': 'n/a', 'mfu_peak': 'no FLOP count'}
+    return {**fields, 'mfu': 'n/a', 'mfu_peak': 'n/a'}  # no FLOP count
   fields['step_tflop'] = flops_per_step / 1e12
   fields['achieved_tflops'] = flops_per_step / step_seconds / 1e12
   utilization = model_flops_utilization(flops_per_step, step_seconds, len(devices), chip)
   if utilization is None:
-    return {**fields, 'mfu': 'n/a', 'mfu_peak': f'no published peak for {kind}'}
+    return {**fields, 'mfu': 'n/a', 'mfu_peak': 'n/a'}  # no published peak for this device kind
   assert chip is not None
   return {**fields, 'mfu': utilization, 'mfu_peak': chip.source}
 

@@ -206,7 +206,7 @@ def compile_program(run: Setup, members: int, start_steps: bool) -> dict[str, An
         'fits': 'no',
         'needed_gib': _gib(needed),
         'available_gib': _gib(said_available),
-        'compiler_says': str(error).strip().splitlines()[0][:200],
+        'compiler_says': str(error).strip().splitlines()[0][:200].replace(' ', '_'),
     }
   fields['compile_s'] = time.perf_counter() - started
   return {**fields, **_program_fields(compiled.stats(program), run.target, available, batch * max(1, members))}
@@ -232,7 +232,7 @@ def _program_fields(stats: Any, target: chips.Target, available: int, images: in
     fields[f'{key}_groups'] = ','.join(str(size or 'all') for size in collective.group_sizes)
   chip = target.chip
   if chip is None:
-    return {**fields, 'step_s_at_peak': 'n/a', 'peak': 'none published for simulated CPU devices'}
+    return {**fields, 'step_s_at_peak': 'n/a', 'peak_source': 'n/a'}  # no published peak for CPU devices
   at_flops, at_bandwidth = stats.flops / chip.peak_flops, stats.bytes_accessed / chip.bandwidth
   step = max(at_flops, at_bandwidth)
   return {
