@@ -46,6 +46,7 @@ from lth_jax import tasks as tasks_lib
 from lth_jax.models import calling
 from lth_jax.training import compiled
 from lth_jax.training import feeds
+from lth_jax.training import memory
 from lth_jax.training import parallel
 from lth_jax.training import steps
 
@@ -107,7 +108,6 @@ def load_config(path: str, batch_size: int | None) -> Any:
 
 def _dataset(config: Any) -> Any:
   """The config's dataset: a streamed tfds dataset that is not here by its sizes, else the real one."""
-
   name = config.dataset.name
   if name in STREAMED_SPLITS:
     num_train, num_test = STREAMED_SPLITS[name]
@@ -140,7 +140,6 @@ def target_devices(target: chips.Target) -> list[Any]:
 
 def setup(config: Any, target: chips.Target) -> Setup:
   """Resolves `config` for the target's devices (the checks a run makes first)."""
-
   config_lib.check_config(config)
   devices = target_devices(target)
   dataset = _dataset(config)
@@ -164,15 +163,15 @@ def _needed_bytes(message: str) -> tuple[float, float] | None:
 
 
 def _device_memory(target: chips.Target) -> int:
-  """One device's memory: the chip's HBM, or the host's memory shared by the simulated CPU devices."""
+  """One device's memory: the chip's HBM, or the host's memory shared by the simulated CPU devices
+  (`memory.device_memory_bytes`, as the library weighs cohorts)."""
   if target.chip is not None:
     return target.chip.memory_bytes
-  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // target.devices
+  return memory.device_memory_bytes() or 0
 
 
 def compile_program(run: Setup, members: int, start_steps: bool) -> dict[str, Any]:
   """Compiles one program (0 members: one run over the whole mesh) and returns its figure's fields."""
-
   batch = run.spec.training.batch_size
   kind = compiled.ProgramKind(members, start_steps)
   layout = parallel.member_layout(members, len(run.devices), batch) if members else (1, 0)
