@@ -163,6 +163,42 @@ def append_records(path: str, records: Sequence[dict[str, Any]]) -> None:
   write_records(path, [*read_records(path), *records])
 
 
+PENDING_SUFFIX = '.records.json'  # records written together before they are appended to several files
+
+
+def append_to_workdirs(root: str, records: Mapping[str, Sequence[dict[str, Any]]], pending_path: str) -> None:
+  """Appends to several workdirs' results files as one step ({workdir below `root`: its records}): each
+  record exactly once, even when the process is killed between two files. With more than one file, the
+  records are first written together to `pending_path` (atomically), then appended to each file, then
+  `pending_path` is removed; `complete_pending` finishes the appends of a process killed in between."""
+  records = {workdir: found for workdir, found in records.items() if found}
+  if len(records) > 1:
+    with atomic_open(pending_path) as file:
+      json.dump(records, file)
+  for workdir, found in records.items():
+    append_records(os.path.join(root, workdir, RESULTS_FILE), found)
+  if len(records) > 1:
+    os.remove(pending_path)
+
+
+def complete_pending(root: str, pending_path: str) -> dict[str, int]:
+  """Appends the records of `pending_path` (written by `append_to_workdirs` under `root`) that their
+  results file lacks, then removes it; returns how many each workdir took."""
+  with open(pending_path) as file:
+    pending = json.load(file)
+  written = {}
+  for workdir, found in pending.items():
+    path = os.path.join(root, workdir, RESULTS_FILE)
+    recorded = read_records(path) if os.path.isfile(path) else []
+    done = {(record['trial'], record['level'], record['branch']) for record in recorded}
+    missing = [record for record in found if (record['trial'], record['level'], record['branch']) not in done]
+    if missing:
+      append_records(path, missing)
+      written[workdir] = len(missing)
+  os.remove(pending_path)
+  return written
+
+
 def is_diverged(record: dict[str, Any]) -> bool:
   """Whether a record is of a run that diverged: marked so, or (in files written before the mark) with
   a test metric that is missing or not finite."""

@@ -8,13 +8,13 @@ magnitude, resets the survivors to W_k and trains them from step k to the end; e
 what is already recorded.
 
 Each level's runs that are not yet recorded (level 0: every trial's dense run; level L: every trial's
-ticket and controls) train as a cohort, in programs of at most `parallel.members_per_program` runs
-(`lth_jax.search.cohorts`). Runs survive being killed: a program in progress is checkpointed every
+ticket and controls) train together, in populations of at most `parallel.members_per_program` runs
+(`lth_jax.search.population`). Runs survive being killed: a population in progress is checkpointed every
 `checkpointing.every_steps` steps (and at the current step on SIGTERM), and a re-run continues it from
 its newest good checkpoint with the same result as a run never interrupted. What a config builds
 lives in `lth_jax.search.experiment`; the workdir's lock and config check in `lth_jax.search.workdir`; a trial's state
-between levels in `lth_jax.search.trial`; the level loop in `lth_jax.search.levels`; the pruning plan
-in `lth_jax.config.PruningPlan`. This module is the entry point, `lth_jax.run`.
+between levels in `lth_jax.search.trial`; the level loop, for which a run is a sweep of one search, in
+`lth_jax.search.loop`; the pruning plan in `lth_jax.config.PruningPlan`. This module is the entry point, `lth_jax.run`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ from lth_jax.search import sweep_plan
 from lth_jax.search import workdir as workdir_lib
 from lth_jax.search.experiment import Experiment
 from lth_jax.search.experiment import prepare
-from lth_jax.search.levels import LevelRunner
+from lth_jax.search import loop
+from lth_jax.search import population
+from lth_jax.search.searches import Search
 from lth_jax.training.preemption import StopRequest
 from lth_jax.data import Dataset
 from lth_jax.masks import PrunableRule
@@ -141,8 +143,10 @@ def _run_locked(
   stop = StopRequest()
   stop.install()
   try:
-    runner = LevelRunner(experiment, workdir, records, log, stop, scalars, keep_snapshots, record_fields)
-    runner.run(spec.trials)
+    search = Search(experiment, workdir, keep_snapshots=keep_snapshots, record_fields=record_fields)
+    (searched,) = loop.train([search], range(plan.levels + 1), workdir, population.Watch(log, stop, scalars))
+    loop.finish(searched, log)
+    records = searched.records
   finally:
     stop.restore()
     scalars.close()

@@ -1,10 +1,14 @@
-"""The packing of a cohort into programs: how many runs train in one program (the cap, by device memory
-where it is set to 0), the groups of a cohort under that cap, and how a program of K runs lies on the
-mesh (`parallel.member_layout`)."""
+"""The packing of a level's runs into populations: which searches can share compiled programs
+(`shape_key`), how many runs train in one population (the cap, by device memory where it is set to 0),
+the groups of a level's runs under that cap, and how a population of K runs lies on the mesh
+(`parallel.member_layout`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import math
 from typing import Any, Sequence
 
@@ -108,3 +112,23 @@ def resolve_members_per_program(experiment: Any, cohort_sizes: tuple[int, int] |
       if len(group) > 1:
         layout(len(group), experiment)
   return cap
+
+
+def shape_key(spec: config_lib.RunSpec) -> str:
+  """A name for the compiled programs a resolved search trains: equal for searches whose runs can share
+  populations (everything but the seed, trials, pruning, controls, transfer and the per-member
+  hyperparameters)."""
+  fields = dataclasses.asdict(spec)
+  for unused in ('seed', 'trials', 'branches', 'pruning', 'transfer'):
+    del fields[unused]
+  for name in optim.MEMBER_HYPERPARAMETERS:
+    del fields['training'][name]
+  del fields['report']['print_surviving_weights']
+  return hashlib.sha1(json.dumps(fields, sort_keys=True, default=repr).encode()).hexdigest()[:12]
+
+
+def varying_hyperparameters(specs: Sequence[config_lib.RunSpec]) -> tuple[str, ...]:
+  """The names of `optim.MEMBER_HYPERPARAMETERS` whose values differ between `specs`."""
+  return tuple(
+      name for name in optim.MEMBER_HYPERPARAMETERS if len({getattr(spec.training, name) for spec in specs}) > 1
+  )

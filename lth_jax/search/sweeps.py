@@ -10,15 +10,15 @@
                                 run (records, naming it under 'dense_run'; final weights; rewind and
                                 turnaround points), then its own levels; every record carries the
                                 variant's values under 'variant'
-    WORKDIR/checkpoints/running/ the periodic checkpoints of programs in progress (and the journal of
-                                one killed while writing its records: `packs.replay_journals`)
+    WORKDIR/checkpoints/running/ the periodic checkpoints of populations in progress (and the records
+                                of one killed while appending them: `results.append_to_workdirs`)
 
 (the paths: `lth_jax.search.workdir`; the sweep file: `sweep_file`; the dense runs' level 0 given to
 their variants: `dense_runs`)
 
 Training goes by levels, not by variants: level 0 of every dense run (and of every variant that shares
 it with none) first, then each pruned level of every variant. At each level, the runs of all searches
-of one program shape train side by side in shared programs (`lth_jax.search.packs`): each member from
+of one program shape train side by side in shared populations (`lth_jax.search.loop`): each member from
 its own rewind point, with its own learning rate, warmup and weight decay where the variants differ.
 
 Every variant is checked (config and data) before anything trains. A re-run continues where the sweep
@@ -39,14 +39,16 @@ from lth_jax import config as config_lib
 from lth_jax import results as results_lib
 from lth_jax.search import custom as custom_lib
 from lth_jax.search import dense_runs
-from lth_jax.search import packs
+from lth_jax.search import loop
+from lth_jax.search import packing
+from lth_jax.search import population
 from lth_jax.search import scalars as scalars_lib
 from lth_jax.search import sweep_file
 from lth_jax.search import sweep_plan
 from lth_jax.search import workdir as workdir_lib
 from lth_jax.search.experiment import Experiment
 from lth_jax.search.experiment import prepare
-from lth_jax.search.levels import LevelRunner
+from lth_jax.search.searches import Search
 from lth_jax.data import Dataset
 from lth_jax.masks import PrunableRule
 from lth_jax.tasks import Task
@@ -79,17 +81,6 @@ class _VariantRun:
   @property
   def spec(self) -> config_lib.RunSpec:
     return self.experiment.spec
-
-
-@dataclasses.dataclass(frozen=True)
-class _Search:
-  """A lottery search the sweep trains: a variant, or a dense run shared by several."""
-
-  config: ml_collections.ConfigDict
-  experiment: Experiment
-  directory: str
-  keep_snapshots: tuple[int, ...] = ()
-  record_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def run(
@@ -171,8 +162,8 @@ def _run_variants(
 
 def _sharing(experiment: Experiment, shared: dict[str, Experiment]) -> Experiment:
   """`experiment` with the dataset and Trainers of the first experiment of its program shape in `shared`
-  (`packs.pack_key`), so that every program of that shape is compiled once in the sweep."""
-  first = shared.setdefault(packs.pack_key(experiment.spec), experiment)
+  (`packing.shape_key`), so that every program of that shape is compiled once in the sweep."""
+  first = shared.setdefault(packing.shape_key(experiment.spec), experiment)
   return experiment if first is experiment else first.for_variant(experiment.spec, experiment.ticket)
 
 
@@ -183,10 +174,10 @@ def _train(
     stop: StopRequest,
     shared: dict[str, Experiment],
 ) -> None:
-  """Level 0 of every dense run (and of each variant that shares it with none) in shared programs, each
-  shared dense run's level 0 given to its variants, then every variant's pruned levels in shared programs
-  (`shared`: the first experiment of each program shape, whose Trainers every search of that shape uses)."""
-  packs.replay_journals(workdir, log)
+  """Level 0 of every dense run (and of each variant that shares it with none) in shared populations,
+  each shared dense run's level 0 given to its variants, then every variant's pruned levels in shared
+  populations (`shared`: the first experiment of each program shape, whose Trainers every search of
+  that shape uses)."""
   groups: dict[str, list[_VariantRun]] = {}
   for member in runs:
     groups.setdefault(sweep_plan.dense_key(member.spec), []).append(member)
@@ -200,103 +191,61 @@ def _train(
       if len(group) == 1 and not os.path.isdir(workdir_lib.dense_directory(workdir, key))
   }
   dense = {
-      key: _dense_search(group, workdir_lib.dense_directory(workdir, key), log, shared)
+      key: _dense_search(group, workdir, workdir_lib.dense_directory(workdir, key), log, shared)
       for key, group in groups.items()
       if id(group[0]) not in lone
   }
-  level_zero = [_variant_search(run) for run in runs if id(run) in lone] + list(dense.values())
-  started = _train_searches(level_zero, workdir, log, stop, range(1))
-  for key, search in dense.items():
-    for member in groups[key]:
-      dense_runs.adopt_level_zero(
-          member.directory,
-          member.config,
-          member.spec,
-          member.variant,
-          search.directory,
-          started[search.directory].records,
-          log,
-      )
-  searches = [_variant_search(run) for run in runs]
-  runners = _train_searches(
-      searches, workdir, log, stop, range(1, max(run.spec.pruning.levels for run in runs) + 1), started
+  level_zero = [(_variant_search(run, workdir), run.config) for run in runs if id(run) in lone] + list(dense.values())
+  for search, config in level_zero:
+    workdir_lib.check_config_file(config, search.workdir, False, log, resolved=search.spec)
+  scalars = scalars_lib.Scalars(
+      workdir_lib.tensorboard_directory(workdir) if runs[0].spec.checkpointing.tensorboard else None
   )
-  for run in runs:
-    runner = runners[run.directory]
-    runner.end()
-    runner.scalars.close()
-    log(f'lth_jax sweep: variant {run.variant.label}\n' + results_lib.format_sparsity_table(runner.records))
-  for search in dense.values():
-    started[search.directory].scalars.close()
+  try:
+    watch = population.Watch(log, stop, scalars)
+    started = {searched.search.workdir: searched for searched in loop.train([s for s, _ in level_zero], range(1), workdir, watch)}
+    for key, (search, _) in dense.items():
+      for member in groups[key]:
+        dense_runs.adopt_level_zero(
+            member.directory,
+            member.config,
+            member.spec,
+            member.variant,
+            search.workdir,
+            started[search.workdir].records,
+            log,
+        )
+    searches = [_variant_search(run, workdir) for run in runs]
+    levels = range(1, max(run.spec.pruning.levels for run in runs) + 1)
+    for run, searched in zip(runs, loop.train(searches, levels, workdir, watch, started)):
+      loop.finish(searched, log)
+      log(f'lth_jax sweep: variant {run.variant.label}\n' + results_lib.format_sparsity_table(searched.records))
+    for search, _ in dense.values():
+      started[search.workdir].scalars.close()
+  finally:
+    scalars.close()
 
 
-def _variant_search(run: _VariantRun) -> _Search:
-  return _Search(run.config, run.experiment, run.directory, record_fields={'variant': run.variant.as_dict()})
+def _variant_search(run: _VariantRun, workdir: str) -> Search:
+  """The search of one variant, its records carrying the variant's values."""
+  return Search(
+      run.experiment,
+      run.directory,
+      variant=os.path.relpath(run.directory, workdir),
+      record_fields={'variant': run.variant.as_dict()},
+  )
 
 
 def _dense_search(
-    group: list[_VariantRun], directory: str, log: Callable[[str], None], shared: dict[str, Experiment]
-) -> _Search:
-  """The dense run of a group of variants, keeping its weights at every step they start from (a finished
-  dense run missing one of them is removed, to be trained again)."""
+    group: list[_VariantRun], workdir: str, directory: str, log: Callable[[str], None], shared: dict[str, Experiment]
+) -> tuple[Search, ml_collections.ConfigDict]:
+  """The dense run of a group of variants and its config, keeping its weights at every step they start
+  from (a finished dense run missing one of them is removed, to be trained again)."""
   steps = sweep_plan.snapshot_steps([member.spec for member in group])
   dense_runs.remove_dense_run_without(directory, steps, log)
   config = sweep_plan.dense_config(group[0].config)
-  return _Search(config, _sharing(prepare(config, group[0].custom), shared), directory, keep_snapshots=steps)
-
-
-def _train_searches(
-    searches: list[_Search],
-    workdir: str,
-    log: Callable[[str], None],
-    stop: StopRequest,
-    levels: range,
-    started: dict[str, LevelRunner] | None = None,
-) -> dict[str, LevelRunner]:
-  """Trains `levels` of `searches`, those of one program shape in shared programs; returns each search's
-  level runner by folder (those in `started` continue from where they are)."""
-  runners = dict(started or {})
-  for indices in packs.searches_by_pack([search.experiment for search in searches]):
-    members = [searches[index] for index in indices]
-    scalars = scalars_lib.Scalars(
-        workdir_lib.tensorboard_directory(workdir) if members[0].experiment.spec.checkpointing.tensorboard else None
-    )
-    pack = packs.create([search.experiment for search in members], workdir, log, stop, scalars)
-    pack_runners = [runners.get(search.directory) or _runner(search, pack, log, stop) for search in members]
-    for search, runner in zip(members, pack_runners):
-      runner.programs, runner.hyperparameters = pack.programs, pack.hyperparameters(search.experiment.spec)
-      runners[search.directory] = runner
-    if levels:
-      log(f'lth_jax sweep: levels {levels.start}-{levels.stop - 1}: {packs.describe(pack, members)}')
-    try:
-      packs.train_levels(pack, pack_runners, levels)
-    finally:
-      scalars.close()
-  return runners
-
-
-def _runner(search: _Search, pack: packs.Pack, log: Callable[[str], None], stop: StopRequest) -> LevelRunner:
-  """The started level runner of one search in `pack` (its config checked against its folder's)."""
-  spec = search.experiment.spec
-  workdir_lib.check_config_file(search.config, search.directory, False, log, resolved=spec)
-  results_path = os.path.join(search.directory, results_lib.RESULTS_FILE)
-  runner = LevelRunner(
-      pack.experiment.for_variant(spec, search.experiment.ticket),
-      search.directory,
-      results_lib.read_records(results_path) if os.path.isfile(results_path) else [],
-      log,
-      stop,
-      scalars_lib.Scalars(
-          workdir_lib.tensorboard_directory(search.directory) if spec.checkpointing.tensorboard else None
-      ),
-      search.keep_snapshots,
-      search.record_fields,
-      pack.programs,
-      os.path.relpath(search.directory, pack.workdir),
-      pack.hyperparameters(spec),
-  )
-  runner.start(spec.trials)
-  return runner
+  experiment = _sharing(prepare(config, group[0].custom), shared)
+  return Search(experiment, directory, variant=os.path.relpath(directory, workdir), keep_snapshots=steps), config
 
 
 def load(workdir: str) -> SweepResults:

@@ -1,28 +1,29 @@
-"""One trial of a lottery run between its levels: its seeds, W_0, the rewind point, the ticket the next
-level's mask is pruned from, and where its checkpoints live. It builds the members a level trains
-(`lth_jax.search.members`) and turns their results into records."""
+"""One trial of a lottery search between its levels, as a value (`TrialState`: its seeds, W_0, the
+rewind point, the ticket the next level's mask is pruned from), and the functions of a level:
+`start` builds W_0 (or restores a finished level 0), `prepare_level` prunes a level's mask, `member` builds one of its
+runs (`lth_jax.search.members`), `absorb` takes a run's result (keeping a ticket's level for good) and
+returns the new state with the run's record, `after_level` stops a trial at the target density."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 
 from lth_jax import branches as branches_lib
-from lth_jax import config as config_lib
+from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax import tickets as tickets_lib
+from lth_jax.search import records as records_lib
 from lth_jax.search import workdir as workdir_lib
-from lth_jax.training import checkpoints
-from lth_jax.search.experiment import Experiment
 from lth_jax.search.members import Member
 from lth_jax.search.members import MemberResult
-from lth_jax.search.workdir import level_directory
-from lth_jax.search.workdir import snapshot_directory
-from lth_jax.training.trainer import Trainer
+from lth_jax.search.searches import Search
+from lth_jax.training import checkpoints
 
 
 def branch_seed(*parts: int) -> int:
@@ -35,233 +36,279 @@ def trial_seeds(seed: int, trial: int) -> tuple[int, int]:
   return branch_seed(seed, trial, 0), branch_seed(seed, trial, 1)
 
 
-class LevelHost(Protocol):
-  """What a Trial uses of the level runner that owns it (`levels.LevelRunner` is one)."""
+@dataclasses.dataclass(frozen=True)
+class TrialState:
+  """One trial's lottery state between levels (host trees)."""
 
-  spec: config_lib.RunSpec
-  experiment: Experiment
-  workdir: str
-  trainer: Trainer
-  plan: config_lib.PruningPlan
-  seed: int
-  branch_names: list[str]
-  keep_snapshots: tuple[int, ...]
-  results_path: str
-  log: Callable[[str], None]
-
-  def recorded(self, trial: int, level: int, branch: str) -> bool:
-    ...
-
-  def diverged_ticket(self, trial: int, level: int) -> dict[str, Any] | None:
-    ...
-
-  def record(self, member: Member, result: MemberResult, prunable: Any, start_step: int) -> dict[str, Any]:
-    ...
+  trial: int
+  init_seed: int
+  data_seed: int
+  params0: Any  # W_0 (or a transferred ticket's start)
+  model_state0: Any
+  prunable: Any  # bool tree: the leaves pruning may touch
+  keep_mask: Any  # the current level's ticket mask
+  rewind: tuple[Any, Any] | None = None  # (params, model_state) at the rewind step
+  dense_params: Any = None  # what one-shot pruning prunes from
+  ticket_params: Any = None  # what the next level's mask is pruned from
+  active: bool = True
+  # branch -> (record, final params, mask) of its latest level (for print_surviving_weights)
+  last_level: Mapping[str, tuple[dict[str, Any], Any, Any]] = dataclasses.field(default_factory=dict)
 
 
-class Trial:
-  """One trial's lottery state between levels: its seeds, W_0, the rewind point, and the ticket it
-  prunes the next level's mask from. Builds the members a level trains and takes their results."""
-
-  def __init__(self, runner: LevelHost, trial: int):
-    self.runner, self.trial = runner, trial
-    self.plan = runner.plan
-    self.init_seed, self.data_seed = trial_seeds(runner.seed, trial)
-    self.params0, self.model_state0 = runner.trainer.init_variables(self.init_seed)
-    self.prunable = runner.plan.prunable(self.params0)
-    self.keep_mask = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), self.params0)
-    if runner.experiment.ticket is not None:  # a transferred ticket: level 0 starts from it
-      transfer = runner.spec.transfer
-      self.params0, self.model_state0, self.keep_mask = tickets_lib.transfer_start(
-          runner.experiment.ticket,
-          self.params0,
-          self.model_state0,
-          transfer.start,
-          transfer.output_layer,
-          seed=self.init_seed,
-      )
-    self.rewind: tuple[Any, Any] | None = None  # (params, model_state) at the rewind step
-    self.dense_params: Any = None  # what one-shot pruning prunes from
-    self.ticket_params: Any = None  # what the next level's mask is pruned from
-    self.active = True
-    self.last_level: dict[str, tuple[dict[str, Any], Any, Any]] = {}
-
-  @property
-  def rewind_dir(self) -> str:
-    return workdir_lib.rewind_directory(self.runner.workdir, self.trial)
-
-  def level_dir(self, level: int) -> str:
-    return level_directory(self.runner.workdir, self.trial, level)
-
-  def done(self, level: int, branch: str) -> bool:
-    """Whether (this trial, level, branch) is recorded (then its leftover checkpoints go)."""
-    done = self.runner.recorded(self.trial, level, branch)
-    if done:  # a run killed between writing its record and deleting its checkpoints left them behind
-      checkpoints.remove(workdir_lib.running_directory(self.runner.workdir, level, [(self.trial, branch)]))
-    return done
-
-  def _restore_finished(self, directory: str, like: Any, what: str, level: int) -> Any:
-    """A checkpoint of a finished level, or a CheckpointError naming it and saying how to recover."""
-    try:
-      return checkpoints.restore_tree(directory, like)
-    except Exception as error:  # pylint: disable=broad-except  (orbax and tensorstore raise many types)
-      message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
-      raise checkpoints.CheckpointError(
-          f'{os.path.abspath(directory)}: cannot restore the {what} of trial {self.trial} (finished, '
-          f'and needed by the levels after it): {message}. To recompute it, delete that folder and the '
-          f'records of trial {self.trial} with level >= {level} from {self.runner.results_path}, then re-run; '
-          f'or start over in a new workdir.'
-      ) from error
-
-  def _restore_level(self, level: int) -> tuple[Any, Any, Any]:
-    """(final weights, weights to prune from, mask) of a finished level."""
-    like = {'params': self.params0, 'mask': self.keep_mask}
-    if self.plan.turnaround_step:
-      like['turnaround_params'] = self.params0
-    tree = self._restore_finished(self.level_dir(level), like, f'level {level} ticket checkpoint', level)
-    return tree['params'], tree.get('turnaround_params', tree['params']), tree['mask']
-
-  def _save_level(self, level: int, final_params: Any, pruning_params: Any) -> None:
-    """Keeps a level's ticket for good: final weights, mask, and (with early turnaround) the weights
-    the next level prunes from."""
-    tree = {'params': final_params, 'mask': self.keep_mask}
-    if self.plan.turnaround_step:
-      tree['turnaround_params'] = pruning_params
-    checkpoints.save_tree(self.level_dir(level), tree)
-
-  def level_zero(self) -> list[Member]:
-    """The dense run, or nothing when it is recorded (its rewind point and weights are restored)."""
-    rewind_step = self.plan.rewind_step
-    if self.done(0, 'ticket') and self.runner.diverged_ticket(self.trial, 0) is not None:
-      return []  # the dense run diverged: nothing to restore, the trial stops (see `LevelRunner.run`)
-    if self.done(0, 'ticket'):
-      self.rewind = self._restore_finished(
-          self.rewind_dir, (self.params0, self.model_state0), f'rewind point (step {rewind_step})', 0
-      )
-      _, self.dense_params, self.keep_mask = self._restore_level(0)
-      self.ticket_params = self.dense_params
-      self.runner.log(f'trial {self.trial} level 0: already done, restored from {self.level_dir(0)}')
-      return []
-
-    def save_rewind_point(step: int, snapshot: tuple[Any, Any]) -> None:
-      if step == rewind_step:  # at once: a run killed later in level 0 still has it
-        checkpoints.save_tree(self.rewind_dir, snapshot)
-      if step in self.runner.keep_snapshots:
-        checkpoints.save_tree(snapshot_directory(self.runner.workdir, self.trial, step), snapshot)
-
-    turnaround = tuple(step for step in (self.plan.turnaround_step,) if step)
-    steps = tuple(dict.fromkeys((rewind_step, *turnaround, *self.runner.keep_snapshots)))
-    return [
-        Member(
-            self.trial,
-            0,
-            'ticket',
-            self.params0,
-            self.model_state0,
-            self.keep_mask,
-            self.data_seed,
-            steps,
-            save_rewind_point,
-        )
-    ]
-
-  def stop_diverged(self, level: int, step: int | None) -> None:
-    """Stops this trial after its level-`level` ticket diverged, saying what to change."""
-    self.active = False
-    self.runner.log(
-        f'lth_jax: trial {self.trial}: the level {level} ticket diverged (non-finite loss or weights at step {step}), '
-        f'so level {level + 1} is not pruned from its weights and this trial stops here. Lower '
-        f'training.learning_rate ({self.runner.spec.training.learning_rate:g}) or add training.warmup_steps, and run again in a '
-        'new workdir.'
+def start(search: Search, trial: int, records: Sequence[dict[str, Any]], log: Callable[[str], None]) -> TrialState:
+  """A trial before level 0: its seeds and W_0 (a transferred ticket's start when the config names one);
+  after a recorded level 0, its rewind point and the weights it prunes from, restored."""
+  experiment = search.experiment
+  init_seed, data_seed = trial_seeds(search.spec.seed, trial)
+  params0, model_state0 = experiment.trainer().init_variables(init_seed)
+  keep_mask = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
+  if experiment.ticket is not None:  # a transferred ticket: level 0 starts from it
+    transfer = search.spec.transfer
+    params0, model_state0, keep_mask = tickets_lib.transfer_start(
+        experiment.ticket, params0, model_state0, transfer.start, transfer.output_layer, seed=init_seed
     )
+  state = TrialState(
+      trial, init_seed, data_seed, params0, model_state0, search.spec.pruning.prunable(params0), keep_mask
+  )
+  return _restore_level_zero(state, search, records, log) if recorded(search, records, trial, 0, 'ticket') else state
 
-  def prepare_level(self, level: int) -> None:
-    """Prunes this level's winning-ticket mask (or stops the trial when nothing is left to prune)."""
-    plan, trainer = self.plan, self.runner.trainer
-    # The mean gradient for a criterion that asks (snip): model in training mode, so batch norm uses each
-    # batch's statistics and the initial model state gives only its structure.
-    gradients = functools.partial(
-        trainer.mean_gradients, model_state=self.model_state0, data_seed=self.data_seed, num_batches=plan.snip_batches
-    )
-    inputs = pruning.level_inputs(
-        plan.mode, self.ticket_params, self.keep_mask, self.dense_params, self.prunable, gradients
-    )
-    new_mask = pruning.next_mask(plan, level, pruning.criterion(plan.criterion)(inputs), self.keep_mask, self.prunable)
-    if all(
-        np.array_equal(a, b)
-        for a, b in zip(jax.tree_util.tree_leaves(new_mask), jax.tree_util.tree_leaves(self.keep_mask))
-    ):
-      self.runner.log(f'trial {self.trial} level {level}: no weight left to prune; stopping')
-      self.active = False
-      return
-    self.keep_mask = new_mask
-    if self.done(level, 'ticket'):
-      _, self.ticket_params, self.keep_mask = self._restore_level(level)
 
-  def member(self, level: int, branch: str) -> Member:
-    """The starting point of one (level >= 1, branch) run of this trial."""
-    runner = self.runner
-    assert self.rewind is not None, 'level 0 (trained or restored) sets the rewind point'
-    rewind_params, rewind_model_state = self.rewind
-    inputs = branches_lib.BranchInputs(
-        ticket_mask=self.keep_mask,
-        rewind_params=rewind_params,
-        rewind_model_state=rewind_model_state,
-        prunable=self.prunable,
-        init_variables=runner.trainer.init_variables,
-        seed=branch_seed(runner.seed, self.trial, level, 2 + runner.branch_names.index(branch)),
-        loss_gradients=lambda params, model_state: runner.trainer.mean_gradients(
-            params, model_state, self.data_seed, runner.plan.snip_batches
-        ),
-    )
-    params, model_state, branch_mask = branches_lib.start(branch, inputs)
-    turnaround = tuple(step for step in (self.plan.turnaround_step,) if step)
+def recorded(search: Search, records: Sequence[dict[str, Any]], trial: int, level: int, branch: str) -> bool:
+  """Whether (trial, level, branch) is recorded (then its leftover checkpoints go: a run killed between
+  writing its record and deleting its checkpoints left them behind)."""
+  done = records_lib.find(records, trial, level, branch) is not None
+  if done:
+    checkpoints.remove(workdir_lib.running_directory(search.workdir, level, [(trial, branch)]))
+  return done
+
+
+def level_branches(state: TrialState, level: int, search: Search) -> list[str]:
+  """The branches `state`'s trial trains at `level` (recorded ones included; none once it stopped)."""
+  if level == 0:
+    return ['ticket']
+  return list(search.spec.branch_names) if state.active else []
+
+
+def prepare_level(
+    state: TrialState, level: int, search: Search, records: Sequence[dict[str, Any]], log: Callable[[str], None]
+) -> TrialState:
+  """The trial ready for pruned `level` (level 0 needs nothing): its mask pruned (the ticket's restored
+  when that level is recorded), or the trial stopped when its last ticket diverged or nothing is left
+  to prune."""
+  if level == 0 or not state.active:
+    return state
+  diverged = records_lib.diverged_ticket(records, state.trial, level - 1)
+  if diverged is not None:  # recorded so by an earlier run of this workdir
+    return stop_diverged(state, level - 1, diverged.get('diverged_step'), search, log)
+  plan, trainer = search.spec.pruning, search.experiment.trainer()
+  # The mean gradient for a criterion that asks (snip): model in training mode, so batch norm uses each
+  # batch's statistics and the initial model state gives only its structure.
+  gradients = functools.partial(
+      trainer.mean_gradients, model_state=state.model_state0, data_seed=state.data_seed, num_batches=plan.snip_batches
+  )
+  inputs = pruning.level_inputs(
+      plan.mode, state.ticket_params, state.keep_mask, state.dense_params, state.prunable, gradients
+  )
+  new_mask = pruning.next_mask(plan, level, pruning.criterion(plan.criterion)(inputs), state.keep_mask, state.prunable)
+  if all(
+      np.array_equal(a, b)
+      for a, b in zip(jax.tree_util.tree_leaves(new_mask), jax.tree_util.tree_leaves(state.keep_mask))
+  ):
+    log(f'trial {state.trial} level {level}: no weight left to prune; stopping')
+    return dataclasses.replace(state, active=False)
+  state = dataclasses.replace(state, keep_mask=new_mask)
+  if recorded(search, records, state.trial, level, 'ticket'):
+    _, ticket_params, keep_mask = _restore_level(state, search, level)
+    state = dataclasses.replace(state, ticket_params=ticket_params, keep_mask=keep_mask)
+  return state
+
+
+def member(state: TrialState, level: int, branch: str, search: Search, hyperparameter_names: Sequence[str]) -> Member:
+  """The starting point of `state`'s (level, branch) run, carrying its own values of
+  `hyperparameter_names` (those the members of its population differ in)."""
+  spec, plan = search.spec, search.spec.pruning
+  hyperparameters = {name: getattr(spec.training, name) for name in hyperparameter_names}
+  if level == 0:
+    turnaround = tuple(step for step in (plan.turnaround_step,) if step)
+    snapshot_steps = tuple(dict.fromkeys((plan.rewind_step, *turnaround, *search.keep_snapshots)))
+    writer = _LevelZeroSnapshots(search.workdir, state.trial, plan.rewind_step, search.keep_snapshots)
     return Member(
-        self.trial,
-        level,
-        branch,
-        params,
-        model_state,
-        branch_mask,
-        self.data_seed,
-        turnaround if branch == 'ticket' else (),
-        start_step=self.plan.rewind_step,
+        state.trial,
+        0,
+        'ticket',
+        state.params0,
+        state.model_state0,
+        state.keep_mask,
+        state.data_seed,
+        snapshot_steps,
+        writer,
+        variant=search.variant,
+        hyperparameters=hyperparameters,
     )
+  assert state.rewind is not None, 'level 0 (trained or restored) sets the rewind point'
+  trainer = search.experiment.trainer()
+  rewind_params, rewind_model_state = state.rewind
+  inputs = branches_lib.BranchInputs(
+      ticket_mask=state.keep_mask,
+      rewind_params=rewind_params,
+      rewind_model_state=rewind_model_state,
+      prunable=state.prunable,
+      init_variables=trainer.init_variables,
+      seed=branch_seed(spec.seed, state.trial, level, 2 + spec.branch_names.index(branch)),
+      loss_gradients=functools.partial(
+          trainer.mean_gradients, data_seed=state.data_seed, num_batches=plan.snip_batches
+      ),
+  )
+  params, model_state, branch_mask = branches_lib.start(branch, inputs)
+  turnaround = tuple(step for step in (plan.turnaround_step,) if step)
+  return Member(
+      state.trial,
+      level,
+      branch,
+      params,
+      model_state,
+      branch_mask,
+      state.data_seed,
+      turnaround if branch == 'ticket' else (),
+      start_step=plan.rewind_step,
+      variant=search.variant,
+      hyperparameters=hyperparameters,
+  )
 
-  def finish(self, result: MemberResult) -> dict[str, Any]:
-    """Takes one member's result (keeping a ticket's level for good); returns its record (not yet written).
-    A diverged ticket stops the trial: the next level is not pruned from non-finite weights."""
-    member = result.member
-    if result.diverged_step is not None:
-      self.runner.log(
-          f'lth_jax: warning: trial {self.trial} level {member.level} {member.branch} diverged: a '
-          f'non-finite loss or weight at step {result.diverged_step} '
-          f'(training.learning_rate={self.runner.spec.training.learning_rate:g}); its record says "diverged": true'
-      )
-    if member.level == 0:
-      self.rewind = result.snapshots.get(self.plan.rewind_step)
-      if self.plan.turnaround_step and self.plan.turnaround_step not in result.snapshots:
-        self.dense_params = result.final_params  # diverged before the turnaround step: never pruned from
-      else:
-        self.dense_params = self.plan.pruning_weights(result.snapshots, result.final_params)
-      if self.rewind is not None and not os.path.isdir(self.rewind_dir):  # resumed past the rewind step
-        checkpoints.save_tree(self.rewind_dir, self.rewind)
-      for step in self.runner.keep_snapshots:  # those a resumed run took before its checkpoint
-        directory = snapshot_directory(self.runner.workdir, self.trial, step)
-        if step in result.snapshots and not os.path.isdir(directory):
-          checkpoints.save_tree(directory, result.snapshots[step])
-      self.ticket_params = self.dense_params
-      self._save_level(0, result.final_params, self.dense_params)
-    elif member.branch == 'ticket':
-      self.ticket_params = (
-          result.final_params
-          if self.plan.turnaround_step not in result.snapshots and self.plan.turnaround_step
-          else self.plan.pruning_weights(result.snapshots, result.final_params)
-      )
-      self._save_level(member.level, result.final_params, self.ticket_params)
-    if member.branch == 'ticket' and result.diverged_step is not None:
-      self.stop_diverged(member.level, result.diverged_step)
-    start_step = 0 if member.level == 0 else self.plan.rewind_step
-    record = self.runner.record(member, result, self.prunable, start_step)
-    self.last_level[member.branch] = (record, result.final_params, member.keep_mask)
-    return record
+
+def absorb(
+    state: TrialState, result: MemberResult, search: Search, log: Callable[[str], None]
+) -> tuple[TrialState, dict[str, Any]]:
+  """Takes one member's result (keeping a ticket's level for good); returns the new state and the run's
+  record (not yet written). A diverged ticket stops the trial: the next level is not pruned from
+  non-finite weights."""
+  spec, plan = search.spec, search.spec.pruning
+  finished = result.member
+  if result.diverged_step is not None:
+    log(
+        f'lth_jax: warning: trial {state.trial} level {finished.level} {finished.branch} diverged: a '
+        f'non-finite loss or weight at step {result.diverged_step} '
+        f'(training.learning_rate={spec.training.learning_rate:g}); its record says "diverged": true'
+    )
+  # Diverged before the turnaround step: the next level is pruned from the final weights.
+  pruning_params = (
+      result.final_params
+      if plan.turnaround_step and plan.turnaround_step not in result.snapshots
+      else plan.pruning_weights(result.snapshots, result.final_params)
+  )
+  if finished.level == 0:
+    rewind = result.snapshots.get(plan.rewind_step)
+    rewind_dir = workdir_lib.rewind_directory(search.workdir, state.trial)
+    if rewind is not None and not os.path.isdir(rewind_dir):  # resumed past the rewind step
+      checkpoints.save_tree(rewind_dir, rewind)
+    for step in search.keep_snapshots:  # those a resumed run took before its checkpoint
+      directory = workdir_lib.snapshot_directory(search.workdir, state.trial, step)
+      if step in result.snapshots and not os.path.isdir(directory):
+        checkpoints.save_tree(directory, result.snapshots[step])
+    state = dataclasses.replace(state, rewind=rewind, dense_params=pruning_params, ticket_params=pruning_params)
+    _save_level(state, search, 0, result.final_params, pruning_params)
+  elif finished.branch == 'ticket':
+    state = dataclasses.replace(state, ticket_params=pruning_params)
+    _save_level(state, search, finished.level, result.final_params, pruning_params)
+  if finished.branch == 'ticket' and result.diverged_step is not None:
+    state = stop_diverged(state, finished.level, result.diverged_step, search, log)
+  start_step = 0 if finished.level == 0 else plan.rewind_step
+  record = records_lib.build(search, finished, result, state.prunable, start_step)
+  last_level = {**state.last_level, finished.branch: (record, result.final_params, finished.keep_mask)}
+  return dataclasses.replace(state, last_level=last_level), record
+
+
+def after_level(state: TrialState, level: int, search: Search, log: Callable[[str], None]) -> TrialState:
+  """The trial after pruned level `level`: stopped once its ticket reached the target density."""
+  if state.active and search.spec.pruning.reached_target(masks_lib.density(state.keep_mask, state.prunable)):
+    log(f'trial {state.trial} level {level}: target density reached; stopping')
+    return dataclasses.replace(state, active=False)
+  return state
+
+
+def stop_diverged(
+    state: TrialState, level: int, step: int | None, search: Search, log: Callable[[str], None]
+) -> TrialState:
+  """The trial stopped after its level-`level` ticket diverged, saying what to change."""
+  log(
+      f'lth_jax: trial {state.trial}: the level {level} ticket diverged (non-finite loss or weights at step {step}), '
+      f'so level {level + 1} is not pruned from its weights and this trial stops here. Lower '
+      f'training.learning_rate ({search.spec.training.learning_rate:g}) or add training.warmup_steps, and run '
+      'again in a new workdir.'
+  )
+  return dataclasses.replace(state, active=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LevelZeroSnapshots:
+  """Keeps a dense run's weights as it takes them: the rewind point at once (a run killed later in level 0
+  still has it), and every step a sweep's variants start from."""
+
+  workdir: str
+  trial: int
+  rewind_step: int
+  keep_snapshots: tuple[int, ...]
+
+  def __call__(self, step: int, snapshot: tuple[Any, Any]) -> None:
+    if step == self.rewind_step:
+      checkpoints.save_tree(workdir_lib.rewind_directory(self.workdir, self.trial), snapshot)
+    if step in self.keep_snapshots:
+      checkpoints.save_tree(workdir_lib.snapshot_directory(self.workdir, self.trial, step), snapshot)
+
+
+def _restore_level_zero(
+    state: TrialState, search: Search, records: Sequence[dict[str, Any]], log: Callable[[str], None]
+) -> TrialState:
+  """The trial after its recorded level 0: its rewind point and the weights it prunes from, restored
+  (nothing when the dense run diverged: the trial stops at level 1)."""
+  if records_lib.diverged_ticket(records, state.trial, 0) is not None:
+    return state
+  rewind = _restore_finished(
+      state,
+      search,
+      workdir_lib.rewind_directory(search.workdir, state.trial),
+      (state.params0, state.model_state0),
+      f'rewind point (step {search.spec.pruning.rewind_step})',
+      0,
+  )
+  _, dense_params, keep_mask = _restore_level(state, search, 0)
+  log(
+      f'trial {state.trial} level 0: already done, restored from '
+      f'{workdir_lib.level_directory(search.workdir, state.trial, 0)}'
+  )
+  return dataclasses.replace(
+      state, rewind=rewind, dense_params=dense_params, ticket_params=dense_params, keep_mask=keep_mask
+  )
+
+
+def _restore_finished(state: TrialState, search: Search, directory: str, like: Any, what: str, level: int) -> Any:
+  """A checkpoint of a finished level, or a CheckpointError naming it and saying how to recover."""
+  try:
+    return checkpoints.restore_tree(directory, like)
+  except Exception as error:  # pylint: disable=broad-except  (orbax and tensorstore raise many types)
+    message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+    raise checkpoints.CheckpointError(
+        f'{os.path.abspath(directory)}: cannot restore the {what} of trial {state.trial} (finished, '
+        f'and needed by the levels after it): {message}. To recompute it, delete that folder and the '
+        f'records of trial {state.trial} with level >= {level} from {search.results_path}, then re-run; '
+        f'or start over in a new workdir.'
+    ) from error
+
+
+def _restore_level(state: TrialState, search: Search, level: int) -> tuple[Any, Any, Any]:
+  """(final weights, weights to prune from, mask) of a finished level."""
+  like = {'params': state.params0, 'mask': state.keep_mask}
+  if search.spec.pruning.turnaround_step:
+    like['turnaround_params'] = state.params0
+  directory = workdir_lib.level_directory(search.workdir, state.trial, level)
+  tree = _restore_finished(state, search, directory, like, f'level {level} ticket checkpoint', level)
+  return tree['params'], tree.get('turnaround_params', tree['params']), tree['mask']
+
+
+def _save_level(state: TrialState, search: Search, level: int, final_params: Any, pruning_params: Any) -> None:
+  """Keeps a level's ticket for good: final weights, mask, and (with early turnaround) the weights the
+  next level prunes from."""
+  tree = {'params': final_params, 'mask': state.keep_mask}
+  if search.spec.pruning.turnaround_step:
+    tree['turnaround_params'] = pruning_params
+  checkpoints.save_tree(workdir_lib.level_directory(search.workdir, state.trial, level), tree)

@@ -103,10 +103,10 @@ def running_directory(workdir: str, level: int, runs: Sequence[tuple[int, str]])
   return os.path.join(running_folder(workdir), f'level_{level}_{keys[0]}_{len(keys)}_{digest}')
 
 
-def program_directory(workdir: str, level: int, runs: Sequence[tuple[str, int, str]]) -> str:
-  """Where a program of the (variant, trial, branch) `runs` of `level` keeps its periodic checkpoints:
+def population_directory(workdir: str, level: int, runs: Sequence[tuple[str, int, str]]) -> str:
+  """Where a population of the (variant, trial, branch) `runs` of `level` keeps its periodic checkpoints:
   `running_directory` for one search's runs, `checkpoints/running/level_L_<count>_<digest>` for a
-  program of a sweep's variants."""
+  population of a sweep's variants."""
   if not any(variant for variant, _, _ in runs):
     return running_directory(workdir, level, [(trial, branch) for _, trial, branch in runs])
   keys = [member_key(*run) for run in runs]
