@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from lth_jax.config import errors
-from lth_jax.search import cohorts
+from lth_jax.search import population
 from lth_jax.search import packing
 from lth_jax.search import experiment as experiment_lib
 from lth_jax.search import lottery
@@ -187,16 +187,16 @@ def test_a_crashed_cohort_resumes_to_the_records_of_an_uninterrupted_run(cohort_
 def test_a_level_resumed_after_some_programs_finished_trains_only_the_others(tmp_path, monkeypatch):
   config = _config(trials=2, pruning__levels=1, parallel__members_per_program=2)  # level 1: two programs
   workdir = str(tmp_path / 'work')
-  original = cohorts.ProgramRunner.train
+  original = population.train
   trained = []
 
-  def recording(self, members):
+  def recording(members, *args):
     trained.append([member.key for member in members])
-    if len(trained) == 3:  # level 1's second program
+    if len(trained) == 3:  # level 1's second population
       raise RuntimeError('simulated crash')
-    return original(self, members)
+    return original(members, *args)
 
-  monkeypatch.setattr(cohorts.ProgramRunner, 'train', recording)
+  monkeypatch.setattr(population, 'train', recording)
   with pytest.raises(RuntimeError, match='simulated crash'):
     lottery.run(config, workdir, log=lambda message: None)
   assert trained == [['t0-ticket', 't1-ticket'], ['t0-ticket', 't0-reinit'], ['t1-ticket', 't1-reinit']]

@@ -12,7 +12,7 @@ import pytest
 import lth_jax
 from lth_jax import config as config_lib
 from lth_jax.search import lottery
-from lth_jax.search import packs
+from lth_jax import results as results_lib
 from lth_jax.search import sweep_plan
 from lth_jax.search import sweeps
 from lth_jax.search import workdir as workdir_lib
@@ -249,7 +249,7 @@ def test_records_left_in_a_programs_journal_are_written_once_on_the_next_run(rew
     file.writelines(line for line in lines if line not in level_one)
   running = os.path.join(workdir, 'checkpoints', 'running')
   os.makedirs(running, exist_ok=True)
-  with open(os.path.join(running, 'level_1_4_abcdef12' + packs.JOURNAL_SUFFIX), 'w') as file:
+  with open(os.path.join(running, 'level_1_4_abcdef12' + results_lib.PENDING_SUFFIX), 'w') as file:
     json.dump({f'{workdir_lib.VARIANTS_DIRECTORY}/{variant}': [json.loads(line) for line in level_one]}, file)
   lines_logged = []
   again = lth_jax.sweep(_config(), AXES, workdir, log=lines_logged.append)
@@ -257,7 +257,7 @@ def test_records_left_in_a_programs_journal_are_written_once_on_the_next_run(rew
   assert not any(line.startswith('level ') for line in lines_logged)  # nothing trained again
   assert _without_timing(again.records) == _without_timing(rewind_sweep[1].records)
   assert open(results_path).read().splitlines(keepends=True) == lines
-  assert not glob.glob(os.path.join(running, '*' + packs.JOURNAL_SUFFIX))
+  assert not glob.glob(os.path.join(running, '*' + results_lib.PENDING_SUFFIX))
 
 
 def test_variants_of_another_shape_train_in_programs_of_their_own(tmp_path):

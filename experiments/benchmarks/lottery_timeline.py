@@ -21,7 +21,7 @@ import ml_collections
 
 from lth_jax import branches as branches_lib
 from lth_jax import pruning
-from lth_jax.search import levels
+from lth_jax.search import records as records_lib
 from lth_jax.search import lottery
 from lth_jax.training import checkpoints
 from lth_jax.training import trainer as trainer_lib
@@ -164,10 +164,10 @@ def one_lottery_run(config: ml_collections.ConfigDict) -> tuple[dict[str, float]
     timeline.wrap(pruning, 'next_mask', 'prune')
     timeline.wrap(branches_lib, 'start', 'reset')
     timeline.wrap(
-        levels.LevelRunner,
+        records_lib,
+        'build',
         'record',
-        'record',  # pylint: disable=protected-access
-        info=lambda self, member, *args, **kwargs: member.level,
+        info=lambda search, member, *args, **kwargs: member.level,
     )
     started = time.perf_counter()
     results = lottery.run(config, workdir, log=lambda message: None)

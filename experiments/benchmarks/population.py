@@ -38,9 +38,9 @@ from lth_jax import config as config_lib
 from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
-from lth_jax.search import levels as levels_lib
+from lth_jax.search import loop as loop_lib
 from lth_jax.search import lottery
-from lth_jax.search import trial
+from lth_jax.search import workdir as workdir_lib
 from lth_jax.training import checkpoints
 from lth_jax.training import parallel
 from lth_jax.training import steps as steps_lib
@@ -131,21 +131,21 @@ def level_config(
 
 @contextlib.contextmanager
 def _level_timer(seconds: dict[int, float]):
-  """Times each level's cohort (`_LevelRunner._train_cohort`, by level) while the block runs."""
-  original = levels_lib.LevelRunner._train_cohort  # pylint: disable=protected-access
+  """Times each level's populations (`loop._train_population`, by level) while the block runs."""
+  original = loop_lib._train_population  # pylint: disable=protected-access
 
-  def timed(self, level, *args, **kwargs):
+  def timed(shape, progress, level, *args, **kwargs):
     started = time.perf_counter()
     try:
-      return original(self, level, *args, **kwargs)
+      return original(shape, progress, level, *args, **kwargs)
     finally:
       seconds[level] = seconds.get(level, 0.0) + time.perf_counter() - started
 
-  levels_lib.LevelRunner._train_cohort = timed  # pylint: disable=protected-access
+  loop_lib._train_population = timed  # pylint: disable=protected-access
   try:
     yield
   finally:
-    levels_lib.LevelRunner._train_cohort = original  # pylint: disable=protected-access
+    loop_lib._train_population = original  # pylint: disable=protected-access
 
 
 def measure_level(steps: int, members_per_program: int, num_devices: int, runs: int = 2) -> dict[str, float]:
@@ -202,7 +202,7 @@ def mask_drift(levels: int, steps: int) -> None:
     with tempfile.TemporaryDirectory(prefix=f'lth_drift_{label}_') as workdir:
       lottery.run(level_config(steps, levels, 1, cap, count), workdir, log=lambda message: None)
       masks[label] = [
-          jax.tree_util.tree_leaves(checkpoints.restore_tree(trial.level_directory(workdir, 0, level))['mask'])
+          jax.tree_util.tree_leaves(checkpoints.restore_tree(workdir_lib.level_directory(workdir, 0, level))['mask'])
           for level in range(1, levels + 1)
       ]
   reference = masks.pop('sequential_1_device')

@@ -209,7 +209,10 @@ def finish(searched: SearchProgress, log: Callable[[str], None]) -> None:
   asked to, and closes its scalars."""
   workdir = searched.search.workdir
   if jax.process_index() == 0:
-    for folder in [*(workdir_lib.running_folder(workdir, trial) for trial in searched.trials), workdir_lib.running_folder(workdir)]:
+    for folder in [
+        *(workdir_lib.running_folder(workdir, trial) for trial in searched.trials),
+        workdir_lib.running_folder(workdir),
+    ]:
       if os.path.isdir(folder) and not os.listdir(folder):
         os.rmdir(folder)
   if searched.search.spec.report.print_surviving_weights:

@@ -203,7 +203,10 @@ def _train(
   )
   try:
     watch = population.Watch(log, stop, scalars)
-    started = {searched.search.workdir: searched for searched in loop.train([s for s, _ in level_zero], range(1), workdir, watch)}
+    started = {
+        searched.search.workdir: searched
+        for searched in loop.train([s for s, _ in level_zero], range(1), workdir, watch)
+    }
     for key, (search, _) in dense.items():
       for member in groups[key]:
         dense_runs.adopt_level_zero(
