@@ -14,7 +14,7 @@ The library is layered; each layer imports only the ones before it:
     config                        every field and its default, the checks, workdir compatibility
     training                      TrainState, compiled programs, the Trainer, feeds, mesh, checkpoints
     tickets                       a ticket out of a workdir, exported, transferred
-    search                        the lottery runner: levels, trials, cohorts, the workdir
+    search                        the lottery runner: the level loop, trials, populations, the workdir
     analysis                      stability to pruning, linear mode connectivity, mask overlap
     reporting                     summaries, plots, stability tables
     report, main                  the commands `python -m lth_jax.report` and `python -m lth_jax.main`

@@ -1,5 +1,5 @@
 """The lottery search: `run(config, workdir)` trains level 0 densely, then prunes, resets and retrains
-level after level with the control branches beside each ticket; each level's runs train as one cohort;
+level after level with the control branches beside each ticket; each level's runs train together in populations (`lth_jax.search.loop`, for which a run is a sweep of one search);
 the workdir holds the lock, the recorded config, the results file and the checkpoints to resume from.
 `sweep(config, axes, workdir)` runs the variants of a config as one search: variants that share their
 dense training share its run."""

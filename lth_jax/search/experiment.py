@@ -93,7 +93,7 @@ class Experiment:
   def program_trainer(
       self, num_members: int, member_hyperparameters: tuple[str, ...] = ()
   ) -> tuple[trainer_lib.Trainer, int]:
-    """(Trainer, member slots) of a cohort program of `num_members` runs that carry their own values of
+    """(Trainer, member slots) of a population of `num_members` runs that carry their own values of
     `member_hyperparameters`: the one-run Trainer for a single run with none whose batch divides the
     devices, else a population laid out by `parallel.member_layout` (slots beyond `num_members` are
     padding)."""

@@ -1,4 +1,4 @@
-"""The members of a cohort: one training run each (where it starts, what it is), what training gives
+"""The members of a population: one training run each (where it starts, what it is), what training gives
 back for each, and how a population's trees, curve and per-member settings split into (or are made of)
 the members' own."""
 
@@ -13,7 +13,7 @@ from lth_jax.training import steps
 
 @dataclasses.dataclass
 class Member:
-  """One training run of a cohort: where it starts (host trees) and what it is."""
+  """One training run of a population: where it starts (host trees) and what it is."""
 
   trial: int
   level: int
@@ -26,7 +26,7 @@ class Member:
   # Called with (step, host (params, model_state)) as each of this member's snapshots is taken.
   on_snapshot: Callable[[int, tuple[Any, Any]], None] | None = None
   start_step: int = 0  # the absolute step its training starts at (a level's rewind point)
-  variant: str = ''  # the sweep variant it belongs to ('' outside a sweep's packed programs)
+  variant: str = ''  # the sweep variant it belongs to ('' outside a sweep)
   # Its own values of `optim.MEMBER_HYPERPARAMETERS` where the members of its program differ in them.
   hyperparameters: dict[str, float] = dataclasses.field(default_factory=dict)
 

@@ -22,9 +22,9 @@ from lth_jax.training import parallel
 
 
 def groups(keys: Sequence[Any], members_per_program: int) -> list[list[Any]]:
-  """The whole cohort (recorded runs included) in programs of at most `members_per_program`, in
+  """A level's whole runs (recorded ones included) in populations of at most `members_per_program`, in
   order and as evenly sized as that allows (10 runs, at most 8 per program: 5 and 5, not 8 and 2).
-  Grouping the whole cohort, not only what is left to train, keeps a resumed level's programs (and
+  Grouping all the runs, not only what is left to train, keeps a resumed level's populations (and
   so their numbers) those of an uninterrupted run: a program's records are written together."""
   if not keys:
     return []
