@@ -236,8 +236,8 @@ def test_a_sweep_killed_mid_variant_resumes_to_the_records_of_an_uninterrupted_o
     )
 
 
-def test_records_left_in_a_programs_journal_are_written_once_on_the_next_run(rewind_sweep, tmp_path):
-  """A sweep killed after a shared program's journal but before every variant's results file took its
+def test_records_left_pending_by_a_killed_population_are_written_once_on_the_next_run(rewind_sweep, tmp_path):
+  """A sweep killed after a shared population's pending records but before every variant's results file took its
   records finishes the appends when it runs again, and trains nothing."""
   workdir = str(tmp_path / 'work')
   shutil.copytree(rewind_sweep[0], workdir)
