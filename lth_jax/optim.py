@@ -5,14 +5,14 @@ argument `step`: a ticket that is late-reset to step k continues the schedule fr
 its optimizer state is fresh. The keep mask is passed the same way (`keep_mask=`), so changing the
 mask between levels never recompiles the train step.
 
-Members of one population (a sweep's variants trained side by side) may carry their own learning rate,
-warmup and weight decay: `update` then takes the extra argument `hyperparameters`, a dict of traced
-scalars named in `MEMBER_HYPERPARAMETERS` (see `from_config`).
+The learning rate, warmup and weight decay live in the optimizer state (`optax.inject_hyperparams`), so
+the members of one population (a sweep's variants trained side by side) each hold their own
+(`with_hyperparameters`); one schedule function computes every member's rate.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,9 @@ OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw')
 SCHEDULES = ('constant', 'step', 'cosine')
 # The scalar hyperparameters each member of one population may set for itself.
 MEMBER_HYPERPARAMETERS = ('learning_rate', 'warmup_steps', 'weight_decay')
+
+# How `from_config`'s state is laid out, as checkpoints record it: the hyperparameters held in the state.
+STATE_LAYOUT = 'inject_hyperparams'
 
 Schedule = Callable[[jax.Array], jax.Array]
 
@@ -57,24 +60,16 @@ def keep_pruned_at_zero(inner: optax.GradientTransformation) -> optax.GradientTr
   return optax.GradientTransformationExtraArgs(init, update)
 
 
-def scale_by_step_schedule(
-    schedule: Schedule, member_schedule: Callable[..., jax.Array] | None = None
-) -> optax.GradientTransformationExtraArgs:
-  """Scales updates by -schedule(step), where `step` is an extra argument of `update`.
-
-  With the extra argument `hyperparameters` (a member's own values), the rate is instead
-  `member_schedule(step, hyperparameters)`."""
+def scale_by_step_schedule(schedule: Schedule) -> optax.GradientTransformationExtraArgs:
+  """Scales updates by -schedule(step), where `step` (the absolute step) is an extra argument of `update`."""
 
   def init(params: optax.Params) -> optax.EmptyState:
     del params
     return optax.EmptyState()
 
-  def update(updates, state, params=None, *, step, hyperparameters=None, **extra_args):
+  def update(updates, state, params=None, *, step, **extra_args):
     del params, extra_args
-    if hyperparameters and member_schedule is not None:
-      learning_rate = member_schedule(step, hyperparameters)
-    else:
-      learning_rate = schedule(step)
+    learning_rate = schedule(step)
     updates = jax.tree_util.tree_map(lambda update: -learning_rate * update, updates)
     return updates, state
 
@@ -82,82 +77,49 @@ def scale_by_step_schedule(
 
 
 def learning_rate_schedule(
-    learning_rate: float,
+    learning_rate: float | jax.Array,
     total_steps: int,
     schedule: str = 'constant',
-    warmup_steps: int = 0,
+    warmup_steps: int | jax.Array = 0,
     decay_boundaries: Sequence[int] = (),
     decay_factor: float = 0.1,
 ) -> Schedule:
-  """The learning rate as a function of the absolute step.
+  """The learning rate as a function of the absolute step. `learning_rate` and `warmup_steps` may be
+  traced (a population member's own values, held in the optimizer state by `from_config`).
 
   Args:
     learning_rate: peak learning rate.
     total_steps: length of training (cosine decays to 0 at this step).
-    schedule: 'constant', 'step' (multiply by `decay_factor` at each of `decay_boundaries`) or 'cosine'.
+    schedule: 'constant', 'step' (multiply by `decay_factor` at each of `decay_boundaries`) or 'cosine'
+      (after the warmup, over the remaining steps; optax's cosine decay).
     warmup_steps: linear warmup over these first steps (0: none): the rate at step t < W is
       learning_rate * (t + 1) / W, so the first step already moves and step W - 1 is at the peak.
   """
-  if schedule == 'constant':
-    main = optax.constant_schedule(learning_rate)
-  elif schedule == 'step':
-    main = optax.piecewise_constant_schedule(
-        learning_rate, {int(boundary): decay_factor for boundary in decay_boundaries}
-    )
-  elif schedule == 'cosine':
-    main = optax.cosine_decay_schedule(learning_rate, max(1, total_steps - warmup_steps))
-  else:
+  if schedule not in SCHEDULES:
     raise ValueError(f'training.schedule must be one of {SCHEDULES}, got {schedule!r}')
-  if warmup_steps <= 0:
-    return lambda step: jnp.asarray(main(step), jnp.float32)
+  boundaries_and_scales = {int(boundary): decay_factor for boundary in decay_boundaries}
 
-  def warmed_up(step):
+  def rate(step: jax.Array) -> jax.Array:
     step = jnp.asarray(step)
-    warmup = learning_rate * jnp.minimum(1.0, (step + 1) / warmup_steps)
-    after = main(step - warmup_steps) if schedule == 'cosine' else main(step)
-    return jnp.where(step < warmup_steps, warmup, after).astype(jnp.float32)
-
-  return warmed_up
-
-
-def member_learning_rate_schedule(training: Any, total_steps: int) -> Callable[..., jax.Array]:
-  """The schedule of `training` (a resolved training section) as a function of (step, hyperparameters),
-  where `hyperparameters` may hold a member's own traced 'learning_rate' and 'warmup_steps'; the
-  same rates as `learning_rate_schedule` (to rounding), computed from traced values."""
-  decay = optax.piecewise_constant_schedule(
-      1.0, {int(boundary): training.decay_factor for boundary in training.decay_boundaries}
-  )
-
-  def schedule(step: jax.Array, hyperparameters: dict[str, jax.Array]) -> jax.Array:
-    step = jnp.asarray(step)
-    learning_rate = jnp.asarray(hyperparameters.get('learning_rate', training.learning_rate), jnp.float32)
-    warmup_steps = jnp.asarray(hyperparameters.get('warmup_steps', training.warmup_steps), jnp.int32)
-    if training.schedule == 'constant':
-      shape = jnp.float32(1.0)
-    elif training.schedule == 'step':
-      shape = decay(step)
-    elif training.schedule == 'cosine':
-      decay_steps = jnp.maximum(1, total_steps - warmup_steps)
-      progress = jnp.clip(step - warmup_steps, 0, decay_steps) / decay_steps
-      shape = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    peak = jnp.asarray(learning_rate, jnp.float32)
+    warmup = jnp.asarray(warmup_steps, jnp.int32)
+    if schedule == 'constant':
+      after = peak
+    elif schedule == 'step':
+      after = optax.piecewise_constant_schedule(peak, boundaries_and_scales)(step)
     else:
-      raise ValueError(f'training.schedule must be one of {SCHEDULES}, got {training.schedule!r}')
-    warmup = jnp.minimum(1.0, (step + 1) / jnp.maximum(warmup_steps, 1))
-    return (learning_rate * jnp.where(step < warmup_steps, warmup, shape)).astype(jnp.float32)
+      # optax.cosine_decay_schedule's arithmetic, with a decay length that may be traced.
+      decay_steps = jnp.maximum(1, total_steps - warmup).astype(jnp.float32)
+      count = jnp.minimum((step - warmup).astype(jnp.float32), decay_steps)
+      # Products with pi / length and 1 / warmup (below) rather than quotients: the arithmetic XLA gives a
+      # compile-time constant length, so a run's rates are the same whether its lengths are held in the
+      # optimizer state or were constants (tests/test_member_settings.py).
+      cosine_decay = 0.5 * (1 + jnp.cos(count * (jnp.pi / decay_steps)))
+      after = peak * ((1 - 0.0) * cosine_decay**1.0 + 0.0)
+    warming = peak * jnp.minimum(1.0, (step + 1) * (1.0 / jnp.maximum(warmup, 1)))
+    return jnp.where(step < warmup, warming, after).astype(jnp.float32)
 
-  return schedule
-
-
-def member_decayed_weights(weight_decay: float, mask: Any = None) -> optax.GradientTransformationExtraArgs:
-  """`optax.add_decayed_weights` whose rate is a member's own 'weight_decay' when `update` gets the extra
-  argument `hyperparameters` holding one (else `weight_decay`)."""
-
-  def update(updates, state, params=None, *, hyperparameters=None, **extra_args):
-    del extra_args
-    rate = (hyperparameters or {}).get('weight_decay', weight_decay)
-    return optax.add_decayed_weights(rate, mask=mask).update(updates, state, params)
-
-  return optax.GradientTransformationExtraArgs(optax.add_decayed_weights(weight_decay, mask=mask).init, update)
+  return rate
 
 
 def outside_batch_norm(params: Any) -> Any:
@@ -174,23 +136,22 @@ def outside_batch_norm(params: Any) -> Any:
 def direction(
     optimizer: str,
     momentum: float = 0.9,
-    weight_decay: float = 0.0,
+    weight_decay: float | jax.Array = 0.0,
     decay_batch_norm: bool = True,
-    member_weight_decay: bool = False,
+    decays: bool | None = None,
 ) -> optax.GradientTransformation:
   """The optimizer without its learning rate: weight decay, then the update direction.
 
   'sgd', 'momentum', 'nesterov' and 'adam' use coupled L2 weight decay (added to the gradient, as
   in the papers' SGD); 'adamw' uses decoupled weight decay. `decay_batch_norm=False` leaves the
-  batch-norm scales and offsets undecayed (see `outside_batch_norm`). `member_weight_decay`: the decay
-  is there even at rate 0, and takes each member's own rate (`member_decayed_weights`).
+  batch-norm scales and offsets undecayed (see `outside_batch_norm`). `decays`: whether the weight decay
+  is there at all (None: where `weight_decay` is nonzero; True for a traced rate that may be 0).
   """
   parts = []
   decay_mask = None if decay_batch_norm else outside_batch_norm
-  decays = bool(weight_decay) or member_weight_decay
-  decayed_weights = member_decayed_weights if member_weight_decay else optax.add_decayed_weights
+  decays = bool(weight_decay) if decays is None else decays
   if decays and optimizer != 'adamw':
-    parts.append(decayed_weights(weight_decay, mask=decay_mask))
+    parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
   if optimizer == 'sgd':
     pass
   elif optimizer == 'momentum':
@@ -202,7 +163,7 @@ def direction(
   elif optimizer == 'adamw':
     parts.append(optax.scale_by_adam())
     if decays:
-      parts.append(decayed_weights(weight_decay, mask=decay_mask))
+      parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
   else:
     raise ValueError(f'training.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}')
   return optax.chain(*parts) if parts else optax.identity()
@@ -214,28 +175,64 @@ def from_config(
   """The masked optimizer of a resolved `training` section (`lth_jax.config.TrainingSpec`, or any object
   with its fields); `update` takes `keep_mask=` and `step=`.
 
-  `member_hyperparameters`: names from `MEMBER_HYPERPARAMETERS` that the members of a population set for
-  themselves; `update` then also takes `hyperparameters={name: traced scalar}` (without it, or with an
-  empty dict, every member uses the section's values)."""
+  The learning rate, warmup and weight decay (`MEMBER_HYPERPARAMETERS`) live in the optimizer state
+  (`optax.inject_hyperparams`), so under `jax.vmap` each member of a population holds its own
+  (`with_hyperparameters`); a fresh state holds the section's values. `member_hyperparameters`: the names
+  the members may set for themselves; the weight decay is kept even at rate 0 when it is among them."""
   unknown = sorted(set(member_hyperparameters) - set(MEMBER_HYPERPARAMETERS))
   if unknown:
     raise ValueError(f'member hyperparameters must be among {MEMBER_HYPERPARAMETERS}, got {unknown}')
-  schedule = learning_rate_schedule(
-      learning_rate=training.learning_rate,
-      total_steps=total_steps,
-      schedule=training.schedule,
-      warmup_steps=training.warmup_steps,
-      decay_boundaries=tuple(training.decay_boundaries),
-      decay_factor=training.decay_factor,
+  decays = bool(training.weight_decay) or 'weight_decay' in member_hyperparameters
+
+  def inner(learning_rate: jax.Array, warmup_steps: jax.Array, weight_decay: jax.Array) -> optax.GradientTransformation:
+    schedule = learning_rate_schedule(
+        learning_rate,
+        total_steps,
+        training.schedule,
+        warmup_steps,
+        tuple(training.decay_boundaries),
+        training.decay_factor,
+    )
+    return optax.chain(
+        direction(training.optimizer, training.momentum, weight_decay, training.weight_decay_batch_norm, decays),
+        scale_by_step_schedule(schedule),
+    )
+
+  learning_rate_schedule(training.learning_rate, total_steps, training.schedule)  # a bad schedule name fails here
+  direction(training.optimizer)  # ... and a bad optimizer name
+  injected = optax.inject_hyperparams(inner, hyperparam_dtype=jnp.float32)(
+      learning_rate=float(training.learning_rate),
+      warmup_steps=int(training.warmup_steps),
+      weight_decay=float(training.weight_decay),
   )
-  inner = optax.chain(
-      direction(
-          training.optimizer,
-          training.momentum,
-          training.weight_decay,
-          training.weight_decay_batch_norm,
-          member_weight_decay='weight_decay' in member_hyperparameters,
-      ),
-      scale_by_step_schedule(schedule, member_learning_rate_schedule(training, total_steps)),
-  )
-  return keep_pruned_at_zero(inner)
+  return keep_pruned_at_zero(injected)
+
+
+def hyperparameters(opt_state: MaskedUpdateState) -> dict[str, Any]:
+  """The learning rate, warmup and weight decay held in an optimizer state of `from_config`."""
+  return dict(opt_state.inner_state.hyperparams)
+
+
+def with_hyperparameters(opt_state: MaskedUpdateState, values: Mapping[str, Any]) -> MaskedUpdateState:
+  """`opt_state` (of `from_config`) holding `values` ({name: value, or one value per member}) in place of
+  its hyperparameters of those names."""
+  unknown = sorted(set(values) - set(MEMBER_HYPERPARAMETERS))
+  if unknown:
+    raise ValueError(f'hyperparameters must be among {MEMBER_HYPERPARAMETERS}, got {unknown}')
+  injected = opt_state.inner_state
+  held = dict(injected.hyperparams)
+  for name, value in values.items():
+    held[name] = jnp.asarray(value, held[name].dtype)
+  return opt_state._replace(inner_state=injected._replace(hyperparams=held))
+
+
+def without_hyperparameters(opt_state: MaskedUpdateState) -> MaskedUpdateState:
+  """`opt_state` of `from_config` in the layout of checkpoints written before the hyperparameters lived in
+  the optimizer state: the masked transform's state around the inner chain's."""
+  return MaskedUpdateState(inner_state=opt_state.inner_state.inner_state)
+
+
+def restore_hyperparameters(earlier: MaskedUpdateState, like: MaskedUpdateState) -> MaskedUpdateState:
+  """An optimizer state of the earlier layout (`without_hyperparameters`) in the current one, holding the
+  count and hyperparameters of `like` (the same run's fresh state)."""
+  return like._replace(inner_state=like.inner_state._replace(inner_state=earlier.inner_state))

@@ -6,8 +6,11 @@ runs the command line unchanged, except that the CALL-th training run of the pro
 ticket, 2: level 1's ticket, ...) stops between dispatches at absolute step STEP, prints 'PAUSED' and
 waits there (at most two minutes) until a SIGTERM has been received, or until the test kills it. The
 pause is what makes the kill land in the middle of a level, at a known step, on a slow machine too.
+With LTH_TEST_EARLIER_OPTIMIZER_LAYOUT=1, populations write their checkpoints as lth_jax did before the
+hyperparameters lived in the optimizer state (the layout a workdir of then holds).
 """
 
+import dataclasses
 import os
 import signal
 import sys
@@ -17,6 +20,8 @@ from absl import app
 from absl import flags
 
 from lth_jax import main
+from lth_jax import optim
+from lth_jax.search import population
 from lth_jax.training import trainer as trainer_lib
 
 
@@ -47,7 +52,20 @@ def _pause_at(call: int, step: int) -> None:
   trainer_lib.Trainer.train = train
 
 
+def _save_in_the_earlier_optimizer_layout() -> None:
+  """Makes populations save their optimizer state without its hyperparameters, and no layout mark."""
+
+  def save(self, running, checkpoint):
+    state = dataclasses.replace(checkpoint.state, opt_state=optim.without_hyperparameters(checkpoint.state.opt_state))
+    earlier = dataclasses.replace(checkpoint, state=state)
+    running.save(earlier.step, earlier.arrays(), {**earlier.metadata(), 'members': self.keys})
+
+  population.Population.save = save
+
+
 if __name__ == '__main__':
+  if os.environ.get('LTH_TEST_EARLIER_OPTIMIZER_LAYOUT'):
+    _save_in_the_earlier_optimizer_layout()
   if os.environ.get('LTH_TEST_PAUSE'):
     pause_call, pause_step = map(int, os.environ['LTH_TEST_PAUSE'].split(':'))
     _pause_at(pause_call, pause_step)

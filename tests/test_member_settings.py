@@ -1,5 +1,6 @@
-"""A population whose members start at different steps and carry their own learning rate, warmup and
-weight decay trains each member as that member's run alone would (to rounding)."""
+"""A population whose members start at different steps and hold their own learning rate, warmup and
+weight decay (in their optimizer state) trains each member as that member's run alone would (to
+rounding)."""
 
 import chex
 import jax
@@ -52,9 +53,11 @@ def test_members_with_their_own_start_and_hyperparameters_train_as_their_runs_al
   population = _trainer({'learning_rate': 0.05}, len(MEMBERS), NAMES)
   params, model_state, keep_mask = _start(population)
   stacked = [steps.stack_members([tree] * len(MEMBERS)) for tree in (params, model_state, keep_mask)]
-  state = population.create_state(*stacked, step=0)
+  hyperparameters = {name: [member[1 + index] for member in MEMBERS] for index, name in enumerate(NAMES)}
+  state = population.create_state(*stacked, step=0, hyperparameters=hyperparameters)
+  held = parallel.to_host(optim.hyperparameters(state.opt_state))
+  chex.assert_trees_all_close(held, {name: np.asarray(values) for name, values in hyperparameters.items()})
   settings = {'start_step': [member[0] for member in MEMBERS]}
-  settings.update({name: [member[1 + index] for member in MEMBERS] for index, name in enumerate(NAMES)})
   together = population.train(state, END_STEP, [7] * len(MEMBERS), eval_every=10, member_settings=settings)
   together_params = parallel.to_host(together.state.params)
   for index, (start_step, learning_rate, warmup_steps, weight_decay) in enumerate(MEMBERS):
@@ -88,24 +91,41 @@ def test_a_member_before_its_start_is_left_exactly_as_it_was():
   assert result.curve[-1]['train_loss'][1] == 0.0  # it trained no step: its sums stayed empty
 
 
-def test_member_settings_the_trainer_was_not_built_for_are_refused():
+def test_member_values_the_trainer_was_not_built_for_are_refused():
   population = _trainer({'learning_rate': 0.05}, 2, ('learning_rate',))
   params, model_state, keep_mask = _start(population)
   stacked = [steps.stack_members([tree] * 2) for tree in (params, model_state, keep_mask)]
-  state = population.create_state(*stacked, step=0)
   with pytest.raises(ValueError, match='weight_decay'):
-    population.train(state, 4, [7, 7], member_settings={'weight_decay': [0.1, 0.2]})
-  state = population.create_state(*stacked, step=0)
+    population.create_state(*stacked, step=0, hyperparameters={'weight_decay': [0.1, 0.2]})
   with pytest.raises(ValueError, match='3 values for 2 members'):
-    population.train(state, 4, [7, 7], member_settings={'learning_rate': [0.1, 0.2, 0.3]})
+    population.create_state(*stacked, step=0, hyperparameters={'learning_rate': [0.1, 0.2, 0.3]})
+  state = population.create_state(*stacked, step=0)
+  with pytest.raises(ValueError, match='learning_rate'):  # hyperparameters are not per-step settings
+    population.train(state, 4, [7, 7], member_settings={'learning_rate': [0.1, 0.2]})
 
 
-def test_member_schedule_equals_the_constant_schedule():
-  for schedule, extra in (('constant', {}), ('step', {'decay_boundaries': (10, 30)}), ('cosine', {'warmup_steps': 6})):
+def test_one_schedule_gives_the_same_rates_for_held_and_given_hyperparameters():
+  """The schedule a member's optimizer state drives (traced learning rate and warmup) is the schedule of a
+  run given the same values as constants: bitwise, at every step of every kind of schedule."""
+  for schedule, extra in (
+      ('constant', {'warmup_steps': 7}),
+      ('step', {'decay_boundaries': (10, 30), 'warmup_steps': 3}),
+      ('cosine', {'warmup_steps': 6}),
+      ('cosine', {}),
+  ):
     training = config_lib.training_spec({'learning_rate': 0.3, 'schedule': schedule, **extra})
-    constant = optim.learning_rate_schedule(
-        0.3, 50, schedule, training.warmup_steps, tuple(training.decay_boundaries), training.decay_factor
+    boundaries = tuple(training.decay_boundaries)
+    given = jax.jit(
+        optim.learning_rate_schedule(0.3, 50, schedule, training.warmup_steps, boundaries, training.decay_factor)
     )
-    member = optim.member_learning_rate_schedule(training, 50)
+
+    @jax.jit
+    def held(step, learning_rate, warmup_steps, schedule=schedule, boundaries=boundaries, training=training):
+      return optim.learning_rate_schedule(learning_rate, 50, schedule, warmup_steps, boundaries, training.decay_factor)(
+          step
+      )
+
     for step in range(50):
-      assert float(member(step, {'learning_rate': np.float32(0.3)})) == pytest.approx(float(constant(step)), abs=1e-7)
+      rate = held(np.int32(step), np.float32(0.3), np.int32(training.warmup_steps))
+      assert np.asarray(rate) == np.asarray(given(np.int32(step))), (schedule, step)
+    assert float(rate) < 0.3 if schedule != 'constant' else float(rate) == pytest.approx(0.3)

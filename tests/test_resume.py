@@ -66,12 +66,15 @@ def _config_file(directory, **overrides) -> str:
   return path
 
 
-def _start(workdir, *arguments, pause=None, config=None):
+def _start(workdir, *arguments, pause=None, config=None, earlier_optimizer_layout=False):
   """Starts `python -m lth_jax.main` (through the pausing driver) on the tiny config."""
   environment = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
   environment.pop('LTH_TEST_PAUSE', None)
+  environment.pop('LTH_TEST_EARLIER_OPTIMIZER_LAYOUT', None)
   if pause:
     environment['LTH_TEST_PAUSE'] = pause
+  if earlier_optimizer_layout:
+    environment['LTH_TEST_EARLIER_OPTIMIZER_LAYOUT'] = '1'
   workdir = str(workdir)
   config = config or _config_file(os.path.dirname(workdir))
   log = open(f'{workdir}.log', 'a')
@@ -175,6 +178,26 @@ def test_a_run_killed_mid_level_resumes_to_the_same_results(reference, killed, t
   assert 'level 0: already done' in stdout
   assert COHORT.format(level=1) + ': resuming at step 40/60' in stdout
   _assert_same_as_uninterrupted(workdir, reference)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_written_before_the_hyperparameters_lived_in_the_optimizer_state_resumes(reference, tmp_path):
+  """A workdir killed mid-level by a version whose optimizer state held no hyperparameters resumes from
+  its checkpoint (not from the level's start) to the records of an uninterrupted run."""
+  workdir = tmp_path / 'work'
+  process = _start(workdir, pause='2:56', earlier_optimizer_layout=True)
+  _wait_for_pause(process)
+  running = _running_level_1(workdir)
+  _wait_until(lambda: os.path.isdir(os.path.join(running, '40')))
+  os.kill(process.pid, signal.SIGKILL)
+  assert _finish(process)[0] == -signal.SIGKILL
+  with open(os.path.join(running, '40', 'metadata', 'metadata')) as file:
+    assert 'optimizer_layout' not in json.load(file)
+  returncode, stdout, stderr = _finish(_start(workdir))
+  assert returncode == 0, stderr[-3000:]
+  assert COHORT.format(level=1) + ': resuming at step 40/60' in stdout
+  assert 'cannot be restored' not in stderr
+  _assert_same_as_uninterrupted(str(workdir), reference)
 
 
 @pytest.mark.slow

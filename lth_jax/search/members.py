@@ -64,14 +64,17 @@ def hyperparameter_names(members: Sequence[Member]) -> tuple[str, ...]:
 
 
 def member_settings(members: Sequence[Member]) -> dict[str, list[float]]:
-  """The per-member settings of a program of `members` (padding included): their start steps where they
-  differ, and their own hyperparameters."""
-  settings: dict[str, list[float]] = {}
+  """The per-step settings of a population of `members` (padding included): their start steps, where they
+  differ."""
   if len({member.start_step for member in members}) > 1:
-    settings['start_step'] = [member.start_step for member in members]
-  for name in hyperparameter_names(members):
-    settings[name] = [member.hyperparameters[name] for member in members]
-  return settings
+    return {'start_step': [member.start_step for member in members]}
+  return {}
+
+
+def member_hyperparameters(members: Sequence[Member]) -> dict[str, list[float]]:
+  """The hyperparameters the members of a population (padding included) hold for themselves, one value
+  per member."""
+  return {name: [member.hyperparameters[name] for member in members] for name in hyperparameter_names(members)}
 
 
 def member_snapshot(snapshot: tuple[Any, Any], index: int) -> tuple[Any, Any]:

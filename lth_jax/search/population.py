@@ -25,6 +25,7 @@ import os
 from typing import Any, Callable, Sequence
 
 from lth_jax import config as config_lib
+from lth_jax import optim
 from lth_jax.search import members as members_lib
 from lth_jax.search import progress
 from lth_jax.search import scalars as scalars_lib
@@ -91,7 +92,7 @@ def train(
     restored = running.restore_latest(population.arrays_like)
     start: steps.TrainState | run_state.RunCheckpoint = population.state
     if restored is not None:
-      start = run_state.RunCheckpoint.from_parts(*restored)
+      start = run_state.RunCheckpoint.from_parts(population.current_layout(*restored), restored[1])
       watch.log(f'{label}: resuming at step {start.step}/{total} from {running.directory}/{start.step}')
     try:
       result = trainer.train(
@@ -177,7 +178,7 @@ class Population:
   directory: str  # where its checkpoints are kept
   label: str  # how progress lines name it
   scalars_runs: list[str]  # one scalars run per member
-  member_settings: dict[str, list[float]]  # the members' own start steps and hyperparameters ({}: none)
+  member_settings: dict[str, list[float]]  # the members' own start steps ({}: all start together)
 
   @property
   def vmapped(self) -> bool:
@@ -204,7 +205,8 @@ class Population:
           steps.stack_members([member.model_state for member in padded]),
       )
       keep_masks = steps.stack_members([member.keep_mask for member in padded])
-      state = trainer.create_state(*snapshot_like, keep_masks, start_step)
+      hyperparameters = members_lib.member_hyperparameters(padded)
+      state = trainer.create_state(*snapshot_like, keep_masks, start_step, hyperparameters=hyperparameters)
       seeds: Any = [member.data_seed for member in padded]
     else:
       member = members[0]
@@ -240,9 +242,21 @@ class Population:
       raise ValueError(f'step {metadata["step"]} is outside this run ({start_step}..{total})')
     if self.vmapped and metadata.get('members') != self.keys:
       raise ValueError(f'it holds the members {metadata.get("members")}, not {self.keys}')
+    state = self.state
+    if metadata.get('optimizer_layout') != optim.STATE_LAYOUT:  # written before the hyperparameters lived there
+      state = dataclasses.replace(state, opt_state=optim.without_hyperparameters(state.opt_state))
     return run_state.RunCheckpoint.arrays_like(
-        metadata, self.state, self.trainer.zero_train_sums(self.state), self.snapshot_like
+        metadata, state, self.trainer.zero_train_sums(self.state), self.snapshot_like
     )
+
+  def current_layout(self, arrays: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """A restored checkpoint's `arrays` with its optimizer state in the current layout: one written
+    before the hyperparameters lived in the optimizer state gets the population's own."""
+    if metadata.get('optimizer_layout') == optim.STATE_LAYOUT:
+      return arrays
+    restored = arrays['state']
+    opt_state = optim.restore_hyperparameters(restored.opt_state, self.state.opt_state)
+    return {**arrays, 'state': dataclasses.replace(restored, opt_state=opt_state)}
 
   def progress_line(self, step: int, speed: float, metrics: str, evaluation_seconds: float) -> str:
     """'LABEL: step S/N (P%) METRICS| SPEED examples/s | ETA T', evaluations taking `evaluation_seconds`."""
@@ -271,7 +285,8 @@ class Population:
 
   def save(self, running: checkpoints.RunCheckpoints, checkpoint: run_state.RunCheckpoint) -> None:
     """Saves `checkpoint` in `running`, naming the population's members."""
-    running.save(checkpoint.step, checkpoint.arrays(), {**checkpoint.metadata(), 'members': self.keys})
+    metadata = {**checkpoint.metadata(), 'members': self.keys, 'optimizer_layout': optim.STATE_LAYOUT}
+    running.save(checkpoint.step, checkpoint.arrays(), metadata)
 
   def results(self, result: run_state.TrainResult) -> list[MemberResult]:
     """One result per member (padding dropped) of the population's `result`."""

@@ -18,9 +18,10 @@ from lth_jax.models import calling
 
 Metrics = dict[str, jax.Array]
 
-# What each member of a population may hold for itself besides its weights, mask and batch order: the
-# step it starts training at, and the optimizer's scalar hyperparameters (`lth_jax.optim`).
-MEMBER_SETTINGS = ('start_step', 'learning_rate', 'warmup_steps', 'weight_decay', 'dropout_seed')
+# What each member of a population is given for itself at every step besides its state and batch: the
+# step it starts training at and its dropout seed. (Its learning rate, warmup and weight decay live in
+# its optimizer state: `lth_jax.optim.from_config`.)
+MEMBER_SETTINGS = ('start_step', 'dropout_seed')
 
 
 @flax.struct.dataclass
@@ -95,8 +96,7 @@ def train_step(
 
   `member_settings` (a population member's own values, see `MEMBER_SETTINGS`): 'start_step', before
   which the step leaves the weights, model and optimizer state as they are and adds nothing to the
-  metric sums (the state's step still advances: it is the population's clock); the optimizer's
-  per-member hyperparameters ('learning_rate', 'warmup_steps', 'weight_decay'); and 'dropout_seed', the
+  metric sums (the state's step still advances: it is the population's clock); and 'dropout_seed', the
   run's seed of the 'dropout' rng stream (`dropout_key`; 0 when not given).
   """
   member_settings = dict(member_settings or {})
@@ -109,9 +109,8 @@ def train_step(
     return loss, (new_model_state, sums)
 
   grads, (new_model_state, sums) = jax.grad(loss_fn, has_aux=True)(state.params)
-  extra = {'hyperparameters': member_settings} if member_settings else {}
   updates, opt_state = optimizer.update(
-      grads, state.opt_state, state.params, keep_mask=state.keep_mask, step=state.step, **extra
+      grads, state.opt_state, state.params, keep_mask=state.keep_mask, step=state.step
   )
   params = optax.apply_updates(state.params, updates)
   new_state = dataclasses.replace(

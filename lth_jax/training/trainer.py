@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from lth_jax import data as data_lib
+from lth_jax import optim
 from lth_jax import tasks
 from lth_jax.training import feeds as feeds_lib
 from lth_jax.training import parallel
@@ -63,8 +64,8 @@ class Trainer:
       task: tasks.Task | None = None,
   ):
     """`member_hyperparameters`: the names of `optim.MEMBER_HYPERPARAMETERS` that `optimizer` was built to
-    take per member (`optim.from_config`), and so that `train`'s `member_settings` may set. `task`: the
-    loss and metrics (`lth_jax.tasks`; None: the default of the dataset's kind)."""
+    let members set for themselves (`optim.from_config`), and so that `create_state`'s `hyperparameters`
+    may set. `task`: the loss and metrics (`lth_jax.tasks`; None: the default of the dataset's kind)."""
     parallel.check_batch_size(batch_size, mesh)
     groups = parallel.member_groups(mesh)
     if population_size % groups:  # (one run alone is replicated over the member groups)
@@ -109,15 +110,27 @@ class Trainer:
     return split_variables(parallel.to_host(self._init(key)))
 
   def create_state(
-      self, params: Any, model_state: Any, keep_mask: Any, step: int, opt_state: Any | None = None
+      self,
+      params: Any,
+      model_state: Any,
+      keep_mask: Any,
+      step: int,
+      opt_state: Any | None = None,
+      hyperparameters: Mapping[str, Sequence[float]] | None = None,
   ) -> TrainState:
     """A TrainState on the mesh starting at absolute `step`, with `opt_state` or a fresh one.
 
-    For a population, every tree carries the leading member axis (see `stack_members`).
+    For a population, every tree carries the leading member axis (see `stack_members`), and a fresh
+    optimizer state holds each member's own `hyperparameters` ({name: one value per member}, among the
+    Trainer's `member_hyperparameters`; the others are the optimizer's own).
     """
     params = self.put_state(params)
     if opt_state is None:
       opt_state = self.programs.init_optimizer(params)
+      if hyperparameters:
+        opt_state = optim.with_hyperparameters(opt_state, self._member_hyperparameters(hyperparameters))
+    elif hyperparameters:
+      raise ValueError('hyperparameters are set in a fresh optimizer state, not in a given opt_state')
     steps = np.full((self.population_size,), step, np.int32) if self.population_size else np.int32(step)
     state = TrainState(
         step=self.put_state(steps),
@@ -179,19 +192,24 @@ class Trainer:
       raise ValueError(f'a population of {self.population_size} needs as many data seeds, got {len(seeds)}')
     return seeds
 
-  def _member_settings(self, settings: Mapping[str, Sequence[float]]) -> dict[str, np.ndarray]:
-    """`settings` as host arrays of one value per member (a ValueError naming what does not fit)."""
-    allowed = ('start_step', *self.member_hyperparameters)
-    unknown = sorted(set(settings) - set(allowed))
-    if unknown or (settings and not self.population_size):
-      raise ValueError(f'member settings {sorted(settings)}: this Trainer takes {allowed} for a population')
+  def _member_values(
+      self, values: Mapping[str, Sequence[float]], allowed: tuple[str, ...], what: str
+  ) -> dict[str, np.ndarray]:
+    """`values` as host arrays of one value per member (a ValueError naming what does not fit)."""
+    unknown = sorted(set(values) - set(allowed))
+    if unknown or (values and not self.population_size):
+      raise ValueError(f'member {what} {sorted(values)}: this Trainer takes {allowed} for a population')
     arrays = {}
-    for name, values in settings.items():
+    for name, member_values in values.items():
       dtype = np.int32 if name in ('start_step', 'warmup_steps') else np.float32
-      arrays[name] = np.asarray(values, dtype)
+      arrays[name] = np.asarray(member_values, dtype)
       if arrays[name].shape != (self.population_size,):
-        raise ValueError(f'member settings {name}: {len(values)} values for {self.population_size} members')
+        raise ValueError(f'member {what} {name}: {len(member_values)} values for {self.population_size} members')
     return arrays
+
+  def _member_hyperparameters(self, hyperparameters: Mapping[str, Sequence[float]]) -> dict[str, np.ndarray]:
+    """The members' own hyperparameters as host arrays (see `create_state`)."""
+    return self._member_values(hyperparameters, self.member_hyperparameters, 'hyperparameters')
 
   def items(self, seeds: list[int], start_step: int, num_steps: int) -> Any:
     """The feed's items for the next `num_steps` steps on the mesh, leading axes (steps_per_dispatch,
@@ -252,15 +270,15 @@ class Trainer:
         after the last evaluation or heartbeat, waits for that dispatch (one sync, not one per step)
         and is called with {'step', 'examples_per_second' since the last report}.
       member_settings: a population's per-member values, {name: one value per member}: 'start_step' (a
-        member waits, unchanged, until the clock reaches it; training starts at the earliest) and the
-        hyperparameters the Trainer was built for (`member_hyperparameters`).
+        member waits, unchanged, until the clock reaches it; training starts at the earliest). (The
+        members' own hyperparameters are in their optimizer state: `create_state`.)
     """
     started = time.perf_counter()
     schedule = train_loop.Schedule(end_step, snapshot_steps, eval_every, checkpoint_every, heartbeat_seconds)
     hooks = train_loop.Hooks(progress, on_checkpoint, should_stop, on_snapshot, heartbeat)
     loop = train_loop.TrainLoop.begin(self, state, schedule, hooks, started)
     seeds = self._seeds(data_seed)
-    settings = self._member_settings(member_settings or {})
+    settings = self._member_values(member_settings or {}, ('start_step',), 'settings')
     # Each run's dropout rng follows its batch-order seed (`steps.dropout_key`).
     dropout_seeds = np.asarray([seed % 2**32 for seed in seeds], np.uint32)
     settings['dropout_seed'] = dropout_seeds if self.population_size else dropout_seeds[0]
