@@ -106,6 +106,7 @@ def test_sweep_benchmark_quick_counts_the_dense_trainings_of_both_ways(tmp_path)
   assert (figures['late_reset']['dense_runs_old'], figures['late_reset']['dense_runs_sweep']) == (8, 2)
   assert (figures['learning_rate']['dense_runs_old'], figures['learning_rate']['dense_runs_sweep']) == (8, 8)
   assert all(figure['speedup'] > 0 for figure in figures.values())
+  assert all(figure['speedup_min'] <= figure['speedup'] <= figure['speedup_max'] for figure in figures.values())
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """A sweep against one lottery run per variant, measured side by side in one process.
 
     python -m experiments.benchmarks.sweep [--quick] [--steps=2000] [--levels=2] [--trials=2]
-        [--output=PATH]
+        [--pairs=3] [--output=PATH]
 
 1. `late_reset ...`: a late-reset sweep of 4 reset points x --trials trials of the default config's
    model and data (LeNet-300-100 on MNIST-1D, the reinit control beside each ticket), --levels levels
@@ -9,7 +9,9 @@
    `lth_jax.run` per reset point (each trains its own dense networks) against one `lth_jax.sweep` (one
    dense run per trial, shared by the reset points, whose pruned levels train side by side in one
    program, each member from its own reset point). Figures: dense trainings of each way (counted from
-   the level-0 records each trained), wall seconds of each, and old / sweep.
+   the level-0 records each trained), the median wall seconds of each, and old / sweep: the median and
+   the range of the ratios of --pairs pairs run interleaved (A B B A A B ...), each ratio from two runs
+   next to each other in time, so that load which comes and goes hits both ways alike.
 2. `learning_rate ...`: 4 learning rates, the same two ways. Another learning rate is another dense
    training, so the sweep trains as many steps as the runs one by one; its gain is that the variants
    train side by side, each member of one program with its own learning rate, level 0 included.
@@ -27,9 +29,11 @@ if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '')
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 
 import glob
+import itertools
+import shutil
 import tempfile
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from absl import app
 from absl import flags
@@ -40,6 +44,8 @@ import lth_jax
 from lth_jax import results as results_lib
 from lth_jax.search import sweep_plan
 from experiments import common
+from experiments.benchmarks.harness import interleaved
+from experiments.benchmarks.harness import median
 from experiments.benchmarks.harness import Report
 from experiments.benchmarks.harness import Run
 
@@ -47,6 +53,7 @@ _QUICK = flags.DEFINE_bool('quick', False, 'Few steps: a smoke test of the bench
 _STEPS = flags.DEFINE_integer('steps', 2000, 'Training steps of each level.')
 _LEVELS = flags.DEFINE_integer('levels', 2, 'Pruning levels after the dense level 0.')
 _TRIALS = flags.DEFINE_integer('trials', 2, 'Trials of every variant.')
+_PAIRS = flags.DEFINE_integer('pairs', 3, 'Interleaved pairs of the two ways (the ratio: their median and range).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Also write the figures as JSON here.')
 FIGURES = ('late_reset', 'learning_rate')
 REWIND_FRACTIONS = (0.0, 0.01, 0.05, 0.2)  # the late-reset points, as fractions of training
@@ -93,33 +100,49 @@ def one_sweep(base: ml_collections.ConfigDict, axes: Mapping[str, Sequence[Any]]
   return alone + dense_trainings(glob.glob(os.path.join(workdir, 'dense', '*')))
 
 
-def compare(report: Report, name: str, base: ml_collections.ConfigDict, axes: Mapping[str, Sequence[Any]]) -> None:
-  """Times both ways on `axes` (after a warm-up of each at a few steps) and emits the figure."""
+def compare(
+    report: Report, name: str, base: ml_collections.ConfigDict, axes: Mapping[str, Sequence[Any]], pairs: int
+) -> None:
+  """Times both ways on `axes` in `pairs` interleaved pairs (after a warm-up of each at a few steps, each
+  run in a fresh workdir) and emits the figure."""
   warm = ml_collections.ConfigDict(base.to_dict())
   warm.training.num_steps = warm.training.eval_every = 20
   # Steps inside the warm-up's 20 (reset points 0, 1, 2, ...); other values as they are.
   warm_axes = {
       field: tuple(range(len(values))) if field.endswith('_step') else values for field, values in axes.items()
   }
+  dense: dict[str, int] = {}
   with tempfile.TemporaryDirectory(prefix='lth_sweep_benchmark_') as folder:
     one_run_per_variant(warm, warm_axes, os.path.join(folder, 'warm_runs'))
     one_sweep(warm, warm_axes, os.path.join(folder, 'warm_sweep'))
-    started = time.perf_counter()
-    old_dense = one_run_per_variant(base, axes, os.path.join(folder, 'runs'))
-    old_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    sweep_dense = one_sweep(base, axes, os.path.join(folder, 'sweep'))
-    sweep_seconds = time.perf_counter() - started
+    runs = itertools.count()
+
+    def timed(way: str, train: Callable[..., int]) -> Callable[[], float]:
+      def measure() -> float:
+        workdir = os.path.join(folder, f'{way}_{next(runs)}')
+        started = time.perf_counter()
+        dense[way] = train(base, axes, workdir)
+        seconds = time.perf_counter() - started
+        shutil.rmtree(workdir)
+        return seconds
+
+      return measure
+
+    times = interleaved({'old': timed('old', one_run_per_variant), 'sweep': timed('sweep', one_sweep)}, pairs)
+  ratios = [old / sweep for old, sweep in zip(times['old'], times['sweep'])]
   report.emit(
       name,
       variants=len(next(iter(axes.values()))),
       trials=int(base.trials),
       devices=jax.device_count(),
-      dense_runs_old=old_dense,
-      dense_runs_sweep=sweep_dense,
-      old_s=old_seconds,
-      sweep_s=sweep_seconds,
-      speedup=old_seconds / sweep_seconds,
+      pairs=pairs,
+      dense_runs_old=dense['old'],
+      dense_runs_sweep=dense['sweep'],
+      old_s=median(times['old']),
+      sweep_s=median(times['sweep']),
+      speedup=median(ratios),
+      speedup_min=min(ratios),
+      speedup_max=max(ratios),
   )
 
 
@@ -131,17 +154,24 @@ def main(argv: list[str]) -> None:
   jax.config.update('jax_compilation_cache_dir', tempfile.mkdtemp(prefix='lth_sweep_benchmark_xla_'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   steps, levels, trials = (100, 1, 2) if _QUICK.value else (_STEPS.value, _LEVELS.value, _TRIALS.value)
+  pairs = 1 if _QUICK.value else _PAIRS.value
   base = base_config(steps, levels, trials)
-  print(f'# {steps} steps per level, {levels} level(s), {trials} trial(s), {jax.device_count()} device(s)')
+  print(
+      f'# {steps} steps per level, {levels} level(s), {trials} trial(s), {jax.device_count()} device(s), '
+      f'{pairs} interleaved pair(s)'
+  )
   report = Report(FIGURES)
   rewind_steps = tuple(sorted({round(fraction * steps) for fraction in REWIND_FRACTIONS}))
   learning_rates = tuple(base.training.learning_rate * factor for factor in LEARNING_RATE_FACTORS)
   run.sections(
       [
-          ('late-reset sweep', lambda: compare(report, 'late_reset', base, {'pruning.rewind_step': rewind_steps})),
+          (
+              'late-reset sweep',
+              lambda: compare(report, 'late_reset', base, {'pruning.rewind_step': rewind_steps}, pairs),
+          ),
           (
               'learning-rate sweep',
-              lambda: compare(report, 'learning_rate', base, {'training.learning_rate': learning_rates}),
+              lambda: compare(report, 'learning_rate', base, {'training.learning_rate': learning_rates}, pairs),
           ),
       ]
   )

@@ -5,6 +5,7 @@ the dataset, the model, the mesh, the cap on runs per program, a transferred tic
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -24,6 +25,7 @@ from lth_jax.data import tfds_source
 from lth_jax.search import packing
 from lth_jax.search import custom as custom_lib
 from lth_jax.training import feeds
+from lth_jax.training import memory
 from lth_jax import tickets as tickets_lib
 from lth_jax.training import parallel
 from lth_jax.training import steps
@@ -99,8 +101,81 @@ class Experiment:
     padding)."""
     if num_members == 1 and not member_hyperparameters and parallel.member_groups(self.mesh) == 1:
       return self.trainer(), 1
-    groups, slots = packing.layout(num_members, self)
+    groups, slots = self.member_layout(num_members)
     return self._build_trainer(slots, groups, member_hyperparameters), slots
+
+  def member_layout(self, num_members: int) -> tuple[int, int]:
+    """(member groups, member slots) of a population of `num_members` runs on this experiment's devices
+    (see `parallel.member_layout`); a ConfigError naming the fields when none fits."""
+    batch = self.spec.training.batch_size
+    found = parallel.member_layout(num_members, self.mesh.devices.size, batch, self.local_device_counts())
+    if found is None:
+      raise config_lib.ConfigError(
+          f'parallel.members_per_program={self.spec.parallel.members_per_program}: a program of '
+          f'{num_members} runs cannot be laid on the {self.mesh.devices.size} devices with '
+          f'training.batch_size={batch} (no member grouping leaves a batch that divides its devices); change '
+          'the batch size or parallel.num_devices'
+      )
+    return found
+
+  def members_per_program_cap(self, cohort_sizes: tuple[int, int] | None = None) -> int:
+    """The cap on runs per population: `parallel.members_per_program`, or with 0 (auto) the largest
+    cohort whose program fits in device memory by `memory.footprint`'s estimate (at least 1), and on CPU
+    devices no more runs than devices (one CPU device: one run at a time). Checks, before anything
+    trains, that every population the run will form can be laid on the mesh, and that an explicit cap
+    fits in memory where that can be estimated (a ConfigError saying what to set). `cohort_sizes`: the
+    runs of (level 0, a pruned level) when they are not one search's (a sweep's variants packed together)."""
+    spec = self.spec
+    requested = spec.parallel.members_per_program
+    level_zero, pruned_level = cohort_sizes or packing.largest_cohort(spec)
+    largest = max(level_zero, pruned_level)
+    batch = spec.training.batch_size
+
+    @functools.cache
+    def member() -> memory.MemberFootprint:  # traced only where a program of several runs is considered
+      return memory.footprint(
+          self.model, feeds.input_example(self.dataset), optim.from_config(spec.training, self.total_steps)
+      )
+
+    device_memory = memory.device_memory_bytes()
+    resident = sum(
+        int(getattr(self.dataset, name).nbytes)
+        for name in ('train_inputs', 'train_targets')
+        if hasattr(self.dataset, name)
+    )
+
+    def program_bytes(size: int) -> int:
+      groups_, slots = self.member_layout(size)
+      data = self.mesh.devices.size // groups_
+      return member().device_bytes(slots // groups_, batch // data)
+
+    def fits(size: int) -> bool:
+      return (
+          size == 1
+          or device_memory is None
+          or (program_bytes(size) + resident <= memory.USABLE_FRACTION * device_memory)
+      )
+
+    if requested == 0:
+      cap = max([size for size in range(1, largest + 1) if fits(size)] or [1])
+      if jax.default_backend() == 'cpu':  # XLA spreads one run over a CPU's cores: one run per device at most
+        cap = min(cap, self.mesh.devices.size)
+    else:
+      cap = requested
+      if min(cap, largest) > 1 and not fits(min(cap, largest)):
+        assert device_memory is not None  # every size fits when the memory is unknown
+        fitting = max([size for size in range(1, largest + 1) if fits(size)] or [1])
+        raise config_lib.ConfigError(
+            f'parallel.members_per_program={requested}: a program of {min(cap, largest)} runs needs about '
+            f'{memory.format_bytes(program_bytes(min(cap, largest)) + resident)} per device, more than '
+            f'{memory.USABLE_FRACTION:.0%} of its {memory.format_bytes(device_memory)}; set '
+            f'parallel.members_per_program={fitting} (or 0 to choose by memory)'
+        )
+    for cohort in (level_zero, pruned_level):
+      for group in packing.groups(list(range(cohort)), cap):
+        if len(group) > 1:
+          self.member_layout(len(group))
+    return cap
 
   def for_variant(self, spec: config_lib.RunSpec, ticket: tickets_lib.Ticket | None) -> 'Experiment':
     """This experiment for another variant of a sweep that trains in the same programs (same data,
@@ -144,9 +219,11 @@ def prepare(config: ml_collections.ConfigDict, custom: custom_lib.CustomParts | 
   spec = config_lib.resolve(config, mesh.devices.size, dataset.num_train, param_shapes, custom.prunable)
   mesh = _run_mesh(spec, mesh, dataset)
   experiment = Experiment(spec=spec, dataset=dataset, model=model, mesh=mesh, task=task)
-  experiment.members_per_program = packing.resolve_members_per_program(experiment)
-  experiment.ticket = _transferred_ticket(spec.transfer, param_shapes)
-  return experiment
+  return dataclasses.replace(
+      experiment,
+      members_per_program=experiment.members_per_program_cap(),
+      ticket=_transferred_ticket(spec.transfer, param_shapes),
+  )
 
 
 def _configured_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:

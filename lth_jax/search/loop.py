@@ -75,7 +75,7 @@ def program_shapes(searches: Sequence[Search]) -> list[ProgramShape]:
     else:
       level_zero = sum(spec.trials for spec in specs)
       pruned = sum(spec.trials * len(spec.branch_names) for spec in specs if spec.pruning.levels)
-      members_per_program = packing.resolve_members_per_program(first, (level_zero, pruned))
+      members_per_program = first.members_per_program_cap((level_zero, pruned))
     settings = population_lib.TrainingSettings.from_spec(first.spec, max(spec.pruning.levels for spec in specs))
     shapes.append(
         ProgramShape(first, tuple(members), members_per_program, packing.varying_hyperparameters(specs), settings)
