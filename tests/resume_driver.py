@@ -7,7 +7,10 @@ ticket, 2: level 1's ticket, ...) stops between dispatches at absolute step STEP
 waits there (at most two minutes) until a SIGTERM has been received, or until the test kills it. The
 pause is what makes the kill land in the middle of a level, at a known step, on a slow machine too.
 With LTH_TEST_EARLIER_OPTIMIZER_LAYOUT=1, populations write their checkpoints as lth_jax did before the
-hyperparameters lived in the optimizer state (the layout a workdir of then holds).
+hyperparameters lived in the optimizer state (the layout a workdir of then holds). With
+LTH_TEST_EARLIER_STATE_LAYOUT=1, a run alone (a population of one) writes its checkpoints as lth_jax did
+before every state had a member axis: the state, metric sums and snapshots of that one run unstacked,
+its curve's metrics numbers, and no 'member_axis' mark.
 """
 
 import dataclasses
@@ -22,6 +25,8 @@ from absl import flags
 from lth_jax import main
 from lth_jax import optim
 from lth_jax.search import population
+from lth_jax.training import parallel
+from lth_jax.training import steps
 from lth_jax.training import trainer as trainer_lib
 
 
@@ -63,9 +68,35 @@ def _save_in_the_earlier_optimizer_layout() -> None:
   population.Population.save = save
 
 
+def _save_runs_alone_in_the_earlier_state_layout() -> None:
+  """Makes a population of one member save its checkpoints as the plain Trainer of a run alone did."""
+  original = population.Population.save
+
+  def save(self, running, checkpoint):
+    if self.slots != 1:
+      return original(self, running, checkpoint)
+    mesh = self.trainer.mesh
+    earlier = dataclasses.replace(
+        checkpoint,
+        state=parallel.put_replicated(steps.member(parallel.to_host(checkpoint.state), 0), mesh),
+        train_sums=parallel.put_replicated(steps.member(parallel.to_host(checkpoint.train_sums), 0), mesh),
+        snapshots={step: steps.member(snapshot, 0) for step, snapshot in checkpoint.snapshots.items()},
+        curve=[
+            {key: value[0] if isinstance(value, list) else value for key, value in entry.items()}
+            for entry in checkpoint.curve
+        ],
+    )
+    metadata = {**earlier.metadata(), 'members': self.keys, 'optimizer_layout': optim.STATE_LAYOUT}
+    return running.save(earlier.step, earlier.arrays(), metadata)
+
+  population.Population.save = save
+
+
 if __name__ == '__main__':
   if os.environ.get('LTH_TEST_EARLIER_OPTIMIZER_LAYOUT'):
     _save_in_the_earlier_optimizer_layout()
+  if os.environ.get('LTH_TEST_EARLIER_STATE_LAYOUT'):
+    _save_runs_alone_in_the_earlier_state_layout()
   if os.environ.get('LTH_TEST_PAUSE'):
     pause_call, pause_step = map(int, os.environ['LTH_TEST_PAUSE'].split(':'))
     _pause_at(pause_call, pause_step)

@@ -21,6 +21,7 @@ from lth_jax.search import lottery
 from lth_jax.search import trial
 from lth_jax.training import checkpoints
 from lth_jax.training import parallel
+from lth_jax.training import steps
 from lth_jax.training import trainer as trainer_lib
 from tests import helpers
 
@@ -159,8 +160,11 @@ def test_early_turnaround_prunes_from_the_weights_at_the_turnaround_step(tmp_pat
   plan = config_lib.pruning_plan(config)
   params0, model_state0 = trainer.init_variables(init_seed)
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
-  at_turnaround = trainer.train(trainer.create_state(params0, model_state0, ones, 0), 30, data_seed)
-  at_turnaround = parallel.to_host(at_turnaround.state.params)
+  stack = steps.stack_members  # a run alone: a population of one
+  at_turnaround = trainer.train(
+      trainer.create_state(stack([params0]), stack([model_state0]), stack([ones]), 0), 30, [data_seed]
+  )
+  at_turnaround = steps.member(parallel.to_host(at_turnaround.state.params), 0)
   level1 = checkpoints.restore_tree(
       os.path.join(str(tmp_path), 'checkpoints/trial_0/level_1'),
       {'params': params0, 'mask': ones, 'turnaround_params': params0},

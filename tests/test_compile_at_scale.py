@@ -100,6 +100,8 @@ def test_the_program_of_a_cohort_is_lowered_on_shapes_alone():
   chex.assert_scalar_positive(stats.peak_bytes)
   assert stats.alias_bytes > 0  # the state and sums are donated
   assert compiled.ProgramKind(4, True).name == 'sweep_4' and compiled.ProgramKind().name == 'run'
+  # One run alone is a population of one; a sweep of one variant keeps its per-member start step.
+  assert compiled.ProgramKind().members == 1 and compiled.ProgramKind(1, True).name == 'sweep_1'
 
 
 def test_chips_are_found_by_device_kind_and_mfu_is_their_share():

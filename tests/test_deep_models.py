@@ -12,6 +12,7 @@ from lth_jax import masks as masks_lib
 from lth_jax import models as models_lib
 from lth_jax import optim
 from lth_jax.training import parallel
+from lth_jax.training import steps
 from lth_jax.training import trainer as trainer_lib
 
 
@@ -88,11 +89,15 @@ def test_training_updates_batch_statistics_and_evaluation_uses_them():
   )
   params, model_state = trainer.init_variables(0)
   assert set(model_state) == {'batch_stats'}
-  result = trainer.train(trainer.create_state(params, model_state, masks_lib.ones_like(params), 0), 2, 0)
+  stack = steps.stack_members  # a run alone: a population of one
+  state = trainer.create_state(stack([params]), stack([model_state]), stack([masks_lib.ones_like(params)]), 0)
+  result = trainer.train(state, 2, [0])
   stats_before = model_state['batch_stats']['stem_norm']['mean']
-  stats_after = np.asarray(result.state.model_state['batch_stats']['stem_norm']['mean'])
+  stats_after = steps.member(parallel.to_host(result.state.model_state), 0)['batch_stats']['stem_norm']['mean']
+  assert stats_after.shape == stats_before.shape
   assert not np.allclose(stats_before, stats_after)  # running means moved towards the data's mean
-  assert 0.0 <= result.curve[-1]['test_accuracy'] <= 1.0
+  (accuracy,) = result.curve[-1]['test_accuracy']
+  assert 0.0 <= accuracy <= 1.0
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from lth_jax.search import lottery
 from lth_jax.search import trial
 from lth_jax.training import checkpoints
 from lth_jax.training import parallel
+from lth_jax.training import steps
 from lth_jax.training import trainer as trainer_lib
 from tests import helpers
 
@@ -87,11 +88,14 @@ def test_checkpointed_masks_and_rewind_point(tiny_run):
   plan = config_lib.pruning_plan(config)
   params0, model_state0 = trainer.init_variables(init_seed)
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
-  replay = trainer.train(trainer.create_state(params0, model_state0, ones, 0), 5, data_seed)
+  stack = steps.stack_members  # a run alone: a population of one
+  replay = trainer.train(
+      trainer.create_state(stack([params0]), stack([model_state0]), stack([ones]), 0), 5, [data_seed]
+  )
   rewind_params, _ = checkpoints.restore_tree(
       os.path.join(workdir, 'checkpoints/trial_0/rewind'), (params0, model_state0)
   )
-  chex.assert_trees_all_equal(rewind_params, parallel.to_host(replay.state.params))
+  chex.assert_trees_all_equal(rewind_params, steps.member(parallel.to_host(replay.state.params), 0))
 
   level0 = checkpoints.restore_tree(
       os.path.join(workdir, 'checkpoints/trial_0/level_0'), {'params': params0, 'mask': ones}

@@ -29,7 +29,7 @@ def _trainer(training: dict, population_size: int, member_hyperparameters=(), nu
   model = models_lib.build(config_lib.model_spec(config.model), dataset.num_outputs)
   spec = config_lib.training_spec({'optimizer': 'momentum', 'schedule': 'cosine', **training})
   optimizer = optim.from_config(spec, END_STEP, member_hyperparameters)
-  mesh = parallel.create_mesh(num_devices, min(population_size, num_devices) or 1)
+  mesh = parallel.create_mesh(num_devices, min(population_size, num_devices))
   return trainer_lib.Trainer(
       model,
       dataset,
@@ -61,11 +61,14 @@ def test_members_with_their_own_start_and_hyperparameters_train_as_their_runs_al
   together = population.train(state, END_STEP, [7] * len(MEMBERS), eval_every=10, member_settings=settings)
   together_params = parallel.to_host(together.state.params)
   for index, (start_step, learning_rate, warmup_steps, weight_decay) in enumerate(MEMBERS):
-    alone = _trainer({'learning_rate': learning_rate, 'warmup_steps': warmup_steps, 'weight_decay': weight_decay}, 0)
-    state = alone.create_state(params, model_state, keep_mask, step=start_step)
-    result = alone.train(state, END_STEP, 7, eval_every=10)
+    alone = _trainer({'learning_rate': learning_rate, 'warmup_steps': warmup_steps, 'weight_decay': weight_decay}, 1)
+    state = alone.create_state(*(steps.stack_members([tree]) for tree in (params, model_state, keep_mask)), start_step)
+    result = alone.train(state, END_STEP, [7], eval_every=10)
     chex.assert_trees_all_close(
-        steps.member(together_params, index), parallel.to_host(result.state.params), atol=2e-5, rtol=2e-5
+        steps.member(together_params, index),
+        steps.member(parallel.to_host(result.state.params), 0),
+        atol=2e-5,
+        rtol=2e-5,
     )
     # The member's curve after its start is the run's curve (before it, the member had not started).
     member_curve = [
@@ -75,8 +78,9 @@ def test_members_with_their_own_start_and_hyperparameters_train_as_their_runs_al
     ]
     assert [entry['step'] for entry in member_curve] == [entry['step'] for entry in result.curve]
     for mine, theirs in zip(member_curve, result.curve):
-      assert mine['test_accuracy'] == pytest.approx(theirs['test_accuracy'], abs=1e-6)
-      assert mine['train_loss'] == pytest.approx(theirs['train_loss'], rel=1e-4)
+      assert len(theirs['test_accuracy']) == len(theirs['train_loss']) == 1  # the run alone: a population of one
+      assert mine['test_accuracy'] == pytest.approx(theirs['test_accuracy'][0], abs=1e-6)
+      assert mine['train_loss'] == pytest.approx(theirs['train_loss'][0], rel=1e-4)
 
 
 def test_a_member_before_its_start_is_left_exactly_as_it_was():
@@ -102,6 +106,24 @@ def test_member_values_the_trainer_was_not_built_for_are_refused():
   state = population.create_state(*stacked, step=0)
   with pytest.raises(ValueError, match='learning_rate'):  # hyperparameters are not per-step settings
     population.train(state, 4, [7, 7], member_settings={'learning_rate': [0.1, 0.2]})
+
+
+def test_a_run_alone_takes_member_settings_as_a_population_of_one():
+  """A run alone is a population of one: its start step as a member setting trains it exactly as a state
+  created at that step does; a setting it does not know, or one value too many, is refused."""
+  alone = _trainer({'learning_rate': 0.05}, 1)
+  params, model_state, keep_mask = _start(alone)
+  stacked = [steps.stack_members([tree]) for tree in (params, model_state, keep_mask)]
+  waiting = alone.train(alone.create_state(*stacked, step=0), 20, [7], member_settings={'start_step': [8]})
+  started = alone.train(alone.create_state(*stacked, step=8), 20, [7])
+  waited = parallel.to_host(waiting.state.params)
+  chex.assert_trees_all_equal(waited, parallel.to_host(started.state.params))
+  assert not np.allclose(steps.member(waited, 0)['dense_0']['kernel'], params['dense_0']['kernel'])
+  assert waiting.curve[-1]['train_loss'][0] == pytest.approx(started.curve[-1]['train_loss'][0], rel=1e-4)
+  with pytest.raises(ValueError, match='warmup_steps'):
+    alone.train(alone.create_state(*stacked, step=0), 4, [7], member_settings={'warmup_steps': [2]})
+  with pytest.raises(ValueError, match='2 values for 1 members'):
+    alone.train(alone.create_state(*stacked, step=0), 4, [7], member_settings={'start_step': [0, 2]})
 
 
 def test_one_schedule_gives_the_same_rates_for_held_and_given_hyperparameters():

@@ -31,6 +31,7 @@ from lth_jax.training import checkpoints
 from lth_jax.training import parallel
 from lth_jax.training import preemption
 from lth_jax.training import run_state
+from lth_jax.training import steps
 from tests import helpers
 from tests import test_train
 
@@ -66,15 +67,17 @@ def _config_file(directory, **overrides) -> str:
   return path
 
 
-def _start(workdir, *arguments, pause=None, config=None, earlier_optimizer_layout=False):
+def _start(workdir, *arguments, pause=None, config=None, earlier_optimizer_layout=False, earlier_state_layout=False):
   """Starts `python -m lth_jax.main` (through the pausing driver) on the tiny config."""
   environment = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
-  environment.pop('LTH_TEST_PAUSE', None)
-  environment.pop('LTH_TEST_EARLIER_OPTIMIZER_LAYOUT', None)
+  for name in ('LTH_TEST_PAUSE', 'LTH_TEST_EARLIER_OPTIMIZER_LAYOUT', 'LTH_TEST_EARLIER_STATE_LAYOUT'):
+    environment.pop(name, None)
   if pause:
     environment['LTH_TEST_PAUSE'] = pause
   if earlier_optimizer_layout:
     environment['LTH_TEST_EARLIER_OPTIMIZER_LAYOUT'] = '1'
+  if earlier_state_layout:
+    environment['LTH_TEST_EARLIER_STATE_LAYOUT'] = '1'
   workdir = str(workdir)
   config = config or _config_file(os.path.dirname(workdir))
   log = open(f'{workdir}.log', 'a')
@@ -247,6 +250,33 @@ def test_sigterm_checkpoints_the_current_step_and_a_restart_finishes_the_same(re
 
 
 @pytest.mark.slow
+def test_a_run_alone_checkpointed_before_every_state_had_a_member_axis_resumes(reference, tmp_path):
+  """A run alone stopped mid-level by a version whose run alone had no member axis (its state, metric sums
+  and snapshots unstacked, its curve's metrics numbers) resumes from that checkpoint to the records and
+  weights of an uninterrupted run."""
+  workdir = str(tmp_path / 'work')
+  process = _start(workdir, pause='1:36', earlier_state_layout=True)  # level 0: the ticket alone
+  _wait_for_pause(process)
+  process.send_signal(signal.SIGTERM)
+  returncode, _, stderr = _finish(process)
+  assert returncode == 143, stderr[-3000:]
+  running = os.path.join(workdir, 'checkpoints', 'trial_0', 'running', 'level_0_ticket')
+  assert sorted(os.listdir(running)) == ['20', '36']
+  with open(os.path.join(running, '36', 'metadata', 'metadata')) as file:
+    written = json.load(file)
+  assert 'member_axis' not in written
+  kernel = written['checksums']["['state'].params['dense_0']['kernel']"]
+  assert kernel.startswith('<f4[64, 32]:')  # the weights of the one run, without a member axis
+  assert written['curve'] and all(isinstance(entry['train_loss'], float) for entry in written['curve'])
+  assert written['snapshot_steps'] == [5]  # the rewind point, unstacked too
+  returncode, stdout, stderr = _finish(_start(workdir))
+  assert returncode == 0, stderr[-3000:]
+  assert 'trial 0 level 0/2 ticket: resuming at step 36/60' in stdout
+  assert 'cannot be restored' not in stderr
+  _assert_same_as_uninterrupted(workdir, reference)
+
+
+@pytest.mark.slow
 def test_allow_config_change_flag(reference, tmp_path):
   workdir = str(tmp_path / 'work')
   shutil.copytree(reference, workdir)
@@ -263,6 +293,11 @@ def test_allow_config_change_flag(reference, tmp_path):
 
 
 # In-process checks (8 simulated devices).
+
+
+def _one(tree):
+  """A host tree as the state of a population of one (a run alone): a leading member axis of size 1."""
+  return steps.stack_members([tree])
 
 
 def _quiet(message):
@@ -433,9 +468,9 @@ def test_the_trainer_continues_a_run_checkpoint_bitwise(tmp_path):
   start = masks_lib.apply(params, keep_mask)
 
   def fresh():
-    return trainer.create_state(start, model_state, keep_mask, 3)
+    return trainer.create_state(_one(start), _one(model_state), _one(keep_mask), 3)
 
-  settings = dict(end_step=50, data_seed=6, snapshot_steps=(11, 30), eval_every=20)
+  settings = dict(end_step=50, data_seed=[6], snapshot_steps=(11, 30), eval_every=20)
   straight = trainer.train(fresh(), **settings)
   saved = []  # (step, checkpoint): a checkpoint's state is donated to the next dispatch, so read it at once
   # Dispatches of 8 steps end at 11, 13, 20, 26, 30, 38, 39, 40, 48, 50 (checkpoints every 13 steps).
@@ -460,7 +495,7 @@ def test_the_trainer_continues_a_run_checkpoint_bitwise(tmp_path):
 
     def like(metadata):
       return run_state.RunCheckpoint.arrays_like(
-          metadata, fresh(), trainer.zero_train_sums(fresh()), (start, model_state)
+          metadata, fresh(), trainer.zero_train_sums(fresh()), (_one(start), _one(model_state))
       )
 
     restored = run_state.RunCheckpoint.from_parts(*run.restore_latest(like))
@@ -521,9 +556,9 @@ def test_checkpoint_steps_do_not_change_the_results():
   keep_mask = masks_lib.ones_like(params)
   results = [
       trainer.train(
-          trainer.create_state(params, model_state, keep_mask, 0),
+          trainer.create_state(_one(params), _one(model_state), _one(keep_mask), 0),
           30,
-          1,
+          [1],
           eval_every=15,
           checkpoint_every=every,
           on_checkpoint=lambda checkpoint: None,

@@ -108,6 +108,12 @@ def test_error_barrier():
   assert connectivity.error_barrier_height([0.3, 0.1, 0.3]) == 0.0
 
 
+def _alone(trainer, params, model_state, keep_mask, step):
+  """A run alone's TrainState (a population of one) from one network's host trees."""
+  stack = steps_lib.stack_members
+  return trainer.create_state(stack([params]), stack([model_state]), stack([keep_mask]), step)
+
+
 def _trainers(population_size):
   config = helpers.tiny_config()
   config.training.optimizer = 'momentum'
@@ -138,16 +144,17 @@ def test_vmapped_population_equals_members_trained_one_by_one():
   assert len(together.curve[-1]['test_accuracy']) == 3
   for index in range(3):
     alone = single.train(
-        single.create_state(masks_lib.apply(starts[index][0], masks[index]), starts[index][1], masks[index], 3),
+        _alone(single, masks_lib.apply(starts[index][0], masks[index]), starts[index][1], masks[index], 3),
         40,
-        seeds[index],
+        [seeds[index]],
     )
     chex.assert_trees_all_close(
         steps_lib.member(parallel.to_host(together.state.params), index),
-        parallel.to_host(alone.state.params),
+        steps_lib.member(parallel.to_host(alone.state.params), 0),
         atol=2e-5,
     )
-    assert together.curve[-1]['test_accuracy'][index] == pytest.approx(alone.curve[-1]['test_accuracy'], abs=1e-6)
+    assert len(alone.curve[-1]['test_accuracy']) == 1
+    assert together.curve[-1]['test_accuracy'][index] == pytest.approx(alone.curve[-1]['test_accuracy'][0], abs=1e-6)
 
 
 def test_measure_trains_full_network_like_a_plain_run_and_separates_tickets():
@@ -156,8 +163,8 @@ def test_measure_trains_full_network_like_a_plain_run_and_separates_tickets():
   other = single.init_variables(1)
   ones = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params0)
   prunable = masks_lib.prunable_tree(params0)
-  dense = single.train(single.create_state(params0, model_state0, ones, 0), 60, 11)
-  dense_params = parallel.to_host(dense.state.params)
+  dense = single.train(_alone(single, params0, model_state0, ones, 0), 60, [11])
+  dense_params = steps_lib.member(parallel.to_host(dense.state.params), 0)
   keep_mask = pruning.prune(pruning.magnitude_scores(dense_params), ones, prunable, 0.8)
   result = stability.measure(
       population,
@@ -174,25 +181,20 @@ def test_measure_trains_full_network_like_a_plain_run_and_separates_tickets():
   )
   assert [entry['step'] for entry in result.curve] == [30, 60]
   # The full member is exactly the plain dense run (same init, batches, optimizer state).
-  assert result.test_metrics['full'] == pytest.approx(dense.curve[-1]['test_accuracy'], abs=1e-6)
+  assert result.test_metrics['full'] == pytest.approx(dense.curve[-1]['test_accuracy'][0], abs=1e-6)
   # ||W_F - W'_F|| at step 0, a step before the rewind, the rewind step and each measured step, against
   # the two full networks trained alone and compared with numpy.
   steps = [0, 5, 10, 30, 60]
   alone = [
-      single.train(single.create_state(start[0], start[1], ones, 0), 60, seed, snapshot_steps=steps).snapshots
+      single.train(_alone(single, start[0], start[1], ones, 0), 60, [seed], snapshot_steps=steps).snapshots
       for start, seed in (((params0, model_state0), 11), (other, 12))
   ]
-  expected = [
-      np.linalg.norm(
-          np.concatenate(
-              [np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(masks_lib.apply(alone[0][s][0], prunable))]
-          )
-          - np.concatenate(
-              [np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(masks_lib.apply(alone[1][s][0], prunable))]
-          )
-      )
-      for s in steps
-  ]
+
+  def flat(snapshots, step):  # the run's prunable weights at `step`, one vector
+    params = steps_lib.member(snapshots[step][0], 0)
+    return np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(masks_lib.apply(params, prunable))])
+
+  expected = [np.linalg.norm(flat(alone[0], s) - flat(alone[1], s)) for s in steps]
   assert [entry['step'] for entry in result.full_pair_distances] == steps
   np.testing.assert_allclose([entry['distance'] for entry in result.full_pair_distances], expected, rtol=1e-4)
   assert result.normalizer == pytest.approx(expected[-1], rel=1e-4)
@@ -225,9 +227,9 @@ def test_linear_mode_connectivity_ends_are_the_trained_networks_with_their_own_b
   path = connectivity.linear_mode_connectivity(pair, single, (params0, model_state0), ones, 0, 40, (4, 5), 3)
   ends = []
   for seed in (4, 5):
-    alone = single.train(single.create_state(params0, model_state0, ones, 0), 40, seed)
-    ends.append(parallel.to_host(alone.state))
-    assert alone.curve[-1]['test_accuracy'] == pytest.approx(1.0 - path.errors[0 if seed == 4 else -1], abs=1e-6)
+    alone = single.train(_alone(single, params0, model_state0, ones, 0), 40, [seed])
+    ends.append(steps_lib.member(parallel.to_host(alone.state), 0))
+    assert alone.curve[-1]['test_accuracy'][0] == pytest.approx(1.0 - path.errors[0 if seed == 4 else -1], abs=1e-6)
   assert not np.allclose(
       ends[0].model_state['batch_stats']['norm']['mean'], ends[1].model_state['batch_stats']['norm']['mean']
   )

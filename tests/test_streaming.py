@@ -31,7 +31,7 @@ def fixture_mock_cifar10():
     yield
 
 
-def _trainer(dataset, steps_per_dispatch=4, population_size=0, num_devices=0, batch_size=16):
+def _trainer(dataset, steps_per_dispatch=4, population_size=1, num_devices=0, batch_size=16):
   config = helpers.tiny_config()
   model = models_lib.build(config_lib.model_spec(config.model), dataset.num_outputs)
   config.training.optimizer = 'momentum'
@@ -48,10 +48,16 @@ def _trainer(dataset, steps_per_dispatch=4, population_size=0, num_devices=0, ba
   )
 
 
+def _one(tree):
+  """A host tree as the state of a population of one (a run alone): a leading member axis of size 1."""
+  return steps.stack_members([tree])
+
+
 def _fresh_state(trainer, seed=0):
+  """A run alone's fresh TrainState on `trainer`, and the one member's host (params, model_state, keep_mask)."""
   params, model_state = trainer.init_variables(seed)
   keep_mask = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params)
-  return trainer.create_state(params, model_state, keep_mask, 0), (params, model_state, keep_mask)
+  return trainer.create_state(_one(params), _one(model_state), _one(keep_mask), 0), (params, model_state, keep_mask)
 
 
 def test_cifar10_streams_augmented_batches_that_are_a_pure_function_of_seed_and_step(mock_cifar10):
@@ -77,11 +83,12 @@ def test_streaming_training_is_the_same_for_any_dispatch_size_and_when_resumed(m
   for steps_per_dispatch in (1, 4):
     trainer = _trainer(dataset, steps_per_dispatch)
     state, _ = _fresh_state(trainer)
-    result = trainer.train(state, 7, data_seed=3, eval_every=3)
+    result = trainer.train(state, 7, data_seed=[3], eval_every=3)
     finals.append((parallel.to_host(result.state.params), result.curve))
   chex.assert_trees_all_close(finals[0][0], finals[1][0], atol=1e-6)
   assert [entry['step'] for entry in finals[1][1]] == [3, 6, 7]
-  assert finals[0][1][-1]['train_loss'] == pytest.approx(finals[1][1][-1]['train_loss'], rel=1e-5)
+  assert len(finals[1][1][-1]['train_loss']) == 1
+  assert finals[0][1][-1]['train_loss'][0] == pytest.approx(finals[1][1][-1]['train_loss'][0], rel=1e-5)
 
   # Stopped at step 4 and continued by a new Trainer (a restarted process): the same run.
   trainer = _trainer(dataset, 4)
@@ -100,11 +107,11 @@ def test_streaming_training_is_the_same_for_any_dispatch_size_and_when_resumed(m
     )
 
   with pytest.raises(run_state.Preempted):
-    trainer.train(state, 7, 3, eval_every=3, on_checkpoint=keep_checkpoint, should_stop=lambda step: step >= 4)
+    trainer.train(state, 7, [3], eval_every=3, on_checkpoint=keep_checkpoint, should_stop=lambda step: step >= 4)
   restarted = _trainer(dataset, 4)
   resumed = saved[-1]
-  resumed.state = jax.device_put(resumed.state, parallel.replicated(restarted.mesh))
-  result = restarted.train(resumed, 7, 3, eval_every=3)
+  resumed.state = restarted.put_state(resumed.state)
+  result = restarted.train(resumed, 7, [3], eval_every=3)
   chex.assert_trees_all_equal(parallel.to_host(result.state.params), finals[1][0])
 
 
@@ -114,7 +121,7 @@ def test_streaming_population_members_equal_their_single_runs(mock_cifar10):
   members = []
   for seed in (3, 8):
     state, _ = _fresh_state(single, seed=0)
-    members.append(parallel.to_host(single.train(state, 5, data_seed=seed).state.params))
+    members.append(steps.member(parallel.to_host(single.train(state, 5, data_seed=[seed]).state.params), 0))
   population = _trainer(dataset, population_size=2)
   _, (params, model_state, keep_mask) = _fresh_state(single, seed=0)
   state = population.create_state(
@@ -127,16 +134,17 @@ def test_streaming_population_members_equal_their_single_runs(mock_cifar10):
 
 def test_streamed_evaluation_equals_the_cached_and_the_in_memory_one(mock_cifar10, monkeypatch):
   streaming = _trainer(data_lib.build(config_lib.data_spec({'name': 'cifar10', 'streaming': True})))
-  params, model_state = streaming.init_variables(1)
+  params, model_state = (_one(tree) for tree in streaming.init_variables(1))
   cached = streaming.evaluate_params(params, model_state)
   monkeypatch.setattr(feeds, 'EVALUATION_CACHE_BYTES', 0)  # stream every batch at every evaluation
   streamed = _trainer(data_lib.build(config_lib.data_spec({'name': 'cifar10', 'streaming': True}))).evaluate_params(
       params, model_state
   )
   in_memory = _trainer(data_lib.build(config_lib.data_spec({'name': 'cifar10'}))).evaluate_params(params, model_state)
+  assert len(cached['test_accuracy']) == len(cached['test_loss']) == 1
   for other in (streamed, in_memory):
     assert other['test_accuracy'] == cached['test_accuracy']
-    assert other['test_loss'] == pytest.approx(cached['test_loss'], rel=1e-5)
+    assert other['test_loss'][0] == pytest.approx(cached['test_loss'][0], rel=1e-5)
 
 
 @pytest.mark.slow

@@ -40,6 +40,16 @@ def _half_mask(params):
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def _one(tree):
+  """A host tree as the state of a population of one (a run alone): a leading member axis of size 1."""
+  return steps.stack_members([tree])
+
+
+def _create(trainer, params, model_state, keep_mask, step=0):
+  """A run alone's TrainState from one member's host trees."""
+  return trainer.create_state(_one(params), _one(model_state), _one(keep_mask), step)
+
+
 def test_eight_devices_match_one_device():
   assert len(jax.devices()) == 8, 'conftest should simulate 8 CPU devices'
   results = []
@@ -47,14 +57,15 @@ def test_eight_devices_match_one_device():
     trainer = _trainer(devices)
     params, model_state = trainer.init_variables(seed=3)
     keep_mask = _half_mask(params)
-    state = trainer.create_state(masks_lib.apply(params, keep_mask), model_state, keep_mask, step=0)
+    state = _create(trainer, masks_lib.apply(params, keep_mask), model_state, keep_mask)
     assert state.params['dense_0']['kernel'].sharding.mesh.devices.size == devices
-    result = trainer.train(state, end_step=12, data_seed=7)
-    results.append((parallel.to_host(result.state.params), result.curve[-1]))
+    result = trainer.train(state, end_step=12, data_seed=[7])
+    assert len(result.curve[-1]['test_accuracy']) == len(result.curve[-1]['train_loss']) == 1
+    results.append((steps.member(parallel.to_host(result.state.params), 0), result.curve[-1]))
   (params_one, curve_one), (params_eight, curve_eight) = results
   chex.assert_trees_all_close(params_one, params_eight, atol=1e-5, rtol=1e-5)
-  assert curve_one['test_accuracy'] == pytest.approx(curve_eight['test_accuracy'], abs=1e-6)
-  assert curve_one['train_loss'] == pytest.approx(curve_eight['train_loss'], rel=1e-5)
+  assert curve_one['test_accuracy'][0] == pytest.approx(curve_eight['test_accuracy'][0], abs=1e-6)
+  assert curve_one['train_loss'][0] == pytest.approx(curve_eight['train_loss'][0], rel=1e-5)
   # And the step really changed the weights: the test is not comparing two untouched trees.
   initial = _trainer(1).init_variables(seed=3)[0]
   assert not np.allclose(params_one['dense_0']['kernel'], initial['dense_0']['kernel'])
@@ -66,10 +77,10 @@ def test_fused_steps_equal_single_steps_and_keep_pruned_weights_zero():
     trainer = _trainer(8, steps_per_dispatch)
     params, model_state = trainer.init_variables(seed=0)
     keep_mask = _half_mask(params)
-    state = trainer.create_state(masks_lib.apply(params, keep_mask), model_state, keep_mask, step=0)
-    finals.append(parallel.to_host(trainer.train(state, end_step=37, data_seed=1).state))
+    state = _create(trainer, masks_lib.apply(params, keep_mask), model_state, keep_mask)
+    finals.append(parallel.to_host(trainer.train(state, end_step=37, data_seed=[1]).state))
   chex.assert_trees_all_close(finals[0].params, finals[1].params, atol=1e-6)
-  assert int(finals[0].step) == int(finals[1].step) == 37
+  assert finals[0].step.tolist() == finals[1].step.tolist() == [37]
   keep_mask = finals[1].keep_mask
   for weight, keep in zip(jax.tree_util.tree_leaves(finals[1].params), jax.tree_util.tree_leaves(keep_mask)):
     assert np.all(weight[~keep] == 0.0)
@@ -81,12 +92,12 @@ def test_snapshot_at_step_equals_training_stopped_there():
   params, model_state = trainer.init_variables(seed=5)
   keep_mask = masks_lib.ones_like(params)
   full = trainer.train(
-      trainer.create_state(params, model_state, keep_mask, 0), end_step=30, data_seed=2, snapshot_steps=(0, 11)
+      _create(trainer, params, model_state, keep_mask), end_step=30, data_seed=[2], snapshot_steps=(0, 11)
   )
-  stopped = trainer.train(trainer.create_state(params, model_state, keep_mask, 0), end_step=11, data_seed=2)
+  stopped = trainer.train(_create(trainer, params, model_state, keep_mask), end_step=11, data_seed=[2])
   snapshot_params, _ = full.snapshots[11]
   chex.assert_trees_all_equal(snapshot_params, parallel.to_host(stopped.state.params))
-  chex.assert_trees_all_equal(full.snapshots[0][0], params)
+  chex.assert_trees_all_equal(full.snapshots[0][0], _one(params))
 
 
 def test_resuming_from_a_step_continues_the_same_batches():
@@ -94,34 +105,40 @@ def test_resuming_from_a_step_continues_the_same_batches():
   trainer = _trainer(8, 4)
   params, model_state = trainer.init_variables(seed=1)
   keep_mask = masks_lib.ones_like(params)
-  straight = trainer.train(trainer.create_state(params, model_state, keep_mask, 0), 20, data_seed=4)
-  first = trainer.train(trainer.create_state(params, model_state, keep_mask, 0), 9, data_seed=4)
-  second = trainer.train(first.state, 20, data_seed=4)
+  straight = trainer.train(_create(trainer, params, model_state, keep_mask), 20, data_seed=[4])
+  first = trainer.train(_create(trainer, params, model_state, keep_mask), 9, data_seed=[4])
+  second = trainer.train(first.state, 20, data_seed=[4])
   chex.assert_trees_all_equal(parallel.to_host(straight.state.params), parallel.to_host(second.state.params))
 
 
 def test_curve_has_an_entry_per_evaluation_and_metrics_are_sane():
   trainer = _trainer(8)
   params, model_state = trainer.init_variables(seed=0)
-  state = trainer.create_state(params, model_state, masks_lib.ones_like(params), 0)
+  state = _create(trainer, params, model_state, masks_lib.ones_like(params))
   seen = []
-  result = trainer.train(state, end_step=50, data_seed=0, eval_every=20, progress=seen.append)
+  result = trainer.train(state, end_step=50, data_seed=[0], eval_every=20, progress=seen.append)
   assert [entry['step'] for entry in result.curve] == [20, 40, 50]
   assert seen == result.curve
-  assert 0.0 <= result.curve[-1]['test_accuracy'] <= 1.0
-  assert result.curve[-1]['test_accuracy'] > 0.5  # 50 momentum steps learn the digits well past chance
-  assert result.curve[-1]['train_loss'] < result.curve[0]['train_loss'] * 1.5
+  (accuracy,), (last_loss,), (first_loss,) = (
+      result.curve[-1]['test_accuracy'],
+      result.curve[-1]['train_loss'],
+      result.curve[0]['train_loss'],
+  )
+  assert 0.0 <= accuracy <= 1.0
+  assert accuracy > 0.5  # 50 momentum steps learn the digits well past chance
+  assert last_loss < first_loss * 1.5
+  assert result.diverged_steps == [None]
 
 
 def test_heartbeats_report_progress_between_evaluations_without_changing_training():
   trainer = _trainer(8)
   params, model_state = trainer.init_variables(seed=0)
-  quiet = trainer.train(trainer.create_state(params, model_state, masks_lib.ones_like(params), 0), 50, 0, eval_every=20)
+  quiet = trainer.train(_create(trainer, params, model_state, masks_lib.ones_like(params)), 50, [0], eval_every=20)
   beats = []
   result = trainer.train(
-      trainer.create_state(params, model_state, masks_lib.ones_like(params), 0),
+      _create(trainer, params, model_state, masks_lib.ones_like(params)),
       50,
-      0,
+      [0],
       eval_every=20,
       heartbeat=beats.append,
       heartbeat_seconds=0.0,
@@ -132,9 +149,9 @@ def test_heartbeats_report_progress_between_evaluations_without_changing_trainin
   chex.assert_trees_all_equal(parallel.to_host(result.state.params), parallel.to_host(quiet.state.params))
   never = []
   trainer.train(
-      trainer.create_state(params, model_state, masks_lib.ones_like(params), 0),
+      _create(trainer, params, model_state, masks_lib.ones_like(params)),
       50,
-      0,
+      [0],
       eval_every=20,
       heartbeat=never.append,
       heartbeat_seconds=3600.0,
@@ -146,11 +163,15 @@ def test_evaluation_ignores_padding():
   """The test set (360 digits) is padded to whole eval batches; padding must not count."""
   trainer = _trainer(8)
   params, model_state = trainer.init_variables(seed=0)
-  state = trainer.create_state(params, model_state, masks_lib.ones_like(params), 0)
+  state = _create(trainer, params, model_state, masks_lib.ones_like(params))
   metrics = trainer.evaluate(state)
   outputs = trainer.model.apply({'params': params}, trainer.dataset.test_inputs)
   expected = float(np.mean(np.argmax(outputs, -1) == trainer.dataset.test_targets))
-  assert metrics['test_accuracy'] == pytest.approx(expected, abs=1e-6)
+  assert len(metrics['test_accuracy']) == 1
+  assert metrics['test_accuracy'][0] == pytest.approx(expected, abs=1e-6)
+  # Any parameters shaped like the state's (leading axis: members) evaluate the same.
+  again = trainer.evaluate_params(_one(params), _one(model_state))
+  assert again['test_accuracy'][0] == pytest.approx(expected, abs=1e-6)
 
 
 def test_batch_that_does_not_divide_over_devices_is_an_error():
@@ -164,3 +185,15 @@ def test_regression_metrics_are_rmse():
   _, sums = steps.loss_and_metric_sums('regression', outputs, targets)
   summary = steps.summarize('regression', jax.device_get(sums), 'test')
   assert summary['test_rmse'] == pytest.approx(np.sqrt((1 + 4) / 2))
+
+
+def test_a_run_alone_is_a_population_of_one_and_takes_a_list_of_seeds():
+  trainer = _trainer(8)
+  assert trainer.population_size == 1
+  params, model_state = trainer.init_variables(seed=0)
+  state = _create(trainer, params, model_state, masks_lib.ones_like(params))
+  assert state.step.shape == (1,) and state.params['dense_0']['kernel'].shape == (1, *params['dense_0']['kernel'].shape)
+  with pytest.raises(TypeError, match=r'one data seed per member: \[3\]'):
+    trainer.train(state, 8, data_seed=3)
+  with pytest.raises(ValueError, match='a population of 1 needs as many data seeds, got 2'):
+    trainer.train(state, 8, data_seed=[3, 4])

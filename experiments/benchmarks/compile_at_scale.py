@@ -171,10 +171,10 @@ def _device_memory(target: chips.Target) -> int:
 
 
 def compile_program(run: Setup, members: int, start_steps: bool) -> dict[str, Any]:
-  """Compiles one program (0 members: one run over the whole mesh) and returns its figure's fields."""
+  """Compiles one program (1 member: one run over the whole mesh) and returns its figure's fields."""
   batch = run.spec.training.batch_size
   kind = compiled.ProgramKind(members, start_steps)
-  layout = parallel.member_layout(members, len(run.devices), batch) if members else (1, 0)
+  layout = parallel.member_layout(members, len(run.devices), batch) if members > 1 else (1, 1)
   if layout is None:
     raise ValueError(f'{kind.name}: no layout of {members} runs at batch {batch} on {len(run.devices)} devices')
   groups, slots = layout
@@ -183,11 +183,11 @@ def compile_program(run: Setup, members: int, start_steps: bool) -> dict[str, An
   available = _device_memory(run.target)
   fields: dict[str, Any] = {
       'target': run.target.name,
-      'program': kind.name if not members or slots == members else f'{kind.name}(slots={slots})',
+      'program': kind.name if slots == members else f'{kind.name}(slots={slots})',
       'devices': len(run.devices),
       'mesh': f'{groups}x{len(run.devices) // groups}',
       'batch_per_run': batch,
-      'examples_per_device': batch * max(1, slots) // len(run.devices),
+      'examples_per_device': batch * slots // len(run.devices),
   }
   started = time.perf_counter()
   try:
@@ -208,7 +208,7 @@ def compile_program(run: Setup, members: int, start_steps: bool) -> dict[str, An
         'compiler_says': str(error).strip().splitlines()[0][:200].replace(' ', '_'),
     }
   fields['compile_s'] = time.perf_counter() - started
-  return {**fields, **_program_fields(compiled.stats(program), run.target, available, batch * max(1, members))}
+  return {**fields, **_program_fields(compiled.stats(program), run.target, available, batch * members)}
 
 
 def _program_fields(stats: Any, target: chips.Target, available: int, images: int) -> dict[str, Any]:
@@ -279,7 +279,7 @@ def run_target(args: argparse.Namespace, report: harness.Report) -> list[dict[st
   target = chips.target(args.target)
   run = setup(load_config(args.config, args.batch_size), target)
   print(f'# {args.config} on {target.name}: {len(run.devices)} devices, batch {run.spec.training.batch_size}')
-  figures = [report.emit('program', **compile_program(run, 0, False))]
+  figures = [report.emit('program', **compile_program(run, 1, False))]
   for members in args.cohorts:
     figures.append(report.emit('program', **compile_program(run, members, False)))
     figures.append(report.emit('program', **compile_program(run, members, True)))

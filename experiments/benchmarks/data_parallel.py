@@ -60,11 +60,12 @@ def parallel_worker(devices: int, settings: Settings, output: str) -> None:
       model, dataset, optimizer, parallel.create_mesh(devices), batch_size, FUSED_STEPS, eval_batch_size=batch_size
   )
 
-  def fresh_state() -> steps.TrainState:
-    return jax.block_until_ready(trainer.create_state(params, model_state, keep_mask, 0))
+  def fresh_state() -> steps.TrainState:  # a run alone: a population of one member
+    stacked = (steps.stack_members([tree]) for tree in (params, model_state, keep_mask))
+    return jax.block_until_ready(trainer.create_state(*stacked, 0))
 
   started = time.perf_counter()
-  checked = parallel.to_host(trainer.train(fresh_state(), 10, data_seed=0).state.params)
+  checked = steps.member(parallel.to_host(trainer.train(fresh_state(), 10, data_seed=[0]).state.params), 0)
   first_call_s = time.perf_counter() - started
   flat, _ = jax.tree_util.tree_flatten_with_path(checked)
   np.savez(output + '.npz', **{masks_lib.leaf_name(masks_lib.path_to_names(path)): leaf for path, leaf in flat})
@@ -72,7 +73,7 @@ def parallel_worker(devices: int, settings: Settings, output: str) -> None:
   def measure() -> float:
     state = fresh_state()
     started = time.perf_counter()
-    trainer.train(state, settings.parallel_steps, data_seed=0)
+    trainer.train(state, settings.parallel_steps, data_seed=[0])
     return (time.perf_counter() - started) / settings.parallel_steps
 
   times = [measure() for _ in range(settings.parallel_reps)]

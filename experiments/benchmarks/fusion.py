@@ -15,6 +15,7 @@ import numpy as np
 
 from lth_jax.data import arrays
 from lth_jax.training import parallel
+from lth_jax.training import steps
 from lth_jax.training import trainer as trainer_lib
 
 from experiments.benchmarks.builders import FUSED_STEPS
@@ -45,8 +46,12 @@ class FusionCase:
     self.name, self.dataset, self.batch_size = name, dataset, batch_size
     self.mesh = parallel.create_mesh(1)
     optimizer, _ = adam_optimizers(1e-3, 10**6)
-    self.params, self.model_state = random_variables(model, dataset.input_shape, seed=0)
-    self.keep_mask = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), self.params)
+    params, model_state = random_variables(model, dataset.input_shape, seed=0)
+    keep_mask = jax.tree_util.tree_map(lambda leaf: np.ones(leaf.shape, bool), params)
+    # One run alone: a population of one member (leading member axis of size 1).
+    self.params, self.model_state, self.keep_mask = (
+        steps.stack_members([tree]) for tree in (params, model_state, keep_mask)
+    )
     self.trainers = {
         dispatch: trainer_lib.Trainer(
             model, dataset, optimizer, self.mesh, batch_size, dispatch, eval_batch_size=dataset.num_test
@@ -62,19 +67,20 @@ class FusionCase:
     def measure() -> float:
       state = jax.block_until_ready(trainer.create_state(self.params, self.model_state, self.keep_mask, 0))
       started = time.perf_counter()
-      trainer.train(state, num_steps, data_seed=0)
+      trainer.train(state, num_steps, data_seed=[0])
       return (time.perf_counter() - started) / num_steps
 
     return measure
 
   def host_prep(self, chunk: int, dispatches: int = 32) -> float:
     """Seconds of host work per dispatch that Trainer.train does before it: the batch indices
-    (`data.batch_indices`) and their transfer (`parallel.put_batch`)."""
+    (`data.batch_indices`) of its one member and their transfer (`parallel.put_batch`, leading axes
+    (steps, members))."""
     started = time.perf_counter()
     for position in range(dispatches):
-      indices = np.zeros((chunk, self.batch_size), np.int32)
-      indices[:] = arrays.batch_indices(0, position * chunk, chunk, self.dataset.num_train, self.batch_size)
-      jax.block_until_ready(parallel.put_batch(indices, self.mesh, 1))
+      indices = np.zeros((chunk, 1, self.batch_size), np.int32)
+      indices[:, 0] = arrays.batch_indices(0, position * chunk, chunk, self.dataset.num_train, self.batch_size)
+      jax.block_until_ready(parallel.put_batch(indices, self.mesh, 2))
     return (time.perf_counter() - started) / dispatches
 
 

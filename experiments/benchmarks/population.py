@@ -3,8 +3,9 @@
     python -m experiments.benchmarks.population [--quick] [--members=1,2,4,8] [--batch_size=N] [--steps=N]
         [--level_steps=N] [--drift_levels=N]
 
-1. `population K=...`: K LeNet-300-100s (MNIST-1D-shaped random data) trained by one `jax.vmap`-ed
-   step against the same K trained one after the other, on one device.
+1. `population K=...`: K LeNet-300-100s (MNIST-1D-shaped random data) trained by one Trainer of K
+   members (one `jax.vmap`-ed step) against the same K trained one after the other, each by a Trainer of
+   one member (a run alone), on one device.
 2. `lottery_level ...`: one whole lottery level of the default config (LeNet-300-100 on MNIST-1D),
    4 trials x (ticket + reinit) = 8 runs, in cohort mode (`parallel.members_per_program=0`, auto: on a
    CPU device at most one run per device) and one run at a time (`=1`), on 1 device and on all (8
@@ -81,8 +82,8 @@ def measure(members: int, steps: int, batch_size: int, repeats: int) -> dict[str
       config_lib.model_spec(ml_collections.ConfigDict({'name': 'lenet', 'hidden_sizes': (300, 100)})), 10
   )
   optimizer = optim.from_config(config_lib.training_spec({'optimizer': 'adam', 'learning_rate': 1e-3}), steps)
-  mesh = parallel.create_mesh(1)  # one device: the vmapped step against the plain one, nothing else
-  single = trainer_lib.Trainer(model, dataset, optimizer, mesh, batch_size, steps_per_dispatch=64)
+  mesh = parallel.create_mesh(1)  # one device: the K-member step against a run alone's, nothing else
+  single = trainer_lib.Trainer(model, dataset, optimizer, mesh, batch_size, steps_per_dispatch=64)  # one member
   population = trainer_lib.Trainer(
       model, dataset, optimizer, mesh, batch_size, steps_per_dispatch=64, population_size=members
   )
@@ -101,8 +102,8 @@ def measure(members: int, steps: int, batch_size: int, repeats: int) -> dict[str
 
   def run_sequential():
     for seed, (params, model_state) in enumerate(starts):
-      state = single.create_state(params, model_state, host_mask, 0)
-      jax.block_until_ready(single.train(state, steps, seed).state.params)
+      state = single.create_state(*(steps_lib.stack_members([tree]) for tree in (params, model_state, host_mask)), 0)
+      jax.block_until_ready(single.train(state, steps, [seed]).state.params)
 
   run_population(), run_sequential()  # compile both before timing
   times = interleaved({'vmapped': _timer(run_population), 'sequential': _timer(run_sequential)}, repeats)

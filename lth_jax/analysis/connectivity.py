@@ -66,15 +66,15 @@ def linear_mode_connectivity(
   The non-parameter state (batch-norm running statistics) is interpolated with the parameters, so
   both ends are exactly the two trained networks.
 
-  `trainer` must have population_size == 2; `evaluator` is a Trainer of the same model and data
-  without a population (it evaluates one interpolated network at a time).
+  `trainer` must have population_size == 2; `evaluator` is a Trainer of the same model and data for a
+  run alone (population_size == 1: it evaluates one interpolated network at a time).
   """
   if trainer.population_size != 2:
     raise ValueError('linear_mode_connectivity needs a Trainer with population_size=2 (experiment.trainer(2))')
-  if evaluator.population_size:
+  if evaluator.population_size != 1:
     raise ValueError(
-        f'linear_mode_connectivity evaluates one network at a time: its evaluator must be a Trainer without a '
-        f'population (experiment.trainer()), not one of population_size={evaluator.population_size}'
+        f'linear_mode_connectivity evaluates one network at a time: its evaluator must be a Trainer of a run '
+        f'alone (experiment.trainer()), not one of population_size={evaluator.population_size}'
     )
   params, model_state = start
   params = masks_lib.apply(params, keep_mask)
@@ -90,8 +90,8 @@ def linear_mode_connectivity(
   errors = []
   for alpha in alphas:
     params, model_state = interpolate(ends[0], ends[1], alpha)
-    metrics = evaluator.evaluate_params(params, model_state)
-    value = metrics[evaluator.task.metric_name]
+    metrics = evaluator.evaluate_params(steps.stack_members([params]), steps.stack_members([model_state]))
+    value = metrics[evaluator.task.metric_name][0]
     # An error: one minus a metric that grows (accuracy), the metric itself where smaller is better (RMSE).
     errors.append(1.0 - value if evaluator.task.higher_is_better else value)
   return ConnectivityResult(

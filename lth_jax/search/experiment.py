@@ -81,11 +81,11 @@ class Experiment:
     """The length of training in steps."""
     return self.spec.training.num_steps
 
-  def trainer(self, population_size: int = 0) -> trainer_lib.Trainer:
-    """The Trainer of this experiment for one run, or for a population of exactly `population_size`
-    members (> 0) spread over the mesh's member groups (built once, then reused)."""
-    if not population_size:
-      return self._build_trainer(0, parallel.member_groups(self.mesh))
+  def trainer(self, population_size: int = 1) -> trainer_lib.Trainer:
+    """The Trainer of this experiment for a population of exactly `population_size` members (1: one run
+    alone on this experiment's mesh) spread over the mesh's member groups (built once, then reused)."""
+    if population_size == 1:
+      return self._build_trainer(1, parallel.member_groups(self.mesh))
     layout = parallel.member_layout(
         population_size, self.mesh.devices.size, self.spec.training.batch_size, self.local_device_counts()
     )
@@ -96,9 +96,9 @@ class Experiment:
       self, num_members: int, member_hyperparameters: tuple[str, ...] = ()
   ) -> tuple[trainer_lib.Trainer, int]:
     """(Trainer, member slots) of a population of `num_members` runs that carry their own values of
-    `member_hyperparameters`: the one-run Trainer for a single run with none whose batch divides the
-    devices, else a population laid out by `parallel.member_layout` (slots beyond `num_members` are
-    padding)."""
+    `member_hyperparameters`: the experiment's own Trainer of one (`trainer()`) for a single run with none
+    whose batch divides the devices, else a population laid out by `parallel.member_layout` (slots beyond
+    `num_members` are padding)."""
     if num_members == 1 and not member_hyperparameters and parallel.member_groups(self.mesh) == 1:
       return self.trainer(), 1
     groups, slots = self.member_layout(num_members)

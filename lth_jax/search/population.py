@@ -5,9 +5,9 @@ Every (trial, branch) run of a level trains to the same end step, so a level's r
 recorded are grouped (`lth_jax.search.packing`) into populations of at most
 `parallel.members_per_program` members (`lth_jax.search.members`). Members may start at their own step
 (a sweep's rewind points: the population starts at the earliest and a member waits, unchanged, until
-its start) and carry their own learning rate, warmup and weight decay. A population of K > 1 members
-is one `jax.vmap`-ed Trainer (`parallel.member_layout` picks its mesh); a population of one member is
-the plain data-parallel Trainer, exactly as runs were trained one after another. Each member keeps its
+its start) and carry their own learning rate, warmup and weight decay. A population is one Trainer of
+K >= 1 members (`parallel.member_layout` picks its mesh; for one member, the compiled program is that of
+an unbatched data-parallel run: `programs.over_members`). Each member keeps its
 own weights, mask, optimizer state and batch order (its trial's seed), so it sees the batches its run
 alone would see. `train` trains a population from its newest good checkpoint, with progress lines
 (`lth_jax.search.progress`) and scalars, and splits its result per member.
@@ -23,6 +23,9 @@ import dataclasses
 import functools
 import os
 from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
 
 from lth_jax import config as config_lib
 from lth_jax import optim
@@ -92,7 +95,7 @@ def train(
     restored = running.restore_latest(population.arrays_like)
     start: steps.TrainState | run_state.RunCheckpoint = population.state
     if restored is not None:
-      start = run_state.RunCheckpoint.from_parts(population.current_layout(*restored), restored[1])
+      start = population.resumed(*restored)
       watch.log(f'{label}: resuming at step {start.step}/{total} from {running.directory}/{start.step}')
     try:
       result = trainer.train(
@@ -141,18 +144,13 @@ class _Reporter:
     metric = population.trainer.task.metric_name
     self.evaluation_seconds = entry.get('evaluation_seconds', 0.0)
     speed = population.counted(entry['examples_per_second'])
-    if population.vmapped:
-      started = [index for index, member in enumerate(members) if member.start_step < entry['step']]
-      metrics = progress.metrics_text(entry, metric, started)
-      self.watch.log(population.progress_line(entry['step'], speed, metrics, self.evaluation_seconds))
-      for index in started:
-        run, member_entry = population.scalars_runs[index], members_lib.split_entry(entry, index)
-        member_entry['examples_per_second'] = speed / len(members)
-        scalars.write(run, entry['step'], {k: v for k, v in member_entry.items() if k != 'step'})
-      return
-    metrics = progress.metrics_text(entry, metric)
+    started = [index for index, member in enumerate(members) if member.start_step < entry['step']]
+    metrics = progress.metrics_text(entry, metric, started)
     self.watch.log(population.progress_line(entry['step'], speed, metrics, self.evaluation_seconds))
-    scalars.write(population.scalars_runs[0], entry['step'], {k: v for k, v in entry.items() if k != 'step'})
+    for index in started:
+      run, member_entry = population.scalars_runs[index], members_lib.split_entry(entry, index)
+      member_entry['examples_per_second'] = speed / len(members)
+      scalars.write(run, entry['step'], {k: v for k, v in member_entry.items() if k != 'step'})
 
   def heartbeat(self, entry: dict[str, Any]) -> None:
     """Logs a progress line between evaluations (no metrics yet)."""
@@ -171,19 +169,14 @@ class Population:
   settings: TrainingSettings
   start_step: int
   state: steps.TrainState
-  seeds: Any  # the data seed of a single run; one per slot for a population
-  snapshot_like: tuple[Any, Any]  # host trees that give a checkpoint's snapshots their shapes
+  seeds: list[int]  # the data seed of each slot
+  snapshot_like: tuple[Any, Any]  # host trees (leading axis: slots) that give a checkpoint's snapshots their shapes
   snapshot_steps: tuple[int, ...]
   keys: list[str]
   directory: str  # where its checkpoints are kept
   label: str  # how progress lines name it
   scalars_runs: list[str]  # one scalars run per member
   member_settings: dict[str, list[float]]  # the members' own start steps ({}: all start together)
-
-  @property
-  def vmapped(self) -> bool:
-    """Whether the members train vmapped (a population Trainer) rather than as one plain run."""
-    return self.trainer.population_size > 0
 
   @classmethod
   def create(
@@ -198,20 +191,14 @@ class Population:
     step on the mesh, checkpointed under `workdir`."""
     padded = members + [members[0]] * (slots - len(members))  # padding members: copies, results dropped
     start_step = min(member.start_step for member in members)
-    if trainer.population_size > 0:
-      # The stacked host trees also give a checkpoint's snapshots their shapes (create_state copies them).
-      snapshot_like = (
-          steps.stack_members([member.params for member in padded]),
-          steps.stack_members([member.model_state for member in padded]),
-      )
-      keep_masks = steps.stack_members([member.keep_mask for member in padded])
-      hyperparameters = members_lib.member_hyperparameters(padded)
-      state = trainer.create_state(*snapshot_like, keep_masks, start_step, hyperparameters=hyperparameters)
-      seeds: Any = [member.data_seed for member in padded]
-    else:
-      member = members[0]
-      state = trainer.create_state(member.params, member.model_state, member.keep_mask, start_step)
-      seeds, snapshot_like = member.data_seed, (member.params, member.model_state)
+    # The stacked host trees also give a checkpoint's snapshots their shapes (create_state copies them).
+    snapshot_like = (
+        steps.stack_members([member.params for member in padded]),
+        steps.stack_members([member.model_state for member in padded]),
+    )
+    keep_masks = steps.stack_members([member.keep_mask for member in padded])
+    hyperparameters = members_lib.member_hyperparameters(padded)
+    state = trainer.create_state(*snapshot_like, keep_masks, start_step, hyperparameters=hyperparameters)
     level = members[0].level
     return cls(
         members=members,
@@ -220,7 +207,7 @@ class Population:
         settings=settings,
         start_step=start_step,
         state=state,
-        seeds=seeds,
+        seeds=[member.data_seed for member in padded],
         snapshot_like=snapshot_like,
         snapshot_steps=tuple(sorted({step for member in members for step in member.snapshot_steps})),
         keys=[member.key for member in members],
@@ -236,27 +223,46 @@ class Population:
     )
 
   def arrays_like(self, metadata: dict[str, Any]) -> Any:
-    """The arrays of a checkpoint of this population, shaped from its `metadata` (a ValueError for another run's)."""
+    """The arrays of a checkpoint of this population, shaped from its `metadata` (a ValueError for another
+    run's). A checkpoint of an earlier layout (see `resumed`) is restored in that layout."""
     start_step, total = self.start_step, self.settings.end_step
     if not start_step < metadata['step'] < total:
       raise ValueError(f'step {metadata["step"]} is outside this run ({start_step}..{total})')
-    if self.vmapped and metadata.get('members') != self.keys:
+    if metadata.get('members') != self.keys:
       raise ValueError(f'it holds the members {metadata.get("members")}, not {self.keys}')
-    state = self.state
+    state, train_sums, snapshot_like = self.state, self.trainer.zero_train_sums(self.state), self.snapshot_like
     if metadata.get('optimizer_layout') != optim.STATE_LAYOUT:  # written before the hyperparameters lived there
       state = dataclasses.replace(state, opt_state=optim.without_hyperparameters(state.opt_state))
-    return run_state.RunCheckpoint.arrays_like(
-        metadata, state, self.trainer.zero_train_sums(self.state), self.snapshot_like
-    )
+    if not self._has_member_axis(metadata):  # a run alone, written before every state had a member axis
+      state, train_sums, snapshot_like = (_first_member(tree) for tree in (state, train_sums, snapshot_like))
+    return run_state.RunCheckpoint.arrays_like(metadata, state, train_sums, snapshot_like)
 
-  def current_layout(self, arrays: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
-    """A restored checkpoint's `arrays` with its optimizer state in the current layout: one written
-    before the hyperparameters lived in the optimizer state gets the population's own."""
-    if metadata.get('optimizer_layout') == optim.STATE_LAYOUT:
-      return arrays
-    restored = arrays['state']
-    opt_state = optim.restore_hyperparameters(restored.opt_state, self.state.opt_state)
-    return {**arrays, 'state': dataclasses.replace(restored, opt_state=opt_state)}
+  def resumed(self, arrays: dict[str, Any], metadata: dict[str, Any]) -> run_state.RunCheckpoint:
+    """The checkpoint to continue from, of a restored checkpoint's `arrays` and `metadata`, in the current
+    layout. Two earlier layouts are lifted into it: a run alone written before every state had a member
+    axis gets one (of one member), and an optimizer state written before the hyperparameters lived in it
+    gets the population's own."""
+    if not self._has_member_axis(metadata):
+      arrays = {
+          'state': self.trainer.put_state(steps.stack_members([parallel.to_host(arrays['state'])])),
+          'train_sums': steps.stack_members([arrays['train_sums']]),
+          'snapshots': {step: steps.stack_members([tree]) for step, tree in (arrays.get('snapshots') or {}).items()},
+      }
+      metadata = {**metadata, 'curve': [_one_member_entry(entry) for entry in metadata['curve']]}
+    if metadata.get('optimizer_layout') != optim.STATE_LAYOUT:
+      restored = arrays['state']
+      opt_state = optim.restore_hyperparameters(restored.opt_state, self.state.opt_state)
+      arrays = {**arrays, 'state': dataclasses.replace(restored, opt_state=opt_state)}
+    return run_state.RunCheckpoint.from_parts(arrays, metadata)
+
+  def _has_member_axis(self, metadata: dict[str, Any]) -> bool:
+    """Whether a checkpoint's state has a member axis: every one written since the metadata says so, and
+    before that every population's but a run alone's, which trained on a Trainer without a member axis
+    when it carried no hyperparameters of its own and the mesh had one member group."""
+    if metadata.get('member_axis'):
+      return True
+    alone = len(self.members) == 1 and self.slots == 1 and not self.trainer.member_hyperparameters
+    return not (alone and parallel.member_groups(self.trainer.mesh) == 1)
 
   def progress_line(self, step: int, speed: float, metrics: str, evaluation_seconds: float) -> str:
     """'LABEL: step S/N (P%) METRICS| SPEED examples/s | ETA T', evaluations taking `evaluation_seconds`."""
@@ -281,23 +287,22 @@ class Population:
     """Hands each member that asked for a snapshot of `step` (at or after its start) its own."""
     for index, member in enumerate(self.members):
       if member.on_snapshot is not None and members_lib.snapshots_at(member, step):
-        member.on_snapshot(step, members_lib.member_snapshot(snapshot, index) if self.vmapped else snapshot)
+        member.on_snapshot(step, members_lib.member_snapshot(snapshot, index))
 
   def save(self, running: checkpoints.RunCheckpoints, checkpoint: run_state.RunCheckpoint) -> None:
     """Saves `checkpoint` in `running`, naming the population's members."""
-    metadata = {**checkpoint.metadata(), 'members': self.keys, 'optimizer_layout': optim.STATE_LAYOUT}
+    metadata = {
+        **checkpoint.metadata(),
+        'members': self.keys,
+        'optimizer_layout': optim.STATE_LAYOUT,
+        'member_axis': True,
+    }
     running.save(checkpoint.step, checkpoint.arrays(), metadata)
 
   def results(self, result: run_state.TrainResult) -> list[MemberResult]:
     """One result per member (padding dropped) of the population's `result`."""
     members = self.members
     final_params = parallel.to_host(result.state.params)
-    if not self.vmapped:
-      return [
-          MemberResult(
-              members[0], final_params, result.snapshots, result.curve, result.wall_seconds, result.diverged_steps[0]
-          )
-      ]
     # A member that starts later than the population has no evaluation, and no snapshot, before its start.
     return [
         MemberResult(
@@ -314,3 +319,16 @@ class Population:
         )
         for index, member in enumerate(members)
     ]
+
+
+def _one_member_entry(entry: dict[str, Any]) -> dict[str, Any]:
+  """A curve entry of a run alone written before every state had a member axis, as a population of one
+  records it: each metric a list of one value (the step and the clocks stay numbers)."""
+  shared = ('step', 'examples_per_second', 'evaluation_seconds')
+  return {key: value if key in shared else [value] for key, value in entry.items()}
+
+
+def _first_member(tree: Any) -> Any:
+  """The first member's slice of a population tree, as host arrays (0-d arrays, not numpy scalars: a
+  checkpoint restores into arrays)."""
+  return jax.tree_util.tree_map(lambda leaf: np.asarray(np.asarray(leaf)[0]), tree)

@@ -82,17 +82,17 @@ def label(members: Sequence[Member], levels: int) -> str:
   return f'level {first.level}/{levels} cohort of {len(members)} ({len(variants)} variants)'
 
 
-def metrics_text(entry: dict[str, Any], metric: str, started: Sequence[int] | None = None) -> str:
-  """The metrics of an evaluation's curve `entry` for its progress line: 'METRIC=V train_loss=V ' for one
-  run; for a population (`started`: the members that have started), each as its `summary` over them."""
-  if started is None:
-    train_loss = f' train_loss={entry["train_loss"]:.4g}' if 'train_loss' in entry else ''
-    return f'{metric}={entry[metric]:.4g}{train_loss} '
-  values = {name: [entry[name][index] for index in started] for name in (metric, 'train_loss') if name in entry}
-  metrics = f'{metric}={summary(values[metric])}'
-  if 'train_loss' in values:
-    metrics += f' train_loss={summary(values["train_loss"])}'
-  return metrics + ' '
+def metrics_text(entry: dict[str, Any], metric: str, started: Sequence[int]) -> str:
+  """The metrics of a population's curve `entry` (one value per member) for its progress line:
+  'METRIC=V train_loss=V ' for one run alone; for more, each as its `summary` over the members that have
+  started (`started`: their indices)."""
+  alone = len(entry[metric]) == 1
+  metrics = ''
+  for name in (metric, 'train_loss'):
+    if name in entry:
+      values = [entry[name][index] for index in started]
+      metrics += f'{name}={values[0]:.4g} ' if alone else f'{name}={summary(values)} '
+  return metrics
 
 
 def line(

@@ -43,13 +43,13 @@ class ProgramKind:
   per-member start step where `start_steps` (a sweep's shared program: each variant resets to its
   own step)."""
 
-  members: int = 0  # 0: one run alone (no member axis)
+  members: int = 1  # 1: one run alone
   start_steps: bool = False
 
   @property
   def name(self) -> str:
     """'run', 'cohort_K' or 'sweep_K'."""
-    if not self.members:
+    if self.members == 1 and not self.start_steps:
       return 'run'
     return f'{"sweep" if self.start_steps else "cohort"}_{self.members}'
 
@@ -85,9 +85,7 @@ class CompiledStats:
 
 
 def _member_axis(tree: Any, members: int) -> Any:
-  """Shape structs with a leading member axis of `members` (none for 0)."""
-  if not members:
-    return tree
+  """Shape structs with a leading member axis of `members`."""
   return jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct((members, *leaf.shape), leaf.dtype), tree)
 
 
@@ -110,8 +108,8 @@ def state_shapes(model: Any, example: jax.ShapeDtypeStruct, optimizer: optax.Gra
 
 def _items(feed: Any, batch_size: int, steps_per_dispatch: int, members: int) -> Any:
   """One dispatch's items as the Trainer puts them: example indices of a resident feed, or a streamed
-  feed's uint8 images and labels; leading axes (steps, [members,])."""
-  leading = (steps_per_dispatch, members) if members else (steps_per_dispatch,)
+  feed's uint8 images and labels; leading axes (steps, members)."""
+  leading = (steps_per_dispatch, members)
   if isinstance(feed, feeds_lib.ResidentFeed):
     return jax.ShapeDtypeStruct((*leading, batch_size), jnp.int32)
   inputs, targets = feed.batch_shapes(batch_size)
@@ -139,18 +137,18 @@ def lower_train_program(
   """
   feed = feeds_lib.create(dataset, mesh, batch_size, batch_size, shapes_only=True)
   members = kind.members
-  state_sharding = parallel.member_sharded(mesh) if members else parallel.replicated(mesh)
+  state_sharding = parallel.member_sharded(mesh) if members > 1 else parallel.replicated(mesh)
   example = feed.batch_shapes(1)[0]  # a batch of one model input, as the Trainer traces it
   programs = programs_lib.build(
       model, feed, optimizer, mesh, task, example, batch_size, steps_per_dispatch, members, state_sharding
   )
   state = _member_axis(state_shapes(model, example, optimizer), members)
   sums = programs.sums_shape(state)
-  settings: dict[str, Any] = {'dropout_seed': jax.ShapeDtypeStruct((members,) if members else (), jnp.uint32)}
+  settings: dict[str, Any] = {'dropout_seed': jax.ShapeDtypeStruct((members,), jnp.uint32)}
   if kind.start_steps:
     settings['start_step'] = jax.ShapeDtypeStruct((members,), jnp.int32)
   items = _items(feed, batch_size, steps_per_dispatch, members)
-  item_sharding = parallel.batch_sharded(mesh, 2 if members else 1, 1 if members else None)
+  item_sharding = parallel.batch_sharded(mesh, 2, member_axis=1 if members > 1 else None)
   train_chunk: Any = programs.train_chunk  # jitted
   return train_chunk.lower(
       _placed(state, state_sharding),

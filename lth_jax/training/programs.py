@@ -2,8 +2,9 @@
 
 A chunk of `steps_per_dispatch` train steps in one loop, the evaluation over groups of test batches,
 the mean gradient over training batches (SNIP scores), the all-weights-finite check, initialization
-of the variables and of the optimizer state. With `population_size=K > 0` each program is vmapped
-over a leading member axis that lives on the mesh's 'members' axis.
+of the variables and of the optimizer state. Every tree of the state has a leading member axis of
+`population_size` members that lives on the mesh's 'members' axis: the programs map over it
+(`over_members`).
 """
 
 from __future__ import annotations
@@ -58,29 +59,65 @@ def build(
     task: the loss and metrics (`lth_jax.tasks`).
     example: a batch of one input (shape and dtype); initialization traces the model on it.
     steps_per_dispatch: the length of the train loop's item axis (1: no loop at all).
-    population_size: 0 for one run, K for K members along a leading axis.
-    state_sharding: where the state lives (replicated, or split over the members axis).
+    population_size: K >= 1, the length of the leading member axis of every state tree.
+    state_sharding: where the state lives (split over the members axis; one member: replicated).
   """
+  if population_size < 1:
+    raise ValueError(f'a population has at least one member, not {population_size}')
   replicated = parallel.replicated(mesh)
   step = functools.partial(steps_lib.train_step, model=model, optimizer=optimizer, task=task)
-  batch_sharding = parallel.batch_sharded(mesh)
   evaluate_one = functools.partial(steps_lib.eval_step, model=model, task=task)
-  if population_size:
-    step = jax.vmap(step)
-    batch_sharding = parallel.batch_sharded(mesh, 1, member_axis=0)
-    evaluate_one = jax.vmap(evaluate_one, in_axes=(0, 0, None, None, None))
+  evaluation_axes = (0, 0, None, None, None)  # (params, model_state, inputs, targets, weights)
+  if population_size > 1:
+    train_chunk = _train_chunk(jax.vmap(step), feed, parallel.batch_sharded(mesh, 1, member_axis=0), steps_per_dispatch)
+    evaluate = _evaluation(jax.vmap(evaluate_one, in_axes=evaluation_axes), feed)
+  else:  # the programs of an unbatched run, the member axis taken off the arguments and put back on the results
+    train_chunk = _one_member(
+        _train_chunk(step, feed, parallel.batch_sharded(mesh), steps_per_dispatch), (0, 0, None, 1, None, 0)
+    )
+    evaluate = _one_member(_evaluation(evaluate_one, feed), (0, 0, 0, None))
   return Programs(
-      train_chunk=_train_chunk_program(
-          step, feed, mesh, batch_sharding, steps_per_dispatch, population_size, state_sharding
+      train_chunk=_train_chunk_program(train_chunk, mesh, state_sharding, population_size),
+      sums_shape=_sums_shape_function(
+          over_members(step, population_size), feed.batch_shapes(batch_size), population_size
       ),
-      sums_shape=_sums_shape_function(step, feed.batch_shapes(batch_size), population_size),
-      evaluate=_evaluation_program(evaluate_one, feed, state_sharding),
-      evaluation_sums_shape=_evaluation_sums_shape_function(evaluate_one, feed),
-      mean_gradients=_mean_gradients_program(model, task, feed, batch_sharding, replicated),
-      all_finite=_finiteness_program(population_size, replicated),
+      evaluate=jax.jit(evaluate, out_shardings=state_sharding, donate_argnums=(2,)),
+      evaluation_sums_shape=_evaluation_sums_shape_function(
+          over_members(evaluate_one, population_size, evaluation_axes), feed
+      ),
+      mean_gradients=_mean_gradients_program(model, task, feed, parallel.batch_sharded(mesh), replicated),
+      all_finite=jax.jit(over_members(_all_finite, population_size), out_shardings=replicated),
       init=_init_program(model, example),
-      init_optimizer=_init_optimizer_program(optimizer, population_size, state_sharding),
+      init_optimizer=jax.jit(over_members(optimizer.init, population_size), out_shardings=state_sharding),
   )
+
+
+def over_members(
+    function: Callable[..., Any], population_size: int, in_axes: int | tuple[int | None, ...] = 0
+) -> Callable[..., Any]:
+  """`function` of one member mapped over the member axis of its arguments (`in_axes`: its position in
+  each argument, None: shared by every member) and the leading axis of its outputs: `jax.vmap`-ed for a
+  population of K > 1, `function` itself on the single member's slices for a population of one."""
+  if population_size > 1:
+    return jax.vmap(function, in_axes=in_axes)
+  return _one_member(function, in_axes)
+
+
+def _one_member(function: Callable[..., Any], in_axes: int | tuple[int | None, ...]) -> Callable[..., Any]:
+  """`function` of one member's arguments on a population of one: the member axis (`in_axes`, as for
+  `jax.vmap`) taken off each argument and put back, leading, on each output. One run alone so compiles
+  to the program of an unbatched run, bitwise (XLA:CPU picks other kernels, with other roundings, for a
+  `jax.vmap` over one member)."""
+
+  def one_member(*args: Any) -> Any:
+    axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+    inner = [
+        arg if axis is None else jax.tree_util.tree_map(lambda leaf: jax.lax.index_in_dim(leaf, 0, axis, False), arg)
+        for arg, axis in zip(args, axes, strict=True)
+    ]
+    return jax.tree_util.tree_map(lambda leaf: leaf[None], function(*inner))
+
+  return one_member
 
 
 def _constrained_batch(
@@ -94,17 +131,14 @@ def _constrained_batch(
   )
 
 
-def _train_chunk_program(
+def _train_chunk(
     step: Callable[..., Any],
     feed: feeds_lib.Feed,
-    mesh: jax.sharding.Mesh,
     batch_sharding: jax.sharding.Sharding,
     steps_per_dispatch: int,
-    population_size: int,
-    state_sharding: jax.sharding.Sharding,
 ) -> Callable[..., Any]:
-  """The jitted chunk of train steps: (state, sums, arrays, items, num_active, member_settings) -> (state,
-  sums), both donated; `member_settings` ({} for none) are the members' own values (`steps.train_step`)."""
+  """The chunk of train steps: (state, sums, arrays, items, num_active, member_settings) -> (state, sums);
+  `member_settings` ({} for none) are the members' own values (`steps.train_step`)."""
 
   def train_chunk(state, sums, arrays, items, num_active, member_settings):
     """Runs the first `num_active` of the steps in `items` (leading axis: steps_per_dispatch; one
@@ -126,15 +160,25 @@ def _train_chunk_program(
     # updated in place (no per-step copies, unlike a conditional inside a fixed-length scan).
     return jax.lax.fori_loop(0, num_active, lambda position, carry: add_step(*carry, item_at(position)), (state, sums))
 
+  return train_chunk
+
+
+def _train_chunk_program(
+    train_chunk: Callable[..., Any],
+    mesh: jax.sharding.Mesh,
+    state_sharding: jax.sharding.Sharding,
+    population_size: int,
+) -> Callable[..., Any]:
+  """The jitted chunk of train steps (see `_train_chunk`), its state and sums donated; the items' members
+  split over the mesh's member groups (one member: replicated over them)."""
   replicated = parallel.replicated(mesh)
-  member_axes = 1 if population_size else 0  # leading axes before the batch axis
   return jax.jit(
       train_chunk,
       in_shardings=(
           state_sharding,
           state_sharding,
           replicated,
-          parallel.batch_sharded(mesh, 1 + member_axes, 1 if population_size else None),
+          parallel.batch_sharded(mesh, 2, member_axis=1 if population_size > 1 else None),  # (steps, members, batch)
           replicated,
           state_sharding,
       ),
@@ -149,19 +193,14 @@ def _sums_shape_function(
   """state -> the shapes of one train step's metric sums, for batches of `batch_shapes` (inputs, targets)."""
 
   def sums_shape(state):
-    shapes = (
-        jax.ShapeDtypeStruct((population_size, *shape.shape), shape.dtype) if population_size else shape
-        for shape in batch_shapes
-    )
+    shapes = (jax.ShapeDtypeStruct((population_size, *shape.shape), shape.dtype) for shape in batch_shapes)
     return jax.eval_shape(step, state, *shapes)[1]
 
   return sums_shape
 
 
-def _evaluation_program(
-    evaluate_one: Callable[..., Any], feed: feeds_lib.Feed, state_sharding: jax.sharding.Sharding
-) -> Callable[..., Any]:
-  """The jitted evaluation: (params, model_state, totals, group) -> totals (donated)."""
+def _evaluation(evaluate_one: Callable[..., Any], feed: feeds_lib.Feed) -> Callable[..., Any]:
+  """The evaluation: (params, model_state, totals, group) -> totals."""
 
   def evaluate(params, model_state, totals, group):
     """Adds the metric sums of every batch of `group` (leading axis: batches) to `totals`."""
@@ -174,7 +213,7 @@ def _evaluation_program(
     totals, _ = jax.lax.scan(body, totals, group)
     return totals
 
-  return jax.jit(evaluate, out_shardings=state_sharding, donate_argnums=(2,))
+  return evaluate
 
 
 def _evaluation_sums_shape_function(
@@ -231,21 +270,7 @@ def _all_finite(params: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
-def _finiteness_program(population_size: int, replicated: jax.sharding.Sharding) -> Callable[[Any], Any]:
-  """The jitted all-weights-finite check: params -> a bool (per member)."""
-  # Run only where the host waits anyway (evaluations).
-  return jax.jit(jax.vmap(_all_finite) if population_size else _all_finite, out_shardings=replicated)
-
-
 def _init_program(model: nn.Module, example: jax.ShapeDtypeStruct) -> Any:
   """The jitted initialization: key -> flax variables, traced on a batch of one zero example (made
   inside the program: no computation runs before it)."""
   return jax.jit(lambda key: calling.init(model, key, jnp.zeros(example.shape, example.dtype)))
-
-
-def _init_optimizer_program(
-    optimizer: optax.GradientTransformationExtraArgs, population_size: int, state_sharding: jax.sharding.Sharding
-) -> Callable[[Any], Any]:
-  """The jitted optimizer initialization: params -> optimizer state on the mesh."""
-  # One compiled program instead of one eager op per optimizer-state leaf.
-  return jax.jit(jax.vmap(optimizer.init) if population_size else optimizer.init, out_shardings=state_sharding)

@@ -96,6 +96,7 @@ class TrainLoop:
   schedule: Schedule
   hooks: Hooks
   state: TrainState
+  member_settings: Any  # on the devices: the members' own per-step values (see `Trainer.train`)
   train_sums: Any  # on the devices: the metric sums of the `train_sum_steps` steps since the last evaluation
   train_sum_steps: int
   curve: list[dict[str, Any]]
@@ -108,19 +109,26 @@ class TrainLoop:
   segment_started: float = 0.0  # when the training since the last evaluation started
   reported_step: int = 0  # the last progress report (evaluation or heartbeat)
   reported_at: float = 0.0
-  member_settings: Any = dataclasses.field(default_factory=dict)  # on the devices: see `Trainer.train`
 
   @classmethod
   def begin(
-      cls, trainer: Trainer, state: TrainState | RunCheckpoint, schedule: Schedule, hooks: Hooks, started: float
+      cls,
+      trainer: Trainer,
+      state: TrainState | RunCheckpoint,
+      schedule: Schedule,
+      hooks: Hooks,
+      member_settings: Any,
+      started: float,
   ) -> TrainLoop:
-    """The loop of a call from a TrainState, or from a `RunCheckpoint` of the same run."""
-    undiverged: list[int | None] = [None] * max(1, trainer.population_size)
+    """The loop of a call from a TrainState, or from a `RunCheckpoint` of the same run, with the members'
+    own `member_settings` (on the devices)."""
+    undiverged: list[int | None] = [None] * trainer.population_size
     if isinstance(state, RunCheckpoint):
       return cls(
           trainer=trainer,
           schedule=schedule,
           hooks=hooks,
+          member_settings=member_settings,
           state=state.state,
           train_sums=trainer.put_state(state.train_sums),
           train_sum_steps=state.train_sum_steps,
@@ -135,6 +143,7 @@ class TrainLoop:
         trainer=trainer,
         schedule=schedule,
         hooks=hooks,
+        member_settings=member_settings,
         state=state,
         train_sums=trainer.zero_train_sums(state),
         train_sum_steps=0,
@@ -149,7 +158,7 @@ class TrainLoop:
   @property
   def examples_per_step(self) -> int:
     """Training examples of one step, over every member."""
-    return self.trainer.batch_size * max(1, self.trainer.population_size)
+    return self.trainer.batch_size * self.trainer.population_size
 
   def start(self) -> None:
     """Snapshots the starting weights if asked to, raises `Preempted` for a stop requested before any training,

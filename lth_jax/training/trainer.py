@@ -14,7 +14,7 @@ The state and the pure steps live in `lth_jax.training.steps`, what a train call
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, cast, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -43,10 +43,11 @@ class Trainer:
   """Compiles the train and eval programs once for a (model, dataset, optimizer, mesh) and runs them.
 
   The same Trainer serves every level, branch and trial, so nothing recompiles between them.
-  With `population_size=K > 0`, every tree of the state has a leading member axis of size K and one
-  `jax.vmap`-ed step trains the K members in lockstep, each on its own batch order (a lottery level's
-  cohort, stability experiments). The members are split over the mesh's 'members' axis (K must be a
-  multiple of its size) and each member's batch over its 'data' axis.
+  It trains a population of `population_size=K` members (K >= 1; one run alone is a population of one):
+  every tree of the state has a leading member axis of size K (`steps.stack_members`), and one step
+  mapped over it (`programs.over_members`) trains the K members in lockstep, each on its own batch order
+  (a lottery level's cohort, a sweep, stability experiments). The members are split over the mesh's
+  'members' axis (K must be a multiple of its size) and each member's batch over its 'data' axis.
   """
 
   def __init__(
@@ -58,7 +59,7 @@ class Trainer:
       batch_size: int,
       steps_per_dispatch: int = 64,
       eval_batch_size: int = 1000,
-      population_size: int = 0,
+      population_size: int = 1,
       feed_like: feeds_lib.Feed | None = None,
       member_hyperparameters: Sequence[str] = (),
       task: tasks.Task | None = None,
@@ -68,9 +69,9 @@ class Trainer:
     may set. `task`: the loss and metrics (`lth_jax.tasks`; None: the default of the dataset's kind)."""
     parallel.check_batch_size(batch_size, mesh)
     groups = parallel.member_groups(mesh)
-    if population_size % groups:  # (one run alone is replicated over the member groups)
+    if population_size < 1 or (population_size > 1 and population_size % groups):
       raise ValueError(
-          f'a population of {population_size} members does not divide over the {groups} member ' 'groups of the mesh'
+          f'a population of {population_size} members does not divide over the {groups} member groups of the mesh'
       )
     self.population_size = population_size
     self.member_hyperparameters = tuple(member_hyperparameters)
@@ -83,8 +84,10 @@ class Trainer:
     self.steps_per_dispatch = max(1, steps_per_dispatch)
     self.feed = feeds_lib.create(dataset, mesh, batch_size, eval_batch_size, like=feed_like)
     self.eval_batch_size = self.feed.eval_batch_size
-    # Where the state lives: replicated for one run, split over the 'members' axis for a population.
-    self._state_sharding = parallel.member_sharded(mesh) if population_size else parallel.replicated(mesh)
+    # A population is split over the mesh's member groups; one of one is replicated over them (the mesh of
+    # a run whose batch does not divide the devices has several), like each of its batches.
+    self._split_members = population_size > 1
+    self._state_sharding = parallel.member_sharded(mesh) if self._split_members else parallel.replicated(mesh)
     self.programs = programs_lib.build(
         model,
         self.feed,
@@ -120,9 +123,9 @@ class Trainer:
   ) -> TrainState:
     """A TrainState on the mesh starting at absolute `step`, with `opt_state` or a fresh one.
 
-    For a population, every tree carries the leading member axis (see `stack_members`), and a fresh
-    optimizer state holds each member's own `hyperparameters` ({name: one value per member}, among the
-    Trainer's `member_hyperparameters`; the others are the optimizer's own).
+    Every tree carries the leading member axis (see `steps.stack_members`), and a fresh optimizer state
+    holds each member's own `hyperparameters` ({name: one value per member}, among the Trainer's
+    `member_hyperparameters`; the others are the optimizer's own).
     """
     params = self.put_state(params)
     if opt_state is None:
@@ -131,9 +134,8 @@ class Trainer:
         opt_state = optim.with_hyperparameters(opt_state, self._member_hyperparameters(hyperparameters))
     elif hyperparameters:
       raise ValueError('hyperparameters are set in a fresh optimizer state, not in a given opt_state')
-    steps = np.full((self.population_size,), step, np.int32) if self.population_size else np.int32(step)
     state = TrainState(
-        step=self.put_state(steps),
+        step=self.put_state(np.full((self.population_size,), step, np.int32)),
         params=params,
         model_state=self.put_state(model_state),
         opt_state=self.put_state(opt_state),
@@ -143,8 +145,9 @@ class Trainer:
     return self.put_state(state)
 
   def put_state(self, tree: Any) -> Any:
-    """Places a state tree on the mesh: replicated, or split over the members of a population."""
-    if self.population_size:
+    """Places a state tree (leading axis: members) on the mesh, split over its 'members' axis (one
+    member: replicated)."""
+    if self._split_members:
       return parallel.put_member_sharded(tree, self.mesh)
     return parallel.put_replicated(tree, self.mesh)
 
@@ -154,11 +157,11 @@ class Trainer:
 
   def evaluate(self, state: TrainState) -> dict[str, Any]:
     """Test metrics of the state's parameters: test_loss and test_<metric> for each of the task's
-    metrics (a list with one value per member for a population)."""
+    metrics, each a list of one value per member."""
     return self.evaluate_params(state.params, state.model_state)
 
   def evaluate_params(self, params: Any, model_state: Any) -> dict[str, Any]:
-    """Test metrics of any parameters (host or device trees shaped like the state's)."""
+    """Test metrics of any parameters (host or device trees shaped like the state's: leading axis members)."""
     params = self.put_state(params)
     model_state = self.put_state(model_state)
     totals = self.put_state(
@@ -183,11 +186,11 @@ class Trainer:
     )
     return parallel.to_host(gradients)
 
-  def _seeds(self, data_seed: int | Sequence[int]) -> list[int]:
-    """The batch-order seed of every member (one for a plain run)."""
-    if not self.population_size:
-      return [int(cast(int, data_seed))]
-    seeds = [int(seed) for seed in cast(Sequence[int], data_seed)]
+  def _seeds(self, data_seed: Sequence[int]) -> list[int]:
+    """The batch-order seed of every member."""
+    if isinstance(data_seed, (int, np.integer)):
+      raise TypeError(f'a population takes one data seed per member: [{data_seed}] for a population of one')
+    seeds = [int(seed) for seed in data_seed]
     if len(seeds) != self.population_size:
       raise ValueError(f'a population of {self.population_size} needs as many data seeds, got {len(seeds)}')
     return seeds
@@ -197,7 +200,7 @@ class Trainer:
   ) -> dict[str, np.ndarray]:
     """`values` as host arrays of one value per member (a ValueError naming what does not fit)."""
     unknown = sorted(set(values) - set(allowed))
-    if unknown or (values and not self.population_size):
+    if unknown:
       raise ValueError(f'member {what} {sorted(values)}: this Trainer takes {allowed} for a population')
     arrays = {}
     for name, member_values in values.items():
@@ -213,13 +216,10 @@ class Trainer:
 
   def items(self, seeds: list[int], start_step: int, num_steps: int) -> Any:
     """The feed's items for the next `num_steps` steps on the mesh, leading axes (steps_per_dispatch,
-    [members,]); the unused tail of the chunk is zeros. Members with the same seed share one read."""
+    members); the unused tail of the chunk is zeros. Members with the same seed share one read."""
     by_seed = {seed: self.feed.host_steps(seed, start_step, num_steps) for seed in dict.fromkeys(seeds)}
-    items = feeds_lib.stack([by_seed[seed] for seed in seeds], 1) if self.population_size else by_seed[seeds[0]]
-    items = feeds_lib.pad_steps(items, self.steps_per_dispatch)
-    if self.population_size:
-      return self.feed.put(items, 2, member_axis=1)
-    return self.feed.put(items, 1)
+    items = feeds_lib.pad_steps(feeds_lib.stack([by_seed[seed] for seed in seeds], 1), self.steps_per_dispatch)
+    return self.feed.put(items, 2, member_axis=1 if self._split_members else None)
 
   def zero_train_sums(self, state: TrainState) -> Any:
     """Zero metric sums on the mesh, shaped like one train step's sums for `state`."""
@@ -233,7 +233,7 @@ class Trainer:
       self,
       state: TrainState | RunCheckpoint,
       end_step: int,
-      data_seed: int | Sequence[int],
+      data_seed: Sequence[int],
       snapshot_steps: Sequence[int] = (),
       eval_every: int = 0,
       progress: Callable[[dict[str, float]], None] | None = None,
@@ -252,13 +252,12 @@ class Trainer:
       state: the starting TrainState (donated: do not reuse it), or a `RunCheckpoint` of this same
         run (same end step, data seed, snapshot steps and evaluation schedule) to continue it.
       end_step: absolute step to stop at.
-      data_seed: seed of the batch order; step s always sees the same batch for the same seed
-        (a population takes one seed per member).
+      data_seed: the batch-order seed of each member; step s always sees the same batch for the same seed.
       snapshot_steps: absolute steps at which (params, model_state) are copied to the host
         (a step equal to the start step snapshots the starting weights).
       eval_every: evaluate every this many steps (0: only at the end); always at the end.
       progress: called with each curve entry (step, train_loss, test metrics, examples_per_second of
-        the training since the previous entry, evaluation_seconds; per-member lists for a population).
+        the training since the previous entry, evaluation_seconds; the metrics as per-member lists).
       checkpoint_every: call `on_checkpoint` at every multiple of this many steps before the end
         (0: never); these steps end a dispatch, like evaluation and snapshot steps.
       on_checkpoint: receives a `RunCheckpoint` of the current step; its state is on the devices and
@@ -269,20 +268,18 @@ class Trainer:
       heartbeat: progress between evaluations: after a dispatch that ends `heartbeat_seconds` or more
         after the last evaluation or heartbeat, waits for that dispatch (one sync, not one per step)
         and is called with {'step', 'examples_per_second' since the last report}.
-      member_settings: a population's per-member values, {name: one value per member}: 'start_step' (a
+      member_settings: the members' own values, {name: one value per member}: 'start_step' (a
         member waits, unchanged, until the clock reaches it; training starts at the earliest). (The
         members' own hyperparameters are in their optimizer state: `create_state`.)
     """
     started = time.perf_counter()
     schedule = train_loop.Schedule(end_step, snapshot_steps, eval_every, checkpoint_every, heartbeat_seconds)
     hooks = train_loop.Hooks(progress, on_checkpoint, should_stop, on_snapshot, heartbeat)
-    loop = train_loop.TrainLoop.begin(self, state, schedule, hooks, started)
     seeds = self._seeds(data_seed)
     settings = self._member_values(member_settings or {}, ('start_step',), 'settings')
     # Each run's dropout rng follows its batch-order seed (`steps.dropout_key`).
-    dropout_seeds = np.asarray([seed % 2**32 for seed in seeds], np.uint32)
-    settings['dropout_seed'] = dropout_seeds if self.population_size else dropout_seeds[0]
-    loop.member_settings = self.put_state(settings)
+    settings['dropout_seed'] = np.asarray([seed % 2**32 for seed in seeds], np.uint32)
+    loop = train_loop.TrainLoop.begin(self, state, schedule, hooks, self.put_state(settings), started)
     loop.start()
     if isinstance(self.feed, feeds_lib.StreamingFeed):
       self.feed.forget_streams(keep=seeds)
