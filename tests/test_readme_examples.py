@@ -169,9 +169,9 @@ def test_the_linear_mode_connectivity_block_runs_on_a_finished_workdir(tmp_path)
   assert len(path.errors) == 11 and path.alphas[0] == 0.0 and path.alphas[-1] == 1.0
   assert path.instability == pytest.approx(max(path.errors) - (path.errors[0] + path.errors[-1]) / 2)
   experiment = namespace['experiment']
-  with pytest.raises(ValueError, match=r'evaluator must be a Trainer without a population \(experiment.trainer\(\)\)'):
+  with pytest.raises(ValueError, match=r'evaluator must be a Trainer of a run alone \(experiment.trainer\(\)\)'):
     namespace['lth_jax'].analysis.linear_mode_connectivity(
-        experiment.trainer(2), experiment.trainer(1), (None, None), None, start_step=0, end_step=1, data_seeds=(1, 2)
+        experiment.trainer(2), experiment.trainer(2), (None, None), None, start_step=0, end_step=1, data_seeds=(1, 2)
     )
 
 
