@@ -99,7 +99,10 @@ def pad_steps(tree: Any, length: int) -> Any:
 
 
 def stack(trees: Sequence[Any], axis: int) -> Any:
-  """Stacks host trees of one structure along a new `axis`."""
+  """Stacks host trees of one structure along a new `axis` (one tree: a view with that axis, no copy of
+  its leaves, which may be a dispatch's streamed images)."""
+  if len(trees) == 1:
+    return jax.tree_util.tree_map(lambda leaf: np.expand_dims(np.asarray(leaf), axis), trees[0])
   return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves, axis=axis), *trees)
 
 

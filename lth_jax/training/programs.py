@@ -86,8 +86,10 @@ def build(
           over_members(evaluate_one, population_size, evaluation_axes), feed
       ),
       mean_gradients=_mean_gradients_program(model, task, feed, parallel.batch_sharded(mesh), replicated),
+      # Run only where the host waits anyway (evaluations).
       all_finite=jax.jit(over_members(_all_finite, population_size), out_shardings=replicated),
       init=_init_program(model, example),
+      # One compiled program instead of one eager op per optimizer-state leaf.
       init_optimizer=jax.jit(over_members(optimizer.init, population_size), out_shardings=state_sharding),
   )
 
