@@ -495,7 +495,7 @@ def test_the_trainer_continues_a_run_checkpoint_bitwise(tmp_path):
 
     def like(metadata):
       return run_state.RunCheckpoint.arrays_like(
-          metadata, fresh(), trainer.zero_train_sums(fresh()), (_one(start), _one(model_state))
+          metadata, fresh(), trainer.placement.zero_train_sums(fresh()), (_one(start), _one(model_state))
       )
 
     restored = run_state.RunCheckpoint.from_parts(*run.restore_latest(like))

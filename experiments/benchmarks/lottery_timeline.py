@@ -24,6 +24,7 @@ from lth_jax import pruning
 from lth_jax.search import records as records_lib
 from lth_jax.search import lottery
 from lth_jax.training import checkpoints
+from lth_jax.training import placement as placement_lib
 from lth_jax.training import trainer as trainer_lib
 
 from experiments.benchmarks.builders import DEFAULT_CONFIG
@@ -138,14 +139,18 @@ def one_lottery_run(config: ml_collections.ConfigDict) -> tuple[dict[str, float]
 
   def init_and_instrument(self, *args, **kwargs):
     original_init(self, *args, **kwargs)
-    programs = getattr(self, 'programs', None)  # the Trainer's compiled programs (lth_jax.training.programs)
-    if programs is None:
-      print('# note: Trainer.programs not found; compilation not timed', flush=True)
+    placement = getattr(self, 'placement', None)  # the Trainer's programs on the mesh (lth_jax.training.placement)
+    if placement is None:
+      print('# note: Trainer.placement not found; compilation not timed', flush=True)
       return
-    self.programs = dataclasses.replace(
-        programs,
-        train_chunk=timeline.first_call_timed(programs.train_chunk, 'compile_train'),
-        evaluate=timeline.first_call_timed(programs.evaluate, 'compile_eval'),
+    programs = placement.programs
+    self.placement = dataclasses.replace(
+        placement,
+        programs=dataclasses.replace(
+            programs,
+            train_chunk=timeline.first_call_timed(programs.train_chunk, 'compile_train'),
+            evaluate=timeline.first_call_timed(programs.evaluate, 'compile_eval'),
+        ),
     )
 
   workdir = tempfile.mkdtemp(prefix='lth_trainer_speed_')
@@ -154,7 +159,7 @@ def one_lottery_run(config: ml_collections.ConfigDict) -> tuple[dict[str, float]
     timeline.wrap(trainer_class, 'train', 'train')
     # Wait for the state first, so that outstanding training is not billed to evaluation.
     timeline.wrap(
-        trainer_class,
+        placement_lib.Placement,
         'evaluate',
         'evaluate',
         before=lambda self, state, *args, **kwargs: jax.block_until_ready(state.params),

@@ -230,7 +230,11 @@ class Population:
       raise ValueError(f'step {metadata["step"]} is outside this run ({start_step}..{total})')
     if metadata.get('members') != self.keys:
       raise ValueError(f'it holds the members {metadata.get("members")}, not {self.keys}')
-    state, train_sums, snapshot_like = self.state, self.trainer.zero_train_sums(self.state), self.snapshot_like
+    state, train_sums, snapshot_like = (
+        self.state,
+        self.trainer.placement.zero_train_sums(self.state),
+        self.snapshot_like,
+    )
     if metadata.get('optimizer_layout') != optim.STATE_LAYOUT:  # written before the hyperparameters lived there
       state = dataclasses.replace(state, opt_state=optim.without_hyperparameters(state.opt_state))
     if not self._has_member_axis(metadata):  # a run alone, written before every state had a member axis

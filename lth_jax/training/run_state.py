@@ -70,7 +70,7 @@ class RunCheckpoint:
   ) -> dict[str, Any]:
     """The target tree to restore `arrays()` into, for a checkpoint with this `metadata`: `state` and
     `train_sums` give shapes and shardings (e.g. a fresh state of the run and
-    `Trainer.zero_train_sums(state)`), `snapshot` the (params, model_state) host shapes."""
+    `Placement.zero_train_sums(state)`), `snapshot` the (params, model_state) host shapes."""
     params, model_state = snapshot
     return {
         'state': state,

@@ -1,47 +1,25 @@
 """The loop of one `Trainer.train` call (`lth_jax.training.trainer`), between the dispatches of its train program: where
 dispatches end (`Schedule`), whom it tells (`Hooks`), and what it holds from one dispatch to the next
 (`TrainLoop`: the state, the metric sums since the last evaluation, the curve, snapshots and divergence, the
-clocks of the progress reports). It runs the Trainer's own programs and feed.
+clocks of the progress reports). It runs a `Placement` (`lth_jax.training.placement`): the programs and feed of the population.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from lth_jax.training import parallel
+from lth_jax.training.placement import Placement
 from lth_jax.training.run_state import Preempted
 from lth_jax.training.run_state import RunCheckpoint
 from lth_jax.training.run_state import TrainResult
 from lth_jax.training.steps import first_step
 from lth_jax.training.steps import summarize
 from lth_jax.training.steps import TrainState
-
-
-class Trainer(Protocol):
-  """What the loop uses of the Trainer that runs it (`lth_jax.training.trainer.Trainer` is one)."""
-
-  population_size: int
-  batch_size: int
-  steps_per_dispatch: int
-  task: Any  # its loss and metrics (`lth_jax.tasks.Task`)
-  feed: Any
-  programs: Any  # its compiled programs (`lth_jax.training.programs.Programs`)
-
-  def put_state(self, tree: Any) -> Any:
-    ...
-
-  def zero_train_sums(self, state: TrainState) -> Any:
-    ...
-
-  def evaluate(self, state: TrainState) -> dict[str, Any]:
-    ...
-
-  def items(self, seeds: list[int], start_step: int, num_steps: int) -> Any:
-    ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +70,7 @@ class TrainLoop:
   """One `Trainer.train` call between dispatches: the state, the metric sums since the last evaluation,
   what was recorded so far (curve, snapshots, divergence) and the clocks of the progress reports."""
 
-  trainer: Trainer
+  placement: Placement  # the population's programs and feed on the mesh
   schedule: Schedule
   hooks: Hooks
   state: TrainState
@@ -113,7 +91,7 @@ class TrainLoop:
   @classmethod
   def begin(
       cls,
-      trainer: Trainer,
+      placement: Placement,
       state: TrainState | RunCheckpoint,
       schedule: Schedule,
       hooks: Hooks,
@@ -122,15 +100,15 @@ class TrainLoop:
   ) -> TrainLoop:
     """The loop of a call from a TrainState, or from a `RunCheckpoint` of the same run, with the members'
     own `member_settings` (on the devices)."""
-    undiverged: list[int | None] = [None] * trainer.population_size
+    undiverged: list[int | None] = [None] * placement.population_size
     if isinstance(state, RunCheckpoint):
       return cls(
-          trainer=trainer,
+          placement=placement,
           schedule=schedule,
           hooks=hooks,
           member_settings=member_settings,
           state=state.state,
-          train_sums=trainer.put_state(state.train_sums),
+          train_sums=placement.put_state(state.train_sums),
           train_sum_steps=state.train_sum_steps,
           curve=list(state.curve),
           snapshots=dict(state.snapshots),
@@ -140,12 +118,12 @@ class TrainLoop:
           start_step=first_step(state.state.step),
       )
     return cls(
-        trainer=trainer,
+        placement=placement,
         schedule=schedule,
         hooks=hooks,
         member_settings=member_settings,
         state=state,
-        train_sums=trainer.zero_train_sums(state),
+        train_sums=placement.zero_train_sums(state),
         train_sum_steps=0,
         curve=[],
         snapshots={},
@@ -158,7 +136,7 @@ class TrainLoop:
   @property
   def examples_per_step(self) -> int:
     """Training examples of one step, over every member."""
-    return self.trainer.batch_size * self.trainer.population_size
+    return self.placement.batch_size * self.placement.population_size
 
   def start(self) -> None:
     """Snapshots the starting weights if asked to, raises `Preempted` for a stop requested before any training,
@@ -176,7 +154,7 @@ class TrainLoop:
     hooks = self.hooks
     for boundary in self.schedule.boundaries(self.start_step):
       while self.current < boundary:
-        self.dispatch(seeds, min(self.trainer.steps_per_dispatch, boundary - self.current))
+        self.dispatch(seeds, min(self.placement.steps_per_dispatch, boundary - self.current))
         all_diverged = self.report()
         if self.current == self.schedule.end_step:
           break
@@ -193,10 +171,10 @@ class TrainLoop:
 
   def dispatch(self, seeds: list[int], chunk: int) -> None:
     """Runs the next `chunk` steps in one call of the train program (no host sync), then the snapshot due."""
-    trainer = self.trainer
-    items = trainer.items(seeds, self.current, chunk)
-    self.state, self.train_sums = trainer.programs.train_chunk(
-        self.state, self.train_sums, trainer.feed.arrays, items, np.int32(chunk), self.member_settings
+    placement = self.placement
+    items = placement.items(seeds, self.current, chunk)
+    self.state, self.train_sums = placement.programs.train_chunk(
+        self.state, self.train_sums, placement.feed.arrays, items, np.int32(chunk), self.member_settings
     )
     self.current += chunk
     self.train_sum_steps += chunk
@@ -229,13 +207,13 @@ class TrainLoop:
   def evaluation_entry(self) -> tuple[dict[str, Any], np.ndarray]:
     """Evaluates the current step: its curve entry (appended to the curve; the train metric sums restart) and
     whether the numbers of each member are all finite."""
-    trainer, current = self.trainer, self.current
+    placement, current = self.placement, self.current
     entry: dict[str, Any] = {'step': current}
     if self.train_sum_steps:  # fetching the sums waits for the steps: training time ends here
-      entry.update(summarize(trainer.task, parallel.to_host(self.train_sums), 'train'))
+      entry.update(summarize(placement.task, parallel.to_host(self.train_sums), 'train'))
     trained = time.perf_counter()
-    entry.update(trainer.evaluate(self.state))
-    finite = np.asarray(parallel.to_host(trainer.programs.all_finite(self.state.params)), bool)
+    entry.update(placement.evaluate(self.state))
+    finite = np.asarray(parallel.to_host(placement.programs.all_finite(self.state.params)), bool)
     for name in ('train_loss', 'test_loss'):
       if name in entry:
         finite = finite & np.isfinite(np.asarray(entry[name], np.float64))
@@ -246,7 +224,7 @@ class TrainLoop:
         / max(trained - self.segment_started, 1e-9)
     )
     entry['evaluation_seconds'] = now - trained
-    self.segment_started, self.train_sums, self.train_sum_steps = now, trainer.zero_train_sums(self.state), 0
+    self.segment_started, self.train_sums, self.train_sum_steps = now, placement.zero_train_sums(self.state), 0
     self.reported_step, self.reported_at = current, now
     self.curve.append(entry)
     return entry, finite

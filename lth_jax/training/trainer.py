@@ -26,12 +26,12 @@ from lth_jax import optim
 from lth_jax import tasks
 from lth_jax.training import feeds as feeds_lib
 from lth_jax.training import parallel
+from lth_jax.training import placement as placement_lib
 from lth_jax.training import programs as programs_lib
 from lth_jax.training import train_loop
 from lth_jax.training.run_state import RunCheckpoint
 from lth_jax.training.run_state import TrainResult
 from lth_jax.training.steps import split_variables
-from lth_jax.training.steps import summarize
 from lth_jax.training.steps import TrainState
 
 __all__ = [
@@ -82,26 +82,37 @@ class Trainer:
     self.mesh = mesh
     self.batch_size = batch_size
     self.steps_per_dispatch = max(1, steps_per_dispatch)
-    self.feed = feeds_lib.create(dataset, mesh, batch_size, eval_batch_size, like=feed_like)
-    self.eval_batch_size = self.feed.eval_batch_size
+    feed = feeds_lib.create(dataset, mesh, batch_size, eval_batch_size, like=feed_like)
+    self.eval_batch_size = feed.eval_batch_size
     # A population is split over the mesh's member groups; one of one is replicated over them (the mesh of
     # a run whose batch does not divide the devices has several), like each of its batches.
-    self._split_members = population_size > 1
-    self._state_sharding = parallel.member_sharded(mesh) if self._split_members else parallel.replicated(mesh)
-    self.programs = programs_lib.build(
+    state_sharding = parallel.member_sharded(mesh) if population_size > 1 else parallel.replicated(mesh)
+    programs = programs_lib.build(
         model,
-        self.feed,
+        feed,
         optimizer,
         mesh,
         self.task,
-        self.feed.batch_shapes(1)[0],
+        feed.batch_shapes(1)[0],
         batch_size,
         self.steps_per_dispatch,
         population_size,
-        self._state_sharding,
+        state_sharding,
     )
-    self._zero_sums: Any = None  # host zeros shaped like one step's metric sums, built on first use
+    self.placement = placement_lib.Placement(
+        mesh, population_size, batch_size, self.steps_per_dispatch, self.task, feed, programs
+    )
     self._init: Any = None  # the initialization program, compiled on first use
+
+  @property
+  def feed(self) -> feeds_lib.Feed:
+    """What brings the batches (`lth_jax.training.feeds`)."""
+    return self.placement.feed
+
+  @property
+  def programs(self) -> programs_lib.Programs:
+    """The compiled programs (`lth_jax.training.programs`)."""
+    return self.placement.programs
 
   def init_variables(self, seed: int) -> tuple[Any, Any]:
     """Fresh initial (params, model_state) on the host for `seed`."""
@@ -145,11 +156,8 @@ class Trainer:
     return self.put_state(state)
 
   def put_state(self, tree: Any) -> Any:
-    """Places a state tree (leading axis: members) on the mesh, split over its 'members' axis (one
-    member: replicated)."""
-    if self._split_members:
-      return parallel.put_member_sharded(tree, self.mesh)
-    return parallel.put_replicated(tree, self.mesh)
+    """Places a state tree (leading axis: members) on the mesh (`Placement.put_state`)."""
+    return self.placement.put_state(tree)
 
   def fresh_optimizer_state(self, params: Any) -> Any:
     """The optimizer's initial state for one member's params, on the host."""
@@ -158,20 +166,11 @@ class Trainer:
   def evaluate(self, state: TrainState) -> dict[str, Any]:
     """Test metrics of the state's parameters: test_loss and test_<metric> for each of the task's
     metrics, each a list of one value per member."""
-    return self.evaluate_params(state.params, state.model_state)
+    return self.placement.evaluate(state)
 
   def evaluate_params(self, params: Any, model_state: Any) -> dict[str, Any]:
     """Test metrics of any parameters (host or device trees shaped like the state's: leading axis members)."""
-    params = self.put_state(params)
-    model_state = self.put_state(model_state)
-    totals = self.put_state(
-        jax.tree_util.tree_map(
-            lambda shape: np.zeros(shape.shape, shape.dtype), self.programs.evaluation_sums_shape(params, model_state)
-        )
-    )
-    for group in self.feed.evaluation_groups():
-      totals = self.programs.evaluate(params, model_state, totals, group)
-    return summarize(self.task, parallel.to_host(totals), 'test')
+    return self.placement.evaluate_params(params, model_state)
 
   def mean_gradients(self, params: Any, model_state: Any, data_seed: int, num_batches: int) -> Any:
     """The loss gradient at `params`, averaged over the first `num_batches` training batches of
@@ -213,21 +212,6 @@ class Trainer:
   def _member_hyperparameters(self, hyperparameters: Mapping[str, Sequence[float]]) -> dict[str, np.ndarray]:
     """The members' own hyperparameters as host arrays (see `create_state`)."""
     return self._member_values(hyperparameters, self.member_hyperparameters, 'hyperparameters')
-
-  def items(self, seeds: list[int], start_step: int, num_steps: int) -> Any:
-    """The feed's items for the next `num_steps` steps on the mesh, leading axes (steps_per_dispatch,
-    members); the unused tail of the chunk is zeros. Members with the same seed share one read."""
-    by_seed = {seed: self.feed.host_steps(seed, start_step, num_steps) for seed in dict.fromkeys(seeds)}
-    items = feeds_lib.pad_steps(feeds_lib.stack([by_seed[seed] for seed in seeds], 1), self.steps_per_dispatch)
-    return self.feed.put(items, 2, member_axis=1 if self._split_members else None)
-
-  def zero_train_sums(self, state: TrainState) -> Any:
-    """Zero metric sums on the mesh, shaped like one train step's sums for `state`."""
-    if self._zero_sums is None:
-      self._zero_sums = jax.tree_util.tree_map(
-          lambda shape: np.zeros(shape.shape, shape.dtype), self.programs.sums_shape(state)
-      )
-    return self.put_state(self._zero_sums)
 
   def train(
       self,
@@ -279,7 +263,7 @@ class Trainer:
     settings = self._member_values(member_settings or {}, ('start_step',), 'settings')
     # Each run's dropout rng follows its batch-order seed (`steps.dropout_key`).
     settings['dropout_seed'] = np.asarray([seed % 2**32 for seed in seeds], np.uint32)
-    loop = train_loop.TrainLoop.begin(self, state, schedule, hooks, self.put_state(settings), started)
+    loop = train_loop.TrainLoop.begin(self.placement, state, schedule, hooks, self.put_state(settings), started)
     loop.start()
     if isinstance(self.feed, feeds_lib.StreamingFeed):
       self.feed.forget_streams(keep=seeds)
