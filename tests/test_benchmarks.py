@@ -84,8 +84,25 @@ def test_population_benchmark_quick_prints_every_population_size():
   assert completed.returncode == 0, completed.stderr[-3000:]
   assert 'population K=1 vmapped_examples_per_s=' in completed.stdout
   assert 'population K=2 vmapped_examples_per_s=' in completed.stdout
-  assert 'lottery_level mode=cohort_1_device runs=8 steps=100 seconds=' in completed.stdout
-  assert 'lottery_level_ratio cohort_1_devices_vs_sequential_1_device=' in completed.stdout
+  levels = {
+      fields['mode']: fields
+      for fields in (
+          dict(pair.split('=', 1) for pair in line.split()[1:])
+          for line in completed.stdout.splitlines()
+          if line.startswith('lottery_level ')
+      )
+  }
+  assert {'sequential_1_device', 'cohort_1_device', 'packed_1_device'} <= set(levels), completed.stdout
+  for mode in levels.values():
+    assert float(mode['seconds']) > 0 and float(mode['vs_sequential_1_device_min']) <= float(
+        mode['vs_sequential_1_device']
+    )
+  # Auto mode on one CPU device runs the programs and dispatches of one run at a time.
+  for field in ('trainers', 'train_programs', 'dispatches', 'member_steps'):
+    assert levels['cohort_1_device'][field] == levels['sequential_1_device'][field], field
+  assert levels['packed_1_device']['trainers'] != levels['sequential_1_device']['trainers']
+  assert 'lottery_level_profile mode=cohort_1_devices level=1 ' in completed.stdout
+  assert 'compiled_share=' in completed.stdout
 
 
 @pytest.mark.slow  # two minutes: four variants trained both ways, twice
@@ -105,8 +122,19 @@ def test_sweep_benchmark_quick_counts_the_dense_trainings_of_both_ways(tmp_path)
   # Four reset points of two trials share two dense runs; four learning rates share none.
   assert (figures['late_reset']['dense_runs_old'], figures['late_reset']['dense_runs_sweep']) == (8, 2)
   assert (figures['learning_rate']['dense_runs_old'], figures['learning_rate']['dense_runs_sweep']) == (8, 8)
-  assert all(figure['speedup'] > 0 for figure in figures.values())
-  assert all(figure['speedup_min'] <= figure['speedup'] <= figure['speedup_max'] for figure in figures.values())
+  ratios = [figures[name] for name in ('late_reset', 'learning_rate')]
+  assert all(figure['speedup'] > 0 for figure in ratios)
+  assert all(figure['speedup_min'] <= figure['speedup'] <= figure['speedup_max'] for figure in ratios)
+  profiles = {
+      figure['way']: figure
+      for figure in json.loads(output.read_text())['figures']
+      if figure['figure'] == 'late_reset_profile'
+  }
+  assert set(profiles) == {'old', 'sweep'}
+  for way in profiles.values():
+    assert 0 < way['compiled_share'] < 1 and way['dispatches'] > 0
+  # The sweep trains the reset points side by side: fewer dispatches than one run per reset point.
+  assert profiles['sweep']['dispatches'] < profiles['old']['dispatches']
 
 
 @pytest.mark.slow

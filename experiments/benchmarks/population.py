@@ -1,17 +1,22 @@
 """Population search against one run at a time, measured in one process.
 
     python -m experiments.benchmarks.population [--quick] [--members=1,2,4,8] [--batch_size=N] [--steps=N]
-        [--level_steps=N] [--drift_levels=N]
+        [--level_steps=N] [--level_modes=...] [--pairs=N] [--profiled_modes=...] [--drift_levels=N]
 
 1. `population K=...`: K LeNet-300-100s (MNIST-1D-shaped random data) trained by one Trainer of K
    members (one `jax.vmap`-ed step) against the same K trained one after the other, each by a Trainer of
    one member (a run alone), on one device.
 2. `lottery_level ...`: one whole lottery level of the default config (LeNet-300-100 on MNIST-1D),
-   4 trials x (ticket + reinit) = 8 runs, in cohort mode (`parallel.members_per_program=0`, auto: on a
-   CPU device at most one run per device) and one run at a time (`=1`), on 1 device and on all (8
-   simulated CPU devices unless XLA_FLAGS says otherwise), and on 1 device also forced into one program
-   of 8 (`=8`, what auto did there before it packed by device count): wall seconds of level 1 and examples/s over its 8 runs, each mode run twice with the persistent
-   compilation cache so that the figure is the warm one.
+   4 trials x (ticket + reinit) = 8 runs, in the --level_modes: cohort mode (`parallel.members_per_program=0`,
+   auto: on a CPU device at most one run per device) and one run at a time (`=1`), on 1 device and on
+   all (8 simulated CPU devices unless XLA_FLAGS says otherwise), and on 1 device also forced into one
+   program of 8 (`=8`, what auto did there before it packed by device count). Each mode runs once to
+   fill the persistent compilation cache, then --pairs rounds interleaved (A B C, C B A, ...): the
+   median and range of its level-1 seconds and of its per-round speed-up over one run at a time on 1
+   device, and the Trainers it built (population size x count), the train programs that ran, their
+   dispatches and member-steps per run (`profiling.DispatchProfile`). `lottery_level_profile ...`: one
+   more run of each --profiled_modes whose level 1 waits for every dispatch: seconds in compiled train
+   programs, in evaluation, building items, and the rest on the host.
 3. `mask_drift ...` (with --drift_levels=N > 0): the same search for N levels in cohort mode on all
    devices and one run at a time on 1 device; for each level, the fraction of the ticket's kept
    weights that the two modes' masks do not share (their float rounding differs).
@@ -25,6 +30,7 @@ if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '')
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 
 import contextlib
+import functools
 import tempfile
 import time
 from typing import Callable
@@ -52,6 +58,7 @@ from experiments.benchmarks.builders import classification_data
 from experiments.benchmarks.builders import load_config
 from experiments.benchmarks.harness import interleaved
 from experiments.benchmarks.harness import median
+from experiments.benchmarks import profiling
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Few steps: a smoke test of the benchmark itself.')
 _MEMBERS = flags.DEFINE_list('members', ['1', '2', '4', '8'], 'Population sizes K.')
@@ -61,6 +68,15 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Repetitions; the median is report
 _LEVEL_STEPS = flags.DEFINE_integer('level_steps', 3000, 'Training steps per run in the lottery-level figure.')
 _DRIFT_LEVELS = flags.DEFINE_integer('drift_levels', 0, 'Levels of the mask-drift figure (0: skip it).')
 _DRIFT_STEPS = flags.DEFINE_integer('drift_steps', 1000, 'Training steps per level in the mask-drift figure.')
+_LEVEL_MODES = flags.DEFINE_list(
+    'level_modes',
+    ['sequential_1_device', 'cohort_1_device', 'packed_1_device', 'sequential_all_devices', 'cohort_all_devices'],
+    'Modes of the lottery-level figure (sequential_1_device is the base of its ratios).',
+)
+_PAIRS = flags.DEFINE_integer('pairs', 3, 'Interleaved rounds of the lottery-level modes.')
+_PROFILED_MODES = flags.DEFINE_list(
+    'profiled_modes', ['sequential_1_device', 'cohort_all_devices'], 'Lottery-level modes profiled (compiled vs host).'
+)
 _FIGURES = flags.DEFINE_list('figures', ['population', 'level', 'drift'], 'Which figures to measure.')
 
 
@@ -131,14 +147,17 @@ def level_config(
 
 
 @contextlib.contextmanager
-def _level_timer(seconds: dict[int, float]):
-  """Times each level's populations (`loop._train_population`, by level) while the block runs."""
+def _level_timer(seconds: dict[int, float], level_profile: profiling.DispatchProfile | None = None):
+  """Times each level's populations (`loop._train_population`, by level) while the block runs; level 1's
+  also recorded in `level_profile`."""
   original = loop_lib._train_population  # pylint: disable=protected-access
 
   def timed(shape, progress, level, *args, **kwargs):
+    recording = level_profile.recording() if level_profile is not None and level == 1 else contextlib.nullcontext()
     started = time.perf_counter()
     try:
-      return original(shape, progress, level, *args, **kwargs)
+      with recording:
+        return original(shape, progress, level, *args, **kwargs)
     finally:
       seconds[level] = seconds.get(level, 0.0) + time.perf_counter() - started
 
@@ -149,47 +168,70 @@ def _level_timer(seconds: dict[int, float]):
     loop_lib._train_population = original  # pylint: disable=protected-access
 
 
-def measure_level(steps: int, members_per_program: int, num_devices: int, runs: int = 2) -> dict[str, float]:
-  """Seconds of level 1 (4 trials x ticket + reinit) of a fresh lottery run, the last of `runs`
-  (the first fills the persistent compilation cache)."""
-  seconds = []
-  for _ in range(runs):
-    levels: dict[int, float] = {}
-    with tempfile.TemporaryDirectory(prefix='lth_population_') as workdir, _level_timer(levels):
-      lottery.run(level_config(steps, 1, 4, members_per_program, num_devices), workdir, log=lambda message: None)
-    seconds.append(levels[1])
-  examples = 8 * steps * 64
-  return {'seconds': seconds[-1], 'examples_per_s': examples / seconds[-1]}
+LEVEL_MODES = {  # name: (parallel.members_per_program, parallel.num_devices; 0: every device)
+    'sequential_1_device': (1, 1),  # one run at a time
+    'cohort_1_device': (0, 1),  # auto: at most one run per CPU device
+    'packed_1_device': (8, 1),  # the 8 runs forced into one program (what auto did before)
+    'sequential_all_devices': (1, 0),  # one run at a time, each batch split over every device
+    'cohort_all_devices': (0, 0),  # auto
+}
 
 
-def level_figures(steps: int, runs: int) -> None:
-  """Prints cohort mode (auto) against one run at a time on 1 device and on all devices, and on 1 device
-  the 8 runs forced into one vmapped program (what auto no longer does on a CPU device)."""
+def measure_level(
+    steps: int, mode: str, counts: profiling.DispatchProfile, level_profile: profiling.DispatchProfile | None = None
+) -> float:
+  """Seconds of level 1 (4 trials x ticket + reinit = 8 runs) of a fresh lottery run in `mode`; the whole
+  run's Trainers and dispatches are counted in `counts`, level 1's profiled in `level_profile`."""
+  levels: dict[int, float] = {}
+  members_per_program, num_devices = LEVEL_MODES[mode]
+  config = level_config(steps, 1, 4, members_per_program, num_devices)
+  with tempfile.TemporaryDirectory(prefix='lth_population_') as workdir, counts.recording():
+    with _level_timer(levels, level_profile):
+      lottery.run(config, workdir, log=lambda message: None)
+  return levels[1]
+
+
+def level_figures(steps: int, modes: list[str], pairs: int, profiled: list[str]) -> None:
+  """Prints each mode's level-1 seconds over `pairs` interleaved rounds (after a warm run of each that
+  fills the persistent compilation cache), the median and range of each mode's per-round speed-up over
+  one run at a time on 1 device, the programs and dispatches of each mode, and for the `profiled` modes
+  one more run's level 1 with every dispatch waited for: its time in compiled programs against the host."""
   devices = jax.device_count()
-  figures = {}
-  for label, cap, count in (
-      ('sequential_1_device', 1, 1),
-      ('cohort_1_device', 0, 1),
-      ('packed_1_device', 8, 1),
-      (f'sequential_{devices}_devices', 1, 0),
-      (f'cohort_{devices}_devices', 0, 0),
-  ):
-    figures[label] = measure_level(steps, cap, count, runs)
+  unknown = sorted(set(modes + profiled) - set(LEVEL_MODES))
+  if unknown or 'sequential_1_device' not in modes:
+    raise app.UsageError(f'level modes {unknown}: choose from {list(LEVEL_MODES)}, sequential_1_device among them')
+  counts = {mode: profiling.DispatchProfile() for mode in modes}
+  for mode in modes:
+    measure_level(steps, mode, profiling.DispatchProfile())
+  times = interleaved(
+      {mode: functools.partial(measure_level, steps, mode, counts[mode]) for mode in modes}, max(pairs, 1)
+  )
+  examples = 8 * steps * 64
+  rounds = len(times['sequential_1_device'])
+  for mode in modes:
+    label = mode.replace('all_devices', f'{devices}_devices')
+    seconds = median(times[mode])
+    ratios = [base / ours for base, ours in zip(times['sequential_1_device'], times[mode])]
+    figures = {key: value for key, value in counts[mode].fields().items()}
+    figures['dispatches'] //= rounds
+    figures['member_steps'] //= rounds
     print(
-        f'lottery_level mode={label} runs=8 steps={steps} seconds={figures[label]["seconds"]:.2f} '
-        f'examples_per_s={figures[label]["examples_per_s"]:.0f}',
+        f'lottery_level mode={label} runs=8 steps={steps} rounds={rounds} seconds={seconds:.2f} '
+        f'seconds_min={min(times[mode]):.2f} seconds_max={max(times[mode]):.2f} '
+        f'examples_per_s={examples / seconds:.0f} vs_sequential_1_device={median(ratios):.2f} '
+        f'vs_sequential_1_device_min={min(ratios):.2f} vs_sequential_1_device_max={max(ratios):.2f} '
+        + ' '.join(f'{key}={value}' for key, value in figures.items()),
         flush=True,
     )
-  base = figures['sequential_1_device']['seconds']
-  print(
-      f'lottery_level_ratio cohort_{devices}_devices_vs_sequential_1_device='
-      f'{base / figures[f"cohort_{devices}_devices"]["seconds"]:.2f} '
-      f'cohort_1_device_vs_sequential_1_device={base / figures["cohort_1_device"]["seconds"]:.2f} '
-      f'packed_1_device_vs_sequential_1_device={base / figures["packed_1_device"]["seconds"]:.2f} '
-      f'cohort_{devices}_devices_vs_sequential_{devices}_devices='
-      f'{figures[f"sequential_{devices}_devices"]["seconds"] / figures[f"cohort_{devices}_devices"]["seconds"]:.2f}',
-      flush=True,
-  )
+  for mode in profiled:
+    profile = profiling.DispatchProfile(synchronous=True)
+    measure_level(steps, mode, profiling.DispatchProfile(), profile)
+    label = mode.replace('all_devices', f'{devices}_devices')
+    fields = ' '.join(
+        f'{key}={value:.3g}' if isinstance(value, float) else f'{key}={value}'
+        for key, value in profile.fields().items()
+    )
+    print(f'lottery_level_profile mode={label} level=1 {fields}', flush=True)
 
 
 def mask_drift(levels: int, steps: int) -> None:
@@ -240,7 +282,12 @@ def main(argv):
         flush=True,
     )
   if 'level' in _FIGURES.value:
-    level_figures(100 if _QUICK.value else _LEVEL_STEPS.value, 1 if _QUICK.value else 2)
+    level_figures(
+        100 if _QUICK.value else _LEVEL_STEPS.value,
+        _LEVEL_MODES.value,
+        1 if _QUICK.value else _PAIRS.value,
+        _PROFILED_MODES.value,
+    )
   if _DRIFT_LEVELS.value and 'drift' in _FIGURES.value:
     mask_drift(_DRIFT_LEVELS.value, _DRIFT_STEPS.value)
 

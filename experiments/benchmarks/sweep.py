@@ -19,6 +19,9 @@
 Both ways run with the persistent compilation cache, warmed first by a run of each at a few steps, so
 that the figures compare training rather than compilation. Each variant is the same computation both
 ways (tests/test_sweeps.py checks that their records agree).
+3. `late_reset_profile ...`: the late-reset figure's two ways once more, each dispatch waited for
+   (`profiling.DispatchProfile`): seconds in compiled train programs and evaluations against the
+   host's, the Trainers built, the train programs that ran and their dispatches.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import lth_jax
 from lth_jax import results as results_lib
 from lth_jax.search import sweep_plan
 from experiments import common
+from experiments.benchmarks import profiling
 from experiments.benchmarks.harness import interleaved
 from experiments.benchmarks.harness import median
 from experiments.benchmarks.harness import Report
@@ -55,7 +59,7 @@ _LEVELS = flags.DEFINE_integer('levels', 2, 'Pruning levels after the dense leve
 _TRIALS = flags.DEFINE_integer('trials', 2, 'Trials of every variant.')
 _PAIRS = flags.DEFINE_integer('pairs', 3, 'Interleaved pairs of the two ways (the ratio: their median and range).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Also write the figures as JSON here.')
-FIGURES = ('late_reset', 'learning_rate')
+FIGURES = ('late_reset', 'learning_rate', 'late_reset_profile')
 REWIND_FRACTIONS = (0.0, 0.01, 0.05, 0.2)  # the late-reset points, as fractions of training
 LEARNING_RATE_FACTORS = (0.25, 0.5, 1.0, 2.0)  # of the default config's learning rate
 
@@ -146,6 +150,16 @@ def compare(
   )
 
 
+def profile(report: Report, name: str, base: ml_collections.ConfigDict, axes: Mapping[str, Sequence[Any]]) -> None:
+  """Runs both ways once more, waiting for every dispatch (`profiling.DispatchProfile`), and emits each
+  one's seconds in compiled programs and on the host, its Trainers, train programs and dispatches."""
+  for way, train in (('old', one_run_per_variant), ('sweep', one_sweep)):
+    recorded = profiling.DispatchProfile(synchronous=True)
+    with tempfile.TemporaryDirectory(prefix='lth_sweep_profile_') as workdir, recorded.recording():
+      train(base, axes, workdir)
+    report.emit(name, way=way, devices=jax.device_count(), **recorded.fields())
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -172,6 +186,10 @@ def main(argv: list[str]) -> None:
           (
               'learning-rate sweep',
               lambda: compare(report, 'learning_rate', base, {'training.learning_rate': learning_rates}, pairs),
+          ),
+          (
+              'late-reset profile',
+              lambda: profile(report, 'late_reset_profile', base, {'pruning.rewind_step': rewind_steps}),
           ),
       ]
   )
