@@ -14,7 +14,7 @@
    fill the persistent compilation cache, then --pairs rounds interleaved (A B C, C B A, ...): the
    median and range of its level-1 seconds and of its per-round speed-up over one run at a time on 1
    device, and the Trainers it built (population size x count), the train programs that ran, their
-   dispatches and member-steps per run (`profiling.DispatchProfile`). `lottery_level_profile ...`: one
+   dispatches and member-steps of its last run (`profiling.DispatchProfile`). `lottery_level_profile ...`: one
    more run of each --profiled_modes whose level 1 waits for every dispatch: seconds in compiled train
    programs, in evaluation, building items, and the rest on the host.
 3. `mask_drift ...` (with --drift_levels=N > 0): the same search for N levels in cohort mode on all
@@ -200,21 +200,22 @@ def level_figures(steps: int, modes: list[str], pairs: int, profiled: list[str])
   unknown = sorted(set(modes + profiled) - set(LEVEL_MODES))
   if unknown or 'sequential_1_device' not in modes:
     raise app.UsageError(f'level modes {unknown}: choose from {list(LEVEL_MODES)}, sequential_1_device among them')
-  counts = {mode: profiling.DispatchProfile() for mode in modes}
+  counts: dict[str, profiling.DispatchProfile] = {}  # each mode's last run
+
+  def counted(mode: str) -> float:
+    counts[mode] = profiling.DispatchProfile()
+    return measure_level(steps, mode, counts[mode])
+
   for mode in modes:
-    measure_level(steps, mode, profiling.DispatchProfile())
-  times = interleaved(
-      {mode: functools.partial(measure_level, steps, mode, counts[mode]) for mode in modes}, max(pairs, 1)
-  )
+    counted(mode)
+  times = interleaved({mode: functools.partial(counted, mode) for mode in modes}, max(pairs, 1))
   examples = 8 * steps * 64
   rounds = len(times['sequential_1_device'])
   for mode in modes:
     label = mode.replace('all_devices', f'{devices}_devices')
     seconds = median(times[mode])
     ratios = [base / ours for base, ours in zip(times['sequential_1_device'], times[mode])]
-    figures = {key: value for key, value in counts[mode].fields().items()}
-    figures['dispatches'] //= rounds
-    figures['member_steps'] //= rounds
+    figures = counts[mode].fields()
     print(
         f'lottery_level mode={label} runs=8 steps={steps} rounds={rounds} seconds={seconds:.2f} '
         f'seconds_min={min(times[mode]):.2f} seconds_max={max(times[mode]):.2f} '
