@@ -1,7 +1,8 @@
 """The loop of one `Trainer.train` call (`lth_jax.training.trainer`), between the dispatches of its train program: where
 dispatches end (`Schedule`), whom it tells (`Hooks`), and what it holds from one dispatch to the next
 (`TrainLoop`: the state, the metric sums since the last evaluation, the curve, snapshots and divergence, the
-clocks of the progress reports). It runs a `Placement` (`lth_jax.training.placement`): the programs and feed of the population.
+clocks of the progress reports). It runs a `Placement` (`lth_jax.training.placement`): the programs and
+feed of the population.
 """
 
 from __future__ import annotations
