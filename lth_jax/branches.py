@@ -2,6 +2,11 @@
 
 A branch is one small function registered by name that returns the starting (params, model_state,
 keep_mask) of its training run; adding a control experiment is adding one function here.
+
+The pruning-at-initialization baselines (SNIP, GraSP, SynFlow, magnitude at init) choose a mask of the
+ticket's size from the rewind weights (`lth_jax.init_pruning`); each is registered with the two ablations
+of Frankle et al. 2021 ("Pruning Neural Networks at Initialization: Why are We Missing the Mark?"):
+`<name>_shuffled` (its mask shuffled within each layer) and `<name>_reinit` (its mask, fresh weights).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from lth_jax import init_pruning
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
 
@@ -26,8 +32,14 @@ class BranchInputs:
   prunable: Any  # bool tree from masks.prunable_tree
   init_variables: Callable[[int], tuple[Any, Any]]  # seed -> fresh (params, model_state)
   seed: int  # seed for this branch's randomness
+  at_init_scope: str  # how pruning at init sizes its mask: 'global' | 'layerwise' (`init_pruning.SCOPES`)
+  synflow_rounds: int  # SynFlow's rounds of pruning (1: one shot)
   # (params, model_state) -> mean loss gradient over a few training batches (for SNIP)
   loss_gradients: Callable[[Any, Any], Any] | None = None
+  # (params, model_state) -> GraSP's Hessian-gradient product over the same batches
+  hessian_gradient: Callable[[Any, Any], Any] | None = None
+  # (params, model_state) -> SynFlow's gradient dR/dw at |w| (data-free)
+  synflow_gradients: Callable[[Any, Any], Any] | None = None
 
 
 BranchStart = tuple[Any, Any, Any]  # (params, model_state, keep_mask)
@@ -65,18 +77,6 @@ def random_pruning(inputs: BranchInputs) -> BranchStart:
   return masks_lib.apply(inputs.rewind_params, keep_mask), inputs.rewind_model_state, keep_mask
 
 
-def snip(inputs: BranchInputs) -> BranchStart:
-  """SNIP (Lee et al.): keep the weights with the largest connection sensitivity |g * w|, measured at
-  the rewind weights (the initialization when the rewind step is 0), in one global pool, as many
-  as the ticket keeps; weights from the rewind step."""
-  if inputs.loss_gradients is None:
-    raise ValueError('the snip branch needs loss gradients (BranchInputs.loss_gradients)')
-  gradients = inputs.loss_gradients(inputs.rewind_params, inputs.rewind_model_state)
-  keep_count = sum(masks_lib.count_per_layer(inputs.ticket_mask, inputs.prunable).values())
-  keep_mask = pruning.keep_top(pruning.snip_scores(inputs.rewind_params, gradients), inputs.prunable, keep_count)
-  return masks_lib.apply(inputs.rewind_params, keep_mask), inputs.rewind_model_state, keep_mask
-
-
 def sign_preserving_reinit(inputs: BranchInputs) -> BranchStart:
   """Zhou et al.: the ticket's mask and the signs of its rewind weights, with fresh magnitudes."""
   fresh_params, model_state = inputs.init_variables(inputs.seed)
@@ -89,16 +89,103 @@ def sign_preserving_reinit(inputs: BranchInputs) -> BranchStart:
   return masks_lib.apply(params, inputs.ticket_mask), model_state, inputs.ticket_mask
 
 
+def _needed(function: Callable[..., Any] | None, what: str, method: str) -> Callable[..., Any]:
+  """`function`, or a ValueError saying that `method` needs it."""
+  if function is None:
+    raise ValueError(f'the {method} branch needs {what} (BranchInputs)')
+  return function
+
+
+def snip_mask(inputs: BranchInputs) -> Any:
+  """SNIP (Lee et al. 2019): the largest connection sensitivity |g * w| at the rewind weights."""
+  gradients = _needed(inputs.loss_gradients, 'loss gradients (loss_gradients)', 'snip')
+  scores = pruning.snip_scores(inputs.rewind_params, gradients(inputs.rewind_params, inputs.rewind_model_state))
+  return _ticket_sized(scores, inputs)
+
+
+def grasp_mask(inputs: BranchInputs) -> Any:
+  """GraSP (Wang et al. 2020): the weights whose removal reduces the gradient flow least, scored by
+  w * (H g) at the rewind weights (`init_pruning.grasp_scores`)."""
+  product = _needed(inputs.hessian_gradient, 'Hessian-gradient products (hessian_gradient)', 'grasp')
+  scores = init_pruning.grasp_scores(inputs.rewind_params, product(inputs.rewind_params, inputs.rewind_model_state))
+  return _ticket_sized(scores, inputs)
+
+
+def synflow_mask(inputs: BranchInputs) -> Any:
+  """SynFlow (Tanaka et al. 2020): data-free, `synflow_rounds` rounds of iterative synaptic-flow pruning
+  from the rewind weights (the model in evaluation mode)."""
+  gradients = _needed(inputs.synflow_gradients, 'SynFlow gradients (synflow_gradients)', 'synflow')
+  return init_pruning.iterative_synflow(
+      inputs.rewind_params,
+      inputs.prunable,
+      inputs.ticket_mask,
+      inputs.at_init_scope,
+      inputs.synflow_rounds,
+      lambda params: gradients(params, inputs.rewind_model_state),
+  )
+
+
+def magnitude_at_init_mask(inputs: BranchInputs) -> Any:
+  """Magnitude pruning at initialization: the largest |w| of the rewind weights."""
+  return _ticket_sized(pruning.magnitude_scores(inputs.rewind_params), inputs)
+
+
+def _ticket_sized(scores: Any, inputs: BranchInputs) -> Any:
+  """The mask of the highest `scores`, as large as the ticket (`init_pruning.select` at `at_init_scope`)."""
+  full = masks_lib.ones_like(inputs.ticket_mask)
+  return init_pruning.select(scores, full, inputs.prunable, inputs.ticket_mask, inputs.at_init_scope)
+
+
+AtInitMask = Callable[[BranchInputs], Any]  # inputs -> a keep mask of the ticket's size
+
+
+def at_init_branches(mask_function: AtInitMask) -> tuple[Branch, Branch, Branch]:
+  """The three branches of a pruning-at-init method: its mask with the rewind weights, that mask shuffled
+  within each layer (rewind weights), and its mask with fresh weights."""
+
+  def method(inputs: BranchInputs) -> BranchStart:
+    keep_mask = mask_function(inputs)
+    return masks_lib.apply(inputs.rewind_params, keep_mask), inputs.rewind_model_state, keep_mask
+
+  def shuffled(inputs: BranchInputs) -> BranchStart:
+    keep_mask = pruning.permute_within_layers(mask_function(inputs), inputs.prunable, inputs.seed)
+    return masks_lib.apply(inputs.rewind_params, keep_mask), inputs.rewind_model_state, keep_mask
+
+  def reinitialized(inputs: BranchInputs) -> BranchStart:
+    keep_mask = mask_function(inputs)
+    params, model_state = inputs.init_variables(inputs.seed)
+    return masks_lib.apply(params, keep_mask), model_state, keep_mask
+
+  return method, shuffled, reinitialized
+
+
+AT_INIT_METHODS: dict[str, AtInitMask] = {
+    'snip': snip_mask,
+    'grasp': grasp_mask,
+    'synflow': synflow_mask,
+    'magnitude_at_init': magnitude_at_init_mask,
+}
+
 REGISTRY: dict[str, Branch] = {
     'ticket': winning_ticket,
     'reinit': random_reinit,
     'permuted': permuted_mask,
     'permuted_reinit': permuted_reinit,
     'random_pruning': random_pruning,
-    'snip': snip,
     'sign_reinit': sign_preserving_reinit,
 }
-BRANCH_NAMES = tuple(REGISTRY)
+
+
+def register_at_init(name: str, mask_function: AtInitMask) -> None:
+  """Adds a pruning-at-init method: branches `name`, `name_shuffled` and `name_reinit` (see
+  `at_init_branches`)."""
+  AT_INIT_METHODS[name] = mask_function
+  method, shuffled, reinitialized = at_init_branches(mask_function)
+  REGISTRY.update({name: method, f'{name}_shuffled': shuffled, f'{name}_reinit': reinitialized})
+
+
+for _name, _mask_function in tuple(AT_INIT_METHODS.items()):
+  register_at_init(_name, _mask_function)
 
 
 def register(name: str, branch: Branch) -> None:

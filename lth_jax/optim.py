@@ -115,7 +115,7 @@ def learning_rate_schedule(
       # compile-time constant length, so a run's rates are the same whether its lengths are held in the
       # optimizer state or were constants (tests/test_member_settings.py).
       cosine_decay = 0.5 * (1 + jnp.cos(count * (jnp.pi / decay_steps)))
-      after = peak * ((1 - 0.0) * cosine_decay**1.0 + 0.0)
+      after = peak * cosine_decay
     warming = peak * jnp.minimum(1.0, (step + 1) * (1.0 / jnp.maximum(warmup, 1)))
     return jnp.where(step < warmup, warming, after).astype(jnp.float32)
 

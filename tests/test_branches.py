@@ -33,7 +33,7 @@ def _tiny_trainer():
   return trainer_lib.Trainer(model, dataset, optim.from_config(config.training, 60), parallel.create_mesh(), 32, 8)
 
 
-def _branch_inputs(trainer, keep_fraction=0.3, seed=4):
+def _branch_inputs(trainer, keep_fraction=0.3, seed=4, at_init_scope='global', synflow_rounds=100):
   params, model_state = trainer.init_variables(0)
   prunable = masks_lib.prunable_tree(params)
   scores = pruning.magnitude_scores(params)
@@ -45,7 +45,11 @@ def _branch_inputs(trainer, keep_fraction=0.3, seed=4):
       prunable=prunable,
       init_variables=trainer.init_variables,
       seed=seed,
+      at_init_scope=at_init_scope,
+      synflow_rounds=synflow_rounds,
       loss_gradients=lambda p, s: trainer.mean_gradients(p, s, data_seed=9, num_batches=3),
+      hessian_gradient=lambda p, s: trainer.hessian_gradient(p, s, data_seed=9, num_batches=3),
+      synflow_gradients=trainer.synflow_gradients,
   )
 
 

@@ -20,6 +20,7 @@ LAYERS = (
     ('data', 'models', 'tasks'),
     ('masks',),
     ('pruning', 'optim', 'results'),
+    ('init_pruning',),
     ('branches',),
     ('config',),
     ('training',),

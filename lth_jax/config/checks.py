@@ -8,21 +8,18 @@ epochs to steps in `lth_jax.config.lengths`, and the comparison of a workdir's c
 
 from __future__ import annotations
 
-from typing import Any
 
 import ml_collections
 
-from lth_jax import branches as branches_lib
+from lth_jax.config import pruning_checks
 from lth_jax.config import schema
 from lth_jax import data as data_lib
 from lth_jax import importing
 from lth_jax import models as models_lib
 from lth_jax.models import convolution
 from lth_jax import optim
-from lth_jax import pruning
 from lth_jax.config.compatibility import config_to_json
 from lth_jax.config.compatibility import flatten as _flatten
-from lth_jax.config.data_checks import PRUNING_MODES
 from lth_jax.config.errors import ConfigError
 from lth_jax.config.errors import is_int as _is_int
 from lth_jax.config.errors import is_number as _is_number
@@ -35,15 +32,6 @@ __all__ = [
     'check_config',
     'check_known_fields',
 ]
-
-
-def _check_fraction(field: str, value: Any) -> None:
-  _require(
-      isinstance(value, (int, float)) and 0.0 < value < 1.0,
-      field,
-      'a prune fraction must be strictly between 0 and 1',
-      value,
-  )
 
 
 # Fields whose keys are free (layer names).
@@ -77,9 +65,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _check_names_and_model(config)
   _check_optimizer(config.training)
   num_steps = _check_batch_and_length(config)
-  _check_pruning_amount(config.pruning)
-  _check_pruning_steps(config.pruning, num_steps)
-  _check_branches(config)
+  pruning_checks.check_pruning(config, num_steps)
   _check_transfer(config)
   _check_parallel(config)
   _require(
@@ -240,102 +226,6 @@ def _check_batch_and_length(config: ml_collections.ConfigDict) -> int:
       training.get('weight_decay_batch_norm'),
   )
   return num_steps
-
-
-def _check_pruning_amount(pruning_config: ml_collections.ConfigDict) -> None:
-  """How much the `pruning` section prunes: scope, mode, criterion, levels, target density, fractions, minimum."""
-  _require(
-      pruning_config.get('scope', 'local') in pruning.SCOPES,
-      'pruning.scope',
-      f'must be one of {pruning.SCOPES}',
-      pruning_config.get('scope'),
-  )
-  _require(
-      pruning_config.get('mode', 'iterative') in PRUNING_MODES,
-      'pruning.mode',
-      f'must be one of {PRUNING_MODES}',
-      pruning_config.get('mode'),
-  )
-  criterion = pruning_config.get('criterion', 'magnitude')
-  _require(  # (criteria registered since import count too)
-      isinstance(criterion, str) and criterion in pruning.CRITERIA,
-      'pruning.criterion',
-      f'unknown pruning criterion; known criteria: {", ".join(pruning.CRITERIA)} (add one with lth_jax.pruning.register)',
-      criterion,
-  )
-  levels = pruning_config.get('levels')
-  _require(_is_int(levels) and levels >= 0, 'pruning.levels', 'must be a non-negative integer', levels)
-  target = pruning_config.get('target_density')
-  if target is not None:
-    _require(
-        isinstance(target, (int, float)) and 0.0 < target <= 1.0,
-        'pruning.target_density',
-        'must be in (0, 1] (a fraction of weights remaining), or None',
-        target,
-    )
-  if pruning_config.get('fraction') is None:
-    _require(
-        target is not None and levels >= 1,
-        'pruning.fraction',
-        'set pruning.fraction, or pruning.target_density with pruning.levels >= 1',
-        None,
-    )
-  else:
-    _check_fraction('pruning.fraction', pruning_config.fraction)
-  layer_fractions = pruning_config.get('layer_fractions') or {}
-  for layer, value in dict(layer_fractions).items():
-    _check_fraction(f'pruning.layer_fractions.{layer}', value)
-  minimum = pruning_config.get('min_weights_per_layer', 0)
-  _require(
-      _is_int(minimum) and minimum >= 0, 'pruning.min_weights_per_layer', 'must be a non-negative integer', minimum
-  )
-  _require(
-      minimum == 0 or pruning_config.get('scope', 'local') == 'local',
-      'pruning.min_weights_per_layer',
-      'applies to local pruning only (pruning.scope="local")',
-      minimum,
-  )
-
-
-def _check_pruning_steps(pruning_config: ml_collections.ConfigDict, num_steps: int) -> None:
-  """When the `pruning` section resets and prunes (inside `num_steps` when that is set), and SNIP's batches."""
-  rewind = pruning_config.get('rewind_step', 0)
-  _require(_is_int(rewind) and rewind >= 0, 'pruning.rewind_step', 'must be a non-negative integer', rewind)
-  snip_batches = pruning_config.get('snip_batches', 1)
-  _require(
-      _is_int(snip_batches) and snip_batches >= 1, 'pruning.snip_batches', 'must be a positive integer', snip_batches
-  )
-  turnaround = pruning_config.get('turnaround_step', 0) or 0
-  _require(
-      _is_int(turnaround) and turnaround >= 0,
-      'pruning.turnaround_step',
-      'must be a non-negative integer (0: prune from the end of training)',
-      turnaround,
-  )
-  _require(
-      turnaround == 0 or turnaround > rewind,
-      'pruning.turnaround_step',
-      f'must come after the rewind step (pruning.rewind_step={rewind})',
-      turnaround,
-  )
-  if num_steps:
-    _require(
-        rewind < num_steps,
-        'pruning.rewind_step',
-        f'must be before the end of training (training.num_steps={num_steps})',
-        rewind,
-    )
-
-
-def _check_branches(config: ml_collections.ConfigDict) -> None:
-  """Every name in `branches` is a registered branch."""
-  for name in config.get('branches', ()):
-    _require(
-        name in branches_lib.REGISTRY,
-        'branches',  # (branches registered since import count too)
-        f'unknown branch {name!r}; known branches: {", ".join(branches_lib.REGISTRY)}',
-        tuple(config.branches),
-    )
 
 
 def _check_transfer(config: ml_collections.ConfigDict) -> None:

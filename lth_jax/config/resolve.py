@@ -96,6 +96,8 @@ def pruning_plan(config: ml_collections.ConfigDict) -> spec_lib.PruningPlan:
       prunable_patterns=tuple(pruning.prunable_patterns),
       excluded_layers=tuple(pruning.excluded_layers),
       snip_batches=int(pruning.snip_batches),
+      at_init_scope=str(pruning.at_init_scope),
+      synflow_rounds=int(pruning.synflow_rounds),
       criterion=str(pruning.criterion),
   )
 

@@ -25,8 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.training = _training_section()
   config.pruning = _pruning_section()
   config.task = _task_section()
-  # Controls trained beside the ticket at every level: reinit, permuted, permuted_reinit,
-  # random_pruning, snip, sign_reinit (see lth_jax/branches.py).
+  # Controls trained beside the ticket at every level: reinit, permuted, permuted_reinit, random_pruning,
+  # sign_reinit, and pruning at initialization: snip, grasp, synflow, magnitude_at_init, each also as
+  # <name>_shuffled and <name>_reinit (see lth_jax/branches.py).
   config.branches = ('reinit',)
   config.parallel = _parallel_section()
   config.transfer = _transfer_section()
@@ -143,7 +144,12 @@ def _pruning_section() -> ml_collections.ConfigDict:
   # What ranks the weights a level prunes (lowest first): 'magnitude' (|w|) | 'snip' (|g * w|, Lee et al.,
   # the mean gradient over snip_batches batches) | a name given to lth_jax.pruning.register
   pruning.criterion = 'magnitude'
-  pruning.snip_batches = 1  # batches whose mean gradient scores the snip branch and the snip criterion
+  pruning.snip_batches = 1  # training batches the snip and grasp branches and the snip criterion score over
+  # The pruning-at-init branches (snip, grasp, synflow, magnitude_at_init and their _shuffled and _reinit
+  # ablations) keep as many weights as the level's ticket: 'global' in one pool (as the papers prune),
+  # 'layerwise' the ticket's count in every layer.
+  pruning.at_init_scope = 'global'
+  pruning.synflow_rounds = 100  # SynFlow's rounds of iterative pruning (Tanaka et al.; 1: one shot)
   return pruning
 
 

@@ -88,6 +88,8 @@ class PruningPlan:
   prunable_parameters: tuple[str, ...]
   excluded_layers: tuple[str, ...]
   snip_batches: int
+  at_init_scope: str  # how the pruning-at-init branches size their masks (`lth_jax.init_pruning.SCOPES`)
+  synflow_rounds: int
   criterion: str  # what ranks the weights a level prunes: a name registered in lth_jax.pruning
   prunable_patterns: tuple[str, ...] = ()
   # A rule given from Python (`lth_jax.run(..., prunable=rule)`): rule(path, leaf) -> bool. It decides

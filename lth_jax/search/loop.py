@@ -93,6 +93,11 @@ def start(search: Search, log: Callable[[str], None], scalars: scalars_lib.Scala
     )
   records = search.read_records()
   trials = {trial: trial_lib.start(search, trial, records, log) for trial in range(spec.trials)}
+  if any(name.startswith('synflow') for name in spec.branches) and jax.tree_util.tree_leaves(trials[0].model_state0):
+    log(
+        'lth_jax: synflow scores this model in evaluation mode, as Tanaka et al. do: batch norm normalizes '
+        'with its running statistics (made positive), not with the statistics of a batch as in training'
+    )
   return SearchProgress(search, records, trials, scalars)
 
 

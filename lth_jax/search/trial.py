@@ -155,9 +155,15 @@ def member(state: TrialState, level: int, branch: str, search: Search, hyperpara
       prunable=state.prunable,
       init_variables=trainer.init_variables,
       seed=branch_seed(spec.seed, state.trial, level, 2 + spec.branch_names.index(branch)),
+      at_init_scope=plan.at_init_scope,
+      synflow_rounds=plan.synflow_rounds,
       loss_gradients=functools.partial(
           trainer.mean_gradients, data_seed=state.data_seed, num_batches=plan.snip_batches
       ),
+      hessian_gradient=functools.partial(
+          trainer.hessian_gradient, data_seed=state.data_seed, num_batches=plan.snip_batches
+      ),
+      synflow_gradients=trainer.synflow_gradients,
   )
   params, model_state, branch_mask = branches_lib.start(branch, inputs)
   turnaround = tuple(step for step in (plan.turnaround_step,) if step)

@@ -1,8 +1,9 @@
 """The jit-compiled programs a Trainer runs, built once for a (model, feed, optimizer, mesh).
 
 A chunk of `steps_per_dispatch` train steps in one loop, the evaluation over groups of test batches,
-the mean gradient over training batches (SNIP scores), the all-weights-finite check, initialization
-of the variables and of the optimizer state. Every tree of the state has a leading member axis of
+the mean gradient over training batches (SNIP scores), the Hessian-gradient product (GraSP), the
+data-free SynFlow gradient, the all-weights-finite check, initialization of the variables and of the
+optimizer state. Every tree of the state has a leading member axis of
 `population_size` members that lives on the mesh's 'members' axis: the programs map over it
 (`over_members`).
 """
@@ -35,6 +36,8 @@ class Programs:
   evaluate: Callable[..., Any]  # (params, model_state, totals, group) -> totals
   evaluation_sums_shape: Callable[[Any, Any], Any]  # (params, model_state) -> shapes of one batch's sums
   mean_gradients: Callable[..., Any]  # (params, model_state, arrays, items, dropout_seed) -> mean gradient
+  hessian_gradient: Callable[..., Any]  # (params, model_state, arrays, items, dropout_seed) -> H g (GraSP)
+  synflow_gradients: Callable[[Any, Any], Any]  # (params, model_state) -> SynFlow's dR/dw at |w|
   all_finite: Callable[[Any], Any]  # params -> whether every weight is finite (per member)
   init: Any  # jitted key -> flax variables (lowered and compiled by the Trainer)
   init_optimizer: Callable[[Any], Any]  # params -> optimizer state on the mesh
@@ -86,6 +89,8 @@ def build(
           over_members(evaluate_one, population_size, evaluation_axes), feed
       ),
       mean_gradients=_mean_gradients_program(model, task, feed, parallel.batch_sharded(mesh), replicated),
+      hessian_gradient=_hessian_gradient_program(model, task, feed, parallel.batch_sharded(mesh), replicated),
+      synflow_gradients=_synflow_program(model, example, replicated),
       # Run only where the host waits anyway (evaluations).
       all_finite=jax.jit(over_members(_all_finite, population_size), out_shardings=replicated),
       init=_init_program(model, example),
@@ -235,6 +240,28 @@ def _evaluation_sums_shape_function(
   return evaluation_sums_shape
 
 
+def _batch_loss(
+    model: nn.Module,
+    task: tasks.Task,
+    feed: feeds_lib.Feed,
+    batch_sharding: jax.sharding.Sharding,
+    model_state: Any,
+    arrays: Any,
+    item: Any,
+    dropout_key: jax.Array,
+) -> Callable[[Any], jax.Array]:
+  """params -> the mean loss of one training batch (`item`), the model in training mode as a train step
+  sees the batch: batch norm normalizes with the batch's statistics (the updated running statistics are
+  dropped)."""
+  inputs, targets = _constrained_batch(feed, batch_sharding, arrays, item)
+
+  def loss_fn(params):
+    outputs, _ = steps_lib.apply_model(model, params, model_state, inputs, train=True, rngs={'dropout': dropout_key})
+    return steps_lib.loss_and_metric_sums(task, outputs, targets)[0]
+
+  return loss_fn
+
+
 def _mean_gradients_program(
     model: nn.Module,
     task: tasks.Task,
@@ -248,22 +275,61 @@ def _mean_gradients_program(
   def mean_gradients(params, model_state, arrays, items, dropout_seed):
     def batch_gradients(position_and_item):
       position, item = position_and_item
-      inputs, targets = _constrained_batch(feed, batch_sharding, arrays, item)
-      rngs = {'dropout': steps_lib.dropout_key(dropout_seed, position)}
-
-      def loss_fn(params):
-        # Training mode, as a train step sees the batch: batch norm normalizes with the batch's
-        # statistics (the updated running statistics are dropped).
-        outputs, _ = steps_lib.apply_model(model, params, model_state, inputs, train=True, rngs=rngs)
-        return steps_lib.loss_and_metric_sums(task, outputs, targets)[0]
-
-      return jax.grad(loss_fn)(params)
+      key = steps_lib.dropout_key(dropout_seed, position)
+      return jax.grad(_batch_loss(model, task, feed, batch_sharding, model_state, arrays, item, key))(params)
 
     positions = jnp.arange(jax.tree_util.tree_leaves(items)[0].shape[0])
     total = jax.lax.map(batch_gradients, (positions, items))
     return jax.tree_util.tree_map(lambda gradients: gradients.mean(0), total)
 
   return jax.jit(mean_gradients, out_shardings=replicated)
+
+
+def _hessian_gradient_program(
+    model: nn.Module,
+    task: tasks.Task,
+    feed: feeds_lib.Feed,
+    batch_sharding: jax.sharding.Sharding,
+    replicated: jax.sharding.Sharding,
+) -> Callable[..., Any]:
+  """The jitted Hessian-gradient product of GraSP: (params, model_state, arrays, items, dropout_seed) ->
+  H g, with g the gradient of the loss averaged over `items` and H its Hessian (the mean of each batch's
+  Hessian times g: forward-over-reverse differentiation, one batch at a time)."""
+  mean_gradients = _mean_gradients_program(model, task, feed, batch_sharding, replicated)
+
+  def hessian_gradient(params, model_state, arrays, items, dropout_seed):
+    gradient = mean_gradients(params, model_state, arrays, items, dropout_seed)
+
+    def batch_product(position_and_item):
+      position, item = position_and_item
+      key = steps_lib.dropout_key(dropout_seed, position)
+      batch_gradient = jax.grad(_batch_loss(model, task, feed, batch_sharding, model_state, arrays, item, key))
+      return jax.jvp(batch_gradient, (params,), (gradient,))[1]
+
+    positions = jnp.arange(jax.tree_util.tree_leaves(items)[0].shape[0])
+    total = jax.lax.map(batch_product, (positions, items))
+    return jax.tree_util.tree_map(lambda products: products.mean(0), total)
+
+  return jax.jit(hessian_gradient, out_shardings=replicated)
+
+
+def _synflow_program(model: nn.Module, example: jax.ShapeDtypeStruct, replicated: jax.sharding.Sharding) -> Any:
+  """The jitted SynFlow gradient (Tanaka et al.): (params, model_state) -> dR/dw at |w|, where R is the sum
+  of the model's outputs on one input of all ones, every weight and running statistic replaced by its
+  absolute value. Data-free; the model runs in evaluation mode (batch norm normalizes with its running
+  statistics, dropout is off), as in the paper."""
+
+  def synflow_gradients(params, model_state):
+    positive_state = jax.tree_util.tree_map(jnp.abs, model_state)
+    inputs = jnp.ones(example.shape, example.dtype)
+
+    def total_output(positive_params):
+      outputs, _ = steps_lib.apply_model(model, positive_params, positive_state, inputs, train=False)
+      return sum(jnp.sum(leaf) for leaf in jax.tree_util.tree_leaves(outputs))
+
+    return jax.grad(total_output)(jax.tree_util.tree_map(jnp.abs, params))
+
+  return jax.jit(synflow_gradients, out_shardings=replicated)
 
 
 def _all_finite(params: Any) -> jax.Array:

@@ -175,15 +175,36 @@ class Trainer:
   def mean_gradients(self, params: Any, model_state: Any, data_seed: int, num_batches: int) -> Any:
     """The loss gradient at `params`, averaged over the first `num_batches` training batches of
     `data_seed` (model in training mode: batch norm uses each batch's statistics), as a host tree."""
+    return self._over_batches(self.programs.mean_gradients, params, model_state, data_seed, num_batches)
+
+  def hessian_gradient(self, params: Any, model_state: Any, data_seed: int, num_batches: int) -> Any:
+    """GraSP's Hessian-gradient product H g at `params` as a host tree: g the loss gradient averaged over
+    the first `num_batches` training batches of `data_seed` (as `mean_gradients`), H the Hessian of that
+    mean loss."""
+    return self._over_batches(self.programs.hessian_gradient, params, model_state, data_seed, num_batches)
+
+  def synflow_gradients(self, params: Any, model_state: Any) -> Any:
+    """SynFlow's gradient dR/dw at |w| (data-free; the model in evaluation mode, see
+    `programs._synflow_program`), as a host tree."""
+    gradients = self.programs.synflow_gradients(
+        parallel.put_replicated(params, self.mesh), parallel.put_replicated(model_state, self.mesh)
+    )
+    return parallel.to_host(gradients)
+
+  def _over_batches(
+      self, program: Callable[..., Any], params: Any, model_state: Any, data_seed: int, num_batches: int
+  ) -> Any:
+    """`program` (params, model_state, arrays, items, dropout_seed) over the first `num_batches` training
+    batches of `data_seed`, as a host tree."""
     items = self.feed.put(self.feed.host_steps(data_seed, 0, num_batches), 1)
-    gradients = self.programs.mean_gradients(
+    result = program(
         parallel.put_replicated(params, self.mesh),
         parallel.put_replicated(model_state, self.mesh),
         self.feed.arrays,
         items,
         np.uint32(data_seed % 2**32),
     )
-    return parallel.to_host(gradients)
+    return parallel.to_host(result)
 
   def _seeds(self, data_seed: Sequence[int]) -> list[int]:
     """The batch-order seed of every member."""
