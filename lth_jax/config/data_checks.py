@@ -111,6 +111,8 @@ def _check_points_in_training(config: ml_collections.ConfigDict, steps: int) -> 
       'turnaround_step',
       f'must come after the rewind step (pruning.rewind_step={rewind})',
   )
+  if pruning_config.get('turnaround', 'step') == 'early_bird':
+    _check_early_bird_points(config, steps)
   warmup = training.get('warmup_steps', 0) or 0
   _require_point(warmup <= steps, config, 'training', 'warmup_steps', f'is longer than training ({steps} steps)')
   _require(steps > 0, 'training.num_epochs', 'gives no training steps', training.get('num_epochs'))
@@ -145,4 +147,21 @@ def _check_target_reachable(config: ml_collections.ConfigDict, layer_sizes: Mapp
       f'is unreachable: {pruning_config.levels} levels pruning {fraction:.3g} per level keep at least '
       f'{reached:.4g} of the weights; raise pruning.levels or pruning.fraction',
       target,
+  )
+
+
+def _check_early_bird_points(config: ml_collections.ConfigDict, steps: int) -> None:
+  """Early-bird turnaround compares the masks of consecutive evaluations: a ticket run (from the rewind
+  step to the end) has at least early_bird_window + 1 of them."""
+  training, pruning_config = config.training, config.pruning
+  rewind, eval_every = pruning_config.get('rewind_step', 0), training.get('eval_every', 0)
+  window = pruning_config.get('early_bird_window', 5)
+  evaluations = 1 + (len(range(rewind - rewind % eval_every + eval_every, steps, eval_every)) if eval_every else 0)
+  _require(
+      evaluations >= window + 1,
+      'training.eval_every',
+      f'gives {evaluations} evaluation(s) from the rewind step ({rewind}) to the end ({steps} steps); '
+      f"pruning.turnaround='early_bird' with pruning.early_bird_window={window} compares the masks of "
+      f'{window + 1} consecutive evaluations: set training.eval_every to at most {max(1, (steps - rewind) // (window + 1))}',
+      eval_every,
   )

@@ -12,6 +12,7 @@ from lth_jax import init_pruning
 from lth_jax import pruning
 from lth_jax.config.data_checks import PRUNING_MODES
 from lth_jax.config.errors import is_int as _is_int
+from lth_jax.config.errors import is_number as _is_number
 from lth_jax.config.errors import require as _require
 
 
@@ -20,6 +21,7 @@ def check_pruning(config: ml_collections.ConfigDict, num_steps: int) -> None:
   _check_amount(config.pruning)
   _check_steps(config.pruning, num_steps)
   _check_at_init(config.pruning)
+  _check_early_bird(config.pruning)
   _check_branches(config)
 
 
@@ -141,3 +143,35 @@ def _check_at_init(pruning_config: ml_collections.ConfigDict) -> None:
   _require(
       _is_int(rounds) and rounds >= 1, 'pruning.synflow_rounds', 'must be a positive integer (1: one shot)', rounds
   )
+
+
+TURNAROUNDS = ('step', 'early_bird')
+
+
+def _check_early_bird(pruning_config: ml_collections.ConfigDict) -> None:
+  """The turnaround rule, and early-bird turnaround's threshold and window (its evaluation points are
+  checked once the lengths are steps: `data_checks`)."""
+  turnaround = pruning_config.get('turnaround', 'step')
+  _require(
+      turnaround in TURNAROUNDS,
+      'pruning.turnaround',
+      f"must be one of {TURNAROUNDS} ('step': at pruning.turnaround_step; 'early_bird': when the mask settles)",
+      turnaround,
+  )
+  threshold = pruning_config.get('early_bird_threshold', 0.1)
+  _require(
+      _is_number(threshold) and 0.0 < threshold <= 1.0,
+      'pruning.early_bird_threshold',
+      'must be in (0, 1] (a normalized Hamming distance between masks)',
+      threshold,
+  )
+  window = pruning_config.get('early_bird_window', 5)
+  _require(_is_int(window) and window >= 1, 'pruning.early_bird_window', 'must be a positive integer', window)
+  if turnaround == 'early_bird':
+    for field in ('turnaround_step', 'turnaround_epoch'):
+      _require(
+          not pruning_config.get(field, 0),
+          f'pruning.{field}',
+          "is a fixed turnaround point: set it to 0 with pruning.turnaround='early_bird' (which finds its own)",
+          pruning_config.get(field),
+      )

@@ -136,6 +136,13 @@ def _pruning_section() -> ml_collections.ConfigDict:
   pruning.rewind_epoch = 0.0  # ... or to this epoch
   pruning.turnaround_step = 0  # early turnaround: prune from the weights at this step (0: end)
   pruning.turnaround_epoch = 0.0  # ... or at this epoch
+  # 'step': turn around at turnaround_step (or epoch); 'early_bird' (You et al. 2020): at the first
+  # evaluation where the mask pruning would cut has settled, i.e. the last early_bird_window distances
+  # (normalized Hamming, one evaluation to the next; `mask_distance` in the curve) are below
+  # early_bird_threshold. The ticket runs keep their weights at every evaluation until they finish.
+  pruning.turnaround = 'step'
+  pruning.early_bird_threshold = 0.1
+  pruning.early_bird_window = 5
   pruning.prunable_parameters = ('kernel',)  # leaf names pruning may touch (flax Dense, Conv, Einsum, attention)
   # Or patterns over whole leaf paths ('*/kernel', 'Embed_0/embedding'; fnmatch, '*' crosses '/'); when
   # given, they decide instead of prunable_parameters. From Python, `lth_jax.run(..., prunable=rule)`.

@@ -85,6 +85,9 @@ class PruningPlan:
   min_weights_per_layer: int
   rewind_step: int
   turnaround_step: int  # prune from the weights at this step (0: at the end of training)
+  turnaround: str  # 'step' (at turnaround_step) | 'early_bird' (when the mask settles)
+  early_bird_threshold: float
+  early_bird_window: int
   prunable_parameters: tuple[str, ...]
   excluded_layers: tuple[str, ...]
   snip_batches: int
@@ -111,6 +114,11 @@ class PruningPlan:
     if rule is None and self.prunable_patterns:
       rule = masks_lib.PatternRule(self.prunable_patterns)
     return masks_lib.prunable_tree(params, self.prunable_parameters, self.excluded_layers, rule)
+
+  @property
+  def keeps_turnaround_weights(self) -> bool:
+    """Whether a level keeps the weights it is pruned from beside its final weights (early turnaround)."""
+    return bool(self.turnaround_step) or self.turnaround == 'early_bird'
 
   def pruning_weights(self, snapshots: dict[int, tuple[Any, Any]], final_params: Any) -> Any:
     """The weights a run's mask is pruned from: its snapshot at the turnaround step, or its final weights."""

@@ -141,6 +141,11 @@ def _run_variants(
       experiment = prepare(variant_config, custom)
     except config_lib.ConfigError as error:
       raise config_lib.ConfigError(f'sweep variant {variant.label}: {error}') from error
+    if experiment.spec.pruning.turnaround == 'early_bird':  # its level 0 would be a shared dense run's
+      raise config_lib.ConfigError(
+          f"sweep variant {variant.label}: pruning.turnaround='early_bird' runs with lth_jax.run, not in a sweep "
+          '(whose variants share dense runs that keep no early-bird weights); run each variant in its own workdir'
+      )
     recorded = custom.recorded(variant_config, experiment.model)
     runs.append(_VariantRun(variant, recorded, experiment, workdir_lib.variant_directory(workdir, variant), custom))
   if runs:

@@ -18,6 +18,7 @@ from lth_jax import branches as branches_lib
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax import tickets as tickets_lib
+from lth_jax.search import early_bird
 from lth_jax.search import records as records_lib
 from lth_jax.search import workdir as workdir_lib
 from lth_jax.search.members import Member
@@ -129,7 +130,7 @@ def member(state: TrialState, level: int, branch: str, search: Search, hyperpara
   spec, plan = search.spec, search.spec.pruning
   hyperparameters = {name: getattr(spec.training, name) for name in hyperparameter_names}
   if level == 0:
-    turnaround = tuple(step for step in (plan.turnaround_step,) if step)
+    turnaround = tuple(step for step in (plan.turnaround_step,) if step) + _early_bird_steps(search, 0, 0)
     snapshot_steps = tuple(dict.fromkeys((plan.rewind_step, *turnaround, *search.keep_snapshots)))
     writer = _LevelZeroSnapshots(search.workdir, state.trial, plan.rewind_step, search.keep_snapshots)
     return Member(
@@ -166,7 +167,9 @@ def member(state: TrialState, level: int, branch: str, search: Search, hyperpara
       synflow_gradients=trainer.synflow_gradients,
   )
   params, model_state, branch_mask = branches_lib.start(branch, inputs)
-  turnaround = tuple(step for step in (plan.turnaround_step,) if step)
+  turnaround = tuple(step for step in (plan.turnaround_step,) if step) + _early_bird_steps(
+      search, level, plan.rewind_step
+  )
   return Member(
       state.trial,
       level,
@@ -202,6 +205,12 @@ def absorb(
       if plan.turnaround_step and plan.turnaround_step not in result.snapshots
       else plan.pruning_weights(result.snapshots, result.final_params)
   )
+  start_step = 0 if finished.level == 0 else plan.rewind_step
+  found = None
+  if finished.branch == 'ticket' and _early_bird_steps(search, finished.level, start_step):
+    found = _early_bird(state, search, result, finished.level, finished.keep_mask, start_step, log)
+    if found.step is not None and found.step in result.snapshots:
+      pruning_params = result.snapshots[found.step][0]
   if finished.level == 0:
     rewind = result.snapshots.get(plan.rewind_step)
     rewind_dir = workdir_lib.rewind_directory(search.workdir, state.trial)
@@ -218,8 +227,9 @@ def absorb(
     _save_level(state, search, finished.level, result.final_params, pruning_params)
   if finished.branch == 'ticket' and result.diverged_step is not None:
     state = stop_diverged(state, finished.level, result.diverged_step, search, log)
-  start_step = 0 if finished.level == 0 else plan.rewind_step
   record = records_lib.build(search, finished, result, state.prunable, start_step)
+  if found is not None:
+    record = found.annotate(record)
   last_level = {**state.last_level, finished.branch: (record, result.final_params, finished.keep_mask)}
   return dataclasses.replace(state, last_level=last_level), record
 
@@ -304,7 +314,7 @@ def _restore_finished(state: TrialState, search: Search, directory: str, like: A
 def _restore_level(state: TrialState, search: Search, level: int) -> tuple[Any, Any, Any]:
   """(final weights, weights to prune from, mask) of a finished level."""
   like = {'params': state.params0, 'mask': state.keep_mask}
-  if search.spec.pruning.turnaround_step:
+  if search.spec.pruning.keeps_turnaround_weights:
     like['turnaround_params'] = state.params0
   directory = workdir_lib.level_directory(search.workdir, state.trial, level)
   tree = _restore_finished(state, search, directory, like, f'level {level} ticket checkpoint', level)
@@ -315,6 +325,55 @@ def _save_level(state: TrialState, search: Search, level: int, final_params: Any
   """Keeps a level's ticket for good: final weights, mask, and (with early turnaround) the weights the
   next level prunes from."""
   tree = {'params': final_params, 'mask': state.keep_mask}
-  if search.spec.pruning.turnaround_step:
+  if search.spec.pruning.keeps_turnaround_weights:
     tree['turnaround_params'] = pruning_params
   checkpoints.save_tree(workdir_lib.level_directory(search.workdir, state.trial, level), tree)
+
+
+def _early_bird_steps(search: Search, level: int, start_step: int) -> tuple[int, ...]:
+  """The evaluation steps whose weights a level's ticket run keeps for early-bird turnaround (none without
+  it, and none at one-shot levels >= 1, which prune from the dense run)."""
+  spec = search.spec
+  if spec.pruning.turnaround != 'early_bird' or (level and spec.pruning.mode == 'one_shot'):
+    return ()
+  return early_bird.evaluation_steps(start_step, search.experiment.total_steps, spec.training.eval_every)
+
+
+def _early_bird(
+    state: TrialState,
+    search: Search,
+    result: MemberResult,
+    level: int,
+    keep_mask: Any,
+    start_step: int,
+    log: Callable[[str], None],
+) -> early_bird.EarlyBird:
+  """Early-bird turnaround of a finished ticket run, logged with the share of training it makes unneeded."""
+  plan, trainer = search.spec.pruning, search.experiment.trainer()
+  gradients = functools.partial(
+      trainer.mean_gradients, model_state=state.model_state0, data_seed=state.data_seed, num_batches=plan.snip_batches
+  )
+  found = early_bird.find(
+      plan,
+      level,
+      result.snapshots,
+      result.final_params,
+      keep_mask,
+      state.prunable,
+      start_step,
+      search.experiment.total_steps,
+      search.spec.training.eval_every,
+      gradients,
+  )
+  if found.step is None:
+    log(
+        f'trial {state.trial} level {level}: early bird: the mask did not settle (distances '
+        f'{", ".join(f"{d:.3g}" for d in found.distances if d is not None)}); level {level + 1} is pruned from the final weights'
+    )
+  else:
+    log(
+        f'trial {state.trial} level {level}: early bird at step {found.step} of {search.experiment.total_steps}: '
+        f"its mask is {found.distance_to_end:.3g} (normalized Hamming) from the end of training's; a search "
+        f"stopping there would train {found.steps_after:.0%} fewer of this run's steps"
+    )
+  return found
