@@ -27,6 +27,7 @@ from lth_jax.reporting import style
 from lth_jax.reporting import summaries
 from lth_jax.search import sweeps
 from experiments import figures
+from experiments import init_pruning_sweep
 from experiments import late_reset_table
 
 Records = Sequence[dict[str, Any]]
@@ -420,6 +421,47 @@ def blog_caption(workdir: str) -> str:
   )
 
 
+def _names(names: Sequence[str]) -> str:
+  """'SNIP', 'SNIP and GraSP', 'SNIP, GraSP and SynFlow'."""
+  return names[0] if len(names) == 1 else ', '.join(names[:-1]) + ' and ' + names[-1]
+
+
+def init_pruning_caption(workdir: str) -> str:
+  """Frankle et al. 2021: IMP with late resetting against the methods of pruning at initialization and
+  random pruning, at the sparsest level and how often it is the best."""
+  methods = init_pruning_sweep.method_records(variant_records(workdir))
+  by_level = {
+      name: {cell.level: cell for cell in _cells(records) if cell.level > 0} for name, records in methods.items()
+  }
+  rewind, *at_init = by_level
+  at = _sparsest(list(by_level[rewind].values()))
+  sparsest = {name: cells[at.level] for name, cells in by_level.items()}
+  numbers = ', '.join(f'{name} {_value(cell)}' for name, cell in sparsest.items())
+  reach = [name for name in at_init if not _clear_above(sparsest[rewind], sparsest[name])]
+  verdict = (
+      'IMP with rewinding is above every method of pruning at initialization, every trial, as in the paper'
+      if not reach
+      else f"not shown: {_names(reach)} {'reaches' if len(reach) == 1 else 'reach'} the range of IMP with rewinding"
+  )
+  random_name = init_pruning_sweep.method_label('random_pruning')
+  if random_name in at_init:
+    scored = [name for name in at_init if name != random_name]
+    above = [name for name in scored if _clear_above(sparsest[name], sparsest[random_name])]
+    below = [name for name in scored if name not in above]
+    if not above:
+      verdict += '; none is above random pruning in every trial'
+    else:
+      verdict += f"; {_names(above)} {'is' if len(above) == 1 else 'are'} above random pruning, every trial"
+      verdict += f", {_names(below)} {'is' if len(below) == 1 else 'are'} not" if below else ''
+  levels = sorted(by_level[rewind])
+  best = sum(all(by_level[rewind][level].mean > by_level[name][level].mean for name in at_init) for level in levels)
+  return (
+      f'**Pruning at initialization (Frankle et al. 2021).** At {_percent(at.fraction_remaining)} of the weights: '
+      f'{numbers} (dense network {_value(_dense(methods[rewind]))}, {at.trials} trials): {verdict}. IMP with '
+      f'rewinding has the best mean at {best} of {len(levels)} levels.'
+  )
+
+
 CAPTIONS: dict[str, Callable[[str], str]] = {
     'blog': blog_caption,
     'fig01': snip_caption,
@@ -431,4 +473,5 @@ CAPTIONS: dict[str, Callable[[str], str]] = {
     'fig10': pruning_mode_caption,
     'fig08': weight_fate_caption,
     'digits': digits_caption,
+    'missing_the_mark': init_pruning_caption,
 }

@@ -109,6 +109,11 @@ FIGURES = (
         (_command('experiments.lottery_sweep', SETTING, '--config.dataset.name=digits', '--branches=reinit'),),
         (('accuracy_vs_sparsity.png', 'digits_lottery.png'),),
     ),
+    Figure(
+        'missing_the_mark',  # Frankle et al. 2021: pruning at initialization against IMP with rewinding
+        (_command('experiments.init_pruning_sweep', SETTING, '--rewind_step=10'),),
+        (('init_pruning_sweep.png', 'missing_the_mark_pruning_at_init.png'),),
+    ),
 )
 
 

@@ -6,9 +6,14 @@ import json
 import os
 import pathlib
 import re
+import types
+
+from absl import app
+import pytest
 
 from lth_jax import results as results_lib
 from experiments import captions
+from experiments import init_pruning_sweep
 from experiments import regenerate_figures
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -125,3 +130,81 @@ def test_the_readme_describes_the_quick_setting_as_configs_figures_sets_it():
   steps = regenerate_figures.RESET_STEPS.split('=')[1].split(',')
   assert f'late-reset points {", ".join(steps[:-1])} and {steps[-1]}' in readme
   assert max(map(int, steps)) <= 0.05 * config.training.num_steps  # within the first 5% of training
+
+
+def _figures_config():
+  spec = importlib.util.spec_from_file_location('figures_config', REPO / 'configs' / 'figures.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_the_init_pruning_sweep_prunes_at_initialization_and_rewinds_only_imp():
+  base = _figures_config()
+  configs = init_pruning_sweep.variant_configs(base, init_pruning_sweep.BRANCHES, 10)
+  assert list(configs) == ['at_init', 'rewind_10']
+  at_init, rewind = configs['at_init'], configs['rewind_10']
+  assert (
+      at_init.branches == ('snip', 'grasp', 'synflow', 'magnitude_at_init', 'random_pruning') and rewind.branches == ()
+  )
+  assert (at_init.pruning.rewind_step, at_init.pruning.rewind_epoch) == (0, 0.0)  # the branches score W_0
+  assert (rewind.pruning.rewind_step, rewind.pruning.rewind_epoch) == (10, 0.0)
+  for config in (at_init, rewind):  # nothing else changes: the two share one dense run per trial
+    changed = config.to_dict()
+    changed['pruning'] = dict(changed['pruning'], rewind_step=0)
+    assert dict(changed, branches=base.branches) == base.to_dict()
+  for branches, step in ((init_pruning_sweep.BRANCHES, 0), ((), 10)):
+    with pytest.raises(app.UsageError):
+      init_pruning_sweep.variant_configs(base, branches, step)
+  # the quick command's --rewind_step is the script's default on the quick setting: 1% of its training
+  (command,) = next(figure for figure in regenerate_figures.FIGURES if figure.name == 'missing_the_mark').commands
+  (given,) = [part for part in command if part.startswith('--rewind_step=')]
+  no_rewind = types.SimpleNamespace(pruning=types.SimpleNamespace(rewind_step=0))
+  assert int(given.split('=')[1]) == init_pruning_sweep.default_rewind_step(no_rewind, base.training.num_steps) == 10
+  resnet = types.SimpleNamespace(pruning=types.SimpleNamespace(rewind_step=500))
+  assert init_pruning_sweep.default_rewind_step(resnet, 30_000) == 500  # a config's own rewind step
+
+
+def _sweep_records(imp, snip, grasp, random):
+  """The two variants of an init_pruning_sweep with 3 trials: the dense network at level 0 (shared), IMP with
+  rewinding's ticket and the at_init variant's ticket and branches at level 1 (20%)."""
+  records = {'at_init': [], 'rewind_10': []}
+  for trial, dense in enumerate((0.70, 0.71, 0.72)):
+    for variant in records:
+      records[variant].append(_record(trial, 0, 'ticket', 1.0, dense))
+    records['rewind_10'].append(_record(trial, 1, 'ticket', 0.2, imp[trial]))
+    records['at_init'].append(_record(trial, 1, 'ticket', 0.2, 0.5))
+    for branch, values in (('snip', snip), ('grasp', grasp), ('random_pruning', random)):
+      records['at_init'].append(_record(trial, 1, branch, 0.2, values[trial]))
+  return records
+
+
+def _record(trial, level, branch, fraction, accuracy):
+  return {'trial': trial, 'level': level, 'branch': branch, 'fraction_remaining': fraction, 'test_accuracy': accuracy}
+
+
+def test_the_init_pruning_caption_says_whether_imp_with_rewinding_clears_every_method_at_init(monkeypatch, tmp_path):
+  sweep = {}
+  monkeypatch.setattr(captions, 'variant_records', lambda workdir: sweep[workdir])
+  sweep['shown'] = _sweep_records((0.70, 0.69, 0.71), (0.60, 0.61, 0.62), (0.55, 0.56, 0.50), (0.45, 0.52, 0.40))
+  shown = captions.init_pruning_caption('shown')
+  assert shown.startswith(
+      '**Pruning at initialization (Frankle et al. 2021).** At 20.0% of the weights: IMP with rewinding (to step 10) '
+      '0.700 [0.690, 0.710], SNIP 0.610 [0.600, 0.620], GraSP 0.537 [0.500, 0.560], random pruning 0.457 [0.400, 0.520] '
+      '(dense network 0.710 [0.700, 0.720], 3 trials): '
+  )
+  assert 'above every method of pruning at initialization, every trial, as in the paper; SNIP is above random' in shown
+  assert ', GraSP is not. IMP with rewinding has the best mean at 1 of 1 levels.' in shown
+  sweep['not_shown'] = _sweep_records((0.70, 0.69, 0.71), (0.60, 0.70, 0.62), (0.55, 0.69, 0.50), (0.65, 0.66, 0.67))
+  not_shown = captions.init_pruning_caption('not_shown')
+  assert 'not shown: SNIP and GraSP reach the range of IMP with rewinding; none is above random pruning' in not_shown
+  # the figure: one colour per method, the dense network once (one dense run shared by both variants)
+  path = init_pruning_sweep.report(sweep['shown'], str(tmp_path), 'title')
+  assert os.path.isfile(path)
+  with open(tmp_path / 'init_pruning_sweep_table.csv') as file:
+    assert [line.split(',')[0] for line in file][1:] == [
+        'IMP with rewinding (to step 10)',
+        'SNIP',
+        'GraSP',
+        'random pruning',
+    ]

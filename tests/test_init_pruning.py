@@ -279,3 +279,14 @@ def test_config_refuses_an_unknown_scope_and_no_synflow_rounds():
     config_lib.check_config(helpers.tiny_config(pruning__at_init_scope='local'))
   with pytest.raises(config_lib.ConfigError, match='pruning.synflow_rounds=0: must be a positive integer'):
     config_lib.check_config(helpers.tiny_config(pruning__synflow_rounds=0))
+
+
+def test_reports_name_the_methods_and_their_ablations():
+  from lth_jax.reporting import style  # pylint: disable=import-outside-toplevel
+
+  assert [style.display_name(name) for name in ('grasp', 'synflow_shuffled', 'magnitude_at_init_reinit')] == [
+      'GraSP',
+      'SynFlow, shuffled',
+      'magnitude at init, reinitialized',
+  ]
+  assert style.display_name('permuted_reinit') == 'permuted mask, reinitialized'

@@ -30,6 +30,9 @@ _NAMES = {
     'permuted_reinit': 'permuted mask, reinitialized',
     'random_pruning': 'random pruning',
     'snip': 'SNIP',
+    'grasp': 'GraSP',
+    'synflow': 'SynFlow',
+    'magnitude_at_init': 'magnitude at init',
     'sign_reinit': 'sign-preserving reinitialization',
     'random_ticket': 'random ticket',
     'full': 'full network',
@@ -63,6 +66,9 @@ def display_name(key: str) -> str:
   its underscores as spaces."""
   if key in _NAMES:
     return _NAMES[key]
+  ablation = re.fullmatch(r'(\w+)_(shuffled|reinit)', key)  # of a pruning-at-init branch: 'SNIP, shuffled'
+  if ablation and ablation.group(1) in _NAMES:
+    return f'{_NAMES[ablation.group(1)]}, {"shuffled" if ablation.group(2) == "shuffled" else "reinitialized"}'
   level = re.fullmatch(r'level_(\d+)', key)
   if level:
     return f'level {level.group(1)}'
