@@ -6,6 +6,8 @@ Runs `lth_jax.run` with `pruning.turnaround='early_bird'` (evaluating every --ev
 masks can be compared), then, for every trial and level, re-derives from the level's checkpoint the mask
 pruned from the early-bird weights and the mask pruned from the final weights, checks that their distance
 is the recorded `early_bird_distance_to_end`, and prints one row per level and the steps saved in all.
+With --compare (the default) the same config also runs with its masks pruned at the end of training (in
+WORKDIR/full), and each level's ticket accuracy is printed both ways.
 
     python -m experiments.early_bird --workdir=/tmp/lth_early_bird                 # default config, 3 levels
     python -m experiments.early_bird --workdir=W --config=configs/resnet18_cifar10.py --levels=5 \\
@@ -29,6 +31,7 @@ from lth_jax import pruning
 from lth_jax.search import early_bird
 from lth_jax.search import workdir as workdir_lib
 from lth_jax.training import checkpoints
+from experiments import common
 
 FLAGS = flags.FLAGS
 
@@ -100,21 +103,50 @@ def format_rows(rows: Sequence[dict[str, Any]], total_levels: int) -> str:
   return '\n'.join(lines)
 
 
+def compare_tickets(early: Sequence[dict[str, Any]], full: Sequence[dict[str, Any]]) -> str:
+  """Each level's ticket accuracy (mean over trials) with early-bird turnaround and with masks pruned at the end."""
+
+  def by_level(records: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    levels: dict[int, list[dict[str, Any]]] = {}
+    for record in records:
+      if record['branch'] == 'ticket':
+        levels.setdefault(record['level'], []).append(record)
+    return levels
+
+  early_levels, full_levels = by_level(early), by_level(full)
+  metric = early[0]['metric']
+  lines = [f'level remaining  {metric} (early bird)  {metric} (pruned at the end)']
+  for level in sorted(early_levels):
+    mean_early = sum(record[metric] for record in early_levels[level]) / len(early_levels[level])
+    mean_full = sum(record[metric] for record in full_levels[level]) / len(full_levels[level])
+    lines.append(
+        f'{level:5d} {early_levels[level][0]["fraction_remaining"]:8.2%}  {mean_early:22.4f}  {mean_full:26.4f}'
+    )
+  return '\n'.join(lines)
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
+  common.quiet_logging()
   config = early_bird_config(FLAGS.config, FLAGS.levels, FLAGS.eval_every, FLAGS.threshold, FLAGS.window)
-  results = lth_jax.run(config, FLAGS.workdir)
-  rows = check_levels(config, FLAGS.workdir, results.records)
+  results = lth_jax.run(config, os.path.join(FLAGS.workdir, 'early_bird'))
+  rows = check_levels(config, os.path.join(FLAGS.workdir, 'early_bird'), results.records)
   for row in rows:
     if abs(row['recorded_distance'] - row['recomputed_distance']) > 1e-9:
       raise SystemExit(
           f'trial {row["trial"]} level {row["level"]}: the recorded distance does not match its checkpoint'
       )
-  turnarounds = config.trials * (FLAGS.levels + 1)  # every ticket run, the dense one included
-  print(format_rows(rows, turnarounds))
+  text = format_rows(rows, config.trials * (FLAGS.levels + 1))  # every ticket run, the dense one included
+  if FLAGS.compare:
+    full_config = config_lib.complete(config)
+    with full_config.unlocked():
+      full_config.pruning.turnaround = 'step'
+    full = lth_jax.run(full_config, os.path.join(FLAGS.workdir, 'full'))
+    text += '\n\n' + compare_tickets(results.records, full.records)
+  print(text)
   path = os.path.join(FLAGS.workdir, 'early_bird.txt')
   with open(path + '.partial', 'w') as file:
-    file.write(format_rows(rows, turnarounds) + '\n')
+    file.write(text + '\n')
   os.replace(path + '.partial', path)
 
 
@@ -125,4 +157,5 @@ if __name__ == '__main__':
   flags.DEFINE_integer('eval_every', 100, 'Steps between evaluations (the masks compared).')
   flags.DEFINE_float('threshold', 0.1, 'The normalized Hamming distance below which the mask has settled.')
   flags.DEFINE_integer('window', 5, 'Consecutive distances below the threshold.')
+  flags.DEFINE_bool('compare', True, 'Also run the config with masks pruned at the end of training (WORKDIR/full).')
   app.run(main)

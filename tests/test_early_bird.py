@@ -121,3 +121,19 @@ def test_early_bird_refuses_a_fixed_turnaround_and_bad_settings():
 def test_a_sweep_refuses_early_bird_before_training(tmp_path):
   with pytest.raises(config_lib.ConfigError, match="pruning.turnaround='early_bird' runs with lth_jax.run"):
     lth_jax.sweep(_early_bird_config(), {'pruning.rewind_step': (0, 5)}, str(tmp_path), log=lambda line: None)
+
+
+def test_the_experiment_checks_each_level_against_its_checkpoint_and_prints_the_steps_saved(tmp_path):
+  from experiments import early_bird as experiment  # pylint: disable=import-outside-toplevel
+
+  config = experiment.early_bird_config(helpers.tiny_config(), levels=1, eval_every=10, threshold=0.2, window=2)
+  assert config.pruning.turnaround == 'early_bird' and config.branches == ()
+  results = lottery.run(config, str(tmp_path), log=lambda line: None)
+  rows = experiment.check_levels(config, str(tmp_path), results.records)
+  assert rows and all(row['recorded_distance'] == pytest.approx(row['recomputed_distance']) for row in rows)
+  text = experiment.format_rows(rows, 2)
+  saved = sum(row['steps_saved'] for row in rows)
+  assert f'early bird found in {len(rows)} of 2 ticket runs' in text and f'save {saved} of' in text
+  comparison = experiment.compare_tickets(results.records, results.records)
+  assert comparison.splitlines()[0].startswith('level remaining  test_accuracy (early bird)')
+  assert len(comparison.splitlines()) == 3
