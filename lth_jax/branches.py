@@ -187,6 +187,9 @@ def register_at_init(name: str, mask_function: AtInitMask) -> None:
 for _name, _mask_function in tuple(AT_INIT_METHODS.items()):
   register_at_init(_name, _mask_function)
 
+TICKET_MASK_BRANCHES = ('reinit', 'sign_reinit')  # built-in controls that train the ticket's own mask
+OWN_MASK_BRANCHES = tuple(name for name in REGISTRY if name not in ('ticket', *TICKET_MASK_BRANCHES))
+
 
 def register(name: str, branch: Branch) -> None:
   """Adds a branch under `name` (then usable in `config.branches`)."""

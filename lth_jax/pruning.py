@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from lth_jax import masks as masks_lib
+from lth_jax import structured
 
 SCOPES = ('local', 'global')
 MODES = ('iterative', 'one_shot')
@@ -323,6 +324,10 @@ class LevelRule(Protocol):
   def min_weights_per_layer(self) -> int:
     ...
 
+  @property
+  def structure(self) -> str:
+    ...
+
 
 def level_inputs(
     mode: str,
@@ -346,6 +351,9 @@ def next_mask(rule: LevelRule, level: int, scores: Any, keep_mask: Any, prunable
   what `level` iterative levels would keep (`keep_mask` gives only the tree's shape then)."""
   if rule.mode not in MODES:
     raise ValueError(f'pruning mode must be one of {MODES}, got {rule.mode!r}')
+  pattern = structured.parse(rule.structure)
+  if pattern is not None:
+    return _n_m_mask(rule, level, scores, keep_mask, prunable, pattern)
   if rule.mode == 'one_shot':
     fraction, layer_fractions = one_shot_fractions(rule.fraction, rule.layer_fractions, level)
     return prune(
@@ -358,3 +366,17 @@ def next_mask(rule: LevelRule, level: int, scores: Any, keep_mask: Any, prunable
         rule.min_weights_per_layer,
     )
   return prune(scores, keep_mask, prunable, rule.fraction, rule.scope, rule.layer_fractions, rule.min_weights_per_layer)
+
+
+def _n_m_mask(rule: LevelRule, level: int, scores: Any, keep_mask: Any, prunable: Any, pattern: tuple[int, int]) -> Any:
+  """A level's mask under `rule.structure` N:M: the layers with their own fraction pruned unstructured at
+  it (iterative or one-shot as `rule.mode` says), every other prunable leaf to the N best of each M
+  (`structured.apply_pattern`; reached at level 1 and kept)."""
+  pattern_leaves = structured.structured_leaves(prunable, rule.layer_fractions)
+  own = jax.tree_util.tree_map(lambda flag, in_pattern: bool(flag) and not in_pattern, prunable, pattern_leaves)
+  start = keep_mask if rule.mode == 'iterative' else masks_lib.ones_like(keep_mask)
+  fraction, layer_fractions = rule.fraction, dict(rule.layer_fractions)
+  if rule.mode == 'one_shot':
+    fraction, layer_fractions = one_shot_fractions(rule.fraction, rule.layer_fractions, level)
+  unstructured = prune(scores, start, own, fraction, 'local', layer_fractions, rule.min_weights_per_layer)
+  return structured.apply_pattern(scores, start, unstructured, pattern_leaves, pattern)

@@ -19,6 +19,7 @@ LAYERS = (
     ('version', 'importing'),
     ('data', 'models', 'tasks'),
     ('masks',),
+    ('structured',),
     ('pruning', 'optim', 'results'),
     ('init_pruning',),
     ('branches',),

@@ -516,6 +516,7 @@ class _Rule:
   fraction: float = 0.5
   layer_fractions: Mapping[str, float] = dataclasses.field(default_factory=dict)
   min_weights_per_layer: int = 0
+  structure: str = 'unstructured'
 
 
 def test_next_mask_prunes_the_lowest_scores_iteratively_or_in_one_shot():

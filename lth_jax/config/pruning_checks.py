@@ -10,7 +10,9 @@ import ml_collections
 from lth_jax import branches as branches_lib
 from lth_jax import init_pruning
 from lth_jax import pruning
+from lth_jax import structured
 from lth_jax.config.data_checks import PRUNING_MODES
+from lth_jax.config.errors import ConfigError
 from lth_jax.config.errors import is_int as _is_int
 from lth_jax.config.errors import is_number as _is_number
 from lth_jax.config.errors import require as _require
@@ -23,6 +25,7 @@ def check_pruning(config: ml_collections.ConfigDict, num_steps: int) -> None:
   _check_at_init(config.pruning)
   _check_early_bird(config.pruning)
   _check_branches(config)
+  _check_structure(config)
 
 
 def _check_fraction(field: str, value: Any) -> None:
@@ -175,3 +178,30 @@ def _check_early_bird(pruning_config: ml_collections.ConfigDict) -> None:
           "is a fixed turnaround point: set it to 0 with pruning.turnaround='early_bird' (which finds its own)",
           pruning_config.get(field),
       )
+
+
+def _check_structure(config: ml_collections.ConfigDict) -> None:
+  """An N:M structure: its form, no target density (its layers stop at N/M), and controls that keep the
+  ticket's mask (the built-in ones that draw masks of their own would break the pattern)."""
+  structure = config.pruning.get('structure', structured.UNSTRUCTURED)
+  try:
+    pattern = structured.parse(structure)
+  except ValueError as error:
+    raise ConfigError(f'pruning.structure={structure!r}: {error}') from None
+  if pattern is None:
+    return
+  _require(
+      config.pruning.get('target_density') is None,
+      'pruning.target_density',
+      f'an N:M structure keeps {pattern[0]}/{pattern[1]} of its layers from level 1 on; set no target density '
+      f'with pruning.structure={structure!r}',
+      config.pruning.get('target_density'),
+  )
+  for name in config.get('branches', ()):
+    _require(
+        name not in branches_lib.OWN_MASK_BRANCHES,
+        'branches',
+        f'{name!r} draws a mask of its own, which does not hold the {structure} pattern; with '
+        f'pruning.structure={structure!r} the built-in controls are: {", ".join(branches_lib.TICKET_MASK_BRANCHES)}',
+        tuple(config.branches),
+    )

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from lth_jax import masks as masks_lib
+from lth_jax import structured
 from lth_jax.config import data_checks
 from lth_jax.config import errors
 from lth_jax.config import lengths
@@ -102,6 +103,7 @@ def pruning_plan(config: ml_collections.ConfigDict) -> spec_lib.PruningPlan:
       at_init_scope=str(pruning.at_init_scope),
       synflow_rounds=int(pruning.synflow_rounds),
       criterion=str(pruning.criterion),
+      structure=str(pruning.structure),
   )
 
 
@@ -143,6 +145,13 @@ def resolve(
     data_checks.check_against_data(
         full, num_train, masks_lib.layer_sizes(param_shapes, prunable), masks_lib.layer_paths(param_shapes)
     )
+    pattern = structured.parse(spec.pruning.structure)
+    if pattern is not None:
+      try:
+        leaves = structured.structured_leaves(prunable, spec.pruning.layer_fractions)
+        structured.check_divisible(param_shapes, leaves, pattern[1])
+      except ValueError as error:
+        raise errors.ConfigError(f'pruning.structure={spec.pruning.structure!r}: {error}') from None
   return spec
 
 

@@ -151,6 +151,10 @@ def _pruning_section() -> ml_collections.ConfigDict:
   # What ranks the weights a level prunes (lowest first): 'magnitude' (|w|) | 'snip' (|g * w|, Lee et al.,
   # the mean gradient over snip_batches batches) | a name given to lth_jax.pruning.register
   pruning.criterion = 'magnitude'
+  # 'unstructured' | 'N:M' (e.g. '2:4'): every prunable layer without a fraction of its own keeps the N
+  # best of each M consecutive weights along its input dimension, reached at level 1 and kept (the layers
+  # in layer_fractions go on being pruned unstructured at their rate). Training stays dense arithmetic.
+  pruning.structure = 'unstructured'
   pruning.snip_batches = 1  # training batches the snip and grasp branches and the snip criterion score over
   # The pruning-at-init branches (snip, grasp, synflow, magnitude_at_init and their _shuffled and _reinit
   # ablations) keep as many weights as the level's ticket: 'global' in one pool (as the papers prune),

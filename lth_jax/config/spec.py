@@ -94,6 +94,7 @@ class PruningPlan:
   at_init_scope: str  # how the pruning-at-init branches size their masks (`lth_jax.init_pruning.SCOPES`)
   synflow_rounds: int
   criterion: str  # what ranks the weights a level prunes: a name registered in lth_jax.pruning
+  structure: str  # 'unstructured' | 'N:M' (`lth_jax.structured`)
   prunable_patterns: tuple[str, ...] = ()
   # A rule given from Python (`lth_jax.run(..., prunable=rule)`): rule(path, leaf) -> bool. It decides
   # instead of the patterns and the names.

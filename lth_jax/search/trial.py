@@ -17,6 +17,7 @@ import numpy as np
 from lth_jax import branches as branches_lib
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
+from lth_jax import structured
 from lth_jax import tickets as tickets_lib
 from lth_jax.search import early_bird
 from lth_jax.search import records as records_lib
@@ -167,6 +168,7 @@ def member(state: TrialState, level: int, branch: str, search: Search, hyperpara
       synflow_gradients=trainer.synflow_gradients,
   )
   params, model_state, branch_mask = branches_lib.start(branch, inputs)
+  structured.check_mask(branch_mask, state.prunable, plan.structure, plan.layer_fractions, f'branch {branch!r}')
   turnaround = tuple(step for step in (plan.turnaround_step,) if step) + _early_bird_steps(
       search, level, plan.rewind_step
   )
