@@ -290,6 +290,7 @@ def test_stability_populations_are_spread_over_the_members_axis():
   assert {shard.data.shape[0] for shard in kernel.addressable_shards} == {1}  # one member per device row
 
 
+@pytest.mark.slow  # a layout of before cohorts; tests/test_earlier_layouts.py resumes the others
 def test_a_workdir_recorded_before_members_per_program_resumes_one_run_at_a_time(tmp_path):
   workdir = str(tmp_path / 'old')
   config = _config(trials=2, pruning__levels=1, parallel__members_per_program=1, parallel__num_devices=4)

@@ -290,3 +290,25 @@ def test_reports_name_the_methods_and_their_ablations():
       'magnitude at init, reinitialized',
   ]
   assert style.display_name('permuted_reinit') == 'permuted mask, reinitialized'
+
+
+def test_synflow_runs_batch_norm_in_evaluation_mode_and_says_so(tmp_path):
+  import optax  # pylint: disable=import-outside-toplevel
+
+  import lth_jax  # pylint: disable=import-outside-toplevel
+
+  dataset = data_lib.build(config_lib.data_spec(helpers.tiny_config().dataset))
+  trainer = trainer_lib.Trainer(helpers.BatchNormNet(), dataset, optax.sgd(0.1), parallel.create_mesh(), 32, 8)
+  params, model_state = trainer.init_variables(0)
+  model_state = jax.tree_util.tree_map(lambda leaf: leaf - 0.3, model_state)  # running statistics that matter
+
+  def total_output(positive_params):
+    variables = {'params': positive_params, **jax.tree_util.tree_map(np.abs, model_state)}
+    return trainer.model.apply(variables, np.ones((1, 64), np.float32), train=False).sum()
+
+  expected = jax.grad(total_output)(jax.tree_util.tree_map(np.abs, params))
+  chex.assert_trees_all_close(trainer.synflow_gradients(params, model_state), expected, rtol=1e-5)
+  lines = []
+  config = helpers.tiny_config(branches=('synflow',), pruning__levels=1, pruning__synflow_rounds=3)
+  lth_jax.run(config, str(tmp_path), lines.append, model=helpers.BatchNormNet())
+  assert any('synflow scores this model in evaluation mode' in line for line in lines)

@@ -167,6 +167,7 @@ def test_a_module_without_a_train_argument_and_the_default_task(tmp_path):
   assert len(results.records) == 3 and results.records[0]['metric'] == 'test_accuracy'
 
 
+@pytest.mark.slow  # the README test runs configs/own_model.py too
 def test_the_config_file_searches_an_imported_module_in_cohorts_on_eight_devices(tmp_path):
   from configs import own_model as own_model_config  # pylint: disable=import-outside-toplevel
 
@@ -184,6 +185,7 @@ def test_the_config_file_searches_an_imported_module_in_cohorts_on_eight_devices
   assert not any(name.startswith('position') or name.endswith(('bias', 'scale')) for name in record['layer_density'])
 
 
+@pytest.mark.slow  # the README test runs experiments.own_model too
 def test_the_example_searches_exports_and_plots(tmp_path):
   from experiments import own_model  # pylint: disable=import-outside-toplevel
 
@@ -277,6 +279,7 @@ def test_top_k_accuracy_and_a_root_mean_metric_on_hand_made_numbers():
     tasks.Task(loss=tasks.cross_entropy, metrics=(tasks.accuracy(), tasks.accuracy()))
 
 
+@pytest.mark.slow  # tests/test_sweeps.py shares dense runs of the built-in models
 def test_a_sweep_over_your_own_model_shares_its_dense_run(tmp_path):
   dataset, workdir, lines = _token_data(), str(tmp_path / 'sweep'), []
   config = _config(pruning__levels=1)
@@ -310,6 +313,7 @@ def test_named_variants_of_your_own_model(tmp_path):
   assert recorded['model']['name'] == 'python:TokenMixer'
 
 
+@pytest.mark.slow  # tests/test_stability.py measures the built-in models' tickets
 def test_stability_of_a_ticket_of_your_own_model(tmp_path):
   from lth_jax.analysis import stability  # pylint: disable=import-outside-toplevel
   from lth_jax.analysis import ticket_stability  # pylint: disable=import-outside-toplevel
