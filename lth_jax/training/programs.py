@@ -262,6 +262,13 @@ def _batch_loss(
   return loss_fn
 
 
+def _mean_over_batches(per_batch: Callable[[Any], Any], items: Any) -> Any:
+  """The mean over the batches of `items` of `per_batch((position, item))`, one batch at a time."""
+  positions = jnp.arange(jax.tree_util.tree_leaves(items)[0].shape[0])
+  total = jax.lax.map(per_batch, (positions, items))
+  return jax.tree_util.tree_map(lambda batch_values: batch_values.mean(0), total)
+
+
 def _mean_gradients_program(
     model: nn.Module,
     task: tasks.Task,
@@ -278,9 +285,7 @@ def _mean_gradients_program(
       key = steps_lib.dropout_key(dropout_seed, position)
       return jax.grad(_batch_loss(model, task, feed, batch_sharding, model_state, arrays, item, key))(params)
 
-    positions = jnp.arange(jax.tree_util.tree_leaves(items)[0].shape[0])
-    total = jax.lax.map(batch_gradients, (positions, items))
-    return jax.tree_util.tree_map(lambda gradients: gradients.mean(0), total)
+    return _mean_over_batches(batch_gradients, items)
 
   return jax.jit(mean_gradients, out_shardings=replicated)
 
@@ -306,9 +311,7 @@ def _hessian_gradient_program(
       batch_gradient = jax.grad(_batch_loss(model, task, feed, batch_sharding, model_state, arrays, item, key))
       return jax.jvp(batch_gradient, (params,), (gradient,))[1]
 
-    positions = jnp.arange(jax.tree_util.tree_leaves(items)[0].shape[0])
-    total = jax.lax.map(batch_product, (positions, items))
-    return jax.tree_util.tree_map(lambda products: products.mean(0), total)
+    return _mean_over_batches(batch_product, items)
 
   return jax.jit(hessian_gradient, out_shardings=replicated)
 
