@@ -12,7 +12,7 @@ of Frankle et al. 2021 ("Pruning Neural Networks at Initialization: Why are We M
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -20,6 +20,7 @@ import numpy as np
 from lth_jax import init_pruning
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
+from lth_jax import structured
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,8 @@ class BranchInputs:
   prunable: Any  # bool tree from masks.prunable_tree
   init_variables: Callable[[int], tuple[Any, Any]]  # seed -> fresh (params, model_state)
   seed: int  # seed for this branch's randomness
+  structure: str  # 'unstructured' | 'N:M' (`pruning.structure`): the random controls keep an N:M pattern
+  layer_fractions: Mapping[str, float]  # the layers with a fraction of their own (outside an N:M pattern)
   at_init_scope: str  # how pruning at init sizes its mask: 'global' | 'layerwise' (`init_pruning.SCOPES`)
   synflow_rounds: int  # SynFlow's rounds of pruning (1: one shot)
   # (params, model_state) -> mean loss gradient over a few training batches (for SNIP)
@@ -57,15 +60,28 @@ def random_reinit(inputs: BranchInputs) -> BranchStart:
   return masks_lib.apply(params, inputs.ticket_mask), model_state, inputs.ticket_mask
 
 
+def _random_mask(inputs: BranchInputs, draw: Callable[[Any, Any, int], Any]) -> Any:
+  """`draw(ticket_mask, prunable, seed)`, a random mask of the ticket's per-layer counts; under an N:M
+  structure the pattern's layers shuffled within each group instead (`structured.shuffle_within_groups`),
+  so that the random ticket holds the pattern too."""
+  keep_mask = draw(inputs.ticket_mask, inputs.prunable, inputs.seed)
+  pattern = structured.parse(inputs.structure)
+  if pattern is None:
+    return keep_mask
+  leaves = structured.structured_leaves(inputs.prunable, inputs.layer_fractions)
+  grouped = structured.shuffle_within_groups(inputs.ticket_mask, leaves, pattern[1], inputs.seed)
+  return jax.tree_util.tree_map(lambda drawn, shuffled, flag: shuffled if flag else drawn, keep_mask, grouped, leaves)
+
+
 def permuted_mask(inputs: BranchInputs) -> BranchStart:
   """Random ticket: the mask permuted within each layer, weights from the rewind step."""
-  keep_mask = pruning.permute_within_layers(inputs.ticket_mask, inputs.prunable, inputs.seed)
+  keep_mask = _random_mask(inputs, pruning.permute_within_layers)
   return masks_lib.apply(inputs.rewind_params, keep_mask), inputs.rewind_model_state, keep_mask
 
 
 def permuted_reinit(inputs: BranchInputs) -> BranchStart:
   """Random ticket with a fresh initialization: permuted mask and new weights."""
-  keep_mask = pruning.permute_within_layers(inputs.ticket_mask, inputs.prunable, inputs.seed)
+  keep_mask = _random_mask(inputs, pruning.permute_within_layers)
   params, model_state = inputs.init_variables(inputs.seed)
   return masks_lib.apply(params, keep_mask), model_state, keep_mask
 
@@ -73,7 +89,7 @@ def permuted_reinit(inputs: BranchInputs) -> BranchStart:
 def random_pruning(inputs: BranchInputs) -> BranchStart:
   """Random pruning to the ticket's per-layer density: positions drawn uniformly, weights from the
   rewind step. (Same distribution as `permuted`, drawn without reference to the ticket's positions.)"""
-  keep_mask = pruning.random_mask_like(inputs.ticket_mask, inputs.prunable, inputs.seed)
+  keep_mask = _random_mask(inputs, pruning.random_mask_like)
   return masks_lib.apply(inputs.rewind_params, keep_mask), inputs.rewind_model_state, keep_mask
 
 
@@ -187,8 +203,10 @@ def register_at_init(name: str, mask_function: AtInitMask) -> None:
 for _name, _mask_function in tuple(AT_INIT_METHODS.items()):
   register_at_init(_name, _mask_function)
 
-TICKET_MASK_BRANCHES = ('reinit', 'sign_reinit')  # built-in controls that train the ticket's own mask
-OWN_MASK_BRANCHES = tuple(name for name in REGISTRY if name not in ('ticket', *TICKET_MASK_BRANCHES))
+# The built-in controls an N:M structure allows: the ticket's mask, or a random one in its pattern.
+N_M_CONTROLS = ('reinit', 'sign_reinit', 'permuted', 'permuted_reinit', 'random_pruning')
+# Those whose masks are chosen by their own scores, which know no pattern (pruning at init).
+UNSTRUCTURED_BRANCHES = tuple(name for name in REGISTRY if name not in ('ticket', *N_M_CONTROLS))
 
 
 def register(name: str, branch: Branch) -> None:

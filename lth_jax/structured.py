@@ -119,3 +119,20 @@ def check_mask(keep_mask: Any, prunable: Any, structure: str, layer_fractions: M
           f'{what}: its mask does not hold the {structure} pattern of pruning.structure; train it without an '
           "N:M structure, or let it keep the ticket's mask"
       )
+
+
+def shuffle_within_groups(keep_mask: Any, pattern_leaves: Any, m: int, seed: int) -> Any:
+  """`keep_mask` with the kept positions of every `pattern_leaves` leaf shuffled at random within each
+  group of `m` along its input axis (the same count in every group, so the pattern holds); the other
+  leaves as they are. A random ticket of an N:M ticket."""
+  rng = np.random.default_rng(seed)
+
+  def shuffled(keep: Any, in_pattern: bool) -> Any:
+    keep = np.asarray(keep, bool)
+    if not in_pattern:
+      return keep
+    groups = _groups(keep, m)
+    order = np.argsort(rng.random(groups.shape), axis=-1)
+    return _ungroup(np.take_along_axis(groups, order, axis=-1), keep.shape)
+
+  return jax.tree_util.tree_map(shuffled, keep_mask, pattern_leaves)

@@ -45,6 +45,8 @@ def _branch_inputs(trainer, keep_fraction=0.3, seed=4, at_init_scope='global', s
       prunable=prunable,
       init_variables=trainer.init_variables,
       seed=seed,
+      structure='unstructured',
+      layer_fractions={},
       at_init_scope=at_init_scope,
       synflow_rounds=synflow_rounds,
       loss_gradients=lambda p, s: trainer.mean_gradients(p, s, data_seed=9, num_batches=3),

@@ -91,6 +91,8 @@ def _inputs(trainer, keep_fraction=0.2, at_init_scope='global', synflow_rounds=1
       prunable=prunable,
       init_variables=trainer.init_variables,
       seed=seed,
+      structure='unstructured',
+      layer_fractions={},
       at_init_scope=at_init_scope,
       synflow_rounds=synflow_rounds,
       loss_gradients=lambda p, s: trainer.mean_gradients(p, s, DATA_SEED, NUM_BATCHES),

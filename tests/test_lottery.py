@@ -121,6 +121,8 @@ def test_ticket_branch_resets_survivors_to_the_rewind_weights():
       prunable=prunable,
       init_variables=lambda seed: (jax.tree_util.tree_map(lambda x: x + 10.0 + seed, params), {}),
       seed=1,
+      structure='unstructured',
+      layer_fractions={},
       at_init_scope='global',
       synflow_rounds=1,
   )

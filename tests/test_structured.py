@@ -82,7 +82,7 @@ def test_a_level_under_n_of_m_keeps_the_pattern_and_prunes_layers_with_their_own
 
 
 def test_a_run_under_two_of_four_trains_tickets_that_hold_the_pattern(tmp_path):
-  config = helpers.tiny_config(pruning__structure='2:4', branches=('reinit',))
+  config = helpers.tiny_config(pruning__structure='2:4', branches=('reinit', 'random_pruning'))
   results = lottery.run(config, str(tmp_path), log=lambda line: None)
   tickets = {record['level']: record for record in results.select(branch='ticket')}
   for level in (1, 2):
@@ -93,8 +93,39 @@ def test_a_run_under_two_of_four_trains_tickets_that_hold_the_pattern(tmp_path):
       assert structured.holds_pattern(mask[layer]['kernel'], 2, 4)
   # The output layer has its own fraction (0.1): it goes on being pruned, unstructured.
   assert tickets[2]['layer_density']['output/kernel'] < tickets[1]['layer_density']['output/kernel'] < 1.0
-  reinit = results.select(branch='reinit', level=2)[0]
-  assert reinit['layer_density'] == tickets[2]['layer_density']
+  for branch in ('reinit', 'random_pruning'):
+    assert results.select(branch=branch, level=2)[0]['layer_density'] == tickets[2]['layer_density']
+
+
+def test_random_controls_of_an_n_of_m_ticket_shuffle_within_its_groups():
+  rng = np.random.default_rng(3)
+  params = _two_layer_params(rng)
+  prunable = masks_lib.prunable_tree(params)
+  plan = config_lib.pruning_plan(
+      helpers.tiny_config(pruning__structure='2:4', pruning__layer_fractions={'output': 0.5})
+  )
+  ticket = pruning.next_mask(plan, 1, pruning.magnitude_scores(params), masks_lib.ones_like(params), prunable)
+  inputs = branches_lib.BranchInputs(
+      ticket_mask=ticket,
+      rewind_params=params,
+      rewind_model_state={},
+      prunable=prunable,
+      init_variables=lambda seed: (params, {}),
+      seed=5,
+      structure='2:4',
+      layer_fractions={'output': 0.5},
+      at_init_scope='global',
+      synflow_rounds=1,
+  )
+  for branch in ('permuted', 'permuted_reinit', 'random_pruning'):
+    _, _, mask = branches_lib.start(branch, inputs)
+    kernel = mask['dense_0']['kernel']
+    assert structured.holds_pattern(kernel, 2, 4) and kernel.sum() == ticket['dense_0']['kernel'].sum()
+    assert not np.array_equal(kernel, ticket['dense_0']['kernel'])
+    assert mask['output']['kernel'].sum() == 16  # outside the pattern: the layer's count, anywhere
+  unstructured = branches_lib.BranchInputs(**{**inputs.__dict__, 'structure': 'unstructured'})
+  _, _, anywhere = branches_lib.start('permuted', unstructured)
+  assert not structured.holds_pattern(anywhere['dense_0']['kernel'], 2, 4)
 
 
 def test_a_structure_that_does_not_divide_a_layer_names_it_and_its_shape(tmp_path):
@@ -113,9 +144,11 @@ def test_the_config_refuses_a_bad_structure_a_target_density_and_controls_with_m
   with pytest.raises(config_lib.ConfigError, match='pruning.target_density=0.2: an N:M structure keeps 2/4'):
     config_lib.check_config(helpers.tiny_config(pruning__structure='2:4', pruning__target_density=0.2))
   with pytest.raises(
-      config_lib.ConfigError, match="'permuted' draws a mask of its own.*controls are: reinit, sign_reinit"
+      config_lib.ConfigError,
+      match="'grasp_shuffled' chooses a mask by its own scores.*controls are: reinit, sign_reinit, permuted, ",
   ):
-    config_lib.check_config(helpers.tiny_config(pruning__structure='2:4'))  # tiny_config trains 'permuted'
+    config_lib.check_config(helpers.tiny_config(pruning__structure='2:4', branches=('reinit', 'grasp_shuffled')))
+  config_lib.check_config(helpers.tiny_config(pruning__structure='2:4'))  # reinit and permuted hold the pattern
 
 
 def test_a_branch_from_python_that_breaks_the_pattern_is_named(tmp_path, monkeypatch):

@@ -181,8 +181,8 @@ def _check_early_bird(pruning_config: ml_collections.ConfigDict) -> None:
 
 
 def _check_structure(config: ml_collections.ConfigDict) -> None:
-  """An N:M structure: its form, no target density (its layers stop at N/M), and controls that keep the
-  ticket's mask (the built-in ones that draw masks of their own would break the pattern)."""
+  """An N:M structure: its form, no target density (its layers stop at N/M), and controls that hold the
+  pattern (the built-in ones that choose masks by their own scores, pruning at init, would break it)."""
   structure = config.pruning.get('structure', structured.UNSTRUCTURED)
   try:
     pattern = structured.parse(structure)
@@ -199,9 +199,9 @@ def _check_structure(config: ml_collections.ConfigDict) -> None:
   )
   for name in config.get('branches', ()):
     _require(
-        name not in branches_lib.OWN_MASK_BRANCHES,
+        name not in branches_lib.UNSTRUCTURED_BRANCHES,
         'branches',
-        f'{name!r} draws a mask of its own, which does not hold the {structure} pattern; with '
-        f'pruning.structure={structure!r} the built-in controls are: {", ".join(branches_lib.TICKET_MASK_BRANCHES)}',
+        f'{name!r} chooses a mask by its own scores, which does not hold the {structure} pattern; with '
+        f'pruning.structure={structure!r} the built-in controls are: {", ".join(branches_lib.N_M_CONTROLS)}',
         tuple(config.branches),
     )

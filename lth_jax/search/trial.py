@@ -157,6 +157,8 @@ def member(state: TrialState, level: int, branch: str, search: Search, hyperpara
       prunable=state.prunable,
       init_variables=trainer.init_variables,
       seed=branch_seed(spec.seed, state.trial, level, 2 + spec.branch_names.index(branch)),
+      structure=plan.structure,
+      layer_fractions=plan.layer_fractions,
       at_init_scope=plan.at_init_scope,
       synflow_rounds=plan.synflow_rounds,
       loss_gradients=functools.partial(
