@@ -62,7 +62,7 @@ def as_write_error(error: BaseException, workdir: str) -> WriteError | None:
       code, path = failure
       cause, remedy = _STORAGE_FAILURES[code]
       written = WriteError(
-          f'cannot write {path or workdir}: {cause}. Nothing already recorded is lost: '
+          f'cannot write {os.path.normpath(path or workdir)}: {cause}. Nothing already recorded is lost: '
           f'{remedy} and run the same command again to resume.'
       )
       written.errno = code
