@@ -131,7 +131,7 @@ def member(state: TrialState, level: int, branch: str, search: Search, hyperpara
   spec, plan = search.spec, search.spec.pruning
   hyperparameters = {name: getattr(spec.training, name) for name in hyperparameter_names}
   if level == 0:
-    turnaround = tuple(step for step in (plan.turnaround_step,) if step) + _early_bird_steps(search, 0, 0)
+    turnaround = _turnaround_steps(search, 0, 0)
     snapshot_steps = tuple(dict.fromkeys((plan.rewind_step, *turnaround, *search.keep_snapshots)))
     writer = _LevelZeroSnapshots(search.workdir, state.trial, plan.rewind_step, search.keep_snapshots)
     return Member(
@@ -171,9 +171,7 @@ def member(state: TrialState, level: int, branch: str, search: Search, hyperpara
   )
   params, model_state, branch_mask = branches_lib.start(branch, inputs)
   structured.check_mask(branch_mask, state.prunable, plan.structure, plan.layer_fractions, f'branch {branch!r}')
-  turnaround = tuple(step for step in (plan.turnaround_step,) if step) + _early_bird_steps(
-      search, level, plan.rewind_step
-  )
+  turnaround = _turnaround_steps(search, level, plan.rewind_step)
   return Member(
       state.trial,
       level,
@@ -332,6 +330,13 @@ def _save_level(state: TrialState, search: Search, level: int, final_params: Any
   if search.spec.pruning.keeps_turnaround_weights:
     tree['turnaround_params'] = pruning_params
   checkpoints.save_tree(workdir_lib.level_directory(search.workdir, state.trial, level), tree)
+
+
+def _turnaround_steps(search: Search, level: int, start_step: int) -> tuple[int, ...]:
+  """The steps whose weights a level's ticket run keeps to prune from: the turnaround step, if any, and
+  the early-bird evaluation steps (`_early_bird_steps`)."""
+  plan = search.spec.pruning
+  return tuple(step for step in (plan.turnaround_step,) if step) + _early_bird_steps(search, level, start_step)
 
 
 def _early_bird_steps(search: Search, level: int, start_step: int) -> tuple[int, ...]:
